@@ -1,0 +1,237 @@
+"""The `policytrim` command line. Thin: it builds a config and calls library functions that a user
+could call from Python too.
+
+Every command that runs something accepts the whole `RunConfig` tree as flags
+(``--stage1.lr 1e-4``), a base file (``--config FILE.yaml``) or a named preset (``--preset demo``),
+with flags overriding the file. Bad input: one line on stderr, exit code 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import io
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal, Sequence
+
+import tyro
+import yaml
+
+from policytrim.config import ConfigError, RunConfig, from_dict, load_config, preset_path, to_dict
+from policytrim.errors import InputError
+
+
+@dataclass
+class _Base(RunConfig):
+    config: str = ""
+    """YAML/JSON file with the base config (flags override it)."""
+    preset: str = ""
+    """Named preset from policytrim/configs/ (e.g. demo); flags override it."""
+
+
+@dataclass
+class DemoCmd(_Base):
+    """The embedded demo: collect -> pretrain -> Stage 1 -> Stage 2 -> evaluate -> report."""
+
+    preset: str = "demo"
+    """Named preset (the demo's default is 'demo')."""
+    overwrite: bool = False
+    """Replace an existing output directory."""
+
+
+@dataclass
+class CollectCmd(_Base):
+    """Run the scripted experts and write a demonstration dataset to --out."""
+
+    overwrite: bool = False
+    """Replace an existing dataset directory."""
+
+
+@dataclass
+class PretrainCmd(_Base):
+    """Behaviour cloning from a demonstration dataset to a baseline checkpoint in --out."""
+
+    data: str = ""
+    """Demonstration dataset directory (output of `policytrim collect`)."""
+    overwrite: bool = False
+    """Replace an existing output directory."""
+
+
+@dataclass
+class TrainCmd(_Base):
+    """PolicyTrim post-training: Stage 1 (extend), Stage 2 (trim) or both."""
+
+    stage: Literal["extend", "trim", "both"] = "both"
+    """Which stage(s) to run."""
+    init: str = ""
+    """Starting checkpoint directory (the baseline)."""
+    resume: str = ""
+    """Continue the run in this directory from its last complete checkpoint."""
+    overwrite: bool = False
+    """Replace an existing run directory."""
+
+
+@dataclass
+class EvalCmd(_Base):
+    """Evaluate a checkpoint or the scripted experts on test states; writes metrics.json."""
+
+    checkpoint: Annotated[str, tyro.conf.arg(aliases=("--policy",))] = "expert"
+    """Checkpoint directory, or 'expert' for Meta-World's scripted experts."""
+    window: int = 0
+    """Execution window; 0 = the policy's default window."""
+    overwrite: bool = False
+    """Replace existing result files."""
+
+
+@dataclass
+class ReportCmd:
+    """Write the Markdown + HTML report with plots for one or more run directories."""
+
+    run_dirs: tyro.conf.Positional[tuple[str, ...]]
+    """Run directories (outputs of demo, train, eval or ablate)."""
+    out: str = ""
+    """Report directory; default: the first run directory."""
+
+
+@dataclass
+class ConfigCmd(_Base):
+    """Print the resolved configuration."""
+
+    dump: bool = False
+    """Print the resolved config as YAML (the default action)."""
+    json: bool = False
+    """Print JSON instead of YAML."""
+
+
+COMMANDS: dict[str, type] = {
+    "demo": DemoCmd,
+    "collect": CollectCmd,
+    "pretrain": PretrainCmd,
+    "train": TrainCmd,
+    "eval": EvalCmd,
+    "report": ReportCmd,
+    "config": ConfigCmd,
+}
+
+
+def run_config(cmd: RunConfig) -> RunConfig:
+    """The plain `RunConfig` part of a command (what gets saved with a run)."""
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(**{n: getattr(cmd, n) for n in names})
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _defaults(cls: type, argv: list[str]) -> object | None:
+    """Base instance from --config / --preset, so that flags override the file."""
+    if not issubclass(cls, RunConfig):
+        return None
+    config_file = _flag_value(argv, "--config")
+    preset = _flag_value(argv, "--preset")
+    if preset is None:
+        preset = next((f.default for f in dataclasses.fields(cls) if f.name == "preset"), "")
+    if config_file:
+        base = to_dict(load_config(config_file))
+    elif preset:
+        base = to_dict(load_config(preset_path(preset)))
+    else:
+        return None
+    return from_dict(cls, base)
+
+
+def _one_line(captured: str) -> str:
+    """tyro's boxed error message as one line: the box's first paragraph, unwrapped."""
+    text: list[str] = []
+    for line in captured.splitlines()[1:]:  # the first line is the box's title
+        content = line.strip().strip("│┃").strip()
+        if not content or set(content) <= set("─━╰╯"):
+            if text:
+                break
+            continue
+        text.append(content)
+    message = " ".join(text) if text else " ".join(captured.split())
+    return re.sub(r"^Error parsing (?!-)[\w.-]+: ", "", message)
+
+
+def _parse(cls: type, argv: list[str], prog: str) -> object:
+    buf = io.StringIO()
+    try:
+        default = _defaults(cls, argv)
+        with contextlib.redirect_stderr(buf):
+            return tyro.cli(cls, args=argv, default=default, prog=prog, description=cls.__doc__)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            _fail(f"{prog}: {_one_line(buf.getvalue())}")
+        sys.stderr.write(buf.getvalue())
+        raise
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _usage() -> str:
+    lines = ["usage: policytrim <command> [flags]   (policytrim <command> --help for its flags)", "", "commands:"]
+    for name, cls in COMMANDS.items():
+        lines.append(f"  {name:<9} {(cls.__doc__ or '').strip().splitlines()[0]}")
+    return "\n".join(lines)
+
+
+# Each command is implemented by a library function `fn(args) -> exit code`, imported lazily so
+# that --help stays fast and a user can call the same function from Python.
+IMPLEMENTATIONS: dict[str, tuple[str, str, str]] = {
+    "demo": ("policytrim.pipeline", "demo_command", "collect expert demonstrations, pretrain the built-in policy, run Stage 1 and Stage 2 and print baseline / Stage 1 / PolicyTrim success rate, steps, window, calls and speedup"),
+    "collect": ("policytrim.data.demos", "collect_command", "run the scripted experts and write a demonstration dataset"),
+    "pretrain": ("policytrim.train.bc", "pretrain_command", "train a baseline chunk policy by behaviour cloning"),
+    "train": ("policytrim.train.grpo", "train_command", "run PolicyTrim's two GRPO stages from a baseline checkpoint"),
+    "eval": ("policytrim.eval.evaluate", "eval_command", "evaluate a policy on held-out Meta-World states and write metrics.json"),
+    "report": ("policytrim.eval.report", "report_command", "write tables and plots for run directories"),
+}
+
+
+def dispatch(name: str, args: object) -> int:
+    """Run one parsed command."""
+    if name == "config":
+        data = to_dict(run_config(args))
+        print(json.dumps(data, indent=2) if args.json else yaml.safe_dump(data, sort_keys=False), end="")
+        return 0
+    module_name, function, what = IMPLEMENTATIONS[name]
+    module = importlib.import_module(module_name) if importlib.util.find_spec(module_name) else None
+    if module is None or not hasattr(module, function):
+        print(f"policytrim {name}: not implemented yet. When it is, it will {what}.", file=sys.stderr)
+        return 1
+    return int(getattr(module, function)(args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        _fail(f"unknown command {name!r}; commands are: {', '.join(COMMANDS)}")
+    try:
+        args = _parse(COMMANDS[name], rest, prog=f"policytrim {name}")
+        return dispatch(name, args)
+    except InputError as exc:
+        _fail(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,484 @@
+"""One typed dataclass tree for a run, validated the moment it is built.
+
+Each field's docstring is its ``--help`` line. Build a config from Python
+(``RunConfig(stage1=Stage1Config(epochs=20))``), from a YAML/JSON file (`load_config`) plus
+command-line overrides (`policytrim.cli`), or from a named preset in ``configs/``.
+Bad values raise `ConfigError` (a ValueError) saying what is wrong and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tyro
+import yaml
+
+from policytrim.envs.tasks import resolve_tasks
+
+
+from policytrim.errors import InputError
+
+
+class ConfigError(InputError):
+    """A configuration value is invalid; the message names the field and what is accepted."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _in_range(name: str, value: float, lo: float, hi: float) -> None:
+    _require(
+        isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi,
+        f"{name} must be a number in [{lo}, {hi}], got {value!r}",
+    )
+
+
+def _positive(name: str, value: float) -> None:
+    _require(
+        isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+        f"{name} must be > 0, got {value!r}",
+    )
+
+
+@dataclass
+class EnvConfig:
+    """Simulator and initial states."""
+
+    suite: Literal["metaworld", "gym"] = "metaworld"
+    """Simulator adapter: metaworld (embedded) or gym (any gymnasium env reporting info['success'])."""
+    tasks: Annotated[tuple[str, ...], tyro.conf.arg(aliases=("--tasks",))] = ("push-v3",)
+    """Meta-World v3 task names and/or sets (MW8, MT10, MT50)."""
+    gym_id: str = ""
+    """gymnasium env id, for suite=gym."""
+    horizon: int = 200
+    """Episode horizon in environment steps (recorded with every result)."""
+    image: bool = False
+    """Render an RGB camera image into the observation (slow on CPU)."""
+    image_size: int = 64
+    """Square image size in pixels, when image=True."""
+    camera: str = "corner2"
+    """Meta-World camera name, when image=True."""
+    train_seed: int = 0
+    """Seed of the training initial states."""
+    val_seed: int = 1
+    """Seed of the validation initial states (window choice, budget, best checkpoint)."""
+    test_seed: int = 2
+    """Seed of the test initial states (every reported number)."""
+
+    def __post_init__(self) -> None:
+        _require(self.suite in ("metaworld", "gym"), f"env.suite must be metaworld or gym, got {self.suite!r}")
+        if self.suite == "metaworld":
+            try:
+                self.tasks = resolve_tasks(list(self.tasks))
+            except InputError as exc:
+                raise ConfigError(f"env.tasks: {exc}") from None
+        else:
+            _require(bool(self.gym_id), "env.gym_id is required when env.suite=gym, e.g. env.gym_id=MyEnv-v0")
+        _require(isinstance(self.horizon, int) and 1 <= self.horizon <= 100_000, f"env.horizon must be an integer in [1, 100000], got {self.horizon!r}")
+        _require(isinstance(self.image_size, int) and 16 <= self.image_size <= 512, f"env.image_size must be an integer in [16, 512], got {self.image_size!r}")
+        seeds = (self.train_seed, self.val_seed, self.test_seed)
+        _require(len(set(seeds)) == 3, f"env.train_seed, env.val_seed and env.test_seed must be disjoint, got {seeds}")
+
+
+@dataclass
+class PolicyConfig:
+    """The built-in VLA-shaped chunk policy (or a scripted expert)."""
+
+    kind: Literal["chunk", "expert"] = "chunk"
+    """chunk: the built-in learned policy; expert: Meta-World's scripted experts (window 1)."""
+    head: Literal["gaussian", "flow"] = "gaussian"
+    """Action head: gaussian (exact log-prob) or flow (flow matching, Flow-SDE log-probs)."""
+    chunk_size: int = 15
+    """H: actions predicted per inference call."""
+    default_window: int = 5
+    """k the baseline executes per call (its deployed window)."""
+    hidden_dim: int = 256
+    """Width of the trunk MLP."""
+    num_layers: int = 3
+    """Depth of the trunk MLP."""
+    text_encoder: str = "embedding"
+    """Instruction encoder: 'embedding' (learned token embeddings) or an installed frozen sentence encoder name."""
+    flow_steps: int = 10
+    """K: denoising steps of the flow head (>= 2)."""
+    flow_noise: float = 0.5
+    """a: Flow-SDE noise scale, sigma_t = a*sqrt(t/(1-t))."""
+    init_log_std: float = -1.0
+    """Initial log-std of the Gaussian head."""
+
+    def __post_init__(self) -> None:
+        _require(self.kind in ("chunk", "expert"), f"policy.kind must be chunk or expert, got {self.kind!r}")
+        _require(self.head in ("gaussian", "flow"), f"policy.head must be gaussian or flow, got {self.head!r}")
+        _require(isinstance(self.chunk_size, int) and 1 <= self.chunk_size <= 256, f"policy.chunk_size must be an integer in [1, 256], got {self.chunk_size!r}")
+        _require(
+            isinstance(self.default_window, int) and 1 <= self.default_window <= self.chunk_size,
+            f"policy.default_window must be in [1, chunk_size={self.chunk_size}], got {self.default_window!r}",
+        )
+        _require(self.hidden_dim >= 8 and self.num_layers >= 1, "policy.hidden_dim must be >= 8 and policy.num_layers >= 1")
+        _require(isinstance(self.flow_steps, int) and self.flow_steps >= 2, f"policy.flow_steps must be an integer >= 2, got {self.flow_steps!r}")
+        _in_range("policy.flow_noise", self.flow_noise, 0.0, 5.0)
+        _in_range("policy.init_log_std", self.init_log_std, -10.0, 2.0)
+
+
+@dataclass
+class RolloutConfig:
+    """How rollouts are run."""
+
+    group_size: int = 8
+    """G: rollouts per group, all from the identical initial state."""
+    groups_per_epoch: int = 8
+    """Groups (initial states) rolled out per training epoch."""
+    num_workers: int = 2
+    """Worker processes stepping environments (0 = in-process)."""
+    step_timeout_s: float = 30.0
+    """A worker that takes longer than this for one chunk is killed and replaced; its groups are dropped."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.group_size, int) and self.group_size >= 2, f"rollout.group_size must be an integer >= 2 (GRPO compares members of a group), got {self.group_size!r}")
+        _require(isinstance(self.groups_per_epoch, int) and self.groups_per_epoch >= 1, f"rollout.groups_per_epoch must be an integer >= 1, got {self.groups_per_epoch!r}")
+        _require(isinstance(self.num_workers, int) and 0 <= self.num_workers <= 256, f"rollout.num_workers must be an integer in [0, 256], got {self.num_workers!r}")
+        _positive("rollout.step_timeout_s", self.step_timeout_s)
+
+
+@dataclass
+class GRPOConfig:
+    """Settings shared by both stages; each stage has its own copy (learning rate etc. are per stage)."""
+
+    epochs: int = 40
+    """Training epochs (one rollout batch + update each)."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """Adam weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip."""
+    update_epochs: int = 2
+    """Passes over each rollout batch."""
+    minibatch_trajectories: int = 32
+    """Trajectories per minibatch."""
+    clip_low: float = 0.2
+    """epsilon_low of the clipped surrogate."""
+    clip_high: float = 0.2
+    """epsilon_high of the clipped surrogate."""
+    kl_coef: float = 0.0
+    """beta: weight of the k3 KL to the frozen reference policy (0 disables it)."""
+    eval_every: int = 10
+    """Evaluate on validation states every N epochs and keep the best checkpoint."""
+    val_episodes: int = 24
+    """Validation episodes per task at each evaluation."""
+    checkpoint_every: int = 10
+    """Write a resumable checkpoint every N epochs (and at the end)."""
+
+    def _validate(self, prefix: str) -> None:
+        _require(isinstance(self.epochs, int) and self.epochs >= 0, f"{prefix}.epochs must be an integer >= 0, got {self.epochs!r}")
+        _require(isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, f"{prefix}.lr must be in (0, 1], got {self.lr!r}")
+        _in_range(f"{prefix}.weight_decay", self.weight_decay, 0.0, 1.0)
+        _positive(f"{prefix}.max_grad_norm", self.max_grad_norm)
+        _require(isinstance(self.update_epochs, int) and self.update_epochs >= 1, f"{prefix}.update_epochs must be an integer >= 1, got {self.update_epochs!r}")
+        _require(isinstance(self.minibatch_trajectories, int) and self.minibatch_trajectories >= 1, f"{prefix}.minibatch_trajectories must be an integer >= 1, got {self.minibatch_trajectories!r}")
+        _in_range(f"{prefix}.clip_low", self.clip_low, 0.0, 1.0)
+        _in_range(f"{prefix}.clip_high", self.clip_high, 0.0, 10.0)
+        _in_range(f"{prefix}.kl_coef", self.kl_coef, 0.0, 10.0)
+        _require(isinstance(self.eval_every, int) and self.eval_every >= 1, f"{prefix}.eval_every must be an integer >= 1, got {self.eval_every!r}")
+        _require(isinstance(self.val_episodes, int) and self.val_episodes >= 1, f"{prefix}.val_episodes must be an integer >= 1, got {self.val_episodes!r}")
+        _require(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1, f"{prefix}.checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
+
+
+@dataclass
+class Stage1Config(GRPOConfig):
+    """Stage 1, reliable chunk extension (SPEC.md eq 2)."""
+
+    windows: tuple[int, ...] = ()
+    """Execution windows k_1 < ... < k_M assigned to group slots; empty = {H/3, 2H/3, H} from the default window."""
+    horizon_coef: float = 1.0
+    """lambda_h: weight of the horizon term k/H."""
+    tolerance_points: float = 2.0
+    """Pick the longest window whose validation SR is within this many points of the shortest's."""
+
+    def __post_init__(self) -> None:
+        self._validate("stage1")
+        ws = tuple(self.windows)
+        _require(all(isinstance(w, int) and w >= 1 for w in ws), f"stage1.windows must be positive integers, got {ws}")
+        _require(list(ws) == sorted(set(ws)), f"stage1.windows must be strictly increasing, e.g. 5 10 15, got {ws}")
+        self.windows = ws
+        _in_range("stage1.horizon_coef", self.horizon_coef, 0.0, 100.0)
+        _in_range("stage1.tolerance_points", self.tolerance_points, 0.0, 100.0)
+
+
+@dataclass
+class Stage2Config(GRPOConfig):
+    """Stage 2, redundancy-aware step reduction (SPEC.md eqs 5-7)."""
+
+    window: int = 0
+    """Execution window; 0 = Stage 1's choice (or the policy's default window)."""
+    budget: int = 0
+    """Step budget B; 0 = calibrate as ceil(budget_multiplier * mean T) on validation states."""
+    budget_multiplier: float = 1.3
+    """beta_B: budget multiplier for calibration."""
+    step_coef: float = 0.8
+    """lambda_e: weight of the step-saving reward."""
+    stability_coef: float = 0.2
+    """lambda_s: weight of the group-anchored stability penalty."""
+    sigma_floor: float = 5.0
+    """sigma_floor in steps for the stability penalty."""
+    floor_mode: Literal["clamp", "gate"] = "clamp"
+    """clamp: sigma = max(sigma_g, floor) (paper); gate: no penalty while sigma_g < floor (authors' code)."""
+    tolerance_points: float = 2.0
+    """Best checkpoint: fewest calls among evaluations within this many SR points of the stage's start."""
+
+    def __post_init__(self) -> None:
+        self._validate("stage2")
+        _require(isinstance(self.window, int) and self.window >= 0, f"stage2.window must be an integer >= 0 (0 = from Stage 1), got {self.window!r}")
+        _require(isinstance(self.budget, int) and self.budget >= 0, f"stage2.budget must be an integer >= 0 (0 = calibrate), got {self.budget!r}")
+        _in_range("stage2.budget_multiplier", self.budget_multiplier, 1.0, 10.0)
+        _in_range("stage2.step_coef", self.step_coef, 0.0, 10.0)
+        _in_range("stage2.stability_coef", self.stability_coef, 0.0, 1.0)
+        _in_range("stage2.sigma_floor", self.sigma_floor, 0.0, 1e6)
+        _require(self.floor_mode in ("clamp", "gate"), f"stage2.floor_mode must be clamp or gate, got {self.floor_mode!r}")
+        _in_range("stage2.tolerance_points", self.tolerance_points, 0.0, 100.0)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on test states."""
+
+    episodes: Annotated[int, tyro.conf.arg(aliases=("--episodes",))] = 100
+    """Episodes per task."""
+    mode: Annotated[Literal["sampled", "deterministic"], tyro.conf.arg(aliases=("--mode",))] = "sampled"
+    """sampled: how the policy acts when deployed; deterministic: mean / zero-noise actions."""
+    latency_ms: Annotated[float, tyro.conf.arg(aliases=("--latency-ms",))] = 0.0
+    """Inference latency for the wall-clock estimate; 0 = measure it."""
+    seed: int = 0
+    """Seed of the per-trajectory random numbers (shared by every policy compared)."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.episodes, int) and self.episodes >= 1, f"eval.episodes must be an integer >= 1, got {self.episodes!r}")
+        _require(self.mode in ("sampled", "deterministic"), f"eval.mode must be sampled or deterministic, got {self.mode!r}")
+        _in_range("eval.latency_ms", self.latency_ms, 0.0, 1e6)
+
+
+@dataclass
+class DataConfig:
+    """Demonstration collection with the scripted experts (`policytrim collect`)."""
+
+    episodes: int = 200
+    """Demonstrations per task."""
+    suboptimal: bool = True
+    """Add human-like suboptimality (speed scale, pauses, detours, jitter) as in teleoperation data."""
+    speed_min: float = 0.6
+    """Per-episode xyz speed scale is drawn from U(speed_min, speed_max)."""
+    speed_max: float = 1.0
+    """See speed_min."""
+    pause_prob: float = 0.04
+    """Per-step probability of starting a hesitation pause."""
+    pause_min: int = 3
+    """Shortest pause in steps."""
+    pause_max: int = 8
+    """Longest pause in steps."""
+    detour_prob: float = 0.5
+    """Probability that an episode contains one detour."""
+    detour_min: int = 5
+    """Shortest detour in steps."""
+    detour_max: int = 10
+    """Longest detour in steps."""
+    jitter_std: float = 0.1
+    """Std of Gaussian action jitter (actions are clipped to [-1, 1])."""
+    seed: int = 0
+    """Seed of the suboptimality random numbers."""
+    keep_failures: bool = False
+    """Keep unsuccessful demonstrations in the dataset."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.episodes, int) and self.episodes >= 1, f"data.episodes must be an integer >= 1, got {self.episodes!r}")
+        _require(0 < self.speed_min <= self.speed_max <= 2.0, f"data.speed_min/speed_max must satisfy 0 < min <= max <= 2, got {self.speed_min}, {self.speed_max}")
+        _in_range("data.pause_prob", self.pause_prob, 0.0, 1.0)
+        _in_range("data.detour_prob", self.detour_prob, 0.0, 1.0)
+        _in_range("data.jitter_std", self.jitter_std, 0.0, 2.0)
+        _require(0 <= self.pause_min <= self.pause_max, f"data.pause_min <= data.pause_max needed, got {self.pause_min}, {self.pause_max}")
+        _require(0 <= self.detour_min <= self.detour_max, f"data.detour_min <= data.detour_max needed, got {self.detour_min}, {self.detour_max}")
+
+
+@dataclass
+class PretrainConfig:
+    """Behaviour cloning (`policytrim pretrain`)."""
+
+    iterations: int = 6000
+    """Gradient steps."""
+    batch_size: int = 256
+    """Chunks per batch."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    val_fraction: float = 0.1
+    """Fraction of demonstration episodes held out for validation loss."""
+    eval_episodes: int = 20
+    """Episodes per task for the final success-rate check on validation states."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.iterations, int) and self.iterations >= 1, f"pretrain.iterations must be an integer >= 1, got {self.iterations!r}")
+        _require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"pretrain.batch_size must be an integer >= 1, got {self.batch_size!r}")
+        _require(isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, f"pretrain.lr must be in (0, 1], got {self.lr!r}")
+        _in_range("pretrain.val_fraction", self.val_fraction, 0.0, 0.9)
+        _require(isinstance(self.eval_episodes, int) and self.eval_episodes >= 0, f"pretrain.eval_episodes must be an integer >= 0, got {self.eval_episodes!r}")
+
+
+@dataclass
+class LoggingConfig:
+    """Where results go."""
+
+    out: Annotated[str, tyro.conf.arg(aliases=("--out",))] = "runs/latest"
+    """Run directory."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars when tensorboard is installed."""
+    wandb: Literal["off", "offline", "online"] = "off"
+    """Weights & Biases logging mode (needs the wandb extra)."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.out), "logging.out must be a directory path")
+        _require(self.wandb in ("off", "offline", "online"), f"logging.wandb must be off, offline or online, got {self.wandb!r}")
+
+
+@dataclass
+class RunConfig:
+    """A whole PolicyTrim run: simulator, policy, rollouts, both stages, evaluation, logging."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    seed: int = 0
+    """Global seed (initial-state order, rollout noise, network init)."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Torch device for the learner."""
+
+    def __post_init__(self) -> None:
+        h = self.policy.chunk_size
+        ws = self.stage1.windows
+        _require(not ws or ws[-1] <= h, f"stage1.windows must all be <= policy.chunk_size={h}, got {ws}")
+        _require(
+            self.stage2.window <= h,
+            f"stage2.window must be <= policy.chunk_size={h} (0 = from Stage 1), got {self.stage2.window}",
+        )
+        _require(self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device!r}")
+        if self.policy.kind == "expert":
+            _require(self.policy.default_window == 1, "policy.kind=expert acts in closed loop: policy.default_window must be 1")
+
+    @property
+    def stage1_windows(self) -> tuple[int, ...]:
+        """Stage 1's windows: as given, or the default window and evenly spaced steps up to H."""
+        if self.stage1.windows:
+            return self.stage1.windows
+        k1, h = self.policy.default_window, self.policy.chunk_size
+        if k1 >= h:
+            return (h,)
+        m = 3
+        return tuple(sorted({round(k1 + (h - k1) * i / (m - 1)) for i in range(m)}))
+
+
+# ---------------------------------------------------------------------------------------------
+# dict / file round trip (strict: unknown keys and wrong types are errors)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain JSON/YAML-safe data (tuples become lists)."""
+
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(cfg)
+
+
+def _coerce(name: str, annotation: Any, value: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        _require(value in args, f"{name} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for arg in args:
+            try:
+                return _coerce(name, arg, value)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name}: {value!r} matches none of {annotation}")
+    if origin is tuple:
+        _require(isinstance(value, (list, tuple)), f"{name} must be a list, got {type(value).__name__} {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(f"{name}[{i}]", item, v) for i, v in enumerate(value))
+    if annotation is bool:
+        _require(isinstance(value, bool), f"{name} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), f"{name} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        _require(isinstance(value, str), f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build a config dataclass from nested dicts; unknown keys and wrong types raise ConfigError."""
+    _require(isinstance(data, dict), f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    _require(
+        not unknown,
+        f"unknown key(s) {', '.join(prefix + k for k in unknown)}; valid keys here: {', '.join(fields)}",
+    )
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        name = prefix + key
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, prefix=f"{name}.")
+        else:
+            kwargs[key] = _coerce(name, hint, value)
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML or JSON config file (safe loaders only) into a validated RunConfig."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    return from_dict(RunConfig, data or {})
+
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def preset_path(name: str) -> Path:
+    """Path of a named preset in configs/ (e.g. 'demo')."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(available) or 'none'}")
+    return path

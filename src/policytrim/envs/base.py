@@ -1,0 +1,60 @@
+"""The simulator adapter protocol.
+
+An adapter translates one simulator to what the rollout engine needs: reset to an explicitly
+addressed initial state, step one action, report success, expose the instruction, the observation
+spec and the horizon. Adapters never execute chunks; the rollout engine does (`policytrim.rollout`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+# Observation keys, kept in one place (LeRobot-style constants).
+OBS_STATE = "state"  # float32 [D] proprioceptive / simulator state vector
+OBS_IMAGE = "image"  # uint8 [h, w, 3], the right way up
+
+
+@dataclass(frozen=True, order=True)
+class InitialState:
+    """Address of one reproducible initial state: (task, seed, index).
+
+    The same address always gives the bit-identical initial state. Splits (train / validation /
+    test) use disjoint seeds, so nothing reported is tuned on.
+    """
+
+    task: str
+    seed: int
+    index: int
+
+
+@dataclass(frozen=True)
+class ObsSpec:
+    """Shape and dtype of one observation entry."""
+
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name, e.g. "float32", "uint8"
+
+
+@runtime_checkable
+class EnvAdapter(Protocol):
+    """One environment instance. Not thread-safe; one per worker slot."""
+
+    task: str
+    instruction: str
+    horizon: int
+    action_dim: int
+    observation_spec: dict[str, ObsSpec]
+    control_period_s: float  # physical seconds per env step (Meta-World: 5 x 2.5 ms)
+
+    def reset(self, state: InitialState) -> dict[str, np.ndarray]:
+        """Reset to the addressed initial state and return the first observation."""
+        ...
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
+        """Apply one action (already within the action bounds). Returns (observation, success)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,93 @@
+"""The policy contract every policy implements and nothing else in the library goes around.
+
+A chunking policy maps a batch of observations + instructions to a chunk of H actions in one call.
+Three modes (SPEC.md, "Log-probabilities by policy kind" and "Evaluation protocol"):
+
+- ``"train"``: exploration during RL rollouts (Gaussian sample; Flow-SDE for a flow head).
+- ``"sampled"``: how it acts when deployed (Gaussian sample; flow head: random noise, plain ODE).
+- ``"deterministic"``: Gaussian mean; flow head from zero noise.
+
+Model-specific code (encoders, heads, tokenisers, LeRobot/GR00T wrappers) stays inside the adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, Sequence, runtime_checkable
+
+import torch
+
+Mode = Literal["train", "sampled", "deterministic"]
+MODES: tuple[str, ...] = ("train", "sampled", "deterministic")
+
+# Batched observations: the per-env observation dicts of `policytrim.envs.base` stacked along a
+# leading batch dimension and converted to tensors (state float32 [B, D], image uint8 [B, h, w, 3]).
+Observation = dict[str, torch.Tensor]
+
+
+@dataclass
+class ChunkSample:
+    """What one batched policy call returns, B = batch size, H = chunk size, A = action dim.
+
+    actions: float32 [B, H, A], already within the env's action bounds: what gets executed.
+    logp:    float32 [B, H], log-prob of each row (summed over action dims) under the mode's
+             sampling distribution; zeros for a policy with no density (scripted experts).
+    replay:  tensors with leading dim B: everything `log_prob` needs to recompute `logp`
+             (Gaussian: the pre-clip sample; flow: the stored chain x_t, x_{t-Δ}, step index).
+    """
+
+    actions: torch.Tensor
+    logp: torch.Tensor
+    replay: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ChunkPolicy(Protocol):
+    """The contract. `torch.nn.Module` subclasses implement it; experts implement it without params."""
+
+    chunk_size: int  # H: actions predicted per call
+    default_window: int  # k the policy was trained to execute (its baseline window)
+    max_window: int  # largest window it may execute (H for learned policies, 1 for experts)
+    action_dim: int
+
+    def sample(
+        self,
+        obs: Observation,
+        instructions: Sequence[str],
+        mode: Mode,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> ChunkSample:
+        """Sample one chunk per batch row. ``generators[b]`` (one per row) makes row b's random
+        numbers reproducible independently of the batch composition (paired evaluation)."""
+        ...
+
+    def log_prob(
+        self,
+        obs: Observation,
+        instructions: Sequence[str],
+        replay: dict[str, torch.Tensor],
+        row_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Differentiable per-row log-prob [B, H] of the recorded chunks; rows where
+        ``row_mask`` (bool [B, H]) is False are 0 and get no gradient."""
+        ...
+
+    def bc_loss(
+        self,
+        obs: Observation,
+        instructions: Sequence[str],
+        actions: torch.Tensor,
+        row_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Behaviour-cloning loss (scalar) for demonstration chunks actions [B, H, A]."""
+        ...
+
+    def spec(self) -> dict:
+        """JSON-safe description that rebuilds the architecture with `policy_from_spec` (kind, H,
+        sizes, normalisation statistics, vocabulary...). Weights travel separately as a state dict."""
+        ...
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write safetensors weights + JSON config (atomically). Never pickle."""
+        ...
