@@ -380,13 +380,15 @@ class RunConfig:
     @property
     def stage1_windows(self) -> tuple[int, ...]:
         """Stage 1's windows: as given, or the default window and evenly spaced steps up to H."""
-        if self.stage1.windows:
-            return self.stage1.windows
-        k1, h = self.policy.default_window, self.policy.chunk_size
-        if k1 >= h:
-            return (h,)
-        m = 3
-        return tuple(sorted({round(k1 + (h - k1) * i / (m - 1)) for i in range(m)}))
+        return self.stage1.windows or default_windows(self.policy.default_window, self.policy.chunk_size)
+
+
+def default_windows(default_window: int, chunk_size: int, count: int = 3) -> tuple[int, ...]:
+    """SPEC's Stage 1 windows: k_1 = the policy's default window, the rest evenly spaced up to H
+    (H = 15, k_1 = 5 gives 5, 10, 15)."""
+    if default_window >= chunk_size:
+        return (chunk_size,)
+    return tuple(sorted({round(default_window + (chunk_size - default_window) * i / (count - 1)) for i in range(count)}))
 
 
 # ---------------------------------------------------------------------------------------------

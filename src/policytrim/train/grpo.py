@@ -1,0 +1,426 @@
+"""The two-stage GRPO trainer (SPEC.md). One loop, top to bottom:
+
+    rollouts (engine) -> rewards (objective) -> group advantages -> clipped surrogate + KL
+    -> optimiser step with gradient clipping -> metrics, validation, best / resumable checkpoints
+
+Stage ``extend`` (Stage 1) gives every group slot its own window and rewards longer successful
+windows (eq 2); at the end it picks the longest window whose validation success rate stays within a
+tolerance of the shortest window's. Stage ``trim`` (Stage 2) executes that window with the
+step-saving reward and the group-anchored stability penalty (eqs 5-7) against a calibrated budget.
+
+A run directory holds everything (see `RunDir`); ``--resume`` continues from the last complete
+checkpoint. Random numbers of an epoch (initial states, rollout noise, minibatch order) derive from
+(seed, stage, epoch) alone, so a resumed run replays exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from policytrim import objective
+from policytrim.config import GRPOConfig, RunConfig, default_windows, to_dict
+from policytrim.envs import initial_states, split_seed
+from policytrim.envs.base import InitialState
+from policytrim.errors import InputError
+from policytrim.eval.evaluate import evaluate_policy
+from policytrim.io import atomic_directory, atomic_write_json
+from policytrim.policies import ChunkPolicy, load_policy
+from policytrim.rollout.engine import RolloutEngine
+from policytrim.rollout.types import Trajectories
+from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from policytrim.train.logger import MetricsLogger
+from policytrim.train.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+STAGES = ("extend", "trim")
+TRAIN_POOL = 1_000_000  # training initial states are drawn from this many indices of the train seed
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 63-bit seed from any printable parts (stable across processes and Python versions)."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+# ---------------------------------------------------------------------------------------------
+# rewards: thin glue from trajectories to `policytrim.objective` (never re-implemented here)
+
+
+@dataclass
+class StagePlan:
+    """What one stage executes and rewards."""
+
+    stage: str
+    windows: tuple[int, ...]  # extend: the Stage 1 windows; trim: (window,)
+    budget: int = 0  # trim only
+
+
+def stage_rewards(traj: Trajectories, plan: StagePlan, cfg: RunConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Rewards [num_groups, G] for a stage and the mean of each reward term (for the logs)."""
+    success = traj.grouped(traj.success)
+    if plan.stage == "extend":
+        rewards = objective.extension_reward(success, traj.grouped(traj.window), cfg.policy.chunk_size, cfg.stage1.horizon_coef)
+        return rewards, {"reward": rewards.mean().item(), "reward_extension": rewards.mean().item()}
+    s2 = cfg.stage2
+    terms = objective.trim_reward_terms(
+        success, traj.grouped(traj.steps), plan.budget, s2.step_coef, s2.stability_coef, s2.sigma_floor, s2.floor_mode
+    )
+    ok = success.bool()
+    return terms.reward, {
+        "reward": terms.reward.mean().item(),
+        "reward_step_saving": terms.step_saving[ok].mean().item() if ok.any() else 0.0,
+        "reward_stability_penalty": terms.stability[ok].mean().item() if ok.any() else 0.0,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the update
+
+
+def _device_of(policy: ChunkPolicy) -> torch.device:
+    param = next(iter(policy.parameters()), None) if hasattr(policy, "parameters") else None
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _chunk_inputs(traj: Trajectories, chunk_ids: torch.Tensor, device: torch.device):
+    obs = {k: v[chunk_ids].to(device) for k, v in traj.obs.items()}
+    replay = {k: v[chunk_ids].to(device) for k, v in traj.replay.items()}
+    instructions = [traj.instruction[i] for i in traj.chunk_traj[chunk_ids].tolist()]
+    return obs, instructions, replay
+
+
+def grpo_update(
+    policy: ChunkPolicy,
+    ref_policy: ChunkPolicy | None,
+    optimizer: torch.optim.Optimizer,
+    traj: Trajectories,
+    advantages: torch.Tensor,
+    cfg: GRPOConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """Clipped-surrogate updates (eq 4) on the trajectories with a nonzero-signal group.
+
+    ``advantages`` is [N] with exact zeros for invalid groups; those trajectories are left out.
+    One optimiser step per minibatch of trajectories, ``cfg.update_epochs`` passes.
+    """
+    device = _device_of(policy)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    row_mask_all = traj.chunk_row_mask()
+    ids = torch.nonzero(advantages != 0, as_tuple=False).flatten()
+    stats: dict[str, list[float]] = {k: [] for k in ("loss", "clip_frac", "approx_kl", "kl_ref", "ratio_max", "grad_norm")}
+    skipped = 0
+    logp_gap = float("nan")
+    for _ in range(cfg.update_epochs if ids.numel() else 0):
+        order = ids[torch.randperm(ids.numel(), generator=generator)]
+        for mb in order.split(cfg.minibatch_trajectories):
+            mb = mb.sort().values
+            chunk_ids = traj.chunks_of(mb)
+            obs, instructions, replay = _chunk_inputs(traj, chunk_ids, device)
+            row_mask = row_mask_all[chunk_ids].to(device)
+            logp = policy.log_prob(obs, instructions, replay, row_mask)
+            old = traj.old_logp[chunk_ids].to(device=device, dtype=logp.dtype)
+            if math.isnan(logp_gap):  # before the first optimiser step of this batch: must be ~0
+                logp_gap = (logp.detach() - old).abs()[row_mask].max().item() if row_mask.any() else 0.0
+            ref = None
+            if ref_policy is not None and cfg.kl_coef > 0:
+                with torch.no_grad():
+                    ref = traj.padded(ref_policy.log_prob(obs, instructions, replay, row_mask).to(logp.dtype), mb)
+            loss, diag = objective.grpo_loss(
+                traj.padded(logp, mb),
+                traj.padded(old, mb),
+                advantages[mb].to(device=device, dtype=logp.dtype),
+                traj.padded(row_mask, mb),
+                ref_logp=ref,
+                clip_low=cfg.clip_low,
+                clip_high=cfg.clip_high,
+                kl_coef=cfg.kl_coef,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                skipped += 1  # NaN / inf: skip the step, never let it reach the weights
+                optimizer.zero_grad(set_to_none=True)
+                log.warning("non-finite loss or gradient (loss=%s, grad_norm=%s): update skipped", loss.item(), grad_norm.item())
+                continue
+            optimizer.step()
+            stats["loss"].append(loss.item())
+            stats["grad_norm"].append(grad_norm.item())
+            for key in ("clip_frac", "approx_kl", "kl_ref", "ratio_max"):
+                if key in diag:
+                    stats[key].append(float(diag[key]))
+    out = {k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}
+    out.update(skipped_steps=skipped, logp_gap=0.0 if math.isnan(logp_gap) else logp_gap, update_trajectories=int(ids.numel()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and the stage decisions (window choice, budget, best checkpoint)
+
+
+def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, episodes: int) -> dict[str, Any]:
+    """Overall metrics on validation states at one window (paired: fixed seed)."""
+    metrics = evaluate_policy(policy, cfg.env, episodes, window, cfg.eval.mode, cfg.eval.seed, split="val", engine=engine, latency_ms=cfg.eval.latency_ms)
+    return metrics["overall"]
+
+
+def choose_window(policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...], engine: RolloutEngine) -> dict[str, Any]:
+    """Stage 1's output: the longest window whose validation SR is within the tolerance of the
+    shortest window's (same states, same random numbers for every window)."""
+    episodes = max(cfg.stage1.val_episodes, cfg.pretrain.eval_episodes)
+    per_window = {w: validate(policy, cfg, w, engine, episodes) for w in windows}
+    reference = per_window[windows[0]]["success_rate"]
+    tolerance = cfg.stage1.tolerance_points / 100.0
+    chosen = max(w for w in windows if per_window[w]["success_rate"] >= reference - tolerance - 1e-12)
+    return {"window": chosen, "tolerance_points": cfg.stage1.tolerance_points, "episodes_per_task": episodes, "split": "val", "mode": cfg.eval.mode, "per_window": {str(w): m for w, m in per_window.items()}}
+
+
+def calibrate_budget(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine) -> dict[str, Any]:
+    """Step budget B = ceil(beta_B * mean T of successes) of the policy entering Stage 2."""
+    if cfg.stage2.budget:
+        return {"budget": cfg.stage2.budget, "source": "given by the user (stage2.budget)"}
+    episodes = max(cfg.stage2.val_episodes, cfg.pretrain.eval_episodes)
+    metrics = validate(policy, cfg, window, engine, episodes)
+    if not metrics["episodes"] or metrics["success_rate"] == 0:
+        raise InputError(
+            f"cannot calibrate the Stage 2 step budget: the policy succeeded in none of {metrics['episodes']} validation episodes at window {window}; give stage2.budget or start from a better policy"
+        )
+    budget = int(math.ceil(round(cfg.stage2.budget_multiplier * metrics["mean_steps"], 6)))
+    return {
+        "budget": budget,
+        "source": f"calibrated: ceil({cfg.stage2.budget_multiplier} x mean T of successful validation episodes)",
+        "mean_steps": metrics["mean_steps"],
+        "success_rate": metrics["success_rate"],
+        "window": window,
+        "mode": cfg.eval.mode,
+        "episodes_per_task": episodes,
+    }
+
+
+def is_better(stage: str, candidate: dict[str, Any], best: dict[str, Any] | None, start: dict[str, Any], tolerance_points: float) -> bool:
+    """Best-checkpoint criterion. extend: highest SR at the longest window (ties: fewer calls).
+    trim: fewest calls among evaluations within the tolerance of the stage's starting SR."""
+    if best is None:
+        return True
+    calls = lambda m: m["calls_per_success"] if m["calls_per_success"] == m["calls_per_success"] else math.inf  # noqa: E731 (NaN = no success)
+    if stage == "extend":
+        return (candidate["success_rate"], -calls(candidate)) > (best["success_rate"], -calls(best))
+    floor = start["success_rate"] - tolerance_points / 100.0 - 1e-12
+    cand_ok, best_ok = candidate["success_rate"] >= floor, best["success_rate"] >= floor
+    if cand_ok != best_ok:
+        return cand_ok
+    if not cand_ok:
+        return candidate["success_rate"] > best["success_rate"]
+    return (calls(candidate), -candidate["success_rate"]) < (calls(best), -best["success_rate"])
+
+
+# ---------------------------------------------------------------------------------------------
+# one stage
+
+
+def draw_starts(cfg: RunConfig, rng: np.random.Generator, epoch: int) -> list[InitialState]:
+    """Initial states of one epoch's groups: tasks round robin, fresh training-split indices."""
+    tasks = cfg.env.tasks
+    seed = split_seed(cfg.env, "train")
+    starts = []
+    for g in range(cfg.rollout.groups_per_epoch):
+        task = tasks[(epoch * cfg.rollout.groups_per_epoch + g) % len(tasks)]
+        index = int(rng.integers(0, TRAIN_POOL))
+        starts.extend(initial_states(task, seed, 1, start=index))
+    return starts
+
+
+def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engine: RolloutEngine, plan: StagePlan, logger: MetricsLogger) -> dict[str, Any]:
+    """Train one stage from the policy given (or resume it) and return its summary.
+
+    On return ``policy`` holds the stage's best checkpoint."""
+    scfg = cfg.stage1 if stage == "extend" else cfg.stage2
+    stage_dir = run.stage_dir(stage)
+    device = _device_of(policy)
+    if not (stage_dir / "reference").exists():
+        save_policy_dir(policy, stage_dir / "reference")  # the policy that entered the stage
+    ref_policy = None
+    if scfg.kl_coef > 0:
+        ref_policy = load_policy(stage_dir / "reference" / "policy").to(device).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=scfg.lr, weight_decay=scfg.weight_decay)
+
+    eval_window = plan.windows[-1]
+    state: dict[str, Any] = {"best": None, "start_eval": None}
+    start_epoch = 0
+    checkpoint = latest_checkpoint(stage_dir)
+    if checkpoint is not None:
+        policy.load_state_dict(load_policy(checkpoint / "policy").state_dict())
+        state = load_trainer_state(checkpoint, optimizer)
+        start_epoch = state["epoch"]
+        log.info("resuming %s from %s (epoch %d)", stage, checkpoint, start_epoch)
+    run.truncate_metrics(stage, start_epoch)
+    if state["start_eval"] is None:
+        state["start_eval"] = validate(policy, cfg, eval_window, engine, scfg.val_episodes)
+        state["best"] = {"epoch": 0, **state["start_eval"]}
+        save_policy_dir(policy, stage_dir / "best")
+        logger.log({"stage": stage, "epoch": 0, "global_epoch": run.global_epoch(stage, 0), **{f"val_{k}": v for k, v in _scalars(state["start_eval"]).items()}})
+
+    bar = tqdm(range(start_epoch, scfg.epochs), desc=f"{stage}", disable=not cfg.logging.progress, initial=start_epoch, total=scfg.epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(stable_seed(cfg.seed, stage, epoch, "starts"))
+        starts = draw_starts(cfg, rng, epoch)
+        if stage == "extend":
+            windows = objective.assign_windows(len(starts), cfg.rollout.group_size, plan.windows)
+        else:
+            windows = torch.full((len(starts), cfg.rollout.group_size), plan.windows[0], dtype=torch.long)
+        policy.eval()
+        traj = engine.run(policy, starts, cfg.rollout.group_size, windows, "train", stable_seed(cfg.seed, stage, epoch, "rollout"))
+        t_rollout = time.perf_counter() - t0
+
+        rewards, reward_terms = stage_rewards(traj, plan, cfg)
+        advantages, valid_groups = objective.group_advantages(rewards)
+        policy.train()
+        update = grpo_update(
+            policy, ref_policy, optimizer, traj, advantages.flatten(), scfg, torch.Generator().manual_seed(stable_seed(cfg.seed, stage, epoch, "minibatch"))
+        )
+
+        ok = traj.success.bool()
+        record: dict[str, Any] = {
+            "stage": stage,
+            "epoch": epoch + 1,
+            "global_epoch": run.global_epoch(stage, epoch + 1),
+            "success_rate": ok.float().mean().item() if traj.num_trajectories else float("nan"),
+            "mean_steps": traj.steps[ok].float().mean().item() if ok.any() else float("nan"),
+            "mean_window": traj.window.float().mean().item() if traj.num_trajectories else float("nan"),
+            "mean_calls": traj.calls[ok].float().mean().item() if ok.any() else float("nan"),
+            **reward_terms,
+            "valid_group_frac": valid_groups.float().mean().item() if valid_groups.numel() else 0.0,
+            **update,
+            "dropped_groups": traj.dropped_groups,
+            "env_steps": traj.env_steps,
+            "rollout_s": t_rollout,
+            "epoch_s": time.perf_counter() - t0,
+        }
+        if plan.stage == "trim":
+            record["budget"] = plan.budget
+        last = epoch + 1 == scfg.epochs
+        if (epoch + 1) % scfg.eval_every == 0 or last:
+            policy.eval()
+            val = validate(policy, cfg, eval_window, engine, scfg.val_episodes)
+            record.update({f"val_{k}": v for k, v in _scalars(val).items()})
+            if is_better(stage, val, state["best"], state["start_eval"], getattr(scfg, "tolerance_points", 0.0)):
+                state["best"] = {"epoch": epoch + 1, **val}
+                save_policy_dir(policy, stage_dir / "best")
+        logger.log(record)
+        bar.set_postfix(SR=f"{record['success_rate']:.2f}", T=f"{record['mean_steps']:.0f}", k=f"{record['mean_window']:.1f}", C=f"{record['mean_calls']:.1f}")
+        if (epoch + 1) % scfg.checkpoint_every == 0 or last:
+            save_checkpoint(stage_dir, epoch + 1, policy, optimizer, {"stage": stage, "best": state["best"], "start_eval": state["start_eval"]})
+    bar.close()
+
+    policy.load_state_dict(load_policy(stage_dir / "best" / "policy").state_dict())
+    return {"stage": stage, "epochs": scfg.epochs, "best": state["best"], "start": state["start_eval"], "eval_window": eval_window}
+
+
+def save_policy_dir(policy: ChunkPolicy, path: Path) -> None:
+    """Replace ``path`` atomically with a directory holding ``policy/`` (its checkpoint)."""
+    with atomic_directory(path, overwrite=True) as tmp:
+        policy.save_pretrained(tmp / "policy")
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# ---------------------------------------------------------------------------------------------
+# both stages, the run directory, the CLI entry point
+
+
+def stage1_windows(cfg: RunConfig, policy: ChunkPolicy) -> tuple[int, ...]:
+    """Stage 1 windows for this policy: as configured, or {k_default .. H} evenly spaced (SPEC)."""
+    windows = cfg.stage1.windows or default_windows(policy.default_window, policy.chunk_size)
+    if windows[-1] > policy.max_window:
+        raise InputError(f"stage1.windows {windows} exceed what the policy may execute (max window {policy.max_window}, chunk size {policy.chunk_size})")
+    return windows
+
+
+def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "", overwrite: bool = False) -> dict[str, Any]:
+    """Run PolicyTrim (``stage`` = extend | trim | both) from checkpoint ``init`` into
+    ``cfg.logging.out``, or continue the run directory ``resume``. Returns the run summary."""
+    if resume:
+        run = RunDir.open(resume)
+        cfg, stage, init = run.cfg, run.meta["stage"], run.meta["init"]
+    else:
+        if stage not in ("extend", "trim", "both"):
+            raise InputError(f"stage must be extend, trim or both, got {stage!r}")
+        if not init:
+            raise InputError("--init is required: the starting (baseline) checkpoint directory")
+    stages = list(STAGES) if stage == "both" else [stage]
+    torch.manual_seed(cfg.seed)
+    policy = load_policy(init).to(cfg.device)  # validates the checkpoint before anything is written
+    windows = stage1_windows(cfg, policy) if "extend" in stages else ()
+    if cfg.stage2.window > policy.max_window:
+        raise InputError(f"stage2.window={cfg.stage2.window} exceeds the policy's max window {policy.max_window}")
+    if not resume:
+        run = RunDir.create(cfg.logging.out, cfg, {"stage": stage, "stages": stages, "init": str(init)}, overwrite=overwrite)
+    logger = MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume))
+    summary: dict[str, Any] = {"run_dir": str(run.path), "init": str(init), "stages": stages, "logging": logger.backends}
+    try:
+        with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s) as engine:
+            window = cfg.stage2.window or policy.default_window
+            if "extend" in stages:
+                result = run.read_json("extend/result.json")
+                if result is None:
+                    result = run_stage("extend", policy, cfg, run, engine, StagePlan("extend", windows), logger)
+                    policy.eval()
+                    result["window_choice"] = choose_window(policy, cfg, windows, engine)
+                    run.write_json("extend/result.json", result)
+                else:
+                    policy.load_state_dict(load_policy(run.stage_dir("extend") / "best" / "policy").state_dict())
+                summary["extend"] = result
+                window = cfg.stage2.window or result["window_choice"]["window"]
+            if "trim" in stages:
+                result = run.read_json("trim/result.json")
+                if result is None:
+                    budget = run.read_json("trim/budget.json")
+                    if budget is None:
+                        policy.eval()
+                        budget = calibrate_budget(policy, cfg, window, engine)
+                        run.write_json("trim/budget.json", budget)
+                    result = run_stage("trim", policy, cfg, run, engine, StagePlan("trim", (window,), budget["budget"]), logger)
+                    result.update(window=window, budget=budget)
+                    run.write_json("trim/result.json", result)
+                else:
+                    policy.load_state_dict(load_policy(run.stage_dir("trim") / "best" / "policy").state_dict())
+                summary["trim"] = result
+            summary["window"] = window
+        save_policy_dir(policy, run.path / "final")
+        run.write_json("summary.json", summary)
+        run.set_status("complete")
+    finally:
+        logger.close()
+    return summary
+
+
+def train_command(args) -> int:
+    """`policytrim train`: see `train`."""
+    from policytrim.cli import run_config
+
+    summary = train(run_config(args), args.stage, args.init, args.resume, args.overwrite)
+    print(f"run directory: {summary['run_dir']}")
+    for stage in summary["stages"]:
+        best = summary[stage]["best"]
+        print(f"{stage}: best at epoch {best['epoch']}: SR {best['success_rate']:.3f}, steps {best['mean_steps']:.1f}, calls {best['calls_per_success']:.1f} (validation)")
+    if "extend" in summary:
+        print(f"Stage 1 window choice: {summary['extend']['window_choice']['window']}")
+    if "trim" in summary:
+        print(f"Stage 2 budget: {summary['trim']['budget']['budget']} ({summary['trim']['budget']['source']})")
+    print(f"trained policy: {Path(summary['run_dir']) / 'final' / 'policy'}")
+    return 0

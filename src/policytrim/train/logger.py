@@ -1,0 +1,57 @@
+"""Metric sinks: JSONL always; TensorBoard and Weights & Biases when installed and asked for."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import numbers
+from pathlib import Path
+from typing import Any
+
+from policytrim.errors import InputError
+from policytrim.io import append_jsonl
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLogger:
+    """Writes one record per call to ``metrics.jsonl`` and mirrors numeric fields to TB / W&B."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, wandb_mode: str = "off", config: dict | None = None, resume: bool = False):
+        self.path = run_dir / "metrics.jsonl"
+        self._tb = None
+        self._wandb = None
+        if tensorboard and importlib.util.find_spec("tensorboard") is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if wandb_mode != "off":
+            if importlib.util.find_spec("wandb") is None:
+                raise InputError("logging.wandb needs the wandb package: pip install 'policytrim[wandb]'")
+            import wandb
+
+            self._wandb = wandb.init(
+                project="policytrim", dir=str(run_dir), mode=wandb_mode, config=config or {}, resume="allow" if resume else None, id=run_dir.name if resume else None
+            )
+
+    @property
+    def backends(self) -> list[str]:
+        return ["jsonl"] + (["tensorboard"] if self._tb else []) + (["wandb"] if self._wandb else [])
+
+    def log(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.path, record)
+        step = int(record.get("global_epoch", record.get("epoch", 0)))
+        numeric = {k: float(v) for k, v in record.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+        prefix = str(record.get("stage", "run"))
+        if self._tb is not None:
+            for key, value in numeric.items():
+                self._tb.add_scalar(f"{prefix}/{key}", value, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log({f"{prefix}/{k}": v for k, v in numeric.items()}, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

@@ -1,0 +1,96 @@
+"""A training run's directory::
+
+    RUN/
+      config.yaml          the resolved RunConfig (what --resume reads back)
+      run.json             stage(s), starting checkpoint, version, status
+      metrics.jsonl        one record per epoch and per validation (always written)
+      tensorboard/         when tensorboard is installed
+      extend/ trim/        per stage: reference/ (policy entering the stage), best/, epoch_NNNNNN/
+                           (resumable checkpoints), LATEST, result.json when the stage completed
+      final/policy/        the trained policy (the last stage's best checkpoint)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from policytrim import __version__
+from policytrim.config import RunConfig, from_dict, to_dict
+from policytrim.errors import InputError
+from policytrim.io import atomic_write_bytes, atomic_write_json, read_jsonl, to_json
+
+
+class RunDir:
+    def __init__(self, path: Path, cfg: RunConfig, meta: dict[str, Any]):
+        self.path = path
+        self.cfg = cfg
+        self.meta = meta
+
+    @classmethod
+    def create(cls, path: str | Path, cfg: RunConfig, meta: dict[str, Any], overwrite: bool = False) -> RunDir:
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            if not overwrite:
+                raise InputError(f"run directory {path} already exists; pass --resume {path} to continue it or --overwrite to replace it")
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+        meta = {"policytrim_version": __version__, "status": "running", **meta}
+        atomic_write_json(path / "run.json", meta)
+        return cls(path, cfg, meta)
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """An existing run, for --resume: its saved config, validated again."""
+        path = Path(path)
+        if not (path / "config.yaml").is_file() or not (path / "run.json").is_file():
+            raise InputError(f"--resume {path}: not a policytrim run directory (config.yaml and run.json are missing)")
+        cfg = from_dict(RunConfig, yaml.safe_load((path / "config.yaml").read_text()) or {})
+        meta = json.loads((path / "run.json").read_text())
+        return cls(path, cfg, meta)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.path / stage
+
+    def global_epoch(self, stage: str, epoch: int) -> int:
+        """Epoch counted across stages (x axis of combined curves)."""
+        offset = self.cfg.stage1.epochs if stage == "trim" and "extend" in self.meta.get("stages", []) else 0
+        return offset + epoch
+
+    def truncate_metrics(self, stage: str, epoch: int) -> None:
+        """Drop metric records after ``epoch`` of ``stage`` (and of later stages), so a resumed run
+        logs each epoch exactly once."""
+        path = self.path / "metrics.jsonl"
+        records = read_jsonl(path)
+        stages = self.meta.get("stages", [stage])
+        later = set(stages[stages.index(stage) + 1 :]) if stage in stages else set()
+
+        def kept(record: dict[str, Any]) -> bool:
+            if record.get("stage") in later:
+                return False
+            if record.get("stage") == stage:  # epoch 0 (the starting evaluation) is redone when epoch == 0
+                return epoch > 0 and record.get("epoch", 0) <= epoch
+            return True
+
+        keep = [r for r in records if kept(r)]
+        if len(keep) != len(records):
+            atomic_write_bytes(path, "".join(to_json(r, indent=None) + "\n" for r in keep).encode())
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.path / "metrics.jsonl")
+
+    def write_json(self, relative: str, data: Any) -> None:
+        atomic_write_json(self.path / relative, data)
+
+    def read_json(self, relative: str) -> Any | None:
+        path = self.path / relative
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        self.meta.update(status=status, **extra)
+        atomic_write_json(self.path / "run.json", self.meta)
