@@ -160,10 +160,10 @@ class GRPOConfig:
     """Adam weight decay."""
     max_grad_norm: float = 1.0
     """Gradient-norm clip."""
-    update_epochs: int = 2
-    """Passes over each rollout batch."""
-    minibatch_trajectories: int = 32
-    """Trajectories per minibatch."""
+    update_epochs: int = 4
+    """Optimiser steps per rollout batch, each on the whole batch (PPO-style reuse, clipped)."""
+    micro_batch_trajectories: int = 64
+    """Trajectories per forward/backward pass; memory only: gradients are accumulated to the whole batch's."""
     clip_low: float = 0.2
     """epsilon_low of the clipped surrogate."""
     clip_high: float = 0.2
@@ -183,7 +183,7 @@ class GRPOConfig:
         _in_range(f"{prefix}.weight_decay", self.weight_decay, 0.0, 1.0)
         _positive(f"{prefix}.max_grad_norm", self.max_grad_norm)
         _require(isinstance(self.update_epochs, int) and self.update_epochs >= 1, f"{prefix}.update_epochs must be an integer >= 1, got {self.update_epochs!r}")
-        _require(isinstance(self.minibatch_trajectories, int) and self.minibatch_trajectories >= 1, f"{prefix}.minibatch_trajectories must be an integer >= 1, got {self.minibatch_trajectories!r}")
+        _require(isinstance(self.micro_batch_trajectories, int) and self.micro_batch_trajectories >= 1, f"{prefix}.micro_batch_trajectories must be an integer >= 1, got {self.micro_batch_trajectories!r}")
         _in_range(f"{prefix}.clip_low", self.clip_low, 0.0, 1.0)
         _in_range(f"{prefix}.clip_high", self.clip_high, 0.0, 10.0)
         _in_range(f"{prefix}.kl_coef", self.kl_coef, 0.0, 10.0)

@@ -9,7 +9,7 @@ tolerance of the shortest window's. Stage ``trim`` (Stage 2) executes that windo
 step-saving reward and the group-anchored stability penalty (eqs 5-7) against a calibrated budget.
 
 A run directory holds everything (see `RunDir`); ``--resume`` continues from the last complete
-checkpoint. Random numbers of an epoch (initial states, rollout noise, minibatch order) derive from
+checkpoint. Random numbers of an epoch (initial states, rollout noise) derive from
 (seed, stage, epoch) alone, so a resumed run replays exactly what an uninterrupted one would.
 """
 
@@ -107,32 +107,36 @@ def grpo_update(
     optimizer: torch.optim.Optimizer,
     traj: Trajectories,
     advantages: torch.Tensor,
+    valid: torch.Tensor,
     cfg: GRPOConfig,
-    generator: torch.Generator,
 ) -> dict[str, float]:
-    """Clipped-surrogate updates (eq 4) on the trajectories with a nonzero-signal group.
+    """``cfg.update_epochs`` optimiser steps of the clipped surrogate (eq 4) on the whole batch.
 
-    ``advantages`` is [N] with exact zeros for invalid groups; those trajectories are left out.
-    One optimiser step per minibatch of trajectories, ``cfg.update_epochs`` passes.
+    ``advantages`` [N]; ``valid`` bool [N] marks the trajectories of groups with signal (the others
+    are left out of the loss and of N). Each step accumulates gradients over micro-batches of
+    ``cfg.micro_batch_trajectories`` with N = all valid trajectories, so the micro-batch size
+    changes memory, never the maths.
     """
     device = _device_of(policy)
     params = [p for p in policy.parameters() if p.requires_grad]
     row_mask_all = traj.chunk_row_mask()
-    ids = torch.nonzero(advantages != 0, as_tuple=False).flatten()
+    ids = torch.nonzero(valid, as_tuple=False).flatten()
+    n = int(ids.numel())
     stats: dict[str, list[float]] = {k: [] for k in ("loss", "clip_frac", "approx_kl", "kl_ref", "ratio_max", "grad_norm")}
     skipped = 0
-    logp_gap = float("nan")
-    for _ in range(cfg.update_epochs if ids.numel() else 0):
-        order = ids[torch.randperm(ids.numel(), generator=generator)]
-        for mb in order.split(cfg.minibatch_trajectories):
-            mb = mb.sort().values
+    logp_gap = 0.0
+    for step in range(cfg.update_epochs if n else 0):
+        optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=device)
+        diags: dict[str, list[float]] = {k: [] for k in ("clip_frac", "approx_kl", "kl_ref", "ratio_max")}
+        for mb in ids.split(cfg.micro_batch_trajectories):
             chunk_ids = traj.chunks_of(mb)
             obs, instructions, replay = _chunk_inputs(traj, chunk_ids, device)
             row_mask = row_mask_all[chunk_ids].to(device)
             logp = policy.log_prob(obs, instructions, replay, row_mask)
             old = traj.old_logp[chunk_ids].to(device=device, dtype=logp.dtype)
-            if math.isnan(logp_gap):  # before the first optimiser step of this batch: must be ~0
-                logp_gap = (logp.detach() - old).abs()[row_mask].max().item() if row_mask.any() else 0.0
+            if step == 0 and row_mask.any():  # before the first optimiser step: must be ~0
+                logp_gap = max(logp_gap, (logp.detach() - old).abs()[row_mask].max().item())
             ref = None
             if ref_policy is not None and cfg.kl_coef > 0:
                 with torch.no_grad():
@@ -146,23 +150,27 @@ def grpo_update(
                 clip_low=cfg.clip_low,
                 clip_high=cfg.clip_high,
                 kl_coef=cfg.kl_coef,
+                num_trajectories=n,
             )
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                skipped += 1  # NaN / inf: skip the step, never let it reach the weights
-                optimizer.zero_grad(set_to_none=True)
-                log.warning("non-finite loss or gradient (loss=%s, grad_norm=%s): update skipped", loss.item(), grad_norm.item())
-                continue
-            optimizer.step()
-            stats["loss"].append(loss.item())
-            stats["grad_norm"].append(grad_norm.item())
-            for key in ("clip_frac", "approx_kl", "kl_ref", "ratio_max"):
+            total = total + loss.detach()
+            for key in diags:
                 if key in diag:
-                    stats[key].append(float(diag[key]))
+                    diags[key].append(float(diag[key]))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        if not (torch.isfinite(total) and torch.isfinite(grad_norm)):
+            skipped += 1  # NaN / inf: skip the step, never let it reach the weights
+            optimizer.zero_grad(set_to_none=True)
+            log.warning("non-finite loss or gradient (loss=%s, grad_norm=%s): update skipped", total.item(), grad_norm.item())
+            continue
+        optimizer.step()
+        stats["loss"].append(total.item())
+        stats["grad_norm"].append(grad_norm.item())
+        for key, values in diags.items():
+            if values:
+                stats[key].append(float(np.max(values) if key == "ratio_max" else np.mean(values)))
     out = {k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}
-    out.update(skipped_steps=skipped, logp_gap=0.0 if math.isnan(logp_gap) else logp_gap, update_trajectories=int(ids.numel()))
+    out.update(skipped_steps=skipped, logp_gap=logp_gap, update_trajectories=n)
     return out
 
 
@@ -288,9 +296,8 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
         rewards, reward_terms = stage_rewards(traj, plan, cfg)
         advantages, valid_groups = objective.group_advantages(rewards)
         policy.train()
-        update = grpo_update(
-            policy, ref_policy, optimizer, traj, advantages.flatten(), scfg, torch.Generator().manual_seed(stable_seed(cfg.seed, stage, epoch, "minibatch"))
-        )
+        valid = valid_groups.repeat_interleave(cfg.rollout.group_size)
+        update = grpo_update(policy, ref_policy, optimizer, traj, advantages.flatten(), valid, scfg)
 
         ok = traj.success.bool()
         record: dict[str, Any] = {
