@@ -1,0 +1,132 @@
+"""Policy checkpoints: ``model.safetensors`` + ``config.json``, never pickle.
+
+``config.json`` holds the policy's `spec()` (everything needed to rebuild and act: sizes, H,
+default window, normalisation statistics, instructions, encoder name) plus the format version and
+the SHA-256 of the weights file, so a truncated, corrupt or swapped weights file is refused before
+any tensor is read. Every failure is an `InputError` that names the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from policytrim.errors import InputError
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(directory: str | Path, spec: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Path:
+    """Write weights + config into ``directory``.
+
+    The files are assembled in a temporary sibling directory. A new ``directory`` appears in one
+    rename; into an existing one (e.g. a run directory with other files) the weights and then the
+    config are each moved with an atomic `os.replace`, and since the config pins the weights'
+    SHA-256 a crash in between leaves a checkpoint that is refused, never a silently wrong one.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "policytrim_kind": str(spec.get("kind"))})
+        config = dict(spec)
+        config["weights_sha256"] = _sha256(tmp / WEIGHTS_NAME)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            _fsync_file(tmp / name)
+        if not directory.exists():
+            os.replace(tmp, directory)
+        else:
+            if not directory.is_dir():
+                raise InputError(f"cannot save a checkpoint to {str(directory)!r}: it exists and is not a directory")
+            for name in (WEIGHTS_NAME, CONFIG_NAME):
+                os.replace(tmp / name, directory / name)
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The checkpoint's config.json (validated to exist and parse), without the weights."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise InputError(f"checkpoint directory {str(directory)!r} does not exist")
+    if not directory.is_dir():
+        raise InputError(f"checkpoint {str(directory)!r} is not a directory (expected {CONFIG_NAME} + {WEIGHTS_NAME} inside)")
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise InputError(f"checkpoint {str(directory)!r} has no {CONFIG_NAME}: not a policy checkpoint, or an incomplete one")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}): the checkpoint is corrupt") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def read_weights(directory: str | Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights, checked against the SHA-256 in config.json and for non-finite values."""
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise InputError(f"checkpoint {str(directory)!r} has no {WEIGHTS_NAME}")
+    expected = config.get("weights_sha256")
+    if expected is not None and _sha256(path) != expected:
+        raise InputError(
+            f"{path} does not match its {CONFIG_NAME} (SHA-256 differs): the file is truncated, corrupt "
+            "or from another checkpoint"
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path} is not a readable safetensors file ({exc}): the checkpoint is truncated or corrupt") from None
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise InputError(f"{path} holds non-finite values in {', '.join(bad)}: refusing to act with it")
+    return tensors
+
+
+def check_state_dict(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], where: str) -> None:
+    """InputError listing missing, unexpected and mis-shaped tensors (architecture mismatch)."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = sorted(
+        f"{k} {tuple(got[k].shape)} != {tuple(expected[k].shape)}"
+        for k in set(expected) & set(got)
+        if tuple(got[k].shape) != tuple(expected[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    if shapes:
+        problems.append(f"wrong shapes (file != config): {'; '.join(shapes)}")
+    if problems:
+        raise InputError(f"{where}: weights do not match the architecture in its config ({'; '.join(problems)})")

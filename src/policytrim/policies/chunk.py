@@ -1,0 +1,444 @@
+"""TinyVLA: the built-in VLA-shaped action-chunking policy, small enough to train on 2 CPU cores.
+
+Architecture (one inference call = one forward pass = one chunk of H actions)::
+
+    state [B, D] ─ normalise ─────────────┐
+    image [B, h, w, 3] uint8 ─ small CNN ─┼─ concat ─ MLP trunk ─ context [B, C] ─ head ─ [B, H, A]
+    instruction ─ text encoder ───────────┘
+
+Heads (`policytrim.policies.heads`): a diagonal Gaussian (exact log-prob) or a flow-matching action
+expert with K denoising steps (Flow-SDE log-probs, `policytrim.policies.flow_sde`). Both work in
+normalised action space; actions returned are raw and clipped to the action bounds [-1, 1].
+
+What `sample` returns per mode (``logp`` is [B, H], summed over action dims, in the policy's dtype):
+
+========  =========================================  =============================================
+mode      Gaussian head                              flow head
+========  =========================================  =============================================
+train     sample (pre-clip scored, clipped run)      Flow-SDE chain; logp of its one SDE transition
+sampled   same as train                              random noise, plain ODE; logp = 0 (no density)
+determ.   the mean; logp = density at the mean       zero noise, plain ODE; logp = 0
+========  =========================================  =============================================
+
+Only ``train``-mode log-probs enter GRPO. Replay data: Gaussian ``{"sample": [B, H, A]}`` (the
+pre-clip sample); flow ``{"x_t", "x_next": [B, H, A], "step": long [B]}`` (``step = -1`` outside
+train mode: there is no stochastic transition to score).
+
+Acting in three lines::
+
+    from policytrim.policies import load_policy
+    policy = load_policy("runs/mw8/pretrain")
+    chunk = policy.act({"state": state}, "push the puck to the goal")  # np.ndarray [H, A]
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from policytrim.errors import InputError
+from policytrim.policies import flow_sde
+from policytrim.policies.base import MODES, ChunkSample, Mode, Observation
+from policytrim.policies.checkpoint import check_state_dict, read_config, read_weights, save_checkpoint
+from policytrim.policies.heads import FlowHead, GaussianHead, mlp
+from policytrim.policies.text import WORD_EMBEDDING, SENTENCE_ENCODERS, SentenceEncoder, WordEmbeddingEncoder, canonical_encoder_name
+
+FORMAT_VERSION = 1
+KIND = "chunk"
+_LOG_2PI = math.log(2.0 * math.pi)
+_MIN_STD = 1e-6  # statistics below this (constant dims) normalise with std 1
+
+# Keys of spec() that from_spec requires (everything else has a default).
+_REQUIRED = ("state_dim", "action_dim", "chunk_size", "default_window", "head", "hidden_dim", "num_layers", "text_encoder", "instructions")
+
+
+class ImageEncoder(nn.Module):
+    """uint8 [B, h, w, 3] -> features [B, dim]: three strided convolutions, 4×4 pooling, linear."""
+
+    def __init__(self, image_shape: Sequence[int], dim: int):
+        super().__init__()
+        self.image_shape = tuple(int(s) for s in image_shape)
+        channels = self.image_shape[2]
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, 16, 5, stride=2, padding=2), nn.GELU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.GELU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        )
+        self.fc = nn.Linear(32 * 16, dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if tuple(image.shape[1:]) != self.image_shape:
+            raise InputError(f"image observation has shape {tuple(image.shape[1:])}, this policy was built for {self.image_shape}")
+        x = image.permute(0, 3, 1, 2).to(self.fc.weight.dtype) / 255.0
+        return self.fc(self.conv(x))
+
+
+def _stats(values: Any, dim: int, default: float, name: str) -> torch.Tensor:
+    if values is None:
+        return torch.full((dim,), float(default))
+    t = torch.as_tensor(np.asarray(values, dtype=np.float64)).reshape(-1)
+    if t.numel() != dim or not bool(torch.isfinite(t).all()):
+        raise InputError(f"{name} must hold {dim} finite numbers, got {t.numel()} values")
+    return t
+
+
+class TinyVLA(nn.Module):
+    """The built-in chunk policy (implements `policytrim.policies.base.ChunkPolicy`).
+
+    Build one with `from_config` (new weights) or `from_pretrained` (a checkpoint directory).
+    """
+
+    def __init__(
+        self,
+        *,
+        state_dim: int,
+        action_dim: int,
+        chunk_size: int,
+        default_window: int,
+        instructions: Sequence[str],
+        head: str = "gaussian",
+        hidden_dim: int = 256,
+        num_layers: int = 3,
+        text_encoder: str = WORD_EMBEDDING,
+        text_dim: int = 32,
+        vocabulary: Sequence[str] | None = None,
+        image_shape: Sequence[int] | None = None,
+        image_dim: int = 64,
+        flow_steps: int = 10,
+        flow_noise: float = 0.5,
+        flow_layers: int = 3,
+        init_log_std: float = -1.0,
+        state_mean: Any = None,
+        state_std: Any = None,
+        action_mean: Any = None,
+        action_std: Any = None,
+        action_low: float = -1.0,
+        action_high: float = 1.0,
+        _sentence_table: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        if head not in ("gaussian", "flow"):
+            raise InputError(f"policy head must be gaussian or flow, got {head!r}")
+        if not 1 <= default_window <= chunk_size:
+            raise InputError(f"default_window must be in [1, chunk_size={chunk_size}], got {default_window}")
+        if head == "flow" and flow_steps < 2:
+            raise InputError(f"flow_steps must be >= 2, got {flow_steps}")
+        if not instructions:
+            raise InputError("a TinyVLA needs the list of instructions it is trained on (at least one)")
+        self.state_dim, self.action_dim = int(state_dim), int(action_dim)
+        self.chunk_size, self.default_window, self.max_window = int(chunk_size), int(default_window), int(chunk_size)
+        self.head_kind = head
+        self.hidden_dim, self.num_layers = int(hidden_dim), int(num_layers)
+        self.text_encoder_name = canonical_encoder_name(text_encoder)
+        self.text_dim, self.image_dim = int(text_dim), int(image_dim)
+        self.image_shape = tuple(int(s) for s in image_shape) if image_shape else None
+        self.flow_steps, self.flow_noise, self.flow_layers = int(flow_steps), float(flow_noise), int(flow_layers)
+        self.init_log_std = float(init_log_std)
+        self.action_low, self.action_high = float(action_low), float(action_high)
+
+        # Statistics are part of the spec (config.json), not of the weights file.
+        s_std = _stats(state_std, self.state_dim, 1.0, "state_std")
+        a_std = _stats(action_std, self.action_dim, 1.0, "action_std")
+        self.register_buffer("state_mean", _stats(state_mean, self.state_dim, 0.0, "state_mean").float(), persistent=False)
+        self.register_buffer("state_std", torch.where(s_std < _MIN_STD, torch.ones_like(s_std), s_std).float(), persistent=False)
+        self.register_buffer("action_mean", _stats(action_mean, self.action_dim, 0.0, "action_mean").float(), persistent=False)
+        self.register_buffer("action_std", torch.where(a_std < _MIN_STD, torch.ones_like(a_std), a_std).float(), persistent=False)
+
+        if self.text_encoder_name == WORD_EMBEDDING:
+            self.text = WordEmbeddingEncoder(instructions, self.text_dim, vocabulary)
+        else:
+            self.text = SentenceEncoder(self.text_encoder_name, instructions, self.text_dim, table=_sentence_table)
+        self.image = ImageEncoder(self.image_shape, self.image_dim) if self.image_shape else None
+        trunk_in = self.state_dim + self.text_dim + (self.image_dim if self.image_shape else 0)
+        self.trunk = nn.Sequential(mlp([trunk_in] + [self.hidden_dim] * self.num_layers), nn.GELU())
+        if head == "gaussian":
+            self.head: nn.Module = GaussianHead(self.hidden_dim, self.chunk_size, self.action_dim, self.init_log_std)
+        else:
+            self.head = FlowHead(self.hidden_dim, self.chunk_size, self.action_dim, self.hidden_dim, self.flow_layers)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(
+        cls,
+        policy_cfg: Any,
+        state_dim: int,
+        action_dim: int,
+        instructions: Sequence[str],
+        state_mean: Any = None,
+        state_std: Any = None,
+        action_mean: Any = None,
+        action_std: Any = None,
+        image_shape: Sequence[int] | None = None,
+    ) -> "TinyVLA":
+        """A new policy from a `policytrim.config.PolicyConfig` and the dataset's sizes/statistics."""
+        return cls(
+            state_dim=state_dim,
+            action_dim=action_dim,
+            chunk_size=policy_cfg.chunk_size,
+            default_window=policy_cfg.default_window,
+            instructions=list(dict.fromkeys(instructions)),
+            head=policy_cfg.head,
+            hidden_dim=policy_cfg.hidden_dim,
+            num_layers=policy_cfg.num_layers,
+            text_encoder=policy_cfg.text_encoder,
+            image_shape=image_shape,
+            flow_steps=policy_cfg.flow_steps,
+            flow_noise=policy_cfg.flow_noise,
+            init_log_std=policy_cfg.init_log_std,
+            state_mean=state_mean,
+            state_std=state_std,
+            action_mean=action_mean,
+            action_std=action_std,
+        )
+
+    def spec(self) -> dict:
+        """JSON-safe description that rebuilds this architecture (`from_spec`)."""
+        spec = {
+            "kind": KIND,
+            "format_version": FORMAT_VERSION,
+            "state_dim": self.state_dim,
+            "action_dim": self.action_dim,
+            "chunk_size": self.chunk_size,
+            "default_window": self.default_window,
+            "head": self.head_kind,
+            "hidden_dim": self.hidden_dim,
+            "num_layers": self.num_layers,
+            "text_encoder": self.text_encoder_name,
+            "text_dim": self.text_dim,
+            "instructions": list(self.text.instructions),
+            "image_shape": list(self.image_shape) if self.image_shape else None,
+            "image_dim": self.image_dim,
+            "flow_steps": self.flow_steps,
+            "flow_noise": self.flow_noise,
+            "flow_layers": self.flow_layers,
+            "init_log_std": self.init_log_std,
+            "state_mean": self.state_mean.tolist(),
+            "state_std": self.state_std.tolist(),
+            "action_mean": self.action_mean.tolist(),
+            "action_std": self.action_std.tolist(),
+            "action_low": self.action_low,
+            "action_high": self.action_high,
+        }
+        if isinstance(self.text, WordEmbeddingEncoder):
+            spec["vocabulary"] = list(self.text.vocabulary)
+        return spec
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "TinyVLA":
+        """Rebuild the architecture from `spec()` (weights are loaded separately)."""
+        if not isinstance(spec, dict):
+            raise InputError(f"a policy spec must be a JSON object, got {type(spec).__name__}")
+        if spec.get("kind") != KIND:
+            raise InputError(f"spec kind is {spec.get('kind')!r}, expected {KIND!r}")
+        version = spec.get("format_version")
+        if version != FORMAT_VERSION:
+            raise InputError(
+                f"policy format version {version!r} is not supported by this policytrim (it reads version {FORMAT_VERSION}); "
+                "re-save the checkpoint with a matching policytrim version"
+            )
+        missing = [k for k in _REQUIRED if k not in spec]
+        if missing:
+            raise InputError(f"policy spec is missing {', '.join(missing)}")
+        kwargs = {k: v for k, v in spec.items() if k not in ("kind", "format_version", "weights_sha256", "policytrim_version")}
+        table = None
+        name = canonical_encoder_name(str(spec["text_encoder"]))
+        if name != WORD_EMBEDDING:  # placeholder, filled by the checkpoint's stored embeddings
+            table = torch.zeros(len(spec["instructions"]), SENTENCE_ENCODERS[name][1])
+        try:
+            return cls(**kwargs, _sentence_table=table)
+        except TypeError as exc:
+            raise InputError(f"policy spec does not describe a TinyVLA: {exc}") from None
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``model.safetensors`` + ``config.json`` (see `policytrim.policies.checkpoint`)."""
+        from policytrim import __version__
+
+        save_checkpoint(directory, {**self.spec(), "policytrim_version": __version__}, self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "TinyVLA":
+        """Load a checkpoint; any problem with it is an `InputError` saying what is wrong."""
+        config = read_config(directory)
+        policy = cls.from_spec(config)
+        tensors = read_weights(directory, config)
+        expected = policy.state_dict()
+        check_state_dict(expected, tensors, f"checkpoint {str(directory)!r}")
+        float_dtypes = {v.dtype for v in tensors.values() if v.is_floating_point()}
+        if len(float_dtypes) == 1:
+            policy.to(float_dtypes.pop())
+        policy.load_state_dict(tensors)
+        policy.eval()
+        return policy
+
+    # ------------------------------------------------------------------ forward pieces
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.state_mean.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.state_mean.device
+
+    def encode(self, obs: Observation, instructions: Sequence[str] | torch.Tensor) -> torch.Tensor:
+        """Context features [B, hidden_dim] of a batch. ``instructions``: strings, or indices into
+        the policy's known ``instructions`` (fast path for training)."""
+        state = torch.as_tensor(obs["state"], device=self.device)
+        if state.dim() != 2 or state.shape[1] != self.state_dim:
+            raise InputError(f"obs['state'] must be [B, {self.state_dim}], got {tuple(state.shape)}")
+        if len(instructions) != state.shape[0]:
+            raise ValueError(f"got {len(instructions)} instructions for a batch of {state.shape[0]} observations")
+        parts = [(state.to(self.dtype) - self.state_mean) / self.state_std, self.text(instructions)]
+        if self.image is not None:
+            if "image" not in obs:
+                raise InputError(f"this policy needs obs['image'] (uint8 [B, {', '.join(map(str, self.image_shape))}]); run the env with image=True")
+            parts.append(self.image(torch.as_tensor(obs["image"], device=self.device)))
+        return self.trunk(torch.cat(parts, dim=-1))
+
+    def _gaussian(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw-action mean [B, H, A] and std [1, H, A]."""
+        mean_n, log_std = self.head(context)
+        return self.action_mean + self.action_std * mean_n, (self.action_std * torch.exp(log_std)).unsqueeze(0)
+
+    @staticmethod
+    def _normal_logp(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        return (-0.5 * ((x - mean) / std).pow(2) - torch.log(std) - 0.5 * _LOG_2PI).sum(-1)
+
+    def _velocity(self, context: torch.Tensor) -> flow_sde.VelocityFn:
+        return lambda x, t: self.head(x, t, context)
+
+    def _to_raw(self, x: torch.Tensor) -> torch.Tensor:
+        return self.action_mean + self.action_std * x
+
+    def _draw(self, generators: Sequence[torch.Generator] | None, batch: int) -> torch.Tensor:
+        gens = list(generators) if generators is not None else [None] * batch
+        if len(gens) != batch:
+            raise ValueError(f"need one generator per batch row: got {len(gens)} for batch {batch}")
+        shape = (self.chunk_size, self.action_dim)
+        return torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens]).to(self.device, self.dtype)
+
+    # ------------------------------------------------------------------ the contract
+
+    @torch.no_grad()
+    def sample(
+        self,
+        obs: Observation,
+        instructions: Sequence[str],
+        mode: Mode,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> ChunkSample:
+        """One chunk per row; ``generators[b]`` drives row b's random numbers (module docstring)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        context = self.encode(obs, instructions)
+        batch = context.shape[0]
+        if self.head_kind == "gaussian":
+            mean, std = self._gaussian(context)
+            x = mean if mode == "deterministic" else mean + std * self._draw(generators, batch)
+            logp = self._normal_logp(x, mean, std)
+            replay = {"sample": x}
+        else:
+            train = mode == "train"
+            noise, step, eps = flow_sde.draw_sde_noise(
+                generators, batch, (self.chunk_size, self.action_dim), self.flow_steps, train, dtype=self.dtype
+            )
+            noise = noise.to(self.device)
+            velocity = self._velocity(context)
+            if train:
+                out = flow_sde.sample_sde(velocity, noise, step.to(self.device), eps.to(self.device), self.flow_steps, self.flow_noise)
+                x, logp = self._to_raw(out.action), out.logp
+                replay = {"x_t": out.x_t, "x_next": out.x_next, "step": out.step}
+            else:
+                start = noise if mode == "sampled" else torch.zeros_like(noise)
+                x0 = flow_sde.sample_ode(velocity, start, self.flow_steps)
+                x, logp = self._to_raw(x0), x0.new_zeros(x0.shape[:2])
+                replay = {"x_t": start, "x_next": x0, "step": torch.full((batch,), -1, dtype=torch.long, device=self.device)}
+        actions = x.clamp(self.action_low, self.action_high).to(torch.float32)
+        return ChunkSample(actions=actions, logp=logp, replay=replay)
+
+    def log_prob(
+        self,
+        obs: Observation,
+        instructions: Sequence[str],
+        replay: dict[str, torch.Tensor],
+        row_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Differentiable per-row log-prob [B, H] of recorded chunks; masked rows are exactly 0."""
+        context = self.encode(obs, instructions)
+        row_mask = row_mask.to(device=self.device, dtype=torch.bool)
+        if self.head_kind == "gaussian":
+            if "sample" not in replay:
+                raise ValueError(f"Gaussian replay needs 'sample', got keys {sorted(replay)}")
+            mean, std = self._gaussian(context)
+            logp = self._normal_logp(replay["sample"].to(self.device, self.dtype), mean, std)
+            return torch.where(row_mask, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+        missing = {"x_t", "x_next", "step"} - set(replay)
+        if missing:
+            raise ValueError(f"flow replay needs x_t, x_next and step, missing {sorted(missing)}")
+        return flow_sde.sde_log_prob(
+            self._velocity(context),
+            replay["x_t"].to(self.device, self.dtype),
+            replay["x_next"].to(self.device, self.dtype),
+            replay["step"].to(self.device),
+            self.flow_steps,
+            self.flow_noise,
+            row_mask=row_mask,
+        )
+
+    def bc_loss(
+        self,
+        obs: Observation,
+        instructions: Sequence[str] | torch.Tensor,
+        actions: torch.Tensor,
+        row_mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Behaviour cloning on demonstration chunks [B, H, A] (raw actions), averaged over the
+        rows ``row_mask`` marks valid. Gaussian: negative log-likelihood per row (sum over dims).
+        Flow: flow matching, ‖v(x_t, t) − (noise − a)‖² per row with t ~ U(0, 1)."""
+        context = self.encode(obs, instructions)
+        actions = actions.to(self.device, self.dtype)
+        mask = row_mask.to(device=self.device, dtype=self.dtype)
+        if self.head_kind == "gaussian":
+            mean, std = self._gaussian(context)
+            per_row = -self._normal_logp(actions, mean, std)
+        else:
+            target_x = (actions - self.action_mean) / self.action_std
+            b = actions.shape[0]
+            noise = torch.randn(target_x.shape, generator=generator, dtype=torch.float64).to(self.device, self.dtype)
+            t = torch.rand((b,), generator=generator, dtype=torch.float64).to(self.device, self.dtype)
+            tb = t.reshape(-1, 1, 1)
+            x_t = tb * noise + (1.0 - tb) * target_x
+            per_row = (self.head(x_t, t, context) - (noise - target_x)).pow(2).sum(-1)
+        return (per_row * mask).sum() / mask.sum().clamp(min=1.0)
+
+    # ------------------------------------------------------------------ convenience
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: dict[str, Any] | np.ndarray,
+        instruction: str,
+        mode: Mode = "sampled",
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """One chunk [H, A] (numpy, clipped) for ONE unbatched observation: a dict with "state"
+        [D] (and "image" [h, w, 3] uint8 when the policy uses images), or the state array itself."""
+        if not isinstance(obs, dict):
+            obs = {"state": obs}
+        batched = {k: torch.as_tensor(np.asarray(v)).unsqueeze(0) for k, v in obs.items()}
+        gens = None
+        if seed is not None:
+            gens = [torch.Generator().manual_seed(int(seed))]
+        return self.sample(batched, [instruction], mode, gens).actions[0].cpu().numpy()
+
+    def extra_repr(self) -> str:
+        params = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return f"head={self.head_kind}, H={self.chunk_size}, k={self.default_window}, text={self.text_encoder_name}, image={self.image_shape}, params={params}"
