@@ -1,0 +1,74 @@
+"""Simulator adapters behind one protocol (`policytrim.envs.base.EnvAdapter`).
+
+- `make_env(env_cfg, task)`: an adapter for one task (Meta-World by default, or any gymnasium env).
+- `initial_states(task, seed, count, start)`: explicit (task, seed, index) addresses; the same
+  address always resets to the bit-identical state.
+- `split_seed(env_cfg, split)`: the seed of the train / val / test split (disjoint by construction).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from policytrim.envs.base import OBS_IMAGE, OBS_STATE, EnvAdapter, InitialState, ObsSpec
+from policytrim.envs.tasks import ALL_TASKS, INSTRUCTIONS, TASK_SETS, resolve_tasks
+from policytrim.errors import InputError
+
+if TYPE_CHECKING:
+    from policytrim.config import EnvConfig
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+__all__ = [
+    "ALL_TASKS",
+    "INSTRUCTIONS",
+    "OBS_IMAGE",
+    "OBS_STATE",
+    "SPLITS",
+    "TASK_SETS",
+    "EnvAdapter",
+    "InitialState",
+    "ObsSpec",
+    "env_tasks",
+    "initial_states",
+    "make_env",
+    "resolve_tasks",
+    "split_seed",
+]
+
+
+def make_env(env_cfg: EnvConfig, task: str) -> EnvAdapter:
+    """An adapter for ``task`` with the config's horizon (and camera settings)."""
+    if env_cfg.suite == "metaworld":
+        from policytrim.envs.metaworld import MetaWorldEnv
+
+        return MetaWorldEnv(task, env_cfg.horizon, env_cfg.image, env_cfg.image_size, env_cfg.camera)
+    if env_cfg.suite == "gym":
+        if task != env_cfg.gym_id:
+            raise InputError(f"env.suite=gym runs one task, the env id {env_cfg.gym_id!r}; got task {task!r}")
+        from policytrim.envs.gym import GymEnv
+
+        return GymEnv(env_cfg.gym_id, env_cfg.horizon)
+    raise InputError(f"unknown env.suite {env_cfg.suite!r}; known: metaworld, gym")
+
+
+def env_tasks(env_cfg: EnvConfig) -> tuple[str, ...]:
+    """The tasks a config runs: its Meta-World tasks, or the gym env id for suite=gym."""
+    return (env_cfg.gym_id,) if env_cfg.suite == "gym" else tuple(env_cfg.tasks)
+
+
+def split_seed(env_cfg: EnvConfig, split: Split) -> int:
+    """Seed of the initial states of a split: train_seed, val_seed or test_seed."""
+    if split not in SPLITS:
+        raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return int(getattr(env_cfg, f"{split}_seed"))
+
+
+def initial_states(task: str, seed: int, count: int, start: int = 0) -> list[InitialState]:
+    """Addresses (task, seed, start), ..., (task, seed, start + count - 1)."""
+    if count < 0 or start < 0:
+        raise ValueError(f"count and start must be >= 0, got count={count}, start={start}")
+    if not (isinstance(seed, int) and 0 <= seed < 2**31):
+        raise InputError(f"initial-state seed must be an integer in [0, 2**31), got {seed!r}")
+    return [InitialState(task, int(seed), start + i) for i in range(count)]

@@ -1,0 +1,357 @@
+"""The rollout engine: the one place where action chunks are executed and steps and calls counted.
+
+Design. Inference is central: the policy lives in the calling process (CPU or GPU, one copy) and
+env workers (`policytrim.rollout.workers`) only step simulators. Policy weights therefore reach the
+workers trivially -- after an update, the next chunk they execute is sampled from the new weights.
+Each round the engine batches one policy call over every trajectory that needs a new chunk on the
+workers that have answered, and sends each worker the first k_i rows of its trajectories' chunks;
+while one worker steps, the engine serves another (pipelining across workers).
+
+Per trajectory i (group g, slot j): window k_i <= the policy's max_window, a `torch.Generator`
+seeded by a stable hash of (seed, task, state seed, state index, j) -- so a trajectory's random
+numbers do not depend on batching, worker count or other trajectories (paired evaluation). It stops
+at its first success or at the horizon. Recorded: success S, steps T (the horizon on failure), calls
+C, window k, and per executed chunk the observation, rows executed n_c, old log-probs and the
+policy's replay tensors.
+
+Faults: an env exception fails its trajectory; a worker that does not answer within
+``step_timeout_s`` (plus ``setup_timeout_s`` when it must build envs) or dies is killed and replaced,
+failing its running trajectories. Groups with a failed member are dropped whole, counted in
+``Trajectories.dropped_groups`` and logged; the batch goes on.
+
+Worker processes use the spawn start method: scripts that create an engine with workers need the
+usual ``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import deque
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from policytrim.envs.base import InitialState
+from policytrim.policies.base import MODES, ChunkPolicy, Mode
+from policytrim.rollout.types import Trajectories
+from policytrim.rollout.workers import EnvFactory, LocalPool, ProcessPool, StepRequest, StepResult, WorkerPool
+
+log = logging.getLogger("policytrim.rollout")
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 63-bit seed from a stable hash of ``parts`` (unlike ``hash()``, equal in every process)."""
+    text = "|".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def trajectory_seed(seed: int, state: InitialState, member: int) -> int:
+    """Seed of the generator of member ``member`` of a group started from ``state``."""
+    return stable_seed("policytrim-trajectory", seed, state.task, state.seed, state.index, member)
+
+
+def policy_device(policy: Any) -> torch.device:
+    """The device of the policy's parameters (CPU for a policy without parameters)."""
+    params = getattr(policy, "parameters", None)
+    if callable(params):
+        for p in params():
+            return p.device
+    return torch.device("cpu")
+
+
+class _Batch:
+    """The chunks sampled in one policy call (kept on CPU)."""
+
+    __slots__ = ("traj", "pos", "rows", "obs", "logp", "replay")
+
+    def __init__(self, traj: np.ndarray, pos: np.ndarray, obs: dict[str, torch.Tensor], logp: torch.Tensor, replay: dict[str, torch.Tensor]):
+        self.traj, self.pos, self.obs, self.logp, self.replay = traj, pos, obs, logp, replay
+        self.rows = np.zeros(len(traj), np.int64)
+
+
+class RolloutEngine:
+    """Runs groups of rollouts of a chunking policy on env workers. Also a context manager.
+
+    num_workers=0 steps envs in this process (tests, debugging; no hang protection).
+    envs_per_worker caps the trajectories a worker runs at once (None: all of its share at once).
+    env_factory (picklable) replaces `policytrim.envs.make_env`, e.g. to inject faults in tests.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        num_workers: int = 2,
+        step_timeout_s: float = 30.0,
+        envs_per_worker: int | None = None,
+        env_factory: EnvFactory | None = None,
+        setup_timeout_s: float = 120.0,
+    ) -> None:
+        if not (isinstance(num_workers, int) and num_workers >= 0):
+            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        if envs_per_worker is not None and envs_per_worker < 1:
+            raise ValueError(f"envs_per_worker must be >= 1 or None, got {envs_per_worker!r}")
+        if not step_timeout_s > 0:
+            raise ValueError(f"step_timeout_s must be > 0, got {step_timeout_s!r}")
+        self.env_cfg = env
+        self.num_workers = num_workers
+        self.step_timeout_s = float(step_timeout_s)
+        self.setup_timeout_s = float(setup_timeout_s)
+        self.envs_per_worker = envs_per_worker
+        self._pool: WorkerPool = LocalPool(env, 1, env_factory) if num_workers == 0 else ProcessPool(env, num_workers, env_factory)
+        self.replaced_workers = 0
+        """Workers killed and replaced (timeouts, crashes) over the engine's lifetime."""
+        self.env_info: dict[str, dict[str, Any]] = {}
+        """task -> {"instruction", "control_period_s", "horizon"}, filled as tasks are first run."""
+        self._next_slot = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.close()
+
+    def __enter__(self) -> RolloutEngine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def control_period_s(self, task: str) -> float:
+        """Physical seconds per env step of a task already run by this engine."""
+        return float(self.env_info[task]["control_period_s"])
+
+    # -- the rollout loop ---------------------------------------------------------------------
+
+    def run(
+        self,
+        policy: ChunkPolicy,
+        starts: Sequence[InitialState],
+        group_size: int,
+        windows: torch.Tensor,
+        mode: Mode,
+        seed: int,
+        record_chunks: bool = True,
+    ) -> Trajectories:
+        """Roll out ``group_size`` trajectories from each of ``starts`` (one state per group).
+
+        windows: long [len(starts), group_size], each in [1, policy.max_window]. Returns the
+        trajectories in group order, minus dropped groups.
+        """
+        if self._pool is None:
+            raise RuntimeError("the engine is closed")
+        starts = list(starts)
+        if not (isinstance(group_size, int) and group_size >= 1):
+            raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        win = torch.as_tensor(windows, dtype=torch.long)
+        if tuple(win.shape) != (len(starts), group_size):
+            raise ValueError(f"windows must have shape [num_groups={len(starts)}, group_size={group_size}], got {tuple(win.shape)}")
+        max_window = min(int(policy.max_window), int(policy.chunk_size))
+        if win.numel() and (int(win.min()) < 1 or int(win.max()) > max_window):
+            bad = int(win.max()) if int(win.max()) > max_window else int(win.min())
+            raise ValueError(
+                f"execution window {bad} is outside [1, {max_window}] for this policy "
+                f"(chunk size {policy.chunk_size}, max window {policy.max_window})"
+                + ("; scripted experts act in closed loop with window 1" if int(policy.max_window) == 1 else "")
+            )
+        rollout = _Rollout(self, policy, starts, group_size, win.flatten().numpy().astype(np.int64), mode, seed, record_chunks)
+        return rollout.run()
+
+    def _allocate_slot(self) -> int:
+        self._next_slot += 1
+        return self._next_slot
+
+
+class _Rollout:
+    """The state of one `RolloutEngine.run` call (trajectory i = group i // G, member i % G)."""
+
+    def __init__(self, engine: RolloutEngine, policy: ChunkPolicy, starts: list[InitialState], G: int, window: np.ndarray, mode: Mode, seed: int, record: bool) -> None:
+        self.engine, self.pool, self.policy, self.mode, self.record = engine, engine._pool, policy, mode, record
+        self.starts, self.G, self.window = starts, G, window
+        self.N = N = len(starts) * G
+        self.state_of = [starts[i // G] for i in range(N)]
+        self.device = policy_device(policy)
+        self.generators = [torch.Generator(device=self.device).manual_seed(trajectory_seed(seed, self.state_of[i], i % G)) for i in range(N)]
+        self.horizon = int(engine.env_cfg.horizon)
+        self.success = np.zeros(N, bool)
+        self.steps = np.zeros(N, np.int64)
+        self.calls = np.zeros(N, np.int64)
+        self.faulted = np.zeros(N, bool)
+        self.instruction = [""] * N
+        self.last_obs: dict[int, dict[str, np.ndarray]] = {}  # trajectories waiting for a chunk
+        self.pending: dict[int, tuple[int, int]] = {}  # trajectory -> (batch, row) of its chunk in flight
+        self.batches: list[_Batch] = []
+        self.env_steps = 0
+        self.policy_seconds, self.policy_batches = 0.0, 0
+        W = self.pool.num_workers
+        self.queue: list[deque[int]] = [deque() for _ in range(W)]
+        for g in range(len(starts)):  # whole groups per worker: a lost worker drops fewer groups
+            self.queue[g * W // len(starts)].extend(range(g * G, g * G + G))
+        self.active: list[set[int]] = [set() for _ in range(W)]
+        self.slot_traj: dict[int, int] = {}
+        self.slot_of: dict[int, int] = {}
+        self.deadline: dict[int, float] = {}
+        self.cap = engine.envs_per_worker or max(N, 1)
+
+    def run(self) -> Trajectories:
+        for w in range(self.pool.num_workers):
+            self.send(w, [], None)
+        while self.deadline:
+            timeout = max(0.0, min(self.deadline.values()) - time.monotonic())
+            answered = self.pool.wait(list(self.deadline), timeout)
+            if not answered:
+                now = time.monotonic()
+                for w in [w for w, d in self.deadline.items() if d <= now]:
+                    del self.deadline[w]
+                    self.lose_worker(w, f"did not answer within {self.engine.step_timeout_s:g} s")
+                    self.send(w, [], None)
+                continue
+            ready = []
+            for w, result in answered:
+                del self.deadline[w]
+                if result is None:
+                    self.lose_worker(w, "died")
+                else:
+                    self.absorb(w, result)
+                ready.append(w)
+            need = sorted(i for w in ready for i in self.active[w] if i in self.last_obs)
+            actions = self.sample(need) if need else None
+            row_of = {i: b for b, i in enumerate(need)}
+            for w in ready:
+                mine = [i for i in need if i in self.active[w]]
+                self.send(w, mine, actions[[row_of[i] for i in mine]] if mine else None)
+        return self.assemble()
+
+    def send(self, w: int, need: list[int], actions: np.ndarray | None) -> None:
+        """Start queued trajectories in free slots of worker w and send it the chunks of ``need``."""
+        resets = []
+        while self.queue[w] and len(self.active[w]) < self.cap:
+            i = self.queue[w].popleft()
+            slot = self.engine._allocate_slot()
+            self.slot_traj[slot], self.slot_of[i] = i, slot
+            self.active[w].add(i)
+            resets.append((slot, self.state_of[i]))
+        if not (resets or need):
+            return
+        request = StepRequest(resets=resets)
+        if need:
+            request.slots = np.array([self.slot_of[i] for i in need], np.int64)
+            request.actions = actions
+            request.rows = self.window[need]
+        self.pool.submit(w, request)
+        self.deadline[w] = time.monotonic() + self.engine.step_timeout_s + (self.engine.setup_timeout_s if resets else 0.0)
+
+    def lose_worker(self, w: int, why: str) -> None:
+        log.warning("env worker %d %s: killing and replacing it; its %d running trajectories fail", w, why, len(self.active[w]))
+        for i in self.active[w]:
+            self.faulted[i] = True
+            self.last_obs.pop(i, None)
+        self.active[w].clear()
+        self.pool.restart(w)
+        self.engine.replaced_workers += 1
+
+    def absorb(self, w: int, res: StepResult) -> None:
+        self.env_steps += res.env_steps
+        for task, info in res.env_info.items():
+            self.engine.env_info.setdefault(task, info)
+        for r, slot in enumerate(res.slots.tolist()):
+            i = self.slot_traj[slot]
+            if i in self.pending:
+                b, row = self.pending.pop(i)
+                self.batches[b].rows[row] = res.rows[r]
+            if slot in res.faults:
+                log.debug("trajectory %d (%s) faulted: %s", i, self.state_of[i], res.faults[slot])
+                self.faulted[i] = True
+                self.active[w].discard(i)
+                continue
+            if not self.instruction[i]:
+                self.instruction[i] = self.engine.env_info[self.state_of[i].task]["instruction"]
+            if res.done[r]:
+                self.success[i] = bool(res.success[r])
+                self.steps[i] = int(res.steps[r]) if self.success[i] else self.horizon
+                self.active[w].discard(i)
+            else:
+                self.steps[i] = int(res.steps[r])
+                self.last_obs[i] = {k: v[r] for k, v in res.obs.items()}
+
+    def sample(self, need: list[int]) -> np.ndarray:
+        """One batched policy call for the trajectories in ``need``; returns their first k rows."""
+        t0 = time.perf_counter()
+        rows = [self.last_obs.pop(i) for i in need]
+        obs_cpu = {k: torch.from_numpy(np.stack([row[k] for row in rows])) for k in rows[0]}
+        obs = {k: v.to(self.device) for k, v in obs_cpu.items()} if self.device.type != "cpu" else obs_cpu
+        with torch.no_grad():
+            sample = self.policy.sample(obs, [self.instruction[i] for i in need], self.mode, [self.generators[i] for i in need])
+        actions = sample.actions.detach().to("cpu", torch.float32)
+        B, k_max = len(need), int(self.window[need].max())
+        if actions.ndim != 3 or actions.shape[0] != B or actions.shape[1] < k_max:
+            raise ValueError(f"policy.sample returned actions of shape {tuple(actions.shape)}; expected [{B}, H >= {k_max}, A]")
+        if self.record:
+            self.batches.append(
+                _Batch(
+                    np.asarray(need, np.int64),
+                    self.calls[need].copy(),
+                    obs_cpu,
+                    sample.logp.detach().to("cpu"),
+                    {k: v.detach().to("cpu") for k, v in sample.replay.items()},
+                )
+            )
+            for b, i in enumerate(need):
+                self.pending[i] = (len(self.batches) - 1, b)
+        self.calls[need] += 1
+        self.policy_seconds += time.perf_counter() - t0
+        self.policy_batches += 1
+        return actions[:, :k_max].numpy()
+
+    def assemble(self) -> Trajectories:
+        n_groups, G, N = len(self.starts), self.G, self.N
+        bad_group = self.faulted.reshape(n_groups, G).any(axis=1)
+        dropped = int(bad_group.sum())
+        if dropped:
+            log.warning("dropped %d of %d groups: a member hit a simulator fault or a worker timeout", dropped, n_groups)
+        keep = np.nonzero(np.repeat(~bad_group, G))[0]
+        new_id = np.full(N, -1, np.int64)
+        new_id[keep] = np.arange(len(keep))
+        out = Trajectories(
+            task=[self.state_of[i].task for i in keep],
+            instruction=[self.instruction[i] for i in keep],
+            seed=torch.tensor([self.state_of[i].seed for i in keep], dtype=torch.long),
+            index=torch.tensor([self.state_of[i].index for i in keep], dtype=torch.long),
+            group=torch.from_numpy(np.repeat(np.arange(n_groups - dropped), G)),
+            window=torch.from_numpy(self.window[keep]),
+            success=torch.from_numpy(self.success[keep]),
+            steps=torch.from_numpy(self.steps[keep]),
+            calls=torch.from_numpy(self.calls[keep]),
+            horizon=self.horizon,
+            group_size=G,
+            policy_seconds=self.policy_seconds,
+            policy_batches=self.policy_batches,
+            env_steps=int(self.env_steps),
+            dropped_groups=dropped,
+        )
+        if self.record and self.batches:
+            batches = self.batches
+            traj = new_id[np.concatenate([b.traj for b in batches])]
+            pos = np.concatenate([b.pos for b in batches])
+            rows = np.concatenate([b.rows for b in batches])
+            sel = np.nonzero(traj >= 0)[0]
+            order = sel[np.lexsort((pos[sel], traj[sel]))]
+            idx = torch.from_numpy(order)
+            out.chunk_traj = torch.from_numpy(traj[order])
+            out.chunk_pos = torch.from_numpy(pos[order])
+            out.chunk_rows = torch.from_numpy(rows[order])
+            out.obs = {k: torch.cat([b.obs[k] for b in batches])[idx] for k in batches[0].obs}
+            out.old_logp = torch.cat([b.logp for b in batches])[idx]
+            out.replay = {k: torch.cat([b.replay[k] for b in batches])[idx] for k in batches[0].replay}
+        return out

@@ -1,0 +1,379 @@
+"""Environment workers: the processes that own simulator instances and execute action chunks.
+
+The rollout engine keeps the policy (one copy, possibly on a GPU) and talks to workers through a
+`WorkerPool`; workers never see the policy, so "policy weights reach the workers" holds trivially:
+every chunk they execute was sampled from the current weights a moment before.
+
+One round trip: the engine sends a worker one `StepRequest` -- slots to reset to an `InitialState`
+and, for slots that need them, the first k rows of a chunk. The worker resets and executes, stopping
+a slot at its first success or at the horizon, and answers one `StepResult` with, per slot, the new
+observation, the rows executed, success and the steps taken so far. A slot whose env raises is
+reported as faulted (the engine drops its group). A worker that does not answer in time is killed
+and replaced by the engine (`WorkerPool.restart`).
+
+Backends: `LocalPool` (in-process; tests and debugging; no hang protection) and `ProcessPool`
+(`multiprocessing` with the spawn context, one thread per worker). A Ray backend implements the same
+four methods (submit, wait, restart, close) with actors and ``ray.wait``.
+
+This module imports no torch, so worker processes start light.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import sys
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait as wait_connections
+from typing import Any, Callable
+
+import numpy as np
+
+from policytrim.envs.base import EnvAdapter, InitialState
+
+log = logging.getLogger("policytrim.rollout")
+
+EnvFactory = Callable[[Any, str], EnvAdapter]
+"""(env_cfg, task) -> adapter; `policytrim.envs.make_env` by default. Must be picklable."""
+
+
+@dataclass
+class StepRequest:
+    """What the engine asks one worker to do in one round trip."""
+
+    resets: list[tuple[int, InitialState]] = field(default_factory=list)
+    """(slot, state): (re)start a trajectory in ``slot`` from ``state``."""
+    slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """long [n]: slots that execute a chunk."""
+    actions: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
+    """float32 [n, k_max, A]: the rows to execute (row r of slot i only if r < rows[i])."""
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """long [n]: rows to execute per slot (its window k_i)."""
+
+
+@dataclass
+class StepResult:
+    """A worker's answer. Row order: the request's resets, then its chunk slots."""
+
+    slots: np.ndarray
+    """long [m]."""
+    rows: np.ndarray
+    """long [m]: rows executed now (0 for a reset)."""
+    success: np.ndarray
+    """bool [m]: the trajectory has succeeded (it then stops)."""
+    steps: np.ndarray
+    """long [m]: steps taken since the reset."""
+    done: np.ndarray
+    """bool [m]: the trajectory ended (success, horizon, or the env ended the episode)."""
+    obs: dict[str, np.ndarray]
+    """each [m, ...]: the observation after the last row (zeros for ended or faulted slots)."""
+    faults: dict[int, str] = field(default_factory=dict)
+    """slot -> error message, for slots whose env raised (the slot is freed)."""
+    env_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """task -> {"instruction", "control_period_s", "horizon"}, for tasks reset in this request."""
+    env_steps: int = 0
+    """Environment steps executed for this request."""
+    seconds: float = 0.0
+    """Worker wall time spent on this request."""
+
+
+class WorkerError(RuntimeError):
+    """A worker failed outside any environment (a bug, not a simulator fault)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker core, shared by every backend
+
+
+class EnvServer:
+    """Owns env instances (pooled per task, reused across trajectories) and executes requests."""
+
+    def __init__(self, env_cfg: Any, env_factory: EnvFactory | None = None) -> None:
+        if env_factory is None:
+            from policytrim.envs import make_env
+
+            env_factory = make_env
+        self._env_cfg = env_cfg
+        self._factory = env_factory
+        self._free: dict[str, list[EnvAdapter]] = defaultdict(list)
+        self._slots: dict[int, list[Any]] = {}  # slot -> [env, steps]
+
+    def handle(self, req: StepRequest) -> StepResult:
+        t0 = time.perf_counter()
+        n_reset, n_act = len(req.resets), len(req.slots)
+        m = n_reset + n_act
+        slots = np.empty(m, np.int64)
+        rows = np.zeros(m, np.int64)
+        success = np.zeros(m, bool)
+        steps = np.zeros(m, np.int64)
+        done = np.zeros(m, bool)
+        obs: list[dict[str, np.ndarray] | None] = [None] * m
+        faults: dict[int, str] = {}
+        env_info: dict[str, dict[str, Any]] = {}
+        env_steps = 0
+
+        for i, (slot, state) in enumerate(req.resets):
+            slots[i] = slot
+            self._release(slot)
+            try:
+                env = self._acquire(state.task)
+                self._slots[slot] = [env, 0]
+                obs[i] = env.reset(state)
+                env_info.setdefault(
+                    state.task,
+                    {"instruction": env.instruction, "control_period_s": float(env.control_period_s), "horizon": int(env.horizon)},
+                )
+            except Exception as exc:  # noqa: BLE001 - any simulator error voids the trajectory
+                faults[slot] = _describe(exc)
+                self._discard(slot)
+
+        for j in range(n_act):
+            i = n_reset + j
+            slot = int(req.slots[j])
+            slots[i] = slot
+            entry = self._slots.get(slot)
+            if entry is None:
+                raise WorkerError(f"slot {slot} has no running trajectory")
+            env, t = entry
+            last = None
+            ok = False
+            r = 0
+            try:
+                for r in range(int(req.rows[j])):
+                    last, ok = env.step(req.actions[j, r])
+                    t += 1
+                    if ok or t >= env.horizon or getattr(env, "terminated", False):
+                        break
+            except Exception as exc:  # noqa: BLE001
+                env_steps += t - entry[1]
+                faults[slot] = _describe(exc)
+                self._discard(slot)
+                continue
+            env_steps += t - entry[1]
+            entry[1] = t
+            rows[i], success[i], steps[i] = r + 1, ok, t
+            done[i] = ok or t >= env.horizon or bool(getattr(env, "terminated", False))
+            if done[i]:
+                self._release(slot)
+            else:
+                obs[i] = last
+
+        return StepResult(slots, rows, success, steps, done, _stack(obs), faults, env_info, env_steps, time.perf_counter() - t0)
+
+    def _acquire(self, task: str) -> EnvAdapter:
+        free = self._free[task]
+        return free.pop() if free else self._factory(self._env_cfg, task)
+
+    def _release(self, slot: int) -> None:
+        entry = self._slots.pop(slot, None)
+        if entry is not None:
+            self._free[entry[0].task].append(entry[0])
+
+    def _discard(self, slot: int) -> None:
+        """A faulted env may be in any state: close it instead of reusing it."""
+        entry = self._slots.pop(slot, None)
+        if entry is not None:
+            try:
+                entry[0].close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def close(self) -> None:
+        for slot in list(self._slots):
+            self._release(slot)
+        for envs in self._free.values():
+            for env in envs:
+                try:
+                    env.close()
+                except Exception:  # noqa: BLE001
+                    pass
+        self._free.clear()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _stack(obs: list[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray]:
+    template = next((o for o in obs if o is not None), None)
+    if template is None:
+        return {}
+    out = {}
+    for key, value in template.items():
+        arr = np.zeros((len(obs), *value.shape), value.dtype)
+        for i, o in enumerate(obs):
+            if o is not None:
+                arr[i] = o[key]
+        out[key] = arr
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# pools
+
+
+class WorkerPool(abc.ABC):
+    """A set of workers, addressed 0..num_workers-1, each with at most one request in flight."""
+
+    num_workers: int
+
+    @abc.abstractmethod
+    def submit(self, worker: int, request: StepRequest) -> None:
+        """Send a request (non-blocking)."""
+
+    @abc.abstractmethod
+    def wait(self, workers: list[int], timeout: float | None) -> list[tuple[int, StepResult | None]]:
+        """Results of those of ``workers`` (each with a request in flight) that have answered,
+        waiting up to ``timeout`` seconds for the first; [] on timeout. A worker that died answers
+        None (the engine restarts it)."""
+
+    @abc.abstractmethod
+    def restart(self, worker: int) -> None:
+        """Kill the worker (its request and envs are lost) and start a fresh one in its place."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class LocalPool(WorkerPool):
+    """In-process workers: requests run synchronously inside `submit`. No hang protection."""
+
+    def __init__(self, env_cfg: Any, num_workers: int = 1, env_factory: EnvFactory | None = None) -> None:
+        self.num_workers = num_workers
+        self._env_cfg, self._factory = env_cfg, env_factory
+        self._servers = [EnvServer(env_cfg, env_factory) for _ in range(num_workers)]
+        self._results: dict[int, StepResult] = {}
+
+    def submit(self, worker: int, request: StepRequest) -> None:
+        self._results[worker] = self._servers[worker].handle(request)
+
+    def wait(self, workers: list[int], timeout: float | None) -> list[tuple[int, StepResult | None]]:
+        return [(w, self._results.pop(w)) for w in workers if w in self._results]
+
+    def restart(self, worker: int) -> None:
+        self._servers[worker].close()
+        self._results.pop(worker, None)
+        self._servers[worker] = EnvServer(self._env_cfg, self._factory)
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.close()
+
+
+def _serve(conn: Connection, env_cfg: Any, env_factory: EnvFactory | None) -> None:
+    """Worker process main loop: one request in, one result out, until None."""
+    if "torch" in sys.modules:  # imported by an env factory's module, perhaps
+        sys.modules["torch"].set_num_threads(1)
+    server = EnvServer(env_cfg, env_factory)
+    try:
+        while True:
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                break
+            if request is None:
+                break
+            try:
+                result: Any = server.handle(request)
+            except Exception:  # noqa: BLE001 - a bug: report it to the engine, which raises
+                result = WorkerError(traceback.format_exc())
+            conn.send(result)
+    finally:
+        server.close()
+
+
+_SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
+class ProcessPool(WorkerPool):
+    """One `multiprocessing` process per worker (spawn context: safe with torch and CUDA)."""
+
+    def __init__(self, env_cfg: Any, num_workers: int, env_factory: EnvFactory | None = None, start_method: str = "spawn") -> None:
+        import multiprocessing as mp
+
+        self.num_workers = num_workers
+        self._env_cfg, self._factory = env_cfg, env_factory
+        self._ctx = mp.get_context(start_method)
+        self._procs: list[Any] = [None] * num_workers
+        self._conns: list[Connection | None] = [None] * num_workers
+        for w in range(num_workers):
+            self._start(w)
+
+    def _start(self, w: int) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_serve, args=(child, self._env_cfg, self._factory), daemon=True, name=f"policytrim-env-worker-{w}")
+        saved = {k: os.environ.get(k) for k in _SINGLE_THREAD}
+        os.environ.update(_SINGLE_THREAD)  # a spawned child inherits the environment at start()
+        try:
+            proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+        self._procs[w], self._conns[w] = proc, parent
+
+    def submit(self, worker: int, request: StepRequest) -> None:
+        conn = self._conns[worker]
+        assert conn is not None
+        try:
+            conn.send(request)
+        except (BrokenPipeError, OSError):
+            pass  # the worker died; wait() reports it
+
+    def wait(self, workers: list[int], timeout: float | None) -> list[tuple[int, StepResult | None]]:
+        by_conn = {self._conns[w]: w for w in workers}
+        out: list[tuple[int, StepResult | None]] = []
+        for conn in wait_connections(list(by_conn), timeout):
+            w = by_conn[conn]
+            try:
+                result = conn.recv()
+            except (EOFError, OSError):
+                out.append((w, None))
+                continue
+            if isinstance(result, WorkerError):
+                raise WorkerError(f"env worker {w} failed:\n{result}")
+            out.append((w, result))
+        return out
+
+    def restart(self, worker: int) -> None:
+        self._kill(worker)
+        self._start(worker)
+
+    def _kill(self, w: int) -> None:
+        proc, conn = self._procs[w], self._conns[w]
+        if proc is not None:
+            proc.kill()
+            proc.join(timeout=10)
+        if conn is not None:
+            conn.close()
+        self._procs[w], self._conns[w] = None, None
+
+    def close(self) -> None:
+        for w, conn in enumerate(self._conns):
+            if conn is not None:
+                try:
+                    conn.send(None)
+                except (BrokenPipeError, OSError):
+                    pass
+        for w, proc in enumerate(self._procs):
+            if proc is not None:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(timeout=5)
+            if self._conns[w] is not None:
+                self._conns[w].close()
+        self._procs = [None] * self.num_workers
+        self._conns = [None] * self.num_workers
+
+    @property
+    def pids(self) -> list[int | None]:
+        """Process ids of the workers (for tests: a restarted worker has a new pid)."""
+        return [p.pid if p is not None else None for p in self._procs]
