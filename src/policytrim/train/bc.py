@@ -1,0 +1,300 @@
+"""Behaviour cloning (`policytrim pretrain`): demonstrations -> a baseline TinyVLA checkpoint.
+
+Chunks. Every demonstration frame t gives one training chunk: the observation at t and the actions
+t .. t+H-1. Near an episode's end the missing rows are padded by repeating the last action and a
+row mask marks them, so they never enter the loss (a rollout stops at the first success, so those
+rows are never executed either).
+
+Split. A fraction ``pretrain.val_fraction`` of each task's episodes is held out for the validation
+loss. Normalisation statistics come from the training episodes only.
+
+Training. Adam with a cosine-decayed learning rate, random minibatches of chunks, gradient-norm
+clip 1.0, torch on all available cores (the machine has 2); the validation loss is measured
+``_VAL_POINTS`` times. At the end the checkpoint is written (``model.safetensors`` +
+``config.json`` in the run directory, so `load_policy(out)` works) with ``pretrain_metrics.json``,
+then the baseline is evaluated at its default window on *validation* initial states through
+`policytrim.eval.evaluate.evaluate_policy` and the metrics file is updated with its success rate,
+mean steps and calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from policytrim.config import RunConfig, to_dict
+from policytrim.errors import InputError
+from policytrim.policies.chunk import TinyVLA
+
+METRICS_NAME = "pretrain_metrics.json"
+_VAL_POINTS = 10  # validation-loss measurements per run
+_VAL_MAX_CHUNKS = 4096  # a fixed random subset of validation chunks keeps each measurement cheap
+_GRAD_CLIP = 1.0
+
+
+@dataclasses.dataclass
+class ChunkData:
+    """Demonstration frames as BC chunks. S frames, H rows, A action dims.
+
+    state [S, D] float32; actions [S, A] float32 (per frame); chunk_index [S, H] long (frame of
+    each chunk row, padded with the episode's last frame); row_mask [S, H] bool; instruction [S]
+    long (index into ``instructions``); episode [S] long; image [S, h, w, 3] uint8 or None.
+    """
+
+    state: torch.Tensor
+    actions: torch.Tensor
+    chunk_index: torch.Tensor
+    row_mask: torch.Tensor
+    instruction: torch.Tensor
+    episode: torch.Tensor
+    instructions: list[str]
+    image: torch.Tensor | None = None
+
+    def batch(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(obs, instruction ids, action chunks [B, H, A], row mask [B, H]) for frame ids ``rows``."""
+        obs = {"state": self.state[rows]}
+        if self.image is not None:
+            obs["image"] = self.image[rows]
+        return obs, self.instruction[rows], self.actions[self.chunk_index[rows]], self.row_mask[rows]
+
+
+def chunk_data(dataset: Any, chunk_size: int) -> ChunkData:
+    """Build BC chunks from a `policytrim.data.demos.DemoDataset` (any object with its arrays)."""
+    try:
+        state = np.asarray(dataset.state, dtype=np.float32)
+        action = np.asarray(dataset.action, dtype=np.float32)
+        episode = np.asarray(dataset.episode_index, dtype=np.int64)
+        frame = np.asarray(dataset.frame_index, dtype=np.int64)
+        task = np.asarray(dataset.task_index, dtype=np.int64)
+        instructions = [str(s) for s in dataset.instructions]
+    except AttributeError as exc:
+        raise InputError(f"demonstration dataset lacks a field: {exc}") from None
+    frames = state.shape[0]
+    if frames == 0:
+        raise InputError("the demonstration dataset holds no frames")
+    if state.ndim != 2 or action.ndim != 2 or not (action.shape[0] == episode.shape[0] == frame.shape[0] == task.shape[0] == frames):
+        raise InputError(f"demonstration arrays disagree in length: state {state.shape}, action {action.shape}, episode_index {episode.shape}")
+    if not (np.isfinite(state).all() and np.isfinite(action).all()):
+        raise InputError("the demonstration dataset holds non-finite states or actions")
+    if task.min() < 0 or task.max() >= len(instructions):
+        raise InputError(f"task_index out of range for {len(instructions)} instructions")
+    image = getattr(dataset, "image", None)
+
+    order = np.lexsort((frame, episode))
+    state, action, episode, frame, task = state[order], action[order], episode[order], frame[order], task[order]
+    starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1]])
+    lengths = np.diff(np.r_[starts, frames])
+    first = np.repeat(starts, lengths)
+    length = np.repeat(lengths, lengths)
+    if not np.array_equal(frame, np.arange(frames) - first):
+        raise InputError("demonstration frame_index must run 0, 1, ..., length-1 within each episode")
+    offset = np.minimum(np.arange(chunk_size)[None, :], (length - 1 - frame)[:, None])
+    index = np.arange(frames)[:, None] + offset
+    mask = (frame[:, None] + np.arange(chunk_size)[None, :]) < length[:, None]
+    img = None
+    if image is not None:
+        img = torch.as_tensor(np.asarray(image, dtype=np.uint8)[order])
+    return ChunkData(
+        state=torch.as_tensor(state),
+        actions=torch.as_tensor(action),
+        chunk_index=torch.as_tensor(index),
+        row_mask=torch.as_tensor(mask),
+        instruction=torch.as_tensor(task),
+        episode=torch.as_tensor(episode),
+        instructions=instructions,
+        image=img,
+    )
+
+
+def split_episodes(episode: torch.Tensor, instruction: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame ids (train, val): ``val_fraction`` of each task's episodes (at least one when the task
+    has two or more and the fraction is > 0) go to validation."""
+    rng = np.random.default_rng(seed)
+    ep = episode.numpy()
+    ep_ids, first = np.unique(ep, return_index=True)
+    ep_task = instruction.numpy()[first]
+    val_eps: list[int] = []
+    for t in np.unique(ep_task):
+        eps = ep_ids[ep_task == t]
+        n_val = int(round(val_fraction * len(eps)))
+        if val_fraction > 0 and len(eps) >= 2:
+            n_val = min(max(n_val, 1), len(eps) - 1)
+        val_eps.extend(rng.permutation(eps)[:n_val].tolist())
+    is_val = np.isin(ep, np.asarray(val_eps, dtype=ep.dtype))
+    return torch.as_tensor(np.flatnonzero(~is_val)), torch.as_tensor(np.flatnonzero(is_val))
+
+
+def _stats(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    x64 = x.double()
+    return x64.mean(0).numpy(), x64.std(0, unbiased=False).numpy()
+
+
+@torch.no_grad()
+def validation_loss(policy: TinyVLA, data: ChunkData, rows: torch.Tensor, batch_size: int = 1024) -> float:
+    """Mean BC loss over ``rows`` (fixed noise for the flow head, so measurements compare)."""
+    if rows.numel() == 0:
+        return float("nan")
+    gen = torch.Generator().manual_seed(12345)
+    total, weight = 0.0, 0.0
+    was_training = policy.training
+    policy.eval()
+    for i in range(0, rows.numel(), batch_size):
+        obs, ins, actions, mask = data.batch(rows[i : i + batch_size])
+        n = float(mask.sum())
+        total += float(policy.bc_loss(obs, ins, actions, mask, generator=gen)) * n
+        weight += n
+    policy.train(was_training)
+    return total / max(weight, 1.0)
+
+
+def _load(data: Any) -> Any:
+    if not isinstance(data, (str, Path)):
+        return data  # an already-loaded DemoDataset
+    path = Path(data)
+    if not path.exists():
+        raise InputError(f"demonstration dataset {str(path)!r} does not exist (make one with `policytrim collect --out DIR`)")
+    from policytrim.data.demos import load_demos
+
+    return load_demos(path)
+
+
+def build_policy(cfg: RunConfig, data: ChunkData, train_rows: torch.Tensor) -> TinyVLA:
+    """A fresh TinyVLA sized for the data, with statistics from the training frames."""
+    s_mean, s_std = _stats(data.state[train_rows])
+    a_mean, a_std = _stats(data.actions[train_rows])
+    image_shape = tuple(data.image.shape[1:]) if data.image is not None else None
+    return TinyVLA.from_config(
+        cfg.policy, data.state.shape[1], data.actions.shape[1], data.instructions,
+        state_mean=s_mean, state_std=s_std, action_mean=a_mean, action_std=a_std, image_shape=image_shape,
+    )
+
+
+def train_bc(policy: TinyVLA, data: ChunkData, train_rows: torch.Tensor, val_rows: torch.Tensor, cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """The BC loop; returns the loss history and timing."""
+    p = cfg.pretrain
+    gen = torch.Generator().manual_seed(cfg.seed)
+    val_subset = val_rows[torch.randperm(val_rows.numel(), generator=torch.Generator().manual_seed(cfg.seed + 1))[:_VAL_MAX_CHUNKS]]
+    optimizer = torch.optim.Adam(policy.parameters(), lr=p.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * it / p.iterations)))
+    val_every = max(1, p.iterations // _VAL_POINTS)
+    history: list[dict[str, float]] = [{"iteration": 0, "train_loss": None, "val_loss": validation_loss(policy, data, val_subset), "seconds": 0.0}]
+    running = None
+    policy.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(1, p.iterations + 1), desc="pretrain", disable=not progress, mininterval=1.0, file=sys.stderr)
+    for it in bar:
+        b_rows = train_rows[torch.randint(0, train_rows.numel(), (p.batch_size,), generator=gen)]
+        b_obs, b_ins, b_actions, b_mask = data.batch(b_rows)
+        loss = policy.bc_loss(b_obs, b_ins, b_actions, b_mask, generator=gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), _GRAD_CLIP)
+        optimizer.step()
+        schedule.step()
+        value = loss.item()
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if it % val_every == 0 or it == p.iterations:
+            val = validation_loss(policy, data, val_subset)
+            history.append({"iteration": it, "train_loss": running, "val_loss": val, "seconds": time.perf_counter() - t0})
+            bar.set_postfix(train=f"{running:.3f}", val=f"{val:.3f}")
+    bar.close()
+    policy.eval()
+    return {"history": history, "train_seconds": time.perf_counter() - t0}
+
+
+def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite: bool = False) -> dict[str, Any]:
+    """Behaviour cloning from ``data`` (a `collect` output directory or a loaded DemoDataset) to a
+    baseline checkpoint in ``out``; returns the metrics written to ``out/pretrain_metrics.json``.
+    Bad input raises `InputError` before anything is written."""
+    from policytrim.io import atomic_directory, atomic_write_json
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
+    if cfg.policy.kind != "chunk":
+        raise InputError(f"pretrain trains the built-in chunk policy; policy.kind={cfg.policy.kind!r} has nothing to learn")
+    dataset = _load(data)
+    chunks = chunk_data(dataset, cfg.policy.chunk_size)
+    if cfg.env.image and chunks.image is None:
+        raise InputError("env.image=true but the demonstrations hold no images; collect them with --env.image true")
+    if not cfg.env.image:
+        chunks.image = None  # a state-only policy, even when the data has images
+    train_rows, val_rows = split_episodes(chunks.episode, chunks.instruction, cfg.pretrain.val_fraction, cfg.seed)
+    if train_rows.numel() == 0:
+        raise InputError("no training frames left after holding out validation episodes; lower pretrain.val_fraction")
+    tasks = [str(t) for t in getattr(dataset, "tasks", [])]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    try:
+        torch.manual_seed(cfg.seed)
+        policy = build_policy(cfg, chunks, train_rows)
+        info = train_bc(policy, chunks, train_rows, val_rows, cfg, progress=cfg.logging.progress)
+    finally:
+        torch.set_num_threads(threads)
+
+    history = info["history"]
+    metrics: dict[str, Any] = {
+        "tasks": tasks,
+        "instructions": chunks.instructions,
+        "frames": {"train": int(train_rows.numel()), "val": int(val_rows.numel())},
+        "episodes": {"train": int(chunks.episode[train_rows].unique().numel()), "val": int(chunks.episode[val_rows].unique().numel())},
+        "parameters": sum(p.numel() for p in policy.parameters()),
+        "train_seconds": round(info["train_seconds"], 2),
+        "initial_val_loss": history[0]["val_loss"] if history else None,
+        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "final_val_loss": history[-1]["val_loss"] if history else None,
+        "history": history,
+        "eval": None,
+        "config": to_dict(cfg),
+    }
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        policy.save_pretrained(tmp)
+        atomic_write_json(tmp / METRICS_NAME, metrics)
+
+    if cfg.pretrain.eval_episodes > 0 and tasks:
+        metrics["eval"] = evaluate_baseline(policy, cfg, tasks)
+        atomic_write_json(out / METRICS_NAME, metrics)
+    return metrics
+
+
+def evaluate_baseline(policy: TinyVLA, cfg: RunConfig, tasks: list[str]) -> dict[str, Any]:
+    """Success rate, mean steps and calls at the default window on validation states."""
+    from policytrim.eval.evaluate import evaluate_policy
+
+    env_cfg = dataclasses.replace(cfg.env, tasks=tuple(tasks)) if cfg.env.suite == "metaworld" else cfg.env
+    return evaluate_policy(
+        policy, env_cfg, episodes=cfg.pretrain.eval_episodes, window=policy.default_window,
+        mode=cfg.eval.mode, seed=cfg.eval.seed, split="val", num_workers=cfg.rollout.num_workers,
+    )
+
+
+def pretrain_command(args: Any) -> int:
+    """`policytrim pretrain`: args is the CLI's PretrainCmd (a RunConfig + data + overwrite)."""
+    from policytrim.cli import run_config
+
+    if not getattr(args, "data", ""):
+        raise InputError("--data is required: the demonstration dataset directory (output of `policytrim collect`)")
+    cfg = run_config(args)
+    out = Path(cfg.logging.out)
+    metrics = pretrain(cfg, Path(args.data), out, overwrite=bool(args.overwrite))
+    print(f"baseline checkpoint: {out}  (train {metrics['train_seconds']:.0f} s, val loss {metrics['initial_val_loss']:.3f} -> {metrics['final_val_loss']:.3f})")
+    ev = metrics.get("eval")
+    if ev:
+        print(_eval_summary(ev))
+    return 0
+
+
+def _eval_summary(ev: dict[str, Any]) -> str:
+    overall = ev.get("overall", ev)
+    parts = [f"{k}={overall[k]:.3g}" if isinstance(overall.get(k), (int, float)) else f"{k}={overall.get(k)}" for k in ("success_rate", "mean_steps", "mean_calls", "window") if k in overall]
+    return "validation-state evaluation: " + (" ".join(parts) if parts else str(overall))
