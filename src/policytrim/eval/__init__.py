@@ -1,0 +1,1 @@
+"""Evaluation: metrics (pure) and evaluation on held-out states."""

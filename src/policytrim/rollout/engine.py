@@ -7,9 +7,10 @@ Each round the engine batches one policy call over every trajectory that needs a
 workers that have answered, and sends each worker the first k_i rows of its trajectories' chunks;
 while one worker steps, the engine serves another (pipelining across workers).
 
-Per trajectory i (group g, slot j): window k_i <= the policy's max_window, a `torch.Generator`
+Per trajectory i (group g, slot j): window k_i <= the policy's max_window, a CPU `torch.Generator`
 seeded by a stable hash of (seed, task, state seed, state index, j) -- so a trajectory's random
-numbers do not depend on batching, worker count or other trajectories (paired evaluation). It stops
+numbers do not depend on batching, worker count, other trajectories or the policy's device (paired
+evaluation; policies draw on CPU and move the noise to their device). It stops
 at its first success or at the horizon. Recorded: success S, steps T (the horizon on failure), calls
 C, window k, and per executed chunk the observation, rows executed n_c, old log-probs and the
 policy's replay tensors.
@@ -182,7 +183,7 @@ class _Rollout:
         self.N = N = len(starts) * G
         self.state_of = [starts[i // G] for i in range(N)]
         self.device = policy_device(policy)
-        self.generators = [torch.Generator(device=self.device).manual_seed(trajectory_seed(seed, self.state_of[i], i % G)) for i in range(N)]
+        self.generators = [torch.Generator().manual_seed(trajectory_seed(seed, self.state_of[i], i % G)) for i in range(N)]
         self.horizon = int(engine.env_cfg.horizon)
         self.success = np.zeros(N, bool)
         self.steps = np.zeros(N, np.int64)

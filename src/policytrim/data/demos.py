@@ -1,0 +1,551 @@
+"""Demonstrations from Meta-World's scripted experts (`policytrim collect`), and their file format.
+
+Format ``policytrim-demos`` version 1 (LeRobot-style key names; no pickle anywhere)::
+
+    DATASET/
+      meta.json            {"format": "policytrim-demos", "version": 1,
+                            "tasks": [...], "instructions": [... one per task index],
+                            "features": {"observation.state": {"shape": [39], "dtype": "float32"},
+                                         "action": {"shape": [4], "dtype": "float32"},
+                                         ("observation.image": {"shape": [h, w, 3], "dtype": "uint8"})},
+                            "num_episodes", "num_frames", "control_period_s", "horizon",
+                            "collection": {expert, suboptimality settings, seeds, split, attempts},
+                            "created_by": "policytrim <version>"}
+      frames.safetensors   observation.state [S, D] f32, action [S, A] f32, episode_index [S] i64,
+                           frame_index [S] i64, task_index [S] i64 (+ observation.image [S, h, w, 3] u8)
+      episodes.safetensors length [E] i64, success [E] u8, task_index [E] i64, seed [E] i64,
+                           index [E] i64, start [E] i64 (first frame of the episode)
+
+Frame t of an episode is the observation before its t-th action and that action; episodes are
+stored contiguously in order. (seed, index) is the episode's initial-state address (training split).
+
+Suboptimality (``data.suboptimal``, on by default; FINDINGS.md). Clean scripted experts move with
+almost no spread in episode length, which leaves Stage 2 nothing to remove; imitation-learned VLAs
+inherit hesitations and detours from teleoperation. Per episode, with its own random numbers:
+
+- speed: the xyz part of every action is scaled by s ~ U(speed_min, speed_max) (0.6, 1.0);
+- pauses: each step starts a hesitation with probability pause_prob (0.04) lasting
+  U{pause_min..pause_max} (3..8) steps: xyz = 0, the gripper command kept;
+- detour: with probability detour_prob (0.5) the episode holds one detour of U{detour_min..detour_max}
+  (5..10) steps starting at a step drawn from U{0..40}: xyz = s * a random unit direction, gripper kept;
+- jitter: N(0, jitter_std) (0.1) on every action dimension; then clipped to [-1, 1].
+
+``--no-data.suboptimal`` records the clean experts. Unsuccessful demonstrations are dropped unless
+``data.keep_failures``; then further training states are tried (up to 3 x episodes + 10 per task)
+until each task has ``data.episodes`` successful demonstrations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from policytrim.envs.base import OBS_IMAGE, OBS_STATE, InitialState
+from policytrim.errors import InputError
+
+FORMAT = "policytrim-demos"
+VERSION = 1
+META_FILE, FRAMES_FILE, EPISODES_FILE = "meta.json", "frames.safetensors", "episodes.safetensors"
+
+# Key names (LeRobot style), kept in one place.
+STATE, ACTION, IMAGE = "observation.state", "action", "observation.image"
+EPISODE_INDEX, FRAME_INDEX, TASK_INDEX = "episode_index", "frame_index", "task_index"
+EP_KEYS = ("length", "success", "task_index", "seed", "index", "start")
+
+DETOUR_LATEST_START = 40  # a detour starts at a step drawn from U{0..40}
+MAX_ATTEMPTS = (3, 10)  # per task: at most 3 * episodes + 10 states tried
+
+
+@dataclass
+class DemoDataset:
+    """A demonstration dataset in memory (numpy arrays; S frames, E episodes)."""
+
+    state: np.ndarray
+    """float32 [S, D]: observation.state."""
+    action: np.ndarray
+    """float32 [S, A]."""
+    episode_index: np.ndarray
+    """int64 [S]."""
+    frame_index: np.ndarray
+    """int64 [S]: position within the episode."""
+    task_index: np.ndarray
+    """int64 [S]: index into `tasks`."""
+    length: np.ndarray
+    """int64 [E]: frames per episode."""
+    success: np.ndarray
+    """bool [E]."""
+    episode_task_index: np.ndarray
+    """int64 [E]."""
+    seed: np.ndarray
+    """int64 [E]: initial-state seed."""
+    index: np.ndarray
+    """int64 [E]: initial-state index."""
+    start: np.ndarray
+    """int64 [E]: first frame of each episode."""
+    tasks: list[str]
+    instructions: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    image: np.ndarray | None = None
+    """uint8 [S, h, w, 3] or None: observation.image."""
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.state.shape[0])
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.length.shape[0])
+
+    def episode(self, e: int) -> slice:
+        """Frame slice of episode e."""
+        return slice(int(self.start[e]), int(self.start[e] + self.length[e]))
+
+    def initial_state(self, e: int) -> InitialState:
+        return InitialState(self.tasks[int(self.episode_task_index[e])], int(self.seed[e]), int(self.index[e]))
+
+    def validate(self) -> None:
+        """Raise InputError if shapes, dtypes, values or the episode indexing are inconsistent."""
+        _validate(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation, save, load
+
+
+def _bad(message: str) -> InputError:
+    return InputError(f"invalid demonstration dataset: {message}")
+
+
+def _check_array(name: str, arr: Any, dtype: str, ndim: int, rows: int | None = None) -> None:
+    if not isinstance(arr, np.ndarray):
+        raise _bad(f"{name} is missing or not an array")
+    if arr.dtype != np.dtype(dtype):
+        raise _bad(f"{name} has dtype {arr.dtype}, expected {dtype}")
+    if arr.ndim != ndim:
+        raise _bad(f"{name} has shape {arr.shape}, expected {ndim} dimensions")
+    if rows is not None and arr.shape[0] != rows:
+        raise _bad(f"{name} has {arr.shape[0]} rows, expected {rows}")
+
+
+def _validate(ds: DemoDataset) -> None:
+    S = ds.state.shape[0] if isinstance(ds.state, np.ndarray) and ds.state.ndim else -1
+    _check_array(STATE, ds.state, "float32", 2)
+    _check_array(ACTION, ds.action, "float32", 2, S)
+    for name in (EPISODE_INDEX, FRAME_INDEX, TASK_INDEX):
+        _check_array(name, getattr(ds, name), "int64", 1, S)
+    E = ds.length.shape[0] if isinstance(ds.length, np.ndarray) and ds.length.ndim else -1
+    _check_array("length", ds.length, "int64", 1)
+    _check_array("success", ds.success, "bool", 1, E)
+    for name, attr in (("task_index", "episode_task_index"), ("seed", "seed"), ("index", "index"), ("start", "start")):
+        _check_array(f"episodes.{name}", getattr(ds, attr), "int64", 1, E)
+    if ds.image is not None:
+        _check_array(IMAGE, ds.image, "uint8", 4, S)
+        if ds.image.shape[3] != 3:
+            raise _bad(f"{IMAGE} must be [S, h, w, 3], got {ds.image.shape}")
+    if not np.isfinite(ds.state).all():
+        raise _bad(f"{STATE} contains NaN or infinite values")
+    if not np.isfinite(ds.action).all():
+        raise _bad(f"{ACTION} contains NaN or infinite values")
+    if len(ds.tasks) == 0 or len(ds.instructions) != len(ds.tasks):
+        raise _bad(f"need one instruction per task, got {len(ds.tasks)} tasks and {len(ds.instructions)} instructions")
+    if (ds.length < 1).any():
+        raise _bad("every episode needs at least one frame")
+    if int(ds.length.sum()) != S:
+        raise _bad(f"episode lengths sum to {int(ds.length.sum())}, but there are {S} frames")
+    expected_start = np.concatenate([[0], np.cumsum(ds.length)[:-1]]).astype(np.int64) if E else ds.start
+    if not np.array_equal(ds.start, expected_start):
+        raise _bad("episode starts are not the running sum of episode lengths (episodes must be contiguous, in order)")
+    if not np.array_equal(ds.episode_index, np.repeat(np.arange(E), ds.length)):
+        raise _bad("episode_index does not match the episode lengths")
+    frame = np.arange(S) - np.repeat(ds.start, ds.length)
+    if not np.array_equal(ds.frame_index, frame):
+        raise _bad("frame_index must count 0, 1, ... within each episode")
+    if E and (ds.episode_task_index.min() < 0 or ds.episode_task_index.max() >= len(ds.tasks)):
+        raise _bad(f"task_index outside [0, {len(ds.tasks)})")
+    if not np.array_equal(ds.task_index, np.repeat(ds.episode_task_index, ds.length)):
+        raise _bad("frame task_index does not match its episode's task_index")
+
+
+def _meta(ds: DemoDataset) -> dict[str, Any]:
+    from policytrim import __version__
+
+    features = {
+        STATE: {"shape": list(ds.state.shape[1:]), "dtype": "float32"},
+        ACTION: {"shape": list(ds.action.shape[1:]), "dtype": "float32"},
+    }
+    if ds.image is not None:
+        features[IMAGE] = {"shape": list(ds.image.shape[1:]), "dtype": "uint8"}
+    meta = dict(ds.meta)
+    meta.update(
+        format=FORMAT,
+        version=VERSION,
+        tasks=list(ds.tasks),
+        instructions=list(ds.instructions),
+        features=features,
+        num_episodes=ds.num_episodes,
+        num_frames=ds.num_frames,
+    )
+    meta.setdefault("created_by", f"policytrim {__version__}")
+    return meta
+
+
+def save_demos(ds: DemoDataset, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``ds`` to directory ``path`` atomically (temp dir + rename)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"{str(path)!r} already exists; pass overwrite=True (--overwrite) to replace it")
+    ds.validate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        frames = {STATE: ds.state, ACTION: ds.action, EPISODE_INDEX: ds.episode_index, FRAME_INDEX: ds.frame_index, TASK_INDEX: ds.task_index}
+        if ds.image is not None:
+            frames[IMAGE] = ds.image
+        save_file({k: np.ascontiguousarray(v) for k, v in frames.items()}, str(tmp / FRAMES_FILE))
+        episodes = {
+            "length": ds.length,
+            "success": ds.success.astype(np.uint8),
+            "task_index": ds.episode_task_index,
+            "seed": ds.seed,
+            "index": ds.index,
+            "start": ds.start,
+        }
+        save_file({k: np.ascontiguousarray(v) for k, v in episodes.items()}, str(tmp / EPISODES_FILE))
+        (tmp / META_FILE).write_text(json.dumps(_meta(ds), indent=2) + "\n")
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _read_tensors(file: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    if not file.is_file():
+        raise _bad(f"{file.name} is missing in {str(file.parent)!r}")
+    try:
+        return load_file(str(file))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for corrupt files
+        raise _bad(f"{file.name} cannot be read (truncated or corrupt?): {exc}") from None
+
+
+def load_demos(path: str | Path) -> DemoDataset:
+    """Read and validate a dataset written by `save_demos` / `policytrim collect`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"demonstration dataset {str(path)!r} does not exist (run `policytrim collect` first)")
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise _bad(f"{META_FILE} is missing in {str(path)!r}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _bad(f"{META_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise _bad(f"{META_FILE} does not describe a {FORMAT!r} dataset")
+    if meta.get("version") != VERSION:
+        raise _bad(f"format version {meta.get('version')!r} is not supported; this policytrim reads version {VERSION}")
+    tasks, instructions = meta.get("tasks"), meta.get("instructions")
+    if not (isinstance(tasks, list) and isinstance(instructions, list) and all(isinstance(t, str) for t in tasks + instructions)):
+        raise _bad(f"{META_FILE} needs lists of task names and instructions")
+    frames = _read_tensors(path / FRAMES_FILE)
+    episodes = _read_tensors(path / EPISODES_FILE)
+    success = episodes.get("success")
+    if isinstance(success, np.ndarray) and success.dtype in (np.uint8, np.bool_):
+        if success.dtype == np.uint8 and (success > 1).any():
+            raise _bad("episodes.success must be 0 or 1")
+        success = success.astype(bool)
+    ds = DemoDataset(
+        state=frames.get(STATE),
+        action=frames.get(ACTION),
+        episode_index=frames.get(EPISODE_INDEX),
+        frame_index=frames.get(FRAME_INDEX),
+        task_index=frames.get(TASK_INDEX),
+        length=episodes.get("length"),
+        success=success,
+        episode_task_index=episodes.get("task_index"),
+        seed=episodes.get("seed"),
+        index=episodes.get("index"),
+        start=episodes.get("start"),
+        tasks=tasks,
+        instructions=instructions,
+        meta=meta,
+        image=frames.get(IMAGE),
+    )
+    ds.validate()
+    features = meta.get("features", {})
+    for key, arr in ((STATE, ds.state), (ACTION, ds.action), (IMAGE, ds.image)):
+        spec = features.get(key)
+        if arr is None:
+            if spec is not None:
+                raise _bad(f"{META_FILE} lists {key} but {FRAMES_FILE} has none")
+            continue
+        if spec is None or list(arr.shape[1:]) != list(spec.get("shape", [])) or arr.dtype.name != spec.get("dtype"):
+            raise _bad(f"{key} has shape {list(arr.shape[1:])} / {arr.dtype.name}, {META_FILE} says {spec}")
+    if meta.get("num_episodes") != ds.num_episodes or meta.get("num_frames") != ds.num_frames:
+        raise _bad(f"{META_FILE} says {meta.get('num_episodes')} episodes / {meta.get('num_frames')} frames, the files hold {ds.num_episodes} / {ds.num_frames}")
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# collection
+
+
+def episode_seed(data_seed: int, state: InitialState) -> int:
+    """Seed of an episode's suboptimality random numbers (stable across processes)."""
+    text = f"policytrim-demo|{data_seed}|{state.task}|{state.seed}|{state.index}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class Suboptimality:
+    """Human-like redundancy added to one episode's expert actions (module docstring)."""
+
+    def __init__(self, data_cfg: Any, rng: np.random.Generator) -> None:
+        self.cfg, self.rng = data_cfg, rng
+        self.speed = float(rng.uniform(data_cfg.speed_min, data_cfg.speed_max))
+        self.pause_left = 0
+        self.detour = (0, 0, np.zeros(3))
+        if rng.random() < data_cfg.detour_prob:
+            start = int(rng.integers(0, DETOUR_LATEST_START + 1))
+            length = int(rng.integers(data_cfg.detour_min, data_cfg.detour_max + 1))
+            direction = rng.normal(size=3)
+            direction /= max(np.linalg.norm(direction), 1e-9)
+            self.detour = (start, start + length, direction)
+        self.paused_steps = 0
+        self.detour_steps = 0
+
+    def __call__(self, action: np.ndarray, t: int) -> np.ndarray:
+        cfg = self.cfg
+        a = np.array(action, dtype=np.float64)
+        a[:3] *= self.speed
+        starts_pause = self.rng.random() < cfg.pause_prob  # drawn every step: stable random streams
+        pause_len = int(self.rng.integers(cfg.pause_min, cfg.pause_max + 1))
+        jitter = self.rng.normal(0.0, cfg.jitter_std, size=a.shape) if cfg.jitter_std > 0 else 0.0
+        d0, d1, direction = self.detour
+        if d0 <= t < d1:
+            a[:3] = self.speed * direction
+            self.detour_steps += 1
+        elif self.pause_left > 0 or (starts_pause and pause_len > 0):
+            if self.pause_left == 0:
+                self.pause_left = pause_len
+            self.pause_left -= 1
+            a[:3] = 0.0
+            self.paused_steps += 1
+        return np.clip(a + jitter, -1.0, 1.0).astype(np.float32)
+
+
+_WORKER_ENVS: dict[str, Any] = {}
+
+
+def _run_episode(job: tuple[Any, InitialState, Any, bool]) -> dict[str, Any]:
+    """One expert episode from ``state`` (runs in a pool worker or in-process)."""
+    from policytrim.envs import make_env
+    from policytrim.policies.expert import expert_action, scripted_expert
+
+    env_cfg, state, data_cfg, suboptimal = job
+    key = state.task
+    if key not in _WORKER_ENVS:
+        _WORKER_ENVS[key] = (make_env(env_cfg, state.task), scripted_expert(state.task))
+    env, expert = _WORKER_ENVS[key]
+    perturb = Suboptimality(data_cfg, np.random.default_rng(episode_seed(data_cfg.seed, state))) if suboptimal else None
+    obs = env.reset(state)
+    states, actions, images = [], [], []
+    success = False
+    for t in range(env.horizon):
+        a = expert_action(expert, obs[OBS_STATE])
+        if perturb is not None:
+            a = perturb(a, t)
+        states.append(obs[OBS_STATE])
+        if OBS_IMAGE in obs:
+            images.append(obs[OBS_IMAGE])
+        actions.append(a)
+        obs, success = env.step(a)
+        if success:
+            break
+    out = {"state": state, "states": np.stack(states), "actions": np.stack(actions), "success": bool(success)}
+    if images:
+        out["images"] = np.stack(images)
+    out["control_period_s"] = env.control_period_s
+    return out
+
+
+def _init_pool_worker() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _episodes(jobs: list, pool: Any) -> Iterable[dict[str, Any]]:
+    if pool is None:
+        return map(_run_episode, jobs)
+    return pool.imap(_run_episode, jobs, chunksize=1)
+
+
+def collect_demos(cfg: Any, out: str | Path, overwrite: bool = False, progress: bool = False) -> DemoDataset:
+    """Run the scripted experts on training-split states of ``cfg.env.tasks`` and save to ``out``.
+
+    ``cfg`` is a `policytrim.config.RunConfig` (env, data, rollout.num_workers are used).
+    """
+    import multiprocessing as mp
+
+    from policytrim import __version__
+    from policytrim.envs import initial_states, split_seed
+
+    out = Path(out)
+    if cfg.env.suite != "metaworld":
+        raise InputError("collect runs Meta-World's scripted experts: env.suite must be metaworld")
+    if out.exists() and not overwrite:
+        raise InputError(f"{str(out)!r} already exists; pass --overwrite to replace it")
+    data, env_cfg = cfg.data, cfg.env
+    tasks = list(env_cfg.tasks)
+    seed = split_seed(env_cfg, "train")
+    wanted = data.episodes
+    kept: dict[str, list[dict[str, Any]]] = {t: [] for t in tasks}
+    attempts = {t: 0 for t in tasks}
+    successes = {t: 0 for t in tasks}
+    limit = {t: wanted if data.keep_failures else MAX_ATTEMPTS[0] * wanted + MAX_ATTEMPTS[1] for t in tasks}
+    num_workers = int(cfg.rollout.num_workers)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=wanted * len(tasks), desc="collect", unit="ep")
+    pool = mp.get_context("spawn").Pool(num_workers, initializer=_init_pool_worker) if num_workers > 0 else None
+    control_period = None
+    try:
+        while True:
+            jobs = []
+            for t in tasks:
+                missing = wanted - len(kept[t])
+                room = limit[t] - attempts[t]
+                n = min(room, missing)
+                if n <= 0:
+                    continue
+                states = initial_states(t, seed, n, start=attempts[t])
+                attempts[t] += n
+                jobs.extend((env_cfg, s, data, data.suboptimal) for s in states)
+            if not jobs:
+                break
+            for ep in _episodes(jobs, pool):
+                task = ep["state"].task
+                control_period = ep["control_period_s"]
+                successes[task] += ep["success"]
+                if (ep["success"] or data.keep_failures) and len(kept[task]) < wanted:
+                    kept[task].append(ep)
+                    if bar is not None:
+                        bar.update(1)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        if bar is not None:
+            bar.close()
+
+    episodes = [ep for t in tasks for ep in sorted(kept[t], key=lambda e: e["state"].index)]
+    if not episodes:
+        raise InputError(f"the experts produced no successful demonstration in {sum(attempts.values())} attempts; try a longer env.horizon or data.keep_failures")
+    short = {t: len(kept[t]) for t in tasks if len(kept[t]) < wanted}
+    collection = {
+        "expert": "metaworld scripted policies (metaworld.policies)",
+        "suboptimal": bool(data.suboptimal),
+        "settings": {k: getattr(data, k) for k in ("speed_min", "speed_max", "pause_prob", "pause_min", "pause_max", "detour_prob", "detour_min", "detour_max", "jitter_std")} | {"detour_latest_start": DETOUR_LATEST_START},
+        "data_seed": data.seed,
+        "split": "train",
+        "state_seed": seed,
+        "keep_failures": bool(data.keep_failures),
+        "episodes_requested": wanted,
+        "attempts": attempts,
+        "expert_successes": successes,
+        "short_of_requested": short,
+    }
+    ds = _assemble(episodes, tasks, env_cfg, collection, control_period, __version__)
+    save_demos(ds, out, overwrite=overwrite)
+    return ds
+
+
+def _assemble(episodes: list[dict[str, Any]], tasks: list[str], env_cfg: Any, collection: dict, control_period: float | None, version: str) -> DemoDataset:
+    from policytrim.envs.tasks import INSTRUCTIONS
+
+    task_id = {t: i for i, t in enumerate(tasks)}
+    length = np.array([len(ep["actions"]) for ep in episodes], np.int64)
+    ep_task = np.array([task_id[ep["state"].task] for ep in episodes], np.int64)
+    start = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
+    images = [ep["images"] for ep in episodes if "images" in ep]
+    return DemoDataset(
+        state=np.concatenate([ep["states"] for ep in episodes]).astype(np.float32),
+        action=np.concatenate([ep["actions"] for ep in episodes]).astype(np.float32),
+        episode_index=np.repeat(np.arange(len(episodes)), length).astype(np.int64),
+        frame_index=(np.arange(int(length.sum())) - np.repeat(start, length)).astype(np.int64),
+        task_index=np.repeat(ep_task, length),
+        length=length,
+        success=np.array([ep["success"] for ep in episodes], bool),
+        episode_task_index=ep_task,
+        seed=np.array([ep["state"].seed for ep in episodes], np.int64),
+        index=np.array([ep["state"].index for ep in episodes], np.int64),
+        start=start,
+        tasks=list(tasks),
+        instructions=[INSTRUCTIONS[t] for t in tasks],
+        meta={
+            "control_period_s": control_period,
+            "horizon": int(env_cfg.horizon),
+            "collection": collection,
+            "created_by": f"policytrim {version}",
+        },
+        image=np.concatenate(images) if images else None,
+    )
+
+
+def summarize_demos(ds: DemoDataset) -> dict[str, dict[str, Any]]:
+    """Per task: episodes, expert success rate over the attempts, mean and sd of steps."""
+    collection = ds.meta.get("collection", {})
+    out = {}
+    for k, task in enumerate(ds.tasks):
+        lengths = ds.length[ds.episode_task_index == k]
+        attempts = collection.get("attempts", {}).get(task)
+        succ = collection.get("expert_successes", {}).get(task)
+        out[task] = {
+            "episodes": int(len(lengths)),
+            "expert_success_rate": (succ / attempts) if attempts else None,
+            "attempts": attempts,
+            "mean_steps": float(lengths.mean()) if len(lengths) else math.nan,
+            "sd_steps": float(lengths.std()) if len(lengths) else math.nan,
+        }
+    return out
+
+
+def collect_command(args: Any) -> int:
+    """`policytrim collect`: args is a `policytrim.cli.CollectCmd`."""
+    from policytrim.cli import run_config
+
+    cfg = run_config(args)
+    out = Path(cfg.logging.out)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{str(out)!r} already exists; pass --overwrite to replace it")
+    ds = collect_demos(cfg, out, overwrite=args.overwrite, progress=cfg.logging.progress)
+    kind = "suboptimal" if cfg.data.suboptimal else "clean"
+    print(f"wrote {ds.num_episodes} {kind} expert demonstrations ({ds.num_frames} frames) to {out}")
+    print(f"{'task':<28} {'episodes':>8} {'expert SR':>9} {'steps (mean ± sd)':>18}")
+    for task, row in summarize_demos(ds).items():
+        sr = f"{row['expert_success_rate']:.2f}" if row["expert_success_rate"] is not None else "-"
+        print(f"{task:<28} {row['episodes']:>8} {sr:>9} {row['mean_steps']:>10.1f} ± {row['sd_steps']:<5.1f}")
+    short = ds.meta.get("collection", {}).get("short_of_requested") or {}
+    for task, n in short.items():
+        print(f"warning: {task}: only {n} successful demonstrations of {cfg.data.episodes} requested")
+    return 0
