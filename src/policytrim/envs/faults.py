@@ -7,6 +7,7 @@ engine's ``env_factory``; it is picklable, so it reaches worker processes.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Literal
 
@@ -22,13 +23,14 @@ class InjectedFault(RuntimeError):
 class FaultyEnv:
     """An adapter that misbehaves at step ``at_step`` of episodes from states with ``index``.
 
-    kind="raise": raises `InjectedFault`; kind="hang": sleeps ``hang_s`` (a stalled MuJoCo step).
+    kind="raise": raises `InjectedFault`; kind="hang": sleeps ``hang_s`` (a stalled MuJoCo step);
+    kind="crash": ends the process at once (a segfaulting simulator; only inside worker processes).
     ``max_faults`` bounds how many times it fires in one process (None = always).
     """
 
     fired = 0  # per process
 
-    def __init__(self, inner, index: int, at_step: int, kind: Literal["raise", "hang"] = "raise", hang_s: float = 3600.0, max_faults: int | None = None) -> None:
+    def __init__(self, inner, index: int, at_step: int, kind: Literal["raise", "hang", "crash"] = "raise", hang_s: float = 3600.0, max_faults: int | None = None) -> None:
         self._inner = inner
         self._index, self._at_step, self._kind, self._hang_s, self._max = index, at_step, kind, hang_s, max_faults
         self._armed = False
@@ -47,6 +49,8 @@ class FaultyEnv:
             FaultyEnv.fired += 1
             if self._kind == "hang":
                 time.sleep(self._hang_s)
+            elif self._kind == "crash":
+                os._exit(17)
             raise InjectedFault(f"injected fault at step {self._t} of state index {self._index}")
         return self._inner.step(action)
 

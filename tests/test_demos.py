@@ -1,0 +1,160 @@
+"""Demonstrations: collect -> save -> load round trip, suboptimality, and the loader's validation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policytrim.config import DataConfig, EnvConfig, RolloutConfig, RunConfig
+from policytrim.data.demos import DemoDataset, Suboptimality, collect_demos, load_demos, save_demos, summarize_demos
+from policytrim.errors import InputError
+
+
+def cfg_for(episodes=2, suboptimal=True, tasks=("reach-v3",), **data):
+    return RunConfig(
+        env=EnvConfig(tasks=tasks),
+        data=DataConfig(episodes=episodes, suboptimal=suboptimal, **data),
+        rollout=RolloutConfig(num_workers=0),
+    )
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demos") / "reach"
+    ds = collect_demos(cfg_for(3), path)
+    return path, ds
+
+
+def test_collect_load_round_trip(collected):
+    path, ds = collected
+    assert sorted(p.name for p in path.iterdir()) == ["episodes.safetensors", "frames.safetensors", "meta.json"]
+    loaded = load_demos(path)
+    for name in ("state", "action", "episode_index", "frame_index", "task_index", "length", "success", "episode_task_index", "seed", "index", "start"):
+        assert np.array_equal(getattr(loaded, name), getattr(ds, name)), name
+    assert loaded.num_episodes == 3 and loaded.success.all() and loaded.image is None
+    assert loaded.tasks == ["reach-v3"] and loaded.instructions == ["reach the goal position"]
+    meta = loaded.meta
+    assert meta["format"] == "policytrim-demos" and meta["version"] == 1 and meta["horizon"] == 200
+    assert meta["features"]["observation.state"] == {"shape": [39], "dtype": "float32"}
+    assert meta["control_period_s"] == pytest.approx(0.0125)
+    assert meta["collection"]["split"] == "train" and meta["collection"]["suboptimal"] is True
+    assert loaded.seed.tolist() == [0, 0, 0] and loaded.index.tolist() == [0, 1, 2]  # training states
+    assert (np.abs(loaded.action) <= 1).all()
+    assert loaded.initial_state(1).index == 1 and loaded.episode(1) == slice(int(loaded.start[1]), int(loaded.start[1] + loaded.length[1]))
+
+
+def test_collection_is_reproducible_and_suboptimal_is_slower(tmp_path, collected):
+    _, ds = collected
+    again = collect_demos(cfg_for(3), tmp_path / "again")
+    assert np.array_equal(again.action, ds.action)
+    clean = collect_demos(cfg_for(3, suboptimal=False), tmp_path / "clean")
+    assert clean.meta["collection"]["suboptimal"] is False
+    assert clean.length.sum() < ds.length.sum()
+    summary = summarize_demos(clean)["reach-v3"]
+    assert summary["episodes"] == 3 and summary["expert_success_rate"] == 1.0
+
+
+def test_collect_with_worker_processes_matches_in_process(tmp_path, collected):
+    _, ds = collected
+    cfg = cfg_for(3)
+    cfg.rollout = RolloutConfig(num_workers=2)
+    assert np.array_equal(collect_demos(cfg, tmp_path / "pool").action, ds.action)
+
+
+def test_suboptimality_knobs():
+    data = DataConfig(speed_min=0.5, speed_max=0.5, pause_prob=1.0, pause_min=3, pause_max=3, detour_prob=0.0, jitter_std=0.0)
+    sub = Suboptimality(data, np.random.default_rng(0))
+    a = np.array([1.0, -0.5, 0.2, 0.7], np.float32)
+    out = [sub(a, t) for t in range(4)]
+    assert all(np.allclose(o, [0, 0, 0, 0.7]) for o in out)  # hesitating: xyz 0, gripper kept
+    no_pause = Suboptimality(replace(data, pause_prob=0.0), np.random.default_rng(0))
+    assert np.allclose(no_pause(a, 0), [0.5, -0.25, 0.1, 0.7])  # speed scale on xyz only
+    detour = Suboptimality(replace(data, pause_prob=0.0, detour_prob=1.0, detour_min=5, detour_max=5), np.random.default_rng(1))
+    d0, d1, direction = detour.detour
+    assert d1 - d0 == 5 and np.linalg.norm(direction) == pytest.approx(1.0)
+    assert np.allclose(detour(a, d0)[:3], 0.5 * direction, atol=1e-6)
+    jitter = Suboptimality(replace(data, pause_prob=0.0, speed_min=1.0, speed_max=1.0, jitter_std=2.0), np.random.default_rng(0))
+    assert all((np.abs(jitter(a, t)) <= 1).all() for t in range(50))  # clipped
+
+
+def copy_dataset(ds: DemoDataset, **changes) -> DemoDataset:
+    return replace(ds, **changes)
+
+
+def test_validation_errors(tmp_path, collected):
+    path, ds = collected
+    bad_cases = {
+        "expected float32": copy_dataset(ds, state=ds.state.astype(np.float64)),
+        "contains NaN": copy_dataset(ds, action=np.where(np.arange(len(ds.action))[:, None] == 5, np.nan, ds.action).astype(np.float32)),
+        "rows, expected": copy_dataset(ds, action=ds.action[:-1]),
+        "lengths sum": copy_dataset(ds, length=ds.length + 1),
+        "frame_index": copy_dataset(ds, frame_index=ds.frame_index[::-1].copy()),
+        "instruction per task": copy_dataset(ds, instructions=[]),
+    }
+    for message, bad in bad_cases.items():
+        with pytest.raises(InputError, match=message):
+            save_demos(bad, tmp_path / "never")
+        assert not (tmp_path / "never").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def write_copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_loader_rejects_damaged_files(tmp_path, collected):
+    path, _ = collected
+    truncated = write_copy(path, tmp_path / "truncated")
+    data = (truncated / "frames.safetensors").read_bytes()
+    (truncated / "frames.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        load_demos(truncated)
+
+    version = write_copy(path, tmp_path / "version")
+    meta = json.loads((version / "meta.json").read_text())
+    (version / "meta.json").write_text(json.dumps({**meta, "version": 2}))
+    with pytest.raises(InputError, match="version 2 is not supported"):
+        load_demos(version)
+
+    features = write_copy(path, tmp_path / "features")
+    meta["features"]["observation.state"]["shape"] = [40]
+    (features / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="observation.state has shape"):
+        load_demos(features)
+
+    missing = write_copy(path, tmp_path / "missing")
+    (missing / "episodes.safetensors").unlink()
+    with pytest.raises(InputError, match="episodes.safetensors is missing"):
+        load_demos(missing)
+    with pytest.raises(InputError, match="does not exist"):
+        load_demos(tmp_path / "nope")
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path, collected):
+    _, ds = collected
+    out = save_demos(ds, tmp_path / "d")
+    with pytest.raises(InputError, match="already exists"):
+        save_demos(ds, out)
+    small = copy_dataset(ds)
+    save_demos(small, out, overwrite=True)
+    assert load_demos(out).num_frames == ds.num_frames
+
+
+def test_collect_cli(tmp_path):
+    out = tmp_path / "push"
+    cmd = [sys.executable, "-m", "policytrim.cli", "collect", "--tasks", "reach-v3", "--data.episodes", "2", "--out", str(out), "--rollout.num-workers", "0", "--logging.no-progress"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "reach-v3" in result.stdout and "steps (mean ± sd)" in result.stdout
+    assert load_demos(out).num_episodes == 2
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 2 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1

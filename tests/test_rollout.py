@@ -1,0 +1,235 @@
+"""The rollout engine on real Meta-World at a tiny size: counts (T, C, n_c), early stop at the first
+success, recorded chunks, per-trajectory seeding independent of workers and batching, the expert's
+window, and faults (exception, hang, crash) that drop groups whole."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from policytrim.config import EnvConfig
+from policytrim.envs import initial_states, make_env
+from policytrim.envs.base import InitialState
+from policytrim.envs.faults import FaultyEnv, faulty_env_factory
+from policytrim.policies.base import ChunkSample
+from policytrim.policies.expert import ExpertPolicy, expert_action, scripted_expert
+from policytrim.rollout.engine import RolloutEngine, trajectory_seed
+
+
+class FakeConstantPolicy:
+    """Fake deterministic chunk policy: every row of every chunk is the same constant action.
+    Its log-probs and replay data are tied to the observation so that row alignment is checkable."""
+
+    default_window = 1
+    action_dim = 4
+
+    def __init__(self, chunk_size: int = 6, action=(0.0, 0.0, 0.0, 0.0)):
+        self.chunk_size = self.max_window = chunk_size
+        self.action = torch.tensor(action, dtype=torch.float32)
+
+    def sample(self, obs, instructions, mode, generators=None):
+        state = obs["state"]
+        B, H = state.shape[0], self.chunk_size
+        logp = state[:, :1] + torch.arange(H, dtype=torch.float32)
+        return ChunkSample(self.action.expand(B, H, 4).clone(), logp, {"state_x": state[:, 0].clone(), "twice": 2 * state[:, :3]})
+
+
+class FakeNoisyReacher:
+    """Fake stochastic chunk policy: heads for the goal (last 3 state dims) plus Gaussian noise
+    drawn from each row's generator, one draw per row of the chunk."""
+
+    default_window = 1
+    action_dim = 4
+
+    def __init__(self, chunk_size: int = 4, noise: float = 0.6):
+        self.chunk_size = self.max_window = chunk_size
+        self.noise = noise
+
+    def sample(self, obs, instructions, mode, generators=None):
+        state = obs["state"].double()
+        B, H = state.shape[0], self.chunk_size
+        eps = torch.stack([torch.randn(H, 4, generator=g, dtype=torch.float64) for g in generators])
+        toward = torch.zeros(B, 1, 4, dtype=torch.float64)
+        toward[:, 0, :3] = (10 * (state[:, -3:] - state[:, :3])).clamp(-1, 1)
+        x = toward + self.noise * eps
+        return ChunkSample(x.clamp(-1, 1).float(), (-0.5 * eps.pow(2).sum(-1)).float(), {"eps": eps.float()})
+
+
+class FakeOpenLoopExpert:
+    """Fake chunk policy: Meta-World's expert action for the chunk's observation, repeated H times."""
+
+    default_window = 1
+    action_dim = 4
+
+    def __init__(self, chunk_size: int = 5):
+        self.chunk_size = self.max_window = chunk_size
+        self.expert = ExpertPolicy()
+
+    def sample(self, obs, instructions, mode, generators=None):
+        one = self.expert.sample(obs, instructions, mode)
+        return ChunkSample(one.actions.expand(-1, self.chunk_size, -1).clone(), torch.zeros(len(instructions), self.chunk_size))
+
+
+def run(engine, policy, starts, windows, seed=0, mode="sampled", record=True):
+    w = torch.tensor(windows, dtype=torch.long)
+    if w.ndim == 1:
+        w = w.expand(len(starts), -1).clone()
+    return engine.run(policy, starts, w.shape[1], w, mode, seed, record)
+
+
+@pytest.fixture(scope="module")
+def local23():
+    with RolloutEngine(EnvConfig(tasks=("reach-v3",), horizon=23), num_workers=0) as engine:
+        yield engine
+
+
+def test_counts_for_fixed_windows_without_success(local23):
+    windows = [1, 4, 5, 6]
+    starts = initial_states("reach-v3", 0, 2)
+    traj = run(local23, FakeConstantPolicy(6), starts, windows)
+    assert traj.num_trajectories == 8 and traj.num_groups == 2 and traj.horizon == 23
+    assert traj.group.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert traj.window.tolist() == windows * 2
+    assert not traj.success.any() and traj.steps.tolist() == [23] * 8
+    assert traj.calls.tolist() == [math.ceil(23 / k) for k in windows] * 2
+    assert traj.env_steps == 8 * 23 and traj.dropped_groups == 0
+    assert traj.num_chunks == int(traj.calls.sum())
+    for i, k in enumerate(windows * 2):
+        rows = traj.chunk_rows[traj.chunk_traj == i].tolist()
+        assert rows == [k] * (len(rows) - 1) + [23 - k * (len(rows) - 1)]
+        assert traj.chunk_pos[traj.chunk_traj == i].tolist() == list(range(len(rows)))
+    assert traj.old_logp.shape == (traj.num_chunks, 6) and traj.obs["state"].shape == (traj.num_chunks, 39)
+    assert torch.equal(traj.replay["state_x"], traj.obs["state"][:, 0])  # rows stay aligned
+    assert torch.equal(traj.old_logp[:, 0], traj.obs["state"][:, 0])
+    first = make_env(EnvConfig(tasks=("reach-v3",)), "reach-v3").reset(starts[1])["state"]
+    assert torch.equal(traj.obs["state"][traj.chunks_of(torch.tensor([4]))[0]], torch.from_numpy(first))
+    assert traj.padded(traj.old_logp).shape == (8, 23, 6)
+    assert traj.instruction[0] == "reach the goal position"
+    assert traj.policy_batches > 0 and traj.policy_seconds > 0
+
+
+def test_chunk_cut_short_at_first_success():
+    with RolloutEngine(EnvConfig(tasks=("reach-v3",)), num_workers=0) as engine:
+        starts = initial_states("reach-v3", 0, 2)
+        traj = run(engine, FakeOpenLoopExpert(5), starts, [1, 3, 5])
+    assert traj.success.all() and (traj.steps < 200).all()
+    for i in range(traj.num_trajectories):
+        k, T = int(traj.window[i]), int(traj.steps[i])
+        rows = traj.chunk_rows[traj.chunk_traj == i]
+        assert int(rows.sum()) == T and int(traj.calls[i]) == math.ceil(T / k) == len(rows)
+        assert (rows[:-1] == k).all() and 1 <= int(rows[-1]) <= k
+        # replaying the executed actions, the first success comes exactly at step T
+        env = make_env(EnvConfig(tasks=("reach-v3",)), "reach-v3")
+        env.reset(starts[i // 3])
+        expert = scripted_expert("reach-v3")
+        successes = []
+        for obs, n in zip(traj.obs["state"][traj.chunk_traj == i], rows.tolist()):
+            a = expert_action(expert, obs.numpy())
+            successes += [env.step(a)[1] for _ in range(n)]
+        env.close()
+        assert successes.index(True) == T - 1
+
+
+def test_expert_policy_on_real_tasks_window_one():
+    policy = ExpertPolicy(("reach-v3", "push-v3"))
+    assert policy.spec() == {"kind": "expert", "tasks": ["reach-v3", "push-v3"]}
+    starts = initial_states("reach-v3", 2, 2) + initial_states("push-v3", 2, 2)
+    with RolloutEngine(EnvConfig(tasks=("reach-v3", "push-v3")), num_workers=0) as engine:
+        traj = run(engine, policy, starts, [1], record=False)
+        assert traj.success.all() and torch.equal(traj.calls, traj.steps) and traj.num_chunks == 0
+        assert traj.task == ["reach-v3", "reach-v3", "push-v3", "push-v3"]
+        assert engine.control_period_s("push-v3") == pytest.approx(0.0125)
+        with pytest.raises(ValueError, match="closed loop"):
+            run(engine, policy, starts, [2])
+
+
+def test_window_validation(local23):
+    starts = initial_states("reach-v3", 0, 2)
+    with pytest.raises(ValueError, match="outside"):
+        run(local23, FakeConstantPolicy(4), starts, [5])
+    with pytest.raises(ValueError, match="outside"):
+        run(local23, FakeConstantPolicy(4), starts, [0])
+    with pytest.raises(ValueError, match="shape"):
+        local23.run(FakeConstantPolicy(4), starts, 2, torch.ones(3, 2, dtype=torch.long), "sampled", 0)
+    with pytest.raises(ValueError, match="mode"):
+        run(local23, FakeConstantPolicy(4), starts, [1], mode="greedy")
+
+
+def fields(traj):
+    return {
+        "success": traj.success, "steps": traj.steps, "calls": traj.calls, "chunk_traj": traj.chunk_traj,
+        "chunk_rows": traj.chunk_rows, "obs": traj.obs["state"], "logp": traj.old_logp, "eps": traj.replay["eps"],
+    }
+
+
+def test_seeding_is_per_trajectory_not_per_batch_or_worker():
+    cfg = EnvConfig(tasks=("reach-v3", "push-v3"), horizon=30)
+    starts = [InitialState("reach-v3", 0, 0), InitialState("push-v3", 0, 1), InitialState("reach-v3", 0, 2)]
+    policy = FakeNoisyReacher(4)
+    with RolloutEngine(cfg, num_workers=0) as engine:
+        a = fields(run(engine, policy, starts, [1, 2, 4], seed=5))
+        other_seed = fields(run(engine, policy, starts, [1, 2, 4], seed=6))
+        alone = fields(run(engine, policy, starts[2:], [1, 2, 4], seed=5))  # different batch composition
+    with RolloutEngine(cfg, num_workers=2, envs_per_worker=2) as engine:
+        b = fields(run(engine, policy, starts, [1, 2, 4], seed=5))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert a["success"].any() and not a["success"].all()  # the fake both succeeds and fails here
+    assert not torch.equal(a["obs"], other_seed["obs"])
+    last = a["chunk_traj"] >= 6
+    assert torch.equal(alone["obs"], a["obs"][last]) and torch.equal(alone["eps"], a["eps"][last])
+    assert trajectory_seed(5, starts[0], 0) != trajectory_seed(5, starts[0], 1)
+
+
+def test_exception_in_one_env_drops_its_group_whole(local23, caplog):
+    FaultyEnv.fired = 0
+    factory = functools.partial(faulty_env_factory, index=1, at_step=3, kind="raise", max_faults=1)
+    starts = initial_states("reach-v3", 0, 3)
+    clean = run(local23, FakeConstantPolicy(6), starts, [1, 4])
+    with RolloutEngine(EnvConfig(tasks=("reach-v3",), horizon=23), num_workers=0, env_factory=factory) as engine:
+        with caplog.at_level(logging.WARNING, logger="policytrim.rollout"):
+            traj = run(engine, FakeConstantPolicy(6), starts, [1, 4])
+    assert FaultyEnv.fired == 1  # one member faulted ...
+    assert traj.dropped_groups == 1 and traj.num_trajectories == 4  # ... and its whole group went
+    assert traj.index.tolist() == [0, 0, 2, 2] and traj.group.tolist() == [0, 0, 1, 1]
+    keep = torch.tensor([0, 1, 4, 5])
+    assert torch.equal(traj.steps, clean.steps[keep]) and torch.equal(traj.calls, clean.calls[keep])
+    assert set(traj.chunk_traj.tolist()) == {0, 1, 2, 3}
+    assert torch.equal(traj.obs["state"], clean.obs["state"][clean.chunks_of(keep)])
+    assert "dropped 1 of 3 groups" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["hang", "crash"])
+def test_hung_or_crashed_worker_is_replaced_and_its_groups_dropped(kind):
+    cfg = EnvConfig(tasks=("reach-v3",), horizon=20)
+    factory = functools.partial(faulty_env_factory, index=1, at_step=2, kind=kind, hang_s=60.0)
+    starts = initial_states("reach-v3", 0, 4)  # groups 0, 1 on worker 0; groups 2, 3 on worker 1
+    with RolloutEngine(cfg, num_workers=2, step_timeout_s=1.5, env_factory=factory) as engine:
+        pids = engine._pool.pids
+        traj = run(engine, FakeConstantPolicy(5), starts, [1, 5])
+        assert engine.replaced_workers == 1
+        new_pids = engine._pool.pids
+        assert new_pids[0] != pids[0] and new_pids[1] == pids[1]
+        assert traj.dropped_groups == 2 and traj.index.tolist() == [2, 2, 3, 3]
+        assert traj.steps.tolist() == [20] * 4 and traj.calls.tolist() == [20, 4] * 2
+        again = run(engine, FakeConstantPolicy(5), [starts[0], starts[2]], [1, 5])  # the batch goes on
+        assert again.dropped_groups == 0 and again.steps.tolist() == [20] * 4
+
+
+def test_gym_env_ending_without_success_counts_the_horizon():
+    from test_envs import _register_line_env
+
+    _register_line_env()
+    cfg = EnvConfig(suite="gym", gym_id="PolicytrimLine-v0", horizon=50)
+    with RolloutEngine(cfg, num_workers=0) as engine:
+        starts = initial_states("PolicytrimLine-v0", 0, 1)
+        traj = engine.run(FakeConstantPolicy(4, action=(1.0,)), starts, 2, torch.tensor([[1, 4]]), "sampled", 0)
+    # the point leaves [-2.05, 2.05] at step 21 (this target is not hit on the way): a failure, T = horizon
+    assert traj.instruction[0] == "move the point to the target"
+    assert traj.steps.tolist() == [50, 50] and not traj.success.any()
+    assert traj.calls.tolist() == [21, 6] and traj.env_steps == 42
