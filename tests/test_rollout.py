@@ -233,3 +233,11 @@ def test_gym_env_ending_without_success_counts_the_horizon():
     assert traj.instruction[0] == "move the point to the target"
     assert traj.steps.tolist() == [50, 50] and not traj.success.any()
     assert traj.calls.tolist() == [21, 6] and traj.env_steps == 42
+
+
+def test_image_observations_are_recorded_per_chunk():
+    cfg = EnvConfig(tasks=("reach-v3",), horizon=4, image=True, image_size=32)
+    with RolloutEngine(cfg, num_workers=0) as engine:
+        traj = run(engine, FakeConstantPolicy(2), initial_states("reach-v3", 0, 1), [2])
+    assert traj.obs["image"].shape == (2, 32, 32, 3) and traj.obs["image"].dtype == torch.uint8
+    assert traj.obs["state"].shape == (2, 39) and traj.calls.tolist() == [2]

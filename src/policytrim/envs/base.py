@@ -40,7 +40,12 @@ class ObsSpec:
 
 @runtime_checkable
 class EnvAdapter(Protocol):
-    """One environment instance. Not thread-safe; one per worker slot."""
+    """One environment instance. Not thread-safe; one per worker slot.
+
+    Optional: an adapter whose simulator can end an episode without success (a robot falling over)
+    exposes ``terminated: bool``, True after such a step; the rollout engine then ends the
+    trajectory as a failure (T = the horizon, as for every failure).
+    """
 
     task: str
     instruction: str

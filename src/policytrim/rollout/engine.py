@@ -79,6 +79,9 @@ class RolloutEngine:
     num_workers=0 steps envs in this process (tests, debugging; no hang protection).
     envs_per_worker caps the trajectories a worker runs at once (None: all of its share at once).
     env_factory (picklable) replaces `policytrim.envs.make_env`, e.g. to inject faults in tests.
+    setup_timeout_s is added to the timeout of a request that resets envs (building them is slow).
+    pipeline=True serves each worker as soon as it answers (it steps while the policy runs for
+    another); False waits for every worker and makes one policy call per round (lockstep).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class RolloutEngine:
         envs_per_worker: int | None = None,
         env_factory: EnvFactory | None = None,
         setup_timeout_s: float = 120.0,
+        pipeline: bool = True,
     ) -> None:
         if not (isinstance(num_workers, int) and num_workers >= 0):
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
@@ -101,6 +105,7 @@ class RolloutEngine:
         self.step_timeout_s = float(step_timeout_s)
         self.setup_timeout_s = float(setup_timeout_s)
         self.envs_per_worker = envs_per_worker
+        self.pipeline = bool(pipeline)
         self._pool: WorkerPool = LocalPool(env, 1, env_factory) if num_workers == 0 else ProcessPool(env, num_workers, env_factory)
         self.replaced_workers = 0
         """Workers killed and replaced (timeouts, crashes) over the engine's lifetime."""
@@ -206,8 +211,20 @@ class _Rollout:
         self.cap = engine.envs_per_worker or max(N, 1)
 
     def run(self) -> Trajectories:
+        try:
+            self.loop()
+        except BaseException:
+            # A bug or an interrupt: workers may hold a request in flight and envs in slots that
+            # this run will never release; start them afresh so the next run begins clean.
+            for w in range(self.pool.num_workers):
+                self.pool.restart(w)
+            raise
+        return self.assemble()
+
+    def loop(self) -> None:
         for w in range(self.pool.num_workers):
             self.send(w, [], None)
+        ready: list[int] = []
         while self.deadline:
             timeout = max(0.0, min(self.deadline.values()) - time.monotonic())
             answered = self.pool.wait(list(self.deadline), timeout)
@@ -216,9 +233,11 @@ class _Rollout:
                 for w in [w for w, d in self.deadline.items() if d <= now]:
                     del self.deadline[w]
                     self.lose_worker(w, f"did not answer within {self.engine.step_timeout_s:g} s")
-                    self.send(w, [], None)
+                    ready.append(w)
+                if self.engine.pipeline or not self.deadline:
+                    self.serve(ready)
+                    ready = []
                 continue
-            ready = []
             for w, result in answered:
                 del self.deadline[w]
                 if result is None:
@@ -226,13 +245,18 @@ class _Rollout:
                 else:
                     self.absorb(w, result)
                 ready.append(w)
-            need = sorted(i for w in ready for i in self.active[w] if i in self.last_obs)
-            actions = self.sample(need) if need else None
-            row_of = {i: b for b, i in enumerate(need)}
-            for w in ready:
-                mine = [i for i in need if i in self.active[w]]
-                self.send(w, mine, actions[[row_of[i] for i in mine]] if mine else None)
-        return self.assemble()
+            if self.engine.pipeline or not self.deadline:  # lockstep: wait for every worker
+                self.serve(ready)
+                ready = []
+
+    def serve(self, ready: list[int]) -> None:
+        """One policy call for the waiting trajectories of the ``ready`` workers; send their chunks."""
+        need = sorted(i for w in ready for i in self.active[w] if i in self.last_obs)
+        actions = self.sample(need) if need else None
+        row_of = {i: b for b, i in enumerate(need)}
+        for w in ready:
+            mine = [i for i in need if i in self.active[w]]
+            self.send(w, mine, actions[[row_of[i] for i in mine]] if mine else None)
 
     def send(self, w: int, need: list[int], actions: np.ndarray | None) -> None:
         """Start queued trajectories in free slots of worker w and send it the chunks of ``need``."""
