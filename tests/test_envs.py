@@ -211,3 +211,8 @@ def test_gym_adapter_success_reset_and_termination():
     assert env.terminated and not ok
     with pytest.raises(InputError, match="one task"):
         make_env(cfg, "push-v3")
+
+
+def test_unknown_camera_lists_cameras():
+    with pytest.raises(InputError, match="corner2"):
+        MetaWorldEnv("push-v3", image=True, camera="nope")

@@ -108,6 +108,12 @@ class MetaWorldEnv:
         self.observation_spec = {OBS_STATE: ObsSpec((int(self._env.observation_space.shape[0]),), "float32")}
         self._rotate_image = False
         if self.image:
+            import mujoco
+
+            cameras = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_CAMERA, i) for i in range(model.ncam)]
+            if camera not in cameras:
+                self._env.close()
+                raise InputError(f"unknown camera {camera!r} for {task}; cameras: {', '.join(c for c in cameras if c)}")
             # Cheap CPU rendering: these must be set before the renderer's context exists.
             model.vis.quality.shadowsize = 0
             model.vis.quality.offsamples = 0
