@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "rollout_throughput.json"))
     args = parser.parse_args()
 
+    torch.set_num_threads(1)  # the env workers own the cores (see policytrim.rollout.engine)
     tasks = tuple(t for t in args.tasks.split(",") if t)
     env_cfg = EnvConfig(tasks=tasks, horizon=args.horizon)
     starts = [s for t in tasks for s in initial_states(t, BENCH_SEED, args.episodes)]

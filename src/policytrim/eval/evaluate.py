@@ -141,6 +141,8 @@ def eval_command(args: Any) -> int:
     policy = load_policy(args.checkpoint, env_tasks(cfg.env))
     if isinstance(policy, torch.nn.Module):
         policy = policy.to(cfg.device).eval()
+    if cfg.device == "cpu" and cfg.rollout.num_workers >= (os.cpu_count() or 1):
+        torch.set_num_threads(1)  # the env workers own the cores (see policytrim.rollout.engine)
     window = int(args.window) or int(policy.default_window)
     max_window = min(int(policy.max_window), int(policy.chunk_size))
     if not 1 <= window <= max_window:
