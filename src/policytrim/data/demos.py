@@ -30,7 +30,7 @@ inherit hesitations and detours from teleoperation. Per episode, with its own ra
   (5..10) steps starting at a step drawn from U{0..40}: xyz = s * a random unit direction, gripper kept;
 - jitter: N(0, jitter_std) (0.1) on every action dimension; then clipped to [-1, 1].
 
-``--no-data.suboptimal`` records the clean experts. Unsuccessful demonstrations are dropped unless
+``--data.no-suboptimal`` records the clean experts. Unsuccessful demonstrations are dropped unless
 ``data.keep_failures``; then further training states are tried (up to 3 x episodes + 10 per task)
 until each task has ``data.episodes`` successful demonstrations.
 """
