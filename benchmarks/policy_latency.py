@@ -98,12 +98,27 @@ def main() -> None:
                             "threads": threads, "mode": mode, "params": params, "ms_per_call": round(ms, 3),
                         })
                         print(f"{head:8s} K={cfg.flow_steps if head == 'flow' else '-':>2} image={str(use_image):5s} text={text:20s} threads={threads} {mode:8s} {ms:7.2f} ms  ({params} params)")
+    encoder_ms = None
+    if SENTENCE in encoders:  # what acting would cost if the encoder ran on every call
+        from policytrim.policies.text import _load_sentence_model
+
+        torch.set_num_threads(2)
+        model = _load_sentence_model(SENTENCE)
+        model.encode(batch_instructions, show_progress_bar=False)
+        times = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            model.encode(batch_instructions, show_progress_bar=False)
+            times.append(time.perf_counter() - t0)
+        encoder_ms = round(statistics.median(times) * 1e3, 2)
+        print(f"MiniLM forward on {BATCH} instructions (not paid when acting: embeddings are cached): {encoder_ms} ms")
     result = {
         "what": f"median wall time of one policy.sample call on a batch of {BATCH} (H=15, A=4, hidden 256x3), CPU",
         "calls": args.calls,
         "machine": start_machine,
         "load_average_end": list(os.getloadavg()),
         "sentence_encoder_build_seconds": build_seconds,
+        "sentence_encoder_forward_ms_batch16_threads2": encoder_ms,
         "results": rows,
     }
     out = Path(args.out)

@@ -114,10 +114,10 @@ def test_tiny_bc_on_real_metaworld_demos_lowers_validation_loss(tmp_path):
         policy=PolicyConfig(chunk_size=8, default_window=4, hidden_dim=64, num_layers=2),
         pretrain=PretrainConfig(iterations=300, batch_size=64, eval_episodes=0, val_fraction=0.25),
     )
-    cfg.data.episodes = 8
+    cfg.data.episodes = 30
     cfg.rollout.num_workers = 0
     cfg.logging.progress = False
     collect_demos(cfg, tmp_path / "demos")
     metrics = pretrain(cfg, tmp_path / "demos", tmp_path / "run")
-    assert metrics["final_val_loss"] < metrics["initial_val_loss"] - 0.5, metrics["history"]
-    assert metrics["episodes"]["val"] == 2
+    assert metrics["final_val_loss"] < metrics["initial_val_loss"] - 1.0, metrics["history"]
+    assert metrics["episodes"] == {"train": 22, "val": 8}

@@ -17,11 +17,12 @@ H, A, D, B = 6, 4, 39, 10
 IMG = (24, 24, 3)
 
 
-def make_policy(head="gaussian", image=False, text="embedding", seed=0, **cfg):
+def make_policy(head="gaussian", image=False, text="embedding", seed=0, std_mode="fixed", **cfg):
     torch.manual_seed(seed)
     g = np.random.default_rng(seed)
     cfg = {"chunk_size": H, "default_window": 2, "hidden_dim": 32, "num_layers": 2, "flow_steps": 4, **cfg}
     config = PolicyConfig(head=head, text_encoder=text, **cfg)
+    config.std_mode = std_mode
     return TinyVLA.from_config(
         config, D, A, INSTRUCTIONS,
         state_mean=g.normal(size=D), state_std=np.abs(g.normal(size=D)) + 0.5,
@@ -46,7 +47,14 @@ def take(obs, instructions, idx):
     return {k: v[idx] for k, v in obs.items()}, [instructions[i] for i in idx.tolist()]
 
 
-HEADS = [("gaussian", False), ("flow", False), ("gaussian", True), ("flow", True)]
+HEADS = [("gaussian", False), ("flow", False), ("gaussian", True), ("flow", True), ("gaussian-state", False)]
+
+
+def head_policy(head, image=False, **kw):
+    """'gaussian-state' = the Gaussian head with a state-dependent log-std."""
+    if head == "gaussian-state":
+        return make_policy("gaussian", image, std_mode="state", **kw)
+    return make_policy(head, image, **kw)
 
 
 def test_implements_the_contract():
@@ -57,7 +65,7 @@ def test_implements_the_contract():
 
 @pytest.mark.parametrize("head, image", HEADS)
 def test_recomputed_log_prob_equals_rollout_in_float64_with_other_batching(head, image):
-    policy = make_policy(head, image).double()
+    policy = head_policy(head, image).double()
     obs, ins = make_batch(image=image)
     out = policy.sample(obs, ins, "train", gens(B))
     assert out.actions.dtype == torch.float32 and out.logp.shape == (B, H)
@@ -73,9 +81,9 @@ def test_recomputed_log_prob_equals_rollout_in_float64_with_other_batching(head,
         assert (lp[~row_mask[idx]] == 0).all()
 
 
-@pytest.mark.parametrize("head", ["gaussian", "flow"])
+@pytest.mark.parametrize("head", ["gaussian", "flow", "gaussian-state"])
 def test_float32_log_prob_gap_is_small(head):
-    policy = make_policy(head)
+    policy = head_policy(head)
     obs, ins = make_batch()
     out = policy.sample(obs, ins, "train", gens(B))
     lp = policy.log_prob(obs, ins, out.replay, torch.ones(B, H, dtype=torch.bool))
@@ -84,7 +92,7 @@ def test_float32_log_prob_gap_is_small(head):
 
 @pytest.mark.parametrize("head, image", HEADS)
 def test_a_rows_numbers_do_not_depend_on_its_batch(head, image):
-    policy = make_policy(head, image).double()
+    policy = head_policy(head, image).double()
     obs, ins = make_batch(image=image)
     for mode in ("train", "sampled"):
         full = policy.sample(obs, ins, mode, gens(B))
@@ -139,7 +147,7 @@ def test_modes_flow():
 
 @pytest.mark.parametrize("head, image", HEADS)
 def test_gradients_reach_every_parameter_the_forward_pass_uses(head, image):
-    policy = make_policy(head, image)
+    policy = head_policy(head, image)
     obs, ins = make_batch(image=image)
     out = policy.sample(obs, ins, "train", gens(B))
     mask = torch.ones(B, H, dtype=torch.bool)
@@ -189,7 +197,7 @@ def test_wrong_observation_shapes_are_clear_errors():
 
 @pytest.mark.parametrize("head, image", HEADS)
 def test_save_load_gives_identical_actions_for_the_same_noise(tmp_path, head, image):
-    policy = make_policy(head, image)
+    policy = head_policy(head, image)
     obs, ins = make_batch(image=image)
     policy.save_pretrained(tmp_path / "ckpt")
     loaded = load_policy(tmp_path / "ckpt")

@@ -45,7 +45,7 @@ from policytrim.errors import InputError
 from policytrim.policies import flow_sde
 from policytrim.policies.base import MODES, ChunkSample, Mode, Observation
 from policytrim.policies.checkpoint import check_state_dict, read_config, read_weights, save_checkpoint
-from policytrim.policies.heads import FlowHead, GaussianHead, mlp
+from policytrim.policies.heads import STD_MODES, FlowHead, GaussianHead, mlp
 from policytrim.policies.text import WORD_EMBEDDING, SENTENCE_ENCODERS, SentenceEncoder, WordEmbeddingEncoder, canonical_encoder_name
 
 FORMAT_VERSION = 1
@@ -114,6 +114,7 @@ class TinyVLA(nn.Module):
         flow_noise: float = 0.5,
         flow_layers: int = 3,
         init_log_std: float = -1.0,
+        std_mode: str = "fixed",
         state_mean: Any = None,
         state_std: Any = None,
         action_mean: Any = None,
@@ -140,6 +141,9 @@ class TinyVLA(nn.Module):
         self.image_shape = tuple(int(s) for s in image_shape) if image_shape else None
         self.flow_steps, self.flow_noise, self.flow_layers = int(flow_steps), float(flow_noise), int(flow_layers)
         self.init_log_std = float(init_log_std)
+        if std_mode not in STD_MODES:
+            raise InputError(f"policy std mode must be one of {', '.join(STD_MODES)}, got {std_mode!r}")
+        self.std_mode = std_mode
         self.action_low, self.action_high = float(action_low), float(action_high)
 
         # Statistics are part of the spec (config.json), not of the weights file.
@@ -158,7 +162,7 @@ class TinyVLA(nn.Module):
         trunk_in = self.state_dim + self.text_dim + (self.image_dim if self.image_shape else 0)
         self.trunk = nn.Sequential(mlp([trunk_in] + [self.hidden_dim] * self.num_layers), nn.GELU())
         if head == "gaussian":
-            self.head: nn.Module = GaussianHead(self.hidden_dim, self.chunk_size, self.action_dim, self.init_log_std)
+            self.head: nn.Module = GaussianHead(self.hidden_dim, self.chunk_size, self.action_dim, self.init_log_std, self.std_mode)
         else:
             self.head = FlowHead(self.hidden_dim, self.chunk_size, self.action_dim, self.hidden_dim, self.flow_layers)
 
@@ -192,6 +196,7 @@ class TinyVLA(nn.Module):
             flow_steps=policy_cfg.flow_steps,
             flow_noise=policy_cfg.flow_noise,
             init_log_std=policy_cfg.init_log_std,
+            std_mode=getattr(policy_cfg, "std_mode", "fixed"),
             state_mean=state_mean,
             state_std=state_std,
             action_mean=action_mean,
@@ -219,6 +224,7 @@ class TinyVLA(nn.Module):
             "flow_noise": self.flow_noise,
             "flow_layers": self.flow_layers,
             "init_log_std": self.init_log_std,
+            "std_mode": self.std_mode,
             "state_mean": self.state_mean.tolist(),
             "state_std": self.state_std.tolist(),
             "action_mean": self.action_mean.tolist(),
@@ -303,9 +309,9 @@ class TinyVLA(nn.Module):
         return self.trunk(torch.cat(parts, dim=-1))
 
     def _gaussian(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw-action mean [B, H, A] and std [1, H, A]."""
+        """Raw-action mean [B, H, A] and std ([1, H, A] fixed, [B, H, A] state-dependent)."""
         mean_n, log_std = self.head(context)
-        return self.action_mean + self.action_std * mean_n, (self.action_std * torch.exp(log_std)).unsqueeze(0)
+        return self.action_mean + self.action_std * mean_n, self.action_std * torch.exp(log_std)
 
     @staticmethod
     def _normal_logp(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

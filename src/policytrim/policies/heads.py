@@ -32,18 +32,36 @@ def mlp(sizes: list[int], act: type[nn.Module] = nn.GELU) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class GaussianHead(nn.Module):
-    """mean [B, H, A] = Linear(context); log_std [H, A] a free parameter, clamped to bounds."""
+STD_MODES = ("fixed", "state")
 
-    def __init__(self, context_dim: int, chunk_size: int, action_dim: int, init_log_std: float):
+
+class GaussianHead(nn.Module):
+    """mean [B, H, A] = Linear(context); log-std clamped to [LOG_STD_MIN, LOG_STD_MAX]:
+
+    - ``std_mode="fixed"``: a free parameter [H, A] (state-independent), returned as [1, H, A];
+    - ``std_mode="state"``: that parameter plus Linear(context) [B, H, A] (zero-initialised, so it
+      starts state-independent): precise where demonstrations agree (grasping), broad where
+      they do not (pauses, speed), which matters when the policy acts by sampling.
+    """
+
+    def __init__(self, context_dim: int, chunk_size: int, action_dim: int, init_log_std: float, std_mode: str = "fixed"):
         super().__init__()
-        self.chunk_size, self.action_dim = chunk_size, action_dim
+        if std_mode not in STD_MODES:
+            raise ValueError(f"std_mode must be one of {STD_MODES}, got {std_mode!r}")
+        self.chunk_size, self.action_dim, self.std_mode = chunk_size, action_dim, std_mode
         self.mean = nn.Linear(context_dim, chunk_size * action_dim)
         self.log_std = nn.Parameter(torch.full((chunk_size, action_dim), float(init_log_std)))
+        if std_mode == "state":
+            self.log_std_net = nn.Linear(context_dim, chunk_size * action_dim)
+            nn.init.zeros_(self.log_std_net.weight)
+            nn.init.zeros_(self.log_std_net.bias)
 
     def forward(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.mean(context).reshape(-1, self.chunk_size, self.action_dim)
-        return mean, self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        log_std = self.log_std.unsqueeze(0)
+        if self.std_mode == "state":
+            log_std = log_std + self.log_std_net(context).reshape(-1, self.chunk_size, self.action_dim)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
 
 def time_features(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -9,7 +9,8 @@ Split. A fraction ``pretrain.val_fraction`` of each task's episodes is held out 
 loss. Normalisation statistics come from the training episodes only.
 
 Training. Adam with a cosine-decayed learning rate, random minibatches of chunks, gradient-norm
-clip 1.0, torch on all available cores (the machine has 2); the validation loss is measured
+clip 1.0, torch on up to 2 cores (one when the machine is busy, `training_threads`); the
+validation loss is measured
 ``_VAL_POINTS`` times. At the end the checkpoint is written (``model.safetensors`` +
 ``config.json`` in the run directory, so `load_policy(out)` works) with ``pretrain_metrics.json``,
 then the baseline is evaluated at its default window on *validation* initial states through
@@ -133,6 +134,18 @@ def split_episodes(episode: torch.Tensor, instruction: torch.Tensor, val_fractio
     return torch.as_tensor(np.flatnonzero(~is_val)), torch.as_tensor(np.flatnonzero(is_val))
 
 
+def training_threads(max_threads: int = 2) -> int:
+    """Torch threads for BC: up to ``max_threads`` cores, but one when other processes keep the
+    machine busy. OpenMP threads spin-waiting for a core that another process holds slowed this
+    small model down about 25x (2 s -> 56 s for a tiny run, measured on 2 cores); one thread
+    does not suffer from that."""
+    cores = os.cpu_count() or 1
+    want = max(1, min(max_threads, cores))
+    if want > 1 and os.getloadavg()[0] > cores - 1:
+        return 1
+    return want
+
+
 def _stats(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     x64 = x.double()
     return x64.mean(0).numpy(), x64.std(0, unbiased=False).numpy()
@@ -234,7 +247,8 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
     tasks = [str(t) for t in getattr(dataset, "tasks", [])]
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    train_threads = training_threads()
+    torch.set_num_threads(train_threads)
     try:
         torch.manual_seed(cfg.seed)
         policy = build_policy(cfg, chunks, train_rows)
@@ -250,6 +264,7 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
         "episodes": {"train": int(chunks.episode[train_rows].unique().numel()), "val": int(chunks.episode[val_rows].unique().numel())},
         "parameters": sum(p.numel() for p in policy.parameters()),
         "train_seconds": round(info["train_seconds"], 2),
+        "torch_threads": train_threads,
         "initial_val_loss": history[0]["val_loss"] if history else None,
         "final_train_loss": history[-1]["train_loss"] if history else None,
         "final_val_loss": history[-1]["val_loss"] if history else None,
@@ -296,5 +311,5 @@ def pretrain_command(args: Any) -> int:
 
 def _eval_summary(ev: dict[str, Any]) -> str:
     overall = ev.get("overall", ev)
-    parts = [f"{k}={overall[k]:.3g}" if isinstance(overall.get(k), (int, float)) else f"{k}={overall.get(k)}" for k in ("success_rate", "mean_steps", "mean_calls", "window") if k in overall]
+    parts = [f"{k}={overall[k]:.3g}" if isinstance(overall.get(k), (int, float)) else f"{k}={overall.get(k)}" for k in ("success_rate", "mean_steps", "calls_per_success", "window") if k in overall]
     return "validation-state evaluation: " + (" ".join(parts) if parts else str(overall))
