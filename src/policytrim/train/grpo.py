@@ -15,8 +15,6 @@ checkpoint. Random numbers of an epoch (initial states, rollout noise) derive fr
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import logging
 import math
 import time
@@ -36,7 +34,7 @@ from policytrim.errors import InputError
 from policytrim.eval.evaluate import evaluate_policy
 from policytrim.io import atomic_directory, atomic_write_json
 from policytrim.policies import ChunkPolicy, load_policy
-from policytrim.rollout.engine import RolloutEngine
+from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.rollout.types import Trajectories
 from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from policytrim.train.logger import MetricsLogger
@@ -46,12 +44,6 @@ log = logging.getLogger(__name__)
 
 STAGES = ("extend", "trim")
 TRAIN_POOL = 1_000_000  # training initial states are drawn from this many indices of the train seed
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 63-bit seed from any printable parts (stable across processes and Python versions)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +214,7 @@ def is_better(stage: str, candidate: dict[str, Any], best: dict[str, Any] | None
     trim: fewest calls among evaluations within the tolerance of the stage's starting SR."""
     if best is None:
         return True
-    calls = lambda m: m["calls_per_success"] if m["calls_per_success"] == m["calls_per_success"] else math.inf  # noqa: E731 (NaN = no success)
+    calls = lambda m: math.inf if m["calls_per_success"] is None else m["calls_per_success"]  # noqa: E731 (None: no success)
     if stage == "extend":
         return (candidate["success_rate"], -calls(candidate)) > (best["success_rate"], -calls(best))
     floor = start["success_rate"] - tolerance_points / 100.0 - 1e-12

@@ -1,0 +1,43 @@
+"""Shared fixtures. `tiny_baseline` is a real BC checkpoint trained on real Meta-World expert
+demonstrations (drawer-close-v3, clean experts), small enough to build in a few seconds; tests that need a
+trained policy share it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from policytrim.config import EnvConfig, PolicyConfig, PretrainConfig, RunConfig, RolloutConfig
+
+
+def tiny_config(**overrides) -> RunConfig:
+    """A RunConfig at test size on drawer-close-v3 (in-process env stepping, no progress bars)."""
+    cfg = RunConfig(
+        env=EnvConfig(tasks=("drawer-close-v3",), horizon=120),
+        policy=PolicyConfig(chunk_size=8, default_window=4, hidden_dim=64, num_layers=2),
+        rollout=RolloutConfig(group_size=4, groups_per_epoch=2, num_workers=0),
+        pretrain=PretrainConfig(iterations=1000, batch_size=128, eval_episodes=0, val_fraction=0.2),
+    )
+    cfg.data.episodes = 24
+    cfg.data.suboptimal = False
+    cfg.logging.progress = False
+    cfg.logging.tensorboard = False
+    for section, values in overrides.items():
+        target = getattr(cfg, section)
+        for key, value in values.items():
+            setattr(target, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_baseline(tmp_path_factory) -> Path:
+    """Path of a BC checkpoint (H = 8, default window 4) for drawer-close-v3 (sampled SR ~0.7-0.8)."""
+    from policytrim.data.demos import collect_demos
+    from policytrim.train.bc import pretrain
+
+    root = tmp_path_factory.mktemp("tiny_baseline")
+    cfg = tiny_config()
+    collect_demos(cfg, root / "demos")
+    pretrain(cfg, root / "demos", root / "baseline")
+    return root / "baseline"
