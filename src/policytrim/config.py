@@ -113,6 +113,8 @@ class PolicyConfig:
     """a: Flow-SDE noise scale, sigma_t = a*sqrt(t/(1-t))."""
     init_log_std: float = -1.0
     """Initial log-std of the Gaussian head."""
+    std_mode: Literal["fixed", "state"] = "fixed"
+    """Gaussian head log-std: fixed (one learnable value per chunk row and action dim) or state (plus a linear function of the observation features)."""
 
     def __post_init__(self) -> None:
         _require(self.kind in ("chunk", "expert"), f"policy.kind must be chunk or expert, got {self.kind!r}")
@@ -126,6 +128,7 @@ class PolicyConfig:
         _require(isinstance(self.flow_steps, int) and self.flow_steps >= 2, f"policy.flow_steps must be an integer >= 2, got {self.flow_steps!r}")
         _in_range("policy.flow_noise", self.flow_noise, 0.0, 5.0)
         _in_range("policy.init_log_std", self.init_log_std, -10.0, 2.0)
+        _require(self.std_mode in ("fixed", "state"), f"policy.std_mode must be fixed or state, got {self.std_mode!r}")
 
 
 @dataclass
