@@ -21,8 +21,7 @@ def make_policy(head="gaussian", image=False, text="embedding", seed=0, std_mode
     torch.manual_seed(seed)
     g = np.random.default_rng(seed)
     cfg = {"chunk_size": H, "default_window": 2, "hidden_dim": 32, "num_layers": 2, "flow_steps": 4, **cfg}
-    config = PolicyConfig(head=head, text_encoder=text, **cfg)
-    config.std_mode = std_mode
+    config = PolicyConfig(head=head, text_encoder=text, std_mode=std_mode, **cfg)
     return TinyVLA.from_config(
         config, D, A, INSTRUCTIONS,
         state_mean=g.normal(size=D), state_std=np.abs(g.normal(size=D)) + 0.5,

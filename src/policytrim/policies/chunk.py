@@ -196,7 +196,7 @@ class TinyVLA(nn.Module):
             flow_steps=policy_cfg.flow_steps,
             flow_noise=policy_cfg.flow_noise,
             init_log_std=policy_cfg.init_log_std,
-            std_mode=getattr(policy_cfg, "std_mode", "fixed"),
+            std_mode=policy_cfg.std_mode,
             state_mean=state_mean,
             state_std=state_std,
             action_mean=action_mean,
