@@ -37,8 +37,11 @@ def expert_action(expert: Any, state: np.ndarray) -> np.ndarray:
     """One expert action for one raw state, clipped to the action bounds [-1, 1] (float32 [4])."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Constant(s) may be too high": the env clips anyway
-        action = expert.get_action(np.asarray(state, dtype=np.float64))
-    return np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        return _expert_action(expert, state)
+
+
+def _expert_action(expert: Any, state: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(expert.get_action(np.asarray(state, dtype=np.float64)), dtype=np.float32), -1.0, 1.0)
 
 
 class ExpertPolicy:
@@ -72,7 +75,10 @@ class ExpertPolicy:
         states = obs[OBS_STATE].detach().to("cpu", torch.float64).numpy()
         if len(instructions) != len(states):
             raise ValueError(f"got {len(states)} observations but {len(instructions)} instructions")
-        actions = np.stack([expert_action(self._expert_for(text), s) for text, s in zip(instructions, states)]) if len(states) else np.zeros((0, 4), np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Constant(s) may be too high": the env clips anyway
+            rows = [_expert_action(self._expert_for(text), s) for text, s in zip(instructions, states)]
+        actions = np.stack(rows) if rows else np.zeros((0, 4), np.float32)
         return ChunkSample(actions=torch.from_numpy(actions).unsqueeze(1), logp=torch.zeros(len(states), 1))
 
     def log_prob(self, obs: Observation, instructions: Sequence[str], replay: dict[str, torch.Tensor], row_mask: torch.Tensor) -> torch.Tensor:

@@ -85,8 +85,9 @@ class RolloutEngine:
     envs_per_worker caps the trajectories a worker runs at once (None: all of its share at once).
     env_factory (picklable) replaces `policytrim.envs.make_env`, e.g. to inject faults in tests.
     setup_timeout_s is added to the timeout of a request that resets envs (building them is slow).
-    pipeline=True serves each worker as soon as it answers (it steps while the policy runs for
-    another); False waits for every worker and makes one policy call per round (lockstep).
+    lanes splits each worker's trajectories into that many request streams: the worker steps one
+    lane while the policy runs for another. pipeline=True serves each lane as soon as it answers;
+    False waits for every lane and makes one policy call per round (lockstep).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class RolloutEngine:
         env_factory: EnvFactory | None = None,
         setup_timeout_s: float = 120.0,
         pipeline: bool = True,
+        lanes: int = 2,
     ) -> None:
         if not (isinstance(num_workers, int) and num_workers >= 0):
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
@@ -111,6 +113,9 @@ class RolloutEngine:
         self.setup_timeout_s = float(setup_timeout_s)
         self.envs_per_worker = envs_per_worker
         self.pipeline = bool(pipeline)
+        if not (isinstance(lanes, int) and lanes >= 1):
+            raise ValueError(f"lanes must be an integer >= 1, got {lanes!r}")
+        self.lanes = lanes
         self._pool: WorkerPool = LocalPool(env, 1, env_factory) if num_workers == 0 else ProcessPool(env, num_workers, env_factory)
         self.replaced_workers = 0
         """Workers killed and replaced (timeouts, crashes) over the engine's lifetime."""
@@ -205,21 +210,30 @@ class _Rollout:
         self.batches: list[_Batch] = []
         self.env_steps = 0
         self.policy_seconds, self.policy_batches = 0.0, 0
-        W = self.pool.num_workers
-        self.queue: list[deque[int]] = [deque() for _ in range(W)]
+        # Lanes: each worker's trajectories are split into `lanes` streams of requests, so that a
+        # worker steps one lane while the policy runs for another. Lane q lives on worker q // L.
+        W, L = self.pool.num_workers, engine.lanes
+        self.L = L
+        Q = W * L
+        self.queue: list[deque[int]] = [deque() for _ in range(Q)]
+        groups_of_worker: list[list[int]] = [[] for _ in range(W)]
         for g in range(len(starts)):  # whole groups per worker: a lost worker drops fewer groups
-            self.queue[g * W // len(starts)].extend(range(g * G, g * G + G))
-        self.active: list[set[int]] = [set() for _ in range(W)]
+            groups_of_worker[g * W // len(starts)].append(g)
+        for w, groups in enumerate(groups_of_worker):
+            for n, g in enumerate(groups):
+                self.queue[w * L + n * L // len(groups)].extend(range(g * G, g * G + G))
+        self.active: list[set[int]] = [set() for _ in range(Q)]
         self.slot_traj: dict[int, int] = {}
         self.slot_of: dict[int, int] = {}
-        self.deadline: dict[int, float] = {}
-        self.cap = engine.envs_per_worker or max(N, 1)
+        self.deadline: dict[int, float] = {}  # lane -> when its request in flight times out
+        cap = engine.envs_per_worker
+        self.cap = -(-cap // L) if cap else max(N, 1)
 
     def run(self) -> Trajectories:
         try:
             self.loop()
         except BaseException:
-            # A bug or an interrupt: workers may hold a request in flight and envs in slots that
+            # A bug or an interrupt: workers may hold requests in flight and envs in slots that
             # this run will never release; start them afresh so the next run begins clean.
             for w in range(self.pool.num_workers):
                 self.pool.restart(w)
@@ -227,71 +241,76 @@ class _Rollout:
         return self.assemble()
 
     def loop(self) -> None:
-        for w in range(self.pool.num_workers):
-            self.send(w, [], None)
-        ready: list[int] = []
+        ready: list[int] = list(range(len(self.queue)))
+        self.serve(ready)
+        ready = []
         while self.deadline:
             timeout = max(0.0, min(self.deadline.values()) - time.monotonic())
-            answered = self.pool.wait(list(self.deadline), timeout)
+            answered = self.pool.wait(sorted({q // self.L for q in self.deadline}), timeout)
+            lost: set[int] = set()
             if not answered:
                 now = time.monotonic()
-                for w in [w for w, d in self.deadline.items() if d <= now]:
-                    del self.deadline[w]
-                    self.lose_worker(w, f"did not answer within {self.engine.step_timeout_s:g} s")
-                    ready.append(w)
-                if self.engine.pipeline or not self.deadline:
-                    self.serve(ready)
-                    ready = []
-                continue
+                for w in sorted({q // self.L for q, d in self.deadline.items() if d <= now}):
+                    ready += self.lose_worker(w, f"did not answer within {self.engine.step_timeout_s:g} s")
             for w, result in answered:
-                del self.deadline[w]
+                if w in lost:
+                    continue
                 if result is None:
-                    self.lose_worker(w, "died")
-                else:
-                    self.absorb(w, result)
-                ready.append(w)
-            if self.engine.pipeline or not self.deadline:  # lockstep: wait for every worker
+                    lost.add(w)
+                    ready += self.lose_worker(w, "died")
+                    continue
+                del self.deadline[result.tag]
+                self.absorb(result.tag, result)
+                ready.append(result.tag)
+            if self.engine.pipeline or not self.deadline:  # lockstep: wait for every lane
                 self.serve(ready)
                 ready = []
 
     def serve(self, ready: list[int]) -> None:
-        """One policy call for the waiting trajectories of the ``ready`` workers; send their chunks."""
-        need = sorted(i for w in ready for i in self.active[w] if i in self.last_obs)
+        """One policy call for the waiting trajectories of the ``ready`` lanes; send their chunks."""
+        need = sorted(i for q in ready for i in self.active[q] if i in self.last_obs)
         actions = self.sample(need) if need else None
         row_of = {i: b for b, i in enumerate(need)}
-        for w in ready:
-            mine = [i for i in need if i in self.active[w]]
-            self.send(w, mine, actions[[row_of[i] for i in mine]] if mine else None)
+        for q in ready:
+            mine = [i for i in need if i in self.active[q]]
+            self.send(q, mine, actions[[row_of[i] for i in mine]] if mine else None)
 
-    def send(self, w: int, need: list[int], actions: np.ndarray | None) -> None:
-        """Start queued trajectories in free slots of worker w and send it the chunks of ``need``."""
+    def send(self, q: int, need: list[int], actions: np.ndarray | None) -> None:
+        """Start queued trajectories in free slots of lane q and send it the chunks of ``need``."""
         resets = []
-        while self.queue[w] and len(self.active[w]) < self.cap:
-            i = self.queue[w].popleft()
+        while self.queue[q] and len(self.active[q]) < self.cap:
+            i = self.queue[q].popleft()
             slot = self.engine._allocate_slot()
             self.slot_traj[slot], self.slot_of[i] = i, slot
-            self.active[w].add(i)
+            self.active[q].add(i)
             resets.append((slot, self.state_of[i]))
         if not (resets or need):
             return
-        request = StepRequest(resets=resets)
+        request = StepRequest(resets=resets, tag=q)
         if need:
             request.slots = np.array([self.slot_of[i] for i in need], np.int64)
             request.actions = actions
             request.rows = self.window[need]
-        self.pool.submit(w, request)
-        self.deadline[w] = time.monotonic() + self.engine.step_timeout_s + (self.engine.setup_timeout_s if resets else 0.0)
+        self.pool.submit(q // self.L, request)
+        self.deadline[q] = time.monotonic() + self.engine.step_timeout_s + (self.engine.setup_timeout_s if resets else 0.0)
 
-    def lose_worker(self, w: int, why: str) -> None:
-        log.warning("env worker %d %s: killing and replacing it; its %d running trajectories fail", w, why, len(self.active[w]))
-        for i in self.active[w]:
-            self.faulted[i] = True
-            self.last_obs.pop(i, None)
-        self.active[w].clear()
+    def lose_worker(self, w: int, why: str) -> list[int]:
+        """Kill and replace worker w; its running trajectories fail. Returns its lanes."""
+        lanes = list(range(w * self.L, (w + 1) * self.L))
+        running = sum(len(self.active[q]) for q in lanes)
+        log.warning("env worker %d %s: killing and replacing it; its %d running trajectories fail", w, why, running)
+        for q in lanes:
+            for i in self.active[q]:
+                self.faulted[i] = True
+                self.last_obs.pop(i, None)
+                self.pending.pop(i, None)
+            self.active[q].clear()
+            self.deadline.pop(q, None)
         self.pool.restart(w)
         self.engine.replaced_workers += 1
+        return lanes
 
-    def absorb(self, w: int, res: StepResult) -> None:
+    def absorb(self, q: int, res: StepResult) -> None:
         self.env_steps += res.env_steps
         for task, info in res.env_info.items():
             self.engine.env_info.setdefault(task, info)
@@ -303,14 +322,14 @@ class _Rollout:
             if slot in res.faults:
                 log.debug("trajectory %d (%s) faulted: %s", i, self.state_of[i], res.faults[slot])
                 self.faulted[i] = True
-                self.active[w].discard(i)
+                self.active[q].discard(i)
                 continue
             if not self.instruction[i]:
                 self.instruction[i] = self.engine.env_info[self.state_of[i].task]["instruction"]
             if res.done[r]:
                 self.success[i] = bool(res.success[r])
                 self.steps[i] = int(res.steps[r]) if self.success[i] else self.horizon
-                self.active[w].discard(i)
+                self.active[q].discard(i)
             else:
                 self.steps[i] = int(res.steps[r])
                 self.last_obs[i] = {k: v[r] for k, v in res.obs.items()}

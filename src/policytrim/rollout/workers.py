@@ -53,6 +53,8 @@ class StepRequest:
     """float32 [n, k_max, A]: the rows to execute (row r of slot i only if r < rows[i])."""
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     """long [n]: rows to execute per slot (its window k_i)."""
+    tag: int = 0
+    """Echoed in the result (the engine's lane id)."""
 
 
 @dataclass
@@ -79,6 +81,8 @@ class StepResult:
     """Environment steps executed for this request."""
     seconds: float = 0.0
     """Worker wall time spent on this request."""
+    tag: int = 0
+    """The request's tag."""
 
 
 class WorkerError(RuntimeError):
@@ -162,7 +166,7 @@ class EnvServer:
             else:
                 obs[i] = last
 
-        return StepResult(slots, rows, success, steps, done, _stack(obs), faults, env_info, env_steps, time.perf_counter() - t0)
+        return StepResult(slots, rows, success, steps, done, _stack(obs), faults, env_info, env_steps, time.perf_counter() - t0, req.tag)
 
     def _acquire(self, task: str) -> EnvAdapter:
         free = self._free[task]
@@ -217,7 +221,8 @@ def _stack(obs: list[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray]:
 
 
 class WorkerPool(abc.ABC):
-    """A set of workers, addressed 0..num_workers-1, each with at most one request in flight."""
+    """A set of workers, addressed 0..num_workers-1. A worker answers its requests in order; several
+    may be in flight (the engine keeps a worker busy with one lane while it serves the other)."""
 
     num_workers: int
 
@@ -227,9 +232,9 @@ class WorkerPool(abc.ABC):
 
     @abc.abstractmethod
     def wait(self, workers: list[int], timeout: float | None) -> list[tuple[int, StepResult | None]]:
-        """Results of those of ``workers`` (each with a request in flight) that have answered,
-        waiting up to ``timeout`` seconds for the first; [] on timeout. A worker that died answers
-        None (the engine restarts it)."""
+        """Results available from ``workers`` (each with a request in flight), waiting up to
+        ``timeout`` seconds for the first; [] on timeout. A worker that died answers None (the
+        engine restarts it)."""
 
     @abc.abstractmethod
     def restart(self, worker: int) -> None:
@@ -246,13 +251,13 @@ class LocalPool(WorkerPool):
         self.num_workers = num_workers
         self._env_cfg, self._factory = env_cfg, env_factory
         self._servers = [EnvServer(env_cfg, env_factory) for _ in range(num_workers)]
-        self._results: dict[int, StepResult] = {}
+        self._results: dict[int, list[StepResult]] = defaultdict(list)
 
     def submit(self, worker: int, request: StepRequest) -> None:
-        self._results[worker] = self._servers[worker].handle(request)
+        self._results[worker].append(self._servers[worker].handle(request))
 
     def wait(self, workers: list[int], timeout: float | None) -> list[tuple[int, StepResult | None]]:
-        return [(w, self._results.pop(w)) for w in workers if w in self._results]
+        return [(w, r) for w in workers for r in self._results.pop(w, [])]
 
     def restart(self, worker: int) -> None:
         self._servers[worker].close()
@@ -333,13 +338,15 @@ class ProcessPool(WorkerPool):
         for conn in wait_connections(list(by_conn), timeout):
             w = by_conn[conn]
             try:
-                result = conn.recv()
+                while True:  # everything this worker has answered so far
+                    result = conn.recv()
+                    if isinstance(result, WorkerError):
+                        raise WorkerError(f"env worker {w} failed:\n{result}")
+                    out.append((w, result))
+                    if not conn.poll(0):
+                        break
             except (EOFError, OSError):
                 out.append((w, None))
-                continue
-            if isinstance(result, WorkerError):
-                raise WorkerError(f"env worker {w} failed:\n{result}")
-            out.append((w, result))
         return out
 
     def restart(self, worker: int) -> None:
