@@ -241,3 +241,43 @@ def test_image_observations_are_recorded_per_chunk():
         traj = run(engine, FakeConstantPolicy(2), initial_states("reach-v3", 0, 1), [2])
     assert traj.obs["image"].shape == (2, 32, 32, 3) and traj.obs["image"].dtype == torch.uint8
     assert traj.obs["state"].shape == (2, 39) and traj.calls.tolist() == [2]
+
+
+class FakeEnv:
+    """Fake adapter: counts steps, succeeds at step ``state.index + 1``; records closing."""
+
+    instruction, horizon, action_dim, control_period_s, observation_spec = "fake", 10, 4, 0.01, {}
+
+    def __init__(self, task):
+        self.task, self.closed, self.t, self.goal = task, False, 0, 0
+
+    def reset(self, state):
+        self.t, self.goal = 0, state.index + 1
+        return {"state": np.zeros(3, np.float32)}
+
+    def step(self, action):
+        self.t += 1
+        return {"state": np.full(3, self.t, np.float32)}, self.t == self.goal
+
+    def close(self):
+        self.closed = True
+
+
+def test_env_server_reuses_envs_and_bounds_idle_ones():
+    from policytrim.rollout.workers import EnvServer, StepRequest
+
+    made = []
+
+    def factory(cfg, task):
+        made.append(FakeEnv(task))
+        return made[-1]
+
+    server = EnvServer(None, factory, max_envs=2)
+    one_step = dict(actions=np.zeros((1, 1, 4), np.float32), rows=np.array([1]))
+    for slot, task in enumerate(["a", "b", "a", "c", "a"]):
+        res = server.handle(StepRequest(resets=[(slot, InitialState(task, 0, 0))]))
+        assert res.env_info[task]["instruction"] == "fake" and not res.done.any()
+        res = server.handle(StepRequest(slots=np.array([slot]), **one_step))
+        assert res.done.tolist() == [True] and res.success.tolist() == [True] and res.steps.tolist() == [1]
+    assert [e.task for e in made] == ["a", "b", "c"]  # the second and third "a" reused the first
+    assert [e.closed for e in made] == [False, True, False]  # "b" was idle when "c" needed room

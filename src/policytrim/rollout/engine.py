@@ -47,6 +47,8 @@ from policytrim.rollout.workers import EnvFactory, LocalPool, ProcessPool, StepR
 
 log = logging.getLogger("policytrim.rollout")
 
+DEFAULT_ENVS_PER_WORKER = 32
+
 
 def stable_seed(*parts: Any) -> int:
     """A 63-bit seed from a stable hash of ``parts`` (unlike ``hash()``, equal in every process)."""
@@ -82,7 +84,8 @@ class RolloutEngine:
     """Runs groups of rollouts of a chunking policy on env workers. Also a context manager.
 
     num_workers=0 steps envs in this process (tests, debugging; no hang protection).
-    envs_per_worker caps the trajectories a worker runs at once (None: all of its share at once).
+    envs_per_worker caps the trajectories a worker runs at once (None: 32); the rest wait in a queue
+    and reuse the envs of finished ones. A Meta-World env holds about 25 MB and takes 0.2 s to build.
     env_factory (picklable) replaces `policytrim.envs.make_env`, e.g. to inject faults in tests.
     setup_timeout_s is added to the timeout of a request that resets envs (building them is slow).
     lanes splits each worker's trajectories into that many request streams: the worker steps one
@@ -103,8 +106,10 @@ class RolloutEngine:
     ) -> None:
         if not (isinstance(num_workers, int) and num_workers >= 0):
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
-        if envs_per_worker is not None and envs_per_worker < 1:
-            raise ValueError(f"envs_per_worker must be >= 1 or None, got {envs_per_worker!r}")
+        if envs_per_worker is None:
+            envs_per_worker = DEFAULT_ENVS_PER_WORKER
+        if not (isinstance(envs_per_worker, int) and envs_per_worker >= 1):
+            raise ValueError(f"envs_per_worker must be an integer >= 1 or None, got {envs_per_worker!r}")
         if not step_timeout_s > 0:
             raise ValueError(f"step_timeout_s must be > 0, got {step_timeout_s!r}")
         self.env_cfg = env
@@ -116,7 +121,10 @@ class RolloutEngine:
         if not (isinstance(lanes, int) and lanes >= 1):
             raise ValueError(f"lanes must be an integer >= 1, got {lanes!r}")
         self.lanes = lanes
-        self._pool: WorkerPool = LocalPool(env, 1, env_factory) if num_workers == 0 else ProcessPool(env, num_workers, env_factory)
+        if num_workers == 0:
+            self._pool: WorkerPool = LocalPool(env, 1, env_factory, max_envs=envs_per_worker)
+        else:
+            self._pool = ProcessPool(env, num_workers, env_factory, max_envs=envs_per_worker)
         self.replaced_workers = 0
         """Workers killed and replaced (timeouts, crashes) over the engine's lifetime."""
         self.env_info: dict[str, dict[str, Any]] = {}
@@ -225,9 +233,11 @@ class _Rollout:
         self.active: list[set[int]] = [set() for _ in range(Q)]
         self.slot_traj: dict[int, int] = {}
         self.slot_of: dict[int, int] = {}
-        self.deadline: dict[int, float] = {}  # lane -> when its request in flight times out
-        cap = engine.envs_per_worker
-        self.cap = -(-cap // L) if cap else max(N, 1)
+        # A worker answers its requests in order, so only the oldest one (the one it is working on)
+        # is timed: its deadline starts when the request before it was answered.
+        self.inflight: list[deque[tuple[int, float]]] = [deque() for _ in range(W)]  # (lane, timeout)
+        self.deadline: dict[int, float] = {}  # worker -> when its current request times out
+        self.cap = -(-engine.envs_per_worker // L)
 
     def run(self) -> Trajectories:
         try:
@@ -246,11 +256,11 @@ class _Rollout:
         ready = []
         while self.deadline:
             timeout = max(0.0, min(self.deadline.values()) - time.monotonic())
-            answered = self.pool.wait(sorted({q // self.L for q in self.deadline}), timeout)
+            answered = self.pool.wait(sorted(self.deadline), timeout)
             lost: set[int] = set()
             if not answered:
                 now = time.monotonic()
-                for w in sorted({q // self.L for q, d in self.deadline.items() if d <= now}):
+                for w in sorted(w for w, d in self.deadline.items() if d <= now):
                     ready += self.lose_worker(w, f"did not answer within {self.engine.step_timeout_s:g} s")
             for w, result in answered:
                 if w in lost:
@@ -259,7 +269,12 @@ class _Rollout:
                     lost.add(w)
                     ready += self.lose_worker(w, "died")
                     continue
-                del self.deadline[result.tag]
+                q, _ = self.inflight[w].popleft()
+                assert q == result.tag, (q, result.tag)
+                if self.inflight[w]:
+                    self.deadline[w] = time.monotonic() + self.inflight[w][0][1]
+                else:
+                    del self.deadline[w]
                 self.absorb(result.tag, result)
                 ready.append(result.tag)
             if self.engine.pipeline or not self.deadline:  # lockstep: wait for every lane
@@ -291,8 +306,11 @@ class _Rollout:
             request.slots = np.array([self.slot_of[i] for i in need], np.int64)
             request.actions = actions
             request.rows = self.window[need]
-        self.pool.submit(q // self.L, request)
-        self.deadline[q] = time.monotonic() + self.engine.step_timeout_s + (self.engine.setup_timeout_s if resets else 0.0)
+        w = q // self.L
+        self.pool.submit(w, request)
+        self.inflight[w].append((q, self.engine.step_timeout_s + (self.engine.setup_timeout_s if resets else 0.0)))
+        if w not in self.deadline:
+            self.deadline[w] = time.monotonic() + self.inflight[w][0][1]
 
     def lose_worker(self, w: int, why: str) -> list[int]:
         """Kill and replace worker w; its running trajectories fail. Returns its lanes."""
@@ -305,7 +323,8 @@ class _Rollout:
                 self.last_obs.pop(i, None)
                 self.pending.pop(i, None)
             self.active[q].clear()
-            self.deadline.pop(q, None)
+        self.inflight[w].clear()
+        self.deadline.pop(w, None)
         self.pool.restart(w)
         self.engine.replaced_workers += 1
         return lanes

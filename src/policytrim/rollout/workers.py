@@ -96,15 +96,18 @@ class WorkerError(RuntimeError):
 class EnvServer:
     """Owns env instances (pooled per task, reused across trajectories) and executes requests."""
 
-    def __init__(self, env_cfg: Any, env_factory: EnvFactory | None = None) -> None:
+    def __init__(self, env_cfg: Any, env_factory: EnvFactory | None = None, max_envs: int = 64) -> None:
         if env_factory is None:
             from policytrim.envs import make_env
 
             env_factory = make_env
         self._env_cfg = env_cfg
         self._factory = env_factory
+        self._max_envs = max_envs  # idle envs of other tasks are closed beyond this many
         self._free: dict[str, list[EnvAdapter]] = defaultdict(list)
         self._slots: dict[int, list[Any]] = {}  # slot -> [env, steps]
+        self._released: dict[int, int] = {}  # id(idle env) -> when it was released
+        self._tick = 0
 
     def handle(self, req: StepRequest) -> StepResult:
         t0 = time.perf_counter()
@@ -170,12 +173,26 @@ class EnvServer:
 
     def _acquire(self, task: str) -> EnvAdapter:
         free = self._free[task]
-        return free.pop() if free else self._factory(self._env_cfg, task)
+        if free:
+            env = free.pop()
+            self._released.pop(id(env), None)
+            return env
+        while len(self._slots) + sum(len(v) for v in self._free.values()) >= self._max_envs:
+            idle = [(self._released[id(e)], t, k) for t, envs in self._free.items() for k, e in enumerate(envs)]
+            if not idle:
+                break
+            _, t, k = min(idle)  # the env idle the longest, of another task (25 MB each)
+            victim = self._free[t].pop(k)
+            self._released.pop(id(victim), None)
+            victim.close()
+        return self._factory(self._env_cfg, task)
 
     def _release(self, slot: int) -> None:
         entry = self._slots.pop(slot, None)
         if entry is not None:
             self._free[entry[0].task].append(entry[0])
+            self._tick += 1
+            self._released[id(entry[0])] = self._tick
 
     def _discard(self, slot: int) -> None:
         """A faulted env may be in any state: close it instead of reusing it."""
@@ -196,6 +213,7 @@ class EnvServer:
                 except Exception:  # noqa: BLE001
                     pass
         self._free.clear()
+        self._released.clear()
 
 
 def _describe(exc: BaseException) -> str:
@@ -247,10 +265,10 @@ class WorkerPool(abc.ABC):
 class LocalPool(WorkerPool):
     """In-process workers: requests run synchronously inside `submit`. No hang protection."""
 
-    def __init__(self, env_cfg: Any, num_workers: int = 1, env_factory: EnvFactory | None = None) -> None:
+    def __init__(self, env_cfg: Any, num_workers: int = 1, env_factory: EnvFactory | None = None, max_envs: int = 64) -> None:
         self.num_workers = num_workers
-        self._env_cfg, self._factory = env_cfg, env_factory
-        self._servers = [EnvServer(env_cfg, env_factory) for _ in range(num_workers)]
+        self._env_cfg, self._factory, self._max_envs = env_cfg, env_factory, max_envs
+        self._servers = [EnvServer(env_cfg, env_factory, max_envs) for _ in range(num_workers)]
         self._results: dict[int, list[StepResult]] = defaultdict(list)
 
     def submit(self, worker: int, request: StepRequest) -> None:
@@ -262,18 +280,18 @@ class LocalPool(WorkerPool):
     def restart(self, worker: int) -> None:
         self._servers[worker].close()
         self._results.pop(worker, None)
-        self._servers[worker] = EnvServer(self._env_cfg, self._factory)
+        self._servers[worker] = EnvServer(self._env_cfg, self._factory, self._max_envs)
 
     def close(self) -> None:
         for server in self._servers:
             server.close()
 
 
-def _serve(conn: Connection, env_cfg: Any, env_factory: EnvFactory | None) -> None:
+def _serve(conn: Connection, env_cfg: Any, env_factory: EnvFactory | None, max_envs: int) -> None:
     """Worker process main loop: one request in, one result out, until None."""
     if "torch" in sys.modules:  # imported by an env factory's module, perhaps
         sys.modules["torch"].set_num_threads(1)
-    server = EnvServer(env_cfg, env_factory)
+    server = EnvServer(env_cfg, env_factory, max_envs)
     try:
         while True:
             try:
@@ -297,11 +315,11 @@ _SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBL
 class ProcessPool(WorkerPool):
     """One `multiprocessing` process per worker (spawn context: safe with torch and CUDA)."""
 
-    def __init__(self, env_cfg: Any, num_workers: int, env_factory: EnvFactory | None = None, start_method: str = "spawn") -> None:
+    def __init__(self, env_cfg: Any, num_workers: int, env_factory: EnvFactory | None = None, max_envs: int = 64, start_method: str = "spawn") -> None:
         import multiprocessing as mp
 
         self.num_workers = num_workers
-        self._env_cfg, self._factory = env_cfg, env_factory
+        self._env_cfg, self._factory, self._max_envs = env_cfg, env_factory, max_envs
         self._ctx = mp.get_context(start_method)
         self._procs: list[Any] = [None] * num_workers
         self._conns: list[Connection | None] = [None] * num_workers
@@ -310,7 +328,7 @@ class ProcessPool(WorkerPool):
 
     def _start(self, w: int) -> None:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_serve, args=(child, self._env_cfg, self._factory), daemon=True, name=f"policytrim-env-worker-{w}")
+        proc = self._ctx.Process(target=_serve, args=(child, self._env_cfg, self._factory, self._max_envs), daemon=True, name=f"policytrim-env-worker-{w}")
         saved = {k: os.environ.get(k) for k in _SINGLE_THREAD}
         os.environ.update(_SINGLE_THREAD)  # a spawned child inherits the environment at start()
         try:
