@@ -78,14 +78,15 @@ def main() -> None:
     start_machine = machine()
     rows = []
     build_seconds = {}
-    for head in ("gaussian", "flow"):
+    variants = [("gaussian", "fixed"), ("gaussian", "state"), ("flow", "fixed")]
+    for head, std_mode in variants:
         for use_image in (False, True):
             for text in encoders:
-                cfg = PolicyConfig(head=head, text_encoder=text)
+                cfg = PolicyConfig(head=head, text_encoder=text, std_mode=std_mode)
                 t0 = time.perf_counter()
                 policy = TinyVLA.from_config(cfg, 39, 4, instructions, image_shape=(64, 64, 3) if use_image else None).eval()
                 if text != "embedding":
-                    build_seconds[text] = round(time.perf_counter() - t0, 2)
+                    build_seconds.setdefault(text, round(time.perf_counter() - t0, 2))
                 obs = {"state": state, **({"image": image} if use_image else {})}
                 params = sum(p.numel() for p in policy.parameters())
                 for threads in (1, 2):
@@ -93,11 +94,12 @@ def main() -> None:
                     for mode in ("sampled", "train"):
                         ms = time_calls(policy, obs, batch_instructions, mode, args.calls)
                         rows.append({
-                            "head": head, "flow_steps": cfg.flow_steps if head == "flow" else None,
+                            "head": head, "std_mode": std_mode if head == "gaussian" else None,
+                            "flow_steps": cfg.flow_steps if head == "flow" else None,
                             "image": "64x64" if use_image else None, "text_encoder": text,
                             "threads": threads, "mode": mode, "params": params, "ms_per_call": round(ms, 3),
                         })
-                        print(f"{head:8s} K={cfg.flow_steps if head == 'flow' else '-':>2} image={str(use_image):5s} text={text:20s} threads={threads} {mode:8s} {ms:7.2f} ms  ({params} params)")
+                        print(f"{head:8s} {std_mode:5s} K={cfg.flow_steps if head == 'flow' else '-':>2} image={str(use_image):5s} text={text:20s} threads={threads} {mode:8s} {ms:7.2f} ms  ({params} params)")
     encoder_ms = None
     if SENTENCE in encoders:  # what acting would cost if the encoder ran on every call
         from policytrim.policies.text import _load_sentence_model
@@ -124,7 +126,40 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    out.with_suffix(".md").write_text(markdown(result))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def markdown(result: dict) -> str:
+    """The table: one row per (head, image, text encoder), sampled/train mode at 1 and 2 threads."""
+    cells: dict[tuple, dict[tuple, float]] = {}
+    for r in result["results"]:
+        label = r["head"] + (f" (K={r['flow_steps']})" if r["flow_steps"] else f" ({r['std_mode']} std)")
+        key = (label, r["image"] or "—", r["text_encoder"], r["params"])
+        cells.setdefault(key, {})[(r["mode"], r["threads"])] = r["ms_per_call"]
+    m = result["machine"]
+    lines = [
+        "# TinyVLA inference latency",
+        "",
+        f"{result['what']}; median of {result['calls']} calls. Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; "
+        f"load average {m['load_average'][0]:.2f} at start, {result['load_average_end'][0]:.2f} at end.",
+        "",
+        "| head | image | instruction encoder | params | sampled, 1 thread | sampled, 2 threads | train, 1 thread | train, 2 threads |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (head, image, text, params), v in cells.items():
+        lines.append(
+            f"| {head} | {image} | {text} | {params:,} | {v[('sampled', 1)]:.2f} ms | {v[('sampled', 2)]:.2f} ms | {v[('train', 1)]:.2f} ms | {v[('train', 2)]:.2f} ms |"
+        )
+    enc = result.get("sentence_encoder_forward_ms_batch16_threads2")
+    if enc is not None:
+        lines += [
+            "",
+            f"The sentence encoder's embeddings of the known instructions are cached in the policy, so acting never runs it; "
+            f"running MiniLM itself on 16 instructions would cost {enc} ms per call (2 threads). Building a policy with it "
+            f"(loading MiniLM, encoding the instructions once) took {result['sentence_encoder_build_seconds'].get(SENTENCE)} s the first time in the process.",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
