@@ -100,6 +100,7 @@ def main() -> None:
     metrics = pretrain(cfg, demos, work / "policy", overwrite=True)
     result["pretrain_seconds"] = round(time.perf_counter() - t0, 1)
     result["pretrain_train_loop_seconds"] = metrics["train_seconds"]
+    result["torch_threads"] = metrics["torch_threads"]
     result["load_average_after_pretrain"] = list(os.getloadavg())
     result["val_loss"] = {"initial": metrics["initial_val_loss"], "final": metrics["final_val_loss"]}
     result["frames"], result["parameters"] = metrics["frames"], metrics["parameters"]
@@ -154,7 +155,7 @@ def markdown(r: dict) -> str:
     lines += [
         "",
         f"- Demonstration collection: {_fmt(r.get('collect_seconds'))} s; pretraining (BC, incl. data loading and saving): **{r['pretrain_seconds']} s** "
-        f"(training loop {r['pretrain_train_loop_seconds']} s); {r['parameters']} parameters; {r['frames']['train']} training frames.",
+        f"(training loop {r['pretrain_train_loop_seconds']} s, {r.get('torch_threads', '?')} torch thread(s)); {r['parameters']} parameters; {r['frames']['train']} training frames.",
         f"- Validation loss {r['val_loss']['initial']:.3f} → {r['val_loss']['final']:.3f}.",
         f"- Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}; load average at start {r['load_average_start'][0]:.2f}, "
         f"after pretraining {r['load_average_after_pretrain'][0]:.2f}.",
