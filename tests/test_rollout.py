@@ -281,3 +281,22 @@ def test_env_server_reuses_envs_and_bounds_idle_ones():
         assert res.done.tolist() == [True] and res.success.tolist() == [True] and res.steps.tolist() == [1]
     assert [e.task for e in made] == ["a", "b", "c"]  # the second and third "a" reused the first
     assert [e.closed for e in made] == [False, True, False]  # "b" was idle when "c" needed room
+
+
+BUILT: list[str] = []
+
+
+def counting_factory(cfg, task):
+    BUILT.append(task)
+    return make_env(cfg, task)
+
+
+def test_envs_are_kept_across_runs_when_tasks_rotate():
+    BUILT.clear()
+    starts = initial_states("reach-v3", 0, 3) + initial_states("push-v3", 0, 3)
+    with RolloutEngine(EnvConfig(tasks=("reach-v3", "push-v3"), horizon=3), num_workers=0, envs_per_worker=2, env_factory=counting_factory) as engine:
+        first = run(engine, FakeConstantPolicy(3), starts, [3], record=False)
+        built = len(BUILT)
+        second = run(engine, FakeConstantPolicy(3), starts[::-1], [3], record=False)
+    assert built <= 4 and len(BUILT) == built  # the second run rebuilt nothing
+    assert first.steps.tolist() == second.steps.tolist() == [3] * 6
