@@ -43,6 +43,7 @@ from policytrim.train.rundir import RunDir
 log = logging.getLogger(__name__)
 
 STAGES = ("extend", "trim")
+MAX_FAILED_EPOCHS = 3  # consecutive epochs whose groups were all dropped before a run is stopped
 TRAIN_POOL = 1_000_000  # training initial states are drawn from this many indices of the train seed
 
 
@@ -173,6 +174,8 @@ def grpo_update(
 def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, episodes: int) -> dict[str, Any]:
     """Overall metrics on validation states at one window (paired: fixed seed)."""
     metrics = evaluate_policy(policy, cfg.env, episodes, window, cfg.eval.mode, cfg.eval.seed, split="val", engine=engine, latency_ms=cfg.eval.latency_ms)
+    if metrics["overall"]["episodes"] == 0:
+        raise RuntimeError(f"validation at window {window}: every episode was lost to simulator faults or worker timeouts")
     return metrics["overall"]
 
 
@@ -272,6 +275,7 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
         save_policy_dir(policy, stage_dir / "best")
         logger.log({"stage": stage, "epoch": 0, "global_epoch": run.global_epoch(stage, 0), **{f"val_{k}": v for k, v in _scalars(state["start_eval"]).items()}})
 
+    failed_epochs = 0
     bar = tqdm(range(start_epoch, scfg.epochs), desc=f"{stage}", disable=not cfg.logging.progress, initial=start_epoch, total=scfg.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -284,6 +288,12 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
         policy.eval()
         traj = engine.run(policy, starts, cfg.rollout.group_size, windows, "train", stable_seed(cfg.seed, stage, epoch, "rollout"))
         t_rollout = time.perf_counter() - t0
+        if traj.num_groups == 0:  # every group lost to simulator faults: nothing to learn from
+            failed_epochs += 1
+            if failed_epochs >= MAX_FAILED_EPOCHS:
+                raise RuntimeError(f"{stage}: every rollout group failed (simulator faults or worker timeouts) in {failed_epochs} epochs in a row; see the log")
+        else:
+            failed_epochs = 0
 
         rewards, reward_terms = stage_rewards(traj, plan, cfg)
         advantages, valid_groups = objective.group_advantages(rewards)
