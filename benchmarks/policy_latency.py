@@ -151,6 +151,14 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {head} | {image} | {text} | {params:,} | {v[('sampled', 1)]:.2f} ms | {v[('sampled', 2)]:.2f} ms | {v[('train', 1)]:.2f} ms | {v[('train', 2)]:.2f} ms |"
         )
+    if max(m["load_average"][0], result["load_average_end"][0]) > 1.5:
+        lines += [
+            "",
+            "**Measured while other processes kept the 2 cores busy** (load above). The 1-thread column is",
+            "reliable; 2-thread numbers then swing by up to two orders of magnitude (OpenMP threads spin",
+            "waiting for a core another process holds): a policy that shares the cores with env worker",
+            "processes should run inference on one torch thread.",
+        ]
     enc = result.get("sentence_encoder_forward_ms_batch16_threads2")
     if enc is not None:
         lines += [
