@@ -47,11 +47,13 @@ def evaluate_policy(
     latency_ms: float = 0.0,
     num_workers: int = 2,
     step_timeout_s: float = 30.0,
+    return_outcomes: bool = False,
 ) -> dict[str, Any]:
     """Metrics of ``policy`` on states 0..episodes-1 of ``split`` for each task of ``env_cfg``.
 
     window 0 means the policy's default window. Without ``engine`` a temporary one is made with
-    ``num_workers`` workers.
+    ``num_workers`` workers. With ``return_outcomes`` the result also holds ``"outcomes"``: the
+    per-episode lists ``task``, ``index``, ``success``, ``steps``, ``calls`` (for paired comparisons).
     """
     window = int(window) or int(policy.default_window)
     max_window = min(int(policy.max_window), int(policy.chunk_size))
@@ -78,7 +80,7 @@ def evaluate_policy(
     metrics = summarize(traj, latency_s, periods)
     for entry in [*metrics["tasks"].values(), metrics["overall"]]:
         entry.update(mode=mode, seed=seed)
-    return {
+    result = {
         "format": FORMAT,
         "version": VERSION,
         "policy": policy.spec().get("kind") if hasattr(policy, "spec") else type(policy).__name__,
@@ -97,6 +99,15 @@ def evaluate_policy(
         "tasks": metrics["tasks"],
         "overall": metrics["overall"],
     }
+    if return_outcomes:
+        result["outcomes"] = {
+            "task": list(traj.task),
+            "index": traj.index.tolist(),
+            "success": traj.success.tolist(),
+            "steps": traj.steps.tolist(),
+            "calls": traj.calls.tolist(),
+        }
+    return result
 
 
 def _fmt(value: Any, spec: str) -> str:

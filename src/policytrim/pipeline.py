@@ -1,0 +1,191 @@
+"""The whole PolicyTrim pipeline in one call (`policytrim demo`):
+
+    collect expert demonstrations -> behaviour cloning (baseline) -> Stage 1 -> Stage 2
+    -> evaluate baseline, the fixed-horizon sweep, Stage 1 and PolicyTrim on the same test states
+    -> summary.json (+ the report)
+
+Output directory::
+
+    OUT/demos/        the demonstration dataset          OUT/baseline/   the BC checkpoint
+    OUT/train/        the training run (both stages)     OUT/eval/       metrics of every policy
+    OUT/summary.json  headline numbers (SPEC.md)         OUT/report/     tables and plots
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from policytrim.config import RunConfig
+from policytrim.errors import InputError
+from policytrim.io import atomic_write_json
+
+SUMMARY_KEYS = ("baseline", "stage1", "policytrim", "calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process and of its largest child (MB, Linux)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024.0
+
+
+def evaluate_pipeline(cfg: RunConfig, baseline_dir: Path, run_dir: Path, out: Path, mode: str | None = None) -> dict[str, Any]:
+    """Baseline at its default window, the fixed-horizon sweep (baseline at k = 5, 10, ... H),
+    Stage 1 at its chosen window and PolicyTrim, paired on test states. Returns the summary."""
+    from policytrim.eval.compare import Contender, compare
+    from policytrim.policies import load_policy
+    from policytrim.rollout.engine import RolloutEngine
+
+    mode = mode or cfg.eval.mode
+    train_summary = _train_summary(run_dir)
+    base = load_policy(baseline_dir)
+    h = base.chunk_size
+    sweep = [k for k in range(5, h + 1, 5) if k != base.default_window]
+    contenders = [Contender("baseline", base, base.default_window)]
+    contenders += [Contender(f"baseline@k={k}", base, k) for k in sweep]
+    if "extend" in train_summary:
+        contenders.append(Contender("stage1", load_policy(run_dir / "extend" / "best" / "policy"), train_summary["extend"]["window_choice"]["window"]))
+    contenders.append(Contender("policytrim", load_policy(run_dir / "final" / "policy"), train_summary["window"]))
+    with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s) as engine:
+        result = compare(contenders, cfg.env, cfg.eval.episodes, mode, cfg.eval.seed, engine, split="test", latency_ms=cfg.eval.latency_ms)
+    for name, metrics in result["policies"].items():
+        atomic_write_json(out / "eval" / f"{name.replace('@', '_').replace('=', '')}.json", metrics)
+    atomic_write_json(out / "eval" / "comparison.json", {k: v for k, v in result.items() if k != "outcomes"})
+    vs = result["vs_baseline"]["policytrim"]["overall"]
+    summary: dict[str, Any] = {
+        "baseline": result["policies"]["baseline"]["overall"],
+        "stage1": result["policies"]["stage1"]["overall"] if "stage1" in result["policies"] else None,
+        "policytrim": result["policies"]["policytrim"]["overall"],
+        **{k: vs[k] for k in ("calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")},
+        "stage1_vs_baseline": result["vs_baseline"].get("stage1", {}).get("overall"),
+        "fixed_horizon_sweep": {
+            str(c.window): {**result["policies"][c.name]["overall"], **{f"vs_baseline_{k}": v for k, v in (result["vs_baseline"].get(c.name, {}).get("overall") or {}).items()}}
+            for c in contenders
+            if c.name.startswith("baseline")
+        },
+        "per_task": {
+            task: {
+                "baseline": result["policies"]["baseline"]["tasks"][task],
+                "policytrim": result["policies"]["policytrim"]["tasks"][task],
+                **result["vs_baseline"]["policytrim"]["tasks"][task],
+            }
+            for task in result["policies"]["policytrim"]["tasks"]
+        },
+        "mode": mode,
+        "split": "test",
+        "episodes_per_task": cfg.eval.episodes,
+        "eval_seed": cfg.eval.seed,
+        "windows": {c.name: c.window for c in contenders},
+        "stage2_budget": train_summary.get("trim", {}).get("budget"),
+        "stage1_window_choice": train_summary.get("extend", {}).get("window_choice"),
+    }
+    return summary
+
+
+def _train_summary(run_dir: Path) -> dict[str, Any]:
+    from policytrim.train.rundir import RunDir
+
+    summary = RunDir.open(run_dir).read_json("summary.json")
+    if summary is None:
+        raise InputError(f"{run_dir} has no summary.json: the training run did not complete")
+    return summary
+
+
+def _say(message: str) -> None:
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Run the whole pipeline into ``out`` and return the summary (also ``out/summary.json``)."""
+    from policytrim.data.demos import collect_demos
+    from policytrim.train.bc import pretrain
+    from policytrim.train.grpo import train
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(f"output directory {out} already exists; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    t = time.perf_counter()
+    _say(f"collecting {cfg.data.episodes} {'suboptimal' if cfg.data.suboptimal else 'clean'} expert demonstrations per task for {', '.join(cfg.env.tasks)}")
+    collect_demos(cfg, out / "demos", progress=cfg.logging.progress)
+    timings["collect_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say(f"behaviour cloning ({cfg.pretrain.iterations} iterations)")
+    pretrain(cfg, out / "demos", out / "baseline")
+    timings["pretrain_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say(f"Stage 1 ({cfg.stage1.epochs} epochs) and Stage 2 ({cfg.stage2.epochs} epochs)")
+    train_cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, out=str(out / "train")))
+    train(train_cfg, "both", str(out / "baseline"))
+    timings["train_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _say(f"evaluating baseline, fixed-horizon sweep, Stage 1 and PolicyTrim on {cfg.eval.episodes} test states per task ({cfg.eval.mode} mode, paired)")
+    summary = evaluate_pipeline(cfg, out / "baseline", out / "train", out)
+    timings["eval_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_all
+    summary["timings"] = timings
+    summary["peak_rss_mb"] = _peak_rss_mb()
+    summary["tasks"] = list(cfg.env.tasks)
+    summary["horizon"] = cfg.env.horizon
+    summary["demonstrations"] = dataclasses.asdict(cfg.data)
+    atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The demo's closing table."""
+
+    def f(value: Any, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    head = f"{'policy':<16} {'SR':>6} {'steps':>7} {'window':>6} {'calls':>7} {'calls speedup':>13}"
+    lines = [head, "-" * len(head)]
+    base_calls = summary["baseline"]["calls_per_success"]
+    rows = [("baseline", summary["baseline"])]
+    rows += [(f"fixed k={k}", m) for k, m in summary["fixed_horizon_sweep"].items() if int(k) != summary["baseline"]["window"]]
+    if summary.get("stage1"):
+        rows.append(("Stage 1", summary["stage1"]))
+    rows.append(("PolicyTrim", summary["policytrim"]))
+    for name, m in rows:
+        speed = base_calls / m["calls_per_success"] if base_calls and m["calls_per_success"] else None
+        lines.append(f"{name:<16} {f(m['success_rate'], '.3f'):>6} {f(m['mean_steps'], '.1f'):>7} {str(m['window']):>6} {f(m['calls_per_success'], '.1f'):>7} {f(speed, '.2f'):>13}")
+    lo, hi = summary["success_rate_drop_ci95"]
+    lines.append(
+        f"PolicyTrim vs baseline: {f(summary['calls_speedup'], '.2f')}x fewer calls, paper speedup {f(summary['speedup_paper'], '.2f')}x, "
+        f"steps -{100 * (summary['steps_reduction'] or 0):.0f}%, SR drop {summary['success_rate_drop']:+.1f} points (paired 95% CI [{lo:+.1f}, {hi:+.1f}])"
+    )
+    lines.append(f"{summary['mode']} mode, {summary['episodes_per_task']} test states per task, horizon {summary.get('horizon')}")
+    return "\n".join(lines)
+
+
+def demo_command(args) -> int:
+    """`policytrim demo`."""
+    from policytrim.cli import run_config
+
+    cfg = run_config(args)
+    out = Path(cfg.logging.out)
+    summary = run_demo(cfg, out, overwrite=args.overwrite)
+    report = None
+    try:
+        from policytrim.eval.report import write_report
+    except ImportError:
+        write_report = None
+    if write_report is not None:
+        report = write_report([out], out / "report")
+    print(format_summary(summary))
+    print(f"summary: {out / 'summary.json'}" + (f"\nreport: {report}" if report else ""))
+    return 0
