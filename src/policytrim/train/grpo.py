@@ -15,8 +15,10 @@ checkpoint. Random numbers of an epoch (initial states, rollout noise) derive fr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,7 +184,7 @@ def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEn
 def choose_window(policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...], engine: RolloutEngine) -> dict[str, Any]:
     """Stage 1's output: the longest window whose validation SR is within the tolerance of the
     shortest window's (same states, same random numbers for every window)."""
-    episodes = max(cfg.stage1.val_episodes, cfg.pretrain.eval_episodes)
+    episodes = cfg.stage1.val_episodes
     per_window = {w: validate(policy, cfg, w, engine, episodes) for w in windows}
     reference = per_window[windows[0]]["success_rate"]
     tolerance = cfg.stage1.tolerance_points / 100.0
@@ -191,21 +193,23 @@ def choose_window(policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...],
 
 
 def calibrate_budget(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine) -> dict[str, Any]:
-    """Step budget B = ceil(beta_B * mean T of successes) of the policy entering Stage 2."""
+    """Step budget B = ceil(beta_B * mean T of successes) of the policy entering Stage 2, at
+    Stage 2's window, in the evaluation mode, on validation states (or the user's B)."""
     if cfg.stage2.budget:
         return {"budget": cfg.stage2.budget, "source": "given by the user (stage2.budget)"}
-    episodes = max(cfg.stage2.val_episodes, cfg.pretrain.eval_episodes)
-    metrics = validate(policy, cfg, window, engine, episodes)
-    if not metrics["episodes"] or metrics["success_rate"] == 0:
+    episodes = cfg.stage2.val_episodes
+    metrics = evaluate_policy(policy, cfg.env, episodes, window, cfg.eval.mode, cfg.eval.seed, split="val", engine=engine, return_outcomes=True)
+    outcomes = metrics["outcomes"]
+    successful_steps = [t for t, ok in zip(outcomes["steps"], outcomes["success"]) if ok]
+    if not successful_steps:
         raise InputError(
-            f"cannot calibrate the Stage 2 step budget: the policy succeeded in none of {metrics['episodes']} validation episodes at window {window}; give stage2.budget or start from a better policy"
+            f"cannot calibrate the Stage 2 step budget: the policy succeeded in none of {len(outcomes['steps'])} validation episodes at window {window}; give stage2.budget or start from a better policy"
         )
-    budget = int(math.ceil(round(cfg.stage2.budget_multiplier * metrics["mean_steps"], 6)))
     return {
-        "budget": budget,
+        "budget": objective.step_budget(successful_steps, cfg.stage2.budget_multiplier),
         "source": f"calibrated: ceil({cfg.stage2.budget_multiplier} x mean T of successful validation episodes)",
-        "mean_steps": metrics["mean_steps"],
-        "success_rate": metrics["success_rate"],
+        "mean_steps": metrics["overall"]["mean_steps"],
+        "success_rate": metrics["overall"]["success_rate"],
         "window": window,
         "mode": cfg.eval.mode,
         "episodes_per_task": episodes,
@@ -363,6 +367,7 @@ def stage1_windows(cfg: RunConfig, policy: ChunkPolicy) -> tuple[int, ...]:
 def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "", overwrite: bool = False) -> dict[str, Any]:
     """Run PolicyTrim (``stage`` = extend | trim | both) from checkpoint ``init`` into
     ``cfg.logging.out``, or continue the run directory ``resume``. Returns the run summary."""
+    run = None
     if resume:
         run = RunDir.open(resume)
         cfg, stage, init = run.cfg, run.meta["stage"], run.meta["init"]
@@ -373,11 +378,30 @@ def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "",
             raise InputError("--init is required: the starting (baseline) checkpoint directory")
     stages = list(STAGES) if stage == "both" else [stage]
     torch.manual_seed(cfg.seed)
+    with cpu_threads(cfg):
+        return _train(cfg, stage, stages, init, run, overwrite)
+
+
+@contextlib.contextmanager
+def cpu_threads(cfg: RunConfig):
+    """One torch thread while env workers own every core: torch's thread pool spin-waits against
+    the workers (measured: a TinyVLA call 0.16 ms with one thread, up to 56 ms with two)."""
+    previous = torch.get_num_threads()
+    if cfg.device == "cpu" and cfg.rollout.num_workers >= (os.cpu_count() or 1):
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir | None, overwrite: bool) -> dict[str, Any]:
     policy = load_policy(init).to(cfg.device)  # validates the checkpoint before anything is written
     windows = stage1_windows(cfg, policy) if "extend" in stages else ()
     if cfg.stage2.window > policy.max_window:
         raise InputError(f"stage2.window={cfg.stage2.window} exceeds the policy's max window {policy.max_window}")
-    if not resume:
+    resume = run is not None
+    if run is None:
         run = RunDir.create(cfg.logging.out, cfg, {"stage": stage, "stages": stages, "init": str(init)}, overwrite=overwrite)
     logger = MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume))
     summary: dict[str, Any] = {"run_dir": str(run.path), "init": str(init), "stages": stages, "logging": logger.backends}
