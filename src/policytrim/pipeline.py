@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from policytrim.config import RunConfig
 from policytrim.errors import InputError
@@ -35,30 +35,89 @@ def _peak_rss_mb() -> float:
     return (own + children) / 1024.0
 
 
-def evaluate_pipeline(cfg: RunConfig, baseline_dir: Path, run_dir: Path, out: Path, mode: str | None = None) -> dict[str, Any]:
+def evaluate_pipeline(
+    cfg: RunConfig,
+    baseline_dir: Path,
+    run_dir: Path,
+    out: Path,
+    mode: str | None = None,
+    deterministic: bool = False,
+    temporal_ensembling: bool = False,
+    robustness: Sequence[Any] = (),
+    clean_expert: bool = False,
+) -> dict[str, Any]:
     """Baseline at its default window, the fixed-horizon sweep (baseline at k = 5, 10, ... H),
-    Stage 1 at its chosen window and PolicyTrim, paired on test states. Returns the summary."""
-    from policytrim.eval.compare import Contender, compare
+    Stage 1 at its chosen window and PolicyTrim, paired on test states. Returns the summary.
+
+    Optional, in the same run on the same states: ACT temporal ensembling of the baseline (a
+    reference for calls), the deterministic mode beside the headline mode, perturbed conditions
+    (`policytrim.eval.robustness.Perturbation` or dicts of its fields; baseline vs PolicyTrim) and
+    the clean scripted experts' steps per task (for scale). Everything lands in ``out/eval/suite/``
+    (`policytrim.eval.suite.write_suite`), the headline comparison also in ``out/eval/``."""
+    from policytrim.eval.robustness import Perturbation, perturbation_from_dict
+    from policytrim.eval.suite import TEMPORAL_ENSEMBLING, reference_contenders, run_suite, write_suite
+    from policytrim.eval.compare import Contender
     from policytrim.policies import load_policy
-    from policytrim.rollout.engine import RolloutEngine
 
     mode = mode or cfg.eval.mode
     train_summary = _train_summary(run_dir)
     base = load_policy(baseline_dir)
-    h = base.chunk_size
-    sweep = [k for k in range(5, h + 1, 5) if k != base.default_window]
-    contenders = [Contender("baseline", base, base.default_window)]
-    contenders += [Contender(f"baseline@k={k}", base, k) for k in sweep]
+    contenders = reference_contenders(base, "baseline", sweep=True, temporal_ensembling=temporal_ensembling)
     if "extend" in train_summary:
         contenders.append(Contender("stage1", load_policy(run_dir / "extend" / "best" / "policy"), train_summary["extend"]["window_choice"]["window"]))
     contenders.append(Contender("policytrim", load_policy(run_dir / "final" / "policy"), train_summary["window"]))
-    with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s) as engine:
-        result = compare(contenders, cfg.env, cfg.eval.episodes, mode, cfg.eval.seed, engine, split="test", latency_ms=cfg.eval.latency_ms)
+    modes = [mode] + ([m for m in ("sampled", "deterministic") if m != mode][:1] if deterministic else [])
+    perturbations = [p if isinstance(p, Perturbation) else perturbation_from_dict(dict(p)) for p in robustness]
+    suite = run_suite(
+        contenders, cfg.env, cfg.eval.episodes, modes, cfg.eval.seed, cfg.rollout.num_workers, cfg.rollout.step_timeout_s,
+        latency_ms=cfg.eval.latency_ms, perturbations=perturbations, robust_names=("baseline", "policytrim"),
+    )
+    write_suite(suite, out / "eval" / "suite")
+    result = suite["modes"][mode]
     for name, metrics in result["policies"].items():
         atomic_write_json(out / "eval" / f"{name.replace('@', '_').replace('=', '')}.json", metrics)
     atomic_write_json(out / "eval" / "comparison.json", {k: v for k, v in result.items() if k != "outcomes"})
+    summary: dict[str, Any] = _comparison_summary(result, [c for c in contenders if c.name.startswith("baseline")])
+    summary.update(
+        {
+            "mode": mode,
+            "split": "test",
+            "episodes_per_task": cfg.eval.episodes,
+            "eval_seed": cfg.eval.seed,
+            "windows": {c.name: c.window for c in contenders},
+            "stage2_budget": train_summary.get("trim", {}).get("budget"),
+            "stage1_window_choice": train_summary.get("extend", {}).get("window_choice"),
+        }
+    )
+    if temporal_ensembling and TEMPORAL_ENSEMBLING in result["policies"]:
+        summary["temporal_ensembling"] = {**result["policies"][TEMPORAL_ENSEMBLING]["overall"], "vs_baseline": result["vs_baseline"][TEMPORAL_ENSEMBLING]["overall"]}
+    for other in modes[1:]:
+        summary[other] = _comparison_summary(suite["modes"][other], [c for c in contenders if c.name.startswith("baseline")])
+    if perturbations:
+        summary["robustness"] = {
+            name: {
+                "perturbation": r["perturbation"],
+                "mode": r["mode"],
+                "baseline": r["policies"]["baseline"]["overall"],
+                "policytrim": r["policies"]["policytrim"]["overall"],
+                **{k: r["vs_baseline"]["policytrim"]["overall"][k] for k in ("calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")},
+            }
+            for name, r in suite["robustness"].items()
+        }
+    if clean_expert:
+        from policytrim.eval.evaluate import evaluate_policy
+
+        expert = evaluate_policy(load_policy("expert", tuple(cfg.env.tasks)), cfg.env, cfg.eval.episodes, 1, "deterministic", cfg.eval.seed, "test", num_workers=cfg.rollout.num_workers, step_timeout_s=cfg.rollout.step_timeout_s)
+        atomic_write_json(out / "eval" / "clean_expert.json", expert)
+        summary["clean_expert_steps"] = {task: m["mean_steps"] for task, m in expert["tasks"].items()}
+        summary["clean_expert"] = expert["overall"]
+    return summary
+
+
+def _comparison_summary(result: dict[str, Any], sweep: list[Any]) -> dict[str, Any]:
+    """SUMMARY_KEYS, the fixed-horizon sweep and per-task numbers of one paired comparison."""
     vs = result["vs_baseline"]["policytrim"]["overall"]
-    summary: dict[str, Any] = {
+    return {
         "baseline": result["policies"]["baseline"]["overall"],
         "stage1": result["policies"]["stage1"]["overall"] if "stage1" in result["policies"] else None,
         "policytrim": result["policies"]["policytrim"]["overall"],
@@ -66,26 +125,18 @@ def evaluate_pipeline(cfg: RunConfig, baseline_dir: Path, run_dir: Path, out: Pa
         "stage1_vs_baseline": result["vs_baseline"].get("stage1", {}).get("overall"),
         "fixed_horizon_sweep": {
             str(c.window): {**result["policies"][c.name]["overall"], **{f"vs_baseline_{k}": v for k, v in (result["vs_baseline"].get(c.name, {}).get("overall") or {}).items()}}
-            for c in contenders
-            if c.name.startswith("baseline")
+            for c in sweep
         },
         "per_task": {
             task: {
                 "baseline": result["policies"]["baseline"]["tasks"][task],
+                **({"stage1": result["policies"]["stage1"]["tasks"][task]} if "stage1" in result["policies"] else {}),
                 "policytrim": result["policies"]["policytrim"]["tasks"][task],
                 **result["vs_baseline"]["policytrim"]["tasks"][task],
             }
             for task in result["policies"]["policytrim"]["tasks"]
         },
-        "mode": mode,
-        "split": "test",
-        "episodes_per_task": cfg.eval.episodes,
-        "eval_seed": cfg.eval.seed,
-        "windows": {c.name: c.window for c in contenders},
-        "stage2_budget": train_summary.get("trim", {}).get("budget"),
-        "stage1_window_choice": train_summary.get("extend", {}).get("window_choice"),
     }
-    return summary
 
 
 def _train_summary(run_dir: Path) -> dict[str, Any]:
