@@ -158,3 +158,11 @@ def test_collect_cli(tmp_path):
     assert load_demos(out).num_episodes == 2
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 2 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_collect_with_images_round_trip(tmp_path):
+    cfg = cfg_for(1, suboptimal=False)
+    cfg.env = EnvConfig(tasks=("reach-v3",), image=True, image_size=32)
+    ds = load_demos(collect_demos(cfg, tmp_path / "img") and tmp_path / "img")
+    assert ds.image is not None and ds.image.shape == (ds.num_frames, 32, 32, 3) and ds.image.dtype == np.uint8
+    assert ds.meta["features"]["observation.image"] == {"shape": [32, 32, 3], "dtype": "uint8"}
