@@ -87,6 +87,38 @@ class EvalCmd(_Base):
     """Execution window; 0 = the policy's default window."""
     overwrite: bool = False
     """Replace existing result files."""
+    baseline: str = ""
+    """Starting checkpoint to compare against on the same states (paired); its default window is the reference."""
+    sweep: bool = False
+    """Add the fixed-horizon sweep: the starting policy (--baseline, else --policy) at every window 5, 10, ... H (Table 11)."""
+    temporal_ensembling: bool = False
+    """Add ACT temporal ensembling of the starting policy (one call per step; a reference for calls)."""
+    ensemble_m: float = 0.01
+    """ACT's m in the temporal-ensembling weights exp(-m i)."""
+    modes: tuple[Literal["sampled", "deterministic"], ...] = ()
+    """Evaluation modes, e.g. sampled deterministic (default: --eval.mode only); the first is the headline."""
+    obs_noise: tuple[float, ...] = ()
+    """Robustness: std(s) of Gaussian noise on the state fed to the policy, one comparison each (Table 10)."""
+    act_noise: tuple[float, ...] = ()
+    """Robustness: std(s) of Gaussian noise added to executed actions (clipped), one comparison each."""
+    blur_sigma: tuple[float, ...] = ()
+    """Robustness (image policies): Gaussian blur std(s) in pixels."""
+    occlusion: tuple[float, ...] = ()
+    """Robustness (image policies): fraction(s) of the image hidden by a random grey rectangle, e.g. 0.5."""
+
+
+@dataclass
+class AblateCmd(_Base):
+    """Ablations and sensitivity sweeps from one starting checkpoint (Tables 5, 6, 9, 12): one table."""
+
+    init: str = ""
+    """Starting (baseline) checkpoint directory; every variant starts from it."""
+    variants: tuple[str, ...] = ("none", "extend", "trim_no_stability", "trim", "full")
+    """Variants to run (see --list): none extend trim_no_stability trim full fixed_k<K> group_size_<G> budget_<B> stability_<S>."""
+    list_variants: bool = False
+    """List the known variants with what each trains and an estimate of its cost, then exit."""
+    overwrite: bool = False
+    """Replace an existing ablation directory (otherwise finished variants are kept and reused)."""
 
 
 @dataclass
@@ -115,6 +147,7 @@ COMMANDS: dict[str, type] = {
     "pretrain": PretrainCmd,
     "train": TrainCmd,
     "eval": EvalCmd,
+    "ablate": AblateCmd,
     "report": ReportCmd,
     "config": ConfigCmd,
 }
@@ -199,6 +232,7 @@ IMPLEMENTATIONS: dict[str, tuple[str, str, str]] = {
     "pretrain": ("policytrim.train.bc", "pretrain_command", "train a baseline chunk policy by behaviour cloning"),
     "train": ("policytrim.train.grpo", "train_command", "run PolicyTrim's two GRPO stages from a baseline checkpoint"),
     "eval": ("policytrim.eval.evaluate", "eval_command", "evaluate a policy on held-out Meta-World states and write metrics.json"),
+    "ablate": ("policytrim.ablate", "ablate_command", "run ablation variants from one checkpoint and write one table"),
     "report": ("policytrim.eval.report", "report_command", "write tables and plots for run directories"),
 }
 

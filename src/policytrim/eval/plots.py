@@ -1,0 +1,207 @@
+"""The report's figures (PNG, matplotlib's Agg backend). Each function takes plain data (the JSON the
+evaluation and the trainer write), draws one figure and returns the path written.
+
+- `chunk_length_figure`: success rate and mean steps vs executed chunk length (the paper's Fig. 1b)
+- `training_curves_figure`: reward, SR, steps and window per epoch, stage by stage (Fig. 4)
+- `pareto_figure`: success rate vs inference calls of every policy compared, with the frontier
+- `steps_histogram_figure`: steps of successful episodes, baseline vs trimmed policy (Fig. 1a)
+- `ablation_curves_figure`: one training curve per ablation variant
+- `filmstrip_figure`: frames of rollouts side by side (image runs)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+STAGE_COLORS = {"extend": "tab:blue", "trim": "tab:orange"}
+STAGE_TITLES = {"extend": "Stage 1 (extend)", "trim": "Stage 2 (trim)"}
+DPI = 110
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def chunk_length_figure(sweep: Mapping[int, Mapping[str, Any]], trained: Mapping[str, tuple[int, Mapping[str, Any]]], path: Path, title: str = "") -> Path:
+    """sweep: {window: overall metrics} of the starting policy; trained: {label: (window, metrics)}
+    (e.g. Stage 1 and PolicyTrim at their windows). Left: SR with 95% Wilson intervals; right: mean
+    steps of successful episodes."""
+    ks = sorted(sweep)
+    fig, (ax_sr, ax_t) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    sr = np.array([_num(sweep[k]["success_rate"]) for k in ks])
+    lo = np.array([sweep[k]["success_ci95"][0] for k in ks])
+    hi = np.array([sweep[k]["success_ci95"][1] for k in ks])
+    steps = np.array([_num(sweep[k]["mean_steps"]) for k in ks])
+    ax_sr.errorbar(ks, sr, yerr=[sr - lo, hi - sr], marker="o", capsize=3, color="tab:gray", label="starting policy, fixed window")
+    ax_t.plot(ks, steps, marker="o", color="tab:gray", label="starting policy, fixed window")
+    markers = ["s", "D", "^", "v", "P"]
+    for i, (label, (k, m)) in enumerate(trained.items()):
+        s, (l, h) = _num(m["success_rate"]), m["success_ci95"]
+        ax_sr.errorbar([k], [s], yerr=[[s - l], [h - s]], marker=markers[i % len(markers)], capsize=3, linestyle="none", label=label, markersize=8)
+        ax_t.plot([k], [_num(m["mean_steps"])], marker=markers[i % len(markers)], linestyle="none", label=label, markersize=8)
+    ax_sr.set_xlabel("executed chunk length k")
+    ax_sr.set_ylabel("success rate")
+    ax_sr.set_ylim(max(0.0, min([*lo, *[t[1]["success_ci95"][0] for t in trained.values()]] or [0]) - 0.05), 1.02)
+    ax_t.set_xlabel("executed chunk length k")
+    ax_t.set_ylabel("mean steps T (successful episodes)")
+    all_k = sorted(set(ks) | {k for k, _ in trained.values()})
+    for ax in (ax_sr, ax_t):
+        ax.set_xticks(all_k)
+        ax.grid(alpha=0.3)
+    ax_sr.legend(fontsize=8, loc="lower left")
+    fig.suptitle(title or "Success rate and steps vs executed chunk length", fontsize=11)
+    return _save(fig, path)
+
+
+def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+    """records: metrics.jsonl of a training run. Reward, SR, mean steps and mean window of the
+    training rollouts per epoch (lines), validation SR and steps (markers), one colour per stage."""
+    panels = [("reward", None, "reward (rollouts)"), ("success_rate", "val_success_rate", "success rate"), ("mean_steps", "val_mean_steps", "mean steps T (successes)"), ("mean_window", None, "window k (rollouts)")]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.3))
+    stages = list(dict.fromkeys(r.get("stage") for r in records if r.get("stage")))
+    for stage in stages:
+        rows = [r for r in records if r.get("stage") == stage]
+        color = STAGE_COLORS.get(stage, None)
+        for ax, (key, val_key, label) in zip(axes, panels):
+            train_rows = [r for r in rows if key in r and r.get(key) is not None and r.get("epoch", 0) > 0]
+            x = [r.get("global_epoch", r.get("epoch")) for r in train_rows]
+            y = [_num(r[key]) for r in train_rows]
+            if x:
+                ax.plot(x, y, color=color, alpha=0.35, linewidth=0.8)
+                if len(y) >= 5:
+                    w = max(3, len(y) // 15)
+                    smooth = np.convolve(np.nan_to_num(y, nan=np.nanmean(y)), np.ones(w) / w, mode="valid")
+                    ax.plot(x[w - 1 :], smooth, color=color, linewidth=1.8, label=f"{STAGE_TITLES.get(stage, stage)}")
+                else:
+                    ax.plot(x, y, color=color, linewidth=1.8, label=f"{STAGE_TITLES.get(stage, stage)}")
+            if val_key:
+                vals = [r for r in rows if r.get(val_key) is not None]
+                if vals:
+                    ax.plot([r.get("global_epoch", r.get("epoch")) for r in vals], [_num(r[val_key]) for r in vals], marker="o", linestyle="--", color=color, markersize=4, label=f"{stage} validation")
+            ax.set_title(label, fontsize=10)
+            ax.set_xlabel("epoch (both stages)")
+            ax.grid(alpha=0.3)
+    if len(stages) > 1:
+        boundary = max(r.get("global_epoch", 0) for r in records if r.get("stage") == stages[0])
+        for ax in axes:
+            ax.axvline(boundary, color="k", linestyle=":", linewidth=1)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title or "Training curves per stage", fontsize=11)
+    return _save(fig, path)
+
+
+def pareto_figure(points: Mapping[str, Mapping[str, Any]], path: Path, title: str = "", highlight: Sequence[str] = ()) -> Path:
+    """points: {policy: overall metrics}. Success rate (95% Wilson interval) vs mean inference calls
+    per successful episode; the Pareto frontier (no other policy has fewer calls and higher SR)."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    items = [(n, m) for n, m in points.items() if m.get("calls_per_success")]
+    for i, (name, m) in enumerate(items):
+        c, s = float(m["calls_per_success"]), _num(m["success_rate"])
+        lo, hi = m["success_ci95"]
+        style = dict(color="tab:red", markersize=9) if name in highlight else dict(color="tab:blue", markersize=6)
+        ax.errorbar([c], [s], yerr=[[s - lo], [hi - s]], marker="o", capsize=3, linestyle="none", **style)
+        ax.annotate(name, (c, s), textcoords="offset points", xytext=(6, 10 - 12 * (i % 3)), fontsize=8)
+    frontier = []
+    for name, m in sorted(items, key=lambda it: (float(it[1]["calls_per_success"]), -_num(it[1]["success_rate"]))):
+        if not frontier or _num(m["success_rate"]) > frontier[-1][1]:
+            frontier.append((float(m["calls_per_success"]), _num(m["success_rate"])))
+    if len(frontier) > 1:
+        ax.step([f[0] for f in frontier], [f[1] for f in frontier], where="post", color="tab:green", alpha=0.6, label="Pareto frontier")
+        ax.legend(fontsize=8, loc="lower right")
+    if items and max(float(m["calls_per_success"]) for _, m in items) / max(1e-9, min(float(m["calls_per_success"]) for _, m in items)) > 8:
+        ax.set_xscale("log")
+    ax.set_xlabel("inference calls per successful episode (mean C)")
+    ax.set_ylabel("success rate")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Success vs inference calls", fontsize=11)
+    return _save(fig, path)
+
+
+def steps_histogram_figure(steps: Mapping[str, Sequence[int]], path: Path, horizon: int | None = None, title: str = "") -> Path:
+    """steps: {policy: T of its successful episodes}. Overlaid histograms on shared bins."""
+    fig, ax = plt.subplots(figsize=(7.2, 3.8))
+    values = [v for s in steps.values() for v in s]
+    if not values:
+        ax.text(0.5, 0.5, "no successful episode", ha="center", va="center", transform=ax.transAxes)
+    else:
+        top = horizon or max(values)
+        bins = np.arange(0, top + 10, 5)
+        for (name, s), color in zip(steps.items(), ["tab:gray", "tab:blue", "tab:orange", "tab:green"]):
+            if len(s):
+                ax.hist(s, bins=bins, alpha=0.22, color=color)
+                ax.hist(s, bins=bins, histtype="step", linewidth=1.8, color=color, label=f"{name} (n={len(s)}, mean {np.mean(s):.1f}, sd {np.std(s):.1f})")
+                ax.axvline(float(np.mean(s)), color=color, linestyle="--", linewidth=1.2)
+        ax.legend(fontsize=8)
+    ax.set_xlabel("physical steps T (successful episodes)")
+    ax.set_ylabel("episodes")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Steps per successful episode", fontsize=11)
+    return _save(fig, path)
+
+
+def ablation_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, title: str = "") -> Path:
+    """curves: {variant: metrics.jsonl records of its run}. Reward, rollout SR and steps per epoch of
+    each variant's LAST stage (the stage that defines it), smoothed."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for name, records in curves.items():
+        stages = [r.get("stage") for r in records if r.get("stage")]
+        if not stages:
+            continue
+        last = stages[-1]
+        rows = [r for r in records if r.get("stage") == last and r.get("epoch", 0) > 0 and "reward" in r]
+        for ax, key in zip(axes, ("reward", "success_rate", "mean_steps")):
+            y = np.array([_num(r.get(key)) for r in rows])
+            x = np.array([r["epoch"] for r in rows])
+            if len(y) == 0:
+                continue
+            w = max(1, min(5, len(y) // 4))
+            smooth = np.convolve(np.nan_to_num(y, nan=np.nanmean(y) if np.isfinite(y).any() else 0.0), np.ones(w) / w, mode="valid")
+            ax.plot(x[w - 1 :], smooth, label=f"{name} ({last})")
+    for ax, label in zip(axes, ("reward", "success rate (rollouts)", "mean steps T (rollouts)")):
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("epoch of the variant's last stage")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title or "Training curves per ablation variant", fontsize=11)
+    return _save(fig, path)
+
+
+def filmstrip_figure(strips: Mapping[str, Sequence[tuple[int, np.ndarray]]], path: Path, title: str = "") -> Path:
+    """strips: {label: [(step, image uint8 [h, w, 3]), ...]}: one row of frames per rollout."""
+    rows = list(strips.items())
+    cols = max((len(frames) for _, frames in rows), default=1)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.9 * len(rows)), squeeze=False)
+    for r, (label, frames) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(frames):
+                step, image = frames[c]
+                ax.imshow(image)
+                ax.set_title(f"t={step}", fontsize=7)
+        axes[r][0].text(-0.08, 0.5, label, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8, rotation=90)
+    fig.suptitle(title or "Rollouts", fontsize=10)
+    return _save(fig, path)
+
+
+def nice(value: Any, spec: str = ".3f") -> str:
+    """Numbers for tables: '-' for None / NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return format(value, spec)

@@ -1,0 +1,538 @@
+"""`policytrim report RUN_DIR...`: one Markdown file and one self-contained HTML page (PNG plots
+inlined) with the tables and figures of the paper, made from our own runs.
+
+Each run directory is recognised by what it holds and reported accordingly:
+
+============  ==========================================  =========================================
+kind          recognised by                                what the report shows
+============  ==========================================  =========================================
+ablation      ablation.json (`policytrim ablate`)         the ablation table (Tables 5, 6, 9, 12),
+                                                          curves per variant, success vs calls
+pipeline      summary.json + train/ (`policytrim demo`,   headline table, fixed-horizon sweep
+              benchmarks/mw8.py)                          (Table 11), deterministic mode, per task,
+                                                          robustness (Table 10), stage decisions,
+                                                          Figs. 1 and 4, Pareto, step histograms
+train         run.json + metrics.jsonl                    stage decisions, best checkpoints, Fig. 4
+              (`policytrim train`)
+eval          comparison.json or metrics.json             per mode tables, per task, robustness,
+              (`policytrim eval`)                         Pareto, histograms, Fig. 1 with a sweep
+============  ==========================================  =========================================
+
+The report is built as a list of blocks (heading, paragraph, list, table, figure) rendered twice,
+to Markdown (figures as files in ``OUT/plots/``) and to HTML (figures inlined as base64), so the
+two always say the same thing. Python: ``write_report([Path("runs/demo")], Path("runs/demo/report"))``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from policytrim.errors import InputError
+from policytrim.eval import plots
+from policytrim.eval.plots import nice
+from policytrim.io import atomic_write_bytes, read_jsonl
+
+# ---------------------------------------------------------------------------------------------
+# blocks and their two renderings
+
+
+@dataclass
+class Block:
+    kind: str  # h | p | list | table | figure
+    text: str = ""
+    level: int = 2
+    items: list[str] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    path: Path | None = None
+
+
+def h(text: str, level: int = 2) -> Block:
+    return Block("h", text, level)
+
+
+def p(text: str) -> Block:
+    return Block("p", text)
+
+
+def ul(items: Sequence[str]) -> Block:
+    return Block("list", items=list(items))
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Block:
+    return Block("table", header=list(header), rows=[[str(c) for c in r] for r in rows])
+
+
+def figure(path: Path, caption: str) -> Block:
+    return Block("figure", caption, path=path)
+
+
+def to_markdown(blocks: Sequence[Block], out: Path) -> str:
+    lines: list[str] = []
+    for b in blocks:
+        if b.kind == "h":
+            lines += ["#" * b.level + " " + b.text, ""]
+        elif b.kind == "p":
+            lines += [b.text, ""]
+        elif b.kind == "list":
+            lines += [f"- {item}" for item in b.items] + [""]
+        elif b.kind == "table":
+            lines.append("| " + " | ".join(b.header) + " |")
+            lines.append("|" + "|".join("---" for _ in b.header) + "|")
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in b.rows]
+            lines.append("")
+        elif b.kind == "figure" and b.path is not None:
+            lines += [f"![{b.text}]({b.path.relative_to(out).as_posix()})", "", f"*{b.text}*", ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    """Markdown emphasis and code used in our own strings -> HTML (after escaping)."""
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    t = re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+    return t
+
+
+def to_html(blocks: Sequence[Block], title: str) -> str:
+    body: list[str] = []
+    for b in blocks:
+        if b.kind == "h":
+            body.append(f"<h{b.level}>{_inline(b.text)}</h{b.level}>")
+        elif b.kind == "p":
+            body.append(f"<p>{_inline(b.text)}</p>")
+        elif b.kind == "list":
+            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b.items) + "</ul>")
+        elif b.kind == "table":
+            head = "".join(f"<th>{_inline(c)}</th>" for c in b.header)
+            rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif b.kind == "figure" and b.path is not None:
+            data = base64.b64encode(b.path.read_bytes()).decode()
+            body.append(f'<figure><img alt="{html.escape(b.text)}" src="data:image/png;base64,{data}"><figcaption>{_inline(b.text)}</figcaption></figure>')
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:0.5em 0 1.2em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+        "figure{margin:1em 0}figcaption{font-size:13px;color:#555}code{background:#f3f3f3;padding:0 3px}"
+    )
+    return f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# reading run directories
+
+
+def _json(path: Path) -> Any | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def detect_kind(run_dir: Path) -> str:
+    """ablation | pipeline | train | eval (see the module docstring)."""
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir} is not a directory")
+    if (run_dir / "ablation.json").is_file():
+        return "ablation"
+    if (run_dir / "summary.json").is_file() and (run_dir / "train").is_dir():
+        return "pipeline"
+    if (run_dir / "run.json").is_file():
+        return "train"
+    if (run_dir / "comparison.json").is_file() or (run_dir / "metrics.json").is_file():
+        return "eval"
+    raise InputError(
+        f"{run_dir} is not a run directory the report knows: expected ablation.json (ablate), summary.json + train/ (demo), "
+        "run.json + metrics.jsonl (train), or comparison.json / metrics.json (eval)"
+    )
+
+
+def load_suite(directory: Path, default_mode: str = "sampled") -> dict[str, Any] | None:
+    """A comparison in the suite format ``{"modes": {mode: comparison}, "robustness": {...}}`` with
+    ``"outcomes"`` (per mode, per policy) when stored, from a suite directory or an older single
+    comparison.json (`policytrim.eval.compare` format) or a lone metrics.json."""
+    comp = _json(directory / "comparison.json")
+    if comp is None:
+        metrics = _json(directory / "metrics.json")
+        if metrics is None:
+            return None
+        mode = metrics.get("mode", default_mode)
+        name = "policy"
+        comp = {"format": "policytrim-comparison", "modes": {mode: {"baseline": name, "policies": {name: metrics}, "vs_baseline": {}}}, "robustness": {}, "windows": {name: metrics.get("window")}, "episodes_per_task": metrics.get("episodes_per_task"), "seed": metrics.get("seed")}
+    elif "modes" not in comp:
+        mode = next((m["mode"] for m in comp["policies"].values() if "mode" in m), default_mode)
+        comp = {"modes": {mode: comp}, "robustness": {}, "windows": {n: m.get("window") for n, m in comp["policies"].items()}}
+    outcomes = _json(directory / "outcomes.json") or {}
+    comp["outcomes"] = outcomes
+    return comp
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+def _ci(ci: Sequence[float] | None, scale: float = 1.0, spec: str = ".2f") -> str:
+    if not ci:
+        return "–"
+    return f"[{format(ci[0] * scale, spec)}, {format(ci[1] * scale, spec)}]"
+
+
+def _window(value: Any) -> str:
+    return "/".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+COMPARISON_HEADER = ["policy", "k", "SR [95% CI]", "SR drop, points [paired 95% CI]", "mean T", "calls C", "calls speedup", "paper speedup", "steps reduction", "wall-clock s"]
+
+
+def comparison_rows(comparison: dict[str, Any], task: str | None = None) -> list[list[str]]:
+    """One row per policy of a paired comparison (overall or one task)."""
+    rows = []
+    base = comparison["baseline"]
+    for name, metrics in comparison["policies"].items():
+        m = metrics["overall"] if task is None else metrics["tasks"].get(task)
+        if m is None:
+            continue
+        vs = comparison["vs_baseline"].get(name, {})
+        v = vs.get("overall") if task is None else vs.get("tasks", {}).get(task)
+        if name == base:
+            drop, speed, paper, red = "(baseline)", "1.00", "1.00", "0.00"
+        elif v:
+            drop = f"{v['success_rate_drop']:+.1f} {_ci(v['success_rate_drop_ci95'], spec='+.1f')}"
+            speed, paper, red = nice(v["calls_speedup"], ".2f"), nice(v["speedup_paper"], ".2f"), nice(v["steps_reduction"], ".2f")
+        else:
+            drop = speed = paper = red = "–"
+        rows.append([f"**{name}**" if name in ("policytrim",) else name, _window(m["window"]), f"{nice(m['success_rate'])} {_ci(m['success_ci95'])}", drop, nice(m["mean_steps"], ".1f"), nice(m["calls_per_success"], ".1f"), speed, paper, red, nice(m["wall_clock_s"], ".2f")])
+    return rows
+
+
+def per_task_rows(comparison: dict[str, Any], new: str) -> list[list[str]]:
+    base = comparison["baseline"]
+    b_tasks = comparison["policies"][base]["tasks"]
+    n_tasks = comparison["policies"][new]["tasks"]
+    vs = comparison["vs_baseline"].get(new, {}).get("tasks", {})
+    rows = []
+    for task in n_tasks:
+        b, n, v = b_tasks.get(task, {}), n_tasks[task], vs.get(task, {})
+        rows.append([
+            task, nice(b.get("success_rate"), ".2f"), nice(b.get("mean_steps"), ".1f"), nice(b.get("calls_per_success"), ".1f"),
+            nice(n["success_rate"], ".2f"), nice(n["mean_steps"], ".1f"), _window(n["window"]), nice(n["calls_per_success"], ".1f"),
+            nice(v.get("calls_speedup"), ".2f"), nice(v.get("steps_reduction"), ".2f"),
+            f"{v['success_rate_drop']:+.1f} {_ci(v['success_rate_drop_ci95'], spec='+.1f')}" if v else "–",
+        ])
+    return rows
+
+
+def per_task_header(base: str, new: str) -> list[str]:
+    return ["task", f"{base} SR", "T", "C", f"{new} SR", "T", "k", "C", "calls speedup", "steps reduction", "SR drop [paired 95% CI]"]
+
+
+def robustness_rows(robustness: dict[str, Any], new: str) -> list[list[str]]:
+    rows = []
+    for name, r in robustness.items():
+        base = r["baseline"]
+        b, n = r["policies"][base]["overall"], r["policies"].get(new, {}).get("overall")
+        if n is None:
+            continue
+        v = r["vs_baseline"][new]["overall"]
+        rows.append([
+            f"{name}: {r['perturbation'].get('description', '')}", f"{nice(b['success_rate'], '.3f')} / {nice(b['mean_steps'], '.1f')} / {nice(b['calls_per_success'], '.1f')}",
+            f"{nice(n['success_rate'], '.3f')} / {nice(n['mean_steps'], '.1f')} / {nice(n['calls_per_success'], '.1f')}",
+            f"{v['success_rate_drop']:+.1f} {_ci(v['success_rate_drop_ci95'], spec='+.1f')}", nice(v["calls_speedup"], ".2f"),
+        ])
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+class Section:
+    """Blocks of one run directory; figures go to ``plots_dir`` with ``prefix``."""
+
+    def __init__(self, run_dir: Path, plots_dir: Path, prefix: str):
+        self.run_dir, self.plots_dir, self.prefix = run_dir, plots_dir, prefix
+        self.blocks: list[Block] = []
+
+    def add(self, *blocks: Block) -> None:
+        self.blocks.extend(blocks)
+
+    def plot(self, name: str) -> Path:
+        return self.plots_dir / f"{self.prefix}{name}.png"
+
+
+def _main_contender(comparison: dict[str, Any]) -> str | None:
+    names = list(comparison["policies"])
+    for preferred in ("policytrim", "policy", "stage1"):
+        if preferred in names and preferred != comparison["baseline"]:
+            return preferred
+    others = [n for n in names if n != comparison["baseline"] and not n.startswith(comparison["baseline"] + "@")]
+    return others[-1] if others else None
+
+
+def _sweep(comparison: dict[str, Any], windows: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    base = comparison["baseline"]
+    out = {}
+    for name, metrics in comparison["policies"].items():
+        if name == base or name.startswith(base + "@k="):
+            k = windows.get(name, metrics.get("window"))
+            if isinstance(k, int):
+                out[k] = metrics["overall"]
+    return out
+
+
+def _successful_steps(outcomes: dict[str, Any], name: str) -> list[int]:
+    o = outcomes.get(name)
+    if not o:
+        return []
+    return [int(t) for t, s in zip(o["steps"], o["success"]) if s]
+
+
+def comparison_section(sec: Section, suite: dict[str, Any], headline_mode: str, level: int = 2) -> None:
+    """Tables and figures of a suite-format comparison (the headline mode first)."""
+    modes = [headline_mode] + [m for m in suite["modes"] if m != headline_mode] if headline_mode in suite["modes"] else list(suite["modes"])
+    windows = suite.get("windows", {})
+    for i, mode in enumerate(modes):
+        comp = suite["modes"][mode]
+        main = _main_contender(comp)
+        first = i == 0
+        sec.add(h(f"{'Headline: ' if first else ''}{mode} mode, paired on the same test states", level))
+        sec.add(p(f"Every policy ran on the same {suite.get('episodes_per_task', '?')} test states per task with the same random numbers (seed {suite.get('seed', '?')}); "
+                  "SR drop is baseline − policy in points with Newcombe's paired 95% interval; T and C are means over successful episodes; "
+                  "calls speedup = mean C of the baseline / mean C of the policy (measured); paper speedup = (T_base/k_base)/(T/k)."))
+        sec.add(table(COMPARISON_HEADER, comparison_rows(comp)))
+        if main and len(comp["policies"][main]["tasks"]) > 1:
+            sec.add(h(f"Per task ({mode}): {comp['baseline']} vs {main}", level + 1))
+            sec.add(table(per_task_header(comp["baseline"], main), per_task_rows(comp, main)))
+        if not first:
+            continue
+        sweep = _sweep(comp, windows)
+        trained = {n: (windows.get(n, comp["policies"][n]["overall"]["window"]), comp["policies"][n]["overall"]) for n in comp["policies"] if n in ("stage1", "policytrim", "policy") and n != comp["baseline"]}
+        trained = {n: v for n, v in trained.items() if isinstance(v[0], int)}
+        if len(sweep) > 1:
+            path = plots.chunk_length_figure(sweep, trained, sec.plot("chunk_length"), title=f"Success rate and steps vs executed chunk length ({mode})")
+            sec.add(figure(path, f"Fig. 1 (ours): the starting policy executing fixed windows (no training; Table 11) and the trained policies at their windows, {mode} mode, test states."))
+        points = {n: m["overall"] for n, m in comp["policies"].items()}
+        path = plots.pareto_figure(points, sec.plot("pareto"), title=f"Success vs inference calls ({mode} mode)", highlight=[n for n in ("policytrim", "policy") if n in points])
+        sec.add(figure(path, "Success rate vs mean inference calls per successful episode for every policy compared; the line is the Pareto frontier."))
+        outcomes = suite.get("outcomes", {}).get("modes", {}).get(mode, {})
+        if main and outcomes:
+            steps = {comp["baseline"]: _successful_steps(outcomes, comp["baseline"])}
+            if "stage1" in outcomes and main != "stage1":
+                steps["stage1"] = _successful_steps(outcomes, "stage1")
+            steps[main] = _successful_steps(outcomes, main)
+            horizon = comp["policies"][main]["overall"].get("horizon")
+            path = plots.steps_histogram_figure(steps, sec.plot("steps_hist"), horizon, title=f"Steps per successful episode ({mode} mode)")
+            sec.add(figure(path, "Fig. 1a (ours): distribution of physical steps of successful test episodes; dashed lines are the means."))
+    robust = suite.get("robustness") or {}
+    if robust:
+        first = next(iter(robust.values()))
+        main = _main_contender(first)
+        if main:
+            sec.add(h(f"Robustness (Table 10): {first['baseline']} vs {main}, {first.get('mode', '')} mode", level))
+            sec.add(p("SR / mean T / mean C under each perturbation, same states and same perturbation noise for both policies (`policytrim.eval.robustness`)."))
+            sec.add(table(["condition", first["baseline"], main, "SR drop [paired 95% CI]", "calls speedup"], robustness_rows(robust, main)))
+
+
+def _curves(sec: Section, train_dir: Path, title: str) -> None:
+    records = read_jsonl(train_dir / "metrics.jsonl")
+    if not any("reward" in r for r in records):
+        return
+    path = plots.training_curves_figure(records, sec.plot("training_curves"), title=title)
+    sec.add(figure(path, "Fig. 4 (ours): per-epoch reward, success rate, steps and window of the training rollouts (thin: raw, thick: moving average), validation points dashed; the dotted line separates the stages."))
+
+
+def _stage_decisions(sec: Section, train_dir: Path, level: int) -> None:
+    ext = _json(train_dir / "extend" / "result.json")
+    trim = _json(train_dir / "trim" / "result.json")
+    budget = _json(train_dir / "trim" / "budget.json")
+    if not (ext or trim or budget):
+        return
+    sec.add(h("Stage decisions (validation states)", level))
+    if ext and ext.get("window_choice"):
+        wc = ext["window_choice"]
+        rows = [[k, nice(m["success_rate"]), nice(m["mean_steps"], ".1f"), nice(m["calls_per_success"], ".1f")] for k, m in wc["per_window"].items()]
+        sec.add(p(f"Stage 1 window choice: **k = {wc['window']}**, the longest window whose validation SR is within {wc['tolerance_points']} points of the shortest window's ({wc['episodes_per_task']} states per task, {wc['mode']} mode)."))
+        sec.add(table(["window", "SR", "mean T", "calls C"], rows))
+    items = []
+    for name, res in (("Stage 1", ext), ("Stage 2", trim)):
+        if res and res.get("best"):
+            b, s = res["best"], res.get("start") or {}
+            items.append(f"{name}: {res['epochs']} epochs; best checkpoint at epoch {b['epoch']} (validation SR {nice(s.get('success_rate'))} → {nice(b['success_rate'])}, T {nice(s.get('mean_steps'), '.1f')} → {nice(b['mean_steps'], '.1f')}, C {nice(s.get('calls_per_success'), '.1f')} → {nice(b['calls_per_success'], '.1f')} at k = {res.get('eval_window')})")
+    if budget:
+        items.append(f"Stage 2 step budget B = {budget['budget']} ({budget['source']}" + (f"; mean T {nice(budget.get('mean_steps'), '.1f')} at SR {nice(budget.get('success_rate'))}, k = {budget.get('window')}" if "mean_steps" in budget else "") + ")")
+    if items:
+        sec.add(ul(items))
+
+
+def pipeline_section(sec: Section, level: int = 2) -> None:
+    d = sec.run_dir
+    summary = _json(d / "summary.json") or {}
+    mode = summary.get("mode", "sampled")
+    sec.add(h(f"PolicyTrim pipeline: `{d.as_posix()}`", level))
+    facts = [f"tasks: {', '.join(summary.get('tasks', []) or ['?'])}", f"horizon {summary.get('horizon', '?')}, {summary.get('episodes_per_task', '?')} test states per task, headline mode: **{mode}**"]
+    if summary.get("stage1_window_choice"):
+        facts.append(f"Stage 1 window choice: k = {summary['stage1_window_choice']['window']}; Stage 2 budget: {(summary.get('stage2_budget') or {}).get('budget', '–')}")
+    if summary.get("calls_speedup") is not None:
+        lo, hi = summary["success_rate_drop_ci95"]
+        facts.append(f"PolicyTrim vs baseline: **{summary['calls_speedup']:.2f}× fewer calls** (paper formula {nice(summary['speedup_paper'], '.2f')}×), steps {-100 * (summary['steps_reduction'] or 0):+.0f}%, SR drop {summary['success_rate_drop']:+.1f} points (paired 95% CI [{lo:+.1f}, {hi:+.1f}])")
+    if summary.get("temporal_ensembling"):
+        te = summary["temporal_ensembling"]
+        facts.append(f"ACT temporal ensembling of the baseline (reference for calls): SR {nice(te['success_rate'])}, T {nice(te['mean_steps'], '.1f')}, C {nice(te['calls_per_success'], '.1f')} (one call per step)")
+    if summary.get("demonstrations"):
+        dm = summary["demonstrations"]
+        facts.append("demonstrations: " + ", ".join(f"{k}={dm[k]}" for k in ("episodes", "suboptimal", "speed_min", "speed_max", "pause_prob", "pause_min", "pause_max", "detour_prob", "detour_min", "detour_max", "jitter_std") if k in dm))
+    sec.add(ul(facts))
+    if summary.get("targets"):
+        sec.add(h("Targets", level + 1))
+        sec.add(table(["metric", "target", "measured", "met"], [[k, t["target"], nice(t["measured"], ".3f"), "yes" if t["met"] else "**no**"] for k, t in summary["targets"].items()]))
+    suite = load_suite(d / "eval" / "suite", mode) or load_suite(d / "eval", mode)
+    if suite is not None:
+        suite.setdefault("episodes_per_task", summary.get("episodes_per_task"))
+        suite.setdefault("seed", summary.get("eval_seed"))
+        suite.setdefault("windows", summary.get("windows", {}))
+        comparison_section(sec, suite, mode, level + 1)
+    if summary.get("clean_expert_steps"):
+        sec.add(h("For scale: the clean scripted experts", level + 1))
+        base_tasks = (summary.get("per_task") or {})
+        rows = [[t, nice(v, ".1f"), nice(base_tasks.get(t, {}).get("baseline", {}).get("mean_steps"), ".1f"), nice(base_tasks.get(t, {}).get("policytrim", {}).get("mean_steps"), ".1f")] for t, v in summary["clean_expert_steps"].items()]
+        sec.add(table(["task", "clean expert T", "baseline T", "PolicyTrim T"], rows))
+    _analysis(sec, summary, level + 1)
+    _stage_decisions(sec, d / "train", level + 1)
+    _curves(sec, d / "train", "Training curves (both stages)")
+    timing = summary.get("timings_s") or summary.get("timings")
+    if timing:
+        sec.add(h("Wall time", level + 1))
+        sec.add(table(["phase", "seconds", "minutes"], [[k, f"{v:.0f}", f"{v / 60:.1f}"] for k, v in timing.items()]))
+    if summary.get("machine"):
+        m = summary["machine"]
+        sec.add(p(f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}; load average at start {nice((m.get('load_average_start') or [None])[0], '.2f')}."))
+
+
+def _analysis(sec: Section, summary: dict[str, Any], level: int) -> None:
+    """Where the speedup comes from and where success was lost, from the numbers alone."""
+    base, s1, pt = summary.get("baseline"), summary.get("stage1"), summary.get("policytrim")
+    if not (base and pt and base.get("mean_steps") and pt.get("mean_steps")):
+        return
+    items = []
+    k_b, k_p = base["window"], pt["window"]
+    items.append(f"Window: {k_b} → {k_p} (×{k_p / k_b:.2f} fewer calls at equal steps). Steps: {base['mean_steps']:.1f} → " + (f"{s1['mean_steps']:.1f} (Stage 1) → " if s1 and s1.get("mean_steps") else "") + f"{pt['mean_steps']:.1f} (×{base['mean_steps'] / pt['mean_steps']:.2f}). Calls: {base['calls_per_success']:.1f} → " + (f"{s1['calls_per_success']:.1f} → " if s1 and s1.get("calls_per_success") else "") + f"{pt['calls_per_success']:.1f}.")
+    per_task = summary.get("per_task") or {}
+    lost = [(t, v["success_rate_drop"]) for t, v in per_task.items() if v.get("success_rate_drop", 0) > 2.0]
+    if lost:
+        items.append("Tasks that lost more than 2 points of SR: " + ", ".join(f"{t} ({d:+.0f})" for t, d in sorted(lost, key=lambda x: -x[1])) + ".")
+    slow = [(t, v.get("steps_reduction")) for t, v in per_task.items() if v.get("steps_reduction") is not None]
+    if slow:
+        slow.sort(key=lambda x: x[1])
+        items.append("Steps reduction per task, least to most: " + ", ".join(f"{t} {r:+.0%}" for t, r in slow) + ".")
+    sweep = summary.get("fixed_horizon_sweep") or {}
+    if sweep:
+        items.append("Fixed windows without training (Table 11): " + ", ".join(f"k={k}: SR {nice(m['success_rate'])}, T {nice(m['mean_steps'], '.1f')}" for k, m in sorted(sweep.items(), key=lambda kv: int(kv[0]))) + ".")
+    sec.add(h("Where the numbers come from", level))
+    sec.add(ul(items))
+    if summary.get("analysis"):
+        sec.add(ul(summary["analysis"]) if isinstance(summary["analysis"], list) else p(summary["analysis"]))
+
+
+def train_section(sec: Section, level: int = 2) -> None:
+    d = sec.run_dir
+    meta = _json(d / "run.json") or {}
+    summary = _json(d / "summary.json")
+    sec.add(h(f"Training run: `{d.as_posix()}`", level))
+    sec.add(ul([f"stages: {', '.join(meta.get('stages', []))}; status: {meta.get('status', '?')}; starting checkpoint: `{meta.get('init', '?')}`", f"final policy: `{(d / 'final' / 'policy').as_posix()}`" if summary else "the run has not completed (no summary.json)"]))
+    _stage_decisions(sec, d, level + 1)
+    _curves(sec, d, f"Training curves: {d.name}")
+
+
+def eval_section(sec: Section, level: int = 2) -> None:
+    d = sec.run_dir
+    suite = load_suite(d)
+    sec.add(h(f"Evaluation: `{d.as_posix()}`", level))
+    if suite is None:
+        sec.add(p("no comparison.json or metrics.json"))
+        return
+    mode = next(iter(suite["modes"]))
+    comparison_section(sec, suite, mode, level + 1)
+
+
+ABLATION_HEADER = ["variant", "what was trained", "k", "SR [95% CI]", "SR drop [paired 95% CI]", "mean T", "calls C", "calls speedup", "paper speedup", "train min"]
+
+
+def ablation_section(sec: Section, level: int = 2) -> None:
+    d = sec.run_dir
+    ab = _json(d / "ablation.json")
+    sec.add(h(f"Ablation: `{d.as_posix()}`", level))
+    sec.add(ul([
+        f"starting checkpoint: `{ab.get('init', '?')}`; tasks: {', '.join(ab.get('tasks', []))}; {ab.get('episodes_per_task', '?')} test states per task, {ab.get('mode', '?')} mode, paired",
+        "every variant starts from the same checkpoint with the same settings except the one named; "
+        "the sweeps (group size, budget multiplier, stability coefficient) run Stage 2 from the full run's Stage 1 policy at its chosen window",
+    ]))
+    rows = []
+    for v in ab["variants"]:
+        m, vs = v.get("metrics"), v.get("vs_baseline")
+        if m is None:
+            rows.append([v["name"], v["description"], "–", "not run", "", "", "", "", "", ""])
+            continue
+        drop = f"{vs['success_rate_drop']:+.1f} {_ci(vs['success_rate_drop_ci95'], spec='+.1f')}" if vs else "(baseline)"
+        rows.append([v["name"], v["description"], _window(m["window"]), f"{nice(m['success_rate'])} {_ci(m['success_ci95'])}", drop, nice(m["mean_steps"], ".1f"), nice(m["calls_per_success"], ".1f"), nice(vs["calls_speedup"], ".2f") if vs else "1.00", nice(vs["speedup_paper"], ".2f") if vs else "1.00", nice((v.get("train_seconds") or 0) / 60, ".1f")])
+    sec.add(table(ABLATION_HEADER, rows))
+    if ab.get("notes"):
+        sec.add(ul(ab["notes"]))
+    curves = {}
+    for v in ab["variants"]:
+        run = v.get("run_dir")
+        if run and (d / run / "metrics.jsonl").is_file():
+            curves[v["name"]] = read_jsonl(d / run / "metrics.jsonl")
+    if curves:
+        path = plots.ablation_curves_figure(curves, sec.plot("ablation_curves"), title="Training curves per ablation variant (its last stage)")
+        sec.add(figure(path, "Reward, rollout success rate and steps per epoch for each variant's defining stage (moving average); Fig. 4 compares 'step-saving only' with 'step-saving + stability'."))
+    suite = load_suite(d / "eval", ab.get("mode", "sampled"))
+    if suite is not None:
+        comp = suite["modes"].get(ab.get("mode")) or next(iter(suite["modes"].values()))
+        points = {n: m["overall"] for n, m in comp["policies"].items()}
+        path = plots.pareto_figure(points, sec.plot("ablation_pareto"), title="Ablation variants: success vs inference calls", highlight=["full"])
+        sec.add(figure(path, "Success rate vs mean calls per successful episode of every ablation variant (same test states)."))
+    if ab.get("timings_s"):
+        sec.add(p(f"Wall time: training {ab['timings_s'].get('train', 0) / 60:.1f} min, evaluation {ab['timings_s'].get('eval', 0) / 60:.1f} min; load average at start {nice((ab.get('machine') or {}).get('load_average_start', [None])[0], '.2f')}."))
+
+
+SECTIONS = {"ablation": ablation_section, "pipeline": pipeline_section, "train": train_section, "eval": eval_section}
+
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """Write ``out/report.md``, ``out/report.html`` (self-contained) and ``out/plots/*.png`` for the
+    run directories; returns the HTML path."""
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise InputError("report: give at least one run directory")
+    kinds = [detect_kind(d) for d in dirs]
+    out = Path(out)
+    plots_dir = out / "plots"
+    blocks: list[Block] = [h("PolicyTrim report", 1), p("Generated by `policytrim report " + " ".join(d.as_posix() for d in dirs) + "`. Every number below was measured on these runs; nothing is copied from the paper.")]
+    for i, (d, kind) in enumerate(zip(dirs, kinds)):
+        sec = Section(d, plots_dir, f"{i}_{kind}_" if len(dirs) > 1 else f"{kind}_")
+        SECTIONS[kind](sec)
+        blocks += sec.blocks
+    atomic_write_bytes(out / "report.md", to_markdown(blocks, out).encode())
+    atomic_write_bytes(out / "report.html", to_html(blocks, "PolicyTrim report").encode())
+    return out / "report.html"
+
+
+def report_command(args: Any) -> int:
+    """`policytrim report RUN_DIR... [--out DIR]`."""
+    dirs = [Path(d) for d in args.run_dirs]
+    if not dirs:
+        raise InputError("report: give at least one run directory")
+    out = Path(args.out) if args.out else dirs[0] / "report"
+    path = write_report(dirs, out)
+    print(f"report: {out / 'report.md'}\nHTML:   {path}")
+    return 0
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
