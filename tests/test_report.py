@@ -1,0 +1,141 @@
+"""`policytrim report` on every kind of run directory, built from synthetic results in the real
+formats (metrics from `summarize`, comparisons from `against_baseline`; no simulator)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from policytrim.cli import main
+from policytrim.errors import InputError
+from policytrim.eval.compare import against_baseline
+from policytrim.eval.metrics import summarize
+from policytrim.eval.report import detect_kind, write_report
+from policytrim.eval.suite import write_suite
+from policytrim.rollout.types import Trajectories
+
+TASKS = ("push-v3", "reach-v3")
+
+
+def outcomes(rng, window, mean_steps, sr, n=12):
+    task = [t for t in TASKS for _ in range(n)]
+    success = rng.random(len(task)) < sr
+    steps = np.where(success, np.clip(rng.normal(mean_steps, 15, len(task)), 20, 199), 200).astype(int)
+    calls = -(-steps // window)
+    return {"task": task, "index": [i % n for i in range(len(task))], "success": success.tolist(), "steps": steps.tolist(), "calls": calls.tolist()}
+
+
+def metrics_of(o, window, mode):
+    n = len(o["task"])
+    traj = Trajectories(task=o["task"], instruction=["x"] * n, seed=torch.zeros(n, dtype=torch.long), index=torch.tensor(o["index"]), group=torch.arange(n),
+                        window=torch.full((n,), window), success=torch.tensor(o["success"]), steps=torch.tensor(o["steps"]), calls=torch.tensor(o["calls"]), horizon=200, group_size=1)
+    m = summarize(traj, 0.001, 0.0125)
+    for entry in [*m["tasks"].values(), m["overall"]]:
+        entry.update(mode=mode, seed=0)
+    return {"window": window, "mode": mode, "episodes_per_task": 12, "tasks": m["tasks"], "overall": m["overall"]}
+
+
+def comparison(contenders, mode="sampled", seed=0):
+    rng = np.random.default_rng(seed)
+    outs = {name: outcomes(rng, k, t, sr) for name, k, t, sr in contenders}
+    pols = {name: metrics_of(outs[name], k, mode) for name, k, _, _ in contenders}
+    base = contenders[0][0]
+    vs = {
+        name: {
+            "overall": against_baseline(pols[base]["overall"], pols[name]["overall"], outs[base], outs[name]),
+            "tasks": {t: against_baseline(pols[base]["tasks"][t], pols[name]["tasks"][t], outs[base], outs[name], task=t) for t in TASKS},
+        }
+        for name, *_ in contenders[1:]
+    }
+    return {"baseline": base, "policies": pols, "vs_baseline": vs, "outcomes": outs}
+
+
+PIPELINE = [("baseline", 5, 120, 0.9), ("baseline@k=10", 10, 125, 0.8), ("baseline@k=15", 15, 130, 0.6), ("temporal_ensembling", 1, 118, 0.9), ("stage1", 15, 110, 0.9), ("policytrim", 15, 80, 0.9)]
+
+
+def suite(contenders, perturb=True):
+    s = {"format": "policytrim-comparison", "episodes_per_task": 12, "seed": 0, "split": "test", "baseline": contenders[0][0],
+         "windows": {n: k for n, k, *_ in contenders}, "modes": {"sampled": comparison(contenders), "deterministic": comparison(contenders, "deterministic", 1)}, "robustness": {}}
+    if perturb:
+        two = [contenders[0], contenders[-1]]
+        s["robustness"]["act_noise_0.3"] = {"perturbation": {"name": "act_noise_0.3", "act_noise": 0.3, "description": "actuation noise"}, "mode": "sampled", **comparison(two, seed=2)}
+    return s
+
+
+def train_dir(path):
+    path.mkdir(parents=True)
+    (path / "run.json").write_text(json.dumps({"stage": "both", "stages": ["extend", "trim"], "init": "base", "status": "complete"}))
+    records = [{"stage": "extend", "epoch": 0, "global_epoch": 0, "val_success_rate": 0.8, "val_mean_steps": 120.0}]
+    records += [{"stage": "extend", "epoch": e, "global_epoch": e, "success_rate": 0.8 + 0.01 * e, "mean_steps": 120 - e, "mean_window": 10.0, "reward": 1.2 + 0.02 * e, **({"val_success_rate": 0.9, "val_mean_steps": 115.0} if e % 5 == 0 else {})} for e in range(1, 11)]
+    records += [{"stage": "trim", "epoch": e, "global_epoch": 10 + e, "success_rate": 0.9, "mean_steps": 110 - 2 * e, "mean_window": 15.0, "reward": 0.5 + 0.01 * e, "budget": 150} for e in range(1, 11)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    best = {"epoch": 10, "success_rate": 0.9, "mean_steps": 90.0, "calls_per_success": 6.0}
+    start = {"success_rate": 0.85, "mean_steps": 120.0, "calls_per_success": 24.0}
+    per_window = {str(k): {"success_rate": sr, "mean_steps": 120.0, "calls_per_success": 120.0 / k} for k, sr in ((5, 0.9), (10, 0.9), (15, 0.89))}
+    (path / "extend").mkdir()
+    (path / "extend" / "result.json").write_text(json.dumps({"epochs": 10, "best": best, "start": start, "eval_window": 15, "window_choice": {"window": 15, "tolerance_points": 2.0, "episodes_per_task": 10, "mode": "sampled", "per_window": per_window}}))
+    (path / "trim").mkdir()
+    (path / "trim" / "budget.json").write_text(json.dumps({"budget": 150, "source": "calibrated", "mean_steps": 115.0, "success_rate": 0.9, "window": 15}))
+    (path / "summary.json").write_text(json.dumps({"window": 15}))
+
+
+def check_report(out, expect_figures):
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    pngs = sorted((out / "plots").glob("*.png"))
+    assert len(pngs) >= expect_figures, [p.name for p in pngs]
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert f"plots/{png.name}" in md
+    # self-contained: every image inline, nothing fetched from elsewhere
+    images = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(images) == len(pngs) and all(src.startswith("data:image/png;base64,") for src in images)
+    base64.b64decode(images[0].split(",", 1)[1], validate=True)
+    assert "http://" not in page and "https://" not in page
+    return md
+
+
+def test_pipeline_train_eval_and_ablation_dirs(tmp_path):
+    demo = tmp_path / "demo"
+    train_dir(demo / "train")
+    s = suite(PIPELINE)
+    write_suite(s, demo / "eval" / "suite")
+    head = s["modes"]["sampled"]
+    summary = {"baseline": head["policies"]["baseline"]["overall"], "stage1": head["policies"]["stage1"]["overall"], "policytrim": head["policies"]["policytrim"]["overall"],
+               **{k: head["vs_baseline"]["policytrim"]["overall"][k] for k in ("calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")},
+               "fixed_horizon_sweep": {"5": head["policies"]["baseline"]["overall"]}, "per_task": {t: {**head["vs_baseline"]["policytrim"]["tasks"][t]} for t in TASKS},
+               "mode": "sampled", "episodes_per_task": 12, "tasks": list(TASKS), "clean_expert_steps": {"push-v3": 61.0, "reach-v3": 48.0},
+               "targets": {"calls_speedup": {"target": ">= 3", "measured": 4.1, "met": True}}, "timings": {"train_s": 100.0}}
+    (demo / "summary.json").write_text(json.dumps(summary))
+
+    ev = tmp_path / "ev"
+    write_suite(suite(PIPELINE[:2] + [("policy", 15, 90, 0.85)]), ev)
+
+    ab = tmp_path / "ab"
+    train_dir(ab / "variants" / "full")
+    abl = comparison([("none", 5, 120, 0.9), ("extend", 15, 118, 0.88), ("full", 15, 80, 0.9)])
+    rows = [{"name": n, "description": n, "components": "✓ ✓ ✓", "window": abl["policies"][n]["window"], "metrics": abl["policies"][n]["overall"],
+             "vs_baseline": abl["vs_baseline"].get(n, {}).get("overall"), "train_seconds": 60.0, **({"run_dir": "variants/full"} if n == "full" else {})} for n in abl["policies"]]
+    (ab / "ablation.json").write_text(json.dumps({"init": "base", "tasks": ["push-v3"], "mode": "sampled", "episodes_per_task": 12, "variants": rows, "timings_s": {"train": 60, "eval": 10}, "machine": {"load_average_start": [1.0]}}))
+    write_suite({"modes": {"sampled": abl}, "robustness": {}}, ab / "eval")
+
+    assert [detect_kind(d) for d in (demo, demo / "train", ev, ab)] == ["pipeline", "train", "eval", "ablation"]
+
+    md = check_report(write_report([demo], demo / "report").parent, 4)
+    for text in ("Headline: sampled mode", "deterministic mode", "Robustness (Table 10)", "Stage 1 window choice: **k = 15**", "clean expert T", "Targets", "Per task"):
+        assert text in md, text
+    assert md.count("| **policytrim** |") == 2  # one row per mode
+
+    assert main(["report", str(demo / "train"), str(ev), str(ab), "--out", str(tmp_path / "all")]) == 0
+    md = check_report(tmp_path / "all", 6)
+    assert "Training run:" in md and "Evaluation:" in md and "Ablation:" in md and "| full |" in md
+
+
+def test_unknown_directory_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="not a run directory"):
+        write_report([tmp_path], tmp_path / "r")
