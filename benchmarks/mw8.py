@@ -52,7 +52,7 @@ TRAINER: dict[str, Any] = {
     "eval": {"episodes": 50, "mode": "sampled"},
     "logging": {"progress": False, "tensorboard": False},
 }
-ROBUSTNESS = ({"name": "obs_noise_0.02", "obs_noise": 0.02}, {"name": "act_noise_0.3", "act_noise": 0.3})
+ROBUSTNESS = ({"name": "obs_noise_0.01", "obs_noise": 0.01}, {"name": "act_noise_0.3", "act_noise": 0.3})
 
 
 def machine() -> dict[str, Any]:

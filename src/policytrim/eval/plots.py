@@ -69,9 +69,12 @@ def chunk_length_figure(sweep: Mapping[int, Mapping[str, Any]], trained: Mapping
     return _save(fig, path)
 
 
-def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, title: str = "", val_windows: Mapping[str, int] | None = None) -> Path:
     """records: metrics.jsonl of a training run. Reward, SR, mean steps and mean window of the
-    training rollouts per epoch (lines), validation SR and steps (markers), one colour per stage."""
+    training rollouts per epoch (lines), validation SR and steps (markers, at the stage's evaluation
+    window from ``val_windows``), one colour per stage. Stage 1's rollout window is the mean of the
+    windows assigned to group slots."""
+    val_windows = val_windows or {}
     panels = [("reward", None, "reward (rollouts)"), ("success_rate", "val_success_rate", "success rate"), ("mean_steps", "val_mean_steps", "mean steps T (successes)"), ("mean_window", None, "window k (rollouts)")]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.3))
     stages = list(dict.fromkeys(r.get("stage") for r in records if r.get("stage")))
@@ -93,7 +96,8 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, tit
             if val_key:
                 vals = [r for r in rows if r.get(val_key) is not None]
                 if vals:
-                    ax.plot([r.get("global_epoch", r.get("epoch")) for r in vals], [_num(r[val_key]) for r in vals], marker="o", linestyle="--", color=color, markersize=4, label=f"{stage} validation")
+                    at = f" at k={val_windows[stage]}" if stage in val_windows else ""
+                    ax.plot([r.get("global_epoch", r.get("epoch")) for r in vals], [_num(r[val_key]) for r in vals], marker="o", linestyle="--", color=color, markersize=4, label=f"{stage} validation{at}")
             ax.set_title(label, fontsize=10)
             ax.set_xlabel("epoch (both stages)")
             ax.grid(alpha=0.3)

@@ -343,7 +343,15 @@ def _curves(sec: Section, train_dir: Path, title: str) -> None:
     records = read_jsonl(train_dir / "metrics.jsonl")
     if not any("reward" in r for r in records):
         return
-    path = plots.training_curves_figure(records, sec.plot("training_curves"), title=title)
+    windows = {}
+    for stage in ("extend", "trim"):
+        res = _json(train_dir / stage / "result.json") or {}
+        if res.get("eval_window"):
+            windows[stage] = res["eval_window"]
+    budget = _json(train_dir / "trim" / "budget.json") or {}
+    if "trim" not in windows and budget.get("window"):
+        windows["trim"] = budget["window"]
+    path = plots.training_curves_figure(records, sec.plot("training_curves"), title=title, val_windows=windows)
     sec.add(figure(path, "Fig. 4 (ours): per-epoch reward, success rate, steps and window of the training rollouts (thin: raw, thick: moving average), validation points dashed; the dotted line separates the stages."))
 
 

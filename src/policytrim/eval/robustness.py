@@ -170,5 +170,5 @@ class PerturbedEnvFactory:
         return env if self.perturbation.is_clean else PerturbedEnv(env, self.perturbation)
 
 
-DEFAULT_STATE_PERTURBATIONS = (Perturbation("obs_noise_0.02", obs_noise=0.02), Perturbation("act_noise_0.3", act_noise=0.3))
+DEFAULT_STATE_PERTURBATIONS = (Perturbation("obs_noise_0.01", obs_noise=0.01), Perturbation("act_noise_0.3", act_noise=0.3))
 DEFAULT_IMAGE_PERTURBATIONS = (Perturbation("blur_sigma_2", blur_sigma=2.0), Perturbation("occlusion_0.5", occlusion=0.5))
