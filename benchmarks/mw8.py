@@ -161,7 +161,7 @@ def main() -> None:
     def run_eval() -> None:
         summary = evaluate_pipeline(
             cfg, work / "baseline", work / "train", work,
-            deterministic=True, temporal_ensembling=True, robustness=ROBUSTNESS, clean_expert=True,
+            deterministic=True, temporal_ensembling=True, robustness=ROBUSTNESS, clean_expert=True, filmstrips=2,
         )
         (work / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
 

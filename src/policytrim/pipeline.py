@@ -45,6 +45,7 @@ def evaluate_pipeline(
     temporal_ensembling: bool = False,
     robustness: Sequence[Any] = (),
     clean_expert: bool = False,
+    filmstrips: int = 0,
 ) -> dict[str, Any]:
     """Baseline at its default window, the fixed-horizon sweep (baseline at k = 5, 10, ... H),
     Stage 1 at its chosen window and PolicyTrim, paired on test states. Returns the summary.
@@ -52,8 +53,10 @@ def evaluate_pipeline(
     Optional, in the same run on the same states: ACT temporal ensembling of the baseline (a
     reference for calls), the deterministic mode beside the headline mode, perturbed conditions
     (`policytrim.eval.robustness.Perturbation` or dicts of its fields; baseline vs PolicyTrim) and
-    the clean scripted experts' steps per task (for scale). Everything lands in ``out/eval/suite/``
-    (`policytrim.eval.suite.write_suite`), the headline comparison also in ``out/eval/``."""
+    the clean scripted experts' steps per task (for scale), and ``filmstrips`` before/after
+    filmstrips (the tasks with the largest and smallest steps reduction, on a typical test state).
+    Everything lands in ``out/eval/suite/`` (`policytrim.eval.suite.write_suite`), the headline
+    comparison also in ``out/eval/``, filmstrips in ``out/eval/filmstrips/``."""
     from policytrim.eval.robustness import Perturbation, perturbation_from_dict
     from policytrim.eval.suite import TEMPORAL_ENSEMBLING, reference_contenders, run_suite, write_suite
     from policytrim.eval.compare import Contender
@@ -111,7 +114,27 @@ def evaluate_pipeline(
         atomic_write_json(out / "eval" / "clean_expert.json", expert)
         summary["clean_expert_steps"] = {task: m["mean_steps"] for task, m in expert["tasks"].items()}
         summary["clean_expert"] = expert["overall"]
+    if filmstrips:
+        summary["filmstrips"] = _filmstrips(cfg, contenders, result, summary, mode, out / "eval" / "filmstrips", filmstrips)
     return summary
+
+
+def _filmstrips(cfg: RunConfig, contenders: list[Any], result: dict[str, Any], summary: dict[str, Any], mode: str, out: Path, count: int) -> dict[str, Any]:
+    """Baseline vs PolicyTrim on a typical test state of the tasks with the largest and the
+    smallest steps reduction (`policytrim.eval.filmstrip`)."""
+    from policytrim.eval.filmstrip import filmstrip, representative_state
+
+    by_name = {c.name: c for c in contenders}
+    ranked = sorted(summary["per_task"], key=lambda t: -(summary["per_task"][t].get("steps_reduction") or -1.0))
+    tasks = list(dict.fromkeys(ranked[:1] + ranked[-1:] + ranked))[:count]
+    done: dict[str, Any] = {}
+    for task in tasks:
+        index = representative_state(result["outcomes"], "baseline", "policytrim", task)
+        if index is None:
+            continue
+        policies = {name: (by_name[name].policy, by_name[name].window) for name in ("baseline", "policytrim")}
+        done[task] = {"index": index, "rollouts": filmstrip(policies, cfg.env, task, index, mode, cfg.eval.seed, out / f"{task}.png")}
+    return done
 
 
 def _comparison_summary(result: dict[str, Any], sweep: list[Any]) -> dict[str, Any]:

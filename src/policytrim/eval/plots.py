@@ -187,10 +187,11 @@ def ablation_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], pa
 
 
 def filmstrip_figure(strips: Mapping[str, Sequence[tuple[int, np.ndarray]]], path: Path, title: str = "") -> Path:
-    """strips: {label: [(step, image uint8 [h, w, 3]), ...]}: one row of frames per rollout."""
+    """strips: {label: [(step, image uint8 [h, w, 3]), ...]}: one row of frames per rollout, the
+    label above its row, the step number above each frame."""
     rows = list(strips.items())
     cols = max((len(frames) for _, frames in rows), default=1)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.9 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.55 * cols, 2.0 * len(rows) + 0.4), squeeze=False, gridspec_kw={"hspace": 0.55, "wspace": 0.04})
     for r, (label, frames) in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -198,10 +199,13 @@ def filmstrip_figure(strips: Mapping[str, Sequence[tuple[int, np.ndarray]]], pat
             if c < len(frames):
                 step, image = frames[c]
                 ax.imshow(image)
-                ax.set_title(f"t={step}", fontsize=7)
-        axes[r][0].text(-0.08, 0.5, label, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8, rotation=90)
-    fig.suptitle(title or "Rollouts", fontsize=10)
-    return _save(fig, path)
+                ax.set_title(f"t = {step}", fontsize=8)
+        axes[r][0].annotate(label, xy=(0.0, 1.28), xycoords="axes fraction", ha="left", va="bottom", fontsize=9, fontweight="bold")
+    fig.suptitle(title or "Rollouts", fontsize=10, y=1.0 + 0.12 / len(rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def nice(value: Any, spec: str = ".3f") -> str:

@@ -405,6 +405,14 @@ def pipeline_section(sec: Section, level: int = 2) -> None:
         suite.setdefault("seed", summary.get("eval_seed"))
         suite.setdefault("windows", summary.get("windows", {}))
         comparison_section(sec, suite, mode, level + 1)
+    films = sorted((d / "eval" / "filmstrips").glob("*.png"))
+    if films:
+        sec.add(h("Before / after (Fig. 3)", level + 1))
+        for film in films:
+            dest = sec.plot(f"filmstrip_{film.stem}")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(film.read_bytes())
+            sec.add(figure(dest, f"{film.stem}: baseline (top) and PolicyTrim (bottom) from the same test state with the same random numbers; frames at the same step numbers, so the shorter episode ends earlier."))
     if summary.get("clean_expert_steps"):
         sec.add(h("For scale: the clean scripted experts", level + 1))
         base_tasks = (summary.get("per_task") or {})
