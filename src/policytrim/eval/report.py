@@ -352,7 +352,7 @@ def _curves(sec: Section, train_dir: Path, title: str) -> None:
     if "trim" not in windows and budget.get("window"):
         windows["trim"] = budget["window"]
     path = plots.training_curves_figure(records, sec.plot("training_curves"), title=title, val_windows=windows)
-    sec.add(figure(path, "Fig. 4 (ours): per-epoch reward, success rate, steps and window of the training rollouts (thin: raw, thick: moving average), validation points dashed; the dotted line separates the stages."))
+    sec.add(figure(path, "Fig. 4 (ours): per-epoch reward, success rate, steps and window of the training rollouts (thin: raw, thick: moving average), validation points dashed; the dotted line separates the stages. The two stages' rewards have different scales (eq 2 in [0, 2], eq 7 below 1); Stage 1's rollout window is the mean of the windows assigned to the group slots."))
 
 
 def _stage_decisions(sec: Section, train_dir: Path, level: int) -> None:
@@ -424,7 +424,9 @@ def pipeline_section(sec: Section, level: int = 2) -> None:
     timing = summary.get("timings_s") or summary.get("timings")
     if timing:
         sec.add(h("Wall time", level + 1))
-        sec.add(table(["phase", "seconds", "minutes"], [[k, f"{v:.0f}", f"{v / 60:.1f}"] for k, v in timing.items()]))
+        loads = (summary.get("machine") or {}).get("phases_load") or {}
+        load = lambda k, w: nice((loads.get(k) or {}).get(w, [None])[0], ".2f")  # noqa: E731
+        sec.add(table(["phase", "seconds", "minutes", "load before", "load after"], [[k, f"{v:.0f}", f"{v / 60:.1f}", load(k, "before"), load(k, "after")] for k, v in timing.items()]))
     if summary.get("machine"):
         m = summary["machine"]
         sec.add(p(f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}; load average at start {nice((m.get('load_average_start') or [None])[0], '.2f')}."))
