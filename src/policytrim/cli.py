@@ -189,8 +189,8 @@ def _one_line(captured: str) -> str:
     """tyro's boxed error message as one line: the box's first paragraph, unwrapped."""
     text: list[str] = []
     for line in captured.splitlines()[1:]:  # the first line is the box's title
-        content = line.strip().strip("│┃").strip()
-        if not content or set(content) <= set("─━╰╯"):
+        content = line.strip().strip("│┃|").strip()
+        if not content or set(content) <= set("─━╰╯-+="):  # rich draws ASCII boxes without UTF-8
             if text:
                 break
             continue
@@ -237,8 +237,24 @@ IMPLEMENTATIONS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def _check_common(name: str, args: object) -> None:
+    """Checks every command that runs something shares, made before anything is written."""
+    if not isinstance(args, RunConfig):
+        return
+    out = Path(args.logging.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--logging.out {str(out)!r} is a file; `policytrim {name}` writes a directory there")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: torch sees no CUDA device here; use --device cpu")
+
+
 def dispatch(name: str, args: object) -> int:
     """Run one parsed command."""
+    if name != "config":
+        _check_common(name, args)
     if name == "config":
         data = to_dict(run_config(args))
         print(json.dumps(data, indent=2) if args.json else yaml.safe_dump(data, sort_keys=False), end="")

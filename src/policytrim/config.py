@@ -468,12 +468,16 @@ def load_config(path: str | Path) -> RunConfig:
     """Read a YAML or JSON config file (safe loaders only) into a validated RunConfig."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
+        raise ConfigError(f"config file {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not text (YAML or JSON expected)") from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+        detail = " ".join(str(exc).split())  # YAML errors span lines; the CLI reports one
+        raise ConfigError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {detail}") from None
     return from_dict(RunConfig, data or {})
 
 
