@@ -3,6 +3,13 @@
 A file is written to a temporary sibling, flushed and fsynced, then renamed over its target
 (`os.replace` is atomic on POSIX). A directory (a checkpoint) is assembled under a temporary name
 and renamed into place only when complete.
+
+Test hook (crash-safety tests only, no effect otherwise): with the environment variable
+``POLICYTRIM_TEST_KILL_AT=POINT:N`` the process SIGKILLs itself the N-th time it reaches `kill_point`
+``POINT`` -- exactly a ``kill -9`` at that moment. Points: ``directory.swap`` (`atomic_directory`,
+the old directory moved aside, the new one not yet in place), ``metrics.torn`` (`append_jsonl`, half
+a line written), ``checkpoint.partial`` and ``checkpoint.pointer`` (`policytrim.train.checkpoint`),
+``update.step`` (`policytrim.train.grpo.grpo_update`, after an optimiser step).
 """
 
 from __future__ import annotations
@@ -11,11 +18,34 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+KILL_AT_ENV = "POLICYTRIM_TEST_KILL_AT"
+_kill_counts: dict[str, int] = {}
+
+
+def kill_armed(point: str) -> bool:
+    """True when the test hook (module docstring) wants this process killed at ``point`` now."""
+    spec = os.environ.get(KILL_AT_ENV)
+    if not spec:
+        return False
+    name, _, count = spec.partition(":")
+    if name != point:
+        return False
+    _kill_counts[point] = _kill_counts.get(point, 0) + 1
+    return _kill_counts[point] >= int(count or 1)
+
+
+def kill_point(point: str) -> None:
+    """Test hook (module docstring): SIGKILL this process here when asked to; otherwise nothing."""
+    if kill_armed(point):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -90,8 +120,9 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
                     os.fsync(f.fileno())
         old = None
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = path.with_name(f".{path.name}.old-{os.getpid()}-{os.urandom(4).hex()}")  # unique: pids repeat
             os.replace(path, old)
+            kill_point("directory.swap")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
         if old is not None:
@@ -103,14 +134,21 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one JSON line and fsync (the metrics log survives a kill -9 up to this line)."""
+    line = to_json(record, indent=None) + "\n"
     with open(path, "a") as f:
-        f.write(to_json(record, indent=None) + "\n")
+        if kill_armed("metrics.torn"):
+            f.write(line[: len(line) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSONL file, ignoring a torn last line (a write cut off by a crash)."""
+    """Read a JSONL file, ignoring a torn last line (a write cut off by a crash; a writer that goes
+    on appending must first rewrite the file without it, see `RunDir.truncate_metrics`)."""
     path = Path(path)
     if not path.exists():
         return []

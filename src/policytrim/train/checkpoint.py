@@ -5,14 +5,22 @@ Layout of one checkpoint directory (assembled under a temporary name, renamed wh
     policy/                  the policy's own checkpoint (safetensors + config.json)
     optimizer.safetensors    every optimiser state tensor, keyed "state.<param>.<name>"
     trainer_state.json       epoch, stage, best-so-far, the optimiser's scalars and param groups
+    best/policy/             the stage's best policy as of this epoch (hard links to ``<stage>/best``)
 
 A run keeps its checkpoints as ``<stage>/epoch_<NNNNNN>/`` and a ``LATEST`` file naming the newest
 complete one; `latest_checkpoint` falls back to scanning when ``LATEST`` is missing.
+
+Why the best policy is inside: ``<stage>/best`` is replaced whenever validation improves, possibly
+after the newest checkpoint. A run killed in between resumes from the checkpoint, so on resume
+`restore_best` puts back the best policy that matches the checkpoint's "best" record; otherwise a
+replay that does not repeat the improvement bit for bit (GPU kernels) would keep a "best" from the
+lost future. Nothing non-finite is written: a non-finite optimiser tensor is an error.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -23,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from policytrim.errors import InputError
-from policytrim.io import atomic_directory, atomic_write_bytes, atomic_write_json
+from policytrim.io import atomic_directory, atomic_write_bytes, atomic_write_json, kill_point
 
 FORMAT_VERSION = 1
 _EPOCH_DIR = re.compile(r"^epoch_(\d{6})$")
@@ -56,20 +64,57 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, to
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(stage_dir: Path, epoch: int, policy, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``stage_dir/epoch_<epoch>/`` atomically, point LATEST at it, prune older ones."""
+def _link_tree(src: Path, dst: Path) -> None:
+    """Copy a directory of files as hard links (files are only ever replaced by rename, never
+    modified in place, so sharing inodes is safe), falling back to copies."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for child in src.iterdir():
+        if child.is_dir():
+            _link_tree(child, dst / child.name)
+        else:
+            try:
+                os.link(child, dst / child.name)
+            except OSError:
+                shutil.copy2(child, dst / child.name)
+
+
+def save_checkpoint(
+    stage_dir: Path, epoch: int, policy, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int = 2, best_dir: Path | None = None
+) -> Path:
+    """Write ``stage_dir/epoch_<epoch>/`` atomically, point LATEST at it, prune older ones.
+    ``best_dir`` (the stage's ``best/``) is stored with it, see the module docstring."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     final = stage_dir / f"epoch_{epoch:06d}"
+    tensors, meta = optimizer_to_files(optimizer)
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"refusing to write checkpoint {final}: non-finite optimiser state in {', '.join(bad)}")
     with atomic_directory(final, overwrite=True) as tmp:
         policy.save_pretrained(tmp / "policy")
-        tensors, meta = optimizer_to_files(optimizer)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
+        if best_dir is not None and (best_dir / "policy").is_dir():
+            _link_tree(best_dir / "policy", tmp / "best" / "policy")
+        kill_point("checkpoint.partial")
         atomic_write_json(tmp / "trainer_state.json", {"format_version": FORMAT_VERSION, "epoch": epoch, "optimizer": meta, **state})
+    kill_point("checkpoint.pointer")
     atomic_write_bytes(stage_dir / "LATEST", final.name.encode())
     epochs = sorted(p for p in stage_dir.iterdir() if _EPOCH_DIR.match(p.name))
     for old in epochs[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        # rename first: a kill mid-delete must not leave a directory that looks like a checkpoint
+        doomed = old.with_name(f".{old.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return final
+
+
+def restore_best(checkpoint: Path, best_dir: Path) -> bool:
+    """Make ``best_dir`` the best policy stored in ``checkpoint`` (False: it stores none)."""
+    stored = checkpoint / "best" / "policy"
+    if not stored.is_dir():
+        return False
+    with atomic_directory(best_dir, overwrite=True) as tmp:
+        _link_tree(stored, tmp / "policy")
+    return True
 
 
 def latest_checkpoint(stage_dir: Path) -> Path | None:

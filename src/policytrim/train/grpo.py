@@ -34,11 +34,11 @@ from policytrim.envs import initial_states, split_seed
 from policytrim.envs.base import InitialState
 from policytrim.errors import InputError
 from policytrim.eval.evaluate import evaluate_policy
-from policytrim.io import atomic_directory, atomic_write_json
+from policytrim.io import atomic_directory, atomic_write_json, kill_point
 from policytrim.policies import ChunkPolicy, load_policy
 from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.rollout.types import Trajectories
-from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, restore_best, save_checkpoint
 from policytrim.train.logger import MetricsLogger
 from policytrim.train.rundir import RunDir
 
@@ -159,6 +159,7 @@ def grpo_update(
             log.warning("non-finite loss or gradient (loss=%s, grad_norm=%s): update skipped", total.item(), grad_norm.item())
             continue
         optimizer.step()
+        kill_point("update.step")  # test hook (policytrim.io): a kill -9 in the middle of an update
         stats["loss"].append(total.item())
         stats["grad_norm"].append(grad_norm.item())
         for key, values in diags.items():
@@ -264,13 +265,15 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=scfg.lr, weight_decay=scfg.weight_decay)
 
     eval_window = plan.windows[-1]
-    state: dict[str, Any] = {"best": None, "start_eval": None}
+    state: dict[str, Any] = {"best": None, "start_eval": None, "failed_epochs": 0}
     start_epoch = 0
     checkpoint = latest_checkpoint(stage_dir)
     if checkpoint is not None:
         policy.load_state_dict(load_policy(checkpoint / "policy").state_dict())
-        state = load_trainer_state(checkpoint, optimizer)
+        state = {"failed_epochs": 0, **load_trainer_state(checkpoint, optimizer)}
         start_epoch = state["epoch"]
+        # best/ may hold a policy written after this checkpoint by the run that was killed
+        restore_best(checkpoint, stage_dir / "best")
         log.info("resuming %s from %s (epoch %d)", stage, checkpoint, start_epoch)
     run.truncate_metrics(stage, start_epoch)
     if state["start_eval"] is None:
@@ -279,7 +282,7 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
         save_policy_dir(policy, stage_dir / "best")
         logger.log({"stage": stage, "epoch": 0, "global_epoch": run.global_epoch(stage, 0), **{f"val_{k}": v for k, v in _scalars(state["start_eval"]).items()}})
 
-    failed_epochs = 0
+    failed_epochs = int(state["failed_epochs"])
     bar = tqdm(range(start_epoch, scfg.epochs), desc=f"{stage}", disable=not cfg.logging.progress, initial=start_epoch, total=scfg.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -318,6 +321,7 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
             "valid_group_frac": valid_groups.float().mean().item() if valid_groups.numel() else 0.0,
             **update,
             "dropped_groups": traj.dropped_groups,
+            "replaced_workers": engine.replaced_workers,  # so far, this process (hung or dead env workers)
             "env_steps": traj.env_steps,
             "rollout_s": t_rollout,
             "epoch_s": time.perf_counter() - t0,
@@ -335,7 +339,8 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
         logger.log(record)
         bar.set_postfix(SR=f"{record['success_rate']:.2f}", T=f"{record['mean_steps']:.0f}", k=f"{record['mean_window']:.1f}", C=f"{record['mean_calls']:.1f}")
         if (epoch + 1) % scfg.checkpoint_every == 0 or last:
-            save_checkpoint(stage_dir, epoch + 1, policy, optimizer, {"stage": stage, "best": state["best"], "start_eval": state["start_eval"]})
+            trainer_state = {"stage": stage, "best": state["best"], "start_eval": state["start_eval"], "failed_epochs": failed_epochs}
+            save_checkpoint(stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best")
     bar.close()
 
     policy.load_state_dict(load_policy(stage_dir / "best" / "policy").state_dict())
@@ -377,6 +382,8 @@ def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "",
         if not init:
             raise InputError("--init is required: the starting (baseline) checkpoint directory")
     stages = list(STAGES) if stage == "both" else [stage]
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device=cuda but torch sees no CUDA device here; use --device cpu")
     torch.manual_seed(cfg.seed)
     with cpu_threads(cfg):
         return _train(cfg, stage, stages, init, run, overwrite)
@@ -395,13 +402,46 @@ def cpu_threads(cfg: RunConfig):
         torch.set_num_threads(previous)
 
 
+# Settings of cfg.policy that must agree with the starting checkpoint: they describe its architecture
+# and enter the maths (H in the Stage 1 reward, k_1 in the Stage 1 windows), so a mismatch would be
+# recorded in config.yaml and used silently.
+ARCHITECTURE_FIELDS = ("head", "chunk_size", "default_window", "hidden_dim", "num_layers", "text_encoder", "std_mode")
+FLOW_FIELDS = ("flow_steps", "flow_noise")
+
+
+def check_architecture(cfg: RunConfig, spec: dict[str, Any], where: str) -> None:
+    """InputError naming every cfg.policy setting that differs from checkpoint ``spec``."""
+    from policytrim.policies.text import canonical_encoder_name
+
+    fields = ARCHITECTURE_FIELDS + (FLOW_FIELDS if spec.get("head") == "flow" else ())
+    expected = {"text_encoder": canonical_encoder_name(cfg.policy.text_encoder)}
+    diff = [
+        (name, spec.get(name), expected.get(name, getattr(cfg.policy, name)))
+        for name in fields
+        if spec.get(name) != expected.get(name, getattr(cfg.policy, name))
+    ]
+    if diff:
+        flags = " ".join(f"--policy.{name.replace('_', '-')} {have}" for name, have, _ in diff)
+        raise InputError(
+            f"{where} does not match the config: "
+            + ", ".join(f"policy.{name} is {want!r} in the config but {have!r} in the checkpoint" for name, have, want in diff)
+            + f"; pass {flags} (or the config the checkpoint was trained with)"
+        )
+
+
 def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir | None, overwrite: bool) -> dict[str, Any]:
-    policy = load_policy(init).to(cfg.device)  # validates the checkpoint before anything is written
+    if str(init) == "expert":
+        raise InputError("--init expert: the scripted experts have no weights to train; give a policy checkpoint directory")
+    policy = load_policy(init)  # validates the checkpoint before anything is written
+    check_architecture(cfg, policy.spec(), f"checkpoint {init!r}")
+    policy = policy.to(cfg.device)
     windows = stage1_windows(cfg, policy) if "extend" in stages else ()
     if cfg.stage2.window > policy.max_window:
         raise InputError(f"stage2.window={cfg.stage2.window} exceeds the policy's max window {policy.max_window}")
     resume = run is not None
-    if run is None:
+    if run is not None:
+        run.remove_temporaries()
+    else:
         run = RunDir.create(cfg.logging.out, cfg, {"stage": stage, "stages": stages, "init": str(init)}, overwrite=overwrite)
     logger = MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume))
     summary: dict[str, Any] = {"run_dir": str(run.path), "init": str(init), "stages": stages, "logging": logger.backends}

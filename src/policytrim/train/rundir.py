@@ -34,6 +34,8 @@ class RunDir:
     @classmethod
     def create(cls, path: str | Path, cfg: RunConfig, meta: dict[str, Any], overwrite: bool = False) -> RunDir:
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise InputError(f"run directory {path} is a file; give a new or existing directory as --logging.out")
         if path.exists() and any(path.iterdir()):
             if not overwrite:
                 raise InputError(f"run directory {path} already exists; pass --resume {path} to continue it or --overwrite to replace it")
@@ -50,8 +52,18 @@ class RunDir:
         path = Path(path)
         if not (path / "config.yaml").is_file() or not (path / "run.json").is_file():
             raise InputError(f"--resume {path}: not a policytrim run directory (config.yaml and run.json are missing)")
-        cfg = from_dict(RunConfig, yaml.safe_load((path / "config.yaml").read_text()) or {})
-        meta = json.loads((path / "run.json").read_text())
+        try:
+            cfg = from_dict(RunConfig, yaml.safe_load((path / "config.yaml").read_text()) or {})
+        except yaml.YAMLError as exc:
+            raise InputError(f"--resume {path}: config.yaml is not valid YAML ({' '.join(str(exc).split())})") from None
+        except InputError as exc:
+            raise InputError(f"--resume {path}: config.yaml: {exc}") from None
+        try:
+            meta = json.loads((path / "run.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"--resume {path}: run.json is not valid JSON ({exc})") from None
+        if not (isinstance(meta, dict) and meta.get("stage") in ("extend", "trim", "both") and isinstance(meta.get("init"), str)):
+            raise InputError(f"--resume {path}: run.json does not describe a training run (needs stage and init)")
         return cls(path, cfg, meta)
 
     def stage_dir(self, stage: str) -> Path:
@@ -77,9 +89,21 @@ class RunDir:
                 return epoch > 0 and record.get("epoch", 0) <= epoch
             return True
 
-        keep = [r for r in records if kept(r)]
-        if len(keep) != len(records):
-            atomic_write_bytes(path, "".join(to_json(r, indent=None) + "\n" for r in keep).encode())
+        text = "".join(to_json(r, indent=None) + "\n" for r in records if kept(r))
+        # also rewrites a torn last line (a kill -9 mid-append), which later appends would corrupt
+        if path.exists() and path.read_text() != text:
+            atomic_write_bytes(path, text.encode())
+
+    def remove_temporaries(self) -> None:
+        """Delete what a killed run left half-written: hidden ``.NAME.*.tmp`` / ``.NAME.old-PID``
+        siblings of atomic writes (`policytrim.io`). Only for a run no other process is writing."""
+        for folder in [self.path, *(p for p in self.path.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+            for child in folder.iterdir():
+                if child.name.startswith(".") and (child.name.endswith(".tmp") or ".old-" in child.name):
+                    if child.is_dir():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.path / "metrics.jsonl")
