@@ -257,10 +257,13 @@ def _corrupt_cases(tmp_path):
     flipped[len(flipped) // 2] ^= 0xFF
     no_hash = {k: v for k, v in config.items() if k != "weights_sha256"}
     other_weights = (tmp_path / "other" / "model.safetensors").read_bytes()
-    nan = make_policy()
-    with torch.no_grad():
-        nan.head.log_std.fill_(float("nan"))
-    nan.save_pretrained(tmp_path / "nan")
+    # save_pretrained refuses non-finite weights, so write such a file by hand (a corrupted disk)
+    from safetensors.torch import save_file
+
+    nan_sd = {k: v.clone() for k, v in policy.state_dict().items()}
+    nan_sd["head.log_std"].fill_(float("nan"))
+    save_file(nan_sd, str(tmp_path / "nan_weights.safetensors"))
+    variant("nan", weights_bytes=(tmp_path / "nan_weights.safetensors").read_bytes(), config_obj=no_hash)
     return [
         (tmp_path / "missing", "does not exist"),
         (variant("no_config", config_obj=None), "has no config.json"),

@@ -40,7 +40,7 @@ def _fsync_file(path: Path) -> None:
 
 
 def save_checkpoint(directory: str | Path, spec: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write weights + config into ``directory``.
+    """Write weights + config into ``directory``; non-finite weights are refused (ValueError).
 
     The files are assembled in a temporary sibling directory. A new ``directory`` appears in one
     rename; into an existing one (e.g. a run directory with other files) the weights and then the
@@ -48,8 +48,11 @@ def save_checkpoint(directory: str | Path, spec: dict[str, Any], state_dict: dic
     SHA-256 a crash in between leaves a checkpoint that is refused, never a silently wrong one.
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:  # a checkpoint is only ever written with finite weights (and `read_weights` refuses others)
+        raise ValueError(f"refusing to save a checkpoint to {str(directory)!r}: non-finite values in {', '.join(bad)}")
+    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "policytrim_kind": str(spec.get("kind"))})
