@@ -7,9 +7,9 @@ every chunk they execute was sampled from the current weights a moment before.
 One round trip: the engine sends a worker one `StepRequest` -- slots to reset to an `InitialState`
 and, for slots that need them, the first k rows of a chunk. The worker resets and executes, stopping
 a slot at its first success or at the horizon, and answers one `StepResult` with, per slot, the new
-observation, the rows executed, success and the steps taken so far. A slot whose env raises is
-reported as faulted (the engine drops its group). A worker that does not answer in time is killed
-and replaced by the engine (`WorkerPool.restart`).
+observation, the rows executed, success and the steps taken so far. A slot whose env raises, or
+whose chunk holds a non-finite action, is reported as faulted (the engine drops its group). A worker
+that does not answer in time is killed and replaced by the engine (`WorkerPool.restart`).
 
 Backends: `LocalPool` (in-process; tests and debugging; no hang protection) and `ProcessPool`
 (`multiprocessing` with the spawn context, one thread per worker). A Ray backend implements the same
@@ -149,6 +149,13 @@ class EnvServer:
             last = None
             ok = False
             r = 0
+            if not np.isfinite(req.actions[j, : int(req.rows[j])]).all():
+                # a policy that produced NaN / inf: never step a simulator with it (MuJoCo would
+                # warn and reset itself); the trajectory fails like a simulator fault, the env is
+                # untouched and reused
+                faults[slot] = "non-finite action from the policy (NaN or inf)"
+                self._release(slot)
+                continue
             try:
                 for r in range(int(req.rows[j])):
                     last, ok = env.step(req.actions[j, r])
