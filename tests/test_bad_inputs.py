@@ -1,0 +1,277 @@
+"""Bad input through the CLI (issue 7). Every kind in `BAD_INPUTS` must give exit code 2, exactly one
+line on stderr that names the problem, nothing on stdout, and write nothing: every file and folder
+under the test's directory (also the working directory) is the same before and after.
+
+The table runs `policytrim.cli.main` in-process (fast); a few rows also run as real subprocesses to
+show the process's exit status and that no traceback escapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file as load_np, save_file as save_np
+from safetensors.torch import load_file, save_file
+
+from policytrim.cli import main
+from policytrim.config import PolicyConfig
+from policytrim.data.demos import DemoDataset, save_demos
+from policytrim.envs.tasks import INSTRUCTIONS
+from policytrim.policies.chunk import TinyVLA
+
+TASK = "drawer-close-v3"
+EPISODES, LENGTH = 3, 5
+FRAMES = EPISODES * LENGTH
+
+
+def make_checkpoint(path: Path, hidden_dim: int = 64) -> Path:
+    policy_cfg = PolicyConfig(chunk_size=8, default_window=4, hidden_dim=hidden_dim, num_layers=2)
+    TinyVLA.from_config(policy_cfg, 39, 4, [INSTRUCTIONS[TASK]]).save_pretrained(path)
+    return path
+
+
+def make_demos(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    save_demos(
+        DemoDataset(
+            state=rng.normal(size=(FRAMES, 39)).astype(np.float32),
+            action=rng.uniform(-1, 1, size=(FRAMES, 4)).astype(np.float32),
+            episode_index=np.repeat(np.arange(EPISODES), LENGTH),
+            frame_index=np.tile(np.arange(LENGTH), EPISODES),
+            task_index=np.zeros(FRAMES, np.int64),
+            length=np.full(EPISODES, LENGTH),
+            success=np.ones(EPISODES, bool),
+            episode_task_index=np.zeros(EPISODES, np.int64),
+            seed=np.zeros(EPISODES, np.int64),
+            index=np.arange(EPISODES),
+            start=np.arange(EPISODES) * LENGTH,
+            tasks=[TASK],
+            instructions=[INSTRUCTIONS[TASK]],
+        ),
+        path,
+    )
+    return path
+
+
+def _rehash(checkpoint: Path) -> None:
+    """Make config.json pin the weights file now there (a consistent but bad checkpoint)."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["weights_sha256"] = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    (checkpoint / "config.json").write_text(json.dumps(config))
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _edit_frames(dataset: Path, edit) -> None:
+    frames = load_np(str(dataset / "frames.safetensors"))
+    edit(frames)
+    save_np(frames, str(dataset / "frames.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory) -> Path:
+    """A directory of good and bad inputs (built without a simulator: well under a second)."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    good = make_checkpoint(root / "ckpt")
+    make_checkpoint(root / "ckpt_h32", hidden_dim=32)
+
+    def bad_checkpoint(name: str) -> Path:
+        return Path(shutil.copytree(good, root / name))
+
+    weights = bad_checkpoint("truncated") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (bad_checkpoint("corrupt_config") / "config.json").write_text('{"kind": "chunk", "state_dim": ')
+    other = bad_checkpoint("other_arch")
+    shutil.copy(root / "ckpt_h32" / "model.safetensors", other / "model.safetensors")
+    _rehash(other)
+    nan = bad_checkpoint("nan_weights")
+    tensors = load_file(str(nan / "model.safetensors"))
+    tensors["head.log_std"] = torch.full_like(tensors["head.log_std"], float("nan"))
+    save_file(tensors, str(nan / "model.safetensors"))
+    _rehash(nan)
+    _edit_json(bad_checkpoint("future_version") / "config.json", format_version=99)
+
+    demos = make_demos(root / "demos")
+
+    def bad_demos(name: str) -> Path:
+        return Path(shutil.copytree(demos, root / name))
+
+    _edit_frames(bad_demos("demos_action_3d"), lambda f: f.update(action=np.zeros((FRAMES, 3), np.float32)))
+    _edit_frames(bad_demos("demos_short_index"), lambda f: f.update(episode_index=f["episode_index"][:-1]))
+    _edit_frames(bad_demos("demos_nan"), lambda f: f["observation.state"].__setitem__((3, 2), np.nan))
+    _edit_frames(bad_demos("demos_inf"), lambda f: f["action"].__setitem__((4, 1), np.inf))
+    _edit_frames(bad_demos("demos_float64"), lambda f: f.update(action=f["action"].astype(np.float64)))
+    frames = bad_demos("demos_truncated") / "frames.safetensors"
+    frames.write_bytes(frames.read_bytes()[:-64])
+    _edit_json(bad_demos("demos_future_version") / "meta.json", version=7)
+
+    files = {
+        "unknown_key.yaml": "stage1:\n  lrr: 0.001\n",
+        "wrong_type.yaml": "stage1:\n  lr: fast\n",
+        "float_for_int.yaml": "rollout:\n  group_size: 2.5\n",
+        "malformed.yaml": "stage1: [lr: 1\n",
+        "python_tag.yaml": "seed: !!python/object/apply:os.system ['echo pwned']\n",
+        "list.yaml": "- 1\n- 2\n",
+        "bad_value.json": '{"rollout": {"group_size": 1}}',
+        "malformed.json": '{"rollout": {"group_size": 4,}}',
+        "a_file": "not a directory\n",
+    }
+    for name, text in files.items():
+        (root / name).write_text(text)
+
+    existing = root / "existing_run"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("precious\n")
+    broken = root / "broken_run"
+    broken.mkdir()
+    (broken / "config.yaml").write_text("{}\n")
+    (broken / "run.json").write_text('{"stage": "both", ')
+    tampered = root / "tampered_run"
+    tampered.mkdir()
+    (tampered / "config.yaml").write_text("stage1:\n  lrr: 1\n")
+    (tampered / "run.json").write_text('{"stage": "both", "init": "x", "stages": ["extend", "trim"]}')
+    return root
+
+
+# The tiny architecture of `make_checkpoint`, so that only the bad part of each row is bad.
+ARCH = ["--tasks", TASK, "--policy.chunk-size", "8", "--policy.default-window", "4", "--policy.hidden-dim", "64", "--policy.num-layers", "2", "--rollout.num-workers", "0"]
+
+
+def TRAIN(*extra: str) -> list[str]:
+    return ["train", "--init", "{root}/ckpt", *ARCH, "--out", "{root}/new_run", *extra]
+
+
+def PRETRAIN(data: str, *extra: str) -> list[str]:
+    return ["pretrain", *ARCH, "--data", f"{{root}}/{data}", "--pretrain.iterations", "1", "--pretrain.eval-episodes", "0", "--out", "{root}/new_baseline", *extra]
+
+
+def EVAL(*extra: str) -> list[str]:
+    return ["eval", "--checkpoint", "{root}/ckpt", *ARCH, "--episodes", "1", "--out", "{root}/new_eval", *extra]
+
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+
+# (kind, argv with {root} for the fixture directory, text the one error line must contain)
+BAD_INPUTS = [
+    # values in the config
+    ("unknown task", TRAIN("--tasks", "pushh"), "unknown task 'pushh'"),
+    ("window > H", TRAIN("--stage1.windows", "4", "9"), "stage1.windows must all be <= policy.chunk_size=8"),
+    ("windows unsorted", TRAIN("--stage1.windows", "8", "4"), "strictly increasing"),
+    ("window 0", TRAIN("--stage1.windows", "0", "4"), "positive integers"),
+    ("group size < 2", TRAIN("--rollout.group-size", "1"), "group_size must be an integer >= 2"),
+    ("negative lr", TRAIN("--stage1.lr", "-1e-3"), "stage1.lr must be in (0, 1]"),
+    ("NaN lr", TRAIN("--stage1.lr", "nan"), "stage1.lr must be in (0, 1], got nan"),
+    ("infinite lr", TRAIN("--stage2.lr", "inf"), "stage2.lr must be in (0, 1], got inf"),
+    ("absurd lr", TRAIN("--stage1.lr", "10"), "stage1.lr must be in (0, 1]"),
+    ("negative KL coefficient", TRAIN("--stage2.kl-coef", "-0.1"), "stage2.kl_coef must be a number in [0.0, 10.0]"),
+    ("absurd step-saving coefficient", TRAIN("--stage2.step-coef", "1e9"), "stage2.step_coef"),
+    ("stability coefficient > 1", TRAIN("--stage2.stability-coef", "5"), "stage2.stability_coef"),
+    ("negative clip", TRAIN("--stage1.clip-low", "-0.2"), "stage1.clip_low"),
+    ("budget multiplier < 1", TRAIN("--stage2.budget-multiplier", "0.5"), "stage2.budget_multiplier"),
+    ("negative gradient clip", TRAIN("--stage1.max-grad-norm", "-1"), "max_grad_norm must be > 0"),
+    ("negative budget", TRAIN("--stage2.budget", "-5"), "stage2.budget must be an integer >= 0"),
+    ("negative epochs", TRAIN("--stage1.epochs", "-1"), "stage1.epochs must be an integer >= 0"),
+    ("horizon 0", TRAIN("--env.horizon", "0"), "env.horizon must be an integer in [1, 100000]"),
+    ("overlapping seed splits", TRAIN("--env.val-seed", "0"), "must be disjoint"),
+    ("stage 2 window > H", TRAIN("--stage2.window", "9"), "stage2.window must be <= policy.chunk_size=8"),
+    ("unknown stage", TRAIN("--stage", "foo"), "invalid choice 'foo' for argument '--stage'"),
+    ("unknown device", TRAIN("--device", "tpu"), "invalid choice 'tpu' for argument '--device'"),
+    pytest.param("cuda without a GPU", TRAIN("--device", "cuda"), "no CUDA device", marks=no_cuda),
+    ("unknown flag", TRAIN("--bogus", "1"), "Unrecognized options: --bogus"),
+    ("integer flag given text", TRAIN("--seed", "x"), "--seed"),
+    # config files and presets
+    ("YAML with an unknown key", ["config", "--config", "{root}/unknown_key.yaml"], "unknown key(s) stage1.lrr"),
+    ("YAML with a wrong type", ["config", "--config", "{root}/wrong_type.yaml"], "stage1.lr must be a number, got 'fast'"),
+    ("YAML float for an integer", ["config", "--config", "{root}/float_for_int.yaml"], "rollout.group_size must be an integer, got 2.5"),
+    ("malformed YAML", ["config", "--config", "{root}/malformed.yaml"], "is not valid YAML"),
+    ("YAML python tag (safe loader)", ["config", "--config", "{root}/python_tag.yaml"], "could not determine a constructor"),
+    ("YAML that is not a mapping", ["config", "--config", "{root}/list.yaml"], "config must be a mapping, got list"),
+    ("JSON config with a bad value", ["config", "--config", "{root}/bad_value.json"], "group_size must be an integer >= 2"),
+    ("malformed JSON config", ["config", "--config", "{root}/malformed.json"], "is not valid JSON"),
+    ("missing config file", TRAIN("--config", "{root}/nope.yaml"), "config file '{root}/nope.yaml' does not exist"),
+    ("unknown preset", TRAIN("--preset", "nope"), "unknown preset 'nope'"),
+    ("unknown subcommand", ["frobnicate", "--out", "{root}/x"], "unknown command 'frobnicate'"),
+    # checkpoints
+    ("missing checkpoint", TRAIN("--init", "{root}/nope"), "'{root}/nope' does not exist"),
+    ("checkpoint that is a file", TRAIN("--init", "{root}/a_file"), "is not a directory"),
+    ("truncated weights file", TRAIN("--init", "{root}/truncated"), "truncated"),
+    ("corrupt config.json", TRAIN("--init", "{root}/corrupt_config"), "config.json is not valid JSON"),
+    ("weights of another architecture", TRAIN("--init", "{root}/other_arch"), "weights do not match the architecture"),
+    ("non-finite weights", TRAIN("--init", "{root}/nan_weights"), "non-finite values in head.log_std"),
+    ("checkpoint format from the future", TRAIN("--init", "{root}/future_version"), "format version 99 is not supported"),
+    ("checkpoint architecture != config", TRAIN("--policy.hidden-dim", "128"), "policy.hidden_dim is 128 in the config but 64 in the checkpoint"),
+    ("checkpoint chunk size != config", TRAIN("--policy.chunk-size", "10"), "policy.chunk_size is 10 in the config but 8 in the checkpoint"),
+    ("train the scripted experts", TRAIN("--init", "expert"), "scripted experts have no weights"),
+    ("train without --init", ["train", *ARCH, "--out", "{root}/new_run"], "--init is required"),
+    # run directories
+    ("existing run dir, no --resume/--overwrite", TRAIN("--out", "{root}/existing_run"), "already exists; pass --resume"),
+    ("run dir that is a file", TRAIN("--out", "{root}/a_file"), "is a file"),
+    ("--resume of a non-run directory", ["train", "--resume", "{root}/demos"], "not a policytrim run directory"),
+    ("--resume with a corrupt run.json", ["train", "--resume", "{root}/broken_run"], "run.json is not valid JSON"),
+    ("--resume with a tampered config.yaml", ["train", "--resume", "{root}/tampered_run"], "config.yaml: unknown key(s) stage1.lrr"),
+    # demonstration datasets
+    ("pretrain without --data", ["pretrain", *ARCH, "--out", "{root}/new_baseline"], "--data is required"),
+    ("missing dataset", PRETRAIN("nope"), "does not exist"),
+    ("dataset with wrong action shape", PRETRAIN("demos_action_3d"), "action has shape [3]"),
+    ("dataset arrays of different lengths", PRETRAIN("demos_short_index"), "episode_index has 14 rows, expected 15"),
+    ("dataset with NaN", PRETRAIN("demos_nan"), "observation.state contains NaN or infinite values"),
+    ("dataset with inf", PRETRAIN("demos_inf"), "action contains NaN or infinite values"),
+    ("dataset with wrong dtype", PRETRAIN("demos_float64"), "action has dtype float64, expected float32"),
+    ("truncated dataset file", PRETRAIN("demos_truncated"), "frames.safetensors cannot be read (truncated or corrupt?)"),
+    ("dataset format from the future", PRETRAIN("demos_future_version"), "format version 7 is not supported"),
+    ("a checkpoint given as dataset", PRETRAIN("ckpt"), "meta.json is missing"),
+    ("pretrain into an existing directory", PRETRAIN("demos", "--out", "{root}/ckpt_h32"), "already exists; pass --overwrite"),
+    ("collect to an existing dataset", ["collect", *ARCH, "--out", "{root}/demos"], "already exists; pass --overwrite"),
+    # evaluation
+    ("eval window > max window", EVAL("--window", "9"), "--window must be in [1, 8]"),
+    ("expert with window > 1", EVAL("--checkpoint", "expert", "--window", "5"), "scripted experts act in closed loop with window 1"),
+    ("eval output that is a file", EVAL("--out", "{root}/a_file"), "is a file"),
+    ("eval with 0 episodes", EVAL("--episodes", "0"), "eval.episodes must be an integer >= 1"),
+]
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("kind, argv, message", BAD_INPUTS, ids=[c.values[0] if hasattr(c, "values") else c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(fx, kind, argv, message, capsys, monkeypatch):
+    monkeypatch.chdir(fx)  # a relative default output would land here, inside the snapshot
+    argv = [a.format(root=fx) for a in argv]
+    before = snapshot(fx)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert message.format(root=fx) in lines[0]
+    assert out == ""
+    assert snapshot(fx) == before, "bad input must not create or change any file"
+
+
+def test_the_table_covers_at_least_30_kinds():
+    assert len({c.values[0] if hasattr(c, "values") else c[0] for c in BAD_INPUTS}) >= 30
+
+
+@pytest.mark.parametrize("kind", ["truncated weights file", "dataset with NaN", "--resume with a corrupt run.json"])
+def test_real_process_exit_status_and_no_traceback(fx, kind, tmp_path):
+    _, argv, message = next(c for c in BAD_INPUTS if c[0] == kind)
+    before = snapshot(fx)
+    result = subprocess.run([sys.executable, "-m", "policytrim.cli", *(a.format(root=fx) for a in argv)], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert snapshot(fx) == before and list(tmp_path.iterdir()) == []
