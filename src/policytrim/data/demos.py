@@ -353,7 +353,7 @@ class Suboptimality:
         return np.clip(a + jitter, -1.0, 1.0).astype(np.float32)
 
 
-_WORKER_ENVS: dict[str, Any] = {}
+_WORKER_ENVS: dict[tuple[str, str], Any] = {}
 
 
 def _run_episode(job: tuple[Any, InitialState, Any, bool]) -> dict[str, Any]:
@@ -362,7 +362,7 @@ def _run_episode(job: tuple[Any, InitialState, Any, bool]) -> dict[str, Any]:
     from policytrim.policies.expert import expert_action, scripted_expert
 
     env_cfg, state, data_cfg, suboptimal = job
-    key = state.task
+    key = (repr(env_cfg), state.task)  # not the task alone: a cached env keeps its horizon, camera, image flag
     if key not in _WORKER_ENVS:
         _WORKER_ENVS[key] = (make_env(env_cfg, state.task), scripted_expert(state.task))
     env, expert = _WORKER_ENVS[key]
