@@ -37,3 +37,54 @@ def describe_machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "load_average": list(os.getloadavg()),
     }
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def tree_rss_mb(pid: int | None = None) -> float:
+    """Resident memory of a process and all its descendants, in MB (Linux; 0 elsewhere)."""
+    pid = os.getpid() if pid is None else pid
+    total, stack = 0, [pid]
+    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+        stack.extend(_children(p))
+    return total / 2**20
+
+
+class PeakMemory:
+    """Samples `tree_rss_mb` in a background thread: the peak memory of this process together with
+    its worker processes (what a user's machine must hold), not just the largest single process."""
+
+    def __init__(self, interval_s: float = 0.5):
+        import threading
+
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="policytrim-peak-memory")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, tree_rss_mb())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, tree_rss_mb())

@@ -14,7 +14,6 @@ Output directory::
 from __future__ import annotations
 
 import dataclasses
-import resource
 import shutil
 import sys
 import time
@@ -24,15 +23,9 @@ from typing import Any, Sequence
 from policytrim.config import RunConfig
 from policytrim.errors import InputError
 from policytrim.io import atomic_write_json
+from policytrim.machine import PeakMemory
 
 SUMMARY_KEYS = ("baseline", "stage1", "policytrim", "calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")
-
-
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process and of its largest child (MB, Linux)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 1024.0
 
 
 def evaluate_pipeline(
@@ -189,30 +182,31 @@ def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[s
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
+    with PeakMemory() as memory:  # this process and its env workers together
 
-    t = time.perf_counter()
-    _say(f"collecting {cfg.data.episodes} {'suboptimal' if cfg.data.suboptimal else 'clean'} expert demonstrations per task for {', '.join(cfg.env.tasks)}")
-    collect_demos(cfg, out / "demos", progress=cfg.logging.progress)
-    timings["collect_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _say(f"collecting {cfg.data.episodes} {'suboptimal' if cfg.data.suboptimal else 'clean'} expert demonstrations per task for {', '.join(cfg.env.tasks)}")
+        collect_demos(cfg, out / "demos", progress=cfg.logging.progress)
+        timings["collect_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    _say(f"behaviour cloning ({cfg.pretrain.iterations} iterations)")
-    pretrain(cfg, out / "demos", out / "baseline")
-    timings["pretrain_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _say(f"behaviour cloning ({cfg.pretrain.iterations} iterations)")
+        pretrain(cfg, out / "demos", out / "baseline")
+        timings["pretrain_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    _say(f"Stage 1 ({cfg.stage1.epochs} epochs) and Stage 2 ({cfg.stage2.epochs} epochs)")
-    train_cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, out=str(out / "train")))
-    train(train_cfg, "both", str(out / "baseline"))
-    timings["train_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _say(f"Stage 1 ({cfg.stage1.epochs} epochs) and Stage 2 ({cfg.stage2.epochs} epochs)")
+        train_cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, out=str(out / "train")))
+        train(train_cfg, "both", str(out / "baseline"))
+        timings["train_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    _say(f"evaluating baseline, fixed-horizon sweep, Stage 1 and PolicyTrim on {cfg.eval.episodes} test states per task ({cfg.eval.mode} mode, paired)")
-    summary = evaluate_pipeline(cfg, out / "baseline", out / "train", out)
-    timings["eval_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _say(f"evaluating baseline, fixed-horizon sweep, Stage 1 and PolicyTrim on {cfg.eval.episodes} test states per task ({cfg.eval.mode} mode, paired)")
+        summary = evaluate_pipeline(cfg, out / "baseline", out / "train", out)
+        timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
     summary["timings"] = timings
-    summary["peak_rss_mb"] = _peak_rss_mb()
+    summary["peak_rss_mb"] = memory.peak_mb
     summary["tasks"] = list(cfg.env.tasks)
     summary["horizon"] = cfg.env.horizon
     summary["demonstrations"] = dataclasses.asdict(cfg.data)
