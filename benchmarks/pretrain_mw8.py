@@ -19,26 +19,13 @@ import argparse
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 from policytrim.config import RunConfig, from_dict, load_config, preset_path, to_dict
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+from policytrim.machine import describe_machine
 
 
 def override(cfg: RunConfig, assignments: list[str]) -> RunConfig:
@@ -85,7 +72,7 @@ def main() -> None:
     cfg.logging.progress = False
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    result: dict = {"machine": machine(), "load_average_start": list(os.getloadavg()), "config": to_dict(cfg)}
+    result: dict = {"machine": describe_machine(), "load_average_start": list(os.getloadavg()), "config": to_dict(cfg)}
 
     demos = Path(args.demos) if args.demos else work / "demos"
     if not args.demos:

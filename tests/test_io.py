@@ -1,7 +1,6 @@
 """Atomic writes, JSONL with a torn last line, resumable optimiser state without pickle."""
 
 import json
-import os
 
 import pytest
 import torch

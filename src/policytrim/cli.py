@@ -16,14 +16,14 @@ import io
 import json
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Sequence
 
 import tyro
 import yaml
 
-from policytrim.config import ConfigError, RunConfig, from_dict, load_config, preset_path, to_dict
+from policytrim.config import RunConfig, from_dict, load_config, preset_path, to_dict
 from policytrim.errors import InputError
 
 

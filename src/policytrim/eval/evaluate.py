@@ -30,6 +30,7 @@ import torch
 from policytrim.envs import env_tasks, initial_states, split_seed
 from policytrim.errors import InputError
 from policytrim.eval.metrics import summarize
+from policytrim.io import atomic_write_json
 from policytrim.rollout.engine import RolloutEngine
 
 FORMAT, VERSION = "policytrim-metrics", 1
@@ -133,13 +134,6 @@ def format_table(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def eval_command(args: Any) -> int:
     """`policytrim eval`: args is a `policytrim.cli.EvalCmd`."""
     from policytrim.cli import run_config
@@ -165,7 +159,7 @@ def eval_command(args: Any) -> int:
     with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s) as engine:
         metrics = evaluate_policy(policy, cfg.env, cfg.eval.episodes, window, cfg.eval.mode, cfg.eval.seed, "test", engine=engine, latency_ms=cfg.eval.latency_ms)
     metrics["policy"] = str(args.checkpoint)
-    write_json_atomic(out, metrics)
+    atomic_write_json(out, metrics)
     print(format_table(metrics))
     print(f"wrote {out}")
     return 0
@@ -216,7 +210,7 @@ def _compare_command(args: Any, cfg: Any, policy: Any, window: int) -> int:
     result = run_suite(contenders, cfg.env, cfg.eval.episodes, modes, cfg.eval.seed, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, cfg.eval.latency_ms, perturbations, robust)
     write_suite(result, out)
     metrics = dict(result["modes"][modes[0]]["policies"]["policy"], policy=str(args.checkpoint))
-    write_json_atomic(out / "metrics.json", metrics)
+    atomic_write_json(out / "metrics.json", metrics)
     report = write_report([out], out)
     for mode in modes:
         comparison = result["modes"][mode]

@@ -34,7 +34,7 @@ from policytrim.envs import initial_states, split_seed
 from policytrim.envs.base import InitialState
 from policytrim.errors import InputError
 from policytrim.eval.evaluate import evaluate_policy
-from policytrim.io import atomic_directory, atomic_write_json, kill_point
+from policytrim.io import atomic_directory, kill_point
 from policytrim.policies import ChunkPolicy, load_policy
 from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.rollout.types import Trajectories
