@@ -15,8 +15,11 @@ contenders named in ``robust_names`` through an engine whose envs are wrapped, i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Sequence
+
+import torch
 
 from policytrim.eval.compare import Contender, compare
 from policytrim.eval.ensemble import ACT_M, TemporalEnsemble
@@ -77,15 +80,21 @@ def run_suite(
         "modes": {},
         "robustness": {},
     }
-    with RolloutEngine(env_cfg, num_workers, step_timeout_s) as engine:
-        for mode in modes:
-            result["modes"][mode] = compare(contenders, env_cfg, episodes, mode, seed, engine, split=split, latency_ms=latency_ms)
-    names = list(robust_names) if robust_names is not None else [c.name for c in contenders]
-    robust = [c for c in contenders if c.name in names]
-    for p in perturbations:
-        with RolloutEngine(env_cfg, num_workers, step_timeout_s, env_factory=PerturbedEnvFactory(p)) as engine:
-            comparison = compare(robust, env_cfg, episodes, modes[0], seed, engine, split=split, latency_ms=latency_ms)
-        result["robustness"][p.name] = {"perturbation": {**p.to_dict(), "description": p.describe()}, "mode": modes[0], **comparison}
+    threads = torch.get_num_threads()
+    if num_workers >= (os.cpu_count() or 1):
+        torch.set_num_threads(1)  # env workers own the cores; torch's pool would spin against them
+    try:
+        with RolloutEngine(env_cfg, num_workers, step_timeout_s) as engine:
+            for mode in modes:
+                result["modes"][mode] = compare(contenders, env_cfg, episodes, mode, seed, engine, split=split, latency_ms=latency_ms)
+        names = list(robust_names) if robust_names is not None else [c.name for c in contenders]
+        robust = [c for c in contenders if c.name in names]
+        for p in perturbations:
+            with RolloutEngine(env_cfg, num_workers, step_timeout_s, env_factory=PerturbedEnvFactory(p)) as engine:
+                comparison = compare(robust, env_cfg, episodes, modes[0], seed, engine, split=split, latency_ms=latency_ms)
+            result["robustness"][p.name] = {"perturbation": {**p.to_dict(), "description": p.describe()}, "mode": modes[0], **comparison}
+    finally:
+        torch.set_num_threads(threads)
     return result
 
 
