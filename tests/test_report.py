@@ -139,3 +139,15 @@ def test_pipeline_train_eval_and_ablation_dirs(tmp_path):
 def test_unknown_directory_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="not a run directory"):
         write_report([tmp_path], tmp_path / "r")
+
+
+def test_filmstrip_state_is_a_typical_pair_of_successes():
+    from policytrim.eval.filmstrip import pick_frames, representative_state
+
+    base = {"task": ["a"] * 5 + ["b"], "index": [0, 1, 2, 3, 4, 0], "success": [True, True, False, True, True, True], "steps": [100, 120, 200, 90, 150, 80]}
+    new = {"task": ["a"] * 5 + ["b"], "index": [0, 1, 2, 3, 4, 0], "success": [True, True, True, False, True, True], "steps": [60, 110, 70, 200, 100, 80]}
+    # pairs where both succeeded: index 1 (10 steps saved), 0 (40), 4 (50) -> the median is index 0
+    assert representative_state({"b": base, "n": new}, "b", "n", "a") == 0
+    assert representative_state({"b": base, "n": new}, "b", "n", "c") is None
+    frames = [f"f{i}" for i in range(11)]
+    assert [i for i, _ in pick_frames(frames, 3)] == [0, 5, 10]
