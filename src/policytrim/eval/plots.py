@@ -203,7 +203,7 @@ def filmstrip_figure(strips: Mapping[str, Sequence[tuple[int, np.ndarray]]], pat
         axes[r][0].annotate(label, xy=(0.0, 1.28), xycoords="axes fraction", ha="left", va="bottom", fontsize=9, fontweight="bold")
     fig.suptitle(title or "Rollouts", fontsize=10, y=1.0 + 0.12 / len(rows))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    fig.savefig(path, dpi=80, bbox_inches="tight")  # photographs compress badly in PNG: keep them small
     plt.close(fig)
     return path
 

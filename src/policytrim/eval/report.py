@@ -447,7 +447,7 @@ def _analysis(sec: Section, summary: dict[str, Any], level: int) -> None:
     slow = [(t, v.get("steps_reduction")) for t, v in per_task.items() if v.get("steps_reduction") is not None]
     if slow:
         slow.sort(key=lambda x: x[1])
-        items.append("Steps reduction per task, least to most: " + ", ".join(f"{t} {r:+.0%}" for t, r in slow) + ".")
+        items.append("Change in steps per task, smallest reduction first: " + ", ".join(f"{t} {-r:+.0%}" for t, r in slow) + ".")
     sweep = summary.get("fixed_horizon_sweep") or {}
     if sweep:
         items.append("Fixed windows without training (Table 11): " + ", ".join(f"k={k}: SR {nice(m['success_rate'])}, T {nice(m['mean_steps'], '.1f')}" for k, m in sorted(sweep.items(), key=lambda kv: int(kv[0]))) + ".")
