@@ -160,8 +160,11 @@ def eval_command(args: Any) -> int:
         metrics = evaluate_policy(policy, cfg.env, cfg.eval.episodes, window, cfg.eval.mode, cfg.eval.seed, "test", engine=engine, latency_ms=cfg.eval.latency_ms)
     metrics["policy"] = str(args.checkpoint)
     atomic_write_json(out, metrics)
+    from policytrim.eval.report import write_report
+
+    report = write_report([out.parent], out.parent)
     print(format_table(metrics))
-    print(f"wrote {out}")
+    print(f"wrote {out}, {out.parent / 'report.md'} and {report}")
     return 0
 
 
