@@ -538,6 +538,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         blocks += sec.blocks
     atomic_write_bytes(out / "report.md", to_markdown(blocks, out).encode())
     atomic_write_bytes(out / "report.html", to_html(blocks, "PolicyTrim report").encode())
+    for name in ("report.md", "report.html"):  # a report is for sharing: readable like the PNGs
+        (out / name).chmod(0o644)
     return out / "report.html"
 
 
