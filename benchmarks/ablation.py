@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from policytrim.config import RunConfig, from_dict, load_config, preset_path, to_dict
+from policytrim.machine import describe_machine
 
 # Sized for <= ~45 min on 2 shared cores (one task): 30 epochs per stage of 8 groups x G = 8,
 # 50 validation states (the 2-point tolerances need more than 25 on one task), Stage 2 validated
@@ -78,7 +78,7 @@ def main() -> None:
     t0 = time.perf_counter()
     result = run_ablation(cfg, args.init, args.variants, work)
     wall = time.perf_counter() - t0
-    result["machine"].update(cpu=_cpu(), python=platform.python_version(), load_average_before_launch=load_start)
+    result["machine"].update(describe_machine(), load_average_before_launch=load_start)
     result["wall_seconds_this_invocation"] = wall
     result["command"] = " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     result["settings"] = SETTINGS
@@ -94,16 +94,6 @@ def main() -> None:
     shutil.rmtree(report_dir, ignore_errors=True)
     shutil.copytree(work / "report", report_dir)
     print(f"wrote {results / f'ablation_{tag}.json'}, .md and {report_dir}/ in {wall / 60:.1f} min")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

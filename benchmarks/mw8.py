@@ -26,17 +26,16 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import yaml
 
 from policytrim.config import RunConfig, from_dict, load_config, preset_path, to_dict
+from policytrim.machine import describe_machine
 
 # Trainer settings for MW-8, fixed before measuring. The reasons:
 # - 16 groups per epoch = 2 groups per task, G = 8 (the paper's group size).
@@ -53,18 +52,6 @@ TRAINER: dict[str, Any] = {
     "logging": {"progress": False, "tensorboard": False},
 }
 ROBUSTNESS = ({"name": "obs_noise_0.01", "obs_noise": 0.01}, {"name": "act_noise_0.3", "act_noise": 0.3})
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -135,7 +122,7 @@ def main() -> None:
     phases = Phases(work)
     info_path = work / "machine.json"
     if not info_path.is_file():
-        info_path.write_text(json.dumps({**machine(), "load_average_start": list(os.getloadavg()), "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+        info_path.write_text(json.dumps({**describe_machine(), "load_average_start": list(os.getloadavg()), "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
 
     phases.run("collect", lambda: (work / "demos" / "meta.json").is_file(), lambda: collect_demos(cfg, work / "demos", overwrite=True))
     if args.stop_after == "collect":

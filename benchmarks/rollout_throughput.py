@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -41,23 +40,12 @@ from policytrim.config import EnvConfig, PolicyConfig
 from policytrim.envs import initial_states, make_env
 from policytrim.envs.base import InitialState
 from policytrim.envs.tasks import INSTRUCTIONS
+from policytrim.machine import describe_machine
 from policytrim.policies.expert import ExpertPolicy, expert_action, scripted_expert
 from policytrim.rollout.engine import RolloutEngine
 
 DEFAULT_TASKS = "reach-v3,push-v3,drawer-close-v3,button-press-topdown-v3"
 BENCH_SEED = 7  # a seed of its own, not a train/val/test seed
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
 
 
 def expert_episode(env, state: InitialState) -> np.ndarray:
@@ -190,7 +178,7 @@ def main() -> None:
         "engine_steps_per_s": eng,
         "ratio": ratio,
         "ratio_of_medians": eng / raw,
-        "machine": {**machine(), "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()), "load_average_1min_per_repeat": loads},
+        "machine": {**describe_machine(), "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()), "load_average_1min_per_repeat": loads},
         "command": "benchmarks/rollout_throughput.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
     }
     out = Path(args.out)

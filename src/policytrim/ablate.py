@@ -36,7 +36,6 @@ Output::
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shutil
