@@ -23,9 +23,11 @@ from safetensors.torch import load_file, save_file
 
 from policytrim.cli import main
 from policytrim.config import PolicyConfig
-from policytrim.data.demos import DemoDataset, save_demos
+from policytrim.data.demos import save_demos
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.policies.chunk import TinyVLA
+
+from fixtures.make_fixtures import random_demos
 
 TASK = "drawer-close-v3"
 EPISODES, LENGTH = 3, 5
@@ -39,25 +41,7 @@ def make_checkpoint(path: Path, hidden_dim: int = 64) -> Path:
 
 
 def make_demos(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    save_demos(
-        DemoDataset(
-            state=rng.normal(size=(FRAMES, 39)).astype(np.float32),
-            action=rng.uniform(-1, 1, size=(FRAMES, 4)).astype(np.float32),
-            episode_index=np.repeat(np.arange(EPISODES), LENGTH),
-            frame_index=np.tile(np.arange(LENGTH), EPISODES),
-            task_index=np.zeros(FRAMES, np.int64),
-            length=np.full(EPISODES, LENGTH),
-            success=np.ones(EPISODES, bool),
-            episode_task_index=np.zeros(EPISODES, np.int64),
-            seed=np.zeros(EPISODES, np.int64),
-            index=np.arange(EPISODES),
-            start=np.arange(EPISODES) * LENGTH,
-            tasks=[TASK],
-            instructions=[INSTRUCTIONS[TASK]],
-        ),
-        path,
-    )
+    save_demos(random_demos(EPISODES, LENGTH, TASK), path)
     return path
 
 

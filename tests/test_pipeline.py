@@ -35,6 +35,8 @@ def test_demo_command_writes_summary_and_report(tmp_path):
     assert lo <= summary["success_rate_drop"] <= hi
     assert set(summary["fixed_horizon_sweep"]) == {"4", "5"}  # the default window and 5..H in steps of 5 (H = 8)
     assert summary["peak_rss_mb"] > 0 and summary["timings"]["total_s"] > 0
+    phases = summary["peak_rss_mb_per_phase"]
+    assert set(phases) == {"collect", "pretrain", "train", "eval"} and max(phases.values()) <= summary["peak_rss_mb"]
     assert "PolicyTrim vs baseline" in result.stdout and str(out / "summary.json") in result.stdout
     assert (out / "report" / "report.html").is_file()
     # running again without --overwrite refuses and keeps the results

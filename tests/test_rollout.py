@@ -283,6 +283,32 @@ def test_env_server_reuses_envs_and_bounds_idle_ones():
     assert [e.closed for e in made] == [False, True, False]  # "b" was idle when "c" needed room
 
 
+def test_evicted_envs_in_reference_cycles_are_freed_at_once():
+    import gc
+    import weakref
+
+    from policytrim.rollout.workers import EnvServer, StepRequest
+
+    refs = []
+
+    def factory(cfg, task):
+        env = FakeEnv(task)
+        env.cycle = env  # gymnasium / MuJoCo envs sit in reference cycles like this one
+        refs.append(weakref.ref(env))
+        return env
+
+    gc.disable()  # only the server's own collection may free it
+    try:
+        server = EnvServer(None, factory, max_envs=1)
+        one_step = dict(actions=np.zeros((1, 1, 4), np.float32), rows=np.array([1]))
+        for slot, task in enumerate(["a", "b"]):
+            server.handle(StepRequest(resets=[(slot, InitialState(task, 0, 0))]))
+            server.handle(StepRequest(slots=np.array([slot]), **one_step))
+        assert refs[0]() is None and refs[1]() is not None  # "a" was evicted for "b" and freed
+    finally:
+        gc.enable()
+
+
 BUILT: list[str] = []
 
 

@@ -12,7 +12,7 @@ from conftest import tiny_config
 from policytrim.errors import InputError
 from policytrim.io import read_jsonl
 from policytrim.policies import load_policy
-from policytrim.train.grpo import train
+from policytrim.train.grpo import is_better, significant_loss, train
 
 
 def small_run_config(out, **stage_overrides):
@@ -87,3 +87,24 @@ def test_bad_init_and_existing_run_dir_write_nothing(tiny_baseline, tmp_path):
     assert (tmp_path / "run" / "keep.txt").read_text() == "precious"
     with pytest.raises(InputError, match="not a policytrim run directory"):
         train(cfg, resume=str(tmp_path / "run"))
+
+
+def _val(successes: list[bool], calls: float) -> dict:
+    """A validation result as `validate` returns it (made up: the selection rule is pure)."""
+    return {"success_rate": sum(successes) / len(successes), "calls_per_success": calls, "success_by_state": {f"push-v3:{i}": ok for i, ok in enumerate(successes)}}
+
+
+def test_stage2_selection_needs_a_significant_loss_to_reject():
+    start = _val([True] * 70 + [False] * 2, 22.0)
+    noisy = _val([True] * 68 + [False] * 4, 18.0)  # -2.8 points: beyond 2 points, but 2 discordant pairs is noise
+    real = _val([True] * 60 + [False] * 12, 12.0)  # -13.9 points: 10 states lost, none gained
+    assert not significant_loss(noisy, start, 2.0)
+    assert significant_loss(real, start, 2.0)
+    assert not significant_loss(real, start, 20.0)  # within the tolerance
+    assert is_better("trim", noisy, start, start, 2.0)  # fewer calls, no significant loss
+    assert not is_better("trim", real, noisy, start, 2.0)  # fewer calls, but lost success
+    # without per-state outcomes (older checkpoints) only the point tolerance applies
+    bare = {k: v for k, v in noisy.items() if k != "success_by_state"}
+    assert significant_loss(bare, start, 2.0)
+    # Stage 1 keeps the highest SR at the longest window
+    assert is_better("extend", start, noisy, start, 2.0) and not is_better("extend", noisy, start, start, 2.0)

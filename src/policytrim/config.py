@@ -235,7 +235,8 @@ class Stage2Config(GRPOConfig):
     floor_mode: Literal["clamp", "gate"] = "clamp"
     """clamp: sigma = max(sigma_g, floor) (paper); gate: no penalty while sigma_g < floor (authors' code)."""
     tolerance_points: float = 2.0
-    """Best checkpoint: fewest calls among evaluations within this many SR points of the stage's start."""
+    """Best checkpoint: fewest calls among evaluations that did not lose success against the stage's
+    start: an SR drop within this many points, or one the paired 95% interval cannot tell from zero."""
 
     def __post_init__(self) -> None:
         self._validate("stage2")

@@ -65,20 +65,29 @@ def tree_rss_mb(pid: int | None = None) -> float:
 
 class PeakMemory:
     """Samples `tree_rss_mb` in a background thread: the peak memory of this process together with
-    its worker processes (what a user's machine must hold), not just the largest single process."""
+    its worker processes (what a user's machine must hold), not just the largest single process.
+    Set ``phase`` to also get the peak of each phase in ``phase_peaks_mb``."""
 
     def __init__(self, interval_s: float = 0.5):
         import threading
 
         self.interval_s = interval_s
         self.peak_mb = 0.0
+        self.phase = ""
+        self.phase_peaks_mb: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="policytrim-peak-memory")
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, tree_rss_mb())
+            self._sample()
             self._stop.wait(self.interval_s)
+
+    def _sample(self) -> None:
+        mb = tree_rss_mb()
+        self.peak_mb = max(self.peak_mb, mb)
+        if self.phase:
+            self.phase_peaks_mb[self.phase] = max(self.phase_peaks_mb.get(self.phase, 0.0), mb)
 
     def __enter__(self) -> "PeakMemory":
         self._thread.start()
@@ -87,4 +96,4 @@ class PeakMemory:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, tree_rss_mb())
+        self._sample()

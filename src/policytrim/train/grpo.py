@@ -34,6 +34,7 @@ from policytrim.envs import initial_states, split_seed
 from policytrim.envs.base import InitialState
 from policytrim.errors import InputError
 from policytrim.eval.evaluate import evaluate_policy
+from policytrim.eval.paired import paired_difference
 from policytrim.io import atomic_directory, kill_point
 from policytrim.policies import ChunkPolicy, load_policy
 from policytrim.rollout.engine import RolloutEngine, stable_seed
@@ -176,10 +177,13 @@ def grpo_update(
 
 def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, episodes: int) -> dict[str, Any]:
     """Overall metrics on validation states at one window (paired: fixed seed)."""
-    metrics = evaluate_policy(policy, cfg.env, episodes, window, cfg.eval.mode, cfg.eval.seed, split="val", engine=engine, latency_ms=cfg.eval.latency_ms)
+    metrics = evaluate_policy(policy, cfg.env, episodes, window, cfg.eval.mode, cfg.eval.seed, split="val", engine=engine, latency_ms=cfg.eval.latency_ms, return_outcomes=True)
     if metrics["overall"]["episodes"] == 0:
         raise RuntimeError(f"validation at window {window}: every episode was lost to simulator faults or worker timeouts")
-    return metrics["overall"]
+    out = metrics["outcomes"]
+    # per-state success, for paired comparisons between validations (same states, same random numbers)
+    success = {f"{task}:{index}": bool(ok) for task, index, ok in zip(out["task"], out["index"], out["success"])}
+    return {**metrics["overall"], "success_by_state": success}
 
 
 def choose_window(policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...], engine: RolloutEngine) -> dict[str, Any]:
@@ -190,7 +194,8 @@ def choose_window(policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...],
     reference = per_window[windows[0]]["success_rate"]
     tolerance = cfg.stage1.tolerance_points / 100.0
     chosen = max(w for w in windows if per_window[w]["success_rate"] >= reference - tolerance - 1e-12)
-    return {"window": chosen, "tolerance_points": cfg.stage1.tolerance_points, "episodes_per_task": episodes, "split": "val", "mode": cfg.eval.mode, "per_window": {str(w): m for w, m in per_window.items()}}
+    evidence = {str(w): {k: v for k, v in m.items() if k != "success_by_state"} for w, m in per_window.items()}
+    return {"window": chosen, "tolerance_points": cfg.stage1.tolerance_points, "episodes_per_task": episodes, "split": "val", "mode": cfg.eval.mode, "per_window": evidence}
 
 
 def calibrate_budget(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine) -> dict[str, Any]:
@@ -217,16 +222,36 @@ def calibrate_budget(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: R
     }
 
 
+def significant_loss(candidate: dict[str, Any], start: dict[str, Any], tolerance_points: float) -> bool:
+    """Whether ``candidate`` lost success against ``start`` (two validations on the same states with
+    the same random numbers): its SR drop is larger than ``tolerance_points`` AND the paired 95%
+    interval of the drop (Newcombe) excludes zero. On small validation sets one or two unlucky
+    episodes move the SR by more than the tolerance; only a loss the evaluation can tell from noise
+    disqualifies a checkpoint."""
+    drop = start["success_rate"] - candidate["success_rate"]
+    if drop <= tolerance_points / 100.0 + 1e-12:
+        return False
+    a, b = start.get("success_by_state"), candidate.get("success_by_state")
+    if not a or not b:  # no per-state outcomes (a checkpoint from before they were recorded)
+        return True
+    keys = sorted(a.keys() & b.keys())
+    if not keys:
+        return True
+    diff = paired_difference([a[k] for k in keys], [b[k] for k in keys])
+    return diff["hi"] < 0.0  # new - start is below zero with 95% confidence
+
+
 def is_better(stage: str, candidate: dict[str, Any], best: dict[str, Any] | None, start: dict[str, Any], tolerance_points: float) -> bool:
     """Best-checkpoint criterion. extend: highest SR at the longest window (ties: fewer calls).
-    trim: fewest calls among evaluations within the tolerance of the stage's starting SR."""
+    trim: fewest calls among evaluations without a significant success loss against the stage's
+    start (`significant_loss`); if every one lost, the highest SR."""
     if best is None:
         return True
     calls = lambda m: math.inf if m["calls_per_success"] is None else m["calls_per_success"]  # noqa: E731 (None: no success)
     if stage == "extend":
         return (candidate["success_rate"], -calls(candidate)) > (best["success_rate"], -calls(best))
-    floor = start["success_rate"] - tolerance_points / 100.0 - 1e-12
-    cand_ok, best_ok = candidate["success_rate"] >= floor, best["success_rate"] >= floor
+    cand_ok = not significant_loss(candidate, start, tolerance_points)
+    best_ok = not significant_loss(best, start, tolerance_points)
     if cand_ok != best_ok:
         return cand_ok
     if not cand_ok:
@@ -344,7 +369,8 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
     bar.close()
 
     policy.load_state_dict(load_policy(stage_dir / "best" / "policy").state_dict())
-    return {"stage": stage, "epochs": scfg.epochs, "best": state["best"], "start": state["start_eval"], "eval_window": eval_window}
+    brief = lambda m: {k: v for k, v in m.items() if k != "success_by_state"}  # noqa: E731 (per-state outcomes stay in the checkpoint)
+    return {"stage": stage, "epochs": scfg.epochs, "best": brief(state["best"]), "start": brief(state["start_eval"]), "eval_window": eval_window}
 
 
 def save_policy_dir(policy: ChunkPolicy, path: Path) -> None:
