@@ -151,3 +151,14 @@ def test_filmstrip_state_is_a_typical_pair_of_successes():
     assert representative_state({"b": base, "n": new}, "b", "n", "c") is None
     frames = [f"f{i}" for i in range(11)]
     assert [i for i, _ in pick_frames(frames, 3)] == [0, 5, 10]
+
+
+def test_pareto_plot_of_a_perfect_policy_whose_interval_rounds_below_it(tmp_path):
+    from policytrim.eval.plots import pareto_figure
+
+    points = {
+        "baseline": {"success_rate": 0.9, "success_ci95": [0.8, 0.95], "calls_per_success": 24.0},
+        "trimmed": {"success_rate": 1.0, "success_ci95": [0.96, 1.0 - 1e-12], "calls_per_success": 5.0},
+    }
+    path = pareto_figure(points, tmp_path / "pareto.png", highlight=["trimmed"])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -48,12 +48,12 @@ def chunk_length_figure(sweep: Mapping[int, Mapping[str, Any]], trained: Mapping
     lo = np.array([sweep[k]["success_ci95"][0] for k in ks])
     hi = np.array([sweep[k]["success_ci95"][1] for k in ks])
     steps = np.array([_num(sweep[k]["mean_steps"]) for k in ks])
-    ax_sr.errorbar(ks, sr, yerr=[sr - lo, hi - sr], marker="o", capsize=3, color="tab:gray", label="starting policy, fixed window")
+    ax_sr.errorbar(ks, sr, yerr=_yerr(sr, lo, hi), marker="o", capsize=3, color="tab:gray", label="starting policy, fixed window")
     ax_t.plot(ks, steps, marker="o", color="tab:gray", label="starting policy, fixed window")
     markers = ["s", "D", "^", "v", "P"]
     for i, (label, (k, m)) in enumerate(trained.items()):
         s, (l, h) = _num(m["success_rate"]), m["success_ci95"]
-        ax_sr.errorbar([k], [s], yerr=[[s - l], [h - s]], marker=markers[i % len(markers)], capsize=3, linestyle="none", label=label, markersize=8)
+        ax_sr.errorbar([k], [s], yerr=_yerr([s], [l], [h]), marker=markers[i % len(markers)], capsize=3, linestyle="none", label=label, markersize=8)
         ax_t.plot([k], [_num(m["mean_steps"])], marker=markers[i % len(markers)], linestyle="none", label=label, markersize=8)
     ax_sr.set_xlabel("executed chunk length k")
     ax_sr.set_ylabel("success rate")
@@ -110,23 +110,40 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, tit
     return _save(fig, path)
 
 
+def _yerr(value, lo, hi) -> np.ndarray:
+    """Error-bar lengths below / above, never negative (an interval end computed as 0.99999999 for
+    an SR of 1.0 would be a matplotlib error)."""
+    value, lo, hi = (np.asarray(x, dtype=float) for x in (value, lo, hi))
+    return np.stack([np.clip(value - lo, 0.0, None), np.clip(hi - value, 0.0, None)])
+
+
 def pareto_figure(points: Mapping[str, Mapping[str, Any]], path: Path, title: str = "", highlight: Sequence[str] = ()) -> Path:
     """points: {policy: overall metrics}. Success rate (95% Wilson interval) vs mean inference calls
     per successful episode; the Pareto frontier (no other policy has fewer calls and higher SR)."""
-    fig, ax = plt.subplots(figsize=(7.2, 4.4))
     items = [(n, m) for n, m in points.items() if m.get("calls_per_success")]
+    crowded = len(items) > 6  # labels next to the points would overlap: a legend with distinct markers
+    fig, ax = plt.subplots(figsize=(9.6 if crowded else 7.2, 4.4))
+    markers = "osD^vP*Xh<>p"
+    colors = plt.get_cmap("tab20").colors
     for i, (name, m) in enumerate(items):
         c, s = float(m["calls_per_success"]), _num(m["success_rate"])
         lo, hi = m["success_ci95"]
-        style = dict(color="tab:red", markersize=9) if name in highlight else dict(color="tab:blue", markersize=6)
-        ax.errorbar([c], [s], yerr=[[s - lo], [hi - s]], marker="o", capsize=3, linestyle="none", **style)
-        ax.annotate(name, (c, s), textcoords="offset points", xytext=(6, 10 - 12 * (i % 3)), fontsize=8)
+        if crowded:
+            style = dict(color=colors[i % len(colors)], marker=markers[i % len(markers)], markersize=10 if name in highlight else 7, label=name)
+        else:
+            style = dict(color="tab:red" if name in highlight else "tab:blue", marker="o", markersize=9 if name in highlight else 6)
+        ax.errorbar([c], [s], yerr=_yerr([s], [lo], [hi]), capsize=3, linestyle="none", **style)
+        if not crowded:
+            ax.annotate(name, (c, s), textcoords="offset points", xytext=(6, 10 - 12 * (i % 3)), fontsize=8)
     frontier = []
     for name, m in sorted(items, key=lambda it: (float(it[1]["calls_per_success"]), -_num(it[1]["success_rate"]))):
         if not frontier or _num(m["success_rate"]) > frontier[-1][1]:
             frontier.append((float(m["calls_per_success"]), _num(m["success_rate"])))
     if len(frontier) > 1:
         ax.step([f[0] for f in frontier], [f[1] for f in frontier], where="post", color="tab:green", alpha=0.6, label="Pareto frontier")
+    if crowded:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    elif len(frontier) > 1:
         ax.legend(fontsize=8, loc="lower right")
     if items and max(float(m["calls_per_success"]) for _, m in items) / max(1e-9, min(float(m["calls_per_success"]) for _, m in items)) > 8:
         ax.set_xscale("log")
