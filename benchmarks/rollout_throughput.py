@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lanes", type=int, default=2, help="engine lanes per worker (RolloutEngine default: 2)")
     parser.add_argument("--envs-per-worker", type=int, default=None, help="engine concurrency per worker (default: 32)")
+    parser.add_argument("--lockstep", action="store_true", help="one policy call per round over every worker (rollout.lockstep: reproducible)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "rollout_throughput.json"))
     args = parser.parse_args()
 
@@ -137,7 +138,7 @@ def main() -> None:
 
     windows = torch.full((len(starts), 1), window, dtype=torch.long)
     raw_s, engine_s, loads = [], [], []
-    with RolloutEngine(env_cfg, num_workers=args.workers, lanes=args.lanes, envs_per_worker=args.envs_per_worker) as engine:
+    with RolloutEngine(env_cfg, num_workers=args.workers, lanes=args.lanes, envs_per_worker=args.envs_per_worker, pipeline=not args.lockstep) as engine:
         warm = engine.run(policy, starts, 1, windows, "sampled", seed=0, record_chunks=True)  # builds envs
         if args.policy == "tinyvla":
             executed = warm.replay["sample"].clamp(-1.0, 1.0)  # what the engine executed (Gaussian head)

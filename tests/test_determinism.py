@@ -1,5 +1,7 @@
 """Determinism (issue 7): the same config and seed on CPU give the same metrics, decisions and
-weights, run twice in one process (tiny size, both stages)."""
+weights, run twice in one process (tiny size, both stages): in-process envs, and env worker
+processes with ``rollout.lockstep`` (served as they answer, workers make the batching of policy calls
+follow their timing, which moves results in the 6th digit)."""
 
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ def _canonical(value):
 
 
 @pytest.mark.slow
-def test_same_config_and_seed_give_the_same_run(tiny_baseline, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_same_config_and_seed_give_the_same_run(tiny_baseline, tmp_path, workers):
     stage = dict(epochs=1, eval_every=1, val_episodes=2, checkpoint_every=1, lr=1e-3, update_epochs=2)
     runs = []
     for name in ("first", "second"):
         cfg = tiny_config(stage1=stage, stage2=stage)
+        cfg.rollout.num_workers, cfg.rollout.lockstep = workers, workers > 0
         cfg.eval.latency_ms = 1.0  # the wall-clock estimate then uses a given latency, not a timing
         cfg.logging.out = str(tmp_path / name)
         summary = train(cfg, "both", str(tiny_baseline))

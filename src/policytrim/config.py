@@ -143,8 +143,12 @@ class RolloutConfig:
     """Worker processes stepping environments (0 = in-process)."""
     step_timeout_s: float = 30.0
     """A worker that takes longer than this for one chunk is killed and replaced; its groups are dropped."""
+    lockstep: bool = False
+    """One policy call per round over every worker, in a fixed order: training with env workers becomes
+    bit-reproducible (resume included) at some throughput. Off: each worker is served as it answers."""
 
     def __post_init__(self) -> None:
+        _require(isinstance(self.lockstep, bool), f"rollout.lockstep must be true or false, got {self.lockstep!r}")
         _require(isinstance(self.group_size, int) and self.group_size >= 2, f"rollout.group_size must be an integer >= 2 (GRPO compares members of a group), got {self.group_size!r}")
         _require(isinstance(self.groups_per_epoch, int) and self.groups_per_epoch >= 1, f"rollout.groups_per_epoch must be an integer >= 1, got {self.groups_per_epoch!r}")
         _require(isinstance(self.num_workers, int) and 0 <= self.num_workers <= 256, f"rollout.num_workers must be an integer in [0, 256], got {self.num_workers!r}")

@@ -472,7 +472,7 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
     logger = MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume))
     summary: dict[str, Any] = {"run_dir": str(run.path), "init": str(init), "stages": stages, "logging": logger.backends}
     try:
-        with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s) as engine:
+        with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, pipeline=not cfg.rollout.lockstep) as engine:
             window = cfg.stage2.window or policy.default_window
             if "extend" in stages:
                 result = run.read_json("extend/result.json")
