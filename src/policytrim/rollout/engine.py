@@ -48,15 +48,11 @@ import torch
 from policytrim.envs.base import InitialState
 from policytrim.policies.base import MODES, ChunkPolicy, Mode
 from policytrim.rollout.types import Trajectories
-from policytrim.rollout.workers import EnvFactory, LocalPool, ProcessPool, StepRequest, StepResult, WorkerPool
+from policytrim.rollout.workers import DEFAULT_MAX_ENVS, EnvFactory, LocalPool, ProcessPool, StepRequest, StepResult, WorkerPool
 
 log = logging.getLogger("policytrim.rollout")
 
 DEFAULT_ENVS_PER_WORKER = 32
-# A Meta-World env holds ~24 MB (measured: 39 envs of push / button-press / drawer-close after
-# 120 steps each, 957 MB on top of a 221 MB process), so the envs a worker keeps bound its memory:
-# 32 keeps each worker near 1.1 GB. More (e.g. 64) rebuilds fewer envs when tasks rotate.
-DEFAULT_MAX_ENVS_PER_WORKER = 32
 
 
 def stable_seed(*parts: Any) -> int:
@@ -134,7 +130,7 @@ class RolloutEngine:
         if not (isinstance(lanes, int) and lanes >= 1):
             raise ValueError(f"lanes must be an integer >= 1, got {lanes!r}")
         self.lanes = lanes
-        max_envs = max_envs_per_worker or max(DEFAULT_MAX_ENVS_PER_WORKER, envs_per_worker)
+        max_envs = max_envs_per_worker or max(DEFAULT_MAX_ENVS, envs_per_worker)
         if num_workers == 0:
             self._pool: WorkerPool = LocalPool(env, 1, env_factory, max_envs=max_envs)
         else:
