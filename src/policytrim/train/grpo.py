@@ -186,6 +186,11 @@ def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEn
     return {**metrics["overall"], "success_by_state": success}
 
 
+def _without_outcomes(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A `validate` result without its per-state outcomes (for summaries and recorded evidence)."""
+    return {k: v for k, v in metrics.items() if k != "success_by_state"}
+
+
 def choose_window(policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...], engine: RolloutEngine) -> dict[str, Any]:
     """Stage 1's output: the longest window whose validation SR is within the tolerance of the
     shortest window's (same states, same random numbers for every window)."""
@@ -194,7 +199,7 @@ def choose_window(policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...],
     reference = per_window[windows[0]]["success_rate"]
     tolerance = cfg.stage1.tolerance_points / 100.0
     chosen = max(w for w in windows if per_window[w]["success_rate"] >= reference - tolerance - 1e-12)
-    evidence = {str(w): {k: v for k, v in m.items() if k != "success_by_state"} for w, m in per_window.items()}
+    evidence = {str(w): _without_outcomes(m) for w, m in per_window.items()}
     return {"window": chosen, "tolerance_points": cfg.stage1.tolerance_points, "episodes_per_task": episodes, "split": "val", "mode": cfg.eval.mode, "per_window": evidence}
 
 
@@ -369,8 +374,8 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
     bar.close()
 
     policy.load_state_dict(load_policy(stage_dir / "best" / "policy").state_dict())
-    brief = lambda m: {k: v for k, v in m.items() if k != "success_by_state"}  # noqa: E731 (per-state outcomes stay in the checkpoint)
-    return {"stage": stage, "epochs": scfg.epochs, "best": brief(state["best"]), "start": brief(state["start_eval"]), "eval_window": eval_window}
+    # per-state outcomes stay in the checkpoint, out of the summary
+    return {"stage": stage, "epochs": scfg.epochs, "best": _without_outcomes(state["best"]), "start": _without_outcomes(state["start_eval"]), "eval_window": eval_window}
 
 
 def save_policy_dir(policy: ChunkPolicy, path: Path) -> None:
