@@ -13,12 +13,13 @@ Output directory::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from policytrim.config import RunConfig
 from policytrim.errors import InputError
@@ -183,30 +184,25 @@ def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[s
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     with PeakMemory() as memory:  # this process and its env workers together
-        memory.phase = "collect"
-        t = time.perf_counter()
-        _say(f"collecting {cfg.data.episodes} {'suboptimal' if cfg.data.suboptimal else 'clean'} expert demonstrations per task for {', '.join(cfg.env.tasks)}")
-        collect_demos(cfg, out / "demos", progress=cfg.logging.progress)
-        timings["collect_s"] = time.perf_counter() - t
 
-        memory.phase = "pretrain"
-        t = time.perf_counter()
-        _say(f"behaviour cloning ({cfg.pretrain.iterations} iterations)")
-        pretrain(cfg, out / "demos", out / "baseline")
-        timings["pretrain_s"] = time.perf_counter() - t
+        @contextlib.contextmanager
+        def phase(name: str, message: str) -> Iterator[None]:
+            """Time a phase into ``timings[name_s]`` and attribute its peak memory to it."""
+            memory.phase = name
+            t = time.perf_counter()
+            _say(message)
+            yield
+            timings[f"{name}_s"] = time.perf_counter() - t
 
-        memory.phase = "train"
-        t = time.perf_counter()
-        _say(f"Stage 1 ({cfg.stage1.epochs} epochs) and Stage 2 ({cfg.stage2.epochs} epochs)")
-        train_cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, out=str(out / "train")))
-        train(train_cfg, "both", str(out / "baseline"))
-        timings["train_s"] = time.perf_counter() - t
-
-        memory.phase = "eval"
-        t = time.perf_counter()
-        _say(f"evaluating baseline, fixed-horizon sweep, Stage 1 and PolicyTrim on {cfg.eval.episodes} test states per task ({cfg.eval.mode} mode, paired)")
-        summary = evaluate_pipeline(cfg, out / "baseline", out / "train", out)
-        timings["eval_s"] = time.perf_counter() - t
+        with phase("collect", f"collecting {cfg.data.episodes} {'suboptimal' if cfg.data.suboptimal else 'clean'} expert demonstrations per task for {', '.join(cfg.env.tasks)}"):
+            collect_demos(cfg, out / "demos", progress=cfg.logging.progress)
+        with phase("pretrain", f"behaviour cloning ({cfg.pretrain.iterations} iterations)"):
+            pretrain(cfg, out / "demos", out / "baseline")
+        with phase("train", f"Stage 1 ({cfg.stage1.epochs} epochs) and Stage 2 ({cfg.stage2.epochs} epochs)"):
+            train_cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, out=str(out / "train")))
+            train(train_cfg, "both", str(out / "baseline"))
+        with phase("eval", f"evaluating baseline, fixed-horizon sweep, Stage 1 and PolicyTrim on {cfg.eval.episodes} test states per task ({cfg.eval.mode} mode, paired)"):
+            summary = evaluate_pipeline(cfg, out / "baseline", out / "train", out)
     timings["total_s"] = time.perf_counter() - t_all
     summary["timings"] = timings
     summary["peak_rss_mb"] = memory.peak_mb
