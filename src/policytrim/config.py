@@ -93,8 +93,8 @@ class EnvConfig:
 class PolicyConfig:
     """The built-in VLA-shaped chunk policy (or a scripted expert)."""
 
-    kind: Literal["chunk", "expert"] = "chunk"
-    """chunk: the built-in learned policy; expert: Meta-World's scripted experts (window 1)."""
+    kind: Literal["chunk", "expert", "lerobot"] = "chunk"
+    """chunk: the built-in learned policy; expert: Meta-World's scripted experts (window 1); lerobot: a LeRobot policy (SmolVLA, pi0, pi05, Diffusion, ACT; needs the lerobot extra)."""
     head: Literal["gaussian", "flow"] = "gaussian"
     """Action head: gaussian (exact log-prob) or flow (flow matching, Flow-SDE log-probs)."""
     chunk_size: int = 15
@@ -115,9 +115,14 @@ class PolicyConfig:
     """Initial log-std of the Gaussian head."""
     std_mode: Literal["fixed", "state"] = "fixed"
     """Gaussian head log-std: fixed (one learnable value per chunk row and action dim) or state (plus a linear function of the observation features)."""
+    lerobot_path: str = ""
+    """kind=lerobot: the LeRobot checkpoint (directory, or lerobot:<hub id>) that `pretrain` fine-tunes by behaviour cloning."""
+    train_parts: Literal["all", "expert", "no_vision"] = "all"
+    """kind=lerobot: parameters BC and GRPO update: all, expert (flow VLAs: all but the VLM), no_vision (freeze the vision encoder)."""
 
     def __post_init__(self) -> None:
-        _require(self.kind in ("chunk", "expert"), f"policy.kind must be chunk or expert, got {self.kind!r}")
+        _require(self.kind in ("chunk", "expert", "lerobot"), f"policy.kind must be chunk, expert or lerobot, got {self.kind!r}")
+        _require(self.train_parts in ("all", "expert", "no_vision"), f"policy.train_parts must be all, expert or no_vision, got {self.train_parts!r}")
         _require(self.head in ("gaussian", "flow"), f"policy.head must be gaussian or flow, got {self.head!r}")
         _require(isinstance(self.chunk_size, int) and 1 <= self.chunk_size <= 256, f"policy.chunk_size must be an integer in [1, 256], got {self.chunk_size!r}")
         _require(

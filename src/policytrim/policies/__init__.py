@@ -24,15 +24,25 @@ def policy_from_spec(spec: dict, state_dict: dict | None = None) -> ChunkPolicy:
         if state_dict is not None:
             policy.load_state_dict(state_dict)
         return policy
-    raise InputError(f"unknown policy kind {kind!r} in spec; known kinds: expert, chunk")
+    if kind == "lerobot":
+        raise InputError("a LeRobot policy is rebuilt from its checkpoint directory (load_policy), not from a spec alone")
+    raise InputError(f"unknown policy kind {kind!r} in spec; known kinds: expert, chunk, lerobot")
 
 
 def load_policy(source: str | Path, tasks: tuple[str, ...] = ()) -> ChunkPolicy:
-    """'expert' (Meta-World's scripted experts for `tasks`) or a checkpoint directory."""
+    """'expert' (Meta-World's scripted experts for `tasks`), a checkpoint directory (policytrim's or
+    LeRobot's), or ``lerobot:<hub id>`` (LeRobot's from_pretrained; needs the lerobot extra and hub
+    access)."""
     if str(source) == "expert":
         from policytrim.policies.expert import ExpertPolicy
 
         return ExpertPolicy(tasks)
+    from policytrim.policies.lerobot import HUB_PREFIX, is_lerobot_checkpoint
+
+    if str(source).startswith(HUB_PREFIX) or is_lerobot_checkpoint(source):
+        from policytrim.policies.lerobot import LeRobotChunkPolicy
+
+        return LeRobotChunkPolicy.from_pretrained(str(source).removeprefix(HUB_PREFIX))
     from policytrim.policies.chunk import TinyVLA
 
     return TinyVLA.from_pretrained(source)

@@ -78,6 +78,7 @@ SIDECAR = "policytrim.json"
 EXTRA_WEIGHTS = "policytrim_extra.safetensors"
 VLM_DIR = "vlm"
 LEROBOT_CONFIG = "config.json"
+HUB_PREFIX = "lerobot:"  # load_policy("lerobot:lerobot/smolvla_base"): a hub id through LeRobot's from_pretrained
 
 # LeRobot's batch keys (lerobot.utils.constants), kept here so the mapping reads in one place.
 OBS_STATE, TASK, ACTION, ACTION_IS_PAD = "observation.state", "task", "action", "action_is_pad"
@@ -461,9 +462,11 @@ class LeRobotChunkPolicy(nn.Module):
         _write_checkpoint(self, Path(directory), self_contained=False)
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, options: LeRobotOptions | None = None) -> "LeRobotChunkPolicy":
+    def from_pretrained(cls, source: str | Path, options: LeRobotOptions | None = None, dataset_stats: dict[str, dict[str, Any]] | None = None) -> "LeRobotChunkPolicy":
         """Load a LeRobot checkpoint (directory, or hub id where downloads are allowed) through
-        LeRobot's own ``from_pretrained``; ``policytrim.json`` (if present) restores our options."""
+        LeRobot's own ``from_pretrained``; ``policytrim.json`` (if present) restores our options.
+        ``dataset_stats`` replaces the processors' normalisation statistics (LeRobot's override,
+        as ``lerobot-train`` does when it fine-tunes a checkpoint on a new dataset)."""
         _lerobot()
         from lerobot.configs.policies import PreTrainedConfig
         from lerobot.policies.factory import get_policy_class, make_pre_post_processors
@@ -486,7 +489,11 @@ class LeRobotChunkPolicy(nn.Module):
             overrides = {"tokenizer_processor": {"tokenizer_name": vlm}}
         config.device = "cpu"
         policy = get_policy_class(config.type).from_pretrained(str(source), config=config)
-        pre, post = make_pre_post_processors(config, pretrained_path=str(source), preprocessor_overrides=overrides)
+        post_overrides: dict[str, Any] = {}
+        if dataset_stats is not None:
+            overrides["normalizer_processor"] = {"stats": dataset_stats}
+            post_overrides["unnormalizer_processor"] = {"stats": dataset_stats}
+        pre, post = make_pre_post_processors(config, pretrained_path=str(source), preprocessor_overrides=overrides, postprocessor_overrides=post_overrides)
         if options is None:
             known = {f.name for f in fields(LeRobotOptions)}
             options = LeRobotOptions(**{k: v for k, v in meta.items() if k in known})
@@ -501,13 +508,6 @@ class LeRobotChunkPolicy(nn.Module):
                 wrapped.log_std.data.copy_(extra["log_std"])
         wrapped.apply_train_parts(wrapped.options.train_parts)
         return wrapped.eval()
-
-    def set_dataset_stats(self, stats: dict[str, dict[str, torch.Tensor]]) -> None:
-        """Replace the normalisation statistics in both processors (as ``lerobot-train`` does when
-        it fine-tunes a checkpoint on a new dataset)."""
-        from lerobot.policies.factory import make_pre_post_processors
-
-        self.preprocessor, self.postprocessor = make_pre_post_processors(self.policy.config, dataset_stats=stats)
 
     def extra_repr(self) -> str:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -573,13 +573,17 @@ def _write_checkpoint(policy: LeRobotChunkPolicy, directory: Path, self_containe
         if policy.family == "act":
             save_file({"log_std": policy.log_std.detach().cpu().contiguous()}, str(tmp / EXTRA_WEIGHTS))
         (tmp / SIDECAR).write_text(json.dumps(policy.spec(), indent=2) + "\n")
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
-            os.replace(directory, old / "x")
+        if not directory.exists():
             os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        elif not directory.is_dir():
+            raise InputError(f"cannot save a checkpoint to {str(directory)!r}: it exists and is not a directory")
+        else:  # into an existing directory (e.g. a run directory): entry by entry, other files kept
+            for entry in sorted(tmp.iterdir(), key=lambda e: e.name == SIDECAR):  # the sidecar last
+                target = directory / entry.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(entry, target)
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -602,6 +606,44 @@ def export_lerobot(policy: LeRobotChunkPolicy | str | Path, out: str | Path, ove
     if out.exists() and not overwrite:
         raise InputError(f"{str(out)!r} already exists; pass overwrite=True (--overwrite) to replace it")
     return _write_checkpoint(policy, out, self_contained=True)
+
+
+def dataset_stats(state: torch.Tensor, actions: torch.Tensor, images: torch.Tensor | None, image_key: str | None, max_images: int = 2048) -> dict[str, dict[str, torch.Tensor]]:
+    """LeRobot-style normalisation statistics (mean, std, min, max, q01, q99) of demonstration
+    frames: state [S, D], actions [S, A], images uint8 [S, h, w, 3] (per channel in [0, 1], from
+    an evenly spaced subset of at most ``max_images`` frames)."""
+
+    def stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = x.double()
+        q = torch.quantile(x[:: max(1, x.shape[0] // 100_000)], torch.tensor([0.01, 0.99], dtype=x.dtype), dim=0)
+        return {"mean": x.mean(0).float(), "std": x.std(0, unbiased=False).clamp(min=1e-6).float(), "min": x.min(0).values.float(), "max": x.max(0).values.float(), "q01": q[0].float(), "q99": q[1].float()}
+
+    out = {OBS_STATE: stats(state), ACTION: stats(actions)}
+    if images is not None and image_key is not None:
+        sub = images[:: max(1, images.shape[0] // max_images)].permute(0, 3, 1, 2).double() / 255.0
+        per_channel = stats(sub.permute(1, 0, 2, 3).reshape(3, -1).T)
+        out[image_key] = {k: v.reshape(3, 1, 1) for k, v in per_channel.items()}
+    return out
+
+
+def policy_for_bc(policy_cfg: Any, data: Any, train_rows: torch.Tensor) -> LeRobotChunkPolicy:
+    """The LeRobot checkpoint ``policy_cfg.lerobot_path`` ready for behaviour cloning on ``data``
+    (a `policytrim.train.bc.ChunkData`): statistics from the training frames, the run config's
+    window, noise scale and trainable parts. Its chunk size must equal ``policy.chunk_size``."""
+    if not policy_cfg.lerobot_path:
+        raise InputError("policy.kind=lerobot: pass --policy.lerobot-path, the LeRobot checkpoint to fine-tune (a directory or lerobot:<hub id>)")
+    source = str(policy_cfg.lerobot_path).removeprefix(HUB_PREFIX)
+    probe = LeRobotChunkPolicy.from_pretrained(source)
+    if probe.chunk_size != policy_cfg.chunk_size:
+        raise InputError(f"{source}: the LeRobot policy predicts chunks of {probe.chunk_size} actions; pass --policy.chunk-size {probe.chunk_size}")
+    image_key = probe.image_keys[0] if probe.image_keys else None
+    if image_key is not None and data.image is None:
+        raise InputError(f"{source} needs camera images ({image_key}); collect and train with --env.image true")
+    stats = dataset_stats(data.state[train_rows], data.actions[train_rows], data.image[train_rows] if image_key else None, image_key)
+    options = LeRobotOptions(flow_noise=policy_cfg.flow_noise, train_parts=policy_cfg.train_parts, act_log_std=probe.options.act_log_std)
+    policy = LeRobotChunkPolicy.from_pretrained(source, options=options, dataset_stats=stats)
+    policy.default_window = int(policy_cfg.default_window)
+    return policy
 
 
 def apply_policy_config(policy: LeRobotChunkPolicy, policy_cfg: Any) -> None:

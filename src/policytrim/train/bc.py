@@ -60,12 +60,16 @@ class ChunkData:
     instructions: list[str]
     image: torch.Tensor | None = None
 
-    def batch(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(obs, instruction ids, action chunks [B, H, A], row mask [B, H]) for frame ids ``rows``."""
+    def batch(self, rows: torch.Tensor, as_text: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor | list[str], torch.Tensor, torch.Tensor]:
+        """(obs, instruction ids, action chunks [B, H, A], row mask [B, H]) for frame ids ``rows``;
+        ``as_text``: the instructions as strings (policies that tokenise them, e.g. LeRobot's)."""
         obs = {"state": self.state[rows]}
         if self.image is not None:
             obs["image"] = self.image[rows]
-        return obs, self.instruction[rows], self.actions[self.chunk_index[rows]], self.row_mask[rows]
+        ins = self.instruction[rows]
+        if as_text:
+            ins = [self.instructions[i] for i in ins.tolist()]
+        return obs, ins, self.actions[self.chunk_index[rows]], self.row_mask[rows]
 
 
 def chunk_data(dataset: Any, chunk_size: int) -> ChunkData:
@@ -161,7 +165,7 @@ def validation_loss(policy: TinyVLA, data: ChunkData, rows: torch.Tensor, batch_
     was_training = policy.training
     policy.eval()
     for i in range(0, rows.numel(), batch_size):
-        obs, ins, actions, mask = data.batch(rows[i : i + batch_size])
+        obs, ins, actions, mask = data.batch(rows[i : i + batch_size], as_text=not isinstance(policy, TinyVLA))
         n = float(mask.sum())
         total += float(policy.bc_loss(obs, ins, actions, mask, generator=gen)) * n
         weight += n
@@ -180,8 +184,14 @@ def _load(data: Any) -> Any:
     return load_demos(path)
 
 
-def build_policy(cfg: RunConfig, data: ChunkData, train_rows: torch.Tensor) -> TinyVLA:
-    """A fresh TinyVLA sized for the data, with statistics from the training frames."""
+def build_policy(cfg: RunConfig, data: ChunkData, train_rows: torch.Tensor) -> Any:
+    """A fresh TinyVLA sized for the data, with statistics from the training frames; for
+    ``policy.kind=lerobot`` the LeRobot checkpoint ``policy.lerobot_path`` with its normalisation
+    statistics replaced by the training frames' (as ``lerobot-train`` does when fine-tuning)."""
+    if cfg.policy.kind == "lerobot":
+        from policytrim.policies.lerobot import policy_for_bc
+
+        return policy_for_bc(cfg.policy, data, train_rows)
     s_mean, s_std = _stats(data.state[train_rows])
     a_mean, a_std = _stats(data.actions[train_rows])
     image_shape = tuple(data.image.shape[1:]) if data.image is not None else None
@@ -196,7 +206,7 @@ def train_bc(policy: TinyVLA, data: ChunkData, train_rows: torch.Tensor, val_row
     p = cfg.pretrain
     gen = torch.Generator().manual_seed(cfg.seed)
     val_subset = val_rows[torch.randperm(val_rows.numel(), generator=torch.Generator().manual_seed(cfg.seed + 1))[:_VAL_MAX_CHUNKS]]
-    optimizer = torch.optim.Adam(policy.parameters(), lr=p.lr)
+    optimizer = torch.optim.Adam([q for q in policy.parameters() if q.requires_grad], lr=p.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * it / p.iterations)))
     val_every = max(1, p.iterations // _VAL_POINTS)
     history: list[dict[str, float]] = [{"iteration": 0, "train_loss": None, "val_loss": validation_loss(policy, data, val_subset), "seconds": 0.0}]
@@ -206,7 +216,7 @@ def train_bc(policy: TinyVLA, data: ChunkData, train_rows: torch.Tensor, val_row
     bar = tqdm(range(1, p.iterations + 1), desc="pretrain", disable=not progress, mininterval=1.0, file=sys.stderr)
     for it in bar:
         b_rows = train_rows[torch.randint(0, train_rows.numel(), (p.batch_size,), generator=gen)]
-        b_obs, b_ins, b_actions, b_mask = data.batch(b_rows)
+        b_obs, b_ins, b_actions, b_mask = data.batch(b_rows, as_text=not isinstance(policy, TinyVLA))
         loss = policy.bc_loss(b_obs, b_ins, b_actions, b_mask, generator=gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -233,8 +243,8 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
-    if cfg.policy.kind != "chunk":
-        raise InputError(f"pretrain trains the built-in chunk policy; policy.kind={cfg.policy.kind!r} has nothing to learn")
+    if cfg.policy.kind == "expert":
+        raise InputError("pretrain trains a learned policy; policy.kind='expert' has nothing to learn")
     dataset = _load(data)
     chunks = chunk_data(dataset, cfg.policy.chunk_size)
     if cfg.env.image and chunks.image is None:

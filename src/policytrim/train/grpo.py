@@ -444,7 +444,11 @@ def check_architecture(cfg: RunConfig, spec: dict[str, Any], where: str) -> None
     """InputError naming every cfg.policy setting that differs from checkpoint ``spec``."""
     from policytrim.policies.text import canonical_encoder_name
 
+    if (spec.get("kind") == "lerobot") != (cfg.policy.kind == "lerobot"):
+        raise InputError(f"{where} is a {spec.get('kind')} policy but the config says policy.kind={cfg.policy.kind}; pass --policy.kind {spec.get('kind')}")
     fields = ARCHITECTURE_FIELDS + (FLOW_FIELDS if spec.get("head") == "flow" else ())
+    if spec.get("kind") == "lerobot":  # its architecture is LeRobot's config; H and k enter our maths
+        fields = ("chunk_size", "default_window")
     expected = {"text_encoder": canonical_encoder_name(cfg.policy.text_encoder)}
     diff = [
         (name, spec.get(name), expected.get(name, getattr(cfg.policy, name)))
@@ -465,6 +469,10 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
         raise InputError("--init expert: the scripted experts have no weights to train; give a policy checkpoint directory")
     policy = load_policy(init)  # validates the checkpoint before anything is written
     check_architecture(cfg, policy.spec(), f"checkpoint {init!r}")
+    if cfg.policy.kind == "lerobot":
+        from policytrim.policies.lerobot import apply_policy_config
+
+        apply_policy_config(policy, cfg.policy)
     policy = policy.to(cfg.device)
     windows = stage1_windows(cfg, policy) if "extend" in stages else ()
     if cfg.stage2.window > policy.max_window:
