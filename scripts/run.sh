@@ -2,7 +2,7 @@
 # One entry point for the README's Quickstart: sets up .venv (once) and runs a command in it.
 #   bash scripts/run.sh demo [flags]     the embedded demo (policytrim demo)
 #   bash scripts/run.sh test [args]      the test suite (pytest) in .venv, then the LeRobot tests
-#                                        (tests/lerobot) in .venv-lerobot; POLICYTRIM_LEROBOT=0 skips
+#                                        (tests/with_lerobot) in .venv-lerobot; POLICYTRIM_LEROBOT=0 skips
 #                                        the second step
 #   bash scripts/run.sh setup            only set up .venv
 #   bash scripts/run.sh setup-lerobot    only set up .venv-lerobot (Python 3.12 + policytrim[lerobot])
@@ -57,7 +57,7 @@ case "$what" in
     if [ "${POLICYTRIM_LEROBOT:-1}" != "0" ]; then
       setup_lerobot
       echo "LeRobot tests (.venv-lerobot, offline):" >&2
-      HF_HUB_OFFLINE=1 .venv-lerobot/bin/python -m pytest -q tests/lerobot
+      HF_HUB_OFFLINE=1 .venv-lerobot/bin/python -m pytest -q tests/with_lerobot
     fi
     ;;
   setup) setup_main; echo "ready: .venv/bin/policytrim" ;;

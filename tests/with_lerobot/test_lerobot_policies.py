@@ -14,7 +14,7 @@ import shutil
 import pytest
 import torch
 
-pytest.importorskip("lerobot")
+pytest.importorskip("lerobot.policies.factory")
 pytestmark = pytest.mark.lerobot
 
 from policytrim.policies import load_policy  # noqa: E402
