@@ -1,0 +1,95 @@
+"""A tiny SmolVLA and a tiny Diffusion Policy (LeRobot's classes) through the whole pipeline on real
+Meta-World from camera images: collect -> BC -> Stage 1 -> Stage 2 -> paired evaluation, then the
+trained policy exported and loaded by LeRobot. Offline; runs in .venv-lerobot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("lerobot.policies.factory")
+pytestmark = [pytest.mark.lerobot, pytest.mark.slow]
+
+from policytrim.config import EnvConfig, PolicyConfig, PretrainConfig, RolloutConfig, RunConfig, Stage1Config, Stage2Config, EvalConfig  # noqa: E402
+from policytrim.policies import load_policy  # noqa: E402
+from policytrim.policies.lerobot import LeRobotChunkPolicy, export_lerobot  # noqa: E402
+from policytrim.policies.lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy  # noqa: E402
+
+IMAGE = 64
+CHUNK = {"smolvla": 15, "diffusion": 16}
+
+
+def run_config(out, family: str, lerobot_path) -> RunConfig:
+    stage = dict(epochs=1, eval_every=1, val_episodes=2, checkpoint_every=1, lr=1e-4, update_epochs=1)
+    cfg = RunConfig(
+        env=EnvConfig(tasks=("drawer-close-v3",), horizon=50, image=True, image_size=IMAGE),
+        policy=PolicyConfig(kind="lerobot", chunk_size=CHUNK[family], default_window=5, lerobot_path=str(lerobot_path), train_parts="no_vision"),
+        rollout=RolloutConfig(group_size=2, groups_per_epoch=1, num_workers=0),
+        stage1=Stage1Config(**stage),
+        stage2=Stage2Config(**stage),
+        pretrain=PretrainConfig(iterations=20, batch_size=8, eval_episodes=0, val_fraction=0.25, lr=1e-3),
+        eval=EvalConfig(episodes=2),
+    )
+    cfg.data.episodes = 4
+    cfg.data.suboptimal = False
+    cfg.data.keep_failures = True  # a 50-step horizon cuts some expert episodes short: plumbing, not skill
+    cfg.logging.progress = False
+    cfg.logging.tensorboard = False
+    cfg.logging.out = str(out)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    from policytrim.data.demos import collect_demos
+
+    root = tmp_path_factory.mktemp("lerobot_demos")
+    cfg = run_config(root / "unused", "smolvla", "")
+    ds = collect_demos(cfg, root / "demos")
+    assert ds.image is not None and ds.image.shape[1:] == (IMAGE, IMAGE, 3)
+    return root / "demos", ds
+
+
+@pytest.mark.parametrize("family", list(CHUNK))
+def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path):
+    from lerobot.policies.factory import get_policy_class
+
+    from policytrim.pipeline import evaluate_pipeline
+    from policytrim.policies.lerobot import dataset_stats
+    from policytrim.train.bc import pretrain
+    from policytrim.train.grpo import train
+
+    demo_dir, ds = demos
+    vlm = build_tiny_vlm(tmp_path / "vlm", IMAGE, ds.instructions) if family == "smolvla" else None
+    config = tiny_config(family, ds.state.shape[1], ds.action.shape[1], CHUNK[family], 5, (IMAGE, IMAGE, 3), vlm_dir=vlm)
+    stats = dataset_stats(torch.as_tensor(ds.state), torch.as_tensor(ds.action), torch.as_tensor(ds.image), "observation.images.corner2")
+    untrained = write_tiny_policy(tmp_path / "untrained", config, stats)
+
+    cfg = run_config(tmp_path / "train", family, untrained)
+    metrics = pretrain(cfg, demo_dir, tmp_path / "baseline")
+    assert metrics["final_train_loss"] < metrics["history"][1]["train_loss"] * 1.5 and metrics["final_val_loss"] == metrics["final_val_loss"]
+    baseline = load_policy(tmp_path / "baseline")
+    assert isinstance(baseline, LeRobotChunkPolicy) and baseline.default_window == 5
+    assert json.loads((tmp_path / "baseline" / "config.json").read_text())["n_action_steps"] == 5
+
+    summary = train(cfg, "both", str(tmp_path / "baseline"))
+    window = summary["window"]
+    assert window in cfg.stage1_windows and summary["trim"]["budget"]["budget"] > 0
+    records = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    updates = [r for r in records if "logp_gap" in r]
+    assert updates and all(r["logp_gap"] < 1e-3 for r in updates), "rollout and learner disagree on log-probs"
+
+    result = evaluate_pipeline(cfg, tmp_path / "baseline", tmp_path / "train", tmp_path)
+    assert result["policytrim"]["episodes"] == 2 and result["baseline"]["window"] == 5
+    lo, hi = result["success_rate_drop_ci95"]
+    assert lo <= result["success_rate_drop"] <= hi
+
+    # the trimmed policy in LeRobot's format: LeRobot loads it and deploys the trained window
+    final = load_policy(tmp_path / "train" / "final" / "policy")
+    exported = export_lerobot(final, tmp_path / "export")
+    theirs = get_policy_class(family).from_pretrained(str(exported))
+    assert theirs.config.n_action_steps == final.default_window
+    frozen = [n for n, p in final.named_parameters() if not p.requires_grad]
+    assert frozen and all(".rgb_encoder." in n or ".vision_model." in n for n in frozen)
