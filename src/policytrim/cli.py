@@ -51,6 +51,8 @@ class CollectCmd(_Base):
 
     overwrite: bool = False
     """Replace an existing dataset directory."""
+    format: Literal["policytrim", "lerobot"] = "policytrim"
+    """Dataset format: policytrim (safetensors) or lerobot (a LeRobotDataset, written by LeRobot; needs the lerobot extra)."""
 
 
 @dataclass
@@ -58,7 +60,7 @@ class PretrainCmd(_Base):
     """Behaviour cloning from a demonstration dataset to a baseline checkpoint in --out."""
 
     data: str = ""
-    """Demonstration dataset directory (output of `policytrim collect`)."""
+    """Demonstration dataset directory: output of `policytrim collect`, or a local LeRobotDataset."""
     overwrite: bool = False
     """Replace an existing output directory."""
 

@@ -398,11 +398,19 @@ def _episodes(jobs: list, pool: Any) -> Iterable[dict[str, Any]]:
     return pool.imap(_run_episode, jobs, chunksize=1)
 
 
-def collect_demos(cfg: Any, out: str | Path, overwrite: bool = False, progress: bool = False) -> DemoDataset:
+def collect_demos(cfg: Any, out: str | Path, overwrite: bool = False, progress: bool = False, fmt: str = "policytrim") -> DemoDataset:
     """Run the scripted experts on training-split states of ``cfg.env.tasks`` and save to ``out``.
 
     ``cfg`` is a `policytrim.config.RunConfig` (env, data, rollout.num_workers are used).
+    ``fmt``: ``policytrim`` (this module's format) or ``lerobot`` (a LeRobotDataset written by
+    LeRobot's own writer, `policytrim.data.lerobot_dataset`).
     """
+    if fmt not in ("policytrim", "lerobot"):
+        raise InputError(f"dataset format must be policytrim or lerobot, got {fmt!r}")
+    if fmt == "lerobot":
+        from policytrim.data.lerobot_dataset import _require_lerobot
+
+        _require_lerobot()  # before minutes of collection
     import multiprocessing as mp
 
     from policytrim import __version__
@@ -476,7 +484,12 @@ def collect_demos(cfg: Any, out: str | Path, overwrite: bool = False, progress: 
         "short_of_requested": short,
     }
     ds = _assemble(episodes, tasks, env_cfg, collection, control_period, __version__)
-    save_demos(ds, out, overwrite=overwrite)
+    if fmt == "lerobot":
+        from policytrim.data.lerobot_dataset import save_lerobot_dataset
+
+        save_lerobot_dataset(ds, out, overwrite=overwrite, camera=env_cfg.camera)
+    else:
+        save_demos(ds, out, overwrite=overwrite)
     return ds
 
 
@@ -538,9 +551,10 @@ def collect_command(args: Any) -> int:
     out = Path(cfg.logging.out)
     if out.exists() and not args.overwrite:
         raise InputError(f"{str(out)!r} already exists; pass --overwrite to replace it")
-    ds = collect_demos(cfg, out, overwrite=args.overwrite, progress=cfg.logging.progress)
+    fmt = getattr(args, "format", "policytrim")
+    ds = collect_demos(cfg, out, overwrite=args.overwrite, progress=cfg.logging.progress, fmt=fmt)
     kind = "suboptimal" if cfg.data.suboptimal else "clean"
-    print(f"wrote {ds.num_episodes} {kind} expert demonstrations ({ds.num_frames} frames) to {out}")
+    print(f"wrote {ds.num_episodes} {kind} expert demonstrations ({ds.num_frames} frames) to {out}" + (" as a LeRobotDataset" if fmt == "lerobot" else ""))
     print(f"{'task':<28} {'episodes':>8} {'expert SR':>9} {'steps (mean ± sd)':>18}")
     for task, row in summarize_demos(ds).items():
         sr = f"{row['expert_success_rate']:.2f}" if row["expert_success_rate"] is not None else "-"

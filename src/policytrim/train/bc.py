@@ -179,6 +179,12 @@ def _load(data: Any) -> Any:
     path = Path(data)
     if not path.exists():
         raise InputError(f"demonstration dataset {str(path)!r} does not exist (make one with `policytrim collect --out DIR`)")
+    from policytrim.data.lerobot_dataset import is_lerobot_dataset
+
+    if is_lerobot_dataset(path):
+        from policytrim.data.lerobot_dataset import load_lerobot_dataset
+
+        return load_lerobot_dataset(path)
     from policytrim.data.demos import load_demos
 
     return load_demos(path)
