@@ -1,0 +1,140 @@
+"""π0.5 at the smallest size LeRobot validates (random weights, built offline): per-call latency
+through policytrim's LeRobot adapter (one prefix pass + K denoise steps), peak memory, and one
+policy-gradient update of the action expert only (the memory-saving setting for real checkpoints).
+
+    .venv-lerobot/bin/python benchmarks/lerobot_pi05_latency.py [--variant gemma_300m] [--device cpu|cuda]
+        [--dtypes float32 bfloat16] [--batch 1] [--results benchmarks/results]
+
+NOT RUN on the 2-core development machine (helpers share it; see README "LeRobot policies"):
+the issue measured the default build (gemma_2b VLM + gemma_300m expert, 4.1 B parameters) at ~3 min
+to build with an 18 GB peak and 17.5 s (fp32) / 8.9 s (bf16) per chunk on 2 cores.
+``--variant gemma_300m`` (gemma_300m for the VLM too) is the smallest build that passes LeRobot's
+validation; expect roughly 1 B parameters (SigLIP + two gemma_300m), > 4 GB in fp32. On a CUDA GPU
+pass ``--device cuda --dtypes bfloat16``.
+
+Tokens: LeRobot's π0.5 preprocessor loads the gated PaliGemma tokenizer from the hub (it fails
+offline), so this script feeds token ids directly through a stand-in preprocessor
+(`TokenIdPreprocessor`: random prompt ids of the tokenizer's length, state untouched). Latency and
+memory do not depend on which ids they are; a real run uses LeRobot's own processor.
+
+Writes RESULTS/lerobot_pi05_latency.json with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from policytrim.machine import describe_machine
+
+STATE_DIM, ACTION_DIM, IMAGE = 8, 7, 224
+CAMERA = "observation.images.base_0_rgb"
+
+
+class TokenIdPreprocessor:
+    """Stand-in for π0.5's hub-tokenizer preprocessor: random prompt token ids (fixed seed) and
+    images passed through; no normalisation (random weights, latency only)."""
+
+    def __init__(self, vocab: int, length: int):
+        self.vocab, self.length = vocab, length
+
+    def __call__(self, batch: dict) -> dict:
+        n = batch["observation.state"].shape[0]
+        g = torch.Generator().manual_seed(0)
+        out = dict(batch)
+        out["observation.language.tokens"] = torch.randint(0, self.vocab, (n, self.length), generator=g)
+        out["observation.language.attention_mask"] = torch.ones(n, self.length, dtype=torch.bool)
+        return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="gemma_300m", choices=["gemma_300m", "gemma_2b"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompt-tokens", type=int, default=48)
+    parser.add_argument("--results", default="benchmarks/results")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.pi05.configuration_pi05 import PI05Config
+    from lerobot.policies.pi05.modeling_pi05 import PI05Policy
+
+    from policytrim.policies.lerobot import LeRobotChunkPolicy, LeRobotOptions
+
+    machine = describe_machine()
+    results: dict = {"variant": {"vlm": args.variant, "action_expert": "gemma_300m"}, "device": args.device, "batch": args.batch, "runs": {}}
+    for dtype in args.dtypes:
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        config = PI05Config(
+            paligemma_variant=args.variant, action_expert_variant="gemma_300m", dtype=dtype, device=args.device,
+            chunk_size=50, n_action_steps=10,
+            input_features={"observation.state": PolicyFeature(FeatureType.STATE, (STATE_DIM,)), CAMERA: PolicyFeature(FeatureType.VISUAL, (3, IMAGE, IMAGE))},
+            output_features={"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))},
+        )
+        policy = PI05Policy(config).to(args.device)
+        build_s = time.perf_counter() - t0
+        vocab = policy.model.paligemma_with_expert.paligemma.config.text_config.vocab_size
+        adapter = LeRobotChunkPolicy(policy, TokenIdPreprocessor(vocab, args.prompt_tokens), lambda x: x, LeRobotOptions(train_parts="expert"))
+        params = sum(p.numel() for p in adapter.parameters())
+        trainable = sum(p.numel() for p in adapter.parameters() if p.requires_grad)
+        obs = {"state": torch.zeros(args.batch, STATE_DIM), "image": torch.zeros(args.batch, IMAGE, IMAGE, 3, dtype=torch.uint8)}
+        ins = ["pick up the object"] * args.batch
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        latencies = {}
+        for mode in ("deterministic", "train"):
+            times = []
+            for r in range(args.repeats):
+                gens = [torch.Generator().manual_seed(r * 100 + b) for b in range(args.batch)]
+                t = time.perf_counter()
+                sample = adapter.sample(obs, ins, mode, gens)
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+            latencies[mode] = {"first_s": times[0], "median_s": sorted(times)[len(times) // 2]}
+        # one policy-gradient update of the action expert (advantages +1 / -1 on a group of 2)
+        optimizer = torch.optim.Adam([p for p in adapter.parameters() if p.requires_grad], lr=1e-5)
+        group = {k: v[:1].repeat(2, *([1] * (v.dim() - 1))) for k, v in obs.items()}
+        sample = adapter.sample(group, ins[:1] * 2, "train", [torch.Generator().manual_seed(s) for s in (1, 2)])
+        t = time.perf_counter()
+        adapter.train()
+        logp = adapter.log_prob(group, ins[:1] * 2, sample.replay, torch.ones(2, adapter.chunk_size, dtype=torch.bool))
+        loss = -(torch.tensor([1.0, -1.0], device=logp.device) * logp.sum(-1)).mean()
+        loss.backward()
+        optimizer.step()
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        update_s = time.perf_counter() - t
+        run = {
+            "build_s": build_s, "parameters": params, "trainable_parameters": trainable, "latency": latencies,
+            "update_s": update_s, "peak_rss_mb": peak_rss_mb(),
+        }
+        if args.device == "cuda":
+            run["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        results["runs"][dtype] = run
+        print(dtype, json.dumps(run))
+        del adapter, policy, optimizer
+    results["machine"] = {**machine, "load_average_end": list(os.getloadavg())}
+    out = Path(args.results) / "lerobot_pi05_latency.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
