@@ -43,7 +43,7 @@ def policy_dirs(tmp_path_factory):
     dirs = {}
     torch.manual_seed(0)
     for family, chunk in CHUNK.items():
-        cfg = tiny_config(family, STATE_DIM, ACTION_DIM, chunk, 5, IMAGE, vlm_dir=vlm)
+        cfg = tiny_config(family, STATE_DIM, ACTION_DIM, chunk, 5, IMAGE, vlm_dir=vlm, flow_steps=5 if family == "diffusion" else 10)
         dirs[family] = write_tiny_policy(root / family, cfg, _random_stats())
     shutil.rmtree(vlm)  # the copy under smolvla/vlm is what travels with the checkpoint
     return dirs

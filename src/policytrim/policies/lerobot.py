@@ -248,7 +248,9 @@ class LeRobotChunkPolicy(nn.Module):
         if actions is not None:
             batch[ACTION] = torch.as_tensor(actions).float()
             batch[ACTION_IS_PAD] = ~torch.as_tensor(row_mask).bool()
-        return self.preprocessor(batch)
+        out = self.preprocessor(batch)
+        # the processors' device step follows the LeRobot config; the trainer may have moved the model
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
     def _unnormalise(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised model actions [B, H, A] -> raw actions clipped to the env's bounds."""
