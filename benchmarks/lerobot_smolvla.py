@@ -56,7 +56,8 @@ SIZES = {
         "pretrain": {"iterations": 20, "batch_size": 8, "lr": 3e-4, "eval_episodes": 0, "val_fraction": 0.25},
         "rollout": {"group_size": 2, "groups_per_epoch": 1, "num_workers": 0},
         "stage1": {"epochs": 1, "lr": 1e-4, "eval_every": 1, "val_episodes": 2, "checkpoint_every": 1, "update_epochs": 1},
-        "stage2": {"epochs": 1, "lr": 1e-4, "eval_every": 1, "val_episodes": 2, "checkpoint_every": 1, "update_epochs": 1},
+        # a fixed budget: a 20-iteration BC policy may succeed nowhere to calibrate one on
+        "stage2": {"epochs": 1, "lr": 1e-4, "eval_every": 1, "val_episodes": 2, "checkpoint_every": 1, "update_epochs": 1, "budget": 50},
         "eval": {"episodes": 2, "mode": "sampled"},
         "logging": {"progress": False, "tensorboard": False},
     },
