@@ -124,7 +124,7 @@ class LeRobotOptions:
             raise InputError(f"action_low must be < action_high, got {self.action_low}, {self.action_high}")
 
 
-def _lerobot():
+def _require_lerobot():
     try:
         import lerobot  # noqa: F401
     except ImportError:
@@ -469,7 +469,7 @@ class LeRobotChunkPolicy(nn.Module):
         LeRobot's own ``from_pretrained``; ``policytrim.json`` (if present) restores our options.
         ``dataset_stats`` replaces the processors' normalisation statistics (LeRobot's override,
         as ``lerobot-train`` does when it fine-tunes a checkpoint on a new dataset)."""
-        _lerobot()
+        _require_lerobot()
         from lerobot.configs.policies import PreTrainedConfig
         from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
