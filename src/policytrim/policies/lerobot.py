@@ -34,6 +34,10 @@ stochastic sampler, ACT's output (ACT acts deterministically when deployed). Onl
 log-probs enter GRPO; the replay data hold what recomputes them differentiably (flow: x_t, x_next,
 step; diffusion: the whole chain [B, K+1, H, A]; ACT: the normalised sample).
 
+Precision: LeRobot's classes compute in float32 (SmolVLA casts the expert output to float32 before
+``action_out_proj``), so a chunk's log-prob recomputes to a ratio of 1 ± 1e-4 in float32; they do
+not run in float64.
+
 Dropout is never active: the wrapped LeRobot module stays in eval mode (``train()`` only flips our
 own flag), because a GRPO ratio compares the same function at rollout and at update time.
 
