@@ -154,7 +154,7 @@ BAD_INPUTS = [
     ("window > H", TRAIN("--stage1.windows", "4", "9"), "stage1.windows must all be <= policy.chunk_size=8"),
     ("windows unsorted", TRAIN("--stage1.windows", "8", "4"), "strictly increasing"),
     ("window 0", TRAIN("--stage1.windows", "0", "4"), "positive integers"),
-    ("group size < 2", TRAIN("--rollout.group-size", "1"), "group_size must be an integer >= 2"),
+    ("group size < 2", TRAIN("--rollout.group-size", "1"), "group_size must be an integer in [2, 1024]"),
     ("negative lr", TRAIN("--stage1.lr", "-1e-3"), "stage1.lr must be in (0, 1]"),
     ("NaN lr", TRAIN("--stage1.lr", "nan"), "stage1.lr must be in (0, 1], got nan"),
     ("infinite lr", TRAIN("--stage2.lr", "inf"), "stage2.lr must be in (0, 1], got inf"),
@@ -165,8 +165,8 @@ BAD_INPUTS = [
     ("negative clip", TRAIN("--stage1.clip-low", "-0.2"), "stage1.clip_low"),
     ("budget multiplier < 1", TRAIN("--stage2.budget-multiplier", "0.5"), "stage2.budget_multiplier"),
     ("negative gradient clip", TRAIN("--stage1.max-grad-norm", "-1"), "max_grad_norm must be > 0"),
-    ("negative budget", TRAIN("--stage2.budget", "-5"), "stage2.budget must be an integer >= 0"),
-    ("negative epochs", TRAIN("--stage1.epochs", "-1"), "stage1.epochs must be an integer >= 0"),
+    ("negative budget", TRAIN("--stage2.budget", "-5"), "stage2.budget must be an integer in [0, 100000] (0 = calibrate)"),
+    ("negative epochs", TRAIN("--stage1.epochs", "-1"), "stage1.epochs must be an integer in [0, 1000000]"),
     ("horizon 0", TRAIN("--env.horizon", "0"), "env.horizon must be an integer in [1, 100000]"),
     ("overlapping seed splits", TRAIN("--env.val-seed", "0"), "must be disjoint"),
     ("stage 2 window > H", TRAIN("--stage2.window", "9"), "stage2.window must be <= policy.chunk_size=8"),
@@ -182,7 +182,7 @@ BAD_INPUTS = [
     ("malformed YAML", ["config", "--config", "{root}/malformed.yaml"], "is not valid YAML"),
     ("YAML python tag (safe loader)", ["config", "--config", "{root}/python_tag.yaml"], "could not determine a constructor"),
     ("YAML that is not a mapping", ["config", "--config", "{root}/list.yaml"], "config must be a mapping, got list"),
-    ("JSON config with a bad value", ["config", "--config", "{root}/bad_value.json"], "group_size must be an integer >= 2"),
+    ("JSON config with a bad value", ["config", "--config", "{root}/bad_value.json"], "group_size must be an integer in [2, 1024]"),
     ("malformed JSON config", ["config", "--config", "{root}/malformed.json"], "is not valid JSON"),
     ("missing config file", TRAIN("--config", "{root}/nope.yaml"), "config file '{root}/nope.yaml' does not exist"),
     ("unknown preset", TRAIN("--preset", "nope"), "unknown preset 'nope'"),
@@ -222,7 +222,7 @@ BAD_INPUTS = [
     ("eval window > max window", EVAL("--window", "9"), "--window must be in [1, 8]"),
     ("expert with window > 1", EVAL("--checkpoint", "expert", "--window", "5"), "scripted experts act in closed loop with window 1"),
     ("eval output that is a file", EVAL("--out", "{root}/a_file"), "is a file"),
-    ("eval with 0 episodes", EVAL("--episodes", "0"), "eval.episodes must be an integer >= 1"),
+    ("eval with 0 episodes", EVAL("--episodes", "0"), "eval.episodes must be an integer in [1, 100000]"),
 ]
 
 

@@ -16,6 +16,7 @@ import io
 import json
 import re
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Sequence
@@ -24,7 +25,7 @@ import tyro
 import yaml
 
 from policytrim.config import RunConfig, from_dict, load_config, preset_path, to_dict
-from policytrim.errors import InputError
+from policytrim.errors import InputError, one_line
 
 
 @dataclass
@@ -57,7 +58,9 @@ class CollectCmd(_Base):
 class PretrainCmd(_Base):
     """Behaviour cloning from a demonstration dataset to a baseline checkpoint in --out."""
 
-    data: str = ""
+    # not named `data`: that is RunConfig's demonstration-collection section (`data:` in every config
+    # file), which a field of the same name would shadow; `--data DIR` stays the flag users type
+    demos: Annotated[str, tyro.conf.arg(aliases=("--data",))] = ""
     """Demonstration dataset directory (output of `policytrim collect`)."""
     overwrite: bool = False
     """Replace an existing output directory."""
@@ -199,9 +202,33 @@ def _one_line(captured: str) -> str:
     return re.sub(r"^Error parsing (?!-)[\w.-]+: ", "", message)
 
 
+def _sequence_flags(cls: type, prefix: str = "") -> set[str]:
+    """The flags of every tuple-typed field of a command (dotted and dashed spellings, aliases)."""
+    flags: set[str] = set()
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        path = prefix + name
+        base = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+        if dataclasses.is_dataclass(base):
+            flags |= _sequence_flags(base, f"{path}.")
+        elif typing.get_origin(base) is tuple:
+            aliases = [a for m in typing.get_args(hint)[1:] for a in (getattr(m, "aliases", None) or ())]
+            flags |= {f"--{path}", f"--{path.replace('_', '-')}", *aliases}
+    return flags
+
+
+def _check_no_empty_sequences(cls: type, argv: list[str]) -> None:
+    """tyro reads a list flag given without values (``--stage1.windows``) as an empty list, which
+    for some fields silently means "the default": refuse it instead."""
+    flags = _sequence_flags(cls)
+    for i, arg in enumerate(argv):
+        if arg in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            raise InputError(f"{arg} was given without values: give at least one value, or leave the flag out for the default")
+
+
 def _parse(cls: type, argv: list[str], prog: str) -> object:
     buf = io.StringIO()
     try:
+        _check_no_empty_sequences(cls, argv)
         default = _defaults(cls, argv)
         with contextlib.redirect_stderr(buf):
             return tyro.cli(cls, args=argv, default=default, prog=prog, description=cls.__doc__)
@@ -213,7 +240,7 @@ def _parse(cls: type, argv: list[str], prog: str) -> object:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -239,16 +266,10 @@ IMPLEMENTATIONS: dict[str, tuple[str, str, str]] = {
 
 def _check_common(name: str, args: object) -> None:
     """Checks every command that runs something shares, made before anything is written."""
-    if not isinstance(args, RunConfig):
-        return
-    out = Path(args.logging.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--logging.out {str(out)!r} is a file; `policytrim {name}` writes a directory there")
-    if args.device == "cuda":
-        import torch
+    from policytrim.preflight import check_preconditions
 
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: torch sees no CUDA device here; use --device cpu")
+    if isinstance(args, RunConfig):
+        check_preconditions(args, args.logging.out)
 
 
 def dispatch(name: str, args: object) -> int:
@@ -280,6 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dispatch(name, args)
     except InputError as exc:
         _fail(str(exc))
+    except PermissionError as exc:  # a path that became unwritable after the up-front checks
+        _fail(f"cannot write {exc.filename!r}: permission denied")
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line (a training run says how to resume)
+        _fail(str(exc) or "interrupted", code=130)
     return 0
 
 

@@ -20,9 +20,8 @@ from typing import Annotated, Any, Literal
 import tyro
 import yaml
 
+from policytrim import limits as L
 from policytrim.envs.tasks import resolve_tasks
-
-
 from policytrim.errors import InputError
 
 
@@ -33,6 +32,11 @@ class ConfigError(InputError):
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _int_in(name: str, value: Any, lo: int, hi: int, hint: str = "") -> None:
+    """An integer in [lo, hi]; size-like fields take their upper bound from `policytrim.limits`."""
+    L.check_int(name, value, lo, hi, hint, error=ConfigError)
 
 
 def _in_range(name: str, value: float, lo: float, hi: float) -> None:
@@ -60,11 +64,11 @@ class EnvConfig:
     gym_id: str = ""
     """gymnasium env id, for suite=gym."""
     horizon: int = 200
-    """Episode horizon in environment steps (recorded with every result)."""
+    """Episode horizon in environment steps (recorded with every result; at most 100000)."""
     image: bool = False
     """Render an RGB camera image into the observation (slow on CPU)."""
     image_size: int = 64
-    """Square image size in pixels, when image=True."""
+    """Square image size in pixels, when image=True (16..512)."""
     camera: str = "corner2"
     """Meta-World camera name, when image=True."""
     train_seed: int = 0
@@ -83,8 +87,8 @@ class EnvConfig:
                 raise ConfigError(f"env.tasks: {exc}") from None
         else:
             _require(bool(self.gym_id), "env.gym_id is required when env.suite=gym, e.g. env.gym_id=MyEnv-v0")
-        _require(isinstance(self.horizon, int) and 1 <= self.horizon <= 100_000, f"env.horizon must be an integer in [1, 100000], got {self.horizon!r}")
-        _require(isinstance(self.image_size, int) and 16 <= self.image_size <= 512, f"env.image_size must be an integer in [16, 512], got {self.image_size!r}")
+        _int_in("env.horizon", self.horizon, 1, L.MAX_HORIZON)
+        _int_in("env.image_size", self.image_size, 16, L.MAX_IMAGE_SIZE)
         seeds = (self.train_seed, self.val_seed, self.test_seed)
         _require(len(set(seeds)) == 3, f"env.train_seed, env.val_seed and env.test_seed must be disjoint, got {seeds}")
 
@@ -98,17 +102,17 @@ class PolicyConfig:
     head: Literal["gaussian", "flow"] = "gaussian"
     """Action head: gaussian (exact log-prob) or flow (flow matching, Flow-SDE log-probs)."""
     chunk_size: int = 15
-    """H: actions predicted per inference call."""
+    """H: actions predicted per inference call (1..256)."""
     default_window: int = 5
     """k the baseline executes per call (its deployed window)."""
     hidden_dim: int = 256
-    """Width of the trunk MLP."""
+    """Width of the trunk MLP (8..4096)."""
     num_layers: int = 3
-    """Depth of the trunk MLP."""
+    """Depth of the trunk MLP (1..32)."""
     text_encoder: str = "embedding"
     """Instruction encoder: 'embedding' (learned token embeddings) or an installed frozen sentence encoder name."""
     flow_steps: int = 10
-    """K: denoising steps of the flow head (>= 2)."""
+    """K: denoising steps of the flow head (2..1000)."""
     flow_noise: float = 0.5
     """a: Flow-SDE noise scale, sigma_t = a*sqrt(t/(1-t))."""
     init_log_std: float = -1.0
@@ -119,13 +123,14 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         _require(self.kind in ("chunk", "expert"), f"policy.kind must be chunk or expert, got {self.kind!r}")
         _require(self.head in ("gaussian", "flow"), f"policy.head must be gaussian or flow, got {self.head!r}")
-        _require(isinstance(self.chunk_size, int) and 1 <= self.chunk_size <= 256, f"policy.chunk_size must be an integer in [1, 256], got {self.chunk_size!r}")
+        _int_in("policy.chunk_size", self.chunk_size, 1, L.MAX_CHUNK_SIZE)
         _require(
             isinstance(self.default_window, int) and 1 <= self.default_window <= self.chunk_size,
             f"policy.default_window must be in [1, chunk_size={self.chunk_size}], got {self.default_window!r}",
         )
-        _require(self.hidden_dim >= 8 and self.num_layers >= 1, "policy.hidden_dim must be >= 8 and policy.num_layers >= 1")
-        _require(isinstance(self.flow_steps, int) and self.flow_steps >= 2, f"policy.flow_steps must be an integer >= 2, got {self.flow_steps!r}")
+        _int_in("policy.hidden_dim", self.hidden_dim, 8, L.MAX_HIDDEN_DIM)
+        _int_in("policy.num_layers", self.num_layers, 1, L.MAX_LAYERS)
+        _int_in("policy.flow_steps", self.flow_steps, 2, L.MAX_FLOW_STEPS)
         _in_range("policy.flow_noise", self.flow_noise, 0.0, 5.0)
         _in_range("policy.init_log_std", self.init_log_std, -10.0, 2.0)
         _require(self.std_mode in ("fixed", "state"), f"policy.std_mode must be fixed or state, got {self.std_mode!r}")
@@ -136,11 +141,11 @@ class RolloutConfig:
     """How rollouts are run."""
 
     group_size: int = 8
-    """G: rollouts per group, all from the identical initial state."""
+    """G: rollouts per group, all from the identical initial state (2..1024; G x groups <= 65536)."""
     groups_per_epoch: int = 8
-    """Groups (initial states) rolled out per training epoch."""
+    """Groups (initial states) rolled out per training epoch (1..4096)."""
     num_workers: int = 2
-    """Worker processes stepping environments (0 = in-process)."""
+    """Worker processes stepping environments (0 = in-process; at most 256)."""
     step_timeout_s: float = 30.0
     """A worker that takes longer than this for one chunk is killed and replaced; its groups are dropped."""
     lockstep: bool = False
@@ -149,9 +154,13 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         _require(isinstance(self.lockstep, bool), f"rollout.lockstep must be true or false, got {self.lockstep!r}")
-        _require(isinstance(self.group_size, int) and self.group_size >= 2, f"rollout.group_size must be an integer >= 2 (GRPO compares members of a group), got {self.group_size!r}")
-        _require(isinstance(self.groups_per_epoch, int) and self.groups_per_epoch >= 1, f"rollout.groups_per_epoch must be an integer >= 1, got {self.groups_per_epoch!r}")
-        _require(isinstance(self.num_workers, int) and 0 <= self.num_workers <= 256, f"rollout.num_workers must be an integer in [0, 256], got {self.num_workers!r}")
+        _int_in("rollout.group_size", self.group_size, 2, L.MAX_GROUP_SIZE, " (GRPO compares members of a group)")
+        _int_in("rollout.groups_per_epoch", self.groups_per_epoch, 1, L.MAX_GROUPS_PER_EPOCH)
+        _require(
+            self.group_size * self.groups_per_epoch <= L.MAX_TRAJECTORIES_PER_EPOCH,
+            f"rollout.group_size x rollout.groups_per_epoch must be <= {L.MAX_TRAJECTORIES_PER_EPOCH} trajectories per epoch, got {self.group_size} x {self.groups_per_epoch}",
+        )
+        _int_in("rollout.num_workers", self.num_workers, 0, L.MAX_WORKERS)
         _positive("rollout.step_timeout_s", self.step_timeout_s)
 
 
@@ -160,7 +169,7 @@ class GRPOConfig:
     """Settings shared by both stages; each stage has its own copy (learning rate etc. are per stage)."""
 
     epochs: int = 40
-    """Training epochs (one rollout batch + update each)."""
+    """Training epochs (one rollout batch + update each; at most 1e6)."""
     lr: float = 3e-4
     """Adam learning rate."""
     weight_decay: float = 0.0
@@ -168,7 +177,7 @@ class GRPOConfig:
     max_grad_norm: float = 1.0
     """Gradient-norm clip."""
     update_epochs: int = 4
-    """Optimiser steps per rollout batch, each on the whole batch (PPO-style reuse, clipped)."""
+    """Optimiser steps per rollout batch, each on the whole batch (PPO-style reuse, clipped; 1..100)."""
     micro_batch_trajectories: int = 64
     """Trajectories per forward/backward pass; memory only: gradients are accumulated to the whole batch's."""
     clip_low: float = 0.2
@@ -180,23 +189,23 @@ class GRPOConfig:
     eval_every: int = 10
     """Evaluate on validation states every N epochs and keep the best checkpoint."""
     val_episodes: int = 24
-    """Validation episodes per task at each evaluation."""
+    """Validation episodes per task at each evaluation (1..100000)."""
     checkpoint_every: int = 10
     """Write a resumable checkpoint every N epochs (and at the end)."""
 
     def _validate(self, prefix: str) -> None:
-        _require(isinstance(self.epochs, int) and self.epochs >= 0, f"{prefix}.epochs must be an integer >= 0, got {self.epochs!r}")
+        _int_in(f"{prefix}.epochs", self.epochs, 0, L.MAX_EPOCHS)
         _require(isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, f"{prefix}.lr must be in (0, 1], got {self.lr!r}")
         _in_range(f"{prefix}.weight_decay", self.weight_decay, 0.0, 1.0)
         _positive(f"{prefix}.max_grad_norm", self.max_grad_norm)
-        _require(isinstance(self.update_epochs, int) and self.update_epochs >= 1, f"{prefix}.update_epochs must be an integer >= 1, got {self.update_epochs!r}")
-        _require(isinstance(self.micro_batch_trajectories, int) and self.micro_batch_trajectories >= 1, f"{prefix}.micro_batch_trajectories must be an integer >= 1, got {self.micro_batch_trajectories!r}")
+        _int_in(f"{prefix}.update_epochs", self.update_epochs, 1, L.MAX_UPDATE_EPOCHS)
+        _int_in(f"{prefix}.micro_batch_trajectories", self.micro_batch_trajectories, 1, L.MAX_MICRO_BATCH)
         _in_range(f"{prefix}.clip_low", self.clip_low, 0.0, 1.0)
         _in_range(f"{prefix}.clip_high", self.clip_high, 0.0, 10.0)
         _in_range(f"{prefix}.kl_coef", self.kl_coef, 0.0, 10.0)
-        _require(isinstance(self.eval_every, int) and self.eval_every >= 1, f"{prefix}.eval_every must be an integer >= 1, got {self.eval_every!r}")
-        _require(isinstance(self.val_episodes, int) and self.val_episodes >= 1, f"{prefix}.val_episodes must be an integer >= 1, got {self.val_episodes!r}")
-        _require(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1, f"{prefix}.checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
+        _int_in(f"{prefix}.eval_every", self.eval_every, 1, L.MAX_EPOCHS)
+        _int_in(f"{prefix}.val_episodes", self.val_episodes, 1, L.MAX_EPISODES)
+        _int_in(f"{prefix}.checkpoint_every", self.checkpoint_every, 1, L.MAX_EPOCHS)
 
 
 @dataclass
@@ -213,6 +222,7 @@ class Stage1Config(GRPOConfig):
     def __post_init__(self) -> None:
         self._validate("stage1")
         ws = tuple(self.windows)
+        _require(len(ws) <= L.MAX_CHUNK_SIZE, f"stage1.windows: at most {L.MAX_CHUNK_SIZE} windows, got {len(ws)}")
         _require(all(isinstance(w, int) and w >= 1 for w in ws), f"stage1.windows must be positive integers, got {ws}")
         _require(list(ws) == sorted(set(ws)), f"stage1.windows must be strictly increasing, e.g. 5 10 15, got {ws}")
         self.windows = ws
@@ -244,8 +254,8 @@ class Stage2Config(GRPOConfig):
 
     def __post_init__(self) -> None:
         self._validate("stage2")
-        _require(isinstance(self.window, int) and self.window >= 0, f"stage2.window must be an integer >= 0 (0 = from Stage 1), got {self.window!r}")
-        _require(isinstance(self.budget, int) and self.budget >= 0, f"stage2.budget must be an integer >= 0 (0 = calibrate), got {self.budget!r}")
+        _int_in("stage2.window", self.window, 0, L.MAX_CHUNK_SIZE, " (0 = from Stage 1)")
+        _int_in("stage2.budget", self.budget, 0, L.MAX_HORIZON, " (0 = calibrate)")
         _in_range("stage2.budget_multiplier", self.budget_multiplier, 1.0, 10.0)
         _in_range("stage2.step_coef", self.step_coef, 0.0, 10.0)
         _in_range("stage2.stability_coef", self.stability_coef, 0.0, 1.0)
@@ -259,7 +269,7 @@ class EvalConfig:
     """Evaluation on test states."""
 
     episodes: Annotated[int, tyro.conf.arg(aliases=("--episodes",))] = 100
-    """Episodes per task."""
+    """Episodes per task (1..100000)."""
     mode: Annotated[Literal["sampled", "deterministic"], tyro.conf.arg(aliases=("--mode",))] = "sampled"
     """sampled: how the policy acts when deployed; deterministic: mean / zero-noise actions."""
     latency_ms: Annotated[float, tyro.conf.arg(aliases=("--latency-ms",))] = 0.0
@@ -268,7 +278,7 @@ class EvalConfig:
     """Seed of the per-trajectory random numbers (shared by every policy compared)."""
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.episodes, int) and self.episodes >= 1, f"eval.episodes must be an integer >= 1, got {self.episodes!r}")
+        _int_in("eval.episodes", self.episodes, 1, L.MAX_EPISODES)
         _require(self.mode in ("sampled", "deterministic"), f"eval.mode must be sampled or deterministic, got {self.mode!r}")
         _in_range("eval.latency_ms", self.latency_ms, 0.0, 1e6)
 
@@ -278,7 +288,7 @@ class DataConfig:
     """Demonstration collection with the scripted experts (`policytrim collect`)."""
 
     episodes: int = 200
-    """Demonstrations per task."""
+    """Demonstrations per task (1..100000)."""
     suboptimal: bool = True
     """Add human-like suboptimality (speed scale, pauses, detours, jitter) as in teleoperation data."""
     speed_min: float = 0.6
@@ -305,13 +315,15 @@ class DataConfig:
     """Keep unsuccessful demonstrations in the dataset."""
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.episodes, int) and self.episodes >= 1, f"data.episodes must be an integer >= 1, got {self.episodes!r}")
+        _int_in("data.episodes", self.episodes, 1, L.MAX_EPISODES)
         _require(0 < self.speed_min <= self.speed_max <= 2.0, f"data.speed_min/speed_max must satisfy 0 < min <= max <= 2, got {self.speed_min}, {self.speed_max}")
         _in_range("data.pause_prob", self.pause_prob, 0.0, 1.0)
         _in_range("data.detour_prob", self.detour_prob, 0.0, 1.0)
         _in_range("data.jitter_std", self.jitter_std, 0.0, 2.0)
-        _require(0 <= self.pause_min <= self.pause_max, f"data.pause_min <= data.pause_max needed, got {self.pause_min}, {self.pause_max}")
-        _require(0 <= self.detour_min <= self.detour_max, f"data.detour_min <= data.detour_max needed, got {self.detour_min}, {self.detour_max}")
+        for name in ("pause_min", "pause_max", "detour_min", "detour_max"):
+            _int_in(f"data.{name}", getattr(self, name), 0, L.MAX_PAUSE_OR_DETOUR)
+        _require(self.pause_min <= self.pause_max, f"data.pause_min <= data.pause_max needed, got {self.pause_min}, {self.pause_max}")
+        _require(self.detour_min <= self.detour_max, f"data.detour_min <= data.detour_max needed, got {self.detour_min}, {self.detour_max}")
 
 
 @dataclass
@@ -319,9 +331,9 @@ class PretrainConfig:
     """Behaviour cloning (`policytrim pretrain`)."""
 
     iterations: int = 6000
-    """Gradient steps."""
+    """Gradient steps (at most 1e7)."""
     batch_size: int = 256
-    """Chunks per batch."""
+    """Chunks per batch (1..65536)."""
     lr: float = 1e-3
     """Adam learning rate."""
     val_fraction: float = 0.1
@@ -330,11 +342,11 @@ class PretrainConfig:
     """Episodes per task for the final success-rate check on validation states."""
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.iterations, int) and self.iterations >= 1, f"pretrain.iterations must be an integer >= 1, got {self.iterations!r}")
-        _require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"pretrain.batch_size must be an integer >= 1, got {self.batch_size!r}")
+        _int_in("pretrain.iterations", self.iterations, 1, L.MAX_ITERATIONS)
+        _int_in("pretrain.batch_size", self.batch_size, 1, L.MAX_BATCH_SIZE)
         _require(isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, f"pretrain.lr must be in (0, 1], got {self.lr!r}")
         _in_range("pretrain.val_fraction", self.val_fraction, 0.0, 0.9)
-        _require(isinstance(self.eval_episodes, int) and self.eval_episodes >= 0, f"pretrain.eval_episodes must be an integer >= 0, got {self.eval_episodes!r}")
+        _int_in("pretrain.eval_episodes", self.eval_episodes, 0, L.MAX_EPISODES)
 
 
 @dataclass
@@ -448,8 +460,9 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
     return value
 
 
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build a config dataclass from nested dicts; unknown keys and wrong types raise ConfigError."""
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "", complete: bool = False) -> Any:
+    """Build a config dataclass from nested dicts; unknown keys and wrong types raise ConfigError.
+    ``complete``: every key must be present (a saved run's config: no default is filled in)."""
     _require(isinstance(data, dict), f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -463,10 +476,50 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         hint = hints[key]
         name = prefix + key
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value, prefix=f"{name}.")
+            kwargs[key] = from_dict(hint, value, prefix=f"{name}.", complete=complete)
         else:
             kwargs[key] = _coerce(name, hint, value)
+    missing = [prefix + k for k in fields if k not in data]
+    _require(not (complete and missing), f"missing key(s) {', '.join(missing)}: the file is incomplete (cut short?)")
     return cls(**kwargs)
+
+
+def _check_expansion(data: Any, source: str) -> None:
+    """ConfigError when ``data`` holds more than `limits.MAX_CONFIG_NODES` values or
+    `limits.MAX_CONFIG_BYTES` of text once YAML aliases are expanded (an alias "bomb" is a few
+    hundred bytes of YAML that expand to billions of values). Stops counting at the limit."""
+    nodes, chars = 0, 0
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        nodes += 1
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        if nodes > L.MAX_CONFIG_NODES or chars > L.MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{source} expands to more than {L.MAX_CONFIG_NODES} values or {L.MAX_CONFIG_BYTES} characters "
+                "(YAML aliases repeated?); a full config has about 120 values"
+            )
+
+
+def parse_config_text(text: str, source: str, as_json: bool = False) -> dict[str, Any]:
+    """Config data from YAML (safe loader) or JSON ``text``; ``source`` names it in errors. Refused:
+    more than `limits.MAX_CONFIG_BYTES`, malformed, no settings at all (an empty file is a mistake,
+    not "all defaults": leave out --config for those), too large once aliases are expanded."""
+    kind = "JSON" if as_json else "YAML"
+    _require(len(text) <= L.MAX_CONFIG_BYTES, f"{source} is larger than {L.MAX_CONFIG_BYTES} bytes: not a config file")
+    try:
+        data = json.loads(text) if as_json else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{source} is not valid {kind}: {exc}") from None
+    _require(data is not None, f"{source} is empty (no settings); give a config with settings, or no config file for the defaults")
+    _check_expansion(data, source)
+    return data
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -474,16 +527,12 @@ def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    _require(path.stat().st_size <= L.MAX_CONFIG_BYTES, f"config file {str(path)!r} is larger than {L.MAX_CONFIG_BYTES} bytes: not a config file")
     try:
         text = path.read_text()
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(path)!r} is not text (YAML or JSON expected)") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        detail = " ".join(str(exc).split())  # YAML errors span lines; the CLI reports one
-        raise ConfigError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {detail}") from None
-    return from_dict(RunConfig, data or {})
+    return from_dict(RunConfig, parse_config_text(text, f"config file {str(path)!r}", as_json=path.suffix == ".json"))
 
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from policytrim import limits as L
 from policytrim.errors import InputError
 from policytrim.policies import flow_sde
 from policytrim.policies.base import MODES, ChunkSample, Mode, Observation
@@ -55,6 +56,12 @@ _MIN_STD = 1e-6  # statistics below this (constant dims) normalise with std 1
 
 # Keys of spec() that from_spec requires (everything else has a default).
 _REQUIRED = ("state_dim", "action_dim", "chunk_size", "default_window", "head", "hidden_dim", "num_layers", "text_encoder", "instructions")
+# Size-like keys of spec() and their upper bounds (`policytrim.limits`); each is an integer >= 1.
+_SIZE_LIMITS = {
+    "state_dim": L.MAX_OBS_DIM, "action_dim": L.MAX_OBS_DIM, "chunk_size": L.MAX_CHUNK_SIZE, "default_window": L.MAX_CHUNK_SIZE,
+    "hidden_dim": L.MAX_HIDDEN_DIM, "num_layers": L.MAX_LAYERS, "text_dim": L.MAX_EMBED_DIM, "image_dim": L.MAX_EMBED_DIM,
+    "flow_steps": L.MAX_FLOW_STEPS, "flow_layers": L.MAX_LAYERS,
+}
 
 
 class ImageEncoder(nn.Module):
@@ -236,9 +243,11 @@ class TinyVLA(nn.Module):
             spec["vocabulary"] = list(self.text.vocabulary)
         return spec
 
-    @classmethod
-    def from_spec(cls, spec: dict) -> "TinyVLA":
-        """Rebuild the architecture from `spec()` (weights are loaded separately)."""
+    @staticmethod
+    def check_spec(spec: Any) -> None:
+        """InputError unless ``spec`` is a TinyVLA spec of this format whose sizes are within
+        `policytrim.limits` (checked before anything is allocated: a ``hidden_dim`` of 1e7 in a
+        config.json would otherwise allocate gigabytes before any error)."""
         if not isinstance(spec, dict):
             raise InputError(f"a policy spec must be a JSON object, got {type(spec).__name__}")
         if spec.get("kind") != KIND:
@@ -252,6 +261,36 @@ class TinyVLA(nn.Module):
         missing = [k for k in _REQUIRED if k not in spec]
         if missing:
             raise InputError(f"policy spec is missing {', '.join(missing)}")
+        for name, hi in _SIZE_LIMITS.items():
+            if name in spec:
+                L.check_int(f"policy spec {name}", spec[name], 1, hi)
+        for name in ("instructions", "vocabulary"):
+            if not isinstance(spec.get(name, []), list) or len(spec.get(name, [])) > L.MAX_VOCABULARY:
+                raise InputError(f"policy spec {name} must be a list of at most {L.MAX_VOCABULARY} strings")
+        image_shape = spec.get("image_shape")
+        if image_shape is not None:
+            if not (isinstance(image_shape, list) and len(image_shape) == 3):
+                raise InputError(f"policy spec image_shape must be [height, width, channels], got {image_shape!r}")
+            for size, hi in zip(image_shape, (L.MAX_IMAGE_SIZE, L.MAX_IMAGE_SIZE, 4)):
+                L.check_int("policy spec image_shape entry", size, 1, hi)
+
+    @staticmethod
+    def check_weights(spec: dict, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+        """InputError unless the trunk in the weights (``shapes``: name -> shape, as in the
+        safetensors header) has the depth and width ``spec`` says, checked before the model is built
+        so that a spec whose sizes disagree with its weights costs nothing."""
+        trunk = [k for k in shapes if k.startswith("trunk.0.") and k.endswith(".weight")]
+        width = shapes.get("trunk.0.0.weight", (None,))[0]
+        if len(trunk) != spec["num_layers"] or width != spec["hidden_dim"]:
+            raise InputError(
+                f"{where}: weights do not match the architecture in its config (config.json: num_layers {spec['num_layers']}, "
+                f"hidden_dim {spec['hidden_dim']}; weights: {len(trunk)} trunk layers of width {width})"
+            )
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "TinyVLA":
+        """Rebuild the architecture from `spec()` (weights are loaded separately)."""
+        cls.check_spec(spec)
         kwargs = {k: v for k, v in spec.items() if k not in ("kind", "format_version", "weights_sha256", "policytrim_version")}
         table = None
         name = canonical_encoder_name(str(spec["text_encoder"]))
@@ -270,12 +309,20 @@ class TinyVLA(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "TinyVLA":
-        """Load a checkpoint; any problem with it is an `InputError` saying what is wrong."""
+        """Load a checkpoint; any problem with it is an `InputError` saying what is wrong. Order:
+        the spec's sizes, the weights file (hash, format, finite), the weights' shapes against the
+        spec, and only then the model is built and the weights checked tensor by tensor."""
         config = read_config(directory)
-        policy = cls.from_spec(config)
+        where = f"checkpoint {str(directory)!r}"
+        try:
+            cls.check_spec(config)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
         tensors = read_weights(directory, config)
+        cls.check_weights(config, {k: tuple(v.shape) for k, v in tensors.items()}, where)
+        policy = cls.from_spec(config)
         expected = policy.state_dict()
-        check_state_dict(expected, tensors, f"checkpoint {str(directory)!r}")
+        check_state_dict(expected, tensors, where)
         float_dtypes = {v.dtype for v in tensors.values() if v.is_floating_point()}
         if len(float_dtypes) == 1:
             policy.to(float_dtypes.pop())

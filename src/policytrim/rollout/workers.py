@@ -25,6 +25,7 @@ import ctypes
 import gc
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -321,7 +322,12 @@ class LocalPool(WorkerPool):
 
 
 def _serve(conn: Connection, env_cfg: Any, env_factory: EnvFactory | None, max_envs: int) -> None:
-    """Worker process main loop: one request in, one result out, until None."""
+    """Worker process main loop: one request in, one result out, until None or a closed pipe.
+
+    Ctrl-C in a terminal reaches the whole process group; the trainer decides what it means (it
+    stops, closes the pipes, and these loops end), so a worker ignores SIGINT and exits quietly
+    when its pipe closes in either direction."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if "torch" in sys.modules:  # imported by an env factory's module, perhaps
         sys.modules["torch"].set_num_threads(1)
     server = EnvServer(env_cfg, env_factory, max_envs)
@@ -337,7 +343,10 @@ def _serve(conn: Connection, env_cfg: Any, env_factory: EnvFactory | None, max_e
                 result: Any = server.handle(request)
             except Exception:  # noqa: BLE001 - a bug: report it to the engine, which raises
                 result = WorkerError(traceback.format_exc())
-            conn.send(result)
+            try:
+                conn.send(result)
+            except (BrokenPipeError, OSError):
+                break  # the trainer is gone
     finally:
         server.close()
 

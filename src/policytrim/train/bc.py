@@ -294,14 +294,14 @@ def evaluate_baseline(policy: TinyVLA, cfg: RunConfig, tasks: list[str]) -> dict
 
 
 def pretrain_command(args: Any) -> int:
-    """`policytrim pretrain`: args is the CLI's PretrainCmd (a RunConfig + data + overwrite)."""
+    """`policytrim pretrain`: args is the CLI's PretrainCmd (a RunConfig + demos + overwrite)."""
     from policytrim.cli import run_config
 
-    if not getattr(args, "data", ""):
+    if not args.demos:
         raise InputError("--data is required: the demonstration dataset directory (output of `policytrim collect`)")
     cfg = run_config(args)
     out = Path(cfg.logging.out)
-    metrics = pretrain(cfg, Path(args.data), out, overwrite=bool(args.overwrite))
+    metrics = pretrain(cfg, Path(args.demos), out, overwrite=bool(args.overwrite))
     print(f"baseline checkpoint: {out}  (train {metrics['train_seconds']:.0f} s, val loss {metrics['initial_val_loss']:.3f} -> {metrics['final_val_loss']:.3f})")
     ev = metrics.get("eval")
     if ev:

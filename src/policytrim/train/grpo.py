@@ -37,6 +37,7 @@ from policytrim.eval.evaluate import evaluate_policy
 from policytrim.eval.paired import paired_difference
 from policytrim.io import atomic_directory, kill_point
 from policytrim.policies import ChunkPolicy, load_policy
+from policytrim.preflight import check_preconditions
 from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.rollout.types import Trajectories
 from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, restore_best, save_checkpoint
@@ -413,8 +414,7 @@ def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "",
         if not init:
             raise InputError("--init is required: the starting (baseline) checkpoint directory")
     stages = list(STAGES) if stage == "both" else [stage]
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("device=cuda but torch sees no CUDA device here; use --device cpu")
+    check_preconditions(cfg, resume or cfg.logging.out)
     torch.manual_seed(cfg.seed)
     with cpu_threads(cfg):
         return _train(cfg, stage, stages, init, run, overwrite)
@@ -508,6 +508,8 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
         save_policy_dir(policy, run.path / "final")
         run.write_json("summary.json", summary)
         run.set_status("complete")
+    except KeyboardInterrupt:
+        raise run.interrupted() from None
     finally:
         logger.close()
     return summary
