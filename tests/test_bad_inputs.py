@@ -9,7 +9,9 @@ show the process's exit status and that no traceback escapes.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,10 +24,11 @@ from safetensors.numpy import load_file as load_np, save_file as save_np
 from safetensors.torch import load_file, save_file
 
 from policytrim.cli import main
-from policytrim.config import PolicyConfig
+from policytrim.config import PolicyConfig, RunConfig
 from policytrim.data.demos import save_demos
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.policies.chunk import TinyVLA
+from policytrim.train.rundir import RunDir
 
 from fixtures.make_fixtures import random_demos
 
@@ -86,6 +89,9 @@ def fx(tmp_path_factory) -> Path:
     save_file(tensors, str(nan / "model.safetensors"))
     _rehash(nan)
     _edit_json(bad_checkpoint("future_version") / "config.json", format_version=99)
+    # a config.json whose sizes are absurd or disagree with its weights (the weights are intact)
+    for name, changes in SPEC_EDITS.items():
+        _edit_json(bad_checkpoint(name) / "config.json", **changes)
 
     demos = make_demos(root / "demos")
 
@@ -111,9 +117,15 @@ def fx(tmp_path_factory) -> Path:
         "bad_value.json": '{"rollout": {"group_size": 1}}',
         "malformed.json": '{"rollout": {"group_size": 4,}}',
         "a_file": "not a directory\n",
+        "empty.yaml": "",
+        "comments.yaml": "# all defaults, please\n",
+        "bomb.yaml": alias_bomb(levels=9, width=9),
+        "huge.yaml": "seed: 1\n" + "#" * (1 << 20) + "\n",
     }
     for name, text in files.items():
         (root / name).write_text(text)
+    if os.geteuid() != 0:  # root writes anywhere: see UNWRITABLE
+        (root / "readonly").mkdir(mode=0o500)
 
     existing = root / "existing_run"
     existing.mkdir()
@@ -126,7 +138,52 @@ def fx(tmp_path_factory) -> Path:
     tampered.mkdir()
     (tampered / "config.yaml").write_text("stage1:\n  lrr: 1\n")
     (tampered / "run.json").write_text('{"stage": "both", "init": "x", "stages": ["extend", "trim"]}')
+
+    # saved runs whose config.yaml was damaged after creation (with and without the SHA-256 that
+    # run.json records since issue 12)
+    made = RunDir.create(root / "made_run", RunConfig(), {"stage": "both", "stages": ["extend", "trim"], "init": "x"})
+    lines = (made.path / "config.yaml").read_text().splitlines(keepends=True)
+    damage = {"cut": "".join(lines[:40]), "empty": "", "edited": "".join(lines).replace("epochs: 40", "epochs: 2", 1)}
+    for name, text in damage.items():
+        for hashed in (True, False):
+            run = Path(shutil.copytree(made.path, root / f"run_{name}{'' if hashed else '_old'}"))
+            (run / "config.yaml").write_text(text)
+            if not hashed:
+                meta = json.loads((run / "run.json").read_text())
+                del meta["config_sha256"]
+                (run / "run.json").write_text(json.dumps(meta))
+
+    report_run = root / "report_run"  # a train run whose metrics log has a corrupt line inside
+    report_run.mkdir()
+    (report_run / "run.json").write_text('{"stage": "both", "init": "x", "stages": ["extend", "trim"], "status": "running"}')
+    (report_run / "metrics.jsonl").write_text('{"stage": "extend", "epoch": 0}\n{"stage": "ext\n{"stage": "extend", "epoch": 1}\n')
     return root
+
+
+SPEC_EDITS = {
+    "spec_hidden_negative": {"hidden_dim": -1},
+    "spec_hidden_1e9": {"hidden_dim": 1e9},
+    "spec_hidden_1e7": {"hidden_dim": 10_000_000},
+    "spec_layers_1e6": {"num_layers": 1_000_000},
+    "spec_wider_than_weights": {"hidden_dim": 128},
+}
+
+
+def alias_bomb(levels: int, width: int) -> str:
+    """A few hundred bytes of YAML under a valid key (env.tasks) whose aliases expand to
+    width**(levels + 1) values (the "billion laughs")."""
+    value = "[" + ", ".join(["x"] * width) + "]"
+    for i in range(levels):
+        value = f"[&l{i} {value}" + f", *l{i}" * (width - 1) + "]"
+    return f"env:\n  tasks: {value}\n"
+
+
+# An output directory this process may not create: below a regular file, and either a directory
+# without write permission or, for root (whom permissions do not stop), sysfs, where the kernel
+# refuses mkdir with EPERM to everyone.
+UNWRITABLE = "/sys/policytrim-test-run" if os.geteuid() == 0 else "{root}/readonly/run"
+needs_sysfs = pytest.mark.skipif(os.geteuid() == 0 and not os.path.isdir("/sys/kernel"), reason="root without sysfs: no unwritable directory to try")
+no_wandb = pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 
 
 # The tiny architecture of `make_checkpoint`, so that only the bad part of each row is bad.
@@ -175,6 +232,23 @@ BAD_INPUTS = [
     pytest.param("cuda without a GPU", TRAIN("--device", "cuda"), "no CUDA device", marks=no_cuda),
     ("unknown flag", TRAIN("--bogus", "1"), "Unrecognized options: --bogus"),
     ("integer flag given text", TRAIN("--seed", "x"), "--seed"),
+    # sizes: every size-like setting has an upper bound (policytrim.limits), checked before anything runs
+    ("absurd group size", TRAIN("--rollout.group-size", "1000000000"), "rollout.group_size must be an integer in [2, 1024]"),
+    ("too many trajectories per epoch", TRAIN("--rollout.group-size", "1024", "--rollout.groups-per-epoch", "4096"), "must be <= 65536 trajectories per epoch"),
+    ("absurd hidden width", TRAIN("--policy.hidden-dim", "10000000"), "policy.hidden_dim must be an integer in [8, 4096]"),
+    ("absurd depth", TRAIN("--policy.num-layers", "1000000"), "policy.num_layers must be an integer in [1, 32]"),
+    ("absurd worker count", TRAIN("--rollout.num-workers", "100000"), "rollout.num_workers must be an integer in [0, 256]"),
+    ("absurd epochs", TRAIN("--stage2.epochs", "1000000000"), "stage2.epochs must be an integer in [0, 1000000]"),
+    ("absurd update epochs", TRAIN("--stage1.update-epochs", "100000"), "stage1.update_epochs must be an integer in [1, 100]"),
+    ("absurd validation episodes", TRAIN("--stage1.val-episodes", "1000000000"), "stage1.val_episodes must be an integer in [1, 100000]"),
+    ("absurd evaluation episodes", EVAL("--episodes", "1000000000"), "eval.episodes must be an integer in [1, 100000]"),
+    ("absurd demonstrations", ["collect", *ARCH, "--data.episodes", "1000000000", "--out", "{root}/new_demos"], "data.episodes must be an integer in [1, 100000]"),
+    ("absurd BC batch", PRETRAIN("demos", "--pretrain.batch-size", "100000000"), "pretrain.batch_size must be an integer in [1, 65536]"),
+    ("absurd flow steps", TRAIN("--policy.flow-steps", "100000"), "policy.flow_steps must be an integer in [2, 1000]"),
+    # things that were silently accepted
+    ("duplicate task names", TRAIN("--tasks", TASK, TASK), f"task '{TASK}' is given twice"),
+    ("--stage1.windows without values", TRAIN("--stage1.windows"), "--stage1.windows was given without values"),
+    ("list flag without values before another flag", TRAIN("--stage1.windows", "--seed", "1"), "--stage1.windows was given without values"),
     # config files and presets
     ("YAML with an unknown key", ["config", "--config", "{root}/unknown_key.yaml"], "unknown key(s) stage1.lrr"),
     ("YAML with a wrong type", ["config", "--config", "{root}/wrong_type.yaml"], "stage1.lr must be a number, got 'fast'"),
@@ -186,6 +260,10 @@ BAD_INPUTS = [
     ("malformed JSON config", ["config", "--config", "{root}/malformed.json"], "is not valid JSON"),
     ("missing config file", TRAIN("--config", "{root}/nope.yaml"), "config file '{root}/nope.yaml' does not exist"),
     ("unknown preset", TRAIN("--preset", "nope"), "unknown preset 'nope'"),
+    ("empty config file", TRAIN("--config", "{root}/empty.yaml"), "config file '{root}/empty.yaml' is empty (no settings)"),
+    ("config file of comments only", ["config", "--config", "{root}/comments.yaml"], "is empty (no settings)"),
+    ("YAML alias bomb under a valid key", TRAIN("--config", "{root}/bomb.yaml"), "expands to more than 10000 values"),
+    ("config file over 1 MiB", ["config", "--config", "{root}/huge.yaml"], "is larger than 1048576 bytes"),
     ("unknown subcommand", ["frobnicate", "--out", "{root}/x"], "unknown command 'frobnicate'"),
     # checkpoints
     ("missing checkpoint", TRAIN("--init", "{root}/nope"), "'{root}/nope' does not exist"),
@@ -198,6 +276,11 @@ BAD_INPUTS = [
     ("checkpoint architecture != config", TRAIN("--policy.hidden-dim", "128"), "policy.hidden_dim is 128 in the config but 64 in the checkpoint"),
     ("checkpoint chunk size != config", TRAIN("--policy.chunk-size", "10"), "policy.chunk_size is 10 in the config but 8 in the checkpoint"),
     ("train the scripted experts", TRAIN("--init", "expert"), "scripted experts have no weights"),
+    ("checkpoint spec hidden_dim -1", TRAIN("--init", "{root}/spec_hidden_negative"), "policy spec hidden_dim must be an integer in [1, 4096], got -1"),
+    ("checkpoint spec hidden_dim 1e9", TRAIN("--init", "{root}/spec_hidden_1e9"), "policy spec hidden_dim must be an integer in [1, 4096], got 1000000000.0"),
+    ("checkpoint spec hidden_dim 1e7", TRAIN("--init", "{root}/spec_hidden_1e7"), "policy spec hidden_dim must be an integer in [1, 4096], got 10000000"),
+    ("checkpoint spec num_layers 1e6", TRAIN("--init", "{root}/spec_layers_1e6"), "policy spec num_layers must be an integer in [1, 32], got 1000000"),
+    ("checkpoint spec wider than its weights", EVAL("--checkpoint", "{root}/spec_wider_than_weights"), "(config.json: num_layers 2, hidden_dim 128; weights: 2 trunk layers of width 64)"),
     ("train without --init", ["train", *ARCH, "--out", "{root}/new_run"], "--init is required"),
     # run directories
     ("existing run dir, no --resume/--overwrite", TRAIN("--out", "{root}/existing_run"), "already exists; pass --resume"),
@@ -205,6 +288,22 @@ BAD_INPUTS = [
     ("--resume of a non-run directory", ["train", "--resume", "{root}/demos"], "not a policytrim run directory"),
     ("--resume with a corrupt run.json", ["train", "--resume", "{root}/broken_run"], "run.json is not valid JSON"),
     ("--resume with a tampered config.yaml", ["train", "--resume", "{root}/tampered_run"], "config.yaml: unknown key(s) stage1.lrr"),
+    ("--resume, config.yaml cut at a line", ["train", "--resume", "{root}/run_cut"], "config.yaml is not the one this run was created with"),
+    ("--resume, config.yaml emptied", ["train", "--resume", "{root}/run_empty"], "config.yaml is not the one this run was created with"),
+    ("--resume, config.yaml edited", ["train", "--resume", "{root}/run_edited"], "config.yaml is not the one this run was created with"),
+    ("--resume of a run without hash, config.yaml cut", ["train", "--resume", "{root}/run_cut_old"], "config.yaml: missing key(s) stage1.eval_every"),
+    ("--resume of a run without hash, config.yaml empty", ["train", "--resume", "{root}/run_empty_old"], "config.yaml is empty (no settings)"),
+    # outputs that cannot be written (checked before anything is created)
+    ("run dir below a regular file", TRAIN("--out", "{root}/a_file/run"), "'{root}/a_file' is a file, not a directory"),
+    ("pretrain output below a regular file", PRETRAIN("demos", "--out", "{root}/a_file/baseline"), "is a file, not a directory"),
+    ("collect output below a regular file", ["collect", *ARCH, "--out", "{root}/a_file/demos"], "is a file, not a directory"),
+    ("eval output below a regular file", EVAL("--out", "{root}/a_file/eval"), "is a file, not a directory"),
+    pytest.param("run dir without write permission", TRAIN("--out", UNWRITABLE), "permission", marks=needs_sysfs),
+    pytest.param("wandb asked for, not installed", TRAIN("--logging.wandb", "offline"), "logging.wandb=offline needs the wandb package", marks=no_wandb),
+    # report
+    ("report --out that is a file", ["report", "{root}/report_run", "--out", "{root}/a_file"], "--out '{root}/a_file' is a file"),
+    ("report of a corrupt run.json", ["report", "{root}/broken_run", "--out", "{root}/new_report"], "broken_run/run.json is not valid JSON"),
+    ("report of a corrupt metrics.jsonl line", ["report", "{root}/report_run", "--out", "{root}/new_report"], "report_run/metrics.jsonl line 2 is not valid JSON"),
     # demonstration datasets
     ("pretrain without --data", ["pretrain", *ARCH, "--out", "{root}/new_baseline"], "--data is required"),
     ("missing dataset", PRETRAIN("nope"), "does not exist"),

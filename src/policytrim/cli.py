@@ -18,7 +18,6 @@ import re
 import sys
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Literal, Sequence
 
 import tyro

@@ -61,8 +61,13 @@ def _fsync_dir(path: Path) -> None:
 
 def check_output_dir(path: str | Path, flag: str) -> None:
     """InputError unless a directory can be created or written at ``path``, checked without writing
-    anything: ``path`` and its nearest existing ancestor must be directories (not files) and
-    writable for this user. ``flag`` names the option in the message (e.g. ``--logging.out``)."""
+    anything: ``path`` and its nearest existing ancestor must be directories (not files), on a
+    file system mounted read-write, and writable for this user. ``flag`` names the option in the
+    message (e.g. ``--logging.out``).
+
+    Not detectable without writing: a directory that refuses root on a special file system (sysfs
+    refuses mkdir with EPERM even to root, whom permission bits do not stop). The CLI turns the
+    PermissionError of the first write into one line; commands create their output early."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag} {str(path)!r} is a file; a directory is written there")
@@ -71,6 +76,8 @@ def check_output_dir(path: str | Path, flag: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise InputError(f"{flag} {str(path)!r} cannot be created: {str(existing)!r} is a file, not a directory")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise InputError(f"{flag} {str(path)!r} cannot be written: {str(existing)!r} is on a read-only file system")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{flag} {str(path)!r} cannot be written: no write permission in {str(existing)!r}")
 
