@@ -27,7 +27,7 @@ def test_config_dump_with_file_and_overrides(tmp_path, capsys):
     "args, message",
     [
         (["config", "--stage1.windows", "10", "5"], "strictly increasing"),
-        (["config", "--rollout.group-size", "1"], "group_size must be an integer >= 2"),
+        (["config", "--rollout.group-size", "1"], "group_size must be an integer in [2, 1024]"),
         (["config", "--tasks", "pushh"], "unknown task 'pushh'"),
         (["config", "--bogus", "1"], "Unrecognized options: --bogus"),
         (["config", "--seed", "x"], "--seed"),
