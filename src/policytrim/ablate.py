@@ -171,8 +171,10 @@ def run_ablation(cfg: RunConfig, init: str | Path, names: Sequence[str], out: st
     from policytrim.eval.compare import Contender
     from policytrim.eval.suite import reference_contenders, run_suite, write_suite
     from policytrim.policies import load_policy
+    from policytrim.preflight import check_preconditions
 
     out = Path(out)
+    check_preconditions(cfg, out)
     init = str(init)
     variants = plan(names)  # validates names before anything is written
     base = load_policy(init)  # validates the checkpoint

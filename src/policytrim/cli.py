@@ -267,8 +267,8 @@ def _check_common(name: str, args: object) -> None:
     """Checks every command that runs something shares, made before anything is written."""
     from policytrim.preflight import check_preconditions
 
-    if isinstance(args, RunConfig):
-        check_preconditions(args, args.logging.out)
+    if isinstance(args, RunConfig):  # a resumed run writes into its own directory
+        check_preconditions(args, getattr(args, "resume", "") or args.logging.out)
 
 
 def dispatch(name: str, args: object) -> int:
@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         _fail(str(exc))
     except PermissionError as exc:  # a path that became unwritable after the up-front checks
-        _fail(f"cannot write {exc.filename!r}: permission denied")
+        _fail(f"cannot write {exc.filename!r}: permission denied ({exc.strerror})")
     except KeyboardInterrupt as exc:  # Ctrl-C: one line (a training run says how to resume)
         _fail(str(exc) or "interrupted", code=130)
     return 0

@@ -173,9 +173,11 @@ def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[s
     """Run the whole pipeline into ``out`` and return the summary (also ``out/summary.json``)."""
     from policytrim.data.demos import collect_demos
     from policytrim.train.bc import pretrain
+    from policytrim.preflight import check_preconditions
     from policytrim.train.grpo import train
 
     out = Path(out)
+    check_preconditions(cfg, out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise InputError(f"output directory {out} already exists; pass --overwrite to replace it")

@@ -407,8 +407,10 @@ def collect_demos(cfg: Any, out: str | Path, overwrite: bool = False, progress: 
 
     from policytrim import __version__
     from policytrim.envs import initial_states, split_seed
+    from policytrim.preflight import check_preconditions
 
     out = Path(out)
+    check_preconditions(cfg, out)
     if cfg.env.suite != "metaworld":
         raise InputError("collect runs Meta-World's scripted experts: env.suite must be metaworld")
     if out.exists() and not overwrite:

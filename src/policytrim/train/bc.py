@@ -229,8 +229,10 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
     baseline checkpoint in ``out``; returns the metrics written to ``out/pretrain_metrics.json``.
     Bad input raises `InputError` before anything is written."""
     from policytrim.io import atomic_directory, atomic_write_json
+    from policytrim.preflight import check_preconditions
 
     out = Path(out)
+    check_preconditions(cfg, out)
     if out.exists() and not overwrite:
         raise InputError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
     if cfg.policy.kind != "chunk":

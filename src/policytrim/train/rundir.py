@@ -50,7 +50,10 @@ class RunDir:
             if not overwrite:
                 raise InputError(f"run directory {path} already exists; pass --resume {path} to continue it or --overwrite to replace it")
             shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except PermissionError as exc:  # what `check_output_dir` cannot see (e.g. sysfs, for root)
+            raise InputError(f"cannot create run directory {str(path)!r}: permission denied ({exc.strerror})") from None
         config = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
         atomic_write_bytes(path / "config.yaml", config)
         meta = {"policytrim_version": __version__, "status": "running", **meta, "config_sha256": hashlib.sha256(config).hexdigest()}
