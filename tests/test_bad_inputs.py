@@ -23,6 +23,7 @@ import torch
 from safetensors.numpy import load_file as load_np, save_file as save_np
 from safetensors.torch import load_file, save_file
 
+import policytrim
 from policytrim.cli import main
 from policytrim.config import PolicyConfig, RunConfig
 from policytrim.data.demos import save_demos
@@ -202,6 +203,9 @@ def EVAL(*extra: str) -> list[str]:
     return ["eval", "--checkpoint", "{root}/ckpt", *ARCH, "--episodes", "1", "--out", "{root}/new_eval", *extra]
 
 
+# A subprocess runs the package under test (a relative PYTHONPATH=src would not survive cwd=tmp_path).
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(policytrim.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 
 # (kind, argv with {root} for the fixture directory, text the one error line must contain)
@@ -350,11 +354,14 @@ def test_the_table_covers_at_least_30_kinds():
     assert len({c.values[0] if hasattr(c, "values") else c[0] for c in BAD_INPUTS}) >= 30
 
 
-@pytest.mark.parametrize("kind", ["truncated weights file", "dataset with NaN", "--resume with a corrupt run.json"])
+@pytest.mark.parametrize("kind", [
+    "truncated weights file", "dataset with NaN", "--resume with a corrupt run.json", "YAML alias bomb under a valid key",
+    "checkpoint spec hidden_dim 1e7", "--resume, config.yaml cut at a line", "report of a corrupt metrics.jsonl line",
+])
 def test_real_process_exit_status_and_no_traceback(fx, kind, tmp_path):
     _, argv, message = next(c for c in BAD_INPUTS if c[0] == kind)
     before = snapshot(fx)
-    result = subprocess.run([sys.executable, "-m", "policytrim.cli", *(a.format(root=fx) for a in argv)], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run([sys.executable, "-m", "policytrim.cli", *(a.format(root=fx) for a in argv)], capture_output=True, text=True, cwd=tmp_path, env=SUBPROCESS_ENV, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
     assert snapshot(fx) == before and list(tmp_path.iterdir()) == []

@@ -12,11 +12,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +30,7 @@ from policytrim.train.checkpoint import save_checkpoint
 from policytrim.train.rundir import RunDir
 
 from fixtures.make_fixtures import random_demos
-from test_bad_inputs import SPEC_EDITS, _edit_json, alias_bomb, make_checkpoint
+from test_bad_inputs import SPEC_EDITS, SUBPROCESS_ENV, _edit_json, alias_bomb, make_checkpoint
 
 TINY_BC = ["--pretrain.iterations", "2", "--pretrain.eval-episodes", "0", "--logging.no-progress"]
 
@@ -81,8 +79,7 @@ def test_checkpoint_specs_with_absurd_sizes_fail_fast_without_allocating(tmp_pat
         "        out.append([path, str(exc), time.perf_counter() - t])\n"
         "print(json.dumps({'results': out, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     for path, message, seconds in report["results"]:
