@@ -263,7 +263,7 @@ IMPLEMENTATIONS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def _check_common(name: str, args: object) -> None:
+def _check_common(args: object) -> None:
     """Checks every command that runs something shares, made before anything is written."""
     from policytrim.preflight import check_preconditions
 
@@ -274,7 +274,7 @@ def _check_common(name: str, args: object) -> None:
 def dispatch(name: str, args: object) -> int:
     """Run one parsed command."""
     if name != "config":
-        _check_common(name, args)
+        _check_common(args)
     if name == "config":
         data = to_dict(run_config(args))
         print(json.dumps(data, indent=2) if args.json else yaml.safe_dump(data, sort_keys=False), end="")
@@ -300,8 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dispatch(name, args)
     except InputError as exc:
         _fail(str(exc))
-    except PermissionError as exc:  # a path that became unwritable after the up-front checks
-        _fail(f"cannot write {exc.filename!r}: permission denied ({exc.strerror})")
+    except PermissionError as exc:  # what the up-front checks cannot see (e.g. sysfs refuses root)
+        _fail(f"permission denied: {exc.filename!r} ({exc.strerror})")
     except KeyboardInterrupt as exc:  # Ctrl-C: one line (a training run says how to resume)
         _fail(str(exc) or "interrupted", code=130)
     return 0

@@ -472,6 +472,7 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
     resume = run is not None
     if run is not None:
         run.remove_temporaries()
+        run.set_status("running")  # it may say "interrupted"
     else:
         run = RunDir.create(cfg.logging.out, cfg, {"stage": stage, "stages": stages, "init": str(init)}, overwrite=overwrite)
     logger = MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume))
