@@ -141,6 +141,26 @@ class ConfigCmd(_Base):
     """Print JSON instead of YAML."""
 
 
+@dataclass
+class ServeCmd:
+    """Serve a policy over openpi's websocket + msgpack protocol (an openpi-client robot can use it unchanged)."""
+
+    policy: str
+    """Checkpoint directory to serve (its trained window is advertised), or 'expert'."""
+    host: str = "127.0.0.1"
+    """Interface to bind; loopback by default (0.0.0.0 serves every interface)."""
+    port: int = 8000
+    """TCP port (0 = any free port; the chosen one is printed)."""
+    api_key_env: str = ""
+    """Name of an environment variable holding an API key clients must send (none when empty)."""
+    max_message_mb: float = 8.0
+    """Largest request accepted, in MiB."""
+    mode: Literal["sampled", "deterministic"] = "sampled"
+    """Sampling mode: sampled (as deployed) or deterministic (mean / zero noise)."""
+    seed: int = 0
+    """Seed of the per-connection random generators (sampled mode)."""
+
+
 COMMANDS: dict[str, type] = {
     "demo": DemoCmd,
     "collect": CollectCmd,
@@ -150,6 +170,7 @@ COMMANDS: dict[str, type] = {
     "ablate": AblateCmd,
     "report": ReportCmd,
     "config": ConfigCmd,
+    "serve": ServeCmd,
 }
 
 
@@ -234,6 +255,7 @@ IMPLEMENTATIONS: dict[str, tuple[str, str, str]] = {
     "eval": ("policytrim.eval.evaluate", "eval_command", "evaluate a policy on held-out Meta-World states and write metrics.json"),
     "ablate": ("policytrim.ablate", "ablate_command", "run ablation variants from one checkpoint and write one table"),
     "report": ("policytrim.eval.report", "report_command", "write tables and plots for run directories"),
+    "serve": ("policytrim.serve.server", "serve_command", "serve a policy over openpi's websocket protocol"),
 }
 
 
