@@ -15,6 +15,7 @@ trained to execute) has been executed, so the number of round trips per episode 
 from __future__ import annotations
 
 from collections import deque
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,8 @@ class PolicyClient:
         headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
         self.uri = uri
         self.timeout_s = float(timeout_s)
-        self._ws = connect(uri, compression=None, max_size=None, additional_headers=headers, open_timeout=timeout_s)
+        self._stack = ExitStack()  # entered as a context manager, as websockets >= 17 asks
+        self._ws = self._stack.enter_context(connect(uri, compression=None, max_size=None, additional_headers=headers, open_timeout=timeout_s))
         self.metadata: dict[str, Any] = wire.unpack(self._ws.recv(timeout=self.timeout_s))
         self.calls = 0
 
@@ -55,7 +57,7 @@ class PolicyClient:
         return wire.unpack(reply)
 
     def close(self) -> None:
-        self._ws.close()
+        self._stack.close()
 
     def __enter__(self) -> PolicyClient:
         return self
