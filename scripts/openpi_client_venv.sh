@@ -11,7 +11,7 @@ dir=${1:-.cache/openpi-client-venv}
 spec="openpi-client==0.1.2 numpy<2 typing_extensions"
 stamp="$dir/.installed"
 if [ "$(cat "$stamp" 2>/dev/null)" = "$spec" ] && [ -x "$dir/bin/python" ]; then
-  echo "$dir/bin/python"
+  echo "$(cd "$dir" && pwd)/bin/python"
   exit 0
 fi
 python=${OPENPI_CLIENT_PYTHON:-python3.11}
@@ -28,4 +28,4 @@ if ! "$dir/bin/python" -m pip install -q --disable-pip-version-check $spec >&2; 
   exit 1
 fi
 echo "$spec" > "$stamp"
-echo "$dir/bin/python"
+echo "$(cd "$dir" && pwd)/bin/python"

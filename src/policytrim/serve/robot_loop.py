@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # refused, unreachable, reset
+        print(f"error: cannot reach the policy server at {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
     summary = summarize(results)
     if args.json:
         print(json.dumps(summary))
