@@ -159,6 +159,8 @@ class ServeCmd:
     """Sampling mode: sampled (as deployed) or deterministic (mean / zero noise)."""
     seed: int = 0
     """Seed of the per-connection random generators (sampled mode)."""
+    threads: int = 0
+    """torch threads for policy calls; 0 = torch's default (one per core)."""
 
 
 COMMANDS: dict[str, type] = {

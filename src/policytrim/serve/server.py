@@ -69,6 +69,8 @@ class ServeConfig:
     """Sampling mode (`policytrim.policies.base`): sampled = how it acts deployed; deterministic = mean / zero noise."""
     seed: int = 0
     """Seed of the per-connection random generators (sampled mode)."""
+    threads: int = 0
+    """torch intra-op threads for policy calls; 0 = torch's default (one per core)."""
 
     def __post_init__(self) -> None:
         if not 0 <= int(self.port) <= 65535:
@@ -77,6 +79,8 @@ class ServeConfig:
             raise InputError(f"max message size must be at least 1024 bytes, got {self.max_message_bytes}")
         if self.mode not in ("sampled", "deterministic"):
             raise InputError(f"serve mode must be sampled or deterministic, got {self.mode!r}")
+        if int(self.threads) < 0:
+            raise InputError(f"threads must be >= 0 (0 = torch's default), got {self.threads}")
         if self.api_key is not None and not self.api_key.strip():
             raise InputError("the API key is empty; set a non-empty key or serve without one")
 
@@ -337,6 +341,8 @@ def serve_policy(policy_dir: str, config: ServeConfig, ready: Callable[[str, int
 
     policy = load_policy(policy_dir)
     policy.eval()
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
     server = PolicyServer(PolicyService(policy, config))
     try:
         asyncio.run(server.run(ready=ready))
@@ -345,7 +351,7 @@ def serve_policy(policy_dir: str, config: ServeConfig, ready: Callable[[str, int
 
 
 def serve_command(args: Any) -> int:
-    """`policytrim serve`: ``args`` has policy, host, port, api_key_env, max_message_mb, mode, seed."""
+    """`policytrim serve`: ``args`` has policy, host, port, api_key_env, max_message_mb, mode, seed, threads."""
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
@@ -353,7 +359,7 @@ def serve_command(args: Any) -> int:
             raise InputError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
     config = ServeConfig(
         host=args.host, port=args.port, api_key=api_key,
-        max_message_bytes=int(args.max_message_mb * 2**20), mode=args.mode, seed=args.seed,
+        max_message_bytes=int(args.max_message_mb * 2**20), mode=args.mode, seed=args.seed, threads=args.threads,
     )
 
     def ready(host: str, port: int) -> None:
