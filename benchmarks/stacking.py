@@ -49,7 +49,6 @@ import torch
 from torch import nn
 
 from policytrim.config import EnvConfig, PolicyConfig, PretrainConfig, RunConfig
-from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.eval.evaluate import evaluate_policy
 from policytrim.machine import describe_machine
 from policytrim.policies import load_policy
