@@ -91,6 +91,7 @@ def test_arrays_travel_in_openpis_encoding_and_back():
         (msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "(2,)<f4", b"shape": [1]}), "void/structured dtype"),
         (msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 7, b"dtype": "<f4", b"shape": [2]}), "needs 8 bytes, got 7"),
         (msgpack.packb({b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [-1]}), "non-negative integers"),
+        (msgpack.packb({b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [2**32, 2**32]}), "needs 73786976294838206464 bytes, got 0"),
         (msgpack.packb({b"__ndarray__": True, b"data": b"", b"dtype": "nonsense", b"shape": [0]}), "unknown numpy dtype"),
         (msgpack.packb({b"__npgeneric__": True, b"data": 1, b"dtype": "|O"}), "object dtype"),
     ],

@@ -134,7 +134,7 @@ class PolicyService:
         from policytrim import __version__
 
         spec = self.policy.spec()
-        encoder = getattr(getattr(self.policy, "text", None), "vocabulary", None)
+        vocabulary = getattr(getattr(self.policy, "text", None), "vocabulary", None)
         return {
             "server": "policytrim",
             "policytrim_version": __version__,
@@ -153,7 +153,7 @@ class PolicyService:
                 "default": self.default_instruction,
                 "known": self.instructions,
                 "handling": (
-                    "known instructions, or new phrasings made only of their words" if encoder is not None
+                    "known instructions, or new phrasings made only of their words" if vocabulary is not None
                     else "known instructions only"
                 ),
             },

@@ -11,6 +11,7 @@ anything but ``np.frombuffer``. Decoded arrays are read-only views of the messag
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,7 @@ def _decode(obj: dict) -> Any:
             raise InputError(f"array shape must be a list of non-negative integers, got {shape!r}")
         if not isinstance(data, bytes):
             raise InputError("array data must be raw bytes")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)  # exact: no int64 wrap-around for absurd shapes
         if count * dt.itemsize != len(data):
             raise InputError(f"array of shape {tuple(shape)} and dtype {dt.str} needs {count * dt.itemsize} bytes, got {len(data)}")
         return np.frombuffer(data, dtype=dt).reshape(shape)
