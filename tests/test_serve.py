@@ -285,3 +285,11 @@ def test_sampled_mode_draws_from_a_per_connection_generator(policy):
             a, b = (client.infer(request(state))["actions"] for _ in range(2))
         assert not np.array_equal(a, b)  # fresh noise per call
         assert np.all(np.abs(a) <= 1.0)
+
+
+def test_a_busy_port_is_one_clear_error(server, policy):
+    config = ServeConfig(port=server.port, mode="deterministic")
+    with pytest.raises(InputError, match=f"cannot listen on 127.0.0.1:{server.port}"):
+        with ServerThread(PolicyServer(PolicyService(policy, config))):
+            pass
+    assert healthy(server)
