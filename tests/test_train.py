@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from policytrim.cli import main
 from policytrim.errors import InputError
 from policytrim.io import read_jsonl
 from policytrim.policies import load_policy
@@ -56,6 +57,17 @@ def test_both_stages_end_to_end_and_resume(tiny_baseline, tmp_path):
     obs = {"state": torch.zeros(2, 39)}
     sample = policy.sample(obs, [policy.spec()["instructions"][0]] * 2, "sampled", [torch.Generator().manual_seed(i) for i in range(2)])
     assert sample.actions.shape == (2, policy.chunk_size, 4) and torch.isfinite(sample.actions).all()
+
+    # the trained policies carry their windows: final/policy acts at Stage 1's choice, with its budget
+    chosen = choice["window"]
+    assert (policy.default_window, policy.trained_stage, policy.step_budget) == (chosen, "trim", summary["trim"]["budget"]["budget"])
+    stage1 = load_policy(run / "extend" / "best" / "policy")
+    assert (stage1.default_window, stage1.trained_stage, stage1.step_budget) == (chosen, "extend", None)
+    assert load_policy(run / "extend" / "reference" / "policy").default_window == cfg.policy.default_window
+    eval_out = tmp_path / "eval"
+    flags = ["--env.tasks", "drawer-close-v3", "--env.horizon", "120", "--rollout.num-workers", "0", "--eval.episodes", "2", "--logging.no-progress"]
+    assert main(["eval", "--policy", str(run / "final" / "policy"), "--out", str(eval_out), *flags]) == 0
+    assert json.loads((eval_out / "metrics.json").read_text())["window"] == chosen
 
     # resume: pretend the run died after Stage 2's epoch 1 checkpoint, then continue it
     original = {(r["stage"], r["epoch"]): r for r in records}

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from policytrim.envs.base import InitialState
-from policytrim.policies.base import MODES, ChunkPolicy, Mode
+from policytrim.policies.base import MODES, ChunkPolicy, Mode, window_bound
 from policytrim.rollout.types import Trajectories
 from policytrim.rollout.workers import DEFAULT_MAX_ENVS, EnvFactory, LocalPool, ProcessPool, StepRequest, StepResult, WorkerPool
 
@@ -191,7 +191,7 @@ class RolloutEngine:
         win = torch.as_tensor(windows, dtype=torch.long)
         if tuple(win.shape) != (len(starts), group_size):
             raise ValueError(f"windows must have shape [num_groups={len(starts)}, group_size={group_size}], got {tuple(win.shape)}")
-        max_window = min(int(policy.max_window), int(policy.chunk_size))
+        max_window = window_bound(policy)
         if win.numel() and (int(win.min()) < 1 or int(win.max()) > max_window):
             bad = int(win.max()) if int(win.max()) > max_window else int(win.min())
             raise ValueError(

@@ -15,10 +15,8 @@ checkpoint. Random numbers of an epoch (initial states, rollout noise) derive fr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +27,18 @@ import torch
 from tqdm import tqdm
 
 from policytrim import objective
-from policytrim.config import GRPOConfig, RunConfig, default_windows, to_dict
+from policytrim.config import GRPOConfig, RunConfig, to_dict
 from policytrim.envs import initial_states, split_seed
 from policytrim.envs.base import InitialState
 from policytrim.errors import InputError
 from policytrim.eval.evaluate import evaluate_policy
 from policytrim.eval.paired import paired_difference
 from policytrim.io import atomic_directory, kill_point
-from policytrim.policies import ChunkPolicy, load_policy
+from policytrim.policies import ChunkPolicy, load_policy, resolve_window
+from policytrim.policies.base import window_bound
 from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.rollout.types import Trajectories
+from policytrim.runtime import check_device, device_of, workers_own_cores
 from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, restore_best, save_checkpoint
 from policytrim.train.logger import MetricsLogger
 from policytrim.train.rundir import RunDir
@@ -85,11 +85,6 @@ def stage_rewards(traj: Trajectories, plan: StagePlan, cfg: RunConfig) -> tuple[
 # the update
 
 
-def _device_of(policy: ChunkPolicy) -> torch.device:
-    param = next(iter(policy.parameters()), None) if hasattr(policy, "parameters") else None
-    return param.device if param is not None else torch.device("cpu")
-
-
 def _chunk_inputs(traj: Trajectories, chunk_ids: torch.Tensor, device: torch.device):
     obs = {k: v[chunk_ids].to(device) for k, v in traj.obs.items()}
     replay = {k: v[chunk_ids].to(device) for k, v in traj.replay.items()}
@@ -113,7 +108,7 @@ def grpo_update(
     ``cfg.micro_batch_trajectories`` with N = all valid trajectories, so the micro-batch size
     changes memory, never the maths.
     """
-    device = _device_of(policy)
+    device = device_of(policy)
     params = [p for p in policy.parameters() if p.requires_grad]
     row_mask_all = traj.chunk_row_mask()
     ids = torch.nonzero(valid, as_tuple=False).flatten()
@@ -286,9 +281,11 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
     On return ``policy`` holds the stage's best checkpoint."""
     scfg = cfg.stage1 if stage == "extend" else cfg.stage2
     stage_dir = run.stage_dir(stage)
-    device = _device_of(policy)
+    device = device_of(policy)
     if not (stage_dir / "reference").exists():
         save_policy_dir(policy, stage_dir / "reference")  # the policy that entered the stage
+    if plan.stage == "trim":  # every Stage 2 checkpoint carries the window and budget it trains for
+        policy.mark_trained("trim", plan.windows[0], plan.budget)
     ref_policy = None
     if scfg.kl_coef > 0:
         ref_policy = load_policy(stage_dir / "reference" / "policy").to(device).eval().requires_grad_(False)
@@ -393,9 +390,11 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage1_windows(cfg: RunConfig, policy: ChunkPolicy) -> tuple[int, ...]:
-    """Stage 1 windows for this policy: as configured, or {k_default .. H} evenly spaced (SPEC)."""
-    windows = cfg.stage1.windows or default_windows(policy.default_window, policy.chunk_size)
-    if windows[-1] > policy.max_window:
+    """Stage 1 windows for this policy: as configured, or {k_1 .. H} evenly spaced (SPEC), k_1 =
+    policy.default_window of the config (the behaviour-cloned window; a post-trained policy's own
+    default window is the one PolicyTrim chose)."""
+    windows = cfg.stage1_windows
+    if windows[-1] > window_bound(policy):
         raise InputError(f"stage1.windows {windows} exceed what the policy may execute (max window {policy.max_window}, chunk size {policy.chunk_size})")
     return windows
 
@@ -413,24 +412,10 @@ def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "",
         if not init:
             raise InputError("--init is required: the starting (baseline) checkpoint directory")
     stages = list(STAGES) if stage == "both" else [stage]
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("device=cuda but torch sees no CUDA device here; use --device cpu")
+    check_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    with cpu_threads(cfg):
+    with workers_own_cores(cfg.rollout.num_workers, cfg.device):
         return _train(cfg, stage, stages, init, run, overwrite)
-
-
-@contextlib.contextmanager
-def cpu_threads(cfg: RunConfig):
-    """One torch thread while env workers own every core: torch's thread pool spin-waits against
-    the workers (measured: a TinyVLA call 0.16 ms with one thread, up to 56 ms with two)."""
-    previous = torch.get_num_threads()
-    if cfg.device == "cpu" and cfg.rollout.num_workers >= (os.cpu_count() or 1):
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # Settings of cfg.policy that must agree with the starting checkpoint: they describe its architecture
@@ -445,6 +430,8 @@ def check_architecture(cfg: RunConfig, spec: dict[str, Any], where: str) -> None
     from policytrim.policies.text import canonical_encoder_name
 
     fields = ARCHITECTURE_FIELDS + (FLOW_FIELDS if spec.get("head") == "flow" else ())
+    if spec.get("trained_stage", "bc") != "bc":  # a post-trained policy's window is PolicyTrim's choice, not k_1
+        fields = tuple(f for f in fields if f != "default_window")
     expected = {"text_encoder": canonical_encoder_name(cfg.policy.text_encoder)}
     diff = [
         (name, spec.get(name), expected.get(name, getattr(cfg.policy, name)))
@@ -467,8 +454,8 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
     check_architecture(cfg, policy.spec(), f"checkpoint {init!r}")
     policy = policy.to(cfg.device)
     windows = stage1_windows(cfg, policy) if "extend" in stages else ()
-    if cfg.stage2.window > policy.max_window:
-        raise InputError(f"stage2.window={cfg.stage2.window} exceeds the policy's max window {policy.max_window}")
+    if cfg.stage2.window:
+        resolve_window(policy, cfg.stage2.window, "stage2.window")
     resume = run is not None
     if run is not None:
         run.remove_temporaries()
@@ -485,9 +472,12 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
                     result = run_stage("extend", policy, cfg, run, engine, StagePlan("extend", windows), logger)
                     policy.eval()
                     result["window_choice"] = choose_window(policy, cfg, windows, engine)
+                    # the best Stage 1 policy carries the window Stage 1 chose
+                    policy.mark_trained("extend", result["window_choice"]["window"])
+                    save_policy_dir(policy, run.stage_dir("extend") / "best")
                     run.write_json("extend/result.json", result)
                 else:
-                    policy.load_state_dict(load_policy(run.stage_dir("extend") / "best" / "policy").state_dict())
+                    policy = _load_best(run, "extend", cfg.device)
                 summary["extend"] = result
                 window = cfg.stage2.window or result["window_choice"]["window"]
             if "trim" in stages:
@@ -502,9 +492,9 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
                     result.update(window=window, budget=budget)
                     run.write_json("trim/result.json", result)
                 else:
-                    policy.load_state_dict(load_policy(run.stage_dir("trim") / "best" / "policy").state_dict())
+                    policy = _load_best(run, "trim", cfg.device)
                 summary["trim"] = result
-            summary["window"] = window
+            summary["window"] = policy.default_window
         save_policy_dir(policy, run.path / "final")
         run.write_json("summary.json", summary)
         run.set_status("complete")
@@ -513,18 +503,6 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
     return summary
 
 
-def train_command(args) -> int:
-    """`policytrim train`: see `train`."""
-    from policytrim.cli import run_config
-
-    summary = train(run_config(args), args.stage, args.init, args.resume, args.overwrite)
-    print(f"run directory: {summary['run_dir']}")
-    for stage in summary["stages"]:
-        best = summary[stage]["best"]
-        print(f"{stage}: best at epoch {best['epoch']}: SR {best['success_rate']:.3f}, steps {best['mean_steps']:.1f}, calls {best['calls_per_success']:.1f} (validation)")
-    if "extend" in summary:
-        print(f"Stage 1 window choice: {summary['extend']['window_choice']['window']}")
-    if "trim" in summary:
-        print(f"Stage 2 budget: {summary['trim']['budget']['budget']} ({summary['trim']['budget']['source']})")
-    print(f"trained policy: {Path(summary['run_dir']) / 'final' / 'policy'}")
-    return 0
+def _load_best(run: RunDir, stage: str, device: str) -> ChunkPolicy:
+    """A completed stage's best policy (weights and the window / budget it was trained for)."""
+    return load_policy(run.stage_dir(stage) / "best" / "policy").to(device)
