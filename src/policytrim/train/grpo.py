@@ -132,7 +132,7 @@ def grpo_update(
             if ref_policy is not None and cfg.kl_coef > 0:
                 with torch.no_grad():
                     ref = traj.padded(ref_policy.log_prob(obs, instructions, replay, row_mask).to(logp.dtype), mb)
-            loss, diag = objective.grpo_loss(
+            terms = objective.grpo_loss(
                 traj.padded(logp, mb),
                 traj.padded(old, mb),
                 advantages[mb].to(device=device, dtype=logp.dtype),
@@ -140,9 +140,9 @@ def grpo_update(
                 ref_logp=ref,
                 clip_low=cfg.clip_low,
                 clip_high=cfg.clip_high,
-                kl_coef=cfg.kl_coef,
-                num_trajectories=n,
             )
+            # N = every valid trajectory of the batch: micro-batch gradients add up to the batch's
+            loss, diag = objective.reduce_grpo_loss(terms, cfg.kl_coef, num_trajectories=n)
             loss.backward()
             total = total + loss.detach()
             for key in diags:
