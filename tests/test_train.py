@@ -13,7 +13,8 @@ from policytrim.cli import main
 from policytrim.errors import InputError
 from policytrim.io import read_jsonl
 from policytrim.policies import load_policy
-from policytrim.train.grpo import is_better, significant_loss, train
+from policytrim.train.grpo import train
+from policytrim.train.stages import fewest_calls_without_loss, most_successful, significant_loss
 
 
 def small_run_config(out, **stage_overrides):
@@ -113,10 +114,10 @@ def test_stage2_selection_needs_a_significant_loss_to_reject():
     assert not significant_loss(noisy, start, 2.0)
     assert significant_loss(real, start, 2.0)
     assert not significant_loss(real, start, 20.0)  # within the tolerance
-    assert is_better("trim", noisy, start, start, 2.0)  # fewer calls, no significant loss
-    assert not is_better("trim", real, noisy, start, 2.0)  # fewer calls, but lost success
+    assert fewest_calls_without_loss(noisy, start, start, 2.0)  # fewer calls, no significant loss
+    assert not fewest_calls_without_loss(real, noisy, start, 2.0)  # fewer calls, but lost success
     # without per-state outcomes (older checkpoints) only the point tolerance applies
     bare = {k: v for k, v in noisy.items() if k != "success_by_state"}
     assert significant_loss(bare, start, 2.0)
     # Stage 1 keeps the highest SR at the longest window
-    assert is_better("extend", start, noisy, start, 2.0) and not is_better("extend", noisy, start, start, 2.0)
+    assert most_successful(start, noisy) and not most_successful(noisy, start)

@@ -19,7 +19,7 @@ Format ``policytrim-demos`` version 1 (LeRobot-style key names; no pickle anywhe
 Frame t of an episode is the observation before its t-th action and that action; episodes are
 stored contiguously in order. (seed, index) is the episode's initial-state address (training split).
 
-Suboptimality (``data.suboptimal``, on by default; FINDINGS.md). Clean scripted experts move with
+Suboptimality (``data.suboptimal``, on by default). Clean scripted experts move with
 almost no spread in episode length, which leaves Stage 2 nothing to remove; imitation-learned VLAs
 inherit hesitations and detours from teleoperation. Per episode, with its own random numbers:
 
