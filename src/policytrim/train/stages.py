@@ -23,6 +23,7 @@ default window is the window it was trained for, so `load_policy(RUN/final/polic
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -186,7 +187,7 @@ def fewest_calls_without_loss(candidate: Metrics, best: Metrics | None, start: M
 # the stages
 
 
-class Stage:
+class Stage(abc.ABC):
     """What the trainer loop needs from a stage (the two subclasses below)."""
 
     name: ClassVar[str]
@@ -198,17 +199,17 @@ class Stage:
         """The window validations (and so the best checkpoint) are measured at: the longest."""
         return self.windows[-1]
 
+    @abc.abstractmethod
     def assign_windows(self, num_groups: int, group_size: int) -> torch.Tensor:
         """long [num_groups, group_size]: the window each trajectory executes."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def rewards(self, traj: Trajectories) -> tuple[torch.Tensor, dict[str, float]]:
         """Rewards [num_groups, G] and the mean of each reward term (for the logs)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def is_better(self, candidate: Metrics, best: Metrics | None, start: Metrics) -> bool:
         """Whether validation ``candidate`` replaces ``best`` as the stage's best checkpoint."""
-        raise NotImplementedError
 
     def begin(self, policy: ChunkPolicy) -> None:
         """Called once the policy entering the stage is saved as its reference."""
@@ -217,10 +218,10 @@ class Stage:
         """Constant fields of every epoch's metrics record."""
         return {}
 
+    @abc.abstractmethod
     def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics) -> StageOutcome:
         """The stage's decision, made with ``policy`` holding its best checkpoint; marks the policy
         with what it was trained for (`mark_trained`)."""
-        raise NotImplementedError
 
 
 class Stage1(Stage):
