@@ -23,10 +23,11 @@ policy's replay tensors.
 Faults: an env exception fails its trajectory; a worker that does not answer within
 ``step_timeout_s`` (plus ``setup_timeout_s`` when it must build envs) or dies is killed and replaced,
 failing its running trajectories. Groups with a failed member are dropped whole, counted in
-``Trajectories.dropped_groups`` and logged; the batch goes on.
+``Trajectories.dropped_groups`` (and by fault kind in ``Trajectories.fault_counts``) and logged; the
+batch goes on. An adapter exception that is a programming error stops the run (`AdapterError`).
 
 CPU policies: with as many env workers as cores, run torch in the calling process with one thread
-(``torch.set_num_threads(1)``). Measured here (2 cores, workers busy): a TinyVLA call on a batch of 2
+(`policytrim.runtime.workers_own_cores`). Measured here (2 cores, workers busy): a TinyVLA call on a batch of 2
 took 0.16 ms with one thread and 56 ms with torch's default two, whose thread pool spins against
 the env workers.
 
