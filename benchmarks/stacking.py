@@ -52,6 +52,7 @@ from policytrim.config import EnvConfig, PolicyConfig, PretrainConfig, RunConfig
 from policytrim.eval.evaluate import evaluate_policy
 from policytrim.machine import describe_machine
 from policytrim.policies import load_policy
+from policytrim.runtime import torch_threads
 
 TRICKS = ("fewer_steps", "bf16", "int8", "compile")
 HELPED = 0.97  # a trick "helped alone" when it cut the baseline's latency by at least 3 %
@@ -169,7 +170,6 @@ def train_small_policies(args: argparse.Namespace, workdir: Path) -> tuple[Any, 
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
     machine_before = describe_machine()
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -357,7 +357,8 @@ def main() -> None:
     args = parser.parse_args()
     if bool(args.baseline) != bool(args.trimmed):
         parser.error("pass both --baseline and --trimmed, or neither (then small policies are trained)")
-    res = measure(args)
+    with torch_threads(args.threads):
+        res = measure(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")

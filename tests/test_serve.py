@@ -24,6 +24,7 @@ from websockets.sync.client import connect  # noqa: E402
 from policytrim.config import PolicyConfig  # noqa: E402
 from policytrim.envs.tasks import INSTRUCTIONS  # noqa: E402
 from policytrim.errors import InputError  # noqa: E402
+from policytrim.policies import load_policy  # noqa: E402
 from policytrim.policies.chunk import TinyVLA  # noqa: E402
 from policytrim.serve import wire  # noqa: E402
 from policytrim.serve.client import ActionChunkBroker, PolicyClient, ServerError  # noqa: E402
@@ -119,6 +120,15 @@ def test_metadata_advertises_the_trained_window_and_the_observation_contract(ser
     assert meta["instruction"]["key"] == "prompt" and meta["instruction"]["required"] is True
     assert meta["instruction"]["known"] == [INSTRUCTIONS[t] for t in TASKS]
     assert meta["max_message_bytes"] == MAX_BYTES and meta["mode"] == "deterministic"
+    assert meta["trained_stage"] == "bc" and meta["step_budget"] is None  # a freshly built policy's spec
+
+
+def test_metadata_carries_how_a_saved_policy_was_trained(tmp_path):
+    trained = make_policy()
+    trained.mark_trained("trim", 6, 120.5)  # as the trainer marks a Stage 2 best checkpoint
+    trained.save_pretrained(tmp_path / "policy")
+    meta = PolicyService(load_policy(tmp_path / "policy")).metadata
+    assert (meta["window"], meta["trained_stage"], meta["step_budget"]) == (6, "trim", 120.5)
 
 
 def test_replies_carry_the_policys_chunk_and_timings(server, policy):

@@ -28,7 +28,6 @@ import concurrent.futures
 import hmac
 import http
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ import torch
 
 from policytrim.envs.base import OBS_IMAGE, OBS_STATE
 from policytrim.errors import InputError
+from policytrim.runtime import torch_threads
 from policytrim.serve import wire
 
 logger = logging.getLogger("policytrim.serve")
@@ -336,35 +336,16 @@ class ServerThread:
 
 def serve_policy(policy_dir: str, config: ServeConfig, ready: Callable[[str, int], None] | None = None) -> None:
     """Load the policy at ``policy_dir`` (a checkpoint directory or ``"expert"``) and serve it
-    until interrupted."""
+    until interrupted, with ``config.threads`` torch threads (0: torch's default); ``ready(host,
+    port)`` is called once the socket is bound. Bad input (an unreadable policy, a busy port)
+    raises `InputError`."""
     from policytrim.policies import load_policy
 
     policy = load_policy(policy_dir)
     policy.eval()
-    if config.threads:
-        torch.set_num_threads(int(config.threads))
     server = PolicyServer(PolicyService(policy, config))
-    try:
-        asyncio.run(server.run(ready=ready))
-    except KeyboardInterrupt:
-        pass
-
-
-def serve_command(args: Any) -> int:
-    """`policytrim serve`: ``args`` has policy, host, port, api_key_env, max_message_mb, mode, seed, threads."""
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
-        if not api_key:
-            raise InputError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
-    config = ServeConfig(
-        host=args.host, port=args.port, api_key=api_key,
-        max_message_bytes=int(args.max_message_mb * 2**20), mode=args.mode, seed=args.seed, threads=args.threads,
-    )
-
-    def ready(host: str, port: int) -> None:
-        auth = " (API key required)" if api_key else ""
-        print(f"policytrim serve: {args.policy} listening on ws://{host}:{port}{auth}; health check http://{host}:{port}/healthz", flush=True)
-
-    serve_policy(args.policy, config, ready)
-    return 0
+    with torch_threads(config.threads or None):
+        try:
+            asyncio.run(server.run(ready=ready))
+        except KeyboardInterrupt:
+            pass
