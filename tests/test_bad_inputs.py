@@ -216,6 +216,7 @@ BAD_INPUTS = [
     ("windows unsorted", TRAIN("--stage1.windows", "8", "4"), "strictly increasing"),
     ("window 0", TRAIN("--stage1.windows", "0", "4"), "positive integers"),
     ("group size < 2", TRAIN("--rollout.group-size", "1"), "group_size must be an integer in [2, 1024]"),
+    ("dropped-group fraction > 1", TRAIN("--rollout.max-dropped-fraction", "1.5"), "rollout.max_dropped_fraction must be a number in [0.0, 1.0]"),
     ("negative lr", TRAIN("--stage1.lr", "-1e-3"), "stage1.lr must be in (0, 1]"),
     ("NaN lr", TRAIN("--stage1.lr", "nan"), "stage1.lr must be in (0, 1], got nan"),
     ("infinite lr", TRAIN("--stage2.lr", "inf"), "stage2.lr must be in (0, 1], got inf"),
@@ -295,7 +296,7 @@ BAD_INPUTS = [
     ("--resume, config.yaml cut at a line", ["train", "--resume", "{root}/run_cut"], "config.yaml is not the one this run was created with"),
     ("--resume, config.yaml emptied", ["train", "--resume", "{root}/run_empty"], "config.yaml is not the one this run was created with"),
     ("--resume, config.yaml edited", ["train", "--resume", "{root}/run_edited"], "config.yaml is not the one this run was created with"),
-    ("--resume of a run without hash, config.yaml cut", ["train", "--resume", "{root}/run_cut_old"], "config.yaml: missing key(s) stage1.eval_every"),
+    ("--resume of a run without hash, config.yaml cut", ["train", "--resume", "{root}/run_cut_old"], "config.yaml: missing key(s) stage1."),
     ("--resume of a run without hash, config.yaml empty", ["train", "--resume", "{root}/run_empty_old"], "config.yaml is empty (no settings)"),
     # outputs that cannot be written (checked before anything is created)
     ("run dir below a regular file", TRAIN("--out", "{root}/a_file/run"), "'{root}/a_file' is a file, not a directory"),

@@ -36,6 +36,11 @@ MAX_BATCH_SIZE = 65_536
 MAX_HORIZON = 100_000  # environment steps per episode
 MAX_PAUSE_OR_DETOUR = 10_000  # steps of a demonstration pause or detour
 
+# serving (`policytrim serve`)
+MAX_MESSAGE_BYTES = 1 << 30  # largest request a server may be told to accept (1 GiB)
+MAX_THREADS = 1024  # torch threads for policy calls
+MAX_SEED = 2**32 - 1
+
 # config files
 MAX_CONFIG_BYTES = 1 << 20  # a config file larger than 1 MiB is refused unread
 MAX_CONFIG_NODES = 10_000  # values in a config after YAML aliases are expanded (a full config has ~120)

@@ -12,18 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from policytrim.config import RunConfig
-from policytrim.errors import InputError
 from policytrim.io import check_output_dir
+from policytrim.runtime import check_device
 from policytrim.train.logger import check_backends
-
-
-def check_device(device: str) -> None:
-    """InputError when ``device`` is cuda and torch sees no CUDA device."""
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError("device=cuda but torch sees no CUDA device here; use --device cpu")
 
 
 def check_preconditions(cfg: RunConfig, out: str | Path | None = None, flag: str = "--logging.out") -> None:
