@@ -53,10 +53,10 @@ def _positive(name: str, value: float) -> None:
 class EnvConfig:
     """Simulator and initial states."""
 
-    suite: Literal["metaworld", "gym"] = "metaworld"
-    """Simulator adapter: metaworld (embedded) or gym (any gymnasium env reporting info['success'])."""
+    suite: Literal["metaworld", "gym", "libero"] = "metaworld"
+    """Simulator adapter: metaworld (embedded), gym (any gymnasium env reporting info['success']) or libero (extra policytrim[libero])."""
     tasks: Annotated[tuple[str, ...], tyro.conf.arg(aliases=("--tasks",))] = ("push-v3",)
-    """Meta-World v3 task names and/or sets (MW8, MT10, MT50)."""
+    """Meta-World v3 task names and/or sets (MW8, MT10, MT50); for suite=libero, LIBERO suites (libero_object, ...) and/or '<suite>/<task>' names."""
     gym_id: str = ""
     """gymnasium env id, for suite=gym."""
     horizon: int = 200
@@ -73,12 +73,28 @@ class EnvConfig:
     """Seed of the validation initial states (window choice, budget, best checkpoint)."""
     test_seed: int = 2
     """Seed of the test initial states (every reported number)."""
+    libero_max_steps: Literal["openpi", "paper", "env"] = "openpi"
+    """suite=libero: the horizon preset: openpi (per suite 220/280/300/520/400, the published protocol), paper (160/160/240/400) or env (env.horizon)."""
+    libero_published_test: bool = False
+    """suite=libero: the test split is all 50 init states per task, in order (the published protocol; overlaps train/val: only for checkpoints not trained here)."""
+    max_envs_per_worker: int = 0
+    """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO as many as fit in half the free memory."""
 
     def __post_init__(self) -> None:
-        _require(self.suite in ("metaworld", "gym"), f"env.suite must be metaworld or gym, got {self.suite!r}")
+        _require(self.suite in ("metaworld", "gym", "libero"), f"env.suite must be metaworld, gym or libero, got {self.suite!r}")
+        _require(isinstance(self.max_envs_per_worker, int) and 0 <= self.max_envs_per_worker <= 4096, f"env.max_envs_per_worker must be an integer in [0, 4096] (0 = automatic), got {self.max_envs_per_worker!r}")
         if self.suite == "metaworld":
             try:
                 self.tasks = resolve_tasks(list(self.tasks))
+            except InputError as exc:
+                raise ConfigError(f"env.tasks: {exc}") from None
+        elif self.suite == "libero":
+            from policytrim.envs.libero import max_steps, resolve_libero_tasks
+
+            try:
+                self.tasks = resolve_libero_tasks(list(self.tasks))
+                if self.libero_max_steps != "env":
+                    self.horizon = max_steps(self.tasks, self.libero_max_steps)
             except InputError as exc:
                 raise ConfigError(f"env.tasks: {exc}") from None
         else:
