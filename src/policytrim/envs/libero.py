@@ -194,6 +194,11 @@ def max_steps(tasks: tuple[str, ...] | list[str], preset: str) -> int:
     return steps.pop()
 
 
+def split_range(env_cfg: EnvConfig, split: str) -> tuple[int, int]:
+    """(first init state, count) of a split (train | val | test) of every task."""
+    return PUBLISHED_TEST_RANGE if split == "test" and env_cfg.libero_published_test else SPLIT_RANGES[split]
+
+
 def init_state_number(state: InitialState, env_cfg: EnvConfig) -> int:
     """Which of the task's 50 init states an address means (see the module docstring, Splits)."""
     split = {env_cfg.train_seed: "train", env_cfg.val_seed: "val", env_cfg.test_seed: "test"}.get(state.seed)
@@ -204,7 +209,7 @@ def init_state_number(state: InitialState, env_cfg: EnvConfig) -> int:
         )
     if state.index < 0:
         raise InputError(f"initial-state index must be >= 0, got {state.index}")
-    offset, size = PUBLISHED_TEST_RANGE if split == "test" and env_cfg.libero_published_test else SPLIT_RANGES[split]
+    offset, size = split_range(env_cfg, split)
     if split == "train":
         return offset + state.index % size
     if state.index >= size:
