@@ -22,8 +22,28 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# LIBERO lives in its own venv (.venv-libero: robosuite, mujoco, ~1.3 GB of assets on top of torch),
+# set up on demand; its tests run after a full-suite run (no test paths given), unless
+# POLICYTRIM_LIBERO_TESTS=0. Measured here: setup 161 s, tests/test_libero.py ~100 s.
+libero_tests() {
+  local lstamp=.venv-libero/.policytrim-installed
+  if [ ! -x .venv-libero/bin/python ]; then "$python" -m venv .venv-libero; fi
+  if [ "$(cat "$lstamp" 2>/dev/null)" != "$want" ]; then
+    echo "setting up .venv-libero (torch CPU build, policytrim[dev,libero]) ..." >&2
+    .venv-libero/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+    .venv-libero/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,libero]"
+    echo "$want" > "$lstamp"
+  fi
+  .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py
+}
+
+full_suite=1
+for arg in "$@"; do case "$arg" in -*) ;; *) full_suite=0 ;; esac; done
+
 case "$what" in
   demo) exec .venv/bin/policytrim demo "$@" ;;
-  test) exec .venv/bin/python -m pytest -q "$@" ;;
+  test)
+    .venv/bin/python -m pytest -q "$@"
+    if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_LIBERO_TESTS:-1}" != 0 ]; then libero_tests; fi ;;
   setup) echo "ready: .venv/bin/policytrim" ;;
 esac

@@ -405,7 +405,7 @@ class RunConfig:
 
             for name, value, split in (("stage1.val_episodes", self.stage1.val_episodes, "val"), ("stage2.val_episodes", self.stage2.val_episodes, "val"), ("eval.episodes", self.eval.episodes, "test")):
                 size = split_range(self.env, split)[1]
-                _require(value <= size, f"env.suite=libero: {name} must be <= {size} (the {split} split's init states per task; see README, LIBERO), got {value}")
+                _require(value <= size, f"env.suite=libero: {name} must be <= {size} (the {split} split's init states per task; --preset libero sets 10), got {value}")
 
     @property
     def stage1_windows(self) -> tuple[int, ...]:

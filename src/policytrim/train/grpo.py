@@ -521,7 +521,8 @@ def train_command(args) -> int:
     print(f"run directory: {summary['run_dir']}")
     for stage in summary["stages"]:
         best = summary[stage]["best"]
-        print(f"{stage}: best at epoch {best['epoch']}: SR {best['success_rate']:.3f}, steps {best['mean_steps']:.1f}, calls {best['calls_per_success']:.1f} (validation)")
+        steps, calls = (("n/a" if best[k] is None else f"{best[k]:.1f}") for k in ("mean_steps", "calls_per_success"))  # None: no success
+        print(f"{stage}: best at epoch {best['epoch']}: SR {best['success_rate']:.3f}, steps {steps}, calls {calls} (validation)")
     if "extend" in summary:
         print(f"Stage 1 window choice: {summary['extend']['window_choice']['window']}")
     if "trim" in summary:
