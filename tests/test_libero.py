@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("libero.libero.benchmark", reason="LIBERO is not installed (pip install 'policytrim[libero]')")
 
 from policytrim.config import ConfigError, EnvConfig, PolicyConfig  # noqa: E402
-from policytrim.envs import initial_states, make_env, worker_env_cap  # noqa: E402
+from policytrim.envs import check_episodes, initial_states, make_env, worker_env_cap  # noqa: E402
 from policytrim.envs.base import InitialState  # noqa: E402
 from policytrim.envs.libero import (  # noqa: E402
     OPENPI_MAX_STEPS,
@@ -78,7 +78,11 @@ def test_splits_are_disjoint_and_bounded():
         init_state_number(InitialState(OBJECT, cfg.test_seed, 10), cfg)
     with pytest.raises(InputError, match="split seed"):
         init_state_number(InitialState(OBJECT, 99, 0), cfg)
+    with pytest.raises(InputError, match="val split has 10 init states per task, asked for 24"):
+        check_episodes(cfg, "val", 24)
+    check_episodes(cfg, "test", 10)
     published = _cfg(libero_published_test=True)
+    check_episodes(published, "test", 50)
     assert [init_state_number(InitialState(OBJECT, published.test_seed, i), published) for i in range(50)] == list(range(50))
 
 

@@ -400,12 +400,6 @@ class RunConfig:
         _require(self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device!r}")
         if self.policy.kind == "expert":
             _require(self.policy.default_window == 1, "policy.kind=expert acts in closed loop: policy.default_window must be 1")
-        if self.env.suite == "libero":  # episodes per task cannot exceed the split's init states
-            from policytrim.envs.libero import split_range
-
-            for name, value, split in (("stage1.val_episodes", self.stage1.val_episodes, "val"), ("stage2.val_episodes", self.stage2.val_episodes, "val"), ("eval.episodes", self.eval.episodes, "test")):
-                size = split_range(self.env, split)[1]
-                _require(value <= size, f"env.suite=libero: {name} must be <= {size} (the {split} split's init states per task; --preset libero sets 10), got {value}")
 
     @property
     def stage1_windows(self) -> tuple[int, ...]:

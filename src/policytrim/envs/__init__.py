@@ -32,6 +32,7 @@ __all__ = [
     "EnvAdapter",
     "InitialState",
     "ObsSpec",
+    "check_episodes",
     "env_tasks",
     "initial_states",
     "make_env",
@@ -86,6 +87,17 @@ def split_seed(env_cfg: EnvConfig, split: Split) -> int:
     if split not in SPLITS:
         raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     return int(getattr(env_cfg, f"{split}_seed"))
+
+
+def check_episodes(env_cfg: EnvConfig, split: Split, episodes: int) -> None:
+    """Raise InputError when a split cannot give ``episodes`` distinct initial states per task
+    (LIBERO: 10 per task in validation and test; the other suites have no limit)."""
+    if env_cfg.suite == "libero":
+        from policytrim.envs.libero import split_range
+
+        size = split_range(env_cfg, split)[1]
+        if episodes > size:
+            raise InputError(f"env.suite=libero: the {split} split has {size} init states per task, asked for {episodes} episodes per task (--preset libero sets 10)")
 
 
 def initial_states(task: str, seed: int, count: int, start: int = 0) -> list[InitialState]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from policytrim.envs import env_tasks, initial_states, split_seed
+from policytrim.envs import check_episodes, env_tasks, initial_states, split_seed
 from policytrim.errors import InputError
 from policytrim.eval.metrics import summarize
 from policytrim.io import atomic_write_json
@@ -63,6 +63,7 @@ def evaluate_policy(
         raise InputError(f"window must be in [1, {max_window}] for this policy{extra}, got {window}")
     if episodes < 1:
         raise InputError(f"episodes must be >= 1, got {episodes}")
+    check_episodes(env_cfg, split, episodes)
     tasks = env_tasks(env_cfg)
     state_seed = split_seed(env_cfg, split)
     starts = [s for task in tasks for s in initial_states(task, state_seed, episodes)]
