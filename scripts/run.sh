@@ -24,7 +24,7 @@ fi
 
 # LIBERO lives in its own venv (.venv-libero: robosuite, mujoco, ~1.3 GB of assets on top of torch),
 # set up on demand; its tests run after a full-suite run (no test paths given), unless
-# POLICYTRIM_LIBERO_TESTS=0. Measured here: setup 161 s, tests/test_libero.py ~100 s.
+# POLICYTRIM_LIBERO_TESTS=0. Measured here (2 cores, load ~8): setup 161 s, tests/test_libero.py 88 s.
 libero_tests() {
   local lstamp=.venv-libero/.policytrim-installed
   if [ ! -x .venv-libero/bin/python ]; then "$python" -m venv .venv-libero; fi
