@@ -3,19 +3,20 @@
 #   bash scripts/run.sh demo [flags]   the embedded demo (policytrim demo)
 #   bash scripts/run.sh test [args]    the test suite (pytest)
 #   bash scripts/run.sh setup          only set up .venv
+#   bash scripts/run.sh test-libero [args]  the LIBERO tests in .venv-libero (set up on demand)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what=${1:-}
-case "$what" in demo|test|setup) shift ;; *) echo "usage: bash scripts/run.sh demo|test|setup [args]" >&2; exit 2 ;; esac
+case "$what" in demo|test|setup|test-libero) shift ;; *) echo "usage: bash scripts/run.sh demo|test|setup|test-libero [args]" >&2; exit 2 ;; esac
 
 python=${PYTHON:-python3}
 stamp=.venv/.policytrim-installed
 want=$(cat pyproject.toml scripts/run.sh | "$python" -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())")
-if [ ! -x .venv/bin/python ]; then
+if [ "$what" != test-libero ] && [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+if [ "$what" != test-libero ] && [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setting up .venv (torch CPU build first, so pip never pulls a CUDA build) ..." >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
@@ -34,7 +35,7 @@ libero_tests() {
     .venv-libero/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,libero]"
     echo "$want" > "$lstamp"
   fi
-  .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py
+  .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py "$@"
 }
 
 full_suite=1
@@ -46,4 +47,5 @@ case "$what" in
     .venv/bin/python -m pytest -q "$@"
     if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_LIBERO_TESTS:-1}" != 0 ]; then libero_tests; fi ;;
   setup) echo "ready: .venv/bin/policytrim" ;;
+  test-libero) libero_tests "$@" ;;
 esac
