@@ -19,7 +19,7 @@ fi
 if [ "$what" != test-libero ] && [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setting up .venv (torch CPU build first, so pip never pulls a CUDA build) ..." >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve]"
   echo "$want" > "$stamp"
 fi
 

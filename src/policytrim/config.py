@@ -116,7 +116,7 @@ class PolicyConfig:
     chunk_size: int = 15
     """H: actions predicted per inference call."""
     default_window: int = 5
-    """k the baseline executes per call (its deployed window)."""
+    """k the baseline executes per call (k_1 of Stage 1); a trained policy's saved spec carries the window PolicyTrim chose."""
     hidden_dim: int = 256
     """Width of the trunk MLP."""
     num_layers: int = 3
@@ -162,6 +162,9 @@ class RolloutConfig:
     lockstep: bool = False
     """One policy call per round over every worker, in a fixed order: training with env workers becomes
     bit-reproducible (resume included) at some throughput. Off: each worker is served as it answers."""
+    max_dropped_fraction: float = 1.0
+    """Stop training when more than this fraction of an epoch's groups is dropped (simulator faults,
+    worker timeouts); 1.0: only after 3 epochs in a row with every group dropped."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.lockstep, bool), f"rollout.lockstep must be true or false, got {self.lockstep!r}")
@@ -169,6 +172,7 @@ class RolloutConfig:
         _require(isinstance(self.groups_per_epoch, int) and self.groups_per_epoch >= 1, f"rollout.groups_per_epoch must be an integer >= 1, got {self.groups_per_epoch!r}")
         _require(isinstance(self.num_workers, int) and 0 <= self.num_workers <= 256, f"rollout.num_workers must be an integer in [0, 256], got {self.num_workers!r}")
         _positive("rollout.step_timeout_s", self.step_timeout_s)
+        _in_range("rollout.max_dropped_fraction", self.max_dropped_fraction, 0.0, 1.0)
 
 
 @dataclass
@@ -220,7 +224,7 @@ class Stage1Config(GRPOConfig):
     """Stage 1, reliable chunk extension (SPEC.md eq 2)."""
 
     windows: tuple[int, ...] = ()
-    """Execution windows k_1 < ... < k_M assigned to group slots; empty = {H/3, 2H/3, H} from the default window."""
+    """Execution windows k_1 < ... < k_M assigned to group slots; empty = policy.default_window and evenly spaced up to H (H = 15, k = 5: 5 10 15)."""
     horizon_coef: float = 1.0
     """lambda_h: weight of the horizon term k/H."""
     tolerance_points: float = 2.0
