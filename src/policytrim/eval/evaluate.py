@@ -156,7 +156,7 @@ def eval_command(args: Any) -> int:
         raise InputError(f"--window must be in [1, {max_window}] for this policy{extra}, got {window}")
     if _wants_comparison(args):
         return _compare_command(args, cfg, policy, window)
-    with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s) as engine:
+    with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, backend=cfg.rollout.backend, ray=cfg.ray) as engine:
         metrics = evaluate_policy(policy, cfg.env, cfg.eval.episodes, window, cfg.eval.mode, cfg.eval.seed, "test", engine=engine, latency_ms=cfg.eval.latency_ms)
     metrics["policy"] = str(args.checkpoint)
     atomic_write_json(out, metrics)

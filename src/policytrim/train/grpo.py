@@ -39,6 +39,7 @@ from policytrim.io import atomic_directory, kill_point
 from policytrim.policies import ChunkPolicy, load_policy
 from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.rollout.types import Trajectories
+from policytrim.train import distributed
 from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, restore_best, save_checkpoint
 from policytrim.train.logger import MetricsLogger
 from policytrim.train.rundir import RunDir
@@ -117,7 +118,7 @@ def grpo_update(
     params = [p for p in policy.parameters() if p.requires_grad]
     row_mask_all = traj.chunk_row_mask()
     ids = torch.nonzero(valid, as_tuple=False).flatten()
-    n = int(ids.numel())
+    n = distributed.global_sum(int(ids.numel()))  # N over every rank: the 1/N stays global under torchrun
     stats: dict[str, list[float]] = {k: [] for k in ("loss", "clip_frac", "approx_kl", "kl_ref", "ratio_max", "grad_norm")}
     skipped = 0
     logp_gap = 0.0
@@ -153,6 +154,8 @@ def grpo_update(
             for key in diags:
                 if key in diag:
                     diags[key].append(float(diag[key]))
+        distributed.all_reduce_grads(params)  # summed: each rank's loss already carries the global 1/N
+        total = distributed.all_reduce_sum(total)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if not (torch.isfinite(total) and torch.isfinite(grad_norm)):
             skipped += 1  # NaN / inf: skip the step, never let it reach the weights
@@ -288,7 +291,7 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
     stage_dir = run.stage_dir(stage)
     device = _device_of(policy)
     if not (stage_dir / "reference").exists():
-        save_policy_dir(policy, stage_dir / "reference")  # the policy that entered the stage
+        distributed.main_only(lambda: save_policy_dir(policy, stage_dir / "reference"))  # the policy that entered the stage
     ref_policy = None
     if scfg.kl_coef > 0:
         ref_policy = load_policy(stage_dir / "reference" / "policy").to(device).eval().requires_grad_(False)
@@ -303,17 +306,17 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
         state = {"failed_epochs": 0, **load_trainer_state(checkpoint, optimizer)}
         start_epoch = state["epoch"]
         # best/ may hold a policy written after this checkpoint by the run that was killed
-        restore_best(checkpoint, stage_dir / "best")
+        distributed.main_only(lambda: restore_best(checkpoint, stage_dir / "best"))
         log.info("resuming %s from %s (epoch %d)", stage, checkpoint, start_epoch)
-    run.truncate_metrics(stage, start_epoch)
+    distributed.main_only(lambda: run.truncate_metrics(stage, start_epoch))
     if state["start_eval"] is None:
-        state["start_eval"] = validate(policy, cfg, eval_window, engine, scfg.val_episodes)
+        state["start_eval"] = distributed.main_only(lambda: validate(policy, cfg, eval_window, engine, scfg.val_episodes))
         state["best"] = {"epoch": 0, **state["start_eval"]}
-        save_policy_dir(policy, stage_dir / "best")
-        logger.log({"stage": stage, "epoch": 0, "global_epoch": run.global_epoch(stage, 0), **{f"val_{k}": v for k, v in _scalars(state["start_eval"]).items()}})
+        distributed.main_only(lambda: save_policy_dir(policy, stage_dir / "best"))
+        distributed.main_only(lambda: logger.log({"stage": stage, "epoch": 0, "global_epoch": run.global_epoch(stage, 0), **{f"val_{k}": v for k, v in _scalars(state["start_eval"]).items()}}))
 
     failed_epochs = int(state["failed_epochs"])
-    bar = tqdm(range(start_epoch, scfg.epochs), desc=f"{stage}", disable=not cfg.logging.progress, initial=start_epoch, total=scfg.epochs)
+    bar = tqdm(range(start_epoch, scfg.epochs), desc=f"{stage}", disable=not (cfg.logging.progress and distributed.is_main()), initial=start_epoch, total=scfg.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
         rng = np.random.default_rng(stable_seed(cfg.seed, stage, epoch, "starts"))
@@ -323,36 +326,39 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
         else:
             windows = torch.full((len(starts), cfg.rollout.group_size), plan.windows[0], dtype=torch.long)
         policy.eval()
-        traj = engine.run(policy, starts, cfg.rollout.group_size, windows, "train", stable_seed(cfg.seed, stage, epoch, "rollout"))
+        own = distributed.shard(len(starts))  # this rank's groups (all of them in one process)
+        traj = engine.run(policy, starts[own], cfg.rollout.group_size, windows[own], "train", stable_seed(cfg.seed, stage, epoch, "rollout"))
         t_rollout = time.perf_counter() - t0
-        if traj.num_groups == 0:  # every group lost to simulator faults: nothing to learn from
+        # every rank's outcomes (rewards, advantages and metrics over the whole epoch); mine: traj's rows
+        everyone, mine = distributed.gather_outcomes(traj, list(cfg.env.tasks))
+        if everyone.num_groups == 0:  # every group lost to simulator faults: nothing to learn from
             failed_epochs += 1
             if failed_epochs >= MAX_FAILED_EPOCHS:
                 raise RuntimeError(f"{stage}: every rollout group failed (simulator faults or worker timeouts) in {failed_epochs} epochs in a row; see the log")
         else:
             failed_epochs = 0
 
-        rewards, reward_terms = stage_rewards(traj, plan, cfg)
+        rewards, reward_terms = stage_rewards(everyone, plan, cfg)
         advantages, valid_groups = objective.group_advantages(rewards)
         policy.train()
         valid = valid_groups.repeat_interleave(cfg.rollout.group_size)
-        update = grpo_update(policy, ref_policy, optimizer, traj, advantages.flatten(), valid, scfg)
+        update = grpo_update(policy, ref_policy, optimizer, traj, advantages.flatten()[mine], valid[mine], scfg)
 
-        ok = traj.success.bool()
+        ok = everyone.success.bool()
         record: dict[str, Any] = {
             "stage": stage,
             "epoch": epoch + 1,
             "global_epoch": run.global_epoch(stage, epoch + 1),
-            "success_rate": ok.float().mean().item() if traj.num_trajectories else float("nan"),
-            "mean_steps": traj.steps[ok].float().mean().item() if ok.any() else float("nan"),
-            "mean_window": traj.window.float().mean().item() if traj.num_trajectories else float("nan"),
-            "mean_calls": traj.calls[ok].float().mean().item() if ok.any() else float("nan"),
+            "success_rate": ok.float().mean().item() if everyone.num_trajectories else float("nan"),
+            "mean_steps": everyone.steps[ok].float().mean().item() if ok.any() else float("nan"),
+            "mean_window": everyone.window.float().mean().item() if everyone.num_trajectories else float("nan"),
+            "mean_calls": everyone.calls[ok].float().mean().item() if ok.any() else float("nan"),
             **reward_terms,
             "valid_group_frac": valid_groups.float().mean().item() if valid_groups.numel() else 0.0,
             **update,
-            "dropped_groups": traj.dropped_groups,
+            "dropped_groups": everyone.dropped_groups,
             "replaced_workers": engine.replaced_workers,  # so far, this process (hung or dead env workers)
-            "env_steps": traj.env_steps,
+            "env_steps": everyone.env_steps,
             "rollout_s": t_rollout,
             "epoch_s": time.perf_counter() - t0,
         }
@@ -361,16 +367,16 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
         last = epoch + 1 == scfg.epochs
         if (epoch + 1) % scfg.eval_every == 0 or last:
             policy.eval()
-            val = validate(policy, cfg, eval_window, engine, scfg.val_episodes)
+            val = distributed.main_only(lambda: validate(policy, cfg, eval_window, engine, scfg.val_episodes))
             record.update({f"val_{k}": v for k, v in _scalars(val).items()})
             if is_better(stage, val, state["best"], state["start_eval"], getattr(scfg, "tolerance_points", 0.0)):
                 state["best"] = {"epoch": epoch + 1, **val}
-                save_policy_dir(policy, stage_dir / "best")
-        logger.log(record)
+                distributed.main_only(lambda: save_policy_dir(policy, stage_dir / "best"))
+        distributed.main_only(lambda: logger.log(record))
         bar.set_postfix(SR=f"{record['success_rate']:.2f}", T=f"{record['mean_steps']:.0f}", k=f"{record['mean_window']:.1f}", C=f"{record['mean_calls']:.1f}")
         if (epoch + 1) % scfg.checkpoint_every == 0 or last:
             trainer_state = {"stage": stage, "best": state["best"], "start_eval": state["start_eval"], "failed_epochs": failed_epochs}
-            save_checkpoint(stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best")
+            distributed.main_only(lambda: save_checkpoint(stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best"))
     bar.close()
 
     policy.load_state_dict(load_policy(stage_dir / "best" / "policy").state_dict())
@@ -416,8 +422,13 @@ def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "",
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise InputError("device=cuda but torch sees no CUDA device here; use --device cpu")
     torch.manual_seed(cfg.seed)
-    with cpu_threads(cfg):
-        return _train(cfg, stage, stages, init, run, overwrite)
+    joined = distributed.init_from_env(cfg.device)  # under torchrun: data-parallel learner
+    try:
+        with cpu_threads(cfg):
+            return _train(cfg, stage, stages, init, run, overwrite)
+    finally:
+        if joined:
+            distributed.shutdown()
 
 
 @contextlib.contextmanager
@@ -471,21 +482,25 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
         raise InputError(f"stage2.window={cfg.stage2.window} exceeds the policy's max window {policy.max_window}")
     resume = run is not None
     if run is not None:
-        run.remove_temporaries()
+        distributed.main_only(run.remove_temporaries)
     else:
-        run = RunDir.create(cfg.logging.out, cfg, {"stage": stage, "stages": stages, "init": str(init)}, overwrite=overwrite)
-    logger = MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume))
-    summary: dict[str, Any] = {"run_dir": str(run.path), "init": str(init), "stages": stages, "logging": logger.backends}
+        def create() -> None:
+            RunDir.create(cfg.logging.out, cfg, {"stage": stage, "stages": stages, "init": str(init)}, overwrite=overwrite)
+
+        distributed.main_only(create)
+        run = RunDir.open(cfg.logging.out)
+    logger = MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume)) if distributed.is_main() else None
+    summary: dict[str, Any] = {"run_dir": str(run.path), "init": str(init), "stages": stages, "logging": logger.backends if logger else []}
     try:
-        with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, pipeline=not cfg.rollout.lockstep) as engine:
+        with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, pipeline=not cfg.rollout.lockstep, backend=cfg.rollout.backend, ray=cfg.ray) as engine:
             window = cfg.stage2.window or policy.default_window
             if "extend" in stages:
                 result = run.read_json("extend/result.json")
                 if result is None:
                     result = run_stage("extend", policy, cfg, run, engine, StagePlan("extend", windows), logger)
                     policy.eval()
-                    result["window_choice"] = choose_window(policy, cfg, windows, engine)
-                    run.write_json("extend/result.json", result)
+                    result["window_choice"] = distributed.main_only(lambda: choose_window(policy, cfg, windows, engine))
+                    distributed.main_only(lambda: run.write_json("extend/result.json", result))
                 else:
                     policy.load_state_dict(load_policy(run.stage_dir("extend") / "best" / "policy").state_dict())
                 summary["extend"] = result
@@ -496,20 +511,21 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
                     budget = run.read_json("trim/budget.json")
                     if budget is None:
                         policy.eval()
-                        budget = calibrate_budget(policy, cfg, window, engine)
-                        run.write_json("trim/budget.json", budget)
+                        budget = distributed.main_only(lambda: calibrate_budget(policy, cfg, window, engine))
+                        distributed.main_only(lambda: run.write_json("trim/budget.json", budget))
                     result = run_stage("trim", policy, cfg, run, engine, StagePlan("trim", (window,), budget["budget"]), logger)
                     result.update(window=window, budget=budget)
-                    run.write_json("trim/result.json", result)
+                    distributed.main_only(lambda: run.write_json("trim/result.json", result))
                 else:
                     policy.load_state_dict(load_policy(run.stage_dir("trim") / "best" / "policy").state_dict())
                 summary["trim"] = result
             summary["window"] = window
-        save_policy_dir(policy, run.path / "final")
-        run.write_json("summary.json", summary)
-        run.set_status("complete")
+        distributed.main_only(lambda: save_policy_dir(policy, run.path / "final"))
+        distributed.main_only(lambda: run.write_json("summary.json", summary))
+        distributed.main_only(lambda: run.set_status("complete"))
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
     return summary
 
 
