@@ -54,6 +54,12 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 of its torchrun launch (or not launched by torchrun); valid
+    before the process group exists and after it is gone (e.g. for printing a summary once)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_from_env(device: str) -> bool:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1): NCCL for ``device="cuda"``
     (one GPU per local rank), gloo otherwise. Returns whether this call created the group."""
@@ -119,6 +125,19 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
         offset += n
 
 
+def mean_over_ranks(stats: dict[str, float], maxed: Iterable[str] = ()) -> dict[str, float]:
+    """Per-rank diagnostics averaged over ranks (the keys in ``maxed``: their maximum)."""
+    if not is_distributed():
+        return stats
+    keys = sorted(stats)
+    t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=_device())
+    top = t.clone()
+    dist.all_reduce(t)
+    dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    maxed = set(maxed)
+    return {k: float(top[i] if k in maxed else t[i] / world_size()) for i, k in enumerate(keys)}
+
+
 def main_only(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and return its result on every rank (JSON: no pickle between
     processes). An exception on rank 0 is re-raised there and reported on the others, so no rank
@@ -143,6 +162,15 @@ def main_only(fn: Callable[[], T]) -> T:
     if "error" in payload:
         raise RuntimeError(f"rank 0 failed: {payload['error']}")
     return payload["value"]
+
+
+def on_main(fn: Callable[[], Any]) -> None:
+    """Run ``fn`` (a write: checkpoint, metrics, run files) on rank 0 only; see `main_only`."""
+
+    def call() -> None:
+        fn()
+
+    main_only(call)
 
 
 _OUTCOME_COLUMNS = ("success", "steps", "window", "calls", "seed", "index")

@@ -170,7 +170,8 @@ def grpo_update(
             if values:
                 stats[key].append(float(np.max(values) if key == "ratio_max" else np.mean(values)))
     out = {k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}
-    out.update(skipped_steps=skipped, logp_gap=logp_gap, update_trajectories=n)
+    out.update(distributed.mean_over_ranks({k: out[k] for k in ("clip_frac", "approx_kl", "kl_ref", "ratio_max")} | {"logp_gap": logp_gap}, maxed=("ratio_max", "logp_gap")))
+    out.update(skipped_steps=skipped, update_trajectories=n)
     return out
 
 
@@ -291,7 +292,7 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
     stage_dir = run.stage_dir(stage)
     device = _device_of(policy)
     if not (stage_dir / "reference").exists():
-        distributed.main_only(lambda: save_policy_dir(policy, stage_dir / "reference"))  # the policy that entered the stage
+        distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "reference"))  # the policy that entered the stage
     ref_policy = None
     if scfg.kl_coef > 0:
         ref_policy = load_policy(stage_dir / "reference" / "policy").to(device).eval().requires_grad_(False)
@@ -306,14 +307,14 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
         state = {"failed_epochs": 0, **load_trainer_state(checkpoint, optimizer)}
         start_epoch = state["epoch"]
         # best/ may hold a policy written after this checkpoint by the run that was killed
-        distributed.main_only(lambda: restore_best(checkpoint, stage_dir / "best"))
+        distributed.on_main(lambda: restore_best(checkpoint, stage_dir / "best"))
         log.info("resuming %s from %s (epoch %d)", stage, checkpoint, start_epoch)
-    distributed.main_only(lambda: run.truncate_metrics(stage, start_epoch))
+    distributed.on_main(lambda: run.truncate_metrics(stage, start_epoch))
     if state["start_eval"] is None:
         state["start_eval"] = distributed.main_only(lambda: validate(policy, cfg, eval_window, engine, scfg.val_episodes))
         state["best"] = {"epoch": 0, **state["start_eval"]}
-        distributed.main_only(lambda: save_policy_dir(policy, stage_dir / "best"))
-        distributed.main_only(lambda: logger.log({"stage": stage, "epoch": 0, "global_epoch": run.global_epoch(stage, 0), **{f"val_{k}": v for k, v in _scalars(state["start_eval"]).items()}}))
+        distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))
+        distributed.on_main(lambda: logger.log({"stage": stage, "epoch": 0, "global_epoch": run.global_epoch(stage, 0), **{f"val_{k}": v for k, v in _scalars(state["start_eval"]).items()}}))
 
     failed_epochs = int(state["failed_epochs"])
     bar = tqdm(range(start_epoch, scfg.epochs), desc=f"{stage}", disable=not (cfg.logging.progress and distributed.is_main()), initial=start_epoch, total=scfg.epochs)
@@ -371,12 +372,12 @@ def run_stage(stage: str, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engi
             record.update({f"val_{k}": v for k, v in _scalars(val).items()})
             if is_better(stage, val, state["best"], state["start_eval"], getattr(scfg, "tolerance_points", 0.0)):
                 state["best"] = {"epoch": epoch + 1, **val}
-                distributed.main_only(lambda: save_policy_dir(policy, stage_dir / "best"))
-        distributed.main_only(lambda: logger.log(record))
+                distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))
+        distributed.on_main(lambda: logger.log(record))
         bar.set_postfix(SR=f"{record['success_rate']:.2f}", T=f"{record['mean_steps']:.0f}", k=f"{record['mean_window']:.1f}", C=f"{record['mean_calls']:.1f}")
         if (epoch + 1) % scfg.checkpoint_every == 0 or last:
             trainer_state = {"stage": stage, "best": state["best"], "start_eval": state["start_eval"], "failed_epochs": failed_epochs}
-            distributed.main_only(lambda: save_checkpoint(stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best"))
+            distributed.on_main(lambda: save_checkpoint(stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best"))
     bar.close()
 
     policy.load_state_dict(load_policy(stage_dir / "best" / "policy").state_dict())
@@ -482,12 +483,10 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
         raise InputError(f"stage2.window={cfg.stage2.window} exceeds the policy's max window {policy.max_window}")
     resume = run is not None
     if run is not None:
-        distributed.main_only(run.remove_temporaries)
+        distributed.on_main(run.remove_temporaries)
     else:
-        def create() -> None:
-            RunDir.create(cfg.logging.out, cfg, {"stage": stage, "stages": stages, "init": str(init)}, overwrite=overwrite)
-
-        distributed.main_only(create)
+        meta = {"stage": stage, "stages": stages, "init": str(init)}
+        distributed.on_main(lambda: RunDir.create(cfg.logging.out, cfg, meta, overwrite=overwrite))
         run = RunDir.open(cfg.logging.out)
     logger = MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume)) if distributed.is_main() else None
     summary: dict[str, Any] = {"run_dir": str(run.path), "init": str(init), "stages": stages, "logging": logger.backends if logger else []}
@@ -500,7 +499,7 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
                     result = run_stage("extend", policy, cfg, run, engine, StagePlan("extend", windows), logger)
                     policy.eval()
                     result["window_choice"] = distributed.main_only(lambda: choose_window(policy, cfg, windows, engine))
-                    distributed.main_only(lambda: run.write_json("extend/result.json", result))
+                    distributed.on_main(lambda: run.write_json("extend/result.json", result))
                 else:
                     policy.load_state_dict(load_policy(run.stage_dir("extend") / "best" / "policy").state_dict())
                 summary["extend"] = result
@@ -512,17 +511,17 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
                     if budget is None:
                         policy.eval()
                         budget = distributed.main_only(lambda: calibrate_budget(policy, cfg, window, engine))
-                        distributed.main_only(lambda: run.write_json("trim/budget.json", budget))
+                        distributed.on_main(lambda: run.write_json("trim/budget.json", budget))
                     result = run_stage("trim", policy, cfg, run, engine, StagePlan("trim", (window,), budget["budget"]), logger)
                     result.update(window=window, budget=budget)
-                    distributed.main_only(lambda: run.write_json("trim/result.json", result))
+                    distributed.on_main(lambda: run.write_json("trim/result.json", result))
                 else:
                     policy.load_state_dict(load_policy(run.stage_dir("trim") / "best" / "policy").state_dict())
                 summary["trim"] = result
             summary["window"] = window
-        distributed.main_only(lambda: save_policy_dir(policy, run.path / "final"))
-        distributed.main_only(lambda: run.write_json("summary.json", summary))
-        distributed.main_only(lambda: run.set_status("complete"))
+        distributed.on_main(lambda: save_policy_dir(policy, run.path / "final"))
+        distributed.on_main(lambda: run.write_json("summary.json", summary))
+        distributed.on_main(lambda: run.set_status("complete"))
     finally:
         if logger is not None:
             logger.close()
@@ -534,6 +533,8 @@ def train_command(args) -> int:
     from policytrim.cli import run_config
 
     summary = train(run_config(args), args.stage, args.init, args.resume, args.overwrite)
+    if not distributed.launched_as_main():
+        return 0  # under torchrun, rank 0 reports
     print(f"run directory: {summary['run_dir']}")
     for stage in summary["stages"]:
         best = summary[stage]["best"]
