@@ -21,6 +21,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
   echo "$want" > "$stamp"
 fi
+# The tests also cover the Ray backend (policytrim[ray]: ~22 s, ~240 MB here); the demo does not need it.
+if [ "$what" = test ] && [ "$(cat "$stamp-ray" 2>/dev/null)" != "$want" ]; then
+  echo "installing Ray for the Ray backend's tests ..." >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,ray]"
+  echo "$want" > "$stamp-ray"
+fi
 
 case "$what" in
   demo) exec .venv/bin/policytrim demo "$@" ;;

@@ -9,6 +9,7 @@ Bad values raise `ConfigError` (a ValueError) saying what is wrong and what is a
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import types
@@ -157,6 +158,10 @@ class RolloutConfig:
         _positive("rollout.step_timeout_s", self.step_timeout_s)
         _require(self.backend in ("local", "ray"), f"rollout.backend must be local or ray, got {self.backend!r}")
         _require(self.backend == "local" or self.num_workers >= 1, f"rollout.backend=ray needs rollout.num_workers >= 1 (one Ray actor each), got {self.num_workers}")
+        _require(
+            self.backend == "local" or importlib.util.find_spec("ray") is not None,
+            "rollout.backend=ray needs Ray: pip install 'policytrim[ray]' (or use rollout.backend=local)",
+        )
 
 
 PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")

@@ -138,13 +138,12 @@ class RayPool(WorkerPool):
         ready, _ = ray.wait(list(heads), num_returns=1, timeout=timeout)
         if not ready:
             return []
+        pending = [ref for w in workers for ref in self._inflight[w]]
+        done = set(ray.wait(pending, num_returns=len(pending), timeout=0)[0])
         out: list[tuple[int, StepResult | None]] = []
         for w in workers:
             queue = self._inflight[w]
-            while queue:  # everything this worker has answered so far, in order
-                done, _ = ray.wait([queue[0]], timeout=0)
-                if not done:
-                    break
+            while queue and queue[0] in done:  # everything this worker has answered so far, in order
                 ref = queue.popleft()
                 try:
                     result = ray.get(ref)
