@@ -36,33 +36,54 @@ from policytrim.train.grpo import train
 OUTCOME_KEYS = ("success_rate", "mean_steps", "mean_window", "mean_calls", "reward", "valid_group_frac", "update_trajectories", "dropped_groups", "env_steps")
 
 
-@pytest.mark.slow
-def test_torchrun_two_cpu_processes_match_one_process(tiny_baseline, tmp_path):
-    stage = dict(epochs=1, eval_every=1, val_episodes=2, checkpoint_every=1, lr=1e-3, update_epochs=1)
-    cfg = tiny_config(stage1=stage)
+def torchrun(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`policytrim ARGS` under ``torch.distributed.run`` with 2 CPU processes (the console script,
+    as a user would launch it)."""
+    script = Path(sys.executable).parent / "policytrim"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+STAGE = dict(epochs=2, eval_every=1, val_episodes=2, checkpoint_every=1, lr=1e-3, update_epochs=1)
+
+
+def run_config(out: Path):
+    cfg = tiny_config(stage1=STAGE)
     cfg.rollout.groups_per_epoch = 4  # two groups per rank
-    cfg.eval.latency_ms = 1.0
-    cfg.logging.out = str(tmp_path / "single")
-    train(cfg, "extend", str(tiny_baseline))
+    cfg.eval.latency_ms = 1.0  # the wall-clock estimate then uses a given latency, not a timing
+    cfg.logging.out = str(out)
+    return cfg
 
-    cfg.logging.out = str(tmp_path / "ddp")
-    config = tmp_path / "config.yaml"
+
+def train_args(cfg, tmp: Path, baseline: Path) -> list[str]:
+    config = tmp / f"{Path(cfg.logging.out).name}.yaml"
     config.write_text(yaml.safe_dump(to_dict(cfg)))
-    script = Path(sys.executable).parent / "policytrim"  # the console script, as a user would run it
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), "train", "--config", str(config), "--stage", "extend", "--init", str(tiny_baseline)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return ["train", "--config", str(config), "--stage", "extend", "--init", str(baseline)]
 
-    single, ddp = (read_jsonl(tmp_path / name / "metrics.jsonl") for name in ("single", "ddp"))
-    assert len(ddp) == len(single) == 2  # one writer: rank 0 (two writers would double the records)
+
+@pytest.fixture(scope="module")
+def torchrun_run(tiny_baseline, tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch Stage 1 run under torchrun (2 CPU processes, gloo)."""
+    tmp = tmp_path_factory.mktemp("torchrun")
+    cfg = run_config(tmp / "ddp")
+    proc = torchrun(train_args(cfg, tmp, tiny_baseline))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp / "ddp"
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_match_one_process(torchrun_run, tiny_baseline, tmp_path):
+    train(run_config(tmp_path / "single"), "extend", str(tiny_baseline))
+    single, ddp = (read_jsonl(run / "metrics.jsonl") for run in (tmp_path / "single", torchrun_run))
+    assert len(ddp) == len(single) == 3  # one writer: rank 0 (two writers would double the records)
     assert single[0] == ddp[0]  # the starting validation
-    for key in OUTCOME_KEYS:
+    for key in OUTCOME_KEYS:  # the first epoch: same rollouts
         assert single[1][key] == ddp[1][key], key
     assert single[1]["update_trajectories"] > 0
     for key in ("loss", "grad_norm"):
         assert ddp[1][key] == pytest.approx(single[1][key], rel=1e-5, abs=1e-7), key
-    a, b = (load_file(str(tmp_path / name / "extend" / "epoch_000001" / "policy" / "model.safetensors")) for name in ("single", "ddp"))
+    a, b = (load_file(str(run / "extend" / "epoch_000001" / "policy" / "model.safetensors")) for run in (tmp_path / "single", torchrun_run))
     start = load_file(str(Path(tiny_baseline) / "model.safetensors"))
     assert a.keys() == b.keys() == start.keys()
     for k in a:
@@ -70,6 +91,21 @@ def test_torchrun_two_cpu_processes_match_one_process(tiny_baseline, tmp_path):
     # the update moved the weights by far more than the tolerance (not two copies of the start)
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4
     for name in ("extend/result.json", "summary.json"):
-        s, d = (json.loads((tmp_path / run / name).read_text()) for run in ("single", "ddp"))
-        s.pop("run_dir", None), d.pop("run_dir", None)
+        s, d = (json.loads((run / name).read_text()) for run in (tmp_path / "single", torchrun_run))
         assert s.keys() == d.keys(), name
+
+
+@pytest.mark.slow
+def test_torchrun_run_killed_mid_update_resumes_to_the_same_run(torchrun_run, tiny_baseline, tmp_path):
+    """kill -9 of both ranks in the second epoch's update, then ``--resume`` under torchrun: the same
+    metrics and weights as the uninterrupted torchrun run (in-process envs: bit-exact)."""
+    killed = tmp_path / "ddp"
+    proc = torchrun(train_args(run_config(killed), tmp_path, tiny_baseline), {"POLICYTRIM_TEST_KILL_AT": "update.step:2"})
+    assert proc.returncode != 0 and "Signal 9 (SIGKILL)" in proc.stderr, proc.stderr[-3000:]
+    assert not (killed / "summary.json").exists() and (killed / "extend" / "epoch_000001").is_dir()
+    proc = torchrun(["train", "--resume", str(killed)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    drop = lambda records: [{k: v for k, v in r.items() if k not in ("rollout_s", "epoch_s")} for r in records]  # noqa: E731
+    assert drop(read_jsonl(torchrun_run / "metrics.jsonl")) == drop(read_jsonl(killed / "metrics.jsonl"))
+    a, b = (load_file(str(run / "extend" / "epoch_000002" / "policy" / "model.safetensors")) for run in (torchrun_run, killed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
