@@ -265,7 +265,9 @@ def markdown(r: dict) -> str:
         + ", ".join(f"B={b}: {s * 1e3:.2f} ms" for b, s in m["measured"]["policy_seconds_by_batch"].items())
         + ".",
         "",
-        f"Model check: the measured local epoch above took {m['model_check']['measured_local_epoch_s']:.2f} s; the model predicts {m['model_check']['predicted_lockstep_s']:.2f} s (lockstep).",
+        f"Model check: the measured local epoch above took {m['model_check']['measured_local_epoch_s']:.2f} s; the model predicts {m['model_check']['predicted_lockstep_s']:.2f} s (lockstep): "
+        f"measured / predicted = {m['model_check']['measured_local_epoch_s'] / m['model_check']['predicted_lockstep_s']:.2f}. The model leaves out the engine's own work per step (observations, "
+        "requests, bookkeeping) and uneven episode lengths; scale the extrapolated times below by this factor for an estimate of real epochs.",
         "",
         "## Extrapolated: per-epoch seconds",
         "",
