@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, TypeVar
 import torch
 import torch.distributed as dist
 
+from policytrim.errors import InputError
 from policytrim.rollout.types import Trajectories
 
 T = TypeVar("T")
@@ -109,10 +110,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
     """Sum the gradients of ``params`` over ranks, in place, in one flat all-reduce. A parameter
-    without a gradient on some rank (no valid trajectory there) counts as zeros."""
+    without a gradient on some rank (no valid trajectory there) counts as zeros there; one without a
+    gradient on every rank keeps none (the optimiser skips it, as in one process)."""
     if not is_distributed():
         return
     params = list(params)
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8, device=_device())
+    dist.all_reduce(has_grad, op=dist.ReduceOp.MAX)
+    params = [p for p, flag in zip(params, has_grad.tolist()) if flag]
+    if not params:
+        return
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -149,7 +156,7 @@ def main_only(fn: Callable[[], T]) -> T:
         try:
             payload = {"value": fn()}
         except BaseException as exc:  # noqa: BLE001 - shared with the other ranks, then re-raised
-            error, payload = exc, {"error": f"{type(exc).__name__}: {exc}"}
+            error, payload = exc, {"error": f"{type(exc).__name__}: {exc}", "input_error": isinstance(exc, InputError)}
         data = json.dumps(payload).encode()
     device = _device()
     size = torch.tensor([len(data) if is_main() else 0], dtype=torch.long, device=device)
@@ -158,8 +165,10 @@ def main_only(fn: Callable[[], T]) -> T:
     dist.broadcast(buf, 0)
     if error is not None:
         raise error
-    payload = json.loads(bytes(buf.cpu().tolist()).decode())
+    payload = json.loads(buf.cpu().numpy().tobytes().decode())
     if "error" in payload:
+        if payload["input_error"]:  # bad input: the same one-line error on every rank
+            raise InputError(payload["error"].split(": ", 1)[1])
         raise RuntimeError(f"rank 0 failed: {payload['error']}")
     return payload["value"]
 
