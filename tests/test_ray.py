@@ -11,6 +11,7 @@ Skipped only when Ray is not installed (CI installs it: scripts/run.sh).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import threading
@@ -55,7 +56,7 @@ def test_ray_actors_give_the_same_run_as_local_processes(local_ray, tiny_baselin
     assert len(records["local"]) == 2 and records["local"][1]["env_steps"] > 0
     assert records["local"] == records["ray"]
     for name in ("extend/result.json", "summary.json"):
-        local, remote = (_canonical(__import__("json").loads((run / name).read_text())) for run in runs.values())
+        local, remote = (_canonical(json.loads((run / name).read_text())) for run in runs.values())
         assert local == remote, name
     a, b = (load_file(str(run / "extend" / "epoch_000001" / "policy" / "model.safetensors")) for run in runs.values())
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
