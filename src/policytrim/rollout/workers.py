@@ -12,8 +12,8 @@ whose chunk holds a non-finite action, is reported as faulted (the engine drops 
 that does not answer in time is killed and replaced by the engine (`WorkerPool.restart`).
 
 Backends: `LocalPool` (in-process; tests and debugging; no hang protection) and `ProcessPool`
-(`multiprocessing` with the spawn context, one thread per worker). A Ray backend implements the same
-four methods (submit, wait, restart, close) with actors and ``ray.wait``.
+(`multiprocessing` with the spawn context, one thread per worker). `policytrim.rollout.ray_pool.RayPool`
+implements the same four methods (submit, wait, restart, close) with Ray actors and ``ray.wait``.
 
 This module imports no torch, so worker processes start light.
 """
