@@ -18,13 +18,13 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setting up .venv (torch CPU build first, so pip never pulls a CUDA build) ..." >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve]"
   echo "$want" > "$stamp"
 fi
 # The tests also cover the Ray backend (policytrim[ray]: ~22 s, ~240 MB here); the demo does not need it.
 if [ "$what" = test ] && [ "$(cat "$stamp-ray" 2>/dev/null)" != "$want" ]; then
   echo "installing Ray for the Ray backend's tests ..." >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,ray]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve,ray]"
   echo "$want" > "$stamp-ray"
 fi
 

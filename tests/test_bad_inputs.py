@@ -155,6 +155,7 @@ BAD_INPUTS = [
     ("windows unsorted", TRAIN("--stage1.windows", "8", "4"), "strictly increasing"),
     ("window 0", TRAIN("--stage1.windows", "0", "4"), "positive integers"),
     ("group size < 2", TRAIN("--rollout.group-size", "1"), "group_size must be an integer >= 2"),
+    ("dropped-group fraction > 1", TRAIN("--rollout.max-dropped-fraction", "1.5"), "rollout.max_dropped_fraction must be a number in [0.0, 1.0]"),
     ("negative lr", TRAIN("--stage1.lr", "-1e-3"), "stage1.lr must be in (0, 1]"),
     ("NaN lr", TRAIN("--stage1.lr", "nan"), "stage1.lr must be in (0, 1], got nan"),
     ("infinite lr", TRAIN("--stage2.lr", "inf"), "stage2.lr must be in (0, 1], got inf"),

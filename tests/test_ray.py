@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_config
+from faults import faulty_env_factory
 from policytrim.config import EnvConfig, RayConfig
 from policytrim.envs import initial_states
-from policytrim.envs.faults import faulty_env_factory
 from policytrim.io import read_jsonl
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.train.grpo import train
@@ -35,8 +35,11 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray instance (2 CPUs) for the module; every `RayPool` here joins it."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    """One local Ray instance (2 CPUs) for the module; every `RayPool` here joins it. Its workers
+    see this directory (the test helpers, e.g. `faults`) through PYTHONPATH, as spawned local
+    workers do through the inherited ``sys.path``."""
+    path = os.pathsep.join(p for p in (os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
 
@@ -66,7 +69,7 @@ def test_ray_actors_give_the_same_run_as_local_processes(local_ray, tiny_baselin
 def test_killed_or_hung_actor_is_replaced_and_its_groups_dropped(local_ray, caplog):
     env = EnvConfig(tasks=("reach-v3",), horizon=60)
     policy = FakeNoisyReacher()
-    # state 0 hangs for 60 s at step 3 (an importable factory: test modules do not reach Ray workers)
+    # state 0 hangs for 60 s at step 3
     factory = functools.partial(faulty_env_factory, index=0, at_step=3, kind="hang", hang_s=60.0)
 
     def rollout(engine, indices):

@@ -101,7 +101,7 @@ class PolicyConfig:
     chunk_size: int = 15
     """H: actions predicted per inference call."""
     default_window: int = 5
-    """k the baseline executes per call (its deployed window)."""
+    """k the baseline executes per call (k_1 of Stage 1); a trained policy's saved spec carries the window PolicyTrim chose."""
     hidden_dim: int = 256
     """Width of the trunk MLP."""
     num_layers: int = 3
@@ -149,6 +149,9 @@ class RolloutConfig:
     bit-reproducible (resume included) at some throughput. Off: each worker is served as it answers."""
     backend: Literal["local", "ray"] = "local"
     """Where env workers run: local processes, or Ray actors (extra policytrim[ray]; see the ray section)."""
+    max_dropped_fraction: float = 1.0
+    """Stop training when more than this fraction of an epoch's groups is dropped (simulator faults,
+    worker timeouts); 1.0: only after 3 epochs in a row with every group dropped."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.lockstep, bool), f"rollout.lockstep must be true or false, got {self.lockstep!r}")
@@ -162,6 +165,7 @@ class RolloutConfig:
             self.backend == "local" or importlib.util.find_spec("ray") is not None,
             "rollout.backend=ray needs Ray: pip install 'policytrim[ray]' (or use rollout.backend=local)",
         )
+        _in_range("rollout.max_dropped_fraction", self.max_dropped_fraction, 0.0, 1.0)
 
 
 PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
@@ -254,7 +258,7 @@ class Stage1Config(GRPOConfig):
     """Stage 1, reliable chunk extension (SPEC.md eq 2)."""
 
     windows: tuple[int, ...] = ()
-    """Execution windows k_1 < ... < k_M assigned to group slots; empty = {H/3, 2H/3, H} from the default window."""
+    """Execution windows k_1 < ... < k_M assigned to group slots; empty = policy.default_window and evenly spaced up to H (H = 15, k = 5: 5 10 15)."""
     horizon_coef: float = 1.0
     """lambda_h: weight of the horizon term k/H."""
     tolerance_points: float = 2.0

@@ -9,10 +9,12 @@ Launch ``torchrun --nproc-per-node N -m policytrim.cli train ...`` (gloo on CPU,
   (rank 0 rolling out everything and scattering would idle N - 1 learners during the rollout and
   ship chunk tensors between processes).
 - rewards and advantages are group-local; `gather_outcomes` still collects every rank's outcomes
-  (success, steps, window, calls: a few numbers per trajectory) so that rewards, advantages and the
-  logged metrics are computed on the whole epoch, identically on every rank.
+  (success, steps, window, calls: a few numbers per trajectory; dropped groups and faults by kind)
+  so that rewards, advantages, the dropped-groups stop rule and the logged metrics are computed on
+  the whole epoch, identically on every rank.
 - the update (`policytrim.train.grpo.grpo_update`): the loss of each rank is summed over its own
-  trajectories and divided by N = the valid trajectories of *all* ranks (`global_sum`), so the
+  trajectories and divided by N = the valid trajectories of *all* ranks (`global_sum`, passed to
+  `policytrim.objective.reduce_grpo_loss` as ``num_trajectories``), so the
   per-trajectory 1/N normalisation is global; `all_reduce_grads` then sums the ranks' gradients, which
   is exactly the gradient of the single-process loss (the data-parallel mean of per-rank means
   would weight a rank with few valid trajectories like one with many). Clipping and the optimiser
@@ -182,6 +184,22 @@ def on_main(fn: Callable[[], Any]) -> None:
     main_only(call)
 
 
+def all_gather_json(value: Any) -> list[Any]:
+    """``value`` (JSON-serialisable) of every rank, in rank order (JSON: no pickle between processes)."""
+    if not is_distributed():
+        return [value]
+    device = _device()
+    data = json.dumps(value).encode()
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([len(data)], dtype=torch.long, device=device))
+    longest = max(int(n.item()) for n in sizes)
+    buf = torch.zeros(longest, dtype=torch.uint8)
+    buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    parts = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in range(world_size())]
+    dist.all_gather(parts, buf.to(device))
+    return [json.loads(p.cpu().numpy()[: int(n.item())].tobytes().decode()) for p, n in zip(parts, sizes)]
+
+
 _OUTCOME_COLUMNS = ("success", "steps", "window", "calls", "seed", "index")
 
 
@@ -207,6 +225,10 @@ def gather_outcomes(traj: Trajectories, tasks: list[str]) -> tuple[Trajectories,
     dist.all_gather(parts, local.to(device))
     table = torch.cat([p.cpu()[:c] for p, c in zip(parts, counts_)])
     totals = all_reduce_sum(torch.tensor([traj.env_steps, traj.dropped_groups], dtype=torch.long, device=device)).cpu()
+    fault_counts: dict[str, int] = {}
+    for counts_of_rank in all_gather_json(traj.fault_counts):
+        for kind, count in counts_of_rank.items():
+            fault_counts[kind] = fault_counts.get(kind, 0) + int(count)
     G = traj.group_size
     col = {name: table[:, j] for j, name in enumerate(_OUTCOME_COLUMNS)}
     everyone = Trajectories(
@@ -223,6 +245,7 @@ def gather_outcomes(traj: Trajectories, tasks: list[str]) -> tuple[Trajectories,
         group_size=G,
         env_steps=int(totals[0]),
         dropped_groups=int(totals[1]),
+        fault_counts=dict(sorted(fault_counts.items())),
     )
     start = sum(counts_[: rank()])
     return everyone, slice(start, start + n)
