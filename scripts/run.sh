@@ -22,6 +22,12 @@ if [ "$what" != test-libero ] && [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; t
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve]"
   echo "$want" > "$stamp"
 fi
+# The tests also cover the Ray backend (policytrim[ray]: ~22 s, ~240 MB here); the demo does not need it.
+if [ "$what" = test ] && [ "$(cat "$stamp-ray" 2>/dev/null)" != "$want" ]; then
+  echo "installing Ray for the Ray backend's tests ..." >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve,ray]"
+  echo "$want" > "$stamp-ray"
+fi
 
 # LIBERO lives in its own venv (.venv-libero: robosuite, mujoco, ~1.3 GB of assets on top of torch),
 # set up on demand; its tests run after a full-suite run (no test paths given), unless

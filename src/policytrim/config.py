@@ -9,6 +9,7 @@ Bad values raise `ConfigError` (a ValueError) saying what is wrong and what is a
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import types
@@ -162,6 +163,8 @@ class RolloutConfig:
     lockstep: bool = False
     """One policy call per round over every worker, in a fixed order: training with env workers becomes
     bit-reproducible (resume included) at some throughput. Off: each worker is served as it answers."""
+    backend: Literal["local", "ray"] = "local"
+    """Where env workers run: local processes, or Ray actors (extra policytrim[ray]; see the ray section)."""
     max_dropped_fraction: float = 1.0
     """Stop training when more than this fraction of an epoch's groups is dropped (simulator faults,
     worker timeouts); 1.0: only after 3 epochs in a row with every group dropped."""
@@ -172,7 +175,54 @@ class RolloutConfig:
         _require(isinstance(self.groups_per_epoch, int) and self.groups_per_epoch >= 1, f"rollout.groups_per_epoch must be an integer >= 1, got {self.groups_per_epoch!r}")
         _require(isinstance(self.num_workers, int) and 0 <= self.num_workers <= 256, f"rollout.num_workers must be an integer in [0, 256], got {self.num_workers!r}")
         _positive("rollout.step_timeout_s", self.step_timeout_s)
+        _require(self.backend in ("local", "ray"), f"rollout.backend must be local or ray, got {self.backend!r}")
+        _require(self.backend == "local" or self.num_workers >= 1, f"rollout.backend=ray needs rollout.num_workers >= 1 (one Ray actor each), got {self.num_workers}")
+        _require(
+            self.backend == "local" or importlib.util.find_spec("ray") is not None,
+            "rollout.backend=ray needs Ray: pip install 'policytrim[ray]' (or use rollout.backend=local)",
+        )
         _in_range("rollout.max_dropped_fraction", self.max_dropped_fraction, 0.0, 1.0)
+
+
+PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
+
+
+@dataclass
+class RayConfig:
+    """Ray env workers (rollout.backend=ray): the cluster and what each worker actor reserves."""
+
+    address: str = ""
+    """Ray cluster to join ("auto", or "head-host:6379"); empty: start a local Ray instance in this process."""
+    num_cpus: int = 0
+    """CPUs of the local Ray instance (0 = every core); ignored when joining a cluster."""
+    placement_strategy: Literal["SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"] = "SPREAD"
+    """Placement group strategy of the worker bundles (SPREAD: across nodes, best effort)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per env-worker actor (its bundle)."""
+    gpus_per_worker: float = 0.0
+    """GPUs reserved per env-worker actor (simulators that render on a GPU; the policy stays in the learner)."""
+    memory_per_worker_mb: int = 0
+    """Memory reserved per env-worker actor, MB (0 = no reservation; a Meta-World worker at 32 envs needs ~1,100)."""
+    max_restarts: int = 10
+    """Times Ray restarts one worker actor (died or killed after a hang) before the run fails (-1 = no limit)."""
+    placement_timeout_s: float = 120.0
+    """How long to wait for the cluster to fit every worker bundle before failing."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.address, str), f"ray.address must be a string, got {self.address!r}")
+        _require(isinstance(self.num_cpus, int) and 0 <= self.num_cpus <= 4096, f"ray.num_cpus must be an integer in [0, 4096], got {self.num_cpus!r}")
+        _require(self.placement_strategy in PLACEMENT_STRATEGIES, f"ray.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}")
+        _require(
+            isinstance(self.cpus_per_worker, (int, float)) and 0 < self.cpus_per_worker <= 256,
+            f"ray.cpus_per_worker must be a number in (0, 256], got {self.cpus_per_worker!r}",
+        )
+        _in_range("ray.gpus_per_worker", self.gpus_per_worker, 0.0, 16.0)
+        _require(
+            isinstance(self.memory_per_worker_mb, int) and 0 <= self.memory_per_worker_mb <= 4_194_304,
+            f"ray.memory_per_worker_mb must be an integer in [0, 4194304], got {self.memory_per_worker_mb!r}",
+        )
+        _require(isinstance(self.max_restarts, int) and -1 <= self.max_restarts <= 10_000, f"ray.max_restarts must be an integer in [-1, 10000] (-1 = no limit), got {self.max_restarts!r}")
+        _positive("ray.placement_timeout_s", self.placement_timeout_s)
 
 
 @dataclass
@@ -388,6 +438,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     seed: int = 0
     """Global seed (initial-state order, rollout noise, network init)."""
     device: Literal["cpu", "cuda"] = "cpu"

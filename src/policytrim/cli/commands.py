@@ -77,9 +77,12 @@ def pretrain(args: Any) -> int:
 
 def train(args: Any) -> int:
     """`policytrim train`: PolicyTrim's stages (`policytrim.train.grpo.train`)."""
+    from policytrim.train.distributed import launched_as_main
     from policytrim.train.grpo import train as run_train
 
     summary = run_train(run_config(args), args.stage, args.init, args.resume, args.overwrite)
+    if not launched_as_main():
+        return 0  # under torchrun, rank 0 reports
     print(f"run directory: {summary['run_dir']}")
     for stage in summary["stages"]:
         best = summary[stage]["best"]
