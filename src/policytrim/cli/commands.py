@@ -78,13 +78,17 @@ def pretrain(args: Any) -> int:
 
 def train(args: Any) -> int:
     """`policytrim train`: PolicyTrim's stages (`policytrim.train.grpo.train`)."""
+    from policytrim.train.distributed import launched_as_main
     from policytrim.train.grpo import train as run_train
 
     summary = run_train(run_config(args), args.stage, args.init, args.resume, args.overwrite)
+    if not launched_as_main():
+        return 0  # under torchrun, rank 0 reports
     print(f"run directory: {summary['run_dir']}")
     for stage in summary["stages"]:
         best = summary[stage]["best"]
-        print(f"{stage}: best at epoch {best['epoch']}: SR {best['success_rate']:.3f}, steps {best['mean_steps']:.1f}, calls {best['calls_per_success']:.1f} (validation)")
+        # mean steps and calls per success are None when validation had no success
+        print(f"{stage}: best at epoch {best['epoch']}: SR {best['success_rate']:.3f}, steps {_fmt(best['mean_steps'], '.1f')}, calls {_fmt(best['calls_per_success'], '.1f')} (validation)")
     if "extend" in summary:
         print(f"Stage 1 window choice: {summary['extend']['window_choice']['window']}")
     if "trim" in summary:

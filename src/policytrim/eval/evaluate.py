@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from policytrim.envs import env_tasks, initial_states, split_seed
+from policytrim.envs import check_episodes, env_tasks, initial_states, split_seed
 from policytrim.errors import InputError
 from policytrim.eval.metrics import summarize
 from policytrim.io import atomic_write_json
@@ -59,6 +59,7 @@ def evaluate_policy(
     window = resolve_window(policy, window)
     if episodes < 1:
         raise InputError(f"episodes must be >= 1, got {episodes}")
+    check_episodes(env_cfg, split, episodes)
     tasks = env_tasks(env_cfg)
     state_seed = split_seed(env_cfg, split)
     starts = [s for task in tasks for s in initial_states(task, state_seed, episodes)]
@@ -146,7 +147,7 @@ def evaluate_to_dir(cfg: Any, policy: Any, window: int, out: str | Path, name: s
     """Evaluate ``policy`` at ``window`` (0: its own) on ``cfg.eval.episodes`` test states per task
     and write ``out/metrics.json`` (its ``policy`` field is ``name``). Returns the metrics."""
     with workers_own_cores(cfg.rollout.num_workers, cfg.device):
-        with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s) as engine:
+        with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, backend=cfg.rollout.backend, ray=cfg.ray) as engine:
             metrics = evaluate_policy(policy, cfg.env, cfg.eval.episodes, window, cfg.eval.mode, cfg.eval.seed, "test", engine=engine, latency_ms=cfg.eval.latency_ms)
     metrics["policy"] = name
     atomic_write_json(Path(out) / "metrics.json", metrics)

@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from policytrim.envs import worker_env_cap
 from policytrim.envs.base import InitialState
 from policytrim.policies.base import MODES, ChunkPolicy, Mode, window_bound
 from policytrim.rollout.types import Trajectories
@@ -66,6 +67,20 @@ def stable_seed(*parts: Any) -> int:
 def trajectory_seed(seed: int, state: InitialState, member: int) -> int:
     """Seed of the generator of member ``member`` of a group started from ``state``."""
     return stable_seed("policytrim-trajectory", seed, state.task, state.seed, state.index, member)
+
+
+def make_pool(env: Any, num_workers: int, env_factory: EnvFactory | None, max_envs: int, backend: str = "local", ray: Any = None) -> WorkerPool:
+    """The env workers of an engine: in-process (num_workers=0), local processes, or Ray actors."""
+    if backend == "ray":
+        from policytrim.config import RayConfig
+        from policytrim.rollout.ray_pool import RayPool
+
+        return RayPool(env, num_workers, ray if ray is not None else RayConfig(), env_factory, max_envs)
+    if backend != "local":
+        raise ValueError(f"backend must be local or ray, got {backend!r}")
+    if num_workers == 0:
+        return LocalPool(env, 1, env_factory, max_envs=max_envs)
+    return ProcessPool(env, num_workers, env_factory, max_envs=max_envs)
 
 
 class _Batch:
@@ -89,11 +104,15 @@ class RolloutEngine:
     """Runs groups of rollouts of a chunking policy on env workers. Also a context manager.
 
     num_workers=0 steps envs in this process (tests, debugging; no hang protection).
-    envs_per_worker caps the trajectories a worker runs at once (None: 32); the rest wait in a queue
-    and reuse the envs of finished ones. max_envs_per_worker bounds the envs a worker keeps, idle
-    ones included (None: max(32, envs_per_worker)); beyond it the longest-idle env of another
-    task is closed. A Meta-World env holds about 24 MB and takes 0.2 s to build: the cap trades
-    rebuilding envs when tasks rotate against memory (two workers at 32 envs: ~2.2 GB).
+    envs_per_worker caps the trajectories a worker runs at once (None: 32, or fewer when
+    `policytrim.envs.worker_env_cap` bounds the envs by memory, as for LIBERO, or
+    env.max_envs_per_worker is set); the rest wait in a queue and reuse the envs of finished ones.
+    max_envs_per_worker bounds the envs a worker keeps, idle ones included (None: that cap, else
+    max(32, envs_per_worker)); beyond it the longest-idle env of another task is closed. A
+    Meta-World env holds about 24 MB and takes 0.2 s to build: the cap trades rebuilding envs when
+    tasks rotate against memory (two workers at 32 envs: ~2.2 GB).
+    backend "local" runs workers as local processes, "ray" as Ray actors placed as ``ray`` (a
+    `policytrim.config.RayConfig`) says; see `make_pool`.
     env_factory (picklable) replaces `policytrim.envs.make_env`, e.g. to inject faults in tests.
     setup_timeout_s is added to the timeout of a request that resets envs (building them is slow).
     lanes splits each worker's trajectories into that many request streams: the worker steps one
@@ -112,11 +131,14 @@ class RolloutEngine:
         pipeline: bool = True,
         lanes: int = 2,
         max_envs_per_worker: int | None = None,
+        backend: str = "local",
+        ray: Any = None,
     ) -> None:
         if not (isinstance(num_workers, int) and num_workers >= 0):
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        cap = worker_env_cap(env, num_workers)  # memory-bound simulators (LIBERO) or env.max_envs_per_worker
         if envs_per_worker is None:
-            envs_per_worker = DEFAULT_ENVS_PER_WORKER
+            envs_per_worker = DEFAULT_ENVS_PER_WORKER if cap is None else min(DEFAULT_ENVS_PER_WORKER, cap)
         if not (isinstance(envs_per_worker, int) and envs_per_worker >= 1):
             raise ValueError(f"envs_per_worker must be an integer >= 1 or None, got {envs_per_worker!r}")
         if not step_timeout_s > 0:
@@ -130,11 +152,8 @@ class RolloutEngine:
         if not (isinstance(lanes, int) and lanes >= 1):
             raise ValueError(f"lanes must be an integer >= 1, got {lanes!r}")
         self.lanes = lanes
-        max_envs = max_envs_per_worker or max(DEFAULT_MAX_ENVS, envs_per_worker)
-        if num_workers == 0:
-            self._pool: WorkerPool = LocalPool(env, 1, env_factory, max_envs=max_envs)
-        else:
-            self._pool = ProcessPool(env, num_workers, env_factory, max_envs=max_envs)
+        max_envs = max_envs_per_worker or (max(DEFAULT_MAX_ENVS, envs_per_worker) if cap is None else max(cap, envs_per_worker))
+        self._pool: WorkerPool = make_pool(env, num_workers, env_factory, max_envs, backend, ray)
         self.replaced_workers = 0
         """Workers killed and replaced (timeouts, crashes) over the engine's lifetime."""
         self.warned_fault_kinds: set[str] = set()

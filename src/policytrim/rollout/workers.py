@@ -15,8 +15,9 @@ simulator fault (`PROGRAMMING_ERRORS`: AttributeError, TypeError, NameError, ...
 and replaced by the engine (`WorkerPool.restart`).
 
 Backends: `LocalPool` (in-process; tests and debugging; no hang protection) and `ProcessPool`
-(`multiprocessing` with the spawn context, one thread per worker). Another backend is another
-`WorkerPool` subclass with the same four methods (submit, wait, restart, close) around `EnvServer`.
+(`multiprocessing` with the spawn context, one thread per worker), and `policytrim.rollout.ray_pool.RayPool`
+(Ray actors, ``ray.wait``). Another backend is another `WorkerPool` subclass with the same four
+methods (submit, wait, restart, close) around `EnvServer`.
 
 This module imports no torch, so worker processes start light.
 """

@@ -16,6 +16,11 @@ checkpoint. Random numbers of an epoch (initial states, rollout noise) derive fr
 
 Seams (`TrainerSeams`, passed to `train`): the engine factory, the update function and a hook on
 every metrics record, so tests inject fakes by argument.
+
+Under torchrun the same loop is a data-parallel learner (`policytrim.train.distributed`): each rank
+rolls out its share of an epoch's groups, rewards, advantages and metrics are computed on every
+rank's outcomes, N in eq 4's 1/N counts every rank's trajectories and gradients are summed over
+ranks; validations, decisions and every write happen on rank 0. In one process each hook is a no-op.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from policytrim.preflight import check_preconditions
 from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.rollout.types import Trajectories
 from policytrim.runtime import device_of, workers_own_cores
+from policytrim.train import distributed
 from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, restore_best, save_checkpoint
 from policytrim.train.logger import MetricsLogger
 from policytrim.train.rundir import RunDir
@@ -78,13 +84,14 @@ def grpo_update(
     ``advantages`` [N]; ``valid`` bool [N] marks the trajectories of groups with signal (the others
     are left out of the loss and of N). Each step accumulates gradients over micro-batches of
     ``cfg.micro_batch_trajectories`` with N = all valid trajectories, so the micro-batch size
-    changes memory, never the maths.
+    changes memory, never the maths. Under torchrun ``traj`` is this rank's share, N counts every
+    rank's valid trajectories and the gradients are summed over ranks before clipping.
     """
     device = device_of(policy)
     params = [p for p in policy.parameters() if p.requires_grad]
     row_mask_all = traj.chunk_row_mask()
     ids = torch.nonzero(valid, as_tuple=False).flatten()
-    n = int(ids.numel())
+    n = distributed.global_sum(int(ids.numel()))  # N over every rank: the 1/N stays global under torchrun
     stats: dict[str, list[float]] = {k: [] for k in ("loss", "clip_frac", "approx_kl", "kl_ref", "ratio_max", "grad_norm")}
     skipped = 0
     logp_gap = 0.0
@@ -113,13 +120,15 @@ def grpo_update(
                 clip_low=cfg.clip_low,
                 clip_high=cfg.clip_high,
             )
-            # N = every valid trajectory of the batch: micro-batch gradients add up to the batch's
+            # N = every valid trajectory of the batch (all ranks): micro-batch and rank gradients add up to the batch's
             loss, diag = objective.reduce_grpo_loss(terms, cfg.kl_coef, num_trajectories=n)
             loss.backward()
             total = total + loss.detach()
             for key in diags:
                 if key in diag:
                     diags[key].append(float(diag[key]))
+        distributed.all_reduce_grads(params)  # summed: each rank's loss already carries the global 1/N
+        total = distributed.all_reduce_sum(total)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if not (torch.isfinite(total) and torch.isfinite(grad_norm)):
             skipped += 1  # NaN / inf: skip the step, never let it reach the weights
@@ -134,7 +143,8 @@ def grpo_update(
             if values:
                 stats[key].append(float(np.max(values) if key == "ratio_max" else np.mean(values)))
     out = {k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}
-    out.update(skipped_steps=skipped, logp_gap=logp_gap, update_trajectories=n)
+    out.update(distributed.mean_over_ranks({k: out[k] for k in ("clip_frac", "approx_kl", "kl_ref", "ratio_max")} | {"logp_gap": logp_gap}, maxed=("ratio_max", "logp_gap")))
+    out.update(skipped_steps=skipped, update_trajectories=n)
     return out
 
 
@@ -146,8 +156,9 @@ def grpo_update(
 class TrainerSeams:
     """What the trainer calls that a caller may replace (tests pass fakes here, by argument).
 
-    engine_factory: ``(env_cfg, num_workers, step_timeout_s, pipeline=bool) -> RolloutEngine``
-        (a context manager), e.g. ``functools.partial(RolloutEngine, env_factory=...)``.
+    engine_factory: ``(env_cfg, num_workers, step_timeout_s, pipeline=bool, backend=str, ray=RayConfig)
+        -> RolloutEngine`` (a context manager), e.g. ``functools.partial(RolloutEngine, env_factory=...)``;
+        ``backend`` and ``ray`` choose the env workers (`policytrim.rollout.engine.make_pool`).
     update: `grpo_update`'s signature and result.
     on_record: called with every metrics record after it is logged.
     """
@@ -178,8 +189,12 @@ def run_stage(stage: Stage, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, en
     scfg = stage.config
     stage_dir = run.stage_dir(stage.name)
     device = device_of(policy)
-    if not (stage_dir / "reference").exists():
-        save_policy_dir(policy, stage_dir / "reference")  # the policy that entered the stage
+
+    def save_reference() -> None:  # the policy that entered the stage (rank 0 decides: one check, one writer)
+        if not (stage_dir / "reference").exists():
+            save_policy_dir(policy, stage_dir / "reference")
+
+    distributed.on_main(save_reference)
     stage.begin(policy)
     ref_policy = None
     if scfg.kl_coef > 0:
@@ -195,60 +210,63 @@ def run_stage(stage: Stage, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, en
         state = {"failed_epochs": 0, **load_trainer_state(checkpoint, optimizer)}
         start_epoch = state["epoch"]
         # best/ may hold a policy written after this checkpoint by the run that was killed
-        restore_best(checkpoint, stage_dir / "best")
+        distributed.on_main(lambda: restore_best(checkpoint, stage_dir / "best"))
         log.info("resuming %s from %s (epoch %d)", stage.name, checkpoint, start_epoch)
-    run.truncate_metrics(stage.name, start_epoch)
+    distributed.on_main(lambda: run.truncate_metrics(stage.name, start_epoch))
     if state["start_eval"] is None:
-        state["start_eval"] = validate(policy, cfg, eval_window, engine, scfg.val_episodes)
+        state["start_eval"] = distributed.main_only(lambda: validate(policy, cfg, eval_window, engine, scfg.val_episodes))
         state["best"] = {"epoch": 0, **state["start_eval"]}
-        save_policy_dir(policy, stage_dir / "best")
+        distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))
         _log(logger, seams, {"stage": stage.name, "epoch": 0, "global_epoch": run.global_epoch(stage.name, 0), **{f"val_{k}": v for k, v in _scalars(state["start_eval"]).items()}})
 
     failed_epochs = int(state["failed_epochs"])
-    bar = tqdm(range(start_epoch, scfg.epochs), desc=stage.name, disable=not cfg.logging.progress, initial=start_epoch, total=scfg.epochs)
+    bar = tqdm(range(start_epoch, scfg.epochs), desc=stage.name, disable=not (cfg.logging.progress and distributed.is_main()), initial=start_epoch, total=scfg.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
         rng = np.random.default_rng(stable_seed(cfg.seed, stage.name, epoch, "starts"))
         starts = draw_starts(cfg, rng, epoch)
         windows = stage.assign_windows(len(starts), cfg.rollout.group_size)
         policy.eval()
-        traj = engine.run(policy, starts, cfg.rollout.group_size, windows, "train", stable_seed(cfg.seed, stage.name, epoch, "rollout"))
+        own = distributed.shard(len(starts))  # this rank's groups (all of them in one process)
+        traj = engine.run(policy, starts[own], cfg.rollout.group_size, windows[own], "train", stable_seed(cfg.seed, stage.name, epoch, "rollout"))
         t_rollout = time.perf_counter() - t0
-        if traj.num_groups == 0:  # every group lost to simulator faults: nothing to learn from
+        # every rank's outcomes (rewards, advantages and metrics over the whole epoch); mine: traj's rows
+        everyone, mine = distributed.gather_outcomes(traj, list(cfg.env.tasks))
+        if everyone.num_groups == 0:  # every group lost to simulator faults: nothing to learn from
             failed_epochs += 1
             if failed_epochs >= MAX_FAILED_EPOCHS:
                 raise RuntimeError(f"{stage.name}: every rollout group failed (simulator faults or worker timeouts) in {failed_epochs} epochs in a row; see the log")
         else:
             failed_epochs = 0
-        if traj.dropped_groups > cfg.rollout.max_dropped_fraction * len(starts):
-            kinds = ", ".join(f"{n} x {kind}" for kind, n in sorted(traj.fault_counts.items()))
+        if everyone.dropped_groups > cfg.rollout.max_dropped_fraction * len(starts):
+            kinds = ", ".join(f"{n} x {kind}" for kind, n in sorted(everyone.fault_counts.items()))
             raise RuntimeError(
-                f"{stage.name} epoch {epoch + 1}: {traj.dropped_groups} of {len(starts)} groups dropped ({kinds}), more than "
+                f"{stage.name} epoch {epoch + 1}: {everyone.dropped_groups} of {len(starts)} groups dropped ({kinds}), more than "
                 f"rollout.max_dropped_fraction={cfg.rollout.max_dropped_fraction:g}; see the log for the first fault of each kind"
             )
 
-        rewards, reward_terms = stage.rewards(traj)
+        rewards, reward_terms = stage.rewards(everyone)
         advantages, valid_groups = objective.group_advantages(rewards)
         policy.train()
         valid = valid_groups.repeat_interleave(cfg.rollout.group_size)
-        update = seams.update(policy, ref_policy, optimizer, traj, advantages.flatten(), valid, scfg)
+        update = seams.update(policy, ref_policy, optimizer, traj, advantages.flatten()[mine], valid[mine], scfg)
 
-        ok = traj.success.bool()
+        ok = everyone.success.bool()
         record: dict[str, Any] = {
             "stage": stage.name,
             "epoch": epoch + 1,
             "global_epoch": run.global_epoch(stage.name, epoch + 1),
-            "success_rate": ok.float().mean().item() if traj.num_trajectories else float("nan"),
-            "mean_steps": traj.steps[ok].float().mean().item() if ok.any() else float("nan"),
-            "mean_window": traj.window.float().mean().item() if traj.num_trajectories else float("nan"),
-            "mean_calls": traj.calls[ok].float().mean().item() if ok.any() else float("nan"),
+            "success_rate": ok.float().mean().item() if everyone.num_trajectories else float("nan"),
+            "mean_steps": everyone.steps[ok].float().mean().item() if ok.any() else float("nan"),
+            "mean_window": everyone.window.float().mean().item() if everyone.num_trajectories else float("nan"),
+            "mean_calls": everyone.calls[ok].float().mean().item() if ok.any() else float("nan"),
             **reward_terms,
             "valid_group_frac": valid_groups.float().mean().item() if valid_groups.numel() else 0.0,
             **update,
-            "dropped_groups": traj.dropped_groups,
-            **{f"faults_{kind}": n for kind, n in sorted(traj.fault_counts.items())},  # failed trajectories by kind
+            "dropped_groups": everyone.dropped_groups,
+            **{f"faults_{kind}": n for kind, n in sorted(everyone.fault_counts.items())},  # failed trajectories by kind
             "replaced_workers": engine.replaced_workers,  # so far, this process (hung or dead env workers)
-            "env_steps": traj.env_steps,
+            "env_steps": everyone.env_steps,
             "rollout_s": t_rollout,
             "epoch_s": time.perf_counter() - t0,
             **stage.epoch_record(),
@@ -256,29 +274,35 @@ def run_stage(stage: Stage, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, en
         last = epoch + 1 == scfg.epochs
         if (epoch + 1) % scfg.eval_every == 0 or last:
             policy.eval()
-            val = validate(policy, cfg, eval_window, engine, scfg.val_episodes)
+            val = distributed.main_only(lambda: validate(policy, cfg, eval_window, engine, scfg.val_episodes))
             record.update({f"val_{k}": v for k, v in _scalars(val).items()})
             if stage.is_better(val, state["best"], state["start_eval"]):
                 state["best"] = {"epoch": epoch + 1, **val}
-                save_policy_dir(policy, stage_dir / "best")
+                distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))
         _log(logger, seams, record)
         bar.set_postfix(SR=f"{record['success_rate']:.2f}", T=f"{record['mean_steps']:.0f}", k=f"{record['mean_window']:.1f}", C=f"{record['mean_calls']:.1f}")
         if (epoch + 1) % scfg.checkpoint_every == 0 or last:
             trainer_state = {"stage": stage.name, "best": state["best"], "start_eval": state["start_eval"], "failed_epochs": failed_epochs}
-            save_checkpoint(stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best")
+            distributed.on_main(lambda: save_checkpoint(stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best"))
     bar.close()
 
     policy.load_state_dict(load_policy(stage_dir / "best" / "policy").state_dict())
     policy.eval()
     outcome = stage.conclude(policy, engine, scfg.epochs, state["best"], state["start_eval"])
-    save_policy_dir(policy, stage_dir / "best")  # the best policy, carrying the stage's decision
+    distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))  # the best policy, carrying the stage's decision
     return outcome
 
 
-def _log(logger: MetricsLogger, seams: TrainerSeams, record: dict[str, Any]) -> None:
-    logger.log(record)
-    if seams.on_record is not None:
-        seams.on_record(record)
+def _log(logger: MetricsLogger | None, seams: TrainerSeams, record: dict[str, Any]) -> None:
+    """Log ``record`` and pass it to the seam's hook, on rank 0 only (``logger`` is None elsewhere)."""
+
+    def write() -> None:
+        if logger is not None:  # always, on rank 0
+            logger.log(record)
+        if seams.on_record is not None:
+            seams.on_record(record)
+
+    distributed.on_main(write)
 
 
 def save_policy_dir(policy: ChunkPolicy, path: Path) -> None:
@@ -313,8 +337,13 @@ def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "",
     stages = list(STAGES) if stage == "both" else [stage]
     check_preconditions(cfg, resume or cfg.logging.out)
     torch.manual_seed(cfg.seed)
-    with workers_own_cores(cfg.rollout.num_workers, cfg.device):
-        return _train(cfg, stage, stages, init, run, overwrite, seams or TrainerSeams())
+    joined = distributed.init_from_env(cfg.device)  # under torchrun: data-parallel learner
+    try:
+        with workers_own_cores(cfg.rollout.num_workers, cfg.device):
+            return _train(cfg, stage, stages, init, run, overwrite, seams or TrainerSeams())
+    finally:
+        if joined:
+            distributed.shutdown()
 
 
 # Settings of cfg.policy that must agree with the starting checkpoint: they describe its architecture
@@ -357,20 +386,22 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
         resolve_window(policy, cfg.stage2.window, "stage2.window")
     resume = run is not None
     if run is not None:
-        run.remove_temporaries()
-        run.set_status("running")  # it may say "interrupted"
+        distributed.on_main(run.remove_temporaries)
+        distributed.on_main(lambda: run.set_status("running"))  # it may say "interrupted"
     else:
-        run = RunDir.create(cfg.logging.out, cfg, {"stage": stage, "stages": stages, "init": str(init)}, overwrite=overwrite)
-    logger = MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume))
-    summary: dict[str, Any] = {"run_dir": str(run.path), "init": str(init), "stages": stages, "logging": logger.backends}
+        meta = {"stage": stage, "stages": stages, "init": str(init)}
+        distributed.on_main(lambda: RunDir.create(cfg.logging.out, cfg, meta, overwrite=overwrite))
+        run = RunDir.open(cfg.logging.out)
+    logger = MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume)) if distributed.is_main() else None
+    summary: dict[str, Any] = {"run_dir": str(run.path), "init": str(init), "stages": stages, "logging": logger.backends if logger else []}
     try:
-        with seams.engine_factory(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, pipeline=not cfg.rollout.lockstep) as engine:
+        with seams.engine_factory(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, pipeline=not cfg.rollout.lockstep, backend=cfg.rollout.backend, ray=cfg.ray) as engine:
             extended = None
             if stage1 is not None:
                 done = _completed(run, stage1.name, cfg.device)
                 if done is None:
                     extended = run_stage(stage1, policy, cfg, run, engine, logger, seams)
-                    run.write_json("extend/result.json", extended.to_json())
+                    distributed.on_main(lambda: run.write_json("extend/result.json", extended.to_json()))
                 else:
                     extended, policy = done
                 summary["extend"] = extended.to_json()
@@ -381,21 +412,24 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
                     budget = run.read_json("trim/budget.json")
                     if budget is None:
                         policy.eval()
-                        budget = calibrate_budget(policy, cfg, window, engine)
-                        run.write_json("trim/budget.json", budget)
+                        budget = distributed.main_only(lambda: calibrate_budget(policy, cfg, window, engine))
+                        distributed.on_main(lambda: run.write_json("trim/budget.json", budget))
                     trimmed = run_stage(Stage2(cfg, window, budget), policy, cfg, run, engine, logger, seams)
-                    run.write_json("trim/result.json", trimmed.to_json())
+                    distributed.on_main(lambda: run.write_json("trim/result.json", trimmed.to_json()))
                 else:
                     trimmed, policy = done
                 summary["trim"] = trimmed.to_json()
             summary["window"] = policy.default_window
-        save_policy_dir(policy, run.path / "final")
-        run.write_json("summary.json", summary)
-        run.set_status("complete")
-    except KeyboardInterrupt:
+        distributed.on_main(lambda: save_policy_dir(policy, run.path / "final"))
+        distributed.on_main(lambda: run.write_json("summary.json", summary))
+        distributed.on_main(lambda: run.set_status("complete"))
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank: rank 0 marks run.json, no collective call here
+        if not distributed.is_main():
+            raise
         raise run.interrupted() from None
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
     return summary
 
 

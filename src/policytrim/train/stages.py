@@ -39,6 +39,7 @@ from policytrim.policies import ChunkPolicy, resolve_window
 from policytrim.policies.base import window_bound
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.rollout.types import Trajectories
+from policytrim.train import distributed
 
 Metrics = dict[str, Any]  # a `validate` result: overall metrics + per-state success
 
@@ -248,7 +249,7 @@ class Stage1(Stage):
         return most_successful(candidate, best)
 
     def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics) -> StageOutcome:
-        choice = choose_window(policy, self.cfg, self.windows, engine)
+        choice = distributed.main_only(lambda: choose_window(policy, self.cfg, self.windows, engine))  # rank 0's, on every rank
         policy.mark_trained(self.name, choice["window"])
         return StageOutcome(self.name, epochs, self.eval_window, choice["window"], without_outcomes(best), without_outcomes(start), window_choice=choice)
 
