@@ -89,14 +89,17 @@ class EnvConfig:
         _require(len(set(seeds)) == 3, f"env.train_seed, env.val_seed and env.test_seed must be disjoint, got {seeds}")
 
 
+HEADS = ("gaussian", "flow", "token_parallel", "token_ar")
+
+
 @dataclass
 class PolicyConfig:
     """The built-in VLA-shaped chunk policy (or a scripted expert)."""
 
     kind: Literal["chunk", "expert"] = "chunk"
     """chunk: the built-in learned policy; expert: Meta-World's scripted experts (window 1)."""
-    head: Literal["gaussian", "flow"] = "gaussian"
-    """Action head: gaussian (exact log-prob) or flow (flow matching, Flow-SDE log-probs)."""
+    head: Literal["gaussian", "flow", "token_parallel", "token_ar"] = "gaussian"
+    """Action head: gaussian (exact log-prob), flow (flow matching, Flow-SDE log-probs), token_parallel (256 bins per dim, all tokens at once, OpenVLA-OFT) or token_ar (one token at a time, OpenVLA)."""
     chunk_size: int = 15
     """H: actions predicted per inference call."""
     default_window: int = 5
@@ -115,10 +118,18 @@ class PolicyConfig:
     """Initial log-std of the Gaussian head."""
     std_mode: Literal["fixed", "state"] = "fixed"
     """Gaussian head log-std: fixed (one learnable value per chunk row and action dim) or state (plus a linear function of the observation features)."""
+    token_bins: int = 256
+    """Token heads: uniform bins per action dim over the action bounds [-1, 1] (OpenVLA: 256)."""
+    token_temperature: float = 1.0
+    """Token heads: sampling temperature of the train and sampled modes (log-probs use the same)."""
+    token_dim: int = 64
+    """Token heads: transformer width."""
+    token_layers: int = 2
+    """Token heads: transformer blocks."""
 
     def __post_init__(self) -> None:
         _require(self.kind in ("chunk", "expert"), f"policy.kind must be chunk or expert, got {self.kind!r}")
-        _require(self.head in ("gaussian", "flow"), f"policy.head must be gaussian or flow, got {self.head!r}")
+        _require(self.head in HEADS, f"policy.head must be one of {', '.join(HEADS)}, got {self.head!r}")
         _require(isinstance(self.chunk_size, int) and 1 <= self.chunk_size <= 256, f"policy.chunk_size must be an integer in [1, 256], got {self.chunk_size!r}")
         _require(
             isinstance(self.default_window, int) and 1 <= self.default_window <= self.chunk_size,
@@ -129,6 +140,10 @@ class PolicyConfig:
         _in_range("policy.flow_noise", self.flow_noise, 0.0, 5.0)
         _in_range("policy.init_log_std", self.init_log_std, -10.0, 2.0)
         _require(self.std_mode in ("fixed", "state"), f"policy.std_mode must be fixed or state, got {self.std_mode!r}")
+        _require(isinstance(self.token_bins, int) and 2 <= self.token_bins <= 4096, f"policy.token_bins must be an integer in [2, 4096], got {self.token_bins!r}")
+        _require(isinstance(self.token_temperature, (int, float)) and 0 < self.token_temperature <= 10, f"policy.token_temperature must be in (0, 10], got {self.token_temperature!r}")
+        _require(isinstance(self.token_dim, int) and self.token_dim >= 8 and self.token_dim % 4 == 0, f"policy.token_dim must be a multiple of 4 (its attention heads) >= 8, got {self.token_dim!r}")
+        _require(isinstance(self.token_layers, int) and self.token_layers >= 1, f"policy.token_layers must be an integer >= 1, got {self.token_layers!r}")
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch
 
 Mode = Literal["train", "sampled", "deterministic"]
 MODES: tuple[str, ...] = ("train", "sampled", "deterministic")
+STAGES: tuple[str, ...] = ("extend", "trim")
 
 # Batched observations: the per-env observation dicts of `policytrim.envs.base` stacked along a
 # leading batch dimension and converted to tensors (state float32 [B, D], image uint8 [B, h, w, 3]).
@@ -91,3 +92,11 @@ class ChunkPolicy(Protocol):
     def save_pretrained(self, directory: str | Path) -> None:
         """Write safetensors weights + JSON config (atomically). Never pickle."""
         ...
+
+
+def supported_stages(policy: ChunkPolicy) -> tuple[str, ...]:
+    """The PolicyTrim stages a policy can run. Stage 1 (extend) executes windows longer than the
+    policy's own, so it needs a chunk longer than the executed window (max_window > default_window);
+    a policy that decodes exactly the k actions it executes (an OpenVLA-style autoregressive
+    policy with chunk size = window) runs Stage 2 (trim) only, the paper's Table 3 path."""
+    return STAGES if policy.max_window > policy.default_window else ("trim",)

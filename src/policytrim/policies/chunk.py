@@ -9,6 +9,9 @@ Architecture (one inference call = one forward pass = one chunk of H actions)::
 Heads (`policytrim.policies.heads`): a diagonal Gaussian (exact log-prob) or a flow-matching action
 expert with K denoising steps (Flow-SDE log-probs, `policytrim.policies.flow_sde`). Both work in
 normalised action space; actions returned are raw and clipped to the action bounds [-1, 1].
+Token heads (`policytrim.policies.tokens`): actions as 256 bins per dimension over the action
+bounds, decoded in parallel from placeholder queries (``token_parallel``, OpenVLA-OFT) or one token
+at a time (``token_ar``, OpenVLA); exact categorical log-probs.
 
 What `sample` returns per mode (``logp`` is [B, H], summed over action dims, in the policy's dtype):
 
@@ -20,9 +23,12 @@ sampled   same as train                              random noise, plain ODE; lo
 determ.   the mean; logp = density at the mean       zero noise, plain ODE; logp = 0
 ========  =========================================  =============================================
 
+Token heads: train and sampled draw each token from softmax(logits / policy.token_temperature),
+logp = the sum of the row's token log-probs; deterministic takes the argmax (logp = its log-prob).
+
 Only ``train``-mode log-probs enter GRPO. Replay data: Gaussian ``{"sample": [B, H, A]}`` (the
 pre-clip sample); flow ``{"x_t", "x_next": [B, H, A], "step": long [B]}`` (``step = -1`` outside
-train mode: there is no stochastic transition to score).
+train mode: there is no stochastic transition to score); tokens ``{"tokens": long [B, H, A]}``.
 
 Acting in three lines::
 
@@ -41,11 +47,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from policytrim.config import HEADS
 from policytrim.errors import InputError
 from policytrim.policies import flow_sde
-from policytrim.policies.base import MODES, ChunkSample, Mode, Observation
+from policytrim.policies.base import MODES, ChunkSample, Mode, Observation, supported_stages
 from policytrim.policies.checkpoint import check_state_dict, read_config, read_weights, save_checkpoint
 from policytrim.policies.heads import STD_MODES, FlowHead, GaussianHead, mlp
+from policytrim.policies.tokens import DEFAULT_BINS, TOKEN_HEADS, ActionBins, build_token_head, draw_uniforms
 from policytrim.policies.text import WORD_EMBEDDING, SENTENCE_ENCODERS, SentenceEncoder, WordEmbeddingEncoder, canonical_encoder_name
 
 FORMAT_VERSION = 1
@@ -121,11 +129,17 @@ class TinyVLA(nn.Module):
         action_std: Any = None,
         action_low: float = -1.0,
         action_high: float = 1.0,
+        token_bins: int = DEFAULT_BINS,
+        bin_edges: Sequence[float] | None = None,
+        token_temperature: float = 1.0,
+        token_dim: int = 64,
+        token_layers: int = 2,
+        token_heads: int = 4,
         _sentence_table: torch.Tensor | None = None,
     ):
         super().__init__()
-        if head not in ("gaussian", "flow"):
-            raise InputError(f"policy head must be gaussian or flow, got {head!r}")
+        if head not in HEADS:
+            raise InputError(f"policy head must be one of {', '.join(HEADS)}, got {head!r}")
         if not 1 <= default_window <= chunk_size:
             raise InputError(f"default_window must be in [1, chunk_size={chunk_size}], got {default_window}")
         if head == "flow" and flow_steps < 2:
@@ -145,6 +159,14 @@ class TinyVLA(nn.Module):
             raise InputError(f"policy std mode must be one of {', '.join(STD_MODES)}, got {std_mode!r}")
         self.std_mode = std_mode
         self.action_low, self.action_high = float(action_low), float(action_high)
+        if not (isinstance(token_temperature, (int, float)) and 0 < token_temperature <= 10):
+            raise InputError(f"token_temperature must be in (0, 10], got {token_temperature!r}")
+        self.token_temperature = float(token_temperature)
+        self.token_dim, self.token_layers, self.token_heads = int(token_dim), int(token_layers), int(token_heads)
+        # token heads: bins over the action bounds (the env's normalised range), kept in the spec
+        self.bins = ActionBins(bin_edges) if bin_edges is not None else ActionBins.uniform(self.action_low, self.action_high, int(token_bins))
+        if self.bins.count != int(token_bins):
+            raise InputError(f"bin_edges hold {self.bins.count} bins but token_bins is {token_bins}")
 
         # Statistics are part of the spec (config.json), not of the weights file.
         s_std = _stats(state_std, self.state_dim, 1.0, "state_std")
@@ -163,8 +185,10 @@ class TinyVLA(nn.Module):
         self.trunk = nn.Sequential(mlp([trunk_in] + [self.hidden_dim] * self.num_layers), nn.GELU())
         if head == "gaussian":
             self.head: nn.Module = GaussianHead(self.hidden_dim, self.chunk_size, self.action_dim, self.init_log_std, self.std_mode)
-        else:
+        elif head == "flow":
             self.head = FlowHead(self.hidden_dim, self.chunk_size, self.action_dim, self.hidden_dim, self.flow_layers)
+        else:
+            self.head = build_token_head(head, self.hidden_dim, self.chunk_size, self.action_dim, self.bins.count, self.token_dim, self.token_layers, self.token_heads)
 
     # ------------------------------------------------------------------ construction
 
@@ -197,6 +221,10 @@ class TinyVLA(nn.Module):
             flow_noise=policy_cfg.flow_noise,
             init_log_std=policy_cfg.init_log_std,
             std_mode=policy_cfg.std_mode,
+            token_bins=policy_cfg.token_bins,
+            token_temperature=policy_cfg.token_temperature,
+            token_dim=policy_cfg.token_dim,
+            token_layers=policy_cfg.token_layers,
             state_mean=state_mean,
             state_std=state_std,
             action_mean=action_mean,
@@ -232,6 +260,11 @@ class TinyVLA(nn.Module):
             "action_low": self.action_low,
             "action_high": self.action_high,
         }
+        if self.head_kind in TOKEN_HEADS:
+            spec.update(
+                token_bins=self.bins.count, bin_edges=self.bins.edges.tolist(), token_temperature=self.token_temperature,
+                token_dim=self.token_dim, token_layers=self.token_layers, token_heads=self.token_heads,
+            )
         if isinstance(self.text, WordEmbeddingEncoder):
             spec["vocabulary"] = list(self.text.vocabulary)
         return spec
@@ -282,6 +315,11 @@ class TinyVLA(nn.Module):
         policy.load_state_dict(tensors)
         policy.eval()
         return policy
+
+    @property
+    def supported_stages(self) -> tuple[str, ...]:
+        """PolicyTrim stages this policy can run (`policytrim.policies.base.supported_stages`)."""
+        return supported_stages(self)
 
     # ------------------------------------------------------------------ forward pieces
 
@@ -350,6 +388,13 @@ class TinyVLA(nn.Module):
             x = mean if mode == "deterministic" else mean + std * self._draw(generators, batch)
             logp = self._normal_logp(x, mean, std)
             replay = {"sample": x}
+        elif self.head_kind in TOKEN_HEADS:
+            n = self.chunk_size * self.action_dim
+            uniforms = None if mode == "deterministic" else draw_uniforms(generators, batch, n).to(self.device)
+            tokens = self.head.decode(context, uniforms, self.token_temperature)
+            logp = self.head.row_log_prob(self.head.logits(context, tokens), tokens, self.token_temperature)
+            x = self.bins.decode(tokens, self.dtype).reshape(batch, self.chunk_size, self.action_dim)
+            replay = {"tokens": tokens.reshape(batch, self.chunk_size, self.action_dim)}
         else:
             train = mode == "train"
             noise, step, eps = flow_sde.draw_sde_noise(
@@ -385,6 +430,12 @@ class TinyVLA(nn.Module):
             mean, std = self._gaussian(context)
             logp = self._normal_logp(replay["sample"].to(self.device, self.dtype), mean, std)
             return torch.where(row_mask, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+        if self.head_kind in TOKEN_HEADS:
+            if "tokens" not in replay:
+                raise ValueError(f"token replay needs 'tokens', got keys {sorted(replay)}")
+            tokens = replay["tokens"].to(self.device, torch.long).flatten(1)
+            logp = self.head.row_log_prob(self.head.logits(context, tokens), tokens, self.token_temperature)
+            return torch.where(row_mask, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
         missing = {"x_t", "x_next", "step"} - set(replay)
         if missing:
             raise ValueError(f"flow replay needs x_t, x_next and step, missing {sorted(missing)}")
@@ -408,13 +459,18 @@ class TinyVLA(nn.Module):
     ) -> torch.Tensor:
         """Behaviour cloning on demonstration chunks [B, H, A] (raw actions), averaged over the
         rows ``row_mask`` marks valid. Gaussian: negative log-likelihood per row (sum over dims).
-        Flow: flow matching, ‖v(x_t, t) − (noise − a)‖² per row with t ~ U(0, 1)."""
+        Flow: flow matching, ‖v(x_t, t) − (noise − a)‖² per row with t ~ U(0, 1). Tokens:
+        cross-entropy of the demonstration's bins per row (sum over dims, temperature 1; the
+        autoregressive head teacher-forced)."""
         context = self.encode(obs, instructions)
         actions = actions.to(self.device, self.dtype)
         mask = row_mask.to(device=self.device, dtype=self.dtype)
         if self.head_kind == "gaussian":
             mean, std = self._gaussian(context)
             per_row = -self._normal_logp(actions, mean, std)
+        elif self.head_kind in TOKEN_HEADS:
+            tokens = self.bins.encode(actions).flatten(1)
+            per_row = -self.head.row_log_prob(self.head.logits(context, tokens), tokens, 1.0)
         else:
             target_x = (actions - self.action_mean) / self.action_std
             b = actions.shape[0]

@@ -37,6 +37,7 @@ from policytrim.eval.evaluate import evaluate_policy
 from policytrim.eval.paired import paired_difference
 from policytrim.io import atomic_directory, kill_point
 from policytrim.policies import ChunkPolicy, load_policy
+from policytrim.policies.base import supported_stages
 from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.rollout.types import Trajectories
 from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, restore_best, save_checkpoint
@@ -400,6 +401,19 @@ def stage1_windows(cfg: RunConfig, policy: ChunkPolicy) -> tuple[int, ...]:
     return windows
 
 
+def check_stages(policy: ChunkPolicy, stages: list[str], where: str) -> None:
+    """InputError (one line) when ``stages`` asks for a stage the policy cannot run
+    (`policytrim.policies.base.supported_stages`)."""
+    supported = supported_stages(policy)
+    refused = [s for s in stages if s not in supported]
+    if refused:
+        raise InputError(
+            f"{where} cannot run Stage 1 (extend): it decodes exactly the window it executes (chunk size {policy.chunk_size}, "
+            f"window {policy.default_window}) and Stage 1 needs a chunk longer than the executed window; it supports "
+            f"--stage {' | '.join(supported)} (Stage 2 only, as for an autoregressive OpenVLA in the paper's Table 3)"
+        )
+
+
 def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "", overwrite: bool = False) -> dict[str, Any]:
     """Run PolicyTrim (``stage`` = extend | trim | both) from checkpoint ``init`` into
     ``cfg.logging.out``, or continue the run directory ``resume``. Returns the run summary."""
@@ -438,13 +452,15 @@ def cpu_threads(cfg: RunConfig):
 # recorded in config.yaml and used silently.
 ARCHITECTURE_FIELDS = ("head", "chunk_size", "default_window", "hidden_dim", "num_layers", "text_encoder", "std_mode")
 FLOW_FIELDS = ("flow_steps", "flow_noise")
+TOKEN_FIELDS = ("token_bins", "token_temperature", "token_dim", "token_layers")
 
 
 def check_architecture(cfg: RunConfig, spec: dict[str, Any], where: str) -> None:
     """InputError naming every cfg.policy setting that differs from checkpoint ``spec``."""
     from policytrim.policies.text import canonical_encoder_name
 
-    fields = ARCHITECTURE_FIELDS + (FLOW_FIELDS if spec.get("head") == "flow" else ())
+    head = spec.get("head")
+    fields = ARCHITECTURE_FIELDS + (FLOW_FIELDS if head == "flow" else TOKEN_FIELDS if str(head).startswith("token_") else ())
     expected = {"text_encoder": canonical_encoder_name(cfg.policy.text_encoder)}
     diff = [
         (name, spec.get(name), expected.get(name, getattr(cfg.policy, name)))
@@ -465,6 +481,7 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
         raise InputError("--init expert: the scripted experts have no weights to train; give a policy checkpoint directory")
     policy = load_policy(init)  # validates the checkpoint before anything is written
     check_architecture(cfg, policy.spec(), f"checkpoint {init!r}")
+    check_stages(policy, stages, f"checkpoint {init!r}")
     policy = policy.to(cfg.device)
     windows = stage1_windows(cfg, policy) if "extend" in stages else ()
     if cfg.stage2.window > policy.max_window:
@@ -521,7 +538,8 @@ def train_command(args) -> int:
     print(f"run directory: {summary['run_dir']}")
     for stage in summary["stages"]:
         best = summary[stage]["best"]
-        print(f"{stage}: best at epoch {best['epoch']}: SR {best['success_rate']:.3f}, steps {best['mean_steps']:.1f}, calls {best['calls_per_success']:.1f} (validation)")
+        steps, calls = (f"{best[k]:.1f}" if best[k] is not None else "-" for k in ("mean_steps", "calls_per_success"))
+        print(f"{stage}: best at epoch {best['epoch']}: SR {best['success_rate']:.3f}, steps {steps}, calls {calls} (validation)")
     if "extend" in summary:
         print(f"Stage 1 window choice: {summary['extend']['window_choice']['window']}")
     if "trim" in summary:
