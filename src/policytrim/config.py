@@ -118,6 +118,8 @@ class PolicyConfig:
     """Initial log-std of the Gaussian head."""
     std_mode: Literal["fixed", "state"] = "fixed"
     """Gaussian head log-std: fixed (one learnable value per chunk row and action dim) or state (plus a linear function of the observation features)."""
+    state_input: Literal["auto", "full", "proprio"] = "auto"
+    """State entries the policy reads: full (the simulator's whole state vector), proprio (the robot's own: Meta-World hand position and gripper, now and one step before) or auto (proprio when env.image, so an image policy sees the scene through its camera only; else full)."""
     token_bins: int = 256
     """Token heads: uniform bins per action dim over the action bounds [-1, 1] (OpenVLA: 256)."""
     token_temperature: float = 1.0
@@ -140,6 +142,7 @@ class PolicyConfig:
         _in_range("policy.flow_noise", self.flow_noise, 0.0, 5.0)
         _in_range("policy.init_log_std", self.init_log_std, -10.0, 2.0)
         _require(self.std_mode in ("fixed", "state"), f"policy.std_mode must be fixed or state, got {self.std_mode!r}")
+        _require(self.state_input in ("auto", "full", "proprio"), f"policy.state_input must be auto, full or proprio, got {self.state_input!r}")
         _require(isinstance(self.token_bins, int) and 2 <= self.token_bins <= 4096, f"policy.token_bins must be an integer in [2, 4096], got {self.token_bins!r}")
         _require(isinstance(self.token_temperature, (int, float)) and 0 < self.token_temperature <= 10, f"policy.token_temperature must be in (0, 10], got {self.token_temperature!r}")
         _require(isinstance(self.token_dim, int) and self.token_dim >= 8 and self.token_dim % 4 == 0, f"policy.token_dim must be a multiple of 4 (its attention heads) >= 8, got {self.token_dim!r}")
@@ -397,8 +400,22 @@ class RunConfig:
             f"stage2.window must be <= policy.chunk_size={h} (0 = from Stage 1), got {self.stage2.window}",
         )
         _require(self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device!r}")
+        _require(
+            self.policy.state_input != "proprio" or self.env.suite == "metaworld",
+            f"policy.state_input=proprio needs env.suite=metaworld (the gym adapter does not say which state entries are proprioception), got {self.env.suite!r}",
+        )
         if self.policy.kind == "expert":
             _require(self.policy.default_window == 1, "policy.kind=expert acts in closed loop: policy.default_window must be 1")
+
+    @property
+    def policy_state_dims(self) -> tuple[int, ...] | None:
+        """The state entries a new policy reads (`PolicyConfig.state_input`); None = all."""
+        proprio = self.policy.state_input == "proprio" or (self.policy.state_input == "auto" and self.env.image and self.env.suite == "metaworld")
+        if not proprio:
+            return None
+        from policytrim.envs.metaworld import PROPRIO_DIMS
+
+        return PROPRIO_DIMS
 
     @property
     def stage1_windows(self) -> tuple[int, ...]:

@@ -2,9 +2,13 @@
 
 Architecture (one inference call = one forward pass = one chunk of H actions)::
 
-    state [B, D] ─ normalise ─────────────┐
+    state [B, D] ─ normalise ─ state_dims ┐
     image [B, h, w, 3] uint8 ─ small CNN ─┼─ concat ─ MLP trunk ─ context [B, C] ─ head ─ [B, H, A]
     instruction ─ text encoder ───────────┘
+
+``state_dims`` (optional) picks the entries of the state the policy reads: an image policy reads
+only proprioception (`policytrim.envs.metaworld.PROPRIO_DIMS`) and sees the scene through the
+camera.
 
 Heads (`policytrim.policies.heads`): a diagonal Gaussian (exact log-prob) or a flow-matching action
 expert with K denoising steps (Flow-SDE log-probs, `policytrim.policies.flow_sde`). Both work in
@@ -118,6 +122,7 @@ class TinyVLA(nn.Module):
         vocabulary: Sequence[str] | None = None,
         image_shape: Sequence[int] | None = None,
         image_dim: int = 64,
+        state_dims: Sequence[int] | None = None,
         flow_steps: int = 10,
         flow_noise: float = 0.5,
         flow_layers: int = 3,
@@ -181,7 +186,11 @@ class TinyVLA(nn.Module):
         else:
             self.text = SentenceEncoder(self.text_encoder_name, instructions, self.text_dim, table=_sentence_table)
         self.image = ImageEncoder(self.image_shape, self.image_dim) if self.image_shape else None
-        trunk_in = self.state_dim + self.text_dim + (self.image_dim if self.image_shape else 0)
+        self.state_dims = [int(i) for i in state_dims] if state_dims is not None else None
+        if self.state_dims is not None and (not self.state_dims or not all(0 <= i < self.state_dim for i in self.state_dims)):
+            raise InputError(f"state_dims must be a non-empty list of indices in [0, {self.state_dim}), got {state_dims!r}")
+        self.register_buffer("_state_index", torch.tensor(self.state_dims if self.state_dims is not None else range(self.state_dim), dtype=torch.long), persistent=False)
+        trunk_in = int(self._state_index.numel()) + self.text_dim + (self.image_dim if self.image_shape else 0)
         self.trunk = nn.Sequential(mlp([trunk_in] + [self.hidden_dim] * self.num_layers), nn.GELU())
         if head == "gaussian":
             self.head: nn.Module = GaussianHead(self.hidden_dim, self.chunk_size, self.action_dim, self.init_log_std, self.std_mode)
@@ -204,8 +213,10 @@ class TinyVLA(nn.Module):
         action_mean: Any = None,
         action_std: Any = None,
         image_shape: Sequence[int] | None = None,
+        state_dims: Sequence[int] | None = None,
     ) -> "TinyVLA":
-        """A new policy from a `policytrim.config.PolicyConfig` and the dataset's sizes/statistics."""
+        """A new policy from a `policytrim.config.PolicyConfig` and the dataset's sizes/statistics;
+        ``state_dims``: the state entries it reads (None: all)."""
         return cls(
             state_dim=state_dim,
             action_dim=action_dim,
@@ -217,6 +228,7 @@ class TinyVLA(nn.Module):
             num_layers=policy_cfg.num_layers,
             text_encoder=policy_cfg.text_encoder,
             image_shape=image_shape,
+            state_dims=state_dims,
             flow_steps=policy_cfg.flow_steps,
             flow_noise=policy_cfg.flow_noise,
             init_log_std=policy_cfg.init_log_std,
@@ -260,6 +272,8 @@ class TinyVLA(nn.Module):
             "action_low": self.action_low,
             "action_high": self.action_high,
         }
+        if self.state_dims is not None:
+            spec["state_dims"] = list(self.state_dims)
         if self.head_kind in TOKEN_HEADS:
             spec.update(
                 token_bins=self.bins.count, bin_edges=self.bins.edges.tolist(), token_temperature=self.token_temperature,
@@ -339,7 +353,8 @@ class TinyVLA(nn.Module):
             raise InputError(f"obs['state'] must be [B, {self.state_dim}], got {tuple(state.shape)}")
         if len(instructions) != state.shape[0]:
             raise ValueError(f"got {len(instructions)} instructions for a batch of {state.shape[0]} observations")
-        parts = [(state.to(self.dtype) - self.state_mean) / self.state_std, self.text(instructions)]
+        normalised = (state.to(self.dtype) - self.state_mean) / self.state_std
+        parts = [normalised.index_select(1, self._state_index), self.text(instructions)]
         if self.image is not None:
             if "image" not in obs:
                 raise InputError(f"this policy needs obs['image'] (uint8 [B, {', '.join(map(str, self.image_shape))}]); run the env with image=True")
@@ -503,4 +518,4 @@ class TinyVLA(nn.Module):
 
     def extra_repr(self) -> str:
         params = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return f"head={self.head_kind}, H={self.chunk_size}, k={self.default_window}, text={self.text_encoder_name}, image={self.image_shape}, params={params}"
+        return f"head={self.head_kind}, H={self.chunk_size}, k={self.default_window}, text={self.text_encoder_name}, image={self.image_shape}, state_dims={self.state_dims}, params={params}"

@@ -181,13 +181,15 @@ def _load(data: Any) -> Any:
 
 
 def build_policy(cfg: RunConfig, data: ChunkData, train_rows: torch.Tensor) -> TinyVLA:
-    """A fresh TinyVLA sized for the data, with statistics from the training frames."""
+    """A fresh TinyVLA sized for the data, with statistics from the training frames; an image policy
+    reads only proprioception from the state (`RunConfig.policy_state_dims`)."""
     s_mean, s_std = _stats(data.state[train_rows])
     a_mean, a_std = _stats(data.actions[train_rows])
     image_shape = tuple(data.image.shape[1:]) if data.image is not None else None
     return TinyVLA.from_config(
         cfg.policy, data.state.shape[1], data.actions.shape[1], data.instructions,
         state_mean=s_mean, state_std=s_std, action_mean=a_mean, action_std=a_std, image_shape=image_shape,
+        state_dims=cfg.policy_state_dims,
     )
 
 
