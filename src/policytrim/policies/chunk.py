@@ -406,8 +406,8 @@ class TinyVLA(nn.Module):
         elif self.head_kind in TOKEN_HEADS:
             n = self.chunk_size * self.action_dim
             uniforms = None if mode == "deterministic" else draw_uniforms(generators, batch, n).to(self.device)
-            tokens = self.head.decode(context, uniforms, self.token_temperature)
-            logp = self.head.row_log_prob(self.head.logits(context, tokens), tokens, self.token_temperature)
+            tokens, logits = self.head.decode(context, uniforms, self.token_temperature)
+            logp = self.head.row_log_prob(logits, tokens, self.token_temperature)
             x = self.bins.decode(tokens, self.dtype).reshape(batch, self.chunk_size, self.action_dim)
             replay = {"tokens": tokens.reshape(batch, self.chunk_size, self.action_dim)}
         else:

@@ -142,9 +142,11 @@ class ParallelTokenHead(_TokenTransformer):
         queries = self.queries.unsqueeze(0).expand(context.shape[0], -1, -1)
         return self.run(context, queries, causal=False)[:, 1:]
 
-    def decode(self, context: torch.Tensor, uniforms: torch.Tensor | None, temperature: float) -> torch.Tensor:
-        """Tokens long [B, n]: argmax (uniforms None) or sampled at ``uniforms`` [B, n]."""
-        return pick_tokens(self.logits(context), uniforms, temperature)
+    def decode(self, context: torch.Tensor, uniforms: torch.Tensor | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens long [B, n], their logits [B, n, V]): argmax (uniforms None) or sampled at
+        ``uniforms`` [B, n], from one forward pass."""
+        logits = self.logits(context)
+        return pick_tokens(logits, uniforms, temperature), logits
 
 
 class AutoregressiveTokenHead(_TokenTransformer):
@@ -158,14 +160,16 @@ class AutoregressiveTokenHead(_TokenTransformer):
         """Teacher-forced logits [B, n, V]: position i sees tokens [B, n] 0..i-1 only."""
         return self.run(context, self.embed(tokens[:, : self.n - 1]), causal=True)
 
-    def decode(self, context: torch.Tensor, uniforms: torch.Tensor | None, temperature: float) -> torch.Tensor:
-        """Tokens long [B, n], one at a time (n forward passes over the growing prefix)."""
+    def decode(self, context: torch.Tensor, uniforms: torch.Tensor | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens long [B, n], their teacher-forced logits [B, n, V]): tokens one at a time (n
+        forward passes over the growing prefix), then the logits as `logits` computes them, so a
+        recorded log-prob and its recomputation are the same computation."""
         tokens = torch.zeros(context.shape[0], 0, dtype=torch.long, device=context.device)
         for i in range(self.n):
             last = self.run(context, self.embed(tokens), causal=True)[:, -1]
             u = None if uniforms is None else uniforms[:, i]
             tokens = torch.cat([tokens, pick_tokens(last, u, temperature).unsqueeze(1)], dim=1)
-        return tokens
+        return tokens, self.logits(context, tokens)
 
 
 def build_token_head(kind: str, context_dim: int, chunk_size: int, action_dim: int, bins: int, dim: int, layers: int, heads: int) -> _TokenTransformer:
