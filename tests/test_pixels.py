@@ -83,6 +83,18 @@ def test_rendering_only_the_observations_a_chunk_starts_from_changes_nothing():
     assert lazy.obs["image"].float().std() > 0  # real frames, not blanks
 
 
+def test_train_refuses_an_image_policy_without_images_before_writing(tmp_path, capsys):
+    policy = TinyVLA(state_dim=39, action_dim=4, chunk_size=4, default_window=2, instructions=["push the drawer closed"], hidden_dim=16, num_layers=1, image_shape=(32, 32, 3))
+    policy.save_pretrained(tmp_path / "p")
+    flags = ["--init", str(tmp_path / "p"), "--env.tasks", TASK, "--policy.hidden-dim", "16", "--policy.num-layers", "1", "--policy.chunk-size", "4", "--policy.default-window", "2", "--stage", "trim"]
+    for extra, message in (([], "no --env.image"), (["--env.image", "--env.image-size", "64"], "--env.image-size 64")):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", *flags, *extra, "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and message in err[0] and "--env.image-size 32" in err[0], err
+        assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_collect_pretrain_train_eval_from_64px_images(tmp_path, capsys):
     common = [

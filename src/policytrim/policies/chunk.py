@@ -357,7 +357,7 @@ class TinyVLA(nn.Module):
         parts = [normalised.index_select(1, self._state_index), self.text(instructions)]
         if self.image is not None:
             if "image" not in obs:
-                raise InputError(f"this policy needs obs['image'] (uint8 [B, {', '.join(map(str, self.image_shape))}]); run the env with image=True")
+                raise InputError(f"this policy needs obs['image'] (uint8 [B, {', '.join(map(str, self.image_shape))}]); run the env with images (--env.image --env.image-size {self.image_shape[0]})")
             parts.append(self.image(torch.as_tensor(obs["image"], device=self.device)))
         return self.trunk(torch.cat(parts, dim=-1))
 

@@ -414,6 +414,14 @@ def check_stages(policy: ChunkPolicy, stages: list[str], where: str) -> None:
         )
 
 
+def check_observations(policy: ChunkPolicy, env_cfg: Any, where: str) -> None:
+    """InputError (one line) when the env would not render the image the policy reads."""
+    shape = getattr(policy, "image_shape", None)
+    if shape and (not env_cfg.image or tuple(shape) != (env_cfg.image_size, env_cfg.image_size, 3)):
+        have = f"--env.image-size {env_cfg.image_size}" if env_cfg.image else "no --env.image"
+        raise InputError(f"{where} acts from {shape[0]}x{shape[1]} px images but the config has {have}; pass --env.image --env.image-size {shape[0]}")
+
+
 def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "", overwrite: bool = False) -> dict[str, Any]:
     """Run PolicyTrim (``stage`` = extend | trim | both) from checkpoint ``init`` into
     ``cfg.logging.out``, or continue the run directory ``resume``. Returns the run summary."""
@@ -482,6 +490,7 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
     policy = load_policy(init)  # validates the checkpoint before anything is written
     check_architecture(cfg, policy.spec(), f"checkpoint {init!r}")
     check_stages(policy, stages, f"checkpoint {init!r}")
+    check_observations(policy, cfg.env, f"checkpoint {init!r}")
     policy = policy.to(cfg.device)
     windows = stage1_windows(cfg, policy) if "extend" in stages else ()
     if cfg.stage2.window > policy.max_window:
