@@ -40,6 +40,23 @@ def test_state_dims_policy_ignores_the_other_state_entries():
     assert TinyVLA.from_spec(policy.spec()).state_dims == list(PROPRIO_DIMS)
 
 
+def test_random_shift_moves_each_image_by_at_most_pad_pixels():
+    from policytrim.train.bc import random_shift
+
+    ramp = (torch.arange(16).reshape(1, 16, 1, 1) * 16 + torch.arange(16).reshape(1, 1, 16, 1)).expand(64, 16, 16, 3).to(torch.uint8)
+    out = random_shift(ramp, 2, torch.Generator().manual_seed(0))
+    assert out.shape == ramp.shape and out.dtype == torch.uint8
+    assert torch.equal(random_shift(ramp, 0), ramp)
+    # the centre pixel (row 8, col 8 = 136) lands on a neighbour at most 2 rows / cols away
+    dy, dx = out[:, 8, 8, 0].long() // 16 - 8, out[:, 8, 8, 0].long() % 16 - 8
+    assert dy.abs().max() <= 2 and dx.abs().max() <= 2 and len(set(zip(dy.tolist(), dx.tolist()))) > 10
+    # a shift moves the whole image: each output is the input translated (edges repeated)
+    for i in range(4):
+        y, x = int(dy[i]), int(dx[i])
+        want = ramp[0, (torch.arange(16) + y).clamp(0, 15)][:, (torch.arange(16) + x).clamp(0, 15)]
+        assert torch.equal(out[i], want)
+
+
 class RenderEveryStep:
     """Env factory (picklable) whose envs render every step, as the adapter did before
     `observes_on_demand`: the reference the on-demand rollouts must match exactly."""

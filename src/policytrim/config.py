@@ -346,6 +346,8 @@ class PretrainConfig:
     """Fraction of demonstration episodes held out for validation loss."""
     eval_episodes: int = 20
     """Episodes per task for the final success-rate check on validation states."""
+    image_shift: int = 4
+    """Image policies: random-shift augmentation (DrQ) of each training image by up to this many pixels; 0 = off."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.iterations, int) and self.iterations >= 1, f"pretrain.iterations must be an integer >= 1, got {self.iterations!r}")
@@ -353,6 +355,7 @@ class PretrainConfig:
         _require(isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, f"pretrain.lr must be in (0, 1], got {self.lr!r}")
         _in_range("pretrain.val_fraction", self.val_fraction, 0.0, 0.9)
         _require(isinstance(self.eval_episodes, int) and self.eval_episodes >= 0, f"pretrain.eval_episodes must be an integer >= 0, got {self.eval_episodes!r}")
+        _require(isinstance(self.image_shift, int) and 0 <= self.image_shift <= 32, f"pretrain.image_shift must be an integer in [0, 32], got {self.image_shift!r}")
 
 
 @dataclass
