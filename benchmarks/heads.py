@@ -18,9 +18,9 @@ Resumable: the demonstrations are collected once; each head's result is written 
 head, every phase is skipped when its output exists (training resumes from its last checkpoint).
 The table (heads.md / heads.json) is rebuilt from the result files after every head.
 
-Expected runtime on 2 cores: collection ~3 min, then per head ~35-50 min (BC 1-8 min: the token
-heads' transformer costs more per iteration; Stage 1 60 + Stage 2 120 epochs; evaluation ~5 min),
-the autoregressive head's calls cost ~n = H·A forward passes each: about 3 hours for all four.
+Expected runtime on 2 quiet cores: collection ~3 min, then per head ~35-50 min (BC 1 min for the
+Gaussian head, 2 for flow, ~5-8 for the token heads; Stage 1 60 + Stage 2 120 epochs; evaluation
+~5 min; each autoregressive call is H·A = 20 forward passes): about 3 hours for all four.
 ``--tiny``: a ~3 minute check of the script (writes into WORK only).
 """
 
@@ -38,9 +38,13 @@ from mw8 import Phases
 HEADS: dict[str, dict[str, Any]] = {
     "gaussian": {"policy": {"head": "gaussian", "std_mode": "state"}},
     "flow": {"policy": {"head": "flow", "flow_steps": 10}},
-    "token_parallel": {"policy": {"head": "token_parallel"}},
-    "token_ar": {"policy": {"head": "token_ar", "chunk_size": 5, "default_window": 5}},
+    "token_parallel": {"policy": {"head": "token_parallel"}, "pretrain": {"batch_size": 64}},
+    "token_ar": {"policy": {"head": "token_ar", "chunk_size": 5, "default_window": 5}, "pretrain": {"batch_size": 64}},
 }
+# The token heads' BC runs at batch 64 (the others at the preset's 256): their transformer over H·A
+# tokens costs ~30x the Gaussian head per chunk (measured on 2 shared cores: 1.05 s vs 31 ms per
+# batch-256 iteration for token_parallel at H = 15), and 10000 iterations at batch 256 would take
+# about half an hour per head.
 # Shared by every head, fixed before measuring: MW-8's demonstrations and BC settings (mw8 preset),
 # MW-8's trainer settings with fewer epochs (4 heads must fit an afternoon), 50 test states per task.
 TRAINER: dict[str, Any] = {

@@ -124,7 +124,7 @@ class PolicyConfig:
     """Token heads: uniform bins per action dim over the action bounds [-1, 1] (OpenVLA: 256)."""
     token_temperature: float = 1.0
     """Token heads: sampling temperature of the train and sampled modes (log-probs use the same)."""
-    token_dim: int = 64
+    token_dim: int = 32
     """Token heads: transformer width."""
     token_layers: int = 2
     """Token heads: transformer blocks."""

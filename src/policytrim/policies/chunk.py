@@ -137,7 +137,7 @@ class TinyVLA(nn.Module):
         token_bins: int = DEFAULT_BINS,
         bin_edges: Sequence[float] | None = None,
         token_temperature: float = 1.0,
-        token_dim: int = 64,
+        token_dim: int = 32,
         token_layers: int = 2,
         token_heads: int = 4,
         _sentence_table: torch.Tensor | None = None,
