@@ -20,7 +20,7 @@ The table (heads.md / heads.json) is rebuilt from the result files after every h
 
 Expected runtime on 2 quiet cores: collection ~3 min, then per head ~35-50 min (BC 1 min for the
 Gaussian head, 2 for flow, ~5-8 for the token heads; Stage 1 60 + Stage 2 120 epochs; evaluation
-~5 min; each autoregressive call is H·A = 20 forward passes): about 3 hours for all four.
+~5 min; each autoregressive call is H·A = 20 one-token steps): about 3 hours for all four.
 ``--tiny``: a ~3 minute check of the script (writes into WORK only).
 """
 

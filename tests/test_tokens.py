@@ -123,3 +123,16 @@ def test_bin_edges_are_in_the_spec_and_change_decoding(tmp_path):
     assert "bin_edges" not in make_policy("gaussian").spec()  # other heads' specs are unchanged
     with pytest.raises(InputError, match="bin_edges hold 16 bins but token_bins is 8"):
         type(policy).from_spec({**spec, "token_bins": 8})
+
+
+def test_kv_cache_steps_give_the_teacher_forced_logits():
+    policy = make_policy("token_ar").double()
+    obs, ins = make_batch(3)
+    ctx = policy.encode(obs, ins)
+    tokens = torch.randint(0, 256, (3, H * A), generator=torch.Generator().manual_seed(2))
+    full = policy.head.logits(ctx, tokens)
+    caches = [[] for _ in policy.head.blocks]
+    x = policy.head.context(ctx)
+    for i in range(H * A):
+        assert torch.allclose(policy.head.step(x, i, caches), full[:, i], atol=1e-10), i
+        x = policy.head.embed(tokens[:, i])

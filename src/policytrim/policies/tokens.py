@@ -12,8 +12,9 @@ observation context [B, C]:
 - `ParallelTokenHead` (OpenVLA-OFT style): n learned placeholder queries after the context token,
   bidirectional attention, all n tokens predicted in one forward pass.
 - `AutoregressiveTokenHead` (OpenVLA style): token i is predicted from the context and tokens
-  0..i-1 under a causal mask; sampling runs n forward passes (the prefix is recomputed each time:
-  no KV-cache, the model is tiny and this keeps sampling and scoring the same computation).
+  0..i-1 under a causal mask; sampling runs n one-token steps with a KV-cache, then scores the
+  tokens with one teacher-forced causal pass (what `logits` computes), so a recorded log-prob and
+  the learner's recomputation are the same computation.
 
 Probabilities. Sampling (``train`` and ``sampled`` modes) draws each token from
 softmax(logits / temperature) by inverse CDF on uniforms the caller draws per row (so a row's
@@ -94,9 +95,15 @@ class _Block(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool, cache: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """x [B, n, d]. With ``cache`` (a list, empty at the first call): x holds the next position(s)
+        only, keys and values of the earlier ones come from the cache, which is extended in place."""
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            if cache:
+                k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+            cache[:] = [k, v]
         att = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         x = x + self.proj(att.transpose(1, 2).reshape(b, n, d))
         return x + self.mlp(self.norm2(x))
@@ -124,6 +131,13 @@ class _TokenTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, causal)
         return self.out(self.norm(x))
+
+    def step(self, x: torch.Tensor, position: int, caches: list[list[torch.Tensor]]) -> torch.Tensor:
+        """One more position: its input [B, dim] -> its logits [B, V], attending to the cached ones."""
+        h = (x + self.position[position]).unsqueeze(1)
+        for block, cache in zip(self.blocks, caches):
+            h = block(h, causal=False, cache=cache)  # one query: it may see every cached position
+        return self.out(self.norm(h))[:, 0]
 
     def row_log_prob(self, logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
         """logits [B, n, V], tokens [B, n] -> per-row log-probs [B, H] (sum over the A dims)."""
@@ -162,13 +176,16 @@ class AutoregressiveTokenHead(_TokenTransformer):
 
     def decode(self, context: torch.Tensor, uniforms: torch.Tensor | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens long [B, n], their teacher-forced logits [B, n, V]): tokens one at a time (n
-        forward passes over the growing prefix), then the logits as `logits` computes them, so a
+        one-position steps with a KV-cache), then the logits as `logits` computes them, so a
         recorded log-prob and its recomputation are the same computation."""
-        tokens = torch.zeros(context.shape[0], 0, dtype=torch.long, device=context.device)
+        caches: list[list[torch.Tensor]] = [[] for _ in self.blocks]
+        x = self.context(context)
+        picked = []
         for i in range(self.n):
-            last = self.run(context, self.embed(tokens), causal=True)[:, -1]
             u = None if uniforms is None else uniforms[:, i]
-            tokens = torch.cat([tokens, pick_tokens(last, u, temperature).unsqueeze(1)], dim=1)
+            picked.append(pick_tokens(self.step(x, i, caches), u, temperature))
+            x = self.embed(picked[-1])
+        tokens = torch.stack(picked, dim=1)
         return tokens, self.logits(context, tokens)
 
 
