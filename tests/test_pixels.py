@@ -112,6 +112,26 @@ def test_train_refuses_an_image_policy_without_images_before_writing(tmp_path, c
         assert not (tmp_path / "run").exists()
 
 
+def test_perturbed_image_envs_render_on_demand_too():
+    """Blur / occlusion wrap the adapter: chunk-start images are still rendered, and perturbed."""
+    from policytrim.eval.robustness import Perturbation, PerturbedEnvFactory
+
+    env_cfg = EnvConfig(tasks=(TASK,), horizon=9, image=True, image_size=32)
+    policy = TinyVLA(
+        state_dim=39, action_dim=4, chunk_size=4, default_window=3, instructions=["push the drawer closed"], hidden_dim=16,
+        num_layers=1, image_shape=(32, 32, 3), state_dims=PROPRIO_DIMS,
+    )
+    starts = initial_states(TASK, 0, 1)
+    runs = []
+    for factory in (None, PerturbedEnvFactory(Perturbation("occ", occlusion=0.5))):
+        with RolloutEngine(env_cfg, num_workers=0, env_factory=factory) as engine:
+            runs.append(engine.run(policy, starts, 2, torch.tensor([[3, 3]]), "deterministic", seed=1))
+    clean, occluded = runs
+    assert clean.num_chunks == occluded.num_chunks == 6
+    grey = (occluded.obs["image"] == 127).all(-1).flatten(1).sum(1)
+    assert (grey >= 0.4 * 32 * 32).all() and not torch.equal(clean.obs["image"], occluded.obs["image"])
+
+
 @pytest.mark.slow
 def test_collect_pretrain_train_eval_from_64px_images(tmp_path, capsys):
     common = [
