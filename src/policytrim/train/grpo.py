@@ -401,24 +401,20 @@ def stage1_windows(cfg: RunConfig, policy: ChunkPolicy) -> tuple[int, ...]:
     return windows
 
 
-def check_stages(policy: ChunkPolicy, stages: list[str], where: str) -> None:
-    """InputError (one line) when ``stages`` asks for a stage the policy cannot run
-    (`policytrim.policies.base.supported_stages`)."""
+def check_policy_for_run(policy: ChunkPolicy, cfg: RunConfig, stages: list[str], where: str) -> None:
+    """InputError (one line), before anything is written, when the policy cannot run what was asked:
+    a stage it does not support (`policytrim.policies.base.supported_stages`: Stage 1 needs a chunk
+    longer than the executed window), or an env config that would not render the image it reads."""
     supported = supported_stages(policy)
-    refused = [s for s in stages if s not in supported]
-    if refused:
+    if any(s not in supported for s in stages):
         raise InputError(
             f"{where} cannot run Stage 1 (extend): it decodes exactly the window it executes (chunk size {policy.chunk_size}, "
             f"window {policy.default_window}) and Stage 1 needs a chunk longer than the executed window; it supports "
             f"--stage {' | '.join(supported)} (Stage 2 only, as for an autoregressive OpenVLA in the paper's Table 3)"
         )
-
-
-def check_observations(policy: ChunkPolicy, env_cfg: Any, where: str) -> None:
-    """InputError (one line) when the env would not render the image the policy reads."""
     shape = getattr(policy, "image_shape", None)
-    if shape and (not env_cfg.image or tuple(shape) != (env_cfg.image_size, env_cfg.image_size, 3)):
-        have = f"--env.image-size {env_cfg.image_size}" if env_cfg.image else "no --env.image"
+    if shape and (not cfg.env.image or tuple(shape) != (cfg.env.image_size, cfg.env.image_size, 3)):
+        have = f"--env.image-size {cfg.env.image_size}" if cfg.env.image else "no --env.image"
         raise InputError(f"{where} acts from {shape[0]}x{shape[1]} px images but the config has {have}; pass --env.image --env.image-size {shape[0]}")
 
 
@@ -489,8 +485,7 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
         raise InputError("--init expert: the scripted experts have no weights to train; give a policy checkpoint directory")
     policy = load_policy(init)  # validates the checkpoint before anything is written
     check_architecture(cfg, policy.spec(), f"checkpoint {init!r}")
-    check_stages(policy, stages, f"checkpoint {init!r}")
-    check_observations(policy, cfg.env, f"checkpoint {init!r}")
+    check_policy_for_run(policy, cfg, stages, f"checkpoint {init!r}")
     policy = policy.to(cfg.device)
     windows = stage1_windows(cfg, policy) if "extend" in stages else ()
     if cfg.stage2.window > policy.max_window:
