@@ -39,7 +39,7 @@ from policytrim.machine import describe_machine
 
 # Trainer settings for MW-8, fixed before measuring. The reasons:
 # - 16 groups per epoch = 2 groups per task, G = 8 (the paper's group size).
-# - Stage 1 at lr 3e-4 (FINDINGS: suits Stage 1); Stage 2 at 1e-4 (at long windows 3e-4 overshot
+# - Stage 1 at lr 3e-4 (chosen in tuning runs before this measurement); Stage 2 at 1e-4 (at long windows 3e-4 overshot
 #   and lost SR; 1e-4 held it); Stage 2 gets twice the epochs because its reward keeps a signal.
 # - 25 validation states per task (200 per evaluation) so that the 2-point window tolerance and
 #   the best-checkpoint choice are not decided by noise alone; Stage 2's best checkpoint must stay

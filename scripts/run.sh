@@ -3,27 +3,55 @@
 #   bash scripts/run.sh demo [flags]   the embedded demo (policytrim demo)
 #   bash scripts/run.sh test [args]    the test suite (pytest)
 #   bash scripts/run.sh setup          only set up .venv
+#   bash scripts/run.sh test-libero [args]  the LIBERO tests in .venv-libero (set up on demand)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what=${1:-}
-case "$what" in demo|test|setup) shift ;; *) echo "usage: bash scripts/run.sh demo|test|setup [args]" >&2; exit 2 ;; esac
+case "$what" in demo|test|setup|test-libero) shift ;; *) echo "usage: bash scripts/run.sh demo|test|setup|test-libero [args]" >&2; exit 2 ;; esac
 
 python=${PYTHON:-python3}
 stamp=.venv/.policytrim-installed
 want=$(cat pyproject.toml scripts/run.sh | "$python" -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())")
-if [ ! -x .venv/bin/python ]; then
+if [ "$what" != test-libero ] && [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+if [ "$what" != test-libero ] && [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setting up .venv (torch CPU build first, so pip never pulls a CUDA build) ..." >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve]"
   echo "$want" > "$stamp"
 fi
+# The tests also cover the Ray backend (policytrim[ray]: ~22 s, ~240 MB here); the demo does not need it.
+if [ "$what" = test ] && [ "$(cat "$stamp-ray" 2>/dev/null)" != "$want" ]; then
+  echo "installing Ray for the Ray backend's tests ..." >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve,ray]"
+  echo "$want" > "$stamp-ray"
+fi
+
+# LIBERO lives in its own venv (.venv-libero: robosuite, mujoco, ~1.3 GB of assets on top of torch),
+# set up on demand; its tests run after a full-suite run (no test paths given), unless
+# POLICYTRIM_LIBERO_TESTS=0. Measured here (2 cores, load ~8): setup 161 s, tests/test_libero.py 88 s.
+libero_tests() {
+  local lstamp=.venv-libero/.policytrim-installed
+  if [ ! -x .venv-libero/bin/python ]; then "$python" -m venv .venv-libero; fi
+  if [ "$(cat "$lstamp" 2>/dev/null)" != "$want" ]; then
+    echo "setting up .venv-libero (torch CPU build, policytrim[dev,libero]) ..." >&2
+    .venv-libero/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+    .venv-libero/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,libero]"
+    echo "$want" > "$lstamp"
+  fi
+  .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py "$@"
+}
+
+full_suite=1
+for arg in "$@"; do case "$arg" in -*) ;; *) full_suite=0 ;; esac; done
 
 case "$what" in
   demo) exec .venv/bin/policytrim demo "$@" ;;
-  test) exec .venv/bin/python -m pytest -q "$@" ;;
+  test)
+    .venv/bin/python -m pytest -q "$@"
+    if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_LIBERO_TESTS:-1}" != 0 ]; then libero_tests; fi ;;
   setup) echo "ready: .venv/bin/policytrim" ;;
+  test-libero) libero_tests "$@" ;;
 esac

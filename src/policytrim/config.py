@@ -9,6 +9,7 @@ Bad values raise `ConfigError` (a ValueError) saying what is wrong and what is a
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import types
@@ -53,10 +54,10 @@ def _positive(name: str, value: float) -> None:
 class EnvConfig:
     """Simulator and initial states."""
 
-    suite: Literal["metaworld", "gym"] = "metaworld"
-    """Simulator adapter: metaworld (embedded) or gym (any gymnasium env reporting info['success'])."""
+    suite: Literal["metaworld", "gym", "libero"] = "metaworld"
+    """Simulator adapter: metaworld (embedded), gym (any gymnasium env reporting info['success']) or libero (extra policytrim[libero])."""
     tasks: Annotated[tuple[str, ...], tyro.conf.arg(aliases=("--tasks",))] = ("push-v3",)
-    """Meta-World v3 task names and/or sets (MW8, MT10, MT50)."""
+    """Meta-World v3 task names and/or sets (MW8, MT10, MT50); for suite=libero, LIBERO suites (libero_object, ...) and/or '<suite>/<task>' names."""
     gym_id: str = ""
     """gymnasium env id, for suite=gym."""
     horizon: int = 200
@@ -73,12 +74,28 @@ class EnvConfig:
     """Seed of the validation initial states (window choice, budget, best checkpoint)."""
     test_seed: int = 2
     """Seed of the test initial states (every reported number)."""
+    libero_max_steps: Literal["openpi", "paper", "env"] = "openpi"
+    """suite=libero: the horizon preset: openpi (per suite 220/280/300/520/400, the published protocol), paper (160/160/240/400) or env (env.horizon)."""
+    libero_published_test: bool = False
+    """suite=libero: the test split is all 50 init states per task, in order (the published protocol; overlaps train/val: only for checkpoints not trained here)."""
+    max_envs_per_worker: int = 0
+    """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO as many as fit in half the free memory."""
 
     def __post_init__(self) -> None:
-        _require(self.suite in ("metaworld", "gym"), f"env.suite must be metaworld or gym, got {self.suite!r}")
+        _require(self.suite in ("metaworld", "gym", "libero"), f"env.suite must be metaworld, gym or libero, got {self.suite!r}")
+        _require(isinstance(self.max_envs_per_worker, int) and 0 <= self.max_envs_per_worker <= 4096, f"env.max_envs_per_worker must be an integer in [0, 4096] (0 = automatic), got {self.max_envs_per_worker!r}")
         if self.suite == "metaworld":
             try:
                 self.tasks = resolve_tasks(list(self.tasks))
+            except InputError as exc:
+                raise ConfigError(f"env.tasks: {exc}") from None
+        elif self.suite == "libero":
+            from policytrim.envs.libero import max_steps, resolve_libero_tasks
+
+            try:
+                self.tasks = resolve_libero_tasks(list(self.tasks))
+                if self.libero_max_steps != "env":
+                    self.horizon = max_steps(self.tasks, self.libero_max_steps)
             except InputError as exc:
                 raise ConfigError(f"env.tasks: {exc}") from None
         else:
@@ -103,7 +120,7 @@ class PolicyConfig:
     chunk_size: int = 15
     """H: actions predicted per inference call."""
     default_window: int = 5
-    """k the baseline executes per call (its deployed window)."""
+    """k the baseline executes per call (k_1 of Stage 1); a trained policy's saved spec carries the window PolicyTrim chose."""
     hidden_dim: int = 256
     """Width of the trunk MLP."""
     num_layers: int = 3
@@ -164,6 +181,11 @@ class RolloutConfig:
     lockstep: bool = False
     """One policy call per round over every worker, in a fixed order: training with env workers becomes
     bit-reproducible (resume included) at some throughput. Off: each worker is served as it answers."""
+    backend: Literal["local", "ray"] = "local"
+    """Where env workers run: local processes, or Ray actors (extra policytrim[ray]; see the ray section)."""
+    max_dropped_fraction: float = 1.0
+    """Stop training when more than this fraction of an epoch's groups is dropped (simulator faults,
+    worker timeouts); 1.0: only after 3 epochs in a row with every group dropped."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.lockstep, bool), f"rollout.lockstep must be true or false, got {self.lockstep!r}")
@@ -171,6 +193,54 @@ class RolloutConfig:
         _require(isinstance(self.groups_per_epoch, int) and self.groups_per_epoch >= 1, f"rollout.groups_per_epoch must be an integer >= 1, got {self.groups_per_epoch!r}")
         _require(isinstance(self.num_workers, int) and 0 <= self.num_workers <= 256, f"rollout.num_workers must be an integer in [0, 256], got {self.num_workers!r}")
         _positive("rollout.step_timeout_s", self.step_timeout_s)
+        _require(self.backend in ("local", "ray"), f"rollout.backend must be local or ray, got {self.backend!r}")
+        _require(self.backend == "local" or self.num_workers >= 1, f"rollout.backend=ray needs rollout.num_workers >= 1 (one Ray actor each), got {self.num_workers}")
+        _require(
+            self.backend == "local" or importlib.util.find_spec("ray") is not None,
+            "rollout.backend=ray needs Ray: pip install 'policytrim[ray]' (or use rollout.backend=local)",
+        )
+        _in_range("rollout.max_dropped_fraction", self.max_dropped_fraction, 0.0, 1.0)
+
+
+PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
+
+
+@dataclass
+class RayConfig:
+    """Ray env workers (rollout.backend=ray): the cluster and what each worker actor reserves."""
+
+    address: str = ""
+    """Ray cluster to join ("auto", or "head-host:6379"); empty: start a local Ray instance in this process."""
+    num_cpus: int = 0
+    """CPUs of the local Ray instance (0 = every core); ignored when joining a cluster."""
+    placement_strategy: Literal["SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"] = "SPREAD"
+    """Placement group strategy of the worker bundles (SPREAD: across nodes, best effort)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per env-worker actor (its bundle)."""
+    gpus_per_worker: float = 0.0
+    """GPUs reserved per env-worker actor (simulators that render on a GPU; the policy stays in the learner)."""
+    memory_per_worker_mb: int = 0
+    """Memory reserved per env-worker actor, MB (0 = no reservation; a Meta-World worker at 32 envs needs ~1,100)."""
+    max_restarts: int = 10
+    """Times Ray restarts one worker actor (died or killed after a hang) before the run fails (-1 = no limit)."""
+    placement_timeout_s: float = 120.0
+    """How long to wait for the cluster to fit every worker bundle before failing."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.address, str), f"ray.address must be a string, got {self.address!r}")
+        _require(isinstance(self.num_cpus, int) and 0 <= self.num_cpus <= 4096, f"ray.num_cpus must be an integer in [0, 4096], got {self.num_cpus!r}")
+        _require(self.placement_strategy in PLACEMENT_STRATEGIES, f"ray.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}")
+        _require(
+            isinstance(self.cpus_per_worker, (int, float)) and 0 < self.cpus_per_worker <= 256,
+            f"ray.cpus_per_worker must be a number in (0, 256], got {self.cpus_per_worker!r}",
+        )
+        _in_range("ray.gpus_per_worker", self.gpus_per_worker, 0.0, 16.0)
+        _require(
+            isinstance(self.memory_per_worker_mb, int) and 0 <= self.memory_per_worker_mb <= 4_194_304,
+            f"ray.memory_per_worker_mb must be an integer in [0, 4194304], got {self.memory_per_worker_mb!r}",
+        )
+        _require(isinstance(self.max_restarts, int) and -1 <= self.max_restarts <= 10_000, f"ray.max_restarts must be an integer in [-1, 10000] (-1 = no limit), got {self.max_restarts!r}")
+        _positive("ray.placement_timeout_s", self.placement_timeout_s)
 
 
 @dataclass
@@ -222,7 +292,7 @@ class Stage1Config(GRPOConfig):
     """Stage 1, reliable chunk extension (SPEC.md eq 2)."""
 
     windows: tuple[int, ...] = ()
-    """Execution windows k_1 < ... < k_M assigned to group slots; empty = {H/3, 2H/3, H} from the default window."""
+    """Execution windows k_1 < ... < k_M assigned to group slots; empty = policy.default_window and evenly spaced up to H (H = 15, k = 5: 5 10 15)."""
     horizon_coef: float = 1.0
     """lambda_h: weight of the horizon term k/H."""
     tolerance_points: float = 2.0
@@ -389,6 +459,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     seed: int = 0
     """Global seed (initial-state order, rollout noise, network init)."""
     device: Literal["cpu", "cuda"] = "cpu"
@@ -405,7 +476,7 @@ class RunConfig:
         _require(self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device!r}")
         _require(
             self.policy.state_input != "proprio" or self.env.suite == "metaworld",
-            f"policy.state_input=proprio needs env.suite=metaworld (the gym adapter does not say which state entries are proprioception), got {self.env.suite!r}",
+            f"policy.state_input=proprio needs env.suite=metaworld (only the Meta-World adapter says which state entries are proprioception), got {self.env.suite!r}",
         )
         if self.policy.kind == "expert":
             _require(self.policy.default_window == 1, "policy.kind=expert acts in closed loop: policy.default_window must be 1")

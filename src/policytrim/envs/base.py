@@ -15,6 +15,7 @@ import numpy as np
 # Observation keys, kept in one place (LeRobot-style constants).
 OBS_STATE = "state"  # float32 [D] proprioceptive / simulator state vector
 OBS_IMAGE = "image"  # uint8 [h, w, 3], the right way up
+OBS_WRIST_IMAGE = "wrist_image"  # uint8 [h, w, 3], a wrist camera (LIBERO), the right way up
 
 
 @dataclass(frozen=True, order=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -462,9 +461,17 @@ def train_section(sec: Section, level: int = 2) -> None:
     meta = _json(d / "run.json") or {}
     summary = _json(d / "summary.json")
     sec.add(h(f"Training run: `{d.as_posix()}`", level))
-    sec.add(ul([f"stages: {', '.join(meta.get('stages', []))}; status: {meta.get('status', '?')}; starting checkpoint: `{meta.get('init', '?')}`", f"final policy: `{(d / 'final' / 'policy').as_posix()}`" if summary else "the run has not completed (no summary.json)"]))
+    sec.add(ul([f"stages: {', '.join(meta.get('stages', []))}; status: {meta.get('status', '?')}; starting checkpoint: `{meta.get('init', '?')}`", _final_policy(d) if summary else "the run has not completed (no summary.json)"]))
     _stage_decisions(sec, d, level + 1)
     _curves(sec, d, f"Training curves: {d.name}")
+
+
+def _final_policy(run_dir: Path) -> str:
+    """Where the trained policy is and what its saved spec says it executes."""
+    path = run_dir / "final" / "policy"
+    spec = _json(path / "config.json") or {}
+    budget = spec.get("step_budget")
+    return f"final policy: `{path.as_posix()}` (window k = {spec.get('default_window', '?')}, trained by {spec.get('trained_stage', 'bc')}" + (f", step budget B = {budget:g})" if budget else ")")
 
 
 def eval_section(sec: Section, level: int = 2) -> None:
@@ -541,18 +548,3 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     for name in ("report.md", "report.html"):  # a report is for sharing: readable like the PNGs
         (out / name).chmod(0o644)
     return out / "report.html"
-
-
-def report_command(args: Any) -> int:
-    """`policytrim report RUN_DIR... [--out DIR]`."""
-    dirs = [Path(d) for d in args.run_dirs]
-    if not dirs:
-        raise InputError("report: give at least one run directory")
-    out = Path(args.out) if args.out else dirs[0] / "report"
-    path = write_report(dirs, out)
-    print(f"report: {out / 'report.md'}\nHTML:   {path}")
-    return 0
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -54,13 +54,14 @@ from torch import nn
 from policytrim.config import HEADS
 from policytrim.errors import InputError
 from policytrim.policies import flow_sde
-from policytrim.policies.base import MODES, ChunkSample, Mode, Observation, supported_stages
+from policytrim.policies.base import MODES, TRAINED_STAGES, ChunkSample, Mode, Observation, supported_stages
 from policytrim.policies.checkpoint import check_state_dict, read_config, read_weights, save_checkpoint
 from policytrim.policies.heads import STD_MODES, FlowHead, GaussianHead, mlp
 from policytrim.policies.tokens import DEFAULT_BINS, TOKEN_HEADS, ActionBins, build_token_head, draw_uniforms
 from policytrim.policies.text import WORD_EMBEDDING, SENTENCE_ENCODERS, SentenceEncoder, WordEmbeddingEncoder, canonical_encoder_name
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the spec records how the policy was trained (trained_stage, step_budget)
+READABLE_VERSIONS = (1, 2)  # version 1 checkpoints load as behaviour-cloned policies (no budget)
 KIND = "chunk"
 _LOG_2PI = math.log(2.0 * math.pi)
 _MIN_STD = 1e-6  # statistics below this (constant dims) normalise with std 1
@@ -140,6 +141,8 @@ class TinyVLA(nn.Module):
         token_dim: int = 32,
         token_layers: int = 2,
         token_heads: int = 4,
+        trained_stage: str = "bc",
+        step_budget: float | None = None,
         _sentence_table: torch.Tensor | None = None,
     ):
         super().__init__()
@@ -154,6 +157,7 @@ class TinyVLA(nn.Module):
         self.state_dim, self.action_dim = int(state_dim), int(action_dim)
         self.chunk_size, self.default_window, self.max_window = int(chunk_size), int(default_window), int(chunk_size)
         self.head_kind = head
+        self.mark_trained(trained_stage, default_window, step_budget)
         self.hidden_dim, self.num_layers = int(hidden_dim), int(num_layers)
         self.text_encoder_name = canonical_encoder_name(text_encoder)
         self.text_dim, self.image_dim = int(text_dim), int(image_dim)
@@ -198,6 +202,19 @@ class TinyVLA(nn.Module):
             self.head = FlowHead(self.hidden_dim, self.chunk_size, self.action_dim, self.hidden_dim, self.flow_layers)
         else:
             self.head = build_token_head(head, self.hidden_dim, self.chunk_size, self.action_dim, self.bins.count, self.token_dim, self.token_layers, self.token_heads)
+
+    def mark_trained(self, stage: str, window: int, step_budget: float | None = None) -> None:
+        """Record how this policy was trained: ``stage`` (bc | extend | trim), the execution
+        ``window`` it was trained (Stage 1: chose) to execute, which becomes its default window,
+        and the Stage 2 step ``budget`` it was trained against. Saved with its spec."""
+        if stage not in TRAINED_STAGES:
+            raise InputError(f"trained_stage must be one of {', '.join(TRAINED_STAGES)}, got {stage!r}")
+        if not 1 <= int(window) <= self.chunk_size:
+            raise InputError(f"default_window must be in [1, chunk_size={self.chunk_size}], got {window}")
+        if step_budget is not None and not (isinstance(step_budget, (int, float)) and math.isfinite(step_budget) and step_budget > 0):
+            raise InputError(f"step_budget must be a positive number or null, got {step_budget!r}")
+        self.trained_stage, self.default_window = stage, int(window)
+        self.step_budget = None if step_budget is None else float(step_budget)
 
     # ------------------------------------------------------------------ construction
 
@@ -252,6 +269,8 @@ class TinyVLA(nn.Module):
             "action_dim": self.action_dim,
             "chunk_size": self.chunk_size,
             "default_window": self.default_window,
+            "trained_stage": self.trained_stage,
+            "step_budget": self.step_budget,
             "head": self.head_kind,
             "hidden_dim": self.hidden_dim,
             "num_layers": self.num_layers,
@@ -291,9 +310,9 @@ class TinyVLA(nn.Module):
         if spec.get("kind") != KIND:
             raise InputError(f"spec kind is {spec.get('kind')!r}, expected {KIND!r}")
         version = spec.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise InputError(
-                f"policy format version {version!r} is not supported by this policytrim (it reads version {FORMAT_VERSION}); "
+                f"policy format version {version!r} is not supported by this policytrim (it reads versions {', '.join(map(str, READABLE_VERSIONS))}); "
                 "re-save the checkpoint with a matching policytrim version"
             )
         missing = [k for k in _REQUIRED if k not in spec]

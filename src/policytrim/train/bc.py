@@ -36,6 +36,7 @@ from tqdm import tqdm
 from policytrim.config import RunConfig, to_dict
 from policytrim.errors import InputError
 from policytrim.policies.chunk import TinyVLA
+from policytrim.runtime import torch_threads
 
 METRICS_NAME = "pretrain_metrics.json"
 _VAL_POINTS = 10  # validation-loss measurements per run
@@ -265,15 +266,11 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
         raise InputError("no training frames left after holding out validation episodes; lower pretrain.val_fraction")
     tasks = [str(t) for t in getattr(dataset, "tasks", [])]
 
-    threads = torch.get_num_threads()
     train_threads = training_threads()
-    torch.set_num_threads(train_threads)
-    try:
+    with torch_threads(train_threads):
         torch.manual_seed(cfg.seed)
         policy = build_policy(cfg, chunks, train_rows)
         info = train_bc(policy, chunks, train_rows, val_rows, cfg, progress=cfg.logging.progress)
-    finally:
-        torch.set_num_threads(threads)
 
     history = info["history"]
     metrics: dict[str, Any] = {
@@ -310,25 +307,3 @@ def evaluate_baseline(policy: TinyVLA, cfg: RunConfig, tasks: list[str]) -> dict
         policy, env_cfg, episodes=cfg.pretrain.eval_episodes, window=policy.default_window,
         mode=cfg.eval.mode, seed=cfg.eval.seed, split="val", num_workers=cfg.rollout.num_workers,
     )
-
-
-def pretrain_command(args: Any) -> int:
-    """`policytrim pretrain`: args is the CLI's PretrainCmd (a RunConfig + data + overwrite)."""
-    from policytrim.cli import run_config
-
-    if not getattr(args, "data", ""):
-        raise InputError("--data is required: the demonstration dataset directory (output of `policytrim collect`)")
-    cfg = run_config(args)
-    out = Path(cfg.logging.out)
-    metrics = pretrain(cfg, Path(args.data), out, overwrite=bool(args.overwrite))
-    print(f"baseline checkpoint: {out}  (train {metrics['train_seconds']:.0f} s, val loss {metrics['initial_val_loss']:.3f} -> {metrics['final_val_loss']:.3f})")
-    ev = metrics.get("eval")
-    if ev:
-        print(_eval_summary(ev))
-    return 0
-
-
-def _eval_summary(ev: dict[str, Any]) -> str:
-    overall = ev.get("overall", ev)
-    parts = [f"{k}={overall[k]:.3g}" if isinstance(overall.get(k), (int, float)) else f"{k}={overall.get(k)}" for k in ("success_rate", "mean_steps", "calls_per_success", "window") if k in overall]
-    return "validation-state evaluation: " + (" ".join(parts) if parts else str(overall))

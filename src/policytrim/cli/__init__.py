@@ -1,5 +1,6 @@
-"""The `policytrim` command line. Thin: it builds a config and calls library functions that a user
-could call from Python too.
+"""The `policytrim` command line: the top floor. It parses flags into a config, calls library
+functions a user could call from Python too (`policytrim.cli.commands`), prints and sets the exit
+code. Nothing in the library imports it.
 
 Every command that runs something accepts the whole `RunConfig` tree as flags
 (``--stage1.lr 1e-4``), a base file (``--config FILE.yaml``) or a named preset (``--preset demo``),
@@ -10,21 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
-import importlib.util
 import io
-import json
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import tyro
-import yaml
 
+from policytrim.cli import commands
 from policytrim.config import RunConfig, from_dict, load_config, preset_path, to_dict
 from policytrim.errors import InputError
+from policytrim.runtime import check_device
 
 
 @dataclass
@@ -141,6 +140,28 @@ class ConfigCmd(_Base):
     """Print JSON instead of YAML."""
 
 
+@dataclass
+class ServeCmd:
+    """Serve a policy over openpi's websocket + msgpack protocol (an openpi-client robot can use it unchanged)."""
+
+    policy: str
+    """Checkpoint directory to serve (its trained window is advertised), or 'expert'."""
+    host: str = "127.0.0.1"
+    """Interface to bind; loopback by default (0.0.0.0 serves every interface)."""
+    port: int = 8000
+    """TCP port (0 = any free port; the chosen one is printed)."""
+    api_key_env: str = ""
+    """Name of an environment variable holding an API key clients must send (none when empty)."""
+    max_message_mb: float = 8.0
+    """Largest request accepted, in MiB."""
+    mode: Literal["sampled", "deterministic"] = "sampled"
+    """Sampling mode: sampled (as deployed) or deterministic (mean / zero noise)."""
+    seed: int = 0
+    """Seed of the per-connection random generators (sampled mode)."""
+    threads: int = 0
+    """torch threads for policy calls; 0 = torch's default (one per core)."""
+
+
 COMMANDS: dict[str, type] = {
     "demo": DemoCmd,
     "collect": CollectCmd,
@@ -150,13 +171,8 @@ COMMANDS: dict[str, type] = {
     "ablate": AblateCmd,
     "report": ReportCmd,
     "config": ConfigCmd,
+    "serve": ServeCmd,
 }
-
-
-def run_config(cmd: RunConfig) -> RunConfig:
-    """The plain `RunConfig` part of a command (what gets saved with a run)."""
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    return RunConfig(**{n: getattr(cmd, n) for n in names})
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:
@@ -224,16 +240,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-# Each command is implemented by a library function `fn(args) -> exit code`, imported lazily so
-# that --help stays fast and a user can call the same function from Python.
-IMPLEMENTATIONS: dict[str, tuple[str, str, str]] = {
-    "demo": ("policytrim.pipeline", "demo_command", "collect expert demonstrations, pretrain the built-in policy, run Stage 1 and Stage 2 and print baseline / Stage 1 / PolicyTrim success rate, steps, window, calls and speedup"),
-    "collect": ("policytrim.data.demos", "collect_command", "run the scripted experts and write a demonstration dataset"),
-    "pretrain": ("policytrim.train.bc", "pretrain_command", "train a baseline chunk policy by behaviour cloning"),
-    "train": ("policytrim.train.grpo", "train_command", "run PolicyTrim's two GRPO stages from a baseline checkpoint"),
-    "eval": ("policytrim.eval.evaluate", "eval_command", "evaluate a policy on held-out Meta-World states and write metrics.json"),
-    "ablate": ("policytrim.ablate", "ablate_command", "run ablation variants from one checkpoint and write one table"),
-    "report": ("policytrim.eval.report", "report_command", "write tables and plots for run directories"),
+# What each command runs (`policytrim.cli.commands`): parse -> config -> library call -> print.
+HANDLERS: dict[str, Callable[[Any], int]] = {
+    "demo": commands.demo,
+    "collect": commands.collect,
+    "pretrain": commands.pretrain,
+    "train": commands.train,
+    "eval": commands.evaluate,
+    "ablate": commands.ablate,
+    "report": commands.report,
+    "config": commands.config,
+    "serve": commands.serve,
 }
 
 
@@ -244,27 +261,14 @@ def _check_common(name: str, args: object) -> None:
     out = Path(args.logging.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--logging.out {str(out)!r} is a file; `policytrim {name}` writes a directory there")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: torch sees no CUDA device here; use --device cpu")
+    check_device(args.device)
 
 
 def dispatch(name: str, args: object) -> int:
     """Run one parsed command."""
     if name != "config":
         _check_common(name, args)
-    if name == "config":
-        data = to_dict(run_config(args))
-        print(json.dumps(data, indent=2) if args.json else yaml.safe_dump(data, sort_keys=False), end="")
-        return 0
-    module_name, function, what = IMPLEMENTATIONS[name]
-    module = importlib.import_module(module_name) if importlib.util.find_spec(module_name) else None
-    if module is None or not hasattr(module, function):
-        print(f"policytrim {name}: not implemented yet. When it is, it will {what}.", file=sys.stderr)
-        return 1
-    return int(getattr(module, function)(args) or 0)
+    return int(HANDLERS[name](args) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,7 +285,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         _fail(str(exc))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
