@@ -110,14 +110,17 @@ class EnvConfig:
         _require(len(set(seeds)) == 3, f"env.train_seed, env.val_seed and env.test_seed must be disjoint, got {seeds}")
 
 
+HEADS = ("gaussian", "flow", "token_parallel", "token_ar")
+
+
 @dataclass
 class PolicyConfig:
     """The built-in VLA-shaped chunk policy (or a scripted expert)."""
 
     kind: Literal["chunk", "expert"] = "chunk"
     """chunk: the built-in learned policy; expert: Meta-World's scripted experts (window 1)."""
-    head: Literal["gaussian", "flow"] = "gaussian"
-    """Action head: gaussian (exact log-prob) or flow (flow matching, Flow-SDE log-probs)."""
+    head: Literal["gaussian", "flow", "token_parallel", "token_ar"] = "gaussian"
+    """Action head: gaussian (exact log-prob), flow (flow matching, Flow-SDE log-probs), token_parallel (256 bins per dim, all tokens at once, OpenVLA-OFT) or token_ar (one token at a time, OpenVLA)."""
     chunk_size: int = 15
     """H: actions predicted per inference call (1..256)."""
     default_window: int = 5
@@ -136,10 +139,20 @@ class PolicyConfig:
     """Initial log-std of the Gaussian head."""
     std_mode: Literal["fixed", "state"] = "fixed"
     """Gaussian head log-std: fixed (one learnable value per chunk row and action dim) or state (plus a linear function of the observation features)."""
+    state_input: Literal["auto", "full", "proprio"] = "auto"
+    """State entries the policy reads: full (the simulator's whole state vector), proprio (the robot's own: Meta-World hand position and gripper, now and one step before) or auto (proprio when env.image, so an image policy sees the scene through its camera only; else full)."""
+    token_bins: int = 256
+    """Token heads: uniform bins per action dim over the action bounds [-1, 1] (OpenVLA: 256)."""
+    token_temperature: float = 1.0
+    """Token heads: sampling temperature of the train and sampled modes (log-probs use the same)."""
+    token_dim: int = 32
+    """Token heads: transformer width."""
+    token_layers: int = 2
+    """Token heads: transformer blocks."""
 
     def __post_init__(self) -> None:
         _require(self.kind in ("chunk", "expert"), f"policy.kind must be chunk or expert, got {self.kind!r}")
-        _require(self.head in ("gaussian", "flow"), f"policy.head must be gaussian or flow, got {self.head!r}")
+        _require(self.head in HEADS, f"policy.head must be one of {', '.join(HEADS)}, got {self.head!r}")
         _int_in("policy.chunk_size", self.chunk_size, 1, L.MAX_CHUNK_SIZE)
         _require(
             isinstance(self.default_window, int) and 1 <= self.default_window <= self.chunk_size,
@@ -151,6 +164,11 @@ class PolicyConfig:
         _in_range("policy.flow_noise", self.flow_noise, 0.0, 5.0)
         _in_range("policy.init_log_std", self.init_log_std, -10.0, 2.0)
         _require(self.std_mode in ("fixed", "state"), f"policy.std_mode must be fixed or state, got {self.std_mode!r}")
+        _require(self.state_input in ("auto", "full", "proprio"), f"policy.state_input must be auto, full or proprio, got {self.state_input!r}")
+        _require(isinstance(self.token_bins, int) and 2 <= self.token_bins <= 4096, f"policy.token_bins must be an integer in [2, 4096], got {self.token_bins!r}")
+        _require(isinstance(self.token_temperature, (int, float)) and 0 < self.token_temperature <= 10, f"policy.token_temperature must be in (0, 10], got {self.token_temperature!r}")
+        _require(isinstance(self.token_dim, int) and self.token_dim >= 8 and self.token_dim % 4 == 0, f"policy.token_dim must be a multiple of 4 (its attention heads) >= 8, got {self.token_dim!r}")
+        _require(isinstance(self.token_layers, int) and self.token_layers >= 1, f"policy.token_layers must be an integer >= 1, got {self.token_layers!r}")
 
 
 @dataclass
@@ -407,6 +425,8 @@ class PretrainConfig:
     """Fraction of demonstration episodes held out for validation loss."""
     eval_episodes: int = 20
     """Episodes per task for the final success-rate check on validation states."""
+    image_shift: int = 4
+    """Image policies: random-shift augmentation (DrQ) of each training image by up to this many pixels; 0 = off."""
 
     def __post_init__(self) -> None:
         _int_in("pretrain.iterations", self.iterations, 1, L.MAX_ITERATIONS)
@@ -414,6 +434,7 @@ class PretrainConfig:
         _require(isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, f"pretrain.lr must be in (0, 1], got {self.lr!r}")
         _in_range("pretrain.val_fraction", self.val_fraction, 0.0, 0.9)
         _int_in("pretrain.eval_episodes", self.eval_episodes, 0, L.MAX_EPISODES)
+        _int_in("pretrain.image_shift", self.image_shift, 0, 32)
 
 
 @dataclass
@@ -462,8 +483,22 @@ class RunConfig:
             f"stage2.window must be <= policy.chunk_size={h} (0 = from Stage 1), got {self.stage2.window}",
         )
         _require(self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device!r}")
+        _require(
+            self.policy.state_input != "proprio" or self.env.suite == "metaworld",
+            f"policy.state_input=proprio needs env.suite=metaworld (only the Meta-World adapter says which state entries are proprioception), got {self.env.suite!r}",
+        )
         if self.policy.kind == "expert":
             _require(self.policy.default_window == 1, "policy.kind=expert acts in closed loop: policy.default_window must be 1")
+
+    @property
+    def policy_state_dims(self) -> tuple[int, ...] | None:
+        """The state entries a new policy reads (`PolicyConfig.state_input`); None = all."""
+        proprio = self.policy.state_input == "proprio" or (self.policy.state_input == "auto" and self.env.image and self.env.suite == "metaworld")
+        if not proprio:
+            return None
+        from policytrim.envs.metaworld import PROPRIO_DIMS
+
+        return PROPRIO_DIMS
 
     @property
     def stage1_windows(self) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ from policytrim.errors import InputError
 
 Mode = Literal["train", "sampled", "deterministic"]
 MODES: tuple[str, ...] = ("train", "sampled", "deterministic")
+STAGES: tuple[str, ...] = ("extend", "trim")
 
 # How a saved policy was trained (spec key ``trained_stage``): behaviour cloning, PolicyTrim Stage 1
 # (extension) or Stage 2 (trim). Its spec's ``default_window`` is the window that training chose.
@@ -118,3 +119,12 @@ def resolve_window(policy: ChunkPolicy, window: int = 0, name: str = "window") -
         extra = "; the scripted experts act in closed loop with window 1" if top == 1 else f" (its chunk size is {policy.chunk_size})"
         raise InputError(f"{name} must be in [1, {top}] for this policy{extra}, got {window}")
     return window
+
+
+def supported_stages(policy: ChunkPolicy) -> tuple[str, ...]:
+    """The PolicyTrim stages a policy can run. Stage 1 (extend) executes windows longer than the
+    policy's own, so it needs a longest executable window (`window_bound`) above the default
+    window; a policy that decodes exactly the k actions it executes (an OpenVLA-style
+    autoregressive policy with chunk size = window) runs Stage 2 (trim) only, the paper's Table 3
+    path."""
+    return STAGES if window_bound(policy) > int(policy.default_window) else ("trim",)

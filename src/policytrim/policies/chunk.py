@@ -2,13 +2,20 @@
 
 Architecture (one inference call = one forward pass = one chunk of H actions)::
 
-    state [B, D] ─ normalise ─────────────┐
+    state [B, D] ─ normalise ─ state_dims ┐
     image [B, h, w, 3] uint8 ─ small CNN ─┼─ concat ─ MLP trunk ─ context [B, C] ─ head ─ [B, H, A]
     instruction ─ text encoder ───────────┘
+
+``state_dims`` (optional) picks the entries of the state the policy reads: an image policy reads
+only proprioception (`policytrim.envs.metaworld.PROPRIO_DIMS`) and sees the scene through the
+camera.
 
 Heads (`policytrim.policies.heads`): a diagonal Gaussian (exact log-prob) or a flow-matching action
 expert with K denoising steps (Flow-SDE log-probs, `policytrim.policies.flow_sde`). Both work in
 normalised action space; actions returned are raw and clipped to the action bounds [-1, 1].
+Token heads (`policytrim.policies.tokens`): actions as 256 bins per dimension over the action
+bounds, decoded in parallel from placeholder queries (``token_parallel``, OpenVLA-OFT) or one token
+at a time (``token_ar``, OpenVLA); exact categorical log-probs.
 
 What `sample` returns per mode (``logp`` is [B, H], summed over action dims, in the policy's dtype):
 
@@ -20,9 +27,12 @@ sampled   same as train                              random noise, plain ODE; lo
 determ.   the mean; logp = density at the mean       zero noise, plain ODE; logp = 0
 ========  =========================================  =============================================
 
+Token heads: train and sampled draw each token from softmax(logits / policy.token_temperature),
+logp = the sum of the row's token log-probs; deterministic takes the argmax (logp = its log-prob).
+
 Only ``train``-mode log-probs enter GRPO. Replay data: Gaussian ``{"sample": [B, H, A]}`` (the
 pre-clip sample); flow ``{"x_t", "x_next": [B, H, A], "step": long [B]}`` (``step = -1`` outside
-train mode: there is no stochastic transition to score).
+train mode: there is no stochastic transition to score); tokens ``{"tokens": long [B, H, A]}``.
 
 Acting in three lines::
 
@@ -42,11 +52,13 @@ import torch
 from torch import nn
 
 from policytrim import limits as L
+from policytrim.config import HEADS
 from policytrim.errors import InputError
 from policytrim.policies import flow_sde
-from policytrim.policies.base import MODES, TRAINED_STAGES, ChunkSample, Mode, Observation
+from policytrim.policies.base import MODES, TRAINED_STAGES, ChunkSample, Mode, Observation, supported_stages
 from policytrim.policies.checkpoint import check_state_dict, read_config, read_weights, save_checkpoint
 from policytrim.policies.heads import STD_MODES, FlowHead, GaussianHead, mlp
+from policytrim.policies.tokens import DEFAULT_BINS, TOKEN_HEADS, ActionBins, build_token_head, draw_uniforms
 from policytrim.policies.text import WORD_EMBEDDING, SENTENCE_ENCODERS, SentenceEncoder, WordEmbeddingEncoder, canonical_encoder_name
 
 FORMAT_VERSION = 2  # 2: the spec records how the policy was trained (trained_stage, step_budget)
@@ -129,6 +141,7 @@ class TinyVLA(nn.Module):
         vocabulary: Sequence[str] | None = None,
         image_shape: Sequence[int] | None = None,
         image_dim: int = 64,
+        state_dims: Sequence[int] | None = None,
         flow_steps: int = 10,
         flow_noise: float = 0.5,
         flow_layers: int = 3,
@@ -140,13 +153,19 @@ class TinyVLA(nn.Module):
         action_std: Any = None,
         action_low: float = -1.0,
         action_high: float = 1.0,
+        token_bins: int = DEFAULT_BINS,
+        bin_edges: Sequence[float] | None = None,
+        token_temperature: float = 1.0,
+        token_dim: int = 32,
+        token_layers: int = 2,
+        token_heads: int = 4,
         trained_stage: str = "bc",
         step_budget: float | None = None,
         _sentence_table: torch.Tensor | None = None,
     ):
         super().__init__()
-        if head not in ("gaussian", "flow"):
-            raise InputError(f"policy head must be gaussian or flow, got {head!r}")
+        if head not in HEADS:
+            raise InputError(f"policy head must be one of {', '.join(HEADS)}, got {head!r}")
         if not 1 <= default_window <= chunk_size:
             raise InputError(f"default_window must be in [1, chunk_size={chunk_size}], got {default_window}")
         if head == "flow" and flow_steps < 2:
@@ -167,6 +186,14 @@ class TinyVLA(nn.Module):
             raise InputError(f"policy std mode must be one of {', '.join(STD_MODES)}, got {std_mode!r}")
         self.std_mode = std_mode
         self.action_low, self.action_high = float(action_low), float(action_high)
+        if not (isinstance(token_temperature, (int, float)) and 0 < token_temperature <= 10):
+            raise InputError(f"token_temperature must be in (0, 10], got {token_temperature!r}")
+        self.token_temperature = float(token_temperature)
+        self.token_dim, self.token_layers, self.token_heads = int(token_dim), int(token_layers), int(token_heads)
+        # token heads: bins over the action bounds (the env's normalised range), kept in the spec
+        self.bins = ActionBins(bin_edges) if bin_edges is not None else ActionBins.uniform(self.action_low, self.action_high, int(token_bins))
+        if self.bins.count != int(token_bins):
+            raise InputError(f"bin_edges hold {self.bins.count} bins but token_bins is {token_bins}")
 
         # Statistics are part of the spec (config.json), not of the weights file.
         s_std = _stats(state_std, self.state_dim, 1.0, "state_std")
@@ -181,12 +208,18 @@ class TinyVLA(nn.Module):
         else:
             self.text = SentenceEncoder(self.text_encoder_name, instructions, self.text_dim, table=_sentence_table)
         self.image = ImageEncoder(self.image_shape, self.image_dim) if self.image_shape else None
-        trunk_in = self.state_dim + self.text_dim + (self.image_dim if self.image_shape else 0)
+        self.state_dims = [int(i) for i in state_dims] if state_dims is not None else None
+        if self.state_dims is not None and (not self.state_dims or not all(0 <= i < self.state_dim for i in self.state_dims)):
+            raise InputError(f"state_dims must be a non-empty list of indices in [0, {self.state_dim}), got {state_dims!r}")
+        self.register_buffer("_state_index", torch.tensor(self.state_dims if self.state_dims is not None else range(self.state_dim), dtype=torch.long), persistent=False)
+        trunk_in = int(self._state_index.numel()) + self.text_dim + (self.image_dim if self.image_shape else 0)
         self.trunk = nn.Sequential(mlp([trunk_in] + [self.hidden_dim] * self.num_layers), nn.GELU())
         if head == "gaussian":
             self.head: nn.Module = GaussianHead(self.hidden_dim, self.chunk_size, self.action_dim, self.init_log_std, self.std_mode)
-        else:
+        elif head == "flow":
             self.head = FlowHead(self.hidden_dim, self.chunk_size, self.action_dim, self.hidden_dim, self.flow_layers)
+        else:
+            self.head = build_token_head(head, self.hidden_dim, self.chunk_size, self.action_dim, self.bins.count, self.token_dim, self.token_layers, self.token_heads)
 
     def mark_trained(self, stage: str, window: int, step_budget: float | None = None) -> None:
         """Record how this policy was trained: ``stage`` (bc | extend | trim), the execution
@@ -210,8 +243,10 @@ class TinyVLA(nn.Module):
         action_mean: Any = None,
         action_std: Any = None,
         image_shape: Sequence[int] | None = None,
+        state_dims: Sequence[int] | None = None,
     ) -> "TinyVLA":
-        """A new policy from a `policytrim.config.PolicyConfig` and the dataset's sizes/statistics."""
+        """A new policy from a `policytrim.config.PolicyConfig` and the dataset's sizes/statistics;
+        ``state_dims``: the state entries it reads (None: all)."""
         return cls(
             state_dim=state_dim,
             action_dim=action_dim,
@@ -223,10 +258,15 @@ class TinyVLA(nn.Module):
             num_layers=policy_cfg.num_layers,
             text_encoder=policy_cfg.text_encoder,
             image_shape=image_shape,
+            state_dims=state_dims,
             flow_steps=policy_cfg.flow_steps,
             flow_noise=policy_cfg.flow_noise,
             init_log_std=policy_cfg.init_log_std,
             std_mode=policy_cfg.std_mode,
+            token_bins=policy_cfg.token_bins,
+            token_temperature=policy_cfg.token_temperature,
+            token_dim=policy_cfg.token_dim,
+            token_layers=policy_cfg.token_layers,
             state_mean=state_mean,
             state_std=state_std,
             action_mean=action_mean,
@@ -264,6 +304,13 @@ class TinyVLA(nn.Module):
             "action_low": self.action_low,
             "action_high": self.action_high,
         }
+        if self.state_dims is not None:
+            spec["state_dims"] = list(self.state_dims)
+        if self.head_kind in TOKEN_HEADS:
+            spec.update(
+                token_bins=self.bins.count, bin_edges=self.bins.edges.tolist(), token_temperature=self.token_temperature,
+                token_dim=self.token_dim, token_layers=self.token_layers, token_heads=self.token_heads,
+            )
         if isinstance(self.text, WordEmbeddingEncoder):
             spec["vocabulary"] = list(self.text.vocabulary)
         return spec
@@ -357,6 +404,11 @@ class TinyVLA(nn.Module):
         policy.eval()
         return policy
 
+    @property
+    def supported_stages(self) -> tuple[str, ...]:
+        """PolicyTrim stages this policy can run (`policytrim.policies.base.supported_stages`)."""
+        return supported_stages(self)
+
     # ------------------------------------------------------------------ forward pieces
 
     @property
@@ -375,10 +427,11 @@ class TinyVLA(nn.Module):
             raise InputError(f"obs['state'] must be [B, {self.state_dim}], got {tuple(state.shape)}")
         if len(instructions) != state.shape[0]:
             raise ValueError(f"got {len(instructions)} instructions for a batch of {state.shape[0]} observations")
-        parts = [(state.to(self.dtype) - self.state_mean) / self.state_std, self.text(instructions)]
+        normalised = (state.to(self.dtype) - self.state_mean) / self.state_std
+        parts = [normalised.index_select(1, self._state_index), self.text(instructions)]
         if self.image is not None:
             if "image" not in obs:
-                raise InputError(f"this policy needs obs['image'] (uint8 [B, {', '.join(map(str, self.image_shape))}]); run the env with image=True")
+                raise InputError(f"this policy needs obs['image'] (uint8 [B, {', '.join(map(str, self.image_shape))}]); run the env with images (--env.image --env.image-size {self.image_shape[0]})")
             parts.append(self.image(torch.as_tensor(obs["image"], device=self.device)))
         return self.trunk(torch.cat(parts, dim=-1))
 
@@ -424,6 +477,13 @@ class TinyVLA(nn.Module):
             x = mean if mode == "deterministic" else mean + std * self._draw(generators, batch)
             logp = self._normal_logp(x, mean, std)
             replay = {"sample": x}
+        elif self.head_kind in TOKEN_HEADS:
+            n = self.chunk_size * self.action_dim
+            uniforms = None if mode == "deterministic" else draw_uniforms(generators, batch, n).to(self.device)
+            tokens, logits = self.head.decode(context, uniforms, self.token_temperature)
+            logp = self.head.row_log_prob(logits, tokens, self.token_temperature)
+            x = self.bins.decode(tokens, self.dtype).reshape(batch, self.chunk_size, self.action_dim)
+            replay = {"tokens": tokens.reshape(batch, self.chunk_size, self.action_dim)}
         else:
             train = mode == "train"
             noise, step, eps = flow_sde.draw_sde_noise(
@@ -459,6 +519,12 @@ class TinyVLA(nn.Module):
             mean, std = self._gaussian(context)
             logp = self._normal_logp(replay["sample"].to(self.device, self.dtype), mean, std)
             return torch.where(row_mask, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+        if self.head_kind in TOKEN_HEADS:
+            if "tokens" not in replay:
+                raise ValueError(f"token replay needs 'tokens', got keys {sorted(replay)}")
+            tokens = replay["tokens"].to(self.device, torch.long).flatten(1)
+            logp = self.head.row_log_prob(self.head.logits(context, tokens), tokens, self.token_temperature)
+            return torch.where(row_mask, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
         missing = {"x_t", "x_next", "step"} - set(replay)
         if missing:
             raise ValueError(f"flow replay needs x_t, x_next and step, missing {sorted(missing)}")
@@ -482,13 +548,18 @@ class TinyVLA(nn.Module):
     ) -> torch.Tensor:
         """Behaviour cloning on demonstration chunks [B, H, A] (raw actions), averaged over the
         rows ``row_mask`` marks valid. Gaussian: negative log-likelihood per row (sum over dims).
-        Flow: flow matching, ‖v(x_t, t) − (noise − a)‖² per row with t ~ U(0, 1)."""
+        Flow: flow matching, ‖v(x_t, t) − (noise − a)‖² per row with t ~ U(0, 1). Tokens:
+        cross-entropy of the demonstration's bins per row (sum over dims, temperature 1; the
+        autoregressive head teacher-forced)."""
         context = self.encode(obs, instructions)
         actions = actions.to(self.device, self.dtype)
         mask = row_mask.to(device=self.device, dtype=self.dtype)
         if self.head_kind == "gaussian":
             mean, std = self._gaussian(context)
             per_row = -self._normal_logp(actions, mean, std)
+        elif self.head_kind in TOKEN_HEADS:
+            tokens = self.bins.encode(actions).flatten(1)
+            per_row = -self.head.row_log_prob(self.head.logits(context, tokens), tokens, 1.0)
         else:
             target_x = (actions - self.action_mean) / self.action_std
             b = actions.shape[0]
@@ -521,4 +592,4 @@ class TinyVLA(nn.Module):
 
     def extra_repr(self) -> str:
         params = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return f"head={self.head_kind}, H={self.chunk_size}, k={self.default_window}, text={self.text_encoder_name}, image={self.image_shape}, params={params}"
+        return f"head={self.head_kind}, H={self.chunk_size}, k={self.default_window}, text={self.text_encoder_name}, image={self.image_shape}, state_dims={self.state_dims}, params={params}"

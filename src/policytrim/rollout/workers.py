@@ -122,6 +122,14 @@ class StepResult:
     """slot -> kind, traceback and whether it is a bug, for the slots in ``faults``."""
 
 
+def _step(env: EnvAdapter, action: np.ndarray, observe: bool) -> tuple[dict[str, np.ndarray], bool]:
+    """env.step, skipping the observation's expensive parts when nobody reads it and the adapter
+    can (``observes_on_demand``, `policytrim.envs.base.EnvAdapter`)."""
+    if observe or not getattr(env, "observes_on_demand", False):
+        return env.step(action)
+    return env.step(action, observe=False)
+
+
 class WorkerError(RuntimeError):
     """A worker failed outside any environment (a bug, not a simulator fault)."""
 
@@ -196,9 +204,11 @@ class EnvServer:
                 details[slot] = Fault(NON_FINITE_ACTION, faults[slot])
                 self._release(slot)
                 continue
+            # only the observation after the last row that can run reaches the policy
+            observe_at = min(int(req.rows[j]), env.horizon - t) - 1
             try:
                 for r in range(int(req.rows[j])):
-                    last, ok = env.step(req.actions[j, r])
+                    last, ok = _step(env, req.actions[j, r], r == observe_at)
                     t += 1
                     if ok or t >= env.horizon or getattr(env, "terminated", False):
                         break

@@ -8,8 +8,9 @@ rows are never executed either).
 Split. A fraction ``pretrain.val_fraction`` of each task's episodes is held out for the validation
 loss. Normalisation statistics come from the training episodes only.
 
-Training. Adam with a cosine-decayed learning rate, random minibatches of chunks, gradient-norm
-clip 1.0, torch on up to 2 cores (one when the machine is busy, `training_threads`); the
+Training. Adam with a cosine-decayed learning rate, random minibatches of chunks (images randomly
+shifted by up to ``pretrain.image_shift`` pixels, DrQ-style, against overfitting a few hundred
+demonstrations' pixels), gradient-norm clip 1.0, torch on up to 2 cores (one when the machine is busy, `training_threads`); the
 validation loss is measured
 ``_VAL_POINTS`` times. At the end the checkpoint is written (``model.safetensors`` +
 ``config.json`` in the run directory, so `load_policy(out)` works) with ``pretrain_metrics.json``,
@@ -135,6 +136,20 @@ def split_episodes(episode: torch.Tensor, instruction: torch.Tensor, val_fractio
     return torch.as_tensor(np.flatnonzero(~is_val)), torch.as_tensor(np.flatnonzero(is_val))
 
 
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DrQ's random shift: uint8 images [B, h, w, 3] padded by ``pad`` pixels (edges repeated) and
+    cropped back to [B, h, w, 3] at a random offset per image. ``pad = 0`` returns them unchanged."""
+    if pad == 0:
+        return images
+    b, h, w, _ = images.shape
+    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="replicate")
+    dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), generator=generator)
+    rows = dy + torch.arange(h).reshape(1, h, 1)
+    cols = dx + torch.arange(w).reshape(1, 1, w)
+    return padded[torch.arange(b).reshape(b, 1, 1), :, rows, cols].to(torch.uint8)  # [B, h, w, 3]
+
+
 def training_threads(max_threads: int = 2) -> int:
     """Torch threads for BC: up to ``max_threads`` cores, but one when other processes keep the
     machine busy. OpenMP threads spin-waiting for a core that another process holds slowed this
@@ -182,13 +197,15 @@ def _load(data: Any) -> Any:
 
 
 def build_policy(cfg: RunConfig, data: ChunkData, train_rows: torch.Tensor) -> TinyVLA:
-    """A fresh TinyVLA sized for the data, with statistics from the training frames."""
+    """A fresh TinyVLA sized for the data, with statistics from the training frames; an image policy
+    reads only proprioception from the state (`RunConfig.policy_state_dims`)."""
     s_mean, s_std = _stats(data.state[train_rows])
     a_mean, a_std = _stats(data.actions[train_rows])
     image_shape = tuple(data.image.shape[1:]) if data.image is not None else None
     return TinyVLA.from_config(
         cfg.policy, data.state.shape[1], data.actions.shape[1], data.instructions,
         state_mean=s_mean, state_std=s_std, action_mean=a_mean, action_std=a_std, image_shape=image_shape,
+        state_dims=cfg.policy_state_dims,
     )
 
 
@@ -208,6 +225,8 @@ def train_bc(policy: TinyVLA, data: ChunkData, train_rows: torch.Tensor, val_row
     for it in bar:
         b_rows = train_rows[torch.randint(0, train_rows.numel(), (p.batch_size,), generator=gen)]
         b_obs, b_ins, b_actions, b_mask = data.batch(b_rows)
+        if "image" in b_obs:
+            b_obs["image"] = random_shift(b_obs["image"], p.image_shift, gen)
         loss = policy.bc_loss(b_obs, b_ins, b_actions, b_mask, generator=gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

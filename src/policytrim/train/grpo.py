@@ -42,6 +42,7 @@ from policytrim.envs.base import InitialState
 from policytrim.errors import InputError
 from policytrim.io import atomic_directory, kill_point
 from policytrim.policies import ChunkPolicy, load_policy, resolve_window
+from policytrim.policies.base import supported_stages
 from policytrim.preflight import check_preconditions
 from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.rollout.types import Trajectories
@@ -319,6 +320,24 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
 # both stages and the run directory
 
 
+def check_policy_for_run(policy: ChunkPolicy, cfg: RunConfig, stages: list[str], where: str) -> None:
+    """InputError (one line), before anything is written, when the policy cannot run what was asked:
+    a stage it does not support (`policytrim.policies.base.supported_stages`: Stage 1 needs a window
+    bound above the executed window), or an env config that would not render the image it reads.
+    Called once, right after the starting checkpoint is loaded."""
+    supported = supported_stages(policy)
+    if any(s not in supported for s in stages):
+        raise InputError(
+            f"{where} cannot run Stage 1 (extend): it decodes exactly the window it executes (chunk size {policy.chunk_size}, "
+            f"window {policy.default_window}) and Stage 1 needs a chunk longer than the executed window; it supports "
+            f"--stage {' | '.join(supported)} (Stage 2 only, as for an autoregressive OpenVLA in the paper's Table 3)"
+        )
+    shape = getattr(policy, "image_shape", None)
+    if shape and (not cfg.env.image or tuple(shape) != (cfg.env.image_size, cfg.env.image_size, 3)):
+        have = f"--env.image-size {cfg.env.image_size}" if cfg.env.image else "no --env.image"
+        raise InputError(f"{where} acts from {shape[0]}x{shape[1]} px images but the config has {have}; pass --env.image --env.image-size {shape[0]}")
+
+
 def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "", overwrite: bool = False, seams: TrainerSeams | None = None) -> dict[str, Any]:
     """Run PolicyTrim (``stage`` = extend | trim | both) from checkpoint ``init`` into
     ``cfg.logging.out``, or continue the run directory ``resume``. Returns the run summary:
@@ -351,13 +370,15 @@ def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "",
 # recorded in config.yaml and used silently.
 ARCHITECTURE_FIELDS = ("head", "chunk_size", "default_window", "hidden_dim", "num_layers", "text_encoder", "std_mode")
 FLOW_FIELDS = ("flow_steps", "flow_noise")
+TOKEN_FIELDS = ("token_bins", "token_temperature", "token_dim", "token_layers")
 
 
 def check_architecture(cfg: RunConfig, spec: dict[str, Any], where: str) -> None:
     """InputError naming every cfg.policy setting that differs from checkpoint ``spec``."""
     from policytrim.policies.text import canonical_encoder_name
 
-    fields = ARCHITECTURE_FIELDS + (FLOW_FIELDS if spec.get("head") == "flow" else ())
+    head = spec.get("head")
+    fields = ARCHITECTURE_FIELDS + (FLOW_FIELDS if head == "flow" else TOKEN_FIELDS if str(head).startswith("token_") else ())
     if spec.get("trained_stage", "bc") != "bc":  # a post-trained policy's window is PolicyTrim's choice, not k_1
         fields = tuple(f for f in fields if f != "default_window")
     expected = {"text_encoder": canonical_encoder_name(cfg.policy.text_encoder)}
@@ -380,6 +401,7 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
         raise InputError("--init expert: the scripted experts have no weights to train; give a policy checkpoint directory")
     policy = load_policy(init)  # validates the checkpoint before anything is written
     check_architecture(cfg, policy.spec(), f"checkpoint {init!r}")
+    check_policy_for_run(policy, cfg, stages, f"checkpoint {init!r}")
     policy = policy.to(cfg.device)
     stage1 = Stage1(cfg, policy) if "extend" in stages else None  # validates its windows
     if cfg.stage2.window:
