@@ -300,7 +300,7 @@ BAD_INPUTS = [
     ("--resume, config.yaml cut at a line", ["train", "--resume", "{root}/run_cut"], "config.yaml is not the one this run was created with"),
     ("--resume, config.yaml emptied", ["train", "--resume", "{root}/run_empty"], "config.yaml is not the one this run was created with"),
     ("--resume, config.yaml edited", ["train", "--resume", "{root}/run_edited"], "config.yaml is not the one this run was created with"),
-    ("--resume of a run without hash, config.yaml cut", ["train", "--resume", "{root}/run_cut_old"], "config.yaml: missing key(s) stage1."),
+    ("--resume of a run without hash, config.yaml cut", ["train", "--resume", "{root}/run_cut_old"], "config.yaml: missing key(s) "),
     ("--resume of a run without hash, config.yaml empty", ["train", "--resume", "{root}/run_empty_old"], "config.yaml is empty (no settings)"),
     # outputs that cannot be written (checked before anything is created)
     ("run dir below a regular file", TRAIN("--out", "{root}/a_file/run"), "'{root}/a_file' is a file, not a directory"),
