@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/ablation.py [--init runs/mw8_bench/baseline] [--tasks push-v3]
         [--variants none extend ...] [--work runs/ablation_push] [--set stage2.epochs=40 ...]
 
-Default: push-v3 (FINDINGS.md: the task that shows both tail degradation and step spread), starting
+Default: push-v3 (on MW-8 the task where sampled BC was weakest and PolicyTrim gained most, +16 SR
+points with 56 steps against the clean experts' 61: benchmarks/results/mw8_analysis.md), starting
 from the MW-8 behaviour-cloning checkpoint (benchmarks/mw8.py writes it), the component ablation
 (Tables 5 / 9), fixed windows (Table 6) and one step of each sensitivity sweep (Table 12).
 Writes benchmarks/results/ablation_<tasks>.json, .md and report_ablation_<tasks>/ (with the
@@ -28,7 +29,7 @@ from policytrim.machine import describe_machine
 # Sized for <= ~45 min on 2 shared cores (one task): 30 epochs per stage of 8 groups x G = 8,
 # 50 validation states (the 2-point tolerances need more than 25 on one task), Stage 2 validated
 # every 5 epochs so that its best checkpoint is not 10 epochs stale. The same learning rate for both
-# stages (3e-4: FINDINGS, push) so that Stage-2-only and full differ only in what they ablate.
+# stages (3e-4, benchmarks/mw8.py's Stage 1 rate) so that Stage-2-only and full differ only in what they ablate.
 SETTINGS = {
     "rollout": {"group_size": 8, "groups_per_epoch": 8, "num_workers": 2},
     "stage1": {"epochs": 30, "lr": 3e-4, "eval_every": 10, "val_episodes": 50, "checkpoint_every": 10},

@@ -39,7 +39,7 @@ from policytrim.machine import describe_machine
 
 # Trainer settings for MW-8, fixed before measuring. The reasons:
 # - 16 groups per epoch = 2 groups per task, G = 8 (the paper's group size).
-# - Stage 1 at lr 3e-4 (FINDINGS: suits Stage 1); Stage 2 at 1e-4 (at long windows 3e-4 overshot
+# - Stage 1 at lr 3e-4 (chosen in tuning runs before this measurement); Stage 2 at 1e-4 (at long windows 3e-4 overshot
 #   and lost SR; 1e-4 held it); Stage 2 gets twice the epochs because its reward keeps a signal.
 # - 25 validation states per task (200 per evaluation) so that the 2-point window tolerance and
 #   the best-checkpoint choice are not decided by noise alone; Stage 2's best checkpoint must stay
@@ -75,24 +75,26 @@ def build_config(assignments: list[str], work: Path) -> RunConfig:
 
 
 class Phases:
-    """WORK/phases.json: per phase, wall seconds and the load average before and after."""
+    """WORK/phases.json: per phase, wall seconds and the load average before and after (also used
+    by the other pipeline benchmarks, ``tag`` prefixes their lines)."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, tag: str = "mw8"):
+        self.tag = tag
         self.path = work / "phases.json"
         self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def run(self, name: str, done: Callable[[], bool], fn: Callable[[], Any]) -> None:
         if done() and name in self.data:
-            print(f"[mw8] {name}: done earlier ({self.data[name]['seconds']:.0f} s)", flush=True)
+            print(f"[{self.tag}] {name}: done earlier ({self.data[name]['seconds']:.0f} s)", flush=True)
             return
-        print(f"[mw8] {name} ... (load {os.getloadavg()[0]:.2f})", flush=True)
+        print(f"[{self.tag}] {name} ... (load {os.getloadavg()[0]:.2f})", flush=True)
         load_before = list(os.getloadavg())
         t0 = time.perf_counter()
         fn()
         seconds = time.perf_counter() - t0
         self.data[name] = {"seconds": seconds, "load_before": load_before, "load_after": list(os.getloadavg()), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.path.write_text(json.dumps(self.data, indent=2) + "\n")
-        print(f"[mw8] {name}: {seconds:.0f} s", flush=True)
+        print(f"[{self.tag}] {name}: {seconds:.0f} s", flush=True)
 
 
 def main() -> None:

@@ -1,65 +1,93 @@
 #!/usr/bin/env bash
 # One entry point for the README's Quickstart: sets up .venv (once) and runs a command in it.
-#   bash scripts/run.sh demo [flags]     the embedded demo (policytrim demo)
-#   bash scripts/run.sh test [args]      the test suite (pytest) in .venv, then the LeRobot tests
-#                                        (tests/with_lerobot) in .venv-lerobot; POLICYTRIM_LEROBOT=0 skips
-#                                        the second step
-#   bash scripts/run.sh setup            only set up .venv
-#   bash scripts/run.sh setup-lerobot    only set up .venv-lerobot (Python 3.12 + policytrim[lerobot])
+#   bash scripts/run.sh demo [flags]        the embedded demo (policytrim demo)
+#   bash scripts/run.sh test [args]         the test suite (pytest) in .venv; after a full-suite run
+#                                           (no test paths given) also the LIBERO tests in .venv-libero
+#                                           (POLICYTRIM_LIBERO_TESTS=0 skips them), then the LeRobot
+#                                           tests (tests/with_lerobot) in .venv-lerobot
+#                                           (POLICYTRIM_LEROBOT=0 skips them); any failing step fails
+#   bash scripts/run.sh setup               only set up .venv
+#   bash scripts/run.sh test-libero [args]  the LIBERO tests in .venv-libero (set up on demand)
+#   bash scripts/run.sh setup-lerobot       only set up .venv-lerobot (Python 3.12 + policytrim[lerobot])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what=${1:-}
-case "$what" in demo|test|setup|setup-lerobot) shift ;; *) echo "usage: bash scripts/run.sh demo|test|setup|setup-lerobot [args]" >&2; exit 2 ;; esac
+case "$what" in demo|test|setup|test-libero|setup-lerobot) shift ;; *) echo "usage: bash scripts/run.sh demo|test|setup|test-libero|setup-lerobot [args]" >&2; exit 2 ;; esac
 
-want=$(cat pyproject.toml scripts/run.sh | python3 -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())")
+python=${PYTHON:-python3}
+stamp=.venv/.policytrim-installed
+want=$(cat pyproject.toml scripts/run.sh | "$python" -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())")
+case "$what" in test-libero|setup-lerobot) main_venv=0 ;; *) main_venv=1 ;; esac
+if [ "$main_venv" = 1 ] && [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+if [ "$main_venv" = 1 ] && [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setting up .venv (torch CPU build first, so pip never pulls a CUDA build) ..." >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve]"
+  echo "$want" > "$stamp"
+fi
+# The tests also cover the Ray backend (policytrim[ray]: ~22 s, ~240 MB here); the demo does not need it.
+if [ "$what" = test ] && [ "$(cat "$stamp-ray" 2>/dev/null)" != "$want" ]; then
+  echo "installing Ray for the Ray backend's tests ..." >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve,ray]"
+  echo "$want" > "$stamp-ray"
+fi
 
-setup_main() {
-  local python=${PYTHON:-python3} stamp=.venv/.policytrim-installed
-  if [ ! -x .venv/bin/python ]; then
-    "$python" -m venv .venv
+# LIBERO lives in its own venv (.venv-libero: robosuite, mujoco, ~1.3 GB of assets on top of torch),
+# set up on demand; its tests run after a full-suite run (no test paths given), unless
+# POLICYTRIM_LIBERO_TESTS=0. Measured here (2 cores, load ~8): setup 161 s, tests/test_libero.py 88 s.
+libero_tests() {
+  local lstamp=.venv-libero/.policytrim-installed
+  if [ ! -x .venv-libero/bin/python ]; then "$python" -m venv .venv-libero; fi
+  if [ "$(cat "$lstamp" 2>/dev/null)" != "$want" ]; then
+    echo "setting up .venv-libero (torch CPU build, policytrim[dev,libero]) ..." >&2
+    .venv-libero/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+    .venv-libero/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,libero]"
+    echo "$want" > "$lstamp"
   fi
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "setting up .venv (torch CPU build first, so pip never pulls a CUDA build) ..." >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
-    echo "$want" > "$stamp"
-  fi
+  .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py "$@"
 }
 
 # LeRobot 0.6.1 needs Python >= 3.12 and torch < 2.12 (PyPI's CUDA build, ~5.5 GB installed):
 # its own environment. PYTHON312 overrides where Python 3.12 is found.
 setup_lerobot() {
-  local stamp=.venv-lerobot/.policytrim-installed python=${PYTHON312:-}
-  if [ -z "$python" ]; then
-    python=$(command -v python3.12 || true)
-    [ -n "$python" ] || python="$HOME/.pyenv/versions/3.12.1/bin/python"
+  local lstamp=.venv-lerobot/.policytrim-installed python312=${PYTHON312:-}
+  if [ -z "$python312" ]; then
+    python312=$(command -v python3.12 || true)
+    [ -n "$python312" ] || python312="$HOME/.pyenv/versions/3.12.1/bin/python"
   fi
   if [ ! -x .venv-lerobot/bin/python ]; then
-    if [ ! -x "$python" ]; then
-      echo "error: the LeRobot environment needs Python 3.12 (not found at $python); set PYTHON312=/path/to/python3.12, or POLICYTRIM_LEROBOT=0 to skip" >&2
+    if [ ! -x "$python312" ]; then
+      echo "error: the LeRobot environment needs Python 3.12 (not found at $python312); set PYTHON312=/path/to/python3.12, or POLICYTRIM_LEROBOT=0 to skip" >&2
       exit 2
     fi
-    "$python" -m venv .venv-lerobot
+    "$python312" -m venv .venv-lerobot
   fi
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  if [ "$(cat "$lstamp" 2>/dev/null)" != "$want" ]; then
     echo "setting up .venv-lerobot (LeRobot + torch CUDA build from PyPI, ~5.5 GB, a few minutes) ..." >&2
     .venv-lerobot/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,lerobot]"
-    echo "$want" > "$stamp"
+    echo "$want" > "$lstamp"
   fi
 }
 
+lerobot_tests() {
+  setup_lerobot
+  echo "LeRobot tests (.venv-lerobot, offline):" >&2
+  HF_HUB_OFFLINE=1 .venv-lerobot/bin/python -m pytest -q -p no:cacheprovider tests/with_lerobot "$@"
+}
+
+full_suite=1
+for arg in "$@"; do case "$arg" in -*) ;; *) full_suite=0 ;; esac; done
+
 case "$what" in
-  demo) setup_main; exec .venv/bin/policytrim demo "$@" ;;
+  demo) exec .venv/bin/policytrim demo "$@" ;;
   test)
-    setup_main
     .venv/bin/python -m pytest -q "$@"
-    if [ "${POLICYTRIM_LEROBOT:-1}" != "0" ]; then
-      setup_lerobot
-      echo "LeRobot tests (.venv-lerobot, offline):" >&2
-      HF_HUB_OFFLINE=1 .venv-lerobot/bin/python -m pytest -q tests/with_lerobot
-    fi
-    ;;
-  setup) setup_main; echo "ready: .venv/bin/policytrim" ;;
+    if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_LIBERO_TESTS:-1}" != 0 ]; then libero_tests; fi
+    if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_LEROBOT:-1}" != 0 ]; then lerobot_tests; fi ;;
+  setup) echo "ready: .venv/bin/policytrim" ;;
+  test-libero) libero_tests "$@" ;;
   setup-lerobot) setup_lerobot; echo "ready: .venv-lerobot/bin/policytrim" ;;
 esac

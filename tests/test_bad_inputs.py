@@ -9,7 +9,9 @@ show the process's exit status and that no traceback escapes.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,11 +23,13 @@ import torch
 from safetensors.numpy import load_file as load_np, save_file as save_np
 from safetensors.torch import load_file, save_file
 
+import policytrim
 from policytrim.cli import main
-from policytrim.config import PolicyConfig
+from policytrim.config import PolicyConfig, RunConfig
 from policytrim.data.demos import save_demos
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.policies.chunk import TinyVLA
+from policytrim.train.rundir import RunDir
 
 from fixtures.make_fixtures import random_demos
 
@@ -86,6 +90,9 @@ def fx(tmp_path_factory) -> Path:
     save_file(tensors, str(nan / "model.safetensors"))
     _rehash(nan)
     _edit_json(bad_checkpoint("future_version") / "config.json", format_version=99)
+    # a config.json whose sizes are absurd or disagree with its weights (the weights are intact)
+    for name, changes in SPEC_EDITS.items():
+        _edit_json(bad_checkpoint(name) / "config.json", **changes)
 
     demos = make_demos(root / "demos")
 
@@ -111,9 +118,15 @@ def fx(tmp_path_factory) -> Path:
         "bad_value.json": '{"rollout": {"group_size": 1}}',
         "malformed.json": '{"rollout": {"group_size": 4,}}',
         "a_file": "not a directory\n",
+        "empty.yaml": "",
+        "comments.yaml": "# all defaults, please\n",
+        "bomb.yaml": alias_bomb(levels=9, width=9),
+        "huge.yaml": "seed: 1\n" + "#" * (1 << 20) + "\n",
     }
     for name, text in files.items():
         (root / name).write_text(text)
+    if os.geteuid() != 0:  # root writes anywhere: see UNWRITABLE
+        (root / "readonly").mkdir(mode=0o500)
 
     existing = root / "existing_run"
     existing.mkdir()
@@ -126,7 +139,52 @@ def fx(tmp_path_factory) -> Path:
     tampered.mkdir()
     (tampered / "config.yaml").write_text("stage1:\n  lrr: 1\n")
     (tampered / "run.json").write_text('{"stage": "both", "init": "x", "stages": ["extend", "trim"]}')
+
+    # saved runs whose config.yaml was damaged after creation (with and without the SHA-256 that
+    # run.json records since issue 12)
+    made = RunDir.create(root / "made_run", RunConfig(), {"stage": "both", "stages": ["extend", "trim"], "init": "x"})
+    lines = (made.path / "config.yaml").read_text().splitlines(keepends=True)
+    damage = {"cut": "".join(lines[:40]), "empty": "", "edited": "".join(lines).replace("epochs: 40", "epochs: 2", 1)}
+    for name, text in damage.items():
+        for hashed in (True, False):
+            run = Path(shutil.copytree(made.path, root / f"run_{name}{'' if hashed else '_old'}"))
+            (run / "config.yaml").write_text(text)
+            if not hashed:
+                meta = json.loads((run / "run.json").read_text())
+                del meta["config_sha256"]
+                (run / "run.json").write_text(json.dumps(meta))
+
+    report_run = root / "report_run"  # a train run whose metrics log has a corrupt line inside
+    report_run.mkdir()
+    (report_run / "run.json").write_text('{"stage": "both", "init": "x", "stages": ["extend", "trim"], "status": "running"}')
+    (report_run / "metrics.jsonl").write_text('{"stage": "extend", "epoch": 0}\n{"stage": "ext\n{"stage": "extend", "epoch": 1}\n')
     return root
+
+
+SPEC_EDITS = {
+    "spec_hidden_negative": {"hidden_dim": -1},
+    "spec_hidden_1e9": {"hidden_dim": 1e9},
+    "spec_hidden_1e7": {"hidden_dim": 10_000_000},
+    "spec_layers_1e6": {"num_layers": 1_000_000},
+    "spec_wider_than_weights": {"hidden_dim": 128},
+}
+
+
+def alias_bomb(levels: int, width: int) -> str:
+    """A few hundred bytes of YAML under a valid key (env.tasks) whose aliases expand to
+    width**(levels + 1) values (the "billion laughs")."""
+    value = "[" + ", ".join(["x"] * width) + "]"
+    for i in range(levels):
+        value = f"[&l{i} {value}" + f", *l{i}" * (width - 1) + "]"
+    return f"env:\n  tasks: {value}\n"
+
+
+# An output directory this process may not create: below a regular file, and either a directory
+# without write permission or, for root (whom permissions do not stop), sysfs, where the kernel
+# refuses mkdir with EPERM to everyone.
+UNWRITABLE = "/sys/policytrim-test-run" if os.geteuid() == 0 else "{root}/readonly/run"
+needs_sysfs = pytest.mark.skipif(os.geteuid() == 0 and not os.path.isdir("/sys/kernel"), reason="root without sysfs: no unwritable directory to try")
+no_wandb = pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 
 
 # The tiny architecture of `make_checkpoint`, so that only the bad part of each row is bad.
@@ -145,6 +203,9 @@ def EVAL(*extra: str) -> list[str]:
     return ["eval", "--checkpoint", "{root}/ckpt", *ARCH, "--episodes", "1", "--out", "{root}/new_eval", *extra]
 
 
+# A subprocess runs the package under test (a relative PYTHONPATH=src would not survive cwd=tmp_path).
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(policytrim.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 
 # (kind, argv with {root} for the fixture directory, text the one error line must contain)
@@ -154,7 +215,8 @@ BAD_INPUTS = [
     ("window > H", TRAIN("--stage1.windows", "4", "9"), "stage1.windows must all be <= policy.chunk_size=8"),
     ("windows unsorted", TRAIN("--stage1.windows", "8", "4"), "strictly increasing"),
     ("window 0", TRAIN("--stage1.windows", "0", "4"), "positive integers"),
-    ("group size < 2", TRAIN("--rollout.group-size", "1"), "group_size must be an integer >= 2"),
+    ("group size < 2", TRAIN("--rollout.group-size", "1"), "group_size must be an integer in [2, 1024]"),
+    ("dropped-group fraction > 1", TRAIN("--rollout.max-dropped-fraction", "1.5"), "rollout.max_dropped_fraction must be a number in [0.0, 1.0]"),
     ("negative lr", TRAIN("--stage1.lr", "-1e-3"), "stage1.lr must be in (0, 1]"),
     ("NaN lr", TRAIN("--stage1.lr", "nan"), "stage1.lr must be in (0, 1], got nan"),
     ("infinite lr", TRAIN("--stage2.lr", "inf"), "stage2.lr must be in (0, 1], got inf"),
@@ -165,16 +227,37 @@ BAD_INPUTS = [
     ("negative clip", TRAIN("--stage1.clip-low", "-0.2"), "stage1.clip_low"),
     ("budget multiplier < 1", TRAIN("--stage2.budget-multiplier", "0.5"), "stage2.budget_multiplier"),
     ("negative gradient clip", TRAIN("--stage1.max-grad-norm", "-1"), "max_grad_norm must be > 0"),
-    ("negative budget", TRAIN("--stage2.budget", "-5"), "stage2.budget must be an integer >= 0"),
-    ("negative epochs", TRAIN("--stage1.epochs", "-1"), "stage1.epochs must be an integer >= 0"),
+    ("negative budget", TRAIN("--stage2.budget", "-5"), "stage2.budget must be an integer in [0, 100000] (0 = calibrate)"),
+    ("negative epochs", TRAIN("--stage1.epochs", "-1"), "stage1.epochs must be an integer in [0, 1000000]"),
     ("horizon 0", TRAIN("--env.horizon", "0"), "env.horizon must be an integer in [1, 100000]"),
     ("overlapping seed splits", TRAIN("--env.val-seed", "0"), "must be disjoint"),
     ("stage 2 window > H", TRAIN("--stage2.window", "9"), "stage2.window must be <= policy.chunk_size=8"),
+    ("Ray backend without workers", TRAIN("--rollout.backend", "ray"), "rollout.backend=ray needs rollout.num_workers >= 1"),
+    ("Ray: negative CPUs per worker", TRAIN("--ray.cpus-per-worker", "-1"), "ray.cpus_per_worker must be a number in (0, 256], got -1"),
+    ("Ray: max restarts below -1", TRAIN("--ray.max-restarts", "-2"), "ray.max_restarts must be an integer in [-1, 10000]"),
+    ("Ray: unknown placement strategy", TRAIN("--ray.placement-strategy", "RANDOM"), "invalid choice 'RANDOM'"),
     ("unknown stage", TRAIN("--stage", "foo"), "invalid choice 'foo' for argument '--stage'"),
     ("unknown device", TRAIN("--device", "tpu"), "invalid choice 'tpu' for argument '--device'"),
     pytest.param("cuda without a GPU", TRAIN("--device", "cuda"), "no CUDA device", marks=no_cuda),
     ("unknown flag", TRAIN("--bogus", "1"), "Unrecognized options: --bogus"),
     ("integer flag given text", TRAIN("--seed", "x"), "--seed"),
+    # sizes: every size-like setting has an upper bound (policytrim.limits), checked before anything runs
+    ("absurd group size", TRAIN("--rollout.group-size", "1000000000"), "rollout.group_size must be an integer in [2, 1024]"),
+    ("too many trajectories per epoch", TRAIN("--rollout.group-size", "1024", "--rollout.groups-per-epoch", "4096"), "must be <= 65536 trajectories per epoch"),
+    ("absurd hidden width", TRAIN("--policy.hidden-dim", "10000000"), "policy.hidden_dim must be an integer in [8, 4096]"),
+    ("absurd depth", TRAIN("--policy.num-layers", "1000000"), "policy.num_layers must be an integer in [1, 32]"),
+    ("absurd worker count", TRAIN("--rollout.num-workers", "100000"), "rollout.num_workers must be an integer in [0, 256]"),
+    ("absurd epochs", TRAIN("--stage2.epochs", "1000000000"), "stage2.epochs must be an integer in [0, 1000000]"),
+    ("absurd update epochs", TRAIN("--stage1.update-epochs", "100000"), "stage1.update_epochs must be an integer in [1, 100]"),
+    ("absurd validation episodes", TRAIN("--stage1.val-episodes", "1000000000"), "stage1.val_episodes must be an integer in [1, 100000]"),
+    ("absurd evaluation episodes", EVAL("--episodes", "1000000000"), "eval.episodes must be an integer in [1, 100000]"),
+    ("absurd demonstrations", ["collect", *ARCH, "--data.episodes", "1000000000", "--out", "{root}/new_demos"], "data.episodes must be an integer in [1, 100000]"),
+    ("absurd BC batch", PRETRAIN("demos", "--pretrain.batch-size", "100000000"), "pretrain.batch_size must be an integer in [1, 65536]"),
+    ("absurd flow steps", TRAIN("--policy.flow-steps", "100000"), "policy.flow_steps must be an integer in [2, 1000]"),
+    # things that were silently accepted
+    ("duplicate task names", TRAIN("--tasks", TASK, TASK), f"task '{TASK}' is given twice"),
+    ("--stage1.windows without values", TRAIN("--stage1.windows"), "--stage1.windows was given without values"),
+    ("list flag without values before another flag", TRAIN("--stage1.windows", "--seed", "1"), "--stage1.windows was given without values"),
     # config files and presets
     ("YAML with an unknown key", ["config", "--config", "{root}/unknown_key.yaml"], "unknown key(s) stage1.lrr"),
     ("YAML with a wrong type", ["config", "--config", "{root}/wrong_type.yaml"], "stage1.lr must be a number, got 'fast'"),
@@ -182,10 +265,14 @@ BAD_INPUTS = [
     ("malformed YAML", ["config", "--config", "{root}/malformed.yaml"], "is not valid YAML"),
     ("YAML python tag (safe loader)", ["config", "--config", "{root}/python_tag.yaml"], "could not determine a constructor"),
     ("YAML that is not a mapping", ["config", "--config", "{root}/list.yaml"], "config must be a mapping, got list"),
-    ("JSON config with a bad value", ["config", "--config", "{root}/bad_value.json"], "group_size must be an integer >= 2"),
+    ("JSON config with a bad value", ["config", "--config", "{root}/bad_value.json"], "group_size must be an integer in [2, 1024]"),
     ("malformed JSON config", ["config", "--config", "{root}/malformed.json"], "is not valid JSON"),
     ("missing config file", TRAIN("--config", "{root}/nope.yaml"), "config file '{root}/nope.yaml' does not exist"),
     ("unknown preset", TRAIN("--preset", "nope"), "unknown preset 'nope'"),
+    ("empty config file", TRAIN("--config", "{root}/empty.yaml"), "config file '{root}/empty.yaml' is empty (no settings)"),
+    ("config file of comments only", ["config", "--config", "{root}/comments.yaml"], "is empty (no settings)"),
+    ("YAML alias bomb under a valid key", TRAIN("--config", "{root}/bomb.yaml"), "expands to more than 10000 values"),
+    ("config file over 1 MiB", ["config", "--config", "{root}/huge.yaml"], "is larger than 1048576 bytes"),
     ("unknown subcommand", ["frobnicate", "--out", "{root}/x"], "unknown command 'frobnicate'"),
     # checkpoints
     ("missing checkpoint", TRAIN("--init", "{root}/nope"), "'{root}/nope' does not exist"),
@@ -198,6 +285,11 @@ BAD_INPUTS = [
     ("checkpoint architecture != config", TRAIN("--policy.hidden-dim", "128"), "policy.hidden_dim is 128 in the config but 64 in the checkpoint"),
     ("checkpoint chunk size != config", TRAIN("--policy.chunk-size", "10"), "policy.chunk_size is 10 in the config but 8 in the checkpoint"),
     ("train the scripted experts", TRAIN("--init", "expert"), "scripted experts have no weights"),
+    ("checkpoint spec hidden_dim -1", TRAIN("--init", "{root}/spec_hidden_negative"), "policy spec hidden_dim must be an integer in [1, 4096], got -1"),
+    ("checkpoint spec hidden_dim 1e9", TRAIN("--init", "{root}/spec_hidden_1e9"), "policy spec hidden_dim must be an integer in [1, 4096], got 1000000000.0"),
+    ("checkpoint spec hidden_dim 1e7", TRAIN("--init", "{root}/spec_hidden_1e7"), "policy spec hidden_dim must be an integer in [1, 4096], got 10000000"),
+    ("checkpoint spec num_layers 1e6", TRAIN("--init", "{root}/spec_layers_1e6"), "policy spec num_layers must be an integer in [1, 32], got 1000000"),
+    ("checkpoint spec wider than its weights", EVAL("--checkpoint", "{root}/spec_wider_than_weights"), "(config.json: num_layers 2, hidden_dim 128; weights: 2 trunk layers of width 64)"),
     ("train without --init", ["train", *ARCH, "--out", "{root}/new_run"], "--init is required"),
     # run directories
     ("existing run dir, no --resume/--overwrite", TRAIN("--out", "{root}/existing_run"), "already exists; pass --resume"),
@@ -205,6 +297,22 @@ BAD_INPUTS = [
     ("--resume of a non-run directory", ["train", "--resume", "{root}/demos"], "not a policytrim run directory"),
     ("--resume with a corrupt run.json", ["train", "--resume", "{root}/broken_run"], "run.json is not valid JSON"),
     ("--resume with a tampered config.yaml", ["train", "--resume", "{root}/tampered_run"], "config.yaml: unknown key(s) stage1.lrr"),
+    ("--resume, config.yaml cut at a line", ["train", "--resume", "{root}/run_cut"], "config.yaml is not the one this run was created with"),
+    ("--resume, config.yaml emptied", ["train", "--resume", "{root}/run_empty"], "config.yaml is not the one this run was created with"),
+    ("--resume, config.yaml edited", ["train", "--resume", "{root}/run_edited"], "config.yaml is not the one this run was created with"),
+    ("--resume of a run without hash, config.yaml cut", ["train", "--resume", "{root}/run_cut_old"], "config.yaml: missing key(s) "),
+    ("--resume of a run without hash, config.yaml empty", ["train", "--resume", "{root}/run_empty_old"], "config.yaml is empty (no settings)"),
+    # outputs that cannot be written (checked before anything is created)
+    ("run dir below a regular file", TRAIN("--out", "{root}/a_file/run"), "'{root}/a_file' is a file, not a directory"),
+    ("pretrain output below a regular file", PRETRAIN("demos", "--out", "{root}/a_file/baseline"), "is a file, not a directory"),
+    ("collect output below a regular file", ["collect", *ARCH, "--out", "{root}/a_file/demos"], "is a file, not a directory"),
+    ("eval output below a regular file", EVAL("--out", "{root}/a_file/eval"), "is a file, not a directory"),
+    pytest.param("run dir without write permission", TRAIN("--out", UNWRITABLE), "permission", marks=needs_sysfs),
+    pytest.param("wandb asked for, not installed", TRAIN("--logging.wandb", "offline"), "logging.wandb=offline needs the wandb package", marks=no_wandb),
+    # report
+    ("report --out that is a file", ["report", "{root}/report_run", "--out", "{root}/a_file"], "--out '{root}/a_file' is a file"),
+    ("report of a corrupt run.json", ["report", "{root}/broken_run", "--out", "{root}/new_report"], "broken_run/run.json is not valid JSON"),
+    ("report of a corrupt metrics.jsonl line", ["report", "{root}/report_run", "--out", "{root}/new_report"], "report_run/metrics.jsonl line 2 is not valid JSON"),
     # demonstration datasets
     ("pretrain without --data", ["pretrain", *ARCH, "--out", "{root}/new_baseline"], "--data is required"),
     ("missing dataset", PRETRAIN("nope"), "does not exist"),
@@ -222,7 +330,7 @@ BAD_INPUTS = [
     ("eval window > max window", EVAL("--window", "9"), "--window must be in [1, 8]"),
     ("expert with window > 1", EVAL("--checkpoint", "expert", "--window", "5"), "scripted experts act in closed loop with window 1"),
     ("eval output that is a file", EVAL("--out", "{root}/a_file"), "is a file"),
-    ("eval with 0 episodes", EVAL("--episodes", "0"), "eval.episodes must be an integer >= 1"),
+    ("eval with 0 episodes", EVAL("--episodes", "0"), "eval.episodes must be an integer in [1, 100000]"),
 ]
 
 
@@ -251,11 +359,14 @@ def test_the_table_covers_at_least_30_kinds():
     assert len({c.values[0] if hasattr(c, "values") else c[0] for c in BAD_INPUTS}) >= 30
 
 
-@pytest.mark.parametrize("kind", ["truncated weights file", "dataset with NaN", "--resume with a corrupt run.json"])
+@pytest.mark.parametrize("kind", [
+    "truncated weights file", "dataset with NaN", "--resume with a corrupt run.json", "YAML alias bomb under a valid key",
+    "checkpoint spec hidden_dim 1e7", "--resume, config.yaml cut at a line", "report of a corrupt metrics.jsonl line",
+])
 def test_real_process_exit_status_and_no_traceback(fx, kind, tmp_path):
     _, argv, message = next(c for c in BAD_INPUTS if c[0] == kind)
     before = snapshot(fx)
-    result = subprocess.run([sys.executable, "-m", "policytrim.cli", *(a.format(root=fx) for a in argv)], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run([sys.executable, "-m", "policytrim.cli", *(a.format(root=fx) for a in argv)], capture_output=True, text=True, cwd=tmp_path, env=SUBPROCESS_ENV, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
     assert snapshot(fx) == before and list(tmp_path.iterdir()) == []

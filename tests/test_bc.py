@@ -71,10 +71,10 @@ def test_pretrain_refuses_bad_input_and_writes_nothing(tmp_path):
     assert not any((tmp_path / "exists").iterdir())
 
 
-@pytest.mark.parametrize("head", ["gaussian", "flow"])
+@pytest.mark.parametrize("head", ["gaussian", "flow", "token_parallel", "token_ar"])
 def test_pretrain_writes_a_loadable_checkpoint_and_metrics(tmp_path, head):
     cfg = RunConfig(
-        policy=PolicyConfig(head=head, chunk_size=4, default_window=2, hidden_dim=16, num_layers=1, flow_steps=3),
+        policy=PolicyConfig(head=head, chunk_size=4, default_window=2, hidden_dim=16, num_layers=1, flow_steps=3, token_dim=16, token_layers=1),
         pretrain=PretrainConfig(iterations=20, batch_size=8, eval_episodes=0),
     )
     cfg.logging.progress = False

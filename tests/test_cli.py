@@ -27,7 +27,7 @@ def test_config_dump_with_file_and_overrides(tmp_path, capsys):
     "args, message",
     [
         (["config", "--stage1.windows", "10", "5"], "strictly increasing"),
-        (["config", "--rollout.group-size", "1"], "group_size must be an integer >= 2"),
+        (["config", "--rollout.group-size", "1"], "group_size must be an integer in [2, 1024]"),
         (["config", "--tasks", "pushh"], "unknown task 'pushh'"),
         (["config", "--bogus", "1"], "Unrecognized options: --bogus"),
         (["config", "--seed", "x"], "--seed"),
@@ -51,3 +51,19 @@ def test_help_lists_field_docstrings():
     assert "Stage 1's windows" not in result.stdout  # property, not a flag
     assert "--stage2.stability-coef" in result.stdout or "--stage2.stability_coef" in result.stdout
     assert "lambda_s: weight of the group-anchored stability penalty" in " ".join(result.stdout.split())
+
+
+def test_train_summary_prints_dashes_when_validation_had_no_success(monkeypatch, capsys, tmp_path):
+    """A best checkpoint with no validation success has no mean steps or calls per success (None):
+    `policytrim train` prints '-' for them instead of crashing. The trainer is a fake returning
+    such a summary; the printing is the real command's."""
+    import policytrim.train.grpo as grpo
+
+    def fake_train(cfg, stage, init, resume, overwrite):
+        best = {"epoch": 1, "success_rate": 0.0, "mean_steps": None, "calls_per_success": None}
+        return {"run_dir": str(tmp_path), "stages": ["trim"], "trim": {"best": best, "budget": {"budget": 16.0, "source": "flag"}}, "window": 4}
+
+    monkeypatch.setattr(grpo, "train", fake_train)
+    assert main(["train", "--init", str(tmp_path), "--stage", "trim", "--logging.out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "trim: best at epoch 1: SR 0.000, steps -, calls - (validation)" in out

@@ -50,7 +50,7 @@ def test_task_sets_and_names():
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: RolloutConfig(group_size=1), "group_size must be an integer >= 2"),
+        (lambda: RolloutConfig(group_size=1), r"group_size must be an integer in \[2, 1024\]"),
         (lambda: Stage1Config(windows=(10, 5)), "strictly increasing"),
         (lambda: Stage1Config(windows=(5, 5)), "strictly increasing"),
         (lambda: RunConfig(stage1=Stage1Config(windows=(5, 20))), "<= policy.chunk_size=15"),
@@ -64,7 +64,7 @@ def test_task_sets_and_names():
         (lambda: EnvConfig(tasks=("nope-v3",)), "unknown task"),
         (lambda: EnvConfig(train_seed=1, val_seed=1), "disjoint"),
         (lambda: EnvConfig(suite="gym"), "gym_id is required"),
-        (lambda: PolicyConfig(flow_steps=1), "flow_steps must be an integer >= 2"),
+        (lambda: PolicyConfig(flow_steps=1), r"flow_steps must be an integer in \[2, 1000\]"),
         (lambda: RunConfig(policy=PolicyConfig(kind="expert", default_window=5)), "expert acts in closed loop"),
     ],
 )

@@ -16,6 +16,7 @@ from policytrim.objective import (
     extension_reward,
     group_advantages,
     grpo_loss,
+    reduce_grpo_loss,
     speedup,
     stability_penalty,
     step_budget,
@@ -371,11 +372,32 @@ def test_group_advantages_match_loop(seed):
 # eq 4: the loss
 
 
+def _loss(logp, old_logp, advantages, mask, ref_logp=None, clip_low=0.2, clip_high=0.2, kl_coef=0.0, num_trajectories=None):
+    """Eq 4's scalar the way the trainer makes it: per-trajectory terms, then the reduction."""
+    terms = grpo_loss(logp, old_logp, advantages, mask, ref_logp=ref_logp, clip_low=clip_low, clip_high=clip_high)
+    return reduce_grpo_loss(terms, kl_coef, num_trajectories)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_grpo_loss_terms_are_per_trajectory(seed):
+    logp, old, ref, adv, mask = _random_loss_inputs(seed)
+    terms = grpo_loss(logp, old, adv, mask, ref_logp=ref)
+    assert terms.policy.shape == terms.kl.shape == adv.shape
+    for i in range(adv.shape[0]):  # trajectory i's terms depend on trajectory i alone
+        alone = grpo_loss(logp[i : i + 1], old[i : i + 1], adv[i : i + 1], mask[i : i + 1], ref_logp=ref[i : i + 1])
+        torch.testing.assert_close(alone.policy[0], terms.policy[i])
+        torch.testing.assert_close(alone.kl[0], terms.kl[i])
+    loss, diag = reduce_grpo_loss(terms, 0.1, num_trajectories=9)
+    assert loss.item() == pytest.approx((terms.policy.sum() + 0.1 * terms.kl.sum()).item() / 9)
+    assert diag["policy_loss"].item() == pytest.approx(terms.policy.sum().item() / 9)
+    assert grpo_loss(logp, old, adv, mask).kl is None
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_grpo_loss_matches_loop(seed):
     logp, old, ref, adv, mask = _random_loss_inputs(seed)
     for ref_arg, beta, cl, ch, n in [(None, 0.0, 0.2, 0.2, None), (ref, 0.05, 0.1, 0.28, 9)]:
-        loss, _ = grpo_loss(logp, old, adv, mask, ref_logp=ref_arg, clip_low=cl, clip_high=ch,
+        loss, _ = _loss(logp, old, adv, mask, ref_logp=ref_arg, clip_low=cl, clip_high=ch,
                             kl_coef=beta, num_trajectories=n)
         expected = _ref_grpo_loss(logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(),
                                   None if ref_arg is None else ref.tolist(), cl, ch, beta,
@@ -392,7 +414,7 @@ def test_grpo_loss_hand_values_clipping_and_trajectory_weights():
     old = torch.tensor([[[-math.log(1.5)], [0.0]], [[math.log(2.0)], [0.0]]], dtype=torch.float64)
     mask = torch.tensor([[[True], [False]], [[True], [True]]])
     adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
-    loss, diag = grpo_loss(logp, old, adv, mask)
+    loss, diag = _loss(logp, old, adv, mask)
     assert loss.item() == pytest.approx((-1.2 + 0.9) / 2)
     assert diag["ratio_max"].item() == pytest.approx(1.5)
     assert diag["ratio_min"].item() == pytest.approx(0.5)
@@ -409,23 +431,23 @@ def test_grpo_loss_row_sum_makes_the_chunk_ratio():
     logp = torch.tensor([[[0.1, 0.1, 7.0]]], dtype=torch.float64)
     old = torch.zeros_like(logp)
     mask = torch.tensor([[[True, True, False]]])
-    loss, diag = grpo_loss(logp, old, torch.tensor([0.5], dtype=torch.float64), mask, clip_high=1.0)
+    loss, diag = _loss(logp, old, torch.tensor([0.5], dtype=torch.float64), mask, clip_high=1.0)
     assert loss.item() == pytest.approx(-math.exp(0.2) * 0.5)
     assert diag["ratio_max"].item() == pytest.approx(math.exp(0.2))
 
 
 def test_grpo_loss_at_ratio_one_is_minus_mean_advantage():
     logp, _, _, adv, mask = _random_loss_inputs(3)
-    loss, diag = grpo_loss(logp, logp.clone(), adv, mask)
+    loss, diag = _loss(logp, logp.clone(), adv, mask)
     assert loss.item() == pytest.approx(-adv.mean().item())
     assert diag["clip_frac"].item() == 0.0 and diag["approx_kl"].item() == 0.0
-    loss, _ = grpo_loss(logp, logp.clone(), adv, mask, num_trajectories=20)
+    loss, _ = _loss(logp, logp.clone(), adv, mask, num_trajectories=20)
     assert loss.item() == pytest.approx(-adv.sum().item() / 20)
 
 
 def _grad(logp, old, adv, mask, **kw):
     x = logp.clone().requires_grad_(True)
-    loss, _ = grpo_loss(x, old, adv, mask, **kw)
+    loss, _ = _loss(x, old, adv, mask, **kw)
     loss.backward()
     return x.grad
 
@@ -461,14 +483,14 @@ def test_grpo_loss_masked_rows_get_exactly_zero_gradient():
     old = torch.where(junk, torch.full_like(old, 1e4), old)
     ref = torch.where(junk, torch.full_like(ref, 1e4), ref)
     x = logp.clone().requires_grad_(True)
-    loss, diag = grpo_loss(x, old, adv, mask, ref_logp=ref, kl_coef=0.1)
+    loss, diag = _loss(x, old, adv, mask, ref_logp=ref, kl_coef=0.1)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(v) for v in diag.values())
     assert torch.isfinite(x.grad).all()
     assert (x.grad[junk] == 0).all()
     assert (x.grad[mask] != 0).any()
     # and the garbage does not change the value
-    clean, _ = grpo_loss(torch.where(junk, 0.0, logp), torch.where(junk, 0.0, old), adv, mask,
+    clean, _ = _loss(torch.where(junk, 0.0, logp), torch.where(junk, 0.0, old), adv, mask,
                          ref_logp=torch.where(junk, 0.0, ref), kl_coef=0.1)
     assert loss.item() == pytest.approx(clean.item())
 
@@ -486,16 +508,16 @@ def test_grpo_loss_minibatch_gradients_add_up():
 
 def test_k3_kl_zero_at_reference_and_positive_otherwise():
     logp, old, ref, adv, mask = _random_loss_inputs(5)
-    _, diag = grpo_loss(logp, old, adv, mask, ref_logp=logp.clone())
+    _, diag = _loss(logp, old, adv, mask, ref_logp=logp.clone())
     assert diag["kl_ref"].item() == 0.0
-    _, diag = grpo_loss(logp, old, adv, mask, ref_logp=ref)
+    _, diag = _loss(logp, old, adv, mask, ref_logp=ref)
     assert diag["kl_ref"].item() > 0
     # by hand: one trajectory, rows with r = 0.5 and r = -0.5 (a third row unexecuted)
     lp = torch.zeros(1, 1, 3, dtype=torch.float64)
     r = torch.tensor([[[0.5, -0.5, 9.0]]], dtype=torch.float64)
     m = torch.tensor([[[True, True, False]]])
     a = torch.zeros(1, dtype=torch.float64)
-    loss, diag = grpo_loss(lp, lp, a, m, ref_logp=r, kl_coef=0.5)
+    loss, diag = _loss(lp, lp, a, m, ref_logp=r, kl_coef=0.5)
     k3 = ((math.exp(0.5) - 1.5) + (math.exp(-0.5) - 0.5)) / 2
     assert diag["kl_ref"].item() == pytest.approx(k3)
     assert loss.item() == pytest.approx(0.5 * k3)
@@ -592,4 +614,4 @@ def test_grpo_loss_value_errors(kwargs, match):
                 mask=torch.ones(2, 3, 4, dtype=torch.bool))
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        grpo_loss(**args)
+        _loss(**args)

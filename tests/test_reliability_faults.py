@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_config
+from faults import FaultyEnv
 from policytrim.config import GRPOConfig, PolicyConfig
 from policytrim.envs import initial_states, make_env
-from policytrim.envs.faults import FaultyEnv
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.io import read_jsonl
 from policytrim.policies import load_policy
@@ -57,7 +57,7 @@ def _assert_finite_checkpoints(stage_dir) -> None:
 
 
 @pytest.mark.slow
-def test_training_survives_env_exception_hung_worker_and_nan_log_probs(tiny_baseline, tmp_path, monkeypatch, caplog):
+def test_training_survives_env_exception_hung_worker_and_nan_log_probs(tiny_baseline, tmp_path, caplog):
     stage = dict(epochs=2, eval_every=2, val_episodes=2, checkpoint_every=1, lr=1e-3, update_epochs=2)
     cfg = tiny_config(stage1=stage, rollout=dict(num_workers=2, step_timeout_s=3.0))
     cfg.logging.out = str(tmp_path / "run")
@@ -65,25 +65,24 @@ def test_training_survives_env_exception_hung_worker_and_nan_log_probs(tiny_base
     factory = functools.partial(
         exception_and_hang, raise_index=_group_start_index(cfg, "extend", 0, 0), hang_index=_group_start_index(cfg, "extend", 1, 1)
     )
-    monkeypatch.setattr(grpo, "RolloutEngine", functools.partial(RolloutEngine, env_factory=factory))
+    engine_factory = functools.partial(RolloutEngine, env_factory=factory)
 
     # epoch 1's update: the learner's log-probs come out NaN (a numerically broken forward pass)
-    real_update, real_log_prob = grpo.grpo_update, TinyVLA.log_prob
     updates = []
 
-    def update(*args, **kwargs):
+    def update(policy, *args, **kwargs):
         updates.append(len(updates))
-        return real_update(*args, **kwargs)
-
-    def log_prob(self, *args, **kwargs):
-        logp = real_log_prob(self, *args, **kwargs)
-        return logp * float("nan") if len(updates) == 1 else logp
-
-    monkeypatch.setattr(grpo, "grpo_update", update)
-    monkeypatch.setattr(TinyVLA, "log_prob", log_prob)
+        if len(updates) != 1:
+            return grpo.grpo_update(policy, *args, **kwargs)
+        real_log_prob = policy.log_prob
+        policy.log_prob = lambda *a, **k: real_log_prob(*a, **k) * float("nan")  # this instance, this update only
+        try:
+            return grpo.grpo_update(policy, *args, **kwargs)
+        finally:
+            del policy.log_prob
 
     with caplog.at_level(logging.WARNING):
-        summary = grpo.train(cfg, "extend", str(tiny_baseline))
+        summary = grpo.train(cfg, "extend", str(tiny_baseline), seams=grpo.TrainerSeams(engine_factory=engine_factory, update=update))
 
     run = tmp_path / "run"
     records = {r["epoch"]: r for r in read_jsonl(run / "metrics.jsonl")}

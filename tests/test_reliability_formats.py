@@ -80,6 +80,9 @@ def test_committed_fixture_loads_and_acts_as_recorded(fixture, no_pickle):
     obs = {"state": torch.from_numpy(np.random.default_rng(expected["observation_seed"]).normal(size=(1, 39)).astype(np.float32))}
     chunk = policy.sample(obs, [expected["instruction"]], "deterministic").actions[0]
     assert torch.allclose(chunk, torch.tensor(expected["deterministic_chunk"]), atol=1e-5), "same file, different actions"
+    # version 1 predates the trained-window keys: it loads as a behaviour-cloned policy at its window
+    trained = expected.get("trained", {"default_window": 2, "trained_stage": "bc", "step_budget": None})
+    assert (policy.default_window, policy.trained_stage, policy.step_budget) == (trained["default_window"], trained["trained_stage"], trained["step_budget"])
 
     stage_dir = fixture / "extend"
     checkpoint = latest_checkpoint(stage_dir)

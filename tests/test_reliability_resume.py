@@ -71,8 +71,13 @@ def canonical(value):
 
 
 def weights(policy_dir: Path) -> dict[str, list]:
-    """Tensor values (the file's bytes also hold safetensors metadata in hash-map order)."""
+    """Tensor values (and, separately in `outcome`, the file's SHA-256: identical tensors are
+    written as identical bytes since issue 12)."""
     return {k: v.tolist() for k, v in sorted(load_file(str(policy_dir / "model.safetensors")).items())}
+
+
+def weights_sha256(policy_dir: Path) -> str:
+    return json.loads((policy_dir / "config.json").read_text())["weights_sha256"]
 
 
 def outcome(run: Path, stages=("extend", "trim")) -> dict:
@@ -81,8 +86,10 @@ def outcome(run: Path, stages=("extend", "trim")) -> dict:
     for stage in stages:
         out[f"{stage}/result"] = canonical(json.loads((run / stage / "result.json").read_text()))
         out[f"{stage}/best"] = weights(run / stage / "best" / "policy")
+        out[f"{stage}/best/weights_sha256"] = weights_sha256(run / stage / "best" / "policy")
     if "trim" in stages:
         out["final"] = weights(run / "final" / "policy")
+        out["final/weights_sha256"] = weights_sha256(run / "final" / "policy")
         summary = json.loads((run / "summary.json").read_text())
         summary.pop("run_dir")
         out["summary"] = canonical(summary)
@@ -261,6 +268,42 @@ def test_kill_9_during_rollouts_with_env_workers_leaves_no_orphans_and_resumes_e
         assert mine.keys() == theirs.keys()
         for key, value in theirs.items():
             assert mine[key] == (pytest.approx(value, rel=1e-3, abs=1e-5) if isinstance(value, float) else value), (mine["epoch"], key)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_is_one_line_marks_the_run_interrupted_and_resumes(tiny_baseline, tmp_path):
+    """A real SIGINT to the whole process group, as a terminal's Ctrl-C sends it (env workers get it
+    too), during Stage 1's second epoch with two env worker processes."""
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "workers.yaml", num_workers=2)
+    proc = subprocess.Popen(
+        train_cmd("--config", str(config), "--init", str(tiny_baseline), "--out", str(run), "--stage", "extend"),
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: (run / "extend" / "epoch_000001" / "trainer_state.json").is_file() or proc.poll() is not None, 300, "the first checkpoint")
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.3)  # inside epoch 2
+        workers = _children(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert len(workers) >= 2, "expected two env worker processes"
+    assert proc.returncode == 130, err[-3000:]
+    assert out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err and "Error" not in err, err  # no KeyboardInterrupt / BrokenPipeError
+    assert err.startswith(f"error: interrupted: the run in {run} ") and f"policytrim train --resume {run}" in err
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    _wait_for(lambda: not any(_alive(p) for p in workers), 30, "env workers to exit")
+    assert_consistent(run)
+
+    result = subprocess.run(train_cmd("--resume", str(run)), env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+    assert [(r["stage"], r["epoch"]) for r in read_jsonl(run / "metrics.jsonl")] == [("extend", e) for e in range(3)]
 
 
 # ---------------------------------------------------------------------------------------------

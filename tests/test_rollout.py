@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from faults import FaultyEnv, faulty_env_factory
 from policytrim.config import EnvConfig
 from policytrim.envs import initial_states, make_env
 from policytrim.envs.base import InitialState
-from policytrim.envs.faults import FaultyEnv, faulty_env_factory
 from policytrim.policies.base import ChunkSample
 from policytrim.policies.expert import ExpertPolicy, expert_action, scripted_expert
-from policytrim.rollout.engine import RolloutEngine, trajectory_seed
+from policytrim.rollout.engine import AdapterError, RolloutEngine, trajectory_seed
 
 
 class FakeConstantPolicy:
@@ -202,6 +202,16 @@ def test_exception_in_one_env_drops_its_group_whole(local23, caplog):
     assert set(traj.chunk_traj.tolist()) == {0, 1, 2, 3}
     assert torch.equal(traj.obs["state"], clean.obs["state"][clean.chunks_of(keep)])
     assert "dropped 1 of 3 groups" in caplog.text
+    assert traj.fault_counts == {"InjectedFault": 1}
+    first = [r for r in caplog.records if "first InjectedFault fault" in r.message]
+    assert len(first) == 1 and first[0].levelno == logging.WARNING and "Traceback" in first[0].message
+
+
+def test_programming_error_in_an_adapter_stops_the_run(caplog):
+    factory = functools.partial(faulty_env_factory, index=1, at_step=3, kind="bug")
+    with RolloutEngine(EnvConfig(tasks=("reach-v3",), horizon=23), num_workers=0, env_factory=factory) as engine:
+        with pytest.raises(AdapterError, match="raised AttributeError on reach-v3 state 1.*programming error"):
+            run(engine, FakeConstantPolicy(6), initial_states("reach-v3", 0, 3), [1, 4])
 
 
 @pytest.mark.parametrize("kind", ["hang", "crash"])

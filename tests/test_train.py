@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from conftest import tiny_config
+from policytrim.cli import main
 from policytrim.errors import InputError
 from policytrim.io import read_jsonl
 from policytrim.policies import load_policy
-from policytrim.train.grpo import is_better, significant_loss, train
+from policytrim.train.grpo import train
+from policytrim.train.stages import fewest_calls_without_loss, most_successful, significant_loss
 
 
 def small_run_config(out, **stage_overrides):
@@ -56,6 +58,17 @@ def test_both_stages_end_to_end_and_resume(tiny_baseline, tmp_path):
     obs = {"state": torch.zeros(2, 39)}
     sample = policy.sample(obs, [policy.spec()["instructions"][0]] * 2, "sampled", [torch.Generator().manual_seed(i) for i in range(2)])
     assert sample.actions.shape == (2, policy.chunk_size, 4) and torch.isfinite(sample.actions).all()
+
+    # the trained policies carry their windows: final/policy acts at Stage 1's choice, with its budget
+    chosen = choice["window"]
+    assert (policy.default_window, policy.trained_stage, policy.step_budget) == (chosen, "trim", summary["trim"]["budget"]["budget"])
+    stage1 = load_policy(run / "extend" / "best" / "policy")
+    assert (stage1.default_window, stage1.trained_stage, stage1.step_budget) == (chosen, "extend", None)
+    assert load_policy(run / "extend" / "reference" / "policy").default_window == cfg.policy.default_window
+    eval_out = tmp_path / "eval"
+    flags = ["--env.tasks", "drawer-close-v3", "--env.horizon", "120", "--rollout.num-workers", "0", "--eval.episodes", "2", "--logging.no-progress"]
+    assert main(["eval", "--policy", str(run / "final" / "policy"), "--out", str(eval_out), *flags]) == 0
+    assert json.loads((eval_out / "metrics.json").read_text())["window"] == chosen
 
     # resume: pretend the run died after Stage 2's epoch 1 checkpoint, then continue it
     original = {(r["stage"], r["epoch"]): r for r in records}
@@ -101,10 +114,10 @@ def test_stage2_selection_needs_a_significant_loss_to_reject():
     assert not significant_loss(noisy, start, 2.0)
     assert significant_loss(real, start, 2.0)
     assert not significant_loss(real, start, 20.0)  # within the tolerance
-    assert is_better("trim", noisy, start, start, 2.0)  # fewer calls, no significant loss
-    assert not is_better("trim", real, noisy, start, 2.0)  # fewer calls, but lost success
+    assert fewest_calls_without_loss(noisy, start, start, 2.0)  # fewer calls, no significant loss
+    assert not fewest_calls_without_loss(real, noisy, start, 2.0)  # fewer calls, but lost success
     # without per-state outcomes (older checkpoints) only the point tolerance applies
     bare = {k: v for k, v in noisy.items() if k != "success_by_state"}
     assert significant_loss(bare, start, 2.0)
     # Stage 1 keeps the highest SR at the longest window
-    assert is_better("extend", start, noisy, start, 2.0) and not is_better("extend", noisy, start, start, 2.0)
+    assert most_successful(start, noisy) and not most_successful(noisy, start)

@@ -171,8 +171,10 @@ def run_ablation(cfg: RunConfig, init: str | Path, names: Sequence[str], out: st
     from policytrim.eval.compare import Contender
     from policytrim.eval.suite import reference_contenders, run_suite, write_suite
     from policytrim.policies import load_policy
+    from policytrim.preflight import check_preconditions
 
     out = Path(out)
+    check_preconditions(cfg, out)
     init = str(init)
     variants = plan(names)  # validates names before anything is written
     base = load_policy(init)  # validates the checkpoint
@@ -200,15 +202,16 @@ def run_ablation(cfg: RunConfig, init: str | Path, names: Sequence[str], out: st
         previous = (_read(out / "ablation.json") or {}).get("variants", [])
         if summary.get("reused"):
             seconds = next((p.get("train_seconds", 0.0) for p in previous if p["name"] == v.name), 0.0)
-        rec.update(run_dir=str(run_dir.relative_to(out)), policy=str(run_dir / "final" / "policy"), window=summary["window"], train_seconds=seconds, init=start)
+        trained = load_policy(run_dir / "final" / "policy")  # its spec carries the window it was trained for
+        rec.update(run_dir=str(run_dir.relative_to(out)), policy=str(run_dir / "final" / "policy"), window=trained.default_window, train_seconds=seconds, init=start)
         if v.stage == "extend":
             rec["window_choice"] = summary["extend"]["window_choice"]
         if "trim" in summary:
             rec["budget"] = summary["trim"]["budget"]
         records[v.name] = rec
         if v.name == "extend":
-            stage1_window, stage1_policy = summary["window"], str(run_dir / "final" / "policy")
-        _say(f"{v.name}: trained in {seconds / 60:.1f} min, window {summary['window']}")
+            stage1_window, stage1_policy = trained.default_window, str(run_dir / "final" / "policy")
+        _say(f"{v.name}: trained in {seconds / 60:.1f} min, window {trained.default_window}")
     train_seconds = time.perf_counter() - t_train
 
     t_eval = time.perf_counter()
@@ -275,23 +278,3 @@ def format_table(result: dict[str, Any]) -> str:
     t = result.get("timings_s", {})
     lines += ["", f"Training {t.get('train', 0) / 60:.1f} min, evaluation {t.get('eval', 0) / 60:.1f} min; load average at start {result['machine']['load_average_start'][0]:.2f}, at end {result['machine']['load_average_end'][0]:.2f} ({result['machine']['cores']} cores)."]
     return "\n".join(lines)
-
-
-def ablate_command(args: Any) -> int:
-    """`policytrim ablate`: args is the CLI's AblateCmd."""
-    from policytrim.cli import run_config
-    from policytrim.eval.report import write_report
-
-    cfg = run_config(args)
-    if args.list_variants:
-        print(describe_variants(cfg, args.variants or NAMED))
-        return 0
-    if not args.init:
-        raise InputError("--init is required: the starting (baseline) checkpoint every variant starts from")
-    print(describe_variants(cfg, args.variants))
-    out = Path(cfg.logging.out)
-    result = run_ablation(cfg, args.init, args.variants, out, overwrite=args.overwrite)
-    report = write_report([out], out / "report")
-    print(format_table(result))
-    print(f"wrote {out / 'ablation.json'}, {out / 'ablation.md'}; report: {report}")
-    return 0

@@ -9,6 +9,7 @@ Bad values raise `ConfigError` (a ValueError) saying what is wrong and what is a
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import types
@@ -20,9 +21,8 @@ from typing import Annotated, Any, Literal
 import tyro
 import yaml
 
+from policytrim import limits as L
 from policytrim.envs.tasks import resolve_tasks
-
-
 from policytrim.errors import InputError
 
 
@@ -33,6 +33,11 @@ class ConfigError(InputError):
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _int_in(name: str, value: Any, lo: int, hi: int, hint: str = "") -> None:
+    """An integer in [lo, hi]; size-like fields take their upper bound from `policytrim.limits`."""
+    L.check_int(name, value, lo, hi, hint, error=ConfigError)
 
 
 def _in_range(name: str, value: float, lo: float, hi: float) -> None:
@@ -53,18 +58,18 @@ def _positive(name: str, value: float) -> None:
 class EnvConfig:
     """Simulator and initial states."""
 
-    suite: Literal["metaworld", "gym"] = "metaworld"
-    """Simulator adapter: metaworld (embedded) or gym (any gymnasium env reporting info['success'])."""
+    suite: Literal["metaworld", "gym", "libero"] = "metaworld"
+    """Simulator adapter: metaworld (embedded), gym (any gymnasium env reporting info['success']) or libero (extra policytrim[libero])."""
     tasks: Annotated[tuple[str, ...], tyro.conf.arg(aliases=("--tasks",))] = ("push-v3",)
-    """Meta-World v3 task names and/or sets (MW8, MT10, MT50)."""
+    """Meta-World v3 task names and/or sets (MW8, MT10, MT50); for suite=libero, LIBERO suites (libero_object, ...) and/or '<suite>/<task>' names."""
     gym_id: str = ""
     """gymnasium env id, for suite=gym."""
     horizon: int = 200
-    """Episode horizon in environment steps (recorded with every result)."""
+    """Episode horizon in environment steps (recorded with every result; at most 100000)."""
     image: bool = False
     """Render an RGB camera image into the observation (slow on CPU)."""
     image_size: int = 64
-    """Square image size in pixels, when image=True."""
+    """Square image size in pixels, when image=True (16..512)."""
     camera: str = "corner2"
     """Meta-World camera name, when image=True."""
     train_seed: int = 0
@@ -73,20 +78,39 @@ class EnvConfig:
     """Seed of the validation initial states (window choice, budget, best checkpoint)."""
     test_seed: int = 2
     """Seed of the test initial states (every reported number)."""
+    libero_max_steps: Literal["openpi", "paper", "env"] = "openpi"
+    """suite=libero: the horizon preset: openpi (per suite 220/280/300/520/400, the published protocol), paper (160/160/240/400) or env (env.horizon)."""
+    libero_published_test: bool = False
+    """suite=libero: the test split is all 50 init states per task, in order (the published protocol; overlaps train/val: only for checkpoints not trained here)."""
+    max_envs_per_worker: int = 0
+    """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO as many as fit in half the free memory."""
 
     def __post_init__(self) -> None:
-        _require(self.suite in ("metaworld", "gym"), f"env.suite must be metaworld or gym, got {self.suite!r}")
+        _require(self.suite in ("metaworld", "gym", "libero"), f"env.suite must be metaworld, gym or libero, got {self.suite!r}")
+        _int_in("env.max_envs_per_worker", self.max_envs_per_worker, 0, L.MAX_ENVS_PER_WORKER, " (0 = automatic)")
         if self.suite == "metaworld":
             try:
                 self.tasks = resolve_tasks(list(self.tasks))
             except InputError as exc:
                 raise ConfigError(f"env.tasks: {exc}") from None
+        elif self.suite == "libero":
+            from policytrim.envs.libero import max_steps, resolve_libero_tasks
+
+            try:
+                self.tasks = resolve_libero_tasks(list(self.tasks))
+                if self.libero_max_steps != "env":
+                    self.horizon = max_steps(self.tasks, self.libero_max_steps)
+            except InputError as exc:
+                raise ConfigError(f"env.tasks: {exc}") from None
         else:
             _require(bool(self.gym_id), "env.gym_id is required when env.suite=gym, e.g. env.gym_id=MyEnv-v0")
-        _require(isinstance(self.horizon, int) and 1 <= self.horizon <= 100_000, f"env.horizon must be an integer in [1, 100000], got {self.horizon!r}")
-        _require(isinstance(self.image_size, int) and 16 <= self.image_size <= 512, f"env.image_size must be an integer in [16, 512], got {self.image_size!r}")
+        _int_in("env.horizon", self.horizon, 1, L.MAX_HORIZON)
+        _int_in("env.image_size", self.image_size, 16, L.MAX_IMAGE_SIZE)
         seeds = (self.train_seed, self.val_seed, self.test_seed)
         _require(len(set(seeds)) == 3, f"env.train_seed, env.val_seed and env.test_seed must be disjoint, got {seeds}")
+
+
+HEADS = ("gaussian", "flow", "token_parallel", "token_ar")
 
 
 @dataclass
@@ -95,26 +119,36 @@ class PolicyConfig:
 
     kind: Literal["chunk", "expert", "lerobot"] = "chunk"
     """chunk: the built-in learned policy; expert: Meta-World's scripted experts (window 1); lerobot: a LeRobot policy (SmolVLA, pi0, pi05, Diffusion, ACT; needs the lerobot extra)."""
-    head: Literal["gaussian", "flow"] = "gaussian"
-    """Action head: gaussian (exact log-prob) or flow (flow matching, Flow-SDE log-probs)."""
+    head: Literal["gaussian", "flow", "token_parallel", "token_ar"] = "gaussian"
+    """Action head: gaussian (exact log-prob), flow (flow matching, Flow-SDE log-probs), token_parallel (256 bins per dim, all tokens at once, OpenVLA-OFT) or token_ar (one token at a time, OpenVLA)."""
     chunk_size: int = 15
-    """H: actions predicted per inference call."""
+    """H: actions predicted per inference call (1..256)."""
     default_window: int = 5
-    """k the baseline executes per call (its deployed window)."""
+    """k the baseline executes per call (k_1 of Stage 1); a trained policy's saved spec carries the window PolicyTrim chose."""
     hidden_dim: int = 256
-    """Width of the trunk MLP."""
+    """Width of the trunk MLP (8..4096)."""
     num_layers: int = 3
-    """Depth of the trunk MLP."""
+    """Depth of the trunk MLP (1..32)."""
     text_encoder: str = "embedding"
     """Instruction encoder: 'embedding' (learned token embeddings) or an installed frozen sentence encoder name."""
     flow_steps: int = 10
-    """K: denoising steps of the flow head (>= 2)."""
+    """K: denoising steps of the flow head (2..1000)."""
     flow_noise: float = 0.5
     """a: Flow-SDE noise scale, sigma_t = a*sqrt(t/(1-t))."""
     init_log_std: float = -1.0
     """Initial log-std of the Gaussian head."""
     std_mode: Literal["fixed", "state"] = "fixed"
     """Gaussian head log-std: fixed (one learnable value per chunk row and action dim) or state (plus a linear function of the observation features)."""
+    state_input: Literal["auto", "full", "proprio"] = "auto"
+    """State entries the policy reads: full (the simulator's whole state vector), proprio (the robot's own: Meta-World hand position and gripper, now and one step before) or auto (proprio when env.image, so an image policy sees the scene through its camera only; else full)."""
+    token_bins: int = 256
+    """Token heads: uniform bins per action dim over the action bounds [-1, 1] (OpenVLA: 256)."""
+    token_temperature: float = 1.0
+    """Token heads: sampling temperature of the train and sampled modes (log-probs use the same)."""
+    token_dim: int = 32
+    """Token heads: transformer width."""
+    token_layers: int = 2
+    """Token heads: transformer blocks."""
     lerobot_path: str = ""
     """kind=lerobot: the LeRobot checkpoint (directory, or lerobot:<hub id>) that `pretrain` fine-tunes by behaviour cloning."""
     train_parts: Literal["all", "expert", "no_vision"] = "all"
@@ -123,17 +157,23 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         _require(self.kind in ("chunk", "expert", "lerobot"), f"policy.kind must be chunk, expert or lerobot, got {self.kind!r}")
         _require(self.train_parts in ("all", "expert", "no_vision"), f"policy.train_parts must be all, expert or no_vision, got {self.train_parts!r}")
-        _require(self.head in ("gaussian", "flow"), f"policy.head must be gaussian or flow, got {self.head!r}")
-        _require(isinstance(self.chunk_size, int) and 1 <= self.chunk_size <= 256, f"policy.chunk_size must be an integer in [1, 256], got {self.chunk_size!r}")
+        _require(self.head in HEADS, f"policy.head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        _int_in("policy.chunk_size", self.chunk_size, 1, L.MAX_CHUNK_SIZE)
         _require(
             isinstance(self.default_window, int) and 1 <= self.default_window <= self.chunk_size,
             f"policy.default_window must be in [1, chunk_size={self.chunk_size}], got {self.default_window!r}",
         )
-        _require(self.hidden_dim >= 8 and self.num_layers >= 1, "policy.hidden_dim must be >= 8 and policy.num_layers >= 1")
-        _require(isinstance(self.flow_steps, int) and self.flow_steps >= 2, f"policy.flow_steps must be an integer >= 2, got {self.flow_steps!r}")
+        _int_in("policy.hidden_dim", self.hidden_dim, 8, L.MAX_HIDDEN_DIM)
+        _int_in("policy.num_layers", self.num_layers, 1, L.MAX_LAYERS)
+        _int_in("policy.flow_steps", self.flow_steps, 2, L.MAX_FLOW_STEPS)
         _in_range("policy.flow_noise", self.flow_noise, 0.0, 5.0)
         _in_range("policy.init_log_std", self.init_log_std, -10.0, 2.0)
         _require(self.std_mode in ("fixed", "state"), f"policy.std_mode must be fixed or state, got {self.std_mode!r}")
+        _require(self.state_input in ("auto", "full", "proprio"), f"policy.state_input must be auto, full or proprio, got {self.state_input!r}")
+        _require(isinstance(self.token_bins, int) and 2 <= self.token_bins <= 4096, f"policy.token_bins must be an integer in [2, 4096], got {self.token_bins!r}")
+        _require(isinstance(self.token_temperature, (int, float)) and 0 < self.token_temperature <= 10, f"policy.token_temperature must be in (0, 10], got {self.token_temperature!r}")
+        _require(isinstance(self.token_dim, int) and self.token_dim >= 8 and self.token_dim % 4 == 0, f"policy.token_dim must be a multiple of 4 (its attention heads) >= 8, got {self.token_dim!r}")
+        _require(isinstance(self.token_layers, int) and self.token_layers >= 1, f"policy.token_layers must be an integer >= 1, got {self.token_layers!r}")
 
 
 @dataclass
@@ -141,23 +181,77 @@ class RolloutConfig:
     """How rollouts are run."""
 
     group_size: int = 8
-    """G: rollouts per group, all from the identical initial state."""
+    """G: rollouts per group, all from the identical initial state (2..1024; G x groups <= 65536)."""
     groups_per_epoch: int = 8
-    """Groups (initial states) rolled out per training epoch."""
+    """Groups (initial states) rolled out per training epoch (1..4096)."""
     num_workers: int = 2
-    """Worker processes stepping environments (0 = in-process)."""
+    """Worker processes stepping environments (0 = in-process; at most 256)."""
     step_timeout_s: float = 30.0
     """A worker that takes longer than this for one chunk is killed and replaced; its groups are dropped."""
     lockstep: bool = False
     """One policy call per round over every worker, in a fixed order: training with env workers becomes
     bit-reproducible (resume included) at some throughput. Off: each worker is served as it answers."""
+    backend: Literal["local", "ray"] = "local"
+    """Where env workers run: local processes, or Ray actors (extra policytrim[ray]; see the ray section)."""
+    max_dropped_fraction: float = 1.0
+    """Stop training when more than this fraction of an epoch's groups is dropped (simulator faults,
+    worker timeouts); 1.0: only after 3 epochs in a row with every group dropped."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.lockstep, bool), f"rollout.lockstep must be true or false, got {self.lockstep!r}")
-        _require(isinstance(self.group_size, int) and self.group_size >= 2, f"rollout.group_size must be an integer >= 2 (GRPO compares members of a group), got {self.group_size!r}")
-        _require(isinstance(self.groups_per_epoch, int) and self.groups_per_epoch >= 1, f"rollout.groups_per_epoch must be an integer >= 1, got {self.groups_per_epoch!r}")
-        _require(isinstance(self.num_workers, int) and 0 <= self.num_workers <= 256, f"rollout.num_workers must be an integer in [0, 256], got {self.num_workers!r}")
+        _int_in("rollout.group_size", self.group_size, 2, L.MAX_GROUP_SIZE, " (GRPO compares members of a group)")
+        _int_in("rollout.groups_per_epoch", self.groups_per_epoch, 1, L.MAX_GROUPS_PER_EPOCH)
+        _require(
+            self.group_size * self.groups_per_epoch <= L.MAX_TRAJECTORIES_PER_EPOCH,
+            f"rollout.group_size x rollout.groups_per_epoch must be <= {L.MAX_TRAJECTORIES_PER_EPOCH} trajectories per epoch, got {self.group_size} x {self.groups_per_epoch}",
+        )
+        _int_in("rollout.num_workers", self.num_workers, 0, L.MAX_WORKERS)
         _positive("rollout.step_timeout_s", self.step_timeout_s)
+        _require(self.backend in ("local", "ray"), f"rollout.backend must be local or ray, got {self.backend!r}")
+        _require(self.backend == "local" or self.num_workers >= 1, f"rollout.backend=ray needs rollout.num_workers >= 1 (one Ray actor each), got {self.num_workers}")
+        _require(
+            self.backend == "local" or importlib.util.find_spec("ray") is not None,
+            "rollout.backend=ray needs Ray: pip install 'policytrim[ray]' (or use rollout.backend=local)",
+        )
+        _in_range("rollout.max_dropped_fraction", self.max_dropped_fraction, 0.0, 1.0)
+
+
+PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")
+
+
+@dataclass
+class RayConfig:
+    """Ray env workers (rollout.backend=ray): the cluster and what each worker actor reserves."""
+
+    address: str = ""
+    """Ray cluster to join ("auto", or "head-host:6379"); empty: start a local Ray instance in this process."""
+    num_cpus: int = 0
+    """CPUs of the local Ray instance (0 = every core); ignored when joining a cluster."""
+    placement_strategy: Literal["SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK"] = "SPREAD"
+    """Placement group strategy of the worker bundles (SPREAD: across nodes, best effort)."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per env-worker actor (its bundle)."""
+    gpus_per_worker: float = 0.0
+    """GPUs reserved per env-worker actor (simulators that render on a GPU; the policy stays in the learner)."""
+    memory_per_worker_mb: int = 0
+    """Memory reserved per env-worker actor, MB (0 = no reservation; a Meta-World worker at 32 envs needs ~1,100)."""
+    max_restarts: int = 10
+    """Times Ray restarts one worker actor (died or killed after a hang) before the run fails (-1 = no limit)."""
+    placement_timeout_s: float = 120.0
+    """How long to wait for the cluster to fit every worker bundle before failing."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.address, str), f"ray.address must be a string, got {self.address!r}")
+        _int_in("ray.num_cpus", self.num_cpus, 0, L.MAX_CLUSTER_CPUS)
+        _require(self.placement_strategy in PLACEMENT_STRATEGIES, f"ray.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}")
+        _require(
+            isinstance(self.cpus_per_worker, (int, float)) and 0 < self.cpus_per_worker <= 256,
+            f"ray.cpus_per_worker must be a number in (0, 256], got {self.cpus_per_worker!r}",
+        )
+        _in_range("ray.gpus_per_worker", self.gpus_per_worker, 0.0, 16.0)
+        _int_in("ray.memory_per_worker_mb", self.memory_per_worker_mb, 0, L.MAX_WORKER_MEMORY_MB)
+        _int_in("ray.max_restarts", self.max_restarts, -1, L.MAX_ACTOR_RESTARTS, " (-1 = no limit)")
+        _positive("ray.placement_timeout_s", self.placement_timeout_s)
 
 
 @dataclass
@@ -165,7 +259,7 @@ class GRPOConfig:
     """Settings shared by both stages; each stage has its own copy (learning rate etc. are per stage)."""
 
     epochs: int = 40
-    """Training epochs (one rollout batch + update each)."""
+    """Training epochs (one rollout batch + update each; at most 1e6)."""
     lr: float = 3e-4
     """Adam learning rate."""
     weight_decay: float = 0.0
@@ -173,7 +267,7 @@ class GRPOConfig:
     max_grad_norm: float = 1.0
     """Gradient-norm clip."""
     update_epochs: int = 4
-    """Optimiser steps per rollout batch, each on the whole batch (PPO-style reuse, clipped)."""
+    """Optimiser steps per rollout batch, each on the whole batch (PPO-style reuse, clipped; 1..100)."""
     micro_batch_trajectories: int = 64
     """Trajectories per forward/backward pass; memory only: gradients are accumulated to the whole batch's."""
     clip_low: float = 0.2
@@ -185,23 +279,23 @@ class GRPOConfig:
     eval_every: int = 10
     """Evaluate on validation states every N epochs and keep the best checkpoint."""
     val_episodes: int = 24
-    """Validation episodes per task at each evaluation."""
+    """Validation episodes per task at each evaluation (1..100000)."""
     checkpoint_every: int = 10
     """Write a resumable checkpoint every N epochs (and at the end)."""
 
     def _validate(self, prefix: str) -> None:
-        _require(isinstance(self.epochs, int) and self.epochs >= 0, f"{prefix}.epochs must be an integer >= 0, got {self.epochs!r}")
+        _int_in(f"{prefix}.epochs", self.epochs, 0, L.MAX_EPOCHS)
         _require(isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, f"{prefix}.lr must be in (0, 1], got {self.lr!r}")
         _in_range(f"{prefix}.weight_decay", self.weight_decay, 0.0, 1.0)
         _positive(f"{prefix}.max_grad_norm", self.max_grad_norm)
-        _require(isinstance(self.update_epochs, int) and self.update_epochs >= 1, f"{prefix}.update_epochs must be an integer >= 1, got {self.update_epochs!r}")
-        _require(isinstance(self.micro_batch_trajectories, int) and self.micro_batch_trajectories >= 1, f"{prefix}.micro_batch_trajectories must be an integer >= 1, got {self.micro_batch_trajectories!r}")
+        _int_in(f"{prefix}.update_epochs", self.update_epochs, 1, L.MAX_UPDATE_EPOCHS)
+        _int_in(f"{prefix}.micro_batch_trajectories", self.micro_batch_trajectories, 1, L.MAX_MICRO_BATCH)
         _in_range(f"{prefix}.clip_low", self.clip_low, 0.0, 1.0)
         _in_range(f"{prefix}.clip_high", self.clip_high, 0.0, 10.0)
         _in_range(f"{prefix}.kl_coef", self.kl_coef, 0.0, 10.0)
-        _require(isinstance(self.eval_every, int) and self.eval_every >= 1, f"{prefix}.eval_every must be an integer >= 1, got {self.eval_every!r}")
-        _require(isinstance(self.val_episodes, int) and self.val_episodes >= 1, f"{prefix}.val_episodes must be an integer >= 1, got {self.val_episodes!r}")
-        _require(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1, f"{prefix}.checkpoint_every must be an integer >= 1, got {self.checkpoint_every!r}")
+        _int_in(f"{prefix}.eval_every", self.eval_every, 1, L.MAX_EPOCHS)
+        _int_in(f"{prefix}.val_episodes", self.val_episodes, 1, L.MAX_EPISODES)
+        _int_in(f"{prefix}.checkpoint_every", self.checkpoint_every, 1, L.MAX_EPOCHS)
 
 
 @dataclass
@@ -209,7 +303,7 @@ class Stage1Config(GRPOConfig):
     """Stage 1, reliable chunk extension (SPEC.md eq 2)."""
 
     windows: tuple[int, ...] = ()
-    """Execution windows k_1 < ... < k_M assigned to group slots; empty = {H/3, 2H/3, H} from the default window."""
+    """Execution windows k_1 < ... < k_M assigned to group slots; empty = policy.default_window and evenly spaced up to H (H = 15, k = 5: 5 10 15)."""
     horizon_coef: float = 1.0
     """lambda_h: weight of the horizon term k/H."""
     tolerance_points: float = 2.0
@@ -218,6 +312,7 @@ class Stage1Config(GRPOConfig):
     def __post_init__(self) -> None:
         self._validate("stage1")
         ws = tuple(self.windows)
+        _require(len(ws) <= L.MAX_CHUNK_SIZE, f"stage1.windows: at most {L.MAX_CHUNK_SIZE} windows, got {len(ws)}")
         _require(all(isinstance(w, int) and w >= 1 for w in ws), f"stage1.windows must be positive integers, got {ws}")
         _require(list(ws) == sorted(set(ws)), f"stage1.windows must be strictly increasing, e.g. 5 10 15, got {ws}")
         self.windows = ws
@@ -249,8 +344,8 @@ class Stage2Config(GRPOConfig):
 
     def __post_init__(self) -> None:
         self._validate("stage2")
-        _require(isinstance(self.window, int) and self.window >= 0, f"stage2.window must be an integer >= 0 (0 = from Stage 1), got {self.window!r}")
-        _require(isinstance(self.budget, int) and self.budget >= 0, f"stage2.budget must be an integer >= 0 (0 = calibrate), got {self.budget!r}")
+        _int_in("stage2.window", self.window, 0, L.MAX_CHUNK_SIZE, " (0 = from Stage 1)")
+        _int_in("stage2.budget", self.budget, 0, L.MAX_HORIZON, " (0 = calibrate)")
         _in_range("stage2.budget_multiplier", self.budget_multiplier, 1.0, 10.0)
         _in_range("stage2.step_coef", self.step_coef, 0.0, 10.0)
         _in_range("stage2.stability_coef", self.stability_coef, 0.0, 1.0)
@@ -264,7 +359,7 @@ class EvalConfig:
     """Evaluation on test states."""
 
     episodes: Annotated[int, tyro.conf.arg(aliases=("--episodes",))] = 100
-    """Episodes per task."""
+    """Episodes per task (1..100000)."""
     mode: Annotated[Literal["sampled", "deterministic"], tyro.conf.arg(aliases=("--mode",))] = "sampled"
     """sampled: how the policy acts when deployed; deterministic: mean / zero-noise actions."""
     latency_ms: Annotated[float, tyro.conf.arg(aliases=("--latency-ms",))] = 0.0
@@ -273,7 +368,7 @@ class EvalConfig:
     """Seed of the per-trajectory random numbers (shared by every policy compared)."""
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.episodes, int) and self.episodes >= 1, f"eval.episodes must be an integer >= 1, got {self.episodes!r}")
+        _int_in("eval.episodes", self.episodes, 1, L.MAX_EPISODES)
         _require(self.mode in ("sampled", "deterministic"), f"eval.mode must be sampled or deterministic, got {self.mode!r}")
         _in_range("eval.latency_ms", self.latency_ms, 0.0, 1e6)
 
@@ -283,7 +378,7 @@ class DataConfig:
     """Demonstration collection with the scripted experts (`policytrim collect`)."""
 
     episodes: int = 200
-    """Demonstrations per task."""
+    """Demonstrations per task (1..100000)."""
     suboptimal: bool = True
     """Add human-like suboptimality (speed scale, pauses, detours, jitter) as in teleoperation data."""
     speed_min: float = 0.6
@@ -310,13 +405,15 @@ class DataConfig:
     """Keep unsuccessful demonstrations in the dataset."""
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.episodes, int) and self.episodes >= 1, f"data.episodes must be an integer >= 1, got {self.episodes!r}")
+        _int_in("data.episodes", self.episodes, 1, L.MAX_EPISODES)
         _require(0 < self.speed_min <= self.speed_max <= 2.0, f"data.speed_min/speed_max must satisfy 0 < min <= max <= 2, got {self.speed_min}, {self.speed_max}")
         _in_range("data.pause_prob", self.pause_prob, 0.0, 1.0)
         _in_range("data.detour_prob", self.detour_prob, 0.0, 1.0)
         _in_range("data.jitter_std", self.jitter_std, 0.0, 2.0)
-        _require(0 <= self.pause_min <= self.pause_max, f"data.pause_min <= data.pause_max needed, got {self.pause_min}, {self.pause_max}")
-        _require(0 <= self.detour_min <= self.detour_max, f"data.detour_min <= data.detour_max needed, got {self.detour_min}, {self.detour_max}")
+        for name in ("pause_min", "pause_max", "detour_min", "detour_max"):
+            _int_in(f"data.{name}", getattr(self, name), 0, L.MAX_PAUSE_OR_DETOUR)
+        _require(self.pause_min <= self.pause_max, f"data.pause_min <= data.pause_max needed, got {self.pause_min}, {self.pause_max}")
+        _require(self.detour_min <= self.detour_max, f"data.detour_min <= data.detour_max needed, got {self.detour_min}, {self.detour_max}")
 
 
 @dataclass
@@ -324,22 +421,25 @@ class PretrainConfig:
     """Behaviour cloning (`policytrim pretrain`)."""
 
     iterations: int = 6000
-    """Gradient steps."""
+    """Gradient steps (at most 1e7)."""
     batch_size: int = 256
-    """Chunks per batch."""
+    """Chunks per batch (1..65536)."""
     lr: float = 1e-3
     """Adam learning rate."""
     val_fraction: float = 0.1
     """Fraction of demonstration episodes held out for validation loss."""
     eval_episodes: int = 20
     """Episodes per task for the final success-rate check on validation states."""
+    image_shift: int = 4
+    """Image policies: random-shift augmentation (DrQ) of each training image by up to this many pixels; 0 = off."""
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.iterations, int) and self.iterations >= 1, f"pretrain.iterations must be an integer >= 1, got {self.iterations!r}")
-        _require(isinstance(self.batch_size, int) and self.batch_size >= 1, f"pretrain.batch_size must be an integer >= 1, got {self.batch_size!r}")
+        _int_in("pretrain.iterations", self.iterations, 1, L.MAX_ITERATIONS)
+        _int_in("pretrain.batch_size", self.batch_size, 1, L.MAX_BATCH_SIZE)
         _require(isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, f"pretrain.lr must be in (0, 1], got {self.lr!r}")
         _in_range("pretrain.val_fraction", self.val_fraction, 0.0, 0.9)
-        _require(isinstance(self.eval_episodes, int) and self.eval_episodes >= 0, f"pretrain.eval_episodes must be an integer >= 0, got {self.eval_episodes!r}")
+        _int_in("pretrain.eval_episodes", self.eval_episodes, 0, L.MAX_EPISODES)
+        _int_in("pretrain.image_shift", self.image_shift, 0, 32)
 
 
 @dataclass
@@ -373,6 +473,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     seed: int = 0
     """Global seed (initial-state order, rollout noise, network init)."""
     device: Literal["cpu", "cuda"] = "cpu"
@@ -387,8 +488,22 @@ class RunConfig:
             f"stage2.window must be <= policy.chunk_size={h} (0 = from Stage 1), got {self.stage2.window}",
         )
         _require(self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device!r}")
+        _require(
+            self.policy.state_input != "proprio" or self.env.suite == "metaworld",
+            f"policy.state_input=proprio needs env.suite=metaworld (only the Meta-World adapter says which state entries are proprioception), got {self.env.suite!r}",
+        )
         if self.policy.kind == "expert":
             _require(self.policy.default_window == 1, "policy.kind=expert acts in closed loop: policy.default_window must be 1")
+
+    @property
+    def policy_state_dims(self) -> tuple[int, ...] | None:
+        """The state entries a new policy reads (`PolicyConfig.state_input`); None = all."""
+        proprio = self.policy.state_input == "proprio" or (self.policy.state_input == "auto" and self.env.image and self.env.suite == "metaworld")
+        if not proprio:
+            return None
+        from policytrim.envs.metaworld import PROPRIO_DIMS
+
+        return PROPRIO_DIMS
 
     @property
     def stage1_windows(self) -> tuple[int, ...]:
@@ -453,8 +568,9 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
     return value
 
 
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build a config dataclass from nested dicts; unknown keys and wrong types raise ConfigError."""
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "", complete: bool = False) -> Any:
+    """Build a config dataclass from nested dicts; unknown keys and wrong types raise ConfigError.
+    ``complete``: every key must be present (a saved run's config: no default is filled in)."""
     _require(isinstance(data, dict), f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -468,10 +584,50 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         hint = hints[key]
         name = prefix + key
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value, prefix=f"{name}.")
+            kwargs[key] = from_dict(hint, value, prefix=f"{name}.", complete=complete)
         else:
             kwargs[key] = _coerce(name, hint, value)
+    missing = [prefix + k for k in fields if k not in data]
+    _require(not (complete and missing), f"missing key(s) {', '.join(missing)}: the file is incomplete (cut short?)")
     return cls(**kwargs)
+
+
+def _check_expansion(data: Any, source: str) -> None:
+    """ConfigError when ``data`` holds more than `limits.MAX_CONFIG_NODES` values or
+    `limits.MAX_CONFIG_BYTES` of text once YAML aliases are expanded (an alias "bomb" is a few
+    hundred bytes of YAML that expand to billions of values). Stops counting at the limit."""
+    nodes, chars = 0, 0
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        nodes += 1
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        if nodes > L.MAX_CONFIG_NODES or chars > L.MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{source} expands to more than {L.MAX_CONFIG_NODES} values or {L.MAX_CONFIG_BYTES} characters "
+                "(YAML aliases repeated?); a full config has about 120 values"
+            )
+
+
+def parse_config_text(text: str, source: str, as_json: bool = False) -> dict[str, Any]:
+    """Config data from YAML (safe loader) or JSON ``text``; ``source`` names it in errors. Refused:
+    more than `limits.MAX_CONFIG_BYTES`, malformed, no settings at all (an empty file is a mistake,
+    not "all defaults": leave out --config for those), too large once aliases are expanded."""
+    kind = "JSON" if as_json else "YAML"
+    _require(len(text) <= L.MAX_CONFIG_BYTES, f"{source} is larger than {L.MAX_CONFIG_BYTES} bytes: not a config file")
+    try:
+        data = json.loads(text) if as_json else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{source} is not valid {kind}: {exc}") from None
+    _require(data is not None, f"{source} is empty (no settings); give a config with settings, or no config file for the defaults")
+    _check_expansion(data, source)
+    return data
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -479,16 +635,12 @@ def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    _require(path.stat().st_size <= L.MAX_CONFIG_BYTES, f"config file {str(path)!r} is larger than {L.MAX_CONFIG_BYTES} bytes: not a config file")
     try:
         text = path.read_text()
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(path)!r} is not text (YAML or JSON expected)") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        detail = " ".join(str(exc).split())  # YAML errors span lines; the CLI reports one
-        raise ConfigError(f"config file {str(path)!r} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {detail}") from None
-    return from_dict(RunConfig, data or {})
+    return from_dict(RunConfig, parse_config_text(text, f"config file {str(path)!r}", as_json=path.suffix == ".json"))
 
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"

@@ -1,6 +1,24 @@
 """Errors that mean "the user gave bad input" (the CLI reports them in one line, exit code 2)."""
 
+from __future__ import annotations
+
+MAX_MESSAGE_CHARS = 1500
+"""An error line never exceeds this: a message that echoes a huge value (a YAML alias bomb, a pasted
+array) keeps its beginning (what was wrong) and its end and says how much was cut."""
+
+
+def one_line(message: object, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` on one line (whitespace runs become one space), cut in the middle past ``limit``."""
+    text = " ".join(str(message).split())
+    if len(text) <= limit:
+        return text
+    keep = (limit - 40) // 2
+    return f"{text[:keep]} ... [{len(text) - 2 * keep} characters cut] ... {text[-keep:]}"
+
 
 class InputError(ValueError):
     """Bad user input: a config value, a checkpoint, a dataset, a path. The message says what was
-    wrong and what is accepted."""
+    wrong and what is accepted; it is one line of at most `MAX_MESSAGE_CHARS` (`one_line`)."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(one_line(message))

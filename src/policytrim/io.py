@@ -25,6 +25,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from policytrim.errors import InputError
+
 
 KILL_AT_ENV = "POLICYTRIM_TEST_KILL_AT"
 _kill_counts: dict[str, int] = {}
@@ -55,6 +57,29 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def check_output_dir(path: str | Path, flag: str) -> None:
+    """InputError unless a directory can be created or written at ``path``, checked without writing
+    anything: ``path`` and its nearest existing ancestor must be directories (not files), on a
+    file system mounted read-write, and writable for this user. ``flag`` names the option in the
+    message (e.g. ``--logging.out``).
+
+    Not detectable without writing: a directory that refuses root on a special file system (sysfs
+    refuses mkdir with EPERM even to root, whom permission bits do not stop). The CLI turns the
+    PermissionError of the first write into one line; commands create their output early."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {str(path)!r} is a file; a directory is written there")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{flag} {str(path)!r} cannot be created: {str(existing)!r} is a file, not a directory")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise InputError(f"{flag} {str(path)!r} cannot be written: {str(existing)!r} is on a read-only file system")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {str(path)!r} cannot be written: no write permission in {str(existing)!r}")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -147,20 +172,27 @@ def append_jsonl(path: str | Path, record: dict) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSONL file, ignoring a torn last line (a write cut off by a crash; a writer that goes
-    on appending must first rewrite the file without it, see `RunDir.truncate_metrics`)."""
+    """Read a JSONL file of JSON objects, ignoring a torn last line (a write cut off by a crash; a
+    writer that goes on appending must first rewrite the file without it, see
+    `RunDir.truncate_metrics`). Any other unreadable line is an InputError naming it."""
     path = Path(path)
     if not path.exists():
         return []
     records = []
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not text (JSON lines expected)") from None
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
             if i == len(lines) - 1:
                 break
-            raise
+            raise InputError(f"{path} line {i + 1} is not valid JSON ({exc}): the file is corrupt") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path} line {i + 1} must be a JSON object, got {type(record).__name__}")
+        records.append(record)
     return records

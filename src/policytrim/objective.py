@@ -12,7 +12,7 @@ SPEC.md                               function
 Stage 1 window per group slot         `assign_windows`
 eq 2  R = S (1 + lambda_h k / H)      `extension_reward`
 eq 3  A = (R - mean) / (std + eps)    `group_advantages`
-eq 4  clipped GRPO loss + beta k3 KL  `grpo_loss`
+eq 4  clipped GRPO loss + beta k3 KL  `grpo_loss` (per-trajectory terms), `reduce_grpo_loss`
 Stage 2 budget B = ceil(beta_B T)     `step_budget`
 eq 5  E = S max(0, (B - T) / B)       `step_saving_reward`
 eq 6  P = S tanh(|T - mu| / sigma)    `stability_penalty`
@@ -37,7 +37,9 @@ __all__ = [
     "calls_speedup",
     "extension_reward",
     "group_advantages",
+    "GRPOLossTerms",
     "grpo_loss",
+    "reduce_grpo_loss",
     "speedup",
     "stability_penalty",
     "step_budget",
@@ -348,6 +350,22 @@ def group_advantages(
     return a, valid
 
 
+class GRPOLossTerms(NamedTuple):
+    """What `grpo_loss` returns: per-trajectory differentiable terms and detached diagnostics.
+
+    policy: [trajectories] ``(1/C_i) sum_c -min(rho_ic A_i, clip(rho_ic) A_i)``, differentiable.
+    kl: [trajectories] the k3 KL to the reference, averaged over the trajectory's executed rows
+        (differentiable), or None without a reference.
+    diagnostics: detached 0-d tensors over the executed chunks: ``clip_frac`` (fraction whose
+        ratio is outside the clip range), ``approx_kl`` (mean of (rho - 1) - log rho, old vs new),
+        ``ratio_min``, ``ratio_max``, ``ratio_mean``.
+    """
+
+    policy: torch.Tensor
+    kl: torch.Tensor | None
+    diagnostics: dict[str, torch.Tensor]
+
+
 def grpo_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -356,13 +374,11 @@ def grpo_loss(
     ref_logp: torch.Tensor | None = None,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
-    kl_coef: float = 0.0,
-    num_trajectories: int | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped GRPO loss over chunks (eq 4), plus ``kl_coef`` times the k3 KL to a reference.
-
-    ``L = (1/N) sum_i (1/C_i) sum_c -min(rho_ic A_i, clip(rho_ic, 1 - clip_low, 1 + clip_high) A_i)
-    + kl_coef * KL`` with the chunk ratio ``rho_ic = exp(sum_r mask * (logp - old_logp))``.
+) -> GRPOLossTerms:
+    """Per-trajectory terms of the clipped GRPO loss over chunks (eq 4) and of the k3 KL to a
+    reference; `reduce_grpo_loss` (or the caller) sums them into
+    ``L = (1/N) sum_i (policy_i + kl_coef * kl_i)``, with the chunk ratio
+    ``rho_ic = exp(sum_r mask * (logp - old_logp))``.
 
     Args:
         logp: [trajectories, chunks, rows] log-prob of each executed row under the learner (a row's
@@ -371,24 +387,12 @@ def grpo_loss(
         advantages: [trajectories], applied to every chunk the trajectory executed.
         mask: bool or 0/1, same shape: the executed rows. A chunk with no executed row is padding
             and not counted in C_i; every trajectory must execute at least one row.
-        ref_logp: same shape, under the frozen reference policy; needed when ``kl_coef > 0`` (when
-            given with ``kl_coef == 0`` the KL is only reported).
+        ref_logp: same shape, under the frozen reference policy, or None (no KL term).
         clip_low, clip_high: epsilon_low in [0, 1), epsilon_high >= 0.
-        kl_coef: beta >= 0.
-        num_trajectories: N of the whole batch when called on a minibatch, so that minibatch
-            gradients add up to the batch gradient; default the number of trajectories passed.
 
     KL: the k3 estimator ``exp(r) - r - 1``, ``r = ref_logp - logp``, per executed row, averaged
-    per trajectory over its executed rows, then summed over trajectories and divided by N.
-    Unexecuted rows are selected out with ``torch.where`` before any nonlinearity, so whatever
-    they hold, they get exactly zero gradient.
-
-    Returns:
-        loss: scalar, differentiable.
-        diagnostics: detached 0-d tensors: ``policy_loss``, ``kl_ref`` (only when ``ref_logp`` is
-        given), ``clip_frac`` (fraction of executed chunks whose ratio is outside the clip range),
-        ``approx_kl`` (mean of (rho - 1) - log rho over executed chunks, old vs new),
-        ``ratio_min``, ``ratio_max``, ``ratio_mean``.
+    per trajectory over its executed rows. Unexecuted rows are selected out with ``torch.where``
+    before any nonlinearity, so whatever they hold, they get exactly zero gradient.
     """
     if logp.dim() != 3:
         raise ValueError(
@@ -406,15 +410,6 @@ def grpo_loss(
     if not (0.0 <= float(clip_low) < 1.0):
         raise ValueError(f"clip_low must be in [0, 1), got {clip_low!r}")
     _non_negative_number("clip_high", clip_high)
-    beta = _non_negative_number("kl_coef", kl_coef)
-    if beta > 0 and ref_logp is None:
-        raise ValueError(f"ref_logp is required when kl_coef > 0, got kl_coef={kl_coef!r}")
-    n_total = num if num_trajectories is None else num_trajectories
-    if not isinstance(n_total, int) or isinstance(n_total, bool) or n_total < max(num, 1):
-        raise ValueError(
-            f"num_trajectories must be an integer >= the trajectories passed ({num}) and >= 1, "
-            f"got {num_trajectories!r}"
-        )
     m = mask if mask.dtype == torch.bool else mask != 0
     chunk_valid = m.any(dim=2)  # [B, C]
     chunks = chunk_valid.sum(dim=1)  # C_i
@@ -432,16 +427,13 @@ def grpo_loss(
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_chunk = -torch.minimum(ratio * adv, clipped * adv)
     per_chunk = torch.where(chunk_valid, per_chunk, zero)
-    chunks_f = chunks.clamp(min=1).to(logp.dtype)
-    policy_loss = (per_chunk.sum(dim=1) / chunks_f).sum() / n_total
+    policy = per_chunk.sum(dim=1) / chunks.clamp(min=1).to(logp.dtype)  # [B]
 
+    kl = None
     if ref_logp is not None:
         r = torch.where(m, ref_logp.to(logp.dtype) - logp, zero)
         k3 = torch.where(m, torch.exp(r) - r - 1.0, zero)
-        kl = (k3.sum(dim=(1, 2)) / rows.clamp(min=1).to(logp.dtype)).sum() / n_total
-    else:
-        kl = zero
-    loss = policy_loss + beta * kl if beta > 0 else policy_loss
+        kl = k3.sum(dim=(1, 2)) / rows.clamp(min=1).to(logp.dtype)  # [B]
 
     with torch.no_grad():
         ex_ratio = ratio[chunk_valid]
@@ -460,9 +452,35 @@ def grpo_loss(
                 k: zero.clone()
                 for k in ("clip_frac", "approx_kl", "ratio_min", "ratio_max", "ratio_mean")
             }
-        diagnostics["policy_loss"] = policy_loss.detach()
-        if ref_logp is not None:
-            diagnostics["kl_ref"] = kl.detach()
+    return GRPOLossTerms(policy, kl, diagnostics)
+
+
+def reduce_grpo_loss(
+    terms: GRPOLossTerms, kl_coef: float = 0.0, num_trajectories: int | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq 4's scalar from `grpo_loss`'s terms: ``L = (1/N) sum_i (policy_i + kl_coef * kl_i)``.
+
+    ``num_trajectories`` is N of the whole batch when the terms cover a minibatch, so that
+    minibatch gradients add up to the batch gradient (default: the trajectories in ``terms``).
+    Returns the loss (scalar, differentiable) and the terms' diagnostics plus ``policy_loss`` and
+    ``kl_ref`` (the two sums divided by N; ``kl_ref`` only with a KL term), detached.
+    """
+    num = terms.policy.shape[0]
+    beta = _non_negative_number("kl_coef", kl_coef)
+    if beta > 0 and terms.kl is None:
+        raise ValueError(f"ref_logp is required when kl_coef > 0, got kl_coef={kl_coef!r}")
+    n_total = num if num_trajectories is None else num_trajectories
+    if not isinstance(n_total, int) or isinstance(n_total, bool) or n_total < max(num, 1):
+        raise ValueError(
+            f"num_trajectories must be an integer >= the trajectories passed ({num}) and >= 1, "
+            f"got {num_trajectories!r}"
+        )
+    policy_loss = terms.policy.sum() / n_total
+    kl = terms.kl.sum() / n_total if terms.kl is not None else None
+    loss = policy_loss + beta * kl if beta > 0 else policy_loss
+    diagnostics = dict(terms.diagnostics, policy_loss=policy_loss.detach())
+    if kl is not None:
+        diagnostics["kl_ref"] = kl.detach()
     return loss, diagnostics
 
 

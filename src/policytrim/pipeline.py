@@ -60,9 +60,11 @@ def evaluate_pipeline(
     train_summary = _train_summary(run_dir)
     base = load_policy(baseline_dir)
     contenders = reference_contenders(base, "baseline", sweep=True, temporal_ensembling=temporal_ensembling)
-    if "extend" in train_summary:
-        contenders.append(Contender("stage1", load_policy(run_dir / "extend" / "best" / "policy"), train_summary["extend"]["window_choice"]["window"]))
-    contenders.append(Contender("policytrim", load_policy(run_dir / "final" / "policy"), train_summary["window"]))
+    if "extend" in train_summary:  # each trained policy's spec carries the window it was trained for
+        stage1 = load_policy(run_dir / "extend" / "best" / "policy")
+        contenders.append(Contender("stage1", stage1, stage1.default_window))
+    final = load_policy(run_dir / "final" / "policy")
+    contenders.append(Contender("policytrim", final, final.default_window))
     modes = [mode] + ([m for m in ("sampled", "deterministic") if m != mode][:1] if deterministic else [])
     perturbations = [p if isinstance(p, Perturbation) else perturbation_from_dict(dict(p)) for p in robustness]
     suite = run_suite(
@@ -173,9 +175,11 @@ def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[s
     """Run the whole pipeline into ``out`` and return the summary (also ``out/summary.json``)."""
     from policytrim.data.demos import collect_demos
     from policytrim.train.bc import pretrain
+    from policytrim.preflight import check_preconditions
     from policytrim.train.grpo import train
 
     out = Path(out)
+    check_preconditions(cfg, out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise InputError(f"output directory {out} already exists; pass --overwrite to replace it")
@@ -238,22 +242,3 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     lines.append(f"{summary['mode']} mode, {summary['episodes_per_task']} test states per task, horizon {summary.get('horizon')}")
     return "\n".join(lines)
-
-
-def demo_command(args) -> int:
-    """`policytrim demo`."""
-    from policytrim.cli import run_config
-
-    cfg = run_config(args)
-    out = Path(cfg.logging.out)
-    summary = run_demo(cfg, out, overwrite=args.overwrite)
-    report = None
-    try:
-        from policytrim.eval.report import write_report
-    except ImportError:
-        write_report = None
-    if write_report is not None:
-        report = write_report([out], out / "report")
-    print(format_summary(summary))
-    print(f"summary: {out / 'summary.json'}" + (f"\nreport: {report}" if report else ""))
-    return 0

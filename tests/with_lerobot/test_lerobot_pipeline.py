@@ -89,6 +89,8 @@ def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path):
 
     # the trimmed policy in LeRobot's format: LeRobot loads it and deploys the trained window
     final = load_policy(tmp_path / "train" / "final" / "policy")
+    assert final.default_window == window and final.spec()["trained_stage"] == "trim"  # mark_trained: Stage 1's choice
+    assert json.loads((tmp_path / "train" / "final" / "policy" / "config.json").read_text())["n_action_steps"] == window
     exported = export_lerobot(final, tmp_path / "export")
     theirs = get_policy_class(family).from_pretrained(str(exported))
     assert theirs.config.n_action_steps == final.default_window

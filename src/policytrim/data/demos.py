@@ -19,7 +19,7 @@ Format ``policytrim-demos`` version 1 (LeRobot-style key names; no pickle anywhe
 Frame t of an episode is the observation before its t-th action and that action; episodes are
 stored contiguously in order. (seed, index) is the episode's initial-state address (training split).
 
-Suboptimality (``data.suboptimal``, on by default; FINDINGS.md). Clean scripted experts move with
+Suboptimality (``data.suboptimal``, on by default). Clean scripted experts move with
 almost no spread in episode length, which leaves Stage 2 nothing to remove; imitation-learned VLAs
 inherit hesitations and detours from teleoperation. Per episode, with its own random numbers:
 
@@ -415,8 +415,10 @@ def collect_demos(cfg: Any, out: str | Path, overwrite: bool = False, progress: 
 
     from policytrim import __version__
     from policytrim.envs import initial_states, split_seed
+    from policytrim.preflight import check_preconditions
 
     out = Path(out)
+    check_preconditions(cfg, out)
     if cfg.env.suite != "metaworld":
         raise InputError("collect runs Meta-World's scripted experts: env.suite must be metaworld")
     if out.exists() and not overwrite:
@@ -541,25 +543,3 @@ def summarize_demos(ds: DemoDataset) -> dict[str, dict[str, Any]]:
             "sd_steps": float(lengths.std()) if len(lengths) else math.nan,
         }
     return out
-
-
-def collect_command(args: Any) -> int:
-    """`policytrim collect`: args is a `policytrim.cli.CollectCmd`."""
-    from policytrim.cli import run_config
-
-    cfg = run_config(args)
-    out = Path(cfg.logging.out)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"{str(out)!r} already exists; pass --overwrite to replace it")
-    fmt = getattr(args, "format", "policytrim")
-    ds = collect_demos(cfg, out, overwrite=args.overwrite, progress=cfg.logging.progress, fmt=fmt)
-    kind = "suboptimal" if cfg.data.suboptimal else "clean"
-    print(f"wrote {ds.num_episodes} {kind} expert demonstrations ({ds.num_frames} frames) to {out}" + (" as a LeRobotDataset" if fmt == "lerobot" else ""))
-    print(f"{'task':<28} {'episodes':>8} {'expert SR':>9} {'steps (mean ± sd)':>18}")
-    for task, row in summarize_demos(ds).items():
-        sr = f"{row['expert_success_rate']:.2f}" if row["expert_success_rate"] is not None else "-"
-        print(f"{task:<28} {row['episodes']:>8} {sr:>9} {row['mean_steps']:>10.1f} ± {row['sd_steps']:<5.1f}")
-    short = ds.meta.get("collection", {}).get("short_of_requested") or {}
-    for task, n in short.items():
-        print(f"warning: {task}: only {n} successful demonstrations of {cfg.data.episodes} requested")
-    return 0

@@ -1,6 +1,8 @@
 """Simulator adapters behind one protocol (`policytrim.envs.base.EnvAdapter`).
 
-- `make_env(env_cfg, task)`: an adapter for one task (Meta-World by default, or any gymnasium env).
+- `make_env(env_cfg, task)`: an adapter for one task (Meta-World by default, any gymnasium env, or
+  LIBERO with the extra ``policytrim[libero]``).
+- `worker_env_cap(env_cfg, num_workers)`: how many envs one worker may keep (memory-bound for LIBERO).
 - `initial_states(task, seed, count, start)`: explicit (task, seed, index) addresses; the same
   address always resets to the bit-identical state.
 - `split_seed(env_cfg, split)`: the seed of the train / val / test split (disjoint by construction).
@@ -30,11 +32,13 @@ __all__ = [
     "EnvAdapter",
     "InitialState",
     "ObsSpec",
+    "check_episodes",
     "env_tasks",
     "initial_states",
     "make_env",
     "resolve_tasks",
     "split_seed",
+    "worker_env_cap",
 ]
 
 
@@ -50,7 +54,27 @@ def make_env(env_cfg: EnvConfig, task: str) -> EnvAdapter:
         from policytrim.envs.gym import GymEnv
 
         return GymEnv(env_cfg.gym_id, env_cfg.horizon)
-    raise InputError(f"unknown env.suite {env_cfg.suite!r}; known: metaworld, gym")
+    if env_cfg.suite == "libero":
+        from policytrim.envs.libero import LiberoEnv
+
+        return LiberoEnv(task, env_cfg)
+    raise InputError(f"unknown env.suite {env_cfg.suite!r}; known: metaworld, gym, libero")
+
+
+def worker_env_cap(env_cfg: EnvConfig, num_workers: int) -> int | None:
+    """Envs one worker may keep, running and idle: ``env.max_envs_per_worker`` when set; for LIBERO
+    (hundreds of MB per env) as many as fit in half of the memory available now, split over the
+    workers (at least 1, at most 32); None (the engine's defaults) otherwise."""
+    fixed = int(getattr(env_cfg, "max_envs_per_worker", 0))  # engines also run with stand-in configs
+    if fixed:
+        return fixed
+    if getattr(env_cfg, "suite", None) != "libero":
+        return None
+    from policytrim.envs.libero import env_memory_mb
+    from policytrim.machine import available_memory_mb
+
+    budget = 0.5 * available_memory_mb() / max(1, num_workers)
+    return max(1, min(32, int(budget // env_memory_mb(env_cfg))))
 
 
 def env_tasks(env_cfg: EnvConfig) -> tuple[str, ...]:
@@ -63,6 +87,17 @@ def split_seed(env_cfg: EnvConfig, split: Split) -> int:
     if split not in SPLITS:
         raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     return int(getattr(env_cfg, f"{split}_seed"))
+
+
+def check_episodes(env_cfg: EnvConfig, split: Split, episodes: int) -> None:
+    """Raise InputError when a split cannot give ``episodes`` distinct initial states per task
+    (LIBERO: 10 per task in validation and test; the other suites have no limit)."""
+    if env_cfg.suite == "libero":
+        from policytrim.envs.libero import split_range
+
+        size = split_range(env_cfg, split)[1]
+        if episodes > size:
+            raise InputError(f"env.suite=libero: the {split} split has {size} init states per task, asked for {episodes} episodes per task (--preset libero sets 10)")
 
 
 def initial_states(task: str, seed: int, count: int, start: int = 0) -> list[InitialState]:

@@ -15,6 +15,7 @@ import numpy as np
 # Observation keys, kept in one place (LeRobot-style constants).
 OBS_STATE = "state"  # float32 [D] proprioceptive / simulator state vector
 OBS_IMAGE = "image"  # uint8 [h, w, 3], the right way up
+OBS_WRIST_IMAGE = "wrist_image"  # uint8 [h, w, 3], a wrist camera (LIBERO), the right way up
 
 
 @dataclass(frozen=True, order=True)
@@ -44,7 +45,9 @@ class EnvAdapter(Protocol):
 
     Optional: an adapter whose simulator can end an episode without success (a robot falling over)
     exposes ``terminated: bool``, True after such a step; the rollout engine then ends the
-    trajectory as a failure (T = the horizon, as for every failure).
+    trajectory as a failure (T = the horizon, as for every failure). An adapter whose observations
+    are expensive (rendered images) may set ``observes_on_demand = True`` and accept
+    ``step(action, observe=False)``: env workers then ask only for the observations a policy reads.
     """
 
     task: str

@@ -15,7 +15,14 @@ Images. ``env.image=True`` adds ``"image"``: uint8 [size, size, 3] from ``env.ca
 offscreen (MUJOCO_GL=egl unless set) with shadows and multisampling off (cheap on CPU). Several
 Meta-World cameras (``corner``, ``corner2``, ...) are mounted rolled upside down; when the camera's
 up axis points downwards in the world the image is rotated by 180 degrees (a rotation, not a
-mirror flip, so left and right and the sense of rotations are preserved).
+mirror flip, so left and right and the sense of rotations are preserved). Rendering costs far more
+than a physics step (`benchmarks/rendering.py`), and a chunk policy only sees the observation a
+chunk starts from: ``step(action, observe=False)`` skips the image (``observes_on_demand``), so the
+env workers render once per chunk instead of once per step.
+
+Proprioception. ``PROPRIO_DIMS`` are the entries of the 39-dim state a robot knows about itself
+(hand position and gripper opening, now and one step before); an image policy reads those and
+sees objects and goals only through the camera (`policytrim.policies.chunk.TinyVLA` state_dims).
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from policytrim.errors import InputError
 STATES_PER_BLOCK = 50  # Meta-World's MT1 generates 50 states per seed
 MAX_SPLIT_SEED = 2**31  # split seeds live in [0, 2**31); derived block seeds in [2**31, 2**32)
 _NO_TRUNCATION = 10**9
+# hand xyz, gripper opening (0:4) and the same one step earlier (18:22) in Meta-World's 39-dim state
+PROPRIO_DIMS: tuple[int, ...] = (0, 1, 2, 3, 18, 19, 20, 21)
 
 
 class SimulatorFault(RuntimeError):
@@ -78,6 +87,8 @@ def _env_class(task: str) -> type:
 
 class MetaWorldEnv:
     """One Meta-World v3 task (implements `policytrim.envs.base.EnvAdapter`)."""
+
+    observes_on_demand = True  # step(action, observe=False) skips rendering the image
 
     def __init__(
         self,
@@ -134,13 +145,15 @@ class MetaWorldEnv:
             self._rotate_image = self._camera_is_upside_down()
         return self._observation(obs)
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
+    def step(self, action: np.ndarray, observe: bool = True) -> tuple[dict[str, np.ndarray], bool]:
+        """One action. ``observe=False``: the caller will not look at this observation, so the
+        image (if any) is not rendered and the observation holds the state only."""
         if self._state is None:
             raise RuntimeError("reset() must be called before step()")
         obs, _reward, _terminated, _truncated, info = self._env.step(np.asarray(action, dtype=np.float64))
         if self._env._did_see_sim_exception or self._bad_physics():
             raise SimulatorFault(f"{self.task}: unstable simulation (MuJoCo reported a bad state)")
-        return self._observation(obs), bool(info["success"])
+        return self._observation(obs, render=observe), bool(info["success"])
 
     def close(self) -> None:
         env, self._env = getattr(self, "_env", None), None
@@ -157,9 +170,9 @@ class MetaWorldEnv:
         """The Meta-World env (for tests and debugging)."""
         return self._env
 
-    def _observation(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+    def _observation(self, obs: np.ndarray, render: bool = True) -> dict[str, np.ndarray]:
         out = {OBS_STATE: np.asarray(obs, dtype=np.float32)}
-        if self.image:
+        if self.image and render:
             out[OBS_IMAGE] = self.render()
         return out
 

@@ -6,7 +6,11 @@ instructions; these are ours, one imperative sentence per task in the style of L
 
 from __future__ import annotations
 
+import logging
+
 from policytrim.errors import InputError
+
+log = logging.getLogger(__name__)
 
 INSTRUCTIONS: dict[str, str] = {
     "assembly-v3": "pick up the nut and place it onto the peg",
@@ -93,14 +97,20 @@ TASK_SETS: dict[str, tuple[str, ...]] = {
 def resolve_tasks(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Expand task names and set names (``MW8``, ``MT10``, ``MT50``; comma-separated strings are
     accepted) into a tuple of unique task names, in order. Unknown names raise InputError listing
-    the valid ones."""
+    the valid ones; a name given twice (``push-v3 push-v3``, ``MW8 mw8``) raises InputError too (a
+    typo more likely than intent). A task also contained in a set given is kept once, with a
+    logged warning."""
     if isinstance(names, str):
         names = [names]
     out: list[str] = []
+    seen: set[str] = set()
     for name in (part.strip() for item in names for part in item.split(",")):
         if not name:
             continue
         key = name.upper().replace("-", "")
+        if key in seen:
+            raise InputError(f"task {name!r} is given twice; list each task or task set once")
+        seen.add(key)
         if key in TASK_SETS:
             expanded = TASK_SETS[key]
         elif name in INSTRUCTIONS:
@@ -110,6 +120,9 @@ def resolve_tasks(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
                 f"unknown task {name!r}; valid tasks are the Meta-World v3 names "
                 f"({', '.join(ALL_TASKS)}) or the sets {', '.join(TASK_SETS)}"
             )
+        repeated = [t for t in expanded if t in out]
+        if repeated:
+            log.warning("tasks: %s given again by %r (a task set overlaps another name): kept once", ", ".join(repeated), name)
         out.extend(t for t in expanded if t not in out)
     if not out:
         raise InputError("tasks: at least one task is needed, e.g. push-v3 or MW8")

@@ -132,11 +132,12 @@ class PerturbedEnv:
         self._rng = np.random.default_rng(_state_seed(self.p.seed, state))
         return self._observe(self.env.reset(state))
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
+    def step(self, action: np.ndarray, observe: bool = True) -> tuple[dict[str, np.ndarray], bool]:
+        """``observe=False`` only reaches here when the inner env has ``observes_on_demand``."""
         action = np.asarray(action, dtype=np.float32)
         if self.p.act_noise:
             action = np.clip(action + self._rng.normal(0.0, self.p.act_noise, action.shape), -1.0, 1.0).astype(np.float32)
-        obs, success = self.env.step(action)
+        obs, success = self.env.step(action) if observe else self.env.step(action, observe=False)
         return self._observe(obs), success
 
     def _observe(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -15,27 +15,27 @@ contenders named in ``robust_names`` through an engine whose envs are wrapped, i
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
+from policytrim.errors import InputError
 from policytrim.eval.compare import Contender, compare
 from policytrim.eval.ensemble import ACT_M, TemporalEnsemble
 from policytrim.eval.robustness import Perturbation, PerturbedEnvFactory
 from policytrim.io import atomic_write_json
+from policytrim.policies.base import window_bound
 from policytrim.rollout.engine import RolloutEngine
+from policytrim.runtime import workers_own_cores
 
 FORMAT = "policytrim-comparison"
 TEMPORAL_ENSEMBLING = "temporal_ensembling"
 
 
-def sweep_windows(chunk_size: int, max_window: int, default_window: int, step: int = 5) -> list[int]:
-    """The fixed-horizon sweep (Table 11): every window from ``step`` to H in steps of ``step``,
-    without the default window (evaluated as the baseline itself)."""
-    top = min(int(chunk_size), int(max_window))
-    return [k for k in range(step, top + 1, step) if k != default_window]
+def sweep_windows(top: int, default_window: int, step: int = 5) -> list[int]:
+    """The fixed-horizon sweep (Table 11): every window from ``step`` to ``top`` (the policy's
+    `window_bound`, H for learned policies) in steps of ``step``, without the default window
+    (evaluated as the baseline itself)."""
+    return [k for k in range(step, int(top) + 1, step) if k != default_window]
 
 
 def reference_contenders(policy: Any, name: str = "baseline", window: int = 0, sweep: bool = True, temporal_ensembling: bool = False, m: float = ACT_M) -> list[Contender]:
@@ -44,8 +44,8 @@ def reference_contenders(policy: Any, name: str = "baseline", window: int = 0, s
     k0 = int(window) or int(policy.default_window)
     out = [Contender(name, policy, k0)]
     if sweep:
-        out += [Contender(f"{name}@k={k}", policy, k) for k in sweep_windows(policy.chunk_size, policy.max_window, k0)]
-    if temporal_ensembling and int(policy.max_window) > 1:
+        out += [Contender(f"{name}@k={k}", policy, k) for k in sweep_windows(window_bound(policy), k0)]
+    if temporal_ensembling and window_bound(policy) > 1:
         out.append(Contender(TEMPORAL_ENSEMBLING, TemporalEnsemble(policy, m), 1))
     return out
 
@@ -80,10 +80,7 @@ def run_suite(
         "modes": {},
         "robustness": {},
     }
-    threads = torch.get_num_threads()
-    if num_workers >= (os.cpu_count() or 1):
-        torch.set_num_threads(1)  # env workers own the cores; torch's pool would spin against them
-    try:
+    with workers_own_cores(num_workers):
         with RolloutEngine(env_cfg, num_workers, step_timeout_s) as engine:
             for mode in modes:
                 result["modes"][mode] = compare(contenders, env_cfg, episodes, mode, seed, engine, split=split, latency_ms=latency_ms)
@@ -93,8 +90,6 @@ def run_suite(
             with RolloutEngine(env_cfg, num_workers, step_timeout_s, env_factory=PerturbedEnvFactory(p)) as engine:
                 comparison = compare(robust, env_cfg, episodes, modes[0], seed, engine, split=split, latency_ms=latency_ms)
             result["robustness"][p.name] = {"perturbation": {**p.to_dict(), "description": p.describe()}, "mode": modes[0], **comparison}
-    finally:
-        torch.set_num_threads(threads)
     return result
 
 
@@ -121,3 +116,38 @@ def write_suite(result: dict[str, Any], out: str | Path) -> Path:
     atomic_write_json(out / "comparison.json", slim)
     atomic_write_json(out / "outcomes.json", outcomes)
     return out
+
+
+def evaluate_suite(
+    cfg: Any,
+    policy: Any,
+    window: int,
+    out: str | Path,
+    name: str,
+    baseline: Any = None,
+    sweep: bool = False,
+    temporal_ensembling: bool = False,
+    m: float = ACT_M,
+    modes: Sequence[str] = (),
+    perturbations: Sequence[Perturbation] = (),
+) -> dict[str, Any]:
+    """`policytrim eval` with references: ``policy`` at ``window`` against ``baseline`` (a policy
+    at its own default window; None: ``policy`` itself at ``window`` is the reference), optionally
+    the fixed-horizon sweep and ACT temporal ensembling of the starting policy, in every mode of
+    ``modes`` (default ``cfg.eval.mode``; the first is the headline) and under each perturbation
+    (baseline and policy only). Writes `write_suite`'s files and ``out/metrics.json`` (``policy``
+    in the headline mode, its ``policy`` field set to ``name``). Returns `run_suite`'s result."""
+    if any(p.needs_image for p in perturbations) and not cfg.env.image:
+        raise InputError("--blur-sigma and --occlusion perturb image observations: evaluate an image policy with --env.image true")
+    out = Path(out)
+    modes = tuple(dict.fromkeys(modes)) or (cfg.eval.mode,)
+    if baseline is not None:
+        contenders = reference_contenders(baseline, "baseline", sweep=sweep, temporal_ensembling=temporal_ensembling, m=m)
+        contenders.append(Contender("policy", policy, window))
+    else:
+        contenders = reference_contenders(policy, "policy", window, sweep=sweep, temporal_ensembling=temporal_ensembling, m=m)
+    robust = [c.name for c in contenders if c.name in ("baseline", "policy")]
+    result = run_suite(contenders, cfg.env, cfg.eval.episodes, modes, cfg.eval.seed, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, cfg.eval.latency_ms, perturbations, robust)
+    write_suite(result, out)
+    atomic_write_json(out / "metrics.json", dict(result["modes"][modes[0]]["policies"]["policy"], policy=name))
+    return result

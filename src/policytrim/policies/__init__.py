@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from policytrim.errors import InputError
-from policytrim.policies.base import MODES, ChunkPolicy, ChunkSample, Mode, Observation
+from policytrim.policies.base import MODES, TRAINED_STAGES, ChunkPolicy, ChunkSample, Mode, Observation, resolve_window
 
-__all__ = ["MODES", "ChunkPolicy", "ChunkSample", "Mode", "Observation", "load_policy", "policy_from_spec"]
+__all__ = ["MODES", "TRAINED_STAGES", "ChunkPolicy", "ChunkSample", "Mode", "Observation", "load_policy", "policy_from_spec", "resolve_window"]
 
 
 def policy_from_spec(spec: dict, state_dict: dict | None = None) -> ChunkPolicy:

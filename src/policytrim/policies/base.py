@@ -12,14 +12,22 @@ Model-specific code (encoders, heads, tokenisers, LeRobot/GR00T wrappers) stays 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from policytrim.errors import InputError
+
 Mode = Literal["train", "sampled", "deterministic"]
 MODES: tuple[str, ...] = ("train", "sampled", "deterministic")
+STAGES: tuple[str, ...] = ("extend", "trim")
+
+# How a saved policy was trained (spec key ``trained_stage``): behaviour cloning, PolicyTrim Stage 1
+# (extension) or Stage 2 (trim). Its spec's ``default_window`` is the window that training chose.
+TRAINED_STAGES: tuple[str, ...] = ("bc", "extend", "trim")
 
 # Batched observations: the per-env observation dicts of `policytrim.envs.base` stacked along a
 # leading batch dimension and converted to tensors (state float32 [B, D], image uint8 [B, h, w, 3]).
@@ -47,7 +55,7 @@ class ChunkPolicy(Protocol):
     """The contract. `torch.nn.Module` subclasses implement it; experts implement it without params."""
 
     chunk_size: int  # H: actions predicted per call
-    default_window: int  # k the policy was trained to execute (its baseline window)
+    default_window: int  # k the policy was trained to execute: its BC window, or the window PolicyTrim chose
     max_window: int  # largest window it may execute (H for learned policies, 1 for experts)
     action_dim: int
 
@@ -85,9 +93,50 @@ class ChunkPolicy(Protocol):
 
     def spec(self) -> dict:
         """JSON-safe description that rebuilds the architecture with `policy_from_spec` (kind, H,
-        sizes, normalisation statistics, vocabulary...). Weights travel separately as a state dict."""
+        sizes, normalisation statistics, vocabulary...). Weights travel separately as a state dict.
+        A trainable policy's spec also carries what deploying it needs: ``default_window`` (the
+        window it was trained to execute), ``trained_stage`` (`TRAINED_STAGES`) and
+        ``step_budget`` (the Stage 2 budget B it was trained against, or None); the trainer sets
+        them with the policy's ``mark_trained(stage, window, step_budget)``."""
         ...
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write safetensors weights + JSON config (atomically). Never pickle."""
         ...
+
+
+def check_trained(stage: Any, window: int, chunk_size: int, step_budget: Any) -> None:
+    """InputError unless ``stage`` is one of `TRAINED_STAGES`, ``window`` in [1, chunk_size] and
+    ``step_budget`` None or a positive finite number (steps)."""
+    if stage not in TRAINED_STAGES:
+        raise InputError(f"trained_stage must be one of {', '.join(TRAINED_STAGES)}, got {stage!r}")
+    if not 1 <= int(window) <= chunk_size:
+        raise InputError(f"default_window must be in [1, chunk_size={chunk_size}], got {window}")
+    if step_budget is not None and not (isinstance(step_budget, (int, float)) and not isinstance(step_budget, bool) and math.isfinite(step_budget) and step_budget > 0):
+        raise InputError(f"step_budget must be a positive number or null, got {step_budget!r}")
+
+
+def window_bound(policy: ChunkPolicy) -> int:
+    """The longest window ``policy`` may execute: min(max_window, chunk_size)."""
+    return min(int(policy.max_window), int(policy.chunk_size))
+
+
+def resolve_window(policy: ChunkPolicy, window: int = 0, name: str = "window") -> int:
+    """The window a policy executes: ``window``, or (0) the policy's own default window (the one
+    it was trained for). The one place the bound k <= min(max_window, chunk_size) is checked;
+    ``name`` is what the error calls the value (e.g. ``--window``, ``stage2.window``)."""
+    window = int(window) or int(policy.default_window)
+    top = window_bound(policy)
+    if not 1 <= window <= top:
+        extra = "; the scripted experts act in closed loop with window 1" if top == 1 else f" (its chunk size is {policy.chunk_size})"
+        raise InputError(f"{name} must be in [1, {top}] for this policy{extra}, got {window}")
+    return window
+
+
+def supported_stages(policy: ChunkPolicy) -> tuple[str, ...]:
+    """The PolicyTrim stages a policy can run. Stage 1 (extend) executes windows longer than the
+    policy's own, so it needs a longest executable window (`window_bound`) above the default
+    window; a policy that decodes exactly the k actions it executes (an OpenVLA-style
+    autoregressive policy with chunk size = window) runs Stage 2 (trim) only, the paper's Table 3
+    path."""
+    return STAGES if window_bound(policy) > int(policy.default_window) else ("trim",)

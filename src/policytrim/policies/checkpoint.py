@@ -4,6 +4,10 @@
 default window, normalisation statistics, instructions, encoder name) plus the format version and
 the SHA-256 of the weights file, so a truncated, corrupt or swapped weights file is refused before
 any tensor is read. Every failure is an `InputError` that names the file and what is wrong.
+
+Identical tensors give identical bytes (`safetensors_bytes`), so ``weights_sha256`` identifies the
+weights: an interrupted and resumed run that ends with the same tensors as an uninterrupted one
+has the same hash.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from policytrim.errors import InputError
 
@@ -32,6 +37,23 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors file of ``tensors``, byte-identical for identical tensors and metadata.
+
+    safetensors writes the header's ``__metadata__`` from a hash map, whose order changes from call
+    to call; the header is rewritten here with the metadata keys sorted (same length: only the order
+    changes; tensor entries, offsets and data are untouched)."""
+    data = save(tensors, metadata=metadata)
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # cannot happen for a reordering; never write a header that overflows
+        raise RuntimeError("safetensors header grew while reordering its metadata")
+    return data[:8] + text.ljust(size, b" ") + data[8 + size :]
 
 
 def _fsync_file(path: Path) -> None:
@@ -55,7 +77,7 @@ def save_checkpoint(directory: str | Path, spec: dict[str, Any], state_dict: dic
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "policytrim_kind": str(spec.get("kind"))})
+        (tmp / WEIGHTS_NAME).write_bytes(safetensors_bytes(tensors, metadata={"format": "pt", "policytrim_kind": str(spec.get("kind"))}))
         config = dict(spec)
         config["weights_sha256"] = _sha256(tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")

@@ -71,7 +71,7 @@ from torch import nn
 
 from policytrim.errors import InputError
 from policytrim.policies import flow_sde
-from policytrim.policies.base import MODES, ChunkSample, Mode, Observation
+from policytrim.policies.base import MODES, ChunkSample, Mode, Observation, check_trained
 
 KIND = "lerobot"
 FORMAT_VERSION = 1
@@ -156,7 +156,7 @@ class LeRobotChunkPolicy(nn.Module):
     Build with `from_pretrained` (a LeRobot checkpoint directory, or a hub id where downloads are
     allowed) or directly from a LeRobot policy and its processors."""
 
-    def __init__(self, policy: Any, preprocessor: Any, postprocessor: Any, options: LeRobotOptions | None = None, default_window: int | None = None, trained_stage: str | None = None):
+    def __init__(self, policy: Any, preprocessor: Any, postprocessor: Any, options: LeRobotOptions | None = None, default_window: int | None = None, trained_stage: str = "bc", step_budget: float | None = None):
         super().__init__()
         self.policy = policy
         self.preprocessor = preprocessor
@@ -181,12 +181,22 @@ class LeRobotChunkPolicy(nn.Module):
         if not 1 <= self.default_window <= self.chunk_size:
             raise InputError(f"default window {self.default_window} must be in [1, chunk size {self.chunk_size}]")
         self.max_window = self.chunk_size
+        check_trained(trained_stage, self.default_window, self.chunk_size, step_budget)
         self.trained_stage = trained_stage
+        self.step_budget = None if step_budget is None else float(step_budget)
         self.kind = KIND
         if self.family == "act":
             self.log_std = nn.Parameter(torch.full((self.chunk_size, self.action_dim), float(self.options.act_log_std)))
         self.apply_train_parts(self.options.train_parts)
         self.policy.eval()
+
+    def mark_trained(self, stage: str, window: int, step_budget: float | None = None) -> None:
+        """Record how this policy was trained (`ChunkPolicy.spec`): ``stage`` (bc | extend | trim),
+        the ``window`` it was trained (Stage 1: chose) to execute, which becomes its default window
+        and the saved checkpoint's LeRobot ``n_action_steps``, and the Stage 2 step budget."""
+        check_trained(stage, window, self.chunk_size, step_budget)
+        self.trained_stage, self.default_window = stage, int(window)
+        self.step_budget = None if step_budget is None else float(step_budget)
 
     # ------------------------------------------------------------------ options
 
@@ -457,6 +467,7 @@ class LeRobotChunkPolicy(nn.Module):
             "state_dim": self.state_dim,
             "image_keys": list(self.image_keys),
             "trained_stage": self.trained_stage,
+            "step_budget": self.step_budget,
             **asdict(self.options),
         }
         if self.family in FLOW_FAMILIES + ("diffusion",):
@@ -503,7 +514,7 @@ class LeRobotChunkPolicy(nn.Module):
         if options is None:
             known = {f.name for f in fields(LeRobotOptions)}
             options = LeRobotOptions(**{k: v for k, v in meta.items() if k in known})
-        wrapped = cls(policy, pre, post, options, default_window=meta.get("default_window", config.n_action_steps), trained_stage=meta.get("trained_stage"))
+        wrapped = cls(policy, pre, post, options, default_window=meta.get("default_window", config.n_action_steps), trained_stage=meta.get("trained_stage", "bc"), step_budget=meta.get("step_budget"))
         if local and (path / EXTRA_WEIGHTS).is_file():
             from safetensors.torch import load_file
 

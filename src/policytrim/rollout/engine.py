@@ -23,10 +23,11 @@ policy's replay tensors.
 Faults: an env exception fails its trajectory; a worker that does not answer within
 ``step_timeout_s`` (plus ``setup_timeout_s`` when it must build envs) or dies is killed and replaced,
 failing its running trajectories. Groups with a failed member are dropped whole, counted in
-``Trajectories.dropped_groups`` and logged; the batch goes on.
+``Trajectories.dropped_groups`` (and by fault kind in ``Trajectories.fault_counts``) and logged; the
+batch goes on. An adapter exception that is a programming error stops the run (`AdapterError`).
 
 CPU policies: with as many env workers as cores, run torch in the calling process with one thread
-(``torch.set_num_threads(1)``). Measured here (2 cores, workers busy): a TinyVLA call on a batch of 2
+(`policytrim.runtime.workers_own_cores`). Measured here (2 cores, workers busy): a TinyVLA call on a batch of 2
 took 0.16 ms with one thread and 56 ms with torch's default two, whose thread pool spins against
 the env workers.
 
@@ -45,10 +46,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from policytrim.envs import worker_env_cap
 from policytrim.envs.base import InitialState
-from policytrim.policies.base import MODES, ChunkPolicy, Mode
+from policytrim.policies.base import MODES, ChunkPolicy, Mode, window_bound
 from policytrim.rollout.types import Trajectories
-from policytrim.rollout.workers import DEFAULT_MAX_ENVS, EnvFactory, LocalPool, ProcessPool, StepRequest, StepResult, WorkerPool
+from policytrim.rollout.workers import DEFAULT_MAX_ENVS, EnvFactory, Fault, LocalPool, ProcessPool, StepRequest, StepResult, WorkerPool
+from policytrim.runtime import device_of
 
 log = logging.getLogger("policytrim.rollout")
 
@@ -66,13 +69,18 @@ def trajectory_seed(seed: int, state: InitialState, member: int) -> int:
     return stable_seed("policytrim-trajectory", seed, state.task, state.seed, state.index, member)
 
 
-def policy_device(policy: Any) -> torch.device:
-    """The device of the policy's parameters (CPU for a policy without parameters)."""
-    params = getattr(policy, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.device
-    return torch.device("cpu")
+def make_pool(env: Any, num_workers: int, env_factory: EnvFactory | None, max_envs: int, backend: str = "local", ray: Any = None) -> WorkerPool:
+    """The env workers of an engine: in-process (num_workers=0), local processes, or Ray actors."""
+    if backend == "ray":
+        from policytrim.config import RayConfig
+        from policytrim.rollout.ray_pool import RayPool
+
+        return RayPool(env, num_workers, ray if ray is not None else RayConfig(), env_factory, max_envs)
+    if backend != "local":
+        raise ValueError(f"backend must be local or ray, got {backend!r}")
+    if num_workers == 0:
+        return LocalPool(env, 1, env_factory, max_envs=max_envs)
+    return ProcessPool(env, num_workers, env_factory, max_envs=max_envs)
 
 
 class _Batch:
@@ -85,15 +93,26 @@ class _Batch:
         self.rows = np.zeros(len(traj), np.int64)
 
 
+LOST_WORKER = "worker_lost"  # the fault kind of trajectories on a worker that hung or died
+
+
+class AdapterError(RuntimeError):
+    """An env adapter raised a programming error (`policytrim.rollout.workers.PROGRAMMING_ERRORS`)."""
+
+
 class RolloutEngine:
     """Runs groups of rollouts of a chunking policy on env workers. Also a context manager.
 
     num_workers=0 steps envs in this process (tests, debugging; no hang protection).
-    envs_per_worker caps the trajectories a worker runs at once (None: 32); the rest wait in a queue
-    and reuse the envs of finished ones. max_envs_per_worker bounds the envs a worker keeps, idle
-    ones included (None: max(32, envs_per_worker)); beyond it the longest-idle env of another
-    task is closed. A Meta-World env holds about 24 MB and takes 0.2 s to build: the cap trades
-    rebuilding envs when tasks rotate against memory (two workers at 32 envs: ~2.2 GB).
+    envs_per_worker caps the trajectories a worker runs at once (None: 32, or fewer when
+    `policytrim.envs.worker_env_cap` bounds the envs by memory, as for LIBERO, or
+    env.max_envs_per_worker is set); the rest wait in a queue and reuse the envs of finished ones.
+    max_envs_per_worker bounds the envs a worker keeps, idle ones included (None: that cap, else
+    max(32, envs_per_worker)); beyond it the longest-idle env of another task is closed. A
+    Meta-World env holds about 24 MB and takes 0.2 s to build: the cap trades rebuilding envs when
+    tasks rotate against memory (two workers at 32 envs: ~2.2 GB).
+    backend "local" runs workers as local processes, "ray" as Ray actors placed as ``ray`` (a
+    `policytrim.config.RayConfig`) says; see `make_pool`.
     env_factory (picklable) replaces `policytrim.envs.make_env`, e.g. to inject faults in tests.
     setup_timeout_s is added to the timeout of a request that resets envs (building them is slow).
     lanes splits each worker's trajectories into that many request streams: the worker steps one
@@ -112,11 +131,14 @@ class RolloutEngine:
         pipeline: bool = True,
         lanes: int = 2,
         max_envs_per_worker: int | None = None,
+        backend: str = "local",
+        ray: Any = None,
     ) -> None:
         if not (isinstance(num_workers, int) and num_workers >= 0):
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        cap = worker_env_cap(env, num_workers)  # memory-bound simulators (LIBERO) or env.max_envs_per_worker
         if envs_per_worker is None:
-            envs_per_worker = DEFAULT_ENVS_PER_WORKER
+            envs_per_worker = DEFAULT_ENVS_PER_WORKER if cap is None else min(DEFAULT_ENVS_PER_WORKER, cap)
         if not (isinstance(envs_per_worker, int) and envs_per_worker >= 1):
             raise ValueError(f"envs_per_worker must be an integer >= 1 or None, got {envs_per_worker!r}")
         if not step_timeout_s > 0:
@@ -130,13 +152,12 @@ class RolloutEngine:
         if not (isinstance(lanes, int) and lanes >= 1):
             raise ValueError(f"lanes must be an integer >= 1, got {lanes!r}")
         self.lanes = lanes
-        max_envs = max_envs_per_worker or max(DEFAULT_MAX_ENVS, envs_per_worker)
-        if num_workers == 0:
-            self._pool: WorkerPool = LocalPool(env, 1, env_factory, max_envs=max_envs)
-        else:
-            self._pool = ProcessPool(env, num_workers, env_factory, max_envs=max_envs)
+        max_envs = max_envs_per_worker or (max(DEFAULT_MAX_ENVS, envs_per_worker) if cap is None else max(cap, envs_per_worker))
+        self._pool: WorkerPool = make_pool(env, num_workers, env_factory, max_envs, backend, ray)
         self.replaced_workers = 0
         """Workers killed and replaced (timeouts, crashes) over the engine's lifetime."""
+        self.warned_fault_kinds: set[str] = set()
+        """Fault kinds already logged at WARNING (with a traceback) by this engine."""
         self.env_info: dict[str, dict[str, Any]] = {}
         """task -> {"instruction", "control_period_s", "horizon"}, filled as tasks are first run."""
         self._next_slot = 0
@@ -191,7 +212,7 @@ class RolloutEngine:
         win = torch.as_tensor(windows, dtype=torch.long)
         if tuple(win.shape) != (len(starts), group_size):
             raise ValueError(f"windows must have shape [num_groups={len(starts)}, group_size={group_size}], got {tuple(win.shape)}")
-        max_window = min(int(policy.max_window), int(policy.chunk_size))
+        max_window = window_bound(policy)
         if win.numel() and (int(win.min()) < 1 or int(win.max()) > max_window):
             bad = int(win.max()) if int(win.max()) > max_window else int(win.min())
             raise ValueError(
@@ -215,13 +236,14 @@ class _Rollout:
         self.starts, self.G, self.window = starts, G, window
         self.N = N = len(starts) * G
         self.state_of = [starts[i // G] for i in range(N)]
-        self.device = policy_device(policy)
+        self.device = device_of(policy)
         self.generators = [torch.Generator().manual_seed(trajectory_seed(seed, self.state_of[i], i % G)) for i in range(N)]
         self.horizon = int(engine.env_cfg.horizon)
         self.success = np.zeros(N, bool)
         self.steps = np.zeros(N, np.int64)
         self.calls = np.zeros(N, np.int64)
         self.faulted = np.zeros(N, bool)
+        self.fault_counts: dict[str, int] = {}  # failed trajectories by fault kind
         self.instruction = [""] * N
         self.last_obs: dict[int, dict[str, np.ndarray]] = {}  # trajectories waiting for a chunk
         self.pending: dict[int, tuple[int, int]] = {}  # trajectory -> (batch, row) of its chunk in flight
@@ -322,6 +344,22 @@ class _Rollout:
         if w not in self.deadline:
             self.deadline[w] = time.monotonic() + self.inflight[w][0][1]
 
+    def fault(self, i: int, fault: Fault) -> None:
+        """Count trajectory i's fault by kind; the first of each kind (per engine) is logged with
+        its traceback at WARNING; a programming error in the adapter stops the run."""
+        state = self.state_of[i]
+        if fault.bug:
+            raise AdapterError(
+                f"the env adapter raised {fault.kind} on {state.task} state {state.index}: {fault.message}. "
+                f"This is a programming error, not a simulator fault, so the run stops instead of dropping the group.\n{fault.traceback}"
+            )
+        self.fault_counts[fault.kind] = self.fault_counts.get(fault.kind, 0) + 1
+        if fault.kind not in self.engine.warned_fault_kinds:
+            self.engine.warned_fault_kinds.add(fault.kind)
+            log.warning("first %s fault (trajectory %d, %s state %d): %s; its group is dropped (later ones of this kind are counted, logged at DEBUG)\n%s", fault.kind, i, state.task, state.index, fault.message, fault.traceback)
+        else:
+            log.debug("trajectory %d (%s) faulted: %s: %s", i, state, fault.kind, fault.message)
+
     def lose_worker(self, w: int, why: str) -> list[int]:
         """Kill and replace worker w; its running trajectories fail. Returns its lanes."""
         lanes = list(range(w * self.L, (w + 1) * self.L))
@@ -329,6 +367,7 @@ class _Rollout:
         log.warning("env worker %d %s: killing and replacing it; its %d running trajectories fail", w, why, running)
         for q in lanes:
             for i in self.active[q]:
+                self.fault_counts[LOST_WORKER] = self.fault_counts.get(LOST_WORKER, 0) + 1
                 self.faulted[i] = True
                 self.last_obs.pop(i, None)
                 self.pending.pop(i, None)
@@ -349,7 +388,7 @@ class _Rollout:
                 b, row = self.pending.pop(i)
                 self.batches[b].rows[row] = res.rows[r]
             if slot in res.faults:
-                log.debug("trajectory %d (%s) faulted: %s", i, self.state_of[i], res.faults[slot])
+                self.fault(i, res.fault_details.get(slot) or Fault("unknown", res.faults[slot]))
                 self.faulted[i] = True
                 self.active[q].discard(i)
                 continue
@@ -417,6 +456,7 @@ class _Rollout:
             policy_batches=self.policy_batches,
             env_steps=int(self.env_steps),
             dropped_groups=dropped,
+            fault_counts=dict(self.fault_counts),
         )
         if self.record and self.batches:
             batches = self.batches

@@ -60,6 +60,9 @@ class Trajectories:
     """Total environment steps taken."""
     dropped_groups: int = 0
     """Groups dropped whole because a member hit a simulator fault or timeout."""
+    fault_counts: dict[str, int] = field(default_factory=dict)
+    """Failed trajectories by fault kind (the exception's class name, ``non_finite_action``,
+    ``worker_lost``)."""
 
     @property
     def num_trajectories(self) -> int:

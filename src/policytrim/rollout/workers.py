@@ -8,12 +8,16 @@ One round trip: the engine sends a worker one `StepRequest` -- slots to reset to
 and, for slots that need them, the first k rows of a chunk. The worker resets and executes, stopping
 a slot at its first success or at the horizon, and answers one `StepResult` with, per slot, the new
 observation, the rows executed, success and the steps taken so far. A slot whose env raises, or
-whose chunk holds a non-finite action, is reported as faulted (the engine drops its group). A worker
-that does not answer in time is killed and replaced by the engine (`WorkerPool.restart`).
+whose chunk holds a non-finite action, is reported as faulted (the engine drops its group), with a
+`Fault` saying its kind and traceback. An exception that means a bug in the adapter rather than a
+simulator fault (`PROGRAMMING_ERRORS`: AttributeError, TypeError, NameError, ...) is marked
+``bug=True`` and the engine stops the run on it. A worker that does not answer in time is killed
+and replaced by the engine (`WorkerPool.restart`).
 
 Backends: `LocalPool` (in-process; tests and debugging; no hang protection) and `ProcessPool`
-(`multiprocessing` with the spawn context, one thread per worker). A Ray backend implements the same
-four methods (submit, wait, restart, close) with actors and ``ray.wait``.
+(`multiprocessing` with the spawn context, one thread per worker), and `policytrim.rollout.ray_pool.RayPool`
+(Ray actors, ``ray.wait``). Another backend is another `WorkerPool` subclass with the same four
+methods (submit, wait, restart, close) around `EnvServer`.
 
 This module imports no torch, so worker processes start light.
 """
@@ -25,6 +29,7 @@ import ctypes
 import gc
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -64,6 +69,29 @@ class StepRequest:
     """Echoed in the result (the engine's lane id)."""
 
 
+# Exceptions from an adapter that mean a bug in code (the adapter's or its caller's), never a
+# simulator fault: dropping the group would hide it, so the engine stops the run instead.
+PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (AttributeError, TypeError, NameError, ImportError, NotImplementedError, AssertionError)
+NON_FINITE_ACTION = "non_finite_action"  # the kind of a fault caused by a NaN / inf action from the policy
+
+
+@dataclass
+class Fault:
+    """Why one trajectory failed in a worker."""
+
+    kind: str
+    """The exception's class name, or `NON_FINITE_ACTION`."""
+    message: str
+    traceback: str = ""
+    """The formatted traceback (empty for a non-finite action)."""
+    bug: bool = False
+    """A programming error (`PROGRAMMING_ERRORS`), not a simulator fault."""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> Fault:
+        return cls(type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)), isinstance(exc, PROGRAMMING_ERRORS))
+
+
 @dataclass
 class StepResult:
     """A worker's answer. Row order: the request's resets, then its chunk slots."""
@@ -90,6 +118,16 @@ class StepResult:
     """Worker wall time spent on this request."""
     tag: int = 0
     """The request's tag."""
+    fault_details: dict[int, Fault] = field(default_factory=dict)
+    """slot -> kind, traceback and whether it is a bug, for the slots in ``faults``."""
+
+
+def _step(env: EnvAdapter, action: np.ndarray, observe: bool) -> tuple[dict[str, np.ndarray], bool]:
+    """env.step, skipping the observation's expensive parts when nobody reads it and the adapter
+    can (``observes_on_demand``, `policytrim.envs.base.EnvAdapter`)."""
+    if observe or not getattr(env, "observes_on_demand", False):
+        return env.step(action)
+    return env.step(action, observe=False)
 
 
 class WorkerError(RuntimeError):
@@ -128,6 +166,7 @@ class EnvServer:
         done = np.zeros(m, bool)
         obs: list[dict[str, np.ndarray] | None] = [None] * m
         faults: dict[int, str] = {}
+        details: dict[int, Fault] = {}
         env_info: dict[str, dict[str, Any]] = {}
         env_steps = 0
 
@@ -142,8 +181,8 @@ class EnvServer:
                     state.task,
                     {"instruction": env.instruction, "control_period_s": float(env.control_period_s), "horizon": int(env.horizon)},
                 )
-            except Exception as exc:  # noqa: BLE001 - any simulator error voids the trajectory
-                faults[slot] = _describe(exc)
+            except Exception as exc:  # noqa: BLE001 - any error voids the trajectory (the engine stops on bugs)
+                faults[slot], details[slot] = _describe(exc), Fault.from_exception(exc)
                 self._discard(slot)
 
         for j in range(n_act):
@@ -162,17 +201,20 @@ class EnvServer:
                 # warn and reset itself); the trajectory fails like a simulator fault, the env is
                 # untouched and reused
                 faults[slot] = "non-finite action from the policy (NaN or inf)"
+                details[slot] = Fault(NON_FINITE_ACTION, faults[slot])
                 self._release(slot)
                 continue
+            # only the observation after the last row that can run reaches the policy
+            observe_at = min(int(req.rows[j]), env.horizon - t) - 1
             try:
                 for r in range(int(req.rows[j])):
-                    last, ok = env.step(req.actions[j, r])
+                    last, ok = _step(env, req.actions[j, r], r == observe_at)
                     t += 1
                     if ok or t >= env.horizon or getattr(env, "terminated", False):
                         break
             except Exception as exc:  # noqa: BLE001
                 env_steps += t - entry[1]
-                faults[slot] = _describe(exc)
+                faults[slot], details[slot] = _describe(exc), Fault.from_exception(exc)
                 self._discard(slot)
                 continue
             env_steps += t - entry[1]
@@ -187,7 +229,7 @@ class EnvServer:
         if self._closed_envs:
             self._closed_envs = False
             release_memory()
-        return StepResult(slots, rows, success, steps, done, _stack(obs), faults, env_info, env_steps, time.perf_counter() - t0, req.tag)
+        return StepResult(slots, rows, success, steps, done, _stack(obs), faults, env_info, env_steps, time.perf_counter() - t0, req.tag, fault_details=details)
 
     def _acquire(self, task: str) -> EnvAdapter:
         free = self._free[task]
@@ -321,7 +363,12 @@ class LocalPool(WorkerPool):
 
 
 def _serve(conn: Connection, env_cfg: Any, env_factory: EnvFactory | None, max_envs: int) -> None:
-    """Worker process main loop: one request in, one result out, until None."""
+    """Worker process main loop: one request in, one result out, until None or a closed pipe.
+
+    Ctrl-C in a terminal reaches the whole process group; the trainer decides what it means (it
+    stops, closes the pipes, and these loops end), so a worker ignores SIGINT and exits quietly
+    when its pipe closes in either direction."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if "torch" in sys.modules:  # imported by an env factory's module, perhaps
         sys.modules["torch"].set_num_threads(1)
     server = EnvServer(env_cfg, env_factory, max_envs)
@@ -337,7 +384,10 @@ def _serve(conn: Connection, env_cfg: Any, env_factory: EnvFactory | None, max_e
                 result: Any = server.handle(request)
             except Exception:  # noqa: BLE001 - a bug: report it to the engine, which raises
                 result = WorkerError(traceback.format_exc())
-            conn.send(result)
+            try:
+                conn.send(result)
+            except (BrokenPipeError, OSError):
+                break  # the trainer is gone
     finally:
         server.close()
 

@@ -8,8 +8,9 @@ rows are never executed either).
 Split. A fraction ``pretrain.val_fraction`` of each task's episodes is held out for the validation
 loss. Normalisation statistics come from the training episodes only.
 
-Training. Adam with a cosine-decayed learning rate, random minibatches of chunks, gradient-norm
-clip 1.0, torch on up to 2 cores (one when the machine is busy, `training_threads`); the
+Training. Adam with a cosine-decayed learning rate, random minibatches of chunks (images randomly
+shifted by up to ``pretrain.image_shift`` pixels, DrQ-style, against overfitting a few hundred
+demonstrations' pixels), gradient-norm clip 1.0, torch on up to 2 cores (one when the machine is busy, `training_threads`); the
 validation loss is measured
 ``_VAL_POINTS`` times. At the end the checkpoint is written (``model.safetensors`` +
 ``config.json`` in the run directory, so `load_policy(out)` works) with ``pretrain_metrics.json``,
@@ -35,6 +36,7 @@ from tqdm import tqdm
 from policytrim.config import RunConfig, to_dict
 from policytrim.errors import InputError
 from policytrim.policies.chunk import TinyVLA
+from policytrim.runtime import torch_threads
 
 METRICS_NAME = "pretrain_metrics.json"
 _VAL_POINTS = 10  # validation-loss measurements per run
@@ -138,6 +140,20 @@ def split_episodes(episode: torch.Tensor, instruction: torch.Tensor, val_fractio
     return torch.as_tensor(np.flatnonzero(~is_val)), torch.as_tensor(np.flatnonzero(is_val))
 
 
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DrQ's random shift: uint8 images [B, h, w, 3] padded by ``pad`` pixels (edges repeated) and
+    cropped back to [B, h, w, 3] at a random offset per image. ``pad = 0`` returns them unchanged."""
+    if pad == 0:
+        return images
+    b, h, w, _ = images.shape
+    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2).float(), (pad,) * 4, mode="replicate")
+    dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), generator=generator)
+    rows = dy + torch.arange(h).reshape(1, h, 1)
+    cols = dx + torch.arange(w).reshape(1, 1, w)
+    return padded[torch.arange(b).reshape(b, 1, 1), :, rows, cols].to(torch.uint8)  # [B, h, w, 3]
+
+
 def training_threads(max_threads: int = 2) -> int:
     """Torch threads for BC: up to ``max_threads`` cores, but one when other processes keep the
     machine busy. OpenMP threads spin-waiting for a core that another process holds slowed this
@@ -191,8 +207,9 @@ def _load(data: Any) -> Any:
 
 
 def build_policy(cfg: RunConfig, data: ChunkData, train_rows: torch.Tensor) -> Any:
-    """A fresh TinyVLA sized for the data, with statistics from the training frames; for
-    ``policy.kind=lerobot`` the LeRobot checkpoint ``policy.lerobot_path`` with its normalisation
+    """A fresh TinyVLA sized for the data, with statistics from the training frames; an image policy
+    reads only proprioception from the state (`RunConfig.policy_state_dims`). For
+    ``policy.kind=lerobot``: the LeRobot checkpoint ``policy.lerobot_path`` with its normalisation
     statistics replaced by the training frames' (as ``lerobot-train`` does when fine-tuning)."""
     if cfg.policy.kind == "lerobot":
         from policytrim.policies.lerobot import policy_for_bc
@@ -204,6 +221,7 @@ def build_policy(cfg: RunConfig, data: ChunkData, train_rows: torch.Tensor) -> A
     return TinyVLA.from_config(
         cfg.policy, data.state.shape[1], data.actions.shape[1], data.instructions,
         state_mean=s_mean, state_std=s_std, action_mean=a_mean, action_std=a_std, image_shape=image_shape,
+        state_dims=cfg.policy_state_dims,
     )
 
 
@@ -223,6 +241,8 @@ def train_bc(policy: TinyVLA, data: ChunkData, train_rows: torch.Tensor, val_row
     for it in bar:
         b_rows = train_rows[torch.randint(0, train_rows.numel(), (p.batch_size,), generator=gen)]
         b_obs, b_ins, b_actions, b_mask = data.batch(b_rows, as_text=not isinstance(policy, TinyVLA))
+        if "image" in b_obs:
+            b_obs["image"] = random_shift(b_obs["image"], p.image_shift, gen)
         loss = policy.bc_loss(b_obs, b_ins, b_actions, b_mask, generator=gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -245,8 +265,10 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
     baseline checkpoint in ``out``; returns the metrics written to ``out/pretrain_metrics.json``.
     Bad input raises `InputError` before anything is written."""
     from policytrim.io import atomic_directory, atomic_write_json
+    from policytrim.preflight import check_preconditions
 
     out = Path(out)
+    check_preconditions(cfg, out)
     if out.exists() and not overwrite:
         raise InputError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
     if cfg.policy.kind == "expert":
@@ -262,15 +284,11 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
         raise InputError("no training frames left after holding out validation episodes; lower pretrain.val_fraction")
     tasks = [str(t) for t in getattr(dataset, "tasks", [])]
 
-    threads = torch.get_num_threads()
     train_threads = training_threads()
-    torch.set_num_threads(train_threads)
-    try:
+    with torch_threads(train_threads):
         torch.manual_seed(cfg.seed)
         policy = build_policy(cfg, chunks, train_rows)
         info = train_bc(policy, chunks, train_rows, val_rows, cfg, progress=cfg.logging.progress)
-    finally:
-        torch.set_num_threads(threads)
 
     history = info["history"]
     metrics: dict[str, Any] = {
@@ -307,25 +325,3 @@ def evaluate_baseline(policy: TinyVLA, cfg: RunConfig, tasks: list[str]) -> dict
         policy, env_cfg, episodes=cfg.pretrain.eval_episodes, window=policy.default_window,
         mode=cfg.eval.mode, seed=cfg.eval.seed, split="val", num_workers=cfg.rollout.num_workers,
     )
-
-
-def pretrain_command(args: Any) -> int:
-    """`policytrim pretrain`: args is the CLI's PretrainCmd (a RunConfig + data + overwrite)."""
-    from policytrim.cli import run_config
-
-    if not getattr(args, "data", ""):
-        raise InputError("--data is required: the demonstration dataset directory (output of `policytrim collect`)")
-    cfg = run_config(args)
-    out = Path(cfg.logging.out)
-    metrics = pretrain(cfg, Path(args.data), out, overwrite=bool(args.overwrite))
-    print(f"baseline checkpoint: {out}  (train {metrics['train_seconds']:.0f} s, val loss {metrics['initial_val_loss']:.3f} -> {metrics['final_val_loss']:.3f})")
-    ev = metrics.get("eval")
-    if ev:
-        print(_eval_summary(ev))
-    return 0
-
-
-def _eval_summary(ev: dict[str, Any]) -> str:
-    overall = ev.get("overall", ev)
-    parts = [f"{k}={overall[k]:.3g}" if isinstance(overall.get(k), (int, float)) else f"{k}={overall.get(k)}" for k in ("success_rate", "mean_steps", "calls_per_success", "window") if k in overall]
-    return "validation-state evaluation: " + (" ".join(parts) if parts else str(overall))

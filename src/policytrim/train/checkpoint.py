@@ -28,10 +28,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from policytrim.errors import InputError
 from policytrim.io import atomic_directory, atomic_write_bytes, atomic_write_json, kill_point
+from policytrim.policies.checkpoint import safetensors_bytes
 
 FORMAT_VERSION = 1
 _EPOCH_DIR = re.compile(r"^epoch_(\d{6})$")
@@ -91,7 +92,7 @@ def save_checkpoint(
         raise ValueError(f"refusing to write checkpoint {final}: non-finite optimiser state in {', '.join(bad)}")
     with atomic_directory(final, overwrite=True) as tmp:
         policy.save_pretrained(tmp / "policy")
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.safetensors").write_bytes(safetensors_bytes(tensors))
         if best_dir is not None and (best_dir / "policy").is_dir():
             _link_tree(best_dir / "policy", tmp / "best" / "policy")
         kill_point("checkpoint.partial")

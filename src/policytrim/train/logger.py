@@ -14,6 +14,13 @@ from policytrim.io import append_jsonl
 log = logging.getLogger(__name__)
 
 
+def check_backends(wandb_mode: str) -> None:
+    """InputError when a back-end asked for is not installed (TensorBoard is used only when
+    installed, never required)."""
+    if wandb_mode != "off" and importlib.util.find_spec("wandb") is None:
+        raise InputError(f"logging.wandb={wandb_mode} needs the wandb package: pip install 'policytrim[wandb]' (or --logging.wandb off)")
+
+
 class MetricsLogger:
     """Writes one record per call to ``metrics.jsonl`` and mirrors numeric fields to TB / W&B."""
 
@@ -26,8 +33,7 @@ class MetricsLogger:
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         if wandb_mode != "off":
-            if importlib.util.find_spec("wandb") is None:
-                raise InputError("logging.wandb needs the wandb package: pip install 'policytrim[wandb]'")
+            check_backends(wandb_mode)
             import wandb
 
             self._wandb = wandb.init(

@@ -2,16 +2,23 @@
 
     RUN/
       config.yaml          the resolved RunConfig (what --resume reads back)
-      run.json             stage(s), starting checkpoint, version, status
+      run.json             stage(s), starting checkpoint, version, status, config.yaml's SHA-256
       metrics.jsonl        one record per epoch and per validation (always written)
       tensorboard/         when tensorboard is installed
       extend/ trim/        per stage: reference/ (policy entering the stage), best/, epoch_NNNNNN/
                            (resumable checkpoints), LATEST, result.json when the stage completed
       final/policy/        the trained policy (the last stage's best checkpoint)
+
+Resuming trusts nothing it cannot check: ``config.yaml`` must hash to the SHA-256 recorded in
+``run.json`` when the run was created (an edited, truncated or replaced file is refused), and it must
+hold every key (no default is ever filled in for a resumed run: a config cut at a line boundary
+would otherwise run a different experiment). Runs made before the hash was recorded are accepted
+when their config.yaml is complete. ``status`` is running, complete or interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -20,9 +27,13 @@ from typing import Any
 import yaml
 
 from policytrim import __version__
-from policytrim.config import RunConfig, from_dict, to_dict
+from policytrim.config import RunConfig, from_dict, parse_config_text, to_dict
 from policytrim.errors import InputError
-from policytrim.io import atomic_write_bytes, atomic_write_json, read_jsonl, to_json
+from policytrim.io import atomic_write_bytes, atomic_write_json, check_output_dir, read_jsonl, to_json
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; the message says where the run is and how to resume it."""
 
 
 class RunDir:
@@ -34,37 +45,58 @@ class RunDir:
     @classmethod
     def create(cls, path: str | Path, cfg: RunConfig, meta: dict[str, Any], overwrite: bool = False) -> RunDir:
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise InputError(f"run directory {path} is a file; give a new or existing directory as --logging.out")
+        check_output_dir(path, "--logging.out")
         if path.exists() and any(path.iterdir()):
             if not overwrite:
                 raise InputError(f"run directory {path} already exists; pass --resume {path} to continue it or --overwrite to replace it")
             shutil.rmtree(path)
-        path.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
-        meta = {"policytrim_version": __version__, "status": "running", **meta}
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except PermissionError as exc:  # what `check_output_dir` cannot see (e.g. sysfs, for root)
+            raise InputError(f"cannot create run directory {str(path)!r}: permission denied ({exc.strerror})") from None
+        config = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
+        atomic_write_bytes(path / "config.yaml", config)
+        meta = {"policytrim_version": __version__, "status": "running", **meta, "config_sha256": hashlib.sha256(config).hexdigest()}
         atomic_write_json(path / "run.json", meta)
         return cls(path, cfg, meta)
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
-        """An existing run, for --resume: its saved config, validated again."""
+        """An existing run, for --resume: its saved config, verified and validated again."""
         path = Path(path)
+        where = f"--resume {path}"
         if not (path / "config.yaml").is_file() or not (path / "run.json").is_file():
-            raise InputError(f"--resume {path}: not a policytrim run directory (config.yaml and run.json are missing)")
-        try:
-            cfg = from_dict(RunConfig, yaml.safe_load((path / "config.yaml").read_text()) or {})
-        except yaml.YAMLError as exc:
-            raise InputError(f"--resume {path}: config.yaml is not valid YAML ({' '.join(str(exc).split())})") from None
-        except InputError as exc:
-            raise InputError(f"--resume {path}: config.yaml: {exc}") from None
+            raise InputError(f"{where}: not a policytrim run directory (config.yaml and run.json are missing)")
         try:
             meta = json.loads((path / "run.json").read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"--resume {path}: run.json is not valid JSON ({exc})") from None
+            raise InputError(f"{where}: run.json is not valid JSON ({exc})") from None
         if not (isinstance(meta, dict) and meta.get("stage") in ("extend", "trim", "both") and isinstance(meta.get("init"), str)):
-            raise InputError(f"--resume {path}: run.json does not describe a training run (needs stage and init)")
+            raise InputError(f"{where}: run.json does not describe a training run (needs stage and init)")
+        raw = (path / "config.yaml").read_bytes()
+        expected = meta.get("config_sha256")
+        if expected is not None and hashlib.sha256(raw).hexdigest() != expected:
+            raise InputError(
+                f"{where}: config.yaml is not the one this run was created with (its SHA-256 differs from run.json's "
+                "config_sha256): it was edited, truncated or replaced; restore it, or start a new run with --config"
+            )
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            raise InputError(f"{where}: config.yaml is not text") from None
+        data = parse_config_text(text, f"{where}: config.yaml")
+        try:
+            cfg = from_dict(RunConfig, data, complete=True)
+        except InputError as exc:
+            raise InputError(f"{where}: config.yaml: {exc}") from None
         return cls(path, cfg, meta)
+
+    def interrupted(self) -> RunInterrupted:
+        """Mark the run "interrupted" (Ctrl-C) in run.json; the error to raise says how to resume."""
+        self.set_status("interrupted")
+        return RunInterrupted(
+            f"interrupted: the run in {self.path} keeps its last complete checkpoint; continue it with `policytrim train --resume {self.path}`"
+        )
 
     def stage_dir(self, stage: str) -> Path:
         return self.path / stage

@@ -1,5 +1,6 @@
-"""The `policytrim` command line. Thin: it builds a config and calls library functions that a user
-could call from Python too.
+"""The `policytrim` command line: the top floor. It parses flags into a config, calls library
+functions a user could call from Python too (`policytrim.cli.commands`), prints and sets the exit
+code. Nothing in the library imports it.
 
 Every command that runs something accepts the whole `RunConfig` tree as flags
 (``--stage1.lr 1e-4``), a base file (``--config FILE.yaml``) or a named preset (``--preset demo``),
@@ -10,21 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
-import importlib.util
 import io
-import json
 import re
 import sys
+import typing
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Literal, Sequence
+from typing import Annotated, Any, Callable, Literal, Sequence
 
 import tyro
-import yaml
 
+from policytrim.cli import commands
 from policytrim.config import RunConfig, from_dict, load_config, preset_path, to_dict
-from policytrim.errors import InputError
+from policytrim.errors import InputError, one_line
+from policytrim.preflight import check_preconditions
 
 
 @dataclass
@@ -59,7 +58,9 @@ class CollectCmd(_Base):
 class PretrainCmd(_Base):
     """Behaviour cloning from a demonstration dataset to a baseline checkpoint in --out."""
 
-    data: str = ""
+    # not named `data`: that is RunConfig's demonstration-collection section (`data:` in every config
+    # file), which a field of the same name would shadow; `--data DIR` stays the flag users type
+    demos: Annotated[str, tyro.conf.arg(aliases=("--data",))] = ""
     """Demonstration dataset directory: output of `policytrim collect`, or a local LeRobotDataset."""
     overwrite: bool = False
     """Replace an existing output directory."""
@@ -143,6 +144,28 @@ class ConfigCmd(_Base):
     """Print JSON instead of YAML."""
 
 
+@dataclass
+class ServeCmd:
+    """Serve a policy over openpi's websocket + msgpack protocol (an openpi-client robot can use it unchanged)."""
+
+    policy: str
+    """Checkpoint directory to serve (its trained window is advertised), or 'expert'."""
+    host: str = "127.0.0.1"
+    """Interface to bind; loopback by default (0.0.0.0 serves every interface)."""
+    port: int = 8000
+    """TCP port (0 = any free port; the chosen one is printed)."""
+    api_key_env: str = ""
+    """Name of an environment variable holding an API key clients must send (none when empty)."""
+    max_message_mb: float = 8.0
+    """Largest request accepted, in MiB (at most 1024)."""
+    mode: Literal["sampled", "deterministic"] = "sampled"
+    """Sampling mode: sampled (as deployed) or deterministic (mean / zero noise)."""
+    seed: int = 0
+    """Seed of the per-connection random generators (sampled mode)."""
+    threads: int = 0
+    """torch threads for policy calls; 0 = torch's default (one per core); at most 1024."""
+
+
 COMMANDS: dict[str, type] = {
     "demo": DemoCmd,
     "collect": CollectCmd,
@@ -152,13 +175,8 @@ COMMANDS: dict[str, type] = {
     "ablate": AblateCmd,
     "report": ReportCmd,
     "config": ConfigCmd,
+    "serve": ServeCmd,
 }
-
-
-def run_config(cmd: RunConfig) -> RunConfig:
-    """The plain `RunConfig` part of a command (what gets saved with a run)."""
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    return RunConfig(**{n: getattr(cmd, n) for n in names})
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:
@@ -201,9 +219,33 @@ def _one_line(captured: str) -> str:
     return re.sub(r"^Error parsing (?!-)[\w.-]+: ", "", message)
 
 
+def _sequence_flags(cls: type, prefix: str = "") -> set[str]:
+    """The flags of every tuple-typed field of a command (dotted and dashed spellings, aliases)."""
+    flags: set[str] = set()
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        path = prefix + name
+        base = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+        if dataclasses.is_dataclass(base):
+            flags |= _sequence_flags(base, f"{path}.")
+        elif typing.get_origin(base) is tuple:
+            aliases = [a for m in typing.get_args(hint)[1:] for a in (getattr(m, "aliases", None) or ())]
+            flags |= {f"--{path}", f"--{path.replace('_', '-')}", *aliases}
+    return flags
+
+
+def _check_no_empty_sequences(cls: type, argv: list[str]) -> None:
+    """tyro reads a list flag given without values (``--stage1.windows``) as an empty list, which
+    for some fields silently means "the default": refuse it instead."""
+    flags = _sequence_flags(cls)
+    for i, arg in enumerate(argv):
+        if arg in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            raise InputError(f"{arg} was given without values: give at least one value, or leave the flag out for the default")
+
+
 def _parse(cls: type, argv: list[str], prog: str) -> object:
     buf = io.StringIO()
     try:
+        _check_no_empty_sequences(cls, argv)
         default = _defaults(cls, argv)
         with contextlib.redirect_stderr(buf):
             return tyro.cli(cls, args=argv, default=default, prog=prog, description=cls.__doc__)
@@ -215,7 +257,7 @@ def _parse(cls: type, argv: list[str], prog: str) -> object:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -226,47 +268,31 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-# Each command is implemented by a library function `fn(args) -> exit code`, imported lazily so
-# that --help stays fast and a user can call the same function from Python.
-IMPLEMENTATIONS: dict[str, tuple[str, str, str]] = {
-    "demo": ("policytrim.pipeline", "demo_command", "collect expert demonstrations, pretrain the built-in policy, run Stage 1 and Stage 2 and print baseline / Stage 1 / PolicyTrim success rate, steps, window, calls and speedup"),
-    "collect": ("policytrim.data.demos", "collect_command", "run the scripted experts and write a demonstration dataset"),
-    "pretrain": ("policytrim.train.bc", "pretrain_command", "train a baseline chunk policy by behaviour cloning"),
-    "train": ("policytrim.train.grpo", "train_command", "run PolicyTrim's two GRPO stages from a baseline checkpoint"),
-    "eval": ("policytrim.eval.evaluate", "eval_command", "evaluate a policy on held-out Meta-World states and write metrics.json"),
-    "ablate": ("policytrim.ablate", "ablate_command", "run ablation variants from one checkpoint and write one table"),
-    "report": ("policytrim.eval.report", "report_command", "write tables and plots for run directories"),
+# What each command runs (`policytrim.cli.commands`): parse -> config -> library call -> print.
+HANDLERS: dict[str, Callable[[Any], int]] = {
+    "demo": commands.demo,
+    "collect": commands.collect,
+    "pretrain": commands.pretrain,
+    "train": commands.train,
+    "eval": commands.evaluate,
+    "ablate": commands.ablate,
+    "report": commands.report,
+    "config": commands.config,
+    "serve": commands.serve,
 }
 
 
-def _check_common(name: str, args: object) -> None:
+def _check_common(args: object) -> None:
     """Checks every command that runs something shares, made before anything is written."""
-    if not isinstance(args, RunConfig):
-        return
-    out = Path(args.logging.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--logging.out {str(out)!r} is a file; `policytrim {name}` writes a directory there")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: torch sees no CUDA device here; use --device cpu")
+    if isinstance(args, RunConfig):  # a resumed run writes into its own directory
+        check_preconditions(args, getattr(args, "resume", "") or args.logging.out)
 
 
 def dispatch(name: str, args: object) -> int:
     """Run one parsed command."""
     if name != "config":
-        _check_common(name, args)
-    if name == "config":
-        data = to_dict(run_config(args))
-        print(json.dumps(data, indent=2) if args.json else yaml.safe_dump(data, sort_keys=False), end="")
-        return 0
-    module_name, function, what = IMPLEMENTATIONS[name]
-    module = importlib.import_module(module_name) if importlib.util.find_spec(module_name) else None
-    if module is None or not hasattr(module, function):
-        print(f"policytrim {name}: not implemented yet. When it is, it will {what}.", file=sys.stderr)
-        return 1
-    return int(getattr(module, function)(args) or 0)
+        _check_common(args)
+    return int(HANDLERS[name](args) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -282,8 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dispatch(name, args)
     except InputError as exc:
         _fail(str(exc))
+    except PermissionError as exc:  # what the up-front checks cannot see (e.g. sysfs refuses root)
+        _fail(f"permission denied: {exc.filename!r} ({exc.strerror})")
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line (a training run says how to resume)
+        _fail(str(exc) or "interrupted", code=130)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

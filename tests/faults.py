@@ -1,8 +1,9 @@
-"""Fault injection for testing the rollout engine's fault handling (not for production runs).
+"""Fault injection for tests of the rollout engine's fault handling (a test helper, not library code).
 
-`FaultyEnv` wraps a real adapter and, when reset to a chosen state index, raises or hangs at a
-chosen step. Pass ``functools.partial(faulty_env_factory, index=..., at_step=..., kind=...)`` as the
-engine's ``env_factory``; it is picklable, so it reaches worker processes.
+`FaultyEnv` wraps a real adapter and, when reset to a chosen state index, raises, hangs or crashes at
+a chosen step. Pass ``functools.partial(faulty_env_factory, index=..., at_step=..., kind=...)`` as
+the engine's ``env_factory``; it is picklable, and worker processes (spawned) import it from this
+directory because they inherit the test process's ``sys.path``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ class FaultyEnv:
     """An adapter that misbehaves at step ``at_step`` of episodes from states with ``index``.
 
     kind="raise": raises `InjectedFault`; kind="hang": sleeps ``hang_s`` (a stalled MuJoCo step);
-    kind="crash": ends the process at once (a segfaulting simulator; only inside worker processes).
+    kind="crash": ends the process at once (a segfaulting simulator; only inside worker processes);
+    kind="bug": raises AttributeError (a programming error in an adapter, not a simulator fault).
     ``max_faults`` bounds how many times it fires in one process (None = always).
     """
 
     fired = 0  # per process
 
-    def __init__(self, inner, index: int, at_step: int, kind: Literal["raise", "hang", "crash"] = "raise", hang_s: float = 3600.0, max_faults: int | None = None) -> None:
+    def __init__(self, inner, index: int, at_step: int, kind: Literal["raise", "hang", "crash", "bug"] = "raise", hang_s: float = 3600.0, max_faults: int | None = None) -> None:
         self._inner = inner
         self._index, self._at_step, self._kind, self._hang_s, self._max = index, at_step, kind, hang_s, max_faults
         self._armed = False
@@ -51,6 +53,8 @@ class FaultyEnv:
                 time.sleep(self._hang_s)
             elif self._kind == "crash":
                 os._exit(17)
+            elif self._kind == "bug":
+                raise AttributeError(f"'FaultyEnv' object has no attribute 'injected_bug' (step {self._t} of state index {self._index})")
             raise InjectedFault(f"injected fault at step {self._t} of state index {self._index}")
         return self._inner.step(action)
 

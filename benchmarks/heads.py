@@ -1,0 +1,155 @@
+"""Policy families under PolicyTrim (the paper's Table 3, measured here): the same MW-8
+demonstrations, one TinyVLA per action head, each through behaviour cloning and PolicyTrim.
+
+    gaussian        diagonal Gaussian, H = 15, k = 5                    Stage 1 + Stage 2
+    flow            flow matching (K = 10, Flow-SDE log-probs), H = 15  Stage 1 + Stage 2
+    token_parallel  256 bins/dim, placeholder queries (OpenVLA-OFT), H = 15   Stage 1 + Stage 2
+    token_ar        256 bins/dim, autoregressive (OpenVLA), H = k = 5   Stage 2 only (it decodes
+                    exactly the window it executes: Stage 1 has no longer chunk to extend into)
+
+    .venv/bin/python benchmarks/heads.py [--work runs/heads_bench] [--heads gaussian flow ...]
+        [--set stage2.epochs=200 ...] [--tiny]
+
+Per head: SR, steps, window and calls of the BC baseline and of PolicyTrim on 50 paired test states
+per task (sampled mode), the calls speedup, Stage 1's window choice and whether Stage 1 helped (it
+chose a longer window than the baseline's and its SR stayed within 2 points of the baseline's).
+Resumable: the demonstrations are collected once; each head's result is written to
+``benchmarks/results/heads/<head>.json`` as it lands and a finished head is not run again; within a
+head, every phase is skipped when its output exists (training resumes from its last checkpoint).
+The table (heads.md / heads.json) is rebuilt from the result files after every head.
+
+Expected runtime on 2 quiet cores: collection ~3 min, then per head ~35-50 min (BC 1 min for the
+Gaussian head, 2 for flow, ~5-8 for the token heads; Stage 1 60 + Stage 2 120 epochs; evaluation
+~5 min; each autoregressive call is H·A = 20 one-token steps): about 3 hours for all four.
+``--tiny``: a ~3 minute check of the script (writes into WORK only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench_pipeline import build_config, collect, fmt, frozen_config, machine_record, policy_pipeline
+from mw8 import Phases
+
+HEADS: dict[str, dict[str, Any]] = {
+    "gaussian": {"policy": {"head": "gaussian", "std_mode": "state"}},
+    "flow": {"policy": {"head": "flow", "flow_steps": 10}},
+    "token_parallel": {"policy": {"head": "token_parallel"}, "pretrain": {"batch_size": 64}},
+    "token_ar": {"policy": {"head": "token_ar", "chunk_size": 5, "default_window": 5}, "pretrain": {"batch_size": 64}},
+}
+# The token heads' BC runs at batch 64 (the others at the preset's 256): their transformer over H·A
+# tokens costs ~30x the Gaussian head per chunk (measured on 2 shared cores: 1.05 s vs 31 ms per
+# batch-256 iteration for token_parallel at H = 15), and 10000 iterations at batch 256 would take
+# about half an hour per head.
+# Shared by every head, fixed before measuring: MW-8's demonstrations and BC settings (mw8 preset),
+# MW-8's trainer settings with fewer epochs (4 heads must fit an afternoon), 50 test states per task.
+TRAINER: dict[str, Any] = {
+    "rollout": {"group_size": 8, "groups_per_epoch": 16, "num_workers": 2},
+    "stage1": {"epochs": 60, "lr": 3e-4, "eval_every": 10, "val_episodes": 25, "checkpoint_every": 10},
+    "stage2": {"epochs": 120, "lr": 1e-4, "eval_every": 10, "val_episodes": 25, "checkpoint_every": 10, "tolerance_points": 2.0},
+    "eval": {"episodes": 50, "mode": "sampled"},
+    "logging": {"progress": False, "tensorboard": False},
+}
+TINY: dict[str, Any] = {
+    "env": {"tasks": ["drawer-close-v3", "reach-v3"], "horizon": 60},
+    "data": {"episodes": 3, "suboptimal": False},
+    "policy": {"hidden_dim": 32, "num_layers": 1, "token_dim": 16, "token_layers": 1, "flow_steps": 3},
+    "pretrain": {"iterations": 20, "batch_size": 16, "eval_episodes": 0},
+    "rollout": {"group_size": 2, "groups_per_epoch": 1, "num_workers": 0},
+    "stage1": {"epochs": 1, "val_episodes": 1},
+    "stage2": {"epochs": 1, "val_episodes": 1, "budget": 60},
+    "eval": {"episodes": 1},
+}
+STAGE1_TOLERANCE_POINTS = 2.0
+
+
+def stage1_verdict(summary: dict[str, Any]) -> str:
+    """Whether Stage 1 helped: a longer window than the baseline's at an SR within the tolerance."""
+    if "extend" not in summary["stages"]:
+        return "n/a (H = k: Stage 2 only)"
+    k0, k1 = summary["baseline"]["window"], summary["stage1"]["window"]
+    vs = summary["stage1_vs_baseline"] or {}
+    drop = vs.get("success_rate_drop")
+    if k1 <= k0:
+        return f"no (kept k = {k0})"
+    if vs.get("calls_speedup") is None:
+        return f"undetermined (k {k0} -> {k1}, no successful test episode to count calls)"
+    if drop is not None and drop > STAGE1_TOLERANCE_POINTS:
+        return f"no (k {k0} -> {k1} lost {drop:.1f} SR points)"
+    return f"yes (k {k0} -> {k1}, {fmt(vs.get('calls_speedup'), '.2f')}× fewer calls)"
+
+
+def head_result(head: str, summary: dict[str, Any]) -> dict[str, Any]:
+    keep = ("baseline", "stage1", "policytrim", "calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95", "stage1_vs_baseline", "stage1_window_choice", "stage2_budget", "per_task", "stages", "timings_s", "bc_train_seconds", "parameters", "device", "episodes_per_task", "mode")
+    return {"head": head, **{k: summary.get(k) for k in keep}, "stage1_helped": stage1_verdict(summary)}
+
+
+def table(results: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| head | H | stages | BC SR | BC steps | BC k | BC calls | Stage 1 helped | PolicyTrim SR | steps | k | calls | calls speedup | SR drop (points) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        b, p = r["baseline"], r["policytrim"]
+        lines.append(
+            f"| {r['head']} | {r['chunk_size']} | {' + '.join(r['stages'])} | {b['success_rate']:.3f} | {fmt(b['mean_steps'], '.1f')} | {b['window']} | "
+            f"{fmt(b['calls_per_success'], '.1f')} | {r['stage1_helped']} | {p['success_rate']:.3f} | {fmt(p['mean_steps'], '.1f')} | {p['window']} | "
+            f"{fmt(p['calls_per_success'], '.1f')} | {fmt(r['calls_speedup'], '.2f')}× | {r['success_rate_drop']:+.1f} |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="runs/heads_bench")
+    parser.add_argument("--heads", nargs="*", default=list(HEADS), choices=list(HEADS))
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides for every head, e.g. stage2.epochs=200")
+    parser.add_argument("--tiny", action="store_true", help="a few-minute check of the script; results go to WORK/results")
+    parser.add_argument("--results", default="benchmarks/results")
+    args = parser.parse_args()
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results_dir = work / "results" if args.tiny else Path(args.results)
+    per_head = results_dir / "heads"
+    per_head.mkdir(parents=True, exist_ok=True)
+    shared = [TRAINER] + ([TINY] if args.tiny else [])
+    phases = Phases(work, "heads")
+    machine = machine_record(work)
+    collect(build_config("mw8", shared, args.set, work), work / "demos", phases)
+    for head in args.heads:
+        out = per_head / f"{head}.json"
+        if out.is_file():
+            print(f"[heads] {head}: done earlier ({out})", flush=True)
+            continue
+        head_work = work / head
+        cfg = frozen_config(head_work / "benchmark_config.yaml", lambda: build_config("mw8", shared + [HEADS[head]], args.set, head_work))
+        summary = policy_pipeline(cfg, work / "demos", head_work, phases, prefix=f"{head}/")
+        result = {**head_result(head, summary), "chunk_size": cfg.policy.chunk_size, "tasks": list(cfg.env.tasks), "config": HEADS[head], "machine": machine_record(work)}
+        out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        print(f"[heads] {head}: wrote {out}", flush=True)
+
+        done = [json.loads((per_head / f"{h}.json").read_text()) for h in HEADS if (per_head / f"{h}.json").is_file()]
+        lines = [
+            "# Action heads under PolicyTrim (MW-8 demonstrations, one TinyVLA per head)",
+            "",
+            f"{done[0]['episodes_per_task']} paired test states per task, {done[0]['mode']} mode; each head: BC then the stages it supports. "
+            "Stage 1 helped = it chose a longer window than the baseline's with SR within 2 points.",
+            "",
+            *table(done),
+            "",
+            "Wall time per head (s): " + "; ".join(f"{r['head']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["timings_s"].items()) for r in done),
+            f"Machine: {machine['cpu']}, {machine['cores']} cores, learner on {done[0]['device']}; load {machine['load_average']} at start, {machine_record(work)['load_average_end']} now.",
+            f"Command: {' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}",
+        ]
+        (results_dir / "heads.md").write_text("\n".join(lines) + "\n")
+        (results_dir / "heads.json").write_text(json.dumps({"heads": done, "trainer": TRAINER, "tiny": args.tiny}, indent=2, default=float) + "\n")
+        print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()

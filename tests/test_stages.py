@@ -1,0 +1,112 @@
+"""The stage objects (window assignment, Stage 2's window, outcomes' JSON) and which stages a policy
+family supports, with the trainer's refusal of the others."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import tiny_config
+from policytrim.cli import main
+from policytrim.envs.tasks import INSTRUCTIONS
+from policytrim.errors import InputError
+from policytrim.policies.base import supported_stages
+from policytrim.policies.chunk import TinyVLA
+from policytrim.policies.expert import ExpertPolicy
+from policytrim.train.stages import Stage1, Stage2, StageOutcome
+from tests.test_policies import make_policy
+
+
+def _policy(cfg) -> TinyVLA:
+    return TinyVLA.from_config(cfg.policy, 39, 4, [INSTRUCTIONS["drawer-close-v3"]])
+
+
+def test_stage1_windows_and_assignment():
+    cfg = tiny_config()  # H = 8, k_1 = 4
+    stage = Stage1(cfg, _policy(cfg))
+    assert stage.windows == cfg.stage1_windows == (4, 6, 8) and stage.eval_window == 8
+    assert stage.assign_windows(2, 4).tolist() == [[4, 6, 8, 4], [4, 6, 8, 4]]  # slot j: windows[j mod M]
+    # k_1 comes from the config, not from a post-trained policy's own (chosen) window
+    trained = _policy(cfg)
+    trained.mark_trained("extend", 8)
+    assert Stage1(cfg, trained).windows == (4, 6, 8)
+
+
+def test_stage2_window_precedence_and_bounds():
+    cfg = tiny_config()
+    policy = _policy(cfg)
+    chosen = StageOutcome("extend", 1, 8, 6, {}, {}, window_choice={"window": 6})
+    assert Stage2.window_for(cfg, policy) == 4  # the policy's own (trained) window
+    assert Stage2.window_for(cfg, policy, chosen) == 6  # Stage 1's choice
+    cfg.stage2.window = 8
+    assert Stage2.window_for(cfg, policy, chosen) == 8  # the user's
+    stage = Stage2(cfg, 8, {"budget": 90, "source": "given"})
+    assert stage.assign_windows(3, 2).tolist() == [[8, 8]] * 3 and stage.epoch_record() == {"budget": 90}
+    stage.begin(policy)
+    assert (policy.default_window, policy.trained_stage, policy.step_budget) == (8, "trim", 90.0)
+    cfg.stage2.window = 0
+    policy.max_window = 3  # a policy that may not execute the chosen window
+    with pytest.raises(InputError, match=r"stage2.window must be in \[1, 3\]"):
+        Stage2.window_for(cfg, policy, chosen)
+
+
+def test_outcomes_round_trip_through_result_json():
+    metrics = {"epoch": 2, "success_rate": 0.75, "calls_per_success": 12.0}
+    extend = StageOutcome("extend", 3, 8, 6, metrics, metrics, window_choice={"window": 6, "per_window": {}})
+    trim = StageOutcome("trim", 3, 6, 6, metrics, metrics, budget=90, budget_evidence={"budget": 90, "source": "given"})
+    assert set(extend.to_json()) == {"stage", "epochs", "best", "start", "eval_window", "window_choice"}
+    assert set(trim.to_json()) == {"stage", "epochs", "best", "start", "eval_window", "window", "budget"}
+    for outcome in (extend, trim):
+        assert StageOutcome.from_json(outcome.to_json()) == outcome
+
+
+TINY = [
+    "--env.tasks", "reach-v3", "--env.horizon", "12", "--rollout.num-workers", "0", "--rollout.group-size", "2",
+    "--rollout.groups-per-epoch", "1", "--stage2.epochs", "1", "--stage2.val-episodes", "1", "--stage2.budget", "12",
+    "--logging.no-progress", "--logging.no-tensorboard",
+]
+
+
+def test_stage_1_needs_a_chunk_longer_than_the_window():
+    assert make_policy("token_ar", chunk_size=6, default_window=2).supported_stages == ("extend", "trim")
+    assert make_policy("token_ar", chunk_size=2, default_window=2).supported_stages == ("trim",)  # OpenVLA-style
+    assert make_policy("gaussian", chunk_size=3, default_window=3).supported_stages == ("trim",)
+    assert supported_stages(ExpertPolicy()) == ("trim",)
+
+
+def policy_flags(spec):
+    return [
+        "--policy.head", spec["head"], "--policy.chunk-size", str(spec["chunk_size"]), "--policy.default-window",
+        str(spec["default_window"]), "--policy.hidden-dim", str(spec["hidden_dim"]), "--policy.num-layers",
+        str(spec["num_layers"]), "--policy.token-dim", str(spec["token_dim"]), "--policy.token-layers", str(spec["token_layers"]),
+    ]
+
+
+@pytest.mark.parametrize("stage", ["extend", "both"])
+def test_train_refuses_stage_1_for_an_exact_k_decoder_in_one_line_and_writes_nothing(tmp_path, capsys, stage):
+    policy = make_policy("token_ar", chunk_size=2, default_window=2, token_dim=16, token_layers=1)
+    policy.save_pretrained(tmp_path / "ar")
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--init", str(tmp_path / "ar"), "--stage", stage, "--out", str(out), *policy_flags(policy.spec()), *TINY])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot run Stage 1 (extend)" in err[0] and "--stage trim" in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_trim_runs_on_an_exact_k_autoregressive_decoder(tmp_path, capsys):
+    """The Table 3 path: an autoregressive token policy with H = k runs Stage 2 on real Meta-World."""
+    policy = make_policy("token_ar", chunk_size=2, default_window=2, token_dim=16, token_layers=1)
+    spec = policy.spec()
+    # a policy for reach-v3's 39-dim state and its instruction
+    spec.update(state_dim=39, state_mean=[0.0] * 39, state_std=[1.0] * 39, instructions=[INSTRUCTIONS["reach-v3"]], vocabulary=None)
+    spec.pop("vocabulary")
+    TinyVLA.from_spec(spec).save_pretrained(tmp_path / "ar")
+    out = tmp_path / "run"
+    assert main(["train", "--init", str(tmp_path / "ar"), "--stage", "trim", "--out", str(out), *policy_flags(spec), *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages"] == ["trim"] and summary["window"] == 2
+    assert "trim: best at epoch" in capsys.readouterr().out
