@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from mw8 import Phases, merge
+from mw8 import Phases, assign, merge
 from policytrim.config import RunConfig, from_dict, load_config, preset_path, to_dict
 from policytrim.machine import describe_machine
 
@@ -25,13 +25,7 @@ def build_config(preset: str, overrides: list[dict[str, Any]], assignments: list
     data = to_dict(load_config(preset_path(preset)))
     for extra in overrides:
         data = merge(data, extra)
-    for item in assignments:
-        key, value = item.split("=", 1)
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = yaml.safe_load(value)
+    assign(data, assignments)
     data["logging"]["out"] = str(work)
     if torch.cuda.is_available():
         data["device"] = "cuda"

@@ -61,8 +61,8 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def build_config(assignments: list[str], work: Path) -> RunConfig:
-    data = merge(to_dict(load_config(preset_path("mw8"))), TRAINER)
+def assign(data: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` assignments (values parsed as YAML) to a config dict in place."""
     for item in assignments:
         key, value = item.split("=", 1)
         node = data
@@ -70,6 +70,11 @@ def build_config(assignments: list[str], work: Path) -> RunConfig:
         for part in parents:
             node = node[part]
         node[leaf] = yaml.safe_load(value)
+    return data
+
+
+def build_config(assignments: list[str], work: Path) -> RunConfig:
+    data = assign(merge(to_dict(load_config(preset_path("mw8"))), TRAINER), assignments)
     data["logging"]["out"] = str(work)
     return from_dict(RunConfig, data)
 
