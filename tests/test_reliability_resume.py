@@ -276,8 +276,11 @@ def test_ctrl_c_during_training_is_one_line_marks_the_run_interrupted_and_resume
     too), during Stage 1's second epoch with two env worker processes."""
     run = tmp_path / "run"
     config = write_config(tmp_path / "workers.yaml", num_workers=2)
+    # Enough epochs that the run cannot finish in the moment between the checkpoint and the signal
+    # (a tiny epoch takes well under a second on a quiet machine).
+    epochs = 30
     proc = subprocess.Popen(
-        train_cmd("--config", str(config), "--init", str(tiny_baseline), "--out", str(run), "--stage", "extend"),
+        train_cmd("--config", str(config), "--init", str(tiny_baseline), "--out", str(run), "--stage", "extend", "--stage1.epochs", str(epochs)),
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
@@ -303,7 +306,7 @@ def test_ctrl_c_during_training_is_one_line_marks_the_run_interrupted_and_resume
     result = subprocess.run(train_cmd("--resume", str(run)), env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
-    assert [(r["stage"], r["epoch"]) for r in read_jsonl(run / "metrics.jsonl")] == [("extend", e) for e in range(3)]
+    assert [(r["stage"], r["epoch"]) for r in read_jsonl(run / "metrics.jsonl")] == [("extend", e) for e in range(epochs + 1)]
 
 
 # ---------------------------------------------------------------------------------------------
