@@ -282,6 +282,9 @@ def test_ctrl_c_during_training_is_one_line_marks_the_run_interrupted_and_resume
     proc = subprocess.Popen(
         train_cmd("--config", str(config), "--init", str(tiny_baseline), "--out", str(run), "--stage", "extend", "--stage1.epochs", str(epochs)),
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # as from a terminal: a test runner started in the background (`cmd &`) ignores SIGINT, and
+        # a child inherits that, so Python would never raise KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         _wait_for(lambda: (run / "extend" / "epoch_000001" / "trainer_state.json").is_file() or proc.poll() is not None, 300, "the first checkpoint")
