@@ -9,16 +9,17 @@
 #   bash scripts/run.sh setup               only set up .venv
 #   bash scripts/run.sh test-libero [args]  the LIBERO tests in .venv-libero (set up on demand)
 #   bash scripts/run.sh setup-lerobot       only set up .venv-lerobot (Python 3.12 + policytrim[lerobot])
+#   bash scripts/run.sh test-lerobot [args] the LeRobot tests in .venv-lerobot (set up on demand)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what=${1:-}
-case "$what" in demo|test|setup|test-libero|setup-lerobot) shift ;; *) echo "usage: bash scripts/run.sh demo|test|setup|test-libero|setup-lerobot [args]" >&2; exit 2 ;; esac
+case "$what" in demo|test|setup|test-libero|setup-lerobot|test-lerobot) shift ;; *) echo "usage: bash scripts/run.sh demo|test|setup|test-libero|setup-lerobot|test-lerobot [args]" >&2; exit 2 ;; esac
 
 python=${PYTHON:-python3}
 stamp=.venv/.policytrim-installed
 want=$(cat pyproject.toml scripts/run.sh | "$python" -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())")
-case "$what" in test-libero|setup-lerobot) main_venv=0 ;; *) main_venv=1 ;; esac
+case "$what" in test-libero|setup-lerobot|test-lerobot) main_venv=0 ;; *) main_venv=1 ;; esac
 if [ "$main_venv" = 1 ] && [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
@@ -55,12 +56,16 @@ libero_tests() {
 setup_lerobot() {
   local lstamp=.venv-lerobot/.policytrim-installed python312=${PYTHON312:-}
   if [ -z "$python312" ]; then
-    python312=$(command -v python3.12 || true)
-    [ -n "$python312" ] || python312="$HOME/.pyenv/versions/3.12.1/bin/python"
+    # the first candidate that really runs Python 3.12 (a pyenv shim named python3.12 may exist and fail)
+    for candidate in "$(command -v python3.12 || true)" "$HOME"/.pyenv/versions/3.12*/bin/python; do
+      if [ -n "$candidate" ] && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
+        python312=$candidate; break
+      fi
+    done
   fi
   if [ ! -x .venv-lerobot/bin/python ]; then
-    if [ ! -x "$python312" ]; then
-      echo "error: the LeRobot environment needs Python 3.12 (not found at $python312); set PYTHON312=/path/to/python3.12, or POLICYTRIM_LEROBOT=0 to skip" >&2
+    if [ -z "$python312" ] || [ ! -x "$python312" ]; then
+      echo "error: the LeRobot environment needs Python 3.12 (none found: python3.12 on PATH, ~/.pyenv/versions/3.12*); set PYTHON312=/path/to/python3.12, or POLICYTRIM_LEROBOT=0 to skip" >&2
       exit 2
     fi
     "$python312" -m venv .venv-lerobot
@@ -90,4 +95,5 @@ case "$what" in
   setup) echo "ready: .venv/bin/policytrim" ;;
   test-libero) libero_tests "$@" ;;
   setup-lerobot) setup_lerobot; echo "ready: .venv-lerobot/bin/policytrim" ;;
+  test-lerobot) lerobot_tests "$@" ;;
 esac
