@@ -162,3 +162,24 @@ def test_pareto_plot_of_a_perfect_policy_whose_interval_rounds_below_it(tmp_path
     }
     path = pareto_figure(points, tmp_path / "pareto.png", highlight=["trimmed"])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_measured_stacking_table_beside_the_modelled_wall_clock(tmp_path):
+    """`report --stacking FILE` adds the committed benchmarks/stacking.py table (real result file);
+    a file that is not a stacking result is one clear error and no report is written."""
+    from pathlib import Path
+
+    stacking = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "stacking.json"
+    rows = json.loads(stacking.read_text())["rows"]
+    ev = tmp_path / "ev"
+    write_suite(suite(PIPELINE[:2]), ev)
+    assert main(["report", str(ev), "--out", str(tmp_path / "r"), "--stacking", str(stacking)]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Measured stacking: fewer calls x cheaper calls (Table 7)" in md
+    for r in rows:
+        assert f"| {r['name']} | {r['window']} |" in md, r["name"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": [{"name": "x"}]}))
+    with pytest.raises(InputError, match="not a stacking result"):
+        write_report([ev], tmp_path / "r2", stacking=bad)
+    assert not (tmp_path / "r2" / "report.md").exists()

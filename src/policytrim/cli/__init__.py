@@ -132,6 +132,8 @@ class ReportCmd:
     """Run directories (outputs of demo, train, eval or ablate)."""
     out: str = ""
     """Report directory; default: the first run directory."""
+    stacking: str = ""
+    """A benchmarks/stacking.py result (e.g. benchmarks/results/stacking.json): its measured latency table beside the modelled wall-clock."""
 
 
 @dataclass

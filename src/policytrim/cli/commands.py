@@ -182,7 +182,7 @@ def report(args: Any) -> int:
     if not dirs:
         raise InputError("report: give at least one run directory")
     out = Path(args.out) if args.out else dirs[0] / "report"
-    path = write_report(dirs, out)
+    path = write_report(dirs, out, stacking=args.stacking or None)
     print(f"report: {out / 'report.md'}\nHTML:   {path}")
     return 0
 

@@ -535,10 +535,36 @@ def ablation_section(sec: Section, level: int = 2) -> None:
 
 SECTIONS = {"ablation": ablation_section, "pipeline": pipeline_section, "train": train_section, "eval": eval_section}
 
+STACKING_COLUMNS = ("name", "window", "latency_ms", "success_rate", "calls_per_success", "steps_per_success", "wall_clock_s", "wallclock_speedup", "modelled_vla_wallclock_speedup")
 
-def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+
+def stacking_blocks(path: Path) -> list[Block]:
+    """The measured Table-7 stacking table (a `benchmarks/stacking.py` result file): fewer calls x
+    cheaper calls, beside the `--latency-ms` model of the eval tables."""
+    data = _json(path)
+    if data is None:
+        raise InputError(f"--stacking {str(path)!r}: no such file (a benchmarks/stacking.py result, e.g. benchmarks/results/stacking.json)")
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and all(c in r for c in STACKING_COLUMNS) for r in rows):
+        raise InputError(f"--stacking {str(path)!r}: not a stacking result (expected 'rows' with {', '.join(STACKING_COLUMNS)})")
+    settings = data.get("settings") or {}
+    vla_ms = settings.get("vla_latency_ms")
+    return [
+        h("Measured stacking: fewer calls x cheaper calls (Table 7)"),
+        p(f"From `{path.as_posix()}`: per-call latency measured at batch 1 ({settings.get('task', '?')}, {settings.get('episodes', '?')} episodes per row); "
+          f"wall-clock per successful episode = calls x latency + steps x control period. The last column replaces the measured latency by a modelled "
+          f"{nice(vla_ms, '.0f')} ms billion-parameter VLA call, as `--latency-ms` does in the tables above. "
+          f"Combined wall-clock speedup: {nice(data.get('combined_wallclock_speedup'), '.2f')}x."),
+        table(["row", "window", "latency ms", "SR", "calls", "steps", "wall-clock s", "wall-clock x", "modelled VLA x"],
+              [[r["name"], r["window"], nice(r["latency_ms"], ".2f"), nice(r["success_rate"]), nice(r["calls_per_success"], ".1f"), nice(r["steps_per_success"], ".1f"),
+                nice(r["wall_clock_s"], ".3f"), nice(r["wallclock_speedup"], ".2f"), nice(r["modelled_vla_wallclock_speedup"], ".2f")] for r in rows]),
+    ]
+
+
+def write_report(run_dirs: Sequence[str | Path], out: str | Path, stacking: str | Path | None = None) -> Path:
     """Write ``out/report.md``, ``out/report.html`` (self-contained) and ``out/plots/*.png`` for the
-    run directories; returns the HTML path."""
+    run directories; returns the HTML path. ``stacking``: a `benchmarks/stacking.py` result file whose
+    measured latency table is shown beside the runs' modelled wall-clock."""
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
         raise InputError("report: give at least one run directory")
@@ -554,6 +580,8 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
             sec = Section(d, staged / "plots", f"{i}_{kind}_" if len(dirs) > 1 else f"{kind}_")
             SECTIONS[kind](sec)
             blocks += sec.blocks
+        if stacking:
+            blocks += stacking_blocks(Path(stacking))
         markdown, page = to_markdown(blocks, staged).encode(), to_html(blocks, "PolicyTrim report").encode()
         names = [f"plots/{plot.name}" for plot in sorted((staged / "plots").glob("*.png"))]
         for name in names:
