@@ -8,7 +8,7 @@ spec and the horizon. Adapters never execute chunks; the rollout engine does (`p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -66,3 +66,13 @@ class EnvAdapter(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def close_quietly(env: Any) -> None:
+    """Close a simulator's env (None: nothing to close); an error while closing a broken renderer
+    is swallowed so that it never masks the error that made the caller close it."""
+    if env is not None:
+        try:
+            env.close()
+        except Exception:  # noqa: BLE001 - see the docstring
+            pass

@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from policytrim.envs.base import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, InitialState, ObsSpec
+from policytrim.envs.base import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, InitialState, ObsSpec, close_quietly
 from policytrim.errors import InputError
 
 if TYPE_CHECKING:
@@ -288,11 +288,7 @@ class LiberoEnv:
 
     def close(self) -> None:
         env, self._env = getattr(self, "_env", None), None
-        if env is not None:
-            try:
-                env.close()
-            except Exception:  # noqa: BLE001 - closing a broken renderer must not mask the real error
-                pass
+        close_quietly(env)
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from policytrim.envs.base import OBS_IMAGE, OBS_STATE, InitialState, ObsSpec
+from policytrim.envs.base import OBS_IMAGE, OBS_STATE, InitialState, ObsSpec, close_quietly
 from policytrim.envs.tasks import ALL_TASKS, INSTRUCTIONS
 from policytrim.errors import InputError
 
@@ -157,11 +157,7 @@ class MetaWorldEnv:
 
     def close(self) -> None:
         env, self._env = getattr(self, "_env", None), None
-        if env is not None:
-            try:
-                env.close()
-            except Exception:  # noqa: BLE001 - closing a broken renderer must not mask the real error
-                pass
+        close_quietly(env)
 
     # -- helpers ------------------------------------------------------------------------------
 
