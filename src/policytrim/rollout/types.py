@@ -63,6 +63,11 @@ class Trajectories:
     fault_counts: dict[str, int] = field(default_factory=dict)
     """Failed trajectories by fault kind (the exception's class name, ``non_finite_action``,
     ``worker_lost``)."""
+    timing: dict[str, float] = field(default_factory=dict)
+    """Where the rollout's time went (seconds; `policytrim.rollout.engine` documents the keys):
+    ``wall``, ``policy`` (policy calls), ``wait`` (the engine blocked on workers), ``worker`` /
+    ``worker_reset`` (worker time on requests / on resets, summed over workers), ``requests``,
+    ``mean_batch`` (trajectories per policy call)."""
 
     @property
     def num_trajectories(self) -> int:

@@ -120,6 +120,8 @@ class StepResult:
     """The request's tag."""
     fault_details: dict[int, Fault] = field(default_factory=dict)
     """slot -> kind, traceback and whether it is a bug, for the slots in ``faults``."""
+    reset_seconds: float = 0.0
+    """Worker wall time spent on this request's resets (building and resetting envs)."""
 
 
 def _step(env: EnvAdapter, action: np.ndarray, observe: bool) -> tuple[dict[str, np.ndarray], bool]:
@@ -185,6 +187,7 @@ class EnvServer:
                 faults[slot], details[slot] = _describe(exc), Fault.from_exception(exc)
                 self._discard(slot)
 
+        t_reset = time.perf_counter() - t0
         for j in range(n_act):
             i = n_reset + j
             slot = int(req.slots[j])
@@ -229,7 +232,7 @@ class EnvServer:
         if self._closed_envs:
             self._closed_envs = False
             release_memory()
-        return StepResult(slots, rows, success, steps, done, _stack(obs), faults, env_info, env_steps, time.perf_counter() - t0, req.tag, fault_details=details)
+        return StepResult(slots, rows, success, steps, done, _stack(obs), faults, env_info, env_steps, time.perf_counter() - t0, req.tag, fault_details=details, reset_seconds=t_reset)
 
     def _acquire(self, task: str) -> EnvAdapter:
         free = self._free[task]
