@@ -72,6 +72,26 @@ def test_first_block_is_metaworld_mt1_and_indices_go_past_50(push):
     assert mt1_seed(0, 1) >= 2**31 and mt1_seed(0, 1) != mt1_seed(1, 1)
 
 
+@pytest.mark.parametrize("task", ["push-v3", "pick-place-v3", "drawer-close-v3", "peg-insert-side-v3"])
+def test_initial_state_blocks_are_bit_identical_to_metaworld_mt1(task):
+    """Our MT1 blocks draw with one reused env per task (`_mt1_tasks`); every task object must
+    pickle to the same bytes as Meta-World's own ``MT1(task, seed)``, for a block-0 seed and a
+    derived seed, whatever blocks the reused env drew before, and the global RNG is left alone."""
+    import metaworld
+
+    from policytrim.envs.metaworld import _mt1_tasks
+
+    for seed in (3, mt1_seed(11, 2), 3):  # 3 again: after the reused env drew another block
+        _mt1_tasks.cache_clear()
+        np.random.seed(123)
+        before = np.random.get_state()[1].copy()
+        ours = _mt1_tasks(task, seed)
+        assert np.array_equal(np.random.get_state()[1], before)
+        theirs = metaworld.MT1(task, seed=seed).train_tasks
+        assert [t.env_name for t in ours] == [t.env_name for t in theirs]
+        assert [t.data for t in ours] == [t.data for t in theirs]
+
+
 def test_splits_use_disjoint_seeds_and_different_states(push):
     cfg = EnvConfig(tasks=("push-v3",))
     seeds = {s: split_seed(cfg, s) for s in ("train", "val", "test")}

@@ -66,10 +66,48 @@ def mt1_seed(seed: int, block: int) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _mt1_tasks(task: str, seed: int) -> tuple[Any, ...]:
-    """Meta-World's 50 task objects of MT1(task, seed) (about 0.6 s; cached per process)."""
-    import metaworld
+    """Meta-World's 50 task objects of MT1(task, seed), bit-identical to ``metaworld.MT1(task,
+    seed=seed).train_tasks`` (cached per process).
 
-    return tuple(metaworld.MT1(task, seed=seed).train_tasks)
+    ``MT1`` builds a fresh env (a MuJoCo model compile) for every block and then draws the block's 50
+    random vectors with 50 resets of it under ``np.random.seed(seed)``. Training draws states from
+    thousands of blocks, so the build dominated: here one env per task and process (`_draw_env`)
+    makes the same 50 draws with the same calls, in the same order, and the tasks are encoded as
+    ``MT1`` encodes them. Measured in `benchmarks/results/profile_pipeline.md`; the identity with
+    ``MT1`` is a test (tests/test_envs.py)."""
+    import metaworld
+    from metaworld.env_dict import ML1_ARGS_KWARGS
+
+    env = _draw_env(task)
+    kwargs = {k: v for k, v in ML1_ARGS_KWARGS[task]["kwargs"].items() if k != "task_id"}
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:  # the body of metaworld._make_tasks for one env, on a reused env instead of a new one
+        env._freeze_rand_vec = False
+        env._set_task_called = True
+        env._set_task_inner(**kwargs)
+        rand_vecs = []
+        for _ in range(STATES_PER_BLOCK):
+            env.reset()
+            rand_vecs.append(env._last_rand_vec)
+    finally:
+        np.random.set_state(saved)
+    if len(np.unique(np.array(rand_vecs), axis=0)) != STATES_PER_BLOCK:  # as MT1 asserts
+        raise RuntimeError(f"MT1({task!r}, seed={seed}) drew duplicate initial states")
+    return tuple(metaworld._encode_task(task, dict(kwargs, rand_vec=v, env_cls=_env_class(task), **metaworld._MT_OVERRIDE)) for v in rand_vecs)
+
+
+@functools.lru_cache(maxsize=None)
+def _draw_env(task: str) -> Any:
+    """The env `_mt1_tasks` draws a task's initial states with (one per task and process; never
+    stepped or rendered). Its hand settles in one simulation step instead of 50 at reset:
+    ``_reset_hand`` runs 50 mocap steps per call, twice per reset (most of a reset's ~9 ms), and
+    draws no random numbers, so the 50 draws of a block stay the same (checked against ``MT1`` on
+    every Meta-World task: `benchmarks/results/profile_pipeline.md`)."""
+    env = _env_class(task)()
+    settle = env._reset_hand
+    env._reset_hand = lambda *args, **kwargs: settle(steps=1)  # this env only draws random vectors
+    return env
 
 
 def _task_object(state: InitialState) -> Any:
