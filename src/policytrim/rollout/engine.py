@@ -250,6 +250,7 @@ class _Rollout:
         self.batches: list[_Batch] = []
         self.env_steps = 0
         self.policy_seconds, self.policy_batches = 0.0, 0
+        self.timing = {"wall": 0.0, "wait": 0.0, "worker": 0.0, "worker_reset": 0.0, "requests": 0.0, "batched": 0.0}
         # Lanes: each worker's trajectories are split into `lanes` streams of requests, so that a
         # worker steps one lane while the policy runs for another. Lane q lives on worker q // L.
         W, L = self.pool.num_workers, engine.lanes
@@ -257,8 +258,13 @@ class _Rollout:
         Q = W * L
         self.queue: list[deque[int]] = [deque() for _ in range(Q)]
         groups_of_worker: list[list[int]] = [[] for _ in range(W)]
-        for g in range(len(starts)):  # whole groups per worker: a lost worker drops fewer groups
-            groups_of_worker[g * W // len(starts)].append(g)
+        # Whole groups per worker (a lost worker drops fewer groups), in task order: each worker
+        # keeps about the same tasks from run to run, so it reuses its idle envs instead of
+        # closing envs of one task to build another's (0.25 s a Meta-World env; it was a third of
+        # the time of a training epoch, `benchmarks/results/profile_pipeline.md`).
+        by_task = sorted(range(len(starts)), key=lambda g: (starts[g].task, g))
+        for n, g in enumerate(by_task):
+            groups_of_worker[n * W // len(starts)].append(g)
         for w, groups in enumerate(groups_of_worker):
             for n, g in enumerate(groups):
                 self.queue[w * L + n * L // len(groups)].extend(range(g * G, g * G + G))
@@ -272,6 +278,7 @@ class _Rollout:
         self.cap = -(-engine.envs_per_worker // L)
 
     def run(self) -> Trajectories:
+        t0 = time.perf_counter()
         try:
             self.loop()
         except BaseException:
@@ -280,6 +287,7 @@ class _Rollout:
             for w in range(self.pool.num_workers):
                 self.pool.restart(w)
             raise
+        self.timing["wall"] = time.perf_counter() - t0
         return self.assemble()
 
     def loop(self) -> None:
@@ -288,7 +296,9 @@ class _Rollout:
         ready = []
         while self.deadline:
             timeout = max(0.0, min(self.deadline.values()) - time.monotonic())
+            t_wait = time.perf_counter()
             answered = self.pool.wait(sorted(self.deadline), timeout)
+            self.timing["wait"] += time.perf_counter() - t_wait
             lost: set[int] = set()
             if not answered:
                 now = time.monotonic()
@@ -380,6 +390,9 @@ class _Rollout:
 
     def absorb(self, q: int, res: StepResult) -> None:
         self.env_steps += res.env_steps
+        self.timing["worker"] += res.seconds
+        self.timing["worker_reset"] += res.reset_seconds
+        self.timing["requests"] += 1
         for task, info in res.env_info.items():
             self.engine.env_info.setdefault(task, info)
         for r, slot in enumerate(res.slots.tolist()):
@@ -429,6 +442,7 @@ class _Rollout:
         self.calls[need] += 1
         self.policy_seconds += time.perf_counter() - t0
         self.policy_batches += 1
+        self.timing["batched"] += len(need)
         return actions[:, :k_max].numpy()
 
     def assemble(self) -> Trajectories:
@@ -457,6 +471,7 @@ class _Rollout:
             env_steps=int(self.env_steps),
             dropped_groups=dropped,
             fault_counts=dict(self.fault_counts),
+            timing={**{k: v for k, v in self.timing.items() if k != "batched"}, "policy": self.policy_seconds, "mean_batch": self.timing["batched"] / max(1, self.policy_batches)},
         )
         if self.record and self.batches:
             batches = self.batches
