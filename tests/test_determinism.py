@@ -16,7 +16,7 @@ from conftest import tiny_config
 from policytrim.io import read_jsonl
 from policytrim.train.grpo import train
 
-TIMING_KEYS = {"rollout_s", "epoch_s"}
+TIMING_KEYS = {"rollout_s", "epoch_s", "val_s"}
 
 
 def _canonical(value):

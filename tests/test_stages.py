@@ -55,10 +55,35 @@ def test_outcomes_round_trip_through_result_json():
     metrics = {"epoch": 2, "success_rate": 0.75, "calls_per_success": 12.0}
     extend = StageOutcome("extend", 3, 8, 6, metrics, metrics, window_choice={"window": 6, "per_window": {}})
     trim = StageOutcome("trim", 3, 6, 6, metrics, metrics, budget=90, budget_evidence={"budget": 90, "source": "given"})
-    assert set(extend.to_json()) == {"stage", "epochs", "best", "start", "eval_window", "window_choice"}
-    assert set(trim.to_json()) == {"stage", "epochs", "best", "start", "eval_window", "window", "budget"}
-    for outcome in (extend, trim):
-        assert StageOutcome.from_json(outcome.to_json()) == outcome
+    common = {"stage", "epochs", "epochs_run", "stop_reason", "best", "start", "eval_window"}
+    assert set(extend.to_json()) == common | {"window_choice"}
+    assert set(trim.to_json()) == common | {"window", "budget"}
+    assert extend.to_json()["epochs_run"] == 3 and extend.to_json()["stop_reason"] is None  # ran every epoch
+    stopped = StageOutcome("trim", 30, 6, 6, metrics, metrics, budget=90, budget_evidence={"budget": 90}, epochs_run=20, stop_reason="patience: 2 validations")
+    for outcome in (extend, trim, stopped):
+        assert StageOutcome.from_json(outcome.to_json()) == StageOutcome.from_json(StageOutcome.from_json(outcome.to_json()).to_json())
+    assert StageOutcome.from_json(stopped.to_json()) == stopped
+
+
+def test_stopping_rules():
+    """Patience (both stages) and Stage 1's reliability rule, never before min_epochs."""
+    cfg = tiny_config(stage1=dict(patience=2, min_epochs=10, stop_when_reliable=True, tolerance_points=2.0), stage2=dict(patience=3))
+    stage1 = Stage1(cfg, _policy(cfg))  # windows 4 6 8
+    reference = {"success_rate": 0.90}  # the entering policy at window 4
+    val = lambda sr: {"success_rate": sr}  # noqa: E731
+    assert stage1.stop_reason(5, val(0.95), 0, reference) is None  # reliable, but before min_epochs
+    assert stage1.stop_reason(10, val(0.87), 0, reference) is None  # 3 points below: not yet
+    reason = stage1.stop_reason(10, val(0.881), 0, reference)
+    assert reason.startswith("reliable:") and "window 8" in reason and "window 4" in reason
+    assert stage1.stop_reason(20, val(0.5), 2, reference).startswith("patience: 2")
+    assert stage1.stop_reason(20, val(0.5), 1, reference) is None
+    assert stage1.stop_reason(20, val(0.95), 0, None) is None  # no reference: the rule is off
+    cfg.stage1.stop_when_reliable = False
+    assert Stage1(cfg, _policy(cfg)).reference(_policy(cfg), engine=None) is None  # nothing measured when off
+    stage2 = Stage2(cfg, 8, {"budget": 90})
+    assert stage2.stop_reason(1, val(1.0), 2, None) is None and stage2.stop_reason(1, val(1.0), 3, None).startswith("patience: 3")
+    cfg.stage2.patience = 0
+    assert stage2.stop_reason(100, val(0.0), 99, None) is None  # 0: never
 
 
 TINY = [

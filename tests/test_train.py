@@ -88,6 +88,48 @@ def test_both_stages_end_to_end_and_resume(tiny_baseline, tmp_path):
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
 
 
+@pytest.mark.slow
+def test_stopping_rules_stop_and_resume_and_validations_are_reused(tiny_baseline, tmp_path):
+    """Stage 1 stops at its first validation once long windows are reliable (a generous tolerance
+    makes that certain), Stage 2 after ``patience`` stale validations; both record why, a resumed
+    stopped stage trains no further, and Stage 2 starts from Stage 1's validation of the chosen
+    window instead of measuring it again."""
+    cfg = small_run_config(tmp_path / "run", epochs=6)
+    cfg.stage1.stop_when_reliable, cfg.stage1.tolerance_points, cfg.stage1.min_epochs = True, 100.0, 2
+    cfg.stage2.patience = 1
+    summary = train(cfg, "both", str(tiny_baseline))
+    run = tmp_path / "run"
+    extend, trim = summary["extend"], summary["trim"]
+    assert extend["epochs"] == 6 and extend["epochs_run"] == 2 and extend["stop_reason"].startswith("reliable:")
+    records = read_jsonl(run / "metrics.jsonl")
+    # patience 1: Stage 2 stops at its first validation without a new best (if one comes before epoch 6)
+    trim_records = [r for r in records if r["stage"] == "trim" and r["epoch"] > 0]
+    assert len(trim_records) == trim["epochs_run"]
+    if trim["epochs_run"] < 6:
+        assert trim["stop_reason"].startswith("patience: 1") and trim_records[-1]["stopped"] == trim["stop_reason"]
+    else:
+        assert trim["stop_reason"] is None
+    assert [r["epoch"] for r in records if r["stage"] == "extend"] == [0, 1, 2]
+    assert records[2]["stopped"] == extend["stop_reason"] and "success_rate_k4" in records[1] and "val_s" in records[1]
+    window = extend["window_choice"]["window"]
+    chosen = extend["window_choice"]["per_window"][str(window)]
+    start = {k: v for k, v in trim["start"].items() if k != "epoch"}
+    assert start == chosen  # reused, not measured again
+    assert trim["budget"]["mean_steps"] == chosen["mean_steps"]
+    # resume after a stage stopped early but before its result was written: nothing more is trained
+    for name in ("trim/result.json", "summary.json"):
+        (run / name).unlink()
+    again = train(cfg, resume=str(run))
+    assert (again["trim"]["epochs_run"], again["trim"]["stop_reason"]) == (trim["epochs_run"], trim["stop_reason"])
+    assert [(r["stage"], r["epoch"]) for r in read_jsonl(run / "metrics.jsonl")] == [(r["stage"], r["epoch"]) for r in records]
+    shutil.rmtree(run / "trim")
+    for name in ("extend/result.json", "summary.json"):
+        (run / name).unlink()
+    again = train(cfg, resume=str(run))
+    assert (again["extend"]["epochs_run"], again["extend"]["stop_reason"]) == (2, extend["stop_reason"])
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl") if r["stage"] == "extend"] == [0, 1, 2]
+
+
 def test_bad_init_and_existing_run_dir_write_nothing(tiny_baseline, tmp_path):
     cfg = small_run_config(tmp_path / "run")
     with pytest.raises(InputError, match="does not exist"):

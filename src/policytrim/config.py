@@ -282,6 +282,11 @@ class GRPOConfig:
     """Validation episodes per task at each evaluation (1..100000)."""
     checkpoint_every: int = 10
     """Write a resumable checkpoint every N epochs (and at the end)."""
+    patience: int = 0
+    """Stop the stage after this many validations in a row without a new best checkpoint (0: never).
+    The epoch it stopped at and why are recorded in STAGE/result.json."""
+    min_epochs: int = 0
+    """No stopping rule stops the stage before this many epochs."""
 
     def _validate(self, prefix: str) -> None:
         _int_in(f"{prefix}.epochs", self.epochs, 0, L.MAX_EPOCHS)
@@ -296,6 +301,8 @@ class GRPOConfig:
         _int_in(f"{prefix}.eval_every", self.eval_every, 1, L.MAX_EPOCHS)
         _int_in(f"{prefix}.val_episodes", self.val_episodes, 1, L.MAX_EPISODES)
         _int_in(f"{prefix}.checkpoint_every", self.checkpoint_every, 1, L.MAX_EPOCHS)
+        _int_in(f"{prefix}.patience", self.patience, 0, L.MAX_EPOCHS)
+        _int_in(f"{prefix}.min_epochs", self.min_epochs, 0, L.MAX_EPOCHS)
 
 
 @dataclass
@@ -308,9 +315,15 @@ class Stage1Config(GRPOConfig):
     """lambda_h: weight of the horizon term k/H."""
     tolerance_points: float = 2.0
     """Pick the longest window whose validation SR is within this many points of the shortest's."""
+    stop_when_reliable: bool = False
+    """Stop at the first validation (after min_epochs) at which the longest window's SR is within
+    tolerance_points of the SR the policy entering the stage had at the shortest window: long chunks
+    are then as reliable as the baseline's short ones, which is what Stage 1 is for. Costs one more
+    validation (at the shortest window) when the stage starts."""
 
     def __post_init__(self) -> None:
         self._validate("stage1")
+        _require(isinstance(self.stop_when_reliable, bool), f"stage1.stop_when_reliable must be true or false, got {self.stop_when_reliable!r}")
         ws = tuple(self.windows)
         _require(len(ws) <= L.MAX_CHUNK_SIZE, f"stage1.windows: at most {L.MAX_CHUNK_SIZE} windows, got {len(ws)}")
         _require(all(isinstance(w, int) and w >= 1 for w in ws), f"stage1.windows must be positive integers, got {ws}")

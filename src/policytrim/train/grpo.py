@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -181,11 +182,16 @@ def draw_starts(cfg: RunConfig, rng: np.random.Generator, epoch: int) -> list[In
     return starts
 
 
-def run_stage(stage: Stage, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engine: RolloutEngine, logger: MetricsLogger, seams: TrainerSeams | None = None) -> StageOutcome:
+def run_stage(
+    stage: Stage, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engine: RolloutEngine, logger: MetricsLogger, seams: TrainerSeams | None = None, start_eval: dict[str, Any] | None = None
+) -> StageOutcome:
     """Train ``stage`` from the policy given (or resume it) and return its outcome.
 
-    On return ``policy`` holds the stage's best checkpoint, marked with the stage's decision, and
-    ``STAGE/best`` holds the same policy."""
+    ``start_eval``: the entering policy's validation at the stage's eval window when it is already
+    known (Stage 2 after Stage 1's window choice), so it is not measured again. The stage stops
+    early when its `Stage.stop_reason` says so after a validation. On return ``policy`` holds the
+    stage's best checkpoint, marked with the stage's decision, and ``STAGE/best`` holds the same
+    policy."""
     seams = seams or TrainerSeams()
     scfg = stage.config
     stage_dir = run.stage_dir(stage.name)
@@ -203,24 +209,28 @@ def run_stage(stage: Stage, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, en
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=scfg.lr, weight_decay=scfg.weight_decay)
 
     eval_window = stage.eval_window
-    state: dict[str, Any] = {"best": None, "start_eval": None, "failed_epochs": 0}
+    state: dict[str, Any] = {"best": None, "start_eval": None, "failed_epochs": 0, "reference": None, "stale": 0, "stopped": None}
     start_epoch = 0
     checkpoint = latest_checkpoint(stage_dir)
     if checkpoint is not None:
         policy.load_state_dict(load_policy(checkpoint / "policy").state_dict())
-        state = {"failed_epochs": 0, **load_trainer_state(checkpoint, optimizer)}
+        state = {"failed_epochs": 0, "reference": None, "stale": 0, "stopped": None, **load_trainer_state(checkpoint, optimizer)}
         start_epoch = state["epoch"]
         # best/ may hold a policy written after this checkpoint by the run that was killed
         distributed.on_main(lambda: restore_best(checkpoint, stage_dir / "best"))
         log.info("resuming %s from %s (epoch %d)", stage.name, checkpoint, start_epoch)
     distributed.on_main(lambda: run.truncate_metrics(stage.name, start_epoch))
     if state["start_eval"] is None:
-        state["start_eval"] = distributed.main_only(lambda: validate(policy, cfg, eval_window, engine, scfg.val_episodes))
+        state["start_eval"] = start_eval if start_eval is not None else distributed.main_only(lambda: validate(policy, cfg, eval_window, engine, scfg.val_episodes))
+        state["reference"] = distributed.main_only(lambda: stage.reference(policy, engine))
         state["best"] = {"epoch": 0, **state["start_eval"]}
         distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))
         _log(logger, seams, {"stage": stage.name, "epoch": 0, "global_epoch": run.global_epoch(stage.name, 0), **{f"val_{k}": v for k, v in _scalars(state["start_eval"]).items()}})
 
     failed_epochs = int(state["failed_epochs"])
+    epochs_run = int(state.get("epochs_run", start_epoch))
+    if state["stopped"] is not None:  # a stopping rule ended the stage before the interruption
+        start_epoch = scfg.epochs
     bar = tqdm(range(start_epoch, scfg.epochs), desc=stage.name, disable=not (cfg.logging.progress and distributed.is_main()), initial=start_epoch, total=scfg.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -275,21 +285,37 @@ def run_stage(stage: Stage, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, en
         last = epoch + 1 == scfg.epochs
         if (epoch + 1) % scfg.eval_every == 0 or last:
             policy.eval()
+            t_val = time.perf_counter()
             val = distributed.main_only(lambda: validate(policy, cfg, eval_window, engine, scfg.val_episodes))
-            record.update({f"val_{k}": v for k, v in _scalars(val).items()})
+            record.update({f"val_{k}": v for k, v in _scalars(val).items()}, val_s=time.perf_counter() - t_val)
             if stage.is_better(val, state["best"], state["start_eval"]):
                 state["best"] = {"epoch": epoch + 1, **val}
+                state["stale"] = 0
                 distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))
+            else:
+                state["stale"] += 1
+            state["stopped"] = None if last else stage.stop_reason(epoch + 1, val, state["stale"], state["reference"])
+            if state["stopped"] is not None:
+                record["stopped"] = state["stopped"]
+                last = True
+                log.info("%s stops after epoch %d of %d: %s", stage.name, epoch + 1, scfg.epochs, state["stopped"])
         _log(logger, seams, record)
         bar.set_postfix(SR=f"{record['success_rate']:.2f}", T=f"{record['mean_steps']:.0f}", k=f"{record['mean_window']:.1f}", C=f"{record['mean_calls']:.1f}")
+        epochs_run = epoch + 1
         if (epoch + 1) % scfg.checkpoint_every == 0 or last:
-            trainer_state = {"stage": stage.name, "best": state["best"], "start_eval": state["start_eval"], "failed_epochs": failed_epochs}
+            trainer_state = {
+                "stage": stage.name, "best": state["best"], "start_eval": state["start_eval"], "failed_epochs": failed_epochs,
+                "reference": state["reference"], "stale": state["stale"], "stopped": state["stopped"], "epochs_run": epochs_run,
+            }
             distributed.on_main(lambda: save_checkpoint(stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best"))
+        if state["stopped"] is not None:
+            break
     bar.close()
 
     policy.load_state_dict(load_policy(stage_dir / "best" / "policy").state_dict())
     policy.eval()
     outcome = stage.conclude(policy, engine, scfg.epochs, state["best"], state["start_eval"])
+    outcome = dataclasses.replace(outcome, epochs_run=epochs_run, stop_reason=state["stopped"])
     distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))  # the best policy, carrying the stage's decision
     return outcome
 
@@ -436,12 +462,15 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
                 done = _completed(run, Stage2.name, cfg)
                 if done is None:
                     window = Stage2.window_for(cfg, policy, extended)
+                    # Stage 1's window choice validated this very policy at this window on the same
+                    # states: its budget calibration and Stage 2's start reuse that validation
+                    known = stage1.validations.get(window) if stage1 is not None and cfg.stage2.val_episodes == cfg.stage1.val_episodes else None
                     budget = run.read_json("trim/budget.json")
                     if budget is None:
                         policy.eval()
-                        budget = distributed.main_only(lambda: calibrate_budget(policy, cfg, window, engine))
+                        budget = distributed.main_only(lambda: calibrate_budget(policy, cfg, window, engine, known))
                         distributed.on_main(lambda: run.write_json("trim/budget.json", budget))
-                    trimmed = run_stage(Stage2(cfg, window, budget), policy, cfg, run, engine, logger, seams)
+                    trimmed = run_stage(Stage2(cfg, window, budget), policy, cfg, run, engine, logger, seams, start_eval=known)
                     distributed.on_main(lambda: run.write_json("trim/result.json", trimmed.to_json()))
                 else:
                     trimmed, policy = done

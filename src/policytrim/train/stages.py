@@ -54,6 +54,8 @@ class StageOutcome:
     start: validation metrics of the policy that entered the stage. Both at ``eval_window``.
     window_choice: extend: per-window validation evidence of the choice (`choose_window`).
     budget_evidence: trim: how B was set (`calibrate_budget`).
+    epochs_run: epochs trained (fewer than ``epochs`` when a stopping rule stopped the stage).
+    stop_reason: why the stage stopped early (`Stage.stop_reason`), or None.
     """
 
     stage: str
@@ -65,10 +67,13 @@ class StageOutcome:
     budget: int | None = None
     window_choice: Metrics | None = None
     budget_evidence: Metrics | None = None
+    epochs_run: int | None = None
+    stop_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``result.json`` / summary record (the format runs have always written)."""
         out: dict[str, Any] = {"stage": self.stage, "epochs": self.epochs, "best": self.best, "start": self.start, "eval_window": self.eval_window}
+        out.update(epochs_run=self.epochs if self.epochs_run is None else self.epochs_run, stop_reason=self.stop_reason)
         if self.window_choice is not None:
             out["window_choice"] = self.window_choice
         if self.budget_evidence is not None:
@@ -83,6 +88,7 @@ class StageOutcome:
         return cls(
             stage=data["stage"], epochs=data["epochs"], eval_window=data["eval_window"], window=window, best=data["best"], start=data["start"],
             budget=budget["budget"] if budget else None, window_choice=choice, budget_evidence=budget,
+            epochs_run=data.get("epochs_run"), stop_reason=data.get("stop_reason"),
         )
 
 
@@ -106,36 +112,38 @@ def without_outcomes(metrics: Metrics) -> Metrics:
     return {k: v for k, v in metrics.items() if k != "success_by_state"}
 
 
-def choose_window(policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...], engine: RolloutEngine) -> Metrics:
+def choose_window(policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...], engine: RolloutEngine, known: dict[int, Metrics] | None = None) -> Metrics:
     """Stage 1's decision: the longest window whose validation SR is within the tolerance of the
-    shortest window's (same states, same random numbers for every window)."""
+    shortest window's (same states, same random numbers for every window). ``known``: validations
+    of this same policy already made (window -> `validate` result), not repeated. The result's
+    ``validations`` holds every window's full `validate` result (for Stage 2's start)."""
     episodes = cfg.stage1.val_episodes
-    per_window = {w: validate(policy, cfg, w, engine, episodes) for w in windows}
+    known = known or {}
+    per_window = {w: known[w] if w in known else validate(policy, cfg, w, engine, episodes) for w in windows}
     reference = per_window[windows[0]]["success_rate"]
     tolerance = cfg.stage1.tolerance_points / 100.0
     chosen = max(w for w in windows if per_window[w]["success_rate"] >= reference - tolerance - 1e-12)
     evidence = {str(w): without_outcomes(m) for w, m in per_window.items()}
-    return {"window": chosen, "tolerance_points": cfg.stage1.tolerance_points, "episodes_per_task": episodes, "split": "val", "mode": cfg.eval.mode, "per_window": evidence}
+    return {"window": chosen, "tolerance_points": cfg.stage1.tolerance_points, "episodes_per_task": episodes, "split": "val", "mode": cfg.eval.mode, "per_window": evidence, "validations": per_window}
 
 
-def calibrate_budget(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine) -> Metrics:
+def calibrate_budget(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, known: Metrics | None = None) -> Metrics:
     """Step budget B = ceil(beta_B * mean T of successes) of the policy entering Stage 2, at
-    Stage 2's window, in the evaluation mode, on validation states (or the user's B)."""
+    Stage 2's window, in the evaluation mode, on Stage 2's validation states (or the user's B).
+    ``known``: that validation, already made (`validate` at ``window`` with stage2.val_episodes)."""
     if cfg.stage2.budget:
         return {"budget": cfg.stage2.budget, "source": "given by the user (stage2.budget)"}
     episodes = cfg.stage2.val_episodes
-    metrics = evaluate_policy(policy, cfg.env, episodes, window, cfg.eval.mode, cfg.eval.seed, split="val", engine=engine, return_outcomes=True)
-    outcomes = metrics["outcomes"]
-    successful_steps = [t for t, ok in zip(outcomes["steps"], outcomes["success"]) if ok]
-    if not successful_steps:
+    val = known if known is not None else validate(policy, cfg, window, engine, episodes)
+    if not val["success_rate"]:
         raise InputError(
-            f"cannot calibrate the Stage 2 step budget: the policy succeeded in none of {len(outcomes['steps'])} validation episodes at window {window}; give stage2.budget or start from a better policy"
+            f"cannot calibrate the Stage 2 step budget: the policy succeeded in none of {val['episodes']} validation episodes at window {window}; give stage2.budget or start from a better policy"
         )
     return {
-        "budget": objective.step_budget(successful_steps, cfg.stage2.budget_multiplier),
+        "budget": objective.step_budget([val["mean_steps"]], cfg.stage2.budget_multiplier),  # mean_steps: mean T of the successes
         "source": f"calibrated: ceil({cfg.stage2.budget_multiplier} x mean T of successful validation episodes)",
-        "mean_steps": metrics["overall"]["mean_steps"],
-        "success_rate": metrics["overall"]["success_rate"],
+        "mean_steps": val["mean_steps"],
+        "success_rate": val["success_rate"],
         "window": window,
         "mode": cfg.eval.mode,
         "episodes_per_task": episodes,
@@ -219,6 +227,22 @@ class Stage(abc.ABC):
         """Constant fields of every epoch's metrics record."""
         return {}
 
+    def reference(self, policy: ChunkPolicy, engine: RolloutEngine) -> Metrics | None:
+        """Measured once, with the policy entering the stage, when the stage starts (kept in its
+        checkpoints): what `stop_reason` compares with. None: nothing to measure."""
+        return None
+
+    def stop_reason(self, epoch: int, val: Metrics, stale: int, reference: Metrics | None) -> str | None:
+        """Why the stage stops after the validation ``val`` of ``epoch``, or None to go on.
+        ``stale``: validations in a row, this one included, without a new best checkpoint.
+        Shared rule: ``patience`` stale validations (never before ``min_epochs``)."""
+        c = self.config
+        if epoch < c.min_epochs:
+            return None
+        if c.patience and stale >= c.patience:
+            return f"patience: {stale} validations in a row without a new best checkpoint"
+        return None
+
     @abc.abstractmethod
     def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics) -> StageOutcome:
         """The stage's decision, made with ``policy`` holding its best checkpoint; marks the policy
@@ -235,6 +259,7 @@ class Stage1(Stage):
         # k_1 is the config's (behaviour-cloned) default window; a post-trained policy's own
         # default window is the one PolicyTrim chose for it
         self.windows = cfg.stage1_windows
+        self.validations: dict[int, Metrics] = {}  # set by `conclude`: the chosen policy's validation per window
         if self.windows[-1] > window_bound(policy):
             raise InputError(f"stage1.windows {self.windows} exceed what the policy may execute (max window {policy.max_window}, chunk size {policy.chunk_size})")
 
@@ -243,13 +268,37 @@ class Stage1(Stage):
 
     def rewards(self, traj: Trajectories) -> tuple[torch.Tensor, dict[str, float]]:
         rewards = objective.extension_reward(traj.grouped(traj.success), traj.grouped(traj.window), self.cfg.policy.chunk_size, self.config.horizon_coef)
-        return rewards, {"reward": rewards.mean().item(), "reward_extension": rewards.mean().item()}
+        per_window = {f"success_rate_k{w}": traj.success[traj.window == w].float().mean().item() for w in self.windows if bool((traj.window == w).any())}
+        return rewards, {"reward": rewards.mean().item(), "reward_extension": rewards.mean().item(), **per_window}
 
     def is_better(self, candidate: Metrics, best: Metrics | None, start: Metrics) -> bool:
         return most_successful(candidate, best)
 
+    def reference(self, policy: ChunkPolicy, engine: RolloutEngine) -> Metrics | None:
+        """With ``stop_when_reliable``: the entering policy's validation at the shortest window."""
+        if not self.config.stop_when_reliable:
+            return None
+        return without_outcomes(validate(policy, self.cfg, self.windows[0], engine, self.config.val_episodes))
+
+    def stop_reason(self, epoch: int, val: Metrics, stale: int, reference: Metrics | None) -> str | None:
+        """The shared rule, then ``stop_when_reliable``: the longest window's validation SR is within
+        ``tolerance_points`` of the entering policy's SR at the shortest window."""
+        reason = super().stop_reason(epoch, val, stale, reference)
+        if reason or reference is None or epoch < self.config.min_epochs:
+            return reason
+        tolerance = self.config.tolerance_points
+        if val["success_rate"] >= reference["success_rate"] - tolerance / 100.0 - 1e-12:
+            return (
+                f"reliable: validation SR {val['success_rate']:.3f} at window {self.windows[-1]} is within {tolerance:g} points of "
+                f"the entering policy's {reference['success_rate']:.3f} at window {self.windows[0]}"
+            )
+        return None
+
     def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics) -> StageOutcome:
-        choice = distributed.main_only(lambda: choose_window(policy, self.cfg, self.windows, engine))  # rank 0's, on every rank
+        # the best checkpoint's validation at the longest window is known (same states and seed)
+        known = {self.eval_window: {k: v for k, v in best.items() if k != "epoch"}} if "success_by_state" in best else {}
+        choice = distributed.main_only(lambda: choose_window(policy, self.cfg, self.windows, engine, known))  # rank 0's, on every rank
+        self.validations = choice.pop("validations")
         policy.mark_trained(self.name, choice["window"])
         return StageOutcome(self.name, epochs, self.eval_window, choice["window"], without_outcomes(best), without_outcomes(start), window_choice=choice)
 
