@@ -34,6 +34,7 @@ from typing import Any
 
 from bench_pipeline import build_config, collect, fmt, frozen_config, machine_record, policy_pipeline
 from mw8 import Phases
+from policytrim.pipeline import SUMMARY_UNITS
 
 HEADS: dict[str, dict[str, Any]] = {
     "gaussian": {"policy": {"head": "gaussian", "std_mode": "state"}},
@@ -147,7 +148,7 @@ def main() -> None:
             f"Command: {' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}",
         ]
         (results_dir / "heads.md").write_text("\n".join(lines) + "\n")
-        (results_dir / "heads.json").write_text(json.dumps({"heads": done, "trainer": TRAINER, "tiny": args.tiny}, indent=2, default=float) + "\n")
+        (results_dir / "heads.json").write_text(json.dumps({"units": SUMMARY_UNITS, "heads": done, "trainer": TRAINER, "tiny": args.tiny}, indent=2, default=float) + "\n")
         print("\n".join(lines), flush=True)
 
 

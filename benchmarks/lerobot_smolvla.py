@@ -93,7 +93,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from policytrim.envs.tasks import INSTRUCTIONS
-    from policytrim.pipeline import format_summary, run_demo
+    from policytrim.pipeline import SUMMARY_UNITS, format_summary, run_demo
 
     settings = SIZES[args.size]
     for item in args.set:
@@ -116,6 +116,7 @@ def main() -> None:
     minutes = {k.removesuffix("_s"): round(v / 60.0, 2) for k, v in summary["timings"].items()}
     minutes["wall_clock"] = round(wall / 60.0, 2)
     result = {
+        "units": SUMMARY_UNITS,
         "calls_speedup": summary["calls_speedup"],
         "success_rate_drop": summary["success_rate_drop"],
         "success_rate_drop_ci95": summary["success_rate_drop_ci95"],

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench_pipeline import build_config, collect, fmt, frozen_config, machine_record, policy_pipeline
 from mw8 import Phases
+from policytrim.pipeline import SUMMARY_UNITS
 
 TASKS = ("drawer-close-v3", "button-press-topdown-v3", "drawer-open-v3")
 
@@ -77,6 +78,7 @@ def main() -> None:
     timings = {"collect": round(phases.data["collect"]["seconds"], 1), **summary["timings_s"]}
     timings["total"] = round(sum(timings.values()), 1)
     result = {
+        "units": SUMMARY_UNITS,
         "calls_speedup": summary["calls_speedup"],
         "success_rate_drop": summary["success_rate_drop"],
         "success_rate_drop_ci95": summary["success_rate_drop_ci95"],

@@ -8,6 +8,8 @@ import json
 import pytest
 
 from policytrim.cli import main
+from policytrim.pipeline import SUMMARY_UNITS
+from test_pipeline import numbers_without_unit
 
 
 @pytest.mark.slow
@@ -19,6 +21,7 @@ def test_eval_suite_cli(tiny_baseline, tmp_path):
     assert main(args) == 0
     comp = json.loads((out / "comparison.json").read_text())
     assert set(comp["modes"]) == {"sampled", "deterministic"}
+    assert comp["units"] == SUMMARY_UNITS and numbers_without_unit(comp) == []
     sampled = comp["modes"]["sampled"]
     assert list(sampled["policies"]) == ["baseline", "baseline@k=5", "temporal_ensembling", "policy"]
     outcomes = json.loads((out / "outcomes.json").read_text())["modes"]["sampled"]

@@ -164,6 +164,26 @@ def test_pareto_plot_of_a_perfect_policy_whose_interval_rounds_below_it(tmp_path
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_pareto_caption_says_whether_a_frontier_line_is_drawn(tmp_path):
+    """A policy with the fewest calls and no policy with a higher SR is the whole frontier: no line
+    is drawn and the caption says which policy it is; a trade-off is a line through the policies the
+    caption names."""
+    from policytrim.eval.plots import pareto_frontier
+
+    cases = {
+        "dominated": ([("baseline", 5, 120, 0.5), ("policy", 15, 80, 1.0)], ["policy"], "policy alone is the Pareto frontier (the fewest calls, and no policy has a higher success rate), so no frontier line is drawn"),
+        "traded": ([("baseline", 5, 120, 1.0), ("policy", 15, 80, 0.5)], ["policy", "baseline"], "the line is the Pareto frontier (policy, baseline)"),
+    }
+    for name, (contenders, frontier, caption) in cases.items():
+        s = suite(contenders, perturb=False)
+        assert pareto_frontier({n: m["overall"] for n, m in s["modes"]["sampled"]["policies"].items()}) == frontier
+        write_suite(s, tmp_path / name)
+        md = (write_report([tmp_path / name], tmp_path / name / "report").parent / "report.md").read_text()
+        assert caption in md, name
+        assert ("no frontier line" if len(frontier) > 1 else "line is the Pareto frontier") not in md, name
+    assert pareto_frontier({"never": {"success_rate": 0.0, "success_ci95": [0.0, 0.1], "calls_per_success": None}}) == []
+
+
 def test_measured_stacking_table_beside_the_modelled_wall_clock(tmp_path):
     """`report --stacking FILE` adds the committed benchmarks/stacking.py table (real result file);
     a file that is not a stacking result is one clear error and no report is written."""

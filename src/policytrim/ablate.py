@@ -27,7 +27,8 @@ grid can be grown one variant at a time.
 Output::
 
     OUT/ablation.json   the table's data (per variant: what was trained, window, metrics, paired
-                        comparison with `none`, training time, run directory)
+                        comparison with `none`, training time, run directory; "units" names the
+                        unit of each number: `policytrim.pipeline.SUMMARY_UNITS`)
     OUT/ablation.md     the table
     OUT/variants/NAME/  one `policytrim train` run directory per trained variant
     OUT/eval/           the paired comparison (`policytrim.eval.suite` format)
@@ -47,6 +48,7 @@ from typing import Any, Sequence
 from policytrim.config import RunConfig, from_dict, to_dict
 from policytrim.errors import InputError
 from policytrim.io import atomic_write_bytes, atomic_write_json
+from policytrim.pipeline import SUMMARY_UNITS
 
 FORMAT = "policytrim-ablation"
 NAMED = ("none", "extend", "trim_no_stability", "trim", "full")
@@ -232,6 +234,7 @@ def run_ablation(cfg: RunConfig, init: str | Path, names: Sequence[str], out: st
     result = {
         "format": FORMAT,
         "version": 1,
+        "units": dict(SUMMARY_UNITS),
         "init": init,
         "tasks": list(cfg.env.tasks),
         "mode": cfg.eval.mode,

@@ -462,7 +462,7 @@ class LoggingConfig:
     out: Annotated[str, tyro.conf.arg(aliases=("--out",))] = "runs/latest"
     """Run directory."""
     tensorboard: bool = True
-    """Write TensorBoard scalars when tensorboard is installed."""
+    """Write TensorBoard scalars when tensorboard is installed (else one notice on stderr: pip install 'policytrim[tensorboard]')."""
     wandb: Literal["off", "offline", "online"] = "off"
     """Weights & Biases logging mode (needs the wandb extra)."""
     progress: bool = True

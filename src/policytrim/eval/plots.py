@@ -4,6 +4,7 @@ evaluation and the trainer write), draws one figure and returns the path written
 - `chunk_length_figure`: success rate and mean steps vs executed chunk length (the paper's Fig. 1b)
 - `training_curves_figure`: reward, SR, steps and window per epoch, stage by stage (Fig. 4)
 - `pareto_figure`: success rate vs inference calls of every policy compared, with the frontier
+  (`pareto_frontier`: its policies, for the caption)
 - `steps_histogram_figure`: steps of successful episodes, baseline vs trimmed policy (Fig. 1a)
 - `ablation_curves_figure`: one training curve per ablation variant
 - `filmstrip_figure`: frames of rollouts side by side (image runs)
@@ -117,9 +118,22 @@ def _yerr(value, lo, hi) -> np.ndarray:
     return np.stack([np.clip(value - lo, 0.0, None), np.clip(hi - value, 0.0, None)])
 
 
+def pareto_frontier(points: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """points: {policy: overall metrics}. The policies on the Pareto frontier of success rate vs mean
+    calls per successful episode, fewest calls first: each has a higher SR than every policy with
+    fewer (or as many) calls. One name: that policy has the fewest calls and no policy a higher SR."""
+    frontier: list[tuple[str, float]] = []
+    ranked = sorted((it for it in points.items() if it[1].get("calls_per_success")), key=lambda it: (float(it[1]["calls_per_success"]), -_num(it[1]["success_rate"])))
+    for name, m in ranked:
+        if not frontier or _num(m["success_rate"]) > frontier[-1][1]:
+            frontier.append((name, _num(m["success_rate"])))
+    return [name for name, _ in frontier]
+
+
 def pareto_figure(points: Mapping[str, Mapping[str, Any]], path: Path, title: str = "", highlight: Sequence[str] = ()) -> Path:
     """points: {policy: overall metrics}. Success rate (95% Wilson interval) vs mean inference calls
-    per successful episode; the Pareto frontier (no other policy has fewer calls and higher SR)."""
+    per successful episode; the Pareto frontier (`pareto_frontier`) as a line when it holds more
+    than one policy."""
     items = [(n, m) for n, m in points.items() if m.get("calls_per_success")]
     crowded = len(items) > 6  # labels next to the points would overlap: a legend with distinct markers
     fig, ax = plt.subplots(figsize=(9.6 if crowded else 7.2, 4.4))
@@ -135,10 +149,7 @@ def pareto_figure(points: Mapping[str, Mapping[str, Any]], path: Path, title: st
         ax.errorbar([c], [s], yerr=_yerr([s], [lo], [hi]), capsize=3, linestyle="none", **style)
         if not crowded:
             ax.annotate(name, (c, s), textcoords="offset points", xytext=(6, 10 - 12 * (i % 3)), fontsize=8)
-    frontier = []
-    for name, m in sorted(items, key=lambda it: (float(it[1]["calls_per_success"]), -_num(it[1]["success_rate"]))):
-        if not frontier or _num(m["success_rate"]) > frontier[-1][1]:
-            frontier.append((float(m["calls_per_success"]), _num(m["success_rate"])))
+    frontier = [(float(points[n]["calls_per_success"]), _num(points[n]["success_rate"])) for n in pareto_frontier(points)]
     if len(frontier) > 1:
         ax.step([f[0] for f in frontier], [f[1] for f in frontier], where="post", color="tab:green", alpha=0.6, label="Pareto frontier")
     if crowded:

@@ -299,6 +299,17 @@ def _successful_steps(outcomes: dict[str, Any], name: str) -> list[int]:
     return [int(t) for t, s in zip(o["steps"], o["success"]) if s]
 
 
+def pareto_caption(points: dict[str, Any], subject: str) -> str:
+    """The caption of `plots.pareto_figure` for ``points``: the frontier line it draws, or why it
+    draws none (one policy alone is the frontier; no policy succeeded)."""
+    frontier = plots.pareto_frontier(points)
+    if len(frontier) > 1:
+        return f"{subject}; the line is the Pareto frontier ({', '.join(frontier)})."
+    if frontier:
+        return f"{subject}; {frontier[0]} alone is the Pareto frontier (the fewest calls, and no policy has a higher success rate), so no frontier line is drawn."
+    return f"{subject}; no policy had a successful episode, so there is nothing to plot."
+
+
 def comparison_section(sec: Section, suite: dict[str, Any], headline_mode: str, level: int = 2) -> None:
     """Tables and figures of a suite-format comparison (the headline mode first)."""
     modes = [headline_mode] + [m for m in suite["modes"] if m != headline_mode] if headline_mode in suite["modes"] else list(suite["modes"])
@@ -325,7 +336,7 @@ def comparison_section(sec: Section, suite: dict[str, Any], headline_mode: str, 
             sec.add(figure(path, f"Fig. 1 (ours): the starting policy executing fixed windows (no training; Table 11) and the trained policies at their windows, {mode} mode, test states."))
         points = {n: m["overall"] for n, m in comp["policies"].items()}
         path = plots.pareto_figure(points, sec.plot("pareto"), title=f"Success vs inference calls ({mode} mode)", highlight=[n for n in ("policytrim", "policy") if n in points])
-        sec.add(figure(path, "Success rate vs mean inference calls per successful episode for every policy compared; the line is the Pareto frontier."))
+        sec.add(figure(path, pareto_caption(points, "Success rate vs mean inference calls per successful episode for every policy compared")))
         outcomes = suite.get("outcomes", {}).get("modes", {}).get(mode, {})
         if main and outcomes:
             steps = {comp["baseline"]: _successful_steps(outcomes, comp["baseline"])}
@@ -528,7 +539,7 @@ def ablation_section(sec: Section, level: int = 2) -> None:
         comp = suite["modes"].get(ab.get("mode")) or next(iter(suite["modes"].values()))
         points = {n: m["overall"] for n, m in comp["policies"].items()}
         path = plots.pareto_figure(points, sec.plot("ablation_pareto"), title="Ablation variants: success vs inference calls", highlight=["full"])
-        sec.add(figure(path, "Success rate vs mean calls per successful episode of every ablation variant (same test states)."))
+        sec.add(figure(path, pareto_caption(points, "Success rate vs mean calls per successful episode of every ablation variant (same test states)")))
     if ab.get("timings_s"):
         sec.add(p(f"Wall time: training {ab['timings_s'].get('train', 0) / 60:.1f} min, evaluation {ab['timings_s'].get('eval', 0) / 60:.1f} min; load average at start {nice((ab.get('machine') or {}).get('load_average_start', [None])[0], '.2f')}."))
 

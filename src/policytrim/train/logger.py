@@ -1,7 +1,11 @@
-"""Metric sinks: JSONL always; TensorBoard and Weights & Biases when installed and asked for."""
+"""Metric sinks: JSONL always; TensorBoard and Weights & Biases when installed and asked for.
+
+TensorBoard asked for (``logging.tensorboard``, on by default) but not installed is no error: the
+run logs JSONL only and says so once per process on stderr, with how to install it."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import numbers
@@ -21,6 +25,12 @@ def check_backends(wandb_mode: str) -> None:
         raise InputError(f"logging.wandb={wandb_mode} needs the wandb package: pip install 'policytrim[wandb]' (or --logging.wandb off)")
 
 
+@functools.cache
+def tensorboard_missing_notice() -> None:
+    """The one warning (once per process) that TensorBoard scalars are asked for but not written."""
+    log.warning("logging.tensorboard is on but TensorBoard is not installed: metrics go to metrics.jsonl only (pip install 'policytrim[tensorboard]', or --logging.no-tensorboard)")
+
+
 class MetricsLogger:
     """Writes one record per call to ``metrics.jsonl`` and mirrors numeric fields to TB / W&B."""
 
@@ -28,7 +38,9 @@ class MetricsLogger:
         self.path = run_dir / "metrics.jsonl"
         self._tb = None
         self._wandb = None
-        if tensorboard and importlib.util.find_spec("tensorboard") is not None:
+        if tensorboard and importlib.util.find_spec("tensorboard") is None:
+            tensorboard_missing_notice()
+        elif tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
