@@ -132,3 +132,19 @@ def test_dataset_that_does_not_fit_libero_is_one_clear_error(tmp_path, capsys):
     assert "observation.images.image2 | observation.images.wrist_image | wrist_image" in err
     with pytest.raises(InputError, match=r"env.image_size 64"):  # a size the dataset does not have
         load_lerobot_dataset(tmp_path / "data", EnvConfig(suite="libero", tasks=("libero_object",), image=True, image_size=64))
+
+
+def test_baseline_evaluation_without_the_simulator_stops_before_training(tmp_path, capsys):
+    """pretrain.eval-episodes > 0 evaluates on LIBERO: without the simulator (this venv), one error
+    line before anything is trained or written."""
+    from policytrim.envs.libero import simulator_installed
+
+    if simulator_installed():
+        pytest.skip("the LIBERO simulator is installed here")
+    write_dataset(tmp_path / "data", LAYOUTS["lerobot"])
+    out = tmp_path / "baseline"
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", *CLI, "--pretrain.eval-episodes", "2", "--data", str(tmp_path / "data"), "--out", str(out)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert exit_.value.code == 2 and not out.exists()
+    assert len(errors) == 1 and "pip install 'policytrim[libero]'" in errors[0] and "--pretrain.eval-episodes 0" in errors[0]

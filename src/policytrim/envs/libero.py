@@ -111,6 +111,16 @@ def _configure_rendering() -> None:
         os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
+def simulator_installed() -> bool:
+    """Whether the LIBERO simulator package is importable (found, not imported)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("libero.libero.benchmark") is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _benchmark_module() -> Any:
     _configure_rendering()
     try:

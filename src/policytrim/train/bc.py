@@ -277,6 +277,11 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
         raise InputError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
     if cfg.policy.kind == "expert":
         raise InputError("pretrain trains a learned policy; policy.kind='expert' has nothing to learn")
+    if cfg.env.suite == "libero" and cfg.pretrain.eval_episodes > 0:
+        from policytrim.envs.libero import INSTALL_HINT, simulator_installed
+
+        if not simulator_installed():  # the baseline evaluation would fail after training
+            raise InputError(f"pretrain.eval_episodes={cfg.pretrain.eval_episodes} evaluates the baseline in the LIBERO simulator, which is not installed: {INSTALL_HINT}; or pass --pretrain.eval-episodes 0")
     dataset = _load(data, cfg.env)
     chunks = chunk_data(dataset, cfg.policy.chunk_size)
     if cfg.env.image and chunks.image is None:
