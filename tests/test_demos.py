@@ -166,3 +166,16 @@ def test_collect_with_images_round_trip(tmp_path):
     ds = load_demos(collect_demos(cfg, tmp_path / "img") and tmp_path / "img")
     assert ds.image is not None and ds.image.shape == (ds.num_frames, 32, 32, 3) and ds.image.dtype == np.uint8
     assert ds.meta["features"]["observation.image"] == {"shape": [32, 32, 3], "dtype": "uint8"}
+
+
+def test_two_cameras_round_trip(tmp_path, collected):
+    """A second camera (LIBERO's wrist view, as read from a LeRobotDataset) is saved and loaded with
+    its frames, and checked like the first."""
+    _, ds = collected
+    rng = np.random.default_rng(0)
+    image, wrist = (rng.integers(0, 256, (ds.num_frames, 16, 16, 3), dtype=np.uint8) for _ in range(2))
+    loaded = load_demos(save_demos(copy_dataset(ds, image=image, wrist_image=wrist), tmp_path / "two"))
+    assert np.array_equal(loaded.image, image) and np.array_equal(loaded.wrist_image, wrist)
+    assert loaded.meta["features"]["observation.wrist_image"] == {"shape": [16, 16, 3], "dtype": "uint8"}
+    with pytest.raises(InputError, match="observation.wrist_image has 1 rows"):
+        save_demos(copy_dataset(ds, wrist_image=wrist[:1]), tmp_path / "never")

@@ -19,6 +19,7 @@ from policytrim.envs.libero import (  # noqa: E402
     OPENPI_MAX_STEPS,
     SPLIT_RANGES,
     SUITES,
+    _suite,
     init_state_number,
     resolve_libero_tasks,
     suite_tasks,
@@ -50,6 +51,8 @@ def test_each_suite_lists_its_tasks_and_instructions(suite, count):
     cfg = _cfg(tasks=(suite,))
     assert cfg.tasks == tuple(t.address for t in tasks)  # a suite name expands to its tasks, in order
     assert cfg.horizon == OPENPI_MAX_STEPS[suite]
+    bench = _suite(suite)  # policytrim's table (no simulator needed) is the installed benchmark's
+    assert [(t.name, t.instruction) for t in tasks] == [(bench.get_task(i).name, bench.get_task(i).language) for i in range(bench.n_tasks)]
 
 
 def test_task_names_presets_and_bad_names():
@@ -130,6 +133,35 @@ def test_random_policy_rollout_through_the_engine():
     assert tuple(traj.obs["state"].shape) == (6, 8)
     assert tuple(traj.obs["image"].shape) == (6, size, size, 3) and tuple(traj.obs["wrist_image"].shape) == (6, size, size, 3)
     assert traj.obs["image"].dtype == torch.uint8
+
+
+@pytest.mark.slow
+def test_two_env_workers_give_the_same_rollouts_as_one():
+    """The engine with 2 env worker processes on LIBERO gives the trajectories 1 worker gives (same
+    addressed states, same seeds, a deterministic policy), chunk for chunk."""
+    cfg = _cfg(libero_max_steps="env", horizon=10)
+    instruction = suite_tasks("libero_object")[0].instruction
+    torch.manual_seed(0)
+    policy = TinyVLA.from_config(PolicyConfig(chunk_size=5, default_window=5, hidden_dim=32, num_layers=1), 8, 7, [instruction])
+    starts = initial_states(OBJECT, cfg.val_seed, 2)
+    windows = torch.tensor([[5, 3], [2, 5]])
+    runs = []
+    for workers in (1, 2):
+        with RolloutEngine(cfg, num_workers=workers) as engine:
+            runs.append(engine.run(policy, starts, 2, windows, "deterministic", seed=0))
+
+    def chunks(t):  # workers answer in any order: compare chunks ordered by (trajectory, position)
+        order = torch.as_tensor(np.lexsort((t.chunk_pos.numpy(), t.chunk_traj.numpy())))
+        return t.chunk_traj[order], t.chunk_pos[order], t.chunk_rows[order], t.obs["state"][order]
+
+    one, two = runs
+    assert one.calls.tolist() == [2, 4, 5, 2] and one.steps.tolist() == [10] * 4  # ceil(10 / k), no success in 10 steps
+    assert one.dropped_groups == two.dropped_groups == 0
+    for key in ("success", "steps", "calls", "window", "index", "group"):
+        assert torch.equal(getattr(one, key), getattr(two, key)), key
+    for a, b in zip(chunks(one), chunks(two)):
+        assert torch.equal(a, b)
+    assert not torch.equal(chunks(one)[3][0], chunks(one)[3][1])  # the robot moved between chunks
 
 
 @pytest.mark.slow

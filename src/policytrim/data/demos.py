@@ -13,6 +13,7 @@ Format ``policytrim-demos`` version 1 (LeRobot-style key names; no pickle anywhe
                             "created_by": "policytrim <version>"}
       frames.safetensors   observation.state [S, D] f32, action [S, A] f32, episode_index [S] i64,
                            frame_index [S] i64, task_index [S] i64 (+ observation.image [S, h, w, 3] u8)
+                           (+ observation.wrist_image [S, h, w, 3] u8, from a LIBERO LeRobotDataset)
       episodes.safetensors length [E] i64, success [E] u8, task_index [E] i64, seed [E] i64,
                            index [E] i64, start [E] i64 (first frame of the episode)
 
@@ -57,7 +58,7 @@ VERSION = 1
 META_FILE, FRAMES_FILE, EPISODES_FILE = "meta.json", "frames.safetensors", "episodes.safetensors"
 
 # Key names (LeRobot style), kept in one place.
-STATE, ACTION, IMAGE = "observation.state", "action", "observation.image"
+STATE, ACTION, IMAGE, WRIST_IMAGE = "observation.state", "action", "observation.image", "observation.wrist_image"
 EPISODE_INDEX, FRAME_INDEX, TASK_INDEX = "episode_index", "frame_index", "task_index"
 EP_KEYS = ("length", "success", "task_index", "seed", "index", "start")
 
@@ -96,6 +97,8 @@ class DemoDataset:
     meta: dict[str, Any] = field(default_factory=dict)
     image: np.ndarray | None = None
     """uint8 [S, h, w, 3] or None: observation.image."""
+    wrist_image: np.ndarray | None = None
+    """uint8 [S, h, w, 3] or None: a wrist camera (LIBERO datasets), observation.wrist_image."""
 
     @property
     def num_frames(self) -> int:
@@ -108,6 +111,10 @@ class DemoDataset:
     def episode(self, e: int) -> slice:
         """Frame slice of episode e."""
         return slice(int(self.start[e]), int(self.start[e] + self.length[e]))
+
+    def cameras(self) -> list[tuple[str, np.ndarray]]:
+        """(key, uint8 [S, h, w, 3]) of each camera image the dataset holds."""
+        return [(k, v) for k, v in ((IMAGE, self.image), (WRIST_IMAGE, self.wrist_image)) if v is not None]
 
     def initial_state(self, e: int) -> InitialState:
         return InitialState(self.tasks[int(self.episode_task_index[e])], int(self.seed[e]), int(self.index[e]))
@@ -147,10 +154,10 @@ def _validate(ds: DemoDataset) -> None:
     _check_array("success", ds.success, "bool", 1, E)
     for name, attr in (("task_index", "episode_task_index"), ("seed", "seed"), ("index", "index"), ("start", "start")):
         _check_array(f"episodes.{name}", getattr(ds, attr), "int64", 1, E)
-    if ds.image is not None:
-        _check_array(IMAGE, ds.image, "uint8", 4, S)
-        if ds.image.shape[3] != 3:
-            raise _bad(f"{IMAGE} must be [S, h, w, 3], got {ds.image.shape}")
+    for name, image in ds.cameras():
+        _check_array(name, image, "uint8", 4, S)
+        if image.shape[3] != 3:
+            raise _bad(f"{name} must be [S, h, w, 3], got {image.shape}")
     if not np.isfinite(ds.state).all():
         raise _bad(f"{STATE} contains NaN or infinite values")
     if not np.isfinite(ds.action).all():
@@ -182,8 +189,8 @@ def _meta(ds: DemoDataset) -> dict[str, Any]:
         STATE: {"shape": list(ds.state.shape[1:]), "dtype": "float32"},
         ACTION: {"shape": list(ds.action.shape[1:]), "dtype": "float32"},
     }
-    if ds.image is not None:
-        features[IMAGE] = {"shape": list(ds.image.shape[1:]), "dtype": "uint8"}
+    for name, image in ds.cameras():
+        features[name] = {"shape": list(image.shape[1:]), "dtype": "uint8"}
     meta = dict(ds.meta)
     meta.update(
         format=FORMAT,
@@ -211,8 +218,7 @@ def save_demos(ds: DemoDataset, path: str | Path, overwrite: bool = False) -> Pa
     tmp.mkdir()
     try:
         frames = {STATE: ds.state, ACTION: ds.action, EPISODE_INDEX: ds.episode_index, FRAME_INDEX: ds.frame_index, TASK_INDEX: ds.task_index}
-        if ds.image is not None:
-            frames[IMAGE] = ds.image
+        frames.update(ds.cameras())
         save_file({k: np.ascontiguousarray(v) for k, v in frames.items()}, str(tmp / FRAMES_FILE))
         episodes = {
             "length": ds.length,
@@ -290,10 +296,11 @@ def load_demos(path: str | Path) -> DemoDataset:
         instructions=instructions,
         meta=meta,
         image=frames.get(IMAGE),
+        wrist_image=frames.get(WRIST_IMAGE),
     )
     ds.validate()
     features = meta.get("features", {})
-    for key, arr in ((STATE, ds.state), (ACTION, ds.action), (IMAGE, ds.image)):
+    for key, arr in ((STATE, ds.state), (ACTION, ds.action), (IMAGE, ds.image), (WRIST_IMAGE, ds.wrist_image)):
         spec = features.get(key)
         if arr is None:
             if spec is not None:

@@ -6,12 +6,39 @@
 ``policytrim pretrain --data DIR`` reads any local LeRobotDataset (ours or a user's teleoperation
 data) into a `policytrim.data.demos.DemoDataset`, so every policy (TinyVLA too) trains on it.
 
-Key mapping: ``observation.state`` -> state, ``action`` -> action, the (first)
-``observation.images.*`` or ``observation.image`` feature -> image (uint8 [h, w, 3]), ``task`` (the
-language instruction) -> instruction. Meta-World task names are recovered from their instructions
-where they match; otherwise the instruction itself names the task. ``next.success`` (written by
-collect) marks successful episodes; datasets without it count every episode as a success.
-Initial-state addresses (seed, index) are not part of LeRobot's format and read back as -1.
+Key mapping (`feature_layout`; the first name present wins): state <- ``observation.state`` or
+``state``; action <- ``action`` or ``actions``; ``task`` (the language instruction) -> instruction.
+Meta-World task names are recovered from their instructions where they match; otherwise the
+instruction itself names the task. ``next.success`` (written by collect) marks successful
+episodes; datasets without it count every episode as a success. Initial-state addresses (seed,
+index) are not part of LeRobot's format and read back as -1.
+
+- Generic (env.suite metaworld / gym, or no env given): image <- the first ``observation.images.*``
+  or ``observation.image`` camera feature (uint8 [h, w, 3] after decoding).
+- env.suite=libero: the public LIBERO LeRobot datasets, as `policytrim.envs.libero.LiberoEnv` emits
+  them: state float32 [8] (end-effector position, axis-angle, 2 gripper joints), actions float32
+  [7], agent-view and wrist cameras at 256 x 256, fps 10 in their metadata (frames are read, not
+  timestamps), the instruction strings LIBERO's task language. Names: openpi's
+  ``physical-intelligence/libero`` (v2.0, from openpi's ``convert_libero_data_to_lerobot.py``)
+  top-level ``image`` + ``wrist_image``, ``state``, ``actions``; ``lerobot/libero_*_image``
+  ``observation.images.image`` + ``observation.images.wrist_image``; LeRobot's LIBERO env naming
+  (``LiberoEnv.features_map`` in LeRobot 0.6.1: agentview -> ``observation.images.image``,
+  eye-in-hand -> ``observation.images.image2``), which its LIBERO processor matches to
+  ``HuggingFaceVLA/libero``. Agent view -> image, wrist -> wrist_image; with env.image the
+  dataset's image size must equal ``env.image_size`` (a policy is built for one size). An
+  instruction equal to one of ``env.tasks``' instructions is named by that task's address.
+
+  Image orientation: all three store images already rotated by 180 degrees (upright), the same
+  ``[::-1, ::-1]`` our adapter applies to the raw renders. Sources: OpenVLA's
+  ``regenerate_libero_dataset.py`` ("in the LIBERO HDF5 data -> RLDS data conversion ... we rotate
+  the images by 180 degrees"), the RLDS data openpi converts; openpi ``examples/libero/main.py``
+  rotates the env's images the same way before inference ("rotate 180 degrees to match train
+  preprocessing"); LeRobot 0.6.1 ``processor/env_processor.py`` ``LiberoProcessorStep`` flips H and
+  W of the env's images, "the HuggingFaceVLA/libero camera orientation convention". So dataset
+  frames are used as stored. Datasets in LeRobot's older v2.x format (openpi's is v2.0) must first
+  be converted to v3.0 with LeRobot's own converter (``lerobot.datasets.v30``); LeRobot refuses to
+  read them otherwise and the error names it. Every frame is decoded into memory: a whole public
+  suite at 256 px (tens of GB) needs a machine with that much memory.
 
 Requires the ``lerobot`` extra (Python >= 3.12).
 """
@@ -21,16 +48,25 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from policytrim.data.demos import DemoDataset
 from policytrim.errors import InputError
 
+if TYPE_CHECKING:
+    from policytrim.config import EnvConfig
+
 STATE, ACTION, SUCCESS, TASK = "observation.state", "action", "next.success", "task"
 IMAGE_PREFIX = "observation.images."
+STATE_KEYS = (STATE, "state")  # LeRobot's name | openpi's physical-intelligence/libero
+ACTION_KEYS = (ACTION, "actions")
+LIBERO_AGENT_VIEW_KEYS = (IMAGE_PREFIX + "image", "image")
+LIBERO_WRIST_KEYS = (IMAGE_PREFIX + "image2", IMAGE_PREFIX + "wrist_image", "wrist_image")
+BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 INFO = Path("meta") / "info.json"
 
 
@@ -89,13 +125,78 @@ def save_lerobot_dataset(ds: DemoDataset, out: str | Path, overwrite: bool = Fal
     return out
 
 
-def load_lerobot_dataset(path: str | Path) -> DemoDataset:
-    """Read a local LeRobotDataset into a validated `DemoDataset` (module docstring)."""
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Which LeRobot features of a dataset hold our observation entries (None: not read)."""
+
+    state: str
+    action: str
+    image: str | None
+    wrist_image: str | None
+
+
+def _first(features: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if k in features), None)
+
+
+def _is_camera(feature: dict[str, Any]) -> bool:
+    return feature.get("dtype") in ("image", "video")
+
+
+def _describe(features: dict[str, Any]) -> str:
+    """The dataset's own features in one line (LeRobot's bookkeeping columns left out)."""
+    return ", ".join(f"{k} {v.get('dtype')} {list(v.get('shape') or [])}" for k, v in features.items() if k not in BOOKKEEPING) or "none"
+
+
+def feature_layout(features: dict[str, Any], env: EnvConfig | None, path: str | Path) -> FeatureLayout:
+    """Map a dataset's ``features`` (LeRobot's ``meta.features``) to our entries for ``env``
+    (module docstring); InputError naming what was found and what is accepted when they do not fit."""
+    state, action = _first(features, STATE_KEYS), _first(features, ACTION_KEYS)
+    if env is None or env.suite != "libero":
+        if state is None or action is None:
+            raise InputError(f"LeRobotDataset {str(path)!r} lacks {' or '.join(STATE_KEYS)} and/or {' or '.join(ACTION_KEYS)}; found {_describe(features)}")
+        cameras = [k for k in features if (k.startswith(IMAGE_PREFIX) or k == "observation.image") and _is_camera(features[k])]
+        return FeatureLayout(state, action, cameras[0] if cameras else None, None)
+    from policytrim.envs.libero import ACTION_DIM, STATE_DIM
+
+    image, wrist = _first(features, LIBERO_AGENT_VIEW_KEYS), _first(features, LIBERO_WRIST_KEYS)
+    missing = []
+    if state is None or tuple(features[state]["shape"]) != (STATE_DIM,):
+        missing.append(f"a state {' | '.join(STATE_KEYS)} [{STATE_DIM}]")
+    if action is None or tuple(features[action]["shape"]) != (ACTION_DIM,):
+        missing.append(f"actions {' | '.join(ACTION_KEYS)} [{ACTION_DIM}]")
+    if env.image:
+        size = [env.image_size, env.image_size, 3]
+        for what, key, keys in (("an agent-view", image, LIBERO_AGENT_VIEW_KEYS), ("a wrist", wrist, LIBERO_WRIST_KEYS)):
+            if key is None or not _is_camera(features[key]) or list(features[key]["shape"]) != size:
+                missing.append(f"{what} camera {' | '.join(keys)} image or video {size} (env.image_size {env.image_size})")
+    if missing:
+        raise InputError(f"LeRobotDataset {str(path)!r} does not fit env.suite=libero: it needs {'; '.join(missing)}; found {_describe(features)}")
+    assert state is not None and action is not None  # checked above
+    return FeatureLayout(state, action, image if env.image else None, wrist if env.image else None)
+
+
+def _decoded_images(dataset: Any, keys: list[str]) -> list[np.ndarray]:
+    """uint8 [S, h, w, 3] per camera feature in ``keys``, in one pass over the frames. LeRobot
+    decodes them to float [3, h, w] in [0, 1]; PNG (lossless) sources round-trip exactly."""
+    import torch
+
+    if not keys:
+        return []
+    frames: dict[str, list[Any]] = {k: [] for k in keys}
+    for i in range(len(dataset)):
+        item = dataset[i]
+        for k in keys:
+            frames[k].append(item[k])
+    return [(torch.stack(frames[k]).clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy() for k in keys]
+
+
+def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> DemoDataset:
+    """Read a local LeRobotDataset into a validated `DemoDataset`, its features mapped for ``env``
+    (`feature_layout`; None: the generic mapping). Module docstring: which names are read."""
     _require_lerobot()
     import torch
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    from policytrim.envs.tasks import INSTRUCTIONS
 
     path = Path(path)
     if not is_lerobot_dataset(path):
@@ -105,17 +206,12 @@ def load_lerobot_dataset(path: str | Path) -> DemoDataset:
     except Exception as exc:  # noqa: BLE001 - LeRobot raises several types for a malformed dataset
         raise InputError(f"{str(path)!r} is not a readable LeRobotDataset ({type(exc).__name__}: {exc})") from None
     features = dataset.meta.features
-    missing = [k for k in (STATE, ACTION) if k not in features]
-    if missing:
-        raise InputError(f"LeRobotDataset {str(path)!r} lacks {', '.join(missing)}; policytrim trains on observation.state and action")
-    image_keys = [k for k in features if (k.startswith(IMAGE_PREFIX) or k == "observation.image") and features[k]["dtype"] in ("image", "video")]
+    layout = feature_layout(features, env, path)
     hf = dataset.hf_dataset
-    columns = [STATE, ACTION, "episode_index", "frame_index", "task_index"] + ([SUCCESS] if SUCCESS in features else [])
+    columns = [layout.state, layout.action, "episode_index", "frame_index", "task_index"] + ([SUCCESS] if SUCCESS in features else [])
     table = {k: torch.stack([torch.as_tensor(v) for v in hf[k]]).numpy() for k in columns}
-    image = None
-    if image_keys:  # decoded by LeRobot to float [C, h, w] in [0, 1]; PNG/lossless sources round-trip exactly
-        frames = [dataset[i][image_keys[0]] for i in range(len(dataset))]
-        image = (torch.stack(frames).clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    cameras = [k for k in (layout.image, layout.wrist_image) if k is not None]
+    decoded = dict(zip(cameras, _decoded_images(dataset, cameras)))
 
     episode = table["episode_index"].reshape(-1).astype(np.int64)
     order = np.lexsort((table["frame_index"].reshape(-1), episode))
@@ -127,8 +223,7 @@ def load_lerobot_dataset(path: str | Path) -> DemoDataset:
     used = sorted(set(task_index.tolist()))
     remap = {old: new for new, old in enumerate(used)}
     instructions = [by_index[i] for i in used]
-    by_instruction = {v: k for k, v in INSTRUCTIONS.items()}
-    tasks = [by_instruction.get(s, s) for s in instructions]
+    tasks = [_task_names(env).get(s, s) for s in instructions]
     ep_task = np.array([remap[int(t)] for t in task_index[start]], np.int64)
     if SUCCESS in table:
         flags = table[SUCCESS].reshape(-1).astype(bool)[order]
@@ -137,8 +232,8 @@ def load_lerobot_dataset(path: str | Path) -> DemoDataset:
         success = np.ones(len(ids), bool)
     new_episode = np.repeat(np.arange(len(ids)), length).astype(np.int64)
     ds = DemoDataset(
-        state=table[STATE].astype(np.float32)[order].reshape(len(order), -1),
-        action=table[ACTION].astype(np.float32)[order].reshape(len(order), -1),
+        state=table[layout.state].astype(np.float32)[order].reshape(len(order), -1),
+        action=table[layout.action].astype(np.float32)[order].reshape(len(order), -1),
         episode_index=new_episode,
         frame_index=(np.arange(len(order)) - np.repeat(start, length)).astype(np.int64),
         task_index=np.repeat(ep_task, length),
@@ -150,8 +245,24 @@ def load_lerobot_dataset(path: str | Path) -> DemoDataset:
         start=start.astype(np.int64),
         tasks=tasks,
         instructions=instructions,
-        meta={"format": "lerobot", "source": str(path), "fps": dataset.meta.fps, "control_period_s": 1.0 / dataset.meta.fps, "image_key": image_keys[0] if image_keys else None},
-        image=image[order] if image is not None else None,
+        meta={
+            "format": "lerobot", "source": str(path), "fps": dataset.meta.fps, "control_period_s": 1.0 / dataset.meta.fps,
+            "image_key": layout.image, "wrist_image_key": layout.wrist_image,
+        },
+        image=decoded[layout.image][order] if layout.image else None,
+        wrist_image=decoded[layout.wrist_image][order] if layout.wrist_image else None,
     )
     ds.validate()
     return ds
+
+
+def _task_names(env: EnvConfig | None) -> dict[str, str]:
+    """instruction -> our task name: the LIBERO address among ``env.tasks`` for suite=libero, the
+    Meta-World task otherwise (an instruction without a match names its task itself)."""
+    if env is not None and env.suite == "libero":
+        from policytrim.envs.libero import task_info
+
+        return {task_info(t).instruction: t for t in env.tasks}
+    from policytrim.envs.tasks import INSTRUCTIONS
+
+    return {v: k for k, v in INSTRUCTIONS.items()}

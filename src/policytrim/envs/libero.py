@@ -51,6 +51,11 @@ test index past its split is an error rather than a silent repeat. ``env.libero_
 makes the test split all 50 init states in order, the published protocol, to compare a checkpoint
 that was *not* trained here with published numbers (it overlaps the train and validation states).
 
+Task lists and instructions come from a table of the benchmark's task names
+(`policytrim.envs.libero_tasks`), so that configuring a LIBERO run and behaviour cloning on a
+LIBERO dataset (`policytrim.data.lerobot_dataset`) work without the simulator installed; only
+making an env needs it.
+
 Rendering: headless through EGL (``MUJOCO_GL=egl``, ``PYOPENGL_PLATFORM=egl``, set unless already
 set or a display exists); OSMesa also works where ``libosmesa6`` is installed.
 """
@@ -68,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from policytrim.envs.base import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, InitialState, ObsSpec, close_quietly
+from policytrim.envs.libero_tasks import SUITE_TASKS
 from policytrim.errors import InputError
 
 if TYPE_CHECKING:
@@ -105,6 +111,16 @@ def _configure_rendering() -> None:
         os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
+def simulator_installed() -> bool:
+    """Whether the LIBERO simulator package is importable (found, not imported)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("libero.libero.benchmark") is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _benchmark_module() -> Any:
     _configure_rendering()
     try:
@@ -138,11 +154,11 @@ def _suite(suite: str) -> Any:
 
 @functools.lru_cache(maxsize=None)
 def suite_tasks(suite: str) -> tuple[LiberoTask, ...]:
-    """The tasks of a suite in the benchmark's order."""
+    """The tasks of a suite in the benchmark's order, from `policytrim.envs.libero_tasks` (no
+    simulator needed; tests/test_libero.py checks the table against the installed package)."""
     if suite not in SUITES:
         raise InputError(f"unknown LIBERO suite {suite!r}; suites: {', '.join(SUITES)}")
-    s = _suite(suite)
-    return tuple(LiberoTask(suite, i, s.get_task(i).name, s.get_task(i).language) for i in range(s.n_tasks))
+    return tuple(LiberoTask(suite, i, name, instruction) for i, (name, instruction) in enumerate(SUITE_TASKS[suite]))
 
 
 def task_info(address: str) -> LiberoTask:
@@ -250,6 +266,8 @@ class LiberoEnv:
         from libero.libero.envs.env_wrapper import ControlEnv
 
         spec = suite.get_task(info.index)
+        if spec.name != info.name:
+            raise InputError(f"the installed LIBERO package has {spec.name!r} at {info.suite} task {info.index}, policytrim's table {info.name!r}; {INSTALL_HINT}")
         bddl = Path(get_libero_path("bddl_files")) / spec.problem_folder / spec.bddl_file
         size = int(env_cfg.image_size)
         self._env = ControlEnv(

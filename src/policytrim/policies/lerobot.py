@@ -8,7 +8,9 @@ imported lazily, only here (extra ``policytrim[lerobot]``, Python >= 3.12).
 Observations. Our env observation ``{"state": [B, D] float, "image": [B, h, w, 3] uint8}`` and the
 instructions become LeRobot's batch ``{"observation.state": [B, D], "observation.images.<cam>":
 [B, 3, h, w] float in [0, 1], "task": [str]}`` (``<cam>``: the policy's one camera feature), which
-LeRobot's preprocessor then normalises and tokenises.
+LeRobot's preprocessor then normalises and tokenises. A two-camera policy (LIBERO) gets
+``"wrist_image"`` as its wrist camera (``observation.images.image2`` or ``.wrist_image``, LIBERO's
+names in LeRobot) and ``"image"`` as the other (`camera_sources`).
 
 How each family samples and scores a chunk (H = the LeRobot chunk size; log-probs are per chunk
 row [B, H], summed over the real action dims, in the model's normalised action space: the
@@ -82,6 +84,8 @@ SIDECAR = "policytrim.json"
 EXTRA_WEIGHTS = "policytrim_extra.safetensors"
 VLM_DIR = "vlm"
 LEROBOT_CONFIG = "config.json"
+CAMERA_PREFIX = "observation.images."
+WRIST_CAMERAS = ("image2", "wrist_image")  # LIBERO's wrist camera in LeRobot's env naming | the lerobot/libero_* datasets'
 HUB_PREFIX = "lerobot:"  # load_policy("lerobot:lerobot/smolvla_base"): a hub id through LeRobot's from_pretrained
 
 # LeRobot's batch keys (lerobot.utils.constants), kept here so the mapping reads in one place.
@@ -250,15 +254,13 @@ class LeRobotChunkPolicy(nn.Module):
         if len(instructions) != state.shape[0]:
             raise ValueError(f"got {len(instructions)} instructions for a batch of {state.shape[0]} observations")
         batch: dict[str, Any] = {OBS_STATE: state.float(), TASK: [str(s) for s in instructions]}
-        if self.image_keys:
-            if len(self.image_keys) > 1:
-                raise InputError(f"this LeRobot policy expects {len(self.image_keys)} cameras ({', '.join(self.image_keys)}); the env gives one image")
-            if "image" not in obs:
-                raise InputError(f"this LeRobot policy needs a camera image ({self.image_keys[0]}); run the env with image=True")
-            image = torch.as_tensor(obs["image"])
+        for key, source in camera_sources(self.image_keys):
+            if source not in obs:
+                raise InputError(f"this LeRobot policy needs a camera image obs[{source!r}] for its camera {key}; run the env with image=True")
+            image = torch.as_tensor(obs[source])
             if image.dim() != 4 or image.shape[-1] != 3:
-                raise InputError(f"obs['image'] must be uint8 [B, h, w, 3], got {tuple(image.shape)}")
-            batch[self.image_keys[0]] = image.permute(0, 3, 1, 2).float() / 255.0
+                raise InputError(f"obs[{source!r}] must be uint8 [B, h, w, 3], got {tuple(image.shape)}")
+            batch[key] = image.permute(0, 3, 1, 2).float() / 255.0
         if actions is not None:
             batch[ACTION] = torch.as_tensor(actions).float()
             batch[ACTION_IS_PAD] = ~torch.as_tensor(row_mask).bool()
@@ -625,21 +627,41 @@ def export_lerobot(policy: LeRobotChunkPolicy | str | Path, out: str | Path, ove
     return _write_checkpoint(policy, out, self_contained=True)
 
 
-def dataset_stats(state: torch.Tensor, actions: torch.Tensor, images: torch.Tensor | None, image_key: str | None, max_images: int = 2048) -> dict[str, dict[str, torch.Tensor]]:
+def camera_sources(image_keys: Sequence[str]) -> list[tuple[str, str]]:
+    """(LeRobot camera feature, our observation key) per camera of a policy: one camera reads
+    ``obs["image"]``; two read ``obs["image"]`` and ``obs["wrist_image"]`` (LIBERO), the wrist being
+    the feature with a LIBERO wrist-camera name (`WRIST_CAMERAS`)."""
+    if len(image_keys) <= 1:
+        return [(k, "image") for k in image_keys]
+    wrist = [k for k in image_keys if k.removeprefix(CAMERA_PREFIX) in WRIST_CAMERAS]
+    if len(image_keys) > 2 or len(wrist) != 1:
+        raise InputError(
+            f"this LeRobot policy has the cameras {', '.join(image_keys)}; policytrim's envs give one image, or two (LIBERO: "
+            f"image and wrist_image, the wrist camera named {CAMERA_PREFIX}{' | '.join(WRIST_CAMERAS)})"
+        )
+    return [(k, "wrist_image" if k in wrist else "image") for k in image_keys]
+
+
+def _stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    x = x.double()
+    q = torch.quantile(x[:: max(1, x.shape[0] // 100_000)], torch.tensor([0.01, 0.99], dtype=x.dtype), dim=0)
+    return {"mean": x.mean(0).float(), "std": x.std(0, unbiased=False).clamp(min=1e-6).float(), "min": x.min(0).values.float(), "max": x.max(0).values.float(), "q01": q[0].float(), "q99": q[1].float()}
+
+
+def image_stats(images: torch.Tensor, max_images: int = 2048) -> dict[str, torch.Tensor]:
+    """Per-channel statistics [3, 1, 1] in [0, 1] of uint8 images [S, h, w, 3], from an evenly
+    spaced subset of at most ``max_images`` frames."""
+    sub = images[:: max(1, images.shape[0] // max_images)].permute(0, 3, 1, 2).double() / 255.0
+    return {k: v.reshape(3, 1, 1) for k, v in _stats(sub.permute(1, 0, 2, 3).reshape(3, -1).T).items()}
+
+
+def dataset_stats(state: torch.Tensor, actions: torch.Tensor, images: torch.Tensor | None, image_key: str | None) -> dict[str, dict[str, torch.Tensor]]:
     """LeRobot-style normalisation statistics (mean, std, min, max, q01, q99) of demonstration
-    frames: state [S, D], actions [S, A], images uint8 [S, h, w, 3] (per channel in [0, 1], from
-    an evenly spaced subset of at most ``max_images`` frames)."""
-
-    def stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = x.double()
-        q = torch.quantile(x[:: max(1, x.shape[0] // 100_000)], torch.tensor([0.01, 0.99], dtype=x.dtype), dim=0)
-        return {"mean": x.mean(0).float(), "std": x.std(0, unbiased=False).clamp(min=1e-6).float(), "min": x.min(0).values.float(), "max": x.max(0).values.float(), "q01": q[0].float(), "q99": q[1].float()}
-
-    out = {OBS_STATE: stats(state), ACTION: stats(actions)}
+    frames: state [S, D], actions [S, A], and one camera's images uint8 [S, h, w, 3] under
+    ``image_key`` (`image_stats`)."""
+    out = {OBS_STATE: _stats(state), ACTION: _stats(actions)}
     if images is not None and image_key is not None:
-        sub = images[:: max(1, images.shape[0] // max_images)].permute(0, 3, 1, 2).double() / 255.0
-        per_channel = stats(sub.permute(1, 0, 2, 3).reshape(3, -1).T)
-        out[image_key] = {k: v.reshape(3, 1, 1) for k, v in per_channel.items()}
+        out[image_key] = image_stats(images)
     return out
 
 
@@ -653,10 +675,12 @@ def policy_for_bc(policy_cfg: Any, data: Any, train_rows: torch.Tensor) -> LeRob
     probe = LeRobotChunkPolicy.from_pretrained(source)
     if probe.chunk_size != policy_cfg.chunk_size:
         raise InputError(f"{source}: the LeRobot policy predicts chunks of {probe.chunk_size} actions; pass --policy.chunk-size {probe.chunk_size}")
-    image_key = probe.image_keys[0] if probe.image_keys else None
-    if image_key is not None and data.image is None:
-        raise InputError(f"{source} needs camera images ({image_key}); collect and train with --env.image true")
-    stats = dataset_stats(data.state[train_rows], data.actions[train_rows], data.image[train_rows] if image_key else None, image_key)
+    stats = dataset_stats(data.state[train_rows], data.actions[train_rows], None, None)
+    for key, field in camera_sources(probe.image_keys):
+        images = getattr(data, field)
+        if images is None:
+            raise InputError(f"{source} needs camera images ({key}: the data's {field}); collect and train with --env.image true")
+        stats[key] = image_stats(images[train_rows])
     options = LeRobotOptions(flow_noise=policy_cfg.flow_noise, train_parts=policy_cfg.train_parts, act_log_std=probe.options.act_log_std)
     policy = LeRobotChunkPolicy.from_pretrained(source, options=options, dataset_stats=stats)
     policy.default_window = int(policy_cfg.default_window)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from policytrim.config import RunConfig, to_dict
+from policytrim.config import EnvConfig, RunConfig, to_dict
 from policytrim.errors import InputError
 from policytrim.policies.chunk import TinyVLA
 from policytrim.runtime import torch_threads
@@ -50,7 +50,8 @@ class ChunkData:
 
     state [S, D] float32; actions [S, A] float32 (per frame); chunk_index [S, H] long (frame of
     each chunk row, padded with the episode's last frame); row_mask [S, H] bool; instruction [S]
-    long (index into ``instructions``); episode [S] long; image [S, h, w, 3] uint8 or None.
+    long (index into ``instructions``); episode [S] long; image and wrist_image (a second camera,
+    LIBERO) [S, h, w, 3] uint8 or None.
     """
 
     state: torch.Tensor
@@ -61,13 +62,15 @@ class ChunkData:
     episode: torch.Tensor
     instructions: list[str]
     image: torch.Tensor | None = None
+    wrist_image: torch.Tensor | None = None
 
     def batch(self, rows: torch.Tensor, as_text: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor | list[str], torch.Tensor, torch.Tensor]:
         """(obs, instruction ids, action chunks [B, H, A], row mask [B, H]) for frame ids ``rows``;
         ``as_text``: the instructions as strings (policies that tokenise them, e.g. LeRobot's)."""
         obs = {"state": self.state[rows]}
-        if self.image is not None:
-            obs["image"] = self.image[rows]
+        for key, images in (("image", self.image), ("wrist_image", self.wrist_image)):
+            if images is not None:
+                obs[key] = images[rows]
         ins = self.instruction[rows]
         if as_text:
             ins = [self.instructions[i] for i in ins.tolist()]
@@ -94,7 +97,7 @@ def chunk_data(dataset: Any, chunk_size: int) -> ChunkData:
         raise InputError("the demonstration dataset holds non-finite states or actions")
     if task.min() < 0 or task.max() >= len(instructions):
         raise InputError(f"task_index out of range for {len(instructions)} instructions")
-    image = getattr(dataset, "image", None)
+    cameras = {key: getattr(dataset, key, None) for key in ("image", "wrist_image")}
 
     order = np.lexsort((frame, episode))
     state, action, episode, frame, task = state[order], action[order], episode[order], frame[order], task[order]
@@ -107,9 +110,7 @@ def chunk_data(dataset: Any, chunk_size: int) -> ChunkData:
     offset = np.minimum(np.arange(chunk_size)[None, :], (length - 1 - frame)[:, None])
     index = np.arange(frames)[:, None] + offset
     mask = (frame[:, None] + np.arange(chunk_size)[None, :]) < length[:, None]
-    img = None
-    if image is not None:
-        img = torch.as_tensor(np.asarray(image, dtype=np.uint8)[order])
+    images = {key: None if image is None else torch.as_tensor(np.asarray(image, dtype=np.uint8)[order]) for key, image in cameras.items()}
     return ChunkData(
         state=torch.as_tensor(state),
         actions=torch.as_tensor(action),
@@ -118,7 +119,7 @@ def chunk_data(dataset: Any, chunk_size: int) -> ChunkData:
         instruction=torch.as_tensor(task),
         episode=torch.as_tensor(episode),
         instructions=instructions,
-        image=img,
+        **images,
     )
 
 
@@ -189,7 +190,9 @@ def validation_loss(policy: TinyVLA, data: ChunkData, rows: torch.Tensor, batch_
     return total / max(weight, 1.0)
 
 
-def _load(data: Any) -> Any:
+def _load(data: Any, env: EnvConfig) -> Any:
+    """A DemoDataset from ``data``: a `collect` directory, a LeRobotDataset (its features mapped for
+    ``env``, the run's `EnvConfig`), or an already-loaded dataset."""
     if not isinstance(data, (str, Path)):
         return data  # an already-loaded DemoDataset
     path = Path(data)
@@ -200,7 +203,7 @@ def _load(data: Any) -> Any:
     if is_lerobot_dataset(path):
         from policytrim.data.lerobot_dataset import load_lerobot_dataset
 
-        return load_lerobot_dataset(path)
+        return load_lerobot_dataset(path, env)
     from policytrim.data.demos import load_demos
 
     return load_demos(path)
@@ -241,8 +244,9 @@ def train_bc(policy: TinyVLA, data: ChunkData, train_rows: torch.Tensor, val_row
     for it in bar:
         b_rows = train_rows[torch.randint(0, train_rows.numel(), (p.batch_size,), generator=gen)]
         b_obs, b_ins, b_actions, b_mask = data.batch(b_rows, as_text=not isinstance(policy, TinyVLA))
-        if "image" in b_obs:
-            b_obs["image"] = random_shift(b_obs["image"], p.image_shift, gen)
+        for key in ("image", "wrist_image"):
+            if key in b_obs:
+                b_obs[key] = random_shift(b_obs[key], p.image_shift, gen)
         loss = policy.bc_loss(b_obs, b_ins, b_actions, b_mask, generator=gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -273,12 +277,19 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
         raise InputError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
     if cfg.policy.kind == "expert":
         raise InputError("pretrain trains a learned policy; policy.kind='expert' has nothing to learn")
-    dataset = _load(data)
+    if cfg.env.suite == "libero" and cfg.pretrain.eval_episodes > 0:
+        from policytrim.envs.libero import INSTALL_HINT, simulator_installed
+
+        if not simulator_installed():  # the baseline evaluation would fail after training
+            raise InputError(f"pretrain.eval_episodes={cfg.pretrain.eval_episodes} evaluates the baseline in the LIBERO simulator, which is not installed: {INSTALL_HINT}; or pass --pretrain.eval-episodes 0")
+    dataset = _load(data, cfg.env)
     chunks = chunk_data(dataset, cfg.policy.chunk_size)
     if cfg.env.image and chunks.image is None:
         raise InputError("env.image=true but the demonstrations hold no images; collect them with --env.image true")
     if not cfg.env.image:
-        chunks.image = None  # a state-only policy, even when the data has images
+        chunks.image = chunks.wrist_image = None  # a state-only policy, even when the data has images
+    if cfg.policy.kind != "lerobot":
+        chunks.wrist_image = None  # TinyVLA reads one camera, the agent view
     train_rows, val_rows = split_episodes(chunks.episode, chunks.instruction, cfg.pretrain.val_fraction, cfg.seed)
     if train_rows.numel() == 0:
         raise InputError("no training frames left after holding out validation episodes; lower pretrain.val_fraction")
