@@ -135,3 +135,28 @@ def test_trim_runs_on_an_exact_k_autoregressive_decoder(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stages"] == ["trim"] and summary["window"] == 2
     assert "trim: best at epoch" in capsys.readouterr().out
+
+
+def test_window_choice_against_the_policy_or_the_baseline(monkeypatch):
+    """The same validations (a fake `validate`: SR 0.97 / 0.955 / 0.91 at k = 4 / 6 / 8) give k = 6
+    against the policy's own SR at k_1 and the longest window against a baseline of 0.92; the
+    baseline rule validates from the longest window down and stops at the first that holds."""
+    import policytrim.train.stages as stages
+
+    cfg = tiny_config()  # windows 4 6 8, tolerance 2 points
+    sr = {4: 0.97, 6: 0.955, 8: 0.91}
+    calls = []
+
+    def fake_validate(policy, cfg, window, engine, episodes):
+        calls.append(window)
+        return {"success_rate": sr[window], "mean_steps": 50.0, "calls_per_success": 10.0, "success_by_state": {}}
+
+    monkeypatch.setattr(stages, "validate", fake_validate)
+    own = stages.choose_window(None, cfg, (4, 6, 8), engine=None)
+    assert own["window"] == 6 and own["reference"] == "policy" and sorted(calls) == [4, 6, 8]  # 0.955 >= 0.97 - 0.02 > 0.91
+    calls.clear()
+    known = {8: {"success_rate": 0.91, "mean_steps": 50.0, "calls_per_success": 8.0, "success_by_state": {}}}
+    vs_baseline = stages.choose_window(None, cfg, (4, 6, 8), engine=None, known=known, baseline={"success_rate": 0.92})
+    assert vs_baseline["window"] == 8 and calls == [] and list(vs_baseline["per_window"]) == ["8"]  # 0.91 >= 0.90: nothing to measure
+    strict = stages.choose_window(None, cfg, (4, 6, 8), engine=None, known=known, baseline={"success_rate": 0.99})
+    assert strict["window"] == 4 and calls == [6, 4]  # none holds down to k_1: the shortest window

@@ -96,6 +96,7 @@ def test_stopping_rules_stop_and_resume_and_validations_are_reused(tiny_baseline
     window instead of measuring it again."""
     cfg = small_run_config(tmp_path / "run", epochs=6)
     cfg.stage1.stop_when_reliable, cfg.stage1.tolerance_points, cfg.stage1.min_epochs = True, 100.0, 2
+    cfg.stage1.window_reference = "baseline"
     cfg.stage2.patience = 1
     summary = train(cfg, "both", str(tiny_baseline))
     run = tmp_path / "run"
@@ -111,7 +112,11 @@ def test_stopping_rules_stop_and_resume_and_validations_are_reused(tiny_baseline
         assert trim["stop_reason"] is None
     assert [r["epoch"] for r in records if r["stage"] == "extend"] == [0, 1, 2]
     assert records[2]["stopped"] == extend["stop_reason"] and "success_rate_k4" in records[1] and "val_s" in records[1]
+    # against the entering policy's SR at k_1 (tolerance 100 points): the longest window holds, and
+    # the best checkpoint's validation there is all the choice needs
     window = extend["window_choice"]["window"]
+    assert window == cfg.stage1_windows[-1] and list(extend["window_choice"]["per_window"]) == [str(window)]
+    assert extend["window_choice"]["reference"] == "baseline"
     chosen = extend["window_choice"]["per_window"][str(window)]
     start = {k: v for k, v in trim["start"].items() if k != "epoch"}
     assert start == chosen  # reused, not measured again

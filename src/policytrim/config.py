@@ -320,10 +320,17 @@ class Stage1Config(GRPOConfig):
     tolerance_points of the SR the policy entering the stage had at the shortest window: long chunks
     are then as reliable as the baseline's short ones, which is what Stage 1 is for. Costs one more
     validation (at the shortest window) when the stage starts."""
+    window_reference: Literal["policy", "baseline"] = "policy"
+    """What the window choice holds each window's validation SR against (within tolerance_points):
+    policy: the trained policy's own SR at the shortest window (every window is validated);
+    baseline: the SR the policy entering the stage had at the shortest window (measured once when
+    the stage starts), so a Stage 1 that also improved short windows does not count against long
+    ones; windows are validated from the longest down and the first that holds is chosen."""
 
     def __post_init__(self) -> None:
         self._validate("stage1")
         _require(isinstance(self.stop_when_reliable, bool), f"stage1.stop_when_reliable must be true or false, got {self.stop_when_reliable!r}")
+        _require(self.window_reference in ("policy", "baseline"), f"stage1.window_reference must be policy or baseline, got {self.window_reference!r}")
         ws = tuple(self.windows)
         _require(len(ws) <= L.MAX_CHUNK_SIZE, f"stage1.windows: at most {L.MAX_CHUNK_SIZE} windows, got {len(ws)}")
         _require(all(isinstance(w, int) and w >= 1 for w in ws), f"stage1.windows must be positive integers, got {ws}")

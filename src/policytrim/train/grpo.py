@@ -314,7 +314,7 @@ def run_stage(
 
     policy.load_state_dict(load_policy(stage_dir / "best" / "policy").state_dict())
     policy.eval()
-    outcome = stage.conclude(policy, engine, scfg.epochs, state["best"], state["start_eval"])
+    outcome = stage.conclude(policy, engine, scfg.epochs, state["best"], state["start_eval"], state["reference"])
     outcome = dataclasses.replace(outcome, epochs_run=epochs_run, stop_reason=state["stopped"])
     distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))  # the best policy, carrying the stage's decision
     return outcome

@@ -112,19 +112,36 @@ def without_outcomes(metrics: Metrics) -> Metrics:
     return {k: v for k, v in metrics.items() if k != "success_by_state"}
 
 
-def choose_window(policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...], engine: RolloutEngine, known: dict[int, Metrics] | None = None) -> Metrics:
-    """Stage 1's decision: the longest window whose validation SR is within the tolerance of the
-    shortest window's (same states, same random numbers for every window). ``known``: validations
-    of this same policy already made (window -> `validate` result), not repeated. The result's
-    ``validations`` holds every window's full `validate` result (for Stage 2's start)."""
+def choose_window(
+    policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...], engine: RolloutEngine, known: dict[int, Metrics] | None = None, baseline: Metrics | None = None
+) -> Metrics:
+    """Stage 1's decision: the longest window whose validation SR is within the tolerance of a
+    reference SR (same states, same random numbers for every window): the policy's own SR at the
+    shortest window, or, given ``baseline`` (``stage1.window_reference=baseline``), the entering
+    policy's SR there, and windows are validated from the longest down only until one holds (the
+    shortest is the fallback). ``known``: validations of this same policy already made (window ->
+    `validate` result), not repeated. The result's ``validations`` holds the full `validate` result
+    of every window measured (for Stage 2's start)."""
     episodes = cfg.stage1.val_episodes
-    known = known or {}
-    per_window = {w: known[w] if w in known else validate(policy, cfg, w, engine, episodes) for w in windows}
-    reference = per_window[windows[0]]["success_rate"]
+    per_window = dict(known or {})
+
+    def measured(w: int) -> Metrics:
+        if w not in per_window:
+            per_window[w] = validate(policy, cfg, w, engine, episodes)
+        return per_window[w]
+
+    if baseline is None:  # every window's evidence, as the reference is one of them
+        for w in windows:
+            measured(w)
+    reference = baseline["success_rate"] if baseline is not None else measured(windows[0])["success_rate"]
     tolerance = cfg.stage1.tolerance_points / 100.0
-    chosen = max(w for w in windows if per_window[w]["success_rate"] >= reference - tolerance - 1e-12)
-    evidence = {str(w): without_outcomes(m) for w, m in per_window.items()}
-    return {"window": chosen, "tolerance_points": cfg.stage1.tolerance_points, "episodes_per_task": episodes, "split": "val", "mode": cfg.eval.mode, "per_window": evidence, "validations": per_window}
+    chosen = next((w for w in reversed(windows) if measured(w)["success_rate"] >= reference - tolerance - 1e-12), windows[0])
+    evidence = {str(w): without_outcomes(per_window[w]) for w in windows if w in per_window}
+    return {
+        "window": chosen, "tolerance_points": cfg.stage1.tolerance_points, "reference": "baseline" if baseline is not None else "policy",
+        "reference_success_rate": reference, "episodes_per_task": episodes, "split": "val", "mode": cfg.eval.mode, "per_window": evidence,
+        "validations": {w: per_window[w] for w in windows if w in per_window},
+    }
 
 
 def calibrate_budget(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, known: Metrics | None = None) -> Metrics:
@@ -244,9 +261,9 @@ class Stage(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics) -> StageOutcome:
-        """The stage's decision, made with ``policy`` holding its best checkpoint; marks the policy
-        with what it was trained for (`mark_trained`)."""
+    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics, reference: Metrics | None = None) -> StageOutcome:
+        """The stage's decision, made with ``policy`` holding its best checkpoint (``reference``:
+        what `reference` measured); marks the policy with what it was trained for (`mark_trained`)."""
 
 
 class Stage1(Stage):
@@ -275,8 +292,9 @@ class Stage1(Stage):
         return most_successful(candidate, best)
 
     def reference(self, policy: ChunkPolicy, engine: RolloutEngine) -> Metrics | None:
-        """With ``stop_when_reliable``: the entering policy's validation at the shortest window."""
-        if not self.config.stop_when_reliable:
+        """With ``stop_when_reliable`` or ``window_reference=baseline``: the entering policy's
+        validation at the shortest window."""
+        if not (self.config.stop_when_reliable or self.config.window_reference == "baseline"):
             return None
         return without_outcomes(validate(policy, self.cfg, self.windows[0], engine, self.config.val_episodes))
 
@@ -284,7 +302,7 @@ class Stage1(Stage):
         """The shared rule, then ``stop_when_reliable``: the longest window's validation SR is within
         ``tolerance_points`` of the entering policy's SR at the shortest window."""
         reason = super().stop_reason(epoch, val, stale, reference)
-        if reason or reference is None or epoch < self.config.min_epochs:
+        if reason or not self.config.stop_when_reliable or reference is None or epoch < self.config.min_epochs:
             return reason
         tolerance = self.config.tolerance_points
         if val["success_rate"] >= reference["success_rate"] - tolerance / 100.0 - 1e-12:
@@ -294,10 +312,13 @@ class Stage1(Stage):
             )
         return None
 
-    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics) -> StageOutcome:
+    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics, reference: Metrics | None = None) -> StageOutcome:
         # the best checkpoint's validation at the longest window is known (same states and seed)
         known = {self.eval_window: {k: v for k, v in best.items() if k != "epoch"}} if "success_by_state" in best else {}
-        choice = distributed.main_only(lambda: choose_window(policy, self.cfg, self.windows, engine, known))  # rank 0's, on every rank
+        baseline = reference if self.config.window_reference == "baseline" else None
+        if self.config.window_reference == "baseline" and baseline is None:
+            raise RuntimeError("stage1.window_reference=baseline needs the entering policy's validation at the shortest window (Stage1.reference)")
+        choice = distributed.main_only(lambda: choose_window(policy, self.cfg, self.windows, engine, known, baseline))  # rank 0's, on every rank
         self.validations = choice.pop("validations")
         policy.mark_trained(self.name, choice["window"])
         return StageOutcome(self.name, epochs, self.eval_window, choice["window"], without_outcomes(best), without_outcomes(start), window_choice=choice)
@@ -345,5 +366,5 @@ class Stage2(Stage):
     def epoch_record(self) -> dict[str, Any]:
         return {"budget": self.budget}
 
-    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics) -> StageOutcome:
+    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics, reference: Metrics | None = None) -> StageOutcome:
         return StageOutcome(self.name, epochs, self.eval_window, self.windows[0], without_outcomes(best), without_outcomes(start), budget=self.budget, budget_evidence=self.budget_evidence)
