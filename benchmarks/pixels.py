@@ -37,12 +37,15 @@ TASKS = ("drawer-close-v3", "button-press-topdown-v3", "drawer-open-v3")
 # - 4000 BC iterations at batch 128 (the CNN makes an iteration ~10x a state policy's);
 # - G = 8, 6 groups per epoch (2 per task); Stage 1 and Stage 2 50 epochs each (lr as the demo preset);
 # - 20 validation and 50 test states per task.
+# - 3 env workers on 2 cores and the demo preset's Stage 1 rules (stops from epoch 30 once k = 15 is as
+#   reliable as the BC policy at k = 5; windows held against that reference): benchmarks/results/
+#   profile_pipeline.md, pipeline_speed.md.
 SETTINGS = {
     "env": {"tasks": list(TASKS), "image": True, "image_size": 64, "camera": "corner2", "horizon": 200},
     "data": {"episodes": 100},
     "policy": {"head": "gaussian", "std_mode": "state", "chunk_size": 15, "default_window": 5, "hidden_dim": 256, "num_layers": 3, "state_input": "proprio"},
     "pretrain": {"iterations": 4000, "batch_size": 128, "eval_episodes": 0},
-    "rollout": {"group_size": 8, "groups_per_epoch": 6, "num_workers": 2},
+    "rollout": {"group_size": 8, "groups_per_epoch": 6, "num_workers": 3},
     "stage1": {"epochs": 50, "lr": 3e-4, "eval_every": 10, "val_episodes": 20, "checkpoint_every": 10},
     "stage2": {"epochs": 50, "lr": 1e-4, "eval_every": 10, "val_episodes": 20, "checkpoint_every": 10, "tolerance_points": 2.0},
     "eval": {"episodes": 50, "mode": "sampled"},
