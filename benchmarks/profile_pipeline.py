@@ -129,7 +129,8 @@ def main() -> None:
         _, row = measure(engine, "Stage 1 epoch (8 groups x 8, windows 5/10/15)", lambda: epoch(stage1, cfg.stage1, args.warmup_epochs), cores)
         rows.append(row)
 
-        def validation(window: int) -> tuple[Any, dict[str, Any]]:
+        def through_engine(run: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
+            """``run()`` (one validation or evaluation), with the engine's trajectories kept for their counters."""
             holder: dict[str, Any] = {}
             orig = engine.run
 
@@ -140,36 +141,19 @@ def main() -> None:
             engine.run = spy  # type: ignore[method-assign]
             try:
                 policy.eval()
-                out = validate(policy, cfg, window, engine, cfg.stage1.val_episodes)
+                out = run()
             finally:
                 del engine.run
             traj = holder["traj"]
             return out, {"timing": traj.timing, "env_steps": traj.env_steps, "episodes": traj.num_trajectories, "policy_batches": traj.policy_batches}
 
-        val, row = measure(engine, f"validation ({cfg.stage1.val_episodes} states/task, k = 15)", lambda: validation(15), cores)
+        val, row = measure(engine, f"validation ({cfg.stage1.val_episodes} states/task, k = 15)", lambda: through_engine(lambda: validate(policy, cfg, 15, engine, cfg.stage1.val_episodes)), cores)
         rows.append(row)
         budget = {"budget": int(np.ceil(cfg.stage2.budget_multiplier * val["mean_steps"]))}
         stage2 = Stage2(cfg, 15, budget)
         _, row = measure(engine, "Stage 2 epoch (8 groups x 8, k = 15)", lambda: epoch(stage2, cfg.stage2, 0), cores)
         rows.append(row)
-
-        def test_eval() -> tuple[Any, dict[str, Any]]:
-            holder: dict[str, Any] = {}
-            orig = engine.run
-
-            def spy(*a: Any, **k: Any) -> Any:
-                holder["traj"] = orig(*a, **k)
-                return holder["traj"]
-
-            engine.run = spy  # type: ignore[method-assign]
-            try:
-                policy.eval()
-                out = evaluate_policy(policy, cfg.env, cfg.eval.episodes, 5, cfg.eval.mode, cfg.eval.seed, "test", engine=engine)
-            finally:
-                del engine.run
-            traj = holder["traj"]
-            return out, {"timing": traj.timing, "env_steps": traj.env_steps, "episodes": traj.num_trajectories, "policy_batches": traj.policy_batches}
-
+        test_eval = lambda: through_engine(lambda: evaluate_policy(policy, cfg.env, cfg.eval.episodes, 5, cfg.eval.mode, cfg.eval.seed, "test", engine=engine))  # noqa: E731
         _, row = measure(engine, f"test evaluation ({cfg.eval.episodes} states/task, k = 5)", test_eval, cores)
         rows.append(row)
 
