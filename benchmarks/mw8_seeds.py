@@ -1,0 +1,131 @@
+"""MW-8 over several seeds (issue 18): the whole `benchmarks/mw8.py` pipeline once per seed, where the
+seed is everything random in it (`data.seed`: the demonstrations; `seed`: BC, RL; `eval.seed`: the test episodes' random numbers; the test
+*states* are the test split's, the same for every seed), then the mean and spread of the headline.
+
+    .venv/bin/python benchmarks/mw8_seeds.py --seeds 0        # one seed per invocation is ~1 hour
+    .venv/bin/python benchmarks/mw8_seeds.py --seeds 1 2
+    .venv/bin/python benchmarks/mw8_seeds.py --aggregate      # the summary of every finished seed
+
+Each seed runs `mw8.py --work WORK/seed_S --no-write` with the settings below (resumable phase by phase:
+run the same command again after an interruption) and its result is copied to
+benchmarks/results/mw8_seeds/seed_S.json as soon as it lands. ``--aggregate`` (also run after every
+seed) writes benchmarks/results/mw8_seeds.json (top-level ``calls_speedup``, ``steps_reduction``,
+``success_rate_drop``: means over the finished seeds; ``seeds``: per-seed values; ``spread``: std, min,
+max) and mw8_seeds.md, with the limit of the clean scripted experts: their mean steps and T/H, the
+calls a policy replaying them in chunks of H would need at the least.
+
+Targets (issue 18, H = 15): calls_speedup >= 6, steps_reduction >= 0.45, success_rate_drop <= 1 point,
+each as the mean over 3 seeds. ``--set`` passes more overrides to every seed (e.g. the paper's own
+Meta-World setting: ``policy.chunk_size=10 stage1.windows=[5,10]`` with ``--tag h10``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+HEADLINE = ("calls_speedup", "steps_reduction", "success_rate_drop")
+# The demo preset's Stage 1 rules and worker count (benchmarks/results/pipeline_speed.md), on top of
+# mw8.py's trainer settings.
+RECIPE = ("stage1.stop_when_reliable=true", "stage1.min_epochs=30", "stage1.window_reference=baseline", "rollout.num_workers=3")
+
+
+def run_seed(seed: int, work: Path, extra: list[str]) -> None:
+    sets = [f"seed={seed}", f"data.seed={seed}", f"eval.seed={seed}", *RECIPE, *extra]
+    cmd = [sys.executable, str(HERE / "mw8.py"), "--work", str(work / f"seed_{seed}"), "--no-write", "--set", *sets]
+    print("[mw8_seeds]", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def seed_record(result: dict[str, Any]) -> dict[str, Any]:
+    """What one seed's mw8.json contributes."""
+    horizon = result["config"]["policy"]["chunk_size"]
+    expert = result.get("clean_expert") or {}
+    return {
+        **{k: result[k] for k in HEADLINE},
+        "success_rate_drop_ci95": result["success_rate_drop_ci95"],
+        "success_rate": {n: result[n]["success_rate"] for n in ("baseline", "policytrim")},
+        "mean_steps": {n: result[n]["mean_steps"] for n in ("baseline", "policytrim")},
+        "calls_per_success": {n: result[n]["calls_per_success"] for n in ("baseline", "policytrim")},
+        "window": result["windows"]["policytrim"],
+        "clean_expert_mean_steps": expert.get("mean_steps"),
+        "clean_expert_calls_at_H": expert["mean_steps"] / horizon if expert.get("mean_steps") else None,
+        "minutes": result["timings_s"]["pipeline_total"] / 60.0,
+        "machine": result["machine"].get("cpu"),
+    }
+
+
+def aggregate(results: Path, tag: str) -> dict[str, Any]:
+    folder = results / f"mw8_seeds{tag}"
+    seeds = {int(p.stem.split("_")[1]): seed_record(json.loads(p.read_text())) for p in sorted(folder.glob("seed_*.json"))}
+    if not seeds:
+        raise SystemExit(f"no finished seed in {folder}")
+    out: dict[str, Any] = {k: statistics.fmean(s[k] for s in seeds.values()) for k in HEADLINE}
+    out["spread"] = {
+        k: {"std": statistics.stdev([s[k] for s in seeds.values()]) if len(seeds) > 1 else None, "min": min(s[k] for s in seeds.values()), "max": max(s[k] for s in seeds.values())}
+        for k in HEADLINE
+    }
+    out["seeds"] = {str(k): v for k, v in seeds.items()}
+    out["finished_seeds"] = len(seeds)
+    out["targets"] = {"calls_speedup": ">= 6", "steps_reduction": ">= 0.45", "success_rate_drop": "<= 1 point", "over": "3 seeds"}
+    out["recipe"] = list(RECIPE)
+    (results / f"mw8_seeds{tag}.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = [
+        f"# MW-8 over seeds{' (' + tag.strip('_') + ')' if tag else ''}: {len(seeds)} finished",
+        "",
+        "| seed | calls speedup | steps reduction | SR drop, points [paired 95% CI] | SR BC → PolicyTrim | steps BC → PolicyTrim | clean experts: steps, T/H | window | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k, s in seeds.items():
+        lo, hi = s["success_rate_drop_ci95"]
+        expert = f"{s['clean_expert_mean_steps']:.0f}, {s['clean_expert_calls_at_H']:.1f}" if s["clean_expert_mean_steps"] else "-"
+        lines.append(
+            f"| {k} | {s['calls_speedup']:.2f}× | {100 * s['steps_reduction']:.0f}% | {s['success_rate_drop']:+.1f} [{lo:+.1f}, {hi:+.1f}] | "
+            f"{s['success_rate']['baseline']:.3f} → {s['success_rate']['policytrim']:.3f} | {s['mean_steps']['baseline']:.0f} → {s['mean_steps']['policytrim']:.0f} | "
+            f"{expert} | {s['window']} | {s['minutes']:.0f} |"
+        )
+    sp = out["spread"]
+    lines += [
+        f"| **mean** | **{out['calls_speedup']:.2f}×** | **{100 * out['steps_reduction']:.0f}%** | **{out['success_rate_drop']:+.1f}** | | | | | |",
+        "",
+        "Spread (std / min / max): " + "; ".join(f"{k} {_fmt(sp[k]['std'])} / {sp[k]['min']:.3g} / {sp[k]['max']:.3g}" for k in HEADLINE) + ".",
+        f"Targets over 3 seeds (H = 15): calls speedup >= 6, steps reduction >= 45%, SR drop <= 1 point. Recipe on top of `mw8.py`: {', '.join(RECIPE)}.",
+    ]
+    (results / f"mw8_seeds{tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="*", default=[])
+    ap.add_argument("--aggregate", action="store_true")
+    ap.add_argument("--work", default="runs/mw8_seeds")
+    ap.add_argument("--results", default="benchmarks/results")
+    ap.add_argument("--tag", default="", help="a suffix for a variant's files, e.g. h10")
+    ap.add_argument("--set", nargs="*", default=[], help="more config overrides for every seed")
+    args = ap.parse_args()
+    tag = f"_{args.tag}" if args.tag else ""
+    results = Path(args.results)
+    (results / f"mw8_seeds{tag}").mkdir(parents=True, exist_ok=True)
+    work = Path(args.work + tag)
+    for seed in args.seeds:
+        run_seed(seed, work, args.set)
+        (results / f"mw8_seeds{tag}" / f"seed_{seed}.json").write_text((work / f"seed_{seed}" / "mw8.json").read_text())
+        aggregate(results, tag)
+    if args.aggregate:
+        aggregate(results, tag)
+
+
+if __name__ == "__main__":
+    main()
