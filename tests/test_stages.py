@@ -140,7 +140,8 @@ def test_trim_runs_on_an_exact_k_autoregressive_decoder(tmp_path, capsys):
 def test_window_choice_against_the_policy_or_the_baseline(monkeypatch):
     """The same validations (a fake `validate`: SR 0.97 / 0.955 / 0.91 at k = 4 / 6 / 8) give k = 6
     against the policy's own SR at k_1 and the longest window against a baseline of 0.92; the
-    baseline rule validates from the longest window down and stops at the first that holds."""
+    baseline rule validates from the longest window down and stops at the first that holds; when none
+    holds, the lower of the two references decides."""
     import policytrim.train.stages as stages
 
     cfg = tiny_config()  # windows 4 6 8, tolerance 2 points
@@ -158,5 +159,10 @@ def test_window_choice_against_the_policy_or_the_baseline(monkeypatch):
     known = {8: {"success_rate": 0.91, "mean_steps": 50.0, "calls_per_success": 8.0, "success_by_state": {}}}
     vs_baseline = stages.choose_window(None, cfg, (4, 6, 8), engine=None, known=known, baseline={"success_rate": 0.92})
     assert vs_baseline["window"] == 8 and calls == [] and list(vs_baseline["per_window"]) == ["8"]  # 0.91 >= 0.90: nothing to measure
+    # none holds against a baseline of 0.99: the lower reference decides, the policy's own 0.97 at k = 4
     strict = stages.choose_window(None, cfg, (4, 6, 8), engine=None, known=known, baseline={"success_rate": 0.99})
-    assert strict["window"] == 4 and calls == [6, 4]  # none holds down to k_1: the shortest window
+    assert (strict["window"], strict["reference"], strict["reference_success_rate"]) == (6, "policy", 0.97) and calls == [4, 6]
+    sr[4] = 0.85  # Stage 1 left k = 4 below the baseline and below k = 8: the longest window holds against it
+    calls.clear()
+    worse = stages.choose_window(None, cfg, (4, 6, 8), engine=None, known=known, baseline={"success_rate": 0.99})
+    assert worse["window"] == 8 and worse["reference_success_rate"] == 0.85 and calls == [4]

@@ -325,7 +325,9 @@ class Stage1Config(GRPOConfig):
     policy: the trained policy's own SR at the shortest window (every window is validated);
     baseline: the SR the policy entering the stage had at the shortest window (measured once when
     the stage starts), so a Stage 1 that also improved short windows does not count against long
-    ones; windows are validated from the longest down and the first that holds is chosen."""
+    ones; when Stage 1 left the policy's own SR at the shortest window below the baseline's, that
+    lower SR is the reference (a window that loses nothing against either way of acting at k_1).
+    When the longest window holds, nothing else is validated."""
 
     def __post_init__(self) -> None:
         self._validate("stage1")

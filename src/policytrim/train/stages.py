@@ -117,9 +117,11 @@ def choose_window(
 ) -> Metrics:
     """Stage 1's decision: the longest window whose validation SR is within the tolerance of a
     reference SR (same states, same random numbers for every window): the policy's own SR at the
-    shortest window, or, given ``baseline`` (``stage1.window_reference=baseline``), the entering
-    policy's SR there, and windows are validated from the longest down only until one holds (the
-    shortest is the fallback). ``known``: validations of this same policy already made (window ->
+    shortest window; or, given ``baseline`` (``stage1.window_reference=baseline``), the lower of
+    that and the entering policy's SR there: a window that loses nothing against either way of acting
+    at the shortest window. When the longest window holds against the baseline nothing more is
+    validated; else the policy's own shortest window is, then windows from the longest down until
+    one holds (the shortest always does). ``known``: validations of this same policy already made (window ->
     `validate` result), not repeated. The result's ``validations`` holds the full `validate` result
     of every window measured (for Stage 2's start)."""
     episodes = cfg.stage1.val_episodes
@@ -133,12 +135,20 @@ def choose_window(
     if baseline is None:  # every window's evidence, as the reference is one of them
         for w in windows:
             measured(w)
-    reference = baseline["success_rate"] if baseline is not None else measured(windows[0])["success_rate"]
     tolerance = cfg.stage1.tolerance_points / 100.0
-    chosen = next((w for w in reversed(windows) if measured(w)["success_rate"] >= reference - tolerance - 1e-12), windows[0])
+
+    def longest_within(reference: float) -> int:
+        return next((w for w in reversed(windows) if measured(w)["success_rate"] >= reference - tolerance - 1e-12), windows[0])
+
+    if baseline is not None and measured(windows[-1])["success_rate"] >= baseline["success_rate"] - tolerance - 1e-12:
+        own, reference = None, baseline["success_rate"]  # the longest window holds: nothing else to measure
+    else:  # the lower of the two references (the policy's own k_1 holds against it, so something does)
+        own = measured(windows[0])["success_rate"]
+        reference = own if baseline is None else min(baseline["success_rate"], own)
+    chosen = longest_within(reference)
     evidence = {str(w): without_outcomes(per_window[w]) for w in windows if w in per_window}
     return {
-        "window": chosen, "tolerance_points": cfg.stage1.tolerance_points, "reference": "baseline" if baseline is not None else "policy",
+        "window": chosen, "tolerance_points": cfg.stage1.tolerance_points, "reference": "policy" if reference == own else "baseline",
         "reference_success_rate": reference, "episodes_per_task": episodes, "split": "val", "mode": cfg.eval.mode, "per_window": evidence,
         "validations": {w: per_window[w] for w in windows if w in per_window},
     }
