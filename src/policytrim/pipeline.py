@@ -76,6 +76,7 @@ SUMMARY_UNITS: dict[str, str] = {
     "windows": "environment steps executed per policy call (k), per contender",
     "budget": "environment steps (Stage 2's step budget)",
     "tolerance_points": "percentage points",
+    "reference_success_rate": "fraction of episodes (0 to 1): the SR Stage 1's window choice held windows against",
     "clean_expert_steps": "environment steps per successful episode (mean), per task",
     "timings": "seconds per phase",
     "timings_s": "seconds per phase",
