@@ -9,6 +9,12 @@ from the MW-8 behaviour-cloning checkpoint (benchmarks/mw8.py writes it), the co
 (Tables 5 / 9), fixed windows (Table 6) and one step of each sensitivity sweep (Table 12).
 Writes benchmarks/results/ablation_<tasks>.json, .md and report_ablation_<tasks>/ (with the
 machine, wall times and load). Finished variants in --work are reused.
+
+``--tasks MW8`` runs on all eight MW-8 tasks (tag ``mw8``). The .md then also sets the rows beside the
+paper's own numbers for the same rows (Table 5: the components on LIBERO-Spatial; Table 6: fixed
+windows vs dynamic exploration), and stability_curves.png is the Fig. 4 view: training reward and
+rollout success per epoch with and without the group-anchored stability penalty (``trim`` vs
+``trim_no_stability``, Stage 2 from the BC policy; ``full`` vs ``stability_0``, Stage 2 after Stage 1).
 """
 
 from __future__ import annotations
@@ -37,6 +43,20 @@ SETTINGS = {
     "eval": {"episodes": 100, "mode": "sampled"},
     "logging": {"progress": False, "tensorboard": False},
 }
+# The paper's rows for the same variants (SR %, steps T, window k, speedup as the paper defines it).
+# Table 5: component ablation on LIBERO-Spatial; Table 6: fixed acceptance ratio vs dynamic horizon
+# exploration. Different benchmark and model (a real VLA on LIBERO): set beside ours for direction,
+# not for the values.
+PAPER: dict[str, tuple[str, float, float, int, float]] = {
+    "none": ("Table 5 baseline", 97.8, 108.3, 5, 1.0),
+    "extend": ("Table 5 extension only", 97.2, 113.8, 15, 2.86),
+    "trim_no_stability": ("Table 5 step-saving only", 93.7, 81.7, 5, 1.32),
+    "trim": ("Table 5 step-saving + stability", 97.5, 61.6, 5, 1.75),
+    "full": ("Table 5 all three", 98.3, 59.8, 15, 5.43),
+    "fixed_k10": ("Table 6 fixed, k = 10", 98.8, 125.2, 10, 1.99),
+    "fixed_k15": ("Table 6 fixed, k = 15", 95.8, 130.1, 15, 2.88),
+    "extend@table6": ("Table 6 dynamic exploration (baseline 99.1 / 125.0 / 5)", 98.8, 127.4, 15, 2.94),
+}
 VARIANTS = ["none", "extend", "trim_no_stability", "trim", "full", "fixed_k10", "fixed_k15", "group_size_16", "budget_1.1", "budget_2.0", "stability_0.05"]
 
 
@@ -61,10 +81,12 @@ def main() -> None:
     from policytrim.ablate import describe_variants, run_ablation
     from policytrim.eval.report import write_report
 
-    tag = args.tasks.replace(",", "_").replace("-v3", "")
+    preset = to_dict(load_config(preset_path("mw8")))
+    tasks = list(preset["env"]["tasks"]) if args.tasks.upper() == "MW8" else args.tasks.split(",")
+    tag = "mw8" if args.tasks.upper() == "MW8" else args.tasks.replace(",", "_").replace("-v3", "")
     work = Path(args.work or f"runs/ablation_{tag}")
-    data = merge(to_dict(load_config(preset_path("mw8"))), SETTINGS)
-    data["env"]["tasks"] = args.tasks.split(",")
+    data = merge(preset, SETTINGS)
+    data["env"]["tasks"] = tasks
     data["logging"]["out"] = str(work)
     for item in args.set:
         key, value = item.split("=", 1)
@@ -90,11 +112,49 @@ def main() -> None:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     (results / f"ablation_{tag}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    shutil.copy(work / "ablation.md", results / f"ablation_{tag}.md")
+    (results / f"ablation_{tag}.md").write_text((work / "ablation.md").read_text() + paper_table(result))
     report_dir = results / f"report_ablation_{tag}"
     shutil.rmtree(report_dir, ignore_errors=True)
     shutil.copytree(work / "report", report_dir)
+    if stability_figure(work, result, report_dir / "plots" / "stability_curves.png"):
+        print(f"wrote {report_dir / 'plots' / 'stability_curves.png'} (Fig. 4)")
     print(f"wrote {results / f'ablation_{tag}.json'}, .md and {report_dir}/ in {wall / 60:.1f} min")
+
+
+def paper_table(result: dict) -> str:
+    """Our rows beside the paper's rows for the same variants (Markdown; empty if none match)."""
+    ours = {v["name"]: v for v in result["variants"]}
+    lines = ["", "## Beside the paper", "", "Ours: SR, steps T, window k, calls speedup and the paper's speedup definition, from the table above. "
+             "Paper: SR %, T, k, speedup of the same row (a real VLA on LIBERO, so the direction of each row is comparable, not its values).", "",
+             "| variant | ours: SR | T | k | calls speedup | paper speedup def. | paper row | paper: SR | T | k | speedup |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = 0
+    for key, (label, sr, steps, k, spd) in PAPER.items():
+        v = ours.get(key.split("@")[0])
+        if v is None:
+            continue
+        m, vs = v["metrics"], v.get("vs_baseline") or {}
+        lines.append(f"| {key.split('@')[0]} | {100 * m['success_rate']:.1f} | {m['mean_steps']:.1f} | {v['window']} | {vs.get('calls_speedup', 1.0):.2f} | "
+                     f"{vs.get('speedup_paper', 1.0):.2f} | {label} | {sr} | {steps} | {k} | {spd} |")
+        rows += 1
+    return "\n".join(lines) + "\n" if rows else ""
+
+
+def stability_figure(work: Path, result: dict, path: Path) -> bool:
+    """Fig. 4: reward and rollout success per epoch of Stage 2 with and without the stability penalty."""
+    from policytrim.eval.plots import ablation_curves_figure
+    from policytrim.io import read_jsonl
+
+    pairs = ("trim", "trim_no_stability", "full", "stability_0")
+    curves = {}
+    for v in result["variants"]:
+        run = v.get("run_dir")
+        if v["name"] in pairs and run and (work / run / "metrics.jsonl").is_file():
+            curves[v["name"]] = read_jsonl(work / run / "metrics.jsonl")
+    if len(curves) < 2:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ablation_curves_figure(curves, path, title="Fig. 4 view: Stage 2 with and without the group-anchored stability penalty (stability_0 = full without it)")
+    return True
 
 
 if __name__ == "__main__":
