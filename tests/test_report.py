@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_config
 from policytrim.cli import main
 from policytrim.errors import InputError
 from policytrim.eval.compare import against_baseline
@@ -203,3 +204,19 @@ def test_measured_stacking_table_beside_the_modelled_wall_clock(tmp_path):
     with pytest.raises(InputError, match="not a stacking result"):
         write_report([ev], tmp_path / "r2", stacking=bad)
     assert not (tmp_path / "r2" / "report.md").exists()
+
+
+def test_filmstrip_records_every_frame_of_a_real_rollout(tiny_baseline):
+    """The recording env sits on Meta-World's image env, which can skip rendering mid-chunk: the
+    recorder must get every frame anyway (T + 1 images for T steps), through the same rollout engine."""
+    from policytrim.eval.filmstrip import record_rollouts
+    from policytrim.policies import load_policy
+
+    policy = load_policy(tiny_baseline)
+    cfg = tiny_config(env={"horizon": 30}).env
+    runs = record_rollouts({"bc": (policy, 4)}, cfg, "drawer-close-v3", 0, "sampled", seed=0, size=32)
+    run = runs["bc"]
+    assert run["steps"] > 0
+    assert len(run["frames"]) == run["steps"] + 1
+    assert run["frames"][0].shape == (32, 32, 3)
+    assert not all((f == run["frames"][0]).all() for f in run["frames"][1:])

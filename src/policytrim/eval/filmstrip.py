@@ -26,6 +26,10 @@ _FRAMES: dict[tuple[str, int, int], list[np.ndarray]] = {}
 class RecordingEnv:
     """Keeps every rendered frame of the current episode in the module registry."""
 
+    # It records every frame, so the workers must not skip rendering mid-chunk (the inner Meta-World
+    # env has observes_on_demand = True, which __getattr__ would otherwise pass on).
+    observes_on_demand = False
+
     def __init__(self, env: Any) -> None:
         self.env = env
         self._key: tuple[str, int, int] | None = None
