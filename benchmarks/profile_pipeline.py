@@ -4,7 +4,7 @@ evaluation of a behaviour-cloned policy, each split into core-seconds.
 The policy process and the env workers share the machine's cores, so each phase is accounted in
 core-seconds (wall x cores):
 
-    simulator   worker time stepping envs            resets      worker time building / resetting envs
+    simulator   worker CPU stepping envs             resets      worker CPU building / resetting envs
     worker IPC  worker CPU outside requests          policy      policy calls (engine process)
     update      the GRPO update (engine process)     engine      the rest of the engine process's CPU
                                                                  (pickling, bookkeeping, rewards)
@@ -59,14 +59,16 @@ def measure(engine: Any, name: str, fn: Callable[[], Any], cores: int) -> tuple[
     main = time.process_time() - m0
     workers = sum(cpu_seconds(p) for p in pids) - w0
     timing = parts.get("timing", {})
-    sim = timing.get("worker", 0.0) - timing.get("worker_reset", 0.0)
+    # worker CPU time (not wall: with more workers than cores a worker's wall time includes waiting
+    # for a core, which made worker_ipc come out as 0 whenever workers outnumbered idle cores)
+    sim = timing.get("worker_cpu", 0.0) - timing.get("worker_reset_cpu", 0.0)
     row = {
         "phase": name,
         "wall_s": wall,
         "core_s": cores * wall,
         "simulator": sim,
-        "resets": timing.get("worker_reset", 0.0),
-        "worker_ipc": max(0.0, workers - timing.get("worker", 0.0)),
+        "resets": timing.get("worker_reset_cpu", 0.0),
+        "worker_ipc": max(0.0, workers - timing.get("worker_cpu", 0.0)),
         "policy": timing.get("policy", 0.0),
         "update": parts.get("update_s", 0.0),
         "engine": max(0.0, main - timing.get("policy", 0.0) - parts.get("update_s", 0.0)),

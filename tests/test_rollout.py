@@ -113,6 +113,17 @@ def test_counts_for_fixed_windows_without_success(local23):
     assert traj.policy_batches > 0 and traj.policy_seconds > 0
 
 
+def test_workers_report_cpu_time_beside_wall_time():
+    """Worker CPU seconds (what the profiler splits into simulator / resets / IPC) are measured in the
+    worker process itself: positive, resets a part of them, never above the wall time they sit in."""
+    starts = initial_states("reach-v3", 0, 2)
+    with RolloutEngine(EnvConfig(tasks=("reach-v3",), horizon=23), num_workers=1) as engine:
+        t = run(engine, FakeConstantPolicy(6), starts, [1, 6]).timing
+    assert 0 < t["worker_reset_cpu"] < t["worker_cpu"]
+    assert t["worker_cpu"] <= t["worker"] + 0.05  # one thread: CPU time cannot outrun the wall clock
+    assert t["worker_reset_cpu"] <= t["worker_reset"] + 0.05
+
+
 def test_chunk_cut_short_at_first_success():
     with RolloutEngine(EnvConfig(tasks=("reach-v3",)), num_workers=0) as engine:
         starts = initial_states("reach-v3", 0, 2)

@@ -250,7 +250,7 @@ class _Rollout:
         self.batches: list[_Batch] = []
         self.env_steps = 0
         self.policy_seconds, self.policy_batches = 0.0, 0
-        self.timing = {"wall": 0.0, "wait": 0.0, "worker": 0.0, "worker_reset": 0.0, "requests": 0.0, "batched": 0.0}
+        self.timing = {"wall": 0.0, "wait": 0.0, "worker": 0.0, "worker_reset": 0.0, "worker_cpu": 0.0, "worker_reset_cpu": 0.0, "requests": 0.0, "batched": 0.0}
         # Lanes: each worker's trajectories are split into `lanes` streams of requests, so that a
         # worker steps one lane while the policy runs for another. Lane q lives on worker q // L.
         W, L = self.pool.num_workers, engine.lanes
@@ -392,6 +392,8 @@ class _Rollout:
         self.env_steps += res.env_steps
         self.timing["worker"] += res.seconds
         self.timing["worker_reset"] += res.reset_seconds
+        self.timing["worker_cpu"] += res.cpu_seconds
+        self.timing["worker_reset_cpu"] += res.reset_cpu_seconds
         self.timing["requests"] += 1
         for task, info in res.env_info.items():
             self.engine.env_info.setdefault(task, info)

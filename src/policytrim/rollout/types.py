@@ -66,7 +66,8 @@ class Trajectories:
     timing: dict[str, float] = field(default_factory=dict)
     """Where the rollout's time went (seconds; `policytrim.rollout.engine` documents the keys):
     ``wall``, ``policy`` (policy calls), ``wait`` (the engine blocked on workers), ``worker`` /
-    ``worker_reset`` (worker time on requests / on resets, summed over workers), ``requests``,
+    ``worker_reset`` (worker wall time on requests / on resets, summed over workers), ``worker_cpu`` /
+    ``worker_reset_cpu`` (the same in worker CPU time), ``requests``,
     ``mean_batch`` (trajectories per policy call)."""
 
     @property

@@ -122,6 +122,11 @@ class StepResult:
     """slot -> kind, traceback and whether it is a bug, for the slots in ``faults``."""
     reset_seconds: float = 0.0
     """Worker wall time spent on this request's resets (building and resetting envs)."""
+    cpu_seconds: float = 0.0
+    """Worker CPU time (user + system) spent on this request; below ``seconds`` when the worker
+    shared its core with other processes."""
+    reset_cpu_seconds: float = 0.0
+    """Worker CPU time spent on this request's resets."""
 
 
 def _step(env: EnvAdapter, action: np.ndarray, observe: bool) -> tuple[dict[str, np.ndarray], bool]:
@@ -158,7 +163,7 @@ class EnvServer:
         self._closed_envs = False  # envs were closed in this request: give their memory back
 
     def handle(self, req: StepRequest) -> StepResult:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         n_reset, n_act = len(req.resets), len(req.slots)
         m = n_reset + n_act
         slots = np.empty(m, np.int64)
@@ -187,7 +192,7 @@ class EnvServer:
                 faults[slot], details[slot] = _describe(exc), Fault.from_exception(exc)
                 self._discard(slot)
 
-        t_reset = time.perf_counter() - t0
+        t_reset, c_reset = time.perf_counter() - t0, time.process_time() - c0
         for j in range(n_act):
             i = n_reset + j
             slot = int(req.slots[j])
@@ -232,7 +237,10 @@ class EnvServer:
         if self._closed_envs:
             self._closed_envs = False
             release_memory()
-        return StepResult(slots, rows, success, steps, done, _stack(obs), faults, env_info, env_steps, time.perf_counter() - t0, req.tag, fault_details=details, reset_seconds=t_reset)
+        return StepResult(
+            slots, rows, success, steps, done, _stack(obs), faults, env_info, env_steps, time.perf_counter() - t0, req.tag, fault_details=details, reset_seconds=t_reset,
+            cpu_seconds=time.process_time() - c0, reset_cpu_seconds=c_reset,
+        )
 
     def _acquire(self, task: str) -> EnvAdapter:
         free = self._free[task]
