@@ -23,6 +23,7 @@ Writes RESULTS/lerobot_pi05_latency.json with the machine.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -54,7 +55,24 @@ class TokenIdPreprocessor:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's resident-set high-water mark (VmHWM, since the last `reset_peak_rss`)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # not Linux: the peak since start
+
+
+def reset_peak_rss() -> bool:
+    """Start a new high-water mark (Linux: writing 5 to /proc/self/clear_refs), so that each dtype's
+    peak is its own and not the earlier build's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def main() -> None:
@@ -78,6 +96,8 @@ def main() -> None:
     machine = describe_machine()
     results: dict = {"variant": {"vlm": args.variant, "action_expert": "gemma_300m"}, "device": args.device, "batch": args.batch, "runs": {}}
     for dtype in args.dtypes:
+        gc.collect()
+        own_peak = reset_peak_rss()
         torch.manual_seed(0)
         t0 = time.perf_counter()
         config = PI05Config(
@@ -122,7 +142,7 @@ def main() -> None:
         update_s = time.perf_counter() - t
         run = {
             "build_s": build_s, "parameters": params, "trainable_parameters": trainable, "latency": latencies,
-            "update_s": update_s, "peak_rss_mb": peak_rss_mb(),
+            "update_s": update_s, "peak_rss_mb": peak_rss_mb(), "peak_rss_is_this_dtype_only": own_peak,
         }
         if args.device == "cuda":
             run["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
