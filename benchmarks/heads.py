@@ -18,9 +18,10 @@ Resumable: the demonstrations are collected once; each head's result is written 
 head, every phase is skipped when its output exists (training resumes from its last checkpoint).
 The table (heads.md / heads.json) is rebuilt from the result files after every head.
 
-Expected runtime on 2 quiet cores: collection ~3 min, then per head ~35-50 min (BC 1 min for the
-Gaussian head, 2 for flow, ~5-8 for the token heads; Stage 1 60 + Stage 2 120 epochs; evaluation
-~5 min; each autoregressive call is H·A = 20 one-token steps): about 3 hours for all four.
+Measured on a 2-core AMD EPYC: collection 2.3 min, the Gaussian head 55 min (BC 1.8, training 51,
+evaluation 2.2), the flow head 53 min (BC 2.8, training 48, evaluation 2.2). Expected for the
+token heads: BC ~5-8 min each, the same 60 + 120 epochs, and slower calls (each autoregressive call
+is H·A = 20 one-token steps): about 4 hours for all four.
 ``--tiny``: a ~3 minute check of the script (writes into WORK only).
 """
 
