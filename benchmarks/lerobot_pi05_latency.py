@@ -1,16 +1,17 @@
-"""π0.5 at the smallest size LeRobot validates (random weights, built offline): per-call latency
+"""π0.5 at the smallest size that runs in LeRobot 0.6.1 (random weights, built offline): per-call latency
 through policytrim's LeRobot adapter (one prefix pass + K denoise steps), peak memory, and one
 policy-gradient update of the action expert only (the memory-saving setting for real checkpoints).
 
-    .venv-lerobot/bin/python benchmarks/lerobot_pi05_latency.py [--variant gemma_300m] [--device cpu|cuda]
+    .venv-lerobot/bin/python benchmarks/lerobot_pi05_latency.py [--variant gemma_2b] [--device cpu|cuda]
         [--dtypes float32 bfloat16] [--batch 1] [--results benchmarks/results]
 
-NOT RUN on the 2-core development machine (helpers share it; see README "LeRobot policies"):
-the issue measured the default build (gemma_2b VLM + gemma_300m expert, 4.1 B parameters) at ~3 min
-to build with an 18 GB peak and 17.5 s (fp32) / 8.9 s (bf16) per chunk on 2 cores.
-``--variant gemma_300m`` (gemma_300m for the VLM too) is the smallest build that passes LeRobot's
-validation; expect roughly 1 B parameters (SigLIP + two gemma_300m), > 4 GB in fp32. On a CUDA GPU
-pass ``--device cuda --dtypes bfloat16``.
+Measured on the 2-core machine (benchmarks/results/lerobot_pi05_latency.json): the default build
+(gemma_2b VLM + gemma_300m expert, 4.1 B parameters) in bfloat16: 3 min to build, 18.7 GB peak RSS
+(LeRobot builds in float32 first), 5.3 s per deterministic call (prefix + 10 denoise steps), one
+action-expert update 13.6 s. float32 does not fit an update in 24 GB (16.6 GB of weights + the Adam
+state of 693 M trainable parameters). ``--variant gemma_300m`` (gemma_300m for the VLM too) passes
+LeRobot 0.6.1's validation but fails in ``embed_prefix``: the SigLIP projector's ``projection_dim`` is
+hard-coded to 2048, gemma_2b's width. On a CUDA GPU pass ``--device cuda --dtypes bfloat16``.
 
 Tokens: LeRobot's π0.5 preprocessor loads the gated PaliGemma tokenizer from the hub (it fails
 offline), so this script feeds token ids directly through a stand-in preprocessor
@@ -77,7 +78,7 @@ def reset_peak_rss() -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="gemma_300m", choices=["gemma_300m", "gemma_2b"])
+    parser.add_argument("--variant", default="gemma_2b", choices=["gemma_300m", "gemma_2b"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
     parser.add_argument("--batch", type=int, default=1)
@@ -147,13 +148,14 @@ def main() -> None:
         if args.device == "cuda":
             run["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         results["runs"][dtype] = run
-        print(dtype, json.dumps(run))
+        print(dtype, json.dumps(run), flush=True)
         del adapter, policy, optimizer
-    results["machine"] = {**machine, "load_average_end": list(os.getloadavg())}
-    out = Path(args.results) / "lerobot_pi05_latency.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {out}")
+        # written after every dtype, so that a later one running out of memory loses only itself
+        results["machine"] = {**machine, "load_average_end": list(os.getloadavg())}
+        out = Path(args.results) / "lerobot_pi05_latency.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results: {out}", flush=True)
 
 
 if __name__ == "__main__":

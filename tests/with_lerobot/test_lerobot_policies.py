@@ -232,3 +232,14 @@ def test_flow_logprob_ignores_padded_action_dims(policy_dirs):
     torch.testing.assert_close(policy.log_prob(obs, INSTRUCTIONS[:2], tampered, mask), policy.log_prob(obs, INSTRUCTIONS[:2], sample.replay, mask))
     # the real dims do count: one Gaussian transition per row over ACTION_DIM dims
     assert math.isfinite(float(sample.logp.sum()))
+
+
+def test_flow_chain_dtype_follows_the_action_projection_not_the_backbone(policy_dirs):
+    """π0 / π0.5 in bfloat16 keep their action projections in float32 and LeRobot samples float32 noise;
+    the adapter's chain (noise, x_t) must follow the projection, not the first (backbone) parameter —
+    seen as a dtype crash in benchmarks/lerobot_pi05_latency.py. Here: SmolVLA with its backbone cast."""
+    policy = load_policy(policy_dirs["smolvla"])
+    policy.policy.model.vlm_with_expert.to(torch.bfloat16)
+    assert next(policy.policy.parameters()).dtype == torch.bfloat16
+    assert policy.dtype == torch.float32 == policy.policy.model.action_in_proj.weight.dtype
+    assert load_policy(policy_dirs["diffusion"]).dtype == torch.float32

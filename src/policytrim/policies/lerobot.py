@@ -237,6 +237,11 @@ class LeRobotChunkPolicy(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the action chain (noise, x_t, the DDPM chain): for the flow families that of
+        the action input projection, which LeRobot keeps in float32 when the backbone runs in bfloat16
+        (π0 / π0.5 `dtype="bfloat16"`); otherwise that of the first parameter."""
+        if self.family in FLOW_FAMILIES:
+            return self.policy.model.action_in_proj.weight.dtype
         return next(self.policy.parameters()).dtype
 
     @property
