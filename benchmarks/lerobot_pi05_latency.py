@@ -96,6 +96,8 @@ def main() -> None:
 
     machine = describe_machine()
     results: dict = {"variant": {"vlm": args.variant, "action_expert": "gemma_300m"}, "device": args.device, "batch": args.batch, "runs": {}}
+    out = Path(args.results) / "lerobot_pi05_latency.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     for dtype in args.dtypes:
         gc.collect()
         own_peak = reset_peak_rss()
@@ -152,8 +154,6 @@ def main() -> None:
         del adapter, policy, optimizer
         # written after every dtype, so that a later one running out of memory loses only itself
         results["machine"] = {**machine, "load_average_end": list(os.getloadavg())}
-        out = Path(args.results) / "lerobot_pi05_latency.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
         print(f"results: {out}", flush=True)
 
