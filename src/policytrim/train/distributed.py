@@ -74,8 +74,14 @@ def init_from_env(device: str) -> bool:
     return True
 
 
-def shutdown() -> None:
+def shutdown(synchronize: bool = True) -> None:
+    """Leave the process group. ``synchronize``: wait at a barrier first, so that no rank tears down
+    its gloo connections while a peer still uses them (seen without it: a rank aborting at exit with
+    "terminate called without an active exception" after its work had finished). Pass False on an
+    error path, where a peer may never reach the barrier (torchrun then stops the other ranks)."""
     if is_distributed():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
 
 

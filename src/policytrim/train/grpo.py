@@ -383,12 +383,15 @@ def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "",
     check_preconditions(cfg, resume or cfg.logging.out)
     torch.manual_seed(cfg.seed)
     joined = distributed.init_from_env(cfg.device)  # under torchrun: data-parallel learner
+    finished = False
     try:
         with workers_own_cores(cfg.rollout.num_workers, cfg.device):
-            return _train(cfg, stage, stages, init, run, overwrite, seams or TrainerSeams())
+            result = _train(cfg, stage, stages, init, run, overwrite, seams or TrainerSeams())
+        finished = True
+        return result
     finally:
         if joined:
-            distributed.shutdown()
+            distributed.shutdown(synchronize=finished)
 
 
 # Settings of cfg.policy that must agree with the starting checkpoint: they describe its architecture
