@@ -18,10 +18,11 @@ Resumable: the demonstrations are collected once; each head's result is written 
 head, every phase is skipped when its output exists (training resumes from its last checkpoint).
 The table (heads.md / heads.json) is rebuilt from the result files after every head.
 
-Measured on a 2-core AMD EPYC: collection 2.3 min, the Gaussian head 55 min (BC 1.8, training 51,
-evaluation 2.2), the flow head 53 min (BC 2.8, training 48, evaluation 2.2). Expected for the
-token heads: BC ~5-8 min each, the same 60 + 120 epochs, and slower calls (each autoregressive call
-is H·A = 20 one-token steps): about 4 hours for all four.
+Measured on a 2-core AMD EPYC (3,530 raw env steps/s): collection 2.3 min, the Gaussian head 55 min
+(BC 1.8, training 51, evaluation 2.2), the flow head 53 min (BC 2.8, training 48, evaluation 2.2).
+On a 2-core Intel Xeon (3,950 raw env steps/s): collection 1.9 min, token_parallel 62 min (BC 5.9,
+training 54, evaluation 2.2), token_ar 42 min (BC 3.6, Stage 2 only 37, evaluation 0.9). About
+3.5-4 hours for all four.
 ``--tiny``: a ~3 minute check of the script (writes into WORK only).
 """
 
