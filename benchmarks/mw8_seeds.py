@@ -58,7 +58,16 @@ def seed_record(result: dict[str, Any]) -> dict[str, Any]:
         "clean_expert_calls_at_H": expert["mean_steps"] / horizon if expert.get("mean_steps") else None,
         "minutes": result["timings_s"]["pipeline_total"] / 60.0,
         "machine": result["machine"].get("cpu"),
+        "overrides": extra_overrides(result.get("command", "")),
     }
+
+
+def extra_overrides(command: str) -> list[str]:
+    """The ``--set`` items of a seed's mw8.py command beyond the seed and the recipe (a variant's own)."""
+    words = command.split()
+    sets = words[words.index("--set") + 1:] if "--set" in words else []
+    own = ("seed=", "data.seed=", "eval.seed=")
+    return [w for w in sets if not w.startswith(own) and w not in RECIPE]
 
 
 def aggregate(results: Path, tag: str) -> dict[str, Any]:
@@ -75,6 +84,8 @@ def aggregate(results: Path, tag: str) -> dict[str, Any]:
     out["finished_seeds"] = len(seeds)
     out["targets"] = {"calls_speedup": ">= 6", "steps_reduction": ">= 0.45", "success_rate_drop": "<= 1 point", "over": "3 seeds"}
     out["recipe"] = list(RECIPE)
+    overrides = sorted({" ".join(s["overrides"]) for s in seeds.values()})
+    out["overrides"] = overrides[0].split() if len(overrides) == 1 else {k: s["overrides"] for k, s in seeds.items()}
     (results / f"mw8_seeds{tag}.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = [
         f"# MW-8 over seeds{' (' + tag.strip('_') + ')' if tag else ''}: {len(seeds)} finished",
@@ -95,11 +106,20 @@ def aggregate(results: Path, tag: str) -> dict[str, Any]:
         f"| **mean** | **{out['calls_speedup']:.2f}×** | **{100 * out['steps_reduction']:.0f}%** | **{out['success_rate_drop']:+.1f}** | | | | | |",
         "",
         "Spread (std / min / max): " + "; ".join(f"{k} {_fmt(sp[k]['std'])} / {sp[k]['min']:.3g} / {sp[k]['max']:.3g}" for k in HEADLINE) + ".",
-        f"Targets over 3 seeds (H = 15): calls speedup >= 6, steps reduction >= 45%, SR drop <= 1 point. Recipe on top of `mw8.py`: {', '.join(RECIPE)}.",
+        f"Recipe on top of `mw8.py`: {', '.join(RECIPE)}."
+        + (f" This variant's own overrides: {_overrides(out['overrides'])}." if out["overrides"] else ""),
     ]
+    if not tag:  # the issue's targets are for the untagged run (H = 15)
+        lines.append("Targets over 3 seeds (H = 15): calls speedup >= 6, steps reduction >= 45%, SR drop <= 1 point.")
     (results / f"mw8_seeds{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return out
+
+
+def _overrides(overrides: list[str] | dict[str, list[str]]) -> str:
+    if isinstance(overrides, dict):
+        return "; ".join(f"seed {k}: {' '.join(v) or '-'}" for k, v in overrides.items())
+    return " ".join(f"`{o}`" for o in overrides)
 
 
 def _fmt(value: float | None) -> str:
