@@ -22,7 +22,7 @@ Target (issue 13): calls_speedup >= 2 at a success-rate drop <= 2 points.
 
 Measured on 2 otherwise idle cores (Xeon, Meta-World 3,100 env steps/s): ``--size tiny`` 0.5 min;
 ``--size full`` 19 min (collect 3.3, BC 4.7, both stages 8.9, eval 2.1; ~13 s per GRPO epoch of
-32 rollouts); ``--size long`` about 75 min expected.
+32 rollouts); ``--size long`` 50 min (collect 5.7, BC 16.4, both stages 22.7, eval 5.5).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ SIZES = {
     },
     # More of everything, fixed after the `full` run (BC SR 0.77 there, paired interval +-11 points):
     # 300 demonstrations, 3x the BC iterations, 8 groups per epoch, up to 40 + 60 epochs, 48 validation
-    # and 300 paired test states (~75 min on 2 cores).
+    # and 300 paired test states (it took 50 min on 2 cores).
     "long": {
         "env": {"tasks": [TASK], "horizon": 200, "image": True, "image_size": IMAGE},
         "policy": {"kind": "lerobot", "chunk_size": CHUNK, "default_window": WINDOW, "flow_noise": 0.5, "train_parts": "all"},
@@ -175,8 +175,9 @@ def main() -> None:
         "peak_rss_mb": peaks,
         "phases": phases.data,
         "targets": {
-            "calls_speedup>=2": summary["calls_speedup"] is not None and summary["calls_speedup"] >= 2,
-            "success_rate_drop<=2": summary["success_rate_drop"] <= 2,
+            # rounded: 6 of 300 episodes is 2.0000000000000018 points in floating point
+            "calls_speedup>=2": summary["calls_speedup"] is not None and round(summary["calls_speedup"], 9) >= 2,
+            "success_rate_drop<=2": round(summary["success_rate_drop"], 9) <= 2,
         },
         "config": to_dict(cfg),
         "machine": machine,
