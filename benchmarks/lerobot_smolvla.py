@@ -41,7 +41,16 @@ from policytrim.config import RunConfig, from_dict, to_dict
 TASK = "push-v3"
 IMAGE = 64
 CHUNK, WINDOW = 15, 5
-SIZES = {
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+SIZES: dict[str, dict] = {
     # Sized to finish in under 2 hours on 2 cores (fixed before measuring; it took 19 min): 150 demonstrations,
     # 4 groups of G = 8 per epoch, the demo preset's Stage 1 rules (stop once k = 15 is as reliable as
     # the BC policy at k = 5, from epoch 8), 24 epochs per stage at most, 100 paired test states.
@@ -55,21 +64,6 @@ SIZES = {
                    "stop_when_reliable": True, "min_epochs": 8, "window_reference": "baseline"},
         "stage2": {"epochs": 24, "lr": 1e-4, "eval_every": 4, "val_episodes": 32, "checkpoint_every": 4},
         "eval": {"episodes": 100, "mode": "sampled"},
-        "logging": {"progress": False, "tensorboard": False},
-    },
-    # More of everything, fixed after the `full` run (BC SR 0.77 there, paired interval +-11 points):
-    # 300 demonstrations, 3x the BC iterations, 8 groups per epoch, up to 40 + 60 epochs, 48 validation
-    # and 300 paired test states (it took 50 min on 2 cores).
-    "long": {
-        "env": {"tasks": [TASK], "horizon": 200, "image": True, "image_size": IMAGE},
-        "policy": {"kind": "lerobot", "chunk_size": CHUNK, "default_window": WINDOW, "flow_noise": 0.5, "train_parts": "all"},
-        "data": {"episodes": 300, "suboptimal": True},
-        "pretrain": {"iterations": 12000, "batch_size": 32, "lr": 3e-4, "eval_episodes": 0, "val_fraction": 0.1},
-        "rollout": {"group_size": 8, "groups_per_epoch": 8, "num_workers": 2},
-        "stage1": {"epochs": 40, "lr": 1e-4, "eval_every": 4, "val_episodes": 48, "checkpoint_every": 4,
-                   "stop_when_reliable": True, "min_epochs": 12, "window_reference": "baseline"},
-        "stage2": {"epochs": 60, "lr": 1e-4, "eval_every": 6, "val_episodes": 48, "checkpoint_every": 6},
-        "eval": {"episodes": 300, "mode": "sampled"},
         "logging": {"progress": False, "tensorboard": False},
     },
     "tiny": {
@@ -86,12 +80,17 @@ SIZES = {
     },
 }
 
-
-def merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
+# More of everything, fixed after the `full` run (BC SR 0.77 there, paired interval +-11 points):
+# 300 demonstrations, 3x the BC iterations, 8 groups per epoch, up to 40 + 60 epochs, 48 validation
+# and 300 paired test states (it took 50 min on 2 cores).
+SIZES["long"] = merge(SIZES["full"], {
+    "data": {"episodes": 300},
+    "pretrain": {"iterations": 12000},
+    "rollout": {"groups_per_epoch": 8},
+    "stage1": {"epochs": 40, "val_episodes": 48, "min_epochs": 12},
+    "stage2": {"epochs": 60, "eval_every": 6, "val_episodes": 48, "checkpoint_every": 6},
+    "eval": {"episodes": 300},
+})
 
 
 def untrained_smolvla(work: Path, instructions: list[str]) -> Path:
