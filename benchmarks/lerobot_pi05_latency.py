@@ -10,7 +10,7 @@ on the frozen part. ``--no-update`` only recomputes (float32 fits 24 GB so).
 
 π0 (benchmarks/results/lerobot_pi0_latency.json; Intel Xeon, 2 cores): gemma_2b VLM + gemma_300m
 expert, 4.0 B parameters, build 4.5 min; bfloat16: 6.0 s per deterministic call, 5.9 s in Flow-SDE
-train mode, one update of the 578 M expert parameters 10.3 s, 18.2 GB peak; float32 (recompute only):
+train mode, one update of the 578 M expert parameters 10.3 s (its timing includes the check), 18.2 GB peak; float32 (recompute only):
 11.8 s a call, 17.3 GB. The recompute matches the sample in float32 (chunk ratios 1.00001 and 1.0, largest
 row gap 1.3e-5 nats) but not exactly in bfloat16 (ratios 0.83 and 1.0, row gap 0.075, the same with
 and without gradients): run the update in float32 where it fits, or expect ratios off by up to ~20%

@@ -82,7 +82,8 @@ def aggregate(results: Path, tag: str) -> dict[str, Any]:
     }
     out["seeds"] = {str(k): v for k, v in seeds.items()}
     out["finished_seeds"] = len(seeds)
-    out["targets"] = {"calls_speedup": ">= 6", "steps_reduction": ">= 0.45", "success_rate_drop": "<= 1 point", "over": "3 seeds"}
+    if not tag:  # the targets are for the untagged run (H = 15)
+        out["targets"] = {"calls_speedup": ">= 6", "steps_reduction": ">= 0.45", "success_rate_drop": "<= 1 point", "over": "3 seeds"}
     out["recipe"] = list(RECIPE)
     overrides = sorted({" ".join(s["overrides"]) for s in seeds.values()})
     out["overrides"] = overrides[0].split() if len(overrides) == 1 else {k: s["overrides"] for k, s in seeds.items()}
