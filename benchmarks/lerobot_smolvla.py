@@ -36,18 +36,12 @@ from pathlib import Path
 
 import torch
 
+from mw8 import Phases, assign, merge
 from policytrim.config import RunConfig, from_dict, to_dict
 
 TASK = "push-v3"
 IMAGE = 64
 CHUNK, WINDOW = 15, 5
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
 
 
 SIZES: dict[str, dict] = {
@@ -115,7 +109,6 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from bench_pipeline import collect, machine_record, policy_pipeline
-    from mw8 import Phases, assign
     from policytrim.envs.tasks import INSTRUCTIONS
     from policytrim.machine import PeakMemory
     from policytrim.pipeline import SUMMARY_UNITS, format_summary
