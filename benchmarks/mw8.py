@@ -185,7 +185,7 @@ def main() -> None:
         },
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
     }
-    if analysis.is_file():  # the hand-written analysis of the measured numbers, shown in the report
+    if analysis.is_file() and not args.no_write:  # the hand-written analysis of *this* file's numbers (mw8.json), shown in its report
         result["analysis"] = [line[2:].strip() for line in analysis.read_text().splitlines() if line.startswith("- ")]
     (work / "summary.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     phases.run("report", lambda: False, lambda: write_report([work], work / "report"))
