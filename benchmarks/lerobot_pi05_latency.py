@@ -24,7 +24,10 @@ state of 693 M trainable parameters). ``--variant gemma_300m`` (gemma_300m for t
 LeRobot 0.6.1's validation but fails in ``embed_prefix``: the SigLIP projector's ``projection_dim`` is
 hard-coded to 2048, gemma_2b's width. float32 recompute only (``--no-update``, Intel Xeon, this
 session's check): 9.7 s per deterministic call, 9.9 s in train mode, 17.7 GB peak, chunk ratios 0.99998
-and 1.0 (row gap 2.9e-6 nats). On a CUDA GPU pass ``--device cuda --dtypes bfloat16``.
+and 1.0 (row gap 2.9e-6 nats). On a CUDA GPU pass ``--device cuda --dtypes bfloat16``: on a lent NVIDIA
+H200 (benchmarks/results/lerobot_pi05_latency_cuda.json, ``--results`` pointed elsewhere, then renamed)
+0.35 s per deterministic call, 0.32 s in train mode, one expert update 0.29 s, 13.2 GB GPU peak at
+batch 1, and the bfloat16 recompute matched (chunk ratios 0.99997 and 1.0).
 
 Tokens: LeRobot's π0.5 preprocessor loads the gated PaliGemma tokenizer from the hub (it fails
 offline), so this script feeds token ids directly through a stand-in preprocessor
