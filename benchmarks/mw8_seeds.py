@@ -17,12 +17,21 @@ calls a policy replaying them in chunks of H would need at the least.
 Targets (issue 18, H = 15): calls_speedup >= 6, steps_reduction >= 0.45, success_rate_drop <= 1 point,
 each as the mean over 3 seeds. ``--set`` passes more overrides to every seed (e.g. the paper's own
 Meta-World setting: ``policy.chunk_size=10 stage1.windows=[5,10]`` with ``--tag h10``).
+
+``--continue-from TAG --set stage2.epochs=N`` starts each seed from a copy of variant TAG's finished
+seed and continues its Stage 2 to N epochs (``--tag s2x720 --continue-from s2long --set
+stage2.epochs=720``): the same as a run of N epochs from the start, since Stage 2 has no learning-rate
+schedule, each epoch's random numbers depend on (seed, stage, epoch) alone, and the resumed run
+restores the optimizer state and the best checkpoint so far. Its phases.json keeps the first part's
+training time as ``train_first_part``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,6 +50,42 @@ def run_seed(seed: int, work: Path, extra: list[str]) -> None:
     cmd = [sys.executable, str(HERE / "mw8.py"), "--work", str(work / f"seed_{seed}"), "--no-write", "--set", *sets]
     print("[mw8_seeds]", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True)
+
+
+def continue_seed(seed: int, source: Path, work: Path, extra: list[str]) -> None:
+    """Make WORK/seed_S a copy of SOURCE/seed_S whose training run continues Stage 2 to the
+    ``stage2.epochs`` in ``extra`` (module docstring). Nothing is done when WORK/seed_S exists (a
+    continuation under way resumes as it is)."""
+    import yaml
+
+    target = work / f"seed_{seed}"
+    if target.exists():
+        return
+    epochs = [int(e.split("=", 1)[1]) for e in extra if e.startswith("stage2.epochs=")]
+    origin = source / f"seed_{seed}"
+    if len(epochs) != 1 or not (origin / "train" / "summary.json").is_file():
+        raise SystemExit(f"--continue-from needs one --set stage2.epochs=N and a finished run in {origin}")
+    config = yaml.safe_load((origin / "train" / "config.yaml").read_text())
+    if epochs[0] <= config["stage2"]["epochs"]:
+        raise SystemExit(f"stage2.epochs={epochs[0]} does not continue {origin}'s {config['stage2']['epochs']} epochs")
+    staging = work / f".seed_{seed}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(origin, staging)
+    run = staging / "train"
+    config["stage2"]["epochs"] = epochs[0]
+    raw = yaml.safe_dump(config, sort_keys=False).encode()
+    (run / "config.yaml").write_bytes(raw)
+    meta = json.loads((run / "run.json").read_text())
+    meta.update(config_sha256=hashlib.sha256(raw).hexdigest(), status="running", continued_from=str(origin))
+    (run / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    for done in (run / "summary.json", run / "trim" / "result.json", staging / "summary.json", staging / "mw8.json"):
+        done.unlink(missing_ok=True)
+    shutil.rmtree(run / "final", ignore_errors=True)
+    phases = json.loads((staging / "phases.json").read_text())
+    phases["train_first_part"] = phases.pop("train")
+    phases.pop("eval", None)
+    (staging / "phases.json").write_text(json.dumps(phases, indent=2) + "\n")
+    staging.rename(target)
 
 
 def seed_record(result: dict[str, Any]) -> dict[str, Any]:
@@ -135,12 +180,15 @@ def main() -> None:
     ap.add_argument("--results", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="a suffix for a variant's files, e.g. h10")
     ap.add_argument("--set", nargs="*", default=[], help="more config overrides for every seed")
+    ap.add_argument("--continue-from", default="", help="continue variant TAG's finished seeds to --set stage2.epochs=N")
     args = ap.parse_args()
     tag = f"_{args.tag}" if args.tag else ""
     results = Path(args.results)
     (results / f"mw8_seeds{tag}").mkdir(parents=True, exist_ok=True)
     work = Path(args.work + tag)
     for seed in args.seeds:
+        if args.continue_from:
+            continue_seed(seed, Path(f"{args.work}_{args.continue_from}"), work, args.set)
         run_seed(seed, work, args.set)
         (results / f"mw8_seeds{tag}" / f"seed_{seed}.json").write_text((work / f"seed_{seed}" / "mw8.json").read_text())
         aggregate(results, tag)
