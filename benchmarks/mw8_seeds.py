@@ -101,7 +101,8 @@ def seed_record(result: dict[str, Any]) -> dict[str, Any]:
         "window": result["windows"]["policytrim"],
         "clean_expert_mean_steps": expert.get("mean_steps"),
         "clean_expert_calls_at_H": expert["mean_steps"] / horizon if expert.get("mean_steps") else None,
-        "minutes": result["timings_s"]["pipeline_total"] / 60.0,
+        # a continued seed (--continue-from) counts the first part's training too
+        "minutes": (result["timings_s"]["pipeline_total"] + result["timings_s"].get("train_first_part", 0.0)) / 60.0,
         "machine": result["machine"].get("cpu"),
         "overrides": extra_overrides(result.get("command", "")),
     }
