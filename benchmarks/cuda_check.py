@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from policytrim.config import EnvConfig
-from policytrim.envs.tasks import TASK_SETS
+from policytrim.envs.tasks import resolve_tasks
 from policytrim.eval.evaluate import evaluate_policy
 from policytrim.machine import describe_machine
 from policytrim.policies import load_policy
@@ -166,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("cuda_check: torch sees no CUDA device here; run it on a GPU machine")
-    tasks = TASK_SETS[args.tasks] if args.tasks in TASK_SETS else tuple(t for t in args.tasks.split(",") if t)
+    tasks = resolve_tasks(args.tasks)
     policy = load_policy(args.checkpoint)
     result = {
         "machine": describe_machine(),
