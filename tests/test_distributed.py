@@ -40,7 +40,8 @@ def torchrun(args: list[str], env_extra: dict[str, str] | None = None) -> subpro
     """`policytrim ARGS` under ``torch.distributed.run`` with 2 CPU processes (the console script,
     as a user would launch it)."""
     script = Path(sys.executable).parent / "policytrim"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    # PYTHONFAULTHANDLER: a rank that aborts prints its threads' Python stacks (see distributed.exit_after_success)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **(env_extra or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 import re
 import sys
 import typing
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Sequence
+from typing import Annotated, Any, Callable, Literal, NoReturn, Sequence
 
 import tyro
 
@@ -258,7 +259,12 @@ def _parse(cls: type, argv: list[str], prog: str) -> object:
         raise
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _launched_by_torchrun() -> bool:
+    """``WORLD_SIZE`` > 1 (read here so that other commands never import torch.distributed)."""
+    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
     print(f"error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(code)
 
@@ -298,6 +304,7 @@ def dispatch(name: str, args: object) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    as_program = argv is None  # the console script / python -m, not a call from Python code
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -307,11 +314,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(f"unknown command {name!r}; commands are: {', '.join(COMMANDS)}")
     try:
         args = _parse(COMMANDS[name], rest, prog=f"policytrim {name}")
-        return dispatch(name, args)
+        code = dispatch(name, args)
     except InputError as exc:
         _fail(str(exc))
     except PermissionError as exc:  # what the up-front checks cannot see (e.g. sysfs refuses root)
         _fail(f"permission denied: {exc.filename!r} ({exc.strerror})")
     except KeyboardInterrupt as exc:  # Ctrl-C: one line (a training run says how to resume)
         _fail(str(exc) or "interrupted", code=130)
-    return 0
+    if code == 0 and as_program and name == "train" and _launched_by_torchrun():
+        from policytrim.train.distributed import exit_after_success
+
+        exit_after_success(code)  # see there: a finished rank could abort in the interpreter's teardown
+    return code
