@@ -29,7 +29,6 @@ training time as ``train_first_part``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import statistics
@@ -56,7 +55,7 @@ def continue_seed(seed: int, source: Path, work: Path, extra: list[str]) -> None
     """Make WORK/seed_S a copy of SOURCE/seed_S whose training run continues Stage 2 to the
     ``stage2.epochs`` in ``extra`` (module docstring). Nothing is done when WORK/seed_S exists (a
     continuation under way resumes as it is)."""
-    import yaml
+    from policytrim.train.rundir import RunDir
 
     target = work / f"seed_{seed}"
     if target.exists():
@@ -65,22 +64,18 @@ def continue_seed(seed: int, source: Path, work: Path, extra: list[str]) -> None
     origin = source / f"seed_{seed}"
     if len(epochs) != 1 or not (origin / "train" / "summary.json").is_file():
         raise SystemExit(f"--continue-from needs one --set stage2.epochs=N and a finished run in {origin}")
-    config = yaml.safe_load((origin / "train" / "config.yaml").read_text())
-    if epochs[0] <= config["stage2"]["epochs"]:
-        raise SystemExit(f"stage2.epochs={epochs[0]} does not continue {origin}'s {config['stage2']['epochs']} epochs")
+    finished = RunDir.open(origin / "train").cfg.stage2.epochs
+    if epochs[0] <= finished:
+        raise SystemExit(f"stage2.epochs={epochs[0]} does not continue {origin}'s {finished} epochs")
     staging = work / f".seed_{seed}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(origin, staging)
-    run = staging / "train"
-    config["stage2"]["epochs"] = epochs[0]
-    raw = yaml.safe_dump(config, sort_keys=False).encode()
-    (run / "config.yaml").write_bytes(raw)
-    meta = json.loads((run / "run.json").read_text())
-    meta.update(config_sha256=hashlib.sha256(raw).hexdigest(), status="running", continued_from=str(origin))
-    (run / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
-    for done in (run / "summary.json", run / "trim" / "result.json", staging / "summary.json", staging / "mw8.json"):
+    run = RunDir.open(staging / "train")
+    run.cfg.stage2.epochs = epochs[0]
+    run.replace_config(run.cfg, status="running", continued_from=str(origin))
+    for done in (run.path / "summary.json", run.path / "trim" / "result.json", staging / "summary.json", staging / "mw8.json"):
         done.unlink(missing_ok=True)
-    shutil.rmtree(run / "final", ignore_errors=True)
+    shutil.rmtree(run.path / "final", ignore_errors=True)
     phases = json.loads((staging / "phases.json").read_text())
     phases["train_first_part"] = phases.pop("train")
     phases.pop("eval", None)

@@ -54,11 +54,18 @@ class RunDir:
             path.mkdir(parents=True, exist_ok=True)
         except PermissionError as exc:  # what `check_output_dir` cannot see (e.g. sysfs, for root)
             raise InputError(f"cannot create run directory {str(path)!r}: permission denied ({exc.strerror})") from None
+        run = cls(path, cfg, {"policytrim_version": __version__, "status": "running", **meta})
+        run.replace_config(cfg)
+        return run
+
+    def replace_config(self, cfg: RunConfig, **meta: Any) -> None:
+        """Write ``cfg`` as config.yaml and its SHA-256 (and ``meta``) into run.json, the pair
+        `open` verifies. Besides `create`: a benchmark continuing a finished run to more epochs."""
         config = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
-        atomic_write_bytes(path / "config.yaml", config)
-        meta = {"policytrim_version": __version__, "status": "running", **meta, "config_sha256": hashlib.sha256(config).hexdigest()}
-        atomic_write_json(path / "run.json", meta)
-        return cls(path, cfg, meta)
+        atomic_write_bytes(self.path / "config.yaml", config)
+        self.cfg = cfg
+        self.meta.update(meta, config_sha256=hashlib.sha256(config).hexdigest())
+        atomic_write_json(self.path / "run.json", self.meta)
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
