@@ -6,6 +6,10 @@ checkpoint (e.g. an MW-8 BC baseline written by benchmarks/mw8.py):
 - latency: median wall time of one ``policy.sample`` call (what the rollout engine calls, noise
   drawn on the CPU per row and moved to the device) at batch 16, 128 and 1024, CPU vs CUDA;
 - update: one forward + backward + Adam step of ``log_prob`` on a micro-batch of chunks, CPU vs CUDA;
+- served: one robot's call through `policytrim serve`'s code (``PolicyService.infer``: the request
+  checked, the chunk computed and copied back as numpy) in process, and the round trip of one
+  client over loopback (websocket + msgpack, ``ServerThread`` + ``PolicyClient``), policy on the CPU
+  vs on the GPU (needs the serve extra; skipped without it);
 - paired evaluation: the same checkpoint on the same test states with the same random numbers,
   learner on the CPU vs on the GPU (env workers on the CPU either way), in float32 (as trained and
   deployed) and float64: success rate, mean steps, and the fraction of episodes whose success and
@@ -87,6 +91,30 @@ def latency_rows(checkpoint: str, calls: int) -> list[dict]:
     return rows
 
 
+def served_rows(checkpoint: str, calls: int) -> list[dict]:
+    """Median ms of one robot's call: ``PolicyService.infer`` in process, and the loopback round trip."""
+    try:
+        from policytrim.serve.client import PolicyClient
+        from policytrim.serve.server import PolicyServer, PolicyService, ServeConfig, ServerThread
+    except ImportError as exc:
+        print(f"served: skipped ({exc}; pip install 'policytrim[serve]')", flush=True)
+        return []
+    rows = []
+    for device in ("cpu", "cuda"):
+        policy = load_policy(checkpoint).to(device).eval()
+        obs = {"state": inputs(policy, 1)[0]["state"][0].numpy(), "prompt": policy.spec()["instructions"][0]}
+        service = PolicyService(policy, ServeConfig(port=0, mode="sampled", device=device))
+        generator = torch.Generator().manual_seed(0)
+        ms = timed(lambda: service.infer(obs, generator), "cpu", calls)  # infer returns numpy: already synchronised
+        rows.append({"what": "service.infer", "device": device, "batch": 1, "ms": round(ms, 3)})
+        print(f"served  {device:4s} in process: {ms:8.3f} ms", flush=True)
+        with ServerThread(PolicyServer(service)) as running, PolicyClient(running.host, running.port) as client:
+            ms = timed(lambda: client.infer(obs), "cpu", calls)
+        rows.append({"what": "round trip", "device": device, "batch": 1, "ms": round(ms, 3)})
+        print(f"served  {device:4s} round trip: {ms:8.3f} ms", flush=True)
+    return rows
+
+
 def paired_eval(checkpoint: str, tasks: tuple[str, ...], horizon: int, episodes: int, window: int, workers: int, dtype: str) -> dict:
     env = EnvConfig(tasks=tasks, horizon=horizon)
     results = {}
@@ -130,6 +158,19 @@ def markdown(result: dict) -> str:
             c, g = lat[(what, "cpu", batch)], lat[(what, "cuda", batch)]
             label = "policy.sample (sampled mode)" if what == "sample" else "log_prob + backward + Adam step"
             lines.append(f"| {label} | {batch} | {c:.2f} | {g:.2f} | {c / g:.1f}× |")
+    served = {(r["what"], r["device"]): r["ms"] for r in result.get("served", [])}
+    if served:
+        lines += [
+            "",
+            "One robot's call through `policytrim serve` (batch 1, sampled mode): `PolicyService.infer` in process "
+            "(request checked, chunk computed and copied back) and one client's round trip over loopback (websocket + msgpack):",
+            "",
+            "| call | CPU ms | CUDA ms | CPU / CUDA |",
+            "|---|---|---|---|",
+        ]
+        for what in ("service.infer", "round trip"):
+            c, g = served[(what, "cpu")], served[(what, "cuda")]
+            lines.append(f"| {what} | {c:.2f} | {g:.2f} | {c / g:.1f}× |")
     e = result["paired_eval"][0]
     lines += [
         "",
@@ -176,6 +217,7 @@ def main() -> None:
         "checkpoint_name": Path(args.checkpoint).name,
         "params": sum(p.numel() for p in policy.parameters()),
         "latency": latency_rows(args.checkpoint, args.calls),
+        "served": served_rows(args.checkpoint, args.calls),
         "paired_eval": [paired_eval(args.checkpoint, tasks, args.horizon, args.episodes, args.window, args.workers, d) for d in args.dtypes],
         "pytest": args.pytest,
     }

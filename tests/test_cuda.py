@@ -3,14 +3,18 @@ GPU with ``python -m pytest tests/test_cuda.py`` (benchmarks/cuda_check.py recor
 
 Policies draw their random numbers on the CPU and move them to their device (rollout/engine.py), so
 a policy's actions and log-probs on CUDA equal those on the CPU (float64 here: float32 kernels
-differ in the last bits), and a two-stage run with ``--device cuda`` trains, checkpoints, resumes
-from disk and evaluates like one on the CPU."""
+differ in the last bits), a two-stage run with ``--device cuda`` trains, checkpoints, resumes
+from disk and evaluates like one on the CPU, and ``policytrim serve --device cuda`` replies with the
+chunks the CPU computes."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +108,41 @@ def test_both_stages_on_cuda_train_resume_and_evaluate(tiny_baseline, tmp_path):
         metrics[device] = json.loads((out / "metrics.json").read_text())["overall"]
     for key in ("success_rate", "mean_steps"):
         assert metrics["cuda"][key] == pytest.approx(metrics["cpu"][key], nan_ok=True), key
+
+
+def test_policytrim_serve_on_cuda_replies_like_the_cpu(tiny_baseline):
+    """`policytrim serve --device cuda` in a process of its own answers with the CPU policy's
+    deterministic chunks; in sampled mode a server on the GPU and one on the CPU, seeded alike, send
+    the same chunks (the per-connection generator stays on the CPU)."""
+    pytest.importorskip("websockets", reason="needs the serve extra")
+    from policytrim.serve.client import PolicyClient
+    from policytrim.serve.server import PolicyServer, PolicyService, ServeConfig, ServerThread
+
+    policy = load_policy(tiny_baseline).eval()
+    prompt = policy.spec()["instructions"][0]
+    states = np.random.default_rng(0).normal(size=(4, policy.state_dim)).astype(np.float32)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "policytrim.cli", "serve", "--policy", str(tiny_baseline), "--port", "0", "--mode", "deterministic", "--device", "cuda"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = server.stdout.readline()
+        assert "(cuda) listening on ws://127.0.0.1:" in line, server.stderr.read() if server.poll() is not None else line
+        port = int(line.split("ws://127.0.0.1:")[1].split(" ")[0].rstrip(";"))
+        with PolicyClient("127.0.0.1", port) as client:
+            served = [client.infer({"state": s, "prompt": prompt})["actions"] for s in states]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    with torch.no_grad():
+        local = policy.sample({"state": torch.from_numpy(states)}, [prompt] * len(states), "deterministic").actions.numpy()
+    np.testing.assert_allclose(np.stack(served), local, rtol=0, atol=1e-5)
+
+    replies = {}
+    for device in ("cpu", "cuda"):
+        config = ServeConfig(port=0, mode="sampled", seed=3, device=device)
+        with ServerThread(PolicyServer(PolicyService(load_policy(tiny_baseline).to(device).eval(), config))) as running:
+            with PolicyClient(running.host, running.port) as client:
+                replies[device] = np.stack([client.infer({"state": s, "prompt": prompt})["actions"] for s in states])
+    assert not np.array_equal(replies["cpu"][0], replies["cpu"][1])  # fresh noise per call
+    np.testing.assert_allclose(replies["cuda"], replies["cpu"], rtol=0, atol=1e-5)

@@ -286,7 +286,7 @@ def test_serve_config_is_validated():
     for kwargs, message in (
         ({"port": 70000}, "port"), ({"max_message_bytes": 10}, "at least 1024"), ({"api_key": " "}, "API key is empty"), ({"mode": "train"}, "sampled or deterministic"),
         ({"max_message_bytes": 2**40}, "at most"), ({"threads": 10**6}, r"threads must be an integer in \[0, 1024\]"),
-        ({"seed": -1}, "seed must be"), ({"port": "8000"}, "port"),
+        ({"seed": -1}, "seed must be"), ({"port": "8000"}, "port"), ({"device": "tpu"}, "device must be one of cpu, cuda"),
     ):
         with pytest.raises(InputError, match=message):
             ServeConfig(**kwargs)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 pytest.importorskip("websockets", reason="needs the serve extra: pip install 'policytrim[serve]'")
 pytest.importorskip("msgpack", reason="needs the serve extra: pip install 'policytrim[serve]'")
@@ -68,6 +69,10 @@ def test_robot_loop_drives_metaworld_through_a_served_policy(tiny_baseline):
         (["serve", "--policy", "expert", "--max-message-mb", "nan"], "--max-message-mb must be a number in (0, 1024]"),
         (["serve", "--policy", "expert", "--max-message-mb", "1e9"], "--max-message-mb must be a number in (0, 1024]"),
         (["serve", "--policy", "expert", "--threads", "1000000"], "threads must be an integer in [0, 1024]"),
+        pytest.param(
+            ["serve", "--policy", "expert", "--device", "cuda"], "torch sees no CUDA device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
     ],
 )
 def test_serve_refuses_bad_input_in_one_line(argv, message, capsys):

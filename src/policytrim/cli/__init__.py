@@ -167,6 +167,8 @@ class ServeCmd:
     """Seed of the per-connection random generators (sampled mode)."""
     threads: int = 0
     """torch threads for policy calls; 0 = torch's default (one per core); at most 1024."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where the policy computes (cuda: the first visible GPU)."""
 
 
 COMMANDS: dict[str, type] = {

@@ -209,12 +209,12 @@ def serve(args: Any) -> int:
         raise InputError(f"--max-message-mb must be a number in (0, {L.MAX_MESSAGE_BYTES / 2**20:g}], got {args.max_message_mb!r}")
     config = ServeConfig(
         host=args.host, port=args.port, api_key=api_key,
-        max_message_bytes=int(args.max_message_mb * 2**20), mode=args.mode, seed=args.seed, threads=args.threads,
+        max_message_bytes=int(args.max_message_mb * 2**20), mode=args.mode, seed=args.seed, threads=args.threads, device=args.device,
     )
 
     def ready(host: str, port: int) -> None:
         auth = " (API key required)" if api_key else ""
-        print(f"policytrim serve: {args.policy} listening on ws://{host}:{port}{auth}; health check http://{host}:{port}/healthz", flush=True)
+        print(f"policytrim serve: {args.policy} ({args.device}) listening on ws://{host}:{port}{auth}; health check http://{host}:{port}/healthz", flush=True)
 
     serve_policy(args.policy, config, ready)
     return 0

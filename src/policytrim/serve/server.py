@@ -39,7 +39,7 @@ import torch
 from policytrim import limits as L
 from policytrim.envs.base import OBS_IMAGE, OBS_STATE
 from policytrim.errors import InputError
-from policytrim.runtime import torch_threads
+from policytrim.runtime import check_device, torch_threads
 from policytrim.serve import wire
 
 logger = logging.getLogger("policytrim.serve")
@@ -72,6 +72,8 @@ class ServeConfig:
     """Seed of the per-connection random generators (sampled mode)."""
     threads: int = 0
     """torch intra-op threads for policy calls; 0 = torch's default (one per core)."""
+    device: str = "cpu"
+    """Where the policy computes: cpu or cuda (`serve_policy` moves it there; requests and replies stay numpy)."""
 
     def __post_init__(self) -> None:
         if not (_is_int(self.port) and 0 <= self.port <= 65535):
@@ -84,6 +86,7 @@ class ServeConfig:
         L.check_int("seed", self.seed, 0, L.MAX_SEED)
         if self.api_key is not None and not self.api_key.strip():
             raise InputError("the API key is empty; set a non-empty key or serve without one")
+        check_device(self.device)
 
 
 def _is_int(value: Any) -> bool:
@@ -340,13 +343,15 @@ class ServerThread:
 
 
 def serve_policy(policy_dir: str, config: ServeConfig, ready: Callable[[str, int], None] | None = None) -> None:
-    """Load the policy at ``policy_dir`` (a checkpoint directory or ``"expert"``) and serve it
-    until interrupted, with ``config.threads`` torch threads (0: torch's default); ``ready(host,
-    port)`` is called once the socket is bound. Bad input (an unreadable policy, a busy port)
-    raises `InputError`."""
+    """Load the policy at ``policy_dir`` (a checkpoint directory or ``"expert"``) onto
+    ``config.device`` and serve it until interrupted, with ``config.threads`` torch threads (0:
+    torch's default); ``ready(host, port)`` is called once the socket is bound. Bad input (an
+    unreadable policy, a busy port, a device this machine lacks) raises `InputError`."""
     from policytrim.policies import load_policy
 
     policy = load_policy(policy_dir)
+    if isinstance(policy, torch.nn.Module):  # scripted experts have no parameters and run on the CPU
+        policy = policy.to(config.device)
     policy.eval()
     server = PolicyServer(PolicyService(policy, config))
     with torch_threads(config.threads or None):
