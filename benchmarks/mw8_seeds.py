@@ -16,8 +16,8 @@ calls a policy replaying them in chunks of H would need at the least.
 
 Targets (issue 18, H = 15): calls_speedup >= 6, steps_reduction >= 0.45, success_rate_drop <= 1 point,
 each as the mean over 3 seeds; every aggregate whose seeds ran at H = 15 (the default run and its
-variants) records them as ``targets`` and, once 3 seeds have finished, ``targets_met``. ``--set`` passes more overrides to every seed (e.g. the paper's own
-Meta-World setting: ``policy.chunk_size=10 stage1.windows=[5,10]`` with ``--tag h10``).
+variants) records them as ``targets`` and, once 3 seeds have finished, ``targets_met``. ``--set``
+passes more overrides to every seed (e.g. the paper's own Meta-World setting: ``policy.chunk_size=10 stage1.windows=[5,10]`` with ``--tag h10``).
 
 ``--continue-from TAG --set stage2.epochs=N`` starts each seed from a copy of variant TAG's finished
 seed and continues its Stage 2 to N epochs (``--tag s2x720 --continue-from s2long --set

@@ -130,6 +130,7 @@ def test_policytrim_serve_on_cuda_replies_like_the_cpu(tiny_baseline):
         assert "(cuda) listening on ws://127.0.0.1:" in line, server.stderr.read() if server.poll() is not None else line
         port = int(line.split("ws://127.0.0.1:")[1].split(" ")[0].rstrip(";"))
         with PolicyClient("127.0.0.1", port) as client:
+            assert client.metadata["device"] == "cuda"  # where the served policy's parameters are
             served = [client.infer({"state": s, "prompt": prompt})["actions"] for s in states]
     finally:
         server.terminate()

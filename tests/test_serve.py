@@ -119,7 +119,7 @@ def test_metadata_advertises_the_trained_window_and_the_observation_contract(ser
     assert meta["observation"] == {"state": {"shape": [39], "dtype": "float32", "accepted_dtypes": ["float32", "float64"]}}
     assert meta["instruction"]["key"] == "prompt" and meta["instruction"]["required"] is True
     assert meta["instruction"]["known"] == [INSTRUCTIONS[t] for t in TASKS]
-    assert meta["max_message_bytes"] == MAX_BYTES and meta["mode"] == "deterministic"
+    assert meta["max_message_bytes"] == MAX_BYTES and meta["mode"] == "deterministic" and meta["device"] == "cpu"
     assert meta["trained_stage"] == "bc" and meta["step_budget"] is None  # a freshly built policy's spec
 
 

@@ -39,7 +39,7 @@ import torch
 from policytrim import limits as L
 from policytrim.envs.base import OBS_IMAGE, OBS_STATE
 from policytrim.errors import InputError
-from policytrim.runtime import check_device, torch_threads
+from policytrim.runtime import check_device, device_of, torch_threads
 from policytrim.serve import wire
 
 logger = logging.getLogger("policytrim.serve")
@@ -154,6 +154,7 @@ class PolicyService:
             "trained_stage": spec.get("trained_stage"),
             "step_budget": spec.get("step_budget"),
             "mode": self.config.mode,
+            "device": device_of(self.policy).type,
             "observation": {k: f.describe() for k, f in self.fields.items()},
             "instruction": {
                 "key": PROMPT_KEY,
