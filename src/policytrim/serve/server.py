@@ -73,7 +73,7 @@ class ServeConfig:
     threads: int = 0
     """torch intra-op threads for policy calls; 0 = torch's default (one per core)."""
     device: str = "cpu"
-    """Where the policy computes: cpu or cuda (`serve_policy` moves it there; requests and replies stay numpy)."""
+    """Where the policy computes: cpu or cuda (`PolicyService` moves it there; requests and replies stay numpy)."""
 
     def __post_init__(self) -> None:
         if not (_is_int(self.port) and 0 <= self.port <= 65535):
@@ -126,12 +126,16 @@ def known_instructions(policy: Any) -> list[str]:
 
 @dataclass
 class PolicyService:
-    """The transport-free part of the server: metadata, request validation, one policy call."""
+    """The transport-free part of the server: metadata, request validation, one policy call. The
+    policy is moved to ``config.device`` (in place, as `torch.nn.Module.to` does); scripted experts
+    have no parameters and stay on the CPU."""
 
     policy: Any
     config: ServeConfig = field(default_factory=ServeConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.policy, torch.nn.Module):
+            self.policy = self.policy.to(self.config.device)
         self.fields = observation_fields(self.policy)
         self.instructions = known_instructions(self.policy)
         self.default_instruction = self.instructions[0] if len(self.instructions) == 1 else None
@@ -351,8 +355,6 @@ def serve_policy(policy_dir: str, config: ServeConfig, ready: Callable[[str, int
     from policytrim.policies import load_policy
 
     policy = load_policy(policy_dir)
-    if isinstance(policy, torch.nn.Module):  # scripted experts have no parameters and run on the CPU
-        policy = policy.to(config.device)
     policy.eval()
     server = PolicyServer(PolicyService(policy, config))
     with torch_threads(config.threads or None):
