@@ -1,4 +1,4 @@
-"""The measured ablation table: `policytrim.ablate` on one or two tasks from ONE starting checkpoint.
+"""The measured ablation table: `policytrim.experiments.ablate` on one or two tasks from ONE starting checkpoint.
 
     .venv/bin/python benchmarks/ablation.py [--init runs/mw8_bench/baseline] [--tasks push-v3]
         [--variants none extend ...] [--work runs/ablation_push] [--set stage2.epochs=40 ...]
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    from policytrim.ablate import describe_variants, run_ablation
+    from policytrim.experiments.ablate import describe_variants, run_ablation
     from policytrim.eval.report import write_report
 
     preset = to_dict(load_config(preset_path("mw8")))

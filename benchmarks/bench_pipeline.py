@@ -52,7 +52,7 @@ def policy_pipeline(cfg: RunConfig, demos: Path, work: Path, phases: Phases, pre
     """BC from ``demos`` into work/baseline, the stages the policy supports into work/train, the
     paired test evaluation into work/ (baseline, fixed-horizon sweep, Stage 1, PolicyTrim).
     Returns the evaluation summary with ``stages``, ``timings_s`` and ``device``."""
-    from policytrim.pipeline import evaluate_pipeline
+    from policytrim.experiments.demo import evaluate_pipeline
     from policytrim.policies import load_policy
     from policytrim.policies.base import supported_stages
     from policytrim.train.bc import pretrain

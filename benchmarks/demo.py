@@ -20,7 +20,7 @@ from pathlib import Path
 from policytrim.config import load_config, preset_path
 from policytrim.eval.report import write_report
 from policytrim.machine import describe_machine
-from policytrim.pipeline import format_summary, run_demo
+from policytrim.experiments.demo import format_summary, run_demo
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 from bench_pipeline import build_config, collect, fmt, frozen_config, machine_record, policy_pipeline
 from mw8 import Phases
-from policytrim.pipeline import SUMMARY_UNITS
+from policytrim.experiments.demo import SUMMARY_UNITS
 
 HEADS: dict[str, dict[str, Any]] = {
     "gaussian": {"policy": {"head": "gaussian", "std_mode": "state"}},

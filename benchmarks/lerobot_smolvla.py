@@ -111,7 +111,7 @@ def main() -> None:
     from bench_pipeline import collect, machine_record, policy_pipeline
     from policytrim.envs.tasks import INSTRUCTIONS
     from policytrim.machine import PeakMemory
-    from policytrim.pipeline import SUMMARY_UNITS, format_summary
+    from policytrim.experiments.demo import SUMMARY_UNITS, format_summary
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ import torch
 from policytrim.config import EnvConfig, PolicyConfig
 from policytrim.envs.libero import task_info
 from policytrim.machine import describe_machine
-from policytrim.policies.chunk import TinyVLA
+from policytrim.policies.tinyvla import TinyVLA
 
 TASK = "libero_object/pick_up_the_alphabet_soup_and_place_it_in_the_basket"
 RESULT = Path(__file__).resolve().parent / "results" / "libero_mechanics.json"

@@ -149,7 +149,7 @@ def main() -> None:
     if args.stop_after == "train":
         return
 
-    from policytrim.pipeline import evaluate_pipeline
+    from policytrim.experiments.demo import evaluate_pipeline
     from policytrim.eval.report import write_report
 
     def run_eval() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench_pipeline import build_config, collect, fmt, frozen_config, machine_record, policy_pipeline
 from mw8 import Phases
-from policytrim.pipeline import SUMMARY_UNITS
+from policytrim.experiments.demo import SUMMARY_UNITS
 
 TASKS = ("drawer-close-v3", "button-press-topdown-v3", "drawer-open-v3")
 

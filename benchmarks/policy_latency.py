@@ -25,7 +25,7 @@ import torch
 
 from policytrim.config import PolicyConfig
 from policytrim.envs.tasks import INSTRUCTIONS, TASK_SETS
-from policytrim.policies.chunk import TinyVLA
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.machine import describe_machine
 
 BATCH = 16

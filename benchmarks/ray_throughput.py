@@ -44,7 +44,7 @@ from policytrim.config import EnvConfig, PolicyConfig, RayConfig
 from policytrim.envs import initial_states, make_env
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.machine import describe_machine
-from policytrim.policies.chunk import TinyVLA
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.rollout.engine import RolloutEngine, make_pool
 from policytrim.rollout.workers import StepRequest
 

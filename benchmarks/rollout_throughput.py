@@ -129,7 +129,7 @@ def main() -> None:
         for env in envs.values():
             env.close()
     else:
-        from policytrim.policies.chunk import TinyVLA
+        from policytrim.policies.tinyvla import TinyVLA
 
         torch.manual_seed(0)
         policy = TinyVLA.from_config(PolicyConfig(), 39, 4, [INSTRUCTIONS[t] for t in tasks]).eval()

@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--results", default="benchmarks/results")
     args = ap.parse_args()
 
-    from policytrim.pipeline import run_demo
+    from policytrim.experiments.demo import run_demo
 
     work = Path(args.work)
     load = os.getloadavg()

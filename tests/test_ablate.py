@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import tiny_config
-from policytrim.ablate import parse_variant, plan, run_ablation, variant_config
+from policytrim.experiments.ablate import parse_variant, plan, run_ablation, variant_config
 from policytrim.cli import main
 from policytrim.errors import InputError
 

@@ -28,7 +28,7 @@ from policytrim.cli import main
 from policytrim.config import PolicyConfig, RunConfig
 from policytrim.data.demos import save_demos
 from policytrim.envs.tasks import INSTRUCTIONS
-from policytrim.policies.chunk import TinyVLA
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.train.rundir import RunDir
 
 from fixtures.make_fixtures import random_demos

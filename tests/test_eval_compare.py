@@ -8,7 +8,7 @@ import json
 import pytest
 
 from policytrim.cli import main
-from policytrim.pipeline import SUMMARY_UNITS
+from policytrim.experiments.demo import SUMMARY_UNITS
 from test_pipeline import numbers_without_unit
 
 

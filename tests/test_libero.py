@@ -25,7 +25,7 @@ from policytrim.envs.libero import (  # noqa: E402
     suite_tasks,
 )
 from policytrim.errors import InputError  # noqa: E402
-from policytrim.policies.chunk import TinyVLA  # noqa: E402
+from policytrim.policies.tinyvla import TinyVLA  # noqa: E402
 from policytrim.rollout.engine import RolloutEngine  # noqa: E402
 
 OBJECT = "libero_object/pick_up_the_alphabet_soup_and_place_it_in_the_basket"

@@ -13,7 +13,7 @@ from policytrim.config import ConfigError, EnvConfig, PolicyConfig, RunConfig
 from policytrim.envs import initial_states, make_env
 from policytrim.envs.metaworld import PROPRIO_DIMS
 from policytrim.policies import load_policy
-from policytrim.policies.chunk import TinyVLA
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.rollout.engine import RolloutEngine
 
 TASK = "drawer-close-v3"

@@ -10,7 +10,7 @@ import torch
 from policytrim.config import PolicyConfig
 from policytrim.errors import InputError
 from policytrim.policies import ChunkPolicy, load_policy, policy_from_spec
-from policytrim.policies.chunk import TinyVLA
+from policytrim.policies.tinyvla import TinyVLA
 
 INSTRUCTIONS = ["push the puck to the goal", "reach the goal position", "pull the drawer open"]
 H, A, D, B = 6, 4, 39, 10

@@ -7,7 +7,7 @@ import torch
 from policytrim.config import EnvConfig, PolicyConfig
 from policytrim.envs import initial_states
 from policytrim.envs.tasks import INSTRUCTIONS
-from policytrim.policies.chunk import TinyVLA
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.rollout.engine import RolloutEngine
 
 

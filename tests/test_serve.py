@@ -25,7 +25,7 @@ from policytrim.config import PolicyConfig  # noqa: E402
 from policytrim.envs.tasks import INSTRUCTIONS  # noqa: E402
 from policytrim.errors import InputError  # noqa: E402
 from policytrim.policies import load_policy  # noqa: E402
-from policytrim.policies.chunk import TinyVLA  # noqa: E402
+from policytrim.policies.tinyvla import TinyVLA  # noqa: E402
 from policytrim.serve import wire  # noqa: E402
 from policytrim.serve.client import ActionChunkBroker, PolicyClient, ServerError  # noqa: E402
 from policytrim.serve.server import CLOSE_BAD_REQUEST, PolicyServer, PolicyService, ServeConfig, ServerThread  # noqa: E402

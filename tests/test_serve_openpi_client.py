@@ -22,7 +22,7 @@ pytest.importorskip("msgpack", reason="needs the serve extra: pip install 'polic
 
 from policytrim.config import PolicyConfig  # noqa: E402
 from policytrim.envs.tasks import INSTRUCTIONS  # noqa: E402
-from policytrim.policies.chunk import TinyVLA  # noqa: E402
+from policytrim.policies.tinyvla import TinyVLA  # noqa: E402
 from policytrim.serve.server import PolicyServer, PolicyService, ServeConfig, ServerThread  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

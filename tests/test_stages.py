@@ -12,7 +12,7 @@ from policytrim.cli import main
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.errors import InputError
 from policytrim.policies.base import supported_stages
-from policytrim.policies.chunk import TinyVLA
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.policies.expert import ExpertPolicy
 from policytrim.train.stages import Stage1, Stage2, StageOutcome
 from tests.test_policies import make_policy

@@ -3,7 +3,7 @@
 A size is trusted only after it is checked: a group size of 10^9 or a hidden width of 10^7 would
 otherwise be accepted and only fail (or swap) once gigabytes are allocated. The bounds are far
 above anything the paper or a 2-core machine runs, and far below what exhausts a large machine.
-`policytrim.config` checks configs against them, `policytrim.policies.chunk` checks checkpoint specs
+`policytrim.config` checks configs against them, `policytrim.policies.tinyvla` checks checkpoint specs
 (``config.json``) against them before any tensor is allocated. Raise a bound here if a real run
 needs more.
 """

@@ -57,7 +57,7 @@ def demos(tmp_path_factory):
 def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path):
     from lerobot.policies.factory import get_policy_class
 
-    from policytrim.pipeline import evaluate_pipeline
+    from policytrim.experiments.demo import evaluate_pipeline
     from policytrim.policies.lerobot import dataset_stats
     from policytrim.train.bc import pretrain
     from policytrim.train.grpo import train

@@ -24,9 +24,9 @@ def run_config(cmd: RunConfig) -> RunConfig:
 
 
 def demo(args: Any) -> int:
-    """`policytrim demo`: the whole pipeline (`policytrim.pipeline.run_demo`) and its report."""
+    """`policytrim demo`: the whole pipeline (`policytrim.experiments.demo.run_demo`) and its report."""
     from policytrim.eval.report import write_report
-    from policytrim.pipeline import format_summary, run_demo
+    from policytrim.experiments.demo import format_summary, run_demo
 
     cfg = run_config(args)
     out = Path(cfg.logging.out)
@@ -155,8 +155,8 @@ def evaluate(args: Any) -> int:
 
 
 def ablate(args: Any) -> int:
-    """`policytrim ablate`: `policytrim.ablate.run_ablation` and its table."""
-    from policytrim.ablate import NAMED, describe_variants, format_table, run_ablation
+    """`policytrim ablate`: `policytrim.experiments.ablate.run_ablation` and its table."""
+    from policytrim.experiments.ablate import NAMED, describe_variants, format_table, run_ablation
     from policytrim.eval.report import write_report
 
     cfg = run_config(args)

@@ -22,7 +22,7 @@ env workers render once per chunk instead of once per step.
 
 Proprioception. ``PROPRIO_DIMS`` are the entries of the 39-dim state a robot knows about itself
 (hand position and gripper opening, now and one step before); an image policy reads those and
-sees objects and goals only through the camera (`policytrim.policies.chunk.TinyVLA` state_dims).
+sees objects and goals only through the camera (`policytrim.policies.tinyvla.TinyVLA` state_dims).
 """
 
 from __future__ import annotations

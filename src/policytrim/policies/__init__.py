@@ -18,7 +18,7 @@ def policy_from_spec(spec: dict, state_dict: dict | None = None) -> ChunkPolicy:
 
         return ExpertPolicy.from_spec(spec)
     if kind == "chunk":
-        from policytrim.policies.chunk import TinyVLA
+        from policytrim.policies.tinyvla import TinyVLA
 
         policy = TinyVLA.from_spec(spec)
         if state_dict is not None:
@@ -43,6 +43,6 @@ def load_policy(source: str | Path, tasks: tuple[str, ...] = ()) -> ChunkPolicy:
         from policytrim.policies.lerobot import LeRobotChunkPolicy
 
         return LeRobotChunkPolicy.from_pretrained(str(source).removeprefix(HUB_PREFIX))
-    from policytrim.policies.chunk import TinyVLA
+    from policytrim.policies.tinyvla import TinyVLA
 
     return TinyVLA.from_pretrained(source)

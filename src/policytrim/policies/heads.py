@@ -1,7 +1,7 @@
 """Action heads of the built-in chunk policy: context [B, C] -> a chunk of H actions [B, H, A].
 
 Both heads work in *normalised* action space (``(a − mean) / std`` with the dataset's action
-statistics); `policytrim.policies.chunk.TinyVLA` maps to and from raw actions.
+statistics); `policytrim.policies.tinyvla.TinyVLA` maps to and from raw actions.
 
 - `GaussianHead`: diagonal Gaussian, mean from the context, a state-independent learnable log-std
   per (chunk position, action dim). Exact log-probs.

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from policytrim.config import EnvConfig, RunConfig, to_dict
 from policytrim.errors import InputError
-from policytrim.policies.chunk import TinyVLA
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.runtime import torch_threads
 
 METRICS_NAME = "pretrain_metrics.json"

@@ -15,7 +15,7 @@ from policytrim.config import to_dict
 from policytrim.eval.compare import Contender
 from policytrim.eval.suite import write_suite
 from policytrim.io import atomic_write_json
-from policytrim.pipeline import SUMMARY_KEYS, SUMMARY_UNITS, comparison_summary
+from policytrim.experiments.demo import SUMMARY_KEYS, SUMMARY_UNITS, comparison_summary
 from test_report import PIPELINE, suite
 
 

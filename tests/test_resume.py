@@ -36,7 +36,7 @@ from policytrim.config import PolicyConfig, to_dict
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.io import KILL_AT_ENV, append_jsonl, read_jsonl
 from policytrim.policies import load_policy
-from policytrim.policies.chunk import TinyVLA
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.train.checkpoint import latest_checkpoint, restore_best, save_checkpoint
 from policytrim.train.grpo import save_policy_dir
 from policytrim.train.rundir import RunDir

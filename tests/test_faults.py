@@ -26,7 +26,7 @@ from policytrim.envs import initial_states, make_env
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.io import read_jsonl
 from policytrim.policies import load_policy
-from policytrim.policies.chunk import TinyVLA
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.train import grpo
 from policytrim.train.checkpoint import save_checkpoint

@@ -29,7 +29,7 @@ from policytrim.data.demos import VERSION as DEMOS_VERSION
 from policytrim.data.demos import load_demos
 from policytrim.errors import InputError
 from policytrim.policies import load_policy
-from policytrim.policies.chunk import FORMAT_VERSION as POLICY_VERSION
+from policytrim.policies.tinyvla import FORMAT_VERSION as POLICY_VERSION
 from policytrim.train.checkpoint import FORMAT_VERSION as TRAINER_VERSION
 from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state
 

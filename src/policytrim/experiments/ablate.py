@@ -28,7 +28,7 @@ Output::
 
     OUT/ablation.json   the table's data (per variant: what was trained, window, metrics, paired
                         comparison with `none`, training time, run directory; "units" names the
-                        unit of each number: `policytrim.pipeline.SUMMARY_UNITS`)
+                        unit of each number: `policytrim.experiments.demo.SUMMARY_UNITS`)
     OUT/ablation.md     the table
     OUT/variants/NAME/  one `policytrim train` run directory per trained variant
     OUT/eval/           the paired comparison (`policytrim.eval.suite` format)
@@ -48,7 +48,7 @@ from typing import Any, Sequence
 from policytrim.config import RunConfig, from_dict, to_dict
 from policytrim.errors import InputError
 from policytrim.io import atomic_write_bytes, atomic_write_json
-from policytrim.pipeline import SUMMARY_UNITS
+from policytrim.experiments.demo import SUMMARY_UNITS
 
 FORMAT = "policytrim-ablation"
 NAMED = ("none", "extend", "trim_no_stability", "trim", "full")
