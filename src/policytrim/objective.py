@@ -17,6 +17,10 @@ Stage 2 budget B = ceil(beta_B T)     `step_budget`
 eq 5  E = S max(0, (B - T) / B)       `step_saving_reward`
 eq 6  P = S tanh(|T - mu| / sigma)    `stability_penalty`
 eq 7  R = S (1 + le E - ls P)/(1+le)  `trim_reward` (`trim_reward_terms` also returns E, P)
+adaptive windows: call budget B_C     `call_budget`
+eq 8  E_C = S max(0, (B_C - C) / B_C) `call_saving_reward`
+eq 9  joint reward of the adaptor     `adapt_reward_terms` (R, E_C, E, P)
+eq 4 with a window log-prob per call  `grpo_loss(..., window_logp=, old_window_logp=)`
 speedups (evaluation)                 `calls_speedup` (headline), `speedup` (paper's)
 ====================================  =====================================================
 
@@ -32,7 +36,11 @@ from typing import Literal, NamedTuple
 import torch
 
 __all__ = [
+    "AdaptReward",
     "TrimReward",
+    "adapt_reward_terms",
+    "call_budget",
+    "call_saving_reward",
     "assign_windows",
     "calls_speedup",
     "extension_reward",
@@ -85,13 +93,14 @@ def _success(success: torch.Tensor | Sequence) -> torch.Tensor:
     return s != 0
 
 
-def _steps(steps: torch.Tensor | Sequence, success: torch.Tensor) -> torch.Tensor:
-    t = _groups("steps", steps)
-    _same_shape("steps", t, "success", success)
+def _steps(steps: torch.Tensor | Sequence, success: torch.Tensor, name: str = "steps") -> torch.Tensor:
+    """Per-episode counts (steps T, calls C) shaped like ``success``, finite and >= 0."""
+    t = _groups(name, steps)
+    _same_shape(name, t, "success", success)
     if t.numel() and not bool(torch.isfinite(t.double()).all()):
-        raise ValueError("steps must be finite")
+        raise ValueError(f"{name} must be finite")
     if t.numel() and bool((t < 0).any()):
-        raise ValueError(f"steps must be >= 0, got min {t.min().item()}")
+        raise ValueError(f"{name} must be >= 0, got min {t.min().item()}")
     return t
 
 
@@ -185,6 +194,19 @@ def extension_reward(
 # Stage 2: redundancy-aware step reduction
 
 
+def _budget(name: str, what: str, values: torch.Tensor | Sequence[float], multiplier: float) -> int:
+    t = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if t.numel() == 0:
+        raise ValueError(
+            f"{name} must hold at least one successful episode; "
+            f"no success means no {what} budget can be calibrated (give the budget explicitly)"
+        )
+    if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+        raise ValueError(f"{name} must all be finite and > 0, got min {t.min().item()}")
+    m = _positive_number("multiplier", multiplier)
+    return int(math.ceil(round(m * t.mean().item(), 6)))
+
+
 def step_budget(successful_steps: torch.Tensor | Sequence[float], multiplier: float = 1.3) -> int:
     """Step budget ``B = ceil(multiplier * mean T)`` over successful episodes (SPEC Stage 2).
 
@@ -193,16 +215,17 @@ def step_budget(successful_steps: torch.Tensor | Sequence[float], multiplier: fl
 
     Raises ValueError when there is no successful episode (no budget can be calibrated).
     """
-    t = torch.as_tensor(successful_steps, dtype=torch.float64).flatten()
-    if t.numel() == 0:
-        raise ValueError(
-            "successful_steps must hold at least one successful episode; "
-            "no success means no step budget can be calibrated (give the budget explicitly)"
-        )
-    if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
-        raise ValueError(f"successful_steps must all be finite and > 0, got min {t.min().item()}")
-    m = _positive_number("multiplier", multiplier)
-    return int(math.ceil(round(m * t.mean().item(), 6)))
+    return _budget("successful_steps", "step", successful_steps, multiplier)
+
+
+def _saving(success: torch.Tensor, counts: torch.Tensor, budget: float, name: str, budget_name: str) -> torch.Tensor:
+    """``S * max(0, (B - X) / B)`` for counts X (steps: eq 5; calls: eq 8)."""
+    s = _success(success)
+    t = _steps(counts, s, name)
+    b = _positive_number(budget_name, budget)
+    dtype = _float_dtype(torch.as_tensor(success), t)
+    e = ((b - t.to(dtype)) / b).clamp(min=0.0)
+    return torch.where(s, e, torch.zeros((), dtype=dtype, device=s.device))
 
 
 def step_saving_reward(
@@ -212,12 +235,7 @@ def step_saving_reward(
 
     A success that overruns the budget gets E = 0 (not negative); a failure gets 0.
     """
-    s = _success(success)
-    t = _steps(steps, s)
-    b = _positive_number("budget", budget)
-    dtype = _float_dtype(torch.as_tensor(success), t)
-    e = ((b - t.to(dtype)) / b).clamp(min=0.0)
-    return torch.where(s, e, torch.zeros((), dtype=dtype, device=s.device))
+    return _saving(success, steps, budget, "steps", "budget")
 
 
 def stability_penalty(
@@ -323,6 +341,76 @@ def trim_reward(
 
 
 # ---------------------------------------------------------------------------------------------
+# Adaptive windows: the window adaptor's call-saving reward (SPEC "Adaptive windows")
+
+
+def call_budget(successful_calls: torch.Tensor | Sequence[float], multiplier: float = 1.3) -> int:
+    """Call budget ``B_C = ceil(multiplier * mean C)`` over successful episodes, calibrated like
+    Stage 2's step budget (from the policy entering the stage, on validation states)."""
+    return _budget("successful_calls", "call", successful_calls, multiplier)
+
+
+def call_saving_reward(success: torch.Tensor, calls: torch.Tensor, budget: float) -> torch.Tensor:
+    """Call-saving reward (eq 8): ``E_C = S * max(0, (B_C - C) / B_C)``, in [0, 1].
+
+    A success that overruns the call budget gets 0 (not negative); a failure gets 0.
+    """
+    return _saving(success, calls, budget, "calls", "call_budget")
+
+
+class AdaptReward(NamedTuple):
+    """The window adaptor's reward and its terms, all [num_groups, group_size]."""
+
+    reward: torch.Tensor
+    """R (eq 9): 0 on failure, in [(1 - lambda_s) / (1 + lambda_c + lambda_e), 1) on success."""
+    call_saving: torch.Tensor
+    """E_C (eq 8), in [0, 1]."""
+    step_saving: torch.Tensor
+    """E (eq 5) against the step budget, in [0, 1]; zeros when ``step_coef`` is 0."""
+    stability: torch.Tensor
+    """P (eq 6) on steps, unchanged from Stage 2, in [0, 1)."""
+
+
+def adapt_reward_terms(
+    success: torch.Tensor,
+    calls: torch.Tensor,
+    steps: torch.Tensor,
+    call_budget: float,
+    step_budget: float | None = None,
+    call_coef: float = 0.8,
+    step_coef: float = 0.0,
+    stability_coef: float = 0.2,
+    sigma_floor: float = 5.0,
+    floor_mode: FloorMode = "clamp",
+) -> AdaptReward:
+    """The adaptor's joint reward (eq 9): ``R = S (1 + lc E_C + le E - ls P) / (1 + lc + le)``.
+
+    ``lc`` = ``call_coef`` (lambda_c) rewards calls saved against ``call_budget``; ``le`` =
+    ``step_coef`` (lambda_e, default 0) optionally keeps Stage 2's step saving against
+    ``step_budget`` (required when ``step_coef`` > 0); ``ls`` = ``stability_coef`` is Stage 2's
+    group-anchored penalty on steps, unchanged, so that long windows which make an episode's length
+    erratic (a lucky long window in one member, a detour in another) do not pay. With ``lc = 0`` it
+    is exactly Stage 2's reward (eq 7). Failures get exactly 0.
+    """
+    s = _success(success)
+    lc = _non_negative_number("call_coef", call_coef)
+    le = _non_negative_number("step_coef", step_coef)
+    ls = _non_negative_number("stability_coef", stability_coef)
+    ec = call_saving_reward(success, calls, call_budget)
+    if le > 0:
+        if step_budget is None:
+            raise ValueError("step_budget is required when step_coef > 0")
+        e = step_saving_reward(success, steps, step_budget)
+    else:
+        _steps(steps, s)
+        e = torch.zeros_like(ec)
+    p = stability_penalty(success, steps, sigma_floor, floor_mode)
+    r = (1.0 + lc * ec + le * e - ls * p.to(ec.dtype)) / (1.0 + lc + le)
+    r = torch.where(s, r, torch.zeros((), dtype=r.dtype, device=r.device))
+    return AdaptReward(reward=r, call_saving=ec, step_saving=e, stability=p)
+
+
+# ---------------------------------------------------------------------------------------------
 # GRPO: advantages and loss
 
 
@@ -374,6 +462,8 @@ def grpo_loss(
     ref_logp: torch.Tensor | None = None,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
+    window_logp: torch.Tensor | None = None,
+    old_window_logp: torch.Tensor | None = None,
 ) -> GRPOLossTerms:
     """Per-trajectory terms of the clipped GRPO loss over chunks (eq 4) and of the k3 KL to a
     reference; `reduce_grpo_loss` (or the caller) sums them into
@@ -389,6 +479,12 @@ def grpo_loss(
             and not counted in C_i; every trajectory must execute at least one row.
         ref_logp: same shape, under the frozen reference policy, or None (no KL term).
         clip_low, clip_high: epsilon_low in [0, 1), epsilon_high >= 0.
+        window_logp, old_window_logp: [trajectories, chunks], or both None: the log-prob of the
+            window a window adaptor chose at each call (learner, differentiable / recorded). The
+            window is part of the call's action, so its log-ratio joins the chunk's:
+            ``rho_ic = exp(sum_r mask * (logp - old_logp) + window_logp - old_window_logp)``.
+            With the policy frozen, pass ``logp = old_logp``: only the window moves the ratio.
+            Padding chunks (no executed row) ignore them. The KL term covers action rows only.
 
     KL: the k3 estimator ``exp(r) - r - 1``, ``r = ref_logp - logp``, per executed row, averaged
     per trajectory over its executed rows. Unexecuted rows are selected out with ``torch.where``
@@ -402,6 +498,15 @@ def grpo_loss(
     _same_shape("mask", mask, "logp", logp)
     if ref_logp is not None:
         _same_shape("ref_logp", ref_logp, "logp", logp)
+    if (window_logp is None) != (old_window_logp is None):
+        raise ValueError("window_logp and old_window_logp must be given together (or neither)")
+    if window_logp is not None:
+        if window_logp.shape != logp.shape[:2]:
+            raise ValueError(
+                f"window_logp must be shaped [trajectories, chunks] = {tuple(logp.shape[:2])}, "
+                f"got {tuple(window_logp.shape)}"
+            )
+        _same_shape("old_window_logp", old_window_logp, "window_logp", window_logp)
     num = logp.shape[0]
     if advantages.shape != (num,):
         raise ValueError(
@@ -423,6 +528,9 @@ def grpo_loss(
     zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
     adv = advantages.to(logp.dtype)[:, None]
     log_ratio = torch.where(m, logp - old_logp.to(logp.dtype), zero).sum(dim=2)  # [B, C]
+    if window_logp is not None:
+        window_log_ratio = window_logp.to(logp.dtype) - old_window_logp.to(logp.dtype)
+        log_ratio = log_ratio + torch.where(chunk_valid, window_log_ratio, zero)
     ratio = torch.exp(log_ratio)
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_chunk = -torch.minimum(ratio * adv, clipped * adv)
