@@ -86,10 +86,11 @@ def make_pool(env: Any, num_workers: int, env_factory: EnvFactory | None, max_en
 class _Batch:
     """The chunks sampled in one policy call (kept on CPU)."""
 
-    __slots__ = ("traj", "pos", "rows", "obs", "logp", "replay")
+    __slots__ = ("traj", "pos", "rows", "obs", "logp", "replay", "window", "window_logp", "actions")
 
-    def __init__(self, traj: np.ndarray, pos: np.ndarray, obs: dict[str, torch.Tensor], logp: torch.Tensor, replay: dict[str, torch.Tensor]):
+    def __init__(self, traj: np.ndarray, pos: np.ndarray, obs: dict[str, torch.Tensor], logp: torch.Tensor, replay: dict[str, torch.Tensor], window: np.ndarray, window_logp: torch.Tensor | None = None, actions: torch.Tensor | None = None):
         self.traj, self.pos, self.obs, self.logp, self.replay = traj, pos, obs, logp, replay
+        self.window, self.window_logp, self.actions = window, window_logp, actions
         self.rows = np.zeros(len(traj), np.int64)
 
 
@@ -196,11 +197,16 @@ class RolloutEngine:
         mode: Mode,
         seed: int,
         record_chunks: bool = True,
+        adaptor: Any = None,
     ) -> Trajectories:
         """Roll out ``group_size`` trajectories from each of ``starts`` (one state per group).
 
         windows: long [len(starts), group_size], each in [1, policy.max_window]. Returns the
         trajectories in group order, minus dropped groups.
+        adaptor: a `policytrim.policies.adaptor.WindowAdaptor` that chooses the window at every
+        call instead (from the state observation and the chunk just sampled, drawing from the
+        trajectory's generator after the policy); ``windows`` then only bounds it (each entry must
+        be >= the adaptor's largest window). Its choices and log-probs are recorded per chunk.
         """
         if self._pool is None:
             raise RuntimeError("the engine is closed")
@@ -220,7 +226,15 @@ class RolloutEngine:
                 f"(chunk size {policy.chunk_size}, max window {policy.max_window})"
                 + ("; scripted experts act in closed loop with window 1" if int(policy.max_window) == 1 else "")
             )
-        rollout = _Rollout(self, policy, starts, group_size, win.flatten().numpy().astype(np.int64), mode, seed, record_chunks)
+        if adaptor is not None:
+            if int(adaptor.chunk_size) != int(policy.chunk_size) or max(adaptor.windows) > max_window:
+                raise ValueError(
+                    f"the window adaptor (chunk size {adaptor.chunk_size}, windows {list(adaptor.windows)}) does not fit this "
+                    f"policy (chunk size {policy.chunk_size}, windows up to {max_window})"
+                )
+            if win.numel() and int(win.min()) < max(adaptor.windows):
+                raise ValueError(f"with a window adaptor, windows bound its choices and must be >= {max(adaptor.windows)}")
+        rollout = _Rollout(self, policy, starts, group_size, win.flatten().numpy().astype(np.int64), mode, seed, record_chunks, adaptor)
         return rollout.run()
 
     def _allocate_slot(self) -> int:
@@ -231,9 +245,10 @@ class RolloutEngine:
 class _Rollout:
     """The state of one `RolloutEngine.run` call (trajectory i = group i // G, member i % G)."""
 
-    def __init__(self, engine: RolloutEngine, policy: ChunkPolicy, starts: list[InitialState], G: int, window: np.ndarray, mode: Mode, seed: int, record: bool) -> None:
+    def __init__(self, engine: RolloutEngine, policy: ChunkPolicy, starts: list[InitialState], G: int, window: np.ndarray, mode: Mode, seed: int, record: bool, adaptor: Any = None) -> None:
         self.engine, self.pool, self.policy, self.mode, self.record = engine, engine._pool, policy, mode, record
-        self.starts, self.G, self.window = starts, G, window
+        self.starts, self.G, self.window, self.adaptor = starts, G, window, adaptor
+        self.call_window = window.copy()  # the window of each trajectory's chunk in flight
         self.N = N = len(starts) * G
         self.state_of = [starts[i // G] for i in range(N)]
         self.device = device_of(policy)
@@ -347,7 +362,7 @@ class _Rollout:
         if need:
             request.slots = np.array([self.slot_of[i] for i in need], np.int64)
             request.actions = actions
-            request.rows = self.window[need]
+            request.rows = self.call_window[need]
         w = q // self.L
         self.pool.submit(w, request)
         self.inflight[w].append((q, self.engine.step_timeout_s + (self.engine.setup_timeout_s if resets else 0.0)))
@@ -426,7 +441,13 @@ class _Rollout:
         with torch.no_grad():
             sample = self.policy.sample(obs, [self.instruction[i] for i in need], self.mode, [self.generators[i] for i in need])
         actions = sample.actions.detach().to("cpu", torch.float32)
-        B, k_max = len(need), int(self.window[need].max())
+        window_logp = None
+        if self.adaptor is not None:
+            with torch.no_grad():
+                chosen, window_logp = self.adaptor.sample(obs_cpu["state"], actions, self.mode, [self.generators[i] for i in need])
+            self.call_window[need] = chosen.numpy().astype(np.int64)
+            window_logp = window_logp.detach().to("cpu", torch.float32)
+        B, k_max = len(need), int(self.call_window[need].max())
         if actions.ndim != 3 or actions.shape[0] != B or actions.shape[1] < k_max:
             raise ValueError(f"policy.sample returned actions of shape {tuple(actions.shape)}; expected [{B}, H >= {k_max}, A]")
         if self.record:
@@ -437,6 +458,9 @@ class _Rollout:
                     obs_cpu,
                     sample.logp.detach().to("cpu"),
                     {k: v.detach().to("cpu") for k, v in sample.replay.items()},
+                    self.call_window[need].copy(),
+                    window_logp,
+                    actions if self.adaptor is not None else None,
                 )
             )
             for b, i in enumerate(need):
@@ -489,4 +513,8 @@ class _Rollout:
             out.obs = {k: torch.cat([b.obs[k] for b in batches])[idx] for k in batches[0].obs}
             out.old_logp = torch.cat([b.logp for b in batches])[idx]
             out.replay = {k: torch.cat([b.replay[k] for b in batches])[idx] for k in batches[0].replay}
+            out.chunk_window = torch.from_numpy(np.concatenate([b.window for b in batches])[order])
+            if self.adaptor is not None:
+                out.window_logp = torch.cat([b.window_logp for b in batches])[idx]
+                out.chunk_actions = torch.cat([b.actions for b in batches])[idx]
         return out

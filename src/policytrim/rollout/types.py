@@ -25,7 +25,7 @@ class Trajectories:
     group: torch.Tensor
     """long [N]: group id; members of a group share the initial state."""
     window: torch.Tensor
-    """long [N]: execution window k_i."""
+    """long [N]: execution window k_i (with a window adaptor: the bound of its choices)."""
     success: torch.Tensor
     """bool [N]: success S_i (first success within the horizon)."""
     steps: torch.Tensor
@@ -50,6 +50,15 @@ class Trajectories:
     """float [M, H]: per-row log-prob recorded by the rollout (rows >= n_c are meaningless)."""
     replay: dict[str, torch.Tensor] = field(default_factory=dict)
     """Policy replay data, each [M, ...]: what `ChunkPolicy.log_prob` needs."""
+    chunk_window: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    """long [M]: the window chosen for each chunk (its trajectory's k, or the window adaptor's
+    choice at that call); n_c <= it."""
+    window_logp: torch.Tensor | None = None
+    """float [M]: log-prob of each chunk's window under the window adaptor at rollout time (None
+    without an adaptor)."""
+    chunk_actions: torch.Tensor | None = None
+    """float [M, H, A]: the chunk each call returned, the window adaptor's other input (None without
+    an adaptor)."""
 
     # ---- diagnostics ----
     policy_seconds: float = 0.0

@@ -1,0 +1,75 @@
+"""The rollout engine with a window adaptor: a window per call on real Meta-World (identical group
+resets, rows executed per chunk bounded by the chosen window, seeding per trajectory, recorded window
+log-probs that the adaptor recomputes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from policytrim.config import EnvConfig
+from policytrim.envs.base import InitialState
+from policytrim.policies.adaptor import WindowAdaptor
+from policytrim.policies.tinyvla import TinyVLA
+from policytrim.rollout.engine import RolloutEngine
+
+TASK = "reach-v3"
+H = 12
+
+
+@pytest.fixture(scope="module")
+def policy_and_adaptor():
+    torch.manual_seed(0)
+    policy = TinyVLA(state_dim=39, action_dim=4, chunk_size=H, default_window=4, instructions=["reach the goal position"], hidden_dim=32, num_layers=1).eval()
+    adaptor = WindowAdaptor(state_dim=39, action_dim=4, chunk_size=H, windows=(2, 4, 8, 12), initial_window=4, initial_mass=0.3, hidden_dim=16).eval()
+    return policy, adaptor
+
+
+def _run(policy, adaptor, num_workers, seed=5, groups=2, G=4):
+    env = EnvConfig(tasks=(TASK,), horizon=40)
+    starts = [InitialState(TASK, 11, i) for i in range(groups)]
+    with RolloutEngine(env, num_workers=num_workers) as engine:
+        return engine.run(policy, starts, G, torch.full((groups, G), H), "train", seed, adaptor=adaptor)
+
+
+def test_windows_are_chosen_per_call_and_bound_the_rows(policy_and_adaptor):
+    policy, adaptor = policy_and_adaptor
+    tr = _run(policy, adaptor, num_workers=0)
+    assert set(tr.chunk_window.tolist()) <= {2, 4, 8, 12}
+    assert len(set(tr.chunk_window.tolist())) > 1  # the adaptor really varies its choice
+    assert bool((tr.chunk_rows <= tr.chunk_window).all())
+    for i in range(tr.num_trajectories):
+        mine = tr.chunk_traj == i
+        assert int(tr.chunk_rows[mine].sum()) == int(tr.steps[i])  # every executed step is in a chunk
+        assert int(mine.sum()) == int(tr.calls[i])
+        # all chunks but the last ran their whole window (the episode ends only by success or horizon)
+        last = int(tr.chunk_pos[mine].max())
+        full = mine & (tr.chunk_pos < last)
+        assert torch.equal(tr.chunk_rows[full], tr.chunk_window[full])
+    # group members start from the identical state: their first observations are equal
+    first = tr.chunk_pos == 0
+    obs0 = tr.obs["state"][first]
+    for g in range(tr.num_groups):
+        assert torch.equal(obs0[g * tr.group_size], obs0[g * tr.group_size + tr.group_size - 1])
+
+
+def test_recorded_window_log_probs_are_what_the_adaptor_recomputes(policy_and_adaptor):
+    policy, adaptor = policy_and_adaptor
+    tr = _run(policy, adaptor, num_workers=0)
+    recomputed = adaptor.log_prob(tr.obs["state"], tr.chunk_actions, tr.chunk_window)
+    torch.testing.assert_close(recomputed, tr.window_logp, rtol=0, atol=1e-6)
+
+
+def test_per_call_windows_do_not_depend_on_workers(policy_and_adaptor):
+    policy, adaptor = policy_and_adaptor
+    local = _run(policy, adaptor, num_workers=0)
+    pooled = _run(policy, adaptor, num_workers=2)
+    assert torch.equal(local.chunk_window, pooled.chunk_window)
+    assert torch.equal(local.steps, pooled.steps) and torch.equal(local.calls, pooled.calls)
+
+
+def test_an_adaptor_that_does_not_fit_is_refused(policy_and_adaptor):
+    policy, _ = policy_and_adaptor
+    other = WindowAdaptor(state_dim=39, action_dim=4, chunk_size=10, windows=(5, 10), initial_window=5)
+    with pytest.raises(ValueError, match="does not fit this policy"):
+        _run(policy, other, num_workers=0)
