@@ -30,7 +30,8 @@ def _field_docs(cls: type) -> dict[str, str]:
         body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
         for node, nxt in zip(body, body[1:]):
             if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
                 docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -63,7 +64,9 @@ def _show(value: Any) -> str:
 
 
 def _number(value: Any) -> str:
-    return f"{value:,}" if isinstance(value, int) and abs(value) >= 10_000 else f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:,}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 class _Limits(ast.NodeVisitor):
@@ -81,7 +84,8 @@ class _Limits(ast.NodeVisitor):
 
     def _eval(self, node: ast.expr) -> str:
         try:
-            return _number(eval(compile(ast.Expression(node), "<limit>", "eval"), dict(self.ns)))  # noqa: S307 (our source)
+            code = compile(ast.Expression(node), "<limit>", "eval")
+            return _number(eval(code, dict(self.ns)))  # noqa: S307 (config.py's own source)
         except Exception:
             return ast.unparse(node).replace("self.", "")
 
@@ -157,7 +161,8 @@ def sections() -> list[tuple[str, type]]:
     from policytrim import config
 
     hints = typing.get_type_hints(config.RunConfig, include_extras=True)
-    out = [(f.name, hints[f.name]) for f in dataclasses.fields(config.RunConfig) if dataclasses.is_dataclass(hints[f.name])]
+    fields = dataclasses.fields(config.RunConfig)
+    out = [(f.name, hints[f.name]) for f in fields if dataclasses.is_dataclass(hints[f.name])]
     return out + [(TOP, config.RunConfig)]
 
 
@@ -173,7 +178,8 @@ def collect() -> dict[str, Any]:
             if not dataclasses.is_dataclass(klass):
                 continue
             tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-            for fn in (n for n in tree.body[0].body if isinstance(n, ast.FunctionDef) and n.name in ("__post_init__", "_validate")):
+            validators = ("__post_init__", "_validate")
+            for fn in (n for n in tree.body[0].body if isinstance(n, ast.FunctionDef) and n.name in validators):
                 visitor = _Limits(vars(config), section, valid)
                 visitor.visit(fn)
                 for key, texts in visitor.found.items():
@@ -192,7 +198,8 @@ def collect() -> dict[str, Any]:
             rules = limits.get((section, f.name), [])
             if typing.get_origin(base) is Literal or base is bool:  # the type already says what is accepted
                 rules = [r for r in rules if not r.startswith("must be") or "," not in r and " or " not in r]
-            fields.append({"name": f.name, "type": _type_name(hint), "default": _default(f), "doc": docs.get(f.name, ""), "limits": rules})
+            fields.append({"name": f.name, "type": _type_name(hint), "default": _default(f),
+                           "doc": docs.get(f.name, ""), "limits": rules})
         doc = " ".join((inspect.getdoc(cls) or "").split()) if section != TOP else "Settings of the whole run."
         out[section] = {"doc": doc, "fields": fields}
     return out
@@ -208,7 +215,8 @@ def render() -> str:
     lines: list[str] = []
     for section, data in collect().items():
         title = f"`{section}`" if section != TOP else "Top level"
-        lines += [f"## {title}", "", data["doc"], "", "| field | type | default | limits | description |", "|---|---|---|---|---|"]
+        lines += [f"## {title}", "", data["doc"], ""]
+        lines += ["| field | type | default | limits | description |", "|---|---|---|---|---|"]
         for f in data["fields"]:
             flag = f"--{f['name']}" if section == TOP else f"--{section}.{f['name']}"
             limits = _cell("; ".join(f["limits"]) or "—")

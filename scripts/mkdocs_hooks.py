@@ -26,7 +26,8 @@ LINK = re.compile(r"(\]\()(\.\./[^)\s#]+)(#[^)\s]*)?(\))")
 
 
 def _reference_module():
-    spec = importlib.util.spec_from_file_location("policytrim_config_reference", ROOT / "scripts" / "config_reference.py")
+    path = ROOT / "scripts" / "config_reference.py"
+    spec = importlib.util.spec_from_file_location("policytrim_config_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
