@@ -36,7 +36,7 @@ def _reference_module():
 def _repo_path(page_src_uri: str, link: str) -> str | None:
     """The repository-relative path a ``../`` link of a page points at, or None if it stays inside docs/."""
     target = posixpath.normpath(posixpath.join("docs", posixpath.dirname(page_src_uri), link))
-    return None if target.startswith("docs/") or target.startswith("..") else target
+    return None if target.startswith(("docs/", "..")) else target
 
 
 def _local_links(path: str) -> list[str]:
