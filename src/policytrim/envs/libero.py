@@ -15,9 +15,9 @@ choice, with its source:
 - Reset: ``env.seed(7); env.reset(); env.set_init_state(init_states[i])`` (openpi ``main.py``:
   ``env.seed(args.seed)`` with seed 7, "seed seems to affect object positions even when using fixed
   initial state", then ``env.reset()`` and ``set_init_state``). The env keeps robosuite's default
-  hard reset (the model is reloaded): measured here, a soft reset (``hard_reset=False``) restores the
-  same MuJoCo state but the next 10 steps drift by up to 2e-3 from one reset to the next, while the
-  hard reset replays bit-identically (tests/test_libero.py checks it).
+  hard reset (the model is reloaded): a soft reset (``hard_reset=False``) restores the same MuJoCo
+  state but the following steps drift (by up to 2e-3 within 10 steps) from one reset to the next,
+  while the hard reset replays bit-identically (tests/test_libero.py checks it).
 - Settling: 10 steps of the no-op action ``[0, 0, 0, 0, 0, 0, -1]`` (gripper open) after the reset,
   not counted as policy steps (openpi ``num_steps_wait = 10`` with ``LIBERO_DUMMY_ACTION``: "the
   simulator drops objects and we need to wait for them to fall"; LeRobot ``num_steps_wait=10`` with
@@ -94,9 +94,8 @@ CONTROL_FREQ_HZ = 20  # LIBERO's ControlEnv default
 SPLIT_RANGES: dict[str, tuple[int, int]] = {"train": (0, 30), "val": (30, 10), "test": (40, 10)}
 PUBLISHED_TEST_RANGE = (0, INIT_STATES_PER_TASK)
 
-# Marginal resident memory of one more env in a worker, measured here (libero_object, after reset
-# and 10 steps; the first env of a process also brings ~1 GB of libraries): state only 280-360 MB,
-# with both cameras at 128 px 730-760 MB. Rounded up: the worker cap divides free memory by these.
+# Upper bounds on the resident memory one more env adds to a worker (benchmarks/libero_speed.py measures
+# it; the first env of a process also brings ~1 GB of libraries): the worker cap divides free memory by these.
 ENV_MB_STATE = 400
 ENV_MB_IMAGES = 900
 
@@ -234,7 +233,7 @@ def init_state_number(state: InitialState, env_cfg: EnvConfig) -> int:
 
 
 def env_memory_mb(env_cfg: EnvConfig) -> int:
-    """Memory one more LIBERO env takes in a worker, in MB (measured; see ENV_MB_STATE)."""
+    """Memory one more LIBERO env takes in a worker, in MB (an upper bound; see ENV_MB_STATE)."""
     return ENV_MB_IMAGES if env_cfg.image else ENV_MB_STATE
 
 

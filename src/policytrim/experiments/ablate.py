@@ -130,8 +130,8 @@ def plan(names: Sequence[str]) -> list[Variant]:
 
 
 def estimate_minutes(cfg: RunConfig, variant: Variant, steps_per_s: float = 1500.0, mean_steps: float = 120.0) -> float:
-    """Rough training time at ``steps_per_s`` environment steps per second (2 busy cores measured
-    ~1,200-2,500 with the policy in the loop) and ``mean_steps`` per episode, validations included."""
+    """Rough training time at ``steps_per_s`` environment steps per second (a busy 2-core machine
+    steps ~1,200-2,500 with the policy in the loop) and ``mean_steps`` per episode, validations included."""
     if variant.stage is None:
         return 0.0
     scfg = cfg.stage1 if variant.stage == "extend" else cfg.stage2

@@ -51,7 +51,7 @@ def connect(ray_cfg: Any) -> Any:
 
     Ray >= 2.59 turns token authentication on for local instances: ``ray.init`` generates the token
     itself. To join a cluster started with ``RAY_AUTH_MODE=token``, this process needs the same
-    token (``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token``), see the README."""
+    token (``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token``), see docs/scaling.md."""
     ray = import_ray()
     if not ray.is_initialized():
         if ray_cfg.address:
