@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("extend", "trim")
 MAX_FAILED_EPOCHS = 3  # consecutive epochs whose groups were all dropped before a run is stopped
+CLIP_HARD_FRACTION = 0.3  # an update whose largest per-step clip fraction exceeds this hit the clip hard (`clip_hard`)
 TRAIN_POOL = 1_000_000  # training initial states are drawn from this many indices of the train seed
 
 
@@ -145,8 +146,13 @@ def grpo_update(
             if values:
                 stats[key].append(float(np.max(values) if key == "ratio_max" else np.mean(values)))
     out = {k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}
-    out.update(distributed.mean_over_ranks({k: out[k] for k in ("clip_frac", "approx_kl", "kl_ref", "ratio_max")} | {"logp_gap": logp_gap}, maxed=("ratio_max", "logp_gap")))
-    out.update(skipped_steps=skipped, update_trajectories=n)
+    # the worst optimiser step of the epoch: a mean over steps hides one step that hit the clip hard
+    peaks = {"clip_frac_max": max(stats["clip_frac"], default=0.0), "approx_kl_max": max(stats["approx_kl"], default=0.0)}
+    out.update(distributed.mean_over_ranks(
+        {k: out[k] for k in ("clip_frac", "approx_kl", "kl_ref", "ratio_max")} | {"logp_gap": logp_gap} | peaks,
+        maxed=("ratio_max", "logp_gap", "clip_frac_max", "approx_kl_max"),
+    ))
+    out.update(skipped_steps=skipped, update_trajectories=n, clip_hard=bool(out["clip_frac_max"] > CLIP_HARD_FRACTION))
     return out
 
 
@@ -272,7 +278,8 @@ def run_stage(
             "mean_window": everyone.window.float().mean().item() if everyone.num_trajectories else float("nan"),
             "mean_calls": everyone.calls[ok].float().mean().item() if ok.any() else float("nan"),
             **reward_terms,
-            "valid_group_frac": valid_groups.float().mean().item() if valid_groups.numel() else 0.0,
+            # of the groups launched: a dropped group (simulator fault, timeout) carries no signal either
+            "valid_group_frac": valid_groups.float().sum().item() / len(starts) if starts else 0.0,
             **update,
             "dropped_groups": everyone.dropped_groups,
             **{f"faults_{kind}": n for kind, n in sorted(everyone.fault_counts.items())},  # failed trajectories by kind
