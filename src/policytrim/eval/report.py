@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 from policytrim.errors import InputError
 from policytrim.eval import plots
+from policytrim.eval.paired import relation_in_points
 from policytrim.eval.plots import nice
 from policytrim.io import atomic_write_bytes, check_output_dir, read_jsonl
 
@@ -380,19 +381,82 @@ def _stage_decisions(sec: Section, train_dir: Path, level: int) -> None:
         return
     sec.add(h("Stage decisions (validation states)", level))
     if ext and ext.get("window_choice"):
-        wc = ext["window_choice"]
-        rows = [[k, nice(m["success_rate"]), nice(m["mean_steps"], ".1f"), nice(m["calls_per_success"], ".1f")] for k, m in wc["per_window"].items()]
-        sec.add(p(f"Stage 1 window choice: **k = {wc['window']}**, the longest window whose validation SR is within {wc['tolerance_points']} points of the shortest window's ({wc['episodes_per_task']} states per task, {wc['mode']} mode)."))
-        sec.add(table(["window", "SR", "mean T", "calls C"], rows))
+        _window_choice(sec, ext["window_choice"])
     items = []
     for name, res in (("Stage 1", ext), ("Stage 2", trim)):
         if res and res.get("best"):
-            b, s = res["best"], res.get("start") or {}
-            items.append(f"{name}: {res['epochs']} epochs; best checkpoint at epoch {b['epoch']} (validation SR {nice(s.get('success_rate'))} → {nice(b['success_rate'])}, T {nice(s.get('mean_steps'), '.1f')} → {nice(b['mean_steps'], '.1f')}, C {nice(s.get('calls_per_success'), '.1f')} → {nice(b['calls_per_success'], '.1f')} at k = {res.get('eval_window')})")
+            items.append(f"{name}: {_epochs_run(res)}; best checkpoint at epoch {res['best']['epoch']} ({_best_vs_start(res)})")
     if budget:
         items.append(f"Stage 2 step budget B = {budget['budget']} ({budget['source']}" + (f"; mean T {nice(budget.get('mean_steps'), '.1f')} at SR {nice(budget.get('success_rate'))}, k = {budget.get('window')}" if "mean_steps" in budget else "") + ")")
     if items:
         sec.add(ul(items))
+    clip = _clip_notes(read_jsonl(train_dir / "metrics.jsonl") if (train_dir / "metrics.jsonl").is_file() else [])
+    if clip:
+        sec.add(p("Update diagnostics: " + " ".join(clip)))
+
+
+def _epochs_run(res: dict[str, Any]) -> str:
+    """'30 of 70 planned epochs run, stopped early (REASON)' or '70 epochs'."""
+    planned, ran = res["epochs"], res.get("epochs_run")
+    if ran is None or ran == planned:
+        return f"{planned} epochs"
+    return f"{ran} of {planned} planned epochs run, stopped early ({res.get('stop_reason') or 'no reason recorded'})"
+
+
+def _best_vs_start(res: dict[str, Any]) -> str:
+    b, s = res["best"], res.get("start") or {}
+    return (
+        f"validation SR {nice(s.get('success_rate'))} → {nice(b.get('success_rate'))}, T {nice(s.get('mean_steps'), '.1f')} → {nice(b.get('mean_steps'), '.1f')}, "
+        f"C {nice(s.get('calls_per_success'), '.1f')} → {nice(b.get('calls_per_success'), '.1f')} at k = {res.get('eval_window')}"
+    )
+
+
+REFERENCE_WORDS = {
+    "policy": "the Stage 1 policy's own validation SR at the shortest window",
+    "baseline": "the validation SR of the policy entering Stage 1 (the BC policy) at the shortest window",
+}
+
+
+def _window_choice(sec: Section, wc: dict[str, Any]) -> None:
+    """Stage 1's window choice: the reference it compared against, each window's SR and where it
+    stands against that reference (above / within / below, in points)."""
+    tol = wc["tolerance_points"]
+    per_window = wc["per_window"]
+    ref = wc.get("reference_success_rate")
+    shortest = min(per_window, key=int) if per_window else "?"
+    if ref is None and wc.get("reference", "policy") == "policy" and per_window:  # older results: the reference is k_1's own SR
+        ref = per_window[shortest].get("success_rate")
+    what = REFERENCE_WORDS.get(wc.get("reference", "policy"), str(wc.get("reference")))
+    chosen = per_window.get(str(wc["window"]), {}).get("success_rate")
+    stands = f"; its SR {nice(chosen)} is {relation_in_points(chosen, ref, tol)} the reference" if chosen is not None and ref is not None else ""
+    sec.add(p(
+        f"Stage 1 window choice: **k = {wc['window']}**, the longest window whose validation SR is at most {tol:g} points below the reference, "
+        f"{what} (SR {nice(ref)}){stands} ({wc['episodes_per_task']} states per task, {wc['mode']} mode)."
+    ))
+    rows = [[f"reference: {wc.get('reference', 'policy')}", nice(ref), "", "", ""]]
+    for k, m in per_window.items():
+        vs = relation_in_points(m["success_rate"], ref, tol) if ref is not None and m.get("success_rate") is not None else "–"
+        rows.append([k, nice(m["success_rate"]), nice(m["mean_steps"], ".1f"), nice(m["calls_per_success"], ".1f"), vs])
+    sec.add(table(["window", "SR", "mean T", "calls C", "SR vs reference"], rows))
+
+
+def _clip_notes(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Per stage: the epochs whose update hit the clip hard (``clip_hard``) and the largest
+    approximate KL of an update step (``approx_kl_max``, else the epoch mean ``approx_kl``)."""
+    notes = []
+    for stage, title in (("extend", "Stage 1"), ("trim", "Stage 2")):
+        rows = [r for r in records if r.get("stage") == stage and r.get("epoch", 0) > 0 and isinstance(r.get("approx_kl"), (int, float))]
+        if not rows:
+            continue
+        kl_key = "approx_kl_max" if all(isinstance(r.get("approx_kl_max"), (int, float)) for r in rows) else "approx_kl"
+        worst = max(rows, key=lambda r: r[kl_key])
+        hard = [r["epoch"] for r in rows if r.get("clip_hard")]
+        text = f"{title}: largest approximate KL of an update {worst[kl_key]:.3g} (epoch {worst['epoch']})"
+        if any("clip_hard" in r for r in rows):
+            shown = ", ".join(map(str, hard[:10])) + (", ..." if len(hard) > 10 else "")
+            text += f"; the clip was hit hard (a step clipped more than 30% of its chunks) in {len(hard)} of {len(rows)} epochs" + (f" ({shown})" if hard else "")
+        notes.append(text + ".")
+    return notes
 
 
 def pipeline_section(sec: Section, level: int = 2) -> None:

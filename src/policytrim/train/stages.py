@@ -34,7 +34,7 @@ from policytrim import objective
 from policytrim.config import GRPOConfig, RunConfig
 from policytrim.errors import InputError
 from policytrim.eval.evaluate import evaluate_policy
-from policytrim.eval.paired import paired_difference
+from policytrim.eval.paired import paired_difference, relation_in_points
 from policytrim.policies import ChunkPolicy, resolve_window
 from policytrim.policies.base import window_bound
 from policytrim.rollout.engine import RolloutEngine
@@ -317,7 +317,8 @@ class Stage1(Stage):
         tolerance = self.config.tolerance_points
         if val["success_rate"] >= reference["success_rate"] - tolerance / 100.0 - 1e-12:
             return (
-                f"reliable: validation SR {val['success_rate']:.3f} at window {self.windows[-1]} is within {tolerance:g} points of "
+                f"reliable: validation SR {val['success_rate']:.3f} at window {self.windows[-1]} is "
+                f"{relation_in_points(val['success_rate'], reference['success_rate'], tolerance)} "
                 f"the entering policy's {reference['success_rate']:.3f} at window {self.windows[0]}"
             )
         return None
