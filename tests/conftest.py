@@ -30,6 +30,16 @@ def tiny_config(**overrides) -> RunConfig:
     return cfg
 
 
+def run_windows(cfg: RunConfig) -> tuple[int, ...]:
+    """Stage 1's windows of a run with ``cfg`` from a behaviour-cloned policy built from it."""
+    from types import SimpleNamespace
+
+    from policytrim.windows import WindowPlan
+
+    policy = SimpleNamespace(chunk_size=cfg.policy.chunk_size, max_window=cfg.policy.chunk_size, default_window=cfg.policy.default_window)
+    return WindowPlan.for_run(policy, cfg).stage1
+
+
 @pytest.fixture(scope="session")
 def tiny_baseline(tmp_path_factory) -> Path:
     """Path of a BC checkpoint (H = 8, default window 4) for drawer-close-v3 (sampled SR ~0.7-0.8)."""

@@ -15,6 +15,7 @@ from policytrim.policies.base import supported_stages
 from policytrim.policies.tinyvla import TinyVLA
 from policytrim.policies.expert import ExpertPolicy
 from policytrim.train.stages import Stage1, Stage2, StageOutcome
+from policytrim.windows import WindowPlan
 from tests.test_policies import make_policy
 
 
@@ -22,25 +23,32 @@ def _policy(cfg) -> TinyVLA:
     return TinyVLA.from_config(cfg.policy, 39, 4, [INSTRUCTIONS["drawer-close-v3"]])
 
 
+def _stage1(cfg, policy=None) -> Stage1:
+    return Stage1(cfg, WindowPlan.for_run(policy or _policy(cfg), cfg))
+
+
 def test_stage1_windows_and_assignment():
     cfg = tiny_config()  # H = 8, k_1 = 4
-    stage = Stage1(cfg, _policy(cfg))
-    assert stage.windows == cfg.stage1_windows == (4, 6, 8) and stage.eval_window == 8
+    stage = _stage1(cfg)
+    assert stage.windows == (4, 6, 8) and stage.eval_window == 8
     assert stage.assign_windows(2, 4).tolist() == [[4, 6, 8, 4], [4, 6, 8, 4]]  # slot j: windows[j mod M]
     # k_1 comes from the config, not from a post-trained policy's own (chosen) window
     trained = _policy(cfg)
     trained.mark_trained("extend", 8)
-    assert Stage1(cfg, trained).windows == (4, 6, 8)
+    assert _stage1(cfg, trained).windows == (4, 6, 8)
+    cfg.stage1.windows = (4, 8, 9)
+    with pytest.raises(InputError, match=r"stage1.windows \(4, 8, 9\): the longest must be in \[1, 8\]"):
+        _stage1(cfg)
 
 
 def test_stage2_window_precedence_and_bounds():
     cfg = tiny_config()
     policy = _policy(cfg)
-    chosen = StageOutcome("extend", 1, 8, 6, {}, {}, window_choice={"window": 6})
-    assert Stage2.window_for(cfg, policy) == 4  # the policy's own (trained) window
-    assert Stage2.window_for(cfg, policy, chosen) == 6  # Stage 1's choice
+    plan = WindowPlan.for_run(policy, cfg)
+    assert plan.stage2() == 4  # the policy's own (trained) window
+    assert plan.stage2(6) == 6  # Stage 1's choice
     cfg.stage2.window = 8
-    assert Stage2.window_for(cfg, policy, chosen) == 8  # the user's
+    assert WindowPlan.for_run(policy, cfg).stage2(6) == 8  # the user's
     stage = Stage2(cfg, 8, {"budget": 90, "source": "given"})
     assert stage.assign_windows(3, 2).tolist() == [[8, 8]] * 3 and stage.epoch_record() == {"budget": 90}
     stage.begin(policy)
@@ -48,7 +56,7 @@ def test_stage2_window_precedence_and_bounds():
     cfg.stage2.window = 0
     policy.max_window = 3  # a policy that may not execute the chosen window
     with pytest.raises(InputError, match=r"stage2.window must be in \[1, 3\]"):
-        Stage2.window_for(cfg, policy, chosen)
+        WindowPlan.for_run(policy, cfg, ("trim",)).stage2(6)
 
 
 def test_outcomes_round_trip_through_result_json():
@@ -68,7 +76,7 @@ def test_outcomes_round_trip_through_result_json():
 def test_stopping_rules():
     """Patience (both stages) and Stage 1's reliability rule, never before min_epochs."""
     cfg = tiny_config(stage1=dict(patience=2, min_epochs=10, stop_when_reliable=True, tolerance_points=2.0), stage2=dict(patience=3))
-    stage1 = Stage1(cfg, _policy(cfg))  # windows 4 6 8
+    stage1 = _stage1(cfg)  # windows 4 6 8
     reference = {"success_rate": 0.90}  # the entering policy at window 4
     val = lambda sr: {"success_rate": sr}  # noqa: E731
     assert stage1.stop_reason(5, val(0.95), 0, reference) is None  # reliable, but before min_epochs
@@ -79,7 +87,7 @@ def test_stopping_rules():
     assert stage1.stop_reason(20, val(0.5), 1, reference) is None
     assert stage1.stop_reason(20, val(0.95), 0, None) is None  # no reference: the rule is off
     cfg.stage1.stop_when_reliable = False
-    assert Stage1(cfg, _policy(cfg)).reference(_policy(cfg), engine=None) is None  # nothing measured when off
+    assert _stage1(cfg).reference(_policy(cfg), engine=None) is None  # nothing measured when off
     stage2 = Stage2(cfg, 8, {"budget": 90})
     assert stage2.stop_reason(1, val(1.0), 2, None) is None and stage2.stop_reason(1, val(1.0), 3, None).startswith("patience: 3")
     cfg.stage2.patience = 0

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import run_windows, tiny_config
 from policytrim.cli import main
 from policytrim.errors import InputError
 from policytrim.io import read_jsonl
@@ -38,13 +38,13 @@ def test_both_stages_end_to_end_and_resume(tiny_baseline, tmp_path):
         for key in ("success_rate", "mean_window", "valid_group_frac", "clip_frac", "approx_kl", "logp_gap", "reward", "val_success_rate"):
             assert key in r, key
         assert r["logp_gap"] < 1e-3, "rollout and learner disagree on log-probs"
-    ws, g = cfg.stage1_windows, cfg.rollout.group_size
+    ws, g = run_windows(cfg), cfg.rollout.group_size
     assert {r["mean_window"] for r in records[1:4]} == {sum(ws[j % len(ws)] for j in range(g)) / g}  # slot j gets windows[j mod M]
     assert all("reward_step_saving" in r and r["budget"] == summary["trim"]["budget"]["budget"] for r in records[5:])
 
     # stage decisions are recorded with their evidence
     choice = summary["extend"]["window_choice"]
-    assert choice["window"] in cfg.stage1_windows and set(choice["per_window"]) == {str(w) for w in cfg.stage1_windows}
+    assert choice["window"] in run_windows(cfg) and set(choice["per_window"]) == {str(w) for w in run_windows(cfg)}
     assert summary["trim"]["budget"]["budget"] > 0 and "calibrated" in summary["trim"]["budget"]["source"]
 
     # every parameter that received gradient changed during Stage 1
@@ -115,7 +115,7 @@ def test_stopping_rules_stop_and_resume_and_validations_are_reused(tiny_baseline
     # against the entering policy's SR at k_1 (tolerance 100 points): the longest window holds, and
     # the best checkpoint's validation there is all the choice needs
     window = extend["window_choice"]["window"]
-    assert window == cfg.stage1_windows[-1] and list(extend["window_choice"]["per_window"]) == [str(window)]
+    assert window == run_windows(cfg)[-1] and list(extend["window_choice"]["per_window"]) == [str(window)]
     assert extend["window_choice"]["reference"] == "baseline"
     chosen = extend["window_choice"]["per_window"][str(window)]
     start = {k: v for k, v in trim["start"].items() if k != "epoch"}

@@ -112,14 +112,14 @@ def evaluate(args: Any) -> int:
     then report.md / report.html beside metrics.json."""
     from policytrim.eval.evaluate import evaluate_to_dir, format_table, load_eval_policy
     from policytrim.eval.report import write_report
-    from policytrim.policies import resolve_window
+    from policytrim.windows import WindowPlan
 
     cfg = run_config(args)
     out = Path(cfg.logging.out)
     if (out / "metrics.json").exists() and not args.overwrite:
         raise InputError(f"{str(out / 'metrics.json')!r} already exists; pass --overwrite to replace it")
     policy = load_eval_policy(cfg, args.checkpoint)
-    window = resolve_window(policy, args.window, "--window")  # 0: the window the policy was trained for
+    window = WindowPlan.for_policy(policy).evaluation(args.window, "--window")  # 0: the window the policy was trained for
     if not _wants_comparison(args):
         metrics = evaluate_to_dir(cfg, policy, window, out, str(args.checkpoint))
         report = write_report([out], out)

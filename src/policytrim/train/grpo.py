@@ -42,7 +42,7 @@ from policytrim.envs import initial_states, split_seed
 from policytrim.envs.base import InitialState
 from policytrim.errors import InputError
 from policytrim.io import atomic_directory, kill_point
-from policytrim.policies import ChunkPolicy, load_policy, resolve_window
+from policytrim.policies import ChunkPolicy, load_policy
 from policytrim.policies.base import supported_stages
 from policytrim.preflight import check_preconditions
 from policytrim.rollout.engine import RolloutEngine, stable_seed
@@ -53,6 +53,7 @@ from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, r
 from policytrim.train.logger import MetricsLogger
 from policytrim.train.rundir import RunDir
 from policytrim.train.stages import Stage, Stage1, Stage2, StageOutcome, calibrate_budget, validate
+from policytrim.windows import WindowPlan
 
 log = logging.getLogger(__name__)
 
@@ -444,9 +445,8 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
     check_policy_for_run(policy, cfg, stages, f"checkpoint {init!r}")
     policy = _with_run_options(policy, cfg)
     policy = policy.to(cfg.device)
-    stage1 = Stage1(cfg, policy) if "extend" in stages else None  # validates its windows
-    if cfg.stage2.window:
-        resolve_window(policy, cfg.stage2.window, "stage2.window")
+    plan = WindowPlan.for_run(policy, cfg, stages)  # every window of the run, bound-checked once
+    stage1 = Stage1(cfg, plan) if "extend" in stages else None
     resume = run is not None
     if run is not None:
         distributed.on_main(run.remove_temporaries)
@@ -471,7 +471,7 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
             if "trim" in stages:
                 done = _completed(run, Stage2.name, cfg)
                 if done is None:
-                    window = Stage2.window_for(cfg, policy, extended)
+                    window = plan.stage2(extended.window if extended is not None else None)
                     # Stage 1's window choice validated this very policy at this window on the same
                     # states: its budget calibration and Stage 2's start reuse that validation
                     known = stage1.validations.get(window) if stage1 is not None and cfg.stage2.val_episodes == cfg.stage1.val_episodes else None

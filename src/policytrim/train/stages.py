@@ -35,11 +35,11 @@ from policytrim.config import GRPOConfig, RunConfig
 from policytrim.errors import InputError
 from policytrim.eval.evaluate import evaluate_policy
 from policytrim.eval.paired import paired_difference, relation_in_points
-from policytrim.policies import ChunkPolicy, resolve_window
-from policytrim.policies.base import window_bound
+from policytrim.policies import ChunkPolicy
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.rollout.types import Trajectories
 from policytrim.train import distributed
+from policytrim.windows import WindowPlan
 
 Metrics = dict[str, Any]  # a `validate` result: overall metrics + per-state success
 
@@ -281,14 +281,12 @@ class Stage1(Stage):
 
     name = "extend"
 
-    def __init__(self, cfg: RunConfig, policy: ChunkPolicy):
+    def __init__(self, cfg: RunConfig, plan: WindowPlan):
         self.cfg, self.config = cfg, cfg.stage1
-        # k_1 is the config's (behaviour-cloned) default window; a post-trained policy's own
-        # default window is the one PolicyTrim chose for it
-        self.windows = cfg.stage1_windows
+        if not plan.stage1:
+            raise ValueError("the window plan has no Stage 1 windows: build it with WindowPlan.for_run(policy, cfg, stages) including 'extend'")
+        self.windows = plan.stage1  # resolved and bound-checked once, in the run's window plan
         self.validations: dict[int, Metrics] = {}  # set by `conclude`: the chosen policy's validation per window
-        if self.windows[-1] > window_bound(policy):
-            raise InputError(f"stage1.windows {self.windows} exceed what the policy may execute (max window {policy.max_window}, chunk size {policy.chunk_size})")
 
     def assign_windows(self, num_groups: int, group_size: int) -> torch.Tensor:
         return objective.assign_windows(num_groups, group_size, self.windows)
@@ -345,13 +343,6 @@ class Stage2(Stage):
         self.windows = (int(window),)
         self.budget_evidence = budget
         self.budget = int(budget["budget"])
-
-    @staticmethod
-    def window_for(cfg: RunConfig, policy: ChunkPolicy, stage1: StageOutcome | None = None) -> int:
-        """Stage 2's window: ``stage2.window``, else Stage 1's choice, else the window the policy
-        entering Stage 2 was trained for (its default window)."""
-        window = cfg.stage2.window or (stage1.window if stage1 is not None else 0)
-        return resolve_window(policy, window, "stage2.window")
 
     def assign_windows(self, num_groups: int, group_size: int) -> torch.Tensor:
         return torch.full((num_groups, group_size), self.windows[0], dtype=torch.long)
