@@ -86,7 +86,7 @@ def test_training_survives_env_exception_hung_worker_and_nan_log_probs(tiny_base
 
     run = tmp_path / "run"
     records = {r["epoch"]: r for r in read_jsonl(run / "metrics.jsonl")}
-    assert sorted(records) == [0, 1, 2] and summary["extend"]["window_choice"]["window"] in run_windows(cfg)
+    assert sorted(records) == [0, 1, 2] and summary.extend.window in run_windows(cfg)
     first, second = records[1], records[2]
     assert first["dropped_groups"] == 1 and first["replaced_workers"] == 0  # the exception: its group only
     assert second["dropped_groups"] == 1 and second["replaced_workers"] == 1  # the hang: worker replaced

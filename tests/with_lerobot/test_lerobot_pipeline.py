@@ -77,8 +77,8 @@ def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path):
     assert json.loads((tmp_path / "baseline" / "config.json").read_text())["n_action_steps"] == 5
 
     summary = train(cfg, "both", str(tmp_path / "baseline"))
-    window = summary["window"]
-    assert window in WindowPlan.for_run(baseline, cfg).stage1 and summary["trim"]["budget"]["budget"] == 40
+    window = summary.window
+    assert window in WindowPlan.for_run(baseline, cfg).stage1 and summary.trim.budget == 40
     records = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     updates = [r for r in records if "logp_gap" in r]
     assert updates and all(r["logp_gap"] < 1e-3 for r in updates), "rollout and learner disagree on log-probs"

@@ -84,16 +84,16 @@ def train(args: Any) -> int:
     summary = run_train(run_config(args), args.stage, args.init, args.resume, args.overwrite)
     if not launched_as_main():
         return 0  # under torchrun, rank 0 reports
-    print(f"run directory: {summary['run_dir']}")
-    for stage in summary["stages"]:
-        best = summary[stage]["best"]
+    print(f"run directory: {summary.run_dir}")
+    for stage in summary.stages:
+        best = summary.outcome(stage).best
         # mean steps and calls per success are None when validation had no success
-        print(f"{stage}: best at epoch {best['epoch']}: SR {best['success_rate']:.3f}, steps {_fmt(best['mean_steps'], '.1f')}, calls {_fmt(best['calls_per_success'], '.1f')} (validation)")
-    if "extend" in summary:
-        print(f"Stage 1 window choice: {summary['extend']['window_choice']['window']}")
-    if "trim" in summary:
-        print(f"Stage 2 budget: {summary['trim']['budget']['budget']} ({summary['trim']['budget']['source']})")
-    print(f"trained policy: {Path(summary['run_dir']) / 'final' / 'policy'} (window {summary['window']})")
+        print(f"{stage}: best at epoch {best.epoch}: SR {best.success_rate:.3f}, steps {_fmt(best.mean_steps, '.1f')}, calls {_fmt(best.calls_per_success, '.1f')} (validation)")
+    if summary.extend is not None:
+        print(f"Stage 1 window choice: {summary.extend.window}")
+    if summary.trim is not None:
+        print(f"Stage 2 budget: {summary.trim.budget_evidence.budget} ({summary.trim.budget_evidence.source})")
+    print(f"trained policy: {Path(summary.run_dir) / 'final' / 'policy'} (window {summary.window})")
     return 0
 
 
