@@ -373,21 +373,36 @@ def _curves(sec: Section, train_dir: Path, title: str) -> None:
     sec.add(figure(path, "Fig. 4 (ours): per-epoch reward, success rate, steps and window of the training rollouts (thin: raw, thick: moving average), validation points dashed; the dotted line separates the stages. The two stages' rewards have different scales (eq 2 in [0, 2], eq 7 below 1); Stage 1's rollout window is the mean of the windows assigned to the group slots."))
 
 
+def _decision(path: Path, read: Any) -> Any:
+    """A decision record (`policytrim.train.decisions`) read from the run file ``path`` with ``read``
+    (its ``from_json``), None when absent; a file that is not one: InputError naming it."""
+    data = _json(path)
+    if data is None:
+        return None
+    try:
+        return read(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{path} is not a PolicyTrim stage record ({type(exc).__name__}: {exc}); the report cannot use this run") from None
+
+
 def _stage_decisions(sec: Section, train_dir: Path, level: int) -> None:
-    ext = _json(train_dir / "extend" / "result.json")
-    trim = _json(train_dir / "trim" / "result.json")
-    budget = _json(train_dir / "trim" / "budget.json")
+    from policytrim.train.decisions import BudgetCalibration
+    from policytrim.train.stages import StageOutcome
+
+    ext = _decision(train_dir / "extend" / "result.json", lambda d: StageOutcome.from_json(d, "extend"))
+    trim = _decision(train_dir / "trim" / "result.json", lambda d: StageOutcome.from_json(d, "trim"))
+    budget = _decision(train_dir / "trim" / "budget.json", BudgetCalibration.from_json)
     if not (ext or trim or budget):
         return
     sec.add(h("Stage decisions (validation states)", level))
-    if ext and ext.get("window_choice"):
-        _window_choice(sec, ext["window_choice"])
+    if ext and ext.window_choice:
+        _window_choice(sec, ext.window_choice)
     items = []
     for name, res in (("Stage 1", ext), ("Stage 2", trim)):
-        if res and res.get("best"):
-            items.append(f"{name}: {_epochs_run(res)}; best checkpoint at epoch {res['best']['epoch']} ({_best_vs_start(res)})")
+        if res:
+            items.append(f"{name}: {_epochs_run(res)}; best checkpoint at epoch {res.best.epoch} ({_best_vs_start(res)})")
     if budget:
-        items.append(f"Stage 2 step budget B = {budget['budget']} ({budget['source']}" + (f"; mean T {nice(budget.get('mean_steps'), '.1f')} at SR {nice(budget.get('success_rate'))}, k = {budget.get('window')}" if "mean_steps" in budget else "") + ")")
+        items.append(f"Stage 2 step budget B = {budget.budget} ({budget.source}" + (f"; mean T {nice(budget.mean_steps, '.1f')} at SR {nice(budget.success_rate)}, k = {budget.window}" if budget.calibrated else "") + ")")
     if items:
         sec.add(ul(items))
     clip = _clip_notes(read_jsonl(train_dir / "metrics.jsonl") if (train_dir / "metrics.jsonl").is_file() else [])
@@ -395,19 +410,18 @@ def _stage_decisions(sec: Section, train_dir: Path, level: int) -> None:
         sec.add(p("Update diagnostics: " + " ".join(clip)))
 
 
-def _epochs_run(res: dict[str, Any]) -> str:
-    """'30 of 70 planned epochs run, stopped early (REASON)' or '70 epochs'."""
-    planned, ran = res["epochs"], res.get("epochs_run")
-    if ran is None or ran == planned:
-        return f"{planned} epochs"
-    return f"{ran} of {planned} planned epochs run, stopped early ({res.get('stop_reason') or 'no reason recorded'})"
+def _epochs_run(res: Any) -> str:
+    """'30 of 70 planned epochs run, stopped early (REASON)' or '70 epochs' (``res``: a `StageOutcome`)."""
+    if res.epochs_run is None or res.epochs_run == res.epochs:
+        return f"{res.epochs} epochs"
+    return f"{res.epochs_run} of {res.epochs} planned epochs run, stopped early ({res.stop_reason or 'no reason recorded'})"
 
 
-def _best_vs_start(res: dict[str, Any]) -> str:
-    b, s = res["best"], res.get("start") or {}
+def _best_vs_start(res: Any) -> str:
+    b, s = res.best, res.start
     return (
-        f"validation SR {nice(s.get('success_rate'))} → {nice(b.get('success_rate'))}, T {nice(s.get('mean_steps'), '.1f')} → {nice(b.get('mean_steps'), '.1f')}, "
-        f"C {nice(s.get('calls_per_success'), '.1f')} → {nice(b.get('calls_per_success'), '.1f')} at k = {res.get('eval_window')}"
+        f"validation SR {nice(s.success_rate)} → {nice(b.success_rate)}, T {nice(s.mean_steps, '.1f')} → {nice(b.mean_steps, '.1f')}, "
+        f"C {nice(s.calls_per_success, '.1f')} → {nice(b.calls_per_success, '.1f')} at k = {res.eval_window}"
     )
 
 
@@ -417,26 +431,23 @@ REFERENCE_WORDS = {
 }
 
 
-def _window_choice(sec: Section, wc: dict[str, Any]) -> None:
-    """Stage 1's window choice: the reference it compared against, each window's SR and where it
-    stands against that reference (above / within / below, in points)."""
-    tol = wc["tolerance_points"]
-    per_window = wc["per_window"]
-    ref = wc.get("reference_success_rate")
-    shortest = min(per_window, key=int) if per_window else "?"
-    if ref is None and wc.get("reference", "policy") == "policy" and per_window:  # older results: the reference is k_1's own SR
-        ref = per_window[shortest].get("success_rate")
-    what = REFERENCE_WORDS.get(wc.get("reference", "policy"), str(wc.get("reference")))
-    chosen = per_window.get(str(wc["window"]), {}).get("success_rate")
+def _window_choice(sec: Section, wc: Any) -> None:
+    """Stage 1's window choice (a `WindowChoice`): the reference it compared against, each window's
+    SR and where it stands against that reference (above / within / below, in points)."""
+    tol, per_window, ref = wc.tolerance_points, wc.per_window, wc.reference_success_rate
+    reference = wc.reference or "policy"
+    if ref is None and reference == "policy" and per_window:  # older results: the reference is k_1's own SR
+        ref = per_window[min(per_window)].success_rate
+    chosen = per_window[wc.window].success_rate if wc.window in per_window else None
     stands = f"; its SR {nice(chosen)} is {relation_in_points(chosen, ref, tol)} the reference" if chosen is not None and ref is not None else ""
     sec.add(p(
-        f"Stage 1 window choice: **k = {wc['window']}**, the longest window whose validation SR is at most {tol:g} points below the reference, "
-        f"{what} (SR {nice(ref)}){stands} ({wc['episodes_per_task']} states per task, {wc['mode']} mode)."
+        f"Stage 1 window choice: **k = {wc.window}**, the longest window whose validation SR is at most {tol:g} points below the reference, "
+        f"{REFERENCE_WORDS.get(reference, reference)} (SR {nice(ref)}){stands} ({wc.episodes_per_task} states per task, {wc.mode} mode)."
     ))
-    rows = [[f"reference: {wc.get('reference', 'policy')}", nice(ref), "", "", ""]]
+    rows = [[f"reference: {reference}", nice(ref), "", "", ""]]
     for k, m in per_window.items():
-        vs = relation_in_points(m["success_rate"], ref, tol) if ref is not None and m.get("success_rate") is not None else "–"
-        rows.append([k, nice(m["success_rate"]), nice(m["mean_steps"], ".1f"), nice(m["calls_per_success"], ".1f"), vs])
+        vs = relation_in_points(m.success_rate, ref, tol) if ref is not None and m.success_rate is not None else "–"
+        rows.append([str(k), nice(m.success_rate), nice(m.mean_steps, ".1f"), nice(m.calls_per_success, ".1f"), vs])
     sec.add(table(["window", "SR", "mean T", "calls C", "SR vs reference"], rows))
 
 

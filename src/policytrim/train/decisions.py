@@ -59,8 +59,9 @@ class Validation:
     epoch: int | None = None
 
     @property
-    def success_rate(self) -> float:
-        return self.metrics["success_rate"]
+    def success_rate(self) -> float | None:
+        """Fraction of the validation episodes that succeeded (None: not recorded)."""
+        return self.metrics.get("success_rate")
 
     @property
     def mean_steps(self) -> float | None:

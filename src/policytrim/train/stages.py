@@ -79,13 +79,14 @@ class StageOutcome:
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> StageOutcome:
-        """Inverse of `to_json` (a completed stage of a resumed run)."""
+    def from_json(cls, data: Mapping[str, Any], stage: str | None = None) -> StageOutcome:
+        """Inverse of `to_json` (a completed stage of a resumed run, a run the report reads);
+        ``stage``: the stage of a record written before it named its stage."""
         choice = WindowChoice.from_json(data["window_choice"]) if data.get("window_choice") else None
         budget = BudgetCalibration.from_json(data["budget"]) if data.get("budget") else None
         return cls(
-            stage=data["stage"], epochs=data["epochs"], eval_window=data["eval_window"], window=choice.window if choice else data["window"],
-            best=Validation.from_json(data["best"]), start=Validation.from_json(data["start"]), budget=int(budget.budget) if budget else None,
+            stage=data.get("stage", stage), epochs=data["epochs"], eval_window=data["eval_window"], window=choice.window if choice else data["window"],
+            best=Validation.from_json(data["best"]), start=Validation.from_json(data.get("start") or {}), budget=int(budget.budget) if budget else None,
             window_choice=choice, budget_evidence=budget, epochs_run=data.get("epochs_run"), stop_reason=data.get("stop_reason"),
         )
 
