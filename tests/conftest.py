@@ -36,7 +36,8 @@ def run_windows(cfg: RunConfig) -> tuple[int, ...]:
 
     from policytrim.windows import WindowPlan
 
-    policy = SimpleNamespace(chunk_size=cfg.policy.chunk_size, max_window=cfg.policy.chunk_size, default_window=cfg.policy.default_window)
+    h, k = cfg.policy.chunk_size, cfg.policy.default_window
+    policy = SimpleNamespace(chunk_size=h, max_window=h, default_window=k)
     return WindowPlan.for_run(policy, cfg).stage1
 
 

@@ -115,8 +115,10 @@ def test_valid_group_fraction_counts_the_dropped_groups(tiny_baseline, tmp_path)
     stage = dict(epochs=1, eval_every=1, val_episodes=1, checkpoint_every=1, lr=1e-3, update_epochs=1)
     cfg = tiny_config(stage1=stage, rollout=dict(groups_per_epoch=4, group_size=8))
     cfg.logging.out = str(tmp_path / "run")
-    factory = functools.partial(two_faulty_groups, first=_group_start_index(cfg, "extend", 0, 0), second=_group_start_index(cfg, "extend", 0, 1))
-    grpo.train(cfg, "extend", str(tiny_baseline), seams=grpo.TrainerSeams(engine_factory=functools.partial(RolloutEngine, env_factory=factory)))
+    first, second = (_group_start_index(cfg, "extend", 0, g) for g in (0, 1))
+    factory = functools.partial(two_faulty_groups, first=first, second=second)
+    seams = grpo.TrainerSeams(engine_factory=functools.partial(RolloutEngine, env_factory=factory))
+    grpo.train(cfg, "extend", str(tiny_baseline), seams=seams)
     epoch = {r["epoch"]: r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")}[1]
     assert epoch["dropped_groups"] == 2
     survivors_with_signal = epoch["update_trajectories"] // cfg.rollout.group_size

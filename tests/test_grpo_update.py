@@ -25,7 +25,16 @@ def rollout(request):
     cfg = tiny_config()
     cfg.env.horizon = 16
     torch.manual_seed(0)
-    policy_cfg = PolicyConfig(head=request.param, chunk_size=8, default_window=4, hidden_dim=32, num_layers=1, flow_steps=4, token_dim=16, token_layers=1)
+    policy_cfg = PolicyConfig(
+        head=request.param,
+        chunk_size=8,
+        default_window=4,
+        hidden_dim=32,
+        num_layers=1,
+        flow_steps=4,
+        token_dim=16,
+        token_layers=1,
+    )
     policy = TinyVLA.from_config(policy_cfg, 39, 4, [INSTRUCTIONS[TASK]])
     with RolloutEngine(cfg.env, num_workers=0) as engine:
         traj = engine.run(policy, initial_states(TASK, 0, 2), 2, torch.tensor([[4, 8], [4, 8]]), "train", seed=0)
@@ -42,7 +51,9 @@ def test_first_minibatch_recomputes_the_rollout_log_probs(rollout):
     policy, traj = rollout
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=1e-3)
-    out = grpo.grpo_update(policy, None, optimizer, traj, ADVANTAGES, VALID, GRPOConfig(update_epochs=1, micro_batch_trajectories=2))
+    out = grpo.grpo_update(
+        policy, None, optimizer, traj, ADVANTAGES, VALID, GRPOConfig(update_epochs=1, micro_batch_trajectories=2)
+    )
     policy.load_state_dict(before)
     assert out["logp_gap"] < 1e-4, "the learner's log-prob differs from the rollout's before any update"
     assert out["ratio_max"] == pytest.approx(1.0, abs=1e-4)

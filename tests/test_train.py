@@ -154,7 +154,8 @@ def test_bad_init_and_existing_run_dir_write_nothing(tiny_baseline, tmp_path):
 
 def _val(successes: list[bool], calls: float) -> Validation:
     """A validation result as `validate` returns it (made up: the selection rule is pure)."""
-    return Validation({"success_rate": sum(successes) / len(successes), "calls_per_success": calls}, {f"push-v3:{i}": ok for i, ok in enumerate(successes)})
+    by_state = {f"push-v3:{i}": ok for i, ok in enumerate(successes)}
+    return Validation({"success_rate": sum(successes) / len(successes), "calls_per_success": calls}, by_state)
 
 
 def test_stage2_selection_needs_a_significant_loss_to_reject():

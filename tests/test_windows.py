@@ -13,7 +13,11 @@ from policytrim.windows import WindowPlan, check_window, default_windows, resolv
 
 
 def policy(chunk_size=8, default_window=4, max_window=None):
-    return SimpleNamespace(chunk_size=chunk_size, default_window=default_window, max_window=chunk_size if max_window is None else max_window)
+    return SimpleNamespace(
+        chunk_size=chunk_size,
+        default_window=default_window,
+        max_window=chunk_size if max_window is None else max_window,
+    )
 
 
 def test_default_windows_follow_spec():
@@ -24,7 +28,9 @@ def test_default_windows_follow_spec():
 
 def test_the_one_resolver_and_bound_check():
     assert resolve(0, 4, 8) == resolve(None, 4, 8) == 4 and resolve(6, 4, 8) == 6
-    with pytest.raises(InputError, match=r"--window must be in \[1, 8\] for this policy \(its chunk size is 8\), got 9"):
+    with pytest.raises(
+        InputError, match=r"--window must be in \[1, 8\] for this policy \(its chunk size is 8\), got 9"
+    ):
         resolve(9, 4, 8, "--window", 8)
     with pytest.raises(InputError, match="closed loop with window 1"):
         check_window(2, 1)
@@ -50,4 +56,10 @@ def test_plan_of_a_run_k1_from_the_config_stage2_precedence_and_bounds():
     with pytest.raises(InputError, match=r"stage2.window must be in \[1, 6\]"):
         WindowPlan.for_run(policy(max_window=6), cfg, ("trim",))
     assert WindowPlan.for_run(policy(max_window=6), tiny_config(), ("trim",)).stage2(6) == 6
-    assert WindowPlan.for_run(trained, cfg).to_json() == {"chunk_size": 8, "bound": 8, "policy_window": 8, "stage1": [4, 6, 8], "stage2_given": 7}
+    assert WindowPlan.for_run(trained, cfg).to_json() == {
+        "chunk_size": 8,
+        "bound": 8,
+        "policy_window": 8,
+        "stage1": [4, 6, 8],
+        "stage2_given": 7,
+    }

@@ -310,7 +310,8 @@ class Stage1Config(GRPOConfig):
     """Stage 1, reliable chunk extension (SPEC.md eq 2)."""
 
     windows: tuple[int, ...] = ()
-    """Execution windows k_1 < ... < k_M assigned to group slots; empty = policy.default_window and evenly spaced up to H (H = 15, k = 5: 5 10 15; resolved with the loaded policy in `policytrim.windows.WindowPlan`)."""
+    """Execution windows k_1 < ... < k_M assigned to group slots; empty = policy.default_window and evenly
+    spaced up to H (H = 15, k = 5: 5 10 15), resolved once per run with the loaded policy (`policytrim.windows`)."""
     horizon_coef: float = 1.0
     """lambda_h: weight of the horizon term k/H."""
     tolerance_points: float = 2.0

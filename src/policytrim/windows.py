@@ -32,7 +32,11 @@ def check_window(window: int, top: int, name: str = "window", chunk_size: int | 
     """``window`` if it lies in [1, ``top``], else an InputError naming ``name`` (the bound check
     of every window: a policy's, a saved spec's, a served one's)."""
     if not 1 <= int(window) <= int(top):
-        extra = "; the scripted experts act in closed loop with window 1" if top == 1 else (f" (its chunk size is {chunk_size})" if chunk_size else "")
+        extra = (
+            "; the scripted experts act in closed loop with window 1"
+            if top == 1
+            else (f" (its chunk size is {chunk_size})" if chunk_size else "")
+        )
         raise InputError(f"{name} must be in [1, {top}] for this policy{extra}, got {window}")
     return int(window)
 
@@ -53,7 +57,9 @@ def default_windows(default_window: int, chunk_size: int, count: int = 3) -> tup
     (H = 15, k_1 = 5 gives 5, 10, 15)."""
     if default_window >= chunk_size:
         return (chunk_size,)
-    return tuple(sorted({round(default_window + (chunk_size - default_window) * i / (count - 1)) for i in range(count)}))
+    return tuple(
+        sorted({round(default_window + (chunk_size - default_window) * i / (count - 1)) for i in range(count)})
+    )
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,15 @@ class WindowPlan:
 
     def stage2(self, stage1_choice: int | None = None) -> int:
         """Stage 2's window: ``stage2.window``, else Stage 1's choice, else the policy's own."""
-        return resolve(self.stage2_given or stage1_choice, self.policy_window, self.bound, "stage2.window", self.chunk_size)
+        return resolve(
+            self.stage2_given or stage1_choice, self.policy_window, self.bound, "stage2.window", self.chunk_size
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"chunk_size": self.chunk_size, "bound": self.bound, "policy_window": self.policy_window, "stage1": list(self.stage1), "stage2_given": self.stage2_given}
+        return {
+            "chunk_size": self.chunk_size,
+            "bound": self.bound,
+            "policy_window": self.policy_window,
+            "stage1": list(self.stage1),
+            "stage2_given": self.stage2_given,
+        }

@@ -88,7 +88,10 @@ def train(args: Any) -> int:
     for stage in summary.stages:
         best = summary.outcome(stage).best
         # mean steps and calls per success are None when validation had no success
-        print(f"{stage}: best at epoch {best.epoch}: SR {best.success_rate:.3f}, steps {_fmt(best.mean_steps, '.1f')}, calls {_fmt(best.calls_per_success, '.1f')} (validation)")
+        print(
+            f"{stage}: best at epoch {best.epoch}: SR {best.success_rate:.3f}, steps {_fmt(best.mean_steps, '.1f')}, "
+            f"calls {_fmt(best.calls_per_success, '.1f')} (validation)"
+        )
     if summary.extend is not None:
         print(f"Stage 1 window choice: {summary.extend.window}")
     if summary.trim is not None:
@@ -119,7 +122,7 @@ def evaluate(args: Any) -> int:
     if (out / "metrics.json").exists() and not args.overwrite:
         raise InputError(f"{str(out / 'metrics.json')!r} already exists; pass --overwrite to replace it")
     policy = load_eval_policy(cfg, args.checkpoint)
-    window = WindowPlan.for_policy(policy).evaluation(args.window, "--window")  # 0: the window the policy was trained for
+    window = WindowPlan.for_policy(policy).evaluation(args.window, "--window")  # 0: the window it was trained for
     if not _wants_comparison(args):
         metrics = evaluate_to_dir(cfg, policy, window, out, str(args.checkpoint))
         report = write_report([out], out)

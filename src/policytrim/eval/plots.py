@@ -99,7 +99,10 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, tit
                 vals = [r for r in rows if r.get(val_key) is not None]
                 if vals:
                     at = f" at k={val_windows[stage]}" if stage in val_windows else ""
-                    ax.plot([offsets[stage] + r.get("epoch", 0) for r in vals], [_num(r[val_key]) for r in vals], marker="o", linestyle="--", color=color, markersize=4, label=f"{stage} validation{at}")
+                    xs = [offsets[stage] + r.get("epoch", 0) for r in vals]
+                    ys = [_num(r[val_key]) for r in vals]
+                    label = f"{stage} validation{at}"
+                    ax.plot(xs, ys, marker="o", linestyle="--", color=color, markersize=4, label=label)
             ax.set_title(label, fontsize=10)
             ax.set_xlabel("epoch (both stages, as run)")
             ax.grid(alpha=0.3)

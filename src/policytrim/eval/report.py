@@ -382,7 +382,8 @@ def _decision(path: Path, read: Any) -> Any:
     try:
         return read(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InputError(f"{path} is not a PolicyTrim stage record ({type(exc).__name__}: {exc}); the report cannot use this run") from None
+        what = f"{type(exc).__name__}: {exc}"
+        raise InputError(f"{path} is not a PolicyTrim stage record ({what}); the report cannot use this run") from None
 
 
 def _stage_decisions(sec: Section, train_dir: Path, level: int) -> None:
@@ -400,9 +401,13 @@ def _stage_decisions(sec: Section, train_dir: Path, level: int) -> None:
     items = []
     for name, res in (("Stage 1", ext), ("Stage 2", trim)):
         if res:
-            items.append(f"{name}: {_epochs_run(res)}; best checkpoint at epoch {res.best.epoch} ({_best_vs_start(res)})")
+            best = f"best checkpoint at epoch {res.best.epoch} ({_best_vs_start(res)})"
+            items.append(f"{name}: {_epochs_run(res)}; {best}")
     if budget:
-        items.append(f"Stage 2 step budget B = {budget.budget} ({budget.source}" + (f"; mean T {nice(budget.mean_steps, '.1f')} at SR {nice(budget.success_rate)}, k = {budget.window}" if budget.calibrated else "") + ")")
+        how = ""
+        if budget.calibrated:
+            how = f"; mean T {nice(budget.mean_steps, '.1f')} at SR {nice(budget.success_rate)}, k = {budget.window}"
+        items.append(f"Stage 2 step budget B = {budget.budget} ({budget.source}{how})")
     if items:
         sec.add(ul(items))
     clip = _clip_notes(read_jsonl(train_dir / "metrics.jsonl") if (train_dir / "metrics.jsonl").is_file() else [])
@@ -414,13 +419,15 @@ def _epochs_run(res: Any) -> str:
     """'30 of 70 planned epochs run, stopped early (REASON)' or '70 epochs' (``res``: a `StageOutcome`)."""
     if res.epochs_run is None or res.epochs_run == res.epochs:
         return f"{res.epochs} epochs"
-    return f"{res.epochs_run} of {res.epochs} planned epochs run, stopped early ({res.stop_reason or 'no reason recorded'})"
+    reason = res.stop_reason or "no reason recorded"
+    return f"{res.epochs_run} of {res.epochs} planned epochs run, stopped early ({reason})"
 
 
 def _best_vs_start(res: Any) -> str:
     b, s = res.best, res.start
     return (
-        f"validation SR {nice(s.success_rate)} → {nice(b.success_rate)}, T {nice(s.mean_steps, '.1f')} → {nice(b.mean_steps, '.1f')}, "
+        f"validation SR {nice(s.success_rate)} → {nice(b.success_rate)}, "
+        f"T {nice(s.mean_steps, '.1f')} → {nice(b.mean_steps, '.1f')}, "
         f"C {nice(s.calls_per_success, '.1f')} → {nice(b.calls_per_success, '.1f')} at k = {res.eval_window}"
     )
 
@@ -439,10 +446,13 @@ def _window_choice(sec: Section, wc: Any) -> None:
     if ref is None and reference == "policy" and per_window:  # older results: the reference is k_1's own SR
         ref = per_window[min(per_window)].success_rate
     chosen = per_window[wc.window].success_rate if wc.window in per_window else None
-    stands = f"; its SR {nice(chosen)} is {relation_in_points(chosen, ref, tol)} the reference" if chosen is not None and ref is not None else ""
+    stands = ""
+    if chosen is not None and ref is not None:
+        stands = f"; its SR {nice(chosen)} is {relation_in_points(chosen, ref, tol)} the reference"
     sec.add(p(
-        f"Stage 1 window choice: **k = {wc.window}**, the longest window whose validation SR is at most {tol:g} points below the reference, "
-        f"{REFERENCE_WORDS.get(reference, reference)} (SR {nice(ref)}){stands} ({wc.episodes_per_task} states per task, {wc.mode} mode)."
+        f"Stage 1 window choice: **k = {wc.window}**, the longest window whose validation SR is at most {tol:g} points "
+        f"below the reference, {REFERENCE_WORDS.get(reference, reference)} (SR {nice(ref)}){stands} "
+        f"({wc.episodes_per_task} states per task, {wc.mode} mode)."
     ))
     rows = [[f"reference: {reference}", nice(ref), "", "", ""]]
     for k, m in per_window.items():
@@ -456,7 +466,8 @@ def _clip_notes(records: Sequence[dict[str, Any]]) -> list[str]:
     approximate KL of an update step (``approx_kl_max``, else the epoch mean ``approx_kl``)."""
     notes = []
     for stage, title in (("extend", "Stage 1"), ("trim", "Stage 2")):
-        rows = [r for r in records if r.get("stage") == stage and r.get("epoch", 0) > 0 and isinstance(r.get("approx_kl"), (int, float))]
+        rows = [r for r in records if r.get("stage") == stage and r.get("epoch", 0) > 0]
+        rows = [r for r in rows if isinstance(r.get("approx_kl"), (int, float))]
         if not rows:
             continue
         kl_key = "approx_kl_max" if all(isinstance(r.get("approx_kl_max"), (int, float)) for r in rows) else "approx_kl"
@@ -465,7 +476,9 @@ def _clip_notes(records: Sequence[dict[str, Any]]) -> list[str]:
         text = f"{title}: largest approximate KL of an update {worst[kl_key]:.3g} (epoch {worst['epoch']})"
         if any("clip_hard" in r for r in rows):
             shown = ", ".join(map(str, hard[:10])) + (", ..." if len(hard) > 10 else "")
-            text += f"; the clip was hit hard (a step clipped more than 30% of its chunks) in {len(hard)} of {len(rows)} epochs" + (f" ({shown})" if hard else "")
+            text += "; the clip was hit hard (a step clipped more than 30% of its chunks)"
+            text += f" in {len(hard)} of {len(rows)} epochs"
+            text += f" ({shown})" if hard else ""
         notes.append(text + ".")
     return notes
 

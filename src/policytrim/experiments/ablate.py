@@ -157,7 +157,9 @@ def _say(message: str) -> None:
     print(f"[ablate] {message}", flush=True)
 
 
-def _train_variant(cfg: RunConfig, variant: Variant, init: str, run_dir: Path, stage1_window: int) -> tuple[TrainSummary, bool]:
+def _train_variant(
+    cfg: RunConfig, variant: Variant, init: str, run_dir: Path, stage1_window: int
+) -> tuple[TrainSummary, bool]:
     """The variant's run summary and whether it was reused (a completed run directory) instead of trained."""
     from policytrim.train.decisions import TrainSummary
     from policytrim.train.grpo import train

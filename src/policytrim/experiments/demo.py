@@ -146,8 +146,8 @@ def evaluate_pipeline(
             "episodes_per_task": cfg.eval.episodes,
             "eval_seed": cfg.eval.seed,
             "windows": {c.name: c.window for c in contenders},
-            "stage2_budget": train_summary.trim.budget_evidence.to_json() if train_summary.trim and train_summary.trim.budget_evidence else None,
-            "stage1_window_choice": train_summary.extend.window_choice.to_json() if train_summary.extend and train_summary.extend.window_choice else None,
+            "stage2_budget": _decision_json(train_summary.trim, "budget_evidence"),
+            "stage1_window_choice": _decision_json(train_summary.extend, "window_choice"),
         }
     )
     if temporal_ensembling and TEMPORAL_ENSEMBLING in result["policies"]:
@@ -221,6 +221,12 @@ def comparison_summary(result: dict[str, Any], sweep: list[Any]) -> dict[str, An
             for task in result["policies"]["policytrim"]["tasks"]
         },
     }
+
+
+def _decision_json(outcome: Any, name: str) -> dict[str, Any] | None:
+    """The JSON of a stage outcome's decision record ``name`` (None: no such stage or record)."""
+    record = getattr(outcome, name, None) if outcome is not None else None
+    return None if record is None else record.to_json()
 
 
 def _train_summary(run_dir: Path) -> TrainSummary:

@@ -127,17 +127,26 @@ class WindowChoice:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "window": self.window, "tolerance_points": self.tolerance_points, "reference": self.reference,
-            "reference_success_rate": self.reference_success_rate, "episodes_per_task": self.episodes_per_task, "split": self.split,
-            "mode": self.mode, "per_window": {str(k): v.to_json() for k, v in self.per_window.items()},
+            "window": self.window,
+            "tolerance_points": self.tolerance_points,
+            "reference": self.reference,
+            "reference_success_rate": self.reference_success_rate,
+            "episodes_per_task": self.episodes_per_task,
+            "split": self.split,
+            "mode": self.mode,
+            "per_window": {str(k): v.to_json() for k, v in self.per_window.items()},
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> WindowChoice:
         return cls(
-            window=int(data["window"]), tolerance_points=data.get("tolerance_points", 2.0), reference=data.get("reference"),
-            reference_success_rate=data.get("reference_success_rate"), episodes_per_task=data.get("episodes_per_task"),
-            split=data.get("split", "val"), mode=data.get("mode"),
+            window=int(data["window"]),
+            tolerance_points=data.get("tolerance_points", 2.0),
+            reference=data.get("reference"),
+            reference_success_rate=data.get("reference_success_rate"),
+            episodes_per_task=data.get("episodes_per_task"),
+            split=data.get("split", "val"),
+            mode=data.get("mode"),
             per_window={int(k): Validation.from_json(v) for k, v in (data.get("per_window") or {}).items()},
         )
 
@@ -163,7 +172,13 @@ class BudgetCalibration:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"budget": self.budget, "source": self.source}
         if self.calibrated:
-            out.update(mean_steps=self.mean_steps, success_rate=self.success_rate, window=self.window, mode=self.mode, episodes_per_task=self.episodes_per_task)
+            out.update(
+                mean_steps=self.mean_steps,
+                success_rate=self.success_rate,
+                window=self.window,
+                mode=self.mode,
+                episodes_per_task=self.episodes_per_task,
+            )
         return out
 
     @classmethod
@@ -194,17 +209,28 @@ class StageState:
     def to_json(self, stage: str) -> dict[str, Any]:
         """The ``trainer_state.json`` fields (the checkpoint writer adds ``epoch`` and the optimiser)."""
         return {
-            "stage": stage, "best": _json(self.best), "start_eval": _json(self.start_eval), "failed_epochs": self.failed_epochs,
-            "reference": _json(self.reference), "stale": self.stale, "stopped": self.stopped, "epochs_run": self.epochs_run,
+            "stage": stage,
+            "best": _json(self.best),
+            "start_eval": _json(self.start_eval),
+            "failed_epochs": self.failed_epochs,
+            "reference": _json(self.reference),
+            "stale": self.stale,
+            "stopped": self.stopped,
+            "epochs_run": self.epochs_run,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StageState:
         epoch = int(data.get("epoch", 0))
         return cls(
-            best=_validation(data.get("best")), start_eval=_validation(data.get("start_eval")), reference=_validation(data.get("reference")),
-            failed_epochs=int(data.get("failed_epochs", 0)), stale=int(data.get("stale", 0)), stopped=data.get("stopped"),
-            epochs_run=int(data.get("epochs_run", epoch)), epoch=epoch,
+            best=_validation(data.get("best")),
+            start_eval=_validation(data.get("start_eval")),
+            reference=_validation(data.get("reference")),
+            failed_epochs=int(data.get("failed_epochs", 0)),
+            stale=int(data.get("stale", 0)),
+            stopped=data.get("stopped"),
+            epochs_run=int(data.get("epochs_run", epoch)),
+            epoch=epoch,
         )
 
 
@@ -227,7 +253,12 @@ class TrainSummary:
         return {"extend": self.extend, "trim": self.trim}[stage]
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"run_dir": self.run_dir, "init": self.init, "stages": list(self.stages), "logging": list(self.logging)}
+        out: dict[str, Any] = {
+            "run_dir": self.run_dir,
+            "init": self.init,
+            "stages": list(self.stages),
+            "logging": list(self.logging),
+        }
         for name in ("extend", "trim"):
             if self.outcome(name) is not None:
                 out[name] = self.outcome(name).to_json()
@@ -239,4 +270,11 @@ class TrainSummary:
         from policytrim.train.stages import StageOutcome
 
         outcomes = {name: StageOutcome.from_json(data[name]) for name in ("extend", "trim") if data.get(name)}
-        return cls(data["run_dir"], data["init"], tuple(data["stages"]), tuple(data.get("logging", ())), data["window"], **outcomes)
+        return cls(
+            data["run_dir"],
+            data["init"],
+            tuple(data["stages"]),
+            tuple(data.get("logging", ())),
+            data["window"],
+            **outcomes,
+        )

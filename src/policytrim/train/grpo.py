@@ -149,7 +149,8 @@ def grpo_update(
                 stats[key].append(float(np.max(values) if key == "ratio_max" else np.mean(values)))
     out = {k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}
     # the worst optimiser step of the epoch: a mean over steps hides one step that hit the clip hard
-    peaks = {"clip_frac_max": max(stats["clip_frac"], default=0.0), "approx_kl_max": max(stats["approx_kl"], default=0.0)}
+    peaks = {"clip_frac_max": max(stats["clip_frac"], default=0.0)}
+    peaks["approx_kl_max"] = max(stats["approx_kl"], default=0.0)
     out.update(distributed.mean_over_ranks(
         {k: out[k] for k in ("clip_frac", "approx_kl", "kl_ref", "ratio_max")} | {"logp_gap": logp_gap} | peaks,
         maxed=("ratio_max", "logp_gap", "clip_frac_max", "approx_kl_max"),
@@ -191,7 +192,14 @@ def draw_starts(cfg: RunConfig, rng: np.random.Generator, epoch: int) -> list[In
 
 
 def run_stage(
-    stage: Stage, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engine: RolloutEngine, logger: MetricsLogger, seams: TrainerSeams | None = None, start_eval: Validation | None = None
+    stage: Stage,
+    policy: ChunkPolicy,
+    cfg: RunConfig,
+    run: RunDir,
+    engine: RolloutEngine,
+    logger: MetricsLogger,
+    seams: TrainerSeams | None = None,
+    start_eval: Validation | None = None,
 ) -> StageOutcome:
     """Train ``stage`` from the policy given (or resume it) and return its outcome.
 
@@ -236,7 +244,8 @@ def run_stage(
         reference = on_rank0(lambda: stage.reference(policy, engine), Validation.from_json)
         state = dataclasses.replace(state, start_eval=entering, reference=reference, best=entering.at_epoch(0))
         distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))
-        _log(logger, seams, {"stage": stage.name, "epoch": 0, "global_epoch": run.global_epoch(stage.name, 0), **{f"val_{k}": v for k, v in entering.scalars().items()}})
+        first = {"stage": stage.name, "epoch": 0, "global_epoch": run.global_epoch(stage.name, 0)}
+        _log(logger, seams, first | {f"val_{k}": v for k, v in entering.scalars().items()})
 
     failed_epochs = state.failed_epochs
     if state.stopped is not None:  # a stopping rule ended the stage before the interruption
@@ -304,7 +313,8 @@ def run_stage(
                 distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))
             else:
                 state = dataclasses.replace(state, stale=state.stale + 1)
-            state = dataclasses.replace(state, stopped=None if last else stage.stop_reason(epoch + 1, val, state.stale, state.reference))
+            stopped = None if last else stage.stop_reason(epoch + 1, val, state.stale, state.reference)
+            state = dataclasses.replace(state, stopped=stopped)
             if state.stopped is not None:
                 record["stopped"] = state.stopped
                 last = True
@@ -367,7 +377,14 @@ def check_policy_for_run(policy: ChunkPolicy, cfg: RunConfig, stages: list[str],
         raise InputError(f"{where} acts from {shape[0]}x{shape[1]} px images but the config has {have}; pass --env.image --env.image-size {shape[0]}")
 
 
-def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "", overwrite: bool = False, seams: TrainerSeams | None = None) -> TrainSummary:
+def train(
+    cfg: RunConfig,
+    stage: str = "both",
+    init: str = "",
+    resume: str = "",
+    overwrite: bool = False,
+    seams: TrainerSeams | None = None,
+) -> TrainSummary:
     """Run PolicyTrim (``stage`` = extend | trim | both) from checkpoint ``init`` into
     ``cfg.logging.out``, or continue the run directory ``resume``. Returns the run summary
     (`TrainSummary`, written as ``summary.json``: the stages' `StageOutcome`s and ``window``, the
@@ -432,7 +449,9 @@ def check_architecture(cfg: RunConfig, spec: dict[str, Any], where: str) -> None
         )
 
 
-def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir | None, overwrite: bool, seams: TrainerSeams) -> TrainSummary:
+def _train(
+    cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir | None, overwrite: bool, seams: TrainerSeams
+) -> TrainSummary:
     if str(init) == "expert":
         raise InputError("--init expert: the scripted experts have no weights to train; give a policy checkpoint directory")
     policy = load_policy(init)  # validates the checkpoint before anything is written
@@ -473,13 +492,16 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
                         budget = BudgetCalibration.from_json(saved)
                     else:
                         policy.eval()
-                        budget = on_rank0(lambda: calibrate_budget(policy, cfg, window, engine, known), BudgetCalibration.from_json)
+                        calibrate = lambda: calibrate_budget(policy, cfg, window, engine, known)  # noqa: E731
+                        budget = on_rank0(calibrate, BudgetCalibration.from_json)
                         distributed.on_main(lambda: run.write_json("trim/budget.json", budget.to_json()))
                     trimmed = run_stage(Stage2(cfg, window, budget), policy, cfg, run, engine, logger, seams, start_eval=known)
                     distributed.on_main(lambda: run.write_json("trim/result.json", trimmed.to_json()))
                 else:
                     trimmed, policy = done
-            summary = TrainSummary(str(run.path), str(init), tuple(stages), tuple(logger.backends if logger else ()), int(policy.default_window), extended, trimmed)
+            backends = tuple(logger.backends if logger else ())
+            window = int(policy.default_window)  # the trained policy's: RUN/final/policy acts at it
+            summary = TrainSummary(str(run.path), str(init), tuple(stages), backends, window, extended, trimmed)
         distributed.on_main(lambda: save_policy_dir(policy, run.path / "final"))
         distributed.on_main(lambda: run.write_json("summary.json", summary.to_json()))
         distributed.on_main(lambda: run.set_status("complete"))

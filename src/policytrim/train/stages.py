@@ -70,7 +70,8 @@ class StageOutcome:
 
     def to_json(self) -> dict[str, Any]:
         """The ``result.json`` / summary record (the format runs have always written)."""
-        out: dict[str, Any] = {"stage": self.stage, "epochs": self.epochs, "best": self.best.to_json(), "start": self.start.to_json(), "eval_window": self.eval_window}
+        out: dict[str, Any] = {"stage": self.stage, "epochs": self.epochs, "best": self.best.to_json()}
+        out.update(start=self.start.to_json(), eval_window=self.eval_window)
         out.update(epochs_run=self.epochs if self.epochs_run is None else self.epochs_run, stop_reason=self.stop_reason)
         if self.window_choice is not None:
             out["window_choice"] = self.window_choice.to_json()
@@ -85,9 +86,17 @@ class StageOutcome:
         choice = WindowChoice.from_json(data["window_choice"]) if data.get("window_choice") else None
         budget = BudgetCalibration.from_json(data["budget"]) if data.get("budget") else None
         return cls(
-            stage=data.get("stage", stage), epochs=data["epochs"], eval_window=data["eval_window"], window=choice.window if choice else data["window"],
-            best=Validation.from_json(data["best"]), start=Validation.from_json(data.get("start") or {}), budget=int(budget.budget) if budget else None,
-            window_choice=choice, budget_evidence=budget, epochs_run=data.get("epochs_run"), stop_reason=data.get("stop_reason"),
+            stage=data.get("stage", stage),
+            epochs=data["epochs"],
+            eval_window=data["eval_window"],
+            window=choice.window if choice else data["window"],
+            best=Validation.from_json(data["best"]),
+            start=Validation.from_json(data.get("start") or {}),
+            budget=int(budget.budget) if budget else None,
+            window_choice=choice,
+            budget_evidence=budget,
+            epochs_run=data.get("epochs_run"),
+            stop_reason=data.get("stop_reason"),
         )
 
 
@@ -107,7 +116,12 @@ def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEn
 
 
 def choose_window(
-    policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...], engine: RolloutEngine, known: Mapping[int, Validation] | None = None, baseline: Validation | None = None
+    policy: ChunkPolicy,
+    cfg: RunConfig,
+    windows: tuple[int, ...],
+    engine: RolloutEngine,
+    known: Mapping[int, Validation] | None = None,
+    baseline: Validation | None = None,
 ) -> tuple[WindowChoice, dict[int, Validation]]:
     """Stage 1's decision: the longest window whose validation SR is within the tolerance of a
     reference SR (same states, same random numbers for every window): the policy's own SR at the
@@ -132,7 +146,8 @@ def choose_window(
     tolerance = cfg.stage1.tolerance_points / 100.0
 
     def longest_within(reference: float) -> int:
-        return next((w for w in reversed(windows) if measured(w).success_rate >= reference - tolerance - 1e-12), windows[0])
+        holds = (w for w in reversed(windows) if measured(w).success_rate >= reference - tolerance - 1e-12)
+        return next(holds, windows[0])
 
     if baseline is not None and measured(windows[-1]).success_rate >= baseline.success_rate - tolerance - 1e-12:
         own, reference = None, baseline.success_rate  # the longest window holds: nothing else to measure
@@ -141,13 +156,15 @@ def choose_window(
         reference = own if baseline is None else min(baseline.success_rate, own)
     chosen = longest_within(reference)
     evidence = {w: per_window[w].without_outcomes() for w in windows if w in per_window}
-    choice = WindowChoice(
-        chosen, cfg.stage1.tolerance_points, "policy" if reference == own else "baseline", reference, episodes, "val", cfg.eval.mode, evidence
-    )
+    which = "policy" if reference == own else "baseline"
+    tolerance_points, mode = cfg.stage1.tolerance_points, cfg.eval.mode
+    choice = WindowChoice(chosen, tolerance_points, which, reference, episodes, "val", mode, evidence)
     return choice, {w: per_window[w] for w in windows if w in per_window}
 
 
-def calibrate_budget(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, known: Validation | None = None) -> BudgetCalibration:
+def calibrate_budget(
+    policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, known: Validation | None = None
+) -> BudgetCalibration:
     """Step budget B = ceil(beta_B * mean T of successes) of the policy entering Stage 2, at
     Stage 2's window, in the evaluation mode, on Stage 2's validation states (or the user's B).
     ``known``: that validation, already made (`validate` at ``window`` with stage2.val_episodes)."""
@@ -157,12 +174,17 @@ def calibrate_budget(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: R
     val = known if known is not None else validate(policy, cfg, window, engine, episodes)
     if not val.success_rate:
         raise InputError(
-            f"cannot calibrate the Stage 2 step budget: the policy succeeded in none of {val.episodes} validation episodes at window {window}; give stage2.budget or start from a better policy"
+            f"cannot calibrate the Stage 2 step budget: the policy succeeded in none of {val.episodes} validation "
+            f"episodes at window {window}; give stage2.budget or start from a better policy"
         )
     return BudgetCalibration(
         objective.step_budget([val.mean_steps], cfg.stage2.budget_multiplier),  # mean_steps: mean T of the successes
         f"calibrated: ceil({cfg.stage2.budget_multiplier} x mean T of successful validation episodes)",
-        mean_steps=val.mean_steps, success_rate=val.success_rate, window=window, mode=cfg.eval.mode, episodes_per_task=episodes,
+        mean_steps=val.mean_steps,
+        success_rate=val.success_rate,
+        window=window,
+        mode=cfg.eval.mode,
+        episodes_per_task=episodes,
     )
 
 
@@ -194,7 +216,9 @@ def most_successful(candidate: Validation, best: Validation | None) -> bool:
     return best is None or (candidate.success_rate, -_calls(candidate)) > (best.success_rate, -_calls(best))
 
 
-def fewest_calls_without_loss(candidate: Validation, best: Validation | None, start: Validation, tolerance_points: float) -> bool:
+def fewest_calls_without_loss(
+    candidate: Validation, best: Validation | None, start: Validation, tolerance_points: float
+) -> bool:
     """Stage 2's best-checkpoint rule: fewest calls among evaluations without a significant success
     loss against the stage's start (`significant_loss`); if every one lost, the highest SR."""
     if best is None:
@@ -260,7 +284,15 @@ class Stage(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Validation, start: Validation, reference: Validation | None = None) -> StageOutcome:
+    def conclude(
+        self,
+        policy: ChunkPolicy,
+        engine: RolloutEngine,
+        epochs: int,
+        best: Validation,
+        start: Validation,
+        reference: Validation | None = None,
+    ) -> StageOutcome:
         """The stage's decision, made with ``policy`` holding its best checkpoint (``reference``:
         what `reference` measured); marks the policy with what it was trained for (`mark_trained`)."""
 
@@ -273,7 +305,7 @@ class Stage1(Stage):
     def __init__(self, cfg: RunConfig, plan: WindowPlan):
         self.cfg, self.config = cfg, cfg.stage1
         if not plan.stage1:
-            raise ValueError("the window plan has no Stage 1 windows: build it with WindowPlan.for_run(policy, cfg, stages) including 'extend'")
+            raise ValueError("the window plan has no Stage 1 windows (build it with WindowPlan.for_run for 'extend')")
         self.windows = plan.stage1  # resolved and bound-checked once, in the run's window plan
         self.validations: dict[int, Validation] = {}  # set by `conclude`: the chosen policy's validation per window
 
@@ -310,7 +342,15 @@ class Stage1(Stage):
             )
         return None
 
-    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Validation, start: Validation, reference: Validation | None = None) -> StageOutcome:
+    def conclude(
+        self,
+        policy: ChunkPolicy,
+        engine: RolloutEngine,
+        epochs: int,
+        best: Validation,
+        start: Validation,
+        reference: Validation | None = None,
+    ) -> StageOutcome:
         # the best checkpoint's validation at the longest window is known (same states and seed)
         known = {self.eval_window: best.at_epoch(None)} if best.success_by_state is not None else {}
         baseline = reference if self.config.window_reference == "baseline" else None
@@ -324,7 +364,8 @@ class Stage1(Stage):
         choice = WindowChoice.from_json(shared["choice"])
         self.validations = {int(w): Validation.from_json(v) for w, v in shared["validations"].items()}
         policy.mark_trained(self.name, choice.window)
-        return StageOutcome(self.name, epochs, self.eval_window, choice.window, best.without_outcomes(), start.without_outcomes(), window_choice=choice)
+        best, start = best.without_outcomes(), start.without_outcomes()
+        return StageOutcome(self.name, epochs, self.eval_window, choice.window, best, start, window_choice=choice)
 
 
 class Stage2(Stage):
@@ -362,5 +403,17 @@ class Stage2(Stage):
     def epoch_record(self) -> dict[str, Any]:
         return {"budget": self.budget}
 
-    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Validation, start: Validation, reference: Validation | None = None) -> StageOutcome:
-        return StageOutcome(self.name, epochs, self.eval_window, self.windows[0], best.without_outcomes(), start.without_outcomes(), budget=self.budget, budget_evidence=self.budget_evidence)
+    def conclude(
+        self,
+        policy: ChunkPolicy,
+        engine: RolloutEngine,
+        epochs: int,
+        best: Validation,
+        start: Validation,
+        reference: Validation | None = None,
+    ) -> StageOutcome:
+        best, start = best.without_outcomes(), start.without_outcomes()
+        return StageOutcome(
+            self.name, epochs, self.eval_window, self.windows[0], best, start,
+            budget=self.budget, budget_evidence=self.budget_evidence,
+        )
