@@ -75,7 +75,7 @@ def test_outcomes_round_trip_through_result_json():
     assert extend.to_json()["best"] == {"epoch": 2, "success_rate": 0.75, "calls_per_success": 12.0}
     given = BudgetCalibration(90, "given")
     stopped = StageOutcome(
-        "trim", 30, 6, 6, metrics, metrics, budget=90, budget_evidence=given, epochs_run=20, stop_reason="patience: 2 validations"
+        "trim", 30, 6, 6, metrics, metrics, budget=90, budget_evidence=given, epochs_run=20, stop_reason="patience: 2"
     )
     for outcome in (extend, trim, stopped):
         assert StageOutcome.from_json(outcome.to_json()).to_json() == outcome.to_json()
