@@ -310,7 +310,8 @@ class Stage1Config(GRPOConfig):
     """Stage 1, reliable chunk extension (SPEC.md eq 2)."""
 
     windows: tuple[int, ...] = ()
-    """Execution windows k_1 < ... < k_M assigned to group slots; empty = policy.default_window and evenly spaced up to H (H = 15, k = 5: 5 10 15)."""
+    """Execution windows k_1 < ... < k_M assigned to group slots; empty = policy.default_window and evenly
+    spaced up to H (H = 15, k = 5: 5 10 15), resolved once per run with the loaded policy (`policytrim.windows`)."""
     horizon_coef: float = 1.0
     """lambda_h: weight of the horizon term k/H."""
     tolerance_points: float = 2.0
@@ -526,19 +527,6 @@ class RunConfig:
         from policytrim.envs.metaworld import PROPRIO_DIMS
 
         return PROPRIO_DIMS
-
-    @property
-    def stage1_windows(self) -> tuple[int, ...]:
-        """Stage 1's windows: as given, or the default window and evenly spaced steps up to H."""
-        return self.stage1.windows or default_windows(self.policy.default_window, self.policy.chunk_size)
-
-
-def default_windows(default_window: int, chunk_size: int, count: int = 3) -> tuple[int, ...]:
-    """SPEC's Stage 1 windows: k_1 = the policy's default window, the rest evenly spaced up to H
-    (H = 15, k_1 = 5 gives 5, 10, 15)."""
-    if default_window >= chunk_size:
-        return (chunk_size,)
-    return tuple(sorted({round(default_window + (chunk_size - default_window) * i / (count - 1)) for i in range(count)}))
 
 
 # ---------------------------------------------------------------------------------------------

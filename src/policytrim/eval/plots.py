@@ -76,6 +76,7 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, tit
     window from ``val_windows``), one colour per stage. Stage 1's rollout window is the mean of the
     windows assigned to group slots."""
     val_windows = val_windows or {}
+    offsets = stage_offsets(records)
     panels = [("reward", None, "reward (rollouts)"), ("success_rate", "val_success_rate", "success rate"), ("mean_steps", "val_mean_steps", "mean steps T (successes)"), ("mean_window", None, "window k (rollouts)")]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.3))
     stages = list(dict.fromkeys(r.get("stage") for r in records if r.get("stage")))
@@ -84,7 +85,7 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, tit
         color = STAGE_COLORS.get(stage, None)
         for ax, (key, val_key, label) in zip(axes, panels):
             train_rows = [r for r in rows if key in r and r.get(key) is not None and r.get("epoch", 0) > 0]
-            x = [r.get("global_epoch", r.get("epoch")) for r in train_rows]
+            x = [offsets[stage] + r["epoch"] for r in train_rows]
             y = [_num(r[key]) for r in train_rows]
             if x:
                 ax.plot(x, y, color=color, alpha=0.35, linewidth=0.8)
@@ -98,17 +99,32 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, tit
                 vals = [r for r in rows if r.get(val_key) is not None]
                 if vals:
                     at = f" at k={val_windows[stage]}" if stage in val_windows else ""
-                    ax.plot([r.get("global_epoch", r.get("epoch")) for r in vals], [_num(r[val_key]) for r in vals], marker="o", linestyle="--", color=color, markersize=4, label=f"{stage} validation{at}")
+                    xs = [offsets[stage] + r.get("epoch", 0) for r in vals]
+                    ys = [_num(r[val_key]) for r in vals]
+                    label = f"{stage} validation{at}"
+                    ax.plot(xs, ys, marker="o", linestyle="--", color=color, markersize=4, label=label)
             ax.set_title(label, fontsize=10)
-            ax.set_xlabel("epoch (both stages)")
+            ax.set_xlabel("epoch (both stages, as run)")
             ax.grid(alpha=0.3)
     if len(stages) > 1:
-        boundary = max(r.get("global_epoch", 0) for r in records if r.get("stage") == stages[0])
+        boundary = offsets[stages[1]]
         for ax in axes:
             ax.axvline(boundary, color="k", linestyle=":", linewidth=1)
     axes[1].legend(fontsize=7)
     fig.suptitle(title or "Training curves per stage", fontsize=11)
     return _save(fig, path)
+
+
+def stage_offsets(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Where each stage starts on the curves' epoch axis: after the epochs the stages before it
+    actually ran (their last recorded epoch), not after the epochs they planned (``global_epoch``),
+    so a Stage 1 that stopped early leaves no empty gap before Stage 2."""
+    offsets: dict[str, int] = {}
+    offset = 0
+    for stage in dict.fromkeys(r.get("stage") for r in records if r.get("stage")):
+        offsets[stage] = offset
+        offset += max((int(r.get("epoch") or 0) for r in records if r.get("stage") == stage), default=0)
+    return offsets
 
 
 def _yerr(value, lo, hi) -> np.ndarray:

@@ -46,7 +46,8 @@ import torch
 
 from policytrim.envs import worker_env_cap
 from policytrim.envs.base import InitialState
-from policytrim.policies.base import MODES, ChunkPolicy, Mode, window_bound
+from policytrim.policies.base import MODES, ChunkPolicy, Mode
+from policytrim.windows import check_window, window_bound
 from policytrim.rollout.types import Trajectories
 from policytrim.rollout.workers import DEFAULT_MAX_ENVS, EnvFactory, Fault, LocalPool, ProcessPool, StepRequest, StepResult, WorkerPool
 from policytrim.runtime import device_of
@@ -210,14 +211,9 @@ class RolloutEngine:
         win = torch.as_tensor(windows, dtype=torch.long)
         if tuple(win.shape) != (len(starts), group_size):
             raise ValueError(f"windows must have shape [num_groups={len(starts)}, group_size={group_size}], got {tuple(win.shape)}")
-        max_window = window_bound(policy)
-        if win.numel() and (int(win.min()) < 1 or int(win.max()) > max_window):
-            bad = int(win.max()) if int(win.max()) > max_window else int(win.min())
-            raise ValueError(
-                f"execution window {bad} is outside [1, {max_window}] for this policy "
-                f"(chunk size {policy.chunk_size}, max window {policy.max_window})"
-                + ("; scripted experts act in closed loop with window 1" if int(policy.max_window) == 1 else "")
-            )
+        if win.numel():
+            for k in (int(win.min()), int(win.max())):
+                check_window(k, window_bound(policy), "execution window", policy.chunk_size)
         rollout = _Rollout(self, policy, starts, group_size, win.flatten().numpy().astype(np.int64), mode, seed, record_chunks)
         return rollout.run()
 
