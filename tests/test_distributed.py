@@ -136,7 +136,7 @@ def assert_same_as_one_process(ddp_run: Path, single_run: Path, tiny_baseline: P
     assert single[1]["update_trajectories"] > 0
     for key in ("loss", "grad_norm"):
         assert ddp[1][key] == pytest.approx(single[1][key], rel=1e-5, abs=1e-7), key
-    a, b = (load_file(str(run / "extend" / "epoch_000001" / "policy" / "model.safetensors")) for run in (single_run, ddp_run))
+    a, b = (load_file(str(run / "extend/epoch_000001/policy/model.safetensors")) for run in (single_run, ddp_run))
     start = load_file(str(Path(tiny_baseline) / "model.safetensors"))
     assert a.keys() == b.keys() == start.keys()
     for k in a:

@@ -37,7 +37,9 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.placement_group import placement_group_table  # noqa: E402
 
 # the GCS declares a node dead after 4 missed health checks 0.5 s apart (default: 5 x 3 s)
-FAST_NODE_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 4}
+FAST_NODE_DEATH = {
+    "health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 4,
+}
 ENV = EnvConfig(tasks=("reach-v3",), horizon=60)
 
 
@@ -45,7 +47,8 @@ ENV = EnvConfig(tasks=("reach-v3",), horizon=60)
 def cluster():
     """A head node without CPUs and two worker nodes of 2 CPUs; this process is the driver. Workers
     see this directory (the `faults` helper) through PYTHONPATH, as in tests/test_ray.py."""
-    path = os.pathsep.join(p for p in (os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")) if p)
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
     saved = os.environ.get("RAY_USAGE_STATS_ENABLED")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     head_args = {"num_cpus": 0, "include_dashboard": False, "_system_config": FAST_NODE_DEATH}
@@ -89,7 +92,9 @@ def test_workers_spread_over_nodes_and_a_node_dying_mid_epoch_is_survived(cluste
     # state 0 hangs at step 3 (for 60 s): worker 0 is mid-request when its node is killed
     factory = functools.partial(faulty_env_factory, index=0, at_step=3, kind="hang", hang_s=60.0)
     ray_cfg = RayConfig(address=cluster.address, placement_strategy="SPREAD", max_restarts=2)
-    with RolloutEngine(ENV, 2, step_timeout_s=120.0, env_factory=factory, pipeline=False, backend="ray", ray=ray_cfg) as engine:
+    engine = RolloutEngine(ENV, 2, step_timeout_s=120.0, env_factory=factory, pipeline=False, backend="ray",
+                           ray=ray_cfg)
+    with engine:
         pool = engine._pool
         placed = bundle_nodes(pool)
         assert len(set(placed.values())) == 2, placed  # one worker per node

@@ -36,7 +36,10 @@ def train_argv(out, *extra: str) -> list[str]:
     return ["train", "--init", str(out.parent / "baseline"), "--out", str(out), "--rollout.backend", "ray", *extra]
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1:notaport", "127.0.0.1:0", "127.0.0.1:70000", "http://head:6379", "ray://head:10001", "head", ":6379", "a b:1"])
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:notaport", "127.0.0.1:0", "127.0.0.1:70000", "http://head:6379", "ray://head:10001", "head",
+                ":6379", "a b:1"],
+)
 def test_a_malformed_ray_address_is_one_line_and_writes_nothing(address, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(train_argv(tmp_path / "run", "--ray.address", address))
@@ -104,13 +107,16 @@ def test_workers_that_cannot_be_placed_fail_before_the_run_is_created(tmp_path):
     cfg.rollout.backend, cfg.rollout.num_workers, cfg.ray.num_cpus = "ray", 2, 1
     cfg.logging.out = str(tmp_path / "run")
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
-    TinyVLA.from_config(cfg.policy, 39, 4, [INSTRUCTIONS[t] for t in cfg.env.tasks]).save_pretrained(tmp_path / "baseline")
+    baseline = TinyVLA.from_config(cfg.policy, 39, 4, [INSTRUCTIONS[t] for t in cfg.env.tasks])
+    baseline.save_pretrained(tmp_path / "baseline")
     argv = ["train", "--config", str(tmp_path / "cfg.yaml"), "--stage", "extend", "--init", str(tmp_path / "baseline")]
     proc = subprocess.run([sys.executable, "-m", "policytrim.cli", *argv], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert not (tmp_path / "run").exists()  # so the same command with more CPUs is not told "already exists; pass --resume"
+    # nothing written, so the same command with more CPUs is not told "already exists; pass --resume"
+    assert not (tmp_path / "run").exists()
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: Ray cannot place 2 env workers of {'CPU': 1.0} (SPREAD) on the local Ray instance"), proc.stderr[-3000:]
+    expected = "error: Ray cannot place 2 env workers of {'CPU': 1.0} (SPREAD) on the local Ray instance"
+    assert last.startswith(expected), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
 
 
@@ -163,4 +169,5 @@ def test_a_local_instance_is_local_has_no_dashboard_ui_and_reports_no_usage_stat
     # (processes renamed "ray::..." by setproctitle no longer show theirs in /proc)
     named = [p for p in found["procs"].values() if not p["cmd"].startswith("ray::")]
     assert dashboards[0]["usage_stats_off"] and len(named) >= 3 and all(p["usage_stats_off"] for p in named), named
-    assert any("DashboardAgent" in p["cmd"] or "dashboard/agent.py" in p["cmd"] for p in found["procs"].values())  # the per-node agent stays
+    # the per-node agent stays
+    assert any("DashboardAgent" in p["cmd"] or "dashboard/agent.py" in p["cmd"] for p in found["procs"].values())

@@ -28,10 +28,11 @@ msgpack = pytest.importorskip("msgpack", reason="needs the serve extra: pip inst
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
-from policytrim.envs.tasks import INSTRUCTIONS  # noqa: E402
 from policytrim.serve import wire  # noqa: E402
 from policytrim.serve.client import PolicyClient  # noqa: E402
-from policytrim.serve.server import CLOSE_BAD_REQUEST, PolicyServer, PolicyService, RefusalLog, ServeConfig, ServerThread  # noqa: E402
+from policytrim.serve.server import (  # noqa: E402
+    CLOSE_BAD_REQUEST, PolicyServer, PolicyService, RefusalLog, ServeConfig, ServerThread,
+)
 from test_serve import make_policy, request  # noqa: E402
 
 ATTACKS = 10
@@ -42,7 +43,8 @@ def map_bomb(limit: int = 8 * 2**20 - 4096) -> bytes:
     keys = (limit - 16) // 6  # 4-character keys: 5 bytes each, plus a 1-byte value
     chars = [chr(c) for c in range(33, 127)]
     n = len(chars)
-    return msgpack.packb({chars[i % n] + chars[i // n % n] + chars[i // n**2 % n] + chars[i // n**3 % n]: 0 for i in range(keys)})
+    key = lambda i: chars[i % n] + chars[i // n % n] + chars[i // n**2 % n] + chars[i // n**3 % n]  # noqa: E731
+    return msgpack.packb({key(i): 0 for i in range(keys)})
 
 
 def rss_kb(pid: int) -> int:

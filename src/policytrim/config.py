@@ -241,7 +241,8 @@ class RayConfig:
     placement_timeout_s: float = 120.0
     """How long to wait for the cluster to fit every worker bundle before failing."""
     connect_timeout_s: float = 15.0
-    """How long the cluster at ray.address may take to answer before the command fails (checked before anything is written)."""
+    """How long the cluster at ray.address may take to answer before the command fails (checked before
+    anything is written)."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.address, str), f"ray.address must be a string, got {self.address!r}")

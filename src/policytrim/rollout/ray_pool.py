@@ -71,7 +71,8 @@ def connect(ray_cfg: Any) -> Any:
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=True)
             except (ConnectionError, RuntimeError, ValueError) as exc:  # e.g. a version or token mismatch
-                raise InputError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise InputError(f"cannot join the Ray cluster at {address}: {reason}") from None
         else:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local instance reports nothing anywhere
             # "local": a new instance even where RAY_ADDRESS is set or `ray start` ran on this machine
@@ -89,7 +90,9 @@ def _resolve(address: str) -> str:
     try:
         return canonicalize_bootstrap_address_or_die("auto")
     except (ConnectionError, ValueError) as exc:
-        raise InputError(f"ray.address auto: {exc} (start one with `ray start --head`, or pass --ray.address HEAD:PORT)") from None
+        raise InputError(
+            f"ray.address auto: {exc} (start one with `ray start --head`, or pass --ray.address HEAD:PORT)"
+        ) from None
 
 
 def _check_answers(address: str, timeout_s: float) -> None:
@@ -97,12 +100,15 @@ def _check_answers(address: str, timeout_s: float) -> None:
     first (unreachable, refused, unknown host), then Ray's own client (something else on the port)."""
     host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + timeout_s
-    hint = "is `ray start --head` running there, and is the port open to this machine? (ray.address, ray.connect_timeout_s)"
+    hint = ("is `ray start --head` running there, and is the port open to this machine? "
+            "(ray.address, ray.connect_timeout_s)")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise InputError(f"cannot reach the Ray cluster at {address} within {timeout_s:g} s ({reason}): {hint}") from None
+        raise InputError(
+            f"cannot reach the Ray cluster at {address} within {timeout_s:g} s ({reason}): {hint}"
+        ) from None
     try:
         from ray._raylet import InnerGcsClient
     except ImportError:  # a Ray without it: ray.init's own retries decide
@@ -152,8 +158,9 @@ def bundles_that_fit(nodes: list[dict[str, float]], bundle: dict[str, float], st
 
 def _placement_error(num_workers: int, bundle: dict[str, float], ray_cfg: Any, cluster: Any, waited: str) -> InputError:
     return InputError(
-        f"Ray cannot place {num_workers} env workers of {bundle} ({ray_cfg.placement_strategy}){waited}; the cluster has "
-        f"{cluster}: lower rollout.num_workers or ray.cpus_per_worker / gpus_per_worker / memory_per_worker_mb, or add nodes"
+        f"Ray cannot place {num_workers} env workers of {bundle} ({ray_cfg.placement_strategy}){waited}; "
+        f"the cluster has {cluster}: lower rollout.num_workers or ray.cpus_per_worker / gpus_per_worker / "
+        "memory_per_worker_mb, or add nodes"
     )
 
 
@@ -175,7 +182,8 @@ def check_cluster(ray_cfg: Any, num_workers: int) -> None:
     finally:
         remove_placement_group(trial)
     if not ready:
-        raise _placement_error(num_workers, bundle, ray_cfg, ray.cluster_resources(), f" within {ray_cfg.placement_timeout_s:g} s")
+        waited = f" within {ray_cfg.placement_timeout_s:g} s"
+        raise _placement_error(num_workers, bundle, ray_cfg, ray.cluster_resources(), waited)
 
 
 class EnvActor:
@@ -217,7 +225,8 @@ class RayPool(WorkerPool):
         ready, _ = ray.wait([self._pg.ready()], timeout=float(ray_cfg.placement_timeout_s))
         if not ready:
             remove_placement_group(self._pg)
-            raise _placement_error(num_workers, bundle, ray_cfg, ray.cluster_resources(), f" within {ray_cfg.placement_timeout_s:g} s")
+            waited = f" within {ray_cfg.placement_timeout_s:g} s"
+            raise _placement_error(num_workers, bundle, ray_cfg, ray.cluster_resources(), waited)
         actor_cls = ray.remote(EnvActor)
         self._actors = [
             actor_cls.options(

@@ -221,7 +221,9 @@ class PolicyService:
         """Reply to one request: ``{"actions": float32 [H, A], "policy_timing": {"infer_ms"}}``."""
         return self.act(*self.validate(obs), generator)
 
-    def act(self, tensors: dict[str, torch.Tensor], prompt: str, generator: torch.Generator | None = None) -> dict[str, Any]:
+    def act(
+        self, tensors: dict[str, torch.Tensor], prompt: str, generator: torch.Generator | None = None
+    ) -> dict[str, Any]:
         """`infer` of a validated request (`validate` / `decode`)."""
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -243,7 +245,9 @@ class RefusalLog:
     a client sending bad requests in a loop must not flood the log. Refusals over the limit are
     counted, and the count is logged when the next interval's first refusal comes, or on `close`."""
 
-    def __init__(self, max_lines: int = 20, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, max_lines: int = 20, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.max_lines, self.interval_s, self._clock = max_lines, interval_s, clock
         self._start, self._lines, self._suppressed = clock(), 0, 0
 

@@ -86,12 +86,16 @@ def _refuse_ext(code: int, data: bytes) -> Any:
 # payload bytes (str, bin; ext adds one type byte) / by a count of n bytes of entries (array, map).
 _FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2,
           0xD2: 4, 0xD3: 8, 0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17}
-_SIZED = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1), 0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0)}
-_ARRAY = {0xDC: 2, 0xDD: 4}
+_SIZED = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1),
+          0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0)}  # type byte: (length bytes, extra bytes)
+_ARRAY = {0xDC: 2, 0xDD: 4}  # type byte: count bytes
 _MAP = {0xDE: 2, 0xDF: 4}
+_TYPICAL = "an observation holds a few dozen"
 
 
-def check_structure(data: bytes | bytearray | memoryview, max_objects: int = L.MAX_MESSAGE_OBJECTS, max_depth: int = L.MAX_MESSAGE_DEPTH) -> None:
+def check_structure(
+    data: bytes | bytearray | memoryview, max_objects: int = L.MAX_MESSAGE_OBJECTS, max_depth: int = L.MAX_MESSAGE_DEPTH
+) -> None:
     """`InputError` if the msgpack ``data`` holds more than ``max_objects`` values (a map entry counts
     as two: key and value; an array's raw bytes as one) or nests containers deeper than ``max_depth``.
 
@@ -108,7 +112,7 @@ def check_structure(data: bytes | bytearray | memoryview, max_objects: int = L.M
         pending[-1] -= 1
         count += 1
         if count > max_objects:
-            raise InputError(f"message holds more than {max_objects} values (keys, values and items); an observation holds a few dozen")
+            raise InputError(f"message holds more than {max_objects} values (keys, values and items); {_TYPICAL}")
         b = buf[pos]
         pos += 1
         if b <= 0x7F or b >= 0xE0:
@@ -135,7 +139,7 @@ def check_structure(data: bytes | bytearray | memoryview, max_objects: int = L.M
         if items >= 0:
             if count + items > max_objects:
                 what = f"a map of {items // 2} entries" if b in _MAP or b <= 0x8F else f"a list of {items} items"
-                raise InputError(f"message holds more than {max_objects} values ({what}); an observation holds a few dozen")
+                raise InputError(f"message holds more than {max_objects} values ({what}); {_TYPICAL}")
             if len(pending) > max_depth:
                 raise InputError(f"message nests containers more than {max_depth} deep; an observation nests three")
             pending.append(items)
