@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -239,9 +240,17 @@ class RayConfig:
     """Times Ray restarts one worker actor (died or killed after a hang) before the run fails (-1 = no limit)."""
     placement_timeout_s: float = 120.0
     """How long to wait for the cluster to fit every worker bundle before failing."""
+    connect_timeout_s: float = 15.0
+    """How long the cluster at ray.address may take to answer before the command fails (checked before
+    anything is written)."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.address, str), f"ray.address must be a string, got {self.address!r}")
+        _require(
+            self.address in ("", "auto") or _is_host_port(self.address),
+            "ray.address must be empty (start a local Ray instance), auto (the cluster this machine's `ray start` "
+            f"joined) or HOST:PORT of the head node (e.g. 10.0.0.5:6379), got {self.address!r}",
+        )
         _int_in("ray.num_cpus", self.num_cpus, 0, L.MAX_CLUSTER_CPUS)
         _require(self.placement_strategy in PLACEMENT_STRATEGIES, f"ray.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}")
         _require(
@@ -252,6 +261,15 @@ class RayConfig:
         _int_in("ray.memory_per_worker_mb", self.memory_per_worker_mb, 0, L.MAX_WORKER_MEMORY_MB)
         _int_in("ray.max_restarts", self.max_restarts, -1, L.MAX_ACTOR_RESTARTS, " (-1 = no limit)")
         _positive("ray.placement_timeout_s", self.placement_timeout_s)
+        _in_range("ray.connect_timeout_s", self.connect_timeout_s, 0.1, 3600.0)
+
+
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):([0-9]{1,5})")
+
+
+def _is_host_port(address: str) -> bool:
+    match = _HOST_PORT.fullmatch(address)
+    return match is not None and 1 <= int(match.group(2)) <= 65535
 
 
 @dataclass

@@ -3,8 +3,9 @@
 A command that fails after creating its output leaves a half-made run behind (a run directory that
 then says "already exists; pass --resume", and a resume that fails the same way). So everything that
 can be known up front is checked first: the output directory can be written, the device exists, the
-logging back-ends asked for are installed. Inputs (checkpoints, datasets) are validated by their
-loaders, which every command calls before creating its output.
+logging back-ends asked for are installed, a Ray cluster (rollout.backend=ray) answers and fits the
+env workers. Inputs (checkpoints, datasets) are validated by their loaders, which every command
+calls before creating its output.
 """
 
 from __future__ import annotations
@@ -23,3 +24,7 @@ def check_preconditions(cfg: RunConfig, out: str | Path | None = None, flag: str
         check_output_dir(out, flag)
     check_device(cfg.device)
     check_backends(cfg.logging.wandb)
+    if cfg.rollout.backend == "ray":  # last: it joins or starts Ray
+        from policytrim.rollout.ray_pool import check_cluster
+
+        check_cluster(cfg.ray, cfg.rollout.num_workers)
