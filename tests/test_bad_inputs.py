@@ -122,6 +122,8 @@ def fx(tmp_path_factory) -> Path:
         "comments.yaml": "# all defaults, please\n",
         "bomb.yaml": alias_bomb(levels=9, width=9),
         "huge.yaml": "seed: 1\n" + "#" * (1 << 20) + "\n",
+        "duplicate_key.yaml": "seed: 1\nstage1:\n  lr: 0.001\n  epochs: 3\n  lr: 0.1\n",
+        "duplicate_key.json": '{"seed": 1, "seed": 2}',
     }
     for name, text in files.items():
         (root / name).write_text(text)
@@ -272,6 +274,8 @@ BAD_INPUTS = [
     ("empty config file", TRAIN("--config", "{root}/empty.yaml"), "config file '{root}/empty.yaml' is empty (no settings)"),
     ("config file of comments only", ["config", "--config", "{root}/comments.yaml"], "is empty (no settings)"),
     ("YAML alias bomb under a valid key", TRAIN("--config", "{root}/bomb.yaml"), "expands to more than 10000 values"),
+    ("YAML with a key given twice", ["config", "--config", "{root}/duplicate_key.yaml"], "key 'lr' is given twice in one mapping (lines 3 and 5)"),
+    ("JSON with a key given twice", ["config", "--config", "{root}/duplicate_key.json"], "key(s) 'seed' given twice"),
     ("config file over 1 MiB", ["config", "--config", "{root}/huge.yaml"], "is larger than 1048576 bytes"),
     ("unknown subcommand", ["frobnicate", "--out", "{root}/x"], "unknown command 'frobnicate'"),
     # checkpoints

@@ -181,3 +181,26 @@ def test_a_task_given_twice_is_refused_and_a_set_overlap_is_kept_once_with_a_war
     with caplog.at_level(logging.WARNING, logger="policytrim.envs.tasks"):
         assert resolve_tasks(["MW8", "push-v3"]) == TASK_SETS["MW8"]
     assert "push-v3 given again by 'push-v3'" in caplog.text
+
+
+def test_config_file_and_preset_are_layered_preset_then_file_then_flags(tmp_path, capsys):
+    """``--config FILE --preset NAME`` used to drop the preset silently; now the preset is the bottom
+    layer, the file goes on top of it (a section merges key by key) and the flags on top of both."""
+    demo = load_config(preset_path("demo"))
+    path = tmp_path / "over.yaml"
+    path.write_text("seed: 5\nstage1:\n  lr: 0.002\n")
+    assert main(["config", "--preset", "demo", "--config", str(path), "--stage1.epochs", "3", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["env"]["tasks"] == list(demo.env.tasks) and got["policy"]["hidden_dim"] == demo.policy.hidden_dim  # preset
+    assert got["seed"] == 5 and got["stage1"]["lr"] == 0.002  # file over the preset
+    assert got["stage1"]["val_episodes"] == demo.stage1.val_episodes  # the rest of the preset's stage1 section kept
+    assert got["stage1"]["epochs"] == 3  # flags over both
+    # a file may rely on the preset: LIBERO task names are valid once the libero preset set env.suite
+    (tmp_path / "libero_object.yaml").write_text("env:\n  tasks: [libero_object]\n")
+    assert main(["config", "--preset", "libero", "--config", str(tmp_path / "libero_object.yaml"), "--json"]) == 0
+    env = json.loads(capsys.readouterr().out)["env"]
+    assert env["suite"] == "libero" and env["tasks"] and all(t.startswith("libero_object/") for t in env["tasks"])
+    # --help says how the layers stack
+    with pytest.raises(SystemExit):
+        main(["config", "--help"])
+    assert "then --config, then the other flags" in " ".join(capsys.readouterr().out.split())

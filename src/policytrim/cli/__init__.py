@@ -5,7 +5,8 @@ code (`policytrim.cli.errors`). Nothing in the library imports it.
 
 Every command that runs something accepts the whole `RunConfig` tree as flags
 (``--stage1.lr 1e-4``), a base file (``--config FILE.yaml``) or a named preset (``--preset demo``),
-with flags overriding the file. Bad input: one line on stderr, exit code 2, nothing written.
+in layers: the preset, then the file on top, then the flags on top of both. Bad input: one line on
+stderr, exit code 2, nothing written.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from policytrim.config import RunConfig
 @dataclass
 class _Base(RunConfig):
     config: str = ""
-    """YAML/JSON file with the base config (flags override it)."""
+    """YAML/JSON config file, laid on the preset (layers: --preset, then --config, then the other flags)."""
     preset: str = ""
-    """Named preset from policytrim/configs/ (e.g. demo); flags override it."""
+    """Named preset from policytrim/configs/ (e.g. demo): the bottom layer; --config and flags go on top."""
 
 
 @dataclass
@@ -26,7 +26,7 @@ class DemoCmd(_Base):
     """The embedded demo: collect -> pretrain -> Stage 1 -> Stage 2 -> evaluate -> report."""
 
     preset: str = "demo"
-    """Named preset (the demo's default is 'demo')."""
+    """Named preset, the bottom layer ('demo' unless named; '' = plain defaults); --config and flags go on top."""
     overwrite: bool = False
     """Replace an existing output directory."""
 

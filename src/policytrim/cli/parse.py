@@ -1,5 +1,6 @@
-"""Command-line arguments to a command's dataclass (`policytrim.cli.flags`): the base config from
-``--preset`` and ``--config``, the flags on top (tyro), and tyro's boxed errors as one line."""
+"""Command-line arguments to a command's dataclass (`policytrim.cli.flags`), in layers: the
+``--preset``, then the ``--config`` file on top of it, then the flags on top of both (tyro); tyro's
+boxed errors become one line."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Annotated
 import tyro
 
 from policytrim.cli.errors import fail
-from policytrim.config import RunConfig, from_dict, load_config, preset_path, to_dict
+from policytrim.config import RunConfig, from_dict, layered_config, to_dict
 from policytrim.errors import InputError
 
 
@@ -28,20 +29,16 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 
 def _defaults(cls: type, argv: list[str]) -> object | None:
-    """Base instance from --config / --preset, so that flags override the file."""
+    """Base instance from the layers under the flags: --preset, then --config on top of it."""
     if not issubclass(cls, RunConfig):
         return None
     config_file = _flag_value(argv, "--config")
     preset = _flag_value(argv, "--preset")
     if preset is None:
         preset = next((f.default for f in dataclasses.fields(cls) if f.name == "preset"), "")
-    if config_file:
-        base = to_dict(load_config(config_file))
-    elif preset:
-        base = to_dict(load_config(preset_path(preset)))
-    else:
+    if not (config_file or preset):
         return None
-    return from_dict(cls, base)
+    return from_dict(cls, to_dict(layered_config(preset, config_file or "")))
 
 
 def _one_line(captured: str) -> str:
