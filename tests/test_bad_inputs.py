@@ -311,6 +311,9 @@ BAD_INPUTS = [
     ("pretrain output below a regular file", PRETRAIN("demos", "--out", "{root}/a_file/baseline"), "is a file, not a directory"),
     ("collect output below a regular file", ["collect", *ARCH, "--out", "{root}/a_file/demos"], "is a file, not a directory"),
     ("eval output below a regular file", EVAL("--out", "{root}/a_file/eval"), "is a file, not a directory"),
+    ("run dir name too long", TRAIN("--out", "{root}/" + "r" * 300), "is 300 bytes long; at most 223 are allowed"),
+    ("eval output name too long", EVAL("--out", "{root}/" + "e" * 300), "is 300 bytes long; at most 223 are allowed"),
+    ("run dir path too long", TRAIN("--out", "{root}/" + "/".join(["d" * 200] * 25)), "bytes: at most"),
     pytest.param("run dir without write permission", TRAIN("--out", UNWRITABLE), "permission", marks=needs_sysfs),
     pytest.param("wandb asked for, not installed", TRAIN("--logging.wandb", "offline"), "logging.wandb=offline needs the wandb package", marks=no_wandb),
     # report

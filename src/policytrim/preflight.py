@@ -9,9 +9,11 @@ loaders, which every command calls before creating its output.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from policytrim.config import RunConfig
+from policytrim.errors import InputError
 from policytrim.io import check_output_dir
 from policytrim.runtime import check_device
 from policytrim.train.logger import check_backends
@@ -20,6 +22,36 @@ from policytrim.train.logger import check_backends
 def check_preconditions(cfg: RunConfig, out: str | Path | None = None, flag: str = "--logging.out") -> None:
     """InputError naming the first precondition of a run with ``cfg`` writing to ``out`` that fails."""
     if out is not None:
+        check_name_lengths(out, flag)
         check_output_dir(out, flag)
     check_device(cfg.device)
     check_backends(cfg.logging.wandb)
+
+
+TEMPORARY_NAME_ROOM = 32
+"""Bytes a temporary sibling adds to an output's name (``.NAME.<random>.tmp``, ``.NAME.old-<pid>-<hex>``)."""
+
+
+def check_name_lengths(path: str | Path, flag: str) -> None:
+    """InputError when a name in ``path`` is longer than its file system allows (less the room a
+    temporary sibling of the output needs), or the whole path is; checked without touching a name
+    that long (the OS answers any look-up of one with ENAMETOOLONG)."""
+    absolute = Path(os.path.abspath(path))
+    existing = next((p for p in absolute.parents if _exists(p)), Path(absolute.anchor))
+    name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
+    if len(os.fsencode(absolute)) > path_max - TEMPORARY_NAME_ROOM:
+        raise InputError(f"{flag} is a path of {len(os.fsencode(absolute))} bytes: at most {path_max - TEMPORARY_NAME_ROOM} are allowed here")
+    for part in absolute.parts[1:]:
+        size = len(os.fsencode(part))
+        if size > name_max - TEMPORARY_NAME_ROOM:
+            raise InputError(
+                f"{flag}: the name {part[:40]!r}... is {size} bytes long; at most {name_max - TEMPORARY_NAME_ROOM} are allowed "
+                f"here (the file system's {name_max}, less {TEMPORARY_NAME_ROOM} for temporary names beside it)"
+            )
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to look up
+        return False

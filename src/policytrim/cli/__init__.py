@@ -16,7 +16,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from policytrim.cli import commands
-from policytrim.cli.errors import fail
+from policytrim.cli.errors import fail, machine_problem
 from policytrim.cli.flags import COMMANDS
 from policytrim.cli.parse import parse
 from policytrim.config import RunConfig
@@ -75,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail(f"permission denied: {exc.filename!r} ({exc.strerror})")
     except KeyboardInterrupt as exc:  # Ctrl-C: one line (a training run says how to resume)
         fail(str(exc) or "interrupted", code=130)
+    except Exception as exc:  # a full disk, a name too long: one line; anything else is a bug
+        message = machine_problem(exc)
+        if message is None:
+            raise
+        fail(message)
     if code == 0 and as_program and name == "train" and _launched_by_torchrun():
         from policytrim.train.distributed import exit_after_success
 

@@ -40,7 +40,7 @@ from policytrim import objective
 from policytrim.config import GRPOConfig, RunConfig, to_dict
 from policytrim.envs import initial_states, split_seed
 from policytrim.envs.base import InitialState
-from policytrim.errors import InputError
+from policytrim.errors import InputError, is_disk_full
 from policytrim.io import atomic_directory, kill_point
 from policytrim.policies import ChunkPolicy, load_policy, resolve_window
 from policytrim.policies.base import supported_stages
@@ -486,6 +486,10 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
         if not distributed.is_main():
             raise
         raise run.interrupted() from None
+    except Exception as exc:  # a full disk: one line, the run marked failed and resumable
+        if not (is_disk_full(exc) and distributed.is_main()):
+            raise
+        raise run.out_of_space(exc) from None
     finally:
         if logger is not None:
             logger.close()
