@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 import policytrim
 from policytrim.cli import main
-from policytrim.config import PolicyConfig, RunConfig
+from policytrim.config import EnvConfig, PolicyConfig, RunConfig
 from policytrim.data.demos import save_demos
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.policies.tinyvla import TinyVLA
@@ -155,6 +155,32 @@ def fx(tmp_path_factory) -> Path:
                 meta = json.loads((run / "run.json").read_text())
                 del meta["config_sha256"]
                 (run / "run.json").write_text(json.dumps(meta))
+
+    # resumable runs of the tiny checkpoint whose LATEST pointer is not the stage's own (made by hand:
+    # only trainer_state.json is read before the pointer is refused)
+    arch = RunConfig(env=EnvConfig(tasks=(TASK,)), policy=PolicyConfig(chunk_size=8, default_window=4, hidden_dim=64, num_layers=2))
+    arch.rollout.num_workers = 0
+    pointed = RunDir.create(root / "pointed_run", arch, {"stage": "both", "stages": ["extend", "trim"], "init": str(good)})
+    for stage, epoch in (("extend", 1), ("extend", 2), ("trim", 1)):
+        (pointed.path / stage / f"epoch_{epoch:06d}").mkdir(parents=True)
+        (pointed.path / stage / f"epoch_{epoch:06d}" / "trainer_state.json").write_text(json.dumps({"stage": stage, "epoch": epoch}))
+    (pointed.path / "extend" / "LATEST").write_text("epoch_000002")
+    (pointed.path / "trim" / "LATEST").write_text("epoch_000001")
+    latest = {
+        "other_stage": ("trim", "../extend/epoch_000002"),
+        "absolute": ("trim", str(pointed.path / "extend" / "epoch_000002")),
+        "missing": ("extend", "epoch_000007"),
+        "garbage": ("extend", "\x00\xff" * 100),
+    }
+    for name, (stage, text) in latest.items():
+        run = Path(shutil.copytree(pointed.path, root / f"latest_{name}"))
+        (run / stage / "LATEST").write_bytes(text.encode("latin-1"))
+    run = Path(shutil.copytree(pointed.path, root / "latest_copied"))  # extend's checkpoint copied into trim
+    shutil.copytree(run / "extend" / "epoch_000002", run / "trim" / "epoch_000002")
+    (run / "trim" / "LATEST").write_text("epoch_000002")
+    run = Path(shutil.copytree(pointed.path, root / "latest_renamed"))  # epoch 1 renamed as epoch 5
+    (run / "trim" / "epoch_000001").rename(run / "trim" / "epoch_000005")
+    (run / "trim" / "LATEST").write_text("epoch_000005")
 
     report_run = root / "report_run"  # a train run whose metrics log has a corrupt line inside
     report_run.mkdir()
@@ -304,6 +330,12 @@ BAD_INPUTS = [
     ("--resume, config.yaml cut at a line", ["train", "--resume", "{root}/run_cut"], "config.yaml is not the one this run was created with"),
     ("--resume, config.yaml emptied", ["train", "--resume", "{root}/run_empty"], "config.yaml is not the one this run was created with"),
     ("--resume, config.yaml edited", ["train", "--resume", "{root}/run_edited"], "config.yaml is not the one this run was created with"),
+    ("--resume, LATEST names another stage's checkpoint", ["train", "--resume", "{root}/latest_other_stage"], "not the name of a checkpoint of this stage"),
+    ("--resume, LATEST is an absolute path", ["train", "--resume", "{root}/latest_absolute"], "not the name of a checkpoint of this stage"),
+    ("--resume, LATEST names a missing checkpoint", ["train", "--resume", "{root}/latest_missing"], "names epoch_000007, which is not a complete checkpoint"),
+    ("--resume, LATEST of binary garbage", ["train", "--resume", "{root}/latest_garbage"], "not the name of a checkpoint"),
+    ("--resume, another stage's checkpoint copied in", ["train", "--resume", "{root}/latest_copied"], "is stage 'extend' epoch 2, not stage 'trim' epoch 2"),
+    ("--resume, a checkpoint renamed to another epoch", ["train", "--resume", "{root}/latest_renamed"], "is stage 'trim' epoch 1, not stage 'trim' epoch 5"),
     ("--resume of a run without hash, config.yaml cut", ["train", "--resume", "{root}/run_cut_old"], "config.yaml: missing key(s) "),
     ("--resume of a run without hash, config.yaml empty", ["train", "--resume", "{root}/run_empty_old"], "config.yaml is empty (no settings)"),
     # outputs that cannot be written (checked before anything is created)

@@ -653,6 +653,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _load_yaml(text: str) -> Any:
+    """What ``yaml.safe_load`` does, with `_UniqueKeyLoader` (a SafeLoader: same tags refused)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [k for k, _ in pairs]
     twice = sorted({k for k in keys if keys.count(k) > 1})
@@ -668,7 +677,7 @@ def parse_config_text(text: str, source: str, as_json: bool = False) -> dict[str
     kind = "JSON" if as_json else "YAML"
     _require(len(text) <= L.MAX_CONFIG_BYTES, f"{source} is larger than {L.MAX_CONFIG_BYTES} bytes: not a config file")
     try:
-        data = json.loads(text, object_pairs_hook=_unique_json_keys) if as_json else yaml.load(text, Loader=_UniqueKeyLoader)
+        data = json.loads(text, object_pairs_hook=_unique_json_keys) if as_json else _load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{source} is not valid {kind}: {exc}") from None
     except ConfigError as exc:

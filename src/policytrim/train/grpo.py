@@ -442,6 +442,8 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
         resolve_window(policy, cfg.stage2.window, "stage2.window")
     resume = run is not None
     if run is not None:
+        for name in stages:  # every LATEST pointer checked (`latest_checkpoint`) before anything is written
+            latest_checkpoint(run.stage_dir(name))
         distributed.on_main(run.remove_temporaries)
         distributed.on_main(lambda: run.set_status("running"))  # it may say "interrupted"
     else:
