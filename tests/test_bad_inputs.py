@@ -186,6 +186,12 @@ def fx(tmp_path_factory) -> Path:
     report_run.mkdir()
     (report_run / "run.json").write_text('{"stage": "both", "init": "x", "stages": ["extend", "trim"], "status": "running"}')
     (report_run / "metrics.jsonl").write_text('{"stage": "extend", "epoch": 0}\n{"stage": "ext\n{"stage": "extend", "epoch": 1}\n')
+    # train runs whose metrics log is valid JSON with a wrong type in a field the figures read (line 3:
+    # after a good record and a blank line)
+    good = {"stage": "extend", "epoch": 1, "reward": 0.5, "success_rate": 0.5}
+    for name, change in {"text_reward": {"reward": "high"}, "list_epoch": {"epoch": [1]}, "stage_number": {"stage": 3}}.items():
+        run = Path(shutil.copytree(report_run, root / f"report_{name}"))
+        (run / "metrics.jsonl").write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "epoch": 2, **change}) + "\n")
     return root
 
 
@@ -352,6 +358,9 @@ BAD_INPUTS = [
     ("report --out that is a file", ["report", "{root}/report_run", "--out", "{root}/a_file"], "--out '{root}/a_file' is a file"),
     ("report of a corrupt run.json", ["report", "{root}/broken_run", "--out", "{root}/new_report"], "broken_run/run.json is not valid JSON"),
     ("report of a corrupt metrics.jsonl line", ["report", "{root}/report_run", "--out", "{root}/new_report"], "report_run/metrics.jsonl line 2 is not valid JSON"),
+    ("report, metrics.jsonl: a number given as text", ["report", "{root}/report_text_reward", "--out", "{root}/new_report"], "report_text_reward/metrics.jsonl line 3: field 'reward' must be a number or null, got 'high'"),
+    ("report, metrics.jsonl: an epoch given as a list", ["report", "{root}/report_list_epoch", "--out", "{root}/new_report"], "line 3: field 'epoch' must be an integer >= 0, got [1]"),
+    ("report, metrics.jsonl: a stage given as a number", ["report", "{root}/report_stage_number", "--out", "{root}/new_report"], "line 3: field 'stage' must be a string, got 3"),
     # demonstration datasets
     ("pretrain without --data", ["pretrain", *ARCH, "--out", "{root}/new_baseline"], "--data is required"),
     ("missing dataset", PRETRAIN("nope"), "does not exist"),
@@ -369,6 +378,9 @@ BAD_INPUTS = [
     ("eval window > max window", EVAL("--window", "9"), "--window must be in [1, 8]"),
     ("expert with window > 1", EVAL("--checkpoint", "expert", "--window", "5"), "scripted experts act in closed loop with window 1"),
     ("eval output that is a file", EVAL("--out", "{root}/a_file"), "is a file"),
+    ("ensembling m NaN", EVAL("--temporal-ensembling", "--ensemble-m", "nan"), "--ensemble-m must be a finite number >= 0"),
+    ("ensembling m negative", EVAL("--temporal-ensembling", "--ensemble-m", "-1"), "--ensemble-m must be a finite number >= 0"),
+    ("ensembling m infinite", EVAL("--ensemble-m", "inf"), "--ensemble-m must be a finite number >= 0"),
     ("eval with 0 episodes", EVAL("--episodes", "0"), "eval.episodes must be an integer in [1, 100000]"),
 ]
 

@@ -5,12 +5,13 @@ Commands that run something extend `RunConfig`, so the whole config tree is a fl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import tyro
 
-from policytrim.config import RunConfig
+from policytrim.config import ConfigError, RunConfig
 
 
 @dataclass
@@ -84,7 +85,7 @@ class EvalCmd(_Base):
     temporal_ensembling: bool = False
     """Add ACT temporal ensembling of the starting policy (one call per step; a reference for calls)."""
     ensemble_m: float = 0.01
-    """ACT's m in the temporal-ensembling weights exp(-m i)."""
+    """ACT's m in the temporal-ensembling weights exp(-m i) (a finite number >= 0)."""
     modes: tuple[Literal["sampled", "deterministic"], ...] = ()
     """Evaluation modes, e.g. sampled deterministic (default: --eval.mode only); the first is the headline."""
     obs_noise: tuple[float, ...] = ()
@@ -95,6 +96,12 @@ class EvalCmd(_Base):
     """Robustness (image policies): Gaussian blur std(s) in pixels."""
     occlusion: tuple[float, ...] = ()
     """Robustness (image policies): fraction(s) of the image hidden by a random grey rectangle, e.g. 0.5."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        m = self.ensemble_m
+        if not (isinstance(m, (int, float)) and math.isfinite(m) and m >= 0):
+            raise ConfigError(f"--ensemble-m must be a finite number >= 0 (ACT's m in exp(-m i)), got {m!r}")
 
 
 @dataclass
