@@ -137,6 +137,9 @@ def fx(tmp_path_factory) -> Path:
     broken.mkdir()
     (broken / "config.yaml").write_text("{}\n")
     (broken / "run.json").write_text('{"stage": "both", ')
+    half_made = root / "config_only_run"  # a run whose creation stopped after config.yaml
+    half_made.mkdir()
+    (half_made / "config.yaml").write_text("seed: 0\n")
     tampered = root / "tampered_run"
     tampered.mkdir()
     (tampered / "config.yaml").write_text("stage1:\n  lrr: 1\n")
@@ -290,6 +293,14 @@ BAD_INPUTS = [
     ("absurd flow steps", TRAIN("--policy.flow-steps", "100000"), "policy.flow_steps must be an integer in [2, 1000]"),
     # things that were silently accepted
     ("duplicate task names", TRAIN("--tasks", TASK, TASK), f"task '{TASK}' is given twice"),
+    ("LIBERO suite given twice", ["config", "--env.suite", "libero", "--tasks", "libero_object", "libero_object"], "LIBERO task 'libero_object' is given twice"),
+    ("negative seed", TRAIN("--seed", "-1"), "seed must be an integer in [0, 4294967295]"),
+    ("seed above 2**32 - 1", TRAIN("--seed", str(2**32)), "seed must be an integer in [0, 4294967295]"),
+    ("negative evaluation seed", EVAL("--eval.seed", "-1"), "eval.seed must be an integer in [0, 4294967295]"),
+    ("negative demonstration seed", ["collect", *ARCH, "--data.seed", "-3", "--out", "{root}/new_demos"], "data.seed must be an integer"),
+    ("negative split seed", TRAIN("--env.train-seed", "-5"), "env.train_seed must be an integer in [0, 4294967295]"),
+    ("--out of a run dir holding only config.yaml", TRAIN("--out", "{root}/config_only_run"), "holds config.yaml but no run.json: a run whose creation was cut short"),
+    ("--resume of a run dir holding only config.yaml", ["train", "--resume", "{root}/config_only_run"], "with nothing to resume; start it afresh with --out"),
     ("--stage1.windows without values", TRAIN("--stage1.windows"), "--stage1.windows was given without values"),
     ("list flag without values before another flag", TRAIN("--stage1.windows", "--seed", "1"), "--stage1.windows was given without values"),
     # config files and presets

@@ -290,3 +290,17 @@ def test_collect_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_libero_task_given_twice_is_refused_as_for_meta_world_and_a_suite_overlap_warns(caplog):
+    from policytrim.envs.libero import resolve_libero_tasks
+
+    suite = resolve_libero_tasks("libero_object")
+    address = suite[0]
+    with pytest.raises(InputError, match="'libero_object' is given twice"):
+        resolve_libero_tasks(["libero_object", "libero_goal", "libero_object"])
+    with pytest.raises(InputError, match=f"is given twice \\(also as '{address}'\\)"):  # two spellings, one task
+        resolve_libero_tasks([address, address.split("/")[1]])
+    with caplog.at_level(logging.WARNING, logger="policytrim.envs.libero"):
+        assert resolve_libero_tasks(["libero_object", address]) == suite
+    assert f"{address} given again by '{address}'" in caplog.text

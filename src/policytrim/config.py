@@ -107,6 +107,8 @@ class EnvConfig:
         _int_in("env.horizon", self.horizon, 1, L.MAX_HORIZON)
         _int_in("env.image_size", self.image_size, 16, L.MAX_IMAGE_SIZE)
         seeds = (self.train_seed, self.val_seed, self.test_seed)
+        for name, seed in zip(("train_seed", "val_seed", "test_seed"), seeds):
+            _int_in(f"env.{name}", seed, 0, L.MAX_SEED)
         _require(len(set(seeds)) == 3, f"env.train_seed, env.val_seed and env.test_seed must be disjoint, got {seeds}")
 
 
@@ -393,6 +395,7 @@ class EvalConfig:
         _int_in("eval.episodes", self.episodes, 1, L.MAX_EPISODES)
         _require(self.mode in ("sampled", "deterministic"), f"eval.mode must be sampled or deterministic, got {self.mode!r}")
         _in_range("eval.latency_ms", self.latency_ms, 0.0, 1e6)
+        _int_in("eval.seed", self.seed, 0, L.MAX_SEED)
 
 
 @dataclass
@@ -428,6 +431,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _int_in("data.episodes", self.episodes, 1, L.MAX_EPISODES)
+        _int_in("data.seed", self.seed, 0, L.MAX_SEED)
         _require(0 < self.speed_min <= self.speed_max <= 2.0, f"data.speed_min/speed_max must satisfy 0 < min <= max <= 2, got {self.speed_min}, {self.speed_max}")
         _in_range("data.pause_prob", self.pause_prob, 0.0, 1.0)
         _in_range("data.detour_prob", self.detour_prob, 0.0, 1.0)
@@ -510,6 +514,7 @@ class RunConfig:
             f"stage2.window must be <= policy.chunk_size={h} (0 = from Stage 1), got {self.stage2.window}",
         )
         _require(self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device!r}")
+        _int_in("seed", self.seed, 0, L.MAX_SEED)  # the same bounds as `policytrim serve --seed`
         _require(
             self.policy.state_input != "proprio" or self.env.suite == "metaworld",
             f"policy.state_input=proprio needs env.suite=metaworld (only the Meta-World adapter says which state entries are proprioception), got {self.env.suite!r}",

@@ -50,6 +50,9 @@ class RunDir:
         check_output_dir(path, "--logging.out")
         if path.exists() and any(path.iterdir()):
             if not overwrite:
+                half_made = cls.half_made(path)
+                if half_made:
+                    raise InputError(half_made)
                 raise InputError(f"run directory {path} already exists; pass --resume {path} to continue it or --overwrite to replace it")
             shutil.rmtree(path)
         try:
@@ -74,6 +77,9 @@ class RunDir:
         """An existing run, for --resume: its saved config, verified and validated again."""
         path = Path(path)
         where = f"--resume {path}"
+        half_made = cls.half_made(path)
+        if half_made:
+            raise InputError(f"{where}: {half_made}")
         if not (path / "config.yaml").is_file() or not (path / "run.json").is_file():
             raise InputError(f"{where}: not a policytrim run directory (config.yaml and run.json are missing)")
         try:
@@ -99,6 +105,19 @@ class RunDir:
         except InputError as exc:
             raise InputError(f"{where}: config.yaml: {exc}") from None
         return cls(path, cfg, meta)
+
+    @staticmethod
+    def half_made(path: Path) -> str | None:
+        """What to do with a run directory holding one of config.yaml / run.json but not the other
+        (its creation was cut short: nothing ran, there is nothing to resume), or None."""
+        config, meta = (path / "config.yaml").is_file(), (path / "run.json").is_file()
+        if config == meta:
+            return None
+        has, lacks = ("config.yaml", "run.json") if config else ("run.json", "config.yaml")
+        return (
+            f"{path} holds {has} but no {lacks}: a run whose creation was cut short, with nothing to resume; "
+            f"start it afresh with --out {path} --overwrite (or delete the directory)"
+        )
 
     def interrupted(self) -> RunInterrupted:
         """Mark the run "interrupted" (Ctrl-C) in run.json; the error to raise says how to resume."""
