@@ -221,6 +221,7 @@ def alias_bomb(levels: int, width: int) -> str:
 # refuses mkdir with EPERM to everyone.
 UNWRITABLE = "/sys/policytrim-test-run" if os.geteuid() == 0 else "{root}/readonly/run"
 needs_sysfs = pytest.mark.skipif(os.geteuid() == 0 and not os.path.isdir("/sys/kernel"), reason="root without sysfs: no unwritable directory to try")
+no_libero = pytest.mark.skipif(importlib.util.find_spec("libero") is not None, reason="LIBERO is installed here")
 no_wandb = pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 
 
@@ -365,6 +366,12 @@ BAD_INPUTS = [
     ("run dir path too long", TRAIN("--out", "{root}/" + "/".join(["d" * 200] * 25)), "bytes: at most"),
     pytest.param("run dir without write permission", TRAIN("--out", UNWRITABLE), "permission", marks=needs_sysfs),
     pytest.param("wandb asked for, not installed", TRAIN("--logging.wandb", "offline"), "logging.wandb=offline needs the wandb package", marks=no_wandb),
+    # the simulator of env.suite not installed (LIBERO is not, in the main environment): a configuration error
+    pytest.param("eval on LIBERO without LIBERO", ["eval", "--preset", "libero", "--tasks", "libero_object", "--policy", "{root}/ckpt", "--out", "{root}/new_eval"],
+                 "env.suite=libero needs the LIBERO simulator, which is not installed", marks=no_libero),
+    pytest.param("train on LIBERO without LIBERO", ["train", "--preset", "libero", "--tasks", "libero_object", "--init", "{root}/ckpt", "--out", "{root}/new_run"],
+                 "env.suite=libero needs the LIBERO simulator", marks=no_libero),
+    pytest.param("collect on LIBERO without LIBERO", ["collect", "--preset", "libero", "--out", "{root}/new_demos"], "env.suite=libero needs the LIBERO simulator", marks=no_libero),
     # report
     ("report --out that is a file", ["report", "{root}/report_run", "--out", "{root}/a_file"], "--out '{root}/a_file' is a file"),
     ("report of a corrupt run.json", ["report", "{root}/broken_run", "--out", "{root}/new_report"], "broken_run/run.json is not valid JSON"),
@@ -424,9 +431,11 @@ def test_the_table_covers_at_least_30_kinds():
 @pytest.mark.parametrize("kind", [
     "truncated weights file", "dataset with NaN", "--resume with a corrupt run.json", "YAML alias bomb under a valid key",
     "checkpoint spec hidden_dim 1e7", "--resume, config.yaml cut at a line", "report of a corrupt metrics.jsonl line",
+    pytest.param("eval on LIBERO without LIBERO", marks=no_libero), "report, metrics.jsonl: a number given as text",
+    "eval output name too long",
 ])
 def test_real_process_exit_status_and_no_traceback(fx, kind, tmp_path):
-    _, argv, message = next(c for c in BAD_INPUTS if c[0] == kind)
+    _, argv, message = next(row for row in (getattr(c, "values", c) for c in BAD_INPUTS) if row[0] == kind)
     before = snapshot(fx)
     result = subprocess.run([sys.executable, "-m", "policytrim.cli", *(a.format(root=fx) for a in argv)], capture_output=True, text=True, cwd=tmp_path, env=SUBPROCESS_ENV, timeout=120)
     assert result.returncode == 2, result.stderr

@@ -9,7 +9,9 @@ loaders, which every command calls before creating its output.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from policytrim.config import RunConfig
@@ -19,13 +21,33 @@ from policytrim.runtime import check_device
 from policytrim.train.logger import check_backends
 
 
-def check_preconditions(cfg: RunConfig, out: str | Path | None = None, flag: str = "--logging.out") -> None:
-    """InputError naming the first precondition of a run with ``cfg`` writing to ``out`` that fails."""
+def check_preconditions(cfg: RunConfig, out: str | Path | None = None, flag: str = "--logging.out", simulator: bool = True) -> None:
+    """InputError naming the first precondition of a run with ``cfg`` writing to ``out`` that fails.
+    ``simulator``: the command steps the configured simulator (all but a pretrain without evaluation)."""
     if out is not None:
         check_name_lengths(out, flag)
         check_output_dir(out, flag)
     check_device(cfg.device)
     check_backends(cfg.logging.wandb)
+    if simulator:
+        check_simulator(cfg)
+
+
+def check_simulator(cfg: RunConfig) -> None:
+    """InputError when the package of the configured simulator (``env.suite``) is not installed in
+    this Python: a configuration error, said before anything is written -- not, as before, every
+    rollout group dropped as a "simulator fault" and a metrics.json of 0 episodes with exit code 0.
+    Looked up without importing it (a simulator's import takes seconds)."""
+    suite = cfg.env.suite
+    if suite == "libero":
+        from policytrim.envs.libero import INSTALL_HINT, simulator_installed
+
+        if not simulator_installed():
+            raise InputError(f"env.suite=libero needs the LIBERO simulator, which is not installed in {sys.executable}: {INSTALL_HINT}")
+        return
+    module, hint = {"metaworld": ("metaworld", "pip install metaworld"), "gym": ("gymnasium", "pip install gymnasium")}.get(suite, (None, ""))
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise InputError(f"env.suite={suite} needs the {module} package, which is not installed in {sys.executable}: {hint}")
 
 
 TEMPORARY_NAME_ROOM = 32

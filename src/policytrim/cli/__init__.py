@@ -53,7 +53,8 @@ def dispatch(name: str, args: object) -> int:
     """Run one parsed command; every command that runs something first checks what it shares with
     the others (output writable, device, logging back-ends) before anything is written."""
     if name != "config" and isinstance(args, RunConfig):  # a resumed run writes into its own directory
-        check_preconditions(args, getattr(args, "resume", "") or args.logging.out)
+        # pretrain steps the simulator only to evaluate, and checks that itself (`policytrim.train.bc`)
+        check_preconditions(args, getattr(args, "resume", "") or args.logging.out, simulator=name != "pretrain")
     return int(HANDLERS[name](args) or 0)
 
 
