@@ -108,6 +108,8 @@ class EnvConfig:
         _int_in("env.horizon", self.horizon, 1, L.MAX_HORIZON)
         _int_in("env.image_size", self.image_size, 16, L.MAX_IMAGE_SIZE)
         seeds = (self.train_seed, self.val_seed, self.test_seed)
+        for name, seed in zip(("train_seed", "val_seed", "test_seed"), seeds):
+            _int_in(f"env.{name}", seed, 0, L.MAX_SEED)
         _require(len(set(seeds)) == 3, f"env.train_seed, env.val_seed and env.test_seed must be disjoint, got {seeds}")
 
 
@@ -412,6 +414,7 @@ class EvalConfig:
         _int_in("eval.episodes", self.episodes, 1, L.MAX_EPISODES)
         _require(self.mode in ("sampled", "deterministic"), f"eval.mode must be sampled or deterministic, got {self.mode!r}")
         _in_range("eval.latency_ms", self.latency_ms, 0.0, 1e6)
+        _int_in("eval.seed", self.seed, 0, L.MAX_SEED)
 
 
 @dataclass
@@ -447,6 +450,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _int_in("data.episodes", self.episodes, 1, L.MAX_EPISODES)
+        _int_in("data.seed", self.seed, 0, L.MAX_SEED)
         _require(0 < self.speed_min <= self.speed_max <= 2.0, f"data.speed_min/speed_max must satisfy 0 < min <= max <= 2, got {self.speed_min}, {self.speed_max}")
         _in_range("data.pause_prob", self.pause_prob, 0.0, 1.0)
         _in_range("data.detour_prob", self.detour_prob, 0.0, 1.0)
@@ -529,6 +533,7 @@ class RunConfig:
             f"stage2.window must be <= policy.chunk_size={h} (0 = from Stage 1), got {self.stage2.window}",
         )
         _require(self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device!r}")
+        _int_in("seed", self.seed, 0, L.MAX_SEED)  # the same bounds as `policytrim serve --seed`
         _require(
             self.policy.state_input != "proprio" or self.env.suite == "metaworld",
             f"policy.state_input=proprio needs env.suite=metaworld (only the Meta-World adapter says which state entries are proprioception), got {self.env.suite!r}",
@@ -643,23 +648,58 @@ def _check_expansion(data: Any, source: str) -> None:
             )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps
+    the last one silently, so a setting further down a file quietly undoes one above it)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise ConfigError(f"key {key!r} is given twice in one mapping (lines {seen[key]} and {line}); give it once")
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    """What ``yaml.safe_load`` does, with `_UniqueKeyLoader` (a SafeLoader: same tags refused)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    _require(not twice, f"key(s) {', '.join(map(repr, twice))} given twice in one object; give each once")
+    return dict(pairs)
+
+
 def parse_config_text(text: str, source: str, as_json: bool = False) -> dict[str, Any]:
     """Config data from YAML (safe loader) or JSON ``text``; ``source`` names it in errors. Refused:
-    more than `limits.MAX_CONFIG_BYTES`, malformed, no settings at all (an empty file is a mistake,
-    not "all defaults": leave out --config for those), too large once aliases are expanded."""
+    more than `limits.MAX_CONFIG_BYTES`, malformed, a key given twice in one mapping, no settings at
+    all (an empty file is a mistake, not "all defaults": leave out --config for those), too large
+    once aliases are expanded."""
     kind = "JSON" if as_json else "YAML"
     _require(len(text) <= L.MAX_CONFIG_BYTES, f"{source} is larger than {L.MAX_CONFIG_BYTES} bytes: not a config file")
     try:
-        data = json.loads(text) if as_json else yaml.safe_load(text)
+        data = json.loads(text, object_pairs_hook=_unique_json_keys) if as_json else _load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{source} is not valid {kind}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     _require(data is not None, f"{source} is empty (no settings); give a config with settings, or no config file for the defaults")
     _check_expansion(data, source)
     return data
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML or JSON config file (safe loaders only) into a validated RunConfig."""
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """The settings of a YAML or JSON config file (safe loaders only), not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
@@ -668,7 +708,34 @@ def load_config(path: str | Path) -> RunConfig:
         text = path.read_text()
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(path)!r} is not text (YAML or JSON expected)") from None
-    return from_dict(RunConfig, parse_config_text(text, f"config file {str(path)!r}", as_json=path.suffix == ".json"))
+    return parse_config_text(text, f"config file {str(path)!r}", as_json=path.suffix == ".json")
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML or JSON config file (safe loaders only) into a validated RunConfig."""
+    return from_dict(RunConfig, read_config_data(path))
+
+
+def merge_config_data(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``: sections (mappings) merge key by key, any other value is replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        both_mappings = isinstance(merged.get(key), dict) and isinstance(value, dict)
+        merged[key] = merge_config_data(merged[key], value) if both_mappings else value
+    return merged
+
+
+def layered_config(preset: str = "", path: str | Path = "") -> RunConfig:
+    """The named preset, then the config file on top of it (either may be empty); validated once,
+    as a whole, so that a file may rely on what the preset set (command-line flags go on top)."""
+    data: dict[str, Any] = {}
+    if preset:
+        data = read_config_data(preset_path(preset))
+    if path:
+        file_data = read_config_data(path)
+        _require(isinstance(file_data, dict), f"config must be a mapping, got {type(file_data).__name__}")
+        data = merge_config_data(data, file_data)
+    return from_dict(RunConfig, data)
 
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"

@@ -65,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,8 @@ from policytrim.errors import InputError
 
 if TYPE_CHECKING:
     from policytrim.config import EnvConfig
+
+_log = logging.getLogger(__name__)
 
 SUITES: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 OPENPI_MAX_STEPS: dict[str, int] = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -171,10 +174,13 @@ def task_info(address: str) -> LiberoTask:
 
 def resolve_libero_tasks(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Expand suite names, ``suite/name`` addresses and unambiguous bare task names (comma-separated
-    strings accepted) into unique task addresses, in order."""
+    strings accepted) into unique task addresses, in order. As for Meta-World
+    (`policytrim.envs.tasks.resolve_tasks`): a suite or task given twice (also under two spellings)
+    raises InputError; a task also contained in a suite given is kept once, with a logged warning."""
     if isinstance(names, str):
         names = [names]
     out: list[str] = []
+    given: dict[str, str] = {}  # suite name or task address -> how it was written
     for name in (part.strip() for item in names for part in item.split(",")):
         if not name:
             continue
@@ -188,6 +194,14 @@ def resolve_libero_tasks(names: str | list[str] | tuple[str, ...]) -> tuple[str,
                 where = f"it is in {', '.join(h.split('/')[0] for h in hits)}: write '<suite>/{name}'" if hits else f"suites: {', '.join(SUITES)}"
                 raise InputError(f"LIBERO task {name!r} is {'ambiguous' if hits else 'unknown'}; {where}")
             expanded = hits
+        key = name if name in SUITES else expanded[0]
+        if key in given:
+            also = "" if given[key] == name else f" (also as {given[key]!r})"
+            raise InputError(f"LIBERO task {name!r} is given twice{also}; list each task or suite once")
+        given[key] = name
+        repeated = [t for t in expanded if t in out]
+        if repeated:
+            _log.warning("tasks: %s given again by %r (a suite overlaps another name): kept once", ", ".join(repeated), name)
         out.extend(t for t in expanded if t not in out)
     if not out:
         raise InputError("tasks: at least one LIBERO task or suite is needed, e.g. libero_object")

@@ -22,9 +22,39 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from policytrim.errors import InputError  # noqa: E402
+from policytrim.io import read_jsonl  # noqa: E402
+
 STAGE_COLORS = {"extend": "tab:blue", "trim": "tab:orange"}
 STAGE_TITLES = {"extend": "Stage 1 (extend)", "trim": "Stage 2 (trim)"}
 DPI = 110
+
+
+# The fields of a metrics.jsonl record the figures read, and what each must be (None: no value).
+METRIC_NUMBERS = ("reward", "success_rate", "mean_steps", "mean_window", "val_success_rate", "val_mean_steps")
+METRIC_EPOCHS = ("epoch", "global_epoch")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """A training run's metrics.jsonl (`policytrim.io.read_jsonl`), every field the figures read
+    checked: an InputError names the line and the field of valid JSON with a wrong type (a number
+    given as text, an epoch given as a list), which would otherwise surface as a TypeError mid-plot."""
+    records = read_jsonl(path)
+    text = path.read_text() if path.is_file() else ""
+    lines = [n for n, line in enumerate(text.splitlines(), 1) if line.strip()]  # the records' lines, in order
+    for record, line in zip(records, lines):
+        where = f"{path} line {line}"
+        if "stage" in record and not isinstance(record["stage"], str):
+            raise InputError(f"{where}: field 'stage' must be a string, got {record['stage']!r}")
+        for key in METRIC_EPOCHS:
+            value = record.get(key)
+            if key in record and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise InputError(f"{where}: field {key!r} must be an integer >= 0, got {value!r}")
+        for key in METRIC_NUMBERS:
+            value = record.get(key)
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                raise InputError(f"{where}: field {key!r} must be a number or null, got {value!r}")
+    return records
 
 
 def _save(fig: Any, path: Path) -> Path:

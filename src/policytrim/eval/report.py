@@ -37,7 +37,7 @@ from policytrim.errors import InputError
 from policytrim.eval import plots
 from policytrim.eval.paired import relation_in_points
 from policytrim.eval.plots import nice
-from policytrim.io import atomic_write_bytes, check_output_dir, read_jsonl
+from policytrim.io import atomic_write_bytes, check_output_dir
 
 # ---------------------------------------------------------------------------------------------
 # blocks and their two renderings
@@ -358,7 +358,7 @@ def comparison_section(sec: Section, suite: dict[str, Any], headline_mode: str, 
 
 
 def _curves(sec: Section, train_dir: Path, title: str) -> None:
-    records = read_jsonl(train_dir / "metrics.jsonl")
+    records = plots.read_metrics(train_dir / "metrics.jsonl")
     if not any("reward" in r for r in records):
         return
     windows = {}
@@ -618,7 +618,7 @@ def ablation_section(sec: Section, level: int = 2) -> None:
     for v in ab["variants"]:
         run = v.get("run_dir")
         if run and (d / run / "metrics.jsonl").is_file():
-            curves[v["name"]] = read_jsonl(d / run / "metrics.jsonl")
+            curves[v["name"]] = plots.read_metrics(d / run / "metrics.jsonl")
     if curves:
         path = plots.ablation_curves_figure(curves, sec.plot("ablation_curves"), title="Training curves per ablation variant (its last stage)")
         sec.add(figure(path, "Reward, rollout success rate and steps per epoch for each variant's defining stage (moving average); Fig. 4 compares 'step-saving only' with 'step-saving + stability'."))

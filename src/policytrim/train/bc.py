@@ -270,7 +270,7 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
     from policytrim.preflight import check_preconditions
 
     out = Path(out)
-    check_preconditions(cfg, out)
+    check_preconditions(cfg, out, simulator=False)  # the simulator only for the evaluation, checked below
     if out.exists() and not overwrite:
         raise InputError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
     if cfg.policy.kind == "expert":

@@ -40,7 +40,7 @@ from policytrim import objective
 from policytrim.config import GRPOConfig, RunConfig, to_dict
 from policytrim.envs import initial_states, split_seed
 from policytrim.envs.base import InitialState
-from policytrim.errors import InputError
+from policytrim.errors import InputError, is_disk_full
 from policytrim.io import atomic_directory, kill_point
 from policytrim.policies import ChunkPolicy, load_policy
 from policytrim.policies.base import supported_stages
@@ -463,6 +463,8 @@ def _train(
     stage1 = Stage1(cfg, plan) if "extend" in stages else None
     resume = run is not None
     if run is not None:
+        for name in stages:  # every LATEST pointer checked (`latest_checkpoint`) before anything is written
+            latest_checkpoint(run.stage_dir(name))
         distributed.on_main(run.remove_temporaries)
         distributed.on_main(lambda: run.set_status("running"))  # it may say "interrupted"
     else:
@@ -509,6 +511,10 @@ def _train(
         if not distributed.is_main():
             raise
         raise run.interrupted() from None
+    except Exception as exc:  # a full disk: one line, the run marked failed and resumable
+        if not (is_disk_full(exc) and distributed.is_main()):
+            raise
+        raise run.out_of_space(exc) from None
     finally:
         if logger is not None:
             logger.close()
