@@ -302,13 +302,16 @@ def test_clients_vanishing_mid_request_do_not_take_the_server_down(server, polic
 # ---------------------------------------------------------------- API key
 
 
-def test_the_api_key_is_required_when_set(policy):
+def test_the_api_key_is_required_when_set(policy, caplog):
     config = ServeConfig(port=0, mode="deterministic", api_key="s3cret")
     with ServerThread(PolicyServer(PolicyService(policy, config))) as running:
         for key in (None, "wrong"):
             with pytest.raises(InvalidStatus) as refused:
                 PolicyClient(running.host, running.port, api_key=key)
             assert refused.value.response.status_code == 401
+        logged = [r.getMessage() for r in caplog.records if r.name == "policytrim.serve"]
+        line = r"refused a request from 127\.0\.0\.1:\d+: missing or wrong API key \(HTTP 401\)"
+        assert len(logged) == 2 and all(re.fullmatch(line, m) for m in logged), logged
         assert healthy(running)  # health checks need no key
         with PolicyClient(running.host, running.port, api_key="s3cret") as client:
             assert client.infer(request(np.zeros(39, np.float32)))["actions"].shape == (8, 4)

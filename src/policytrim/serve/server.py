@@ -294,6 +294,7 @@ class PolicyServer:
         if key is not None:
             sent = request.headers.get("Authorization", "")
             if not hmac.compare_digest(sent.encode(), f"Api-Key {key}".encode()):
+                self.refusals.refused(_peer(connection), "missing or wrong API key (HTTP 401)")
                 return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong API key: send the header 'Authorization: Api-Key <key>'\n")
         return None
 
