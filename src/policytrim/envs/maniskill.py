@@ -19,7 +19,16 @@ its 8 numbers are joint offsets, which neither the pretrained VLAs nor the subop
 Initial states: an address (task, seed, index) is ManiSkill's ``reset(seed=s)`` with ``s`` =
 `maniskill_seed` (a stable hash of (seed, index) into [0, 2**31)). A seeded reset sets ManiSkill's
 episode RNG, so the same address is bit-identical whatever ran before (PegInsertionSide rebuilds
-its scene at every reset, ~140 ms; the others do not need to). tests/with_maniskill checks it.
+its scene at every reset, ~140 ms; the others do not need to). A reset alone leaves the previous
+episode's contacts in the contact queries (PickCube's ``is_grasped`` read 1 after a reset that
+followed a grasp), so the adapter takes one physics substep from the reset state and restores the
+state exactly before it observes. tests/with_maniskill checks the bit-identity after a grasp.
+
+Replays. The same actions from the same address give the same trajectory bit for bit in envs with
+the same history (two fresh envs, say). An env that ran other episodes first agrees until objects
+come into contact and then drifts slightly (measured on PickCube: from the grasp on, up to 1e-2 in
+joint velocities): PhysX keeps solver state across a reset (PhysX's enhanced-determinism flag does
+not change this; rebuilding the scene at every reset does, at 0.2-0.4 s per reset, so it is not done).
 
 Observation: ``"state"`` float32 [N] (N 29-48 by task), ManiSkill's flattened state observation:
 the robot's joint positions and velocities (9 + 9), then the task's extras (TCP pose, object poses,
@@ -241,7 +250,8 @@ class ManiSkillEnv:
     def reset(self, state: InitialState) -> dict[str, np.ndarray]:
         if state.task != self.task:
             raise ValueError(f"this adapter runs {self.task!r}, asked to reset to a {state.task!r} state")
-        obs, _ = self._env.reset(seed=maniskill_seed(state.seed, state.index))
+        self._env.reset(seed=maniskill_seed(state.seed, state.index))
+        obs = self._fresh_contacts_observation()
         self._ready = True
         self.terminated = False
         return self._observation(obs)
@@ -267,6 +277,18 @@ class ManiSkillEnv:
     def unwrapped(self) -> Any:
         """ManiSkill's BaseEnv (for the demonstration converter, tests and debugging)."""
         return self._env
+
+    def _fresh_contacts_observation(self) -> Any:
+        """The observation of the state just reset, with contacts of that state, not the last episode's.
+
+        A reset sets poses without a simulation step, so contact queries (PickCube's ``is_grasped``)
+        still report the previous episode's last step: a reset after a grasp observed
+        ``is_grasped = 1``. One physics substep from the reset state refreshes the contacts; the
+        state (poses, velocities, controller targets) is then restored exactly."""
+        saved = self._env.get_state_dict()
+        self._env.scene.px.step()
+        self._env.set_state_dict(saved)
+        return self._env.get_obs(self._env.get_info())
 
     def _observation(self, obs: Any) -> dict[str, np.ndarray]:
         return {OBS_STATE: np.asarray(_numpy(obs).reshape(-1), dtype=np.float32)}
