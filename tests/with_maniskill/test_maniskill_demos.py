@@ -9,6 +9,7 @@ import torch
 from _require_maniskill import require_maniskill
 
 require_maniskill()
+pytestmark = pytest.mark.maniskill
 
 from policytrim.config import EnvConfig  # noqa: E402
 from policytrim.envs.base import OBS_STATE, InitialState  # noqa: E402

@@ -11,6 +11,7 @@ import pytest
 from _require_maniskill import require_maniskill
 
 require_maniskill()
+pytestmark = pytest.mark.maniskill
 
 from policytrim.config import EnvConfig  # noqa: E402
 from policytrim.envs import make_env, worker_env_cap  # noqa: E402
