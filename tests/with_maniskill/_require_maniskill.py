@@ -20,5 +20,7 @@ def require_maniskill() -> None:
     if importlib.util.find_spec("mani_skill") is not None:
         return
     if REQUIRED:
-        pytest.fail("mani_skill is not installed in this environment: bash scripts/run.sh setup-maniskill", pytrace=False)
-    pytest.skip("ManiSkill3 is not installed (these tests run in .venv-maniskill: bash scripts/run.sh test-maniskill)", allow_module_level=True)
+        message = "mani_skill is not installed in this environment: bash scripts/run.sh setup-maniskill"
+        pytest.fail(message, pytrace=False)
+    reason = "ManiSkill3 is not installed (these tests run in .venv-maniskill: bash scripts/run.sh test-maniskill)"
+    pytest.skip(reason, allow_module_level=True)

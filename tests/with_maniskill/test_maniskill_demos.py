@@ -72,7 +72,8 @@ def test_expert_succeeds_through_the_rollout_engine(demo):
     expert = ManiSkillDemoExpert({TASK: (d.states, d.actions)}, {TASK: tuple(range(d.states.shape[1]))})
     env_cfg = EnvConfig(suite="maniskill", tasks=(TASK,), horizon=120)
     with RolloutEngine(env_cfg, num_workers=0) as engine:
-        traj = engine.run(expert, [ADDRESS], group_size=2, windows=torch.ones(1, 2, dtype=torch.long), mode="deterministic", seed=0)
+        windows = torch.ones(1, 2, dtype=torch.long)
+        traj = engine.run(expert, [ADDRESS], group_size=2, windows=windows, mode="deterministic", seed=0)
     assert traj.success.tolist() == [True, True]
     assert traj.instruction == [TASKS[TASK]] * 2
     assert (traj.steps <= 120).all() and (traj.calls == traj.steps).all()

@@ -37,7 +37,9 @@ def test_workaround_replaces_render_material_only_without_a_device():
     both names SAPIEN looks the class up by, and a task then builds and steps."""
     code = """
 import sapien
-from policytrim.envs.maniskill import InertRenderMaterial, ManiSkillEnv, patch_render_material_if_no_device, render_device_available
+from policytrim.envs.maniskill import (
+    InertRenderMaterial, ManiSkillEnv, patch_render_material_if_no_device, render_device_available,
+)
 from policytrim.envs.base import InitialState
 import numpy as np
 device = render_device_available()
@@ -71,7 +73,8 @@ def test_workaround_leaves_a_working_device_alone(monkeypatch):
     assert sapien.render.RenderMaterial is Sentinel and sapien.pysapien.render.RenderMaterial is Sentinel
     monkeypatch.setattr(ms, "render_device_available", lambda: False)
     assert patch_render_material_if_no_device.__wrapped__() is True
-    assert sapien.render.RenderMaterial is InertRenderMaterial and sapien.pysapien.render.RenderMaterial is InertRenderMaterial
+    assert sapien.render.RenderMaterial is InertRenderMaterial
+    assert sapien.pysapien.render.RenderMaterial is InertRenderMaterial
 
 
 def test_inert_render_material_takes_what_maniskill_gives_it():
@@ -93,7 +96,8 @@ def test_adapter_contract(pick):
     # proprioception: joint positions and velocities (9 + 9) and the TCP pose (7)
     assert pick.proprio_dims[:18] == tuple(range(18)) and len(pick.proprio_dims) == 25
     tcp = pick.layout.parts["extra.tcp_pose"]
-    np.testing.assert_allclose(obs[OBS_STATE][tcp[0] : tcp[0] + 3], pick.unwrapped.agent.tcp.pose.p.numpy()[0], atol=1e-6)
+    tcp_position = pick.unwrapped.agent.tcp.pose.p.numpy()[0]
+    np.testing.assert_allclose(obs[OBS_STATE][tcp[0] : tcp[0] + 3], tcp_position, atol=1e-6)
     obs2, success = pick.step(np.zeros(7, np.float32))
     assert success is False and obs2[OBS_STATE].shape == obs[OBS_STATE].shape
     with pytest.raises(ValueError, match="PushCube"):

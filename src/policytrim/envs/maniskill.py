@@ -28,7 +28,8 @@ Replays. The same actions from the same address give the same trajectory bit for
 the same history (two fresh envs, say). An env that ran other episodes first agrees until objects
 come into contact and then drifts slightly (measured on PickCube: from the grasp on, up to 1e-2 in
 joint velocities): PhysX keeps solver state across a reset (PhysX's enhanced-determinism flag does
-not change this; rebuilding the scene at every reset does, at 0.2-0.4 s per reset, so it is not done).
+not change this; rebuilding the scene at every reset does, at 0.2-0.4 s per reset, so it is not done;
+PegInsertionSide rebuilds anyway and replays bit-identically).
 
 Observation: ``"state"`` float32 [N] (N 29-48 by task), ManiSkill's flattened state observation:
 the robot's joint positions and velocities (9 + 9), then the task's extras (TCP pose, object poses,
@@ -57,7 +58,10 @@ import numpy as np
 from policytrim.envs.base import OBS_STATE, InitialState, ObsSpec, close_quietly
 from policytrim.errors import InputError
 
-INSTALL_HINT = "install ManiSkill3 in its own environment: bash scripts/run.sh setup-maniskill (pip install 'policytrim[maniskill]')"
+INSTALL_HINT = (
+    "install ManiSkill3 in its own environment: bash scripts/run.sh setup-maniskill "
+    "(pip install 'policytrim[maniskill]')"
+)
 CONTROL_MODE = "pd_ee_delta_pose"
 ACTION_DIM = 7
 MAX_SPLIT_SEED = 2**31  # ManiSkill draws and accepts episode seeds in [0, 2**31)
@@ -240,7 +244,8 @@ class ManiSkillEnv:
         obs, _ = self._env.reset(seed=0)
         self.layout = state_layout(self._env)
         if self.layout.size != _numpy(obs).shape[-1]:
-            raise RuntimeError(f"{task}: state layout covers {self.layout.size} entries, observation has {_numpy(obs).shape[-1]}")
+            size = _numpy(obs).shape[-1]
+            raise RuntimeError(f"{task}: the state layout covers {self.layout.size} entries, the observation {size}")
         self.observation_spec = {OBS_STATE: ObsSpec((self.layout.size,), "float32")}
         self.proprio_dims: tuple[int, ...] = self.layout.dims("agent.qpos", "agent.qvel", "extra.tcp_pose")
         self._ready = False

@@ -83,7 +83,8 @@ class _Recorder:
 
 def _solver(task: str) -> Any:
     if task not in SOLUTIONS:
-        raise InputError(f"ManiSkill has no motion-planning solution for {task!r}; tasks with one: {', '.join(SOLUTIONS)}")
+        known = ", ".join(SOLUTIONS)
+        raise InputError(f"ManiSkill has no motion-planning solution for {task!r}; tasks with one: {known}")
     from mani_skill.examples.motionplanning.panda import solutions
 
     return getattr(solutions, SOLUTIONS[task])
@@ -151,7 +152,8 @@ class MotionPlanDemonstrator:
                 if np.linalg.norm(arm_action[3:]) > 1:
                     arm_action[3:] /= np.linalg.norm(arm_action[3:])
                 out = dict(action_dict, arm=torch.as_tensor(arm_action, dtype=torch.float32))
-                action = common.to_numpy(controller.from_action_dict(common.to_tensor(out))).reshape(-1).astype(np.float32)
+                action = common.to_numpy(controller.from_action_dict(common.to_tensor(out)))
+                action = action.reshape(-1).astype(np.float32)
                 states.append(obs[OBS_STATE])
                 actions.append(action)
                 obs, success = self.env.step(action)
@@ -179,10 +181,16 @@ class MotionPlanDemonstrator:
         t0 = time.perf_counter()
         plan, planned = self.plan(state)
         t1 = time.perf_counter()
-        states, actions, converted = self.convert(state, plan) if planned else (np.zeros((0, 0), np.float32), np.zeros((0, 7), np.float32), False)
+        if planned:
+            states, actions, converted = self.convert(state, plan)
+        else:
+            states, actions, converted = np.zeros((0, 0), np.float32), np.zeros((0, 7), np.float32), False
         replayed, identical = self.replay(state, states, actions) if converted else (False, False)
         t2 = time.perf_counter()
-        return Demonstration(state, states, actions, replayed and planned, planned, converted, replayed, identical, len(plan), t1 - t0, t2 - t1)
+        return Demonstration(
+            state, states, actions, replayed and planned, planned, converted, replayed, identical,
+            len(plan), t1 - t0, t2 - t1,
+        )
 
 
 def _success(info: Any) -> bool:

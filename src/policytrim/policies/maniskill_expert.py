@@ -60,7 +60,9 @@ class ManiSkillDemoExpert:
         self._origin = origin or {}
 
     @classmethod
-    def plan(cls, tasks: Sequence[str], seed: int, count: int, max_distance: float = DEFAULT_MAX_DISTANCE) -> ManiSkillDemoExpert:
+    def plan(
+        cls, tasks: Sequence[str], seed: int, count: int, max_distance: float = DEFAULT_MAX_DISTANCE
+    ) -> ManiSkillDemoExpert:
         """Plan, convert and check demonstrations for addresses (task, seed, 0..count-1) of each
         task and keep the successful ones (needs ManiSkill; ~1-10 s per address on one core)."""
         from policytrim.envs.maniskill_demos import MotionPlanDemonstrator
@@ -83,7 +85,8 @@ class ManiSkillDemoExpert:
     def _task_of(self, instruction: str) -> str:
         task = _TASK_OF_INSTRUCTION.get(instruction)
         if task is None or task not in self._keys:
-            raise ValueError(f"the ManiSkill expert has demonstrations for {', '.join(self.tasks)} only; got instruction {instruction!r}")
+            known = ", ".join(self.tasks)
+            raise ValueError(f"the ManiSkill expert has demonstrations for {known} only; got {instruction!r}")
         return task
 
     def nearest(self, task: str, state: np.ndarray) -> tuple[int, float]:
@@ -110,17 +113,22 @@ class ManiSkillDemoExpert:
             i, distance = self.nearest(task, state)
             if distance > self.max_distance:
                 raise ValueError(
-                    f"{task}: the observation is {distance:.3f} from every demonstrated frame (max {self.max_distance}); "
+                    f"{task}: the observation is {distance:.3f} from every demonstrated frame "
+                    f"(max {self.max_distance}); "
                     "the ManiSkill expert only acts from the initial states it planned for"
                 )
             rows.append(self._actions[task][i])
         actions = np.stack(rows) if rows else np.zeros((0, ACTION_DIM), np.float32)
         return ChunkSample(actions=torch.from_numpy(actions).unsqueeze(1), logp=torch.zeros(len(states), 1))
 
-    def log_prob(self, obs: Observation, instructions: Sequence[str], replay: dict[str, torch.Tensor], row_mask: torch.Tensor) -> torch.Tensor:
+    def log_prob(
+        self, obs: Observation, instructions: Sequence[str], replay: dict[str, torch.Tensor], row_mask: torch.Tensor
+    ) -> torch.Tensor:
         raise NotImplementedError("the ManiSkill expert has no action density; it cannot be trained with GRPO")
 
-    def bc_loss(self, obs: Observation, instructions: Sequence[str], actions: torch.Tensor, row_mask: torch.Tensor) -> torch.Tensor:
+    def bc_loss(
+        self, obs: Observation, instructions: Sequence[str], actions: torch.Tensor, row_mask: torch.Tensor
+    ) -> torch.Tensor:
         raise NotImplementedError("the ManiSkill expert is not trainable")
 
     def spec(self) -> dict:
@@ -130,7 +138,8 @@ class ManiSkillDemoExpert:
     def from_spec(cls, spec: dict) -> ManiSkillDemoExpert:
         if spec.get("kind") != "maniskill_expert" or not {"tasks", "seed", "count"} <= set(spec):
             raise InputError(f"not a ManiSkill expert spec (kind maniskill_expert with tasks, seed, count): {spec!r}")
-        return cls.plan(spec["tasks"], int(spec["seed"]), int(spec["count"]), float(spec.get("max_distance", DEFAULT_MAX_DISTANCE)))
+        max_distance = float(spec.get("max_distance", DEFAULT_MAX_DISTANCE))
+        return cls.plan(spec["tasks"], int(spec["seed"]), int(spec["count"]), max_distance)
 
     def save_pretrained(self, directory: str | Path) -> None:
         raise InputError("the ManiSkill expert has no weights to save; rebuild it with ManiSkillDemoExpert.plan")
