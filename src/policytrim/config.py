@@ -59,10 +59,10 @@ def _positive(name: str, value: float) -> None:
 class EnvConfig:
     """Simulator and initial states."""
 
-    suite: Literal["metaworld", "gym", "libero"] = "metaworld"
-    """Simulator adapter: metaworld (embedded), gym (any gymnasium env reporting info['success']) or libero (extra policytrim[libero])."""
+    suite: Literal["metaworld", "gym", "libero", "maniskill"] = "metaworld"
+    """Simulator adapter: metaworld (embedded), gym (any gymnasium env reporting info['success']), libero (extra policytrim[libero]) or maniskill (extra policytrim[maniskill])."""
     tasks: Annotated[tuple[str, ...], tyro.conf.arg(aliases=("--tasks",))] = ("push-v3",)
-    """Meta-World v3 task names and/or sets (MW8, MT10, MT50); for suite=libero, LIBERO suites (libero_object, ...) and/or '<suite>/<task>' names."""
+    """Meta-World v3 task names and/or sets (MW8, MT10, MT50); for suite=libero, LIBERO suites (libero_object, ...) and/or '<suite>/<task>' names; for suite=maniskill, ManiSkill3 task ids (PickCube-v1, ...)."""
     gym_id: str = ""
     """gymnasium env id, for suite=gym."""
     horizon: int = 200
@@ -87,7 +87,7 @@ class EnvConfig:
     """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO as many as fit in half the free memory."""
 
     def __post_init__(self) -> None:
-        _require(self.suite in ("metaworld", "gym", "libero"), f"env.suite must be metaworld, gym or libero, got {self.suite!r}")
+        _require(self.suite in ("metaworld", "gym", "libero", "maniskill"), f"env.suite must be metaworld, gym, libero or maniskill, got {self.suite!r}")
         _int_in("env.max_envs_per_worker", self.max_envs_per_worker, 0, L.MAX_ENVS_PER_WORKER, " (0 = automatic)")
         if self.suite == "metaworld":
             try:
@@ -103,6 +103,14 @@ class EnvConfig:
                     self.horizon = max_steps(self.tasks, self.libero_max_steps)
             except InputError as exc:
                 raise ConfigError(f"env.tasks: {exc}") from None
+        elif self.suite == "maniskill":
+            from policytrim.envs.maniskill import resolve_maniskill_tasks  # a task table: no simulator import
+
+            try:
+                self.tasks = resolve_maniskill_tasks(list(self.tasks))
+            except InputError as exc:
+                raise ConfigError(f"env.tasks: {exc}") from None
+            _require(not self.image, "env.suite=maniskill is state-only here (env.image=false); see docs for CPU rendering")
         else:
             _require(bool(self.gym_id), "env.gym_id is required when env.suite=gym, e.g. env.gym_id=MyEnv-v0")
         _int_in("env.horizon", self.horizon, 1, L.MAX_HORIZON)
