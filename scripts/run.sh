@@ -2,24 +2,30 @@
 # One entry point for the README's Quickstart: sets up .venv (once) and runs a command in it.
 #   bash scripts/run.sh demo [flags]        the embedded demo (policytrim demo)
 #   bash scripts/run.sh test [args]         the test suite (pytest) in .venv; after a full-suite run
-#                                           (no test paths given) also the LIBERO tests in .venv-libero
-#                                           (POLICYTRIM_LIBERO_TESTS=0 skips them), then the LeRobot
+#                                           (no test paths given) also the docs site's strict build
+#                                           (POLICYTRIM_DOCS=0 skips it), the LIBERO tests in .venv-libero
+#                                           (POLICYTRIM_LIBERO_TESTS=0 skips them), then the ManiSkill3
+#                                           tests (tests/with_maniskill) in .venv-maniskill
+#                                           (POLICYTRIM_MANISKILL=0 skips them), then the LeRobot
 #                                           tests (tests/with_lerobot) in .venv-lerobot
 #                                           (POLICYTRIM_LEROBOT=0 skips them); any failing step fails
 #   bash scripts/run.sh setup               only set up .venv
+#   bash scripts/run.sh docs [serve]        build the docs site strictly into site/ (serve: at 127.0.0.1:8000)
 #   bash scripts/run.sh test-libero [args]  the LIBERO tests in .venv-libero (set up on demand)
+#   bash scripts/run.sh setup-maniskill     only set up .venv-maniskill (torch CPU + policytrim[maniskill])
+#   bash scripts/run.sh test-maniskill [args] the ManiSkill3 tests in .venv-maniskill (set up on demand)
 #   bash scripts/run.sh setup-lerobot       only set up .venv-lerobot (Python 3.12 + policytrim[lerobot])
 #   bash scripts/run.sh test-lerobot [args] the LeRobot tests in .venv-lerobot (set up on demand)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what=${1:-}
-case "$what" in demo|test|setup|test-libero|setup-lerobot|test-lerobot) shift ;; *) echo "usage: bash scripts/run.sh demo|test|setup|test-libero|setup-lerobot|test-lerobot [args]" >&2; exit 2 ;; esac
+case "$what" in demo|test|setup|docs|test-libero|setup-maniskill|test-maniskill|setup-lerobot|test-lerobot) shift ;; *) echo "usage: bash scripts/run.sh demo|test|setup|docs|test-libero|setup-maniskill|test-maniskill|setup-lerobot|test-lerobot [args]" >&2; exit 2 ;; esac
 
 python=${PYTHON:-python3}
 stamp=.venv/.policytrim-installed
 want=$(cat pyproject.toml scripts/run.sh | "$python" -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())")
-case "$what" in test-libero|setup-lerobot|test-lerobot) main_venv=0 ;; *) main_venv=1 ;; esac
+case "$what" in test-libero|setup-maniskill|test-maniskill|setup-lerobot|test-lerobot) main_venv=0 ;; *) main_venv=1 ;; esac
 if [ "$main_venv" = 1 ] && [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
@@ -35,6 +41,21 @@ if [ "$what" = test ] && [ "$(cat "$stamp-ray" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve,ray]"
   echo "$want" > "$stamp-ray"
 fi
+# The docs site (mkdocs.yml, the `docs` extra): built strictly by `test` after the main suite, and by `docs`.
+if { [ "$what" = test ] || [ "$what" = docs ]; } && [ "$(cat "$stamp-docs" 2>/dev/null)" != "$want" ]; then
+  echo "installing MkDocs for the docs site ..." >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve,docs]"
+  echo "$want" > "$stamp-docs"
+fi
+# A broken link, a missing anchor or a page left out of the nav fails the build (mkdocs.yml: strict;
+# not --quiet, which hides the warnings and with them the failure).
+docs_build() {
+  local out
+  out=$(mktemp -d)
+  echo "docs site (mkdocs build --strict):" >&2
+  NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$out"
+  rm -rf "$out"
+}
 
 # LIBERO lives in its own venv (.venv-libero: robosuite, mujoco, ~1.3 GB of assets on top of torch),
 # set up on demand; its tests run after a full-suite run (no test paths given), unless
@@ -49,6 +70,26 @@ libero_tests() {
     echo "$want" > "$lstamp"
   fi
   .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py "$@"
+}
+
+# ManiSkill3 lives in its own venv (.venv-maniskill: SAPIEN, mplib, numpy < 2), set up on demand; its
+# tests run after a full-suite run unless POLICYTRIM_MANISKILL=0, and fail (not skip) there when
+# mani_skill is missing. Measured here (2 cores shared, loaded): setup ~110 s, tests ~50 s.
+setup_maniskill() {
+  local mstamp=.venv-maniskill/.policytrim-installed
+  if [ ! -x .venv-maniskill/bin/python ]; then "$python" -m venv .venv-maniskill; fi
+  if [ "$(cat "$mstamp" 2>/dev/null)" != "$want" ]; then
+    echo "setting up .venv-maniskill (torch CPU build, policytrim[dev,maniskill]) ..." >&2
+    .venv-maniskill/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+    .venv-maniskill/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,maniskill]"
+    echo "$want" > "$mstamp"
+  fi
+}
+
+maniskill_tests() {
+  setup_maniskill
+  echo "ManiSkill3 tests (.venv-maniskill):" >&2
+  POLICYTRIM_REQUIRE_MANISKILL=1 .venv-maniskill/bin/python -m pytest -q -p no:cacheprovider tests/with_maniskill "$@"
 }
 
 # LeRobot 0.6.1 needs Python >= 3.12 and torch < 2.12 (PyPI's CUDA build, ~5.5 GB installed):
@@ -90,10 +131,17 @@ case "$what" in
   demo) exec .venv/bin/policytrim demo "$@" ;;
   test)
     .venv/bin/python -m pytest -q "$@"
+    if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_DOCS:-1}" != 0 ]; then docs_build; fi
     if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_LIBERO_TESTS:-1}" != 0 ]; then libero_tests; fi
+    if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_MANISKILL:-1}" != 0 ]; then maniskill_tests; fi
     if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_LEROBOT:-1}" != 0 ]; then lerobot_tests; fi ;;
   setup) echo "ready: .venv/bin/policytrim" ;;
+  docs)
+    if [ "${1:-}" = serve ]; then shift; NO_MKDOCS_2_WARNING=1 exec .venv/bin/mkdocs serve --strict "$@"; fi
+    NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict "$@"; echo "docs site: site/index.html" ;;
   test-libero) libero_tests "$@" ;;
+  setup-maniskill) setup_maniskill; echo "ready: .venv-maniskill/bin/policytrim" ;;
+  test-maniskill) maniskill_tests "$@" ;;
   setup-lerobot) setup_lerobot; echo "ready: .venv-lerobot/bin/policytrim" ;;
   test-lerobot) lerobot_tests "$@" ;;
 esac

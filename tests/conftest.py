@@ -30,6 +30,17 @@ def tiny_config(**overrides) -> RunConfig:
     return cfg
 
 
+def run_windows(cfg: RunConfig) -> tuple[int, ...]:
+    """Stage 1's windows of a run with ``cfg`` from a behaviour-cloned policy built from it."""
+    from types import SimpleNamespace
+
+    from policytrim.windows import WindowPlan
+
+    h, k = cfg.policy.chunk_size, cfg.policy.default_window
+    policy = SimpleNamespace(chunk_size=h, max_window=h, default_window=k)
+    return WindowPlan.for_run(policy, cfg).stage1
+
+
 @pytest.fixture(scope="session")
 def tiny_baseline(tmp_path_factory) -> Path:
     """Path of a BC checkpoint (H = 8, default window 4) for drawer-close-v3 (sampled SR ~0.7-0.8)."""

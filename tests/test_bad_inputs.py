@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 import policytrim
 from policytrim.cli import main
-from policytrim.config import PolicyConfig, RunConfig
+from policytrim.config import EnvConfig, PolicyConfig, RunConfig
 from policytrim.data.demos import save_demos
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.policies.tinyvla import TinyVLA
@@ -122,6 +122,8 @@ def fx(tmp_path_factory) -> Path:
         "comments.yaml": "# all defaults, please\n",
         "bomb.yaml": alias_bomb(levels=9, width=9),
         "huge.yaml": "seed: 1\n" + "#" * (1 << 20) + "\n",
+        "duplicate_key.yaml": "seed: 1\nstage1:\n  lr: 0.001\n  epochs: 3\n  lr: 0.1\n",
+        "duplicate_key.json": '{"seed": 1, "seed": 2}',
     }
     for name, text in files.items():
         (root / name).write_text(text)
@@ -135,6 +137,9 @@ def fx(tmp_path_factory) -> Path:
     broken.mkdir()
     (broken / "config.yaml").write_text("{}\n")
     (broken / "run.json").write_text('{"stage": "both", ')
+    half_made = root / "config_only_run"  # a run whose creation stopped after config.yaml
+    half_made.mkdir()
+    (half_made / "config.yaml").write_text("seed: 0\n")
     tampered = root / "tampered_run"
     tampered.mkdir()
     (tampered / "config.yaml").write_text("stage1:\n  lrr: 1\n")
@@ -154,10 +159,42 @@ def fx(tmp_path_factory) -> Path:
                 del meta["config_sha256"]
                 (run / "run.json").write_text(json.dumps(meta))
 
+    # resumable runs of the tiny checkpoint whose LATEST pointer is not the stage's own (made by hand:
+    # only trainer_state.json is read before the pointer is refused)
+    arch = RunConfig(env=EnvConfig(tasks=(TASK,)), policy=PolicyConfig(chunk_size=8, default_window=4, hidden_dim=64, num_layers=2))
+    arch.rollout.num_workers = 0
+    pointed = RunDir.create(root / "pointed_run", arch, {"stage": "both", "stages": ["extend", "trim"], "init": str(good)})
+    for stage, epoch in (("extend", 1), ("extend", 2), ("trim", 1)):
+        (pointed.path / stage / f"epoch_{epoch:06d}").mkdir(parents=True)
+        (pointed.path / stage / f"epoch_{epoch:06d}" / "trainer_state.json").write_text(json.dumps({"stage": stage, "epoch": epoch}))
+    (pointed.path / "extend" / "LATEST").write_text("epoch_000002")
+    (pointed.path / "trim" / "LATEST").write_text("epoch_000001")
+    latest = {
+        "other_stage": ("trim", "../extend/epoch_000002"),
+        "absolute": ("trim", str(pointed.path / "extend" / "epoch_000002")),
+        "missing": ("extend", "epoch_000007"),
+        "garbage": ("extend", "\x00\xff" * 100),
+    }
+    for name, (stage, text) in latest.items():
+        run = Path(shutil.copytree(pointed.path, root / f"latest_{name}"))
+        (run / stage / "LATEST").write_bytes(text.encode("latin-1"))
+    run = Path(shutil.copytree(pointed.path, root / "latest_copied"))  # extend's checkpoint copied into trim
+    shutil.copytree(run / "extend" / "epoch_000002", run / "trim" / "epoch_000002")
+    (run / "trim" / "LATEST").write_text("epoch_000002")
+    run = Path(shutil.copytree(pointed.path, root / "latest_renamed"))  # epoch 1 renamed as epoch 5
+    (run / "trim" / "epoch_000001").rename(run / "trim" / "epoch_000005")
+    (run / "trim" / "LATEST").write_text("epoch_000005")
+
     report_run = root / "report_run"  # a train run whose metrics log has a corrupt line inside
     report_run.mkdir()
     (report_run / "run.json").write_text('{"stage": "both", "init": "x", "stages": ["extend", "trim"], "status": "running"}')
     (report_run / "metrics.jsonl").write_text('{"stage": "extend", "epoch": 0}\n{"stage": "ext\n{"stage": "extend", "epoch": 1}\n')
+    # train runs whose metrics log is valid JSON with a wrong type in a field the figures read (line 3:
+    # after a good record and a blank line)
+    good = {"stage": "extend", "epoch": 1, "reward": 0.5, "success_rate": 0.5}
+    for name, change in {"text_reward": {"reward": "high"}, "list_epoch": {"epoch": [1]}, "stage_number": {"stage": 3}}.items():
+        run = Path(shutil.copytree(report_run, root / f"report_{name}"))
+        (run / "metrics.jsonl").write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "epoch": 2, **change}) + "\n")
     return root
 
 
@@ -184,6 +221,7 @@ def alias_bomb(levels: int, width: int) -> str:
 # refuses mkdir with EPERM to everyone.
 UNWRITABLE = "/sys/policytrim-test-run" if os.geteuid() == 0 else "{root}/readonly/run"
 needs_sysfs = pytest.mark.skipif(os.geteuid() == 0 and not os.path.isdir("/sys/kernel"), reason="root without sysfs: no unwritable directory to try")
+no_libero = pytest.mark.skipif(importlib.util.find_spec("libero") is not None, reason="LIBERO is installed here")
 no_wandb = pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
 
 
@@ -256,6 +294,14 @@ BAD_INPUTS = [
     ("absurd flow steps", TRAIN("--policy.flow-steps", "100000"), "policy.flow_steps must be an integer in [2, 1000]"),
     # things that were silently accepted
     ("duplicate task names", TRAIN("--tasks", TASK, TASK), f"task '{TASK}' is given twice"),
+    ("LIBERO suite given twice", ["config", "--env.suite", "libero", "--tasks", "libero_object", "libero_object"], "LIBERO task 'libero_object' is given twice"),
+    ("negative seed", TRAIN("--seed", "-1"), "seed must be an integer in [0, 4294967295]"),
+    ("seed above 2**32 - 1", TRAIN("--seed", str(2**32)), "seed must be an integer in [0, 4294967295]"),
+    ("negative evaluation seed", EVAL("--eval.seed", "-1"), "eval.seed must be an integer in [0, 4294967295]"),
+    ("negative demonstration seed", ["collect", *ARCH, "--data.seed", "-3", "--out", "{root}/new_demos"], "data.seed must be an integer"),
+    ("negative split seed", TRAIN("--env.train-seed", "-5"), "env.train_seed must be an integer in [0, 4294967295]"),
+    ("--out of a run dir holding only config.yaml", TRAIN("--out", "{root}/config_only_run"), "holds config.yaml but no run.json: a run whose creation was cut short"),
+    ("--resume of a run dir holding only config.yaml", ["train", "--resume", "{root}/config_only_run"], "with nothing to resume; start it afresh with --out"),
     ("--stage1.windows without values", TRAIN("--stage1.windows"), "--stage1.windows was given without values"),
     ("list flag without values before another flag", TRAIN("--stage1.windows", "--seed", "1"), "--stage1.windows was given without values"),
     # config files and presets
@@ -272,6 +318,8 @@ BAD_INPUTS = [
     ("empty config file", TRAIN("--config", "{root}/empty.yaml"), "config file '{root}/empty.yaml' is empty (no settings)"),
     ("config file of comments only", ["config", "--config", "{root}/comments.yaml"], "is empty (no settings)"),
     ("YAML alias bomb under a valid key", TRAIN("--config", "{root}/bomb.yaml"), "expands to more than 10000 values"),
+    ("YAML with a key given twice", ["config", "--config", "{root}/duplicate_key.yaml"], "key 'lr' is given twice in one mapping (lines 3 and 5)"),
+    ("JSON with a key given twice", ["config", "--config", "{root}/duplicate_key.json"], "key(s) 'seed' given twice"),
     ("config file over 1 MiB", ["config", "--config", "{root}/huge.yaml"], "is larger than 1048576 bytes"),
     ("unknown subcommand", ["frobnicate", "--out", "{root}/x"], "unknown command 'frobnicate'"),
     # checkpoints
@@ -300,6 +348,12 @@ BAD_INPUTS = [
     ("--resume, config.yaml cut at a line", ["train", "--resume", "{root}/run_cut"], "config.yaml is not the one this run was created with"),
     ("--resume, config.yaml emptied", ["train", "--resume", "{root}/run_empty"], "config.yaml is not the one this run was created with"),
     ("--resume, config.yaml edited", ["train", "--resume", "{root}/run_edited"], "config.yaml is not the one this run was created with"),
+    ("--resume, LATEST names another stage's checkpoint", ["train", "--resume", "{root}/latest_other_stage"], "not the name of a checkpoint of this stage"),
+    ("--resume, LATEST is an absolute path", ["train", "--resume", "{root}/latest_absolute"], "not the name of a checkpoint of this stage"),
+    ("--resume, LATEST names a missing checkpoint", ["train", "--resume", "{root}/latest_missing"], "names epoch_000007, which is not a complete checkpoint"),
+    ("--resume, LATEST of binary garbage", ["train", "--resume", "{root}/latest_garbage"], "not the name of a checkpoint"),
+    ("--resume, another stage's checkpoint copied in", ["train", "--resume", "{root}/latest_copied"], "is stage 'extend' epoch 2, not stage 'trim' epoch 2"),
+    ("--resume, a checkpoint renamed to another epoch", ["train", "--resume", "{root}/latest_renamed"], "is stage 'trim' epoch 1, not stage 'trim' epoch 5"),
     ("--resume of a run without hash, config.yaml cut", ["train", "--resume", "{root}/run_cut_old"], "config.yaml: missing key(s) "),
     ("--resume of a run without hash, config.yaml empty", ["train", "--resume", "{root}/run_empty_old"], "config.yaml is empty (no settings)"),
     # outputs that cannot be written (checked before anything is created)
@@ -307,12 +361,24 @@ BAD_INPUTS = [
     ("pretrain output below a regular file", PRETRAIN("demos", "--out", "{root}/a_file/baseline"), "is a file, not a directory"),
     ("collect output below a regular file", ["collect", *ARCH, "--out", "{root}/a_file/demos"], "is a file, not a directory"),
     ("eval output below a regular file", EVAL("--out", "{root}/a_file/eval"), "is a file, not a directory"),
+    ("run dir name too long", TRAIN("--out", "{root}/" + "r" * 300), "is 300 bytes long; at most 223 are allowed"),
+    ("eval output name too long", EVAL("--out", "{root}/" + "e" * 300), "is 300 bytes long; at most 223 are allowed"),
+    ("run dir path too long", TRAIN("--out", "{root}/" + "/".join(["d" * 200] * 25)), "bytes: at most"),
     pytest.param("run dir without write permission", TRAIN("--out", UNWRITABLE), "permission", marks=needs_sysfs),
     pytest.param("wandb asked for, not installed", TRAIN("--logging.wandb", "offline"), "logging.wandb=offline needs the wandb package", marks=no_wandb),
+    # the simulator of env.suite not installed (LIBERO is not, in the main environment): a configuration error
+    pytest.param("eval on LIBERO without LIBERO", ["eval", "--preset", "libero", "--tasks", "libero_object", "--policy", "{root}/ckpt", "--out", "{root}/new_eval"],
+                 "env.suite=libero needs the LIBERO simulator, which is not installed", marks=no_libero),
+    pytest.param("train on LIBERO without LIBERO", ["train", "--preset", "libero", "--tasks", "libero_object", "--init", "{root}/ckpt", "--out", "{root}/new_run"],
+                 "env.suite=libero needs the LIBERO simulator", marks=no_libero),
+    pytest.param("collect on LIBERO without LIBERO", ["collect", "--preset", "libero", "--out", "{root}/new_demos"], "env.suite=libero needs the LIBERO simulator", marks=no_libero),
     # report
     ("report --out that is a file", ["report", "{root}/report_run", "--out", "{root}/a_file"], "--out '{root}/a_file' is a file"),
     ("report of a corrupt run.json", ["report", "{root}/broken_run", "--out", "{root}/new_report"], "broken_run/run.json is not valid JSON"),
     ("report of a corrupt metrics.jsonl line", ["report", "{root}/report_run", "--out", "{root}/new_report"], "report_run/metrics.jsonl line 2 is not valid JSON"),
+    ("report, metrics.jsonl: a number given as text", ["report", "{root}/report_text_reward", "--out", "{root}/new_report"], "report_text_reward/metrics.jsonl line 3: field 'reward' must be a number or null, got 'high'"),
+    ("report, metrics.jsonl: an epoch given as a list", ["report", "{root}/report_list_epoch", "--out", "{root}/new_report"], "line 3: field 'epoch' must be an integer >= 0, got [1]"),
+    ("report, metrics.jsonl: a stage given as a number", ["report", "{root}/report_stage_number", "--out", "{root}/new_report"], "line 3: field 'stage' must be a string, got 3"),
     # demonstration datasets
     ("pretrain without --data", ["pretrain", *ARCH, "--out", "{root}/new_baseline"], "--data is required"),
     ("missing dataset", PRETRAIN("nope"), "does not exist"),
@@ -330,6 +396,9 @@ BAD_INPUTS = [
     ("eval window > max window", EVAL("--window", "9"), "--window must be in [1, 8]"),
     ("expert with window > 1", EVAL("--checkpoint", "expert", "--window", "5"), "scripted experts act in closed loop with window 1"),
     ("eval output that is a file", EVAL("--out", "{root}/a_file"), "is a file"),
+    ("ensembling m NaN", EVAL("--temporal-ensembling", "--ensemble-m", "nan"), "--ensemble-m must be a finite number >= 0"),
+    ("ensembling m negative", EVAL("--temporal-ensembling", "--ensemble-m", "-1"), "--ensemble-m must be a finite number >= 0"),
+    ("ensembling m infinite", EVAL("--ensemble-m", "inf"), "--ensemble-m must be a finite number >= 0"),
     ("eval with 0 episodes", EVAL("--episodes", "0"), "eval.episodes must be an integer in [1, 100000]"),
 ]
 
@@ -362,9 +431,11 @@ def test_the_table_covers_at_least_30_kinds():
 @pytest.mark.parametrize("kind", [
     "truncated weights file", "dataset with NaN", "--resume with a corrupt run.json", "YAML alias bomb under a valid key",
     "checkpoint spec hidden_dim 1e7", "--resume, config.yaml cut at a line", "report of a corrupt metrics.jsonl line",
+    pytest.param("eval on LIBERO without LIBERO", marks=no_libero), "report, metrics.jsonl: a number given as text",
+    "eval output name too long",
 ])
 def test_real_process_exit_status_and_no_traceback(fx, kind, tmp_path):
-    _, argv, message = next(c for c in BAD_INPUTS if c[0] == kind)
+    _, argv, message = next(row for row in (getattr(c, "values", c) for c in BAD_INPUTS) if row[0] == kind)
     before = snapshot(fx)
     result = subprocess.run([sys.executable, "-m", "policytrim.cli", *(a.format(root=fx) for a in argv)], capture_output=True, text=True, cwd=tmp_path, env=SUBPROCESS_ENV, timeout=120)
     assert result.returncode == 2, result.stderr

@@ -7,6 +7,8 @@ import pytest
 import yaml
 
 from policytrim.cli import main
+from policytrim.train.decisions import BudgetCalibration, TrainSummary, Validation
+from policytrim.train.stages import StageOutcome
 
 
 def run(*args):
@@ -60,8 +62,9 @@ def test_train_summary_prints_dashes_when_validation_had_no_success(monkeypatch,
     import policytrim.train.grpo as grpo
 
     def fake_train(cfg, stage, init, resume, overwrite):
-        best = {"epoch": 1, "success_rate": 0.0, "mean_steps": None, "calls_per_success": None}
-        return {"run_dir": str(tmp_path), "stages": ["trim"], "trim": {"best": best, "budget": {"budget": 16.0, "source": "flag"}}, "window": 4}
+        best = Validation({"success_rate": 0.0, "mean_steps": None, "calls_per_success": None}, epoch=1)
+        trim = StageOutcome("trim", 1, 4, 4, best, best, budget=16, budget_evidence=BudgetCalibration(16.0, "flag"))
+        return TrainSummary(str(tmp_path), str(tmp_path), ("trim",), (), 4, trim=trim)
 
     monkeypatch.setattr(grpo, "train", fake_train)
     assert main(["train", "--init", str(tmp_path), "--stage", "trim", "--logging.out", str(tmp_path / "run")]) == 0

@@ -18,6 +18,7 @@ from policytrim.config import (
     to_dict,
 )
 from policytrim.envs.tasks import ALL_TASKS, TASK_SETS, resolve_tasks
+from policytrim.windows import default_windows
 
 
 def test_defaults_follow_spec():
@@ -28,14 +29,12 @@ def test_defaults_follow_spec():
     assert cfg.stage2.budget_multiplier == 1.3
     assert cfg.stage2.sigma_floor == 5.0
     assert (cfg.stage1.clip_low, cfg.stage1.clip_high) == (0.2, 0.2)
-    assert cfg.stage1_windows == (5, 10, 15)  # default window 5, H = 15
+    assert default_windows(cfg.policy.default_window, cfg.policy.chunk_size) == (5, 10, 15)  # default window 5, H = 15
 
 
 def test_stage1_windows_from_default_window():
-    cfg = RunConfig(policy=PolicyConfig(chunk_size=10, default_window=5))
-    assert cfg.stage1_windows == (5, 8, 10)
-    cfg = RunConfig(policy=PolicyConfig(chunk_size=10, default_window=10))
-    assert cfg.stage1_windows == (10,)
+    assert default_windows(5, 10) == (5, 8, 10)
+    assert default_windows(10, 10) == (10,)
 
 
 def test_task_sets_and_names():

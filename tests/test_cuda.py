@@ -97,7 +97,7 @@ def test_both_stages_on_cuda_train_resume_and_evaluate(tiny_baseline, tmp_path):
     # saved on the GPU, loaded on the CPU (safetensors keeps no device)
     policy = load_policy(tmp_path / "cuda" / "final" / "policy")
     assert next(policy.parameters()).device.type == "cpu"
-    assert (policy.trained_stage, policy.step_budget) == ("trim", summary["trim"]["budget"]["budget"])
+    assert (policy.trained_stage, policy.step_budget) == ("trim", summary.trim.budget)
 
     # the CLI's eval on the GPU and on the CPU: the same test states, the same per-task numbers
     flags = ["--env.tasks", "drawer-close-v3", "--env.horizon", "120", "--rollout.num-workers", "2", "--eval.episodes", "6", "--logging.no-progress"]

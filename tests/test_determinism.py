@@ -41,7 +41,7 @@ def test_same_config_and_seed_give_the_same_run(tiny_baseline, tmp_path, workers
         cfg.logging.out = str(tmp_path / name)
         summary = train(cfg, "both", str(tiny_baseline))
         runs.append(tmp_path / name)
-        assert summary["trim"]["budget"]["budget"] > 0
+        assert summary.trim.budget > 0
     first, second = runs
     records = [_canonical(read_jsonl(run / "metrics.jsonl")) for run in runs]
     assert len(records[0]) == 4 and records[0] == records[1]

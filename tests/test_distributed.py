@@ -1,5 +1,8 @@
 """The data-parallel learner under torchrun (issue 14): `policytrim train` launched by
-``torch.distributed.run`` with 2 CPU processes (gloo) gives the same run as one process.
+``torch.distributed.run`` with 2 CPU processes (gloo) gives the same run as one process, on one
+node (``--standalone``) and on two "nodes" of one process each that meet through torchrun's c10d
+rendezvous on localhost (issue 31: two torchrun agents, as on two machines; what a real cluster
+adds, the network and the shared filesystem, is in docs/incoming/serve-ray.md).
 
 Each rank rolls out half of the epoch's groups; the 1/N of the loss counts the valid trajectories
 of both ranks and the gradients are summed over ranks, so the update is the single-process update
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,10 +77,58 @@ def torchrun_run(tiny_baseline, tmp_path_factory) -> Path:
     return tmp / "ddp"
 
 
+@pytest.fixture(scope="module")
+def single_run(tiny_baseline, tmp_path_factory) -> Path:
+    """The same run in one process."""
+    out = tmp_path_factory.mktemp("single") / "single"
+    train(run_config(out), "extend", str(tiny_baseline))
+    return out
+
+
 @pytest.mark.slow
-def test_torchrun_two_cpu_processes_match_one_process(torchrun_run, tiny_baseline, tmp_path):
-    train(run_config(tmp_path / "single"), "extend", str(tiny_baseline))
-    single, ddp = (read_jsonl(run / "metrics.jsonl") for run in (tmp_path / "single", torchrun_run))
+def test_torchrun_two_cpu_processes_match_one_process(torchrun_run, single_run, tiny_baseline):
+    assert_same_as_one_process(torchrun_run, single_run, tiny_baseline)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_on_two_nodes_with_c10d_rendezvous_matches_one_process(single_run, tiny_baseline, tmp_path):
+    """Two torchrun agents (one per "node", one process each) meet at a c10d rendezvous endpoint
+    hosted by node 0, as ``torchrun --nnodes 2 --rdzv-backend c10d --rdzv-endpoint HEAD:PORT`` on
+    two machines. (``--node-rank`` is for the static rendezvous; c10d assigns ranks itself.)"""
+    cfg = run_config(tmp_path / "nodes")
+    args = train_args(cfg, tmp_path, tiny_baseline)
+    endpoint = f"127.0.0.1:{_free_port()}"
+    script = Path(sys.executable).parent / "policytrim"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "policytrim-two-nodes",
+             "--rdzv-conf", f"is_host={int(node == 0)},join_timeout=120", str(script), *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for node in range(2)
+    ]
+    try:
+        outputs = [node.communicate(timeout=600) for node in nodes]
+    finally:
+        for node in nodes:  # one node failed to start: do not leave the other waiting at the rendezvous
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, out[-3000:] + err[-3000:]
+    assert_same_as_one_process(tmp_path / "nodes", single_run, tiny_baseline)
+
+
+def assert_same_as_one_process(ddp_run: Path, single_run: Path, tiny_baseline: Path) -> None:
+    single, ddp = (read_jsonl(run / "metrics.jsonl") for run in (single_run, ddp_run))
     assert len(ddp) == len(single) == 3  # one writer: rank 0 (two writers would double the records)
     assert single[0] == ddp[0]  # the starting validation
     for key in OUTCOME_KEYS:  # the first epoch: same rollouts
@@ -84,7 +136,7 @@ def test_torchrun_two_cpu_processes_match_one_process(torchrun_run, tiny_baselin
     assert single[1]["update_trajectories"] > 0
     for key in ("loss", "grad_norm"):
         assert ddp[1][key] == pytest.approx(single[1][key], rel=1e-5, abs=1e-7), key
-    a, b = (load_file(str(run / "extend" / "epoch_000001" / "policy" / "model.safetensors")) for run in (tmp_path / "single", torchrun_run))
+    a, b = (load_file(str(run / "extend/epoch_000001/policy/model.safetensors")) for run in (single_run, ddp_run))
     start = load_file(str(Path(tiny_baseline) / "model.safetensors"))
     assert a.keys() == b.keys() == start.keys()
     for k in a:
@@ -92,7 +144,7 @@ def test_torchrun_two_cpu_processes_match_one_process(torchrun_run, tiny_baselin
     # the update moved the weights by far more than the tolerance (not two copies of the start)
     assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-4
     for name in ("extend/result.json", "summary.json"):
-        s, d = (json.loads((run / name).read_text()) for run in (tmp_path / "single", torchrun_run))
+        s, d = (json.loads((run / name).read_text()) for run in (single_run, ddp_run))
         assert s.keys() == d.keys(), name
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from conftest import run_windows, tiny_config
 from faults import FaultyEnv
 from policytrim.config import GRPOConfig, PolicyConfig
 from policytrim.envs import initial_states, make_env
@@ -86,7 +86,7 @@ def test_training_survives_env_exception_hung_worker_and_nan_log_probs(tiny_base
 
     run = tmp_path / "run"
     records = {r["epoch"]: r for r in read_jsonl(run / "metrics.jsonl")}
-    assert sorted(records) == [0, 1, 2] and summary["extend"]["window_choice"]["window"] in cfg.stage1_windows
+    assert sorted(records) == [0, 1, 2] and summary.extend.window in run_windows(cfg)
     first, second = records[1], records[2]
     assert first["dropped_groups"] == 1 and first["replaced_workers"] == 0  # the exception: its group only
     assert second["dropped_groups"] == 1 and second["replaced_workers"] == 1  # the hang: worker replaced
@@ -102,6 +102,27 @@ def test_training_survives_env_exception_hung_worker_and_nan_log_probs(tiny_base
     assert all(torch.equal(reference[k], after_first[k]) for k in reference)
     assert any(not torch.equal(after_first[k], after_second[k]) for k in reference)
     _assert_finite_checkpoints(run / "extend")
+
+
+def two_faulty_groups(env_cfg, task, *, first: int, second: int):
+    """Envs that raise at step 2 of episodes from state ``first`` or ``second`` (module level: picklable)."""
+    return FaultyEnv(FaultyEnv(make_env(env_cfg, task), first, at_step=2), second, at_step=2)
+
+
+def test_valid_group_fraction_counts_the_dropped_groups(tiny_baseline, tmp_path):
+    """2 of 4 groups dropped by simulator faults: at most the 2 survivors carry signal, so the epoch's
+    ``valid_group_frac`` is at most 0.5 (it read 1.0 when only the survivors were counted)."""
+    stage = dict(epochs=1, eval_every=1, val_episodes=1, checkpoint_every=1, lr=1e-3, update_epochs=1)
+    cfg = tiny_config(stage1=stage, rollout=dict(groups_per_epoch=4, group_size=8))
+    cfg.logging.out = str(tmp_path / "run")
+    first, second = (_group_start_index(cfg, "extend", 0, g) for g in (0, 1))
+    factory = functools.partial(two_faulty_groups, first=first, second=second)
+    seams = grpo.TrainerSeams(engine_factory=functools.partial(RolloutEngine, env_factory=factory))
+    grpo.train(cfg, "extend", str(tiny_baseline), seams=seams)
+    epoch = {r["epoch"]: r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")}[1]
+    assert epoch["dropped_groups"] == 2
+    survivors_with_signal = epoch["update_trajectories"] // cfg.rollout.group_size
+    assert epoch["valid_group_frac"] == survivors_with_signal / 4 <= 0.5
 
 
 # ---------------------------------------------------------------------------------------------

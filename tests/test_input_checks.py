@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,12 +25,14 @@ import yaml
 from policytrim.cli import main
 from policytrim.config import ConfigError, RunConfig, from_dict, load_config, parse_config_text, preset_path, to_dict
 from policytrim.data.demos import save_demos
+from policytrim.io import read_jsonl
 from policytrim.envs.tasks import TASK_SETS, resolve_tasks
 from policytrim.errors import MAX_MESSAGE_CHARS, InputError
 from policytrim.policies import load_policy
 from policytrim.train.checkpoint import save_checkpoint
 from policytrim.train.rundir import RunDir
 
+from conftest import tiny_config
 from fixtures.make_fixtures import random_demos
 from test_bad_inputs import SPEC_EDITS, SUBPROCESS_ENV, _edit_json, alias_bomb, make_checkpoint
 
@@ -181,3 +185,122 @@ def test_a_task_given_twice_is_refused_and_a_set_overlap_is_kept_once_with_a_war
     with caplog.at_level(logging.WARNING, logger="policytrim.envs.tasks"):
         assert resolve_tasks(["MW8", "push-v3"]) == TASK_SETS["MW8"]
     assert "push-v3 given again by 'push-v3'" in caplog.text
+
+
+def test_config_file_and_preset_are_layered_preset_then_file_then_flags(tmp_path, capsys):
+    """``--config FILE --preset NAME`` used to drop the preset silently; now the preset is the bottom
+    layer, the file goes on top of it (a section merges key by key) and the flags on top of both."""
+    demo = load_config(preset_path("demo"))
+    path = tmp_path / "over.yaml"
+    path.write_text("seed: 5\nstage1:\n  lr: 0.002\n")
+    assert main(["config", "--preset", "demo", "--config", str(path), "--stage1.epochs", "3", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["env"]["tasks"] == list(demo.env.tasks) and got["policy"]["hidden_dim"] == demo.policy.hidden_dim  # preset
+    assert got["seed"] == 5 and got["stage1"]["lr"] == 0.002  # file over the preset
+    assert got["stage1"]["val_episodes"] == demo.stage1.val_episodes  # the rest of the preset's stage1 section kept
+    assert got["stage1"]["epochs"] == 3  # flags over both
+    # a file may rely on the preset: LIBERO task names are valid once the libero preset set env.suite
+    (tmp_path / "libero_object.yaml").write_text("env:\n  tasks: [libero_object]\n")
+    assert main(["config", "--preset", "libero", "--config", str(tmp_path / "libero_object.yaml"), "--json"]) == 0
+    env = json.loads(capsys.readouterr().out)["env"]
+    assert env["suite"] == "libero" and env["tasks"] and all(t.startswith("libero_object/") for t in env["tasks"])
+    # --help says how the layers stack
+    with pytest.raises(SystemExit):
+        main(["config", "--help"])
+    assert "then --config, then the other flags" in " ".join(capsys.readouterr().out.split())
+
+
+def _mount_tmpfs(path, size: int) -> bool:
+    """A small tmpfs at ``path`` (a real file system that fills up, without filling the machine's
+    disk); False where this process may not mount one (not root)."""
+    path.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+def _tree_bytes(root) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def test_a_full_disk_is_one_line_marks_the_run_failed_and_resume_after_freeing_space_is_exact(tmp_path):
+    """A real full disk (a tmpfs, topped up with a filler file): `train` stops with one line and exit
+    code 2, run.json says "failed" (no space), every checkpoint it shows is whole; after the filler is
+    deleted, --resume finishes with exactly the metrics and weights of a run that never ran out."""
+    from test_resume import canonical, weights
+
+    make_checkpoint(tmp_path / "ckpt")
+    stage = dict(epochs=3, eval_every=1, val_episodes=2, checkpoint_every=1, lr=1e-3, update_epochs=1)
+    cfg = tiny_config(stage1=stage, env=dict(horizon=40))
+    cfg.eval.latency_ms = 1.0
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    env = {**SUBPROCESS_ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def train(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "policytrim.cli", "train", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    base = ["--config", str(config), "--init", str(tmp_path / "ckpt"), "--stage", "extend"]
+    reference = train(*base, "--out", str(tmp_path / "reference"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    size = _tree_bytes(tmp_path / "reference")
+
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, 4 * size + (1 << 20)):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"\0" * (free - size // 2))  # room for about half the run
+        run = disk / "run"
+        full = train(*base, "--out", str(run))
+        assert full.returncode == 2, full.stderr[-3000:]
+        assert full.stderr.count("\n") == 1 and "Traceback" not in full.stderr, full.stderr
+        assert "no space left on device" in full.stderr and f"--resume {run}" in full.stderr
+        meta = json.loads((run / "run.json").read_text())
+        assert meta["status"] == "failed" and meta["failure"] == "no space left on device"
+        for checkpoint in (run / "extend").glob("epoch_*"):  # what a resume may read is whole
+            load_policy(checkpoint / "policy")
+        (disk / "filler").unlink()
+        resumed = train("--resume", str(run))
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert json.loads((run / "run.json").read_text())["status"] == "complete"
+        assert "failure" not in json.loads((run / "run.json").read_text())
+        assert canonical(read_jsonl(run / "metrics.jsonl")) == canonical(read_jsonl(tmp_path / "reference" / "metrics.jsonl"))
+        assert weights(run / "final" / "policy") == weights(tmp_path / "reference" / "final" / "policy")
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_collect_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """safetensors writes the dataset itself and reports ENOSPC as its own SafetensorError: still
+    one line, exit code 2, and no half-written dataset."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, 1 << 20):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"\0" * (free - 8192))  # room for the folders, not the frames
+        cmd = [sys.executable, "-m", "policytrim.cli", "collect", "--tasks", "reach-v3", "--data.episodes", "2",
+               "--env.horizon", "60", "--rollout.num-workers", "0", "--logging.no-progress", "--out", str(disk / "demos")]
+        result = subprocess.run(cmd, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=300)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("error: no space left on device") and "free some space" in result.stderr
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_libero_task_given_twice_is_refused_as_for_meta_world_and_a_suite_overlap_warns(caplog):
+    from policytrim.envs.libero import resolve_libero_tasks
+
+    suite = resolve_libero_tasks("libero_object")
+    address = suite[0]
+    with pytest.raises(InputError, match="'libero_object' is given twice"):
+        resolve_libero_tasks(["libero_object", "libero_goal", "libero_object"])
+    with pytest.raises(InputError, match=f"is given twice \\(also as '{address}'\\)"):  # two spellings, one task
+        resolve_libero_tasks([address, address.split("/")[1]])
+    with caplog.at_level(logging.WARNING, logger="policytrim.envs.libero"):
+        assert resolve_libero_tasks(["libero_object", address]) == suite
+    assert f"{address} given again by '{address}'" in caplog.text

@@ -220,3 +220,57 @@ def test_filmstrip_records_every_frame_of_a_real_rollout(tiny_baseline):
     assert len(run["frames"]) == run["steps"] + 1
     assert run["frames"][0].shape == (32, 32, 3)
     assert not all((f == run["frames"][0]).all() for f in run["frames"][1:])
+
+
+def test_stage_decisions_say_what_ran_what_was_compared_and_how_it_stood(tmp_path):
+    """A Stage 1 that stopped at epoch 3 of 10 planned is reported as such with its reason; the
+    window choice shows the reference it compared against (the entering policy's SR at the shortest
+    window) and words a window 13 points above it as above, not 'within 2 points'; the clip
+    diagnostics are reported; the curves place Stage 2 right after the 3 epochs Stage 1 ran."""
+    from policytrim.eval.plots import stage_offsets
+
+    run = tmp_path / "run"
+    run.mkdir()
+    meta = {"stage": "both", "stages": ["extend", "trim"], "init": "base", "status": "complete"}
+    (run / "run.json").write_text(json.dumps(meta))
+    rollouts = {"success_rate": 0.8, "mean_steps": 100.0, "mean_window": 10.0, "reward": 1.2}
+    records = [{"stage": "extend", "epoch": 0, "global_epoch": 0, "val_success_rate": 0.8}]
+    records += [
+        {"stage": "extend", "epoch": e, "global_epoch": e, **rollouts, "approx_kl": 0.1 * e, "approx_kl_max": 0.2 * e,
+         "clip_frac_max": 0.1 * e, "clip_hard": e == 3}
+        for e in (1, 2, 3)
+    ]
+    diagnostics = {"approx_kl": 0.01, "approx_kl_max": 0.02, "clip_frac_max": 0.05, "clip_hard": False}
+    records += [{"stage": "trim", "epoch": e, "global_epoch": 10 + e, **rollouts, **diagnostics} for e in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    m = lambda sr: {"success_rate": sr, "mean_steps": 100.0, "calls_per_success": 10.0}  # noqa: E731
+    reason = "reliable: validation SR 0.950 at window 15 is 13.0 points above the entering policy's 0.820 at window 5"
+    choice = {"window": 15, "tolerance_points": 2.0, "reference": "baseline", "reference_success_rate": 0.82,
+              "episodes_per_task": 10, "mode": "sampled", "per_window": {"15": m(0.95)}}
+    (run / "extend").mkdir()
+    extend = {"stage": "extend", "epochs": 10, "epochs_run": 3, "stop_reason": reason, "best": {"epoch": 3, **m(0.95)},
+              "start": m(0.8), "eval_window": 15, "window_choice": choice}
+    (run / "extend" / "result.json").write_text(json.dumps(extend))
+    (run / "trim").mkdir()
+    trim = {"stage": "trim", "epochs": 2, "epochs_run": 2, "stop_reason": None, "best": {"epoch": 2, **m(0.9)},
+            "start": m(0.95), "eval_window": 15, "window": 15, "budget": {"budget": 120, "source": "given"}}
+    (run / "trim" / "result.json").write_text(json.dumps(trim))
+    md = (write_report([run], tmp_path / "out").parent / "report.md").read_text()
+    assert "Stage 1: 3 of 10 planned epochs run, stopped early (reliable:" in md and "Stage 1: 10 epochs" not in md
+    assert "Stage 2: 2 epochs; best checkpoint at epoch 2" in md
+    assert "| reference: baseline | 0.820 |" in md  # the reference the choice compared against
+    assert "its SR 0.950 is 13.0 points above the reference" in md
+    assert "| 15 | 0.950 | 100.0 | 10.0 | 13.0 points above |" in md
+    assert "within 2 points of the shortest" not in md
+    assert "the clip was hit hard (a step clipped more than 30% of its chunks) in 1 of 3 epochs (3)" in md
+    assert "largest approximate KL of an update 0.6 (epoch 3)" in md
+    assert stage_offsets(records) == {"extend": 0, "trim": 3}  # not 10, the epochs Stage 1 planned
+
+
+def test_relation_in_points_says_above_within_or_below():
+    from policytrim.eval.paired import relation_in_points
+
+    assert relation_in_points(0.95, 0.82, 2.0) == "13.0 points above"
+    assert relation_in_points(0.81, 0.82, 2.0) == "within 2 points of"
+    assert relation_in_points(0.84, 0.82, 2.0) == "within 2 points of"
+    assert relation_in_points(0.70, 0.82, 2.0) == "12.0 points below"

@@ -155,15 +155,15 @@ def test_expert_policy_on_real_tasks_window_one():
         assert traj.success.all() and torch.equal(traj.calls, traj.steps) and traj.num_chunks == 0
         assert traj.task == ["reach-v3", "reach-v3", "push-v3", "push-v3"]
         assert engine.control_period_s("push-v3") == pytest.approx(0.0125)
-        with pytest.raises(ValueError, match="closed loop"):
+        with pytest.raises(ValueError, match="closed loop"):  # InputError is a ValueError
             run(engine, policy, starts, [2])
 
 
 def test_window_validation(local23):
     starts = initial_states("reach-v3", 0, 2)
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match=r"execution window must be in \[1, 4\].*got 5"):
         run(local23, FakeConstantPolicy(4), starts, [5])
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match=r"execution window must be in \[1, 4\].*got 0"):
         run(local23, FakeConstantPolicy(4), starts, [0])
     with pytest.raises(ValueError, match="shape"):
         local23.run(FakeConstantPolicy(4), starts, 2, torch.ones(3, 2, dtype=torch.long), "sampled", 0)

@@ -102,6 +102,38 @@ def test_the_decoder_refuses_malformed_and_unsafe_messages(payload, message):
         wire.unpack(payload)
 
 
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (msgpack.packb({str(i): 0 for i in range(6000)}), r"more than 10000 values \(a map of 6000 entries\)"),
+        (msgpack.packb([[0] * 20] * 1000), r"more than 10000 values \(a list of 20 items\)"),
+        (msgpack.packb([[0] * 9998, 0]), r"more than 10000 values \(keys, values and items\)"),
+        (b"\x91" * 17 + b"\x01", "more than 16 deep"),
+        (b"\xdf\xff\xff\xff\xff", r"a map of 4294967295 entries"),  # a header alone: refused before any entry is read
+    ],
+)
+def test_the_decoder_bounds_values_and_nesting_before_decoding(payload, message):
+    with pytest.raises(InputError, match=message):
+        wire.unpack(payload)
+
+
+def test_a_map_of_many_keys_is_refused_without_decoding_it():
+    # 2 MB; tests/test_serve_isolation.py sends 1.4 M keys (8 MB) to a running server
+    bomb = msgpack.packb({f"{i:x}": 0 for i in range(300_000)})
+    t0 = time.perf_counter()
+    msgpack.unpackb(bomb)
+    decode_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match="a map of 300000 entries"):
+        wire.unpack(bomb)
+    refuse_s = time.perf_counter() - t0
+    assert refuse_s < decode_s / 20, (refuse_s, decode_s)
+    at_the_bound = {str(i): 0 for i in range(4999)}  # 1 + 2 x 4999 values
+    assert len(wire.unpack(msgpack.packb(at_the_bound))) == 4999
+    with pytest.raises(InputError, match="more than 10000 values"):
+        wire.unpack(msgpack.packb({str(i): 0 for i in range(5000)}))
+
+
 def test_the_encoder_refuses_object_and_complex_arrays():
     for bad in (np.array([{}], dtype=object), np.zeros(2, np.complex64)):
         with pytest.raises(InputError, match="refused"):
@@ -270,13 +302,16 @@ def test_clients_vanishing_mid_request_do_not_take_the_server_down(server, polic
 # ---------------------------------------------------------------- API key
 
 
-def test_the_api_key_is_required_when_set(policy):
+def test_the_api_key_is_required_when_set(policy, caplog):
     config = ServeConfig(port=0, mode="deterministic", api_key="s3cret")
     with ServerThread(PolicyServer(PolicyService(policy, config))) as running:
         for key in (None, "wrong"):
             with pytest.raises(InvalidStatus) as refused:
                 PolicyClient(running.host, running.port, api_key=key)
             assert refused.value.response.status_code == 401
+        logged = [r.getMessage() for r in caplog.records if r.name == "policytrim.serve"]
+        line = r"refused a request from 127\.0\.0\.1:\d+: missing or wrong API key \(HTTP 401\)"
+        assert len(logged) == 2 and all(re.fullmatch(line, m) for m in logged), logged
         assert healthy(running)  # health checks need no key
         with PolicyClient(running.host, running.port, api_key="s3cret") as client:
             assert client.infer(request(np.zeros(39, np.float32)))["actions"].shape == (8, 4)

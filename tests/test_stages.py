@@ -3,6 +3,7 @@ family supports, with the trainer's refusal of the others."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -14,7 +15,9 @@ from policytrim.errors import InputError
 from policytrim.policies.base import supported_stages
 from policytrim.policies.tinyvla import TinyVLA
 from policytrim.policies.expert import ExpertPolicy
+from policytrim.train.decisions import BudgetCalibration, Validation, WindowChoice
 from policytrim.train.stages import Stage1, Stage2, StageOutcome
+from policytrim.windows import WindowPlan
 from tests.test_policies import make_policy
 
 
@@ -22,65 +25,82 @@ def _policy(cfg) -> TinyVLA:
     return TinyVLA.from_config(cfg.policy, 39, 4, [INSTRUCTIONS["drawer-close-v3"]])
 
 
+def _stage1(cfg, policy=None) -> Stage1:
+    return Stage1(cfg, WindowPlan.for_run(policy or _policy(cfg), cfg))
+
+
 def test_stage1_windows_and_assignment():
     cfg = tiny_config()  # H = 8, k_1 = 4
-    stage = Stage1(cfg, _policy(cfg))
-    assert stage.windows == cfg.stage1_windows == (4, 6, 8) and stage.eval_window == 8
+    stage = _stage1(cfg)
+    assert stage.windows == (4, 6, 8) and stage.eval_window == 8
     assert stage.assign_windows(2, 4).tolist() == [[4, 6, 8, 4], [4, 6, 8, 4]]  # slot j: windows[j mod M]
     # k_1 comes from the config, not from a post-trained policy's own (chosen) window
     trained = _policy(cfg)
     trained.mark_trained("extend", 8)
-    assert Stage1(cfg, trained).windows == (4, 6, 8)
+    assert _stage1(cfg, trained).windows == (4, 6, 8)
+    cfg.stage1.windows = (4, 8, 9)
+    with pytest.raises(InputError, match=r"stage1.windows \(4, 8, 9\): the longest must be in \[1, 8\]"):
+        _stage1(cfg)
 
 
 def test_stage2_window_precedence_and_bounds():
     cfg = tiny_config()
     policy = _policy(cfg)
-    chosen = StageOutcome("extend", 1, 8, 6, {}, {}, window_choice={"window": 6})
-    assert Stage2.window_for(cfg, policy) == 4  # the policy's own (trained) window
-    assert Stage2.window_for(cfg, policy, chosen) == 6  # Stage 1's choice
+    plan = WindowPlan.for_run(policy, cfg)
+    assert plan.stage2() == 4  # the policy's own (trained) window
+    assert plan.stage2(6) == 6  # Stage 1's choice
     cfg.stage2.window = 8
-    assert Stage2.window_for(cfg, policy, chosen) == 8  # the user's
-    stage = Stage2(cfg, 8, {"budget": 90, "source": "given"})
+    assert WindowPlan.for_run(policy, cfg).stage2(6) == 8  # the user's
+    stage = Stage2(cfg, 8, BudgetCalibration(90, "given"))
     assert stage.assign_windows(3, 2).tolist() == [[8, 8]] * 3 and stage.epoch_record() == {"budget": 90}
     stage.begin(policy)
     assert (policy.default_window, policy.trained_stage, policy.step_budget) == (8, "trim", 90.0)
     cfg.stage2.window = 0
     policy.max_window = 3  # a policy that may not execute the chosen window
     with pytest.raises(InputError, match=r"stage2.window must be in \[1, 3\]"):
-        Stage2.window_for(cfg, policy, chosen)
+        WindowPlan.for_run(policy, cfg, ("trim",)).stage2(6)
 
 
 def test_outcomes_round_trip_through_result_json():
-    metrics = {"epoch": 2, "success_rate": 0.75, "calls_per_success": 12.0}
-    extend = StageOutcome("extend", 3, 8, 6, metrics, metrics, window_choice={"window": 6, "per_window": {}})
-    trim = StageOutcome("trim", 3, 6, 6, metrics, metrics, budget=90, budget_evidence={"budget": 90, "source": "given"})
+    metrics = Validation({"success_rate": 0.75, "calls_per_success": 12.0}, epoch=2)
+    choice = WindowChoice(6, 2.0, "policy", 0.75, 4, "val", "sampled", {6: Validation({"success_rate": 0.75})})
+    extend = StageOutcome("extend", 3, 8, 6, metrics, metrics, window_choice=choice)
+    trim = StageOutcome("trim", 3, 6, 6, metrics, metrics, budget=90, budget_evidence=BudgetCalibration(90, "given"))
     common = {"stage", "epochs", "epochs_run", "stop_reason", "best", "start", "eval_window"}
     assert set(extend.to_json()) == common | {"window_choice"}
     assert set(trim.to_json()) == common | {"window", "budget"}
     assert extend.to_json()["epochs_run"] == 3 and extend.to_json()["stop_reason"] is None  # ran every epoch
-    stopped = StageOutcome("trim", 30, 6, 6, metrics, metrics, budget=90, budget_evidence={"budget": 90}, epochs_run=20, stop_reason="patience: 2 validations")
+    assert extend.to_json()["window_choice"]["per_window"] == {"6": {"success_rate": 0.75}}
+    assert trim.to_json()["budget"] == {"budget": 90, "source": "given"}
+    assert extend.to_json()["best"] == {"epoch": 2, "success_rate": 0.75, "calls_per_success": 12.0}
+    given = BudgetCalibration(90, "given")
+    stopped = StageOutcome(
+        "trim", 30, 6, 6, metrics, metrics, budget=90, budget_evidence=given, epochs_run=20, stop_reason="patience: 2"
+    )
     for outcome in (extend, trim, stopped):
-        assert StageOutcome.from_json(outcome.to_json()) == StageOutcome.from_json(StageOutcome.from_json(outcome.to_json()).to_json())
+        assert StageOutcome.from_json(outcome.to_json()).to_json() == outcome.to_json()
     assert StageOutcome.from_json(stopped.to_json()) == stopped
+    assert StageOutcome.from_json(extend.to_json()) == dataclasses.replace(extend, epochs_run=3)
 
 
 def test_stopping_rules():
     """Patience (both stages) and Stage 1's reliability rule, never before min_epochs."""
     cfg = tiny_config(stage1=dict(patience=2, min_epochs=10, stop_when_reliable=True, tolerance_points=2.0), stage2=dict(patience=3))
-    stage1 = Stage1(cfg, _policy(cfg))  # windows 4 6 8
-    reference = {"success_rate": 0.90}  # the entering policy at window 4
-    val = lambda sr: {"success_rate": sr}  # noqa: E731
+    stage1 = _stage1(cfg)  # windows 4 6 8
+    reference = Validation({"success_rate": 0.90})  # the entering policy at window 4
+    val = lambda sr: Validation({"success_rate": sr})  # noqa: E731
     assert stage1.stop_reason(5, val(0.95), 0, reference) is None  # reliable, but before min_epochs
     assert stage1.stop_reason(10, val(0.87), 0, reference) is None  # 3 points below: not yet
     reason = stage1.stop_reason(10, val(0.881), 0, reference)
     assert reason.startswith("reliable:") and "window 8" in reason and "window 4" in reason
+    assert "is within 2 points of the entering" in reason
+    assert "is 5.0 points above the entering" in stage1.stop_reason(10, val(0.95), 0, reference)  # not "within"
     assert stage1.stop_reason(20, val(0.5), 2, reference).startswith("patience: 2")
     assert stage1.stop_reason(20, val(0.5), 1, reference) is None
     assert stage1.stop_reason(20, val(0.95), 0, None) is None  # no reference: the rule is off
     cfg.stage1.stop_when_reliable = False
-    assert Stage1(cfg, _policy(cfg)).reference(_policy(cfg), engine=None) is None  # nothing measured when off
-    stage2 = Stage2(cfg, 8, {"budget": 90})
+    assert _stage1(cfg).reference(_policy(cfg), engine=None) is None  # nothing measured when off
+    stage2 = Stage2(cfg, 8, BudgetCalibration(90, "given"))
     assert stage2.stop_reason(1, val(1.0), 2, None) is None and stage2.stop_reason(1, val(1.0), 3, None).startswith("patience: 3")
     cfg.stage2.patience = 0
     assert stage2.stop_reason(100, val(0.0), 99, None) is None  # 0: never
@@ -150,19 +170,21 @@ def test_window_choice_against_the_policy_or_the_baseline(monkeypatch):
 
     def fake_validate(policy, cfg, window, engine, episodes):
         calls.append(window)
-        return {"success_rate": sr[window], "mean_steps": 50.0, "calls_per_success": 10.0, "success_by_state": {}}
+        return Validation({"success_rate": sr[window], "mean_steps": 50.0, "calls_per_success": 10.0}, {})
 
     monkeypatch.setattr(stages, "validate", fake_validate)
-    own = stages.choose_window(None, cfg, (4, 6, 8), engine=None)
-    assert own["window"] == 6 and own["reference"] == "policy" and sorted(calls) == [4, 6, 8]  # 0.955 >= 0.97 - 0.02 > 0.91
+    own, validations = stages.choose_window(None, cfg, (4, 6, 8), engine=None)
+    assert own.window == 6 and own.reference == "policy"  # 0.955 >= 0.97 - 0.02 > 0.91
+    assert sorted(calls) == [4, 6, 8] and sorted(validations) == [4, 6, 8]
     calls.clear()
-    known = {8: {"success_rate": 0.91, "mean_steps": 50.0, "calls_per_success": 8.0, "success_by_state": {}}}
-    vs_baseline = stages.choose_window(None, cfg, (4, 6, 8), engine=None, known=known, baseline={"success_rate": 0.92})
-    assert vs_baseline["window"] == 8 and calls == [] and list(vs_baseline["per_window"]) == ["8"]  # 0.91 >= 0.90: nothing to measure
+    known = {8: Validation({"success_rate": 0.91, "mean_steps": 50.0, "calls_per_success": 8.0}, {})}
+    sr_of = lambda value: Validation({"success_rate": value})  # noqa: E731
+    vs_baseline, _ = stages.choose_window(None, cfg, (4, 6, 8), engine=None, known=known, baseline=sr_of(0.92))
+    assert vs_baseline.window == 8 and calls == [] and list(vs_baseline.per_window) == [8]  # 0.91 >= 0.90: no more
     # none holds against a baseline of 0.99: the lower reference decides, the policy's own 0.97 at k = 4
-    strict = stages.choose_window(None, cfg, (4, 6, 8), engine=None, known=known, baseline={"success_rate": 0.99})
-    assert (strict["window"], strict["reference"], strict["reference_success_rate"]) == (6, "policy", 0.97) and calls == [4, 6]
+    strict, _ = stages.choose_window(None, cfg, (4, 6, 8), engine=None, known=known, baseline=sr_of(0.99))
+    assert (strict.window, strict.reference, strict.reference_success_rate) == (6, "policy", 0.97) and calls == [4, 6]
     sr[4] = 0.85  # Stage 1 left k = 4 below the baseline and below k = 8: the longest window holds against it
     calls.clear()
-    worse = stages.choose_window(None, cfg, (4, 6, 8), engine=None, known=known, baseline={"success_rate": 0.99})
-    assert worse["window"] == 8 and worse["reference_success_rate"] == 0.85 and calls == [4]
+    worse, _ = stages.choose_window(None, cfg, (4, 6, 8), engine=None, known=known, baseline=sr_of(0.99))
+    assert worse.window == 8 and worse.reference_success_rate == 0.85 and calls == [4]

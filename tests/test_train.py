@@ -8,12 +8,13 @@ import shutil
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import run_windows, tiny_config
 from policytrim.cli import main
 from policytrim.errors import InputError
 from policytrim.io import read_jsonl
 from policytrim.policies import load_policy
 from policytrim.train.grpo import train
+from policytrim.train.decisions import Validation
 from policytrim.train.stages import fewest_calls_without_loss, most_successful, significant_loss
 
 
@@ -38,14 +39,17 @@ def test_both_stages_end_to_end_and_resume(tiny_baseline, tmp_path):
         for key in ("success_rate", "mean_window", "valid_group_frac", "clip_frac", "approx_kl", "logp_gap", "reward", "val_success_rate"):
             assert key in r, key
         assert r["logp_gap"] < 1e-3, "rollout and learner disagree on log-probs"
-    ws, g = cfg.stage1_windows, cfg.rollout.group_size
+    ws, g = run_windows(cfg), cfg.rollout.group_size
     assert {r["mean_window"] for r in records[1:4]} == {sum(ws[j % len(ws)] for j in range(g)) / g}  # slot j gets windows[j mod M]
-    assert all("reward_step_saving" in r and r["budget"] == summary["trim"]["budget"]["budget"] for r in records[5:])
+    assert all("reward_step_saving" in r and r["budget"] == summary.trim.budget for r in records[5:])
 
     # stage decisions are recorded with their evidence
-    choice = summary["extend"]["window_choice"]
-    assert choice["window"] in cfg.stage1_windows and set(choice["per_window"]) == {str(w) for w in cfg.stage1_windows}
-    assert summary["trim"]["budget"]["budget"] > 0 and "calibrated" in summary["trim"]["budget"]["source"]
+    choice = summary.extend.window_choice
+    assert choice.window in run_windows(cfg) and set(choice.per_window) == set(run_windows(cfg))
+    assert summary.trim.budget > 0 and "calibrated" in summary.trim.budget_evidence.source
+    on_disk = json.loads((run / "summary.json").read_text())  # the summary's JSON, keys as always
+    assert on_disk == summary.to_json() and on_disk["trim"]["budget"]["budget"] == summary.trim.budget
+    assert list(on_disk) == ["run_dir", "init", "stages", "logging", "extend", "trim", "window"]
 
     # every parameter that received gradient changed during Stage 1
     reference = load_policy(run / "extend" / "reference" / "policy")
@@ -60,8 +64,8 @@ def test_both_stages_end_to_end_and_resume(tiny_baseline, tmp_path):
     assert sample.actions.shape == (2, policy.chunk_size, 4) and torch.isfinite(sample.actions).all()
 
     # the trained policies carry their windows: final/policy acts at Stage 1's choice, with its budget
-    chosen = choice["window"]
-    assert (policy.default_window, policy.trained_stage, policy.step_budget) == (chosen, "trim", summary["trim"]["budget"]["budget"])
+    chosen = choice.window
+    assert (policy.default_window, policy.trained_stage, policy.step_budget) == (chosen, "trim", summary.trim.budget)
     stage1 = load_policy(run / "extend" / "best" / "policy")
     assert (stage1.default_window, stage1.trained_stage, stage1.step_budget) == (chosen, "extend", None)
     assert load_policy(run / "extend" / "reference" / "policy").default_window == cfg.policy.default_window
@@ -100,38 +104,37 @@ def test_stopping_rules_stop_and_resume_and_validations_are_reused(tiny_baseline
     cfg.stage2.patience = 1
     summary = train(cfg, "both", str(tiny_baseline))
     run = tmp_path / "run"
-    extend, trim = summary["extend"], summary["trim"]
-    assert extend["epochs"] == 6 and extend["epochs_run"] == 2 and extend["stop_reason"].startswith("reliable:")
+    extend, trim = summary.extend, summary.trim
+    assert extend.epochs == 6 and extend.epochs_run == 2 and extend.stop_reason.startswith("reliable:")
     records = read_jsonl(run / "metrics.jsonl")
     # patience 1: Stage 2 stops at its first validation without a new best (if one comes before epoch 6)
     trim_records = [r for r in records if r["stage"] == "trim" and r["epoch"] > 0]
-    assert len(trim_records) == trim["epochs_run"]
-    if trim["epochs_run"] < 6:
-        assert trim["stop_reason"].startswith("patience: 1") and trim_records[-1]["stopped"] == trim["stop_reason"]
+    assert len(trim_records) == trim.epochs_run
+    if trim.epochs_run < 6:
+        assert trim.stop_reason.startswith("patience: 1") and trim_records[-1]["stopped"] == trim.stop_reason
     else:
-        assert trim["stop_reason"] is None
+        assert trim.stop_reason is None
     assert [r["epoch"] for r in records if r["stage"] == "extend"] == [0, 1, 2]
-    assert records[2]["stopped"] == extend["stop_reason"] and "success_rate_k4" in records[1] and "val_s" in records[1]
+    assert records[2]["stopped"] == extend.stop_reason and "success_rate_k4" in records[1] and "val_s" in records[1]
     # against the entering policy's SR at k_1 (tolerance 100 points): the longest window holds, and
     # the best checkpoint's validation there is all the choice needs
-    window = extend["window_choice"]["window"]
-    assert window == cfg.stage1_windows[-1] and list(extend["window_choice"]["per_window"]) == [str(window)]
-    assert extend["window_choice"]["reference"] == "baseline"
-    chosen = extend["window_choice"]["per_window"][str(window)]
-    start = {k: v for k, v in trim["start"].items() if k != "epoch"}
-    assert start == chosen  # reused, not measured again
-    assert trim["budget"]["mean_steps"] == chosen["mean_steps"]
+    window = extend.window_choice.window
+    assert window == run_windows(cfg)[-1] and list(extend.window_choice.per_window) == [window]
+    assert extend.window_choice.reference == "baseline"
+    chosen = extend.window_choice.per_window[window]
+    assert trim.start.metrics == chosen.metrics  # reused, not measured again
+    assert trim.budget_evidence.mean_steps == chosen.mean_steps
     # resume after a stage stopped early but before its result was written: nothing more is trained
     for name in ("trim/result.json", "summary.json"):
         (run / name).unlink()
     again = train(cfg, resume=str(run))
-    assert (again["trim"]["epochs_run"], again["trim"]["stop_reason"]) == (trim["epochs_run"], trim["stop_reason"])
+    assert (again.trim.epochs_run, again.trim.stop_reason) == (trim.epochs_run, trim.stop_reason)
     assert [(r["stage"], r["epoch"]) for r in read_jsonl(run / "metrics.jsonl")] == [(r["stage"], r["epoch"]) for r in records]
     shutil.rmtree(run / "trim")
     for name in ("extend/result.json", "summary.json"):
         (run / name).unlink()
     again = train(cfg, resume=str(run))
-    assert (again["extend"]["epochs_run"], again["extend"]["stop_reason"]) == (2, extend["stop_reason"])
+    assert (again.extend.epochs_run, again.extend.stop_reason) == (2, extend.stop_reason)
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl") if r["stage"] == "extend"] == [0, 1, 2]
 
 
@@ -149,9 +152,10 @@ def test_bad_init_and_existing_run_dir_write_nothing(tiny_baseline, tmp_path):
         train(cfg, resume=str(tmp_path / "run"))
 
 
-def _val(successes: list[bool], calls: float) -> dict:
+def _val(successes: list[bool], calls: float) -> Validation:
     """A validation result as `validate` returns it (made up: the selection rule is pure)."""
-    return {"success_rate": sum(successes) / len(successes), "calls_per_success": calls, "success_by_state": {f"push-v3:{i}": ok for i, ok in enumerate(successes)}}
+    by_state = {f"push-v3:{i}": ok for i, ok in enumerate(successes)}
+    return Validation({"success_rate": sum(successes) / len(successes), "calls_per_success": calls}, by_state)
 
 
 def test_stage2_selection_needs_a_significant_loss_to_reject():
@@ -164,7 +168,7 @@ def test_stage2_selection_needs_a_significant_loss_to_reject():
     assert fewest_calls_without_loss(noisy, start, start, 2.0)  # fewer calls, no significant loss
     assert not fewest_calls_without_loss(real, noisy, start, 2.0)  # fewer calls, but lost success
     # without per-state outcomes (older checkpoints) only the point tolerance applies
-    bare = {k: v for k, v in noisy.items() if k != "success_by_state"}
+    bare = noisy.without_outcomes()
     assert significant_loss(bare, start, 2.0)
     # Stage 1 keeps the highest SR at the longest window
     assert most_successful(start, noisy) and not most_successful(noisy, start)

@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,10 +59,10 @@ def _positive(name: str, value: float) -> None:
 class EnvConfig:
     """Simulator and initial states."""
 
-    suite: Literal["metaworld", "gym", "libero"] = "metaworld"
-    """Simulator adapter: metaworld (embedded), gym (any gymnasium env reporting info['success']) or libero (extra policytrim[libero])."""
+    suite: Literal["metaworld", "gym", "libero", "maniskill"] = "metaworld"
+    """Simulator adapter: metaworld (embedded), gym (any gymnasium env reporting info['success']), libero (extra policytrim[libero]) or maniskill (extra policytrim[maniskill])."""
     tasks: Annotated[tuple[str, ...], tyro.conf.arg(aliases=("--tasks",))] = ("push-v3",)
-    """Meta-World v3 task names and/or sets (MW8, MT10, MT50); for suite=libero, LIBERO suites (libero_object, ...) and/or '<suite>/<task>' names."""
+    """Meta-World v3 task names and/or sets (MW8, MT10, MT50); for suite=libero, LIBERO suites (libero_object, ...) and/or '<suite>/<task>' names; for suite=maniskill, ManiSkill3 task ids (PickCube-v1, ...)."""
     gym_id: str = ""
     """gymnasium env id, for suite=gym."""
     horizon: int = 200
@@ -86,7 +87,7 @@ class EnvConfig:
     """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO as many as fit in half the free memory."""
 
     def __post_init__(self) -> None:
-        _require(self.suite in ("metaworld", "gym", "libero"), f"env.suite must be metaworld, gym or libero, got {self.suite!r}")
+        _require(self.suite in ("metaworld", "gym", "libero", "maniskill"), f"env.suite must be metaworld, gym, libero or maniskill, got {self.suite!r}")
         _int_in("env.max_envs_per_worker", self.max_envs_per_worker, 0, L.MAX_ENVS_PER_WORKER, " (0 = automatic)")
         if self.suite == "metaworld":
             try:
@@ -102,11 +103,21 @@ class EnvConfig:
                     self.horizon = max_steps(self.tasks, self.libero_max_steps)
             except InputError as exc:
                 raise ConfigError(f"env.tasks: {exc}") from None
+        elif self.suite == "maniskill":
+            from policytrim.envs.maniskill import resolve_maniskill_tasks  # a task table: no simulator import
+
+            try:
+                self.tasks = resolve_maniskill_tasks(list(self.tasks))
+            except InputError as exc:
+                raise ConfigError(f"env.tasks: {exc}") from None
+            _require(not self.image, "env.suite=maniskill is state-only here (env.image=false); see docs for CPU rendering")
         else:
             _require(bool(self.gym_id), "env.gym_id is required when env.suite=gym, e.g. env.gym_id=MyEnv-v0")
         _int_in("env.horizon", self.horizon, 1, L.MAX_HORIZON)
         _int_in("env.image_size", self.image_size, 16, L.MAX_IMAGE_SIZE)
         seeds = (self.train_seed, self.val_seed, self.test_seed)
+        for name, seed in zip(("train_seed", "val_seed", "test_seed"), seeds):
+            _int_in(f"env.{name}", seed, 0, L.MAX_SEED)
         _require(len(set(seeds)) == 3, f"env.train_seed, env.val_seed and env.test_seed must be disjoint, got {seeds}")
 
 
@@ -239,9 +250,17 @@ class RayConfig:
     """Times Ray restarts one worker actor (died or killed after a hang) before the run fails (-1 = no limit)."""
     placement_timeout_s: float = 120.0
     """How long to wait for the cluster to fit every worker bundle before failing."""
+    connect_timeout_s: float = 15.0
+    """How long the cluster at ray.address may take to answer before the command fails (checked before
+    anything is written)."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.address, str), f"ray.address must be a string, got {self.address!r}")
+        _require(
+            self.address in ("", "auto") or _is_host_port(self.address),
+            "ray.address must be empty (start a local Ray instance), auto (the cluster this machine's `ray start` "
+            f"joined) or HOST:PORT of the head node (e.g. 10.0.0.5:6379), got {self.address!r}",
+        )
         _int_in("ray.num_cpus", self.num_cpus, 0, L.MAX_CLUSTER_CPUS)
         _require(self.placement_strategy in PLACEMENT_STRATEGIES, f"ray.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}")
         _require(
@@ -252,6 +271,15 @@ class RayConfig:
         _int_in("ray.memory_per_worker_mb", self.memory_per_worker_mb, 0, L.MAX_WORKER_MEMORY_MB)
         _int_in("ray.max_restarts", self.max_restarts, -1, L.MAX_ACTOR_RESTARTS, " (-1 = no limit)")
         _positive("ray.placement_timeout_s", self.placement_timeout_s)
+        _in_range("ray.connect_timeout_s", self.connect_timeout_s, 0.1, 3600.0)
+
+
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):([0-9]{1,5})")
+
+
+def _is_host_port(address: str) -> bool:
+    match = _HOST_PORT.fullmatch(address)
+    return match is not None and 1 <= int(match.group(2)) <= 65535
 
 
 @dataclass
@@ -310,7 +338,8 @@ class Stage1Config(GRPOConfig):
     """Stage 1, reliable chunk extension (SPEC.md eq 2)."""
 
     windows: tuple[int, ...] = ()
-    """Execution windows k_1 < ... < k_M assigned to group slots; empty = policy.default_window and evenly spaced up to H (H = 15, k = 5: 5 10 15)."""
+    """Execution windows k_1 < ... < k_M assigned to group slots; empty = policy.default_window and evenly
+    spaced up to H (H = 15, k = 5: 5 10 15), resolved once per run with the loaded policy (`policytrim.windows`)."""
     horizon_coef: float = 1.0
     """lambda_h: weight of the horizon term k/H."""
     tolerance_points: float = 2.0
@@ -393,6 +422,7 @@ class EvalConfig:
         _int_in("eval.episodes", self.episodes, 1, L.MAX_EPISODES)
         _require(self.mode in ("sampled", "deterministic"), f"eval.mode must be sampled or deterministic, got {self.mode!r}")
         _in_range("eval.latency_ms", self.latency_ms, 0.0, 1e6)
+        _int_in("eval.seed", self.seed, 0, L.MAX_SEED)
 
 
 @dataclass
@@ -428,6 +458,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _int_in("data.episodes", self.episodes, 1, L.MAX_EPISODES)
+        _int_in("data.seed", self.seed, 0, L.MAX_SEED)
         _require(0 < self.speed_min <= self.speed_max <= 2.0, f"data.speed_min/speed_max must satisfy 0 < min <= max <= 2, got {self.speed_min}, {self.speed_max}")
         _in_range("data.pause_prob", self.pause_prob, 0.0, 1.0)
         _in_range("data.detour_prob", self.detour_prob, 0.0, 1.0)
@@ -510,6 +541,7 @@ class RunConfig:
             f"stage2.window must be <= policy.chunk_size={h} (0 = from Stage 1), got {self.stage2.window}",
         )
         _require(self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device!r}")
+        _int_in("seed", self.seed, 0, L.MAX_SEED)  # the same bounds as `policytrim serve --seed`
         _require(
             self.policy.state_input != "proprio" or self.env.suite == "metaworld",
             f"policy.state_input=proprio needs env.suite=metaworld (only the Meta-World adapter says which state entries are proprioception), got {self.env.suite!r}",
@@ -526,19 +558,6 @@ class RunConfig:
         from policytrim.envs.metaworld import PROPRIO_DIMS
 
         return PROPRIO_DIMS
-
-    @property
-    def stage1_windows(self) -> tuple[int, ...]:
-        """Stage 1's windows: as given, or the default window and evenly spaced steps up to H."""
-        return self.stage1.windows or default_windows(self.policy.default_window, self.policy.chunk_size)
-
-
-def default_windows(default_window: int, chunk_size: int, count: int = 3) -> tuple[int, ...]:
-    """SPEC's Stage 1 windows: k_1 = the policy's default window, the rest evenly spaced up to H
-    (H = 15, k_1 = 5 gives 5, 10, 15)."""
-    if default_window >= chunk_size:
-        return (chunk_size,)
-    return tuple(sorted({round(default_window + (chunk_size - default_window) * i / (count - 1)) for i in range(count)}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -637,23 +656,58 @@ def _check_expansion(data: Any, source: str) -> None:
             )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps
+    the last one silently, so a setting further down a file quietly undoes one above it)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise ConfigError(f"key {key!r} is given twice in one mapping (lines {seen[key]} and {line}); give it once")
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    """What ``yaml.safe_load`` does, with `_UniqueKeyLoader` (a SafeLoader: same tags refused)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    _require(not twice, f"key(s) {', '.join(map(repr, twice))} given twice in one object; give each once")
+    return dict(pairs)
+
+
 def parse_config_text(text: str, source: str, as_json: bool = False) -> dict[str, Any]:
     """Config data from YAML (safe loader) or JSON ``text``; ``source`` names it in errors. Refused:
-    more than `limits.MAX_CONFIG_BYTES`, malformed, no settings at all (an empty file is a mistake,
-    not "all defaults": leave out --config for those), too large once aliases are expanded."""
+    more than `limits.MAX_CONFIG_BYTES`, malformed, a key given twice in one mapping, no settings at
+    all (an empty file is a mistake, not "all defaults": leave out --config for those), too large
+    once aliases are expanded."""
     kind = "JSON" if as_json else "YAML"
     _require(len(text) <= L.MAX_CONFIG_BYTES, f"{source} is larger than {L.MAX_CONFIG_BYTES} bytes: not a config file")
     try:
-        data = json.loads(text) if as_json else yaml.safe_load(text)
+        data = json.loads(text, object_pairs_hook=_unique_json_keys) if as_json else _load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{source} is not valid {kind}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     _require(data is not None, f"{source} is empty (no settings); give a config with settings, or no config file for the defaults")
     _check_expansion(data, source)
     return data
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML or JSON config file (safe loaders only) into a validated RunConfig."""
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """The settings of a YAML or JSON config file (safe loaders only), not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
@@ -662,7 +716,34 @@ def load_config(path: str | Path) -> RunConfig:
         text = path.read_text()
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(path)!r} is not text (YAML or JSON expected)") from None
-    return from_dict(RunConfig, parse_config_text(text, f"config file {str(path)!r}", as_json=path.suffix == ".json"))
+    return parse_config_text(text, f"config file {str(path)!r}", as_json=path.suffix == ".json")
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML or JSON config file (safe loaders only) into a validated RunConfig."""
+    return from_dict(RunConfig, read_config_data(path))
+
+
+def merge_config_data(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``: sections (mappings) merge key by key, any other value is replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        both_mappings = isinstance(merged.get(key), dict) and isinstance(value, dict)
+        merged[key] = merge_config_data(merged[key], value) if both_mappings else value
+    return merged
+
+
+def layered_config(preset: str = "", path: str | Path = "") -> RunConfig:
+    """The named preset, then the config file on top of it (either may be empty); validated once,
+    as a whole, so that a file may rely on what the preset set (command-line flags go on top)."""
+    data: dict[str, Any] = {}
+    if preset:
+        data = read_config_data(preset_path(preset))
+    if path:
+        file_data = read_config_data(path)
+        _require(isinstance(file_data, dict), f"config must be a mapping, got {type(file_data).__name__}")
+        data = merge_config_data(data, file_data)
+    return from_dict(RunConfig, data)
 
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"

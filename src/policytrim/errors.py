@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 MAX_MESSAGE_CHARS = 1500
 """An error line never exceeds this: a message that echoes a huge value (a YAML alias bomb, a pasted
 array) keeps its beginning (what was wrong) and its end and says how much was cut."""
@@ -22,3 +24,21 @@ class InputError(ValueError):
 
     def __init__(self, message: object = "") -> None:
         super().__init__(one_line(message))
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """``exc`` says the disk (or the user's quota) is full: an OSError with ENOSPC / EDQUOT, or
+    safetensors' own error, which writes the file itself and reports the OS error inside its text."""
+    if isinstance(exc, OSError):
+        return exc.errno in NO_SPACE_ERRNOS
+    text = str(exc)
+    return type(exc).__name__ == "SafetensorError" and ("No space left on device" in text or "StorageFull" in text)
+
+
+class DiskFull(InputError):
+    """The disk filled up while a command wrote its output. Not a fault of the code and not fixed by
+    retrying at once: the user frees space and continues (a training run keeps its last complete
+    checkpoint), so the CLI reports it like bad input, in one line with exit code 2."""

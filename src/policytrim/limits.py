@@ -44,6 +44,8 @@ MAX_PAUSE_OR_DETOUR = 10_000  # steps of a demonstration pause or detour
 MAX_MESSAGE_BYTES = 1 << 30  # largest request a server may be told to accept (1 GiB)
 MAX_THREADS = 1024  # torch threads for policy calls
 MAX_SEED = 2**32 - 1
+MAX_MESSAGE_OBJECTS = 10_000  # values in one request (an observation holds a few dozen)
+MAX_MESSAGE_DEPTH = 16  # nesting of maps / lists in one request (an observation nests three)
 
 # config files
 MAX_CONFIG_BYTES = 1 << 20  # a config file larger than 1 MiB is refused unread

@@ -1,8 +1,8 @@
 """Where the learner runs: its torch device and its torch thread count (one rule each).
 
 Threads: env worker processes own the cores while they step. torch's intra-op thread pool
-spin-waits against them (measured on 2 cores: a TinyVLA call 0.16 ms with one thread, up to 56 ms
-with two), so while ``num_workers`` >= the number of cores the learner runs with one thread
+spin-waits against them (a small policy call becomes orders of magnitude slower), so while
+``num_workers`` >= the number of cores the learner runs with one thread
 (`workers_own_cores`), and the previous count is restored afterwards.
 """
 

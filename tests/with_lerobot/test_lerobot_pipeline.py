@@ -16,6 +16,7 @@ from policytrim.config import EnvConfig, PolicyConfig, PretrainConfig, RolloutCo
 from policytrim.policies import load_policy  # noqa: E402
 from policytrim.policies.lerobot import LeRobotChunkPolicy, export_lerobot  # noqa: E402
 from policytrim.policies.lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy  # noqa: E402
+from policytrim.windows import WindowPlan  # noqa: E402
 
 IMAGE = 64
 CHUNK = {"smolvla": 15, "diffusion": 16}
@@ -76,8 +77,8 @@ def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path):
     assert json.loads((tmp_path / "baseline" / "config.json").read_text())["n_action_steps"] == 5
 
     summary = train(cfg, "both", str(tmp_path / "baseline"))
-    window = summary["window"]
-    assert window in cfg.stage1_windows and summary["trim"]["budget"]["budget"] == 40
+    window = summary.window
+    assert window in WindowPlan.for_run(baseline, cfg).stage1 and summary.trim.budget == 40
     records = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     updates = [r for r in records if "logp_gap" in r]
     assert updates and all(r["logp_gap"] < 1e-3 for r in updates), "rollout and learner disagree on log-probs"

@@ -84,16 +84,19 @@ def train(args: Any) -> int:
     summary = run_train(run_config(args), args.stage, args.init, args.resume, args.overwrite)
     if not launched_as_main():
         return 0  # under torchrun, rank 0 reports
-    print(f"run directory: {summary['run_dir']}")
-    for stage in summary["stages"]:
-        best = summary[stage]["best"]
+    print(f"run directory: {summary.run_dir}")
+    for stage in summary.stages:
+        best = summary.outcome(stage).best
         # mean steps and calls per success are None when validation had no success
-        print(f"{stage}: best at epoch {best['epoch']}: SR {best['success_rate']:.3f}, steps {_fmt(best['mean_steps'], '.1f')}, calls {_fmt(best['calls_per_success'], '.1f')} (validation)")
-    if "extend" in summary:
-        print(f"Stage 1 window choice: {summary['extend']['window_choice']['window']}")
-    if "trim" in summary:
-        print(f"Stage 2 budget: {summary['trim']['budget']['budget']} ({summary['trim']['budget']['source']})")
-    print(f"trained policy: {Path(summary['run_dir']) / 'final' / 'policy'} (window {summary['window']})")
+        print(
+            f"{stage}: best at epoch {best.epoch}: SR {best.success_rate:.3f}, steps {_fmt(best.mean_steps, '.1f')}, "
+            f"calls {_fmt(best.calls_per_success, '.1f')} (validation)"
+        )
+    if summary.extend is not None:
+        print(f"Stage 1 window choice: {summary.extend.window}")
+    if summary.trim is not None:
+        print(f"Stage 2 budget: {summary.trim.budget_evidence.budget} ({summary.trim.budget_evidence.source})")
+    print(f"trained policy: {Path(summary.run_dir) / 'final' / 'policy'} (window {summary.window})")
     return 0
 
 
@@ -112,14 +115,14 @@ def evaluate(args: Any) -> int:
     then report.md / report.html beside metrics.json."""
     from policytrim.eval.evaluate import evaluate_to_dir, format_table, load_eval_policy
     from policytrim.eval.report import write_report
-    from policytrim.policies import resolve_window
+    from policytrim.windows import WindowPlan
 
     cfg = run_config(args)
     out = Path(cfg.logging.out)
     if (out / "metrics.json").exists() and not args.overwrite:
         raise InputError(f"{str(out / 'metrics.json')!r} already exists; pass --overwrite to replace it")
     policy = load_eval_policy(cfg, args.checkpoint)
-    window = resolve_window(policy, args.window, "--window")  # 0: the window the policy was trained for
+    window = WindowPlan.for_policy(policy).evaluation(args.window, "--window")  # 0: the window it was trained for
     if not _wants_comparison(args):
         metrics = evaluate_to_dir(cfg, policy, window, out, str(args.checkpoint))
         report = write_report([out], out)

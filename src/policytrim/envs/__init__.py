@@ -1,7 +1,7 @@
 """Simulator adapters behind one protocol (`policytrim.envs.base.EnvAdapter`).
 
 - `make_env(env_cfg, task)`: an adapter for one task (Meta-World by default, any gymnasium env, or
-  LIBERO with the extra ``policytrim[libero]``).
+  LIBERO with the extra ``policytrim[libero]``, or ManiSkill3 with ``policytrim[maniskill]``).
 - `worker_env_cap(env_cfg, num_workers)`: how many envs one worker may keep (memory-bound for LIBERO).
 - `initial_states(task, seed, count, start)`: explicit (task, seed, index) addresses; the same
   address always resets to the bit-identical state.
@@ -58,23 +58,33 @@ def make_env(env_cfg: EnvConfig, task: str) -> EnvAdapter:
         from policytrim.envs.libero import LiberoEnv
 
         return LiberoEnv(task, env_cfg)
-    raise InputError(f"unknown env.suite {env_cfg.suite!r}; known: metaworld, gym, libero")
+    if env_cfg.suite == "maniskill":
+        from policytrim.envs.maniskill import ManiSkillEnv
+
+        return ManiSkillEnv(task, env_cfg.horizon)
+    raise InputError(f"unknown env.suite {env_cfg.suite!r}; known: metaworld, gym, libero, maniskill")
 
 
 def worker_env_cap(env_cfg: EnvConfig, num_workers: int) -> int | None:
     """Envs one worker may keep, running and idle: ``env.max_envs_per_worker`` when set; for LIBERO
     (hundreds of MB per env) as many as fit in half of the memory available now, split over the
-    workers (at least 1, at most 32); None (the engine's defaults) otherwise."""
+    workers (at least 1, at most 32), and the same for ManiSkill; None (the engine's defaults) otherwise."""
     fixed = int(getattr(env_cfg, "max_envs_per_worker", 0))  # engines also run with stand-in configs
     if fixed:
         return fixed
-    if getattr(env_cfg, "suite", None) != "libero":
+    suite = getattr(env_cfg, "suite", None)
+    if suite not in ("libero", "maniskill"):
         return None
-    from policytrim.envs.libero import env_memory_mb
     from policytrim.machine import available_memory_mb
 
+    if suite == "libero":
+        from policytrim.envs.libero import env_memory_mb
+
+        env_mb = env_memory_mb(env_cfg)
+    else:
+        from policytrim.envs.maniskill import ENV_MB as env_mb
     budget = 0.5 * available_memory_mb() / max(1, num_workers)
-    return max(1, min(32, int(budget // env_memory_mb(env_cfg))))
+    return max(1, min(32, int(budget // env_mb)))
 
 
 def env_tasks(env_cfg: EnvConfig) -> tuple[str, ...]:

@@ -15,9 +15,9 @@ choice, with its source:
 - Reset: ``env.seed(7); env.reset(); env.set_init_state(init_states[i])`` (openpi ``main.py``:
   ``env.seed(args.seed)`` with seed 7, "seed seems to affect object positions even when using fixed
   initial state", then ``env.reset()`` and ``set_init_state``). The env keeps robosuite's default
-  hard reset (the model is reloaded): measured here, a soft reset (``hard_reset=False``) restores the
-  same MuJoCo state but the next 10 steps drift by up to 2e-3 from one reset to the next, while the
-  hard reset replays bit-identically (tests/test_libero.py checks it).
+  hard reset (the model is reloaded): a soft reset (``hard_reset=False``) restores the same MuJoCo
+  state but the following steps drift (by up to 2e-3 within 10 steps) from one reset to the next,
+  while the hard reset replays bit-identically (tests/test_libero.py checks it).
 - Settling: 10 steps of the no-op action ``[0, 0, 0, 0, 0, 0, -1]`` (gripper open) after the reset,
   not counted as policy steps (openpi ``num_steps_wait = 10`` with ``LIBERO_DUMMY_ACTION``: "the
   simulator drops objects and we need to wait for them to fall"; LeRobot ``num_steps_wait=10`` with
@@ -65,6 +65,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,8 @@ from policytrim.errors import InputError
 
 if TYPE_CHECKING:
     from policytrim.config import EnvConfig
+
+_log = logging.getLogger(__name__)
 
 SUITES: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 OPENPI_MAX_STEPS: dict[str, int] = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -94,9 +97,8 @@ CONTROL_FREQ_HZ = 20  # LIBERO's ControlEnv default
 SPLIT_RANGES: dict[str, tuple[int, int]] = {"train": (0, 30), "val": (30, 10), "test": (40, 10)}
 PUBLISHED_TEST_RANGE = (0, INIT_STATES_PER_TASK)
 
-# Marginal resident memory of one more env in a worker, measured here (libero_object, after reset
-# and 10 steps; the first env of a process also brings ~1 GB of libraries): state only 280-360 MB,
-# with both cameras at 128 px 730-760 MB. Rounded up: the worker cap divides free memory by these.
+# Upper bounds on the resident memory one more env adds to a worker (benchmarks/libero_speed.py measures
+# it; the first env of a process also brings ~1 GB of libraries): the worker cap divides free memory by these.
 ENV_MB_STATE = 400
 ENV_MB_IMAGES = 900
 
@@ -172,10 +174,13 @@ def task_info(address: str) -> LiberoTask:
 
 def resolve_libero_tasks(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Expand suite names, ``suite/name`` addresses and unambiguous bare task names (comma-separated
-    strings accepted) into unique task addresses, in order."""
+    strings accepted) into unique task addresses, in order. As for Meta-World
+    (`policytrim.envs.tasks.resolve_tasks`): a suite or task given twice (also under two spellings)
+    raises InputError; a task also contained in a suite given is kept once, with a logged warning."""
     if isinstance(names, str):
         names = [names]
     out: list[str] = []
+    given: dict[str, str] = {}  # suite name or task address -> how it was written
     for name in (part.strip() for item in names for part in item.split(",")):
         if not name:
             continue
@@ -189,6 +194,14 @@ def resolve_libero_tasks(names: str | list[str] | tuple[str, ...]) -> tuple[str,
                 where = f"it is in {', '.join(h.split('/')[0] for h in hits)}: write '<suite>/{name}'" if hits else f"suites: {', '.join(SUITES)}"
                 raise InputError(f"LIBERO task {name!r} is {'ambiguous' if hits else 'unknown'}; {where}")
             expanded = hits
+        key = name if name in SUITES else expanded[0]
+        if key in given:
+            also = "" if given[key] == name else f" (also as {given[key]!r})"
+            raise InputError(f"LIBERO task {name!r} is given twice{also}; list each task or suite once")
+        given[key] = name
+        repeated = [t for t in expanded if t in out]
+        if repeated:
+            _log.warning("tasks: %s given again by %r (a suite overlaps another name): kept once", ", ".join(repeated), name)
         out.extend(t for t in expanded if t not in out)
     if not out:
         raise InputError("tasks: at least one LIBERO task or suite is needed, e.g. libero_object")
@@ -234,7 +247,7 @@ def init_state_number(state: InitialState, env_cfg: EnvConfig) -> int:
 
 
 def env_memory_mb(env_cfg: EnvConfig) -> int:
-    """Memory one more LIBERO env takes in a worker, in MB (measured; see ENV_MB_STATE)."""
+    """Memory one more LIBERO env takes in a worker, in MB (an upper bound; see ENV_MB_STATE)."""
     return ENV_MB_IMAGES if env_cfg.image else ENV_MB_STATE
 
 

@@ -73,8 +73,7 @@ def _mt1_tasks(task: str, seed: int) -> tuple[Any, ...]:
     random vectors with 50 resets of it under ``np.random.seed(seed)``. Training draws states from
     thousands of blocks, so the build dominated: here one env per task and process (`_draw_env`)
     makes the same 50 draws with the same calls, in the same order, and the tasks are encoded as
-    ``MT1`` encodes them. Measured in `benchmarks/results/profile_pipeline.md`; the identity with
-    ``MT1`` is a test (tests/test_envs.py)."""
+    ``MT1`` encodes them. The identity with ``MT1`` is a test (tests/test_envs.py)."""
     import metaworld
     from metaworld.env_dict import ML1_ARGS_KWARGS
 

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from policytrim.errors import InputError
 from policytrim.policies.base import ChunkSample, Mode, Observation
 
 ACT_M = 0.01
@@ -43,7 +44,7 @@ class TemporalEnsemble:
 
     def __init__(self, policy: Any, m: float = ACT_M) -> None:
         if not (isinstance(m, (int, float)) and math.isfinite(m) and m >= 0):
-            raise ValueError(f"temporal ensembling m must be a finite number >= 0, got {m!r}")
+            raise InputError(f"temporal ensembling m must be a finite number >= 0, got {m!r}")
         self.policy = policy
         self.m = float(m)
         self.chunk_size = int(policy.chunk_size)

@@ -29,7 +29,7 @@ from policytrim.envs import check_episodes, env_tasks, initial_states, split_see
 from policytrim.errors import InputError
 from policytrim.eval.metrics import summarize
 from policytrim.io import atomic_write_json
-from policytrim.policies.base import resolve_window
+from policytrim.windows import WindowPlan
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.runtime import workers_own_cores
 
@@ -56,7 +56,7 @@ def evaluate_policy(
     ``num_workers`` workers. With ``return_outcomes`` the result also holds ``"outcomes"``: the
     per-episode lists ``task``, ``index``, ``success``, ``steps``, ``calls`` (for paired comparisons).
     """
-    window = resolve_window(policy, window)
+    window = WindowPlan.for_policy(policy).evaluation(window)
     if episodes < 1:
         raise InputError(f"episodes must be >= 1, got {episodes}")
     check_episodes(env_cfg, split, episodes)

@@ -40,3 +40,12 @@ def paired_difference(base_success, new_success, z: float = 1.96) -> dict[str, f
     delta = math.sqrt(max(0.0, (p_new - l_new) ** 2 - 2 * phi * (p_new - l_new) * (u_base - p_base) + (u_base - p_base) ** 2))
     eps = math.sqrt(max(0.0, (u_new - p_new) ** 2 - 2 * phi * (u_new - p_new) * (p_base - l_base) + (p_base - l_base) ** 2))
     return {"diff": diff, "lo": max(-1.0, diff - delta), "hi": min(1.0, diff + eps), "n": n, "both": e, "only_new": f, "only_base": g, "neither": h}
+
+
+def relation_in_points(value: float, reference: float, tolerance_points: float) -> str:
+    """How a success rate stands against a reference, in words a report can print: ``"13.0 points
+    above"``, ``"within 2 points of"`` or ``"5.0 points below"`` (rates in [0, 1], tolerance in points)."""
+    diff = 100.0 * (float(value) - float(reference))
+    if abs(diff) <= tolerance_points + 1e-9:
+        return f"within {tolerance_points:g} points of"
+    return f"{abs(diff):.1f} points {'above' if diff > 0 else 'below'}"

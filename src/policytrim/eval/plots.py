@@ -22,9 +22,39 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from policytrim.errors import InputError  # noqa: E402
+from policytrim.io import read_jsonl  # noqa: E402
+
 STAGE_COLORS = {"extend": "tab:blue", "trim": "tab:orange"}
 STAGE_TITLES = {"extend": "Stage 1 (extend)", "trim": "Stage 2 (trim)"}
 DPI = 110
+
+
+# The fields of a metrics.jsonl record the figures read, and what each must be (None: no value).
+METRIC_NUMBERS = ("reward", "success_rate", "mean_steps", "mean_window", "val_success_rate", "val_mean_steps")
+METRIC_EPOCHS = ("epoch", "global_epoch")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """A training run's metrics.jsonl (`policytrim.io.read_jsonl`), every field the figures read
+    checked: an InputError names the line and the field of valid JSON with a wrong type (a number
+    given as text, an epoch given as a list), which would otherwise surface as a TypeError mid-plot."""
+    records = read_jsonl(path)
+    text = path.read_text() if path.is_file() else ""
+    lines = [n for n, line in enumerate(text.splitlines(), 1) if line.strip()]  # the records' lines, in order
+    for record, line in zip(records, lines):
+        where = f"{path} line {line}"
+        if "stage" in record and not isinstance(record["stage"], str):
+            raise InputError(f"{where}: field 'stage' must be a string, got {record['stage']!r}")
+        for key in METRIC_EPOCHS:
+            value = record.get(key)
+            if key in record and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise InputError(f"{where}: field {key!r} must be an integer >= 0, got {value!r}")
+        for key in METRIC_NUMBERS:
+            value = record.get(key)
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+                raise InputError(f"{where}: field {key!r} must be a number or null, got {value!r}")
+    return records
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -76,6 +106,7 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, tit
     window from ``val_windows``), one colour per stage. Stage 1's rollout window is the mean of the
     windows assigned to group slots."""
     val_windows = val_windows or {}
+    offsets = stage_offsets(records)
     panels = [("reward", None, "reward (rollouts)"), ("success_rate", "val_success_rate", "success rate"), ("mean_steps", "val_mean_steps", "mean steps T (successes)"), ("mean_window", None, "window k (rollouts)")]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.3))
     stages = list(dict.fromkeys(r.get("stage") for r in records if r.get("stage")))
@@ -84,7 +115,7 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, tit
         color = STAGE_COLORS.get(stage, None)
         for ax, (key, val_key, label) in zip(axes, panels):
             train_rows = [r for r in rows if key in r and r.get(key) is not None and r.get("epoch", 0) > 0]
-            x = [r.get("global_epoch", r.get("epoch")) for r in train_rows]
+            x = [offsets[stage] + r["epoch"] for r in train_rows]
             y = [_num(r[key]) for r in train_rows]
             if x:
                 ax.plot(x, y, color=color, alpha=0.35, linewidth=0.8)
@@ -98,17 +129,32 @@ def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, tit
                 vals = [r for r in rows if r.get(val_key) is not None]
                 if vals:
                     at = f" at k={val_windows[stage]}" if stage in val_windows else ""
-                    ax.plot([r.get("global_epoch", r.get("epoch")) for r in vals], [_num(r[val_key]) for r in vals], marker="o", linestyle="--", color=color, markersize=4, label=f"{stage} validation{at}")
+                    xs = [offsets[stage] + r.get("epoch", 0) for r in vals]
+                    ys = [_num(r[val_key]) for r in vals]
+                    label = f"{stage} validation{at}"
+                    ax.plot(xs, ys, marker="o", linestyle="--", color=color, markersize=4, label=label)
             ax.set_title(label, fontsize=10)
-            ax.set_xlabel("epoch (both stages)")
+            ax.set_xlabel("epoch (both stages, as run)")
             ax.grid(alpha=0.3)
     if len(stages) > 1:
-        boundary = max(r.get("global_epoch", 0) for r in records if r.get("stage") == stages[0])
+        boundary = offsets[stages[1]]
         for ax in axes:
             ax.axvline(boundary, color="k", linestyle=":", linewidth=1)
     axes[1].legend(fontsize=7)
     fig.suptitle(title or "Training curves per stage", fontsize=11)
     return _save(fig, path)
+
+
+def stage_offsets(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Where each stage starts on the curves' epoch axis: after the epochs the stages before it
+    actually ran (their last recorded epoch), not after the epochs they planned (``global_epoch``),
+    so a Stage 1 that stopped early leaves no empty gap before Stage 2."""
+    offsets: dict[str, int] = {}
+    offset = 0
+    for stage in dict.fromkeys(r.get("stage") for r in records if r.get("stage")):
+        offsets[stage] = offset
+        offset += max((int(r.get("epoch") or 0) for r in records if r.get("stage") == stage), default=0)
+    return offsets
 
 
 def _yerr(value, lo, hi) -> np.ndarray:

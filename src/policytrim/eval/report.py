@@ -35,8 +35,9 @@ from typing import Any, Sequence
 
 from policytrim.errors import InputError
 from policytrim.eval import plots
+from policytrim.eval.paired import relation_in_points
 from policytrim.eval.plots import nice
-from policytrim.io import atomic_write_bytes, check_output_dir, read_jsonl
+from policytrim.io import atomic_write_bytes, check_output_dir
 
 # ---------------------------------------------------------------------------------------------
 # blocks and their two renderings
@@ -357,7 +358,7 @@ def comparison_section(sec: Section, suite: dict[str, Any], headline_mode: str, 
 
 
 def _curves(sec: Section, train_dir: Path, title: str) -> None:
-    records = read_jsonl(train_dir / "metrics.jsonl")
+    records = plots.read_metrics(train_dir / "metrics.jsonl")
     if not any("reward" in r for r in records):
         return
     windows = {}
@@ -372,27 +373,114 @@ def _curves(sec: Section, train_dir: Path, title: str) -> None:
     sec.add(figure(path, "Fig. 4 (ours): per-epoch reward, success rate, steps and window of the training rollouts (thin: raw, thick: moving average), validation points dashed; the dotted line separates the stages. The two stages' rewards have different scales (eq 2 in [0, 2], eq 7 below 1); Stage 1's rollout window is the mean of the windows assigned to the group slots."))
 
 
+def _decision(path: Path, read: Any) -> Any:
+    """A decision record (`policytrim.train.decisions`) read from the run file ``path`` with ``read``
+    (its ``from_json``), None when absent; a file that is not one: InputError naming it."""
+    data = _json(path)
+    if data is None:
+        return None
+    try:
+        return read(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        what = f"{type(exc).__name__}: {exc}"
+        raise InputError(f"{path} is not a PolicyTrim stage record ({what}); the report cannot use this run") from None
+
+
 def _stage_decisions(sec: Section, train_dir: Path, level: int) -> None:
-    ext = _json(train_dir / "extend" / "result.json")
-    trim = _json(train_dir / "trim" / "result.json")
-    budget = _json(train_dir / "trim" / "budget.json")
+    from policytrim.train.decisions import BudgetCalibration
+    from policytrim.train.stages import StageOutcome
+
+    ext = _decision(train_dir / "extend" / "result.json", lambda d: StageOutcome.from_json(d, "extend"))
+    trim = _decision(train_dir / "trim" / "result.json", lambda d: StageOutcome.from_json(d, "trim"))
+    budget = _decision(train_dir / "trim" / "budget.json", BudgetCalibration.from_json)
     if not (ext or trim or budget):
         return
     sec.add(h("Stage decisions (validation states)", level))
-    if ext and ext.get("window_choice"):
-        wc = ext["window_choice"]
-        rows = [[k, nice(m["success_rate"]), nice(m["mean_steps"], ".1f"), nice(m["calls_per_success"], ".1f")] for k, m in wc["per_window"].items()]
-        sec.add(p(f"Stage 1 window choice: **k = {wc['window']}**, the longest window whose validation SR is within {wc['tolerance_points']} points of the shortest window's ({wc['episodes_per_task']} states per task, {wc['mode']} mode)."))
-        sec.add(table(["window", "SR", "mean T", "calls C"], rows))
+    if ext and ext.window_choice:
+        _window_choice(sec, ext.window_choice)
     items = []
     for name, res in (("Stage 1", ext), ("Stage 2", trim)):
-        if res and res.get("best"):
-            b, s = res["best"], res.get("start") or {}
-            items.append(f"{name}: {res['epochs']} epochs; best checkpoint at epoch {b['epoch']} (validation SR {nice(s.get('success_rate'))} → {nice(b['success_rate'])}, T {nice(s.get('mean_steps'), '.1f')} → {nice(b['mean_steps'], '.1f')}, C {nice(s.get('calls_per_success'), '.1f')} → {nice(b['calls_per_success'], '.1f')} at k = {res.get('eval_window')})")
+        if res:
+            best = f"best checkpoint at epoch {res.best.epoch} ({_best_vs_start(res)})"
+            items.append(f"{name}: {_epochs_run(res)}; {best}")
     if budget:
-        items.append(f"Stage 2 step budget B = {budget['budget']} ({budget['source']}" + (f"; mean T {nice(budget.get('mean_steps'), '.1f')} at SR {nice(budget.get('success_rate'))}, k = {budget.get('window')}" if "mean_steps" in budget else "") + ")")
+        how = ""
+        if budget.calibrated:
+            how = f"; mean T {nice(budget.mean_steps, '.1f')} at SR {nice(budget.success_rate)}, k = {budget.window}"
+        items.append(f"Stage 2 step budget B = {budget.budget} ({budget.source}{how})")
     if items:
         sec.add(ul(items))
+    clip = _clip_notes(read_jsonl(train_dir / "metrics.jsonl") if (train_dir / "metrics.jsonl").is_file() else [])
+    if clip:
+        sec.add(p("Update diagnostics: " + " ".join(clip)))
+
+
+def _epochs_run(res: Any) -> str:
+    """'30 of 70 planned epochs run, stopped early (REASON)' or '70 epochs' (``res``: a `StageOutcome`)."""
+    if res.epochs_run is None or res.epochs_run == res.epochs:
+        return f"{res.epochs} epochs"
+    reason = res.stop_reason or "no reason recorded"
+    return f"{res.epochs_run} of {res.epochs} planned epochs run, stopped early ({reason})"
+
+
+def _best_vs_start(res: Any) -> str:
+    b, s = res.best, res.start
+    return (
+        f"validation SR {nice(s.success_rate)} → {nice(b.success_rate)}, "
+        f"T {nice(s.mean_steps, '.1f')} → {nice(b.mean_steps, '.1f')}, "
+        f"C {nice(s.calls_per_success, '.1f')} → {nice(b.calls_per_success, '.1f')} at k = {res.eval_window}"
+    )
+
+
+REFERENCE_WORDS = {
+    "policy": "the Stage 1 policy's own validation SR at the shortest window",
+    "baseline": "the validation SR of the policy entering Stage 1 (the BC policy) at the shortest window",
+}
+
+
+def _window_choice(sec: Section, wc: Any) -> None:
+    """Stage 1's window choice (a `WindowChoice`): the reference it compared against, each window's
+    SR and where it stands against that reference (above / within / below, in points)."""
+    tol, per_window, ref = wc.tolerance_points, wc.per_window, wc.reference_success_rate
+    reference = wc.reference or "policy"
+    if ref is None and reference == "policy" and per_window:  # older results: the reference is k_1's own SR
+        ref = per_window[min(per_window)].success_rate
+    chosen = per_window[wc.window].success_rate if wc.window in per_window else None
+    stands = ""
+    if chosen is not None and ref is not None:
+        stands = f"; its SR {nice(chosen)} is {relation_in_points(chosen, ref, tol)} the reference"
+    sec.add(p(
+        f"Stage 1 window choice: **k = {wc.window}**, the longest window whose validation SR is at most {tol:g} points "
+        f"below the reference, {REFERENCE_WORDS.get(reference, reference)} (SR {nice(ref)}){stands} "
+        f"({wc.episodes_per_task} states per task, {wc.mode} mode)."
+    ))
+    rows = [[f"reference: {reference}", nice(ref), "", "", ""]]
+    for k, m in per_window.items():
+        vs = relation_in_points(m.success_rate, ref, tol) if ref is not None and m.success_rate is not None else "–"
+        rows.append([str(k), nice(m.success_rate), nice(m.mean_steps, ".1f"), nice(m.calls_per_success, ".1f"), vs])
+    sec.add(table(["window", "SR", "mean T", "calls C", "SR vs reference"], rows))
+
+
+def _clip_notes(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Per stage: the epochs whose update hit the clip hard (``clip_hard``) and the largest
+    approximate KL of an update step (``approx_kl_max``, else the epoch mean ``approx_kl``)."""
+    notes = []
+    for stage, title in (("extend", "Stage 1"), ("trim", "Stage 2")):
+        rows = [r for r in records if r.get("stage") == stage and r.get("epoch", 0) > 0]
+        rows = [r for r in rows if isinstance(r.get("approx_kl"), (int, float))]
+        if not rows:
+            continue
+        kl_key = "approx_kl_max" if all(isinstance(r.get("approx_kl_max"), (int, float)) for r in rows) else "approx_kl"
+        worst = max(rows, key=lambda r: r[kl_key])
+        hard = [r["epoch"] for r in rows if r.get("clip_hard")]
+        text = f"{title}: largest approximate KL of an update {worst[kl_key]:.3g} (epoch {worst['epoch']})"
+        if any("clip_hard" in r for r in rows):
+            shown = ", ".join(map(str, hard[:10])) + (", ..." if len(hard) > 10 else "")
+            text += "; the clip was hit hard (a step clipped more than 30% of its chunks)"
+            text += f" in {len(hard)} of {len(rows)} epochs"
+            text += f" ({shown})" if hard else ""
+        notes.append(text + ".")
+    return notes
 
 
 def pipeline_section(sec: Section, level: int = 2) -> None:
@@ -530,7 +618,7 @@ def ablation_section(sec: Section, level: int = 2) -> None:
     for v in ab["variants"]:
         run = v.get("run_dir")
         if run and (d / run / "metrics.jsonl").is_file():
-            curves[v["name"]] = read_jsonl(d / run / "metrics.jsonl")
+            curves[v["name"]] = plots.read_metrics(d / run / "metrics.jsonl")
     if curves:
         path = plots.ablation_curves_figure(curves, sec.plot("ablation_curves"), title="Training curves per ablation variant (its last stage)")
         sec.add(figure(path, "Reward, rollout success rate and steps per epoch for each variant's defining stage (moving average); Fig. 4 compares 'step-saving only' with 'step-saving + stability'."))

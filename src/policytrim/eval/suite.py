@@ -24,7 +24,7 @@ from policytrim.eval.ensemble import ACT_M, TemporalEnsemble
 from policytrim.eval.robustness import Perturbation, PerturbedEnvFactory
 from policytrim.io import atomic_write_json
 from policytrim.experiments.demo import SUMMARY_UNITS
-from policytrim.policies.base import window_bound
+from policytrim.windows import WindowPlan
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.runtime import workers_own_cores
 
@@ -42,11 +42,12 @@ def sweep_windows(top: int, default_window: int, step: int = 5) -> list[int]:
 def reference_contenders(policy: Any, name: str = "baseline", window: int = 0, sweep: bool = True, temporal_ensembling: bool = False, m: float = ACT_M) -> list[Contender]:
     """The starting policy at its default window (first: the baseline of every comparison), then
     the fixed-horizon sweep ``name@k=K`` and ACT temporal ensembling of the same policy."""
-    k0 = int(window) or int(policy.default_window)
+    plan = WindowPlan.for_policy(policy)
+    k0 = plan.evaluation(window)
     out = [Contender(name, policy, k0)]
     if sweep:
-        out += [Contender(f"{name}@k={k}", policy, k) for k in sweep_windows(window_bound(policy), k0)]
-    if temporal_ensembling and window_bound(policy) > 1:
+        out += [Contender(f"{name}@k={k}", policy, k) for k in sweep_windows(plan.bound, k0)]
+    if temporal_ensembling and plan.bound > 1:
         out.append(Contender(TEMPORAL_ENSEMBLING, TemporalEnsemble(policy, m), 1))
     return out
 

@@ -43,12 +43,15 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from policytrim.config import RunConfig, from_dict, to_dict
 from policytrim.errors import InputError
 from policytrim.io import atomic_write_bytes, atomic_write_json
 from policytrim.experiments.demo import SUMMARY_UNITS
+
+if TYPE_CHECKING:
+    from policytrim.train.decisions import TrainSummary
 
 FORMAT = "policytrim-ablation"
 NAMED = ("none", "extend", "trim_no_stability", "trim", "full")
@@ -130,8 +133,8 @@ def plan(names: Sequence[str]) -> list[Variant]:
 
 
 def estimate_minutes(cfg: RunConfig, variant: Variant, steps_per_s: float = 1500.0, mean_steps: float = 120.0) -> float:
-    """Rough training time at ``steps_per_s`` environment steps per second (2 busy cores measured
-    ~1,200-2,500 with the policy in the loop) and ``mean_steps`` per episode, validations included."""
+    """Rough training time at ``steps_per_s`` environment steps per second (a busy 2-core machine
+    steps ~1,200-2,500 with the policy in the loop) and ``mean_steps`` per episode, validations included."""
     if variant.stage is None:
         return 0.0
     scfg = cfg.stage1 if variant.stage == "extend" else cfg.stage2
@@ -154,16 +157,20 @@ def _say(message: str) -> None:
     print(f"[ablate] {message}", flush=True)
 
 
-def _train_variant(cfg: RunConfig, variant: Variant, init: str, run_dir: Path, stage1_window: int) -> dict[str, Any]:
+def _train_variant(
+    cfg: RunConfig, variant: Variant, init: str, run_dir: Path, stage1_window: int
+) -> tuple[TrainSummary, bool]:
+    """The variant's run summary and whether it was reused (a completed run directory) instead of trained."""
+    from policytrim.train.decisions import TrainSummary
     from policytrim.train.grpo import train
     from policytrim.train.rundir import RunDir
 
     vcfg = variant_config(cfg, variant, run_dir, stage1_window)
     if (run_dir / "summary.json").is_file():
-        return RunDir.open(run_dir).read_json("summary.json") | {"reused": True}
+        return TrainSummary.from_json(RunDir.open(run_dir).read_json("summary.json")), True
     if (run_dir / "run.json").is_file():
-        return train(vcfg, resume=str(run_dir))
-    return train(vcfg, variant.stage, init)
+        return train(vcfg, resume=str(run_dir)), False
+    return train(vcfg, variant.stage, init), False
 
 
 def run_ablation(cfg: RunConfig, init: str | Path, names: Sequence[str], out: str | Path, overwrite: bool = False, robustness: Sequence[Any] = ()) -> dict[str, Any]:
@@ -199,17 +206,17 @@ def run_ablation(cfg: RunConfig, init: str | Path, names: Sequence[str], out: st
             raise InputError(f"variant {v.name} needs the extend variant's Stage 1 policy")
         _say(f"{v.name}: {v.description} (load {os.getloadavg()[0]:.2f})")
         t0 = time.perf_counter()
-        summary = _train_variant(cfg, v, start, run_dir, stage1_window)
+        summary, reused = _train_variant(cfg, v, start, run_dir, stage1_window)
         seconds = time.perf_counter() - t0
         previous = (_read(out / "ablation.json") or {}).get("variants", [])
-        if summary.get("reused"):
+        if reused:
             seconds = next((p.get("train_seconds", 0.0) for p in previous if p["name"] == v.name), 0.0)
         trained = load_policy(run_dir / "final" / "policy")  # its spec carries the window it was trained for
         rec.update(run_dir=str(run_dir.relative_to(out)), policy=str(run_dir / "final" / "policy"), window=trained.default_window, train_seconds=seconds, init=start)
         if v.stage == "extend":
-            rec["window_choice"] = summary["extend"]["window_choice"]
-        if "trim" in summary:
-            rec["budget"] = summary["trim"]["budget"]
+            rec["window_choice"] = summary.extend.window_choice.to_json()
+        if summary.trim is not None:
+            rec["budget"] = summary.trim.budget_evidence.to_json()
         records[v.name] = rec
         if v.name == "extend":
             stage1_window, stage1_policy = trained.default_window, str(run_dir / "final" / "policy")

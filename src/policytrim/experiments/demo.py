@@ -23,12 +23,15 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from policytrim.config import RunConfig
 from policytrim.errors import InputError
 from policytrim.io import atomic_write_json
 from policytrim.machine import PeakMemory
+
+if TYPE_CHECKING:
+    from policytrim.train.decisions import TrainSummary
 
 SUMMARY_KEYS = ("baseline", "stage1", "policytrim", "calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")
 
@@ -119,7 +122,7 @@ def evaluate_pipeline(
     train_summary = _train_summary(run_dir)
     base = load_policy(baseline_dir)
     contenders = reference_contenders(base, "baseline", sweep=True, temporal_ensembling=temporal_ensembling)
-    if "extend" in train_summary:  # each trained policy's spec carries the window it was trained for
+    if train_summary.extend is not None:  # each trained policy's spec carries the window it was trained for
         stage1 = load_policy(run_dir / "extend" / "best" / "policy")
         contenders.append(Contender("stage1", stage1, stage1.default_window))
     final = load_policy(run_dir / "final" / "policy")
@@ -143,8 +146,8 @@ def evaluate_pipeline(
             "episodes_per_task": cfg.eval.episodes,
             "eval_seed": cfg.eval.seed,
             "windows": {c.name: c.window for c in contenders},
-            "stage2_budget": train_summary.get("trim", {}).get("budget"),
-            "stage1_window_choice": train_summary.get("extend", {}).get("window_choice"),
+            "stage2_budget": _decision_json(train_summary.trim, "budget_evidence"),
+            "stage1_window_choice": _decision_json(train_summary.extend, "window_choice"),
         }
     )
     if temporal_ensembling and TEMPORAL_ENSEMBLING in result["policies"]:
@@ -220,13 +223,20 @@ def comparison_summary(result: dict[str, Any], sweep: list[Any]) -> dict[str, An
     }
 
 
-def _train_summary(run_dir: Path) -> dict[str, Any]:
+def _decision_json(outcome: Any, name: str) -> dict[str, Any] | None:
+    """The JSON of a stage outcome's decision record ``name`` (None: no such stage or record)."""
+    record = getattr(outcome, name, None) if outcome is not None else None
+    return None if record is None else record.to_json()
+
+
+def _train_summary(run_dir: Path) -> TrainSummary:
+    from policytrim.train.decisions import TrainSummary
     from policytrim.train.rundir import RunDir
 
     summary = RunDir.open(run_dir).read_json("summary.json")
     if summary is None:
         raise InputError(f"{run_dir} has no summary.json: the training run did not complete")
-    return summary
+    return TrainSummary.from_json(summary)
 
 
 def _say(message: str) -> None:

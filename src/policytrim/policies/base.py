@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 import torch
 
 from policytrim.errors import InputError
+from policytrim.windows import check_window, resolve_window, window_bound  # noqa: F401  (re-exported)
 
 Mode = Literal["train", "sampled", "deterministic"]
 MODES: tuple[str, ...] = ("train", "sampled", "deterministic")
@@ -110,27 +111,9 @@ def check_trained(stage: Any, window: int, chunk_size: int, step_budget: Any) ->
     ``step_budget`` None or a positive finite number (steps)."""
     if stage not in TRAINED_STAGES:
         raise InputError(f"trained_stage must be one of {', '.join(TRAINED_STAGES)}, got {stage!r}")
-    if not 1 <= int(window) <= chunk_size:
-        raise InputError(f"default_window must be in [1, chunk_size={chunk_size}], got {window}")
+    check_window(int(window), chunk_size, "default_window", chunk_size)
     if step_budget is not None and not (isinstance(step_budget, (int, float)) and not isinstance(step_budget, bool) and math.isfinite(step_budget) and step_budget > 0):
         raise InputError(f"step_budget must be a positive number or null, got {step_budget!r}")
-
-
-def window_bound(policy: ChunkPolicy) -> int:
-    """The longest window ``policy`` may execute: min(max_window, chunk_size)."""
-    return min(int(policy.max_window), int(policy.chunk_size))
-
-
-def resolve_window(policy: ChunkPolicy, window: int = 0, name: str = "window") -> int:
-    """The window a policy executes: ``window``, or (0) the policy's own default window (the one
-    it was trained for). The one place the bound k <= min(max_window, chunk_size) is checked;
-    ``name`` is what the error calls the value (e.g. ``--window``, ``stage2.window``)."""
-    window = int(window) or int(policy.default_window)
-    top = window_bound(policy)
-    if not 1 <= window <= top:
-        extra = "; the scripted experts act in closed loop with window 1" if top == 1 else f" (its chunk size is {policy.chunk_size})"
-        raise InputError(f"{name} must be in [1, {top}] for this policy{extra}, got {window}")
-    return window
 
 
 def supported_stages(policy: ChunkPolicy) -> tuple[str, ...]:

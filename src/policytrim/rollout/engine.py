@@ -7,10 +7,9 @@ Each round the engine batches one policy call over every trajectory that needs a
 workers that have answered, and sends each worker the first k_i rows of its trajectories' chunks;
 while one worker steps, the engine serves another (pipelining across workers). Each worker's
 trajectories are further split into ``lanes`` request streams, so that a worker steps one lane while
-the policy runs for its other lane. Measured on 2 cores (load ~1.7, 2 workers, push, k = 5, a fake
-policy that sleeps like a GPU call): pipelined with 2 lanes vs lockstep, 3,860 vs 3,136 env-steps/s
-at 20 ms per call and 2,851 vs 2,431 at 50 ms; with the scripted experts (window 1, 0.4 ms per call)
-pipelining gave 4,265 vs 3,377 and lanes changed little.
+the policy runs for its other lane. Pipelining pays when a policy call is slow (a GPU-sized model)
+or calls are frequent (window 1): the simulators keep stepping while the policy computes.
+`rollout.lockstep` trades it for bit-reproducible runs (one call per round, workers in a fixed order).
 
 Per trajectory i (group g, slot j): window k_i <= the policy's max_window, a CPU `torch.Generator`
 seeded by a stable hash of (seed, task, state seed, state index, j) -- so a trajectory's random
@@ -27,9 +26,8 @@ failing its running trajectories. Groups with a failed member are dropped whole,
 batch goes on. An adapter exception that is a programming error stops the run (`AdapterError`).
 
 CPU policies: with as many env workers as cores, run torch in the calling process with one thread
-(`policytrim.runtime.workers_own_cores`). Measured here (2 cores, workers busy): a TinyVLA call on a batch of 2
-took 0.16 ms with one thread and 56 ms with torch's default two, whose thread pool spins against
-the env workers.
+(`policytrim.runtime.workers_own_cores`): torch's default thread pool spins against the env workers
+and makes a small call orders of magnitude slower.
 
 Worker processes use the spawn start method: scripts that create an engine with workers need the
 usual ``if __name__ == "__main__":`` guard.
@@ -48,7 +46,8 @@ import torch
 
 from policytrim.envs import worker_env_cap
 from policytrim.envs.base import InitialState
-from policytrim.policies.base import MODES, ChunkPolicy, Mode, window_bound
+from policytrim.policies.base import MODES, ChunkPolicy, Mode
+from policytrim.windows import check_window, window_bound
 from policytrim.rollout.types import Trajectories
 from policytrim.rollout.workers import DEFAULT_MAX_ENVS, EnvFactory, Fault, LocalPool, ProcessPool, StepRequest, StepResult, WorkerPool
 from policytrim.runtime import device_of
@@ -219,22 +218,20 @@ class RolloutEngine:
         if tuple(win.shape) != (len(starts), group_size):
             raise ValueError(f"windows must have shape [num_groups={len(starts)}, group_size={group_size}], got {tuple(win.shape)}")
         max_window = window_bound(policy)
-        if win.numel() and (int(win.min()) < 1 or int(win.max()) > max_window):
-            bad = int(win.max()) if int(win.max()) > max_window else int(win.min())
-            raise ValueError(
-                f"execution window {bad} is outside [1, {max_window}] for this policy "
-                f"(chunk size {policy.chunk_size}, max window {policy.max_window})"
-                + ("; scripted experts act in closed loop with window 1" if int(policy.max_window) == 1 else "")
-            )
+        if win.numel():
+            for k in (int(win.min()), int(win.max())):
+                check_window(k, max_window, "execution window", policy.chunk_size)
         if adaptor is not None:
             if int(adaptor.chunk_size) != int(policy.chunk_size) or max(adaptor.windows) > max_window:
                 raise ValueError(
-                    f"the window adaptor (chunk size {adaptor.chunk_size}, windows {list(adaptor.windows)}) does not fit this "
-                    f"policy (chunk size {policy.chunk_size}, windows up to {max_window})"
+                    f"the window adaptor (chunk size {adaptor.chunk_size}, windows {list(adaptor.windows)}) does not fit "
+                    f"this policy (chunk size {policy.chunk_size}, windows up to {max_window})"
                 )
             if win.numel() and int(win.min()) < max(adaptor.windows):
                 raise ValueError(f"with a window adaptor, windows bound its choices and must be >= {max(adaptor.windows)}")
-        rollout = _Rollout(self, policy, starts, group_size, win.flatten().numpy().astype(np.int64), mode, seed, record_chunks, adaptor)
+        rollout = _Rollout(
+            self, policy, starts, group_size, win.flatten().numpy().astype(np.int64), mode, seed, record_chunks, adaptor
+        )
         return rollout.run()
 
     def _allocate_slot(self) -> int:
@@ -275,8 +272,7 @@ class _Rollout:
         groups_of_worker: list[list[int]] = [[] for _ in range(W)]
         # Whole groups per worker (a lost worker drops fewer groups), in task order: each worker
         # keeps about the same tasks from run to run, so it reuses its idle envs instead of
-        # closing envs of one task to build another's (0.25 s a Meta-World env; it was a third of
-        # the time of a training epoch, `benchmarks/results/profile_pipeline.md`).
+        # closing envs of one task to build another's (building a Meta-World env takes ~0.25 s).
         by_task = sorted(range(len(starts)), key=lambda g: (starts[g].task, g))
         for n, g in enumerate(by_task):
             groups_of_worker[n * W // len(starts)].append(g)

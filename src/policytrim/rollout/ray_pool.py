@@ -16,14 +16,25 @@ Ray restarts it. The env config and factory are small and travel inline with eac
 creation (Ray warns that constructor arguments held in the object store can be lost for restarts).
 
 Ray is imported here only (extra ``policytrim[ray]``). Without ``ray.address`` a local Ray instance
-is started (``ray.init(num_cpus=..., include_dashboard=False)``) and left running for the rest of
-the process, so the trainer's and the evaluator's engines share it.
+is started (``ray.init(address="local", num_cpus=..., include_dashboard=False)``) and left running for the rest of
+the process, so the trainer's and the evaluator's engines share it. ``include_dashboard=False``
+means no dashboard web UI and no port 8265; Ray (2.60) still starts its ``dashboard.py`` head
+process with only the usage-stats module and no frontend, and a ``DashboardAgent`` and a
+``RuntimeEnvAgent`` beside every raylet: no `ray.init` option turns these off. Usage-stats
+reporting is turned off for the local instance (``RAY_USAGE_STATS_ENABLED=0`` unless set).
+
+`check_cluster` runs before a command writes anything (`policytrim.preflight`): it checks that the
+cluster at ``ray.address`` answers within ``ray.connect_timeout_s`` (Ray's own connect retries for
+minutes) and that the worker bundles can be placed, so that a wrong address or a too-small cluster
+is one error line and no half-made run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 import traceback
@@ -51,14 +62,128 @@ def connect(ray_cfg: Any) -> Any:
 
     Ray >= 2.59 turns token authentication on for local instances: ``ray.init`` generates the token
     itself. To join a cluster started with ``RAY_AUTH_MODE=token``, this process needs the same
-    token (``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token``), see the README."""
+    token (``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token``), see docs/scaling.md."""
     ray = import_ray()
     if not ray.is_initialized():
         if ray_cfg.address:
-            ray.init(address=ray_cfg.address, include_dashboard=False, log_to_driver=True)
+            address = _resolve(ray_cfg.address)
+            _check_answers(address, float(ray_cfg.connect_timeout_s))
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            except (ConnectionError, RuntimeError, ValueError) as exc:  # e.g. a version or token mismatch
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise InputError(f"cannot join the Ray cluster at {address}: {reason}") from None
         else:
-            ray.init(num_cpus=ray_cfg.num_cpus or None, include_dashboard=False, log_to_driver=True)
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a local instance reports nothing anywhere
+            # "local": a new instance even where RAY_ADDRESS is set or `ray start` ran on this machine
+            # (ray.init() would join that cluster, or refuse num_cpus with a ValueError)
+            ray.init(address="local", num_cpus=ray_cfg.num_cpus or None, include_dashboard=False, log_to_driver=True)
     return ray
+
+
+def _resolve(address: str) -> str:
+    """HOST:PORT of ``address`` (``auto``: the cluster `ray start` recorded on this machine, or RAY_ADDRESS)."""
+    if address != "auto":
+        return address
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+
+    try:
+        return canonicalize_bootstrap_address_or_die("auto")
+    except (ConnectionError, ValueError) as exc:
+        raise InputError(
+            f"ray.address auto: {exc} (start one with `ray start --head`, or pass --ray.address HEAD:PORT)"
+        ) from None
+
+
+def _check_answers(address: str, timeout_s: float) -> None:
+    """`InputError` unless a Ray GCS answers at ``address`` within about ``timeout_s``: a TCP connect
+    first (unreachable, refused, unknown host), then Ray's own client (something else on the port)."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    hint = ("is `ray start --head` running there, and is the port open to this machine? "
+            "(ray.address, ray.connect_timeout_s)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise InputError(
+            f"cannot reach the Ray cluster at {address} within {timeout_s:g} s ({reason}): {hint}"
+        ) from None
+    try:
+        from ray._raylet import InnerGcsClient
+    except ImportError:  # a Ray without it: ray.init's own retries decide
+        return
+    remaining_ms = int(max(1.0, deadline - time.monotonic()) * 1000)
+    try:
+        with _quiet_stderr():  # Ray's C++ client logs each retry to the process's stderr
+            InnerGcsClient.standalone(address, None, remaining_ms)
+    except Exception as exc:  # noqa: BLE001 - ray._raylet.RpcError and kin
+        raise InputError(f"{address} accepts connections but no Ray cluster answered there ({exc}): "
+                         "give the head node's GCS port (6379 by default; not the dashboard's 8265)") from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def worker_bundle(ray_cfg: Any) -> dict[str, float]:
+    """The resources one env-worker actor reserves (its placement-group bundle)."""
+    bundle = {"CPU": float(ray_cfg.cpus_per_worker)}
+    if ray_cfg.gpus_per_worker:
+        bundle["GPU"] = float(ray_cfg.gpus_per_worker)
+    if ray_cfg.memory_per_worker_mb:
+        bundle["memory"] = float(ray_cfg.memory_per_worker_mb) * 2**20
+    return bundle
+
+
+def bundles_that_fit(nodes: list[dict[str, float]], bundle: dict[str, float], strategy: str) -> int:
+    """How many ``bundle`` s ``strategy`` can place on nodes of these total resources (all bundles
+    of one placement group: STRICT_SPREAD one per node, STRICT_PACK all on one node)."""
+    per_node = [min(int(node.get(k, 0.0) / v + 1e-9) for k, v in bundle.items()) for node in nodes]
+    if strategy == "STRICT_SPREAD":
+        return sum(1 for n in per_node if n >= 1)
+    if strategy == "STRICT_PACK":
+        return max(per_node, default=0)
+    return sum(per_node)
+
+
+def _placement_error(num_workers: int, bundle: dict[str, float], ray_cfg: Any, cluster: Any, waited: str) -> InputError:
+    return InputError(
+        f"Ray cannot place {num_workers} env workers of {bundle} ({ray_cfg.placement_strategy}){waited}; "
+        f"the cluster has {cluster}: lower rollout.num_workers or ray.cpus_per_worker / gpus_per_worker / "
+        "memory_per_worker_mb, or add nodes"
+    )
+
+
+def check_cluster(ray_cfg: Any, num_workers: int) -> None:
+    """Before a command writes anything: join (or start) Ray (`connect`: bounded by
+    ``ray.connect_timeout_s``) and place ``num_workers`` worker bundles once, then free them. A
+    local instance cannot grow, so one too small fails at once; a cluster may still add nodes
+    (an autoscaler), so it is given ``ray.placement_timeout_s``. Raises `InputError`."""
+    ray = connect(ray_cfg)
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = worker_bundle(ray_cfg)
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if not ray_cfg.address and bundles_that_fit(nodes, bundle, ray_cfg.placement_strategy) < num_workers:
+        raise _placement_error(num_workers, bundle, ray_cfg, ray.cluster_resources(), " on the local Ray instance")
+    trial = placement_group([dict(bundle) for _ in range(num_workers)], strategy=ray_cfg.placement_strategy)
+    try:
+        ready, _ = ray.wait([trial.ready()], timeout=float(ray_cfg.placement_timeout_s))
+    finally:
+        remove_placement_group(trial)
+    if not ready:
+        waited = f" within {ray_cfg.placement_timeout_s:g} s"
+        raise _placement_error(num_workers, bundle, ray_cfg, ray.cluster_resources(), waited)
 
 
 class EnvActor:
@@ -95,20 +220,13 @@ class RayPool(WorkerPool):
 
         self.num_workers = num_workers
         self._max_restarts = int(ray_cfg.max_restarts)
-        bundle = {"CPU": float(ray_cfg.cpus_per_worker)}
-        if ray_cfg.gpus_per_worker:
-            bundle["GPU"] = float(ray_cfg.gpus_per_worker)
-        if ray_cfg.memory_per_worker_mb:
-            bundle["memory"] = float(ray_cfg.memory_per_worker_mb) * 2**20
+        bundle = worker_bundle(ray_cfg)
         self._pg = placement_group([dict(bundle) for _ in range(num_workers)], strategy=ray_cfg.placement_strategy)
         ready, _ = ray.wait([self._pg.ready()], timeout=float(ray_cfg.placement_timeout_s))
         if not ready:
             remove_placement_group(self._pg)
-            raise InputError(
-                f"Ray could not place {num_workers} env workers of {bundle} ({ray_cfg.placement_strategy}) within "
-                f"{ray_cfg.placement_timeout_s:g} s; the cluster has {ray.cluster_resources()}: lower rollout.num_workers "
-                "or ray.cpus_per_worker / gpus_per_worker / memory_per_worker_mb, or add nodes"
-            )
+            waited = f" within {ray_cfg.placement_timeout_s:g} s"
+            raise _placement_error(num_workers, bundle, ray_cfg, ray.cluster_resources(), waited)
         actor_cls = ray.remote(EnvActor)
         self._actors = [
             actor_cls.options(

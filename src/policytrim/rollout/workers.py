@@ -48,9 +48,8 @@ EnvFactory = Callable[[Any, str], EnvAdapter]
 """(env_cfg, task) -> adapter; `policytrim.envs.make_env` by default. Must be picklable."""
 
 
-# A Meta-World env holds ~24 MB (measured: 39 envs of push / button-press / drawer-close after
-# 120 steps each, 957 MB on top of a 221 MB process), so the envs a worker keeps bound its memory:
-# 32 keeps each worker near 1.1 GB. More (e.g. 64) rebuilds fewer envs when tasks rotate.
+# A Meta-World env holds about 24 MB, so the envs a worker keeps bound its memory: 32 keeps each
+# worker near 1.1 GB. More (e.g. 64) rebuilds fewer envs when tasks rotate.
 DEFAULT_MAX_ENVS = 32
 
 @dataclass
@@ -291,9 +290,8 @@ class EnvServer:
 
 def release_memory() -> None:
     """Free closed envs now and hand their pages back to the OS. Gymnasium / MuJoCo envs sit in
-    reference cycles (freed only by the cyclic GC), and glibc keeps freed heap pages: measured on
-    Meta-World, replacing 15 of 30 envs six times grew a process from 690 to 1,210 MB without this,
-    to 810 MB with it."""
+    reference cycles (freed only by the cyclic GC), and glibc keeps freed heap pages: without this, a
+    worker that keeps replacing envs grows by hundreds of MB."""
     gc.collect()
     if sys.platform.startswith("linux"):
         try:

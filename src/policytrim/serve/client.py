@@ -22,6 +22,7 @@ import numpy as np
 
 from policytrim.errors import InputError
 from policytrim.serve import wire
+from policytrim.windows import resolve
 
 
 class ServerError(RuntimeError):
@@ -71,9 +72,8 @@ class ActionChunkBroker:
 
     def __init__(self, client: PolicyClient, window: int | None = None) -> None:
         chunk_size = int(client.metadata["chunk_size"])
-        self.window = int(window) if window is not None else int(client.metadata["window"])
-        if not 1 <= self.window <= chunk_size:
-            raise InputError(f"broker window must be in [1, chunk_size={chunk_size}], got {self.window}")
+        # None / 0: the window the server advertises (the one the policy was trained for)
+        self.window = resolve(window, int(client.metadata["window"]), chunk_size, "broker window", chunk_size)
         self.client = client
         self.calls = 0
         self._queue: deque[np.ndarray] = deque()

@@ -16,8 +16,13 @@ The protocol (as openpi's ``WebsocketPolicyServer`` / ``openpi_client.WebsocketC
    (code 1008); a message over ``max_message_bytes`` is closed by the websocket layer (code 1009).
    Other clients are not affected. ``GET /healthz`` answers 200 ``OK``.
 
-Policy calls run one at a time on a worker thread, so the event loop keeps answering health checks
-and other connections while a chunk is computed; replies on one connection come in request order.
+One client's cost stays on that client: a request is decoded and validated on a decoder thread, not
+on the event loop, after `policytrim.serve.wire.check_structure` has bounded its number of values and
+its nesting (a legal-size message of a million map keys is refused in milliseconds instead of
+costing every other client seconds); policy calls run one at a time on a policy thread. The event
+loop only moves frames, so it keeps answering health checks and other connections; replies on one
+connection come in request order. Each refused request is logged once (peer and reason) by
+`RefusalLog`, at most ``max_lines`` per ``interval_s``, with a count of those not logged.
 Nothing is unpickled: the only decoder is msgpack with numpy arrays rebuilt by ``np.frombuffer``.
 """
 
@@ -91,6 +96,14 @@ class ServeConfig:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _peer(websocket: Any) -> str:
+    address = getattr(websocket, "remote_address", None)
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
+        return f"{host}:{address[1]}"
+    return "unknown peer"
 
 
 @dataclass(frozen=True)
@@ -200,9 +213,18 @@ class PolicyService:
             raise InputError(f"{PROMPT_KEY!r} must be a non-empty string of at most {MAX_PROMPT_CHARS} characters")
         return tensors, prompt
 
+    def decode(self, message: bytes) -> tuple[dict[str, torch.Tensor], str]:
+        """`validate` of one msgpack request (`policytrim.serve.wire.unpack`, bounded); else `InputError`."""
+        return self.validate(wire.unpack(message))
+
     def infer(self, obs: Any, generator: torch.Generator | None = None) -> dict[str, Any]:
         """Reply to one request: ``{"actions": float32 [H, A], "policy_timing": {"infer_ms"}}``."""
-        tensors, prompt = self.validate(obs)
+        return self.act(*self.validate(obs), generator)
+
+    def act(
+        self, tensors: dict[str, torch.Tensor], prompt: str, generator: torch.Generator | None = None
+    ) -> dict[str, Any]:
+        """`infer` of a validated request (`validate` / `decode`)."""
         t0 = time.perf_counter()
         with torch.no_grad():
             sample = self.policy.sample(tensors, [prompt], self.config.mode, [generator] if generator is not None else None)
@@ -218,14 +240,50 @@ class PolicyService:
         return ", ".join(f"{k!r} {self._expected_one(k)}" for k in self.fields) + f", {PROMPT_KEY!r} (string)"
 
 
+class RefusalLog:
+    """One warning per refused request (peer and reason), at most ``max_lines`` per ``interval_s``:
+    a client sending bad requests in a loop must not flood the log. Refusals over the limit are
+    counted, and the count is logged when the next interval's first refusal comes, or on `close`."""
+
+    def __init__(
+        self, max_lines: int = 20, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_lines, self.interval_s, self._clock = max_lines, interval_s, clock
+        self._start, self._lines, self._suppressed = clock(), 0, 0
+
+    def refused(self, peer: str, reason: str) -> None:
+        now = self._clock()
+        if now - self._start >= self.interval_s:
+            self._summarise(now)
+            self._start, self._lines = now, 0
+        if self._lines < self.max_lines:
+            self._lines += 1
+            logger.warning("refused a request from %s: %s", peer, reason)
+        else:
+            self._suppressed += 1
+
+    def close(self) -> None:
+        self._summarise(self._clock())
+
+    def _summarise(self, now: float) -> None:
+        if self._suppressed:
+            logger.warning(
+                "%d more refused requests were not logged in the last %.0f s (at most %d lines per %g s)",
+                self._suppressed, now - self._start, self.max_lines, self.interval_s,
+            )
+            self._suppressed = 0
+
+
 class PolicyServer:
     """A `PolicyService` on a websocket server (``websockets``' asyncio implementation)."""
 
-    def __init__(self, service: PolicyService) -> None:
+    def __init__(self, service: PolicyService, refusals: RefusalLog | None = None) -> None:
         self.service = service
         self.config = service.config
+        self.refusals = refusals or RefusalLog()
         self._metadata = wire.pack(service.metadata)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+        self._decoder = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
         self._connections = 0
 
     def _process_request(self, connection: Any, request: Any) -> Any:
@@ -236,6 +294,7 @@ class PolicyServer:
         if key is not None:
             sent = request.headers.get("Authorization", "")
             if not hmac.compare_digest(sent.encode(), f"Api-Key {key}".encode()):
+                self.refusals.refused(_peer(connection), "missing or wrong API key (HTTP 401)")
                 return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong API key: send the header 'Authorization: Api-Key <key>'\n")
         return None
 
@@ -246,6 +305,7 @@ class PolicyServer:
         generator = torch.Generator().manual_seed(int(self.config.seed) * 1_000_003 + self._connections)
         loop = asyncio.get_running_loop()
         prev_total_ms = None
+        peer = _peer(websocket)
         try:
             await websocket.send(self._metadata)
             while True:
@@ -254,9 +314,11 @@ class PolicyServer:
                 try:
                     if isinstance(message, str):
                         raise InputError("requests must be binary msgpack frames, got a text frame")
-                    obs = wire.unpack(message)
-                    reply = await loop.run_in_executor(self._executor, self.service.infer, obs, generator)
+                    tensors, prompt = await loop.run_in_executor(self._decoder, self.service.decode, message)
+                    del message  # up to max_message_bytes: not kept while the policy computes
+                    reply = await loop.run_in_executor(self._executor, self.service.act, tensors, prompt, generator)
                 except InputError as exc:
+                    self.refusals.refused(peer, str(exc))
                     await self._refuse(websocket, f"error: {exc}", CLOSE_BAD_REQUEST)
                     return
                 except Exception as exc:  # a policy bug must not take the server down
@@ -268,7 +330,9 @@ class PolicyServer:
                     reply["server_timing"]["prev_total_ms"] = prev_total_ms
                 await websocket.send(wire.pack(reply))
                 prev_total_ms = (time.perf_counter() - start) * 1000.0
-        except ConnectionClosed:
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == 1009:  # the websocket layer refused an oversize frame
+                self.refusals.refused(peer, f"message over {self.config.max_message_bytes} bytes (closed with 1009)")
             return
 
     @staticmethod
@@ -298,8 +362,12 @@ class PolicyServer:
             host, port = server.sockets[0].getsockname()[:2]
             if ready is not None:
                 ready(host, port)
-            await (stop.wait() if stop is not None else server.serve_forever())
+            try:
+                await (stop.wait() if stop is not None else server.serve_forever())
+            finally:
+                self.refusals.close()
         self._executor.shutdown(wait=True)
+        self._decoder.shutdown(wait=True)
 
 
 class ServerThread:

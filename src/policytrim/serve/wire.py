@@ -6,6 +6,12 @@ b"dtype": dtype.str}``. Object, void (structured / sub-array) and complex dtypes
 both directions, and so is any msgpack extension type: decoding never unpickles and never calls
 anything but ``np.frombuffer``. Decoded arrays are read-only views of the message.
 
+Before anything is decoded, `check_structure` walks the message's headers (skipping string, binary
+and array payloads by their lengths) and refuses one holding more than ``max_objects`` values or
+nesting deeper than ``max_depth``: a legal-size message can hold a million short map keys, which
+msgpack would otherwise turn into a million Python objects (seconds of CPU, ~100 MB of memory). An
+observation holds a few dozen values.
+
 `pack` / `unpack` raise `policytrim.errors.InputError` with one line saying what was wrong.
 """
 
@@ -16,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from policytrim import limits as L
 from policytrim.errors import InputError
 
 _ND, _NG = b"__ndarray__", b"__npgeneric__"
@@ -74,6 +81,70 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise InputError(f"msgpack extension type {code} is refused (messages hold maps, lists, numbers, strings, bytes and arrays)")
 
 
+# msgpack type bytes (https://github.com/msgpack/msgpack/blob/master/spec.md) that are followed by a
+# fixed number of payload bytes (nil, bool, numbers, fixext) / by a length of n bytes, then that many
+# payload bytes (str, bin; ext adds one type byte) / by a count of n bytes of entries (array, map).
+_FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2,
+          0xD2: 4, 0xD3: 8, 0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17}
+_SIZED = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1),
+          0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0)}  # type byte: (length bytes, extra bytes)
+_ARRAY = {0xDC: 2, 0xDD: 4}  # type byte: count bytes
+_MAP = {0xDE: 2, 0xDF: 4}
+_TYPICAL = "an observation holds a few dozen"
+
+
+def check_structure(
+    data: bytes | bytearray | memoryview, max_objects: int = L.MAX_MESSAGE_OBJECTS, max_depth: int = L.MAX_MESSAGE_DEPTH
+) -> None:
+    """`InputError` if the msgpack ``data`` holds more than ``max_objects`` values (a map entry counts
+    as two: key and value; an array's raw bytes as one) or nests containers deeper than ``max_depth``.
+
+    Reads headers only and stops at the first value over a bound, so its cost is at most
+    O(max_objects) whatever the message. A truncated or malformed message is left to the decoder,
+    which says what is wrong with it."""
+    buf = memoryview(data).cast("B")
+    pos, count, end = 0, 0, len(buf)
+    pending = [1]  # values still to read per open container; the bottom entry is the message itself
+    while pending and pos < end:
+        if pending[-1] == 0:
+            pending.pop()
+            continue
+        pending[-1] -= 1
+        count += 1
+        if count > max_objects:
+            raise InputError(f"message holds more than {max_objects} values (keys, values and items); {_TYPICAL}")
+        b = buf[pos]
+        pos += 1
+        if b <= 0x7F or b >= 0xE0:
+            continue  # fixint
+        if 0xA0 <= b <= 0xBF:
+            pos += b & 0x1F  # fixstr
+            continue
+        items = -1
+        if 0x80 <= b <= 0x8F:
+            items = 2 * (b & 0x0F)
+        elif 0x90 <= b <= 0x9F:
+            items = b & 0x0F
+        elif b in _FIXED:
+            pos += _FIXED[b]
+        elif b in _SIZED:
+            size, extra = _SIZED[b]
+            pos += size + extra + int.from_bytes(buf[pos:pos + size], "big")
+        elif b in _ARRAY or b in _MAP:
+            size = _ARRAY.get(b) or _MAP[b]
+            items = int.from_bytes(buf[pos:pos + size], "big") * (2 if b in _MAP else 1)
+            pos += size
+        else:
+            return  # 0xC1 (never used): malformed, the decoder says so
+        if items >= 0:
+            if count + items > max_objects:
+                what = f"a map of {items // 2} entries" if b in _MAP or b <= 0x8F else f"a list of {items} items"
+                raise InputError(f"message holds more than {max_objects} values ({what}); {_TYPICAL}")
+            if len(pending) > max_depth:
+                raise InputError(f"message nests containers more than {max_depth} deep; an observation nests three")
+            pending.append(items)
+
+
 def pack(obj: Any) -> bytes:
     """msgpack bytes of ``obj`` (dicts, lists, numbers, strings, bytes, numpy arrays/scalars)."""
     try:
@@ -82,13 +153,18 @@ def pack(obj: Any) -> bytes:
         raise InputError(str(exc)) from None
 
 
-def unpack(data: bytes) -> Any:
-    """The object in msgpack ``data``; malformed or refused content is an `InputError`."""
+def unpack(data: bytes, max_objects: int = L.MAX_MESSAGE_OBJECTS, max_depth: int = L.MAX_MESSAGE_DEPTH) -> Any:
+    """The object in msgpack ``data``; malformed or refused content (see `check_structure` for the
+    bounds) is an `InputError`."""
     msgpack = _msgpack()
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InputError(f"expected a binary msgpack message, got {type(data).__name__}")
+    check_structure(data, max_objects, max_depth)
     try:
-        return msgpack.unpackb(data, object_hook=_decode, ext_hook=_refuse_ext, raw=False)
+        return msgpack.unpackb(
+            data, object_hook=_decode, ext_hook=_refuse_ext, raw=False,
+            max_map_len=max_objects, max_array_len=max_objects,  # check_structure bounds these already
+        )
     except InputError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as exc:  # truncated, extra data, bad utf-8, ...

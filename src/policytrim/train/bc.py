@@ -10,9 +10,8 @@ loss. Normalisation statistics come from the training episodes only.
 
 Training. Adam with a cosine-decayed learning rate, random minibatches of chunks (images randomly
 shifted by up to ``pretrain.image_shift`` pixels, DrQ-style, against overfitting a few hundred
-demonstrations' pixels), gradient-norm clip 1.0, torch on up to 2 cores (one when the machine is busy, `training_threads`); the
-validation loss is measured
-``_VAL_POINTS`` times. At the end the checkpoint is written (``model.safetensors`` +
+demonstrations' pixels), gradient-norm clip 1.0, torch on up to 2 cores (one when the machine is
+busy, `training_threads`); the validation loss is computed ``_VAL_POINTS`` times. At the end the checkpoint is written (``model.safetensors`` +
 ``config.json`` in the run directory, so `load_policy(out)` works) with ``pretrain_metrics.json``,
 then the baseline is evaluated at its default window on *validation* initial states through
 `policytrim.eval.evaluate.evaluate_policy` and the metrics file is updated with its success rate,
@@ -157,9 +156,8 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | No
 
 def training_threads(max_threads: int = 2) -> int:
     """Torch threads for BC: up to ``max_threads`` cores, but one when other processes keep the
-    machine busy. OpenMP threads spin-waiting for a core that another process holds slowed this
-    small model down about 25x (2 s -> 56 s for a tiny run, measured on 2 cores); one thread
-    does not suffer from that."""
+    machine busy: OpenMP threads spin-waiting for a core that another process holds slow a small
+    model down many times over; one thread does not suffer from that."""
     cores = os.cpu_count() or 1
     want = max(1, min(max_threads, cores))
     if want > 1 and os.getloadavg()[0] > cores - 1:
@@ -272,7 +270,7 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
     from policytrim.preflight import check_preconditions
 
     out = Path(out)
-    check_preconditions(cfg, out)
+    check_preconditions(cfg, out, simulator=False)  # the simulator only for the evaluation, checked below
     if out.exists() and not overwrite:
         raise InputError(f"output directory {str(out)!r} already exists; pass --overwrite to replace it")
     if cfg.policy.kind == "expert":

@@ -118,17 +118,62 @@ def restore_best(checkpoint: Path, best_dir: Path) -> bool:
     return True
 
 
+MAX_POINTER_BYTES = 64
+
+
 def latest_checkpoint(stage_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a stage, or None."""
+    """The newest complete checkpoint of a stage (the one ``LATEST`` names), or None. A pointer is
+    not followed blindly: it must name a checkpoint folder of this very stage (``epoch_NNNNNN`` in
+    ``stage_dir``, no other path), and that checkpoint's trainer_state.json must say this stage and
+    this epoch; anything else is an InputError (a pointer edited or copied from elsewhere would
+    resume another stage's or another run's state and finish with exit code 0)."""
     if not stage_dir.is_dir():
         return None
     pointer = stage_dir / "LATEST"
-    if pointer.is_file():
-        candidate = stage_dir / pointer.read_text().strip()
-        if (candidate / "trainer_state.json").is_file():
-            return candidate
+    if pointer.exists() or pointer.is_symlink():
+        return _checked_pointer(pointer, stage_dir)
     epochs = sorted(p for p in stage_dir.iterdir() if _EPOCH_DIR.match(p.name) and (p / "trainer_state.json").is_file())
-    return epochs[-1] if epochs else None
+    if not epochs:
+        return None
+    _check_agrees(epochs[-1], stage_dir, f"{epochs[-1]}")
+    return epochs[-1]
+
+
+def _checked_pointer(pointer: Path, stage_dir: Path) -> Path:
+    where = f"{pointer}"
+    if pointer.is_symlink() or not pointer.is_file():
+        raise InputError(f"{where} is not a plain file; it should hold the name of this stage's newest checkpoint (epoch_NNNNNN)")
+    raw = pointer.read_bytes()[: MAX_POINTER_BYTES + 1]
+    try:
+        name = raw.decode().strip()
+    except UnicodeDecodeError:
+        name = None
+    if name is None or len(raw) > MAX_POINTER_BYTES or not _EPOCH_DIR.match(name):
+        shown = repr(name if name is not None else raw)[:80]
+        raise InputError(f"{where} holds {shown}, not the name of a checkpoint of this stage (epoch_NNNNNN inside {stage_dir})")
+    candidate = stage_dir / name
+    if candidate.is_symlink() or not (candidate / "trainer_state.json").is_file():
+        raise InputError(f"{where} names {name}, which is not a complete checkpoint folder in {stage_dir}")
+    _check_agrees(candidate, stage_dir, f"{where} names {name}, but")
+    return candidate
+
+
+def _check_agrees(checkpoint: Path, stage_dir: Path, where: str) -> None:
+    """InputError unless ``checkpoint``'s trainer_state.json says it is ``stage_dir``'s stage at the
+    epoch in its folder name."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{where} its trainer_state.json is unreadable: {exc}") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{where} its trainer_state.json is not a JSON object")
+    epoch = int(_EPOCH_DIR.match(checkpoint.name).group(1))
+    if state.get("stage") != stage_dir.name or state.get("epoch") != epoch:
+        raise InputError(
+            f"{where} its trainer_state.json is stage {state.get('stage')!r} epoch {state.get('epoch')!r}, not "
+            f"stage {stage_dir.name!r} epoch {epoch}: it is not this stage's checkpoint (copied or edited?); "
+            "restore the run's own checkpoint, or start a new run"
+        )
 
 
 def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -40,9 +40,9 @@ from policytrim import objective
 from policytrim.config import GRPOConfig, RunConfig, to_dict
 from policytrim.envs import initial_states, split_seed
 from policytrim.envs.base import InitialState
-from policytrim.errors import InputError
+from policytrim.errors import InputError, is_disk_full
 from policytrim.io import atomic_directory, kill_point
-from policytrim.policies import ChunkPolicy, load_policy, resolve_window
+from policytrim.policies import ChunkPolicy, load_policy
 from policytrim.policies.base import supported_stages
 from policytrim.preflight import check_preconditions
 from policytrim.rollout.engine import RolloutEngine, stable_seed
@@ -52,12 +52,15 @@ from policytrim.train import distributed
 from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, restore_best, save_checkpoint
 from policytrim.train.logger import MetricsLogger
 from policytrim.train.rundir import RunDir
+from policytrim.train.decisions import BudgetCalibration, StageState, TrainSummary, Validation, on_rank0
 from policytrim.train.stages import Stage, Stage1, Stage2, StageOutcome, calibrate_budget, validate
+from policytrim.windows import WindowPlan
 
 log = logging.getLogger(__name__)
 
 STAGES = ("extend", "trim")
 MAX_FAILED_EPOCHS = 3  # consecutive epochs whose groups were all dropped before a run is stopped
+CLIP_HARD_FRACTION = 0.3  # an update whose largest per-step clip fraction exceeds this hit the clip hard (`clip_hard`)
 TRAIN_POOL = 1_000_000  # training initial states are drawn from this many indices of the train seed
 
 
@@ -145,8 +148,14 @@ def grpo_update(
             if values:
                 stats[key].append(float(np.max(values) if key == "ratio_max" else np.mean(values)))
     out = {k: float(np.mean(v)) if v else 0.0 for k, v in stats.items()}
-    out.update(distributed.mean_over_ranks({k: out[k] for k in ("clip_frac", "approx_kl", "kl_ref", "ratio_max")} | {"logp_gap": logp_gap}, maxed=("ratio_max", "logp_gap")))
-    out.update(skipped_steps=skipped, update_trajectories=n)
+    # the worst optimiser step of the epoch: a mean over steps hides one step that hit the clip hard
+    peaks = {"clip_frac_max": max(stats["clip_frac"], default=0.0)}
+    peaks["approx_kl_max"] = max(stats["approx_kl"], default=0.0)
+    out.update(distributed.mean_over_ranks(
+        {k: out[k] for k in ("clip_frac", "approx_kl", "kl_ref", "ratio_max")} | {"logp_gap": logp_gap} | peaks,
+        maxed=("ratio_max", "logp_gap", "clip_frac_max", "approx_kl_max"),
+    ))
+    out.update(skipped_steps=skipped, update_trajectories=n, clip_hard=bool(out["clip_frac_max"] > CLIP_HARD_FRACTION))
     return out
 
 
@@ -183,7 +192,14 @@ def draw_starts(cfg: RunConfig, rng: np.random.Generator, epoch: int) -> list[In
 
 
 def run_stage(
-    stage: Stage, policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engine: RolloutEngine, logger: MetricsLogger, seams: TrainerSeams | None = None, start_eval: dict[str, Any] | None = None
+    stage: Stage,
+    policy: ChunkPolicy,
+    cfg: RunConfig,
+    run: RunDir,
+    engine: RolloutEngine,
+    logger: MetricsLogger,
+    seams: TrainerSeams | None = None,
+    start_eval: Validation | None = None,
 ) -> StageOutcome:
     """Train ``stage`` from the policy given (or resume it) and return its outcome.
 
@@ -209,27 +225,30 @@ def run_stage(
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=scfg.lr, weight_decay=scfg.weight_decay)
 
     eval_window = stage.eval_window
-    state: dict[str, Any] = {"best": None, "start_eval": None, "failed_epochs": 0, "reference": None, "stale": 0, "stopped": None}
-    start_epoch = 0
+
+    def validation() -> Validation:  # rank 0 validates; every rank gets its result
+        return on_rank0(lambda: validate(policy, cfg, eval_window, engine, scfg.val_episodes), Validation.from_json)
+
+    state = StageState()
     checkpoint = latest_checkpoint(stage_dir)
     if checkpoint is not None:
         policy.load_state_dict(load_policy(checkpoint / "policy").state_dict())
-        state = {"failed_epochs": 0, "reference": None, "stale": 0, "stopped": None, **load_trainer_state(checkpoint, optimizer)}
-        start_epoch = state["epoch"]
+        state = StageState.from_json(load_trainer_state(checkpoint, optimizer))
         # best/ may hold a policy written after this checkpoint by the run that was killed
         distributed.on_main(lambda: restore_best(checkpoint, stage_dir / "best"))
-        log.info("resuming %s from %s (epoch %d)", stage.name, checkpoint, start_epoch)
+        log.info("resuming %s from %s (epoch %d)", stage.name, checkpoint, state.epoch)
+    start_epoch = state.epoch
     distributed.on_main(lambda: run.truncate_metrics(stage.name, start_epoch))
-    if state["start_eval"] is None:
-        state["start_eval"] = start_eval if start_eval is not None else distributed.main_only(lambda: validate(policy, cfg, eval_window, engine, scfg.val_episodes))
-        state["reference"] = distributed.main_only(lambda: stage.reference(policy, engine))
-        state["best"] = {"epoch": 0, **state["start_eval"]}
+    if state.start_eval is None:
+        entering = start_eval if start_eval is not None else validation()
+        reference = on_rank0(lambda: stage.reference(policy, engine), Validation.from_json)
+        state = dataclasses.replace(state, start_eval=entering, reference=reference, best=entering.at_epoch(0))
         distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))
-        _log(logger, seams, {"stage": stage.name, "epoch": 0, "global_epoch": run.global_epoch(stage.name, 0), **{f"val_{k}": v for k, v in _scalars(state["start_eval"]).items()}})
+        first = {"stage": stage.name, "epoch": 0, "global_epoch": run.global_epoch(stage.name, 0)}
+        _log(logger, seams, first | {f"val_{k}": v for k, v in entering.scalars().items()})
 
-    failed_epochs = int(state["failed_epochs"])
-    epochs_run = int(state.get("epochs_run", start_epoch))
-    if state["stopped"] is not None:  # a stopping rule ended the stage before the interruption
+    failed_epochs = state.failed_epochs
+    if state.stopped is not None:  # a stopping rule ended the stage before the interruption
         start_epoch = scfg.epochs
     bar = tqdm(range(start_epoch, scfg.epochs), desc=stage.name, disable=not (cfg.logging.progress and distributed.is_main()), initial=start_epoch, total=scfg.epochs)
     for epoch in bar:
@@ -272,7 +291,8 @@ def run_stage(
             "mean_window": everyone.window.float().mean().item() if everyone.num_trajectories else float("nan"),
             "mean_calls": everyone.calls[ok].float().mean().item() if ok.any() else float("nan"),
             **reward_terms,
-            "valid_group_frac": valid_groups.float().mean().item() if valid_groups.numel() else 0.0,
+            # of the groups launched: a dropped group (simulator fault, timeout) carries no signal either
+            "valid_group_frac": valid_groups.float().sum().item() / len(starts) if starts else 0.0,
             **update,
             "dropped_groups": everyone.dropped_groups,
             **{f"faults_{kind}": n for kind, n in sorted(everyone.fault_counts.items())},  # failed trajectories by kind
@@ -286,36 +306,33 @@ def run_stage(
         if (epoch + 1) % scfg.eval_every == 0 or last:
             policy.eval()
             t_val = time.perf_counter()
-            val = distributed.main_only(lambda: validate(policy, cfg, eval_window, engine, scfg.val_episodes))
-            record.update({f"val_{k}": v for k, v in _scalars(val).items()}, val_s=time.perf_counter() - t_val)
-            if stage.is_better(val, state["best"], state["start_eval"]):
-                state["best"] = {"epoch": epoch + 1, **val}
-                state["stale"] = 0
+            val = validation()
+            record.update({f"val_{k}": v for k, v in val.scalars().items()}, val_s=time.perf_counter() - t_val)
+            if stage.is_better(val, state.best, state.start_eval):
+                state = dataclasses.replace(state, best=val.at_epoch(epoch + 1), stale=0)
                 distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))
             else:
-                state["stale"] += 1
-            state["stopped"] = None if last else stage.stop_reason(epoch + 1, val, state["stale"], state["reference"])
-            if state["stopped"] is not None:
-                record["stopped"] = state["stopped"]
+                state = dataclasses.replace(state, stale=state.stale + 1)
+            stopped = None if last else stage.stop_reason(epoch + 1, val, state.stale, state.reference)
+            state = dataclasses.replace(state, stopped=stopped)
+            if state.stopped is not None:
+                record["stopped"] = state.stopped
                 last = True
-                log.info("%s stops after epoch %d of %d: %s", stage.name, epoch + 1, scfg.epochs, state["stopped"])
+                log.info("%s stops after epoch %d of %d: %s", stage.name, epoch + 1, scfg.epochs, state.stopped)
         _log(logger, seams, record)
         bar.set_postfix(SR=f"{record['success_rate']:.2f}", T=f"{record['mean_steps']:.0f}", k=f"{record['mean_window']:.1f}", C=f"{record['mean_calls']:.1f}")
-        epochs_run = epoch + 1
+        state = dataclasses.replace(state, failed_epochs=failed_epochs, epochs_run=epoch + 1, epoch=epoch + 1)
         if (epoch + 1) % scfg.checkpoint_every == 0 or last:
-            trainer_state = {
-                "stage": stage.name, "best": state["best"], "start_eval": state["start_eval"], "failed_epochs": failed_epochs,
-                "reference": state["reference"], "stale": state["stale"], "stopped": state["stopped"], "epochs_run": epochs_run,
-            }
+            trainer_state = state.to_json(stage.name)
             distributed.on_main(lambda: save_checkpoint(stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best"))
-        if state["stopped"] is not None:
+        if state.stopped is not None:
             break
     bar.close()
 
     policy.load_state_dict(load_policy(stage_dir / "best" / "policy").state_dict())
     policy.eval()
-    outcome = stage.conclude(policy, engine, scfg.epochs, state["best"], state["start_eval"], state["reference"])
-    outcome = dataclasses.replace(outcome, epochs_run=epochs_run, stop_reason=state["stopped"])
+    outcome = stage.conclude(policy, engine, scfg.epochs, state.best, state.start_eval, state.reference)
+    outcome = dataclasses.replace(outcome, epochs_run=state.epochs_run, stop_reason=state.stopped)
     distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))  # the best policy, carrying the stage's decision
     return outcome
 
@@ -336,10 +353,6 @@ def save_policy_dir(policy: ChunkPolicy, path: Path) -> None:
     """Replace ``path`` atomically with a directory holding ``policy/`` (its checkpoint)."""
     with atomic_directory(path, overwrite=True) as tmp:
         policy.save_pretrained(tmp / "policy")
-
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,12 +377,19 @@ def check_policy_for_run(policy: ChunkPolicy, cfg: RunConfig, stages: list[str],
         raise InputError(f"{where} acts from {shape[0]}x{shape[1]} px images but the config has {have}; pass --env.image --env.image-size {shape[0]}")
 
 
-def train(cfg: RunConfig, stage: str = "both", init: str = "", resume: str = "", overwrite: bool = False, seams: TrainerSeams | None = None) -> dict[str, Any]:
+def train(
+    cfg: RunConfig,
+    stage: str = "both",
+    init: str = "",
+    resume: str = "",
+    overwrite: bool = False,
+    seams: TrainerSeams | None = None,
+) -> TrainSummary:
     """Run PolicyTrim (``stage`` = extend | trim | both) from checkpoint ``init`` into
-    ``cfg.logging.out``, or continue the run directory ``resume``. Returns the run summary:
-    ``{"run_dir", "init", "stages", "logging", "extend": outcome, "trim": outcome, "window"}``
-    (outcomes as `StageOutcome.to_json`; ``window``: the trained policy's window). The trained
-    policy is ``RUN/final/policy``; its spec carries its window, stage and budget."""
+    ``cfg.logging.out``, or continue the run directory ``resume``. Returns the run summary
+    (`TrainSummary`, written as ``summary.json``: the stages' `StageOutcome`s and ``window``, the
+    trained policy's window). The trained policy is ``RUN/final/policy``; its spec carries its
+    window, stage and budget."""
     run = None
     if resume:
         run = RunDir.open(resume)
@@ -429,7 +449,9 @@ def check_architecture(cfg: RunConfig, spec: dict[str, Any], where: str) -> None
         )
 
 
-def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir | None, overwrite: bool, seams: TrainerSeams) -> dict[str, Any]:
+def _train(
+    cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir | None, overwrite: bool, seams: TrainerSeams
+) -> TrainSummary:
     if str(init) == "expert":
         raise InputError("--init expert: the scripted experts have no weights to train; give a policy checkpoint directory")
     policy = load_policy(init)  # validates the checkpoint before anything is written
@@ -437,11 +459,12 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
     check_policy_for_run(policy, cfg, stages, f"checkpoint {init!r}")
     policy = _with_run_options(policy, cfg)
     policy = policy.to(cfg.device)
-    stage1 = Stage1(cfg, policy) if "extend" in stages else None  # validates its windows
-    if cfg.stage2.window:
-        resolve_window(policy, cfg.stage2.window, "stage2.window")
+    plan = WindowPlan.for_run(policy, cfg, stages)  # every window of the run, bound-checked once
+    stage1 = Stage1(cfg, plan) if "extend" in stages else None
     resume = run is not None
     if run is not None:
+        for name in stages:  # every LATEST pointer checked (`latest_checkpoint`) before anything is written
+            latest_checkpoint(run.stage_dir(name))
         distributed.on_main(run.remove_temporaries)
         distributed.on_main(lambda: run.set_status("running"))  # it may say "interrupted"
     else:
@@ -449,10 +472,9 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
         distributed.on_main(lambda: RunDir.create(cfg.logging.out, cfg, meta, overwrite=overwrite))
         run = RunDir.open(cfg.logging.out)
     logger = MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume)) if distributed.is_main() else None
-    summary: dict[str, Any] = {"run_dir": str(run.path), "init": str(init), "stages": stages, "logging": logger.backends if logger else []}
     try:
         with seams.engine_factory(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, pipeline=not cfg.rollout.lockstep, backend=cfg.rollout.backend, ray=cfg.ray) as engine:
-            extended = None
+            extended = trimmed = None
             if stage1 is not None:
                 done = _completed(run, stage1.name, cfg)
                 if done is None:
@@ -460,32 +482,39 @@ def _train(cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir
                     distributed.on_main(lambda: run.write_json("extend/result.json", extended.to_json()))
                 else:
                     extended, policy = done
-                summary["extend"] = extended.to_json()
             if "trim" in stages:
                 done = _completed(run, Stage2.name, cfg)
                 if done is None:
-                    window = Stage2.window_for(cfg, policy, extended)
+                    window = plan.stage2(extended.window if extended is not None else None)
                     # Stage 1's window choice validated this very policy at this window on the same
                     # states: its budget calibration and Stage 2's start reuse that validation
                     known = stage1.validations.get(window) if stage1 is not None and cfg.stage2.val_episodes == cfg.stage1.val_episodes else None
-                    budget = run.read_json("trim/budget.json")
-                    if budget is None:
+                    saved = run.read_json("trim/budget.json")
+                    if saved is not None:
+                        budget = BudgetCalibration.from_json(saved)
+                    else:
                         policy.eval()
-                        budget = distributed.main_only(lambda: calibrate_budget(policy, cfg, window, engine, known))
-                        distributed.on_main(lambda: run.write_json("trim/budget.json", budget))
+                        calibrate = lambda: calibrate_budget(policy, cfg, window, engine, known)  # noqa: E731
+                        budget = on_rank0(calibrate, BudgetCalibration.from_json)
+                        distributed.on_main(lambda: run.write_json("trim/budget.json", budget.to_json()))
                     trimmed = run_stage(Stage2(cfg, window, budget), policy, cfg, run, engine, logger, seams, start_eval=known)
                     distributed.on_main(lambda: run.write_json("trim/result.json", trimmed.to_json()))
                 else:
                     trimmed, policy = done
-                summary["trim"] = trimmed.to_json()
-            summary["window"] = policy.default_window
+            backends = tuple(logger.backends if logger else ())
+            window = int(policy.default_window)  # the trained policy's: RUN/final/policy acts at it
+            summary = TrainSummary(str(run.path), str(init), tuple(stages), backends, window, extended, trimmed)
         distributed.on_main(lambda: save_policy_dir(policy, run.path / "final"))
-        distributed.on_main(lambda: run.write_json("summary.json", summary))
+        distributed.on_main(lambda: run.write_json("summary.json", summary.to_json()))
         distributed.on_main(lambda: run.set_status("complete"))
     except KeyboardInterrupt:  # Ctrl-C reaches every rank: rank 0 marks run.json, no collective call here
         if not distributed.is_main():
             raise
         raise run.interrupted() from None
+    except Exception as exc:  # a full disk: one line, the run marked failed and resumable
+        if not (is_disk_full(exc) and distributed.is_main()):
+            raise
+        raise run.out_of_space(exc) from None
     finally:
         if logger is not None:
             logger.close()

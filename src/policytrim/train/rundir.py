@@ -13,13 +13,15 @@ Resuming trusts nothing it cannot check: ``config.yaml`` must hash to the SHA-25
 ``run.json`` when the run was created (an edited, truncated or replaced file is refused), and it must
 hold every key (no default is ever filled in for a resumed run: a config cut at a line boundary
 would otherwise run a different experiment). Runs made before the hash was recorded are accepted
-when their config.yaml is complete. ``status`` is running, complete or interrupted (Ctrl-C).
+when their config.yaml is complete. ``status`` is running, complete, interrupted (Ctrl-C) or failed (the disk filled up; ``failure`` says
+so); every one but complete continues with --resume.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import yaml
 
 from policytrim import __version__
 from policytrim.config import RunConfig, from_dict, parse_config_text, to_dict
-from policytrim.errors import InputError
+from policytrim.errors import DiskFull, InputError
 from policytrim.io import atomic_write_bytes, atomic_write_json, check_output_dir, read_jsonl, to_json
 
 
@@ -48,6 +50,9 @@ class RunDir:
         check_output_dir(path, "--logging.out")
         if path.exists() and any(path.iterdir()):
             if not overwrite:
+                half_made = cls.half_made(path)
+                if half_made:
+                    raise InputError(half_made)
                 raise InputError(f"run directory {path} already exists; pass --resume {path} to continue it or --overwrite to replace it")
             shutil.rmtree(path)
         try:
@@ -72,6 +77,9 @@ class RunDir:
         """An existing run, for --resume: its saved config, verified and validated again."""
         path = Path(path)
         where = f"--resume {path}"
+        half_made = cls.half_made(path)
+        if half_made:
+            raise InputError(f"{where}: {half_made}")
         if not (path / "config.yaml").is_file() or not (path / "run.json").is_file():
             raise InputError(f"{where}: not a policytrim run directory (config.yaml and run.json are missing)")
         try:
@@ -98,11 +106,48 @@ class RunDir:
             raise InputError(f"{where}: config.yaml: {exc}") from None
         return cls(path, cfg, meta)
 
+    @staticmethod
+    def half_made(path: Path) -> str | None:
+        """What to do with a run directory holding one of config.yaml / run.json but not the other
+        (its creation was cut short: nothing ran, there is nothing to resume), or None."""
+        config, meta = (path / "config.yaml").is_file(), (path / "run.json").is_file()
+        if config == meta:
+            return None
+        has, lacks = ("config.yaml", "run.json") if config else ("run.json", "config.yaml")
+        return (
+            f"{path} holds {has} but no {lacks}: a run whose creation was cut short, with nothing to resume; "
+            f"start it afresh with --out {path} --overwrite (or delete the directory)"
+        )
+
     def interrupted(self) -> RunInterrupted:
         """Mark the run "interrupted" (Ctrl-C) in run.json; the error to raise says how to resume."""
         self.set_status("interrupted")
         return RunInterrupted(
             f"interrupted: the run in {self.path} keeps its last complete checkpoint; continue it with `policytrim train --resume {self.path}`"
+        )
+
+    def out_of_space(self, exc: BaseException) -> DiskFull:
+        """Mark the run "failed" for lack of disk space in run.json (resumable: every checkpoint it
+        shows is complete); the error to raise says how to go on. ``exc``: the write that failed."""
+        marked = ""
+        try:
+            self.set_status("failed", failure="no space left on device")
+        except OSError:
+            # the disk is still full, so the atomic write's new file found no room: rewrite run.json
+            # in place instead, within the block it already has (a few hundred bytes; not atomic, but
+            # a kill in this one small write is the only way to tear it)
+            try:
+                with open(self.path / "run.json", "r+b") as f:
+                    f.write(to_json(self.meta).encode())
+                    f.truncate()
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError:
+                marked = " (run.json could not be updated either)"
+        where = f" writing {exc.filename!r}" if isinstance(exc, OSError) and exc.filename else ""
+        return DiskFull(
+            f"no space left on device{where}: the run in {self.path} keeps its last complete checkpoint{marked}; "
+            f"free some space, then continue it with `policytrim train --resume {self.path}`"
         )
 
     def stage_dir(self, stage: str) -> Path:
@@ -155,5 +200,6 @@ class RunDir:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def set_status(self, status: str, **extra: Any) -> None:
+        self.meta.pop("failure", None)  # a resumed run is no longer failed
         self.meta.update(status=status, **extra)
         atomic_write_json(self.path / "run.json", self.meta)

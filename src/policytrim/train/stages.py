@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -34,15 +34,13 @@ from policytrim import objective
 from policytrim.config import GRPOConfig, RunConfig
 from policytrim.errors import InputError
 from policytrim.eval.evaluate import evaluate_policy
-from policytrim.eval.paired import paired_difference
-from policytrim.policies import ChunkPolicy, resolve_window
-from policytrim.policies.base import window_bound
+from policytrim.eval.paired import paired_difference, relation_in_points
+from policytrim.policies import ChunkPolicy
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.rollout.types import Trajectories
 from policytrim.train import distributed
-
-Metrics = dict[str, Any]  # a `validate` result: overall metrics + per-state success
-
+from policytrim.train.decisions import BudgetCalibration, Validation, WindowChoice
+from policytrim.windows import WindowPlan
 
 @dataclass(frozen=True)
 class StageOutcome:
@@ -50,9 +48,9 @@ class StageOutcome:
 
     window: extend: the window Stage 1 chose; trim: the window Stage 2 trained at.
     budget: trim: the step budget B (steps); extend: None.
-    best: validation metrics of the best checkpoint and its ``epoch`` (0 = the starting policy).
-    start: validation metrics of the policy that entered the stage. Both at ``eval_window``.
-    window_choice: extend: per-window validation evidence of the choice (`choose_window`).
+    best: validation of the best checkpoint, with its ``epoch`` (0 = the starting policy).
+    start: validation of the policy that entered the stage. Both at ``eval_window``, without outcomes.
+    window_choice: extend: Stage 1's decision with its per-window evidence (`choose_window`).
     budget_evidence: trim: how B was set (`calibrate_budget`).
     epochs_run: epochs trained (fewer than ``epochs`` when a stopping rule stopped the stage).
     stop_reason: why the stage stopped early (`Stage.stop_reason`), or None.
@@ -62,33 +60,43 @@ class StageOutcome:
     epochs: int
     eval_window: int
     window: int
-    best: Metrics
-    start: Metrics
+    best: Validation
+    start: Validation
     budget: int | None = None
-    window_choice: Metrics | None = None
-    budget_evidence: Metrics | None = None
+    window_choice: WindowChoice | None = None
+    budget_evidence: BudgetCalibration | None = None
     epochs_run: int | None = None
     stop_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``result.json`` / summary record (the format runs have always written)."""
-        out: dict[str, Any] = {"stage": self.stage, "epochs": self.epochs, "best": self.best, "start": self.start, "eval_window": self.eval_window}
+        out: dict[str, Any] = {"stage": self.stage, "epochs": self.epochs, "best": self.best.to_json()}
+        out.update(start=self.start.to_json(), eval_window=self.eval_window)
         out.update(epochs_run=self.epochs if self.epochs_run is None else self.epochs_run, stop_reason=self.stop_reason)
         if self.window_choice is not None:
-            out["window_choice"] = self.window_choice
+            out["window_choice"] = self.window_choice.to_json()
         if self.budget_evidence is not None:
-            out.update(window=self.window, budget=self.budget_evidence)
+            out.update(window=self.window, budget=self.budget_evidence.to_json())
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> StageOutcome:
-        """Inverse of `to_json` (a completed stage of a resumed run)."""
-        choice, budget = data.get("window_choice"), data.get("budget")
-        window = choice["window"] if choice else data["window"]
+    def from_json(cls, data: Mapping[str, Any], stage: str | None = None) -> StageOutcome:
+        """Inverse of `to_json` (a completed stage of a resumed run, a run the report reads);
+        ``stage``: the stage of a record written before it named its stage."""
+        choice = WindowChoice.from_json(data["window_choice"]) if data.get("window_choice") else None
+        budget = BudgetCalibration.from_json(data["budget"]) if data.get("budget") else None
         return cls(
-            stage=data["stage"], epochs=data["epochs"], eval_window=data["eval_window"], window=window, best=data["best"], start=data["start"],
-            budget=budget["budget"] if budget else None, window_choice=choice, budget_evidence=budget,
-            epochs_run=data.get("epochs_run"), stop_reason=data.get("stop_reason"),
+            stage=data.get("stage", stage),
+            epochs=data["epochs"],
+            eval_window=data["eval_window"],
+            window=choice.window if choice else data["window"],
+            best=Validation.from_json(data["best"]),
+            start=Validation.from_json(data.get("start") or {}),
+            budget=int(budget.budget) if budget else None,
+            window_choice=choice,
+            budget_evidence=budget,
+            epochs_run=data.get("epochs_run"),
+            stop_reason=data.get("stop_reason"),
         )
 
 
@@ -96,7 +104,7 @@ class StageOutcome:
 # validation and the decisions it feeds
 
 
-def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, episodes: int) -> Metrics:
+def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, episodes: int) -> Validation:
     """Overall metrics on validation states at one window (paired: fixed seed), with the
     per-state success ``success_by_state`` for paired comparisons between validations."""
     metrics = evaluate_policy(policy, cfg.env, episodes, window, cfg.eval.mode, cfg.eval.seed, split="val", engine=engine, latency_ms=cfg.eval.latency_ms, return_outcomes=True)
@@ -104,17 +112,17 @@ def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEn
         raise RuntimeError(f"validation at window {window}: every episode was lost to simulator faults or worker timeouts")
     out = metrics["outcomes"]
     success = {f"{task}:{index}": bool(ok) for task, index, ok in zip(out["task"], out["index"], out["success"])}
-    return {**metrics["overall"], "success_by_state": success}
-
-
-def without_outcomes(metrics: Metrics) -> Metrics:
-    """A `validate` result without its per-state outcomes (for summaries and recorded evidence)."""
-    return {k: v for k, v in metrics.items() if k != "success_by_state"}
+    return Validation(metrics["overall"], success)
 
 
 def choose_window(
-    policy: ChunkPolicy, cfg: RunConfig, windows: tuple[int, ...], engine: RolloutEngine, known: dict[int, Metrics] | None = None, baseline: Metrics | None = None
-) -> Metrics:
+    policy: ChunkPolicy,
+    cfg: RunConfig,
+    windows: tuple[int, ...],
+    engine: RolloutEngine,
+    known: Mapping[int, Validation] | None = None,
+    baseline: Validation | None = None,
+) -> tuple[WindowChoice, dict[int, Validation]]:
     """Stage 1's decision: the longest window whose validation SR is within the tolerance of a
     reference SR (same states, same random numbers for every window): the policy's own SR at the
     shortest window; or, given ``baseline`` (``stage1.window_reference=baseline``), the lower of
@@ -122,12 +130,12 @@ def choose_window(
     at the shortest window. When the longest window holds against the baseline nothing more is
     validated; else the policy's own shortest window is, then windows from the longest down until
     one holds (the shortest always does). ``known``: validations of this same policy already made (window ->
-    `validate` result), not repeated. The result's ``validations`` holds the full `validate` result
-    of every window measured (for Stage 2's start)."""
+    `validate` result), not repeated. Also returns the full `validate` result of every window
+    measured (for Stage 2's start), window -> `Validation`."""
     episodes = cfg.stage1.val_episodes
     per_window = dict(known or {})
 
-    def measured(w: int) -> Metrics:
+    def measured(w: int) -> Validation:
         if w not in per_window:
             per_window[w] = validate(policy, cfg, w, engine, episodes)
         return per_window[w]
@@ -138,55 +146,58 @@ def choose_window(
     tolerance = cfg.stage1.tolerance_points / 100.0
 
     def longest_within(reference: float) -> int:
-        return next((w for w in reversed(windows) if measured(w)["success_rate"] >= reference - tolerance - 1e-12), windows[0])
+        holds = (w for w in reversed(windows) if measured(w).success_rate >= reference - tolerance - 1e-12)
+        return next(holds, windows[0])
 
-    if baseline is not None and measured(windows[-1])["success_rate"] >= baseline["success_rate"] - tolerance - 1e-12:
-        own, reference = None, baseline["success_rate"]  # the longest window holds: nothing else to measure
+    if baseline is not None and measured(windows[-1]).success_rate >= baseline.success_rate - tolerance - 1e-12:
+        own, reference = None, baseline.success_rate  # the longest window holds: nothing else to measure
     else:  # the lower of the two references (the policy's own k_1 holds against it, so something does)
-        own = measured(windows[0])["success_rate"]
-        reference = own if baseline is None else min(baseline["success_rate"], own)
+        own = measured(windows[0]).success_rate
+        reference = own if baseline is None else min(baseline.success_rate, own)
     chosen = longest_within(reference)
-    evidence = {str(w): without_outcomes(per_window[w]) for w in windows if w in per_window}
-    return {
-        "window": chosen, "tolerance_points": cfg.stage1.tolerance_points, "reference": "policy" if reference == own else "baseline",
-        "reference_success_rate": reference, "episodes_per_task": episodes, "split": "val", "mode": cfg.eval.mode, "per_window": evidence,
-        "validations": {w: per_window[w] for w in windows if w in per_window},
-    }
+    evidence = {w: per_window[w].without_outcomes() for w in windows if w in per_window}
+    which = "policy" if reference == own else "baseline"
+    tolerance_points, mode = cfg.stage1.tolerance_points, cfg.eval.mode
+    choice = WindowChoice(chosen, tolerance_points, which, reference, episodes, "val", mode, evidence)
+    return choice, {w: per_window[w] for w in windows if w in per_window}
 
 
-def calibrate_budget(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, known: Metrics | None = None) -> Metrics:
+def calibrate_budget(
+    policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, known: Validation | None = None
+) -> BudgetCalibration:
     """Step budget B = ceil(beta_B * mean T of successes) of the policy entering Stage 2, at
     Stage 2's window, in the evaluation mode, on Stage 2's validation states (or the user's B).
     ``known``: that validation, already made (`validate` at ``window`` with stage2.val_episodes)."""
     if cfg.stage2.budget:
-        return {"budget": cfg.stage2.budget, "source": "given by the user (stage2.budget)"}
+        return BudgetCalibration(cfg.stage2.budget, "given by the user (stage2.budget)")
     episodes = cfg.stage2.val_episodes
     val = known if known is not None else validate(policy, cfg, window, engine, episodes)
-    if not val["success_rate"]:
+    if not val.success_rate:
         raise InputError(
-            f"cannot calibrate the Stage 2 step budget: the policy succeeded in none of {val['episodes']} validation episodes at window {window}; give stage2.budget or start from a better policy"
+            f"cannot calibrate the Stage 2 step budget: the policy succeeded in none of {val.episodes} validation "
+            f"episodes at window {window}; give stage2.budget or start from a better policy"
         )
-    return {
-        "budget": objective.step_budget([val["mean_steps"]], cfg.stage2.budget_multiplier),  # mean_steps: mean T of the successes
-        "source": f"calibrated: ceil({cfg.stage2.budget_multiplier} x mean T of successful validation episodes)",
-        "mean_steps": val["mean_steps"],
-        "success_rate": val["success_rate"],
-        "window": window,
-        "mode": cfg.eval.mode,
-        "episodes_per_task": episodes,
-    }
+    return BudgetCalibration(
+        objective.step_budget([val.mean_steps], cfg.stage2.budget_multiplier),  # mean_steps: mean T of the successes
+        f"calibrated: ceil({cfg.stage2.budget_multiplier} x mean T of successful validation episodes)",
+        mean_steps=val.mean_steps,
+        success_rate=val.success_rate,
+        window=window,
+        mode=cfg.eval.mode,
+        episodes_per_task=episodes,
+    )
 
 
-def significant_loss(candidate: Metrics, start: Metrics, tolerance_points: float) -> bool:
+def significant_loss(candidate: Validation, start: Validation, tolerance_points: float) -> bool:
     """Whether ``candidate`` lost success against ``start`` (two validations on the same states with
     the same random numbers): its SR drop is larger than ``tolerance_points`` AND the paired 95%
     interval of the drop (Newcombe) excludes zero. On small validation sets one or two unlucky
     episodes move the SR by more than the tolerance; only a loss the evaluation can tell from noise
     disqualifies a checkpoint."""
-    drop = start["success_rate"] - candidate["success_rate"]
+    drop = start.success_rate - candidate.success_rate
     if drop <= tolerance_points / 100.0 + 1e-12:
         return False
-    a, b = start.get("success_by_state"), candidate.get("success_by_state")
+    a, b = start.success_by_state, candidate.success_by_state
     if not a or not b:  # no per-state outcomes (a checkpoint from before they were recorded)
         return True
     keys = sorted(a.keys() & b.keys())
@@ -196,16 +207,18 @@ def significant_loss(candidate: Metrics, start: Metrics, tolerance_points: float
     return diff["hi"] < 0.0  # new - start is below zero with 95% confidence
 
 
-def _calls(metrics: Metrics) -> float:
-    return math.inf if metrics["calls_per_success"] is None else metrics["calls_per_success"]  # None: no success
+def _calls(val: Validation) -> float:
+    return math.inf if val.calls_per_success is None else val.calls_per_success  # None: no success
 
 
-def most_successful(candidate: Metrics, best: Metrics | None) -> bool:
+def most_successful(candidate: Validation, best: Validation | None) -> bool:
     """Stage 1's best-checkpoint rule: highest validation SR (at the longest window), ties: fewer calls."""
-    return best is None or (candidate["success_rate"], -_calls(candidate)) > (best["success_rate"], -_calls(best))
+    return best is None or (candidate.success_rate, -_calls(candidate)) > (best.success_rate, -_calls(best))
 
 
-def fewest_calls_without_loss(candidate: Metrics, best: Metrics | None, start: Metrics, tolerance_points: float) -> bool:
+def fewest_calls_without_loss(
+    candidate: Validation, best: Validation | None, start: Validation, tolerance_points: float
+) -> bool:
     """Stage 2's best-checkpoint rule: fewest calls among evaluations without a significant success
     loss against the stage's start (`significant_loss`); if every one lost, the highest SR."""
     if best is None:
@@ -215,8 +228,8 @@ def fewest_calls_without_loss(candidate: Metrics, best: Metrics | None, start: M
     if cand_ok != best_ok:
         return cand_ok
     if not cand_ok:
-        return candidate["success_rate"] > best["success_rate"]
-    return (_calls(candidate), -candidate["success_rate"]) < (_calls(best), -best["success_rate"])
+        return candidate.success_rate > best.success_rate
+    return (_calls(candidate), -candidate.success_rate) < (_calls(best), -best.success_rate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +257,7 @@ class Stage(abc.ABC):
         """Rewards [num_groups, G] and the mean of each reward term (for the logs)."""
 
     @abc.abstractmethod
-    def is_better(self, candidate: Metrics, best: Metrics | None, start: Metrics) -> bool:
+    def is_better(self, candidate: Validation, best: Validation | None, start: Validation) -> bool:
         """Whether validation ``candidate`` replaces ``best`` as the stage's best checkpoint."""
 
     def begin(self, policy: ChunkPolicy) -> None:
@@ -254,12 +267,12 @@ class Stage(abc.ABC):
         """Constant fields of every epoch's metrics record."""
         return {}
 
-    def reference(self, policy: ChunkPolicy, engine: RolloutEngine) -> Metrics | None:
+    def reference(self, policy: ChunkPolicy, engine: RolloutEngine) -> Validation | None:
         """Measured once, with the policy entering the stage, when the stage starts (kept in its
         checkpoints): what `stop_reason` compares with. None: nothing to measure."""
         return None
 
-    def stop_reason(self, epoch: int, val: Metrics, stale: int, reference: Metrics | None) -> str | None:
+    def stop_reason(self, epoch: int, val: Validation, stale: int, reference: Validation | None) -> str | None:
         """Why the stage stops after the validation ``val`` of ``epoch``, or None to go on.
         ``stale``: validations in a row, this one included, without a new best checkpoint.
         Shared rule: ``patience`` stale validations (never before ``min_epochs``)."""
@@ -271,7 +284,15 @@ class Stage(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics, reference: Metrics | None = None) -> StageOutcome:
+    def conclude(
+        self,
+        policy: ChunkPolicy,
+        engine: RolloutEngine,
+        epochs: int,
+        best: Validation,
+        start: Validation,
+        reference: Validation | None = None,
+    ) -> StageOutcome:
         """The stage's decision, made with ``policy`` holding its best checkpoint (``reference``:
         what `reference` measured); marks the policy with what it was trained for (`mark_trained`)."""
 
@@ -281,14 +302,12 @@ class Stage1(Stage):
 
     name = "extend"
 
-    def __init__(self, cfg: RunConfig, policy: ChunkPolicy):
+    def __init__(self, cfg: RunConfig, plan: WindowPlan):
         self.cfg, self.config = cfg, cfg.stage1
-        # k_1 is the config's (behaviour-cloned) default window; a post-trained policy's own
-        # default window is the one PolicyTrim chose for it
-        self.windows = cfg.stage1_windows
-        self.validations: dict[int, Metrics] = {}  # set by `conclude`: the chosen policy's validation per window
-        if self.windows[-1] > window_bound(policy):
-            raise InputError(f"stage1.windows {self.windows} exceed what the policy may execute (max window {policy.max_window}, chunk size {policy.chunk_size})")
+        if not plan.stage1:
+            raise ValueError("the window plan has no Stage 1 windows (build it with WindowPlan.for_run for 'extend')")
+        self.windows = plan.stage1  # resolved and bound-checked once, in the run's window plan
+        self.validations: dict[int, Validation] = {}  # set by `conclude`: the chosen policy's validation per window
 
     def assign_windows(self, num_groups: int, group_size: int) -> torch.Tensor:
         return objective.assign_windows(num_groups, group_size, self.windows)
@@ -298,40 +317,55 @@ class Stage1(Stage):
         per_window = {f"success_rate_k{w}": traj.success[traj.window == w].float().mean().item() for w in self.windows if bool((traj.window == w).any())}
         return rewards, {"reward": rewards.mean().item(), "reward_extension": rewards.mean().item(), **per_window}
 
-    def is_better(self, candidate: Metrics, best: Metrics | None, start: Metrics) -> bool:
+    def is_better(self, candidate: Validation, best: Validation | None, start: Validation) -> bool:
         return most_successful(candidate, best)
 
-    def reference(self, policy: ChunkPolicy, engine: RolloutEngine) -> Metrics | None:
+    def reference(self, policy: ChunkPolicy, engine: RolloutEngine) -> Validation | None:
         """With ``stop_when_reliable`` or ``window_reference=baseline``: the entering policy's
         validation at the shortest window."""
         if not (self.config.stop_when_reliable or self.config.window_reference == "baseline"):
             return None
-        return without_outcomes(validate(policy, self.cfg, self.windows[0], engine, self.config.val_episodes))
+        return validate(policy, self.cfg, self.windows[0], engine, self.config.val_episodes).without_outcomes()
 
-    def stop_reason(self, epoch: int, val: Metrics, stale: int, reference: Metrics | None) -> str | None:
+    def stop_reason(self, epoch: int, val: Validation, stale: int, reference: Validation | None) -> str | None:
         """The shared rule, then ``stop_when_reliable``: the longest window's validation SR is within
         ``tolerance_points`` of the entering policy's SR at the shortest window."""
         reason = super().stop_reason(epoch, val, stale, reference)
         if reason or not self.config.stop_when_reliable or reference is None or epoch < self.config.min_epochs:
             return reason
         tolerance = self.config.tolerance_points
-        if val["success_rate"] >= reference["success_rate"] - tolerance / 100.0 - 1e-12:
+        if val.success_rate >= reference.success_rate - tolerance / 100.0 - 1e-12:
             return (
-                f"reliable: validation SR {val['success_rate']:.3f} at window {self.windows[-1]} is within {tolerance:g} points of "
-                f"the entering policy's {reference['success_rate']:.3f} at window {self.windows[0]}"
+                f"reliable: validation SR {val.success_rate:.3f} at window {self.windows[-1]} is "
+                f"{relation_in_points(val.success_rate, reference.success_rate, tolerance)} "
+                f"the entering policy's {reference.success_rate:.3f} at window {self.windows[0]}"
             )
         return None
 
-    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics, reference: Metrics | None = None) -> StageOutcome:
+    def conclude(
+        self,
+        policy: ChunkPolicy,
+        engine: RolloutEngine,
+        epochs: int,
+        best: Validation,
+        start: Validation,
+        reference: Validation | None = None,
+    ) -> StageOutcome:
         # the best checkpoint's validation at the longest window is known (same states and seed)
-        known = {self.eval_window: {k: v for k, v in best.items() if k != "epoch"}} if "success_by_state" in best else {}
+        known = {self.eval_window: best.at_epoch(None)} if best.success_by_state is not None else {}
         baseline = reference if self.config.window_reference == "baseline" else None
         if self.config.window_reference == "baseline" and baseline is None:
             raise RuntimeError("stage1.window_reference=baseline needs the entering policy's validation at the shortest window (Stage1.reference)")
-        choice = distributed.main_only(lambda: choose_window(policy, self.cfg, self.windows, engine, known, baseline))  # rank 0's, on every rank
-        self.validations = choice.pop("validations")
-        policy.mark_trained(self.name, choice["window"])
-        return StageOutcome(self.name, epochs, self.eval_window, choice["window"], without_outcomes(best), without_outcomes(start), window_choice=choice)
+        def decide() -> dict[str, Any]:  # rank 0 decides; every rank gets its JSON
+            choice, validations = choose_window(policy, self.cfg, self.windows, engine, known, baseline)
+            return {"choice": choice.to_json(), "validations": {str(w): v.to_json() for w, v in validations.items()}}
+
+        shared = distributed.main_only(decide)
+        choice = WindowChoice.from_json(shared["choice"])
+        self.validations = {int(w): Validation.from_json(v) for w, v in shared["validations"].items()}
+        policy.mark_trained(self.name, choice.window)
+        best, start = best.without_outcomes(), start.without_outcomes()
+        return StageOutcome(self.name, epochs, self.eval_window, choice.window, best, start, window_choice=choice)
 
 
 class Stage2(Stage):
@@ -339,18 +373,11 @@ class Stage2(Stage):
 
     name = "trim"
 
-    def __init__(self, cfg: RunConfig, window: int, budget: Metrics):
+    def __init__(self, cfg: RunConfig, window: int, budget: BudgetCalibration):
         self.cfg, self.config = cfg, cfg.stage2
         self.windows = (int(window),)
         self.budget_evidence = budget
-        self.budget = int(budget["budget"])
-
-    @staticmethod
-    def window_for(cfg: RunConfig, policy: ChunkPolicy, stage1: StageOutcome | None = None) -> int:
-        """Stage 2's window: ``stage2.window``, else Stage 1's choice, else the window the policy
-        entering Stage 2 was trained for (its default window)."""
-        window = cfg.stage2.window or (stage1.window if stage1 is not None else 0)
-        return resolve_window(policy, window, "stage2.window")
+        self.budget = int(budget.budget)
 
     def assign_windows(self, num_groups: int, group_size: int) -> torch.Tensor:
         return torch.full((num_groups, group_size), self.windows[0], dtype=torch.long)
@@ -366,7 +393,7 @@ class Stage2(Stage):
             "reward_stability_penalty": terms.stability[ok].mean().item() if ok.any() else 0.0,
         }
 
-    def is_better(self, candidate: Metrics, best: Metrics | None, start: Metrics) -> bool:
+    def is_better(self, candidate: Validation, best: Validation | None, start: Validation) -> bool:
         return fewest_calls_without_loss(candidate, best, start, self.config.tolerance_points)
 
     def begin(self, policy: ChunkPolicy) -> None:
@@ -376,5 +403,17 @@ class Stage2(Stage):
     def epoch_record(self) -> dict[str, Any]:
         return {"budget": self.budget}
 
-    def conclude(self, policy: ChunkPolicy, engine: RolloutEngine, epochs: int, best: Metrics, start: Metrics, reference: Metrics | None = None) -> StageOutcome:
-        return StageOutcome(self.name, epochs, self.eval_window, self.windows[0], without_outcomes(best), without_outcomes(start), budget=self.budget, budget_evidence=self.budget_evidence)
+    def conclude(
+        self,
+        policy: ChunkPolicy,
+        engine: RolloutEngine,
+        epochs: int,
+        best: Validation,
+        start: Validation,
+        reference: Validation | None = None,
+    ) -> StageOutcome:
+        best, start = best.without_outcomes(), start.without_outcomes()
+        return StageOutcome(
+            self.name, epochs, self.eval_window, self.windows[0], best, start,
+            budget=self.budget, budget_evidence=self.budget_evidence,
+        )
