@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from policytrim.config import DataConfig, EnvConfig, RolloutConfig, RunConfig
-from policytrim.data.demos import DemoDataset, Suboptimality, collect_demos, load_demos, save_demos, summarize_demos
+from policytrim.data.collect import Suboptimality, collect_demos
+from policytrim.data.demos import DemoDataset, load_demos, save_demos, summarize_demos
 from policytrim.errors import InputError
 
 

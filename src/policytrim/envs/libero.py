@@ -76,8 +76,8 @@ from policytrim.envs.base import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, InitialS
 from policytrim.envs.libero_tasks import SUITE_TASKS
 from policytrim.errors import InputError
 
-if TYPE_CHECKING:
-    from policytrim.config import EnvConfig
+if TYPE_CHECKING:  # the env section of a run's config; the envs sit below policytrim.config
+    from policytrim.envs.base import EnvSettings as EnvConfig
 
 SUITES: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 OPENPI_MAX_STEPS: dict[str, int] = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}

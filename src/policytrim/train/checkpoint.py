@@ -19,7 +19,6 @@ lost future. Nothing non-finite is written: a non-finite optimiser tensor is an 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -31,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from policytrim.errors import InputError
-from policytrim.io import atomic_directory, atomic_write_bytes, atomic_write_json, kill_point
+from policytrim.io import atomic_directory, atomic_write_bytes, atomic_write_json, kill_point, read_json
 from policytrim.policies.checkpoint import safetensors_bytes
 
 FORMAT_VERSION = 1
@@ -133,10 +132,10 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
 
 def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore the optimiser from a checkpoint and return its trainer state (JSON)."""
+    state = read_json(checkpoint / "trainer_state.json", name=f"checkpoint {checkpoint}: trainer_state.json", corrupt=": the checkpoint is unreadable or incomplete")
     try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
         tensors = load_file(str(checkpoint / "optimizer.safetensors"))
-    except (OSError, json.JSONDecodeError, SafetensorError) as exc:
+    except (OSError, SafetensorError) as exc:
         raise InputError(f"checkpoint {checkpoint} is unreadable or incomplete: {exc}") from None
     if state.get("format_version") != FORMAT_VERSION:
         raise InputError(f"checkpoint {checkpoint} has trainer format {state.get('format_version')!r}; this version reads {FORMAT_VERSION}")
