@@ -41,6 +41,7 @@ from policytrim.policies.base import ChunkSample, Mode, Observation
 from policytrim.policies.expert import ExpertPolicy
 from policytrim.rollout.engine import RolloutEngine, trajectory_seed
 from policytrim.rollout.types import Trajectories
+from policytrim.rollout.workers import EnvFactory
 
 log = logging.getLogger("policytrim.data")
 
@@ -160,12 +161,16 @@ def _episodes_of(trajectories: Trajectories) -> list[dict[str, Any]]:
     return out
 
 
-def collect_demos(cfg: RunConfig, out: str | Path, overwrite: bool = False, progress: bool = False, fmt: str = "policytrim") -> DemoDataset:
+def collect_demos(
+    cfg: RunConfig, out: str | Path, overwrite: bool = False, progress: bool = False, fmt: str = "policytrim", env_factory: EnvFactory | None = None
+) -> DemoDataset:
     """Run the scripted experts on training-split states of ``cfg.env.tasks`` and save to ``out``.
 
     ``cfg`` is a `policytrim.config.RunConfig` (env, data and the rollout section's workers, step
     timeout and backend are used). ``fmt``: ``policytrim`` (`policytrim.data.demos`' format) or
     ``lerobot`` (a LeRobotDataset written by LeRobot's own writer, `policytrim.data.lerobot_dataset`).
+    ``env_factory`` (picklable) replaces `policytrim.envs.make_env` in the engine's workers (tests
+    inject faults with it).
     """
     if fmt not in ("policytrim", "lerobot"):
         raise InputError(f"dataset format must be policytrim or lerobot, got {fmt!r}")
@@ -198,7 +203,7 @@ def collect_demos(cfg: RunConfig, out: str | Path, overwrite: bool = False, prog
         from tqdm import tqdm
 
         bar = tqdm(total=wanted * len(tasks), desc="collect", unit="ep")
-    engine = RolloutEngine(env_cfg, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, backend=cfg.rollout.backend, ray=cfg.ray)
+    engine = RolloutEngine(env_cfg, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, env_factory=env_factory, backend=cfg.rollout.backend, ray=cfg.ray)
     control_period = None
     try:
         while True:
