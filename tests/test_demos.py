@@ -191,17 +191,20 @@ def test_a_shortfall_is_recorded_and_warned_or_refused(tmp_path, caplog):
         ds = collect_demos(cfg, tmp_path / "short")
     collection = load_demos(tmp_path / "short").meta["collection"]
     got = collection["expert_successes"]["push-v3"]
-    assert collection["attempts"] == {"push-v3": 5} and collection["max_attempts"] == 5 and collection["on_shortfall"] == "warn"
+    assert collection["attempts"] == {"push-v3": 5} and collection["max_attempts"] == 5
+    assert collection["on_shortfall"] == "warn"
     assert got < 5 and collection["collected"] == {"push-v3": got} == {"push-v3": ds.num_episodes}
     assert collection["short_of_requested"] == {"push-v3": got}
     assert "collected fewer demonstrations than requested" in caplog.text and f"push-v3: {got} of 5" in caplog.text
 
     cfg.data = replace(cfg.data, on_shortfall="error")
-    with pytest.raises(InputError, match=f"fell short of data.episodes=5 within data.max_attempts=5 per task \\(push-v3: {got} of 5"):
+    refusal = f"fell short of data.episodes=5 within data.max_attempts=5 per task \\(push-v3: {got} of 5"
+    with pytest.raises(InputError, match=refusal):
         collect_demos(cfg, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
 
-    full = collect_demos(cfg_for(5, tasks=("push-v3",)), tmp_path / "full").meta["collection"]  # default cap: 3 x 5 + 10
+    # the default cap (3 x 5 + 10) tries further states and fills the set
+    full = collect_demos(cfg_for(5, tasks=("push-v3",)), tmp_path / "full").meta["collection"]
     assert full["max_attempts"] == 25 and full["collected"] == {"push-v3": 5} and full["short_of_requested"] == {}
     assert full["attempts"]["push-v3"] > 5 and full["faults"] == {}
 
@@ -231,10 +234,13 @@ def test_the_report_states_the_demonstrations_collected(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    summary = {"tasks": ["push-v3", "reach-v3"], "demonstrations": {"episodes": 200, "max_attempts": 0, "on_shortfall": "warn", "collected": {"push-v3": 186, "reach-v3": 200}}}
+    collected = {"push-v3": 186, "reach-v3": 200}
+    demonstrations = {"episodes": 200, "max_attempts": 0, "on_shortfall": "warn", "collected": collected}
+    summary = {"tasks": ["push-v3", "reach-v3"], "demonstrations": demonstrations}
     (run / "summary.json").write_text(json.dumps(summary))
     sec = Section(run, tmp_path / "plots", "p_")
     pipeline_section(sec)
     text = to_markdown(sec.blocks, tmp_path)
-    assert "demonstrations collected per task: push-v3 186, reach-v3 200 (**fewer than the 200 requested** for push-v3)" in text
+    expected = "push-v3 186, reach-v3 200 (**fewer than the 200 requested** for push-v3)"
+    assert f"demonstrations collected per task: {expected}" in text
     assert "on_shortfall=warn" in text

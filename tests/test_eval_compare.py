@@ -9,7 +9,7 @@ import pytest
 
 from policytrim.cli import main
 from policytrim.experiments.demo import SUMMARY_UNITS
-from test_pipeline import numbers_without_unit
+from test_demo import numbers_without_unit
 
 
 @pytest.mark.slow

@@ -46,7 +46,8 @@ def test_atomic_directory_merges_into_an_existing_one_pinning_file_last(tmp_path
         (tmp / "weights").write_text("new")
         (tmp / "sub").mkdir()
         (tmp / "sub" / "x").write_text("1")
-    assert {p.name: p.read_text() for p in target.iterdir() if p.is_file()} == {"other.txt": "kept", "weights": "new", "config": "new config"}
+    files = {p.name: p.read_text() for p in target.iterdir() if p.is_file()}
+    assert files == {"other.txt": "kept", "weights": "new", "config": "new config"}
     assert (target / "sub" / "x").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
     moved = []  # the order entries are moved in: the pinning file last

@@ -144,7 +144,15 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_scanner_sees_function_level_relative_and_type_checking_imports():
-    modules = {"policytrim", "policytrim.a", "policytrim.a.x", "policytrim.b", "policytrim.c", "policytrim.d", "policytrim.e"}
+    modules = {
+        "policytrim",
+        "policytrim.a",
+        "policytrim.a.x",
+        "policytrim.b",
+        "policytrim.c",
+        "policytrim.d",
+        "policytrim.e",
+    }
     source = textwrap.dedent(
         """
         from typing import TYPE_CHECKING
@@ -157,9 +165,17 @@ def test_scanner_sees_function_level_relative_and_type_checking_imports():
             from .. import e
         """
     )
-    assert imports_of(source, "policytrim.a.x", False, modules) == {"policytrim.b", "policytrim.c", "policytrim.d", "policytrim.e"}
+    assert imports_of(source, "policytrim.a.x", False, modules) == {
+        "policytrim.b",
+        "policytrim.c",
+        "policytrim.d",
+        "policytrim.e",
+    }
     # importing a.x from outside package a runs a's __init__ first; from inside it does not count
-    assert imports_of("from policytrim.a.x import f", "policytrim.b", False, modules) == {"policytrim.a.x", "policytrim.a"}
+    assert imports_of("from policytrim.a.x import f", "policytrim.b", False, modules) == {
+        "policytrim.a.x",
+        "policytrim.a",
+    }
     assert imports_of("from policytrim.a.x import f", "policytrim.a", True, modules) == {"policytrim.a.x"}
 
 
@@ -199,14 +215,26 @@ def test_no_circle_of_imports():
 
 
 def test_no_library_module_imports_the_cli():
-    offenders = {name: sorted(d for d in deps if layer_of(d) == len(LAYERS) - 1) for name, deps in import_graph().items() if layer_of(name) < len(LAYERS) - 1}
+    offenders = {
+        name: sorted(d for d in deps if layer_of(d) == len(LAYERS) - 1)
+        for name, deps in import_graph().items()
+        if layer_of(name) < len(LAYERS) - 1
+    }
     offenders = {k: v for k, v in offenders.items() if v}
     assert not offenders, f"library modules importing the CLI layer: {offenders}"
 
 
 def test_importing_every_library_module_leaves_the_cli_unloaded():
-    names = [n for n in _modules() if not (n == "policytrim.cli" or n.startswith("policytrim.cli.") or n.endswith("__main__"))]
-    code = "import importlib, sys\n" + "".join(f"importlib.import_module({n!r})\n" for n in names) + "print(sorted(m for m in sys.modules if m.startswith('policytrim.cli')))"
+    names = [
+        n
+        for n in _modules()
+        if not (n == "policytrim.cli" or n.startswith("policytrim.cli.") or n.endswith("__main__"))
+    ]
+    code = (
+        "import importlib, sys\n"
+        + "".join(f"importlib.import_module({n!r})\n" for n in names)
+        + "print(sorted(m for m in sys.modules if m.startswith('policytrim.cli')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]", f"importing the library loaded {result.stdout.strip()}"

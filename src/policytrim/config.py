@@ -441,8 +441,14 @@ class DataConfig:
         _require(self.pause_min <= self.pause_max, f"data.pause_min <= data.pause_max needed, got {self.pause_min}, {self.pause_max}")
         _require(self.detour_min <= self.detour_max, f"data.detour_min <= data.detour_max needed, got {self.detour_min}, {self.detour_max}")
         _int_in("data.max_attempts", self.max_attempts, 0, L.MAX_EPISODES * 10, " (0 = 3 x episodes + 10)")
-        _require(self.max_attempts == 0 or self.max_attempts >= self.episodes, f"data.max_attempts must be 0 (automatic) or >= data.episodes={self.episodes}, got {self.max_attempts}")
-        _require(self.on_shortfall in ("warn", "error"), f"data.on_shortfall must be warn or error, got {self.on_shortfall!r}")
+        _require(
+            self.max_attempts == 0 or self.max_attempts >= self.episodes,
+            f"data.max_attempts must be 0 (automatic) or >= data.episodes={self.episodes}, got {self.max_attempts}",
+        )
+        _require(
+            self.on_shortfall in ("warn", "error"),
+            f"data.on_shortfall must be warn or error, got {self.on_shortfall!r}",
+        )
 
 
 @dataclass

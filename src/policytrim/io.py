@@ -127,7 +127,9 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path, overwrite: bool = False, merge: bool = False, last: tuple[str, ...] = ()) -> Iterator[Path]:
+def atomic_directory(
+    path: str | Path, overwrite: bool = False, merge: bool = False, last: tuple[str, ...] = ()
+) -> Iterator[Path]:
     """Yield a temporary directory; on success it is renamed to ``path`` in one step. The one
     way policytrim writes a directory (checkpoints, datasets): nothing half-written is ever read.
 
@@ -174,7 +176,9 @@ def atomic_directory(path: str | Path, overwrite: bool = False, merge: bool = Fa
         raise
 
 
-def read_json(path: str | Path, name: str | None = None, missing_ok: bool = False, kind: type | None = dict, corrupt: str = "") -> Any:
+def read_json(
+    path: str | Path, name: str | None = None, missing_ok: bool = False, kind: type | None = dict, corrupt: str = ""
+) -> Any:
     """Read, decode and parse the JSON file ``path`` (a side file: a config, a run's record, a
     dataset's meta) -- the one JSON reader of policytrim. Every failure is one `InputError`:
 

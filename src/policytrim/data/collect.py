@@ -123,11 +123,20 @@ class Demonstrator:
         """The episodes of the next engine run (group size 1, ``seed=run_seed``)."""
         cfg = self.data_cfg
         self._episodes = {
-            trajectory_seed(run_seed, s, 0): [Suboptimality(cfg, np.random.default_rng(episode_seed(cfg.seed, s))) if self.suboptimal else None, 0]
+            trajectory_seed(run_seed, s, 0): [
+                Suboptimality(cfg, np.random.default_rng(episode_seed(cfg.seed, s))) if self.suboptimal else None,
+                0,
+            ]
             for s in states
         }
 
-    def sample(self, obs: Observation, instructions: Sequence[str], mode: Mode = "deterministic", generators: Sequence[torch.Generator] | None = None) -> ChunkSample:
+    def sample(
+        self,
+        obs: Observation,
+        instructions: Sequence[str],
+        mode: Mode = "deterministic",
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> ChunkSample:
         chunk = self.expert.sample(obs, instructions, mode, generators)
         actions = chunk.actions[:, 0].numpy().copy()
         if generators is None or len(generators) != len(actions):
@@ -154,7 +163,12 @@ def _episodes_of(trajectories: Trajectories) -> list[dict[str, Any]]:
     for i in range(trajectories.num_trajectories):
         rows = order[bounds[i] : bounds[i + 1]]
         state = InitialState(trajectories.task[i], int(trajectories.seed[i]), int(trajectories.index[i]))
-        ep = {"state": state, "states": states[rows], "actions": actions[rows], "success": bool(trajectories.success[i])}
+        ep = {
+            "state": state,
+            "states": states[rows],
+            "actions": actions[rows],
+            "success": bool(trajectories.success[i]),
+        }
         if images is not None:
             ep["images"] = images[rows]
         out.append(ep)
@@ -162,7 +176,12 @@ def _episodes_of(trajectories: Trajectories) -> list[dict[str, Any]]:
 
 
 def collect_demos(
-    cfg: RunConfig, out: str | Path, overwrite: bool = False, progress: bool = False, fmt: str = "policytrim", env_factory: EnvFactory | None = None
+    cfg: RunConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    progress: bool = False,
+    fmt: str = "policytrim",
+    env_factory: EnvFactory | None = None,
 ) -> DemoDataset:
     """Run the scripted experts on training-split states of ``cfg.env.tasks`` and save to ``out``.
 
@@ -203,7 +222,14 @@ def collect_demos(
         from tqdm import tqdm
 
         bar = tqdm(total=wanted * len(tasks), desc="collect", unit="ep")
-    engine = RolloutEngine(env_cfg, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, env_factory=env_factory, backend=cfg.rollout.backend, ray=cfg.ray)
+    engine = RolloutEngine(
+        env_cfg,
+        cfg.rollout.num_workers,
+        cfg.rollout.step_timeout_s,
+        env_factory=env_factory,
+        backend=cfg.rollout.backend,
+        ray=cfg.ray,
+    )
     control_period = None
     try:
         while True:
@@ -218,7 +244,9 @@ def collect_demos(
             for b in range(0, len(states), BATCH_EPISODES):
                 batch = states[b : b + BATCH_EPISODES]
                 demonstrator.begin(batch, data.seed)
-                result = engine.run(demonstrator, batch, 1, torch.ones(len(batch), 1, dtype=torch.long), "deterministic", data.seed)
+                result = engine.run(
+                    demonstrator, batch, 1, torch.ones(len(batch), 1, dtype=torch.long), "deterministic", data.seed
+                )
                 for kind, count in result.fault_counts.items():
                     faults[kind] = faults.get(kind, 0) + count
                 for ep in _episodes_of(result):
@@ -236,11 +264,16 @@ def collect_demos(
 
     episodes = [ep for t in tasks for ep in sorted(kept[t], key=lambda e: e["state"].index)]
     if not episodes:
-        raise InputError(f"the experts produced no successful demonstration in {sum(attempts.values())} attempts; try a longer env.horizon or data.keep_failures")
+        raise InputError(
+            f"the experts produced no successful demonstration in {sum(attempts.values())} attempts; "
+            "try a longer env.horizon or data.keep_failures"
+        )
     collected = {t: len(kept[t]) for t in tasks}
     short = {t: n for t, n in collected.items() if n < wanted}
     if short:
-        what = ", ".join(f"{t}: {n} of {wanted} ({attempts[t]} attempts, {successes[t]} expert successes)" for t, n in short.items())
+        what = ", ".join(
+            f"{t}: {n} of {wanted} ({attempts[t]} attempts, {successes[t]} expert successes)" for t, n in short.items()
+        )
         if data.on_shortfall == "error":
             raise InputError(
                 f"the experts fell short of data.episodes={wanted} within data.max_attempts={limit} per task ({what}); "
@@ -250,7 +283,20 @@ def collect_demos(
     collection = {
         "expert": "metaworld scripted policies (metaworld.policies)",
         "suboptimal": bool(data.suboptimal),
-        "settings": {k: getattr(data, k) for k in ("speed_min", "speed_max", "pause_prob", "pause_min", "pause_max", "detour_prob", "detour_min", "detour_max", "jitter_std")}
+        "settings": {
+            k: getattr(data, k)
+            for k in (
+                "speed_min",
+                "speed_max",
+                "pause_prob",
+                "pause_min",
+                "pause_max",
+                "detour_prob",
+                "detour_min",
+                "detour_max",
+                "jitter_std",
+            )
+        }
         | {"detour_latest_start": DETOUR_LATEST_START},
         "data_seed": data.seed,
         "split": "train",
@@ -276,7 +322,14 @@ def collect_demos(
     return ds
 
 
-def _assemble(episodes: list[dict[str, Any]], tasks: list[str], env_cfg: Any, collection: dict, control_period: float | None, version: str) -> DemoDataset:
+def _assemble(
+    episodes: list[dict[str, Any]],
+    tasks: list[str],
+    env_cfg: Any,
+    collection: dict,
+    control_period: float | None,
+    version: str,
+) -> DemoDataset:
     from policytrim.envs.tasks import INSTRUCTIONS
 
     task_id = {t: i for i, t in enumerate(tasks)}

@@ -405,11 +405,14 @@ def pipeline_section(sec: Section, level: int = 2) -> None:
         facts.append(f"ACT temporal ensembling of the baseline (reference for calls): SR {nice(te['success_rate'])}, T {nice(te['mean_steps'], '.1f')}, C {nice(te['calls_per_success'], '.1f')} (one call per step)")
     if summary.get("demonstrations"):
         dm = summary["demonstrations"]
-        facts.append("demonstrations: " + ", ".join(f"{k}={dm[k]}" for k in ("episodes", "suboptimal", "speed_min", "speed_max", "pause_prob", "pause_min", "pause_max", "detour_prob", "detour_min", "detour_max", "jitter_std", "max_attempts", "on_shortfall") if k in dm))
+        keys = ("episodes", "suboptimal", "speed_min", "speed_max", "pause_prob", "pause_min", "pause_max",
+                "detour_prob", "detour_min", "detour_max", "jitter_std", "max_attempts", "on_shortfall")
+        facts.append("demonstrations: " + ", ".join(f"{k}={dm[k]}" for k in keys if k in dm))
         if dm.get("collected"):  # what BC trained on; below `episodes` when the experts fell short
             short = {t: n for t, n in dm["collected"].items() if n < dm.get("episodes", 0)}
-            facts.append("demonstrations collected per task: " + ", ".join(f"{t} {n}" for t, n in dm["collected"].items())
-                         + (f" (**fewer than the {dm['episodes']} requested** for {', '.join(short)})" if short else ""))
+            counts = ", ".join(f"{t} {n}" for t, n in dm["collected"].items())
+            fewer = f" (**fewer than the {dm['episodes']} requested** for {', '.join(short)})" if short else ""
+            facts.append(f"demonstrations collected per task: {counts}{fewer}")
     sec.add(ul(facts))
     if summary.get("targets"):
         sec.add(h("Targets", level + 1))

@@ -210,8 +210,10 @@ def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[s
         with phase("collect", f"collecting {cfg.data.episodes} {'suboptimal' if cfg.data.suboptimal else 'clean'} expert demonstrations per task for {', '.join(cfg.env.tasks)}"):
             demos = collect_demos(cfg, out / "demos", progress=cfg.logging.progress)
             collected = demos.meta["collection"]["collected"]
-            _say("demonstrations per task: " + ", ".join(f"{t} {n}" for t, n in collected.items())
-                 + "".join(f"; warning: {t} has only {n} of the {cfg.data.episodes} requested" for t, n in collected.items() if n < cfg.data.episodes))
+            wanted = cfg.data.episodes
+            short = "".join(f"; warning: {t} has only {n} of the {wanted} requested" for t, n in collected.items()
+                            if n < wanted)
+            _say("demonstrations per task: " + ", ".join(f"{t} {n}" for t, n in collected.items()) + short)
         with phase("pretrain", f"behaviour cloning ({cfg.pretrain.iterations} iterations)"):
             pretrain(cfg, out / "demos", out / "baseline")
         with phase("train", f"Stage 1 ({cfg.stage1.epochs} epochs) and Stage 2 ({cfg.stage2.epochs} epochs)"):

@@ -132,7 +132,11 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
 
 def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore the optimiser from a checkpoint and return its trainer state (JSON)."""
-    state = read_json(checkpoint / "trainer_state.json", name=f"checkpoint {checkpoint}: trainer_state.json", corrupt=": the checkpoint is unreadable or incomplete")
+    state = read_json(
+        checkpoint / "trainer_state.json",
+        name=f"checkpoint {checkpoint}: trainer_state.json",
+        corrupt=": the checkpoint is unreadable or incomplete",
+    )
     try:
         tensors = load_file(str(checkpoint / "optimizer.safetensors"))
     except (OSError, SafetensorError) as exc:
