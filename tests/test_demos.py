@@ -244,3 +244,14 @@ def test_the_report_states_the_demonstrations_collected(tmp_path):
     expected = "push-v3 186, reach-v3 200 (**fewer than the 200 requested** for push-v3)"
     assert f"demonstrations collected per task: {expected}" in text
     assert "on_shortfall=warn" in text
+
+
+def _env_that_cannot_start(env_cfg, task):
+    raise RuntimeError("the simulator cannot start")
+
+
+def test_collection_where_every_episode_faults_fails_with_one_error(tmp_path):
+    cfg = cfg_for(2)
+    with pytest.raises(InputError, match="no successful demonstration in 16 attempts"):  # 3 x 2 + 10
+        collect_demos(cfg, tmp_path / "never", env_factory=_env_that_cannot_start)
+    assert not (tmp_path / "never").exists()

@@ -153,6 +153,8 @@ class Demonstrator:
 
 def _episodes_of(trajectories: Trajectories) -> list[dict[str, Any]]:
     """Per kept trajectory: its initial state, the observations and actions of its steps, success."""
+    if trajectories.num_trajectories == 0:  # every episode faulted (perhaps before its first step)
+        return []
     traj = trajectories.chunk_traj.numpy()
     order = np.argsort(traj, kind="stable")  # chunks are in (trajectory, position) order already
     bounds = np.searchsorted(traj[order], np.arange(trajectories.num_trajectories + 1))
