@@ -4,11 +4,11 @@ dependency, and a circle through one breaks as soon as someone moves it to the t
 
 Layers, low -> high (a module may import its own layer and the layers below, never above):
 
-    base           policytrim (the version), errors, objective, io, limits, machine, runtime
+    base           policytrim (the version), errors, objective, io, limits, machine, runtime, windows
     simulators,    envs, policies
     policies
-    configuration  config, preflight
-    execution      rollout, data
+    configuration  config
+    execution      rollout, data, preflight
     applications   train, eval, serve
     experiments    experiments (the demo, the ablations)
     front door     cli
@@ -17,9 +17,10 @@ Where the undecided ones sit, and why: ``runtime`` (the device check, torch thre
 ``machine`` (what the machine is, for result files) import nothing of ours but errors, and
 everything from the engine up uses them: base. ``config`` validates task names against the envs'
 task tables and is read by everything that runs, so it sits right above envs and policies (which
-name an `EnvSettings` protocol, not the config class). ``preflight`` checks a config's
-preconditions (output, device, logging back-ends) and is called by collection, training and the
-experiments: it sits with the config, below all of them.
+name an `EnvSettings` protocol, not the config class). ``preflight`` checks that what a run will
+use is there (output, device, logging back-ends, and on main the simulator's package and a Ray
+cluster, whose check lives with the Ray pool): it sits with the execution layer it checks, below
+training and the experiments; collection, beside it, calls it too.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ import policytrim
 PACKAGE = Path(policytrim.__file__).resolve().parent
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("policytrim", "errors", "objective", "io", "limits", "machine", "runtime")),
+    # windows: the window plan (policytrim.windows, on main since the decisions branch; imports errors only)
+    ("base", ("policytrim", "errors", "objective", "io", "limits", "machine", "runtime", "windows")),
     ("simulators and policies", ("envs", "policies")),
-    ("configuration", ("config", "preflight")),
-    ("execution", ("rollout", "data")),
+    ("configuration", ("config",)),
+    ("execution", ("rollout", "data", "preflight")),
     ("training, evaluation, serving", ("train", "eval", "serve")),
     ("experiments", ("experiments",)),
     ("command line", ("cli",)),
