@@ -43,7 +43,7 @@ def frozen_config(path: Path, make: Any) -> RunConfig:
 
 
 def collect(cfg: RunConfig, demos: Path, phases: Phases) -> None:
-    from policytrim.data.demos import collect_demos
+    from policytrim.data.collect import collect_demos
 
     phases.run("collect", lambda: (demos / "meta.json").is_file(), lambda: collect_demos(cfg, demos, overwrite=True, progress=cfg.logging.progress))
 

@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not write into --results")
     args = parser.parse_args()
 
-    from policytrim.data.demos import collect_demos
+    from policytrim.data.collect import collect_demos
     from policytrim.train.bc import pretrain
     from policytrim.train.grpo import train
 

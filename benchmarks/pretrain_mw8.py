@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only (tuning runs)")
     args = parser.parse_args()
 
-    from policytrim.data.demos import collect_demos
+    from policytrim.data.collect import collect_demos
     from policytrim.eval.evaluate import evaluate_policy
     from policytrim.train.bc import pretrain
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 import torch
 
-from policytrim.config import RunConfig, from_dict, load_config, preset_path, to_dict
+from policytrim.config import RunConfig, load_config, preset_path
 from policytrim.machine import describe_machine
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -145,7 +145,7 @@ def wall_clock_s(ep: dict[str, Any], latency_ms: float) -> float | None:
 
 def train_small_policies(args: argparse.Namespace, workdir: Path) -> tuple[Any, Any, str]:
     """BC-train a flow-head TinyVLA (H = 15, window 5) on clean expert demos of ``args.task``."""
-    from policytrim.data.demos import collect_demos
+    from policytrim.data.collect import collect_demos
     from policytrim.train.bc import pretrain
 
     cfg = RunConfig(

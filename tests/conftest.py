@@ -44,7 +44,7 @@ def run_windows(cfg: RunConfig) -> tuple[int, ...]:
 @pytest.fixture(scope="session")
 def tiny_baseline(tmp_path_factory) -> Path:
     """Path of a BC checkpoint (H = 8, default window 4) for drawer-close-v3 (sampled SR ~0.7-0.8)."""
-    from policytrim.data.demos import collect_demos
+    from policytrim.data.collect import collect_demos
     from policytrim.train.bc import pretrain
 
     root = tmp_path_factory.mktemp("tiny_baseline")

@@ -107,7 +107,7 @@ needs_collect = pytest.mark.skipif(
 @pytest.mark.slow
 @needs_collect
 def test_tiny_bc_on_real_metaworld_demos_lowers_validation_loss(tmp_path):
-    from policytrim.data.demos import collect_demos
+    from policytrim.data.collect import collect_demos
 
     cfg = RunConfig(
         env=EnvConfig(tasks=("reach-v3",), horizon=150),

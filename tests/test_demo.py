@@ -77,6 +77,9 @@ def test_demo_command_writes_summary_and_report(tmp_path):
     phases = summary["peak_rss_mb_per_phase"]
     assert set(phases) == {"collect", "pretrain", "train", "eval"} and max(phases.values()) <= summary["peak_rss_mb"]
     assert "PolicyTrim vs baseline" in result.stdout and str(out / "summary.json") in result.stdout
+    collected = summary["demonstrations"]["collected"]  # what BC trained on, said on stderr too
+    assert set(collected) == set(summary["tasks"]) and all(1 <= n <= cfg.data.episodes for n in collected.values())
+    assert "demonstrations per task: " + ", ".join(f"{t} {n}" for t, n in collected.items()) in result.stderr
     assert (out / "report" / "report.html").is_file()
     # running again without --overwrite refuses and keeps the results
     again = subprocess.run([sys.executable, "-m", "policytrim.cli", "demo", "--config", str(config), "--out", str(out)], capture_output=True, text=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from dataclasses import replace
@@ -11,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policytrim.config import DataConfig, EnvConfig, RolloutConfig, RunConfig
-from policytrim.data.demos import DemoDataset, Suboptimality, collect_demos, load_demos, save_demos, summarize_demos
+from policytrim.config import ConfigError, DataConfig, EnvConfig, RolloutConfig, RunConfig
+from policytrim.data.collect import Suboptimality, collect_demos
+from policytrim.data.demos import DemoDataset, load_demos, save_demos, summarize_demos
 from policytrim.errors import InputError
 
 
@@ -179,3 +181,77 @@ def test_two_cameras_round_trip(tmp_path, collected):
     assert loaded.meta["features"]["observation.wrist_image"] == {"shape": [16, 16, 3], "dtype": "uint8"}
     with pytest.raises(InputError, match="observation.wrist_image has 1 rows"):
         save_demos(copy_dataset(ds, wrist_image=wrist[:1]), tmp_path / "never")
+
+
+def test_a_shortfall_is_recorded_and_warned_or_refused(tmp_path, caplog):
+    """push-v3's suboptimal expert fails on one of its first five training states, so with
+    data.max_attempts = data.episodes = 5 the set really falls short."""
+    cfg = cfg_for(5, tasks=("push-v3",), max_attempts=5)
+    with caplog.at_level(logging.WARNING, logger="policytrim.data"):
+        ds = collect_demos(cfg, tmp_path / "short")
+    collection = load_demos(tmp_path / "short").meta["collection"]
+    got = collection["expert_successes"]["push-v3"]
+    assert collection["attempts"] == {"push-v3": 5} and collection["max_attempts"] == 5
+    assert collection["on_shortfall"] == "warn"
+    assert got < 5 and collection["collected"] == {"push-v3": got} == {"push-v3": ds.num_episodes}
+    assert collection["short_of_requested"] == {"push-v3": got}
+    assert "collected fewer demonstrations than requested" in caplog.text and f"push-v3: {got} of 5" in caplog.text
+
+    cfg.data = replace(cfg.data, on_shortfall="error")
+    refusal = f"fell short of data.episodes=5 within data.max_attempts=5 per task \\(push-v3: {got} of 5"
+    with pytest.raises(InputError, match=refusal):
+        collect_demos(cfg, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+    # the default cap (3 x 5 + 10) tries further states and fills the set
+    full = collect_demos(cfg_for(5, tasks=("push-v3",)), tmp_path / "full").meta["collection"]
+    assert full["max_attempts"] == 25 and full["collected"] == {"push-v3": 5} and full["short_of_requested"] == {}
+    assert full["attempts"]["push-v3"] > 5 and full["faults"] == {}
+
+
+def test_attempt_cap_and_shortfall_settings_are_checked():
+    with pytest.raises(ConfigError, match="data.max_attempts must be 0 \\(automatic\\) or >= data.episodes=5"):
+        DataConfig(episodes=5, max_attempts=3)
+    with pytest.raises(ConfigError, match="data.on_shortfall must be warn or error"):
+        DataConfig(on_shortfall="ignore")
+
+
+def test_collection_counts_simulator_faults_and_tries_another_state(tmp_path):
+    """An episode whose simulator raises is an attempt without a demonstration (the engine's fault
+    accounting), and the next training state replaces it."""
+    from functools import partial
+
+    from faults import faulty_env_factory
+
+    ds = collect_demos(cfg_for(3), tmp_path / "faulty", env_factory=partial(faulty_env_factory, index=1, at_step=5))
+    collection = ds.meta["collection"]
+    assert collection["faults"] == {"InjectedFault": 1} and collection["attempts"] == {"reach-v3": 4}
+    assert ds.index.tolist() == [0, 2, 3] and collection["collected"] == {"reach-v3": 3}
+
+
+def test_the_report_states_the_demonstrations_collected(tmp_path):
+    from policytrim.eval.report import Section, pipeline_section, to_markdown
+
+    run = tmp_path / "run"
+    run.mkdir()
+    collected = {"push-v3": 186, "reach-v3": 200}
+    demonstrations = {"episodes": 200, "max_attempts": 0, "on_shortfall": "warn", "collected": collected}
+    summary = {"tasks": ["push-v3", "reach-v3"], "demonstrations": demonstrations}
+    (run / "summary.json").write_text(json.dumps(summary))
+    sec = Section(run, tmp_path / "plots", "p_")
+    pipeline_section(sec)
+    text = to_markdown(sec.blocks, tmp_path)
+    expected = "push-v3 186, reach-v3 200 (**fewer than the 200 requested** for push-v3)"
+    assert f"demonstrations collected per task: {expected}" in text
+    assert "on_shortfall=warn" in text
+
+
+def _env_that_cannot_start(env_cfg, task):
+    raise RuntimeError("the simulator cannot start")
+
+
+def test_collection_where_every_episode_faults_fails_with_one_error(tmp_path):
+    cfg = cfg_for(2)
+    with pytest.raises(InputError, match="no successful demonstration in 16 attempts"):  # 3 x 2 + 10
+        collect_demos(cfg, tmp_path / "never", env_factory=_env_that_cannot_start)
+    assert not (tmp_path / "never").exists()

@@ -123,10 +123,26 @@ def test_unknown_task_lists_valid_full_names():
 
 
 def test_horizon_beyond_metaworld_max_path_length():
+    """Meta-World truncates an episode at its max_path_length (500) and refuses the next step; the
+    adapter lifts that limit, so a 520-step horizon runs to its end with the arm still moving."""
     env = MetaWorldEnv("reach-v3", horizon=520)
     try:
         env.reset(InitialState("reach-v3", 0, 0))
-        for _ in range(510):  # Meta-World alone truncates at 500 and then refuses to step
+        limit = type(env.unwrapped).max_path_length
+        assert limit < 520
+        hand = []
+        for t in range(520):
+            direction = 1.0 if (t // 25) % 2 == 0 else -1.0  # back and forth: never pinned at the workspace edge
+            obs, _ = env.step(np.array([direction, 0.0, 0.0, 0.0], np.float32))
+            hand.append(obs["state"][:3].copy())
+        assert env.unwrapped.curr_path_length == 520
+        assert np.linalg.norm(hand[-1] - hand[limit]) > 1e-3  # steps past Meta-World's limit still move the arm
+
+        env.reset(InitialState("reach-v3", 0, 0))
+        env.unwrapped.max_path_length = limit  # what the adapter lifts: Meta-World's own limit
+        for _ in range(limit):
+            env.step(np.zeros(4, np.float32))
+        with pytest.raises(ValueError, match="reset the env"):
             env.step(np.zeros(4, np.float32))
     finally:
         env.close()

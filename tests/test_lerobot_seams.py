@@ -45,7 +45,7 @@ def test_without_the_extra_one_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"type": "smolvla"}))
     with pytest.raises(InputError, match="need the lerobot extra"):
         load_policy(tmp_path)
-    from policytrim.data.demos import collect_demos
+    from policytrim.data.collect import collect_demos
 
     with pytest.raises(InputError, match="need the lerobot extra"):
         collect_demos(RunConfig(), tmp_path / "out", fmt="lerobot")

@@ -18,7 +18,6 @@ from policytrim.envs.base import InitialState  # noqa: E402
 from policytrim.envs.libero import (  # noqa: E402
     OPENPI_MAX_STEPS,
     SPLIT_RANGES,
-    SUITES,
     _suite,
     init_state_number,
     resolve_libero_tasks,

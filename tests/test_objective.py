@@ -4,7 +4,9 @@ function against a plain-Python loop on random groups, edge cases, loss gradient
 from __future__ import annotations
 
 import math
+import random
 import statistics
+from fractions import Fraction
 
 import pytest
 import torch
@@ -186,9 +188,23 @@ def test_extension_reward_zero_in_all_failure_group_is_no_signal():
 # Stage 2: budget, eq 5, eq 6, eq 7
 
 
-def test_step_budget_hand_values_and_float_ceil():
-    # the float trap being guarded: the exact product is an integer, the float one lies above it
-    assert 1.1 * 100 > 110 and 1.1 * 170 > 187
+def test_step_budget_is_the_exact_ceiling_despite_float_noise():
+    """B = ceil(multiplier x mean T) against exact rational arithmetic, for multipliers as configs
+    write them (two decimals) and up to 10 episodes. The sample holds products whose float value
+    lies just above an integer (1.1 x 100 = 110.00000000000001), where a plain float ceiling would
+    add a step: the implementation must not."""
+    rng = random.Random(0)
+    traps = 0
+    for _ in range(3000):
+        multiplier = rng.randint(101, 300) / 100
+        steps = [rng.randint(1, 500) for _ in range(rng.randint(1, 10))]
+        exact = math.ceil(Fraction(str(multiplier)) * Fraction(sum(steps), len(steps)))
+        assert step_budget(steps, multiplier) == exact, (steps, multiplier)
+        traps += math.ceil(multiplier * (sum(steps) / len(steps))) != exact
+    assert traps > 0, "no input where float noise crosses an integer: the check above proves nothing"
+
+
+def test_step_budget_hand_values():
     assert step_budget([100], 1.1) == 110  # 110.00000000000001
     assert step_budget([170], 1.1) == 187  # 187.00000000000003
     assert step_budget([50, 50], 1.1) == 55  # 55.00000000000001

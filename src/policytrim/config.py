@@ -455,6 +455,10 @@ class DataConfig:
     """Seed of the suboptimality random numbers."""
     keep_failures: bool = False
     """Keep unsuccessful demonstrations in the dataset."""
+    max_attempts: int = 0
+    """Initial states tried per task to get `episodes` successful demonstrations; 0 = 3 x episodes + 10 (else >= episodes)."""
+    on_shortfall: Literal["warn", "error"] = "warn"
+    """A task with fewer successful demonstrations than `episodes` after max_attempts: warn (keep the smaller dataset; the counts are printed and reported) or error."""
 
     def __post_init__(self) -> None:
         _int_in("data.episodes", self.episodes, 1, L.MAX_EPISODES)
@@ -467,6 +471,15 @@ class DataConfig:
             _int_in(f"data.{name}", getattr(self, name), 0, L.MAX_PAUSE_OR_DETOUR)
         _require(self.pause_min <= self.pause_max, f"data.pause_min <= data.pause_max needed, got {self.pause_min}, {self.pause_max}")
         _require(self.detour_min <= self.detour_max, f"data.detour_min <= data.detour_max needed, got {self.detour_min}, {self.detour_max}")
+        _int_in("data.max_attempts", self.max_attempts, 0, L.MAX_EPISODES * 10, " (0 = 3 x episodes + 10)")
+        _require(
+            self.max_attempts == 0 or self.max_attempts >= self.episodes,
+            f"data.max_attempts must be 0 (automatic) or >= data.episodes={self.episodes}, got {self.max_attempts}",
+        )
+        _require(
+            self.on_shortfall in ("warn", "error"),
+            f"data.on_shortfall must be warn or error, got {self.on_shortfall!r}",
+        )
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""Crash-safe file writing: nothing half-written is ever read back.
+"""Crash-safe file writing (nothing half-written is ever read back) and the one JSON reader.
 
 A file is written to a temporary sibling, flushed and fsynced, then renamed over its target
-(`os.replace` is atomic on POSIX). A directory (a checkpoint) is assembled under a temporary name
-and renamed into place only when complete.
+(`os.replace` is atomic on POSIX). A directory (a checkpoint, a dataset) is assembled under a
+temporary name and renamed into place only when complete (`atomic_directory`, the one directory
+writer). JSON side files are read by `read_json`, which turns every way they can be broken into
+one `InputError` naming the file.
 
 Test hook (crash-safety tests only, no effect otherwise): with the environment variable
 ``POLICYTRIM_TEST_KILL_AT=POINT:N`` the process SIGKILLs itself the N-th time it reaches `kill_point`
@@ -125,17 +127,25 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory; on success it is renamed to ``path`` in one step.
+def atomic_directory(
+    path: str | Path, overwrite: bool = False, merge: bool = False, last: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """Yield a temporary directory; on success it is renamed to ``path`` in one step. The one
+    way policytrim writes a directory (checkpoints, datasets): nothing half-written is ever read.
 
     With ``overwrite`` an existing ``path`` is replaced (the old one is moved aside first and
     removed only after the new one is in place); without it an existing ``path`` is an error.
+    With ``merge`` an existing directory ``path`` keeps its other files: the new entries are moved
+    into it one by one (each an atomic `os.replace`; a directory entry of the same name is removed
+    first), those named in ``last`` at the end -- a file that pins the others (a config holding the
+    weights' SHA-256) goes last, so a crash in between leaves a set that is refused, never a
+    silently mixed one. A ``path`` that does not exist appears in one rename either way.
     On an exception the temporary directory is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists")
+    if path.exists() and not (path.is_dir() if merge else overwrite):
+        raise FileExistsError(f"{path} already exists" + (" and is not a directory" if merge else ""))
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -143,6 +153,15 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
             if child.is_file():
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
+        if merge and path.is_dir():
+            for entry in sorted(tmp.iterdir(), key=lambda e: (last.index(e.name) + 1 if e.name in last else 0, e.name)):
+                target = path / entry.name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                os.replace(entry, target)
+            _fsync_dir(path)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}-{os.urandom(4).hex()}")  # unique: pids repeat
@@ -155,6 +174,42 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(
+    path: str | Path, name: str | None = None, missing_ok: bool = False, kind: type | None = dict, corrupt: str = ""
+) -> Any:
+    """Read, decode and parse the JSON file ``path`` (a side file: a config, a run's record, a
+    dataset's meta) -- the one JSON reader of policytrim. Every failure is one `InputError`:
+
+    - absent: ``None`` with ``missing_ok``, else "<name> is missing";
+    - unreadable, not UTF-8 text or not JSON: "<name> is not valid JSON (<why>)<corrupt>";
+    - of another type than ``kind`` (None: any): "<name> must hold a JSON object, got list".
+
+    ``name`` is how the messages call the file (default: its path); ``corrupt`` is appended to the
+    invalid-JSON message to say what that means for the caller (e.g. ": the checkpoint is corrupt").
+    """
+    path = Path(path)
+    name = str(path) if name is None else name
+    if not path.is_file():
+        if missing_ok and not path.exists():
+            return None
+        raise InputError(f"{name} is missing" if not path.exists() else f"{name} is not a file")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{name} is not valid JSON (not UTF-8 text){corrupt}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{name} is not valid JSON ({exc}){corrupt}") from None
+    except RecursionError:
+        raise InputError(f"{name} is not valid JSON (nested too deeply){corrupt}") from None
+    except OSError as exc:
+        raise InputError(f"{name} cannot be read ({exc.strerror or exc})") from None
+    if kind is not None and not isinstance(data, kind):
+        article = "an" if kind.__name__[0] in "aeiou" else "a"
+        expected = "a JSON object" if kind is dict else f"{article} JSON {kind.__name__}"
+        raise InputError(f"{name} must hold {expected}, got {type(data).__name__}")
+    return data
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:

@@ -19,7 +19,14 @@ from policytrim.config import RunConfig
 from policytrim.errors import InputError
 from policytrim.io import check_output_dir
 from policytrim.runtime import check_device
-from policytrim.train.logger import check_backends
+
+
+def check_backends(wandb_mode: str) -> None:
+    """InputError when a logging back-end asked for is not installed (TensorBoard is used only
+    when installed, never required). Here, not in `policytrim.train.logger`, so that the library
+    entry points below training (collection) can check it without importing the trainer."""
+    if wandb_mode != "off" and importlib.util.find_spec("wandb") is None:
+        raise InputError(f"logging.wandb={wandb_mode} needs the wandb package: pip install 'policytrim[wandb]' (or --logging.wandb off)")
 
 
 def check_preconditions(cfg: RunConfig, out: str | Path | None = None, flag: str = "--logging.out", simulator: bool = True) -> None:

@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.lerobot, pytest.mark.slow]
 
 from policytrim.cli import main  # noqa: E402
 from policytrim.config import EnvConfig, RunConfig  # noqa: E402
-from policytrim.data.demos import collect_demos  # noqa: E402
+from policytrim.data.collect import collect_demos  # noqa: E402
 from policytrim.data.lerobot_dataset import is_lerobot_dataset, load_lerobot_dataset  # noqa: E402
 from policytrim.errors import InputError  # noqa: E402
 from policytrim.policies import load_policy  # noqa: E402

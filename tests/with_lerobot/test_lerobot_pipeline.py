@@ -45,7 +45,7 @@ def run_config(out, family: str, lerobot_path) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory):
-    from policytrim.data.demos import collect_demos
+    from policytrim.data.collect import collect_demos
 
     root = tmp_path_factory.mktemp("lerobot_demos")
     cfg = run_config(root / "unused", "smolvla", "")

@@ -38,8 +38,9 @@ def demo(args: Any) -> int:
 
 
 def collect(args: Any) -> int:
-    """`policytrim collect`: `policytrim.data.demos.collect_demos` and a per-task summary."""
-    from policytrim.data.demos import collect_demos, summarize_demos
+    """`policytrim collect`: `policytrim.data.collect.collect_demos` and a per-task summary."""
+    from policytrim.data.collect import collect_demos
+    from policytrim.data.demos import summarize_demos
 
     cfg = run_config(args)
     out = Path(cfg.logging.out)

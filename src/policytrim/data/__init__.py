@@ -1,5 +1,6 @@
-"""Demonstration datasets: collection with the scripted experts, the on-disk format, the loader."""
+"""Demonstration datasets (`demos`: format, loader) and their collection by the scripted experts (`collect`)."""
 
-from policytrim.data.demos import DemoDataset, Suboptimality, collect_demos, load_demos, save_demos, summarize_demos
+from policytrim.data.collect import Suboptimality, collect_demos
+from policytrim.data.demos import DemoDataset, load_demos, save_demos, summarize_demos
 
 __all__ = ["DemoDataset", "Suboptimality", "collect_demos", "load_demos", "save_demos", "summarize_demos"]

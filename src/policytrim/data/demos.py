@@ -1,4 +1,4 @@
-"""Demonstrations from Meta-World's scripted experts (`policytrim collect`), and their file format.
+"""Demonstration datasets: the file format, its loader and checks (collected by `policytrim.data.collect`).
 
 Format ``policytrim-demos`` version 1 (LeRobot-style key names; no pickle anywhere)::
 
@@ -9,7 +9,8 @@ Format ``policytrim-demos`` version 1 (LeRobot-style key names; no pickle anywhe
                                          "action": {"shape": [4], "dtype": "float32"},
                                          ("observation.image": {"shape": [h, w, 3], "dtype": "uint8"})},
                             "num_episodes", "num_frames", "control_period_s", "horizon",
-                            "collection": {expert, suboptimality settings, seeds, split, attempts},
+                            "collection": {expert, suboptimality settings, seeds, split, attempts,
+                                           max_attempts, on_shortfall, collected (per task), faults},
                             "created_by": "policytrim <version>"}
       frames.safetensors   observation.state [S, D] f32, action [S, A] f32, episode_index [S] i64,
                            frame_index [S] i64, task_index [S] i64 (+ observation.image [S, h, w, 3] u8)
@@ -31,27 +32,24 @@ inherit hesitations and detours from teleoperation. Per episode, with its own ra
   (5..10) steps starting at a step drawn from U{0..40}: xyz = s * a random unit direction, gripper kept;
 - jitter: N(0, jitter_std) (0.1) on every action dimension; then clipped to [-1, 1].
 
-``--data.no-suboptimal`` records the clean experts. Unsuccessful demonstrations are dropped unless
-``data.keep_failures``; then further training states are tried (up to 3 x episodes + 10 per task)
-until each task has ``data.episodes`` successful demonstrations.
+``--data.no-suboptimal`` records the clean experts. Collection (`policytrim.data.collect`) runs the
+experts through the rollout engine; how many states it tries per task (``data.max_attempts``) and
+what a shortfall does (``data.on_shortfall``) are documented there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from policytrim.envs.base import OBS_IMAGE, OBS_STATE, InitialState
+from policytrim.envs.base import InitialState
 from policytrim.errors import InputError
+from policytrim.io import atomic_directory, read_json
 
 FORMAT = "policytrim-demos"
 VERSION = 1
@@ -62,8 +60,6 @@ STATE, ACTION, IMAGE, WRIST_IMAGE = "observation.state", "action", "observation.
 EPISODE_INDEX, FRAME_INDEX, TASK_INDEX = "episode_index", "frame_index", "task_index"
 EP_KEYS = ("length", "success", "task_index", "seed", "index", "start")
 
-DETOUR_LATEST_START = 40  # a detour starts at a step drawn from U{0..40}
-MAX_ATTEMPTS = (3, 10)  # per task: at most 3 * episodes + 10 states tried
 
 
 @dataclass
@@ -213,10 +209,7 @@ def save_demos(ds: DemoDataset, path: str | Path, overwrite: bool = False) -> Pa
     if path.exists() and not overwrite:
         raise InputError(f"{str(path)!r} already exists; pass overwrite=True (--overwrite) to replace it")
     ds.validate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(path, overwrite=True) as tmp:
         frames = {STATE: ds.state, ACTION: ds.action, EPISODE_INDEX: ds.episode_index, FRAME_INDEX: ds.frame_index, TASK_INDEX: ds.task_index}
         frames.update(ds.cameras())
         save_file({k: np.ascontiguousarray(v) for k, v in frames.items()}, str(tmp / FRAMES_FILE))
@@ -230,16 +223,6 @@ def save_demos(ds: DemoDataset, path: str | Path, overwrite: bool = False) -> Pa
         }
         save_file({k: np.ascontiguousarray(v) for k, v in episodes.items()}, str(tmp / EPISODES_FILE))
         (tmp / META_FILE).write_text(json.dumps(_meta(ds), indent=2) + "\n")
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -259,13 +242,9 @@ def load_demos(path: str | Path) -> DemoDataset:
     path = Path(path)
     if not path.is_dir():
         raise InputError(f"demonstration dataset {str(path)!r} does not exist (run `policytrim collect` first)")
-    meta_file = path / META_FILE
-    if not meta_file.is_file():
+    if not (path / META_FILE).is_file():
         raise _bad(f"{META_FILE} is missing in {str(path)!r}")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _bad(f"{META_FILE} is not valid JSON: {exc}") from None
+    meta = read_json(path / META_FILE, name=f"invalid demonstration dataset: {META_FILE} in {str(path)!r}", kind=None)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise _bad(f"{META_FILE} does not describe a {FORMAT!r} dataset")
     if meta.get("version") != VERSION:
@@ -311,227 +290,6 @@ def load_demos(path: str | Path) -> DemoDataset:
     if meta.get("num_episodes") != ds.num_episodes or meta.get("num_frames") != ds.num_frames:
         raise _bad(f"{META_FILE} says {meta.get('num_episodes')} episodes / {meta.get('num_frames')} frames, the files hold {ds.num_episodes} / {ds.num_frames}")
     return ds
-
-
-# ---------------------------------------------------------------------------------------------
-# collection
-
-
-def episode_seed(data_seed: int, state: InitialState) -> int:
-    """Seed of an episode's suboptimality random numbers (stable across processes)."""
-    text = f"policytrim-demo|{data_seed}|{state.task}|{state.seed}|{state.index}"
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-
-
-class Suboptimality:
-    """Human-like redundancy added to one episode's expert actions (module docstring)."""
-
-    def __init__(self, data_cfg: Any, rng: np.random.Generator) -> None:
-        self.cfg, self.rng = data_cfg, rng
-        self.speed = float(rng.uniform(data_cfg.speed_min, data_cfg.speed_max))
-        self.pause_left = 0
-        self.detour = (0, 0, np.zeros(3))
-        if rng.random() < data_cfg.detour_prob:
-            start = int(rng.integers(0, DETOUR_LATEST_START + 1))
-            length = int(rng.integers(data_cfg.detour_min, data_cfg.detour_max + 1))
-            direction = rng.normal(size=3)
-            direction /= max(np.linalg.norm(direction), 1e-9)
-            self.detour = (start, start + length, direction)
-        self.paused_steps = 0
-        self.detour_steps = 0
-
-    def __call__(self, action: np.ndarray, t: int) -> np.ndarray:
-        cfg = self.cfg
-        a = np.array(action, dtype=np.float64)
-        a[:3] *= self.speed
-        starts_pause = self.rng.random() < cfg.pause_prob  # drawn every step: stable random streams
-        pause_len = int(self.rng.integers(cfg.pause_min, cfg.pause_max + 1))
-        jitter = self.rng.normal(0.0, cfg.jitter_std, size=a.shape) if cfg.jitter_std > 0 else 0.0
-        d0, d1, direction = self.detour
-        if d0 <= t < d1:
-            a[:3] = self.speed * direction
-            self.detour_steps += 1
-        elif self.pause_left > 0 or (starts_pause and pause_len > 0):
-            if self.pause_left == 0:
-                self.pause_left = pause_len
-            self.pause_left -= 1
-            a[:3] = 0.0
-            self.paused_steps += 1
-        return np.clip(a + jitter, -1.0, 1.0).astype(np.float32)
-
-
-_WORKER_ENVS: dict[tuple[str, str], Any] = {}
-
-
-def _run_episode(job: tuple[Any, InitialState, Any, bool]) -> dict[str, Any]:
-    """One expert episode from ``state`` (runs in a pool worker or in-process)."""
-    from policytrim.envs import make_env
-    from policytrim.policies.expert import expert_action, scripted_expert
-
-    env_cfg, state, data_cfg, suboptimal = job
-    key = (repr(env_cfg), state.task)  # not the task alone: a cached env keeps its horizon, camera, image flag
-    if key not in _WORKER_ENVS:
-        _WORKER_ENVS[key] = (make_env(env_cfg, state.task), scripted_expert(state.task))
-    env, expert = _WORKER_ENVS[key]
-    perturb = Suboptimality(data_cfg, np.random.default_rng(episode_seed(data_cfg.seed, state))) if suboptimal else None
-    obs = env.reset(state)
-    states, actions, images = [], [], []
-    success = False
-    for t in range(env.horizon):
-        a = expert_action(expert, obs[OBS_STATE])
-        if perturb is not None:
-            a = perturb(a, t)
-        states.append(obs[OBS_STATE])
-        if OBS_IMAGE in obs:
-            images.append(obs[OBS_IMAGE])
-        actions.append(a)
-        obs, success = env.step(a)
-        if success:
-            break
-    out = {"state": state, "states": np.stack(states), "actions": np.stack(actions), "success": bool(success)}
-    if images:
-        out["images"] = np.stack(images)
-    out["control_period_s"] = env.control_period_s
-    return out
-
-
-def _init_pool_worker() -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-def _episodes(jobs: list, pool: Any) -> Iterable[dict[str, Any]]:
-    if pool is None:
-        return map(_run_episode, jobs)
-    return pool.imap(_run_episode, jobs, chunksize=1)
-
-
-def collect_demos(cfg: Any, out: str | Path, overwrite: bool = False, progress: bool = False, fmt: str = "policytrim") -> DemoDataset:
-    """Run the scripted experts on training-split states of ``cfg.env.tasks`` and save to ``out``.
-
-    ``cfg`` is a `policytrim.config.RunConfig` (env, data, rollout.num_workers are used).
-    ``fmt``: ``policytrim`` (this module's format) or ``lerobot`` (a LeRobotDataset written by
-    LeRobot's own writer, `policytrim.data.lerobot_dataset`).
-    """
-    if fmt not in ("policytrim", "lerobot"):
-        raise InputError(f"dataset format must be policytrim or lerobot, got {fmt!r}")
-    if fmt == "lerobot":
-        from policytrim.data.lerobot_dataset import _require_lerobot
-
-        _require_lerobot()  # before minutes of collection
-    import multiprocessing as mp
-
-    from policytrim import __version__
-    from policytrim.envs import initial_states, split_seed
-    from policytrim.preflight import check_preconditions
-
-    out = Path(out)
-    check_preconditions(cfg, out)
-    if cfg.env.suite != "metaworld":
-        raise InputError("collect runs Meta-World's scripted experts: env.suite must be metaworld")
-    if out.exists() and not overwrite:
-        raise InputError(f"{str(out)!r} already exists; pass --overwrite to replace it")
-    data, env_cfg = cfg.data, cfg.env
-    tasks = list(env_cfg.tasks)
-    seed = split_seed(env_cfg, "train")
-    wanted = data.episodes
-    kept: dict[str, list[dict[str, Any]]] = {t: [] for t in tasks}
-    attempts = {t: 0 for t in tasks}
-    successes = {t: 0 for t in tasks}
-    limit = {t: wanted if data.keep_failures else MAX_ATTEMPTS[0] * wanted + MAX_ATTEMPTS[1] for t in tasks}
-    num_workers = int(cfg.rollout.num_workers)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=wanted * len(tasks), desc="collect", unit="ep")
-    pool = mp.get_context("spawn").Pool(num_workers, initializer=_init_pool_worker) if num_workers > 0 else None
-    control_period = None
-    try:
-        while True:
-            jobs = []
-            for t in tasks:
-                missing = wanted - len(kept[t])
-                room = limit[t] - attempts[t]
-                n = min(room, missing)
-                if n <= 0:
-                    continue
-                states = initial_states(t, seed, n, start=attempts[t])
-                attempts[t] += n
-                jobs.extend((env_cfg, s, data, data.suboptimal) for s in states)
-            if not jobs:
-                break
-            for ep in _episodes(jobs, pool):
-                task = ep["state"].task
-                control_period = ep["control_period_s"]
-                successes[task] += ep["success"]
-                if (ep["success"] or data.keep_failures) and len(kept[task]) < wanted:
-                    kept[task].append(ep)
-                    if bar is not None:
-                        bar.update(1)
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-        if bar is not None:
-            bar.close()
-
-    episodes = [ep for t in tasks for ep in sorted(kept[t], key=lambda e: e["state"].index)]
-    if not episodes:
-        raise InputError(f"the experts produced no successful demonstration in {sum(attempts.values())} attempts; try a longer env.horizon or data.keep_failures")
-    short = {t: len(kept[t]) for t in tasks if len(kept[t]) < wanted}
-    collection = {
-        "expert": "metaworld scripted policies (metaworld.policies)",
-        "suboptimal": bool(data.suboptimal),
-        "settings": {k: getattr(data, k) for k in ("speed_min", "speed_max", "pause_prob", "pause_min", "pause_max", "detour_prob", "detour_min", "detour_max", "jitter_std")} | {"detour_latest_start": DETOUR_LATEST_START},
-        "data_seed": data.seed,
-        "split": "train",
-        "state_seed": seed,
-        "keep_failures": bool(data.keep_failures),
-        "episodes_requested": wanted,
-        "attempts": attempts,
-        "expert_successes": successes,
-        "short_of_requested": short,
-    }
-    ds = _assemble(episodes, tasks, env_cfg, collection, control_period, __version__)
-    if fmt == "lerobot":
-        from policytrim.data.lerobot_dataset import save_lerobot_dataset
-
-        save_lerobot_dataset(ds, out, overwrite=overwrite, camera=env_cfg.camera)
-    else:
-        save_demos(ds, out, overwrite=overwrite)
-    return ds
-
-
-def _assemble(episodes: list[dict[str, Any]], tasks: list[str], env_cfg: Any, collection: dict, control_period: float | None, version: str) -> DemoDataset:
-    from policytrim.envs.tasks import INSTRUCTIONS
-
-    task_id = {t: i for i, t in enumerate(tasks)}
-    length = np.array([len(ep["actions"]) for ep in episodes], np.int64)
-    ep_task = np.array([task_id[ep["state"].task] for ep in episodes], np.int64)
-    start = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
-    images = [ep["images"] for ep in episodes if "images" in ep]
-    return DemoDataset(
-        state=np.concatenate([ep["states"] for ep in episodes]).astype(np.float32),
-        action=np.concatenate([ep["actions"] for ep in episodes]).astype(np.float32),
-        episode_index=np.repeat(np.arange(len(episodes)), length).astype(np.int64),
-        frame_index=(np.arange(int(length.sum())) - np.repeat(start, length)).astype(np.int64),
-        task_index=np.repeat(ep_task, length),
-        length=length,
-        success=np.array([ep["success"] for ep in episodes], bool),
-        episode_task_index=ep_task,
-        seed=np.array([ep["state"].seed for ep in episodes], np.int64),
-        index=np.array([ep["state"].index for ep in episodes], np.int64),
-        start=start,
-        tasks=list(tasks),
-        instructions=[INSTRUCTIONS[t] for t in tasks],
-        meta={
-            "control_period_s": control_period,
-            "horizon": int(env_cfg.horizon),
-            "collection": collection,
-            "created_by": f"policytrim {version}",
-        },
-        image=np.concatenate(images) if images else None,
-    )
 
 
 def summarize_demos(ds: DemoDataset) -> dict[str, dict[str, Any]]:

@@ -46,8 +46,6 @@ Requires the ``lerobot`` extra (Python >= 3.12).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +54,7 @@ import numpy as np
 
 from policytrim.data.demos import DemoDataset
 from policytrim.errors import InputError
+from policytrim.io import atomic_directory
 
 if TYPE_CHECKING:
     from policytrim.config import EnvConfig
@@ -83,7 +82,8 @@ def _require_lerobot() -> None:
 
 
 def save_lerobot_dataset(ds: DemoDataset, out: str | Path, overwrite: bool = False, camera: str = "corner2", fps: int | None = None) -> Path:
-    """Write ``ds`` as a LeRobotDataset in ``out`` (assembled in a temporary sibling, then renamed)."""
+    """Write ``ds`` as a LeRobotDataset in ``out`` (assembled in a temporary sibling, then renamed:
+    `policytrim.io.atomic_directory`)."""
     _require_lerobot()
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -101,10 +101,8 @@ def save_lerobot_dataset(ds: DemoDataset, out: str | Path, overwrite: bool = Fal
     image_key = IMAGE_PREFIX + camera
     if ds.image is not None:
         features[image_key] = {"dtype": "image", "shape": tuple(ds.image.shape[1:]), "names": ["height", "width", "channels"]}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    root = tmp / "dataset"
-    try:
+    with atomic_directory(out, overwrite=True) as tmp:
+        root = tmp / "dataset"  # LeRobot creates its root itself; its contents become ``out``
         dataset = LeRobotDataset.create(repo_id=f"local/{out.name}", fps=fps, features=features, root=root, robot_type="sawyer", use_videos=False)
         for e in range(ds.num_episodes):
             rows = ds.episode(e)
@@ -117,11 +115,9 @@ def save_lerobot_dataset(ds: DemoDataset, out: str | Path, overwrite: bool = Fal
                 dataset.add_frame(frame)
             dataset.save_episode()
         dataset.finalize()
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(root, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for entry in list(root.iterdir()):
+            os.replace(entry, tmp / entry.name)
+        root.rmdir()
     return out
 
 

@@ -10,14 +10,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from policytrim.envs.base import OBS_IMAGE, OBS_STATE, EnvAdapter, InitialState, ObsSpec
+from policytrim.envs.base import OBS_IMAGE, OBS_STATE, EnvAdapter, EnvSettings, InitialState, ObsSpec
 from policytrim.envs.tasks import ALL_TASKS, INSTRUCTIONS, TASK_SETS, resolve_tasks
 from policytrim.errors import InputError
-
-if TYPE_CHECKING:
-    from policytrim.config import EnvConfig
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -30,6 +27,7 @@ __all__ = [
     "SPLITS",
     "TASK_SETS",
     "EnvAdapter",
+    "EnvSettings",
     "InitialState",
     "ObsSpec",
     "check_episodes",
@@ -42,7 +40,7 @@ __all__ = [
 ]
 
 
-def make_env(env_cfg: EnvConfig, task: str) -> EnvAdapter:
+def make_env(env_cfg: EnvSettings, task: str) -> EnvAdapter:
     """An adapter for ``task`` with the config's horizon (and camera settings)."""
     if env_cfg.suite == "metaworld":
         from policytrim.envs.metaworld import MetaWorldEnv
@@ -65,7 +63,7 @@ def make_env(env_cfg: EnvConfig, task: str) -> EnvAdapter:
     raise InputError(f"unknown env.suite {env_cfg.suite!r}; known: metaworld, gym, libero, maniskill")
 
 
-def worker_env_cap(env_cfg: EnvConfig, num_workers: int) -> int | None:
+def worker_env_cap(env_cfg: EnvSettings, num_workers: int) -> int | None:
     """Envs one worker may keep, running and idle: ``env.max_envs_per_worker`` when set; for LIBERO
     (hundreds of MB per env) as many as fit in half of the memory available now, split over the
     workers (at least 1, at most 32), and the same for ManiSkill; None (the engine's defaults) otherwise."""
@@ -87,19 +85,19 @@ def worker_env_cap(env_cfg: EnvConfig, num_workers: int) -> int | None:
     return max(1, min(32, int(budget // env_mb)))
 
 
-def env_tasks(env_cfg: EnvConfig) -> tuple[str, ...]:
+def env_tasks(env_cfg: EnvSettings) -> tuple[str, ...]:
     """The tasks a config runs: its Meta-World tasks, or the gym env id for suite=gym."""
     return (env_cfg.gym_id,) if env_cfg.suite == "gym" else tuple(env_cfg.tasks)
 
 
-def split_seed(env_cfg: EnvConfig, split: Split) -> int:
+def split_seed(env_cfg: EnvSettings, split: Split) -> int:
     """Seed of the initial states of a split: train_seed, val_seed or test_seed."""
     if split not in SPLITS:
         raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     return int(getattr(env_cfg, f"{split}_seed"))
 
 
-def check_episodes(env_cfg: EnvConfig, split: Split, episodes: int) -> None:
+def check_episodes(env_cfg: EnvSettings, split: Split, episodes: int) -> None:
     """Raise InputError when a split cannot give ``episodes`` distinct initial states per task
     (LIBERO: 10 per task in validation and test; the other suites have no limit)."""
     if env_cfg.suite == "libero":

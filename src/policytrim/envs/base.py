@@ -39,6 +39,26 @@ class ObsSpec:
     dtype: str  # numpy dtype name, e.g. "float32", "uint8"
 
 
+class EnvSettings(Protocol):
+    """The env section of a run's settings, as the env layer reads it (`policytrim.config.EnvConfig`
+    is the one the library builds). The envs sit below the config -- the config validates task
+    names against their tables -- so they name this protocol, not the config class."""
+
+    suite: str
+    tasks: tuple[str, ...]
+    gym_id: str
+    horizon: int
+    image: bool
+    image_size: int
+    camera: str
+    train_seed: int
+    val_seed: int
+    test_seed: int
+    libero_max_steps: str
+    libero_published_test: bool
+    max_envs_per_worker: int
+
+
 @runtime_checkable
 class EnvAdapter(Protocol):
     """One environment instance. Not thread-safe; one per worker slot.

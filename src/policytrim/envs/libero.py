@@ -77,8 +77,8 @@ from policytrim.envs.base import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, InitialS
 from policytrim.envs.libero_tasks import SUITE_TASKS
 from policytrim.errors import InputError
 
-if TYPE_CHECKING:
-    from policytrim.config import EnvConfig
+if TYPE_CHECKING:  # the env section of a run's config; the envs sit below policytrim.config
+    from policytrim.envs.base import EnvSettings as EnvConfig
 
 _log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from policytrim.errors import InputError
 from policytrim.eval import plots
 from policytrim.eval.paired import relation_in_points
 from policytrim.eval.plots import nice
-from policytrim.io import atomic_write_bytes, check_output_dir
+from policytrim.io import atomic_write_bytes, check_output_dir, read_json, read_jsonl
 
 # ---------------------------------------------------------------------------------------------
 # blocks and their two renderings
@@ -134,12 +133,7 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
 
 def _json(path: Path) -> Any | None:
     """A run's JSON file, None when absent; unreadable: InputError naming the file."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}): the file is corrupt; the report cannot use this run") from None
+    return read_json(path, missing_ok=True, kind=None, corrupt=": the file is corrupt; the report cannot use this run")
 
 
 def detect_kind(run_dir: Path) -> str:
@@ -499,7 +493,14 @@ def pipeline_section(sec: Section, level: int = 2) -> None:
         facts.append(f"ACT temporal ensembling of the baseline (reference for calls): SR {nice(te['success_rate'])}, T {nice(te['mean_steps'], '.1f')}, C {nice(te['calls_per_success'], '.1f')} (one call per step)")
     if summary.get("demonstrations"):
         dm = summary["demonstrations"]
-        facts.append("demonstrations: " + ", ".join(f"{k}={dm[k]}" for k in ("episodes", "suboptimal", "speed_min", "speed_max", "pause_prob", "pause_min", "pause_max", "detour_prob", "detour_min", "detour_max", "jitter_std") if k in dm))
+        keys = ("episodes", "suboptimal", "speed_min", "speed_max", "pause_prob", "pause_min", "pause_max",
+                "detour_prob", "detour_min", "detour_max", "jitter_std", "max_attempts", "on_shortfall")
+        facts.append("demonstrations: " + ", ".join(f"{k}={dm[k]}" for k in keys if k in dm))
+        if dm.get("collected"):  # what BC trained on; below `episodes` when the experts fell short
+            short = {t: n for t, n in dm["collected"].items() if n < dm.get("episodes", 0)}
+            counts = ", ".join(f"{t} {n}" for t, n in dm["collected"].items())
+            fewer = f" (**fewer than the {dm['episodes']} requested** for {', '.join(short)})" if short else ""
+            facts.append(f"demonstrations collected per task: {counts}{fewer}")
     sec.add(ul(facts))
     if summary.get("targets"):
         sec.add(h("Targets", level + 1))

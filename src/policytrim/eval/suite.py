@@ -22,8 +22,8 @@ from policytrim.errors import InputError
 from policytrim.eval.compare import Contender, compare
 from policytrim.eval.ensemble import ACT_M, TemporalEnsemble
 from policytrim.eval.robustness import Perturbation, PerturbedEnvFactory
+from policytrim.eval.units import SUMMARY_UNITS
 from policytrim.io import atomic_write_json
-from policytrim.experiments.demo import SUMMARY_UNITS
 from policytrim.windows import WindowPlan
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.runtime import workers_own_cores
@@ -101,7 +101,7 @@ def _file_name(name: str) -> str:
 
 def write_suite(result: dict[str, Any], out: str | Path) -> Path:
     """Write ``out/comparison.json`` (everything but per-episode outcomes, with the unit of each
-    number in ``units``: `policytrim.experiments.demo.SUMMARY_UNITS`), ``out/outcomes.json``
+    number in ``units``: `policytrim.eval.units.SUMMARY_UNITS`), ``out/outcomes.json``
     (per mode / perturbation and contender: task, index, success, steps, calls) and
     ``out/<mode>/<contender>.json`` (metrics.json-style). Returns ``out``."""
     out = Path(out)

@@ -28,7 +28,7 @@ Output::
 
     OUT/ablation.json   the table's data (per variant: what was trained, window, metrics, paired
                         comparison with `none`, training time, run directory; "units" names the
-                        unit of each number: `policytrim.experiments.demo.SUMMARY_UNITS`)
+                        unit of each number: `policytrim.eval.units.SUMMARY_UNITS`)
     OUT/ablation.md     the table
     OUT/variants/NAME/  one `policytrim train` run directory per trained variant
     OUT/eval/           the paired comparison (`policytrim.eval.suite` format)
@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from policytrim.config import RunConfig, from_dict, to_dict
 from policytrim.errors import InputError
-from policytrim.io import atomic_write_bytes, atomic_write_json
-from policytrim.experiments.demo import SUMMARY_UNITS
+from policytrim.io import atomic_write_bytes, atomic_write_json, read_json
+from policytrim.eval.units import SUMMARY_UNITS
 
 if TYPE_CHECKING:
     from policytrim.train.decisions import TrainSummary
@@ -259,9 +259,7 @@ def run_ablation(cfg: RunConfig, init: str | Path, names: Sequence[str], out: st
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    import json
-
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, missing_ok=True)
 
 
 def _f(value: Any, spec: str) -> str:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from policytrim.config import RunConfig
 from policytrim.errors import InputError
+from policytrim.eval.units import SUMMARY_UNITS
 from policytrim.io import atomic_write_json
 from policytrim.machine import PeakMemory
 
@@ -35,60 +36,6 @@ if TYPE_CHECKING:
 
 SUMMARY_KEYS = ("baseline", "stage1", "policytrim", "calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")
 
-# The unit of every number in summary.json, comparison.json and ablation.json (their config and
-# machine records aside, documented in policytrim.config and policytrim.machine), by field name (the
-# same name has the same unit at every depth: overall, per task, sweep entries). A field whose name
-# is not listed takes the unit of its parent (``timings.collect_s`` is in ``timings``' unit) and a
-# sweep entry's ``vs_baseline_<field>`` that of ``<field>``. Written into those files as "units".
-SUMMARY_UNITS: dict[str, str] = {
-    # metric blocks (policytrim.eval.metrics, policytrim.eval.evaluate)
-    "success_rate": "fraction of episodes (0 to 1)",
-    "success_ci95": "fraction of episodes (0 to 1), 95% Wilson interval [lo, hi]",
-    "mean_steps": "environment steps per successful episode (mean)",
-    "calls_per_success": "policy calls per successful episode (mean)",
-    "wall_clock_s": "seconds per successful episode (mean of calls x latency + steps x control period); at the top of benchmarks/results/demo.json: the whole run",
-    "window": "environment steps executed per policy call (k); a list when several were used",
-    "horizon": "actions per predicted chunk (H)",
-    "episodes": "episodes",
-    "seed": "random seed (integer)",
-    "state_seed": "seed of the split's initial states (integer)",
-    "latency_ms": "milliseconds per policy call used in wall_clock_s",
-    "measured_latency_ms": "milliseconds per policy call, measured",
-    "control_period_s": "seconds per environment step, per task",
-    "dropped_groups": "groups of episodes dropped (simulator faults)",
-    "version": "file format version (integer)",
-    # paired comparisons with the baseline (policytrim.eval.compare.against_baseline)
-    "success_rate_drop": "percentage points (baseline - policy)",
-    "success_rate_drop_ci95": "percentage points (baseline - policy), paired 95% interval [lo, hi]",
-    "paired_episodes": "episodes paired on the same test state",
-    "calls_speedup": "ratio (baseline's mean calls per successful episode / the policy's)",
-    "speedup_paper": "ratio ((T_base / k_base) / (T / k), the paper's formula)",
-    "steps_reduction": "fraction of the baseline's mean steps (1 - T / T_base)",
-    # one recorded episode (filmstrips)
-    "index": "test-state index (integer)",
-    "steps": "environment steps of the episode",
-    "calls": "policy calls of the episode",
-    # perturbed conditions (policytrim.eval.robustness.Perturbation)
-    "obs_noise": "standard deviation of Gaussian noise on the state observation, in its own units",
-    "act_noise": "standard deviation of Gaussian noise on every executed action, in its own units",
-    "blur_sigma": "pixels (standard deviation of the Gaussian blur)",
-    "occlusion": "fraction of the image (0 to 1)",
-    # the run
-    "episodes_per_task": "episodes (initial states) per task: test states, validation states in a stage's evidence",
-    "eval_seed": "random seed of the evaluation (integer)",
-    "windows": "environment steps executed per policy call (k), per contender",
-    "budget": "environment steps (Stage 2's step budget)",
-    "tolerance_points": "percentage points",
-    "reference_success_rate": "fraction of episodes (0 to 1): the SR Stage 1's window choice held windows against",
-    "clean_expert_steps": "environment steps per successful episode (mean), per task",
-    "timings": "seconds per phase",
-    "timings_s": "seconds per phase",
-    "train_seconds": "seconds",
-    "peak_rss_mb": "MiB (resident memory of this process and its env workers)",
-    "peak_rss_mb_per_phase": "MiB per phase",
-    "demonstrations": "the data section of the config (units in policytrim.config.DataConfig)",
-    "overrides": "config values of an ablation variant by dotted key (units in policytrim.config)",
-}
 
 
 def evaluate_pipeline(
@@ -245,7 +192,7 @@ def _say(message: str) -> None:
 
 def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Run the whole pipeline into ``out`` and return the summary (also ``out/summary.json``)."""
-    from policytrim.data.demos import collect_demos
+    from policytrim.data.collect import collect_demos
     from policytrim.train.bc import pretrain
     from policytrim.preflight import check_preconditions
     from policytrim.train.grpo import train
@@ -271,7 +218,12 @@ def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[s
             timings[f"{name}_s"] = time.perf_counter() - t
 
         with phase("collect", f"collecting {cfg.data.episodes} {'suboptimal' if cfg.data.suboptimal else 'clean'} expert demonstrations per task for {', '.join(cfg.env.tasks)}"):
-            collect_demos(cfg, out / "demos", progress=cfg.logging.progress)
+            demos = collect_demos(cfg, out / "demos", progress=cfg.logging.progress)
+            collected = demos.meta["collection"]["collected"]
+            wanted = cfg.data.episodes
+            short = "".join(f"; warning: {t} has only {n} of the {wanted} requested" for t, n in collected.items()
+                            if n < wanted)
+            _say("demonstrations per task: " + ", ".join(f"{t} {n}" for t, n in collected.items()) + short)
         with phase("pretrain", f"behaviour cloning ({cfg.pretrain.iterations} iterations)"):
             pretrain(cfg, out / "demos", out / "baseline")
         with phase("train", f"Stage 1 ({cfg.stage1.epochs} epochs) and Stage 2 ({cfg.stage2.epochs} epochs)"):
@@ -285,7 +237,7 @@ def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[s
     summary["peak_rss_mb_per_phase"] = memory.phase_peaks_mb
     summary["tasks"] = list(cfg.env.tasks)
     summary["horizon"] = cfg.env.horizon
-    summary["demonstrations"] = dataclasses.asdict(cfg.data)
+    summary["demonstrations"] = {**dataclasses.asdict(cfg.data), "collected": collected}
     atomic_write_json(out / "summary.json", summary)
     return summary
 

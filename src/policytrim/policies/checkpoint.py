@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from policytrim.errors import InputError
+from policytrim.io import atomic_directory, read_json
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -56,44 +54,26 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     return data[:8] + text.ljust(size, b" ") + data[8 + size :]
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+def save_policy_checkpoint(directory: str | Path, spec: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Path:
+    """Write a policy's weights + config into ``directory``; non-finite weights are refused (ValueError).
 
-
-def save_checkpoint(directory: str | Path, spec: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write weights + config into ``directory``; non-finite weights are refused (ValueError).
-
-    The files are assembled in a temporary sibling directory. A new ``directory`` appears in one
-    rename; into an existing one (e.g. a run directory with other files) the weights and then the
-    config are each moved with an atomic `os.replace`, and since the config pins the weights'
-    SHA-256 a crash in between leaves a checkpoint that is refused, never a silently wrong one.
+    Written with `policytrim.io.atomic_directory`: a new ``directory`` appears in one rename; into
+    an existing one (e.g. a run directory with other files) the weights and then the config are
+    each moved with an atomic `os.replace`, and since the config pins the weights' SHA-256 a crash
+    in between leaves a checkpoint that is refused, never a silently wrong one.
     """
     directory = Path(directory)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if bad:  # a checkpoint is only ever written with finite weights (and `read_weights` refuses others)
         raise ValueError(f"refusing to save a checkpoint to {str(directory)!r}: non-finite values in {', '.join(bad)}")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"cannot save a checkpoint to {str(directory)!r}: it exists and is not a directory")
+    with atomic_directory(directory, merge=True, last=(CONFIG_NAME,)) as tmp:
         (tmp / WEIGHTS_NAME).write_bytes(safetensors_bytes(tensors, metadata={"format": "pt", "policytrim_kind": str(spec.get("kind"))}))
         config = dict(spec)
         config["weights_sha256"] = _sha256(tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            _fsync_file(tmp / name)
-        if not directory.exists():
-            os.replace(tmp, directory)
-        else:
-            if not directory.is_dir():
-                raise InputError(f"cannot save a checkpoint to {str(directory)!r}: it exists and is not a directory")
-            for name in (WEIGHTS_NAME, CONFIG_NAME):
-                os.replace(tmp / name, directory / name)
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -107,13 +87,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     if not path.is_file():
         raise InputError(f"checkpoint {str(directory)!r} has no {CONFIG_NAME}: not a policy checkpoint, or an incomplete one")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}): the checkpoint is corrupt") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{path} must hold a JSON object, got {type(config).__name__}")
-    return config
+    return read_json(path, corrupt=": the checkpoint is corrupt")
 
 
 def read_weights(directory: str | Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:

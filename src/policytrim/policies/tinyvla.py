@@ -52,17 +52,17 @@ import torch
 from torch import nn
 
 from policytrim import limits as L
-from policytrim.config import HEADS
 from policytrim.errors import InputError
 from policytrim.policies import flow_sde
 from policytrim.policies.base import MODES, ChunkSample, Mode, Observation, check_trained, supported_stages
-from policytrim.policies.checkpoint import check_state_dict, read_config, read_weights, save_checkpoint
+from policytrim.policies.checkpoint import check_state_dict, read_config, read_weights, save_policy_checkpoint
 from policytrim.policies.heads import STD_MODES, FlowHead, GaussianHead, mlp
 from policytrim.policies.tokens import DEFAULT_BINS, TOKEN_HEADS, ActionBins, build_token_head, draw_uniforms
 from policytrim.policies.text import WORD_EMBEDDING, SENTENCE_ENCODERS, SentenceEncoder, WordEmbeddingEncoder, canonical_encoder_name
 
 FORMAT_VERSION = 2  # 2: the spec records how the policy was trained (trained_stage, step_budget)
 READABLE_VERSIONS = (1, 2)  # version 1 checkpoints load as behaviour-cloned policies (no budget)
+HEADS = ("gaussian", "flow", *TOKEN_HEADS)  # the action heads built here (policy.head; config.HEADS lists the same)
 KIND = "chunk"
 _LOG_2PI = math.log(2.0 * math.pi)
 _MIN_STD = 1e-6  # statistics below this (constant dims) normalise with std 1
@@ -368,7 +368,7 @@ class TinyVLA(nn.Module):
         """Write ``model.safetensors`` + ``config.json`` (see `policytrim.policies.checkpoint`)."""
         from policytrim import __version__
 
-        save_checkpoint(directory, {**self.spec(), "policytrim_version": __version__}, self.state_dict())
+        save_policy_checkpoint(directory, {**self.spec(), "policytrim_version": __version__}, self.state_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "TinyVLA":

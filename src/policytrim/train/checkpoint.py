@@ -19,7 +19,6 @@ lost future. Nothing non-finite is written: a non-finite optimiser tensor is an 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -31,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from policytrim.errors import InputError
-from policytrim.io import atomic_directory, atomic_write_bytes, atomic_write_json, kill_point
+from policytrim.io import atomic_directory, atomic_write_bytes, atomic_write_json, kill_point, read_json
 from policytrim.policies.checkpoint import safetensors_bytes
 
 FORMAT_VERSION = 1
@@ -161,12 +160,7 @@ def _checked_pointer(pointer: Path, stage_dir: Path) -> Path:
 def _check_agrees(checkpoint: Path, stage_dir: Path, where: str) -> None:
     """InputError unless ``checkpoint``'s trainer_state.json says it is ``stage_dir``'s stage at the
     epoch in its folder name."""
-    try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{where} its trainer_state.json is unreadable: {exc}") from None
-    if not isinstance(state, dict):
-        raise InputError(f"{where} its trainer_state.json is not a JSON object")
+    state = read_json(checkpoint / "trainer_state.json", name=f"{where} its trainer_state.json")
     epoch = int(_EPOCH_DIR.match(checkpoint.name).group(1))
     if state.get("stage") != stage_dir.name or state.get("epoch") != epoch:
         raise InputError(
@@ -178,10 +172,14 @@ def _check_agrees(checkpoint: Path, stage_dir: Path, where: str) -> None:
 
 def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore the optimiser from a checkpoint and return its trainer state (JSON)."""
+    state = read_json(
+        checkpoint / "trainer_state.json",
+        name=f"checkpoint {checkpoint}: trainer_state.json",
+        corrupt=": the checkpoint is unreadable or incomplete",
+    )
     try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
         tensors = load_file(str(checkpoint / "optimizer.safetensors"))
-    except (OSError, json.JSONDecodeError, SafetensorError) as exc:
+    except (OSError, SafetensorError) as exc:
         raise InputError(f"checkpoint {checkpoint} is unreadable or incomplete: {exc}") from None
     if state.get("format_version") != FORMAT_VERSION:
         raise InputError(f"checkpoint {checkpoint} has trainer format {state.get('format_version')!r}; this version reads {FORMAT_VERSION}")

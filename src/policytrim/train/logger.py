@@ -12,17 +12,10 @@ import numbers
 from pathlib import Path
 from typing import Any
 
-from policytrim.errors import InputError
 from policytrim.io import append_jsonl
+from policytrim.preflight import check_backends
 
 log = logging.getLogger(__name__)
-
-
-def check_backends(wandb_mode: str) -> None:
-    """InputError when a back-end asked for is not installed (TensorBoard is used only when
-    installed, never required)."""
-    if wandb_mode != "off" and importlib.util.find_spec("wandb") is None:
-        raise InputError(f"logging.wandb={wandb_mode} needs the wandb package: pip install 'policytrim[wandb]' (or --logging.wandb off)")
 
 
 @functools.cache

@@ -20,7 +20,6 @@ so); every one but complete continues with --resume.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -31,7 +30,7 @@ import yaml
 from policytrim import __version__
 from policytrim.config import RunConfig, from_dict, parse_config_text, to_dict
 from policytrim.errors import DiskFull, InputError
-from policytrim.io import atomic_write_bytes, atomic_write_json, check_output_dir, read_jsonl, to_json
+from policytrim.io import atomic_write_bytes, atomic_write_json, check_output_dir, read_json, read_jsonl, to_json
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -82,10 +81,7 @@ class RunDir:
             raise InputError(f"{where}: {half_made}")
         if not (path / "config.yaml").is_file() or not (path / "run.json").is_file():
             raise InputError(f"{where}: not a policytrim run directory (config.yaml and run.json are missing)")
-        try:
-            meta = json.loads((path / "run.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{where}: run.json is not valid JSON ({exc})") from None
+        meta = read_json(path / "run.json", name=f"{where}: run.json", kind=None)
         if not (isinstance(meta, dict) and meta.get("stage") in ("extend", "trim", "both") and isinstance(meta.get("init"), str)):
             raise InputError(f"{where}: run.json does not describe a training run (needs stage and init)")
         raw = (path / "config.yaml").read_bytes()
@@ -196,8 +192,8 @@ class RunDir:
         atomic_write_json(self.path / relative, data)
 
     def read_json(self, relative: str) -> Any | None:
-        path = self.path / relative
-        return json.loads(path.read_text()) if path.is_file() else None
+        """A JSON file of the run (None when absent; unreadable: InputError naming it)."""
+        return read_json(self.path / relative, missing_ok=True, kind=None)
 
     def set_status(self, status: str, **extra: Any) -> None:
         self.meta.pop("failure", None)  # a resumed run is no longer failed

@@ -1,0 +1,363 @@
+"""Collecting demonstrations (`policytrim collect`): Meta-World's scripted experts, run by the rollout engine.
+
+An expert is a window-1 chunk policy (`policytrim.policies.expert.ExpertPolicy`), so collection
+goes through the one place that executes chunks (`policytrim.rollout.engine.RolloutEngine`) and
+gets its worker pool, its hang timeout (``rollout.step_timeout_s``; a worker that hangs is killed
+and replaced) and its fault accounting: an episode whose simulator raised, or whose worker was
+lost, counts as an attempt that produced no demonstration, and the faults are recorded by kind in
+the dataset's ``collection.faults``. `Demonstrator` wraps the expert and adds each episode's
+suboptimality (`Suboptimality`, documented in `policytrim.data.demos`); the engine records the
+observation every action was chosen from (state, and the image with ``env.image``) and, as replay
+data, the action itself.
+
+Attempts (``data.max_attempts``). Unsuccessful demonstrations are dropped unless
+``data.keep_failures``; then further training states are tried, at most ``data.max_attempts``
+per task (0: 3 x ``data.episodes`` + 10), until each task has ``data.episodes`` successful
+demonstrations. A task that still has fewer is a shortfall: ``data.on_shortfall=warn`` keeps
+the smaller dataset (the per-task counts are in ``collection.collected`` and
+``collection.short_of_requested``, which `policytrim collect`, `policytrim demo` and the report
+print), ``error`` stops with an error before anything is written.
+
+Determinism: an episode's actions depend only on its initial state and ``data.seed`` (its
+suboptimality random numbers are seeded by `episode_seed`), never on the worker count or on which
+other episodes ran beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from policytrim.config import RunConfig
+from policytrim.data.demos import DemoDataset, save_demos
+from policytrim.envs.base import OBS_IMAGE, OBS_STATE, InitialState
+from policytrim.errors import InputError
+from policytrim.policies.base import ChunkSample, Mode, Observation
+from policytrim.policies.expert import ExpertPolicy
+from policytrim.rollout.engine import RolloutEngine, trajectory_seed
+from policytrim.rollout.types import Trajectories
+from policytrim.rollout.workers import EnvFactory
+
+log = logging.getLogger("policytrim.data")
+
+DETOUR_LATEST_START = 40  # a detour starts at a step drawn from U{0..40}
+DEFAULT_ATTEMPTS = (3, 10)  # data.max_attempts = 0: at most 3 * episodes + 10 states tried per task
+ACTION_KEY = "action"  # the demonstrator's replay key: the action it executed
+BATCH_EPISODES = 128  # episodes per engine run (bounds the recorded frames held twice in memory)
+
+
+def max_attempts(data: Any) -> int:
+    """States tried per task: ``data.episodes`` with keep_failures (every attempt is kept), else
+    ``data.max_attempts`` or (0) 3 x episodes + 10."""
+    if data.keep_failures:
+        return int(data.episodes)
+    return int(data.max_attempts) or DEFAULT_ATTEMPTS[0] * int(data.episodes) + DEFAULT_ATTEMPTS[1]
+
+
+def episode_seed(data_seed: int, state: InitialState) -> int:
+    """Seed of an episode's suboptimality random numbers (stable across processes)."""
+    text = f"policytrim-demo|{data_seed}|{state.task}|{state.seed}|{state.index}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class Suboptimality:
+    """Human-like redundancy added to one episode's expert actions (`policytrim.data.demos`)."""
+
+    def __init__(self, data_cfg: Any, rng: np.random.Generator) -> None:
+        self.cfg, self.rng = data_cfg, rng
+        self.speed = float(rng.uniform(data_cfg.speed_min, data_cfg.speed_max))
+        self.pause_left = 0
+        self.detour = (0, 0, np.zeros(3))
+        if rng.random() < data_cfg.detour_prob:
+            start = int(rng.integers(0, DETOUR_LATEST_START + 1))
+            length = int(rng.integers(data_cfg.detour_min, data_cfg.detour_max + 1))
+            direction = rng.normal(size=3)
+            direction /= max(np.linalg.norm(direction), 1e-9)
+            self.detour = (start, start + length, direction)
+        self.paused_steps = 0
+        self.detour_steps = 0
+
+    def __call__(self, action: np.ndarray, t: int) -> np.ndarray:
+        cfg = self.cfg
+        a = np.array(action, dtype=np.float64)
+        a[:3] *= self.speed
+        starts_pause = self.rng.random() < cfg.pause_prob  # drawn every step: stable random streams
+        pause_len = int(self.rng.integers(cfg.pause_min, cfg.pause_max + 1))
+        jitter = self.rng.normal(0.0, cfg.jitter_std, size=a.shape) if cfg.jitter_std > 0 else 0.0
+        d0, d1, direction = self.detour
+        if d0 <= t < d1:
+            a[:3] = self.speed * direction
+            self.detour_steps += 1
+        elif self.pause_left > 0 or (starts_pause and pause_len > 0):
+            if self.pause_left == 0:
+                self.pause_left = pause_len
+            self.pause_left -= 1
+            a[:3] = 0.0
+            self.paused_steps += 1
+        return np.clip(a + jitter, -1.0, 1.0).astype(np.float32)
+
+
+class Demonstrator:
+    """The scripted experts plus each episode's suboptimality, as a window-1 chunk policy.
+
+    The engine gives every trajectory a generator seeded by `trajectory_seed` of its initial state;
+    `begin` registers the episodes of one engine run under those seeds, so `sample` finds an
+    episode's perturbation (and its step count) from the generator it is handed, whatever the
+    batching. Replay data holds the executed action (``ACTION_KEY``, float32 [B, A])."""
+
+    chunk_size = 1
+    default_window = 1
+    max_window = 1
+    action_dim = 4
+
+    def __init__(self, expert: ExpertPolicy, data_cfg: Any, suboptimal: bool) -> None:
+        self.expert, self.data_cfg, self.suboptimal = expert, data_cfg, suboptimal
+        self._episodes: dict[int, list[Any]] = {}  # generator seed -> [perturbation or None, step]
+
+    def begin(self, states: Sequence[InitialState], run_seed: int) -> None:
+        """The episodes of the next engine run (group size 1, ``seed=run_seed``)."""
+        cfg = self.data_cfg
+        self._episodes = {
+            trajectory_seed(run_seed, s, 0): [
+                Suboptimality(cfg, np.random.default_rng(episode_seed(cfg.seed, s))) if self.suboptimal else None,
+                0,
+            ]
+            for s in states
+        }
+
+    def sample(
+        self,
+        obs: Observation,
+        instructions: Sequence[str],
+        mode: Mode = "deterministic",
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> ChunkSample:
+        chunk = self.expert.sample(obs, instructions, mode, generators)
+        actions = chunk.actions[:, 0].numpy().copy()
+        if generators is None or len(generators) != len(actions):
+            raise ValueError("the demonstrator needs the engine's generator of every row (one per trajectory)")
+        for b, generator in enumerate(generators):
+            episode = self._episodes[generator.initial_seed()]
+            perturb, t = episode
+            if perturb is not None:
+                actions[b] = perturb(actions[b], t)
+            episode[1] = t + 1
+        tensor = torch.from_numpy(actions)
+        return ChunkSample(actions=tensor.unsqueeze(1), logp=torch.zeros(len(actions), 1), replay={ACTION_KEY: tensor})
+
+
+def _episodes_of(trajectories: Trajectories) -> list[dict[str, Any]]:
+    """Per kept trajectory: its initial state, the observations and actions of its steps, success."""
+    if trajectories.num_trajectories == 0:  # every episode faulted (perhaps before its first step)
+        return []
+    traj = trajectories.chunk_traj.numpy()
+    order = np.argsort(traj, kind="stable")  # chunks are in (trajectory, position) order already
+    bounds = np.searchsorted(traj[order], np.arange(trajectories.num_trajectories + 1))
+    states = trajectories.obs[OBS_STATE].numpy()
+    images = trajectories.obs[OBS_IMAGE].numpy() if OBS_IMAGE in trajectories.obs else None
+    actions = trajectories.replay[ACTION_KEY].numpy()
+    out = []
+    for i in range(trajectories.num_trajectories):
+        rows = order[bounds[i] : bounds[i + 1]]
+        state = InitialState(trajectories.task[i], int(trajectories.seed[i]), int(trajectories.index[i]))
+        ep = {
+            "state": state,
+            "states": states[rows],
+            "actions": actions[rows],
+            "success": bool(trajectories.success[i]),
+        }
+        if images is not None:
+            ep["images"] = images[rows]
+        out.append(ep)
+    return out
+
+
+def collect_demos(
+    cfg: RunConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    progress: bool = False,
+    fmt: str = "policytrim",
+    env_factory: EnvFactory | None = None,
+) -> DemoDataset:
+    """Run the scripted experts on training-split states of ``cfg.env.tasks`` and save to ``out``.
+
+    ``cfg`` is a `policytrim.config.RunConfig` (env, data and the rollout section's workers, step
+    timeout and backend are used). ``fmt``: ``policytrim`` (`policytrim.data.demos`' format) or
+    ``lerobot`` (a LeRobotDataset written by LeRobot's own writer, `policytrim.data.lerobot_dataset`).
+    ``env_factory`` (picklable) replaces `policytrim.envs.make_env` in the engine's workers (tests
+    inject faults with it).
+    """
+    if fmt not in ("policytrim", "lerobot"):
+        raise InputError(f"dataset format must be policytrim or lerobot, got {fmt!r}")
+    if fmt == "lerobot":
+        from policytrim.data.lerobot_dataset import _require_lerobot
+
+        _require_lerobot()  # before minutes of collection
+    from policytrim import __version__
+    from policytrim.envs import initial_states, split_seed
+    from policytrim.preflight import check_preconditions
+
+    out = Path(out)
+    check_preconditions(cfg, out)
+    if cfg.env.suite != "metaworld":
+        raise InputError("collect runs Meta-World's scripted experts: env.suite must be metaworld")
+    if out.exists() and not overwrite:
+        raise InputError(f"{str(out)!r} already exists; pass --overwrite to replace it")
+    data, env_cfg = cfg.data, cfg.env
+    tasks = list(env_cfg.tasks)
+    seed = split_seed(env_cfg, "train")
+    wanted = data.episodes
+    kept: dict[str, list[dict[str, Any]]] = {t: [] for t in tasks}
+    attempts = {t: 0 for t in tasks}
+    successes = {t: 0 for t in tasks}
+    faults: dict[str, int] = {}
+    limit = max_attempts(data)
+    demonstrator = Demonstrator(ExpertPolicy(tasks), data, bool(data.suboptimal))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=wanted * len(tasks), desc="collect", unit="ep")
+    engine = RolloutEngine(
+        env_cfg,
+        cfg.rollout.num_workers,
+        cfg.rollout.step_timeout_s,
+        env_factory=env_factory,
+        backend=cfg.rollout.backend,
+        ray=cfg.ray,
+    )
+    control_period = None
+    try:
+        while True:
+            states = []
+            for t in tasks:
+                n = min(limit - attempts[t], wanted - len(kept[t]))
+                if n > 0:
+                    states += initial_states(t, seed, n, start=attempts[t])
+                    attempts[t] += n
+            if not states:
+                break
+            for b in range(0, len(states), BATCH_EPISODES):
+                batch = states[b : b + BATCH_EPISODES]
+                demonstrator.begin(batch, data.seed)
+                result = engine.run(
+                    demonstrator, batch, 1, torch.ones(len(batch), 1, dtype=torch.long), "deterministic", data.seed
+                )
+                for kind, count in result.fault_counts.items():
+                    faults[kind] = faults.get(kind, 0) + count
+                for ep in _episodes_of(result):
+                    task = ep["state"].task
+                    control_period = engine.control_period_s(task)
+                    successes[task] += ep["success"]
+                    if (ep["success"] or data.keep_failures) and len(kept[task]) < wanted:
+                        kept[task].append(ep)
+                        if bar is not None:
+                            bar.update(1)
+    finally:
+        engine.close()
+        if bar is not None:
+            bar.close()
+
+    episodes = [ep for t in tasks for ep in sorted(kept[t], key=lambda e: e["state"].index)]
+    if not episodes:
+        raise InputError(
+            f"the experts produced no successful demonstration in {sum(attempts.values())} attempts; "
+            "try a longer env.horizon or data.keep_failures"
+        )
+    collected = {t: len(kept[t]) for t in tasks}
+    short = {t: n for t, n in collected.items() if n < wanted}
+    if short:
+        what = ", ".join(
+            f"{t}: {n} of {wanted} ({attempts[t]} attempts, {successes[t]} expert successes)" for t, n in short.items()
+        )
+        if data.on_shortfall == "error":
+            raise InputError(
+                f"the experts fell short of data.episodes={wanted} within data.max_attempts={limit} per task ({what}); "
+                "raise data.max_attempts or env.horizon, or pass --data.on-shortfall warn to keep the smaller dataset"
+            )
+        log.warning("collected fewer demonstrations than requested (data.on_shortfall=warn): %s", what)
+    collection = {
+        "expert": "metaworld scripted policies (metaworld.policies)",
+        "suboptimal": bool(data.suboptimal),
+        "settings": {
+            k: getattr(data, k)
+            for k in (
+                "speed_min",
+                "speed_max",
+                "pause_prob",
+                "pause_min",
+                "pause_max",
+                "detour_prob",
+                "detour_min",
+                "detour_max",
+                "jitter_std",
+            )
+        }
+        | {"detour_latest_start": DETOUR_LATEST_START},
+        "data_seed": data.seed,
+        "split": "train",
+        "state_seed": seed,
+        "keep_failures": bool(data.keep_failures),
+        "episodes_requested": wanted,
+        "max_attempts": limit,
+        "on_shortfall": data.on_shortfall,
+        "attempts": attempts,
+        "expert_successes": successes,
+        "collected": collected,
+        "short_of_requested": short,
+        "faults": faults,
+        "replaced_workers": engine.replaced_workers,
+    }
+    ds = _assemble(episodes, tasks, env_cfg, collection, control_period, __version__)
+    if fmt == "lerobot":
+        from policytrim.data.lerobot_dataset import save_lerobot_dataset
+
+        save_lerobot_dataset(ds, out, overwrite=overwrite, camera=env_cfg.camera)
+    else:
+        save_demos(ds, out, overwrite=overwrite)
+    return ds
+
+
+def _assemble(
+    episodes: list[dict[str, Any]],
+    tasks: list[str],
+    env_cfg: Any,
+    collection: dict,
+    control_period: float | None,
+    version: str,
+) -> DemoDataset:
+    from policytrim.envs.tasks import INSTRUCTIONS
+
+    task_id = {t: i for i, t in enumerate(tasks)}
+    length = np.array([len(ep["actions"]) for ep in episodes], np.int64)
+    ep_task = np.array([task_id[ep["state"].task] for ep in episodes], np.int64)
+    start = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
+    images = [ep["images"] for ep in episodes if "images" in ep]
+    return DemoDataset(
+        state=np.concatenate([ep["states"] for ep in episodes]).astype(np.float32),
+        action=np.concatenate([ep["actions"] for ep in episodes]).astype(np.float32),
+        episode_index=np.repeat(np.arange(len(episodes)), length).astype(np.int64),
+        frame_index=(np.arange(int(length.sum())) - np.repeat(start, length)).astype(np.int64),
+        task_index=np.repeat(ep_task, length),
+        length=length,
+        success=np.array([ep["success"] for ep in episodes], bool),
+        episode_task_index=ep_task,
+        seed=np.array([ep["state"].seed for ep in episodes], np.int64),
+        index=np.array([ep["state"].index for ep in episodes], np.int64),
+        start=start,
+        tasks=list(tasks),
+        instructions=[INSTRUCTIONS[t] for t in tasks],
+        meta={
+            "control_period_s": control_period,
+            "horizon": int(env_cfg.horizon),
+            "collection": collection,
+            "created_by": f"policytrim {version}",
+        },
+        image=np.concatenate(images) if images else None,
+    )
