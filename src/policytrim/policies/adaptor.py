@@ -27,7 +27,7 @@ from torch import nn
 
 from policytrim.errors import InputError
 from policytrim.policies.base import MODES, Mode
-from policytrim.policies.checkpoint import check_state_dict, read_config, read_weights, save_checkpoint
+from policytrim.policies.checkpoint import check_state_dict, read_config, read_weights, save_policy_checkpoint
 from policytrim.policies.heads import mlp
 
 KIND = "window_adaptor"
@@ -149,7 +149,7 @@ class WindowAdaptor(nn.Module):
 
     def save_pretrained(self, policy_directory: str | Path) -> Path:
         """Write ``<policy_directory>/adaptor/`` (config.json + model.safetensors)."""
-        return save_checkpoint(Path(policy_directory) / ADAPTOR_DIR, self.spec(), self.state_dict())
+        return save_policy_checkpoint(Path(policy_directory) / ADAPTOR_DIR, self.spec(), self.state_dict())
 
     @classmethod
     def from_pretrained(cls, policy_directory: str | Path) -> "WindowAdaptor":

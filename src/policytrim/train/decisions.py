@@ -12,7 +12,7 @@ record              what it holds                                    on disk (ke
 `TrainSummary`      what `policytrim.train.grpo.train` returns       ``summary.json``
 ==================  ===============================================  ==============================
 
-(`policytrim.train.stages.StageOutcome`, a stage's result, holds the first three.) Each has
+(`StageOutcome`, a stage's result, holds the first three.) Each has
 ``to_json()`` giving the JSON runs have always written, and ``from_json()`` where a file is read back
 (a resumed run), accepting the fields older runs did not write yet.
 """
@@ -21,13 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from policytrim.train import distributed
-
-if TYPE_CHECKING:
-    from policytrim.train.stages import StageOutcome
-
 
 R = TypeVar("R")
 
@@ -235,6 +231,65 @@ class StageState:
 
 
 @dataclass(frozen=True)
+class StageOutcome:
+    """What a completed stage decided, with its evidence; written once as ``STAGE/result.json``.
+
+    window: extend: the window Stage 1 chose; trim: the window Stage 2 trained at.
+    budget: trim: the step budget B (steps); extend: None.
+    best: validation of the best checkpoint, with its ``epoch`` (0 = the starting policy).
+    start: validation of the policy that entered the stage. Both at ``eval_window``, without outcomes.
+    window_choice: extend: Stage 1's decision with its per-window evidence (`choose_window`).
+    budget_evidence: trim: how B was set (`calibrate_budget`).
+    epochs_run: epochs trained (fewer than ``epochs`` when a stopping rule stopped the stage).
+    stop_reason: why the stage stopped early (`Stage.stop_reason`), or None.
+    """
+
+    stage: str
+    epochs: int
+    eval_window: int
+    window: int
+    best: Validation
+    start: Validation
+    budget: int | None = None
+    window_choice: WindowChoice | None = None
+    budget_evidence: BudgetCalibration | None = None
+    epochs_run: int | None = None
+    stop_reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``result.json`` / summary record (the format runs have always written)."""
+        out: dict[str, Any] = {"stage": self.stage, "epochs": self.epochs, "best": self.best.to_json()}
+        out.update(start=self.start.to_json(), eval_window=self.eval_window)
+        out.update(epochs_run=self.epochs if self.epochs_run is None else self.epochs_run, stop_reason=self.stop_reason)
+        if self.window_choice is not None:
+            out["window_choice"] = self.window_choice.to_json()
+        if self.budget_evidence is not None:
+            out.update(window=self.window, budget=self.budget_evidence.to_json())
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], stage: str | None = None) -> StageOutcome:
+        """Inverse of `to_json` (a completed stage of a resumed run, a run the report reads);
+        ``stage``: the stage of a record written before it named its stage."""
+        choice = WindowChoice.from_json(data["window_choice"]) if data.get("window_choice") else None
+        budget = BudgetCalibration.from_json(data["budget"]) if data.get("budget") else None
+        return cls(
+            stage=data.get("stage", stage),
+            epochs=data["epochs"],
+            eval_window=data["eval_window"],
+            window=choice.window if choice else data["window"],
+            best=Validation.from_json(data["best"]),
+            start=Validation.from_json(data.get("start") or {}),
+            budget=int(budget.budget) if budget else None,
+            window_choice=choice,
+            budget_evidence=budget,
+            epochs_run=data.get("epochs_run"),
+            stop_reason=data.get("stop_reason"),
+        )
+
+
+
+@dataclass(frozen=True)
 class TrainSummary:
     """What a training run did (`policytrim.train.grpo.train`'s result; ``summary.json``).
     extend / trim: the stages' outcomes (None for a stage not run); window: the trained policy's
@@ -267,8 +322,6 @@ class TrainSummary:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TrainSummary:
-        from policytrim.train.stages import StageOutcome
-
         outcomes = {name: StageOutcome.from_json(data[name]) for name in ("extend", "trim") if data.get(name)}
         return cls(
             data["run_dir"],
