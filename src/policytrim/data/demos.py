@@ -52,6 +52,7 @@ import numpy as np
 
 from policytrim.envs.base import OBS_IMAGE, OBS_STATE, InitialState
 from policytrim.errors import InputError
+from policytrim.progress import Progress
 
 FORMAT = "policytrim-demos"
 VERSION = 1
@@ -439,11 +440,7 @@ def collect_demos(cfg: Any, out: str | Path, overwrite: bool = False, progress: 
     successes = {t: 0 for t in tasks}
     limit = {t: wanted if data.keep_failures else MAX_ATTEMPTS[0] * wanted + MAX_ATTEMPTS[1] for t in tasks}
     num_workers = int(cfg.rollout.num_workers)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=wanted * len(tasks), desc="collect", unit="ep")
+    bar = Progress("collect", wanted * len(tasks), unit="demo", show=progress)
     pool = mp.get_context("spawn").Pool(num_workers, initializer=_init_pool_worker) if num_workers > 0 else None
     control_period = None
     try:
@@ -466,14 +463,12 @@ def collect_demos(cfg: Any, out: str | Path, overwrite: bool = False, progress: 
                 successes[task] += ep["success"]
                 if (ep["success"] or data.keep_failures) and len(kept[task]) < wanted:
                     kept[task].append(ep)
-                    if bar is not None:
-                        bar.update(1)
+                    bar.update(1)
     finally:
         if pool is not None:
             pool.close()
             pool.join()
-        if bar is not None:
-            bar.close()
+        bar.close()
 
     episodes = [ep for t in tasks for ep in sorted(kept[t], key=lambda e: e["state"].index)]
     if not episodes:
