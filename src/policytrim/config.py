@@ -738,7 +738,7 @@ PRESET_DIR = Path(__file__).resolve().parent / "configs"
 def preset_path(name: str) -> Path:
     """Path of a named preset in configs/ (e.g. 'demo')."""
     path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
+    if not name.replace("-", "").replace("_", "").isalnum() or not path.is_file():  # a name, never a path out of configs/
         available = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(available) or 'none'}")
     return path
