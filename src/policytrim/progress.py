@@ -50,14 +50,19 @@ def enabled(on: bool = True) -> Iterator[None]:
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class Progress:
     """One phase: ``what`` (e.g. "collect"), ``total`` steps of ``unit``. ``show``: None = as
     `enabled` says. A tqdm bar on a terminal, plain lines in a log (module docstring)."""
 
-    def __init__(self, what: str, total: int, unit: str = "it", initial: int = 0, show: bool | None = None, stream: TextIO | None = None, nested: bool = False) -> None:
+    def __init__(
+        self, what: str, total: int, unit: str = "it", initial: int = 0, show: bool | None = None,
+        stream: TextIO | None = None, nested: bool = False,
+    ) -> None:
         self.what, self.total, self.unit = what, int(total), unit
         self.n = self.start_n = int(initial)
         self.stream = stream or sys.stderr
@@ -70,7 +75,9 @@ class Progress:
         if self.show and _is_tty(self.stream):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, initial=self.n, desc=what, unit=unit, file=self.stream, leave=not nested, mininterval=0.5)
+            self.bar = tqdm(
+                total=self.total, initial=self.n, desc=what, unit=unit, file=self.stream, leave=not nested, mininterval=0.5
+            )
 
     def update(self, n: int = 1) -> None:
         self.n += n

@@ -231,7 +231,8 @@ def run_stage(
     epochs_run = int(state.get("epochs_run", start_epoch))
     if state["stopped"] is not None:  # a stopping rule ended the stage before the interruption
         start_epoch = scfg.epochs
-    bar = Progress(stage.name, scfg.epochs, unit="epoch", initial=start_epoch, show=cfg.logging.progress and distributed.is_main())
+    show = cfg.logging.progress and distributed.is_main()
+    bar = Progress(stage.name, scfg.epochs, unit="epoch", initial=start_epoch, show=show)
     for epoch in bar.wrap(range(start_epoch, scfg.epochs)):
         t0 = time.perf_counter()
         rng = np.random.default_rng(stable_seed(cfg.seed, stage.name, epoch, "starts"))
