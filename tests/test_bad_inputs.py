@@ -315,6 +315,7 @@ BAD_INPUTS = [
     ("malformed JSON config", ["config", "--config", "{root}/malformed.json"], "is not valid JSON"),
     ("missing config file", TRAIN("--config", "{root}/nope.yaml"), "config file '{root}/nope.yaml' does not exist"),
     ("unknown preset", TRAIN("--preset", "nope"), "unknown preset 'nope'"),
+    ("preset given as a path out of configs/", ["config", "--preset", "../configs/demo"], "unknown preset '../configs/demo'"),
     ("empty config file", TRAIN("--config", "{root}/empty.yaml"), "config file '{root}/empty.yaml' is empty (no settings)"),
     ("config file of comments only", ["config", "--config", "{root}/comments.yaml"], "is empty (no settings)"),
     ("YAML alias bomb under a valid key", TRAIN("--config", "{root}/bomb.yaml"), "expands to more than 10000 values"),

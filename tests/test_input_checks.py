@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from policytrim.io import read_jsonl
 from policytrim.envs.tasks import TASK_SETS, resolve_tasks
 from policytrim.errors import MAX_MESSAGE_CHARS, InputError
 from policytrim.policies import load_policy
+from policytrim.progress import EVERY_S_ENV as PROGRESS_EVERY_S_ENV
 from policytrim.train.checkpoint import save_checkpoint
 from policytrim.train.rundir import RunDir
 
@@ -304,3 +306,38 @@ def test_a_libero_task_given_twice_is_refused_as_for_meta_world_and_a_suite_over
     with caplog.at_level(logging.WARNING, logger="policytrim.envs.libero"):
         assert resolve_libero_tasks(["libero_object", address]) == suite
     assert f"{address} given again by '{address}'" in caplog.text
+
+
+def test_progress_in_a_log_is_plain_lines_every_few_seconds_for_every_phase(tmp_path):
+    """With stderr not a terminal (a pipe here, as in CI or `2> log`), collect, pretrain, training
+    epochs, validations and the evaluation each print plain progress lines -- no carriage returns --
+    at most one per interval (POLICYTRIM_PROGRESS_EVERY_S, made short here so that these small runs
+    print some); a phase shorter than the interval prints nothing at all."""
+    every = 0.2
+    env = {**SUBPROCESS_ENV, "OMP_NUM_THREADS": "1", PROGRESS_EVERY_S_ENV: str(every)}
+    tiny = ["--tasks", "reach-v3", "--env.horizon", "60", "--rollout.num-workers", "0", "--policy.chunk-size", "8",
+            "--policy.default-window", "4", "--policy.hidden-dim", "32", "--policy.num-layers", "1"]
+    stage = ["--stage1.epochs", "2", "--stage1.val-episodes", "3", "--stage1.eval-every", "1", "--rollout.group-size", "2",
+             "--rollout.groups-per-epoch", "2", "--stage1.windows", "4", "8"]
+    commands = {
+        "collect": ["collect", *tiny, "--data.episodes", "4", "--out", str(tmp_path / "demos")],
+        "pretrain": ["pretrain", *tiny, "--data", str(tmp_path / "demos"), "--pretrain.iterations", "400", "--pretrain.eval-episodes", "0",
+                     "--out", str(tmp_path / "baseline")],
+        "extend": ["train", *tiny, *stage, "--stage", "extend", "--init", str(tmp_path / "baseline"), "--out", str(tmp_path / "run")],
+        "evaluation": ["eval", *tiny, "--policy", str(tmp_path / "baseline"), "--episodes", "6", "--out", str(tmp_path / "eval")],
+    }
+    seen = {}
+    for phase, argv in commands.items():
+        t0 = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "policytrim.cli", *argv], capture_output=True, text=True, env=env, timeout=600)
+        elapsed = time.monotonic() - t0
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "\r" not in result.stderr, "a progress bar's carriage returns in a log"
+        lines = [line for line in result.stderr.splitlines() if re.match(r"^[\w ]+( \(k=\d+, \w+\))?: \d+/\d+ \w+, ", line)]
+        assert any(line.startswith(f"{phase}") for line in lines), result.stderr
+        assert len(lines) <= elapsed / every + 8, f"{len(lines)} lines in {elapsed:.1f} s"  # + the 'done' line of each phase
+        seen[phase] = lines
+    assert any(line.startswith("validation (k=") for line in seen["extend"])  # validations inside training say so too
+    quiet = subprocess.run([sys.executable, "-m", "policytrim.cli", *commands["evaluation"], "--overwrite"], capture_output=True, text=True,
+                           env={**env, PROGRESS_EVERY_S_ENV: "3600"}, timeout=600)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr

@@ -679,7 +679,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if isinstance(key, typing.Hashable) and key in seen:
-                raise ConfigError(f"key {key!r} is given twice in one mapping (lines {seen[key]} and {line}); give it once")
+                raise ConfigError(
+                    f"key {key!r} is given twice in one mapping (lines {seen[key]} and {line}); give it once"
+                )
             if isinstance(key, typing.Hashable):
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
@@ -765,7 +767,8 @@ PRESET_DIR = Path(__file__).resolve().parent / "configs"
 def preset_path(name: str) -> Path:
     """Path of a named preset in configs/ (e.g. 'demo')."""
     path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
+    # a name, never a path out of configs/
+    if not name.replace("-", "").replace("_", "").isalnum() or not path.is_file():
         available = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(available) or 'none'}")
     return path

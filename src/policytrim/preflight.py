@@ -29,7 +29,9 @@ def check_backends(wandb_mode: str) -> None:
         raise InputError(f"logging.wandb={wandb_mode} needs the wandb package: pip install 'policytrim[wandb]' (or --logging.wandb off)")
 
 
-def check_preconditions(cfg: RunConfig, out: str | Path | None = None, flag: str = "--logging.out", simulator: bool = True) -> None:
+def check_preconditions(
+    cfg: RunConfig, out: str | Path | None = None, flag: str = "--logging.out", simulator: bool = True
+) -> None:
     """InputError naming the first precondition of a run with ``cfg`` writing to ``out`` that fails.
     ``simulator``: the command steps the configured simulator (all but a pretrain without evaluation)."""
     if out is not None:
@@ -55,9 +57,12 @@ def check_simulator(cfg: RunConfig) -> None:
         from policytrim.envs.libero import INSTALL_HINT, simulator_installed
 
         if not simulator_installed():
-            raise InputError(f"env.suite=libero needs the LIBERO simulator, which is not installed in {sys.executable}: {INSTALL_HINT}")
+            raise InputError(
+                f"env.suite=libero needs the LIBERO simulator, which is not installed in {sys.executable}: {INSTALL_HINT}"
+            )
         return
-    module, hint = {"metaworld": ("metaworld", "pip install metaworld"), "gym": ("gymnasium", "pip install gymnasium")}.get(suite, (None, ""))
+    packages = {"metaworld": ("metaworld", "pip install metaworld"), "gym": ("gymnasium", "pip install gymnasium")}
+    module, hint = packages.get(suite, (None, ""))
     if module is not None and importlib.util.find_spec(module) is None:
         raise InputError(f"env.suite={suite} needs the {module} package, which is not installed in {sys.executable}: {hint}")
 
@@ -74,12 +79,14 @@ def check_name_lengths(path: str | Path, flag: str) -> None:
     existing = next((p for p in absolute.parents if _exists(p)), Path(absolute.anchor))
     name_max, path_max = os.pathconf(existing, "PC_NAME_MAX"), os.pathconf(existing, "PC_PATH_MAX")
     if len(os.fsencode(absolute)) > path_max - TEMPORARY_NAME_ROOM:
-        raise InputError(f"{flag} is a path of {len(os.fsencode(absolute))} bytes: at most {path_max - TEMPORARY_NAME_ROOM} are allowed here")
+        size = len(os.fsencode(absolute))
+        raise InputError(f"{flag} is a path of {size} bytes: at most {path_max - TEMPORARY_NAME_ROOM} are allowed here")
     for part in absolute.parts[1:]:
         size = len(os.fsencode(part))
         if size > name_max - TEMPORARY_NAME_ROOM:
             raise InputError(
-                f"{flag}: the name {part[:40]!r}... is {size} bytes long; at most {name_max - TEMPORARY_NAME_ROOM} are allowed "
+                f"{flag}: the name {part[:40]!r}... is {size} bytes long; "
+                f"at most {name_max - TEMPORARY_NAME_ROOM} are allowed "
                 f"here (the file system's {name_max}, less {TEMPORARY_NAME_ROOM} for temporary names beside it)"
             )
 

@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from policytrim import progress
 from policytrim.cli import commands
 from policytrim.cli.errors import fail, machine_problem
 from policytrim.cli.flags import COMMANDS
@@ -55,7 +56,9 @@ def dispatch(name: str, args: object) -> int:
     if name != "config" and isinstance(args, RunConfig):  # a resumed run writes into its own directory
         # pretrain steps the simulator only to evaluate, and checks that itself (`policytrim.train.bc`)
         check_preconditions(args, getattr(args, "resume", "") or args.logging.out, simulator=name != "pretrain")
-    return int(HANDLERS[name](args) or 0)
+    # the progress of every phase inside (collect, pretrain, epochs, validations, evaluations) on stderr
+    with progress.enabled(isinstance(args, RunConfig) and args.logging.progress):
+        return int(HANDLERS[name](args) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

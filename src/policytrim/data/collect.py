@@ -39,6 +39,7 @@ from policytrim.envs.base import OBS_IMAGE, OBS_STATE, InitialState
 from policytrim.errors import InputError
 from policytrim.policies.base import ChunkSample, Mode, Observation
 from policytrim.policies.expert import ExpertPolicy
+from policytrim.progress import Progress
 from policytrim.rollout.engine import RolloutEngine, trajectory_seed
 from policytrim.rollout.types import Trajectories
 from policytrim.rollout.workers import EnvFactory
@@ -219,11 +220,7 @@ def collect_demos(
     faults: dict[str, int] = {}
     limit = max_attempts(data)
     demonstrator = Demonstrator(ExpertPolicy(tasks), data, bool(data.suboptimal))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=wanted * len(tasks), desc="collect", unit="ep")
+    bar = Progress("collect", wanted * len(tasks), unit="demo", show=progress)
     engine = RolloutEngine(
         env_cfg,
         cfg.rollout.num_workers,
@@ -257,12 +254,10 @@ def collect_demos(
                     successes[task] += ep["success"]
                     if (ep["success"] or data.keep_failures) and len(kept[task]) < wanted:
                         kept[task].append(ep)
-                        if bar is not None:
-                            bar.update(1)
+                        bar.update(1)
     finally:
         engine.close()
-        if bar is not None:
-            bar.close()
+        bar.close()
 
     episodes = [ep for t in tasks for ep in sorted(kept[t], key=lambda e: e["state"].index)]
     if not episodes:

@@ -201,7 +201,9 @@ def resolve_libero_tasks(names: str | list[str] | tuple[str, ...]) -> tuple[str,
         given[key] = name
         repeated = [t for t in expanded if t in out]
         if repeated:
-            _log.warning("tasks: %s given again by %r (a suite overlaps another name): kept once", ", ".join(repeated), name)
+            _log.warning(
+                "tasks: %s given again by %r (a suite overlaps another name): kept once", ", ".join(repeated), name
+            )
         out.extend(t for t in expanded if t not in out)
     if not out:
         raise InputError("tasks: at least one LIBERO task or suite is needed, e.g. libero_object")

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from policytrim import progress
 from policytrim.envs import check_episodes, env_tasks, initial_states, split_seed
 from policytrim.errors import InputError
 from policytrim.eval.metrics import summarize
@@ -68,7 +69,9 @@ def evaluate_policy(
     if engine is None:
         engine = RolloutEngine(env_cfg, num_workers=num_workers, step_timeout_s=step_timeout_s)
     try:
-        traj = engine.run(policy, starts, 1, windows, mode, seed, record_chunks=False)
+        phase = {"val": "validation", "test": "evaluation"}.get(split, f"{split} episodes")
+        with progress.episodes(f"{phase} (k={window}, {mode})", len(starts)):
+            traj = engine.run(policy, starts, 1, windows, mode, seed, record_chunks=False)
         periods = {t: engine.control_period_s(t) for t in dict.fromkeys(traj.task)}
     finally:
         if own:

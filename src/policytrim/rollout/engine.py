@@ -47,6 +47,7 @@ import torch
 from policytrim.envs import worker_env_cap
 from policytrim.envs.base import InitialState
 from policytrim.policies.base import MODES, ChunkPolicy, Mode
+from policytrim.progress import rollout_finished
 from policytrim.windows import check_window, window_bound
 from policytrim.rollout.types import Trajectories
 from policytrim.rollout.workers import DEFAULT_MAX_ENVS, EnvFactory, Fault, LocalPool, ProcessPool, StepRequest, StepResult, WorkerPool
@@ -392,6 +393,7 @@ class _Rollout:
                 self.faulted[i] = True
                 self.last_obs.pop(i, None)
                 self.pending.pop(i, None)
+                rollout_finished()
             self.active[q].clear()
         self.inflight[w].clear()
         self.deadline.pop(w, None)
@@ -417,6 +419,7 @@ class _Rollout:
                 self.fault(i, res.fault_details.get(slot) or Fault("unknown", res.faults[slot]))
                 self.faulted[i] = True
                 self.active[q].discard(i)
+                rollout_finished()
                 continue
             if not self.instruction[i]:
                 self.instruction[i] = self.engine.env_info[self.state_of[i].task]["instruction"]
@@ -424,6 +427,7 @@ class _Rollout:
                 self.success[i] = bool(res.success[r])
                 self.steps[i] = int(res.steps[r]) if self.success[i] else self.horizon
                 self.active[q].discard(i)
+                rollout_finished()
             else:
                 self.steps[i] = int(res.steps[r])
                 self.last_obs[i] = {k: v[r] for k, v in res.obs.items()}

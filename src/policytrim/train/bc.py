@@ -23,18 +23,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from policytrim.config import EnvConfig, RunConfig, to_dict
 from policytrim.errors import InputError
 from policytrim.policies.tinyvla import TinyVLA
+from policytrim.progress import Progress
 from policytrim.runtime import torch_threads
 
 METRICS_NAME = "pretrain_metrics.json"
@@ -238,8 +237,8 @@ def train_bc(policy: TinyVLA, data: ChunkData, train_rows: torch.Tensor, val_row
     running = None
     policy.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(1, p.iterations + 1), desc="pretrain", disable=not progress, mininterval=1.0, file=sys.stderr)
-    for it in bar:
+    bar = Progress("pretrain", p.iterations, unit="it", show=progress)
+    for it in bar.wrap(range(1, p.iterations + 1)):
         b_rows = train_rows[torch.randint(0, train_rows.numel(), (p.batch_size,), generator=gen)]
         b_obs, b_ins, b_actions, b_mask = data.batch(b_rows, as_text=not isinstance(policy, TinyVLA))
         for key in ("image", "wrist_image"):

@@ -141,7 +141,7 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
 def _checked_pointer(pointer: Path, stage_dir: Path) -> Path:
     where = f"{pointer}"
     if pointer.is_symlink() or not pointer.is_file():
-        raise InputError(f"{where} is not a plain file; it should hold the name of this stage's newest checkpoint (epoch_NNNNNN)")
+        raise InputError(f"{where} is not a plain file; it should name this stage's newest checkpoint (epoch_NNNNNN)")
     raw = pointer.read_bytes()[: MAX_POINTER_BYTES + 1]
     try:
         name = raw.decode().strip()
@@ -149,7 +149,9 @@ def _checked_pointer(pointer: Path, stage_dir: Path) -> Path:
         name = None
     if name is None or len(raw) > MAX_POINTER_BYTES or not _EPOCH_DIR.match(name):
         shown = repr(name if name is not None else raw)[:80]
-        raise InputError(f"{where} holds {shown}, not the name of a checkpoint of this stage (epoch_NNNNNN inside {stage_dir})")
+        raise InputError(
+            f"{where} holds {shown}, not the name of a checkpoint of this stage (epoch_NNNNNN inside {stage_dir})"
+        )
     candidate = stage_dir / name
     if candidate.is_symlink() or not (candidate / "trainer_state.json").is_file():
         raise InputError(f"{where} names {name}, which is not a complete checkpoint folder in {stage_dir}")

@@ -34,7 +34,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from policytrim import objective
 from policytrim.config import GRPOConfig, RunConfig, to_dict
@@ -45,6 +44,7 @@ from policytrim.io import atomic_directory, kill_point
 from policytrim.policies import ChunkPolicy, load_policy
 from policytrim.policies.base import supported_stages
 from policytrim.preflight import check_preconditions
+from policytrim.progress import Progress
 from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.rollout.types import Trajectories
 from policytrim.runtime import device_of, workers_own_cores
@@ -250,8 +250,9 @@ def run_stage(
     failed_epochs = state.failed_epochs
     if state.stopped is not None:  # a stopping rule ended the stage before the interruption
         start_epoch = scfg.epochs
-    bar = tqdm(range(start_epoch, scfg.epochs), desc=stage.name, disable=not (cfg.logging.progress and distributed.is_main()), initial=start_epoch, total=scfg.epochs)
-    for epoch in bar:
+    show = cfg.logging.progress and distributed.is_main()
+    bar = Progress(stage.name, scfg.epochs, unit="epoch", initial=start_epoch, show=show)
+    for epoch in bar.wrap(range(start_epoch, scfg.epochs)):
         t0 = time.perf_counter()
         rng = np.random.default_rng(stable_seed(cfg.seed, stage.name, epoch, "starts"))
         starts = draw_starts(cfg, rng, epoch)
