@@ -37,7 +37,7 @@ PACKAGE = Path(policytrim.__file__).resolve().parent
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # windows: the window plan (policytrim.windows, on main since the decisions branch; imports errors only)
-    ("base", ("policytrim", "errors", "objective", "io", "limits", "machine", "runtime", "windows")),
+    ("base", ("policytrim", "errors", "objective", "io", "limits", "machine", "runtime", "windows", "progress")),
     ("simulators and policies", ("envs", "policies")),
     ("configuration", ("config",)),
     ("execution", ("rollout", "data", "preflight")),
