@@ -48,7 +48,8 @@ libero_tests() {
     .venv-libero/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,libero]"
     echo "$want" > "$lstamp"
   fi
-  .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py "$@"
+  # POLICYTRIM_REQUIRE: here a LIBERO that does not import fails the tests instead of skipping them
+  POLICYTRIM_REQUIRE=libero .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py "$@"
 }
 
 # LeRobot 0.6.1 needs Python >= 3.12 and torch < 2.12 (PyPI's CUDA build, ~5.5 GB installed):
@@ -80,7 +81,8 @@ setup_lerobot() {
 lerobot_tests() {
   setup_lerobot
   echo "LeRobot tests (.venv-lerobot, offline):" >&2
-  HF_HUB_OFFLINE=1 .venv-lerobot/bin/python -m pytest -q -p no:cacheprovider tests/with_lerobot "$@"
+  # POLICYTRIM_REQUIRE: here a LeRobot that does not import fails the tests instead of skipping them
+  POLICYTRIM_REQUIRE=lerobot HF_HUB_OFFLINE=1 .venv-lerobot/bin/python -m pytest -q -p no:cacheprovider tests/with_lerobot "$@"
 }
 
 full_suite=1

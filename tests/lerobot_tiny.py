@@ -1,4 +1,5 @@
-"""Tiny LeRobot policies built offline, for tests, benchmarks and trying the LeRobot path on a laptop.
+"""Tiny LeRobot policies built offline: a test fixture (tests/with_lerobot), also used by
+benchmarks/lerobot_smolvla.py (which puts tests/ on sys.path). Not part of the library.
 
 Nothing here downloads anything. SmolVLA reads its VLM's ``AutoConfig`` / ``AutoProcessor`` from
 ``vlm_model_name`` even with ``load_vlm_weights=False``, so `build_tiny_vlm` writes a complete local
@@ -12,13 +13,17 @@ text model 2 layers x 128, vision 2 layers x 64, patch 16). The weights are LeRo
 an action and (optionally) one camera, instantiates LeRobot's own policy class and processors with
 the given normalisation statistics, and saves them with LeRobot's ``save_pretrained``: the result is
 an ordinary LeRobot checkpoint directory (``config.json``, ``model.safetensors``,
-``policy_preprocessor.json``, ...), with the tiny VLM under ``vlm/`` for SmolVLA.
+``policy_preprocessor.json``, ...). SmolVLA's VLM is named as policytrim's checkpoints name it
+(`policytrim.policies.lerobot.checkpoint`): a local VLM directory is copied under ``vlm/`` and named
+``vlm``; a hub id is kept. `publish_to_hub_cache` puts a tiny VLM into a Hugging Face cache under a
+hub id, as SmolVLA's real VLM (``HuggingFaceTB/SmolVLM2-500M-Video-Instruct``) lies in a robot's cache.
 
 Requires the ``lerobot`` extra (Python >= 3.12).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -142,22 +147,72 @@ def tiny_config(
     raise ValueError(f"tiny LeRobot family must be one of {', '.join(TINY_FAMILIES)}, got {family!r}")
 
 
+def publish_to_hub_cache(vlm_dir: str | Path, repo_id: str, cache_dir: str | Path) -> str:
+    """Copy a VLM directory into the Hugging Face cache ``cache_dir`` as the snapshot of hub repo
+    ``repo_id`` (``models--org--name/snapshots/<rev>``, ``refs/main``), so that ``transformers``
+    resolves ``repo_id`` offline (HF_HUB_OFFLINE=1, ``HF_HUB_CACHE`` = ``cache_dir``). Returns it."""
+    revision = "0" * 40
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(vlm_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return repo_id
+
+
 def write_tiny_policy(directory: str | Path, config: Any, dataset_stats: dict[str, dict[str, Any]]) -> Path:
     """Instantiate LeRobot's policy and processors for ``config`` and save them to ``directory``
-    with LeRobot's own ``save_pretrained`` (the tiny VLM directory, if any, is copied to ``vlm/``)."""
-    import shutil
-
+    with LeRobot's own ``save_pretrained``: a local VLM directory is copied to ``vlm/`` and named
+    ``vlm`` in config.json and policy_preprocessor.json (module docstring)."""
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vlm = getattr(config, "vlm_model_name", None)
-    if vlm and Path(vlm).is_dir() and Path(vlm).resolve() != (directory / "vlm").resolve():
-        shutil.copytree(vlm, directory / "vlm", dirs_exist_ok=True)
-        config.vlm_model_name = str((directory / "vlm").resolve())
+    local = bool(vlm) and Path(vlm).is_dir()
+    if local:
+        if Path(vlm).resolve() != (directory / "vlm").resolve():
+            shutil.copytree(vlm, directory / "vlm", dirs_exist_ok=True)
+        config.vlm_model_name = str((directory / "vlm").resolve())  # LeRobot reads it while building
     policy = get_policy_class(config.type)(config)
     pre, post = make_pre_post_processors(config, dataset_stats=dataset_stats)
+    if local:
+        config.vlm_model_name = "vlm"
+        for step in pre.steps:
+            if getattr(step, "tokenizer_name", None):
+                step.tokenizer_name = "vlm"
     policy.save_pretrained(directory)
     pre.save_pretrained(directory)
     post.save_pretrained(directory)
     return directory
+
+
+def load_with_lerobot(directory: str | Path) -> tuple[Any, Any, Any]:
+    """(policy, preprocessor, postprocessor) as LeRobot's own loader reads a checkpoint directory:
+    ``get_policy_class(type).from_pretrained`` and ``make_pre_post_processors(config, pretrained_path=...)``,
+    nothing of policytrim's in between."""
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    family = PreTrainedConfig.from_pretrained(str(directory)).type
+    policy = get_policy_class(family).from_pretrained(str(directory))
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(directory))
+    return policy, pre, post
+
+
+def lerobot_chunk(loaded: tuple[Any, Any, Any], state: Any, images: dict[str, Any], instructions: Sequence[str], seed: int = 0) -> Any:
+    """LeRobot's own chunk (raw actions [B, H, A]) for a batch: ``images`` maps camera features to
+    uint8 [B, h, w, 3]. SmolVLA from zero noise; Diffusion's sampler from torch's global generator,
+    seeded with ``seed``, so two loads of the same weights give the same chunk bit for bit."""
+    import torch
+
+    policy, pre, post = loaded
+    batch = pre({"observation.state": state, **{k: v.permute(0, 3, 1, 2).float() / 255.0 for k, v in images.items()}, "task": list(instructions)})
+    if policy.config.type == "diffusion":  # offline batches carry the observation-history axis
+        batch["observation.state"] = batch["observation.state"].unsqueeze(1)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        if policy.config.type == "smolvla":
+            chunk = policy.predict_action_chunk(batch, noise=torch.zeros(state.shape[0], policy.config.chunk_size, policy.config.max_action_dim))
+        else:
+            chunk = policy.predict_action_chunk(batch)
+    return post(chunk)
