@@ -90,9 +90,13 @@ def test_a_local_dataset_with_missing_files_is_one_error_and_no_download(tmp_pat
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as a user's shell has it
     root = tmp_path / "ds"
     _write_tiny_dataset(root, video=False)
-    moved = root / "data" / "chunk-000" / "file-009.parquet"  # a file LeRobot's metadata does not name
-    (root / "data" / "chunk-000" / "file-000.parquet").rename(moved)
-    with pytest.raises(InputError, match="not a readable LeRobotDataset.*[Oo]ffline"):
+    import pyarrow.compute
+    import pyarrow.parquet as pq
+
+    data = root / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(data)
+    pq.write_table(table.filter(pyarrow.compute.equal(table["episode_index"], 0)), data)  # episode 1's frames lost
+    with pytest.raises(InputError, match="lacks files its metadata names .*offline mode.*policytrim reads local datasets only"):
         load_lerobot_dataset(root)  # LeRobot would fetch the dataset from the hub; refused instead
     assert constants.HF_HUB_OFFLINE is False  # restored
     shutil.rmtree(root / "data")

@@ -1,6 +1,7 @@
 """A tiny SmolVLA and a tiny Diffusion Policy (LeRobot's classes) through the whole pipeline on real
 Meta-World from camera images: collect -> BC -> Stage 1 -> Stage 2 -> paired evaluation, then the
-trained policy exported and loaded by LeRobot. Offline; runs in .venv-lerobot."""
+trained policy exported and loaded by LeRobot, and every policy the run wrote loaded by LeRobot and by
+policytrim after the run is moved and the original deleted. Offline; runs in .venv-lerobot."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def demos(tmp_path_factory):
 
 
 @pytest.mark.parametrize("family", list(CHUNK))
-def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path):
+def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path, tmp_path_factory, monkeypatch):
     from lerobot.policies.factory import get_policy_class
 
     from policytrim.experiments.demo import evaluate_pipeline
@@ -97,3 +98,35 @@ def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path):
     assert theirs.config.n_action_steps == final.default_window
     frozen = [n for n, p in final.named_parameters() if not p.requires_grad]
     assert frozen and all(".rgb_encoder." in n or ".vision_model." in n for n in frozen)
+    _every_checkpoint_survives_a_move(tmp_path, tmp_path_factory.mktemp("elsewhere"), ds, monkeypatch)
+
+
+def _every_checkpoint_survives_a_move(root, elsewhere, ds, monkeypatch) -> None:
+    """Every policy the run wrote (baseline, each stage's epoch / best / final, the export) loads
+    with LeRobot's loader and ours after the run is moved and the original (and the VLM it was
+    built from) deleted, with the same chunks bit for bit."""
+    import shutil
+
+    from lerobot_tiny import lerobot_chunk, load_with_lerobot
+    from policytrim.policies.lerobot import is_lerobot_checkpoint
+
+    dirs = sorted(p.parent.relative_to(root) for p in root.rglob("config.json") if is_lerobot_checkpoint(p.parent))
+    assert {"baseline", "train/final/policy", "export"} <= {str(d) for d in dirs} and len(dirs) >= 6, dirs
+    obs = {"state": torch.as_tensor(ds.state[:2]), "image": torch.as_tensor(ds.image[:2])}
+    instructions = [ds.instructions[0]] * 2
+    before = {d: load_policy(root / d).sample(obs, instructions, "deterministic").actions for d in dirs}
+    for name in ("untrained", "baseline", "train", "export"):
+        shutil.move(str(root / name), elsewhere / name)
+    shutil.rmtree(root)  # the run, its demos and the VLM it was built from
+    for d in dirs:
+        moved = elsewhere / d
+        texts = "\n".join(p.read_text() for p in moved.rglob("*.json"))
+        assert str(root) not in texts, f"{d} points at the deleted run"
+        monkeypatch.chdir(moved)  # LeRobot resolves a local VLM name ("vlm") against the working directory
+        loaded = load_with_lerobot(moved)
+        lerobot_chunk(loaded, obs["state"], {"observation.images.corner2": obs["image"]}, instructions)
+        monkeypatch.chdir(elsewhere)
+        ours = load_policy(moved)
+        assert torch.equal(ours.sample(obs, instructions, "deterministic").actions, before[d]), d
+        for k, v in loaded[0].state_dict().items():
+            assert torch.equal(v, ours.policy.state_dict()[k]), (d, k)

@@ -219,6 +219,7 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
     (`feature_layout`; None: the generic mapping). Module docstring: which names are read."""
     _require_lerobot()
     import torch
+    from huggingface_hub.errors import OfflineModeIsEnabled
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     path = Path(path)
@@ -230,6 +231,9 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
     try:
         with _hub_offline():
             dataset = LeRobotDataset(repo_id=f"local/{path.name}", root=path, video_backend=VIDEO_BACKEND)
+    except OfflineModeIsEnabled as exc:
+        raise InputError(f"LeRobotDataset {str(path)!r} lacks files its metadata names (LeRobot would download them: {exc}); "
+                         "policytrim reads local datasets only") from None
     except Exception as exc:  # noqa: BLE001 - LeRobot raises several types for a malformed dataset
         raise InputError(f"{str(path)!r} is not a readable LeRobotDataset ({type(exc).__name__}: {exc})") from None
     features = dataset.meta.features
