@@ -53,7 +53,8 @@ libero_tests() {
 }
 
 # LeRobot 0.6.1 needs Python >= 3.12 and torch < 2.12 (PyPI's CUDA build, ~5.5 GB installed):
-# its own environment. PYTHON312 overrides where Python 3.12 is found.
+# its own environment. PYTHON312 overrides where Python 3.12 is found. No system FFmpeg is needed:
+# policytrim has LeRobot decode videos with PyAV (its wheel bundles FFmpeg), never torchcodec.
 setup_lerobot() {
   local lstamp=.venv-lerobot/.policytrim-installed python312=${PYTHON312:-}
   if [ -z "$python312" ]; then

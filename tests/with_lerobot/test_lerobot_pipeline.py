@@ -94,6 +94,7 @@ def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path, tmp_path_
     assert final.default_window == window and final.spec()["trained_stage"] == "trim"  # mark_trained: Stage 1's choice
     assert json.loads((tmp_path / "train" / "final" / "policy" / "config.json").read_text())["n_action_steps"] == window
     exported = export_lerobot(final, tmp_path / "export")
+    monkeypatch.chdir(exported)  # LeRobot resolves a local VLM's name ("vlm") against the working directory
     theirs = get_policy_class(family).from_pretrained(str(exported))
     assert theirs.config.n_action_steps == final.default_window
     frozen = [n for n, p in final.named_parameters() if not p.requires_grad]
@@ -115,6 +116,7 @@ def _every_checkpoint_survives_a_move(root, elsewhere, ds, monkeypatch) -> None:
     obs = {"state": torch.as_tensor(ds.state[:2]), "image": torch.as_tensor(ds.image[:2])}
     instructions = [ds.instructions[0]] * 2
     before = {d: load_policy(root / d).sample(obs, instructions, "deterministic").actions for d in dirs}
+    monkeypatch.chdir(elsewhere)
     for name in ("untrained", "baseline", "train", "export"):
         shutil.move(str(root / name), elsewhere / name)
     shutil.rmtree(root)  # the run, its demos and the VLM it was built from
@@ -122,7 +124,7 @@ def _every_checkpoint_survives_a_move(root, elsewhere, ds, monkeypatch) -> None:
         moved = elsewhere / d
         texts = "\n".join(p.read_text() for p in moved.rglob("*.json"))
         assert str(root) not in texts, f"{d} points at the deleted run"
-        monkeypatch.chdir(moved)  # LeRobot resolves a local VLM name ("vlm") against the working directory
+        monkeypatch.chdir(moved)  # as above: the local VLM's name resolves against the working directory
         loaded = load_with_lerobot(moved)
         lerobot_chunk(loaded, obs["state"], {"observation.images.corner2": obs["image"]}, instructions)
         monkeypatch.chdir(elsewhere)

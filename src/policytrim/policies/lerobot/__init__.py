@@ -23,8 +23,8 @@ One module per concern, as LeRobot keeps one folder per policy family:
 
   "sampled" mode is the deployed behaviour: flow from random noise (plain ODE), diffusion's own
   stochastic sampler, ACT's output;
-- `checkpoint`: the checkpoint's files and how a checkpoint stays loadable after it is moved
-  (a local VLM travels in its ``vlm/``; LeRobot's own loader reads every checkpoint);
+- `checkpoint`: the checkpoint's files and how a checkpoint stays loadable after it is moved (a
+  hub VLM is named by its id; a local VLM travels in the checkpoint's ``vlm/``, named ``vlm``);
 - `stats`: LeRobot-style normalisation statistics; `run_config`: the run config applied.
 """
 
