@@ -32,8 +32,14 @@ CAMERA_PREFIX = "observation.images."
 
 # SmolVLM's special tokens; LeRobot's SmolVLA looks up the image ones by attribute name.
 _SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<image>",
-    "<fake_token_around_image>", "<global-img>", "<video>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<end_of_utterance>",
+    "<image>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    "<video>",
 ] + [f"<row_{i}_col_{j}>" for i in range(1, 5) for j in range(1, 5)]
 _NAMED_TOKENS = {
     "fake_image_token": "<fake_token_around_image>",
@@ -46,12 +52,20 @@ _PATCH = 16
 _SCALE_FACTOR = 2
 
 
-def build_tiny_vlm(directory: str | Path, image_size: int = 64, texts: Sequence[str] = (), vocab_size: int = 512) -> Path:
+def build_tiny_vlm(
+    directory: str | Path, image_size: int = 64, texts: Sequence[str] = (), vocab_size: int = 512
+) -> Path:
     """Write a tiny SmolVLM directory (config, tokenizer, processors; no weights) and return it.
 
     ``image_size`` must be a multiple of 32 (patch 16, pixel-shuffle scale 2)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
+    from transformers import (
+        PreTrainedTokenizerFast,
+        SmolVLMConfig,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
 
     if image_size % (_PATCH * _SCALE_FACTOR):
         raise ValueError(f"tiny VLM image_size must be a multiple of {_PATCH * _SCALE_FACTOR}, got {image_size}")
@@ -60,7 +74,9 @@ def build_tiny_vlm(directory: str | Path, image_size: int = 64, texts: Sequence[
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=_SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=_SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(list(texts) or ["pick up the object and place it at the goal"], trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
@@ -80,10 +96,23 @@ def build_tiny_vlm(directory: str | Path, image_size: int = 64, texts: Sequence[
     processor.save_pretrained(directory)
     config = SmolVLMConfig(
         text_config={
-            "model_type": "llama", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": len(fast), "max_position_embeddings": 512,
+            "model_type": "llama",
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": len(fast),
+            "max_position_embeddings": 512,
         },
-        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": _PATCH, "image_size": image_size},
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "patch_size": _PATCH,
+            "image_size": image_size,
+        },
         scale_factor=_SCALE_FACTOR,
         image_token_id=fast.convert_tokens_to_ids("<image>"),
         vocab_size=len(fast),
@@ -120,11 +149,18 @@ def tiny_config(
         if image_shape is None or vlm_dir is None:
             raise ValueError("a tiny SmolVLA needs a camera image and a tiny VLM directory (build_tiny_vlm)")
         return SmolVLAConfig(
-            **common, chunk_size=chunk_size, vlm_model_name=str(vlm_dir), load_vlm_weights=False, num_vlm_layers=2,
-            max_state_dim=max(32, state_dim), max_action_dim=max(32, action_dim),
-            resize_imgs_with_padding=(int(image_shape[1]), int(image_shape[0])), num_steps=flow_steps,
+            **common,
+            chunk_size=chunk_size,
+            vlm_model_name=str(vlm_dir),
+            load_vlm_weights=False,
+            num_vlm_layers=2,
+            max_state_dim=max(32, state_dim),
+            max_action_dim=max(32, action_dim),
+            resize_imgs_with_padding=(int(image_shape[1]), int(image_shape[0])),
+            num_steps=flow_steps,
             # train everything by default; policytrim's train_parts option narrows it
-            train_expert_only=False, freeze_vision_encoder=False,
+            train_expert_only=False,
+            freeze_vision_encoder=False,
         )
     if family == "diffusion":
         from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
@@ -132,17 +168,36 @@ def tiny_config(
         if image_shape is None:
             raise ValueError("LeRobot's Diffusion Policy needs a camera image (or an environment-state feature)")
         return DiffusionConfig(
-            **common, n_obs_steps=1, horizon=chunk_size, vision_backbone="resnet18", pretrained_backbone_weights=None,
-            use_group_norm=True, crop_shape=None, spatial_softmax_num_keypoints=16, down_dims=(32, 64),
-            kernel_size=3, n_groups=8, diffusion_step_embed_dim=32, num_train_timesteps=flow_steps * 5,
-            num_inference_steps=flow_steps, noise_scheduler_type="DDPM",
+            **common,
+            n_obs_steps=1,
+            horizon=chunk_size,
+            vision_backbone="resnet18",
+            pretrained_backbone_weights=None,
+            use_group_norm=True,
+            crop_shape=None,
+            spatial_softmax_num_keypoints=16,
+            down_dims=(32, 64),
+            kernel_size=3,
+            n_groups=8,
+            diffusion_step_embed_dim=32,
+            num_train_timesteps=flow_steps * 5,
+            num_inference_steps=flow_steps,
+            noise_scheduler_type="DDPM",
         )
     if family == "act":
         from lerobot.policies.act.configuration_act import ACTConfig
 
         return ACTConfig(
-            **common, chunk_size=chunk_size, dim_model=64, n_heads=2, dim_feedforward=128, n_encoder_layers=1,
-            n_decoder_layers=1, n_vae_encoder_layers=1, latent_dim=8, pretrained_backbone_weights=None,
+            **common,
+            chunk_size=chunk_size,
+            dim_model=64,
+            n_heads=2,
+            dim_feedforward=128,
+            n_encoder_layers=1,
+            n_decoder_layers=1,
+            n_vae_encoder_layers=1,
+            latent_dim=8,
+            pretrained_backbone_weights=None,
         )
     raise ValueError(f"tiny LeRobot family must be one of {', '.join(TINY_FAMILIES)}, got {family!r}")
 
@@ -199,20 +254,30 @@ def load_with_lerobot(directory: str | Path) -> tuple[Any, Any, Any]:
     return policy, pre, post
 
 
-def lerobot_chunk(loaded: tuple[Any, Any, Any], state: Any, images: dict[str, Any], instructions: Sequence[str], seed: int = 0) -> Any:
+def lerobot_chunk(
+    loaded: tuple[Any, Any, Any], state: Any, images: dict[str, Any], instructions: Sequence[str], seed: int = 0
+) -> Any:
     """LeRobot's own chunk (raw actions [B, H, A]) for a batch: ``images`` maps camera features to
     uint8 [B, h, w, 3]. SmolVLA from zero noise; Diffusion's sampler from torch's global generator,
     seeded with ``seed``, so two loads of the same weights give the same chunk bit for bit."""
     import torch
 
     policy, pre, post = loaded
-    batch = pre({"observation.state": state, **{k: v.permute(0, 3, 1, 2).float() / 255.0 for k, v in images.items()}, "task": list(instructions)})
+    batch = pre(
+        {
+            "observation.state": state,
+            **{k: v.permute(0, 3, 1, 2).float() / 255.0 for k, v in images.items()},
+            "task": list(instructions),
+        }
+    )
     if policy.config.type == "diffusion":  # offline batches carry the observation-history axis
         batch["observation.state"] = batch["observation.state"].unsqueeze(1)
     torch.manual_seed(seed)
     with torch.no_grad():
         if policy.config.type == "smolvla":
-            chunk = policy.predict_action_chunk(batch, noise=torch.zeros(state.shape[0], policy.config.chunk_size, policy.config.max_action_dim))
+            chunk = policy.predict_action_chunk(
+                batch, noise=torch.zeros(state.shape[0], policy.config.chunk_size, policy.config.max_action_dim)
+            )
         else:
             chunk = policy.predict_action_chunk(batch)
     return post(chunk)

@@ -29,5 +29,8 @@ def require_or_skip(module: str, extra: str, reason: str | None = None) -> Modul
     try:
         return importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001 - a broken install raises more than ImportError
-        pytest.fail(f"{REQUIRE_VAR}={os.environ[REQUIRE_VAR]}: the {extra} tests need {module}, which does not import "
-                    f"in this environment ({type(exc).__name__}: {exc})", pytrace=False)
+        pytest.fail(
+            f"{REQUIRE_VAR}={os.environ[REQUIRE_VAR]}: the {extra} tests need {module}, which does not import "
+            f"in this environment ({type(exc).__name__}: {exc})",
+            pytrace=False,
+        )

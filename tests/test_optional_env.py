@@ -27,7 +27,9 @@ def test_skips_where_not_required(monkeypatch):
 
 def test_fails_where_required_and_names_the_import_error(monkeypatch):
     monkeypatch.setenv(REQUIRE_VAR, "libero,lerobot")
-    with pytest.raises(pytest.fail.Exception, match=f"the lerobot tests need {MISSING}, which does not import.*ModuleNotFoundError"):
+    with pytest.raises(
+        pytest.fail.Exception, match=f"the lerobot tests need {MISSING}, which does not import.*ModuleNotFoundError"
+    ):
         require_or_skip(MISSING, "lerobot")
     assert require_or_skip("json", "lerobot").__name__ == "json"
 
@@ -37,9 +39,19 @@ def test_a_required_environment_without_its_package_fails_the_run(tmp_path):
     if subprocess.run([sys.executable, "-c", "import lerobot"], capture_output=True).returncode == 0:
         pytest.skip("lerobot imports here")
     tests = Path(__file__).resolve().parent
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests / "with_lerobot" / "test_lerobot_dataset.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        str(tests / "with_lerobot" / "test_lerobot_dataset.py"),
+    ]
     env = {k: v for k, v in os.environ.items() if k != REQUIRE_VAR}
     skipped = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    failed = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**env, REQUIRE_VAR: "lerobot"}, cwd=tmp_path)
+    failed = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**env, REQUIRE_VAR: "lerobot"}, cwd=tmp_path
+    )
     assert "1 skipped" in skipped.stdout, skipped.stdout[-2000:]
     assert failed.returncode not in (0, 5) and "POLICYTRIM_REQUIRE=lerobot" in failed.stdout, failed.stdout[-2000:]

@@ -61,7 +61,10 @@ FAMILY_OPS: dict[str, Family] = {f.name: f for f in (flow.SMOLVLA, flow.PI0, flo
 FLOW_FAMILIES = tuple(name for name, ops in FAMILY_OPS.items() if isinstance(ops, flow.FlowFamily))
 FAMILIES = tuple(FAMILY_OPS)
 TRAIN_PARTS = ("all", "expert", "no_vision")
-WRIST_CAMERAS = ("image2", "wrist_image")  # LIBERO's wrist camera in LeRobot's env naming | the lerobot/libero_* datasets'
+WRIST_CAMERAS = (
+    "image2",
+    "wrist_image",
+)  # LIBERO's wrist camera in LeRobot's env naming | the lerobot/libero_* datasets'
 HUB_PREFIX = "lerobot:"  # load_policy("lerobot:lerobot/smolvla_base"): a hub id through LeRobot's from_pretrained
 
 
@@ -94,7 +97,16 @@ class LeRobotChunkPolicy(nn.Module):
     Build with `from_pretrained` (a LeRobot checkpoint directory, or a hub id where downloads are
     allowed) or directly from a LeRobot policy and its processors."""
 
-    def __init__(self, policy: Any, preprocessor: Any, postprocessor: Any, options: LeRobotOptions | None = None, default_window: int | None = None, trained_stage: str = "bc", step_budget: float | None = None):
+    def __init__(
+        self,
+        policy: Any,
+        preprocessor: Any,
+        postprocessor: Any,
+        options: LeRobotOptions | None = None,
+        default_window: int | None = None,
+        trained_stage: str = "bc",
+        step_budget: float | None = None,
+    ):
         super().__init__()
         self.policy = policy
         self.preprocessor = preprocessor
@@ -170,7 +182,13 @@ class LeRobotChunkPolicy(nn.Module):
 
     # ------------------------------------------------------------------ observations -> LeRobot batch
 
-    def lerobot_batch(self, obs: Observation, instructions: Sequence[str], actions: torch.Tensor | None = None, row_mask: torch.Tensor | None = None) -> dict[str, Any]:
+    def lerobot_batch(
+        self,
+        obs: Observation,
+        instructions: Sequence[str],
+        actions: torch.Tensor | None = None,
+        row_mask: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
         """Our batched observation (+ demonstration chunk) as LeRobot's preprocessed batch."""
         state = torch.as_tensor(obs["state"])
         if state.dim() != 2 or (self.state_dim is not None and state.shape[1] != self.state_dim):
@@ -180,7 +198,9 @@ class LeRobotChunkPolicy(nn.Module):
         batch: dict[str, Any] = {OBS_STATE: state.float(), TASK: [str(s) for s in instructions]}
         for key, source in camera_sources(self.image_keys):
             if source not in obs:
-                raise InputError(f"this LeRobot policy needs a camera image obs[{source!r}] for its camera {key}; run the env with image=True")
+                raise InputError(
+                    f"this LeRobot policy needs a camera image obs[{source!r}] for its camera {key}; run the env with image=True"
+                )
             image = torch.as_tensor(obs[source])
             if image.dim() != 4 or image.shape[-1] != 3:
                 raise InputError(f"obs[{source!r}] must be uint8 [B, h, w, 3], got {tuple(image.shape)}")
@@ -197,17 +217,27 @@ class LeRobotChunkPolicy(nn.Module):
         raw = self.postprocessor(x[..., : self.action_dim].float())
         return raw.to(torch.float32).clamp(self.options.action_low, self.options.action_high)
 
-    def randn_rows(self, generators: Sequence[torch.Generator] | None, batch: int, shape: tuple[int, ...]) -> torch.Tensor:
+    def randn_rows(
+        self, generators: Sequence[torch.Generator] | None, batch: int, shape: tuple[int, ...]
+    ) -> torch.Tensor:
         """Standard normal noise [batch, *shape], row b drawn from ``generators[b]`` (float64, then cast)."""
         gens = list(generators) if generators is not None else [None] * batch
         if len(gens) != batch:
             raise ValueError(f"need one generator per batch row: got {len(gens)} for batch {batch}")
-        return torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens]).to(self.device, self.dtype)
+        return torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens]).to(
+            self.device, self.dtype
+        )
 
     # ------------------------------------------------------------------ the contract
 
     @torch.no_grad()
-    def sample(self, obs: Observation, instructions: Sequence[str], mode: Mode, generators: Sequence[torch.Generator] | None = None) -> ChunkSample:
+    def sample(
+        self,
+        obs: Observation,
+        instructions: Sequence[str],
+        mode: Mode,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> ChunkSample:
         """One chunk per row; ``generators[b]`` drives row b's random numbers (the family module
         says how each mode samples)."""
         if mode not in MODES:
@@ -215,14 +245,23 @@ class LeRobotChunkPolicy(nn.Module):
         x, logp, replay = self.family_ops.sample(self, self.lerobot_batch(obs, instructions), mode, generators)
         return ChunkSample(actions=self._unnormalise(x), logp=logp, replay=replay)
 
-    def log_prob(self, obs: Observation, instructions: Sequence[str], replay: dict[str, torch.Tensor], row_mask: torch.Tensor) -> torch.Tensor:
+    def log_prob(
+        self, obs: Observation, instructions: Sequence[str], replay: dict[str, torch.Tensor], row_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Differentiable per-row log-prob [B, H] of recorded chunks; masked rows are exactly 0."""
         batch = self.lerobot_batch(obs, instructions)
         row_mask = row_mask.to(device=self.device, dtype=torch.bool)
         logp = self.family_ops.log_prob(self, batch, replay, row_mask)
         return torch.where(row_mask, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
 
-    def bc_loss(self, obs: Observation, instructions: Sequence[str], actions: torch.Tensor, row_mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def bc_loss(
+        self,
+        obs: Observation,
+        instructions: Sequence[str],
+        actions: torch.Tensor,
+        row_mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """LeRobot's own training loss (``policy.forward``) on demonstration chunks [B, H, A] (raw
         actions; rows where ``row_mask`` is False are LeRobot's ``action_is_pad``). ``generator``
         seeds the loss's noise (flow time / diffusion timestep), so validation losses compare."""
@@ -258,7 +297,12 @@ class LeRobotChunkPolicy(nn.Module):
         _write_checkpoint(self, Path(directory))
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, options: LeRobotOptions | None = None, dataset_stats: dict[str, dict[str, Any]] | None = None) -> "LeRobotChunkPolicy":
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        options: LeRobotOptions | None = None,
+        dataset_stats: dict[str, dict[str, Any]] | None = None,
+    ) -> "LeRobotChunkPolicy":
         """Load a LeRobot checkpoint (directory, or hub id where downloads are allowed) through
         LeRobot's own ``from_pretrained``; ``policytrim.json`` (if present) restores our options.
         A VLM under the checkpoint's ``vlm/`` is the one it was saved with, wherever the directory
@@ -271,14 +315,18 @@ class LeRobotChunkPolicy(nn.Module):
         path = Path(source)
         local = path.is_dir()
         if not local and (path.exists() or str(source).startswith((".", "/")) or str(source).count("/") != 1):
-            raise InputError(f"LeRobot checkpoint {str(source)!r} is not a directory (nor a hub id like lerobot/smolvla_base)")
+            raise InputError(
+                f"LeRobot checkpoint {str(source)!r} is not a directory (nor a hub id like lerobot/smolvla_base)"
+            )
         meta: dict[str, Any] = {}
         if local and (path / SIDECAR).is_file():
             meta = _read_sidecar(path / SIDECAR)
         try:
             config = PreTrainedConfig.from_pretrained(str(source))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"{str(source)!r} is not a readable LeRobot checkpoint ({type(exc).__name__}: {exc})") from None
+            raise InputError(
+                f"{str(source)!r} is not a readable LeRobot checkpoint ({type(exc).__name__}: {exc})"
+            ) from None
         overrides: dict[str, Any] = {}
         vlm = bundled_vlm(path, config) if local else None
         if vlm is not None:  # config.json names it "vlm", relative to the checkpoint (checkpoint module)
@@ -290,11 +338,24 @@ class LeRobotChunkPolicy(nn.Module):
         if dataset_stats is not None:
             overrides["normalizer_processor"] = {"stats": dataset_stats}
             post_overrides["unnormalizer_processor"] = {"stats": dataset_stats}
-        pre, post = make_pre_post_processors(config, pretrained_path=str(source), preprocessor_overrides=overrides, postprocessor_overrides=post_overrides)
+        pre, post = make_pre_post_processors(
+            config,
+            pretrained_path=str(source),
+            preprocessor_overrides=overrides,
+            postprocessor_overrides=post_overrides,
+        )
         if options is None:
             known = {f.name for f in fields(LeRobotOptions)}
             options = LeRobotOptions(**{k: v for k, v in meta.items() if k in known})
-        wrapped = cls(policy, pre, post, options, default_window=meta.get("default_window", config.n_action_steps), trained_stage=meta.get("trained_stage", "bc"), step_budget=meta.get("step_budget"))
+        wrapped = cls(
+            policy,
+            pre,
+            post,
+            options,
+            default_window=meta.get("default_window", config.n_action_steps),
+            trained_stage=meta.get("trained_stage", "bc"),
+            step_budget=meta.get("step_budget"),
+        )
         if local and (path / EXTRA_WEIGHTS).is_file():
             from safetensors.torch import load_file
 

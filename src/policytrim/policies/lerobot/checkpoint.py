@@ -29,14 +29,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from policytrim.errors import InputError
-
-if TYPE_CHECKING:
-    from policytrim.policies.lerobot.adapter import LeRobotChunkPolicy
 
 KIND = "lerobot"
 FORMAT_VERSION = 1
@@ -78,12 +75,15 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise InputError(f"{path} does not describe a policytrim LeRobot checkpoint (kind {KIND!r})")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{path}: format version {meta.get('format_version')!r} is not supported (this policytrim reads {FORMAT_VERSION})")
+        raise InputError(
+            f"{path}: format version {meta.get('format_version')!r} is not supported (this policytrim reads {FORMAT_VERSION})"
+        )
     return meta
 
 
-def _write_checkpoint(policy: LeRobotChunkPolicy, directory: Path) -> Path:
-    """Assemble the checkpoint in a temporary sibling and move it into place in one rename.
+def _write_checkpoint(policy: Any, directory: Path) -> Path:
+    """Assemble the checkpoint of ``policy`` (a `LeRobotChunkPolicy`) in a temporary sibling and
+    move it into place in one rename.
 
     A local VLM directory is copied into ``vlm/`` and config.json / policy_preprocessor.json name
     it ``vlm`` (module docstring), so the result points at nothing outside itself."""
@@ -91,7 +91,9 @@ def _write_checkpoint(policy: LeRobotChunkPolicy, directory: Path) -> Path:
 
     bad = sorted(n for n, p in policy.named_parameters() if not bool(torch.isfinite(p).all()))
     if bad:
-        raise ValueError(f"refusing to save a checkpoint to {str(directory)!r}: non-finite values in {', '.join(bad[:5])}")
+        raise ValueError(
+            f"refusing to save a checkpoint to {str(directory)!r}: non-finite values in {', '.join(bad[:5])}"
+        )
     directory = directory.absolute()
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))

@@ -6,15 +6,12 @@ Imports nothing from LeRobot (the family modules import it inside their function
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 
 from policytrim.errors import InputError
-
-if TYPE_CHECKING:  # the adapter imports the families; a family only sees the adapter it is handed
-    from policytrim.policies.base import Mode
-    from policytrim.policies.lerobot.adapter import LeRobotChunkPolicy
+from policytrim.policies.base import Mode
 
 # LeRobot's batch keys (lerobot.utils.constants), kept here so the mapping reads in one place.
 OBS_STATE, TASK, ACTION, ACTION_IS_PAD = "observation.state", "task", "action", "action_is_pad"
@@ -43,12 +40,37 @@ def normal_logp(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor | float) 
     return (-0.5 * ((x - mean) / std_t).pow(2) - torch.log(std_t) - 0.5 * _LOG_2PI).expand_as(x).sum(-1)
 
 
+class Adapter(Protocol):
+    """What a family sees of the `LeRobotChunkPolicy` it serves (the adapter imports the families,
+    never the other way round)."""
+
+    policy: Any
+    """The wrapped LeRobot ``PreTrainedPolicy``."""
+    options: Any
+    """`LeRobotOptions` (flow_noise, act_log_std, ...)."""
+    chunk_size: int
+    action_dim: int
+    image_keys: list[str]
+    log_std: torch.nn.Parameter
+    """ACT only: set by `ActFamily.setup`."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def randn_rows(
+        self, generators: Sequence[torch.Generator] | None, batch: int, shape: tuple[int, ...]
+    ) -> torch.Tensor: ...
+
+
 class Family:
     """How one LeRobot policy family samples, scores and clones chunks (one module per family).
 
-    A family holds no state: every method is handed the `LeRobotChunkPolicy` it serves (its LeRobot
-    module ``policy.policy``, options, chunk size, random-number helper). The log-probs are per
-    chunk row [B, H] in the model's normalised action space."""
+    A family holds no state: every method is handed the `LeRobotChunkPolicy` it serves, seen as an
+    `Adapter` (its LeRobot module ``policy.policy``, options, chunk size, random-number helper). The
+    log-probs are per chunk row [B, H] in the model's normalised action space."""
 
     name: str = ""
     vision_prefix: str = ""
@@ -60,22 +82,24 @@ class Family:
         """Validate the LeRobot config for policytrim and return its chunk size H."""
         return int(config.chunk_size)
 
-    def setup(self, policy: LeRobotChunkPolicy) -> None:
+    def setup(self, policy: Adapter) -> None:
         """Add the family's own parameters to the adapter (ACT's exploration std)."""
 
-    def chain_dtype(self, policy: LeRobotChunkPolicy) -> torch.dtype:
+    def chain_dtype(self, policy: Adapter) -> torch.dtype:
         """The dtype of the sampled chain (noise, x_t, the DDPM chain)."""
         return next(policy.policy.parameters()).dtype
 
-    def spec(self, policy: LeRobotChunkPolicy) -> dict[str, Any]:
+    def spec(self, policy: Adapter) -> dict[str, Any]:
         """Family entries of ``policytrim.json`` (e.g. the number of denoising steps)."""
         return {}
 
-    def sample(self, policy: LeRobotChunkPolicy, batch: dict[str, Any], mode: Mode, generators: Sequence[torch.Generator] | None) -> tuple[torch.Tensor, torch.Tensor, Replay]:
+    def sample(
+        self, policy: Adapter, batch: dict[str, Any], mode: Mode, generators: Sequence[torch.Generator] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, Replay]:
         """(normalised chunk x [B, H, A'], log-prob [B, H], replay) for a preprocessed batch."""
         raise NotImplementedError
 
-    def log_prob(self, policy: LeRobotChunkPolicy, batch: dict[str, Any], replay: Replay, row_mask: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, policy: Adapter, batch: dict[str, Any], replay: Replay, row_mask: torch.Tensor) -> torch.Tensor:
         """Differentiable per-row log-prob [B, H] of a recorded chunk (masked rows may be anything)."""
         raise NotImplementedError
 
@@ -83,9 +107,9 @@ class Family:
         """The preprocessed batch as the family's LeRobot ``forward`` (training loss) takes it."""
         return batch
 
-    def extra_tensors(self, policy: LeRobotChunkPolicy) -> dict[str, torch.Tensor]:
+    def extra_tensors(self, policy: Adapter) -> dict[str, torch.Tensor]:
         """Our own tensors saved beside LeRobot's weights (``policytrim_extra.safetensors``)."""
         return {}
 
-    def load_extra(self, policy: LeRobotChunkPolicy, tensors: dict[str, torch.Tensor], where: str) -> None:
+    def load_extra(self, policy: Adapter, tensors: dict[str, torch.Tensor], where: str) -> None:
         """Restore `extra_tensors` read from ``where``."""

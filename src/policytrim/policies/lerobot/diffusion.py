@@ -8,16 +8,13 @@ needs the DDPM scheduler (DDIM with eta 0 is deterministic: no density)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from policytrim.errors import InputError
-from policytrim.policies.lerobot.common import OBS_IMAGES, OBS_STATE, Family, Replay, normal_logp
-
-if TYPE_CHECKING:
-    from policytrim.policies.base import Mode
-    from policytrim.policies.lerobot.adapter import LeRobotChunkPolicy
+from policytrim.policies.base import Mode
+from policytrim.policies.lerobot.common import OBS_IMAGES, OBS_STATE, Adapter, Family, Replay, normal_logp
 
 
 class DiffusionFamily(Family):
@@ -26,19 +23,23 @@ class DiffusionFamily(Family):
 
     def chunk_size(self, config: Any) -> int:
         if int(config.n_obs_steps) != 1:
-            raise InputError(f"Diffusion Policy with n_obs_steps={config.n_obs_steps}: policytrim feeds one observation per call; use n_obs_steps=1")
+            raise InputError(
+                f"Diffusion Policy with n_obs_steps={config.n_obs_steps}: policytrim feeds one observation per call; use n_obs_steps=1"
+            )
         if config.noise_scheduler_type != "DDPM":
-            raise InputError(f"Diffusion Policy with the {config.noise_scheduler_type} scheduler has no chunk density (DDIM with eta 0 is deterministic); use DDPM")
+            raise InputError(
+                f"Diffusion Policy with the {config.noise_scheduler_type} scheduler has no chunk density (DDIM with eta 0 is deterministic); use DDPM"
+            )
         return int(config.horizon)
 
-    def spec(self, policy: LeRobotChunkPolicy) -> dict[str, Any]:
+    def spec(self, policy: Adapter) -> dict[str, Any]:
         return {"flow_steps": int(policy.policy.config.num_inference_steps)}
 
     def bc_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """LeRobot's diffusion loss takes an observation-history axis."""
         return {**batch, OBS_STATE: batch[OBS_STATE].unsqueeze(1)}
 
-    def condition(self, policy: LeRobotChunkPolicy, batch: dict[str, Any]) -> torch.Tensor:
+    def condition(self, policy: Adapter, batch: dict[str, Any]) -> torch.Tensor:
         """The U-Net's global conditioning (state and image features) for a preprocessed batch."""
         batch = dict(batch)
         batch[OBS_STATE] = batch[OBS_STATE].unsqueeze(1)
@@ -46,7 +47,7 @@ class DiffusionFamily(Family):
             batch[OBS_IMAGES] = torch.stack([batch[k].unsqueeze(1) for k in policy.image_keys], dim=-4)
         return policy.policy.diffusion._prepare_global_conditioning(batch)
 
-    def moments(self, policy: LeRobotChunkPolicy, x: torch.Tensor, t: int, cond: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def moments(self, policy: Adapter, x: torch.Tensor, t: int, cond: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Mean [B, H, A] and std of x_{t-1} given x_t under the DDPM posterior (DDPMScheduler.step
         with variance_type fixed_small, written out so that the noise comes from our generators)."""
         diffusion = policy.policy.diffusion
@@ -62,7 +63,9 @@ class DiffusionFamily(Family):
         elif scheduler.config.prediction_type == "sample":
             x0 = out
         else:
-            raise InputError(f"Diffusion prediction_type {scheduler.config.prediction_type!r} is not supported (epsilon or sample)")
+            raise InputError(
+                f"Diffusion prediction_type {scheduler.config.prediction_type!r} is not supported (epsilon or sample)"
+            )
         if scheduler.config.clip_sample:
             r = scheduler.config.clip_sample_range
             x0 = x0.clamp(-r, r)
@@ -70,12 +73,14 @@ class DiffusionFamily(Family):
         var = torch.clamp(beta_prev / beta_t * beta, min=1e-20) if t > 0 else torch.zeros(())
         return mean, float(var.sqrt())
 
-    def timesteps(self, policy: LeRobotChunkPolicy) -> list[int]:
+    def timesteps(self, policy: Adapter) -> list[int]:
         scheduler = policy.policy.diffusion.noise_scheduler
         scheduler.set_timesteps(policy.policy.diffusion.num_inference_steps)
         return [int(t) for t in scheduler.timesteps]
 
-    def sample(self, policy: LeRobotChunkPolicy, batch: dict[str, Any], mode: Mode, generators: Sequence[torch.Generator] | None) -> tuple[torch.Tensor, torch.Tensor, Replay]:
+    def sample(
+        self, policy: Adapter, batch: dict[str, Any], mode: Mode, generators: Sequence[torch.Generator] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, Replay]:
         n = batch[OBS_STATE].shape[0]
         cond = self.condition(policy, batch)
         steps = self.timesteps(policy)
@@ -96,7 +101,7 @@ class DiffusionFamily(Family):
             chain.append(x)
         return x, logp, {"chain": torch.stack(chain, dim=1)}
 
-    def log_prob(self, policy: LeRobotChunkPolicy, batch: dict[str, Any], replay: Replay, row_mask: torch.Tensor) -> torch.Tensor:
+    def log_prob(self, policy: Adapter, batch: dict[str, Any], replay: Replay, row_mask: torch.Tensor) -> torch.Tensor:
         if "chain" not in replay:
             raise ValueError(f"diffusion replay needs 'chain', got keys {sorted(replay)}")
         chain = replay["chain"].to(policy.device, policy.dtype)
