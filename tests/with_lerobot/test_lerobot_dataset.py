@@ -43,6 +43,11 @@ def test_collect_lerobot_format_round_trips_and_pretrains_tinyvla(tmp_path):
 def test_not_a_lerobot_dataset_is_one_clear_error(tmp_path):
     (tmp_path / "meta").mkdir()
     (tmp_path / "meta" / "info.json").write_text("{}")
+    with pytest.raises(InputError, match=r"has no data/\*\.parquet and no meta/episodes/\*\.parquet files"):
+        load_lerobot_dataset(tmp_path)
+    for part in ("data", "meta/episodes"):  # the files are there, the metadata is not LeRobot's
+        (tmp_path / part).mkdir(exist_ok=True)
+        (tmp_path / part / "file-000.parquet").write_bytes(b"not parquet")
     with pytest.raises(InputError, match="not a readable LeRobotDataset"):
         load_lerobot_dataset(tmp_path)
 

@@ -122,7 +122,8 @@ def _every_checkpoint_survives_a_move(root, elsewhere, ds, monkeypatch) -> None:
     shutil.rmtree(root)  # the run, its demos and the VLM it was built from
     for d in dirs:
         moved = elsewhere / d
-        texts = "\n".join(p.read_text() for p in moved.rglob("*.json"))
+        policy_files = [*moved.glob("policy*.json"), moved / "config.json", *moved.glob("vlm/*.json")]
+        texts = "\n".join(p.read_text() for p in policy_files)  # not the run's records (e.g. the BC config)
         assert str(root) not in texts, f"{d} points at the deleted run"
         monkeypatch.chdir(moved)  # as above: the local VLM's name resolves against the working directory
         loaded = load_with_lerobot(moved)
