@@ -5,7 +5,8 @@ camera images: BC-trained on push-v3 demonstrations, then Stage 1 and Stage 2, e
         [--results benchmarks/results] [--set stage2.epochs=30 ...]
 
 Everything is offline: the VLM directory (tokenizer, processors, SmolVLMConfig) is built locally
-(`policytrim.policies.lerobot_tiny`), the untrained SmolVLA is written by LeRobot's save_pretrained,
+by the test fixture ``tests/lerobot_tiny.py`` (this script puts ``tests/`` on ``sys.path``: the fixture
+is not part of the library), the untrained SmolVLA is written by LeRobot's save_pretrained,
 then the ordinary pipeline runs (`bench_pipeline.policy_pipeline` with ``policy.kind=lerobot``):
 collect suboptimal expert demonstrations with 64 px images -> BC (LeRobot's flow-matching loss) ->
 Stage 1 -> Stage 2 -> baseline / fixed-horizon sweep / Stage 1 / PolicyTrim on the same test states.
@@ -37,6 +38,8 @@ from pathlib import Path
 import torch
 
 from mw8 import Phases, assign, merge
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/lerobot_tiny.py: the tiny builds
 from policytrim.config import RunConfig, from_dict, to_dict
 
 TASK = "push-v3"
@@ -91,7 +94,7 @@ def untrained_smolvla(work: Path, instructions: list[str]) -> Path:
     """The tiny VLM and an untrained SmolVLA written by LeRobot (statistics are placeholders: BC
     replaces them with the demonstrations')."""
     from policytrim.policies.lerobot import dataset_stats
-    from policytrim.policies.lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy
+    from lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy
 
     vlm = build_tiny_vlm(work / "vlm", IMAGE, instructions)
     config = tiny_config("smolvla", 39, 4, CHUNK, WINDOW, (IMAGE, IMAGE, 3), vlm_dir=vlm)

@@ -69,7 +69,8 @@ libero_tests() {
     .venv-libero/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,libero]"
     echo "$want" > "$lstamp"
   fi
-  .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py "$@"
+  # POLICYTRIM_REQUIRE: here a LIBERO that does not import fails the tests instead of skipping them
+  POLICYTRIM_REQUIRE=libero .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py "$@"
 }
 
 # ManiSkill3 lives in its own venv (.venv-maniskill: SAPIEN, mplib, numpy < 2), set up on demand; its
@@ -93,7 +94,8 @@ maniskill_tests() {
 }
 
 # LeRobot 0.6.1 needs Python >= 3.12 and torch < 2.12 (PyPI's CUDA build, ~5.5 GB installed):
-# its own environment. PYTHON312 overrides where Python 3.12 is found.
+# its own environment. PYTHON312 overrides where Python 3.12 is found. No system FFmpeg is needed:
+# policytrim has LeRobot decode videos with PyAV (its wheel bundles FFmpeg), never torchcodec.
 setup_lerobot() {
   local lstamp=.venv-lerobot/.policytrim-installed python312=${PYTHON312:-}
   if [ -z "$python312" ]; then
@@ -121,7 +123,8 @@ setup_lerobot() {
 lerobot_tests() {
   setup_lerobot
   echo "LeRobot tests (.venv-lerobot, offline):" >&2
-  HF_HUB_OFFLINE=1 .venv-lerobot/bin/python -m pytest -q -p no:cacheprovider tests/with_lerobot "$@"
+  # POLICYTRIM_REQUIRE: here a LeRobot that does not import fails the tests instead of skipping them
+  POLICYTRIM_REQUIRE=lerobot HF_HUB_OFFLINE=1 .venv-lerobot/bin/python -m pytest -q -p no:cacheprovider tests/with_lerobot "$@"
 }
 
 full_suite=1

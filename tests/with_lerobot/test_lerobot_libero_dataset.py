@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("lerobot.datasets.lerobot_dataset")
+from optional_env import require_or_skip  # tests/optional_env.py
+require_or_skip("lerobot.datasets.lerobot_dataset", "lerobot")  # fails instead where scripts/run.sh requires lerobot
 pytestmark = [pytest.mark.lerobot, pytest.mark.slow]
 
 from policytrim.cli import main  # noqa: E402
@@ -93,7 +94,7 @@ def test_two_camera_lerobot_policy_pretrains_on_libero_data(tmp_path):
     from lerobot.configs.types import FeatureType, PolicyFeature
 
     from policytrim.policies.lerobot import camera_sources, dataset_stats, image_stats
-    from policytrim.policies.lerobot_tiny import tiny_config, write_tiny_policy
+    from lerobot_tiny import tiny_config, write_tiny_policy
 
     names = LAYOUTS["lerobot"]
     written = write_dataset(tmp_path / "data", names)

@@ -1,6 +1,7 @@
 """A tiny SmolVLA and a tiny Diffusion Policy (LeRobot's classes) through the whole pipeline on real
 Meta-World from camera images: collect -> BC -> Stage 1 -> Stage 2 -> paired evaluation, then the
-trained policy exported and loaded by LeRobot. Offline; runs in .venv-lerobot."""
+trained policy exported and loaded by LeRobot, and every policy the run wrote loaded by LeRobot and by
+policytrim after the run is moved and the original deleted. Offline; runs in .venv-lerobot."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("lerobot.policies.factory")
+from optional_env import require_or_skip  # tests/optional_env.py
+require_or_skip("lerobot.policies.factory", "lerobot")  # fails instead where scripts/run.sh requires lerobot
 pytestmark = [pytest.mark.lerobot, pytest.mark.slow]
 
 from policytrim.config import EnvConfig, PolicyConfig, PretrainConfig, RolloutConfig, RunConfig, Stage1Config, Stage2Config, EvalConfig  # noqa: E402
 from policytrim.policies import load_policy  # noqa: E402
 from policytrim.policies.lerobot import LeRobotChunkPolicy, export_lerobot  # noqa: E402
-from policytrim.policies.lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy  # noqa: E402
+from lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy  # noqa: E402
 from policytrim.windows import WindowPlan  # noqa: E402
 
 IMAGE = 64
@@ -55,7 +57,7 @@ def demos(tmp_path_factory):
 
 
 @pytest.mark.parametrize("family", list(CHUNK))
-def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path):
+def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path, tmp_path_factory, monkeypatch):
     from lerobot.policies.factory import get_policy_class
 
     from policytrim.experiments.demo import evaluate_pipeline
@@ -93,7 +95,42 @@ def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path):
     assert final.default_window == window and final.spec()["trained_stage"] == "trim"  # mark_trained: Stage 1's choice
     assert json.loads((tmp_path / "train" / "final" / "policy" / "config.json").read_text())["n_action_steps"] == window
     exported = export_lerobot(final, tmp_path / "export")
+    monkeypatch.chdir(exported)  # LeRobot resolves a local VLM's name ("vlm") against the working directory
     theirs = get_policy_class(family).from_pretrained(str(exported))
     assert theirs.config.n_action_steps == final.default_window
     frozen = [n for n, p in final.named_parameters() if not p.requires_grad]
     assert frozen and all(".rgb_encoder." in n or ".vision_model." in n for n in frozen)
+    _every_checkpoint_survives_a_move(tmp_path, tmp_path_factory.mktemp("elsewhere"), ds, monkeypatch)
+
+
+def _every_checkpoint_survives_a_move(root, elsewhere, ds, monkeypatch) -> None:
+    """Every policy the run wrote (baseline, each stage's epoch / best / final, the export) loads
+    with LeRobot's loader and ours after the run is moved and the original (and the VLM it was
+    built from) deleted, with the same chunks bit for bit."""
+    import shutil
+
+    from lerobot_tiny import lerobot_chunk, load_with_lerobot
+    from policytrim.policies.lerobot import is_lerobot_checkpoint
+
+    dirs = sorted(p.parent.relative_to(root) for p in root.rglob("config.json") if is_lerobot_checkpoint(p.parent))
+    assert {"baseline", "train/final/policy", "export"} <= {str(d) for d in dirs} and len(dirs) >= 6, dirs
+    obs = {"state": torch.as_tensor(ds.state[:2]), "image": torch.as_tensor(ds.image[:2])}
+    instructions = [ds.instructions[0]] * 2
+    before = {d: load_policy(root / d).sample(obs, instructions, "deterministic").actions for d in dirs}
+    monkeypatch.chdir(elsewhere)
+    for name in ("untrained", "baseline", "train", "export"):
+        shutil.move(str(root / name), elsewhere / name)
+    shutil.rmtree(root)  # the run, its demos and the VLM it was built from
+    for d in dirs:
+        moved = elsewhere / d
+        policy_files = [*moved.glob("policy*.json"), moved / "config.json", *moved.glob("vlm/*.json")]
+        texts = "\n".join(p.read_text() for p in policy_files)  # not the run's records (e.g. the BC config)
+        assert str(root) not in texts, f"{d} points at the deleted run"
+        monkeypatch.chdir(moved)  # as above: the local VLM's name resolves against the working directory
+        loaded = load_with_lerobot(moved)
+        lerobot_chunk(loaded, obs["state"], {"observation.images.corner2": obs["image"]}, instructions)
+        monkeypatch.chdir(elsewhere)
+        ours = load_policy(moved)
+        assert torch.equal(ours.sample(obs, instructions, "deterministic").actions, before[d]), d
+        for k, v in loaded[0].state_dict().items():
+            assert torch.equal(v, ours.policy.state_dict()[k]), (d, k)

@@ -2,7 +2,7 @@
 
 Runs in .venv-lerobot (`bash scripts/run.sh test` runs it as its second step); skipped where lerobot
 is not installed. Every policy is a random-weight LeRobot policy written by LeRobot's own
-save_pretrained from a tiny config (`policytrim.policies.lerobot_tiny`).
+save_pretrained from a tiny config (`tests/lerobot_tiny.py`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import shutil
 import pytest
 import torch
 
-pytest.importorskip("lerobot.policies.factory")
+from optional_env import require_or_skip  # tests/optional_env.py
+require_or_skip("lerobot.policies.factory", "lerobot")  # fails instead where scripts/run.sh requires lerobot
 pytestmark = pytest.mark.lerobot
 
 from policytrim.policies import load_policy  # noqa: E402
 from policytrim.policies.lerobot import LeRobotChunkPolicy, LeRobotOptions, dataset_stats, export_lerobot  # noqa: E402
-from policytrim.policies.lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy  # noqa: E402
+from lerobot_tiny import build_tiny_vlm, lerobot_chunk, load_with_lerobot, publish_to_hub_cache, tiny_config, write_tiny_policy  # noqa: E402
 
 STATE_DIM, ACTION_DIM, IMAGE = 39, 4, (64, 64, 3)
 CAMERA = "observation.images.corner2"
@@ -125,12 +126,13 @@ def test_ddpm_transition_matches_the_schedulers_own_step(policy_dirs):
     """The DDPM mean/std we score equal diffusers' DDPMScheduler.step driven by the same noise."""
     policy = load_policy(policy_dirs["diffusion"])
     batch = policy.lerobot_batch(_obs(2, seed=6), INSTRUCTIONS[:2])
-    cond = policy._ddpm_condition(batch)
+    ops = policy.family_ops
+    cond = ops.condition(policy, batch)
     scheduler = policy.policy.diffusion.noise_scheduler
     x = torch.randn(2, policy.chunk_size, ACTION_DIM, generator=torch.Generator().manual_seed(0))
-    for t in policy._ddpm_timesteps()[:3] + policy._ddpm_timesteps()[-1:]:
+    for t in ops.timesteps(policy)[:3] + ops.timesteps(policy)[-1:]:
         with torch.no_grad():
-            mean, std = policy._ddpm_moments(x, t, cond)
+            mean, std = ops.moments(policy, x, t, cond)
             out = policy.policy.diffusion.unet(x, torch.full((2,), t, dtype=torch.long), global_cond=cond)
             step = scheduler.step(out, t, x, generator=torch.Generator().manual_seed(99)).prev_sample
         z = torch.randn(x.shape, generator=torch.Generator().manual_seed(99))
@@ -166,40 +168,89 @@ def test_gradients_reach_trainable_parts_only(policy_dirs, family, parts, frozen
     assert not policy.policy.training  # no dropout while the trainer trains
 
 
-@pytest.mark.parametrize("family", list(CHUNK))
-def test_export_round_trips_through_lerobots_from_pretrained(policy_dirs, family, tmp_path):
-    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+def _json_texts(directory) -> str:
+    return "\n".join(p.read_text() for p in sorted(directory.rglob("*.json")))
 
-    policy = load_policy(policy_dirs[family])
+
+@pytest.mark.parametrize("family", list(CHUNK))
+def test_export_loads_with_both_loaders_after_a_move_with_the_source_deleted(policy_dirs, family, tmp_path, monkeypatch):
+    """Ship an export as a user does: move it elsewhere, delete the checkpoint (and the run) it came
+    from; LeRobot's own loader and ours read it and give the same chunks bit for bit."""
+    source = tmp_path / "run" / "policy"
+    shutil.copytree(policy_dirs[family], source)
+    policy = load_policy(source)
     policy.default_window = 7  # the window PolicyTrim trained it to execute
-    out = export_lerobot(policy, tmp_path / "exported")
+    obs = _obs(2, seed=8)
+    ours_before = policy.sample(obs, INSTRUCTIONS[:2], "deterministic").actions
+    out = export_lerobot(policy, tmp_path / "run" / "exported")
     config = json.loads((out / "config.json").read_text())
     assert config["n_action_steps"] == 7 and config["type"] == family
-    moved = tmp_path / "moved_source"
-    shutil.move(str(policy_dirs[family]), moved)  # nothing may point back at the source checkpoint
-    try:
-        cls = get_policy_class(family)
-        theirs = cls.from_pretrained(str(out))
-        pre, post = make_pre_post_processors(theirs.config, pretrained_path=str(out))
-        assert theirs.config.n_action_steps == 7
-        obs = _obs(2, seed=8)
-        mine = policy.sample(obs, INSTRUCTIONS[:2], "deterministic").actions
-        batch = pre({"observation.state": obs["state"], CAMERA: obs["image"].permute(0, 3, 1, 2).float() / 255.0, "task": INSTRUCTIONS[:2]})
-        if family == "smolvla":
-            chunk = theirs.predict_action_chunk(batch, noise=torch.zeros(2, policy.chunk_size, theirs.config.max_action_dim))
-        elif family == "act":
-            chunk = theirs.predict_action_chunk(batch)
-        else:  # LeRobot's diffusion sampler draws its own noise: compare the weights instead
-            chunk = None
-        if chunk is not None:
-            torch.testing.assert_close(post(chunk).clamp(-1, 1)[:, : mine.shape[1]], mine[:, : chunk.shape[1]], atol=1e-5, rtol=0)
-        ours = {k: v for k, v in policy.policy.state_dict().items()}
-        for k, v in theirs.state_dict().items():
-            torch.testing.assert_close(v, ours[k])
-        # and policytrim reads the export back with the window kept
-        assert load_policy(out).default_window == 7
-    finally:
-        shutil.move(str(moved), policy_dirs[family])
+    if family == "smolvla":  # the local VLM travels inside, named relative to the checkpoint
+        assert config["vlm_model_name"] == "vlm" and (out / "vlm" / "config.json").is_file()
+        steps = json.loads((out / "policy_preprocessor.json").read_text())["steps"]
+        assert [s["config"]["tokenizer_name"] for s in steps if "tokenizer_name" in s.get("config", {})] == ["vlm"]
+    # LeRobot resolves a local VLM name against the working directory (the checkpoint module's docstring)
+    monkeypatch.chdir(out if family == "smolvla" else tmp_path)
+    theirs_before = lerobot_chunk(load_with_lerobot(out), obs["state"], {CAMERA: obs["image"]}, INSTRUCTIONS[:2])
+
+    shipped = tmp_path / "robot" / "policies" / "shipped"
+    shipped.parent.mkdir(parents=True)
+    shutil.move(str(out), shipped)
+    del policy
+    shutil.rmtree(tmp_path / "run")  # the source checkpoint and the run are gone
+    assert str(tmp_path) not in _json_texts(shipped), "a file of the export points outside it"
+
+    monkeypatch.chdir(shipped if family == "smolvla" else tmp_path)
+    loaded = load_with_lerobot(shipped)
+    assert loaded[0].config.n_action_steps == 7
+    theirs = lerobot_chunk(loaded, obs["state"], {CAMERA: obs["image"]}, INSTRUCTIONS[:2])
+    assert torch.equal(theirs, theirs_before)
+    monkeypatch.chdir(tmp_path)
+    ours = load_policy(shipped)  # ours from anywhere
+    assert ours.default_window == 7
+    assert torch.equal(ours.sample(obs, INSTRUCTIONS[:2], "deterministic").actions, ours_before)
+    for k, v in loaded[0].state_dict().items():
+        assert torch.equal(v, ours.policy.state_dict()[k]), k
+    if family != "diffusion":  # LeRobot's own sampler equals our deterministic mode (diffusion draws its noise)
+        torch.testing.assert_close(theirs.clamp(-1, 1)[:, : ours_before.shape[1]], ours_before[:, : theirs.shape[1]], atol=1e-5, rtol=0)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """A Hugging Face cache of this test's own, offline (as a robot's cache holds SmolVLA's VLM)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_smolvla_with_a_hub_vlm_loads_from_anywhere_with_lerobots_loader(hub_cache, tmp_path, monkeypatch):
+    """SmolVLA's VLM named by a hub id (its real one: HuggingFaceTB/SmolVLM2-500M-Video-Instruct;
+    here a tiny VLM in the test's cache): nothing is copied, and LeRobot's own loader reads the
+    moved export from any working directory, with its source deleted."""
+    vlm = build_tiny_vlm(tmp_path / "vlm_build", IMAGE[0], INSTRUCTIONS)
+    repo = publish_to_hub_cache(vlm, "policytrim-tests/tiny-smolvlm", hub_cache)
+    shutil.rmtree(vlm)
+    torch.manual_seed(0)
+    cfg = tiny_config("smolvla", STATE_DIM, ACTION_DIM, CHUNK["smolvla"], 5, IMAGE, vlm_dir=repo)
+    source = write_tiny_policy(tmp_path / "source", cfg, _random_stats())
+    policy = load_policy(source)
+    obs = _obs(2, seed=10)
+    ours_before = policy.sample(obs, INSTRUCTIONS[:2], "deterministic").actions
+    out = export_lerobot(policy, tmp_path / "exported")
+    assert json.loads((out / "config.json").read_text())["vlm_model_name"] == repo and not (out / "vlm").exists()
+    theirs_before = lerobot_chunk(load_with_lerobot(out), obs["state"], {CAMERA: obs["image"]}, INSTRUCTIONS[:2])
+    shipped = tmp_path / "elsewhere" / "shipped"
+    shipped.parent.mkdir()
+    shutil.move(str(out), shipped)
+    shutil.rmtree(source)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert torch.equal(lerobot_chunk(load_with_lerobot(shipped), obs["state"], {CAMERA: obs["image"]}, INSTRUCTIONS[:2]), theirs_before)
+    assert torch.equal(load_policy(shipped).sample(obs, INSTRUCTIONS[:2], "deterministic").actions, ours_before)
 
 
 def test_bad_inputs_are_one_clear_error(policy_dirs, tmp_path):

@@ -40,12 +40,20 @@ index) are not part of LeRobot's format and read back as -1.
   read them otherwise and the error names it. Every frame is decoded into memory: a whole public
   suite at 256 px (tens of GB) needs a machine with that much memory.
 
+Offline and quiet: LeRobot reads and writes these with its ``pyav`` video backend (`VIDEO_BACKEND`;
+its default probes ``torchcodec``, which prints ~100 lines of tracebacks where FFmpeg's shared
+libraries are missing, while PyAV bundles its own FFmpeg), and never reaches the hub for a local
+dataset: a dataset missing its ``data/`` files is one error naming them (LeRobot would otherwise try
+to download them), and hub requests are refused while LeRobot reads it (`_hub_offline`).
+
 Requires the ``lerobot`` extra (Python >= 3.12).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +75,7 @@ LIBERO_AGENT_VIEW_KEYS = (IMAGE_PREFIX + "image", "image")
 LIBERO_WRIST_KEYS = (IMAGE_PREFIX + "image2", IMAGE_PREFIX + "wrist_image", "wrist_image")
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 INFO = Path("meta") / "info.json"
+VIDEO_BACKEND = "pyav"  # PyAV ships its own FFmpeg; LeRobot's default first imports torchcodec (module docstring)
 
 
 def is_lerobot_dataset(path: str | Path) -> bool:
@@ -103,7 +112,10 @@ def save_lerobot_dataset(ds: DemoDataset, out: str | Path, overwrite: bool = Fal
         features[image_key] = {"dtype": "image", "shape": tuple(ds.image.shape[1:]), "names": ["height", "width", "channels"]}
     with atomic_directory(out, overwrite=True) as tmp:
         root = tmp / "dataset"  # LeRobot creates its root itself; its contents become ``out``
-        dataset = LeRobotDataset.create(repo_id=f"local/{out.name}", fps=fps, features=features, root=root, robot_type="sawyer", use_videos=False)
+        dataset = LeRobotDataset.create(
+            repo_id=f"local/{out.name}", fps=fps, features=features, root=root, robot_type="sawyer", use_videos=False,
+            video_backend=VIDEO_BACKEND,
+        )
         for e in range(ds.num_episodes):
             rows = ds.episode(e)
             instruction = ds.instructions[int(ds.episode_task_index[e])]
@@ -172,6 +184,20 @@ def feature_layout(features: dict[str, Any], env: EnvConfig | None, path: str | 
     return FeatureLayout(state, action, image if env.image else None, wrist if env.image else None)
 
 
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Hugging Face hub requests raise (OfflineModeIsEnabled) inside this block, whatever
+    HF_HUB_OFFLINE said when huggingface_hub was imported: a local dataset is never downloaded."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
 def _decoded_images(dataset: Any, keys: list[str]) -> list[np.ndarray]:
     """uint8 [S, h, w, 3] per camera feature in ``keys``, in one pass over the frames. LeRobot
     decodes them to float [3, h, w] in [0, 1]; PNG (lossless) sources round-trip exactly."""
@@ -192,13 +218,21 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
     (`feature_layout`; None: the generic mapping). Module docstring: which names are read."""
     _require_lerobot()
     import torch
+    from huggingface_hub.errors import OfflineModeIsEnabled
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     path = Path(path)
     if not is_lerobot_dataset(path):
         raise InputError(f"{str(path)!r} is not a LeRobotDataset directory (no {INFO})")
+    missing = [name for name in ("data", "meta/episodes") if not any((path / name).rglob("*.parquet"))]
+    if missing:
+        raise InputError(f"LeRobotDataset {str(path)!r} has no {' and no '.join(f'{m}/*.parquet' for m in missing)} files; policytrim reads local datasets only (nothing is downloaded)")
     try:
-        dataset = LeRobotDataset(repo_id=f"local/{path.name}", root=path)
+        with _hub_offline():
+            dataset = LeRobotDataset(repo_id=f"local/{path.name}", root=path, video_backend=VIDEO_BACKEND)
+    except OfflineModeIsEnabled as exc:
+        raise InputError(f"LeRobotDataset {str(path)!r} lacks files its metadata names (LeRobot would download them: {exc}); "
+                         "policytrim reads local datasets only") from None
     except Exception as exc:  # noqa: BLE001 - LeRobot raises several types for a malformed dataset
         raise InputError(f"{str(path)!r} is not a readable LeRobotDataset ({type(exc).__name__}: {exc})") from None
     features = dataset.meta.features
