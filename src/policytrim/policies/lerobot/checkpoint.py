@@ -25,15 +25,14 @@ one (before: a run's ``final/policy`` named ``baseline/vlm`` by its absolute pat
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from policytrim.errors import InputError
+from policytrim.io import atomic_directory, read_json
 
 KIND = "lerobot"
 FORMAT_VERSION = 1
@@ -49,8 +48,8 @@ def is_lerobot_checkpoint(directory: str | Path) -> bool:
     if not path.is_file():
         return False
     try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        config = read_json(path, kind=None)
+    except InputError:
         return False
     return isinstance(config, dict) and isinstance(config.get("type"), str) and "kind" not in config
 
@@ -68,10 +67,7 @@ def bundled_vlm(directory: Path, config: Any) -> Path | None:
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc})") from None
+    meta = read_json(path, kind=None)
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise InputError(f"{path} does not describe a policytrim LeRobot checkpoint (kind {KIND!r})")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -95,42 +91,31 @@ def _write_checkpoint(policy: Any, directory: Path) -> Path:
             f"refusing to save a checkpoint to {str(directory)!r}: non-finite values in {', '.join(bad[:5])}"
         )
     directory = directory.absolute()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"cannot save a checkpoint to {str(directory)!r}: it exists and is not a directory")
     config = policy.policy.config
     previous = (config.n_action_steps, getattr(config, "vlm_model_name", None))
     tokenizer_steps = [s for s in policy.preprocessor.steps if getattr(s, "tokenizer_name", None)]
     tokenizer_names = [s.tokenizer_name for s in tokenizer_steps]
     try:
-        config.n_action_steps = policy.default_window  # LeRobot deploys the trained window
-        vlm = local_vlm(config)
-        if vlm is not None:
-            shutil.copytree(vlm, tmp / VLM_DIR)
-            config.vlm_model_name = VLM_DIR
-            for step in tokenizer_steps:
-                if Path(step.tokenizer_name).is_dir() and Path(step.tokenizer_name).absolute() == vlm:
-                    step.tokenizer_name = VLM_DIR
-        policy.policy.save_pretrained(tmp)
-        policy.preprocessor.save_pretrained(tmp)
-        policy.postprocessor.save_pretrained(tmp)
-        extra = policy.family_ops.extra_tensors(policy)
-        if extra:
-            save_file(extra, str(tmp / EXTRA_WEIGHTS))
-        (tmp / SIDECAR).write_text(json.dumps(policy.spec(), indent=2) + "\n")
-        if not directory.exists():
-            os.replace(tmp, directory)
-        elif not directory.is_dir():
-            raise InputError(f"cannot save a checkpoint to {str(directory)!r}: it exists and is not a directory")
-        else:  # into an existing directory (e.g. a run directory): entry by entry, other files kept
-            for entry in sorted(tmp.iterdir(), key=lambda e: e.name == SIDECAR):  # the sidecar last
-                target = directory / entry.name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                os.replace(entry, target)
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # into an existing directory (e.g. a run directory) entry by entry, other files kept, the
+        # sidecar last (atomic_directory's merge)
+        with atomic_directory(directory, merge=True, last=(SIDECAR,)) as tmp:
+            config.n_action_steps = policy.default_window  # LeRobot deploys the trained window
+            vlm = local_vlm(config)
+            if vlm is not None:
+                shutil.copytree(vlm, tmp / VLM_DIR)
+                config.vlm_model_name = VLM_DIR
+                for step in tokenizer_steps:
+                    if Path(step.tokenizer_name).is_dir() and Path(step.tokenizer_name).absolute() == vlm:
+                        step.tokenizer_name = VLM_DIR
+            policy.policy.save_pretrained(tmp)
+            policy.preprocessor.save_pretrained(tmp)
+            policy.postprocessor.save_pretrained(tmp)
+            extra = policy.family_ops.extra_tensors(policy)
+            if extra:
+                save_file(extra, str(tmp / EXTRA_WEIGHTS))
+            (tmp / SIDECAR).write_text(json.dumps(policy.spec(), indent=2) + "\n")
     finally:
         config.n_action_steps = previous[0]
         if previous[1] is not None:
