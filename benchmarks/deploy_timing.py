@@ -281,7 +281,7 @@ def main() -> None:
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--work", default="runs/deploy_timing")
     parser.add_argument("--note", default="")
-    parser.add_argument("--out", default="benchmarks/results/stacking.json")
+    parser.add_argument("--out", default="benchmarks/results/deploy_timing.json")
     args = parser.parse_args()
     with torch_threads(args.threads):
         res = measure(args)
