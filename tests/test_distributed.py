@@ -2,7 +2,7 @@
 ``torch.distributed.run`` with 2 CPU processes (gloo) gives the same run as one process, on one
 node (``--standalone``) and on two "nodes" of one process each that meet through torchrun's c10d
 rendezvous on localhost (issue 31: two torchrun agents, as on two machines; what a real cluster
-adds, the network and the shared filesystem, is in docs/incoming/serve-ray.md).
+adds, the network and the shared filesystem, is in docs/scaling.md, "What a real cluster adds").
 
 Each rank rolls out half of the epoch's groups; the 1/N of the loss counts the valid trajectories
 of both ranks and the gradients are summed over ranks, so the update is the single-process update

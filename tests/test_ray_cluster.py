@@ -11,7 +11,7 @@ workers across nodes for real:
   ``ray.placement_timeout_s``) for a node that joins late, and places a worker on it.
 
 What one machine cannot show: a network between nodes, separate filesystems, other hosts' clocks
-and firewalls (docs/incoming/serve-ray.md says what a real cluster adds). Real Meta-World envs,
+and firewalls (docs/scaling.md says what a real cluster adds). Real Meta-World envs,
 the fake reacher policy of tests/test_rollout.py.
 """
 

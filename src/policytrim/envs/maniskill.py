@@ -43,7 +43,7 @@ device that constructor raises "failed to find a rendering device". `patch_rende
 (called before ManiSkill is imported) probes once and, only when no device exists, replaces that class
 by `InertRenderMaterial`, which takes the same arguments and does nothing; state observations, physics
 and success never read a render material. With a device (a GPU, or Mesa >= 25's lavapipe on the CPU:
-docs/incoming/maniskill.md) nothing is replaced.
+docs/simulators.md, "Real CPU rendering") nothing is replaced.
 """
 
 from __future__ import annotations
