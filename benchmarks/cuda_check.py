@@ -115,23 +115,39 @@ def served_rows(checkpoint: str, calls: int) -> list[dict]:
     return rows
 
 
-def paired_eval(checkpoint: str, tasks: tuple[str, ...], horizon: int, episodes: int, window: int, workers: int, dtype: str) -> dict:
+def paired_eval(
+    checkpoint: str, tasks: tuple[str, ...], horizon: int, episodes: int, window: int, workers: int, dtype: str
+) -> dict:
     env = EnvConfig(tasks=tasks, horizon=horizon)
     results = {}
     for device in ("cpu", "cuda"):
         policy = load_policy(checkpoint, tasks).to(device, getattr(torch, dtype)).eval()
         t0 = time.perf_counter()
-        m = evaluate_policy(policy, env, episodes, window, "sampled", 0, "test", num_workers=workers, return_outcomes=True)
-        results[device] = {"seconds": round(time.perf_counter() - t0, 1), "overall": m["overall"], "outcomes": m["outcomes"]}
+        m = evaluate_policy(
+            policy, env, episodes, window, "sampled", 0, "test", num_workers=workers, return_outcomes=True
+        )
+        results[device] = {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "overall": m["overall"],
+            "outcomes": m["outcomes"],
+        }
         o = m["overall"]
-        print(f"eval    {device:4s} {dtype}: SR {o['success_rate']:.4f}, mean steps {o['mean_steps']:.2f}, {results[device]['seconds']} s", flush=True)
+        print(
+            f"eval    {device:4s} {dtype}: SR {o['success_rate']:.4f}, mean steps {o['mean_steps']:.2f}, {results[device]['seconds']} s",
+            flush=True,
+        )
     a, b = results["cpu"]["outcomes"], results["cuda"]["outcomes"]
     n = len(a["success"])
     same_success = sum(x == y for x, y in zip(a["success"], b["success"]))
     same_steps = sum(x == y for x, y in zip(a["steps"], b["steps"]))
     keys = ("success_rate", "mean_steps", "calls_per_success")
     return {
-        "dtype": dtype, "tasks": list(tasks), "episodes_per_task": episodes, "window": window, "mode": "sampled", "env_workers": workers,
+        "dtype": dtype,
+        "tasks": list(tasks),
+        "episodes_per_task": episodes,
+        "window": window,
+        "mode": "sampled",
+        "env_workers": workers,
         "episodes": n,
         "cpu": {k: results["cpu"]["overall"].get(k) for k in keys} | {"seconds": results["cpu"]["seconds"]},
         "cuda": {k: results["cuda"]["overall"].get(k) for k in keys} | {"seconds": results["cuda"]["seconds"]},
@@ -183,7 +199,11 @@ def markdown(result: dict) -> str:
     for e in result["paired_eval"]:
         for device in ("cpu", "cuda"):
             d = e[device]
-            same = (f"{e['same_success_fraction']:.1%}", f"{e['same_steps_fraction']:.1%}") if device == "cuda" else ("", "")
+            same = (
+                (f"{e['same_success_fraction']:.1%}", f"{e['same_steps_fraction']:.1%}")
+                if device == "cuda"
+                else ("", "")
+            )
             lines.append(
                 f"| {e['dtype']} | {device} | {d['success_rate']:.4f} | {d['mean_steps']:.2f} | {d['calls_per_success']:.2f} | {d['seconds']} | {same[0]} | {same[1]} |"
             )
@@ -201,7 +221,13 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=0, help="execution window (0: the checkpoint's own)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     parser.add_argument("--calls", type=int, default=100)
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"], help="policy dtypes of the paired evaluation")
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32", "float64"],
+        choices=["float32", "float64"],
+        help="policy dtypes of the paired evaluation",
+    )
     parser.add_argument("--pytest", default="", help="the result line of a pytest run of tests/test_cuda.py to record")
     parser.add_argument("--out", default="benchmarks/results/cuda_check.json")
     args = parser.parse_args()
@@ -218,7 +244,10 @@ def main() -> None:
         "params": sum(p.numel() for p in policy.parameters()),
         "latency": latency_rows(args.checkpoint, args.calls),
         "served": served_rows(args.checkpoint, args.calls),
-        "paired_eval": [paired_eval(args.checkpoint, tasks, args.horizon, args.episodes, args.window, args.workers, d) for d in args.dtypes],
+        "paired_eval": [
+            paired_eval(args.checkpoint, tasks, args.horizon, args.episodes, args.window, args.workers, d)
+            for d in args.dtypes
+        ],
         "pytest": args.pytest,
     }
     out = Path(args.out)

@@ -66,7 +66,9 @@ def main() -> None:
             for text in encoders:
                 cfg = PolicyConfig(head=head, text_encoder=text, std_mode=std_mode)
                 t0 = time.perf_counter()
-                policy = TinyVLA.from_config(cfg, 39, 4, instructions, image_shape=(64, 64, 3) if use_image else None).eval()
+                policy = TinyVLA.from_config(
+                    cfg, 39, 4, instructions, image_shape=(64, 64, 3) if use_image else None
+                ).eval()
                 if text != "embedding":
                     build_seconds.setdefault(text, round(time.perf_counter() - t0, 2))
                 obs = {"state": state, **({"image": image} if use_image else {})}
@@ -75,13 +77,22 @@ def main() -> None:
                     torch.set_num_threads(threads)
                     for mode in ("sampled", "train"):
                         ms = time_calls(policy, obs, batch_instructions, mode, args.calls)
-                        rows.append({
-                            "head": head, "std_mode": std_mode if head == "gaussian" else None,
-                            "flow_steps": cfg.flow_steps if head == "flow" else None,
-                            "image": "64x64" if use_image else None, "text_encoder": text,
-                            "threads": threads, "mode": mode, "params": params, "ms_per_call": round(ms, 3),
-                        })
-                        print(f"{head:8s} {std_mode:5s} K={cfg.flow_steps if head == 'flow' else '-':>2} image={str(use_image):5s} text={text:20s} threads={threads} {mode:8s} {ms:7.2f} ms  ({params} params)")
+                        rows.append(
+                            {
+                                "head": head,
+                                "std_mode": std_mode if head == "gaussian" else None,
+                                "flow_steps": cfg.flow_steps if head == "flow" else None,
+                                "image": "64x64" if use_image else None,
+                                "text_encoder": text,
+                                "threads": threads,
+                                "mode": mode,
+                                "params": params,
+                                "ms_per_call": round(ms, 3),
+                            }
+                        )
+                        print(
+                            f"{head:8s} {std_mode:5s} K={cfg.flow_steps if head == 'flow' else '-':>2} image={str(use_image):5s} text={text:20s} threads={threads} {mode:8s} {ms:7.2f} ms  ({params} params)"
+                        )
     encoder_ms = None
     if SENTENCE in encoders:  # what acting would cost if the encoder ran on every call
         from policytrim.policies.text import _load_sentence_model

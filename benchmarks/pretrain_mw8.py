@@ -91,7 +91,9 @@ def main() -> None:
     result["load_average_after_pretrain"] = list(os.getloadavg())
     result["val_loss"] = {"initial": metrics["initial_val_loss"], "final": metrics["final_val_loss"]}
     result["frames"], result["parameters"] = metrics["frames"], metrics["parameters"]
-    print(f"pretrained in {result['pretrain_seconds']} s; val loss {metrics['initial_val_loss']:.3f} -> {metrics['final_val_loss']:.3f}")
+    print(
+        f"pretrained in {result['pretrain_seconds']} s; val loss {metrics['initial_val_loss']:.3f} -> {metrics['final_val_loss']:.3f}"
+    )
 
     from policytrim.policies import load_policy
 
@@ -100,10 +102,24 @@ def main() -> None:
     result["window"], result["chunk_size"] = window, policy.chunk_size
     for mode in ("sampled", "deterministic"):
         t0 = time.perf_counter()
-        ev = evaluate_policy(policy, cfg.env, episodes=args.episodes, window=window, mode=mode, seed=cfg.eval.seed, split="test", num_workers=cfg.rollout.num_workers)
+        ev = evaluate_policy(
+            policy,
+            cfg.env,
+            episodes=args.episodes,
+            window=window,
+            mode=mode,
+            seed=cfg.eval.seed,
+            split="test",
+            num_workers=cfg.rollout.num_workers,
+        )
         tasks = per_task(ev)
         sr = sum(t["success_rate"] for t in tasks.values()) / len(tasks)
-        result[mode] = {"average_success_rate": sr, "per_task": tasks, "eval_seconds": round(time.perf_counter() - t0, 1), "overall": ev.get("overall")}
+        result[mode] = {
+            "average_success_rate": sr,
+            "per_task": tasks,
+            "eval_seconds": round(time.perf_counter() - t0, 1),
+            "overall": ev.get("overall"),
+        }
         print(f"{mode}: average SR {sr:.3f}")
         for task, t in tasks.items():
             print(f"  {task:26s} SR {t['success_rate']:.2f}  steps {t['mean_steps']}  calls {t['mean_calls']}")

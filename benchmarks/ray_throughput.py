@@ -89,7 +89,9 @@ def step_seconds(env_cfg: EnvConfig, episodes: list[tuple]) -> float:
     return seconds / steps
 
 
-def policy_seconds(policy: TinyVLA, obs_row: dict[str, np.ndarray], instruction: str, batches: tuple[int, ...]) -> dict[int, float]:
+def policy_seconds(
+    policy: TinyVLA, obs_row: dict[str, np.ndarray], instruction: str, batches: tuple[int, ...]
+) -> dict[int, float]:
     """Median seconds of one sampling call of ``policy`` per batch size."""
     out = {}
     for b in batches:
@@ -121,7 +123,9 @@ def policy_model(table: dict[int, float]):
     return at
 
 
-def epoch_seconds(n_traj: int, mean_steps: float, k: int, workers: int, envs: int, t_step: float, t_rt: float, policy_at) -> dict[str, float]:
+def epoch_seconds(
+    n_traj: int, mean_steps: float, k: int, workers: int, envs: int, t_step: float, t_rt: float, policy_at
+) -> dict[str, float]:
     """The scale model (module docstring): lockstep and pipelined per-epoch seconds."""
     envs = min(envs, math.ceil(n_traj / workers))  # a worker runs at most its share of the epoch
     waves = math.ceil(n_traj / (workers * envs))
@@ -129,7 +133,11 @@ def epoch_seconds(n_traj: int, mean_steps: float, k: int, workers: int, envs: in
     rounds = waves * math.ceil(mean_steps / k)
     stepping = envs * k * t_step
     policy = policy_at(batch)
-    return {"lockstep_s": rounds * (policy + stepping + t_rt), "pipelined_s": rounds * (max(policy, stepping) + t_rt), "policy_share_lockstep": policy / (policy + stepping + t_rt)}
+    return {
+        "lockstep_s": rounds * (policy + stepping + t_rt),
+        "pipelined_s": rounds * (max(policy, stepping) + t_rt),
+        "policy_share_lockstep": policy / (policy + stepping + t_rt),
+    }
 
 
 def main() -> None:
@@ -140,8 +148,14 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trips", type=int, default=300, help="round trips timed per backend")
-    parser.add_argument("--epoch-trajectories", type=int, default=1024, help="N of the modelled epoch (e.g. 128 groups x G = 8)")
-    parser.add_argument("--policy-ms-per-call", default="", help="B:ms,... a policy latency table to model instead of this CPU's TinyVLA (e.g. a GPU's)")
+    parser.add_argument(
+        "--epoch-trajectories", type=int, default=1024, help="N of the modelled epoch (e.g. 128 groups x G = 8)"
+    )
+    parser.add_argument(
+        "--policy-ms-per-call",
+        default="",
+        help="B:ms,... a policy latency table to model instead of this CPU's TinyVLA (e.g. a GPU's)",
+    )
     parser.add_argument("--small", action="store_true", help="a smoke run (~1 min): fewer episodes, repeats and trips")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ray_throughput.json"))
     args = parser.parse_args()
@@ -162,7 +176,9 @@ def main() -> None:
     # 1. the same episodes through both backends
     seconds: dict[str, list[float]] = {"local": [], "ray": []}
     policy_s: dict[str, float] = {}
-    engines = {b: RolloutEngine(env_cfg, args.workers, pipeline=False, backend=b, ray=ray_cfg) for b in ("local", "ray")}
+    engines = {
+        b: RolloutEngine(env_cfg, args.workers, pipeline=False, backend=b, ray=ray_cfg) for b in ("local", "ray")
+    }
     try:
         warm = {b: e.run(policy, starts, 1, windows, "sampled", seed=0) for b, e in engines.items()}  # builds envs
         assert torch.equal(warm["local"].steps, warm["ray"].steps), "the backends ran different episodes"
@@ -187,7 +203,17 @@ def main() -> None:
     executed = warm["local"].replay["sample"].clamp(-1.0, 1.0)
     w0 = warm["local"]
     episodes = [
-        (s, torch.cat([executed[c, :n] for c, n in zip(w0.chunks_of(torch.tensor([i])).tolist(), w0.chunk_rows[w0.chunk_traj == i].tolist())]).numpy())
+        (
+            s,
+            torch.cat(
+                [
+                    executed[c, :n]
+                    for c, n in zip(
+                        w0.chunks_of(torch.tensor([i])).tolist(), w0.chunk_rows[w0.chunk_traj == i].tolist()
+                    )
+                ]
+            ).numpy(),
+        )
         for i, s in enumerate(starts)
     ]
     t_step = step_seconds(env_cfg, episodes)
@@ -204,9 +230,15 @@ def main() -> None:
     mean_steps = total_steps / len(starts)
 
     # model check: the measured 2-worker lockstep epoch (local processes, one wave)
-    predicted = epoch_seconds(len(starts), mean_steps, window, args.workers, len(starts), t_step, rt["local"], policy_at)
+    predicted = epoch_seconds(
+        len(starts), mean_steps, window, args.workers, len(starts), t_step, rt["local"], policy_at
+    )
     curve = [
-        {"workers": w, "envs_per_worker": e, **epoch_seconds(args.epoch_trajectories, mean_steps, window, w, e, t_step, rt["ray"], policy_at)}
+        {
+            "workers": w,
+            "envs_per_worker": e,
+            **epoch_seconds(args.epoch_trajectories, mean_steps, window, w, e, t_step, rt["ray"], policy_at),
+        }
         for w in SCALE_WORKERS
         for e in SCALE_ENVS
     ]
@@ -224,21 +256,52 @@ def main() -> None:
         "workers": args.workers,
         "lockstep": True,
         "scale_model": {
-            "measured": {"sim_seconds_per_step": t_step, "policy_seconds_by_batch": {str(b): s for b, s in table.items()}, "policy_source": table_source, "mean_episode_steps": mean_steps},
-            "model_check": {"measured_local_epoch_s": statistics.median(seconds["local"]), "predicted_lockstep_s": predicted["lockstep_s"], "predicted_pipelined_s": predicted["pipelined_s"]},
-            "extrapolated": {"epoch_trajectories": args.epoch_trajectories, "window": window, "round_trip_s": rt["ray"], "assumes": "one core per worker, uniform episode lengths, network latency not included", "curve": curve},
+            "measured": {
+                "sim_seconds_per_step": t_step,
+                "policy_seconds_by_batch": {str(b): s for b, s in table.items()},
+                "policy_source": table_source,
+                "mean_episode_steps": mean_steps,
+            },
+            "model_check": {
+                "measured_local_epoch_s": statistics.median(seconds["local"]),
+                "predicted_lockstep_s": predicted["lockstep_s"],
+                "predicted_pipelined_s": predicted["pipelined_s"],
+            },
+            "extrapolated": {
+                "epoch_trajectories": args.epoch_trajectories,
+                "window": window,
+                "round_trip_s": rt["ray"],
+                "assumes": "one core per worker, uniform episode lengths, network latency not included",
+                "curve": curve,
+            },
         },
-        "machine": {**describe_machine(), "load_average_before": list(load_before), "load_average_1min_per_repeat": loads, "load_average_after": list(os.getloadavg())},
-        "command": "benchmarks/ray_throughput.py " + " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items() if k != "out" and v not in (False, "")),
+        "machine": {
+            **describe_machine(),
+            "load_average_before": list(load_before),
+            "load_average_1min_per_repeat": loads,
+            "load_average_after": list(os.getloadavg()),
+        },
+        "command": "benchmarks/ray_throughput.py "
+        + " ".join(
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+            for k, v in vars(args).items()
+            if k != "out" and v not in (False, "")
+        ),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
-    print(f"{len(starts)} episodes ({total_steps} env steps), {args.workers} workers, TinyVLA k={window}, lockstep; load before {load_before[0]:.2f}, per repeat {', '.join(f'{x:.2f}' for x in loads)}")
+    print(
+        f"{len(starts)} episodes ({total_steps} env steps), {args.workers} workers, TinyVLA k={window}, lockstep; load before {load_before[0]:.2f}, per repeat {', '.join(f'{x:.2f}' for x in loads)}"
+    )
     print(f"local processes: {rate['local']:7.0f} env-steps/s   Ray actors: {rate['ray']:7.0f} env-steps/s")
-    print(f"round trip: local {rt['local'] * 1e6:.0f} us, Ray {rt['ray'] * 1e6:.0f} us (Ray overhead {(rt['ray'] - rt['local']) * 1e6:.0f} us per round trip)")
-    print(f"model check: measured epoch {statistics.median(seconds['local']):.2f} s, predicted lockstep {predicted['lockstep_s']:.2f} s")
+    print(
+        f"round trip: local {rt['local'] * 1e6:.0f} us, Ray {rt['ray'] * 1e6:.0f} us (Ray overhead {(rt['ray'] - rt['local']) * 1e6:.0f} us per round trip)"
+    )
+    print(
+        f"model check: measured epoch {statistics.median(seconds['local']):.2f} s, predicted lockstep {predicted['lockstep_s']:.2f} s"
+    )
     print(f"ray/local ratio: {ratio:.2f}")
 
 

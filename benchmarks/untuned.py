@@ -73,7 +73,11 @@ def main() -> None:
         "untrained_k15_success_rate": untrained15["overall"]["success_rate"],
         "baseline_success_rate": summary["baseline"]["success_rate"],
         "policytrim_success_rate": summary["policytrim"]["success_rate"],
-        "stages": {s: {k: train[s].get(k) for k in ("epochs", "epochs_run", "stop_reason")} | {"best_epoch": train[s]["best"]["epoch"]} for s in ("extend", "trim")},
+        "stages": {
+            s: {k: train[s].get(k) for k in ("epochs", "epochs_run", "stop_reason")}
+            | {"best_epoch": train[s]["best"]["epoch"]}
+            for s in ("extend", "trim")
+        },
         "window_choice": {k: v for k, v in train["extend"]["window_choice"].items() if k != "per_window"},
         "per_task": per_task,
     }

@@ -37,7 +37,17 @@ from policytrim.config import to_dict
 from policytrim.io import read_jsonl
 from policytrim.train.grpo import train
 
-OUTCOME_KEYS = ("success_rate", "mean_steps", "mean_window", "mean_calls", "reward", "valid_group_frac", "update_trajectories", "dropped_groups", "env_steps")
+OUTCOME_KEYS = (
+    "success_rate",
+    "mean_steps",
+    "mean_window",
+    "mean_calls",
+    "reward",
+    "valid_group_frac",
+    "update_trajectories",
+    "dropped_groups",
+    "env_steps",
+)
 
 
 def torchrun(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -108,10 +118,29 @@ def test_torchrun_on_two_nodes_with_c10d_rendezvous_matches_one_process(single_r
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-             "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "policytrim-two-nodes",
-             "--rdzv-conf", f"is_host={int(node == 0)},join_timeout=120", str(script), *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                endpoint,
+                "--rdzv-id",
+                "policytrim-two-nodes",
+                "--rdzv-conf",
+                f"is_host={int(node == 0)},join_timeout=120",
+                str(script),
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for node in range(2)
     ]
@@ -153,12 +182,17 @@ def test_torchrun_run_killed_mid_update_resumes_to_the_same_run(torchrun_run, ti
     """kill -9 of both ranks in the second epoch's update, then ``--resume`` under torchrun: the same
     metrics and weights as the uninterrupted torchrun run (in-process envs: bit-exact)."""
     killed = tmp_path / "ddp"
-    proc = torchrun(train_args(run_config(killed), tmp_path, tiny_baseline), {"POLICYTRIM_TEST_KILL_AT": "update.step:2"})
+    proc = torchrun(
+        train_args(run_config(killed), tmp_path, tiny_baseline), {"POLICYTRIM_TEST_KILL_AT": "update.step:2"}
+    )
     assert proc.returncode != 0 and "Signal 9 (SIGKILL)" in proc.stderr, proc.stderr[-3000:]
     assert not (killed / "summary.json").exists() and (killed / "extend" / "epoch_000001").is_dir()
     proc = torchrun(["train", "--resume", str(killed)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     drop = lambda records: [{k: v for k, v in r.items() if k not in ("rollout_s", "epoch_s", "val_s")} for r in records]  # noqa: E731
     assert drop(read_jsonl(torchrun_run / "metrics.jsonl")) == drop(read_jsonl(killed / "metrics.jsonl"))
-    a, b = (load_file(str(run / "extend" / "epoch_000002" / "policy" / "model.safetensors")) for run in (torchrun_run, killed))
+    a, b = (
+        load_file(str(run / "extend" / "epoch_000002" / "policy" / "model.safetensors"))
+        for run in (torchrun_run, killed)
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)

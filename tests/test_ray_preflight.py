@@ -37,8 +37,17 @@ def train_argv(out, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "address", ["127.0.0.1:notaport", "127.0.0.1:0", "127.0.0.1:70000", "http://head:6379", "ray://head:10001", "head",
-                ":6379", "a b:1"],
+    "address",
+    [
+        "127.0.0.1:notaport",
+        "127.0.0.1:0",
+        "127.0.0.1:70000",
+        "http://head:6379",
+        "ray://head:10001",
+        "head",
+        ":6379",
+        "a b:1",
+    ],
 )
 def test_a_malformed_ray_address_is_one_line_and_writes_nothing(address, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -113,7 +113,9 @@ def test_bc_loss_is_cross_entropy_on_bins():
     mask = torch.ones(B, H, dtype=torch.bool)
     logits = policy.head.logits(policy.encode(obs, ins))
     ce = F.cross_entropy(logits.reshape(-1, 256), policy.bins.encode(actions).flatten(), reduction="none")
-    assert policy.bc_loss(obs, ins, actions, mask).item() == pytest.approx(ce.reshape(B, H, A).sum(-1).mean().item(), rel=1e-12)
+    assert policy.bc_loss(obs, ins, actions, mask).item() == pytest.approx(
+        ce.reshape(B, H, A).sum(-1).mean().item(), rel=1e-12
+    )
 
 
 def test_bin_edges_are_in_the_spec_and_change_decoding(tmp_path):

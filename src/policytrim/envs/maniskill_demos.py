@@ -188,8 +188,17 @@ class MotionPlanDemonstrator:
         replayed, identical = self.replay(state, states, actions) if converted else (False, False)
         t2 = time.perf_counter()
         return Demonstration(
-            state, states, actions, replayed and planned, planned, converted, replayed, identical,
-            len(plan), t1 - t0, t2 - t1,
+            state,
+            states,
+            actions,
+            replayed and planned,
+            planned,
+            converted,
+            replayed,
+            identical,
+            len(plan),
+            t1 - t0,
+            t2 - t1,
         )
 
 

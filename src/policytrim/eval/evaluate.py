@@ -150,8 +150,20 @@ def evaluate_to_dir(cfg: Any, policy: Any, window: int, out: str | Path, name: s
     """Evaluate ``policy`` at ``window`` (0: its own) on ``cfg.eval.episodes`` test states per task
     and write ``out/metrics.json`` (its ``policy`` field is ``name``). Returns the metrics."""
     with workers_own_cores(cfg.rollout.num_workers, cfg.device):
-        with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, backend=cfg.rollout.backend, ray=cfg.ray) as engine:
-            metrics = evaluate_policy(policy, cfg.env, cfg.eval.episodes, window, cfg.eval.mode, cfg.eval.seed, "test", engine=engine, latency_ms=cfg.eval.latency_ms)
+        with RolloutEngine(
+            cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, backend=cfg.rollout.backend, ray=cfg.ray
+        ) as engine:
+            metrics = evaluate_policy(
+                policy,
+                cfg.env,
+                cfg.eval.episodes,
+                window,
+                cfg.eval.mode,
+                cfg.eval.seed,
+                "test",
+                engine=engine,
+                latency_ms=cfg.eval.latency_ms,
+            )
     metrics["policy"] = name
     atomic_write_json(Path(out) / "metrics.json", metrics)
     return metrics

@@ -68,7 +68,17 @@ class RecordingEnvFactory:
         return RecordingEnv(make_env(cfg, task))
 
 
-def record_rollouts(policies: dict[str, tuple[Any, int]], env_cfg: Any, task: str, index: int, mode: str, seed: int, split: str = "test", size: int = 96, camera: str = "corner2") -> dict[str, dict[str, Any]]:
+def record_rollouts(
+    policies: dict[str, tuple[Any, int]],
+    env_cfg: Any,
+    task: str,
+    index: int,
+    mode: str,
+    seed: int,
+    split: str = "test",
+    size: int = 96,
+    camera: str = "corner2",
+) -> dict[str, dict[str, Any]]:
     """Roll out each ``{label: (policy, window)}`` once from test state ``index`` of ``task`` with
     the same random numbers; returns ``{label: {"frames": [T+1 images], "success", "steps", "calls"}}``."""
     from policytrim.rollout.engine import RolloutEngine
@@ -79,7 +89,13 @@ def record_rollouts(policies: dict[str, tuple[Any, int]], env_cfg: Any, task: st
         for label, (policy, window) in policies.items():
             traj = engine.run(policy, state, 1, torch.tensor([[int(window)]]), mode, seed, record_chunks=False)
             frames = _FRAMES.pop((state[0].task, state[0].seed, state[0].index), [])
-            out[label] = {"frames": frames, "success": bool(traj.success[0]), "steps": int(traj.steps[0]), "calls": int(traj.calls[0]), "window": int(window)}
+            out[label] = {
+                "frames": frames,
+                "success": bool(traj.success[0]),
+                "steps": int(traj.steps[0]),
+                "calls": int(traj.calls[0]),
+                "window": int(window),
+            }
     return out
 
 
@@ -91,7 +107,17 @@ def pick_frames(frames: Sequence[np.ndarray], count: int) -> list[tuple[int, np.
     return [(i, frames[i]) for i in idx]
 
 
-def filmstrip(policies: dict[str, tuple[Any, int]], env_cfg: Any, task: str, index: int, mode: str, seed: int, path: Path, frames: int = 8, horizon_aligned: bool = True) -> dict[str, Any]:
+def filmstrip(
+    policies: dict[str, tuple[Any, int]],
+    env_cfg: Any,
+    task: str,
+    index: int,
+    mode: str,
+    seed: int,
+    path: Path,
+    frames: int = 8,
+    horizon_aligned: bool = True,
+) -> dict[str, Any]:
     """Render a filmstrip PNG at ``path``: one row per policy. With ``horizon_aligned`` every row
     samples the same step numbers (spaced over the longest episode), so a shorter episode shows
     its final frame early and ends sooner. Returns what each rollout did."""

@@ -91,9 +91,7 @@ class InstructionEncoder(nn.Module):
         ids, unknown = self._lookup(instructions)
         if unknown:
             bad = sorted({instructions[i] for i in unknown})
-            raise InputError(
-                f"instruction(s) {bad} unknown to this policy; it knows: {self.instructions}"
-            )
+            raise InputError(f"instruction(s) {bad} unknown to this policy; it knows: {self.instructions}")
         return ids
 
 

@@ -288,7 +288,6 @@ class StageOutcome:
         )
 
 
-
 @dataclass(frozen=True)
 class TrainSummary:
     """What a training run did (`policytrim.train.grpo.train`'s result; ``summary.json``).

@@ -189,7 +189,11 @@ def main_only(fn: Callable[[], T]) -> T:
     device = _device()
     size = torch.tensor([len(data) if is_main() else 0], dtype=torch.long, device=device)
     dist.broadcast(size, 0)
-    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if is_main() else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    buf = (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+        if is_main()
+        else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    )
     dist.broadcast(buf, 0)
     if error is not None:
         raise error

@@ -52,7 +52,9 @@ class RunDir:
                 half_made = cls.half_made(path)
                 if half_made:
                     raise InputError(half_made)
-                raise InputError(f"run directory {path} already exists; pass --resume {path} to continue it or --overwrite to replace it")
+                raise InputError(
+                    f"run directory {path} already exists; pass --resume {path} to continue it or --overwrite to replace it"
+                )
             shutil.rmtree(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,11 @@ class RunDir:
         if not (path / "config.yaml").is_file() or not (path / "run.json").is_file():
             raise InputError(f"{where}: not a policytrim run directory (config.yaml and run.json are missing)")
         meta = read_json(path / "run.json", name=f"{where}: run.json", kind=None)
-        if not (isinstance(meta, dict) and meta.get("stage") in ("extend", "trim", "both") and isinstance(meta.get("init"), str)):
+        if not (
+            isinstance(meta, dict)
+            and meta.get("stage") in ("extend", "trim", "both")
+            and isinstance(meta.get("init"), str)
+        ):
             raise InputError(f"{where}: run.json does not describe a training run (needs stage and init)")
         raw = (path / "config.yaml").read_bytes()
         expected = meta.get("config_sha256")
