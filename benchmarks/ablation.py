@@ -92,8 +92,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    from policytrim.experiments.ablate import describe_variants, run_ablation
     from policytrim.eval.report import write_report
+    from policytrim.experiments.ablate import describe_variants, run_ablation
 
     preset = to_dict(load_config(preset_path("mw8")))
     mw8 = args.tasks.upper() == "MW8"

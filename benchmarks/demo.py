@@ -19,8 +19,8 @@ from pathlib import Path
 
 from policytrim.config import load_config, preset_path
 from policytrim.eval.report import write_report
-from policytrim.machine import describe_machine
 from policytrim.experiments.demo import format_summary, run_demo
+from policytrim.machine import describe_machine
 
 
 def main() -> None:

@@ -131,8 +131,8 @@ SIZES["long"] = merge(
 def untrained_smolvla(work: Path, instructions: list[str]) -> Path:
     """The tiny VLM and an untrained SmolVLA written by LeRobot (statistics are placeholders: BC
     replaces them with the demonstrations')."""
-    from policytrim.policies.lerobot import dataset_stats
     from lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy
+    from policytrim.policies.lerobot import dataset_stats
 
     vlm = build_tiny_vlm(work / "vlm", IMAGE, instructions)
     config = tiny_config("smolvla", 39, 4, CHUNK, WINDOW, (IMAGE, IMAGE, 3), vlm_dir=vlm)
@@ -158,8 +158,8 @@ def main() -> None:
 
     from bench_pipeline import collect, machine_record, policy_pipeline
     from policytrim.envs.tasks import INSTRUCTIONS
-    from policytrim.machine import PeakMemory
     from policytrim.experiments.demo import SUMMARY_UNITS, format_summary
+    from policytrim.machine import PeakMemory
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

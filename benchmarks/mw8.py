@@ -29,8 +29,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -190,8 +191,8 @@ def main() -> None:
     if args.stop_after == "train":
         return
 
-    from policytrim.experiments.demo import evaluate_pipeline
     from policytrim.eval.report import write_report
+    from policytrim.experiments.demo import evaluate_pipeline
 
     def run_eval() -> None:
         summary = evaluate_pipeline(

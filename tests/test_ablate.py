@@ -8,9 +8,9 @@ import json
 import pytest
 
 from conftest import tiny_config
-from policytrim.experiments.ablate import parse_variant, plan, run_ablation, variant_config
 from policytrim.cli import main
 from policytrim.errors import InputError
+from policytrim.experiments.ablate import parse_variant, plan, run_ablation, variant_config
 
 
 def test_variants_map_onto_the_trainer(tmp_path):

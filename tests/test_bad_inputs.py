@@ -20,18 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file as load_np, save_file as save_np
+from safetensors.numpy import load_file as load_np
+from safetensors.numpy import save_file as save_np
 from safetensors.torch import load_file, save_file
 
 import policytrim
+from fixtures.make_fixtures import random_demos
 from policytrim.cli import main
 from policytrim.config import EnvConfig, PolicyConfig, RunConfig
 from policytrim.data.demos import save_demos
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.policies.tinyvla import TinyVLA
 from policytrim.train.rundir import RunDir
-
-from fixtures.make_fixtures import random_demos
 
 TASK = "drawer-close-v3"
 EPISODES, LENGTH = 3, 5

@@ -14,8 +14,8 @@ from conftest import tiny_config
 from policytrim.config import to_dict
 from policytrim.eval.compare import Contender
 from policytrim.eval.suite import write_suite
-from policytrim.io import atomic_write_json
 from policytrim.experiments.demo import SUMMARY_KEYS, SUMMARY_UNITS, comparison_summary
+from policytrim.io import atomic_write_json
 from test_report import PIPELINE, suite
 
 

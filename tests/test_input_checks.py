@@ -23,19 +23,18 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_config
+from fixtures.make_fixtures import random_demos
 from policytrim.cli import main
 from policytrim.config import ConfigError, RunConfig, from_dict, load_config, parse_config_text, preset_path, to_dict
 from policytrim.data.demos import save_demos
-from policytrim.io import read_jsonl
 from policytrim.envs.tasks import TASK_SETS, resolve_tasks
 from policytrim.errors import MAX_MESSAGE_CHARS, InputError
+from policytrim.io import read_jsonl
 from policytrim.policies import load_policy
 from policytrim.progress import EVERY_S_ENV as PROGRESS_EVERY_S_ENV
 from policytrim.train.checkpoint import save_checkpoint
 from policytrim.train.rundir import RunDir
-
-from conftest import tiny_config
-from fixtures.make_fixtures import random_demos
 from test_bad_inputs import SPEC_EDITS, SUBPROCESS_ENV, _edit_json, alias_bomb, make_checkpoint
 
 TINY_BC = ["--pretrain.iterations", "2", "--pretrain.eval-episodes", "0", "--logging.no-progress"]

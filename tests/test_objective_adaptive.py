@@ -18,7 +18,7 @@ from policytrim.objective import (
     stability_penalty,
     trim_reward,
 )
-from test_objective import SEEDS, GROUP_SIZES, _random_groups, _random_loss_inputs, _ref_stability
+from test_objective import GROUP_SIZES, SEEDS, _random_groups, _random_loss_inputs, _ref_stability
 
 
 def _random_calls(seed, success, steps, max_window=15):

@@ -24,8 +24,8 @@ from conftest import tiny_config
 from policytrim.cli import main
 from policytrim.config import RayConfig, to_dict
 from policytrim.envs.tasks import INSTRUCTIONS
-from policytrim.policies.tinyvla import TinyVLA
 from policytrim.errors import InputError
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.rollout.ray_pool import bundles_that_fit
 
 pytest.importorskip("ray")

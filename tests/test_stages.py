@@ -7,18 +7,18 @@ import dataclasses
 import json
 
 import pytest
+from tests.test_policies import make_policy
 
 from conftest import tiny_config
 from policytrim.cli import main
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.errors import InputError
 from policytrim.policies.base import supported_stages
-from policytrim.policies.tinyvla import TinyVLA
 from policytrim.policies.expert import ExpertPolicy
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.train.decisions import BudgetCalibration, Validation, WindowChoice
 from policytrim.train.stages import Stage1, Stage2, StageOutcome
 from policytrim.windows import WindowPlan
-from tests.test_policies import make_policy
 
 
 def _policy(cfg) -> TinyVLA:

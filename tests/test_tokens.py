@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from tests.test_policies import A, B, H, gens, make_batch, make_policy
 from torch.nn import functional as F
 
 from policytrim.errors import InputError
 from policytrim.policies.tokens import ActionBins, draw_uniforms, pick_tokens, token_log_prob
-from tests.test_policies import A, B, H, gens, make_batch, make_policy
 
 
 def test_bins_round_trip_openvla_scheme():

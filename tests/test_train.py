@@ -13,8 +13,8 @@ from policytrim.cli import main
 from policytrim.errors import InputError
 from policytrim.io import read_jsonl
 from policytrim.policies import load_policy
-from policytrim.train.grpo import train
 from policytrim.train.decisions import Validation
+from policytrim.train.grpo import train
 from policytrim.train.stages import fewest_calls_without_loss, most_successful, significant_loss
 
 

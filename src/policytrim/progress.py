@@ -17,8 +17,9 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
-from typing import Any, Iterable, Iterator, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 T = TypeVar("T")
 

@@ -123,8 +123,8 @@ def test_two_camera_lerobot_policy_pretrains_on_libero_data(tmp_path):
     """A LeRobot ACT with LIBERO's two cameras: agent view from obs['image'], wrist from obs['wrist_image']."""
     from lerobot.configs.types import FeatureType, PolicyFeature
 
-    from policytrim.policies.lerobot import camera_sources, dataset_stats, image_stats
     from lerobot_tiny import tiny_config, write_tiny_policy
+    from policytrim.policies.lerobot import camera_sources, dataset_stats, image_stats
 
     names = LAYOUTS["lerobot"]
     written = write_dataset(tmp_path / "data", names)

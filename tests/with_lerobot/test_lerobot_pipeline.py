@@ -15,19 +15,19 @@ from optional_env import require_or_skip  # tests/optional_env.py
 require_or_skip("lerobot.policies.factory", "lerobot")  # fails instead where scripts/run.sh requires lerobot
 pytestmark = [pytest.mark.lerobot, pytest.mark.slow]
 
+from lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy  # noqa: E402
 from policytrim.config import (
     EnvConfig,
+    EvalConfig,
     PolicyConfig,
     PretrainConfig,
     RolloutConfig,
     RunConfig,
     Stage1Config,
     Stage2Config,
-    EvalConfig,
 )  # noqa: E402
 from policytrim.policies import load_policy  # noqa: E402
 from policytrim.policies.lerobot import LeRobotChunkPolicy, export_lerobot  # noqa: E402
-from lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy  # noqa: E402
 from policytrim.windows import WindowPlan  # noqa: E402
 
 IMAGE = 64

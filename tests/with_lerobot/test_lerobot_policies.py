@@ -19,8 +19,6 @@ from optional_env import require_or_skip  # tests/optional_env.py
 require_or_skip("lerobot.policies.factory", "lerobot")  # fails instead where scripts/run.sh requires lerobot
 pytestmark = pytest.mark.lerobot
 
-from policytrim.policies import load_policy  # noqa: E402
-from policytrim.policies.lerobot import LeRobotChunkPolicy, LeRobotOptions, dataset_stats, export_lerobot  # noqa: E402
 from lerobot_tiny import (
     build_tiny_vlm,
     lerobot_chunk,
@@ -29,6 +27,8 @@ from lerobot_tiny import (
     tiny_config,
     write_tiny_policy,
 )  # noqa: E402
+from policytrim.policies import load_policy  # noqa: E402
+from policytrim.policies.lerobot import LeRobotChunkPolicy, LeRobotOptions, dataset_stats, export_lerobot  # noqa: E402
 
 STATE_DIM, ACTION_DIM, IMAGE = 39, 4, (64, 64, 3)
 CAMERA = "observation.images.corner2"

@@ -191,8 +191,8 @@ def evaluate(args: Any) -> int:
 
 def ablate(args: Any) -> int:
     """`policytrim ablate`: `policytrim.experiments.ablate.run_ablation` and its table."""
-    from policytrim.experiments.ablate import NAMED, describe_variants, format_table, run_ablation
     from policytrim.eval.report import write_report
+    from policytrim.experiments.ablate import NAMED, describe_variants, format_table, run_ablation
 
     cfg = run_config(args)
     if args.list_variants:

@@ -99,7 +99,7 @@ def _mt1_tasks(task: str, seed: int) -> tuple[Any, ...]:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _draw_env(task: str) -> Any:
     """The env `_mt1_tasks` draws a task's initial states with (one per task and process; never
     stepped or rendered). Its hand settles in one simulation step instead of 50 at reset:

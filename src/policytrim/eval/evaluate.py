@@ -30,9 +30,9 @@ from policytrim.envs import check_episodes, env_tasks, initial_states, split_see
 from policytrim.errors import InputError
 from policytrim.eval.metrics import summarize
 from policytrim.io import atomic_write_json
-from policytrim.windows import WindowPlan
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.runtime import workers_own_cores
+from policytrim.windows import WindowPlan
 
 FORMAT, VERSION = "policytrim-metrics", 1
 

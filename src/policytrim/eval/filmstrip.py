@@ -11,8 +11,9 @@ at 96 px, so a filmstrip of two policies costs a few seconds.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

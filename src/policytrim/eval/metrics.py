@@ -13,7 +13,8 @@ Means over no successful episode are None (JSON null).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

@@ -13,8 +13,9 @@ evaluation and the trainer write), draws one figure and returns the path written
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 

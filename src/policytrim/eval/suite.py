@@ -15,8 +15,9 @@ contenders named in ``robust_names`` through an engine whose envs are wrapped, i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from policytrim.errors import InputError
 from policytrim.eval.compare import Contender, compare
@@ -24,9 +25,9 @@ from policytrim.eval.ensemble import ACT_M, TemporalEnsemble
 from policytrim.eval.robustness import Perturbation, PerturbedEnvFactory
 from policytrim.eval.units import SUMMARY_UNITS
 from policytrim.io import atomic_write_json
-from policytrim.windows import WindowPlan
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.runtime import workers_own_cores
+from policytrim.windows import WindowPlan
 
 FORMAT = "policytrim-comparison"
 TEMPORAL_ENSEMBLING = "temporal_ensembling"

@@ -41,14 +41,15 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from policytrim.config import RunConfig, from_dict, to_dict
 from policytrim.errors import InputError
-from policytrim.io import atomic_write_bytes, atomic_write_json, read_json
 from policytrim.eval.units import SUMMARY_UNITS
+from policytrim.io import atomic_write_bytes, atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from policytrim.train.decisions import TrainSummary

@@ -22,8 +22,9 @@ import dataclasses
 import shutil
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from policytrim.config import RunConfig
 from policytrim.errors import InputError
@@ -68,9 +69,9 @@ def evaluate_pipeline(
     filmstrips (the tasks with the largest and smallest steps reduction, on a typical test state).
     Everything lands in ``out/eval/suite/`` (`policytrim.eval.suite.write_suite`), the headline
     comparison also in ``out/eval/``, filmstrips in ``out/eval/filmstrips/``."""
+    from policytrim.eval.compare import Contender
     from policytrim.eval.robustness import Perturbation, perturbation_from_dict
     from policytrim.eval.suite import TEMPORAL_ENSEMBLING, reference_contenders, run_suite, write_suite
-    from policytrim.eval.compare import Contender
     from policytrim.policies import load_policy
 
     mode = mode or cfg.eval.mode
@@ -264,8 +265,8 @@ def _say(message: str) -> None:
 def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Run the whole pipeline into ``out`` and return the summary (also ``out/summary.json``)."""
     from policytrim.data.collect import collect_demos
-    from policytrim.train.bc import pretrain
     from policytrim.preflight import check_preconditions
+    from policytrim.train.bc import pretrain
     from policytrim.train.grpo import train
 
     out = Path(out)

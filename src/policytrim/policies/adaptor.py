@@ -19,8 +19,9 @@ SHA-256).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -172,7 +173,7 @@ class WindowAdaptor(nn.Module):
         return save_policy_checkpoint(Path(policy_directory) / ADAPTOR_DIR, self.spec(), self.state_dict())
 
     @classmethod
-    def from_pretrained(cls, policy_directory: str | Path) -> "WindowAdaptor":
+    def from_pretrained(cls, policy_directory: str | Path) -> WindowAdaptor:
         """Load ``<policy_directory>/adaptor/``; any problem is an `InputError` naming the file."""
         directory = Path(policy_directory) / ADAPTOR_DIR
         config = read_config(directory)

@@ -13,9 +13,10 @@ Model-specific code (encoders, heads, tokenisers, LeRobot/GR00T wrappers) stays 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 

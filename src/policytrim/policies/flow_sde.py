@@ -20,8 +20,8 @@ so a caller can draw each batch row from its own generator (`draw_sde_noise`). L
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 

@@ -44,8 +44,9 @@ Acting in three lines::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,14 +58,14 @@ from policytrim.policies import flow_sde
 from policytrim.policies.base import MODES, ChunkSample, Mode, Observation, check_trained, supported_stages
 from policytrim.policies.checkpoint import check_state_dict, read_config, read_weights, save_policy_checkpoint
 from policytrim.policies.heads import STD_MODES, FlowHead, GaussianHead, mlp
-from policytrim.policies.tokens import DEFAULT_BINS, TOKEN_HEADS, ActionBins, build_token_head, draw_uniforms
 from policytrim.policies.text import (
-    WORD_EMBEDDING,
     SENTENCE_ENCODERS,
+    WORD_EMBEDDING,
     SentenceEncoder,
     WordEmbeddingEncoder,
     canonical_encoder_name,
 )
+from policytrim.policies.tokens import DEFAULT_BINS, TOKEN_HEADS, ActionBins, build_token_head, draw_uniforms
 
 FORMAT_VERSION = 2  # 2: the spec records how the policy was trained (trained_stage, step_budget)
 READABLE_VERSIONS = (1, 2)  # version 1 checkpoints load as behaviour-cloned policies (no budget)
@@ -293,7 +294,7 @@ class TinyVLA(nn.Module):
         action_std: Any = None,
         image_shape: Sequence[int] | None = None,
         state_dims: Sequence[int] | None = None,
-    ) -> "TinyVLA":
+    ) -> TinyVLA:
         """A new policy from a `policytrim.config.PolicyConfig` and the dataset's sizes/statistics;
         ``state_dims``: the state entries it reads (None: all)."""
         return cls(
@@ -417,7 +418,7 @@ class TinyVLA(nn.Module):
             )
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "TinyVLA":
+    def from_spec(cls, spec: dict) -> TinyVLA:
         """Rebuild the architecture from `spec()` (weights are loaded separately)."""
         cls.check_spec(spec)
         kwargs = {
@@ -439,7 +440,7 @@ class TinyVLA(nn.Module):
         save_policy_checkpoint(directory, {**self.spec(), "policytrim_version": __version__}, self.state_dict())
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "TinyVLA":
+    def from_pretrained(cls, directory: str | Path) -> TinyVLA:
         """Load a checkpoint; any problem with it is an `InputError` saying what is wrong. Order:
         the spec's sizes, the weights file (hash, format, finite), the weights' shapes against the
         spec, and only then the model is built and the weights checked tensor by tensor."""

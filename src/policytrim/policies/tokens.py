@@ -26,7 +26,7 @@ temperature 1.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ class ActionBins:
         self.centres = 0.5 * (e[1:] + e[:-1])
 
     @classmethod
-    def uniform(cls, low: float, high: float, bins: int = DEFAULT_BINS) -> "ActionBins":
+    def uniform(cls, low: float, high: float, bins: int = DEFAULT_BINS) -> ActionBins:
         if not (isinstance(bins, int) and bins >= 2):
             raise InputError(f"token bins must be an integer >= 2, got {bins!r}")
         return cls(torch.linspace(float(low), float(high), bins + 1, dtype=torch.float64).tolist())

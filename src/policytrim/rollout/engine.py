@@ -39,7 +39,8 @@ import hashlib
 import logging
 import time
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,6 @@ from policytrim.envs import worker_env_cap
 from policytrim.envs.base import InitialState
 from policytrim.policies.base import MODES, ChunkPolicy, Mode
 from policytrim.progress import rollout_finished
-from policytrim.windows import check_window, window_bound
 from policytrim.rollout.types import Trajectories
 from policytrim.rollout.workers import (
     DEFAULT_MAX_ENVS,
@@ -61,6 +61,7 @@ from policytrim.rollout.workers import (
     WorkerPool,
 )
 from policytrim.runtime import device_of
+from policytrim.windows import check_window, window_bound
 
 log = logging.getLogger("policytrim.rollout")
 

@@ -25,12 +25,13 @@ ranks; validations, decisions and every write happen on rank 0. In one process e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,9 +51,9 @@ from policytrim.rollout.types import Trajectories
 from policytrim.runtime import device_of, workers_own_cores
 from policytrim.train import distributed
 from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, restore_best, save_checkpoint
+from policytrim.train.decisions import BudgetCalibration, StageState, TrainSummary, Validation, on_rank0
 from policytrim.train.logger import MetricsLogger
 from policytrim.train.rundir import RunDir
-from policytrim.train.decisions import BudgetCalibration, StageState, TrainSummary, Validation, on_rank0
 from policytrim.train.stages import Stage, Stage1, Stage2, StageOutcome, calibrate_budget, validate
 from policytrim.windows import WindowPlan
 

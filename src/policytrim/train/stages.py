@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 

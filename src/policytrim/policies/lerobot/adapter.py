@@ -28,9 +28,10 @@ the optimiser and the memory for their gradients skip them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -164,7 +165,7 @@ class LeRobotChunkPolicy(nn.Module):
             self.apply_train_parts(train_parts)
         LeRobotOptions(**asdict(self.options))  # validates
 
-    def train(self, mode: bool = True) -> "LeRobotChunkPolicy":
+    def train(self, mode: bool = True) -> LeRobotChunkPolicy:
         """Our training flag only: the LeRobot module stays in eval mode (no dropout; docstring)."""
         super().train(mode)
         self.policy.eval()
@@ -302,7 +303,7 @@ class LeRobotChunkPolicy(nn.Module):
         source: str | Path,
         options: LeRobotOptions | None = None,
         dataset_stats: dict[str, dict[str, Any]] | None = None,
-    ) -> "LeRobotChunkPolicy":
+    ) -> LeRobotChunkPolicy:
         """Load a LeRobot checkpoint (directory, or hub id where downloads are allowed) through
         LeRobot's own ``from_pretrained``; ``policytrim.json`` (if present) restores our options.
         A VLM under the checkpoint's ``vlm/`` is the one it was saved with, wherever the directory

@@ -8,7 +8,8 @@ needs the DDPM scheduler (DDIM with eta 0 is deterministic: no density)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
