@@ -144,7 +144,8 @@ def paper_table(result: dict) -> str:
         "## Beside the paper",
         "",
         "Ours: SR, steps T, window k, calls speedup and the paper's speedup definition, from the table above. "
-        "Paper: SR %, T, k, speedup of the same row (a real VLA on LIBERO, so the direction of each row is comparable, not its values).",
+        "Paper: SR %, T, k, speedup of the same row (a real VLA on LIBERO, so the direction of each row is "
+        "comparable, not its values).",
         "",
         "| variant | ours: SR | T | k | calls speedup | paper speedup def. | paper row | paper: SR | T | k | speedup |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -154,7 +155,8 @@ def paper_table(result: dict) -> str:
         v = ours[name]
         m, vs = v["metrics"], v.get("vs_baseline") or {}
         lines.append(
-            f"| {name} | {100 * m['success_rate']:.1f} | {m['mean_steps']:.1f} | {v['window']} | {vs.get('calls_speedup', 1.0):.2f} | "
+            f"| {name} | {100 * m['success_rate']:.1f} | {m['mean_steps']:.1f} | {v['window']} | "
+            f"{vs.get('calls_speedup', 1.0):.2f} | "
             f"{vs.get('speedup_paper', 1.0):.2f} | {label} | {sr} | {steps} | {k} | {spd} |"
         )
     return "\n".join(lines) + "\n" if rows else ""
@@ -177,7 +179,8 @@ def stability_figure(work: Path, result: dict, path: Path) -> bool:
     ablation_curves_figure(
         curves,
         path,
-        title="Fig. 4 view: Stage 2 with and without the group-anchored stability penalty (stability_0 = full without it)",
+        title="Fig. 4 view: Stage 2 with and without the group-anchored stability penalty (stability_0 = full "
+        "without it)",
     )
     return True
 

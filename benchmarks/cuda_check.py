@@ -133,7 +133,8 @@ def paired_eval(
         }
         o = m["overall"]
         print(
-            f"eval    {device:4s} {dtype}: SR {o['success_rate']:.4f}, mean steps {o['mean_steps']:.2f}, {results[device]['seconds']} s",
+            f"eval    {device:4s} {dtype}: SR {o['success_rate']:.4f}, mean steps {o['mean_steps']:.2f}, "
+            f"{results[device]['seconds']} s",
             flush=True,
         )
     a, b = results["cpu"]["outcomes"], results["cuda"]["outcomes"]
@@ -163,7 +164,8 @@ def markdown(result: dict) -> str:
         "# The CUDA learner beside the CPU one",
         "",
         f"Machine: {result['gpu']} (CUDA {result['cuda']}), {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
-        f"{result['cpu_threads']} CPU torch threads; checkpoint `{result['checkpoint_name']}` ({result['params']:,} parameters). "
+        f"{result['cpu_threads']} CPU torch threads; checkpoint `{result['checkpoint_name']}` "
+        f"({result['params']:,} parameters). "
         "Written by `benchmarks/cuda_check.py`.",
         "",
         "| call | batch | CPU ms | CUDA ms | CPU / CUDA |",
@@ -179,7 +181,8 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             "One robot's call through `policytrim serve` (batch 1, sampled mode): `PolicyService.infer` in process "
-            "(request checked, chunk computed and copied back) and one client's round trip over loopback (websocket + msgpack):",
+            "(request checked, chunk computed and copied back) and one client's round trip over loopback "
+            "(websocket + msgpack):",
             "",
             "| call | CPU ms | CUDA ms | CPU / CUDA |",
             "|---|---|---|---|",
@@ -193,7 +196,8 @@ def markdown(result: dict) -> str:
         f"Paired evaluation, {e['episodes']} episodes ({len(e['tasks'])} tasks × {e['episodes_per_task']} test states, "
         f"window {e['window']}, sampled, the same random numbers; env workers on the CPU: {e['env_workers']}):",
         "",
-        "| policy dtype | learner | success rate | mean steps | calls per success | seconds | identical success | identical steps |",
+        "| policy dtype | learner | success rate | mean steps | calls per success | seconds | identical "
+        "success | identical steps |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for e in result["paired_eval"]:
@@ -205,7 +209,8 @@ def markdown(result: dict) -> str:
                 else ("", "")
             )
             lines.append(
-                f"| {e['dtype']} | {device} | {d['success_rate']:.4f} | {d['mean_steps']:.2f} | {d['calls_per_success']:.2f} | {d['seconds']} | {same[0]} | {same[1]} |"
+                f"| {e['dtype']} | {device} | {d['success_rate']:.4f} | {d['mean_steps']:.2f} | "
+                f"{d['calls_per_success']:.2f} | {d['seconds']} | {same[0]} | {same[1]} |"
             )
     if result.get("pytest"):
         lines += ["", f"`python -m pytest tests/test_cuda.py` on this machine: {result['pytest']}."]

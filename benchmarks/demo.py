@@ -50,7 +50,8 @@ def main() -> None:
     (results / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary))
     print(
-        f"wall clock {wall / 60:.1f} min, peak memory {summary['peak_rss_mb']:.0f} MB, load {machine['load_average'][0]:.2f} -> {os.getloadavg()[0]:.2f}"
+        f"wall clock {wall / 60:.1f} min, peak memory {summary['peak_rss_mb']:.0f} MB, load "
+        f"{machine['load_average'][0]:.2f} -> {os.getloadavg()[0]:.2f}"
     )
     print(f"results: {results / 'demo.json'}, report: {report}")
     shutil.rmtree(Path(args.work) / "demos", ignore_errors=True)

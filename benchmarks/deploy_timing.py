@@ -222,8 +222,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             if r is not None:
                 rows.append(r)
                 print(
-                    f"{name:<32} {mode:<5} k={r['window']:<3} {r['median_latency_ms']:8.2f} ms  SR {r['success_rate']:.3f}  "
-                    f"s/success {_num(r['seconds_per_success'])}  idle/ep {r['idle_s_per_episode']:.3f} s  calls {r['calls_per_episode']:.1f}",
+                    f"{name:<32} {mode:<5} k={r['window']:<3} {r['median_latency_ms']:8.2f} ms  SR "
+                    f"{r['success_rate']:.3f}  "
+                    f"s/success {_num(r['seconds_per_success'])}  idle/ep {r['idle_s_per_episode']:.3f} s  "
+                    f"calls {r['calls_per_episode']:.1f}",
                     flush=True,
                 )
     base = next(r for r in rows if r["name"] == "baseline" and r["mode"] == "sync")
@@ -279,20 +281,28 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         "# Seconds per success on the robot's clock",
         "",
-        f"Task {s['task']}, {s['episodes']} paired test episodes per row ({s['mode']} mode), policies {s['baseline']} (baseline) and "
-        f"{s['trimmed']} (PolicyTrim); calls at their measured latency on {s['threads']} torch thread(s), actions at the control period.",
+        f"Task {s['task']}, {s['episodes']} paired test episodes per row ({s['mode']} mode), policies "
+        f"{s['baseline']} (baseline) and "
+        f"{s['trimmed']} (PolicyTrim); calls at their measured latency on {s['threads']} torch thread(s), "
+        "actions at the control period.",
         "",
-        f"**Best stack: {res['combined_row']} — {res['combined_wallclock_speedup']}x seconds per success against the synchronous "
+        f"**Best stack: {res['combined_row']} — {res['combined_wallclock_speedup']}x seconds per success "
+        "against the synchronous "
         f"baseline, success-rate drop {res['combined_success_rate_drop']} points (paired).**",
         "",
-        "| row | mode | k | threshold | latency ms | SR | SR drop [95% CI] | s / success | x | moving s | idle s | calls | dry | stale |",
+        "| row | mode | k | threshold | latency ms | SR | SR drop [95% CI] | s / success | x | moving s | "
+        "idle s | calls | dry | stale |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"] + res["delay_rows"]:
         lines.append(
-            f"| {r['name']} | {r['mode']} | {r['window']} | {r['threshold']} | {r['median_latency_ms']:.2f} | {r['success_rate']:.3f} | "
-            f"{r['success_rate_drop']} {r['success_rate_drop_ci95']} | {_num(r['seconds_per_success'])} | {r['seconds_per_success_speedup']} | "
-            f"{r['moving_s_per_episode']:.3f} | {r['idle_s_per_episode']:.3f} | {r['calls_per_episode']:.1f} | {r['dry_events_per_episode']:.1f} | {r['mean_staleness']:.1f} |"
+            f"| {r['name']} | {r['mode']} | {r['window']} | {r['threshold']} | "
+            f"{r['median_latency_ms']:.2f} | {r['success_rate']:.3f} | "
+            f"{r['success_rate_drop']} {r['success_rate_drop_ci95']} | {_num(r['seconds_per_success'])} | "
+            f"{r['seconds_per_success_speedup']} | "
+            f"{r['moving_s_per_episode']:.3f} | {r['idle_s_per_episode']:.3f} | "
+            f"{r['calls_per_episode']:.1f} | {r['dry_events_per_episode']:.1f} | {r['mean_staleness']:.1f} "
+            "|"
         )
     lines += (
         ["", "Not measured:"] + [f"- {k}: {v}" for k, v in res["not_measured"].items()] if res["not_measured"] else []
@@ -300,7 +310,8 @@ def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]["before"]
     lines += [
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; load average before {m['load_average']}, after {res['machine']['after']['load_average']}.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; load average before "
+        f"{m['load_average']}, after {res['machine']['after']['load_average']}.",
         "",
     ]
     return "\n".join(lines)
@@ -340,7 +351,8 @@ def main() -> None:
     out.write_text(json.dumps(res, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(res))
     print(
-        f"combined_wallclock_speedup = {res['combined_wallclock_speedup']} at an SR drop of {res['combined_success_rate_drop']} points; wrote {out}"
+        f"combined_wallclock_speedup = {res['combined_wallclock_speedup']} at an SR drop of "
+        f"{res['combined_success_rate_drop']} points; wrote {out}"
     )
 
 

@@ -120,15 +120,19 @@ def head_result(head: str, summary: dict[str, Any]) -> dict[str, Any]:
 
 def table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| head | H | stages | BC SR | BC steps | BC k | BC calls | Stage 1 helped | PolicyTrim SR | steps | k | calls | calls speedup | SR drop (points) |",
+        "| head | H | stages | BC SR | BC steps | BC k | BC calls | Stage 1 helped | PolicyTrim SR | steps "
+        "| k | calls | calls speedup | SR drop (points) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         b, p = r["baseline"], r["policytrim"]
         lines.append(
-            f"| {r['head']} | {r['chunk_size']} | {' + '.join(r['stages'])} | {b['success_rate']:.3f} | {fmt(b['mean_steps'], '.1f')} | {b['window']} | "
-            f"{fmt(b['calls_per_success'], '.1f')} | {r['stage1_helped']} | {p['success_rate']:.3f} | {fmt(p['mean_steps'], '.1f')} | {p['window']} | "
-            f"{fmt(p['calls_per_success'], '.1f')} | {fmt(r['calls_speedup'], '.2f')}× | {r['success_rate_drop']:+.1f} |"
+            f"| {r['head']} | {r['chunk_size']} | {' + '.join(r['stages'])} | {b['success_rate']:.3f} | "
+            f"{fmt(b['mean_steps'], '.1f')} | {b['window']} | "
+            f"{fmt(b['calls_per_success'], '.1f')} | {r['stage1_helped']} | {p['success_rate']:.3f} | "
+            f"{fmt(p['mean_steps'], '.1f')} | {p['window']} | "
+            f"{fmt(p['calls_per_success'], '.1f')} | {fmt(r['calls_speedup'], '.2f')}× | "
+            f"{r['success_rate_drop']:+.1f} |"
         )
     return lines
 
@@ -157,7 +161,8 @@ def write_table(results_dir: Path, tiny: bool) -> None:
     lines = [
         "# Action heads under PolicyTrim (MW-8 demonstrations, one TinyVLA per head)",
         "",
-        f"{done[0]['episodes_per_task']} paired test states per task, {done[0]['mode']} mode; each head: BC then the stages it supports. "
+        f"{done[0]['episodes_per_task']} paired test states per task, {done[0]['mode']} mode; each head: "
+        "BC then the stages it supports. "
         "Stage 1 helped = it chose a longer window than the baseline's with SR within 2 points.",
         "",
         *table(done),
@@ -172,11 +177,13 @@ def write_table(results_dir: Path, tiny: bool) -> None:
         + "; ".join(f"{r['head']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["timings_s"].items()) for r in done),
         "Machine: "
         + "; ".join(
-            f"{r['head']}: {r['machine']['cpu']}, {r['machine']['cores']} cores, load {r['machine']['load_average']} at start"
+            f"{r['head']}: {r['machine']['cpu']}, {r['machine']['cores']} cores, load "
+            f"{r['machine']['load_average']} at start"
             for r in done
         )
         if len(machines) > 1
-        else f"Machine: {machines[0]}, learner on {done[0]['device']}; load {done[0]['machine']['load_average']} at start.",
+        else f"Machine: {machines[0]}, learner on {done[0]['device']}; load "
+        f"{done[0]['machine']['load_average']} at start.",
         "Commands: " + "; ".join(sorted({f"`{r.get('command', '(not recorded)')}`" for r in done})),
     ]
     (results_dir / "heads.md").write_text("\n".join(lines) + "\n")

@@ -169,7 +169,8 @@ def main() -> None:
         started = json.loads(frozen.read_text())
         if (args.set or args.size != started["size"]) and started["settings"] != settings:
             raise SystemExit(
-                f"error: {work} holds a run started with other settings ({frozen}); resume it without --set/--size, or pass a new --work"
+                f"error: {work} holds a run started with other settings ({frozen}); resume it without "
+                "--set/--size, or pass a new --work"
             )
         settings = started["settings"]
     else:
@@ -206,7 +207,8 @@ def main() -> None:
         "steps_reduction": summary["steps_reduction"],
         "minutes": minutes,
         "size": args.size,
-        "policy": "SmolVLA (lerobot 0.6.1 SmolVLAPolicy), tiny local VLM config (llama 2x128, vision 2x64, 64 px), random init, BC then PolicyTrim",
+        "policy": "SmolVLA (lerobot 0.6.1 SmolVLAPolicy), tiny local VLM config (llama 2x128, vision 2x64, 64 px), "
+        "random init, BC then PolicyTrim",
         "parameters": summary["parameters"],
         "speedup_paper": summary["speedup_paper"],
         "baseline": summary["baseline"],
@@ -235,7 +237,8 @@ def main() -> None:
     (results / name).write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(format_summary({**summary, "horizon": cfg.env.horizon}))
     print(
-        f"minutes per phase: {minutes}; load {machine['load_average'][0]:.2f} at the start -> {machine['load_average_end'][0]:.2f}"
+        f"minutes per phase: {minutes}; load {machine['load_average'][0]:.2f} at the start -> "
+        f"{machine['load_average_end'][0]:.2f}"
     )
     print(f"results: {results / name}")
 

@@ -162,7 +162,8 @@ def aggregate(results: Path, tag: str) -> dict[str, Any]:
     lines = [
         f"# MW-8 over seeds{' (' + tag.strip('_') + ')' if tag else ''}: {len(seeds)} finished",
         "",
-        "| seed | calls speedup | steps reduction | SR drop, points [paired 95% CI] | SR BC → PolicyTrim | steps BC → PolicyTrim | clean experts: steps, T/H | window | minutes |",
+        "| seed | calls speedup | steps reduction | SR drop, points [paired 95% CI] | SR BC → PolicyTrim | "
+        "steps BC → PolicyTrim | clean experts: steps, T/H | window | minutes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for k, s in seeds.items():
@@ -173,13 +174,16 @@ def aggregate(results: Path, tag: str) -> dict[str, Any]:
             else "-"
         )
         lines.append(
-            f"| {k} | {s['calls_speedup']:.2f}× | {100 * s['steps_reduction']:.0f}% | {s['success_rate_drop']:+.1f} [{lo:+.1f}, {hi:+.1f}] | "
-            f"{s['success_rate']['baseline']:.3f} → {s['success_rate']['policytrim']:.3f} | {s['mean_steps']['baseline']:.0f} → {s['mean_steps']['policytrim']:.0f} | "
+            f"| {k} | {s['calls_speedup']:.2f}× | {100 * s['steps_reduction']:.0f}% | "
+            f"{s['success_rate_drop']:+.1f} [{lo:+.1f}, {hi:+.1f}] | "
+            f"{s['success_rate']['baseline']:.3f} → {s['success_rate']['policytrim']:.3f} | "
+            f"{s['mean_steps']['baseline']:.0f} → {s['mean_steps']['policytrim']:.0f} | "
             f"{expert} | {s['window']} | {s['minutes']:.0f} |"
         )
     sp = out["spread"]
     lines += [
-        f"| **mean** | **{out['calls_speedup']:.2f}×** | **{100 * out['steps_reduction']:.0f}%** | **{out['success_rate_drop']:+.1f}** | | | | | |",
+        f"| **mean** | **{out['calls_speedup']:.2f}×** | **{100 * out['steps_reduction']:.0f}%** | "
+        f"**{out['success_rate_drop']:+.1f}** | | | | | |",
         "",
         "Spread (std / min / max): "
         + "; ".join(f"{k} {_fmt(sp[k]['std'])} / {sp[k]['min']:.3g} / {sp[k]['max']:.3g}" for k in HEADLINE)

@@ -141,7 +141,8 @@ def main() -> None:
     lines = [
         "# Pipeline wall-clock: old vs new code (`policytrim demo`, same preset and seed)",
         "",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; raw simulator {rate:,.0f} env steps/s (one process, push-v3).",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; raw simulator "
+        f"{rate:,.0f} env steps/s (one process, push-v3).",
         f"Old: main @ {args.old_commit}; new: @ {new_commit}. Each run alone on the machine, one after the other.",
         "",
         "| | old | new |",
@@ -154,7 +155,8 @@ def main() -> None:
         row(
             "SR drop, points (paired 95% CI)",
             lambda r: (
-                f"{r['success_rate_drop']:+.1f} [{r['success_rate_drop_ci95'][0]:+.1f}, {r['success_rate_drop_ci95'][1]:+.1f}]"
+                f"{r['success_rate_drop']:+.1f} [{r['success_rate_drop_ci95'][0]:+.1f}, "
+                f"{r['success_rate_drop_ci95'][1]:+.1f}]"
             ),
         ),
         row(

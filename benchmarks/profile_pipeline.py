@@ -212,7 +212,8 @@ def main() -> None:
         "preset": args.preset,
         "baseline": str(args.baseline),
         "cores": cores,
-        "note": "core-seconds per phase: simulator + resets + worker_ipc + policy + update + engine + idle = cores x wall (up to clock granularity)",
+        "note": "core-seconds per phase: simulator + resets + worker_ipc + policy + update + engine + idle = cores "
+        "x wall (up to clock granularity)",
         "phases": rows,
     }
     out = Path(args.out)
@@ -222,7 +223,8 @@ def main() -> None:
     lines = [
         "# Pipeline profile (core-seconds per phase)",
         "",
-        f"Machine: {result['machine']}; load before {load_before[0]:.2f}. Preset `{args.preset}`, policy `{args.baseline}`.",
+        f"Machine: {result['machine']}; load before {load_before[0]:.2f}. Preset `{args.preset}`, policy "
+        f"`{args.baseline}`.",
         "",
         "| phase | wall s | env steps/s | " + " | ".join(keys) + " | mean batch |",
         "|---|---|---|" + "---|" * len(keys) + "---|",

@@ -293,14 +293,17 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     print(
-        f"{len(starts)} episodes ({total_steps} env steps), {args.workers} workers, TinyVLA k={window}, lockstep; load before {load_before[0]:.2f}, per repeat {', '.join(f'{x:.2f}' for x in loads)}"
+        f"{len(starts)} episodes ({total_steps} env steps), {args.workers} workers, TinyVLA k={window}, "
+        f"lockstep; load before {load_before[0]:.2f}, per repeat {', '.join(f'{x:.2f}' for x in loads)}"
     )
     print(f"local processes: {rate['local']:7.0f} env-steps/s   Ray actors: {rate['ray']:7.0f} env-steps/s")
     print(
-        f"round trip: local {rt['local'] * 1e6:.0f} us, Ray {rt['ray'] * 1e6:.0f} us (Ray overhead {(rt['ray'] - rt['local']) * 1e6:.0f} us per round trip)"
+        f"round trip: local {rt['local'] * 1e6:.0f} us, Ray {rt['ray'] * 1e6:.0f} us (Ray overhead "
+        f"{(rt['ray'] - rt['local']) * 1e6:.0f} us per round trip)"
     )
     print(
-        f"model check: measured epoch {statistics.median(seconds['local']):.2f} s, predicted lockstep {predicted['lockstep_s']:.2f} s"
+        f"model check: measured epoch {statistics.median(seconds['local']):.2f} s, predicted lockstep "
+        f"{predicted['lockstep_s']:.2f} s"
     )
     print(f"ray/local ratio: {ratio:.2f}")
 
@@ -311,30 +314,41 @@ def markdown(r: dict) -> str:
         "# Ray env workers vs local processes",
         "",
         f"Command: `{r['command']}`. Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores; "
-        f"load (1 min) before {r['machine']['load_average_before'][0]:.2f}, per repeat {', '.join(f'{x:.2f}' for x in r['machine']['load_average_1min_per_repeat'])}.",
+        f"load (1 min) before {r['machine']['load_average_before'][0]:.2f}, per repeat "
+        f"{', '.join(f'{x:.2f}' for x in r['machine']['load_average_1min_per_repeat'])}.",
         "",
         "## Measured",
         "",
-        f"{r['episodes']} episodes ({r['env_steps']} env steps), {r['workers']} workers, TinyVLA at k = {r['window']}, lockstep (identical episodes on both backends).",
+        f"{r['episodes']} episodes ({r['env_steps']} env steps), {r['workers']} workers, TinyVLA at k = "
+        f"{r['window']}, lockstep (identical episodes on both backends).",
         "",
         "| backend | env-steps/s | round trip (empty request) |",
         "|---|---:|---:|",
         f"| local processes | {r['steps_per_s']['local']:.0f} | {r['round_trip_s']['local'] * 1e6:.0f} us |",
         f"| Ray actors | {r['steps_per_s']['ray']:.0f} | {r['round_trip_s']['ray'] * 1e6:.0f} us |",
         "",
-        f"**ray_over_local = {r['ray_over_local']:.2f}** (median per-repeat ratio); Ray's overhead per round trip: {r['ray_round_trip_overhead_s'] * 1e6:.0f} us.",
+        f"**ray_over_local = {r['ray_over_local']:.2f}** (median per-repeat ratio); Ray's overhead per "
+        f"round trip: {r['ray_round_trip_overhead_s'] * 1e6:.0f} us.",
         "",
-        f"Model components: simulator {m['measured']['sim_seconds_per_step'] * 1e3:.3f} ms per env step; policy call ({m['measured']['policy_source']}): "
+        f"Model components: simulator {m['measured']['sim_seconds_per_step'] * 1e3:.3f} ms per env step; "
+        f"policy call ({m['measured']['policy_source']}): "
         + ", ".join(f"B={b}: {s * 1e3:.2f} ms" for b, s in m["measured"]["policy_seconds_by_batch"].items())
         + ".",
         "",
-        f"Model check: the measured local epoch above took {m['model_check']['measured_local_epoch_s']:.2f} s; the model predicts {m['model_check']['predicted_lockstep_s']:.2f} s (lockstep): "
-        f"measured / predicted = {m['model_check']['measured_local_epoch_s'] / m['model_check']['predicted_lockstep_s']:.2f}. The model leaves out the engine's own work per step (observations, "
-        "requests, bookkeeping) and uneven episode lengths; scale the extrapolated times below by this factor for an estimate of real epochs.",
+        "Model check: the measured local epoch above took "
+        f"{m['model_check']['measured_local_epoch_s']:.2f} s; the model predicts "
+        f"{m['model_check']['predicted_lockstep_s']:.2f} s (lockstep): "
+        "measured / predicted = "
+        f"{m['model_check']['measured_local_epoch_s'] / m['model_check']['predicted_lockstep_s']:.2f}. The "
+        "model leaves out the engine's own work per step (observations, "
+        "requests, bookkeeping) and uneven episode lengths; scale the extrapolated times below by this "
+        "factor for an estimate of real epochs.",
         "",
         "## Extrapolated: per-epoch seconds",
         "",
-        f"{m['extrapolated']['epoch_trajectories']} trajectories per epoch at k = {m['extrapolated']['window']}, Ray round trip as measured; assumes {m['extrapolated']['assumes']}. lockstep / pipelined.",
+        f"{m['extrapolated']['epoch_trajectories']} trajectories per epoch at k = "
+        f"{m['extrapolated']['window']}, Ray round trip as measured; assumes "
+        f"{m['extrapolated']['assumes']}. lockstep / pipelined.",
         "",
         "| workers | " + " | ".join(f"{e} envs/worker" for e in SCALE_ENVS) + " |",
         "|---:|" + "---:|" * len(SCALE_ENVS),

@@ -215,7 +215,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"policy {args.policy} (window {window}), {len(tasks)} tasks x {args.episodes} episodes = {total_steps} env steps, {args.workers} processes"
+        f"policy {args.policy} (window {window}), {len(tasks)} tasks x {args.episodes} episodes = "
+        f"{total_steps} env steps, {args.workers} processes"
     )
     print(
         f"load average (1 min) before: {load_before[0]:.2f}, after each repeat: {', '.join(f'{x:.2f}' for x in loads)}"

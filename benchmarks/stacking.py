@@ -171,8 +171,10 @@ def train_small_policies(args: argparse.Namespace, workdir: Path) -> tuple[Any, 
     trimmed = load_policy(workdir / "baseline")
     trimmed.default_window = trimmed.chunk_size
     source = (
-        f"trained by this script: flow-head TinyVLA (H=15, K=10, hidden 256x3) BC-trained {args.train_iterations} iterations on "
-        f"{args.train_episodes} clean expert demos of {args.task}; the 'PolicyTrim' policy is the SAME network executed at window 15 "
+        "trained by this script: flow-head TinyVLA (H=15, K=10, hidden 256x3) BC-trained "
+        f"{args.train_iterations} iterations on "
+        f"{args.train_episodes} clean expert demos of {args.task}; the 'PolicyTrim' policy is the SAME "
+        "network executed at window 15 "
         "(a stand-in for a trimmed policy, not GRPO-trained); pass --baseline/--trimmed for real checkpoints"
     )
     return baseline, trimmed, source
@@ -336,24 +338,30 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         "# Stacking: fewer calls (PolicyTrim) x cheaper calls (compute-side tricks)",
         "",
-        f"Task {s['task']}, {s['episodes']} test episodes per row ({s['mode']} mode), latency = median of {s['latency_calls']} batch-1 calls (interleaved across rows) "
-        f"on {s['threads']} torch thread(s). Wall-clock per successful episode = calls x latency + steps x control period.",
+        f"Task {s['task']}, {s['episodes']} test episodes per row ({s['mode']} mode), latency = median of "
+        f"{s['latency_calls']} batch-1 calls (interleaved across rows) "
+        f"on {s['threads']} torch thread(s). Wall-clock per successful episode = calls x latency + steps x "
+        "control period.",
         f"Policies: {res['policies']}.",
     ]
     if s["note"]:
         lines += ["", f"**{s['note']}**"]
     lines += [
         "",
-        f"**Combined wall-clock speedup: {res['combined_wallclock_speedup']}x** (PolicyTrim alone {res['policytrim_alone_wallclock_speedup']}x; "
+        f"**Combined wall-clock speedup: {res['combined_wallclock_speedup']}x** (PolicyTrim alone "
+        f"{res['policytrim_alone_wallclock_speedup']}x; "
         f"tricks in the combination: {', '.join(res['combined_tricks']) or 'none helped'}).",
         "",
-        f"| row | window | latency ms | latency x | success | calls | steps | wall-clock s | wall-clock x | modelled VLA ({s['vla_latency_ms']:g} ms) wall-clock x |",
+        "| row | window | latency ms | latency x | success | calls | steps | wall-clock s | wall-clock x "
+        f"| modelled VLA ({s['vla_latency_ms']:g} ms) wall-clock x |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         lines.append(
-            f"| {r['name']} | {r['window']} | {r['latency_ms']:.2f} | {r['latency_speedup']:.2f} | {r['success_rate']:.2f} | "
-            f"{r['calls_per_success']} | {r['steps_per_success']} | {r['wall_clock_s']} | {r['wallclock_speedup']} | {r['modelled_vla_wallclock_speedup']} |"
+            f"| {r['name']} | {r['window']} | {r['latency_ms']:.2f} | {r['latency_speedup']:.2f} | "
+            f"{r['success_rate']:.2f} | "
+            f"{r['calls_per_success']} | {r['steps_per_success']} | {r['wall_clock_s']} | "
+            f"{r['wallclock_speedup']} | {r['modelled_vla_wallclock_speedup']} |"
         )
     notes = [f"- {r['name']}: {r['note']}" for r in res["rows"] if r["note"]]
     notes += [f"- {k}: {v}" for k, v in res["not_measured"].items()]
@@ -363,7 +371,9 @@ def markdown(res: dict[str, Any]) -> str:
         "Notes:",
         *notes,
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; load average before {m['load_average']}, after {res['machine']['after']['load_average']}; {res['seconds']['total']} s in all.",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; load average before "
+        f"{m['load_average']}, after {res['machine']['after']['load_average']}; {res['seconds']['total']} "
+        "s in all.",
         "",
     ]
     return "\n".join(lines)
@@ -405,10 +415,12 @@ def main() -> None:
     out.with_suffix(".md").write_text(markdown(res))
     for r in res["rows"]:
         print(
-            f"{r['name']:<42} k={r['window']:<3} {r['latency_ms']:8.2f} ms  calls {r['calls_per_success']}  SR {r['success_rate']:.2f}  wall x{r['wallclock_speedup']}"
+            f"{r['name']:<42} k={r['window']:<3} {r['latency_ms']:8.2f} ms  calls {r['calls_per_success']} "
+            f" SR {r['success_rate']:.2f}  wall x{r['wallclock_speedup']}"
         )
     print(
-        f"combined_wallclock_speedup = {res['combined_wallclock_speedup']}  (PolicyTrim alone {res['policytrim_alone_wallclock_speedup']}); wrote {out}"
+        f"combined_wallclock_speedup = {res['combined_wallclock_speedup']}  (PolicyTrim alone "
+        f"{res['policytrim_alone_wallclock_speedup']}); wrote {out}"
     )
 
 

@@ -120,7 +120,8 @@ def test_a_fixture_of_the_current_format_versions_is_committed():
     current = {"policy": POLICY_VERSION, "trainer": TRAINER_VERSION, "demos": DEMOS_VERSION}
     versions = [json.loads((f / "expected.json").read_text())["versions"] for f in FIXTURES]
     assert current in versions, (
-        f"format versions are now {current}: run `python tests/fixtures/make_fixtures.py` to add a fixture (keep the old ones that must still load)"
+        f"format versions are now {current}: run `python tests/fixtures/make_fixtures.py` to add a fixture "
+        "(keep the old ones that must still load)"
     )
 
 

@@ -311,7 +311,8 @@ def _corrupt_cases(tmp_path):
         (variant("unknown_key", config_obj={**config, "bogus": 1}), "does not describe a TinyVLA"),
         (
             variant("mismatch", weights_bytes=other_weights, config_obj=no_hash),
-            "weights do not match the architecture in its config \\(config.json: num_layers 2, hidden_dim 32; weights: 2 trunk layers of width 48\\)",
+            "weights do not match the architecture in its config \\(config.json: num_layers 2, hidden_dim "
+            "32; weights: 2 trunk layers of width 48\\)",
         ),
         (variant("bad_stats", config_obj={**config, "state_mean": [0.0] * 3}), "state_mean must hold 39"),
         (tmp_path / "nan", "non-finite"),

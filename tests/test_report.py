@@ -320,7 +320,8 @@ def test_pareto_caption_says_whether_a_frontier_line_is_drawn(tmp_path):
         "dominated": (
             [("baseline", 5, 120, 0.5), ("policy", 15, 80, 1.0)],
             ["policy"],
-            "policy alone is the Pareto frontier (the fewest calls, and no policy has a higher success rate), so no frontier line is drawn",
+            "policy alone is the Pareto frontier (the fewest calls, and no policy has a higher success "
+            "rate), so no frontier line is drawn",
         ),
         "traded": (
             [("baseline", 5, 120, 1.0), ("policy", 15, 80, 0.5)],

@@ -240,7 +240,8 @@ class RolloutConfig:
         _int_in("rollout.groups_per_epoch", self.groups_per_epoch, 1, L.MAX_GROUPS_PER_EPOCH)
         _require(
             self.group_size * self.groups_per_epoch <= L.MAX_TRAJECTORIES_PER_EPOCH,
-            f"rollout.group_size x rollout.groups_per_epoch must be <= {L.MAX_TRAJECTORIES_PER_EPOCH} trajectories per epoch, got {self.group_size} x {self.groups_per_epoch}",
+            f"rollout.group_size x rollout.groups_per_epoch must be <= {L.MAX_TRAJECTORIES_PER_EPOCH} "
+            f"trajectories per epoch, got {self.group_size} x {self.groups_per_epoch}",
         )
         _int_in("rollout.num_workers", self.num_workers, 0, L.MAX_WORKERS)
         _positive("rollout.step_timeout_s", self.step_timeout_s)
@@ -615,7 +616,8 @@ class RunConfig:
         _int_in("seed", self.seed, 0, L.MAX_SEED)  # the same bounds as `policytrim serve --seed`
         _require(
             self.policy.state_input != "proprio" or self.env.suite == "metaworld",
-            f"policy.state_input=proprio needs env.suite=metaworld (only the Meta-World adapter says which state entries are proprioception), got {self.env.suite!r}",
+            "policy.state_input=proprio needs env.suite=metaworld (only the Meta-World adapter says which "
+            f"state entries are proprioception), got {self.env.suite!r}",
         )
         if self.policy.kind == "expert":
             _require(

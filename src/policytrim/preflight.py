@@ -27,7 +27,8 @@ def check_backends(wandb_mode: str) -> None:
     entry points below training (collection) can check it without importing the trainer."""
     if wandb_mode != "off" and importlib.util.find_spec("wandb") is None:
         raise InputError(
-            f"logging.wandb={wandb_mode} needs the wandb package: pip install 'policytrim[wandb]' (or --logging.wandb off)"
+            f"logging.wandb={wandb_mode} needs the wandb package: pip install 'policytrim[wandb]' (or "
+            "--logging.wandb off)"
         )
 
 
@@ -60,7 +61,8 @@ def check_simulator(cfg: RunConfig) -> None:
 
         if not simulator_installed():
             raise InputError(
-                f"env.suite=libero needs the LIBERO simulator, which is not installed in {sys.executable}: {INSTALL_HINT}"
+                f"env.suite=libero needs the LIBERO simulator, which is not installed in {sys.executable}: "
+                f"{INSTALL_HINT}"
             )
         return
     packages = {"metaworld": ("metaworld", "pip install metaworld"), "gym": ("gymnasium", "pip install gymnasium")}

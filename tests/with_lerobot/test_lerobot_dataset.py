@@ -137,7 +137,8 @@ def test_reading_a_video_dataset_never_imports_torchcodec(tmp_path):
     code = (
         "import json, sys; from policytrim.data.lerobot_dataset import load_lerobot_dataset as load; "
         f"ds = load({str(tmp_path / 'video')!r}); "
-        "print(json.dumps(sorted(ds.image.reshape(len(ds.image), -1).mean(1).round().astype(int).tolist())), 'torchcodec' in sys.modules)"
+        "print(json.dumps(sorted(ds.image.reshape(len(ds.image), "
+        "-1).mean(1).round().astype(int).tolist())), 'torchcodec' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

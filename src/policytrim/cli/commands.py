@@ -68,13 +68,15 @@ def pretrain(args: Any) -> int:
 
     if not args.demos:
         raise InputError(
-            "--data is required: the demonstration dataset directory (output of `policytrim collect`, or a local LeRobotDataset)"
+            "--data is required: the demonstration dataset directory (output of `policytrim collect`, or a "
+            "local LeRobotDataset)"
         )
     cfg = run_config(args)
     out = Path(cfg.logging.out)
     metrics = run_pretrain(cfg, Path(args.demos), out, overwrite=bool(args.overwrite))
     print(
-        f"baseline checkpoint: {out}  (train {metrics['train_seconds']:.0f} s, val loss {metrics['initial_val_loss']:.3f} -> {metrics['final_val_loss']:.3f})"
+        f"baseline checkpoint: {out}  (train {metrics['train_seconds']:.0f} s, val loss "
+        f"{metrics['initial_val_loss']:.3f} -> {metrics['final_val_loss']:.3f})"
     )
     ev = metrics.get("eval")
     if ev:
@@ -171,19 +173,22 @@ def evaluate(args: Any) -> int:
             o = m["overall"]
             vs = comparison["vs_baseline"].get(name, {}).get("overall")
             extra = (
-                f"  SR drop {vs['success_rate_drop']:+.1f} [{vs['success_rate_drop_ci95'][0]:+.1f}, {vs['success_rate_drop_ci95'][1]:+.1f}], calls speedup {_fmt(vs['calls_speedup'], '.2f')}"
+                f"  SR drop {vs['success_rate_drop']:+.1f} [{vs['success_rate_drop_ci95'][0]:+.1f}, "
+                f"{vs['success_rate_drop_ci95'][1]:+.1f}], calls speedup {_fmt(vs['calls_speedup'], '.2f')}"
                 if vs
                 else "  (baseline)"
             )
             print(
-                f"{name:<22} k={str(o['window']):<3} SR {_fmt(o['success_rate'], '.3f')}  T {_fmt(o['mean_steps'], '.1f')}  C {_fmt(o['calls_per_success'], '.1f')}{extra}"
+                f"{name:<22} k={str(o['window']):<3} SR {_fmt(o['success_rate'], '.3f')}  T "
+                f"{_fmt(o['mean_steps'], '.1f')}  C {_fmt(o['calls_per_success'], '.1f')}{extra}"
             )
     for pname, r in result["robustness"].items():
         print(f"== {pname} ({r['perturbation']['description']}) ==")
         for name, m in r["policies"].items():
             o = m["overall"]
             print(
-                f"{name:<22} SR {_fmt(o['success_rate'], '.3f')}  T {_fmt(o['mean_steps'], '.1f')}  C {_fmt(o['calls_per_success'], '.1f')}"
+                f"{name:<22} SR {_fmt(o['success_rate'], '.3f')}  T {_fmt(o['mean_steps'], '.1f')}  C "
+                f"{_fmt(o['calls_per_success'], '.1f')}"
             )
     print(f"wrote {out / 'comparison.json'}, {out / 'metrics.json'}, {out / 'report.md'} and {report}")
     return 0

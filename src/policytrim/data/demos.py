@@ -298,7 +298,8 @@ def load_demos(path: str | Path) -> DemoDataset:
             raise _bad(f"{key} has shape {list(arr.shape[1:])} / {arr.dtype.name}, {META_FILE} says {spec}")
     if meta.get("num_episodes") != ds.num_episodes or meta.get("num_frames") != ds.num_frames:
         raise _bad(
-            f"{META_FILE} says {meta.get('num_episodes')} episodes / {meta.get('num_frames')} frames, the files hold {ds.num_episodes} / {ds.num_frames}"
+            f"{META_FILE} says {meta.get('num_episodes')} episodes / {meta.get('num_frames')} frames, the "
+            f"files hold {ds.num_episodes} / {ds.num_frames}"
         )
     return ds
 

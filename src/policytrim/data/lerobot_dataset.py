@@ -186,7 +186,8 @@ def feature_layout(features: dict[str, Any], env: EnvConfig | None, path: str | 
     if env is None or env.suite != "libero":
         if state is None or action is None:
             raise InputError(
-                f"LeRobotDataset {str(path)!r} lacks {' or '.join(STATE_KEYS)} and/or {' or '.join(ACTION_KEYS)}; found {_describe(features)}"
+                f"LeRobotDataset {str(path)!r} lacks {' or '.join(STATE_KEYS)} and/or "
+                f"{' or '.join(ACTION_KEYS)}; found {_describe(features)}"
             )
         cameras = [
             k for k in features if (k.startswith(IMAGE_PREFIX) or k == "observation.image") and _is_camera(features[k])
@@ -212,7 +213,8 @@ def feature_layout(features: dict[str, Any], env: EnvConfig | None, path: str | 
                 )
     if missing:
         raise InputError(
-            f"LeRobotDataset {str(path)!r} does not fit env.suite=libero: it needs {'; '.join(missing)}; found {_describe(features)}"
+            f"LeRobotDataset {str(path)!r} does not fit env.suite=libero: it needs {'; '.join(missing)}; "
+            f"found {_describe(features)}"
         )
     assert state is not None and action is not None  # checked above
     return FeatureLayout(state, action, image if env.image else None, wrist if env.image else None)
@@ -264,7 +266,8 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
     missing = [name for name in ("data", "meta/episodes") if not any((path / name).rglob("*.parquet"))]
     if missing:
         raise InputError(
-            f"LeRobotDataset {str(path)!r} has no {' and no '.join(f'{m}/*.parquet' for m in missing)} files; policytrim reads local datasets only (nothing is downloaded)"
+            f"LeRobotDataset {str(path)!r} has no {' and no '.join(f'{m}/*.parquet' for m in missing)} "
+            "files; policytrim reads local datasets only (nothing is downloaded)"
         )
     try:
         with _hub_offline():

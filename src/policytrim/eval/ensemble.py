@@ -72,7 +72,8 @@ class TemporalEnsemble:
         row executed); logp zeros (evaluation only)."""
         if generators is None:
             raise ValueError(
-                "temporal ensembling keeps memory per trajectory and needs the per-trajectory generators the rollout engine passes"
+                "temporal ensembling keeps memory per trajectory and needs the per-trajectory generators "
+                "the rollout engine passes"
             )
         out = self.policy.sample(obs, instructions, mode, generators)
         chunks = out.actions.detach()

@@ -145,7 +145,8 @@ def run_timed_episode(
         measured = clock() - start
         if chunk.ndim != 2 or chunk.shape[0] < timing.window:
             raise InputError(
-                f"the policy returned a chunk of shape {chunk.shape}; executing window {timing.window} needs [H >= {timing.window}, A]"
+                f"the policy returned a chunk of shape {chunk.shape}; executing window {timing.window} "
+                f"needs [H >= {timing.window}, A]"
             )
         return chunk, (measured if timing.latency_s is None else float(timing.latency_s))
 

@@ -119,16 +119,19 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
         elif b.kind == "figure" and b.path is not None:
             data = base64.b64encode(b.path.read_bytes()).decode()
             body.append(
-                f'<figure><img alt="{html.escape(b.text)}" src="data:image/png;base64,{data}"><figcaption>{_inline(b.text)}</figcaption></figure>'
+                f'<figure><img alt="{html.escape(b.text)}" '
+                f'src="data:image/png;base64,{data}"><figcaption>{_inline(b.text)}</figcaption></figure>'
             )
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:0.5em 0 1.2em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "table{border-collapse:collapse;margin:0.5em 0 1.2em;font-size:13px}th,td{border:1px solid "
+        "#ccc;padding:3px 8px;text-align:right}"
         "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
         "figure{margin:1em 0}figcaption{font-size:13px;color:#555}code{background:#f3f3f3;padding:0 3px}"
     )
     return (
-        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
+        "<!DOCTYPE html>\n<html><head><meta "
+        f"charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"
     )
@@ -156,7 +159,8 @@ def detect_kind(run_dir: Path) -> str:
     if (run_dir / "comparison.json").is_file() or (run_dir / "metrics.json").is_file():
         return "eval"
     raise InputError(
-        f"{run_dir} is not a run directory the report knows: expected ablation.json (ablate), summary.json + train/ (demo), "
+        f"{run_dir} is not a run directory the report knows: expected ablation.json (ablate), summary.json "
+        "+ train/ (demo), "
         "run.json + metrics.jsonl (train), or comparison.json / metrics.json (eval)"
     )
 
@@ -311,8 +315,10 @@ def robustness_rows(robustness: dict[str, Any], new: str) -> list[list[str]]:
         rows.append(
             [
                 f"{name}: {r['perturbation'].get('description', '')}",
-                f"{nice(b['success_rate'], '.3f')} / {nice(b['mean_steps'], '.1f')} / {nice(b['calls_per_success'], '.1f')}",
-                f"{nice(n['success_rate'], '.3f')} / {nice(n['mean_steps'], '.1f')} / {nice(n['calls_per_success'], '.1f')}",
+                f"{nice(b['success_rate'], '.3f')} / {nice(b['mean_steps'], '.1f')} / "
+                f"{nice(b['calls_per_success'], '.1f')}",
+                f"{nice(n['success_rate'], '.3f')} / {nice(n['mean_steps'], '.1f')} / "
+                f"{nice(n['calls_per_success'], '.1f')}",
                 f"{v['success_rate_drop']:+.1f} {_ci(v['success_rate_drop_ci95'], spec='+.1f')}",
                 nice(v["calls_speedup"], ".2f"),
             ]
@@ -372,7 +378,10 @@ def pareto_caption(points: dict[str, Any], subject: str) -> str:
     if len(frontier) > 1:
         return f"{subject}; the line is the Pareto frontier ({', '.join(frontier)})."
     if frontier:
-        return f"{subject}; {frontier[0]} alone is the Pareto frontier (the fewest calls, and no policy has a higher success rate), so no frontier line is drawn."
+        return (
+            f"{subject}; {frontier[0]} alone is the Pareto frontier (the fewest calls, and no policy has a "
+            "higher success rate), so no frontier line is drawn."
+        )
     return f"{subject}; no policy had a successful episode, so there is nothing to plot."
 
 
@@ -391,9 +400,12 @@ def comparison_section(sec: Section, suite: dict[str, Any], headline_mode: str, 
         sec.add(h(f"{'Headline: ' if first else ''}{mode} mode, paired on the same test states", level))
         sec.add(
             p(
-                f"Every policy ran on the same {suite.get('episodes_per_task', '?')} test states per task with the same random numbers (seed {suite.get('seed', '?')}); "
-                "SR drop is baseline − policy in points with Newcombe's paired 95% interval; T and C are means over successful episodes; "
-                "calls speedup = mean C of the baseline / mean C of the policy (measured); paper speedup = (T_base/k_base)/(T/k)."
+                f"Every policy ran on the same {suite.get('episodes_per_task', '?')} test states per task "
+                f"with the same random numbers (seed {suite.get('seed', '?')}); "
+                "SR drop is baseline − policy in points with Newcombe's paired 95% interval; T and C are "
+                "means over successful episodes; "
+                "calls speedup = mean C of the baseline / mean C of the policy (measured); paper speedup = "
+                "(T_base/k_base)/(T/k)."
             )
         )
         sec.add(table(COMPARISON_HEADER, comparison_rows(comp)))
@@ -419,7 +431,8 @@ def comparison_section(sec: Section, suite: dict[str, Any], headline_mode: str, 
             sec.add(
                 figure(
                     path,
-                    f"Fig. 1 (ours): the starting policy executing fixed windows (no training; Table 11) and the trained policies at their windows, {mode} mode, test states.",
+                    "Fig. 1 (ours): the starting policy executing fixed windows (no training; Table 11) "
+                    f"and the trained policies at their windows, {mode} mode, test states.",
                 )
             )
         points = {n: m["overall"] for n, m in comp["policies"].items()}
@@ -450,7 +463,8 @@ def comparison_section(sec: Section, suite: dict[str, Any], headline_mode: str, 
             sec.add(
                 figure(
                     path,
-                    "Fig. 1a (ours): distribution of physical steps of successful test episodes; dashed lines are the means.",
+                    "Fig. 1a (ours): distribution of physical steps of successful test episodes; dashed "
+                    "lines are the means.",
                 )
             )
     robust = suite.get("robustness") or {}
@@ -461,7 +475,8 @@ def comparison_section(sec: Section, suite: dict[str, Any], headline_mode: str, 
             sec.add(h(f"Robustness (Table 10): {first['baseline']} vs {main}, {first.get('mode', '')} mode", level))
             sec.add(
                 p(
-                    "SR / mean T / mean C under each perturbation, same states and same perturbation noise for both policies (`policytrim.eval.robustness`)."
+                    "SR / mean T / mean C under each perturbation, same states and same perturbation noise "
+                    "for both policies (`policytrim.eval.robustness`)."
                 )
             )
             sec.add(
@@ -488,7 +503,10 @@ def _curves(sec: Section, train_dir: Path, title: str) -> None:
     sec.add(
         figure(
             path,
-            "Fig. 4 (ours): per-epoch reward, success rate, steps and window of the training rollouts (thin: raw, thick: moving average), validation points dashed; the dotted line separates the stages. The two stages' rewards have different scales (eq 2 in [0, 2], eq 7 below 1); Stage 1's rollout window is the mean of the windows assigned to the group slots.",
+            "Fig. 4 (ours): per-epoch reward, success rate, steps and window of the training rollouts "
+            "(thin: raw, thick: moving average), validation points dashed; the dotted line separates the "
+            "stages. The two stages' rewards have different scales (eq 2 in [0, 2], eq 7 below 1); Stage "
+            "1's rollout window is the mean of the windows assigned to the group slots.",
         )
     )
 
@@ -571,7 +589,8 @@ def _window_choice(sec: Section, wc: Any) -> None:
         stands = f"; its SR {nice(chosen)} is {relation_in_points(chosen, ref, tol)} the reference"
     sec.add(
         p(
-            f"Stage 1 window choice: **k = {wc.window}**, the longest window whose validation SR is at most {tol:g} points "
+            f"Stage 1 window choice: **k = {wc.window}**, the longest window whose validation SR is at "
+            f"most {tol:g} points "
             f"below the reference, {REFERENCE_WORDS.get(reference, reference)} (SR {nice(ref)}){stands} "
             f"({wc.episodes_per_task} states per task, {wc.mode} mode)."
         )
@@ -612,21 +631,28 @@ def pipeline_section(sec: Section, level: int = 2) -> None:
     sec.add(h(f"PolicyTrim pipeline: `{d.as_posix()}`", level))
     facts = [
         f"tasks: {', '.join(summary.get('tasks', []) or ['?'])}",
-        f"horizon {summary.get('horizon', '?')}, {summary.get('episodes_per_task', '?')} test states per task, headline mode: **{mode}**",
+        f"horizon {summary.get('horizon', '?')}, {summary.get('episodes_per_task', '?')} test states per "
+        f"task, headline mode: **{mode}**",
     ]
     if summary.get("stage1_window_choice"):
         facts.append(
-            f"Stage 1 window choice: k = {summary['stage1_window_choice']['window']}; Stage 2 budget: {(summary.get('stage2_budget') or {}).get('budget', '–')}"
+            f"Stage 1 window choice: k = {summary['stage1_window_choice']['window']}; Stage 2 budget: "
+            f"{(summary.get('stage2_budget') or {}).get('budget', '–')}"
         )
     if summary.get("calls_speedup") is not None:
         lo, hi = summary["success_rate_drop_ci95"]
         facts.append(
-            f"PolicyTrim vs baseline: **{summary['calls_speedup']:.2f}× fewer calls** (paper formula {nice(summary['speedup_paper'], '.2f')}×), steps {-100 * (summary['steps_reduction'] or 0):+.0f}%, SR drop {summary['success_rate_drop']:+.1f} points (paired 95% CI [{lo:+.1f}, {hi:+.1f}])"
+            f"PolicyTrim vs baseline: **{summary['calls_speedup']:.2f}× fewer calls** (paper formula "
+            f"{nice(summary['speedup_paper'], '.2f')}×), steps "
+            f"{-100 * (summary['steps_reduction'] or 0):+.0f}%, SR drop "
+            f"{summary['success_rate_drop']:+.1f} points (paired 95% CI [{lo:+.1f}, {hi:+.1f}])"
         )
     if summary.get("temporal_ensembling"):
         te = summary["temporal_ensembling"]
         facts.append(
-            f"ACT temporal ensembling of the baseline (reference for calls): SR {nice(te['success_rate'])}, T {nice(te['mean_steps'], '.1f')}, C {nice(te['calls_per_success'], '.1f')} (one call per step)"
+            "ACT temporal ensembling of the baseline (reference for calls): SR "
+            f"{nice(te['success_rate'])}, T {nice(te['mean_steps'], '.1f')}, C "
+            f"{nice(te['calls_per_success'], '.1f')} (one call per step)"
         )
     if summary.get("demonstrations"):
         dm = summary["demonstrations"]
@@ -679,7 +705,9 @@ def pipeline_section(sec: Section, level: int = 2) -> None:
             sec.add(
                 figure(
                     dest,
-                    f"{film.stem}: baseline (top) and PolicyTrim (bottom) from the same test state with the same random numbers; frames at the same step numbers, so the shorter episode ends earlier.",
+                    f"{film.stem}: baseline (top) and PolicyTrim (bottom) from the same test state with "
+                    "the same random numbers; frames at the same step numbers, so the shorter episode "
+                    "ends earlier.",
                 )
             )
     if summary.get("clean_expert_steps"):
@@ -713,7 +741,8 @@ def pipeline_section(sec: Section, level: int = 2) -> None:
         m = summary["machine"]
         sec.add(
             p(
-                f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}; load average at start {nice((m.get('load_average_start') or [None])[0], '.2f')}."
+                f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}; "
+                f"load average at start {nice((m.get('load_average_start') or [None])[0], '.2f')}."
             )
         )
 
@@ -728,7 +757,8 @@ def _analysis(sec: Section, summary: dict[str, Any], level: int) -> None:
     items.append(
         f"Window: {k_b} → {k_p} (×{k_p / k_b:.2f} fewer calls at equal steps). Steps: {base['mean_steps']:.1f} → "
         + (f"{s1['mean_steps']:.1f} (Stage 1) → " if s1 and s1.get("mean_steps") else "")
-        + f"{pt['mean_steps']:.1f} (×{base['mean_steps'] / pt['mean_steps']:.2f}). Calls: {base['calls_per_success']:.1f} → "
+        + f"{pt['mean_steps']:.1f} (×{base['mean_steps'] / pt['mean_steps']:.2f}). Calls: "
+        f"{base['calls_per_success']:.1f} → "
         + (f"{s1['calls_per_success']:.1f} → " if s1 and s1.get("calls_per_success") else "")
         + f"{pt['calls_per_success']:.1f}."
     )
@@ -770,7 +800,8 @@ def train_section(sec: Section, level: int = 2) -> None:
     sec.add(
         ul(
             [
-                f"stages: {', '.join(meta.get('stages', []))}; status: {meta.get('status', '?')}; starting checkpoint: `{meta.get('init', '?')}`",
+                f"stages: {', '.join(meta.get('stages', []))}; status: {meta.get('status', '?')}; starting "
+                f"checkpoint: `{meta.get('init', '?')}`",
                 _final_policy(d) if summary else "the run has not completed (no summary.json)",
             ]
         )
@@ -785,8 +816,8 @@ def _final_policy(run_dir: Path) -> str:
     spec = _json(path / "config.json") or {}
     budget = spec.get("step_budget")
     return (
-        f"final policy: `{path.as_posix()}` (window k = {spec.get('default_window', '?')}, trained by {spec.get('trained_stage', 'bc')}"
-        + (f", step budget B = {budget:g})" if budget else ")")
+        f"final policy: `{path.as_posix()}` (window k = {spec.get('default_window', '?')}, trained by "
+        f"{spec.get('trained_stage', 'bc')}" + (f", step budget B = {budget:g})" if budget else ")")
     )
 
 
@@ -822,9 +853,12 @@ def ablation_section(sec: Section, level: int = 2) -> None:
     sec.add(
         ul(
             [
-                f"starting checkpoint: `{ab.get('init', '?')}`; tasks: {', '.join(ab.get('tasks', []))}; {ab.get('episodes_per_task', '?')} test states per task, {ab.get('mode', '?')} mode, paired",
+                f"starting checkpoint: `{ab.get('init', '?')}`; tasks: {', '.join(ab.get('tasks', []))}; "
+                f"{ab.get('episodes_per_task', '?')} test states per task, {ab.get('mode', '?')} mode, "
+                "paired",
                 "every variant starts from the same checkpoint with the same settings except the one named; "
-                "the sweeps (group size, budget multiplier, stability coefficient) run Stage 2 from the full run's Stage 1 policy at its chosen window",
+                "the sweeps (group size, budget multiplier, stability coefficient) run Stage 2 from the "
+                "full run's Stage 1 policy at its chosen window",
             ]
         )
     )
@@ -866,7 +900,8 @@ def ablation_section(sec: Section, level: int = 2) -> None:
         sec.add(
             figure(
                 path,
-                "Reward, rollout success rate and steps per epoch for each variant's defining stage (moving average); Fig. 4 compares 'step-saving only' with 'step-saving + stability'.",
+                "Reward, rollout success rate and steps per epoch for each variant's defining stage "
+                "(moving average); Fig. 4 compares 'step-saving only' with 'step-saving + stability'.",
             )
         )
     suite = load_suite(d / "eval", ab.get("mode", "sampled"))
@@ -891,7 +926,9 @@ def ablation_section(sec: Section, level: int = 2) -> None:
     if ab.get("timings_s"):
         sec.add(
             p(
-                f"Wall time: training {ab['timings_s'].get('train', 0) / 60:.1f} min, evaluation {ab['timings_s'].get('eval', 0) / 60:.1f} min; load average at start {nice((ab.get('machine') or {}).get('load_average_start', [None])[0], '.2f')}."
+                f"Wall time: training {ab['timings_s'].get('train', 0) / 60:.1f} min, evaluation "
+                f"{ab['timings_s'].get('eval', 0) / 60:.1f} min; load average at start "
+                f"{nice((ab.get('machine') or {}).get('load_average_start', [None])[0], '.2f')}."
             )
         )
 
@@ -917,7 +954,8 @@ def stacking_blocks(path: Path) -> list[Block]:
     data = _json(path)
     if data is None:
         raise InputError(
-            f"--stacking {str(path)!r}: no such file (a benchmarks/stacking.py result, e.g. benchmarks/results/stacking.json)"
+            f"--stacking {str(path)!r}: no such file (a benchmarks/stacking.py result, e.g. "
+            "benchmarks/results/stacking.json)"
         )
     rows = data.get("rows") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not all(
@@ -931,8 +969,10 @@ def stacking_blocks(path: Path) -> list[Block]:
     return [
         h("Measured stacking: fewer calls x cheaper calls (Table 7)"),
         p(
-            f"From `{path.as_posix()}`: per-call latency measured at batch 1 ({settings.get('task', '?')}, {settings.get('episodes', '?')} episodes per row); "
-            f"wall-clock per successful episode = calls x latency + steps x control period. The last column replaces the measured latency by a modelled "
+            f"From `{path.as_posix()}`: per-call latency measured at batch 1 ({settings.get('task', '?')}, "
+            f"{settings.get('episodes', '?')} episodes per row); "
+            "wall-clock per successful episode = calls x latency + steps x control period. The last "
+            "column replaces the measured latency by a modelled "
             f"{nice(vla_ms, '.0f')} ms billion-parameter VLA call, as `--latency-ms` does in the tables above. "
             f"Combined wall-clock speedup: {nice(data.get('combined_wallclock_speedup'), '.2f')}x."
         ),

@@ -75,7 +75,8 @@ def perturbation_from_dict(data: dict[str, Any]) -> Perturbation:
     unknown = set(data) - {"name", "obs_noise", "act_noise", "blur_sigma", "occlusion", "seed"}
     if unknown:
         raise InputError(
-            f"unknown perturbation key(s) {sorted(unknown)}; known: name, obs_noise, act_noise, blur_sigma, occlusion, seed"
+            f"unknown perturbation key(s) {sorted(unknown)}; known: name, obs_noise, act_noise, "
+            "blur_sigma, occlusion, seed"
         )
     return Perturbation(**data)
 
@@ -126,7 +127,8 @@ class PerturbedEnv:
         self._rng = np.random.default_rng(0)
         if perturbation.needs_image and OBS_IMAGE not in env.observation_spec:
             raise InputError(
-                f"perturbation {perturbation.name!r} blurs or occludes images, but the env renders none (set env.image=true)"
+                f"perturbation {perturbation.name!r} blurs or occludes images, but the env renders none "
+                "(set env.image=true)"
             )
 
     def __getattr__(self, name: str) -> Any:  # task, instruction, horizon, spec, control period, terminated

@@ -131,7 +131,8 @@ def parse_variant(name: str) -> Variant:
             after_stage1=True,
         )
     raise InputError(
-        f"unknown ablation variant {name!r}; known: {', '.join(NAMED)}, fixed_k<K> (e.g. fixed_k15), group_size_<G> (e.g. group_size_16), "
+        f"unknown ablation variant {name!r}; known: {', '.join(NAMED)}, fixed_k<K> (e.g. fixed_k15), "
+        "group_size_<G> (e.g. group_size_16), "
         "budget_<B> (e.g. budget_1.1), stability_<S> (e.g. stability_0.05)"
     )
 
@@ -182,8 +183,10 @@ def describe_variants(cfg: RunConfig, names: Sequence[str]) -> str:
     for v in plan(names):
         lines.append(f"{v.name:<20} {v.stage or '-':<8} {estimate_minutes(cfg, v):>8.1f}  {v.description}")
     lines.append(
-        f"(estimates at 1,500 env steps/s and 120 steps per episode; Stage 1 {cfg.stage1.epochs} epochs, Stage 2 {cfg.stage2.epochs} epochs, "
-        f"{cfg.rollout.groups_per_epoch} groups x G={cfg.rollout.group_size} per epoch, tasks: {', '.join(cfg.env.tasks)})"
+        f"(estimates at 1,500 env steps/s and 120 steps per episode; Stage 1 {cfg.stage1.epochs} epochs, "
+        f"Stage 2 {cfg.stage2.epochs} epochs, "
+        f"{cfg.rollout.groups_per_epoch} groups x G={cfg.rollout.group_size} per epoch, tasks: "
+        f"{', '.join(cfg.env.tasks)})"
     )
     return "\n".join(lines)
 
@@ -349,26 +352,36 @@ def format_table(result: dict[str, Any]) -> str:
     """The ablation table in Markdown (the paper's columns SR, steps, window, speedup, plus the
     measured calls, the paired SR interval and the training time)."""
     lines = [
-        f"Ablation from `{result['init']}` on {', '.join(result['tasks'])}: {result['episodes_per_task']} test states per task, {result['mode']} mode, paired (same states and random numbers for every row).",
+        f"Ablation from `{result['init']}` on {', '.join(result['tasks'])}: {result['episodes_per_task']} "
+        f"test states per task, {result['mode']} mode, paired (same states and random numbers for every "
+        "row).",
         "",
-        "| variant | ext / step / stab | what was trained | k | SR [95% CI] | SR drop, points [paired 95% CI] | steps T | calls C | calls speedup | paper speedup | train min |",
+        "| variant | ext / step / stab | what was trained | k | SR [95% CI] | SR drop, points [paired 95% "
+        "CI] | steps T | calls C | calls speedup | paper speedup | train min |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in result["variants"]:
         m, vs = v["metrics"], v.get("vs_baseline")
         lo, hi = m["success_ci95"]
         drop = (
-            f"{vs['success_rate_drop']:+.1f} [{vs['success_rate_drop_ci95'][0]:+.1f}, {vs['success_rate_drop_ci95'][1]:+.1f}]"
+            f"{vs['success_rate_drop']:+.1f} [{vs['success_rate_drop_ci95'][0]:+.1f}, "
+            f"{vs['success_rate_drop_ci95'][1]:+.1f}]"
             if vs
             else "(reference)"
         )
         lines.append(
-            f"| {v['name']} | {v.get('components') or ''} | {v['description']} | {v['window']} | {_f(m['success_rate'], '.3f')} [{lo:.2f}, {hi:.2f}] | {drop} | {_f(m['mean_steps'], '.1f')} | "
-            f"{_f(m['calls_per_success'], '.1f')} | {_f(vs['calls_speedup'], '.2f') if vs else '1.00'} | {_f(vs['speedup_paper'], '.2f') if vs else '1.00'} | {(v.get('train_seconds') or 0) / 60:.1f} |"
+            f"| {v['name']} | {v.get('components') or ''} | {v['description']} | {v['window']} | "
+            f"{_f(m['success_rate'], '.3f')} [{lo:.2f}, {hi:.2f}] | {drop} | {_f(m['mean_steps'], '.1f')} "
+            "| "
+            f"{_f(m['calls_per_success'], '.1f')} | {_f(vs['calls_speedup'], '.2f') if vs else '1.00'} | "
+            f"{_f(vs['speedup_paper'], '.2f') if vs else '1.00'} | "
+            f"{(v.get('train_seconds') or 0) / 60:.1f} |"
         )
     t = result.get("timings_s", {})
     lines += [
         "",
-        f"Training {t.get('train', 0) / 60:.1f} min, evaluation {t.get('eval', 0) / 60:.1f} min; load average at start {result['machine']['load_average_start'][0]:.2f}, at end {result['machine']['load_average_end'][0]:.2f} ({result['machine']['cores']} cores).",
+        f"Training {t.get('train', 0) / 60:.1f} min, evaluation {t.get('eval', 0) / 60:.1f} min; load "
+        f"average at start {result['machine']['load_average_start'][0]:.2f}, at end "
+        f"{result['machine']['load_average_end'][0]:.2f} ({result['machine']['cores']} cores).",
     ]
     return "\n".join(lines)

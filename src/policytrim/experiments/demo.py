@@ -291,7 +291,8 @@ def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[s
 
         with phase(
             "collect",
-            f"collecting {cfg.data.episodes} {'suboptimal' if cfg.data.suboptimal else 'clean'} expert demonstrations per task for {', '.join(cfg.env.tasks)}",
+            f"collecting {cfg.data.episodes} {'suboptimal' if cfg.data.suboptimal else 'clean'} expert "
+            f"demonstrations per task for {', '.join(cfg.env.tasks)}",
         ):
             demos = collect_demos(cfg, out / "demos", progress=cfg.logging.progress)
             collected = demos.meta["collection"]["collected"]
@@ -307,7 +308,8 @@ def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[s
             train(train_cfg, "both", str(out / "baseline"))
         with phase(
             "eval",
-            f"evaluating baseline, fixed-horizon sweep, Stage 1 and PolicyTrim on {cfg.eval.episodes} test states per task ({cfg.eval.mode} mode, paired)",
+            f"evaluating baseline, fixed-horizon sweep, Stage 1 and PolicyTrim on {cfg.eval.episodes} test "
+            f"states per task ({cfg.eval.mode} mode, paired)",
         ):
             summary = evaluate_pipeline(cfg, out / "baseline", out / "train", out)
     timings["total_s"] = time.perf_counter() - t_all
@@ -342,12 +344,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     for name, m in rows:
         speed = base_calls / m["calls_per_success"] if base_calls and m["calls_per_success"] else None
         lines.append(
-            f"{name:<16} {f(m['success_rate'], '.3f'):>6} {f(m['mean_steps'], '.1f'):>7} {str(m['window']):>6} {f(m['calls_per_success'], '.1f'):>7} {f(speed, '.2f'):>13}"
+            f"{name:<16} {f(m['success_rate'], '.3f'):>6} {f(m['mean_steps'], '.1f'):>7} "
+            f"{str(m['window']):>6} {f(m['calls_per_success'], '.1f'):>7} {f(speed, '.2f'):>13}"
         )
     lo, hi = summary["success_rate_drop_ci95"]
     lines.append(
-        f"PolicyTrim vs baseline: {f(summary['calls_speedup'], '.2f')}x fewer calls, paper speedup {f(summary['speedup_paper'], '.2f')}x, "
-        f"steps -{100 * (summary['steps_reduction'] or 0):.0f}%, SR drop {summary['success_rate_drop']:+.1f} points (paired 95% CI [{lo:+.1f}, {hi:+.1f}])"
+        f"PolicyTrim vs baseline: {f(summary['calls_speedup'], '.2f')}x fewer calls, paper speedup "
+        f"{f(summary['speedup_paper'], '.2f')}x, "
+        f"steps -{100 * (summary['steps_reduction'] or 0):.0f}%, SR drop "
+        f"{summary['success_rate_drop']:+.1f} points (paired 95% CI [{lo:+.1f}, {hi:+.1f}])"
     )
     lines.append(
         f"{summary['mode']} mode, {summary['episodes_per_task']} test states per task, horizon {summary.get('horizon')}"

@@ -115,7 +115,8 @@ class WindowAdaptor(nn.Module):
             raise InputError(f"adaptor state must be shaped [B, {self.state_dim}], got {tuple(state.shape)}")
         if chunk.shape[1:] != (self.chunk_size, self.action_dim) or chunk.shape[0] != state.shape[0]:
             raise InputError(
-                f"adaptor chunk must be shaped [{state.shape[0]}, {self.chunk_size}, {self.action_dim}], got {tuple(chunk.shape)}"
+                f"adaptor chunk must be shaped [{state.shape[0]}, {self.chunk_size}, {self.action_dim}], "
+                f"got {tuple(chunk.shape)}"
             )
         dtype = self.state_mean.dtype
         x = (state.to(dtype) - self.state_mean) / self.state_std
@@ -148,7 +149,8 @@ class WindowAdaptor(nn.Module):
         match = windows[:, None] == table[None]
         if not bool(match.any(dim=1).all()):
             raise InputError(
-                f"windows {sorted(set(windows.tolist()) - set(self.windows))} are not among the adaptor's {list(self.windows)}"
+                f"windows {sorted(set(windows.tolist()) - set(self.windows))} are not among the adaptor's "
+                f"{list(self.windows)}"
             )
         index = match.float().argmax(dim=1)
         return torch.log_softmax(self.logits(state, chunk), dim=-1).gather(1, index[:, None]).squeeze(1)
@@ -180,7 +182,8 @@ class WindowAdaptor(nn.Module):
         where = f"window adaptor {str(directory)!r}"
         if config.get("kind") != KIND or config.get("format_version") != FORMAT_VERSION:
             raise InputError(
-                f"{where}: expected kind {KIND!r} version {FORMAT_VERSION}, got {config.get('kind')!r} version {config.get('format_version')!r}"
+                f"{where}: expected kind {KIND!r} version {FORMAT_VERSION}, got {config.get('kind')!r} "
+                f"version {config.get('format_version')!r}"
             )
         keys = ("state_dim", "action_dim", "chunk_size", "windows", "initial_window", "hidden_dim", "initial_mass")
         missing = [k for k in keys if k not in config]

@@ -381,7 +381,8 @@ class TinyVLA(nn.Module):
         version = spec.get("format_version")
         if version not in READABLE_VERSIONS:
             raise InputError(
-                f"policy format version {version!r} is not supported by this policytrim (it reads versions {', '.join(map(str, READABLE_VERSIONS))}); "
+                f"policy format version {version!r} is not supported by this policytrim (it reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}); "
                 "re-save the checkpoint with a matching policytrim version"
             )
         missing = [k for k in _REQUIRED if k not in spec]
@@ -413,7 +414,8 @@ class TinyVLA(nn.Module):
         width = shapes.get("trunk.0.0.weight", (None,))[0]
         if len(trunk) != spec["num_layers"] or width != spec["hidden_dim"]:
             raise InputError(
-                f"{where}: weights do not match the architecture in its config (config.json: num_layers {spec['num_layers']}, "
+                f"{where}: weights do not match the architecture in its config (config.json: num_layers "
+                f"{spec['num_layers']}, "
                 f"hidden_dim {spec['hidden_dim']}; weights: {len(trunk)} trunk layers of width {width})"
             )
 
@@ -490,7 +492,8 @@ class TinyVLA(nn.Module):
         if self.image is not None:
             if "image" not in obs:
                 raise InputError(
-                    f"this policy needs obs['image'] (uint8 [B, {', '.join(map(str, self.image_shape))}]); run the env with images (--env.image --env.image-size {self.image_shape[0]})"
+                    f"this policy needs obs['image'] (uint8 [B, {', '.join(map(str, self.image_shape))}]); "
+                    f"run the env with images (--env.image --env.image-size {self.image_shape[0]})"
                 )
             parts.append(self.image(torch.as_tensor(obs["image"], device=self.device)))
         return self.trunk(torch.cat(parts, dim=-1))
@@ -660,4 +663,8 @@ class TinyVLA(nn.Module):
 
     def extra_repr(self) -> str:
         params = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return f"head={self.head_kind}, H={self.chunk_size}, k={self.default_window}, text={self.text_encoder_name}, image={self.image_shape}, state_dims={self.state_dims}, params={params}"
+        return (
+            f"head={self.head_kind}, H={self.chunk_size}, k={self.default_window}, "
+            f"text={self.text_encoder_name}, image={self.image_shape}, state_dims={self.state_dims}, "
+            f"params={params}"
+        )

@@ -251,7 +251,8 @@ class RolloutEngine:
         if adaptor is not None:
             if int(adaptor.chunk_size) != int(policy.chunk_size) or max(adaptor.windows) > max_window:
                 raise ValueError(
-                    f"the window adaptor (chunk size {adaptor.chunk_size}, windows {list(adaptor.windows)}) does not fit "
+                    f"the window adaptor (chunk size {adaptor.chunk_size}, windows "
+                    f"{list(adaptor.windows)}) does not fit "
                     f"this policy (chunk size {policy.chunk_size}, windows up to {max_window})"
                 )
             if win.numel() and int(win.min()) < max(adaptor.windows):
@@ -423,13 +424,15 @@ class _Rollout:
         if fault.bug:
             raise AdapterError(
                 f"the env adapter raised {fault.kind} on {state.task} state {state.index}: {fault.message}. "
-                f"This is a programming error, not a simulator fault, so the run stops instead of dropping the group.\n{fault.traceback}"
+                "This is a programming error, not a simulator fault, so the run stops instead of dropping "
+                f"the group.\n{fault.traceback}"
             )
         self.fault_counts[fault.kind] = self.fault_counts.get(fault.kind, 0) + 1
         if fault.kind not in self.engine.warned_fault_kinds:
             self.engine.warned_fault_kinds.add(fault.kind)
             log.warning(
-                "first %s fault (trajectory %d, %s state %d): %s; its group is dropped (later ones of this kind are counted, logged at DEBUG)\n%s",
+                "first %s fault (trajectory %d, %s state %d): %s; its group is dropped (later ones of this "
+                "kind are counted, logged at DEBUG)\n%s",
                 fault.kind,
                 i,
                 state.task,

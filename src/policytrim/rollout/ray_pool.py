@@ -303,7 +303,8 @@ class RayPool(WorkerPool):
         self.restarts[worker] += 1
         if 0 <= self._max_restarts < self.restarts[worker]:
             raise WorkerError(
-                f"env worker {worker} was lost {self.restarts[worker]} times, more than ray.max_restarts={self._max_restarts}"
+                f"env worker {worker} was lost {self.restarts[worker]} times, more than "
+                f"ray.max_restarts={self._max_restarts}"
             )
         if worker not in self._dead:
             ray.kill(self._actors[worker], no_restart=False)

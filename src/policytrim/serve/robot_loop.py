@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for r in results:
         print(
-            f"episode {r.index}: success={r.success} steps={r.steps} calls={r.calls} control={r.control_hz:.1f} Hz round-trip={r.round_trip_ms:.2f} ms"
+            f"episode {r.index}: success={r.success} steps={r.steps} calls={r.calls} "
+            f"control={r.control_hz:.1f} Hz round-trip={r.round_trip_ms:.2f} ms"
         )
     print(
         f"{args.task}: success {summary['success_rate']:.2f} over {summary['episodes']} episodes, "

@@ -86,7 +86,8 @@ class ServeConfig:
             raise InputError(f"port must be in [0, 65535], got {self.port!r}")
         if not (_is_int(self.max_message_bytes) and 1024 <= self.max_message_bytes <= L.MAX_MESSAGE_BYTES):
             raise InputError(
-                f"max message size must be at least 1024 bytes and at most {L.MAX_MESSAGE_BYTES} (1 GiB), got {self.max_message_bytes!r}"
+                f"max message size must be at least 1024 bytes and at most {L.MAX_MESSAGE_BYTES} (1 GiB), "
+                f"got {self.max_message_bytes!r}"
             )
         if self.mode not in ("sampled", "deterministic"):
             raise InputError(f"serve mode must be sampled or deterministic, got {self.mode!r}")
@@ -215,7 +216,8 @@ class PolicyService:
                 )
             if tuple(value.shape) != spec.shape:
                 raise InputError(
-                    f"observation {key!r} has shape {tuple(value.shape)}, expected {spec.shape} (one unbatched observation)"
+                    f"observation {key!r} has shape {tuple(value.shape)}, expected {spec.shape} (one "
+                    "unbatched observation)"
                 )
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 raise InputError(f"observation {key!r} holds NaN or infinite values")

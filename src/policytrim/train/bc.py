@@ -97,7 +97,8 @@ def chunk_data(dataset: Any, chunk_size: int) -> ChunkData:
         or not (action.shape[0] == episode.shape[0] == frame.shape[0] == task.shape[0] == frames)
     ):
         raise InputError(
-            f"demonstration arrays disagree in length: state {state.shape}, action {action.shape}, episode_index {episode.shape}"
+            f"demonstration arrays disagree in length: state {state.shape}, action {action.shape}, "
+            f"episode_index {episode.shape}"
         )
     if not (np.isfinite(state).all() and np.isfinite(action).all()):
         raise InputError("the demonstration dataset holds non-finite states or actions")
@@ -316,7 +317,8 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
 
         if not simulator_installed():  # the baseline evaluation would fail after training
             raise InputError(
-                f"pretrain.eval_episodes={cfg.pretrain.eval_episodes} evaluates the baseline in the LIBERO simulator, which is not installed: {INSTALL_HINT}; or pass --pretrain.eval-episodes 0"
+                f"pretrain.eval_episodes={cfg.pretrain.eval_episodes} evaluates the baseline in the LIBERO "
+                f"simulator, which is not installed: {INSTALL_HINT}; or pass --pretrain.eval-episodes 0"
             )
     dataset = _load(data, cfg.env)
     chunks = chunk_data(dataset, cfg.policy.chunk_size)

@@ -195,7 +195,8 @@ def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> di
         raise InputError(f"checkpoint {checkpoint} is unreadable or incomplete: {exc}") from None
     if state.get("format_version") != FORMAT_VERSION:
         raise InputError(
-            f"checkpoint {checkpoint} has trainer format {state.get('format_version')!r}; this version reads {FORMAT_VERSION}"
+            f"checkpoint {checkpoint} has trainer format {state.get('format_version')!r}; this version "
+            f"reads {FORMAT_VERSION}"
         )
     try:
         optimizer_from_files(optimizer, tensors, state.pop("optimizer"))

@@ -283,15 +283,18 @@ def run_stage(
             failed_epochs += 1
             if failed_epochs >= MAX_FAILED_EPOCHS:
                 raise RuntimeError(
-                    f"{stage.name}: every rollout group failed (simulator faults or worker timeouts) in {failed_epochs} epochs in a row; see the log"
+                    f"{stage.name}: every rollout group failed (simulator faults or worker timeouts) in "
+                    f"{failed_epochs} epochs in a row; see the log"
                 )
         else:
             failed_epochs = 0
         if everyone.dropped_groups > cfg.rollout.max_dropped_fraction * len(starts):
             kinds = ", ".join(f"{n} x {kind}" for kind, n in sorted(everyone.fault_counts.items()))
             raise RuntimeError(
-                f"{stage.name} epoch {epoch + 1}: {everyone.dropped_groups} of {len(starts)} groups dropped ({kinds}), more than "
-                f"rollout.max_dropped_fraction={cfg.rollout.max_dropped_fraction:g}; see the log for the first fault of each kind"
+                f"{stage.name} epoch {epoch + 1}: {everyone.dropped_groups} of {len(starts)} groups "
+                f"dropped ({kinds}), more than "
+                f"rollout.max_dropped_fraction={cfg.rollout.max_dropped_fraction:g}; see the log for the "
+                "first fault of each kind"
             )
 
         rewards, reward_terms = stage.rewards(everyone)
@@ -397,7 +400,8 @@ def check_policy_for_run(policy: ChunkPolicy, cfg: RunConfig, stages: list[str],
     supported = supported_stages(policy)
     if any(s not in supported for s in stages):
         raise InputError(
-            f"{where} cannot run Stage 1 (extend): it decodes exactly the window it executes (chunk size {policy.chunk_size}, "
+            f"{where} cannot run Stage 1 (extend): it decodes exactly the window it executes (chunk size "
+            f"{policy.chunk_size}, "
             f"window {policy.default_window}) and Stage 1 needs a chunk longer than the executed window; it supports "
             f"--stage {' | '.join(supported)} (Stage 2 only, as for an autoregressive OpenVLA in the paper's Table 3)"
         )
@@ -405,7 +409,8 @@ def check_policy_for_run(policy: ChunkPolicy, cfg: RunConfig, stages: list[str],
     if shape and (not cfg.env.image or tuple(shape) != (cfg.env.image_size, cfg.env.image_size, 3)):
         have = f"--env.image-size {cfg.env.image_size}" if cfg.env.image else "no --env.image"
         raise InputError(
-            f"{where} acts from {shape[0]}x{shape[1]} px images but the config has {have}; pass --env.image --env.image-size {shape[0]}"
+            f"{where} acts from {shape[0]}x{shape[1]} px images but the config has {have}; pass "
+            f"--env.image --env.image-size {shape[0]}"
         )
 
 
@@ -460,7 +465,8 @@ def check_architecture(cfg: RunConfig, spec: dict[str, Any], where: str) -> None
 
     if (spec.get("kind") == "lerobot") != (cfg.policy.kind == "lerobot"):
         raise InputError(
-            f"{where} is a {spec.get('kind')} policy but the config says policy.kind={cfg.policy.kind}; pass --policy.kind {spec.get('kind')}"
+            f"{where} is a {spec.get('kind')} policy but the config says policy.kind={cfg.policy.kind}; "
+            f"pass --policy.kind {spec.get('kind')}"
         )
     head = spec.get("head")
     fields = ARCHITECTURE_FIELDS + (

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 def tensorboard_missing_notice() -> None:
     """The one warning (once per process) that TensorBoard scalars are asked for but not written."""
     log.warning(
-        "logging.tensorboard is on but TensorBoard is not installed: metrics go to metrics.jsonl only (pip install 'policytrim[tensorboard]', or --logging.no-tensorboard)"
+        "logging.tensorboard is on but TensorBoard is not installed: metrics go to metrics.jsonl only (pip "
+        "install 'policytrim[tensorboard]', or --logging.no-tensorboard)"
     )
 
 

@@ -53,7 +53,8 @@ class RunDir:
                 if half_made:
                     raise InputError(half_made)
                 raise InputError(
-                    f"run directory {path} already exists; pass --resume {path} to continue it or --overwrite to replace it"
+                    f"run directory {path} already exists; pass --resume {path} to continue it or "
+                    "--overwrite to replace it"
                 )
             shutil.rmtree(path)
         try:
@@ -125,7 +126,8 @@ class RunDir:
         """Mark the run "interrupted" (Ctrl-C) in run.json; the error to raise says how to resume."""
         self.set_status("interrupted")
         return RunInterrupted(
-            f"interrupted: the run in {self.path} keeps its last complete checkpoint; continue it with `policytrim train --resume {self.path}`"
+            f"interrupted: the run in {self.path} keeps its last complete checkpoint; continue it with "
+            f"`policytrim train --resume {self.path}`"
         )
 
     def out_of_space(self, exc: BaseException) -> DiskFull:

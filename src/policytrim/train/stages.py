@@ -317,7 +317,8 @@ class Stage1(Stage):
         baseline = reference if self.config.window_reference == "baseline" else None
         if self.config.window_reference == "baseline" and baseline is None:
             raise RuntimeError(
-                "stage1.window_reference=baseline needs the entering policy's validation at the shortest window (Stage1.reference)"
+                "stage1.window_reference=baseline needs the entering policy's validation at the shortest "
+                "window (Stage1.reference)"
             )
 
         def decide() -> dict[str, Any]:  # rank 0 decides; every rank gets its JSON

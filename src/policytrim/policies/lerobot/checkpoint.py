@@ -72,7 +72,8 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
         raise InputError(f"{path} does not describe a policytrim LeRobot checkpoint (kind {KIND!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise InputError(
-            f"{path}: format version {meta.get('format_version')!r} is not supported (this policytrim reads {FORMAT_VERSION})"
+            f"{path}: format version {meta.get('format_version')!r} is not supported (this policytrim "
+            f"reads {FORMAT_VERSION})"
         )
     return meta
 
