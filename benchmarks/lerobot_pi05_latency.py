@@ -8,17 +8,17 @@ on the frozen part. ``--no-update`` only recomputes (float32 fits 24 GB so).
     .venv-lerobot/bin/python benchmarks/lerobot_pi05_latency.py [--type pi05|pi0] [--variant gemma_2b]
         [--device cpu|cuda] [--dtypes float32 bfloat16] [--batch 1] [--no-update] [--results benchmarks/results]
 
-π0 (benchmarks/results/lerobot_pi0_latency.json; Intel Xeon, 2 cores): gemma_2b VLM + gemma_300m
-expert, 4.0 B parameters, build 4.5 min; bfloat16: 6.0 s per deterministic call, 5.9 s in Flow-SDE
-train mode, one update of the 578 M expert parameters 10.3 s (its timing includes the check), 18.2 GB peak; float32 (recompute only):
-11.8 s a call, 17.3 GB. The recompute matches the sample in float32 (chunk ratios 1.00001 and 1.0, largest
-row gap 1.3e-5 nats) but not exactly in bfloat16 (ratios 0.83 and 1.0, row gap 0.075, the same with
-and without gradients): run the update in float32 where it fits, or expect ratios off by up to ~20%
-before clipping in bfloat16.
+π0 (benchmarks/results/lerobot_pi0_latency.json; Intel Xeon, 2 cores): gemma_2b VLM + gemma_300m expert, 4.0 B
+parameters, build 4.5 min; bfloat16: 6.0 s per deterministic call, 5.9 s in Flow-SDE train mode, one update of
+the 578 M expert parameters 10.3 s (its timing includes the check), 18.2 GB peak; float32 (recompute only):
+11.8 s a call, 17.3 GB. The recompute matches the sample in float32 (chunk ratios 1.00001 and 1.0, largest row
+gap 1.3e-5 nats) but not exactly in bfloat16 (ratios 0.83 and 1.0, row gap 0.075, the same with and without
+gradients): run the update in float32 where it fits, or expect ratios off by up to ~20% before clipping in
+bfloat16.
 
-π0.5, measured on the 2-core AMD EPYC before the check existed (benchmarks/results/lerobot_pi05_latency.json): the default build
-(gemma_2b VLM + gemma_300m expert, 4.1 B parameters) in bfloat16: 3 min to build, 18.7 GB peak RSS
-(LeRobot builds in float32 first), 5.3 s per deterministic call (prefix + 10 denoise steps), one
+π0.5, measured on the 2-core AMD EPYC before the check existed (benchmarks/results/lerobot_pi05_latency.json):
+the default build (gemma_2b VLM + gemma_300m expert, 4.1 B parameters) in bfloat16: 3 min to build, 18.7 GB
+peak RSS (LeRobot builds in float32 first), 5.3 s per deterministic call (prefix + 10 denoise steps), one
 action-expert update 13.6 s. float32 does not fit an update in 24 GB (16.6 GB of weights + the Adam
 state of 693 M trainable parameters). ``--variant gemma_300m`` (gemma_300m for the VLM too) passes
 LeRobot 0.6.1's validation but fails in ``embed_prefix``: the SigLIP projector's ``projection_dim`` is
@@ -34,7 +34,8 @@ offline), so this script feeds token ids directly through a stand-in preprocesso
 (`TokenIdPreprocessor`: random prompt ids of the tokenizer's length, state untouched). Latency and
 memory do not depend on which ids they are; a real run uses LeRobot's own processor.
 
-Writes RESULTS/lerobot_TYPE_latency.json with the machine (each dtype a run of its own, kept when another dtype runs later).
+Writes RESULTS/lerobot_TYPE_latency.json with the machine (each dtype a run of its own, kept when
+another dtype runs later).
 """
 
 from __future__ import annotations

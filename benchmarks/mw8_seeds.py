@@ -1,6 +1,7 @@
-"""MW-8 over several seeds (issue 18): the whole `benchmarks/mw8.py` pipeline once per seed, where the
-seed is everything random in it (`data.seed`: the demonstrations; `seed`: BC, RL; `eval.seed`: the test episodes' random numbers; the test
-*states* are the test split's, the same for every seed), then the mean and spread of the headline.
+"""MW-8 over several seeds (issue 18): the whole `benchmarks/mw8.py` pipeline once per seed, where the seed is
+everything random in it (`data.seed`: the demonstrations; `seed`: BC, RL; `eval.seed`: the test episodes'
+random numbers; the test *states* are the test split's, the same for every seed), then the mean and spread of
+the headline.
 
     .venv/bin/python benchmarks/mw8_seeds.py --seeds 0        # one seed per invocation is ~1 hour
     .venv/bin/python benchmarks/mw8_seeds.py --seeds 1 2

@@ -8,14 +8,14 @@ Each rank rolls out half of the epoch's groups; the 1/N of the loss counts the v
 of both ranks and the gradients are summed over ranks, so the update is the single-process update
 up to float32 summation order (two partial sums, then one all-reduce, instead of one sum).
 
-Tolerances. The logged loss and pre-clipping gradient norm must agree to rel 1e-5: this is the
-check that catches data-parallel mistakes (a per-rank 1/N with summed gradients doubles the
-gradient norm; a missing all-reduce leaves each rank with half the batch's gradient). Parameters after one update: atol 1e-5 (1% of lr = 1e-3). Adam's
-first step is lr * g / (|g| + eps) per element, which for an element whose gradient nearly cancels
-(|g| ~ eps = 1e-8) amplifies the summation-order error of g by up to lr / eps; measured here: 3 of 8
-tensors bit-equal, max difference 8.2e-7, against an update of 1e-3. Rollout outcomes and
-validation metrics are compared exactly (per-trajectory seeding: a trajectory's random numbers do
-not depend on the rank that runs it).
+Tolerances. The logged loss and pre-clipping gradient norm must agree to rel 1e-5: this is the check
+that catches data-parallel mistakes (a per-rank 1/N with summed gradients doubles the gradient norm;
+a missing all-reduce leaves each rank with half the batch's gradient). Parameters after one update:
+atol 1e-5 (1% of lr = 1e-3). Adam's first step is lr * g / (|g| + eps) per element, which for an
+element whose gradient nearly cancels (|g| ~ eps = 1e-8) amplifies the summation-order error of g by
+up to lr / eps; measured here: 3 of 8 tensors bit-equal, max difference 8.2e-7, against an update of
+1e-3. Rollout outcomes and validation metrics are compared exactly (per-trajectory seeding: a
+trajectory's random numbers do not depend on the rank that runs it).
 """
 
 from __future__ import annotations

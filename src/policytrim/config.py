@@ -55,14 +55,15 @@ def _positive(name: str, value: float) -> None:
     )
 
 
+# Field docstrings are --help text and tyro keeps their line breaks: long ones stay on one line (noqa: E501).
 @dataclass
 class EnvConfig:
     """Simulator and initial states."""
 
     suite: Literal["metaworld", "gym", "libero", "maniskill"] = "metaworld"
-    """Simulator adapter: metaworld (embedded), gym (any gymnasium env reporting info['success']), libero (extra policytrim[libero]) or maniskill (extra policytrim[maniskill])."""
+    """Simulator adapter: metaworld (embedded), gym (any gymnasium env reporting info['success']), libero (extra policytrim[libero]) or maniskill (extra policytrim[maniskill])."""  # noqa: E501
     tasks: Annotated[tuple[str, ...], tyro.conf.arg(aliases=("--tasks",))] = ("push-v3",)
-    """Meta-World v3 task names and/or sets (MW8, MT10, MT50); for suite=libero, LIBERO suites (libero_object, ...) and/or '<suite>/<task>' names; for suite=maniskill, ManiSkill3 task ids (PickCube-v1, ...)."""
+    """Meta-World v3 task names and/or sets (MW8, MT10, MT50); for suite=libero, LIBERO suites (libero_object, ...) and/or '<suite>/<task>' names; for suite=maniskill, ManiSkill3 task ids (PickCube-v1, ...)."""  # noqa: E501
     gym_id: str = ""
     """gymnasium env id, for suite=gym."""
     horizon: int = 200
@@ -80,11 +81,11 @@ class EnvConfig:
     test_seed: int = 2
     """Seed of the test initial states (every reported number)."""
     libero_max_steps: Literal["openpi", "paper", "env"] = "openpi"
-    """suite=libero: the horizon preset: openpi (per suite 220/280/300/520/400, the published protocol), paper (160/160/240/400) or env (env.horizon)."""
+    """suite=libero: the horizon preset: openpi (per suite 220/280/300/520/400, the published protocol), paper (160/160/240/400) or env (env.horizon)."""  # noqa: E501
     libero_published_test: bool = False
-    """suite=libero: the test split is all 50 init states per task, in order (the published protocol; overlaps train/val: only for checkpoints not trained here)."""
+    """suite=libero: the test split is all 50 init states per task, in order (the published protocol; overlaps train/val: only for checkpoints not trained here)."""  # noqa: E501
     max_envs_per_worker: int = 0
-    """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO as many as fit in half the free memory."""
+    """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO as many as fit in half the free memory."""  # noqa: E501
 
     def __post_init__(self) -> None:
         _require(
@@ -134,13 +135,13 @@ class PolicyConfig:
     """The built-in VLA-shaped chunk policy (or a scripted expert)."""
 
     kind: Literal["chunk", "expert", "lerobot"] = "chunk"
-    """chunk: the built-in learned policy; expert: Meta-World's scripted experts (window 1); lerobot: a LeRobot policy (SmolVLA, pi0, pi05, Diffusion, ACT; needs the lerobot extra)."""
+    """chunk: the built-in learned policy; expert: Meta-World's scripted experts (window 1); lerobot: a LeRobot policy (SmolVLA, pi0, pi05, Diffusion, ACT; needs the lerobot extra)."""  # noqa: E501
     head: Literal["gaussian", "flow", "token_parallel", "token_ar"] = "gaussian"
-    """Action head: gaussian (exact log-prob), flow (flow matching, Flow-SDE log-probs), token_parallel (256 bins per dim, all tokens at once, OpenVLA-OFT) or token_ar (one token at a time, OpenVLA)."""
+    """Action head: gaussian (exact log-prob), flow (flow matching, Flow-SDE log-probs), token_parallel (256 bins per dim, all tokens at once, OpenVLA-OFT) or token_ar (one token at a time, OpenVLA)."""  # noqa: E501
     chunk_size: int = 15
     """H: actions predicted per inference call (1..256)."""
     default_window: int = 5
-    """k the baseline executes per call (k_1 of Stage 1); a trained policy's saved spec carries the window PolicyTrim chose."""
+    """k the baseline executes per call (k_1 of Stage 1); a trained policy's saved spec carries the window PolicyTrim chose."""  # noqa: E501
     hidden_dim: int = 256
     """Width of the trunk MLP (8..4096)."""
     num_layers: int = 3
@@ -154,9 +155,9 @@ class PolicyConfig:
     init_log_std: float = -1.0
     """Initial log-std of the Gaussian head."""
     std_mode: Literal["fixed", "state"] = "fixed"
-    """Gaussian head log-std: fixed (one learnable value per chunk row and action dim) or state (plus a linear function of the observation features)."""
+    """Gaussian head log-std: fixed (one learnable value per chunk row and action dim) or state (plus a linear function of the observation features)."""  # noqa: E501
     state_input: Literal["auto", "full", "proprio"] = "auto"
-    """State entries the policy reads: full (the simulator's whole state vector), proprio (the robot's own: Meta-World hand position and gripper, now and one step before) or auto (proprio when env.image, so an image policy sees the scene through its camera only; else full)."""
+    """State entries the policy reads: full (the simulator's whole state vector), proprio (the robot's own: Meta-World hand position and gripper, now and one step before) or auto (proprio when env.image, so an image policy sees the scene through its camera only; else full)."""  # noqa: E501
     token_bins: int = 256
     """Token heads: uniform bins per action dim over the action bounds [-1, 1] (OpenVLA: 256)."""
     token_temperature: float = 1.0
@@ -166,9 +167,9 @@ class PolicyConfig:
     token_layers: int = 2
     """Token heads: transformer blocks."""
     lerobot_path: str = ""
-    """kind=lerobot: the LeRobot checkpoint (directory, or lerobot:<hub id>) that `pretrain` fine-tunes by behaviour cloning."""
+    """kind=lerobot: the LeRobot checkpoint (directory, or lerobot:<hub id>) that `pretrain` fine-tunes by behaviour cloning."""  # noqa: E501
     train_parts: Literal["all", "expert", "no_vision"] = "all"
-    """kind=lerobot: parameters BC and GRPO update: all, expert (flow VLAs: all but the VLM), no_vision (freeze the vision encoder)."""
+    """kind=lerobot: parameters BC and GRPO update: all, expert (flow VLAs: all but the VLM), no_vision (freeze the vision encoder)."""  # noqa: E501
 
     def __post_init__(self) -> None:
         _require(
@@ -501,9 +502,9 @@ class DataConfig:
     keep_failures: bool = False
     """Keep unsuccessful demonstrations in the dataset."""
     max_attempts: int = 0
-    """Initial states tried per task to get `episodes` successful demonstrations; 0 = 3 x episodes + 10 (else >= episodes)."""
+    """Initial states tried per task to get `episodes` successful demonstrations; 0 = 3 x episodes + 10 (else >= episodes)."""  # noqa: E501
     on_shortfall: Literal["warn", "error"] = "warn"
-    """A task with fewer successful demonstrations than `episodes` after max_attempts: warn (keep the smaller dataset; the counts are printed and reported) or error."""
+    """A task with fewer successful demonstrations than `episodes` after max_attempts: warn (keep the smaller dataset; the counts are printed and reported) or error."""  # noqa: E501
 
     def __post_init__(self) -> None:
         _int_in("data.episodes", self.episodes, 1, L.MAX_EPISODES)
@@ -571,7 +572,7 @@ class LoggingConfig:
     out: Annotated[str, tyro.conf.arg(aliases=("--out",))] = "runs/latest"
     """Run directory."""
     tensorboard: bool = True
-    """Write TensorBoard scalars when tensorboard is installed (else one notice on stderr: pip install 'policytrim[tensorboard]')."""
+    """Write TensorBoard scalars when tensorboard is installed (else one notice on stderr: pip install 'policytrim[tensorboard]')."""  # noqa: E501
     wandb: Literal["off", "offline", "online"] = "off"
     """Weights & Biases logging mode (needs the wandb extra)."""
     progress: bool = True

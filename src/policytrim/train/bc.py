@@ -11,11 +11,11 @@ loss. Normalisation statistics come from the training episodes only.
 Training. Adam with a cosine-decayed learning rate, random minibatches of chunks (images randomly
 shifted by up to ``pretrain.image_shift`` pixels, DrQ-style, against overfitting a few hundred
 demonstrations' pixels), gradient-norm clip 1.0, torch on up to 2 cores (one when the machine is
-busy, `training_threads`); the validation loss is computed ``_VAL_POINTS`` times. At the end the checkpoint is written (``model.safetensors`` +
-``config.json`` in the run directory, so `load_policy(out)` works) with ``pretrain_metrics.json``,
-then the baseline is evaluated at its default window on *validation* initial states through
-`policytrim.eval.evaluate.evaluate_policy` and the metrics file is updated with its success rate,
-mean steps and calls.
+busy, `training_threads`); the validation loss is computed ``_VAL_POINTS`` times. At the end the
+checkpoint is written (``model.safetensors`` + ``config.json`` in the run directory, so
+`load_policy(out)` works) with ``pretrain_metrics.json``, then the baseline is evaluated at its
+default window on *validation* initial states through `policytrim.eval.evaluate.evaluate_policy` and
+the metrics file is updated with its success rate, mean steps and calls.
 """
 
 from __future__ import annotations

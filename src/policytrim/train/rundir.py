@@ -13,8 +13,8 @@ Resuming trusts nothing it cannot check: ``config.yaml`` must hash to the SHA-25
 ``run.json`` when the run was created (an edited, truncated or replaced file is refused), and it must
 hold every key (no default is ever filled in for a resumed run: a config cut at a line boundary
 would otherwise run a different experiment). Runs made before the hash was recorded are accepted
-when their config.yaml is complete. ``status`` is running, complete, interrupted (Ctrl-C) or failed (the disk filled up; ``failure`` says
-so); every one but complete continues with --resume.
+when their config.yaml is complete. ``status`` is running, complete, interrupted (Ctrl-C) or failed (the disk filled
+up; ``failure`` says so); every one but complete continues with --resume.
 """
 
 from __future__ import annotations
