@@ -209,7 +209,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         p.eval()
     runner = Runner(args, policies)
     singles = (
-        [("steps=%d" % n,) for n in args.flow_steps]
+        [(f"steps={n}",) for n in args.flow_steps]
         + [("bf16",), ("int8",)]
         + ([] if args.skip_compile else [("compile",)])
     )

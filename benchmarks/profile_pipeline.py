@@ -197,11 +197,14 @@ def main() -> None:
         stage2 = Stage2(cfg, 15, budget)
         _, row = measure(engine, "Stage 2 epoch (8 groups x 8, k = 15)", lambda: epoch(stage2, cfg.stage2, 0), cores)
         rows.append(row)
-        test_eval = lambda: through_engine(
-            lambda: evaluate_policy(
-                policy, cfg.env, cfg.eval.episodes, 5, cfg.eval.mode, cfg.eval.seed, "test", engine=engine
+
+        def test_eval():
+            return through_engine(
+                lambda: evaluate_policy(
+                    policy, cfg.env, cfg.eval.episodes, 5, cfg.eval.mode, cfg.eval.seed, "test", engine=engine
+                )
             )
-        )  # noqa: E731
+
         _, row = measure(engine, f"test evaluation ({cfg.eval.episodes} states/task, k = 5)", test_eval, cores)
         rows.append(row)
 

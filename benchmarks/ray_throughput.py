@@ -196,7 +196,7 @@ def main() -> None:
         for engine in engines.values():
             engine.close()
     rate = {b: total_steps / statistics.median(s) for b, s in seconds.items()}
-    ratio = statistics.median(l / r for l, r in zip(seconds["local"], seconds["ray"]))
+    ratio = statistics.median(t_local / t_ray for t_local, t_ray in zip(seconds["local"], seconds["ray"]))
 
     # 2. round trips, 3. model components
     rt = {b: round_trip_s(env_cfg, b, ray_cfg, args.trips) for b in ("local", "ray")}

@@ -111,7 +111,7 @@ def _write_tiny_dataset(root, video: bool) -> None:
     ds = LeRobotDataset.create(
         repo_id="local/tiny", fps=10, features=features, root=root, use_videos=video, video_backend="pyav"
     )
-    for e in range(2):
+    for _ in range(2):
         for i in range(6):
             ds.add_frame(
                 {

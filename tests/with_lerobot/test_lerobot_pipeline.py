@@ -16,7 +16,7 @@ require_or_skip("lerobot.policies.factory", "lerobot")  # fails instead where sc
 pytestmark = [pytest.mark.lerobot, pytest.mark.slow]
 
 from lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy  # noqa: E402
-from policytrim.config import (
+from policytrim.config import (  # noqa: E402
     EnvConfig,
     EvalConfig,
     PolicyConfig,
@@ -25,7 +25,7 @@ from policytrim.config import (
     RunConfig,
     Stage1Config,
     Stage2Config,
-)  # noqa: E402
+)
 from policytrim.policies import load_policy  # noqa: E402
 from policytrim.policies.lerobot import LeRobotChunkPolicy, export_lerobot  # noqa: E402
 from policytrim.windows import WindowPlan  # noqa: E402

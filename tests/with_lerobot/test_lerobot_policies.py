@@ -19,14 +19,14 @@ from optional_env import require_or_skip  # tests/optional_env.py
 require_or_skip("lerobot.policies.factory", "lerobot")  # fails instead where scripts/run.sh requires lerobot
 pytestmark = pytest.mark.lerobot
 
-from lerobot_tiny import (
+from lerobot_tiny import (  # noqa: E402
     build_tiny_vlm,
     lerobot_chunk,
     load_with_lerobot,
     publish_to_hub_cache,
     tiny_config,
     write_tiny_policy,
-)  # noqa: E402
+)
 from policytrim.policies import load_policy  # noqa: E402
 from policytrim.policies.lerobot import LeRobotChunkPolicy, LeRobotOptions, dataset_stats, export_lerobot  # noqa: E402
 

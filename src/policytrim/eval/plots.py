@@ -91,11 +91,11 @@ def chunk_length_figure(
     ax_t.plot(ks, steps, marker="o", color="tab:gray", label="starting policy, fixed window")
     markers = ["s", "D", "^", "v", "P"]
     for i, (label, (k, m)) in enumerate(trained.items()):
-        s, (l, h) = _num(m["success_rate"]), m["success_ci95"]
+        s, (low, high) = _num(m["success_rate"]), m["success_ci95"]
         ax_sr.errorbar(
             [k],
             [s],
-            yerr=_yerr([s], [l], [h]),
+            yerr=_yerr([s], [low], [high]),
             marker=markers[i % len(markers)],
             capsize=3,
             linestyle="none",

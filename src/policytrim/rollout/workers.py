@@ -520,7 +520,7 @@ class ProcessPool(WorkerPool):
         self._procs[w], self._conns[w] = None, None
 
     def close(self) -> None:
-        for w, conn in enumerate(self._conns):
+        for conn in self._conns:
             if conn is not None:
                 try:
                     conn.send(None)

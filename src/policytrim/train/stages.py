@@ -215,7 +215,7 @@ class Stage(abc.ABC):
     def is_better(self, candidate: Validation, best: Validation | None, start: Validation) -> bool:
         """Whether validation ``candidate`` replaces ``best`` as the stage's best checkpoint."""
 
-    def begin(self, policy: ChunkPolicy) -> None:
+    def begin(self, policy: ChunkPolicy) -> None:  # noqa: B027 - an optional hook: a no-op unless overridden
         """Called once the policy entering the stage is saved as its reference."""
 
     def epoch_record(self) -> dict[str, Any]:
