@@ -26,6 +26,7 @@ ranks; validations, decisions and every write happen on rank 0. In one process e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -352,8 +353,8 @@ def run_stage(
         if (epoch + 1) % scfg.checkpoint_every == 0 or last:
             trainer_state = state.to_json(stage.name)
             distributed.on_main(
-                lambda: save_checkpoint(
-                    stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best"
+                functools.partial(
+                    save_checkpoint, stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best"
                 )
             )
         if state.stopped is not None:
