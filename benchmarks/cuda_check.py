@@ -139,8 +139,8 @@ def paired_eval(
         )
     a, b = results["cpu"]["outcomes"], results["cuda"]["outcomes"]
     n = len(a["success"])
-    same_success = sum(x == y for x, y in zip(a["success"], b["success"]))
-    same_steps = sum(x == y for x, y in zip(a["steps"], b["steps"]))
+    same_success = sum(x == y for x, y in zip(a["success"], b["success"], strict=True))
+    same_steps = sum(x == y for x, y in zip(a["steps"], b["steps"], strict=True))
     keys = ("success_rate", "mean_steps", "calls_per_success")
     return {
         "dtype": dtype,

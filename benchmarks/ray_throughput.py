@@ -115,7 +115,7 @@ def policy_model(table: dict[int, float]):
     def at(b: float) -> float:
         if b <= bs[0]:
             return table[bs[0]]
-        for lo, hi in zip(bs, bs[1:]):
+        for lo, hi in zip(bs, bs[1:], strict=False):
             if b <= hi or hi == bs[-1]:
                 return table[lo] + (table[hi] - table[lo]) * (b - lo) / (hi - lo)
         raise AssertionError
@@ -196,7 +196,7 @@ def main() -> None:
         for engine in engines.values():
             engine.close()
     rate = {b: total_steps / statistics.median(s) for b, s in seconds.items()}
-    ratio = statistics.median(t_local / t_ray for t_local, t_ray in zip(seconds["local"], seconds["ray"]))
+    ratio = statistics.median(t_local / t_ray for t_local, t_ray in zip(seconds["local"], seconds["ray"], strict=True))
 
     # 2. round trips, 3. model components
     rt = {b: round_trip_s(env_cfg, b, ray_cfg, args.trips) for b in ("local", "ray")}
@@ -209,7 +209,9 @@ def main() -> None:
                 [
                     executed[c, :n]
                     for c, n in zip(
-                        w0.chunks_of(torch.tensor([i])).tolist(), w0.chunk_rows[w0.chunk_traj == i].tolist()
+                        w0.chunks_of(torch.tensor([i])).tolist(),
+                        w0.chunk_rows[w0.chunk_traj == i].tolist(),
+                        strict=True,
                     )
                 ]
             ).numpy(),

@@ -163,6 +163,7 @@ def main() -> None:
                             for c, n in zip(
                                 warm.chunks_of(torch.tensor([i])).tolist(),
                                 warm.chunk_rows[warm.chunk_traj == i].tolist(),
+                                strict=True,
                             )
                         ]
                     ).numpy(),
@@ -185,7 +186,7 @@ def main() -> None:
 
     raw = total_steps / statistics.median(raw_s)
     eng = total_steps / statistics.median(engine_s)
-    ratio = statistics.median(r / e for r, e in zip(raw_s, engine_s))
+    ratio = statistics.median(r / e for r, e in zip(raw_s, engine_s, strict=True))
     result = {
         "policy": args.policy,
         "window": window,

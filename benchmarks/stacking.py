@@ -146,7 +146,7 @@ def wall_clock_s(ep: dict[str, Any], latency_ms: float) -> float | None:
     """Mean over successful episodes of calls x latency + steps x control period (seconds)."""
     walls = [
         c * latency_ms / 1e3 + t * ep["control_period_s"]
-        for ok, c, t in zip(ep["success"], ep["calls"], ep["steps"])
+        for ok, c, t in zip(ep["success"], ep["calls"], ep["steps"], strict=True)
         if ok
     ]
     return float(np.mean(walls)) if walls else None

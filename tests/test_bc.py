@@ -17,7 +17,7 @@ from policytrim.train.bc import chunk_data, pretrain, split_episodes
 def fake_demos(lengths=(3, 5, 4, 6), tasks=(0, 1, 0, 1), shuffle=True, seed=0):
     """Episodes whose action at frame f of episode e is (e, f, 0, 0), frames stored shuffled."""
     rng = np.random.default_rng(seed)
-    rows = [(e, f, t) for e, (n, t) in enumerate(zip(lengths, tasks)) for f in range(n)]
+    rows = [(e, f, t) for e, (n, t) in enumerate(zip(lengths, tasks, strict=True)) for f in range(n)]
     if shuffle:
         rows = [rows[i] for i in rng.permutation(len(rows))]
     ep = np.array([r[0] for r in rows])

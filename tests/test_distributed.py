@@ -151,7 +151,7 @@ def test_torchrun_on_two_nodes_with_c10d_rendezvous_matches_one_process(single_r
             if node.poll() is None:
                 node.kill()
                 node.wait()
-    for node, (out, err) in zip(nodes, outputs):
+    for node, (out, err) in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, out[-3000:] + err[-3000:]
     assert_same_as_one_process(tmp_path / "nodes", single_run, tiny_baseline)
 

@@ -42,7 +42,7 @@ def loop_reference(base: float, t: int, H: int, m: float) -> float:
     oldest first, weights exp(-m i)."""
     preds = [(base + 10 * s + (t - s)) / 1000.0 for s in range(max(0, t - H + 1), t + 1)]
     w = [math.exp(-m * i) for i in range(len(preds))]
-    return sum(wi * p for wi, p in zip(w, preds)) / sum(w)
+    return sum(wi * p for wi, p in zip(w, preds, strict=True)) / sum(w)
 
 
 def test_weights_oldest_first_and_normalised():

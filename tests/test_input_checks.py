@@ -148,7 +148,9 @@ def test_identical_tensors_give_byte_identical_checkpoints(tmp_path):
     for name in ("model.safetensors", "config.json"):
         assert len({(tmp_path / f"copy{i}" / name).read_bytes() for i in range(8)}) == 1, name
     reloaded = load_policy(tmp_path / "copy0")
-    assert all(torch.equal(a, b) for a, b in zip(policy.state_dict().values(), reloaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(policy.state_dict().values(), reloaded.state_dict().values(), strict=True)
+    )
 
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     for p in policy.parameters():  # one step, so that the optimiser has state tensors to save

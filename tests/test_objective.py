@@ -50,10 +50,10 @@ def _random_groups(seed: int, group_size: int, horizon: int = 150):
 
 def _ref_stability(success, steps, floor, mode):
     out = []
-    for s_row, t_row in zip(success.tolist(), steps.tolist()):
-        ts = [t for s, t in zip(s_row, t_row) if s]
+    for s_row, t_row in zip(success.tolist(), steps.tolist(), strict=True):
+        ts = [t for s, t in zip(s_row, t_row, strict=True) if s]
         row = []
-        for s, t in zip(s_row, t_row):
+        for s, t in zip(s_row, t_row, strict=True):
             if not s or len(ts) < 2:
                 row.append(0.0)
                 continue
@@ -74,9 +74,9 @@ def _ref_stability(success, steps, floor, mode):
 def _ref_trim(success, steps, budget, le, ls, floor, mode):
     p = _ref_stability(success, steps, floor, mode)
     out = []
-    for s_row, t_row, p_row in zip(success.tolist(), steps.tolist(), p):
+    for s_row, t_row, p_row in zip(success.tolist(), steps.tolist(), p, strict=True):
         row = []
-        for s, t, pi in zip(s_row, t_row, p_row):
+        for s, t, pi in zip(s_row, t_row, p_row, strict=True):
             e = max(0.0, (budget - t) / budget) if s else 0.0
             row.append((1 + le * e - ls * pi) / (1 + le) if s else 0.0)
         out.append(row)
@@ -173,8 +173,8 @@ def test_extension_reward_matches_loop(seed):
         window = assign_windows(success.shape[0], group_size, [5, 10, 15])
         r = extension_reward(success, window, 15, horizon_coef=0.7)
         ref = [
-            [(1 + 0.7 * k / 15) if s else 0.0 for s, k in zip(sr, kr)]
-            for sr, kr in zip(success.tolist(), window.tolist())
+            [(1 + 0.7 * k / 15) if s else 0.0 for s, k in zip(sr, kr, strict=True)]
+            for sr, kr in zip(success.tolist(), window.tolist(), strict=True)
         ]
         torch.testing.assert_close(r, torch.tensor(ref, dtype=torch.float32))
 
@@ -265,8 +265,8 @@ def test_stage2_rewards_match_loop(seed, mode):
         ref_p = _ref_stability(success, steps, 3.0, mode)
         ref_r = _ref_trim(success, steps, budget, 0.7, 0.3, 3.0, mode)
         ref_e = [
-            [max(0.0, (budget - t) / budget) if s else 0.0 for s, t in zip(sr, tr)]
-            for sr, tr in zip(success.tolist(), steps.tolist())
+            [max(0.0, (budget - t) / budget) if s else 0.0 for s, t in zip(sr, tr, strict=True)]
+            for sr, tr in zip(success.tolist(), steps.tolist(), strict=True)
         ]
         torch.testing.assert_close(terms.stability, torch.tensor(ref_p, dtype=torch.float32))
         torch.testing.assert_close(terms.step_saving, torch.tensor(ref_e, dtype=torch.float32))

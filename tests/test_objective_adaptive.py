@@ -31,9 +31,9 @@ def _random_calls(seed, success, steps, max_window=15):
 def _ref_adapt(success, calls, steps, bc, bs, lc, le, ls, floor, mode):
     p = _ref_stability(success, steps, floor, mode)
     out = []
-    for s_row, c_row, t_row, p_row in zip(success.tolist(), calls.tolist(), steps.tolist(), p):
+    for s_row, c_row, t_row, p_row in zip(success.tolist(), calls.tolist(), steps.tolist(), p, strict=True):
         row = []
-        for s, c, t, pi in zip(s_row, c_row, t_row, p_row):
+        for s, c, t, pi in zip(s_row, c_row, t_row, p_row, strict=True):
             if not s:
                 row.append(0.0)
                 continue

@@ -62,7 +62,7 @@ def test_random_shift_moves_each_image_by_at_most_pad_pixels():
     assert torch.equal(random_shift(ramp, 0), ramp)
     # the centre pixel (row 8, col 8 = 136) lands on a neighbour at most 2 rows / cols away
     dy, dx = out[:, 8, 8, 0].long() // 16 - 8, out[:, 8, 8, 0].long() % 16 - 8
-    assert dy.abs().max() <= 2 and dx.abs().max() <= 2 and len(set(zip(dy.tolist(), dx.tolist()))) > 10
+    assert dy.abs().max() <= 2 and dx.abs().max() <= 2 and len(set(zip(dy.tolist(), dx.tolist(), strict=True))) > 10
     # a shift moves the whole image: each output is the input translated (edges repeated)
     for i in range(4):
         y, x = int(dy[i]), int(dx[i])

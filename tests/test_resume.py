@@ -296,7 +296,7 @@ def test_kill_9_during_rollouts_with_env_workers_leaves_no_orphans_and_resumes_e
     got, expected = outcome(run, ("extend",)), outcome(reference["wait"](), ("extend",))
     assert got["extend/best"] == expected["extend/best"]
     assert got["extend/result"]["window_choice"] == expected["extend/result"]["window_choice"]
-    for mine, theirs in zip(got["metrics"], expected["metrics"]):
+    for mine, theirs in zip(got["metrics"], expected["metrics"], strict=True):
         assert mine.keys() == theirs.keys()
         for key, value in theirs.items():
             assert mine[key] == (pytest.approx(value, rel=1e-3, abs=1e-5) if isinstance(value, float) else value), (
@@ -407,7 +407,9 @@ def test_resume_restores_the_best_policy_its_checkpoint_recorded(tmp_path):
     save_policy_dir(later, stage_dir / "best")  # improved after the checkpoint, then the run died
     assert restore_best(checkpoint, stage_dir / "best")
     restored = load_policy(stage_dir / "best" / "policy")
-    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), best_then.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(restored.state_dict().values(), best_then.state_dict().values(), strict=True)
+    )
 
 
 def test_only_complete_checkpoints_are_found_and_pruning_never_leaves_a_lookalike(tmp_path):

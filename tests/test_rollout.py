@@ -143,7 +143,7 @@ def test_chunk_cut_short_at_first_success():
         env.reset(starts[i // 3])
         expert = scripted_expert("reach-v3")
         successes = []
-        for obs, n in zip(traj.obs["state"][traj.chunk_traj == i], rows.tolist()):
+        for obs, n in zip(traj.obs["state"][traj.chunk_traj == i], rows.tolist(), strict=True):
             a = expert_action(expert, obs.numpy())
             successes += [env.step(a)[1] for _ in range(n)]
         env.close()

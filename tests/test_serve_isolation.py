@@ -183,7 +183,7 @@ def test_refusals_are_logged_once_each_and_rate_limited(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "policytrim.serve"]
     assert len(lines) == 5, lines
     reasons = ("must be a msgpack map", "missing 'state'", "malformed msgpack")
-    for line, port, reason in zip(lines[:3], ports[:3], reasons):
+    for line, port, reason in zip(lines[:3], ports[:3], reasons, strict=True):
         assert line.startswith(f"refused a request from 127.0.0.1:{port}: ") and reason in line, line
     assert lines[3] == "2 more refused requests were not logged in the last 61 s (at most 3 lines per 60 s)"
     assert lines[4] == f"refused a request from 127.0.0.1:{ports[5]}: message over {2**20} bytes (closed with 1009)"

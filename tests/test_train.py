@@ -69,7 +69,7 @@ def test_both_stages_end_to_end_and_resume(tiny_baseline, tmp_path):
     trained = load_policy(run / "extend" / "epoch_000003" / "policy")
     unchanged = [
         n
-        for (n, p), q in zip(reference.named_parameters(), trained.parameters())
+        for (n, p), q in zip(reference.named_parameters(), trained.parameters(), strict=True)
         if p.requires_grad and torch.equal(p, q)
     ]
     assert not unchanged, f"parameters that did not move: {unchanged}"

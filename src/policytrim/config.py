@@ -122,7 +122,7 @@ class EnvConfig:
         _int_in("env.horizon", self.horizon, 1, L.MAX_HORIZON)
         _int_in("env.image_size", self.image_size, 16, L.MAX_IMAGE_SIZE)
         seeds = (self.train_seed, self.val_seed, self.test_seed)
-        for name, seed in zip(("train_seed", "val_seed", "test_seed"), seeds):
+        for name, seed in zip(("train_seed", "val_seed", "test_seed"), seeds, strict=True):
             _int_in(f"env.{name}", seed, 0, L.MAX_SEED)
         _require(len(set(seeds)) == 3, f"env.train_seed, env.val_seed and env.test_seed must be disjoint, got {seeds}")
 

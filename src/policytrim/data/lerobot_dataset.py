@@ -287,7 +287,7 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
     )
     table = {k: torch.stack([torch.as_tensor(v) for v in hf[k]]).numpy() for k in columns}
     cameras = [k for k in (layout.image, layout.wrist_image) if k is not None]
-    decoded = dict(zip(cameras, _decoded_images(dataset, cameras)))
+    decoded = dict(zip(cameras, _decoded_images(dataset, cameras), strict=True))
 
     episode = table["episode_index"].reshape(-1).astype(np.int64)
     order = np.lexsort((table["frame_index"].reshape(-1), episode))
@@ -295,7 +295,7 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
     ids, start, length = np.unique(episode, return_index=True, return_counts=True)
     task_index = table["task_index"].reshape(-1).astype(np.int64)[order]
     tasks_df = dataset.meta.tasks
-    by_index = {int(i): str(t) for t, i in zip(tasks_df.index, tasks_df["task_index"])}
+    by_index = {int(i): str(t) for t, i in zip(tasks_df.index, tasks_df["task_index"], strict=True)}
     used = sorted(set(task_index.tolist()))
     remap = {old: new for new, old in enumerate(used)}
     instructions = [by_index[i] for i in used]
@@ -303,7 +303,7 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
     ep_task = np.array([remap[int(t)] for t in task_index[start]], np.int64)
     if SUCCESS in table:
         flags = table[SUCCESS].reshape(-1).astype(bool)[order]
-        success = np.array([flags[s : s + n].any() for s, n in zip(start, length)], bool)
+        success = np.array([flags[s : s + n].any() for s, n in zip(start, length, strict=True)], bool)
     else:
         success = np.ones(len(ids), bool)
     new_episode = np.repeat(np.arange(len(ids)), length).astype(np.int64)

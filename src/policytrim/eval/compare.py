@@ -58,7 +58,12 @@ def against_baseline(
         "speedup_paper": None,
         "steps_reduction": None,
     }
-    calls = lambda o: [c for c, s, t in zip(o["calls"], o["success"], o["task"]) if s and (task is None or t == task)]  # noqa: E731
+
+    def calls(o: dict[str, Any]) -> list[int]:
+        return [
+            c for c, s, t in zip(o["calls"], o["success"], o["task"], strict=True) if s and (task is None or t == task)
+        ]
+
     if calls(base_out) and calls(new_out):
         out["calls_speedup"] = objective.calls_speedup(calls(base_out), calls(new_out))
     if base["mean_steps"] and new["mean_steps"]:

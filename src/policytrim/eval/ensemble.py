@@ -84,7 +84,7 @@ class TemporalEnsemble:
             del history[: -self.chunk_size]
             # history[j] was predicted len(history) - 1 - j calls ago: its row for now is that age
             ages = range(len(history) - 1, -1, -1)
-            preds = torch.stack([chunk[age] for chunk, age in zip(history, ages)]).double()
+            preds = torch.stack([chunk[age] for chunk, age in zip(history, ages, strict=True)]).double()
             w = ensemble_weights(len(history), self.m).to(preds.device)
             actions[b, 0] = (w[:, None] * preds).sum(0).to(actions.dtype)
         return ChunkSample(

@@ -145,9 +145,9 @@ def representative_state(outcomes: dict[str, dict[str, list]], base: str, new: s
     """A test state of ``task`` where both policies succeeded and whose step difference is the
     median of such states (a typical pair, not the best one); None when there is none."""
     b, n = outcomes[base], outcomes[new]
-    new_by_key = {(t, i): (s, T) for t, i, s, T in zip(n["task"], n["index"], n["success"], n["steps"])}
+    new_by_key = {(t, i): (s, T) for t, i, s, T in zip(n["task"], n["index"], n["success"], n["steps"], strict=True)}
     pairs = []
-    for t, i, s, T in zip(b["task"], b["index"], b["success"], b["steps"]):
+    for t, i, s, T in zip(b["task"], b["index"], b["success"], b["steps"], strict=True):
         other = new_by_key.get((t, i))
         if t == task and s and other and other[0]:
             pairs.append((T - other[1], i))

@@ -43,7 +43,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     records = read_jsonl(path)
     text = path.read_text() if path.is_file() else ""
     lines = [n for n, line in enumerate(text.splitlines(), 1) if line.strip()]  # the records' lines, in order
-    for record, line in zip(records, lines):
+    for record, line in zip(records, lines, strict=False):
         where = f"{path} line {line}"
         if "stage" in record and not isinstance(record["stage"], str):
             raise InputError(f"{where}: field 'stage' must be a string, got {record['stage']!r}")
@@ -139,7 +139,7 @@ def training_curves_figure(
     for stage in stages:
         rows = [r for r in records if r.get("stage") == stage]
         color = STAGE_COLORS.get(stage, None)
-        for ax, (key, val_key, label) in zip(axes, panels):
+        for ax, (key, val_key, label) in zip(axes, panels, strict=True):
             train_rows = [r for r in rows if key in r and r.get(key) is not None and r.get("epoch", 0) > 0]
             x = [offsets[stage] + r["epoch"] for r in train_rows]
             y = [_num(r[key]) for r in train_rows]
@@ -276,7 +276,7 @@ def steps_histogram_figure(
     else:
         top = horizon or max(values)
         bins = np.arange(0, top + 10, 5)
-        for (name, s), color in zip(steps.items(), ["tab:gray", "tab:blue", "tab:orange", "tab:green"]):
+        for (name, s), color in zip(steps.items(), ["tab:gray", "tab:blue", "tab:orange", "tab:green"], strict=False):
             if len(s):
                 ax.hist(s, bins=bins, alpha=0.22, color=color)
                 ax.hist(
@@ -306,7 +306,7 @@ def ablation_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], pa
             continue
         last = stages[-1]
         rows = [r for r in records if r.get("stage") == last and r.get("epoch", 0) > 0 and "reward" in r]
-        for ax, key in zip(axes, ("reward", "success_rate", "mean_steps")):
+        for ax, key in zip(axes, ("reward", "success_rate", "mean_steps"), strict=True):
             y = np.array([_num(r.get(key)) for r in rows])
             x = np.array([r["epoch"] for r in rows])
             if len(y) == 0:
@@ -316,7 +316,7 @@ def ablation_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], pa
                 np.nan_to_num(y, nan=np.nanmean(y) if np.isfinite(y).any() else 0.0), np.ones(w) / w, mode="valid"
             )
             ax.plot(x[w - 1 :], smooth, label=f"{name} ({last})")
-    for ax, label in zip(axes, ("reward", "success rate (rollouts)", "mean steps T (rollouts)")):
+    for ax, label in zip(axes, ("reward", "success rate (rollouts)", "mean steps T (rollouts)"), strict=True):
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("epoch of the variant's last stage")
         ax.grid(alpha=0.3)

@@ -368,7 +368,7 @@ def _successful_steps(outcomes: dict[str, Any], name: str) -> list[int]:
     o = outcomes.get(name)
     if not o:
         return []
-    return [int(t) for t, s in zip(o["steps"], o["success"]) if s]
+    return [int(t) for t, s in zip(o["steps"], o["success"], strict=True) if s]
 
 
 def pareto_caption(points: dict[str, Any], subject: str) -> str:
@@ -1018,7 +1018,7 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, stacking: str 
                 + "`. Every number below was measured on these runs; nothing is copied from the paper."
             ),
         ]
-        for i, (d, kind) in enumerate(zip(dirs, kinds)):
+        for i, (d, kind) in enumerate(zip(dirs, kinds, strict=True)):
             sec = Section(d, staged / "plots", f"{i}_{kind}_" if len(dirs) > 1 else f"{kind}_")
             SECTIONS[kind](sec)
             blocks += sec.blocks

@@ -139,7 +139,9 @@ class WindowAdaptor(nn.Module):
             else:
                 if len(generators) != probs.shape[0]:
                     raise InputError(f"need one generator per row ({probs.shape[0]}), got {len(generators)}")
-                index = torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)])
+                index = torch.stack(
+                    [torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators, strict=True)]
+                )
         windows = torch.as_tensor(self.windows, device=index.device)[index]
         return windows, logp_all.gather(1, index[:, None]).squeeze(1)
 

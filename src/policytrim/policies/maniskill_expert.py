@@ -114,7 +114,7 @@ class ManiSkillDemoExpert:
         if len(instructions) != len(states):
             raise ValueError(f"got {len(states)} observations but {len(instructions)} instructions")
         rows = []
-        for text, state in zip(instructions, states):
+        for text, state in zip(instructions, states, strict=True):
             task = self._task_of(text)
             i, distance = self.nearest(task, state)
             if distance > self.max_distance:

@@ -402,7 +402,7 @@ class TinyVLA(nn.Module):
         if image_shape is not None:
             if not (isinstance(image_shape, list) and len(image_shape) == 3):
                 raise InputError(f"policy spec image_shape must be [height, width, channels], got {image_shape!r}")
-            for size, hi in zip(image_shape, (L.MAX_IMAGE_SIZE, L.MAX_IMAGE_SIZE, 4)):
+            for size, hi in zip(image_shape, (L.MAX_IMAGE_SIZE, L.MAX_IMAGE_SIZE, 4), strict=True):
                 L.check_int("policy spec image_shape entry", size, 1, hi)
 
     @staticmethod

@@ -139,7 +139,7 @@ class _TokenTransformer(nn.Module):
     def step(self, x: torch.Tensor, position: int, caches: list[list[torch.Tensor]]) -> torch.Tensor:
         """One more position: its input [B, dim] -> its logits [B, V], attending to the cached ones."""
         h = (x + self.position[position]).unsqueeze(1)
-        for block, cache in zip(self.blocks, caches):
+        for block, cache in zip(self.blocks, caches, strict=True):
             h = block(h, causal=False, cache=cache)  # one query: it may see every cached position
         return self.out(self.norm(h))[:, 0]
 

@@ -146,7 +146,7 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
     params = list(params)
     has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8, device=_device())
     dist.all_reduce(has_grad, op=dist.ReduceOp.MAX)
-    params = [p for p, flag in zip(params, has_grad.tolist()) if flag]
+    params = [p for p, flag in zip(params, has_grad.tolist(), strict=True) if flag]
     if not params:
         return
     for p in params:
@@ -228,7 +228,7 @@ def all_gather_json(value: Any) -> list[Any]:
     buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     parts = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in range(world_size())]
     dist.all_gather(parts, buf.to(device))
-    return [json.loads(p.cpu().numpy()[: int(n.item())].tobytes().decode()) for p, n in zip(parts, sizes)]
+    return [json.loads(p.cpu().numpy()[: int(n.item())].tobytes().decode()) for p, n in zip(parts, sizes, strict=True)]
 
 
 _OUTCOME_COLUMNS = ("success", "steps", "window", "calls", "seed", "index")
@@ -254,7 +254,7 @@ def gather_outcomes(traj: Trajectories, tasks: list[str]) -> tuple[Trajectories,
     local[:n, -1] = torch.tensor([tasks.index(t) for t in traj.task], dtype=torch.long)
     parts = [torch.zeros_like(local, device=device) for _ in range(world_size())]
     dist.all_gather(parts, local.to(device))
-    table = torch.cat([p.cpu()[:c] for p, c in zip(parts, counts_)])
+    table = torch.cat([p.cpu()[:c] for p, c in zip(parts, counts_, strict=True)])
     totals = all_reduce_sum(torch.tensor([traj.env_steps, traj.dropped_groups], dtype=torch.long, device=device)).cpu()
     fault_counts: dict[str, int] = {}
     for counts_of_rank in all_gather_json(traj.fault_counts):

@@ -66,7 +66,9 @@ def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEn
             f"validation at window {window}: every episode was lost to simulator faults or worker timeouts"
         )
     out = metrics["outcomes"]
-    success = {f"{task}:{index}": bool(ok) for task, index, ok in zip(out["task"], out["index"], out["success"])}
+    success = {
+        f"{task}:{index}": bool(ok) for task, index, ok in zip(out["task"], out["index"], out["success"], strict=True)
+    }
     return Validation(metrics["overall"], success)
 
 

@@ -121,6 +121,6 @@ def _write_checkpoint(policy: Any, directory: Path) -> Path:
         config.n_action_steps = previous[0]
         if previous[1] is not None:
             config.vlm_model_name = previous[1]
-        for step, name in zip(tokenizer_steps, tokenizer_names):
+        for step, name in zip(tokenizer_steps, tokenizer_names, strict=True):
             step.tokenizer_name = name
     return directory
