@@ -145,9 +145,8 @@ def test_reading_a_video_dataset_never_imports_torchcodec(tmp_path):
     means, imported = result.stdout.strip().rsplit(" ", 1)
     assert imported == "False" and "torchcodec" not in result.stderr, result.stderr[-3000:]
     expected = sorted([40 * i for i in range(6)] * 2)
-    assert all(abs(a - b) <= 3 for a, b in zip(json.loads(means), expected, strict=True)), (
-        means
-    )  # AV1 is lossy: frames read back closely
+    # AV1 is lossy: frames read back closely
+    assert all(abs(a - b) <= 3 for a, b in zip(json.loads(means), expected, strict=True)), means
 
 
 def test_a_local_dataset_with_missing_files_is_one_error_and_no_download(tmp_path, monkeypatch):
