@@ -60,6 +60,7 @@ def inputs(policy, batch: int, seed: int = 0):
     return obs, [instructions[i % len(instructions)] for i in range(batch)]
 
 
+# The closures handed to `timed` below use this iteration's variables and are called at once (B023 noqa).
 def latency_rows(checkpoint: str, calls: int) -> list[dict]:
     rows = []
     for device in ("cpu", "cuda"):
@@ -68,7 +69,7 @@ def latency_rows(checkpoint: str, calls: int) -> list[dict]:
             obs, ins = inputs(policy, batch)
             gens = [torch.Generator().manual_seed(i) for i in range(batch)]
             with torch.no_grad():
-                ms = timed(lambda: policy.sample(obs, ins, "sampled", gens), device, calls)  # noqa: B023 - called at once, in this iteration
+                ms = timed(lambda: policy.sample(obs, ins, "sampled", gens), device, calls)  # noqa: B023
             rows.append({"what": "sample", "device": device, "batch": batch, "ms": round(ms, 3)})
             print(f"sample  {device:4s} batch {batch:5d}: {ms:8.3f} ms", flush=True)
         for batch in (512, 4096):
@@ -81,9 +82,9 @@ def latency_rows(checkpoint: str, calls: int) -> list[dict]:
             optimizer = torch.optim.Adam(policy.parameters(), lr=1e-6)
 
             def step() -> None:
-                optimizer.zero_grad(set_to_none=True)  # noqa: B023 - called at once, in this iteration
-                (-policy.log_prob(obs, ins, replay, rows_mask).mean()).backward()  # noqa: B023 - called at once, in this iteration
-                optimizer.step()  # noqa: B023 - called at once, in this iteration
+                optimizer.zero_grad(set_to_none=True)  # noqa: B023
+                (-policy.log_prob(obs, ins, replay, rows_mask).mean()).backward()  # noqa: B023
+                optimizer.step()  # noqa: B023
 
             ms = timed(step, device, max(10, calls // 4))
             rows.append({"what": "update", "device": device, "batch": batch, "ms": round(ms, 3)})
@@ -105,11 +106,12 @@ def served_rows(checkpoint: str, calls: int) -> list[dict]:
         obs = {"state": inputs(policy, 1)[0]["state"][0].numpy(), "prompt": policy.spec()["instructions"][0]}
         service = PolicyService(policy, ServeConfig(port=0, mode="sampled", device=device))
         generator = torch.Generator().manual_seed(0)
-        ms = timed(lambda: service.infer(obs, generator), "cpu", calls)  # noqa: B023 - called at once; infer returns numpy: already synchronised
+        # infer returns numpy: already synchronised
+        ms = timed(lambda: service.infer(obs, generator), "cpu", calls)  # noqa: B023
         rows.append({"what": "service.infer", "device": device, "batch": 1, "ms": round(ms, 3)})
         print(f"served  {device:4s} in process: {ms:8.3f} ms", flush=True)
         with ServerThread(PolicyServer(service)) as running, PolicyClient(running.host, running.port) as client:
-            ms = timed(lambda: client.infer(obs), "cpu", calls)  # noqa: B023 - called at once, in this iteration
+            ms = timed(lambda: client.infer(obs), "cpu", calls)  # noqa: B023
         rows.append({"what": "round trip", "device": device, "batch": 1, "ms": round(ms, 3)})
         print(f"served  {device:4s} round trip: {ms:8.3f} ms", flush=True)
     return rows

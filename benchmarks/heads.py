@@ -229,7 +229,7 @@ def main() -> None:
         head_work = work / head
         cfg = frozen_config(
             head_work / "benchmark_config.yaml",
-            lambda: build_config("mw8", shared + [HEADS[head]], args.set, head_work),  # noqa: B023 - called at once, in this iteration
+            lambda: build_config("mw8", shared + [HEADS[head]], args.set, head_work),  # noqa: B023 - called at once
         )
         summary = policy_pipeline(cfg, work / "demos", head_work, phases, prefix=f"{head}/")
         result = {

@@ -205,7 +205,7 @@ def main() -> None:
 
         def gap(logp: torch.Tensor) -> dict:
             """The recomputed chunk log-probs against the sampled ones: ratio 1 up to the dtype's rounding."""
-            d = logp.detach().float() - sample.logp.float()  # noqa: B023 - called at once, in this iteration
+            d = logp.detach().float() - sample.logp.float()  # noqa: B023 - called at once
             return {"chunk_ratio": torch.exp(d.sum(-1)).tolist(), "logp_row_gap_max": d.abs().max().item()}
 
         with torch.no_grad():

@@ -189,7 +189,10 @@ def test_torchrun_run_killed_mid_update_resumes_to_the_same_run(torchrun_run, ti
     assert not (killed / "summary.json").exists() and (killed / "extend" / "epoch_000001").is_dir()
     proc = torchrun(["train", "--resume", str(killed)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    drop = lambda records: [{k: v for k, v in r.items() if k not in ("rollout_s", "epoch_s", "val_s")} for r in records]  # noqa: E731
+
+    def drop(records):
+        return [{k: v for k, v in r.items() if k not in ("rollout_s", "epoch_s", "val_s")} for r in records]
+
     assert drop(read_jsonl(torchrun_run / "metrics.jsonl")) == drop(read_jsonl(killed / "metrics.jsonl"))
     a, b = (
         load_file(str(run / "extend" / "epoch_000002" / "policy" / "model.safetensors"))

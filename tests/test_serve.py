@@ -28,7 +28,13 @@ from policytrim.policies import load_policy  # noqa: E402
 from policytrim.policies.tinyvla import TinyVLA  # noqa: E402
 from policytrim.serve import wire  # noqa: E402
 from policytrim.serve.client import ActionChunkBroker, PolicyClient, ServerError  # noqa: E402
-from policytrim.serve.server import CLOSE_BAD_REQUEST, PolicyServer, PolicyService, ServeConfig, ServerThread  # noqa: E402
+from policytrim.serve.server import (  # noqa: E402
+    CLOSE_BAD_REQUEST,
+    PolicyServer,
+    PolicyService,
+    ServeConfig,
+    ServerThread,
+)
 
 TASKS = ("drawer-close-v3", "reach-v3")
 MAX_BYTES = 2**20

@@ -263,7 +263,8 @@ def serve(args: Any) -> int:
     def ready(host: str, port: int) -> None:
         auth = " (API key required)" if api_key else ""
         print(
-            f"policytrim serve: {args.policy} ({args.device}) listening on ws://{host}:{port}{auth}; health check http://{host}:{port}/healthz",
+            f"policytrim serve: {args.policy} ({args.device}) listening on ws://{host}:{port}{auth}; "
+            f"health check http://{host}:{port}/healthz",
             flush=True,
         )
 
