@@ -136,7 +136,7 @@ def render_device_available() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def patch_render_material_if_no_device() -> bool:
     """Replace ``sapien.render.RenderMaterial`` by `InertRenderMaterial` if, and only if, SAPIEN
     finds no render device (module docstring); call before importing ``mani_skill``. Returns

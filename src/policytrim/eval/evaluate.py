@@ -30,9 +30,9 @@ from policytrim.envs import check_episodes, env_tasks, initial_states, split_see
 from policytrim.errors import InputError
 from policytrim.eval.metrics import summarize
 from policytrim.io import atomic_write_json
-from policytrim.windows import WindowPlan
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.runtime import workers_own_cores
+from policytrim.windows import WindowPlan
 
 FORMAT, VERSION = "policytrim-metrics", 1
 
@@ -117,17 +117,22 @@ def _fmt(value: Any, spec: str) -> str:
 
 def format_table(metrics: dict[str, Any]) -> str:
     """The metrics as a plain-text table (one row per task and overall)."""
-    head = f"{'task':<28} {'episodes':>8} {'SR':>6} {'95% CI':>13} {'mean T':>7} {'k':>3} {'calls/succ':>10} {'wall-clock s':>12}"
+    head = (
+        f"{'task':<28} {'episodes':>8} {'SR':>6} {'95% CI':>13} {'mean T':>7} {'k':>3} {'calls/succ':>10} "
+        f"{'wall-clock s':>12}"
+    )
     lines = [head, "-" * len(head)]
     rows = [*metrics["tasks"].items(), ("overall", metrics["overall"])]
     for name, m in rows:
         lo, hi = m["success_ci95"]
         lines.append(
             f"{name:<28} {m['episodes']:>8} {_fmt(m['success_rate'], '.2f'):>6} {f'[{lo:.2f}, {hi:.2f}]':>13} "
-            f"{_fmt(m['mean_steps'], '.1f'):>7} {str(m['window']):>3} {_fmt(m['calls_per_success'], '.1f'):>10} {_fmt(m['wall_clock_s'], '.2f'):>12}"
+            f"{_fmt(m['mean_steps'], '.1f'):>7} {str(m['window']):>3} "
+            f"{_fmt(m['calls_per_success'], '.1f'):>10} {_fmt(m['wall_clock_s'], '.2f'):>12}"
         )
     lines.append(
-        f"mode {metrics['mode']}, horizon {metrics['horizon']}, seed {metrics['seed']}, {metrics['split']} states (seed {metrics['state_seed']}), "
+        f"mode {metrics['mode']}, horizon {metrics['horizon']}, seed {metrics['seed']}, {metrics['split']} "
+        f"states (seed {metrics['state_seed']}), "
         f"latency {metrics['latency_ms']:.2f} ms ({metrics['latency_source']})"
         + (f", {metrics['dropped_groups']} episodes dropped (simulator faults)" if metrics["dropped_groups"] else "")
     )
@@ -150,8 +155,20 @@ def evaluate_to_dir(cfg: Any, policy: Any, window: int, out: str | Path, name: s
     """Evaluate ``policy`` at ``window`` (0: its own) on ``cfg.eval.episodes`` test states per task
     and write ``out/metrics.json`` (its ``policy`` field is ``name``). Returns the metrics."""
     with workers_own_cores(cfg.rollout.num_workers, cfg.device):
-        with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, backend=cfg.rollout.backend, ray=cfg.ray) as engine:
-            metrics = evaluate_policy(policy, cfg.env, cfg.eval.episodes, window, cfg.eval.mode, cfg.eval.seed, "test", engine=engine, latency_ms=cfg.eval.latency_ms)
+        with RolloutEngine(
+            cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, backend=cfg.rollout.backend, ray=cfg.ray
+        ) as engine:
+            metrics = evaluate_policy(
+                policy,
+                cfg.env,
+                cfg.eval.episodes,
+                window,
+                cfg.eval.mode,
+                cfg.eval.seed,
+                "test",
+                engine=engine,
+                latency_ms=cfg.eval.latency_ms,
+            )
     metrics["policy"] = name
     atomic_write_json(Path(out) / "metrics.json", metrics)
     return metrics

@@ -7,7 +7,17 @@ from pathlib import Path
 from policytrim.errors import InputError
 from policytrim.policies.base import MODES, TRAINED_STAGES, ChunkPolicy, ChunkSample, Mode, Observation, resolve_window
 
-__all__ = ["MODES", "TRAINED_STAGES", "ChunkPolicy", "ChunkSample", "Mode", "Observation", "load_policy", "policy_from_spec", "resolve_window"]
+__all__ = [
+    "MODES",
+    "TRAINED_STAGES",
+    "ChunkPolicy",
+    "ChunkSample",
+    "Mode",
+    "Observation",
+    "load_policy",
+    "policy_from_spec",
+    "resolve_window",
+]
 
 
 def policy_from_spec(spec: dict, state_dict: dict | None = None) -> ChunkPolicy:
@@ -25,7 +35,9 @@ def policy_from_spec(spec: dict, state_dict: dict | None = None) -> ChunkPolicy:
             policy.load_state_dict(state_dict)
         return policy
     if kind == "lerobot":
-        raise InputError("a LeRobot policy is rebuilt from its checkpoint directory (load_policy), not from a spec alone")
+        raise InputError(
+            "a LeRobot policy is rebuilt from its checkpoint directory (load_policy), not from a spec alone"
+        )
     raise InputError(f"unknown policy kind {kind!r} in spec; known kinds: expert, chunk, lerobot")
 
 

@@ -20,8 +20,9 @@ record              what it holds                                    on disk (ke
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from policytrim.train import distributed
 
@@ -286,7 +287,6 @@ class StageOutcome:
             epochs_run=data.get("epochs_run"),
             stop_reason=data.get("stop_reason"),
         )
-
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ Resuming trusts nothing it cannot check: ``config.yaml`` must hash to the SHA-25
 ``run.json`` when the run was created (an edited, truncated or replaced file is refused), and it must
 hold every key (no default is ever filled in for a resumed run: a config cut at a line boundary
 would otherwise run a different experiment). Runs made before the hash was recorded are accepted
-when their config.yaml is complete. ``status`` is running, complete, interrupted (Ctrl-C) or failed (the disk filled up; ``failure`` says
-so); every one but complete continues with --resume.
+when their config.yaml is complete. ``status`` is running, complete, interrupted (Ctrl-C) or failed (the disk filled
+up; ``failure`` says so); every one but complete continues with --resume.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ class RunDir:
                 half_made = cls.half_made(path)
                 if half_made:
                     raise InputError(half_made)
-                raise InputError(f"run directory {path} already exists; pass --resume {path} to continue it or --overwrite to replace it")
+                raise InputError(
+                    f"run directory {path} already exists; pass --resume {path} to continue it or "
+                    "--overwrite to replace it"
+                )
             shutil.rmtree(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -82,7 +85,11 @@ class RunDir:
         if not (path / "config.yaml").is_file() or not (path / "run.json").is_file():
             raise InputError(f"{where}: not a policytrim run directory (config.yaml and run.json are missing)")
         meta = read_json(path / "run.json", name=f"{where}: run.json", kind=None)
-        if not (isinstance(meta, dict) and meta.get("stage") in ("extend", "trim", "both") and isinstance(meta.get("init"), str)):
+        if not (
+            isinstance(meta, dict)
+            and meta.get("stage") in ("extend", "trim", "both")
+            and isinstance(meta.get("init"), str)
+        ):
             raise InputError(f"{where}: run.json does not describe a training run (needs stage and init)")
         raw = (path / "config.yaml").read_bytes()
         expected = meta.get("config_sha256")
@@ -119,7 +126,8 @@ class RunDir:
         """Mark the run "interrupted" (Ctrl-C) in run.json; the error to raise says how to resume."""
         self.set_status("interrupted")
         return RunInterrupted(
-            f"interrupted: the run in {self.path} keeps its last complete checkpoint; continue it with `policytrim train --resume {self.path}`"
+            f"interrupted: the run in {self.path} keeps its last complete checkpoint; continue it with "
+            f"`policytrim train --resume {self.path}`"
         )
 
     def out_of_space(self, exc: BaseException) -> DiskFull:
