@@ -80,6 +80,8 @@ class EnvConfig:
     """Seed of the test initial states (every reported number)."""
     libero_max_steps: Literal["openpi", "paper", "env"] = "openpi"
     """suite=libero: the horizon preset: openpi (per suite 220/280/300/520/400, the published protocol), paper (160/160/240/400) or env (env.horizon)."""
+    libero_state: Literal["auto", "proprio", "objects"] = "auto"
+    """suite=libero: the state observation: proprio (openpi's 8-D), objects (proprio + the task's object poses, a fixed layout per suite, `policytrim.envs.libero`) or auto (objects unless env.image)."""
     libero_published_test: bool = False
     """suite=libero: the test split is all 50 init states per task, in order (the published protocol; overlaps train/val: only for checkpoints not trained here)."""
     max_envs_per_worker: int = 0
@@ -88,6 +90,7 @@ class EnvConfig:
     def __post_init__(self) -> None:
         _require(self.suite in ("metaworld", "gym", "libero"), f"env.suite must be metaworld, gym or libero, got {self.suite!r}")
         _int_in("env.max_envs_per_worker", self.max_envs_per_worker, 0, L.MAX_ENVS_PER_WORKER, " (0 = automatic)")
+        _require(self.libero_state in ("auto", "proprio", "objects"), f"env.libero_state must be auto, proprio or objects, got {self.libero_state!r}")
         if self.suite == "metaworld":
             try:
                 self.tasks = resolve_tasks(list(self.tasks))
