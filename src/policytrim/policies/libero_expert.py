@@ -189,6 +189,7 @@ class LiberoExpert:
 
     def __init__(self, plan: TaskPlan) -> None:
         self.plan = plan
+        self.state_dim = 8 + 7 * plan.slots
 
     # -- geometry read off the state ----------------------------------------------------------
 
