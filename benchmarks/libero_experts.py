@@ -7,7 +7,8 @@ goal holds or the suite's openpi horizon (220 Spatial, 280 Object, 300 Goal, 520
 
 Resumable and one process: every task's episodes go to ``<workdir>/<suite>__<task>.json`` as they
 finish; states already there are skipped, so a run can be stopped and continued, or widened with a
-larger ``--states``. Tasks the experts do not script (the non-pick-and-place LIBERO-Goal tasks) are
+larger ``--states``; a task measured with another version of the expert's source is measured
+again. Tasks the experts do not script (the non-pick-and-place LIBERO-Goal tasks) are
 recorded as unsupported, not as failures. The summary (``--summary-only`` rebuilds it from the
 work dir) goes to ``benchmarks/results/libero_experts.json`` and ``.md``: per suite and task the
 success rate and mean steps of the successful episodes, the init states measured, the machine and
@@ -21,6 +22,7 @@ every task of every suite asked for has all 50 init states.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -41,6 +43,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SUITES = ("libero_object", "libero_spatial", "libero_goal", "libero_10")
 
 
+def expert_version() -> str:
+    """SHA-256 (12 hex) of the expert's source: episodes measured with another version are re-run."""
+    import policytrim.policies.libero_expert as module
+
+    return hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()[:12]
+
+
 def task_file(workdir: Path, address: str) -> Path:
     return workdir / (address.replace("/", "__") + ".json")
 
@@ -48,7 +57,9 @@ def task_file(workdir: Path, address: str) -> Path:
 def run_task(address: str, states: int, workdir: Path) -> dict:
     """Measure the missing init states 0..states-1 of one task; returns its record."""
     path = task_file(workdir, address)
-    record = json.loads(path.read_text()) if path.is_file() else {"task": address, "episodes": {}}
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    if record.get("expert_version") != expert_version():
+        record = {"task": address, "expert_version": expert_version(), "episodes": {}}
     todo = [i for i in range(states) if str(i) not in record["episodes"]]
     if not todo or record.get("unsupported"):
         return record
@@ -102,6 +113,7 @@ def summarise(workdir: Path, suites: tuple[str, ...]) -> dict:
             all_eps += eps
             ok = [e for e in eps if e["success"]]
             tasks[task.name] = {
+                "expert_version": record.get("expert_version"),
                 "success_rate": len(ok) / len(eps),
                 "mean_steps": float(np.mean([e["steps"] for e in ok])) if ok else None,
                 "init_states": len(eps),

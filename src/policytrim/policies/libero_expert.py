@@ -40,6 +40,8 @@ MAX_GRASP_WIDTH = 0.072  # wider objects are pinched at the rim (bowls)
 POS_UNIT = 0.05  # metres per unit of position action
 ROT_UNIT = 0.5  # radians per unit of rotation action
 CLOSE, OPEN = 1.0, -1.0
+GRASP_DEPTH = 0.03  # grasp this far below an object's top: the palm stays clear of tall objects
+MAX_YAW = 0.8 * math.pi  # keep the hand's yaw within the wrist's range
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ class LiberoExpert:
                 best = (d[:2] / np.linalg.norm(d[:2]), width)
         if best is not None and best[1] <= MAX_GRASP_WIDTH:
             axis2, width = best
-            z = max(zmin + 0.015, min(centre[2], zmax - 0.03))
+            z = max(zmin + 0.015, zmax - GRASP_DEPTH)
             return np.array([centre[0], centre[1], z]), axis2, width, False
         # a bowl: pinch its wall at the rim, on the side furthest from the other bodies
         radius = 0.5 * float(min(size[0], size[1])) - 0.012
@@ -265,7 +267,7 @@ class LiberoExpert:
             at_rim = abs(float(np.linalg.norm(hand[:2] - obj_centre[:2])) - radius) < 0.025 and abs(hand[2] - point[2]) < 0.03
             held = 0.001 < fingers < 0.03 and at_rim
         else:
-            held = max(0.002, width - 0.015) < fingers < width + 0.006 and near
+            held = 0.004 < fingers < width + 0.006 and near  # stopped by the object (a neck may be thinner than its box)
 
         # where the object should go: centre over the region, bottom on the surface
         place_bottom = surface + (0.01 if t.kind == "on" else 0.02)
@@ -332,7 +334,9 @@ class LiberoExpert:
             phi = phi_now
         else:
             phi = math.atan2(axis[0], -axis[1])
-            phi = (phi + math.pi / 2) % math.pi - math.pi / 2  # the fingers are symmetric: keep |phi| <= 90 deg
+            # the fingers are symmetric: of phi + k pi (within the wrist's range) the nearest to now
+            options = [phi + k * math.pi for k in (-2, -1, 0, 1, 2) if abs(phi + k * math.pi) <= MAX_YAW]
+            phi = min(options, key=lambda c: abs(c - phi_now))
         desired = _rot_z(phi) @ HAND_DOWN
         err = _mat_to_axis_angle(desired @ hand_R.T)
         return np.clip(err / ROT_UNIT, -1.0, 1.0)
