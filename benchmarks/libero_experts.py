@@ -22,6 +22,7 @@ every task of every suite asked for has all 50 init states.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import time
@@ -43,6 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SUITES = ("libero_object", "libero_spatial", "libero_goal", "libero_10")
 
 
+@functools.lru_cache(maxsize=None)
 def expert_version() -> str:
     """SHA-256 (12 hex) of the expert's source: episodes measured with another version are re-run."""
     import policytrim.policies.libero_expert as module
