@@ -41,6 +41,7 @@ POS_UNIT = 0.05  # metres per unit of position action
 ROT_UNIT = 0.5  # radians per unit of rotation action
 CLOSE, OPEN = 1.0, -1.0
 GRASP_DEPTH = 0.03  # grasp this far below an object's top: the palm stays clear of tall objects
+RIM_INSET, RIM_DEPTH = 0.005, 0.025  # a bowl's wall: this far inside its box's outer edge, below its top
 MAX_YAW = 0.8 * math.pi  # keep the hand's yaw within the wrist's range
 
 
@@ -234,7 +235,7 @@ class LiberoExpert:
             z = max(zmin + 0.015, zmax - GRASP_DEPTH)
             return np.array([centre[0], centre[1], z]), axis2, width, False
         # a bowl: pinch its wall at the rim, on the side furthest from the other bodies
-        radius = 0.5 * float(min(size[0], size[1])) - 0.012
+        radius = 0.5 * float(min(size[0], size[1])) - RIM_INSET
         others = [self._pose(state, s)[0] for s in range(self.plan.slots) if s != self.plan.obj_slot and np.any(state[11 + 7 * s : 15 + 7 * s])]
         best_dir, best_score = None, -1.0
         for k in range(8):
@@ -245,7 +246,7 @@ class LiberoExpert:
             score = min(score, 0.12) - 0.02 * abs(math.sin(a))  # ties: prefer rim points along x (reachable yaw)
             if score > best_score:
                 best_dir, best_score = u, score
-        point = np.array([*(centre[:2] + radius * best_dir), zmax - 0.012])
+        point = np.array([*(centre[:2] + radius * best_dir), zmax - RIM_DEPTH])
         return point, best_dir, 0.008, True
 
     # -- the controller -------------------------------------------------------------------------
@@ -282,9 +283,9 @@ class LiberoExpert:
         gripper = OPEN
         yaw_axis = axis
         if held:
-            gripper = CLOSE
+            gripper, yaw_axis = CLOSE, None  # keep the yaw it was grasped at
             err_xy = region[:2] - obj_centre[:2]
-            if fingers > width + 0.002 and not rim:  # still closing on it
+            if fingers > width + 0.002:  # still closing on it
                 goal = hand.copy()
             elif np.linalg.norm(err_xy) > 0.015:
                 carry = max(lift_bottom, place_bottom + 0.05)
