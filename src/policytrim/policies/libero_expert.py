@@ -243,7 +243,8 @@ class LiberoExpert:
             u = np.array([math.cos(a), math.sin(a)])
             point = centre[:2] + radius * u
             score = min((float(np.linalg.norm(point - o[:2])) for o in others), default=1.0)
-            score = min(score, 0.12) - 0.02 * abs(math.sin(a))  # ties: prefer rim points along x (reachable yaw)
+            # clear of neighbours first; then the near side (the robot stands at -x) and an unturned hand
+            score = min(score, 0.10) - 0.03 * max(0.0, math.cos(a)) - 0.01 * abs(math.sin(a))
             if score > best_score:
                 best_dir, best_score = u, score
         point = np.array([*(centre[:2] + radius * best_dir), zmax - RIM_DEPTH])
@@ -289,7 +290,7 @@ class LiberoExpert:
                 goal = hand.copy()
             elif np.linalg.norm(err_xy) > 0.015:
                 carry = max(lift_bottom, place_bottom + 0.05)
-                goal = hand + np.array([0.0, 0.0, carry - obj_bottom])
+                goal = hand + np.array([0.0, 0.0, max(0.0, carry - obj_bottom)])  # carried high: stay high
                 if obj_bottom > carry - 0.03:
                     goal[:2] = hand[:2] + err_xy
             elif obj_bottom > place_bottom + 0.01:
