@@ -121,7 +121,7 @@ class PolicyConfig:
     """The built-in VLA-shaped chunk policy (or a scripted expert)."""
 
     kind: Literal["chunk", "expert", "lerobot"] = "chunk"
-    """chunk: the built-in learned policy; expert: Meta-World's scripted experts (window 1); lerobot: a LeRobot policy (SmolVLA, pi0, pi05, Diffusion, ACT; needs the lerobot extra)."""
+    """chunk: the built-in learned policy; expert: the scripted experts of Meta-World or LIBERO (window 1); lerobot: a LeRobot policy (SmolVLA, pi0, pi05, Diffusion, ACT; needs the lerobot extra)."""
     head: Literal["gaussian", "flow", "token_parallel", "token_ar"] = "gaussian"
     """Action head: gaussian (exact log-prob), flow (flow matching, Flow-SDE log-probs), token_parallel (256 bins per dim, all tokens at once, OpenVLA-OFT) or token_ar (one token at a time, OpenVLA)."""
     chunk_size: int = 15

@@ -42,6 +42,7 @@ ROT_UNIT = 0.5  # radians per unit of rotation action
 CLOSE, OPEN = 1.0, -1.0
 GRASP_DEPTH = 0.03  # grasp this far below an object's top: the palm stays clear of tall objects
 RIM_INSET, RIM_DEPTH = 0.005, 0.025  # a bowl's wall: this far inside its box's outer edge, below its top
+HOME_XY = np.array([-0.2, 0.0])  # where the hand starts in every LIBERO scene (in reach of both sides)
 MAX_YAW = 0.8 * math.pi  # keep the hand's yaw within the wrist's range
 
 
@@ -237,14 +238,16 @@ class LiberoExpert:
         # a bowl: pinch its wall at the rim, on the side furthest from the other bodies
         radius = 0.5 * float(min(size[0], size[1])) - RIM_INSET
         others = [self._pose(state, s)[0] for s in range(self.plan.slots) if s != self.plan.obj_slot and np.any(state[11 + 7 * s : 15 + 7 * s])]
+        home = HOME_XY - centre[:2]
+        home = home / max(float(np.linalg.norm(home)), 1e-6)
         best_dir, best_score = None, -1.0
         for k in range(8):
             a = k * math.pi / 4
             u = np.array([math.cos(a), math.sin(a)])
             point = centre[:2] + radius * u
             score = min((float(np.linalg.norm(point - o[:2])) for o in others), default=1.0)
-            # clear of neighbours first; then the near side (the robot stands at -x) and an unturned hand
-            score = min(score, 0.10) - 0.03 * max(0.0, math.cos(a)) - 0.01 * abs(math.sin(a))
+            # clear of neighbours first; then the side facing the hand's home (reachable) and an unturned hand
+            score = min(score, 0.10) - 0.015 * (1.0 - float(u @ home)) - 0.01 * abs(math.sin(a))
             if score > best_score:
                 best_dir, best_score = u, score
         point = np.array([*(centre[:2] + radius * best_dir), zmax - RIM_DEPTH])
