@@ -109,7 +109,7 @@ def summarise(workdir: Path, suites: tuple[str, ...]) -> dict:
                 partial = True
                 continue
             eps = list(record["episodes"].values())
-            partial |= len(eps) < INIT_STATES_PER_TASK
+            partial |= len(eps) < INIT_STATES_PER_TASK  # includes tasks not measured at all
             if not eps:
                 continue
             all_eps += eps

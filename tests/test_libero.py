@@ -205,7 +205,8 @@ def test_two_env_workers_give_the_same_rollouts_as_one():
     cfg = _cfg(libero_max_steps="env", horizon=10)
     instruction = suite_tasks("libero_object")[0].instruction
     torch.manual_seed(0)
-    policy = TinyVLA.from_config(PolicyConfig(chunk_size=5, default_window=5, hidden_dim=32, num_layers=1), 8, 7, [instruction])
+    state_dim = 8 + 7 * STATE_SLOTS["libero_object"]  # state only: with object poses
+    policy = TinyVLA.from_config(PolicyConfig(chunk_size=5, default_window=5, hidden_dim=32, num_layers=1), state_dim, 7, [instruction])
     starts = initial_states(OBJECT, cfg.val_seed, 2)
     windows = torch.tensor([[5, 3], [2, 5]])
     runs = []
