@@ -111,6 +111,7 @@ def summarise(workdir: Path, suites: tuple[str, ...]) -> dict:
             eps = list(record["episodes"].values())
             partial |= len(eps) < INIT_STATES_PER_TASK  # includes tasks not measured at all
             if not eps:
+                tasks[task.name] = {"not_measured": True}
                 continue
             all_eps += eps
             ok = [e for e in eps if e["success"]]
@@ -153,8 +154,8 @@ def markdown(summary: dict) -> str:
     ]
     for suite, s in summary["suites"].items():
         for name, t in s["tasks"].items():
-            if "unsupported" in t:
-                lines.append(f"| {suite} | {name} | not scripted | | | |")
+            if "unsupported" in t or "not_measured" in t:
+                lines.append(f"| {suite} | {name} | {'not scripted' if 'unsupported' in t else 'not measured'} | | | |")
                 continue
             steps = f"{t['mean_steps']:.0f}" if t["mean_steps"] is not None else "-"
             lines.append(f"| {suite} | {name} | {t['success_rate']:.2f} | {steps} | {t['init_states']} | {t['failed_init_states']} |")
