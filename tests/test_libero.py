@@ -17,9 +17,12 @@ require_or_skip("libero.libero.benchmark", "libero", reason="LIBERO is not insta
 from policytrim.config import ConfigError, EnvConfig, PolicyConfig  # noqa: E402
 from policytrim.envs import check_episodes, initial_states, make_env, worker_env_cap  # noqa: E402
 from policytrim.envs.base import InitialState  # noqa: E402
+from policytrim.envs.base import OBS_STATE  # noqa: E402
 from policytrim.envs.libero import (  # noqa: E402
     OPENPI_MAX_STEPS,
     SPLIT_RANGES,
+    STATE_SLOTS,
+    SUITES,
     _suite,
     init_state_number,
     resolve_libero_tasks,
@@ -108,7 +111,68 @@ def test_reset_to_an_address_is_bit_identical(state_env):
     c = replay(address)
     assert all(np.array_equal(x, y) for x, y in zip(a, c))
     assert not np.array_equal(a[1], b[1])
-    assert a[0].shape == (8,) and a[0].dtype == np.float32
+    assert a[0].shape == (8 + 7 * STATE_SLOTS["libero_object"],) and a[0].dtype == np.float32  # with object poses
+
+
+def test_state_only_env_carries_object_poses_in_a_fixed_layout(state_env):
+    env = state_env
+    inner = env.unwrapped
+    assert not inner.env.has_offscreen_renderer and not inner.env.use_camera_obs  # state only: no renderer
+    obs = env.reset(initial_states(OBJECT, 2, 1)[0])
+    assert obs[OBS_STATE].shape == (8 + 7 * STATE_SLOTS["libero_object"],) == env.observation_spec[OBS_STATE].shape
+    assert env.state_bodies[:2] == ("alphabet_soup_1", "basket_1")  # the goal's bodies first
+    data, ids = inner.env.sim.data, inner.env.obj_body_id
+    slots = obs[OBS_STATE][8:].reshape(-1, 7)
+    for k, body in enumerate(env.state_bodies):
+        np.testing.assert_allclose(slots[k, :3], data.body_xpos[ids[body]], atol=1e-6)
+        np.testing.assert_allclose(slots[k, 3:], data.body_xquat[ids[body]][[1, 2, 3, 0]], atol=1e-6)
+    assert not slots[len(env.state_bodies) :].any()  # padding
+    proprio = make_env(_cfg(libero_state="proprio"), OBJECT)
+    try:
+        assert proprio.reset(initial_states(OBJECT, 2, 1)[0])[OBS_STATE].shape == (8,)
+    finally:
+        proprio.close()
+
+
+def test_state_slots_fit_every_task_of_every_suite():
+    """STATE_SLOTS[suite] is the most bodies (objects and fixtures, not table or floor) of a task."""
+    from pathlib import Path
+
+    from libero.libero import get_libero_path
+    from libero.libero.envs.bddl_utils import robosuite_parse_problem
+
+    for suite in SUITES:
+        bench, most = _suite(suite), 0
+        for i in range(bench.n_tasks):
+            task = bench.get_task(i)
+            problem = robosuite_parse_problem(str(Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file))
+            fixtures = [n for names in problem["fixtures"].values() for n in names if not (n.endswith("table") or n == "floor")]
+            most = max(most, sum(len(names) for names in problem["objects"].values()) + len(fixtures))
+        assert STATE_SLOTS[suite] == most, suite
+
+
+def test_scripted_expert_solves_an_object_task(state_env):
+    """The expert, through the policy contract, puts the alphabet soup in the basket from one init
+    state on the real simulator (its plan read from the same env)."""
+    from policytrim.policies.expert import ExpertPolicy
+    from policytrim.policies.libero_expert import LiberoExpert, _plan_from_env
+
+    env = state_env
+    env.reset(initial_states(OBJECT, 2, 1)[0])
+    policy = ExpertPolicy((OBJECT,))
+    policy._experts[OBJECT] = LiberoExpert(_plan_from_env(env))  # the plan task_plan would build in its own env
+    assert policy.action_dim == 7 and policy.spec() == {"kind": "expert", "tasks": [OBJECT]}
+    obs = env.reset(initial_states(OBJECT, 2, 1, start=0)[0])
+    success = False
+    for step in range(OPENPI_MAX_STEPS["libero_object"]):
+        action = policy.sample({OBS_STATE: torch.from_numpy(obs[OBS_STATE])[None]}, [env.instruction]).actions
+        assert tuple(action.shape) == (1, 1, 7) and float(action.abs().max()) <= 1.0
+        obs, success = env.step(action[0, 0].numpy())
+        if success:
+            break
+    assert success, f"not solved in {step + 1} steps"
+    with pytest.raises(InputError, match="env.libero_state=objects"):  # the proprio-only state has no objects
+        policy.sample({OBS_STATE: torch.zeros(1, 8)}, [env.instruction])
 
 
 def test_memory_cap_per_worker():
@@ -143,7 +207,8 @@ def test_two_env_workers_give_the_same_rollouts_as_one():
     cfg = _cfg(libero_max_steps="env", horizon=10)
     instruction = suite_tasks("libero_object")[0].instruction
     torch.manual_seed(0)
-    policy = TinyVLA.from_config(PolicyConfig(chunk_size=5, default_window=5, hidden_dim=32, num_layers=1), 8, 7, [instruction])
+    state_dim = 8 + 7 * STATE_SLOTS["libero_object"]  # state only: with object poses
+    policy = TinyVLA.from_config(PolicyConfig(chunk_size=5, default_window=5, hidden_dim=32, num_layers=1), state_dim, 7, [instruction])
     starts = initial_states(OBJECT, cfg.val_seed, 2)
     windows = torch.tensor([[5, 3], [2, 5]])
     runs = []

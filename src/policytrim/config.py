@@ -82,6 +82,8 @@ class EnvConfig:
     """Seed of the test initial states (every reported number)."""
     libero_max_steps: Literal["openpi", "paper", "env"] = "openpi"
     """suite=libero: the horizon preset: openpi (per suite 220/280/300/520/400, the published protocol), paper (160/160/240/400) or env (env.horizon)."""  # noqa: E501
+    libero_state: Literal["auto", "proprio", "objects"] = "auto"
+    """suite=libero: the state observation: proprio (openpi's 8-D), objects (proprio + the task's object poses, a fixed layout per suite, `policytrim.envs.libero`) or auto (objects unless env.image)."""  # noqa: E501
     libero_published_test: bool = False
     """suite=libero: the test split is all 50 init states per task, in order (the published protocol; overlaps train/val: only for checkpoints not trained here)."""  # noqa: E501
     max_envs_per_worker: int = 0
@@ -93,6 +95,7 @@ class EnvConfig:
             f"env.suite must be metaworld, gym, libero or maniskill, got {self.suite!r}",
         )
         _int_in("env.max_envs_per_worker", self.max_envs_per_worker, 0, L.MAX_ENVS_PER_WORKER, " (0 = automatic)")
+        _require(self.libero_state in ("auto", "proprio", "objects"), f"env.libero_state must be auto, proprio or objects, got {self.libero_state!r}")
         if self.suite == "metaworld":
             try:
                 self.tasks = resolve_tasks(list(self.tasks))
@@ -135,7 +138,7 @@ class PolicyConfig:
     """The built-in VLA-shaped chunk policy (or a scripted expert)."""
 
     kind: Literal["chunk", "expert", "lerobot"] = "chunk"
-    """chunk: the built-in learned policy; expert: Meta-World's scripted experts (window 1); lerobot: a LeRobot policy (SmolVLA, pi0, pi05, Diffusion, ACT; needs the lerobot extra)."""  # noqa: E501
+    """chunk: the built-in learned policy; expert: the scripted experts of Meta-World or LIBERO (window 1); lerobot: a LeRobot policy (SmolVLA, pi0, pi05, Diffusion, ACT; needs the lerobot extra)."""  # noqa: E501
     head: Literal["gaussian", "flow", "token_parallel", "token_ar"] = "gaussian"
     """Action head: gaussian (exact log-prob), flow (flow matching, Flow-SDE log-probs), token_parallel (256 bins per dim, all tokens at once, OpenVLA-OFT) or token_ar (one token at a time, OpenVLA)."""  # noqa: E501
     chunk_size: int = 15

@@ -36,6 +36,18 @@ choice, with its source:
 - State (8-D float32): end-effector position (3), end-effector orientation as axis-angle (3, from
   robosuite's quaternion through robosuite's ``quat2axisangle``), gripper joint positions (2): openpi's
   ``observation/state``.
+- Object poses (``env.libero_state``): ``objects`` appends the poses of the task's bodies to the
+  8-D state in a fixed layout per suite, for policies that learn from state (as Meta-World's 39-D
+  state carries its objects); ``proprio`` is openpi's 8-D state alone (what image policies and the
+  public datasets read); ``auto`` (the default) is objects without images and proprio with them.
+  The layout: ``STATE_SLOTS[suite]`` slots of 7 numbers, position (3, world frame, metres) and
+  orientation as an (x, y, z, w) quaternion (4), one slot per body of the scene (movable objects
+  and fixtures, not the table or floor) in this order: first the bodies the goal names, predicate
+  by predicate, argument by argument (a region such as ``basket_1_contain_region`` stands for the
+  body that carries it, ``basket_1``), then the other bodies in the order the task's BDDL file
+  declares them (objects, then fixtures); slots past the scene's bodies are zeros (a zero
+  quaternion marks an empty slot). ``LiberoEnv.state_bodies`` names the slots. So slot 0 of a
+  LIBERO-Object task is always the object to pick and slot 1 the basket.
 - Actions: 7-D in [-1, 1] (OSC_POSE delta: position 3, rotation 3, gripper 1; -1 opens), the
   benchmark's default controller; 20 Hz control (``control_period_s = 0.05``).
 - Success: the ``done`` flag of the env's step, which LIBERO sets to its goal predicate check
@@ -90,7 +102,11 @@ SETTLE_STEPS = 10
 NOOP_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
 SIM_SEED = 7  # openpi's env.seed(7)
 INIT_STATES_PER_TASK = 50
-STATE_DIM = 8
+STATE_DIM = 8  # openpi's proprioceptive state
+# Body slots of the object-pose state per suite: the most bodies (objects and fixtures, not the table
+# or floor) a task of the suite has (tests/test_libero.py checks them against the BDDL files).
+STATE_SLOTS: dict[str, int] = {"libero_spatial": 7, "libero_object": 7, "libero_goal": 7, "libero_10": 8, "libero_90": 8}
+SLOT_DIM = 7  # position (3) + quaternion x, y, z, w (4)
 ACTION_DIM = 7
 CONTROL_FREQ_HZ = 20  # LIBERO's ControlEnv default
 # (offset, size) of each split over a task's 50 init states
@@ -248,6 +264,29 @@ def init_state_number(state: InitialState, env_cfg: EnvConfig) -> int:
     return offset + state.index
 
 
+def state_dim(suite: str, objects: bool) -> int:
+    """Size of the state observation of a suite's tasks: 8, or 8 + 7 per body slot with object poses."""
+    return STATE_DIM + (SLOT_DIM * STATE_SLOTS[suite] if objects else 0)
+
+
+def uses_object_state(env_cfg: EnvConfig) -> bool:
+    """Whether the state carries object poses (``env.libero_state``; auto: without images)."""
+    mode = getattr(env_cfg, "libero_state", "auto")
+    return mode == "objects" or (mode == "auto" and not env_cfg.image)
+
+
+def goal_bodies(goal_state: list, sites: dict[str, Any], bodies: list[str]) -> list[str]:
+    """The bodies a goal names, in order: each predicate's arguments, a region standing for the body
+    that carries it (``basket_1_contain_region`` -> ``basket_1``); unknown names are skipped."""
+    out: list[str] = []
+    for predicate in goal_state:
+        for arg in predicate[1:]:
+            name = arg if arg in bodies else getattr(sites.get(arg), "parent_name", None)
+            if name in bodies and name not in out:
+                out.append(name)
+    return out
+
+
 def env_memory_mb(env_cfg: EnvConfig) -> int:
     """Memory one more LIBERO env takes in a worker, in MB (an upper bound; see ENV_MB_STATE)."""
     return ENV_MB_IMAGES if env_cfg.image else ENV_MB_STATE
@@ -263,7 +302,8 @@ def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
 class LiberoEnv:
     """One LIBERO task (implements `policytrim.envs.base.EnvAdapter`).
 
-    Observations: ``"state"`` float32 [8]; with ``image=True`` also ``"image"`` (agent view) and
+    Observations: ``"state"`` float32 [8] (+ 7 per body slot with object poses, see the module
+    docstring); with ``image=True`` also ``"image"`` (agent view) and
     ``"wrist_image"``, uint8 [image_size, image_size, 3], upright."""
 
     def __init__(self, task: str, env_cfg: EnvConfig) -> None:
@@ -293,7 +333,16 @@ class LiberoEnv:
             camera_widths=size,
             ignore_done=True,
         )
-        self.observation_spec = {OBS_STATE: ObsSpec((STATE_DIM,), "float32")}
+        self.objects = uses_object_state(env_cfg)
+        inner = self._env.env
+        bodies = list(inner.obj_body_id)
+        first = goal_bodies(inner.parsed_problem["goal_state"], inner.object_sites_dict, bodies)
+        self.state_bodies: tuple[str, ...] = tuple(first + [b for b in bodies if b not in first])
+        if len(self.state_bodies) > STATE_SLOTS[info.suite]:
+            raise RuntimeError(f"{self.task} has {len(self.state_bodies)} bodies, more than the {STATE_SLOTS[info.suite]} state slots of {info.suite}")
+        self._body_ids = np.array([inner.obj_body_id[b] for b in self.state_bodies], dtype=np.int64)
+        self._slots = STATE_SLOTS[info.suite]
+        self.observation_spec = {OBS_STATE: ObsSpec((state_dim(info.suite, self.objects),), "float32")}
         if self.image:
             self.observation_spec[OBS_IMAGE] = ObsSpec((size, size, 3), "uint8")
             self.observation_spec[OBS_WRIST_IMAGE] = ObsSpec((size, size, 3), "uint8")
@@ -330,9 +379,20 @@ class LiberoEnv:
         """LIBERO's ControlEnv (for tests and debugging)."""
         return self._env
 
+    def object_poses(self) -> np.ndarray:
+        """float64 [slots, 7]: each `state_bodies` body's position and (x, y, z, w) quaternion; zeros past them."""
+        data = self._env.env.sim.data
+        poses = np.zeros((self._slots, SLOT_DIM))
+        n = len(self._body_ids)
+        poses[:n, :3] = data.body_xpos[self._body_ids]
+        poses[:n, 3:] = data.body_xquat[self._body_ids][:, [1, 2, 3, 0]]  # MuJoCo's w, x, y, z -> x, y, z, w
+        return poses
+
     def _observation(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        state = np.concatenate([raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]])
-        out = {OBS_STATE: state.astype(np.float32)}
+        parts = [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
+        if self.objects:
+            parts.append(self.object_poses().ravel())
+        out = {OBS_STATE: np.concatenate(parts).astype(np.float32)}
         if self.image:
             out[OBS_IMAGE] = np.ascontiguousarray(raw["agentview_image"][::-1, ::-1], dtype=np.uint8)
             out[OBS_WRIST_IMAGE] = np.ascontiguousarray(raw["robot0_eye_in_hand_image"][::-1, ::-1], dtype=np.uint8)

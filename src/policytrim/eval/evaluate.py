@@ -140,7 +140,7 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 
 def load_eval_policy(cfg: Any, source: str) -> Any:
-    """The policy to evaluate: 'expert' (Meta-World's scripted experts for ``cfg.env``'s tasks), a
+    """The policy to evaluate: 'expert' (the scripted experts for ``cfg.env``'s tasks), a
     checkpoint directory or a `policytrim train` run directory (`resolve_checkpoint`), on
     ``cfg.device`` in eval mode. It acts at its spec's default window: the one it was trained for."""
     from policytrim.policies import load_policy

@@ -1,10 +1,13 @@
-"""Meta-World's scripted experts behind the chunk-policy contract (``--policy expert``).
+"""Scripted experts behind the chunk-policy contract (``--policy expert``): Meta-World's own, and
+LIBERO's pick-and-place experts (`policytrim.policies.libero_expert`).
 
 The experts are closed-loop controllers: one action per observation. As a chunk policy that is
 H = 1 with window 1 (``max_window = 1``); asking the rollout engine for a longer window is refused.
-Each batch row's instruction selects its task's expert (instructions are unique per task), which
-reads the raw 39-dim state. The experts are deterministic: ``mode`` and the generators are ignored
-and log-probs are zero (no density). They cannot be trained or saved.
+Each batch row's instruction selects its task's expert (instructions are unique per task; for
+LIBERO, among the tasks the policy was built for), which reads the raw state: Meta-World's 39-dim
+state, or LIBERO's state with object poses (``env.libero_state=objects``). The experts are
+deterministic: ``mode`` and the generators are ignored and log-probs are zero (no density). They
+cannot be trained or saved. One policy serves one simulator (the action sizes differ: 4 and 7).
 """
 
 from __future__ import annotations
@@ -44,25 +47,63 @@ def _expert_action(expert: Any, state: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(expert.get_action(np.asarray(state, dtype=np.float64)), dtype=np.float32), -1.0, 1.0)
 
 
+def _is_libero(tasks: Sequence[str]) -> bool:
+    from policytrim.envs.libero import SUITES
+
+    return any(t.split("/")[0] in SUITES for t in tasks)
+
+
 class ExpertPolicy:
-    """Scripted experts for ``tasks`` (task names or sets); other Meta-World tasks load on demand."""
+    """Scripted experts for ``tasks``: Meta-World task names or sets (other Meta-World tasks load on
+    demand), or LIBERO suites / task addresses (their experts are planned on first use)."""
 
     chunk_size = 1
     default_window = 1
     max_window = 1
-    action_dim = 4
 
     def __init__(self, tasks: Sequence[str] = ()) -> None:
-        self.tasks: tuple[str, ...] = resolve_tasks(list(tasks)) if tasks else ()
-        self._experts: dict[str, Any] = {t: scripted_expert(t) for t in self.tasks}
+        self.libero = _is_libero(list(tasks))
+        if self.libero:
+            from policytrim.envs.libero import resolve_libero_tasks, task_info
+
+            self.tasks: tuple[str, ...] = resolve_libero_tasks(list(tasks))
+            self._libero_task = {task_info(t).instruction: t for t in self.tasks}
+            self._experts: dict[str, Any] = {}
+        else:
+            self.tasks = resolve_tasks(list(tasks)) if tasks else ()
+            self._experts = {t: scripted_expert(t) for t in self.tasks}
+        self.action_dim = 7 if self.libero else 4
 
     def _expert_for(self, instruction: str) -> Any:
+        if self.libero:
+            return self._libero_expert_for(instruction)
         task = _TASK_OF_INSTRUCTION.get(instruction)
         if task is None:
             raise ValueError(f"the scripted experts know only Meta-World instructions; got {instruction!r}")
         if task not in self._experts:
             self._experts[task] = scripted_expert(task)
         return self._experts[task]
+
+    def _libero_expert_for(self, instruction: str) -> Any:
+        task = self._libero_task.get(instruction)
+        if task is None:
+            raise ValueError(f"no LIBERO task of this expert policy ({len(self.tasks)} tasks) has the instruction {instruction!r}")
+        if task not in self._experts:
+            from policytrim.policies.libero_expert import LiberoExpert, task_plan
+
+            self._experts[task] = LiberoExpert(task_plan(task))
+        return self._experts[task]
+
+    def _row_action(self, instruction: str, state: np.ndarray) -> np.ndarray:
+        expert = self._expert_for(instruction)
+        if not self.libero:
+            return _expert_action(expert, state)
+        if len(state) != expert.state_dim:
+            raise InputError(
+                f"the LIBERO experts read object poses from a {expert.state_dim}-D state, got {len(state)}-D: "
+                "set env.libero_state=objects (the default without images)"
+            )
+        return expert.act(state).astype(np.float32)
 
     def sample(
         self,
@@ -71,14 +112,14 @@ class ExpertPolicy:
         mode: Mode = "deterministic",
         generators: Sequence[torch.Generator] | None = None,
     ) -> ChunkSample:
-        """Actions [B, 1, 4] from each row's expert; logp zeros [B, 1]; no replay data."""
+        """Actions [B, 1, A] from each row's expert (A = 4 Meta-World, 7 LIBERO); logp zeros [B, 1]; no replay data."""
         states = obs[OBS_STATE].detach().to("cpu", torch.float64).numpy()
         if len(instructions) != len(states):
             raise ValueError(f"got {len(states)} observations but {len(instructions)} instructions")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Constant(s) may be too high": the env clips anyway
-            rows = [_expert_action(self._expert_for(text), s) for text, s in zip(instructions, states)]
-        actions = np.stack(rows) if rows else np.zeros((0, 4), np.float32)
+            rows = [self._row_action(text, s) for text, s in zip(instructions, states)]
+        actions = np.stack(rows) if rows else np.zeros((0, self.action_dim), np.float32)
         return ChunkSample(actions=torch.from_numpy(actions).unsqueeze(1), logp=torch.zeros(len(states), 1))
 
     def log_prob(self, obs: Observation, instructions: Sequence[str], replay: dict[str, torch.Tensor], row_mask: torch.Tensor) -> torch.Tensor:
