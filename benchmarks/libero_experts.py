@@ -44,7 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SUITES = ("libero_object", "libero_spatial", "libero_goal", "libero_10")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def expert_version() -> str:
     """SHA-256 (12 hex) of the expert's source: episodes measured with another version are re-run."""
     import policytrim.policies.libero_expert as module
@@ -86,10 +86,17 @@ def run_task(address: str, states: int, workdir: Path) -> dict:
                 obs, success = env.step(action)
                 steps += 1
             t2 = time.perf_counter()
-            record["episodes"][str(i)] = {"success": bool(success), "steps": steps, "reset_s": round(t1 - t0, 3), "run_s": round(t2 - t1, 3)}
+            record["episodes"][str(i)] = {
+                "success": bool(success),
+                "steps": steps,
+                "reset_s": round(t1 - t0, 3),
+                "run_s": round(t2 - t1, 3),
+            }
             record["horizon"] = cfg.horizon
             atomic_write_json(path, record)
-            print(f"{address} init {i}: {'success' if success else 'FAIL'} in {steps} steps ({t2 - t0:.1f} s)", flush=True)
+            print(
+                f"{address} init {i}: {'success' if success else 'FAIL'} in {steps} steps ({t2 - t0:.1f} s)", flush=True
+            )
     finally:
         env.close()
     return record
@@ -133,7 +140,10 @@ def summarise(workdir: Path, suites: tuple[str, ...]) -> dict:
             "episodes": len(all_eps),
             "tasks_measured": len(measured),
             "tasks_unsupported": sum("unsupported" in t for t in tasks.values()),
-            "init_states_per_task": [min((t["init_states"] for t in measured), default=0), max((t["init_states"] for t in measured), default=0)],
+            "init_states_per_task": [
+                min((t["init_states"] for t in measured), default=0),
+                max((t["init_states"] for t in measured), default=0),
+            ],
             "tasks": tasks,
         }
     out["partial"] = partial
@@ -147,7 +157,11 @@ def markdown(summary: dict) -> str:
     lines = [
         "# Scripted LIBERO experts",
         "",
-        ("**Partial**: not every task has all 50 init states measured (see `init states`)." if summary["partial"] else "All 50 init states of every task."),
+        (
+            "**Partial**: not every task has all 50 init states measured (see `init states`)."
+            if summary["partial"]
+            else "All 50 init states of every task."
+        ),
         "",
         "| suite | task | SR | mean steps (successes) | init states | failed init states |",
         "|---|---|---:|---:|---:|---|",
@@ -158,15 +172,22 @@ def markdown(summary: dict) -> str:
                 lines.append(f"| {suite} | {name} | {'not scripted' if 'unsupported' in t else 'not measured'} | | | |")
                 continue
             steps = f"{t['mean_steps']:.0f}" if t["mean_steps"] is not None else "-"
-            lines.append(f"| {suite} | {name} | {t['success_rate']:.2f} | {steps} | {t['init_states']} | {t['failed_init_states']} |")
+            lines.append(
+                f"| {suite} | {name} | {t['success_rate']:.2f} | {steps} | {t['init_states']} | "
+                f"{t['failed_init_states']} |"
+            )
         if s["episodes"]:
             lo, hi = s["init_states_per_task"]
             steps = f"{s['mean_steps']:.0f}" if s["mean_steps"] is not None else "-"
-            lines.append(f"| **{suite}** | all ({s['tasks_measured']} tasks) | **{s['success_rate']:.3f}** | {steps} | {lo}-{hi} per task | |")
+            lines.append(
+                f"| **{suite}** | all ({s['tasks_measured']} tasks) | **{s['success_rate']:.3f}** | {steps} | "
+                f"{lo}-{hi} per task | |"
+            )
     lines += [
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average'][0]:.1f}). "
-        f"Raw rate {summary['steps_per_s']:.1f} env steps/s with the expert, one process; median reset {summary['reset_s_median']:.2f} s "
+        f"Raw rate {summary['steps_per_s']:.1f} env steps/s with the expert, one process; "
+        f"median reset {summary['reset_s_median']:.2f} s "
         "(seed, hard reset, init state, 10 settle steps; state only, no renderer).",
     ]
     return "\n".join(lines) + "\n"

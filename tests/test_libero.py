@@ -12,12 +12,17 @@ import pytest
 import torch
 
 from optional_env import require_or_skip  # tests/optional_env.py
-require_or_skip("libero.libero.benchmark", "libero", reason="LIBERO is not installed (pip install 'policytrim[libero]')")
+
+require_or_skip(
+    "libero.libero.benchmark", "libero", reason="LIBERO is not installed (pip install 'policytrim[libero]')"
+)
 
 from policytrim.config import ConfigError, EnvConfig, PolicyConfig  # noqa: E402
 from policytrim.envs import check_episodes, initial_states, make_env, worker_env_cap  # noqa: E402
-from policytrim.envs.base import InitialState  # noqa: E402
-from policytrim.envs.base import OBS_STATE  # noqa: E402
+from policytrim.envs.base import (  # noqa: E402
+    OBS_STATE,
+    InitialState,
+)
 from policytrim.envs.libero import (  # noqa: E402
     OPENPI_MAX_STEPS,
     SPLIT_RANGES,
@@ -47,7 +52,10 @@ def state_env():
     env.close()
 
 
-@pytest.mark.parametrize("suite, count", [("libero_spatial", 10), ("libero_object", 10), ("libero_goal", 10), ("libero_10", 10), ("libero_90", 90)])
+@pytest.mark.parametrize(
+    "suite, count",
+    [("libero_spatial", 10), ("libero_object", 10), ("libero_goal", 10), ("libero_10", 10), ("libero_90", 90)],
+)
 def test_each_suite_lists_its_tasks_and_instructions(suite, count):
     tasks = suite_tasks(suite)
     assert len(tasks) == count and len({t.name for t in tasks}) == count
@@ -56,7 +64,9 @@ def test_each_suite_lists_its_tasks_and_instructions(suite, count):
     assert cfg.tasks == tuple(t.address for t in tasks)  # a suite name expands to its tasks, in order
     assert cfg.horizon == OPENPI_MAX_STEPS[suite]
     bench = _suite(suite)  # policytrim's table (no simulator needed) is the installed benchmark's
-    assert [(t.name, t.instruction) for t in tasks] == [(bench.get_task(i).name, bench.get_task(i).language) for i in range(bench.n_tasks)]
+    assert [(t.name, t.instruction) for t in tasks] == [
+        (bench.get_task(i).name, bench.get_task(i).language) for i in range(bench.n_tasks)
+    ]
 
 
 def test_task_names_presets_and_bad_names():
@@ -78,7 +88,11 @@ def test_splits_are_disjoint_and_bounded():
         split: {init_state_number(InitialState(OBJECT, seed, i), cfg) for i in range(SPLIT_RANGES[split][1])}
         for split, seed in (("train", cfg.train_seed), ("val", cfg.val_seed), ("test", cfg.test_seed))
     }
-    assert numbers["train"].isdisjoint(numbers["val"]) and numbers["train"].isdisjoint(numbers["test"]) and numbers["val"].isdisjoint(numbers["test"])
+    assert (
+        numbers["train"].isdisjoint(numbers["val"])
+        and numbers["train"].isdisjoint(numbers["test"])
+        and numbers["val"].isdisjoint(numbers["test"])
+    )
     assert set().union(*numbers.values()) == set(range(50))
     assert init_state_number(InitialState(OBJECT, cfg.train_seed, 31), cfg) == 1  # training indices wrap
     with pytest.raises(InputError, match="test split has 10 init states"):
@@ -90,7 +104,9 @@ def test_splits_are_disjoint_and_bounded():
     check_episodes(cfg, "test", 10)
     published = _cfg(libero_published_test=True)
     check_episodes(published, "test", 50)
-    assert [init_state_number(InitialState(OBJECT, published.test_seed, i), published) for i in range(50)] == list(range(50))
+    assert [init_state_number(InitialState(OBJECT, published.test_seed, i), published) for i in range(50)] == list(
+        range(50)
+    )
 
 
 def test_reset_to_an_address_is_bit_identical(state_env):
@@ -109,7 +125,7 @@ def test_reset_to_an_address_is_bit_identical(state_env):
     a = replay(address)
     b = replay(other)  # an episode in between, from another state
     c = replay(address)
-    assert all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
     assert not np.array_equal(a[1], b[1])
     assert a[0].shape == (8 + 7 * STATE_SLOTS["libero_object"],) and a[0].dtype == np.float32  # with object poses
 
@@ -145,8 +161,12 @@ def test_state_slots_fit_every_task_of_every_suite():
         bench, most = _suite(suite), 0
         for i in range(bench.n_tasks):
             task = bench.get_task(i)
-            problem = robosuite_parse_problem(str(Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file))
-            fixtures = [n for names in problem["fixtures"].values() for n in names if not (n.endswith("table") or n == "floor")]
+            problem = robosuite_parse_problem(
+                str(Path(get_libero_path("bddl_files")) / task.problem_folder / task.bddl_file)
+            )
+            fixtures = [
+                n for names in problem["fixtures"].values() for n in names if not (n.endswith("table") or n == "floor")
+            ]
             most = max(most, sum(len(names) for names in problem["objects"].values()) + len(fixtures))
         assert STATE_SLOTS[suite] == most, suite
 
@@ -164,7 +184,7 @@ def test_scripted_expert_solves_an_object_task(state_env):
     assert policy.action_dim == 7 and policy.spec() == {"kind": "expert", "tasks": [OBJECT]}
     obs = env.reset(initial_states(OBJECT, 2, 1, start=0)[0])
     success = False
-    for step in range(OPENPI_MAX_STEPS["libero_object"]):
+    for step in range(OPENPI_MAX_STEPS["libero_object"]):  # noqa: B007 - read after the loop
         action = policy.sample({OBS_STATE: torch.from_numpy(obs[OBS_STATE])[None]}, [env.instruction]).actions
         assert tuple(action.shape) == (1, 1, 7) and float(action.abs().max()) <= 1.0
         obs, success = env.step(action[0, 0].numpy())
@@ -188,7 +208,13 @@ def test_random_policy_rollout_through_the_engine():
     cfg = _cfg(image=True, image_size=size, libero_max_steps="env", horizon=12)
     instruction = suite_tasks("libero_object")[0].instruction
     torch.manual_seed(0)
-    policy = TinyVLA.from_config(PolicyConfig(chunk_size=4, default_window=4, hidden_dim=32, num_layers=1), 8, 7, [instruction], image_shape=(size, size, 3))
+    policy = TinyVLA.from_config(
+        PolicyConfig(chunk_size=4, default_window=4, hidden_dim=32, num_layers=1),
+        8,
+        7,
+        [instruction],
+        image_shape=(size, size, 3),
+    )
     starts = initial_states(OBJECT, cfg.test_seed, 1)
     with RolloutEngine(cfg, num_workers=0) as engine:
         traj = engine.run(policy, starts, 2, torch.full((1, 2), 4), "sampled", seed=0)
@@ -196,7 +222,12 @@ def test_random_policy_rollout_through_the_engine():
     assert traj.steps.tolist() == [12, 12] and traj.calls.tolist() == [3, 3]
     assert traj.instruction == [instruction, instruction]
     assert tuple(traj.obs["state"].shape) == (6, 8)
-    assert tuple(traj.obs["image"].shape) == (6, size, size, 3) and tuple(traj.obs["wrist_image"].shape) == (6, size, size, 3)
+    assert tuple(traj.obs["image"].shape) == (6, size, size, 3) and tuple(traj.obs["wrist_image"].shape) == (
+        6,
+        size,
+        size,
+        3,
+    )
     assert traj.obs["image"].dtype == torch.uint8
 
 
@@ -208,7 +239,9 @@ def test_two_env_workers_give_the_same_rollouts_as_one():
     instruction = suite_tasks("libero_object")[0].instruction
     torch.manual_seed(0)
     state_dim = 8 + 7 * STATE_SLOTS["libero_object"]  # state only: with object poses
-    policy = TinyVLA.from_config(PolicyConfig(chunk_size=5, default_window=5, hidden_dim=32, num_layers=1), state_dim, 7, [instruction])
+    policy = TinyVLA.from_config(
+        PolicyConfig(chunk_size=5, default_window=5, hidden_dim=32, num_layers=1), state_dim, 7, [instruction]
+    )
     starts = initial_states(OBJECT, cfg.val_seed, 2)
     windows = torch.tensor([[5, 3], [2, 5]])
     runs = []
@@ -225,7 +258,7 @@ def test_two_env_workers_give_the_same_rollouts_as_one():
     assert one.dropped_groups == two.dropped_groups == 0
     for key in ("success", "steps", "calls", "window", "index", "group"):
         assert torch.equal(getattr(one, key), getattr(two, key)), key
-    for a, b in zip(chunks(one), chunks(two)):
+    for a, b in zip(chunks(one), chunks(two), strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(chunks(one)[3][0], chunks(one)[3][1])  # the robot moved between chunks
 
@@ -243,11 +276,22 @@ def test_agent_view_is_upright():
         sim = env.unwrapped.env.sim
         raw = sim.render(camera_name="agentview", width=size, height=size)
         # the adapter's image is this render, rotated (a second render differs in a few pixels)
-        assert np.abs(obs["image"].astype(np.int16) - raw[::-1, ::-1]).mean() < 0.5 < np.abs(obs["image"].astype(np.int16) - raw).mean()
+        assert (
+            np.abs(obs["image"].astype(np.int16) - raw[::-1, ::-1]).mean()
+            < 0.5
+            < np.abs(obs["image"].astype(np.int16) - raw).mean()
+        )
         seg = sim.render(camera_name="agentview", width=size, height=size, segmentation=True)[..., 1][::-1, ::-1]
         body_of_geom = [sim.model.body_id2name(int(b)) or "" for b in sim.model.geom_bodyid]
         robot = np.isin(seg, [g for g, b in enumerate(body_of_geom) if b.startswith("robot0_")])
-        objects = np.isin(seg, [g for g, b in enumerate(body_of_geom) if b.startswith(("alphabet_soup", "cream_cheese", "tomato_sauce", "milk", "butter", "salad_dressing"))])
+        objects = np.isin(
+            seg,
+            [
+                g
+                for g, b in enumerate(body_of_geom)
+                if b.startswith(("alphabet_soup", "cream_cheese", "tomato_sauce", "milk", "butter", "salad_dressing"))
+            ],
+        )
         assert robot.sum() > 50 and objects.sum() > 20
         rows = np.arange(size)[:, None].repeat(size, 1)
         robot_row, object_row = rows[robot].mean(), rows[objects].mean()

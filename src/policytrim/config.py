@@ -95,7 +95,10 @@ class EnvConfig:
             f"env.suite must be metaworld, gym, libero or maniskill, got {self.suite!r}",
         )
         _int_in("env.max_envs_per_worker", self.max_envs_per_worker, 0, L.MAX_ENVS_PER_WORKER, " (0 = automatic)")
-        _require(self.libero_state in ("auto", "proprio", "objects"), f"env.libero_state must be auto, proprio or objects, got {self.libero_state!r}")
+        _require(
+            self.libero_state in ("auto", "proprio", "objects"),
+            f"env.libero_state must be auto, proprio or objects, got {self.libero_state!r}",
+        )
         if self.suite == "metaworld":
             try:
                 self.tasks = resolve_tasks(list(self.tasks))

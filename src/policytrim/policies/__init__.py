@@ -42,9 +42,9 @@ def policy_from_spec(spec: dict, state_dict: dict | None = None) -> ChunkPolicy:
 
 
 def load_policy(source: str | Path, tasks: tuple[str, ...] = ()) -> ChunkPolicy:
-    """'expert' (the scripted experts for `tasks`: Meta-World's, or LIBERO's pick-and-place ones), a checkpoint directory (policytrim's or
-    LeRobot's), or ``lerobot:<hub id>`` (LeRobot's from_pretrained; needs the lerobot extra and hub
-    access)."""
+    """'expert' (the scripted experts for `tasks`: Meta-World's, or LIBERO's pick-and-place ones), a checkpoint
+    directory (policytrim's or LeRobot's), or ``lerobot:<hub id>`` (LeRobot's from_pretrained; needs the lerobot
+    extra and hub access)."""
     if str(source) == "expert":
         from policytrim.policies.expert import ExpertPolicy
 

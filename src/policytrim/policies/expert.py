@@ -13,8 +13,9 @@ cannot be trained or saved. One policy serves one simulator (the action sizes di
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,9 @@ def scripted_expert(task: str) -> Any:
     from metaworld.policies import ENV_POLICY_MAP
 
     if task not in ENV_POLICY_MAP:
-        raise InputError(f"Meta-World has no scripted expert for {task!r}; tasks with one: {', '.join(sorted(ENV_POLICY_MAP))}")
+        raise InputError(
+            f"Meta-World has no scripted expert for {task!r}; tasks with one: {', '.join(sorted(ENV_POLICY_MAP))}"
+        )
     return ENV_POLICY_MAP[task]()
 
 
@@ -87,7 +90,9 @@ class ExpertPolicy:
     def _libero_expert_for(self, instruction: str) -> Any:
         task = self._libero_task.get(instruction)
         if task is None:
-            raise ValueError(f"no LIBERO task of this expert policy ({len(self.tasks)} tasks) has the instruction {instruction!r}")
+            raise ValueError(
+                f"no LIBERO task of this expert policy ({len(self.tasks)} tasks) has the instruction {instruction!r}"
+            )
         if task not in self._experts:
             from policytrim.policies.libero_expert import LiberoExpert, task_plan
 
@@ -118,14 +123,18 @@ class ExpertPolicy:
             raise ValueError(f"got {len(states)} observations but {len(instructions)} instructions")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Constant(s) may be too high": the env clips anyway
-            rows = [self._row_action(text, s) for text, s in zip(instructions, states)]
+            rows = [self._row_action(text, s) for text, s in zip(instructions, states, strict=True)]
         actions = np.stack(rows) if rows else np.zeros((0, self.action_dim), np.float32)
         return ChunkSample(actions=torch.from_numpy(actions).unsqueeze(1), logp=torch.zeros(len(states), 1))
 
-    def log_prob(self, obs: Observation, instructions: Sequence[str], replay: dict[str, torch.Tensor], row_mask: torch.Tensor) -> torch.Tensor:
+    def log_prob(
+        self, obs: Observation, instructions: Sequence[str], replay: dict[str, torch.Tensor], row_mask: torch.Tensor
+    ) -> torch.Tensor:
         raise NotImplementedError("scripted experts have no action density; they cannot be trained with GRPO")
 
-    def bc_loss(self, obs: Observation, instructions: Sequence[str], actions: torch.Tensor, row_mask: torch.Tensor) -> torch.Tensor:
+    def bc_loss(
+        self, obs: Observation, instructions: Sequence[str], actions: torch.Tensor, row_mask: torch.Tensor
+    ) -> torch.Tensor:
         raise NotImplementedError("scripted experts are not trainable")
 
     def spec(self) -> dict:

@@ -112,7 +112,7 @@ def _rot_z(phi: float) -> np.ndarray:
 HAND_DOWN = np.diag([1.0, -1.0, -1.0])  # the hand pointing down, fingers closing along world y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def task_plan(task: str) -> TaskPlan:
     """Read the plan of a LIBERO task from a state-only env (built once per task and process)."""
     from policytrim.config import EnvConfig
@@ -133,7 +133,9 @@ def _plan_from_env(env) -> TaskPlan:
     goal = inner.parsed_problem["goal_state"]
     pick = [p for p in goal if p[0].lower() in ("in", "on")]
     if len(goal) != 1 or not pick:
-        raise InputError(f"{env.task}: the LIBERO experts script single pick-and-place goals (In / On), this goal is {goal}")
+        raise InputError(
+            f"{env.task}: the LIBERO experts script single pick-and-place goals (In / On), this goal is {goal}"
+        )
     kind, obj, where = pick[0][0].lower(), pick[0][1], pick[0][2]
     bodies = list(env.state_bodies)
     obj_slot = bodies.index(obj)
@@ -237,7 +239,11 @@ class LiberoExpert:
             return np.array([centre[0], centre[1], z]), axis2, width, False
         # a bowl: pinch its wall at the rim, on the side furthest from the other bodies
         radius = 0.5 * float(min(size[0], size[1])) - RIM_INSET
-        others = [self._pose(state, s)[0] for s in range(self.plan.slots) if s != self.plan.obj_slot and np.any(state[11 + 7 * s : 15 + 7 * s])]
+        others = [
+            self._pose(state, s)[0]
+            for s in range(self.plan.slots)
+            if s != self.plan.obj_slot and np.any(state[11 + 7 * s : 15 + 7 * s])
+        ]
         home = HOME_XY - centre[:2]
         home = home / max(float(np.linalg.norm(home)), 1e-6)
         best_dir, best_score = None, -1.0
@@ -269,10 +275,15 @@ class LiberoExpert:
         near = np.linalg.norm(hand[:2] - point[:2]) < 0.02 and abs(hand[2] - point[2]) < 0.025
         if rim:  # any point of the rim: the side chosen to grasp may change once the bowl moves
             radius = float(np.linalg.norm(point[:2] - obj_centre[:2]))
-            at_rim = abs(float(np.linalg.norm(hand[:2] - obj_centre[:2])) - radius) < 0.025 and abs(hand[2] - point[2]) < 0.03
+            at_rim = (
+                abs(float(np.linalg.norm(hand[:2] - obj_centre[:2])) - radius) < 0.025
+                and abs(hand[2] - point[2]) < 0.03
+            )
             held = 0.001 < fingers < 0.03 and at_rim
         else:
-            held = 0.004 < fingers < width + 0.006 and near  # stopped by the object (a neck may be thinner than its box)
+            held = (
+                0.004 < fingers < width + 0.006 and near
+            )  # stopped by the object (a neck may be thinner than its box)
 
         # where the object should go: centre over the region, bottom on the surface
         place_bottom = surface + (0.01 if t.kind == "on" else 0.02)
