@@ -25,6 +25,8 @@ class Contender:
     name: str
     policy: ChunkPolicy
     window: int
+    adaptive: bool = True
+    """Whether a policy carrying a window adaptor executes its choices (false: ``window``, fixed)."""
 
 
 def _paired(base: dict[str, list], new: dict[str, list], task: str | None) -> tuple[list[bool], list[bool]]:
@@ -66,7 +68,7 @@ def compare(contenders: list[Contender], env_cfg, episodes: int, mode: str, seed
     results: dict[str, Any] = {}
     outcomes: dict[str, Any] = {}
     for c in contenders:
-        metrics = evaluate_policy(c.policy, env_cfg, episodes, c.window, mode, seed, split=split, engine=engine, latency_ms=latency_ms, return_outcomes=True)
+        metrics = evaluate_policy(c.policy, env_cfg, episodes, c.window, mode, seed, split=split, engine=engine, latency_ms=latency_ms, return_outcomes=True, adaptive=c.adaptive)
         outcomes[c.name] = metrics.pop("outcomes")
         results[c.name] = metrics
     base_name = contenders[0].name
