@@ -89,6 +89,12 @@ def test_frozen_mode_trains_the_adaptor_only_and_resumes_exactly(frozen_run, tin
     final = run / "final" / "policy"
     assert (final / ADAPTOR_DIR).is_dir() == (result["best"]["epoch"] > 0)  # epoch 0: the entering policy, no adaptor
     assert tensors(final) == tensors(tiny_baseline)
+    if (final / ADAPTOR_DIR).is_dir():  # the windows the best adaptor executes, plotted by the report
+        windows = json.loads((run / "adapt" / "windows.json").read_text())
+        assert windows["adaptive_window"] is True and windows["split"] == "val"
+        report = tmp_path / "report"
+        assert main(["report", str(run), "--out", str(report)]) == 0
+        assert (report / "plots" / "train_executed_windows.png").is_file()
 
     # killed (kill -9) in epoch 2's update, after epoch 1's checkpoint; resumed: the same run
     again = tmp_path / "run"
@@ -128,6 +134,8 @@ def test_trained_policy_loads_with_its_adaptor_and_evaluates_per_call(frozen_run
     assert executed == pytest.approx(sum(trace["window"]) / len(trace["window"]))
     calls = sum(1 for t in trace["episode"])  # one trace entry per call
     assert calls >= metrics["overall"]["episodes"]
+
+    assert (out / "plots" / "eval_executed_windows.png").is_file()  # the report of the evaluation shows them
 
     fixed = tmp_path / "fixed"  # --window K forces a fixed window: the adaptor is not used
     assert main(["eval", "--policy", str(final), "--out", str(fixed), "--window", "8", *EVAL_FLAGS]) == 0

@@ -39,6 +39,7 @@ from policytrim import objective
 from policytrim.config import GRPOConfig, RunConfig, to_dict
 from policytrim.envs import initial_states, split_seed
 from policytrim.envs.base import InitialState
+from policytrim.eval.evaluate import evaluate_policy
 from policytrim.errors import InputError, is_disk_full
 from policytrim.io import atomic_directory, kill_point
 from policytrim.policies import ChunkPolicy, load_policy, save_policy
@@ -598,7 +599,13 @@ def _run_adapt(
         policy.eval()
         budget = on_rank0(lambda: calibrate_call_budget(policy, cfg, engine), CallBudget.from_json)
         distributed.on_main(lambda: run.write_json("adapt/budget.json", budget.to_json()))
-    return run_stage(AdaptStage(cfg, policy, budget), policy, cfg, run, engine, logger, seams, start_eval=budget.start)
+    outcome = run_stage(AdaptStage(cfg, policy, budget), policy, cfg, run, engine, logger, seams, start_eval=budget.start)
+    if adaptor_of(policy) is not None:  # the windows the best adaptor executes, for the report
+        episodes, mode, seed = cfg.adapt.val_episodes, cfg.eval.mode, cfg.eval.seed
+        distributed.on_main(
+            lambda: run.write_json("adapt/windows.json", evaluate_policy(policy, cfg.env, episodes, 0, mode, seed, "val", engine))
+        )
+    return outcome
 
 
 def _with_run_options(policy: ChunkPolicy, cfg: RunConfig) -> ChunkPolicy:
