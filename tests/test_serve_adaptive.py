@@ -13,12 +13,12 @@ import torch
 pytest.importorskip("websockets", reason="needs the serve extra: pip install 'policytrim[serve]'")
 pytest.importorskip("msgpack", reason="needs the serve extra: pip install 'policytrim[serve]'")
 
-from policytrim.envs.tasks import INSTRUCTIONS  # noqa: E402
-from policytrim.policies import load_policy, save_policy  # noqa: E402
-from policytrim.policies.adaptor import WindowAdaptor, adaptor_of, attach_adaptor  # noqa: E402
-from policytrim.serve.client import ActionChunkBroker, PolicyClient  # noqa: E402
-from policytrim.serve.server import PolicyServer, PolicyService, ServeConfig, ServerThread  # noqa: E402
-from tests.test_serve import make_policy, request  # noqa: E402
+from policytrim.envs.tasks import INSTRUCTIONS
+from policytrim.policies import load_policy, save_policy
+from policytrim.policies.adaptor import WindowAdaptor, adaptor_of, attach_adaptor
+from policytrim.serve.client import ActionChunkBroker, PolicyClient
+from policytrim.serve.server import PolicyServer, PolicyService, ServeConfig, ServerThread
+from tests.test_serve import make_policy, request
 
 WINDOWS = (3, 5, 8)
 

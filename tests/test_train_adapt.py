@@ -5,6 +5,7 @@ and evaluates with a window per call (``--window K`` still forces a fixed one)."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -18,10 +19,12 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 from policytrim.cli import main
-from policytrim.config import to_dict
+from policytrim.config import AdaptConfig, to_dict
 from policytrim.io import KILL_AT_ENV, read_jsonl
 from policytrim.policies import load_policy
 from policytrim.policies.adaptor import ADAPTOR_DIR, adaptor_of
+from policytrim.train.decisions import CallBudget, StageOutcome, TrainSummary, Validation
+from policytrim.train.rundir import RunDir
 from policytrim.train.stages import adaptor_windows
 
 STAGE = {"epochs": 2, "eval_every": 1, "val_episodes": 2, "checkpoint_every": 1, "update_epochs": 2}
@@ -152,3 +155,28 @@ def test_bad_adapt_settings_are_one_line_and_write_nothing(tiny_baseline, tmp_pa
         err = capsys.readouterr().err.strip()
         assert "adapt." in err and len(err.splitlines()) == 1, err
         assert not out.exists()
+
+
+def test_a_run_made_before_the_adapt_stage_opens_with_its_defaults(tmp_path):
+    cfg = tiny_config()
+    RunDir.create(tmp_path / "run", cfg, {"stage": "both", "stages": ["extend", "trim"], "init": "x"})
+    data = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    del data["adapt"]  # as a run written by a version without the adapt stage
+    text = yaml.safe_dump(data, sort_keys=False).encode()
+    (tmp_path / "run" / "config.yaml").write_bytes(text)
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    meta["config_sha256"] = hashlib.sha256(text).hexdigest()
+    (tmp_path / "run" / "run.json").write_text(json.dumps(meta))
+    assert RunDir.open(tmp_path / "run").cfg.adapt == AdaptConfig()
+
+
+def test_call_budget_and_adapt_outcome_round_trip_through_json():
+    start = Validation({"success_rate": 0.5, "calls_per_success": 10.0}, {"t:0": True, "t:1": False})
+    budget = CallBudget(13, "calibrated", None, 10.0, 40.0, 0.5, 4, "sampled", 2, start=start)
+    assert CallBudget.from_json(json.loads(json.dumps(budget.to_json()))) == budget
+    best = Validation({"success_rate": 0.5, "calls_per_success": 8.0}, epoch=2)
+    outcome = StageOutcome("adapt", 3, 8, 4, best, start.without_outcomes(), epochs_run=3, call_budget=budget, adaptor_windows=(4, 5, 8))
+    again = StageOutcome.from_json(json.loads(json.dumps(outcome.to_json())))
+    assert again == outcome and again.window == 4
+    summary = TrainSummary("run", "init", ("adapt",), (), 4, adapt=outcome)
+    assert TrainSummary.from_json(json.loads(json.dumps(summary.to_json()))).adapt == outcome
