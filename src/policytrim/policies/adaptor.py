@@ -188,7 +188,9 @@ def has_adaptor(policy_directory: str | Path) -> bool:
 # ------------------------------------------------------------------ carried by a policy
 # A policy carries its adaptor as the plain attribute ``window_adaptor`` (set around nn.Module's
 # registration on purpose): the policy's own state dict, parameters and checkpoint stay exactly the
-# policy's, and the adaptor is saved beside it as ``<policy dir>/adaptor/``.
+# policy's, and the adaptor is saved beside it as ``<policy dir>/adaptor/``. It stays on the CPU
+# (``policy.to(device)`` does not move it): the rollout engine and the server call it with the CPU
+# copies of the state and the chunk; the trainer moves its log-probs to the learner's device.
 
 ATTRIBUTE = "window_adaptor"
 

@@ -446,7 +446,7 @@ class AdaptStage(Stage):
         self.cfg, self.config = cfg, cfg.adapt
         self.budget = budget
         self.trained_window = int(policy.default_window)
-        self.adaptor = build_adaptor(policy, cfg).to(next(iter(policy.parameters()), torch.zeros(())).device)
+        self.adaptor = build_adaptor(policy, cfg)  # on the CPU, where the engine and the server call it
         self.windows = (self.adaptor.windows[-1],)  # the bound of its choices
 
     def assign_windows(self, num_groups: int, group_size: int) -> torch.Tensor:
