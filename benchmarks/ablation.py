@@ -57,7 +57,19 @@ PAPER: tuple[tuple[str, str, float, float, int, float], ...] = (
     ("fixed_k15", "Table 6 fixed, k = 15", 95.8, 130.1, 15, 2.88),
     ("extend", "Table 6 dynamic exploration (baseline 99.1 / 125.0 / 5)", 98.8, 127.4, 15, 2.94),
 )
-VARIANTS = ["none", "extend", "trim_no_stability", "trim", "full", "fixed_k10", "fixed_k15", "group_size_16", "budget_1.1", "budget_2.0", "stability_0.05"]
+VARIANTS = [
+    "none",
+    "extend",
+    "trim_no_stability",
+    "trim",
+    "full",
+    "fixed_k10",
+    "fixed_k15",
+    "group_size_16",
+    "budget_1.1",
+    "budget_2.0",
+    "stability_0.05",
+]
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -69,7 +81,9 @@ def merge(base: dict, extra: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--init", default="runs/mw8_bench/baseline", help="starting checkpoint (every variant starts from it)")
+    parser.add_argument(
+        "--init", default="runs/mw8_bench/baseline", help="starting checkpoint (every variant starts from it)"
+    )
     parser.add_argument("--tasks", default="push-v3")
     parser.add_argument("--variants", nargs="*", default=VARIANTS)
     parser.add_argument("--work", default="")
@@ -78,8 +92,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    from policytrim.experiments.ablate import describe_variants, run_ablation
     from policytrim.eval.report import write_report
+    from policytrim.experiments.ablate import describe_variants, run_ablation
 
     preset = to_dict(load_config(preset_path("mw8")))
     mw8 = args.tasks.upper() == "MW8"
@@ -125,15 +139,26 @@ def main() -> None:
 def paper_table(result: dict) -> str:
     """Our rows beside the paper's rows for the same variants (Markdown; empty if none match)."""
     ours = {v["name"]: v for v in result["variants"]}
-    lines = ["", "## Beside the paper", "", "Ours: SR, steps T, window k, calls speedup and the paper's speedup definition, from the table above. "
-             "Paper: SR %, T, k, speedup of the same row (a real VLA on LIBERO, so the direction of each row is comparable, not its values).", "",
-             "| variant | ours: SR | T | k | calls speedup | paper speedup def. | paper row | paper: SR | T | k | speedup |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Beside the paper",
+        "",
+        "Ours: SR, steps T, window k, calls speedup and the paper's speedup definition, from the table above. "
+        "Paper: SR %, T, k, speedup of the same row (a real VLA on LIBERO, so the direction of each row is "
+        "comparable, not its values).",
+        "",
+        "| variant | ours: SR | T | k | calls speedup | paper speedup def. | paper row | paper: SR | T | k | speedup |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     rows = [row for row in PAPER if row[0] in ours]
     for name, label, sr, steps, k, spd in rows:
         v = ours[name]
         m, vs = v["metrics"], v.get("vs_baseline") or {}
-        lines.append(f"| {name} | {100 * m['success_rate']:.1f} | {m['mean_steps']:.1f} | {v['window']} | {vs.get('calls_speedup', 1.0):.2f} | "
-                     f"{vs.get('speedup_paper', 1.0):.2f} | {label} | {sr} | {steps} | {k} | {spd} |")
+        lines.append(
+            f"| {name} | {100 * m['success_rate']:.1f} | {m['mean_steps']:.1f} | {v['window']} | "
+            f"{vs.get('calls_speedup', 1.0):.2f} | "
+            f"{vs.get('speedup_paper', 1.0):.2f} | {label} | {sr} | {steps} | {k} | {spd} |"
+        )
     return "\n".join(lines) + "\n" if rows else ""
 
 
@@ -151,7 +176,12 @@ def stability_figure(work: Path, result: dict, path: Path) -> bool:
     if len(curves) < 2:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    ablation_curves_figure(curves, path, title="Fig. 4 view: Stage 2 with and without the group-anchored stability penalty (stability_0 = full without it)")
+    ablation_curves_figure(
+        curves,
+        path,
+        title="Fig. 4 view: Stage 2 with and without the group-anchored stability penalty (stability_0 = full "
+        "without it)",
+    )
     return True
 
 

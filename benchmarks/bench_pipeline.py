@@ -45,7 +45,11 @@ def frozen_config(path: Path, make: Any) -> RunConfig:
 def collect(cfg: RunConfig, demos: Path, phases: Phases) -> None:
     from policytrim.data.collect import collect_demos
 
-    phases.run("collect", lambda: (demos / "meta.json").is_file(), lambda: collect_demos(cfg, demos, overwrite=True, progress=cfg.logging.progress))
+    phases.run(
+        "collect",
+        lambda: (demos / "meta.json").is_file(),
+        lambda: collect_demos(cfg, demos, overwrite=True, progress=cfg.logging.progress),
+    )
 
 
 def policy_pipeline(cfg: RunConfig, demos: Path, work: Path, phases: Phases, prefix: str = "") -> dict[str, Any]:
@@ -59,7 +63,11 @@ def policy_pipeline(cfg: RunConfig, demos: Path, work: Path, phases: Phases, pre
     from policytrim.train.grpo import train
 
     baseline, run = work / "baseline", work / "train"
-    phases.run(f"{prefix}pretrain", lambda: (baseline / "config.json").is_file(), lambda: pretrain(cfg, demos, baseline, overwrite=True))
+    phases.run(
+        f"{prefix}pretrain",
+        lambda: (baseline / "config.json").is_file(),
+        lambda: pretrain(cfg, demos, baseline, overwrite=True),
+    )
     stages = supported_stages(load_policy(baseline))
     stage = "both" if len(stages) == 2 else stages[0]
 
@@ -67,7 +75,9 @@ def policy_pipeline(cfg: RunConfig, demos: Path, work: Path, phases: Phases, pre
         if (run / "run.json").is_file():
             train(cfg, resume=str(run))
         else:
-            train(dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, out=str(run))), stage, str(baseline))
+            train(
+                dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, out=str(run))), stage, str(baseline)
+            )
 
     phases.run(f"{prefix}train", lambda: (run / "summary.json").is_file(), run_train)
 
@@ -78,7 +88,11 @@ def policy_pipeline(cfg: RunConfig, demos: Path, work: Path, phases: Phases, pre
     phases.run(f"{prefix}eval", lambda: (work / "summary.json").is_file(), run_eval)
     summary = json.loads((work / "summary.json").read_text())
     pretrain_metrics = json.loads((baseline / "pretrain_metrics.json").read_text())
-    timings = {k[len(prefix):]: round(p["seconds"], 1) for k, p in phases.data.items() if k.startswith(prefix) and k[len(prefix):] in ("pretrain", "train", "eval")}
+    timings = {
+        k[len(prefix) :]: round(p["seconds"], 1)
+        for k, p in phases.data.items()
+        if k.startswith(prefix) and k[len(prefix) :] in ("pretrain", "train", "eval")
+    }
     return {
         **summary,
         "stages": list(stages),

@@ -60,6 +60,7 @@ def inputs(policy, batch: int, seed: int = 0):
     return obs, [instructions[i % len(instructions)] for i in range(batch)]
 
 
+# The closures handed to `timed` below use this iteration's variables and are called at once (B023 noqa).
 def latency_rows(checkpoint: str, calls: int) -> list[dict]:
     rows = []
     for device in ("cpu", "cuda"):
@@ -68,7 +69,7 @@ def latency_rows(checkpoint: str, calls: int) -> list[dict]:
             obs, ins = inputs(policy, batch)
             gens = [torch.Generator().manual_seed(i) for i in range(batch)]
             with torch.no_grad():
-                ms = timed(lambda: policy.sample(obs, ins, "sampled", gens), device, calls)
+                ms = timed(lambda: policy.sample(obs, ins, "sampled", gens), device, calls)  # noqa: B023
             rows.append({"what": "sample", "device": device, "batch": batch, "ms": round(ms, 3)})
             print(f"sample  {device:4s} batch {batch:5d}: {ms:8.3f} ms", flush=True)
         for batch in (512, 4096):
@@ -81,9 +82,9 @@ def latency_rows(checkpoint: str, calls: int) -> list[dict]:
             optimizer = torch.optim.Adam(policy.parameters(), lr=1e-6)
 
             def step() -> None:
-                optimizer.zero_grad(set_to_none=True)
-                (-policy.log_prob(obs, ins, replay, rows_mask).mean()).backward()
-                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)  # noqa: B023
+                (-policy.log_prob(obs, ins, replay, rows_mask).mean()).backward()  # noqa: B023
+                optimizer.step()  # noqa: B023
 
             ms = timed(step, device, max(10, calls // 4))
             rows.append({"what": "update", "device": device, "batch": batch, "ms": round(ms, 3)})
@@ -105,33 +106,51 @@ def served_rows(checkpoint: str, calls: int) -> list[dict]:
         obs = {"state": inputs(policy, 1)[0]["state"][0].numpy(), "prompt": policy.spec()["instructions"][0]}
         service = PolicyService(policy, ServeConfig(port=0, mode="sampled", device=device))
         generator = torch.Generator().manual_seed(0)
-        ms = timed(lambda: service.infer(obs, generator), "cpu", calls)  # infer returns numpy: already synchronised
+        # infer returns numpy: already synchronised
+        ms = timed(lambda: service.infer(obs, generator), "cpu", calls)  # noqa: B023
         rows.append({"what": "service.infer", "device": device, "batch": 1, "ms": round(ms, 3)})
         print(f"served  {device:4s} in process: {ms:8.3f} ms", flush=True)
         with ServerThread(PolicyServer(service)) as running, PolicyClient(running.host, running.port) as client:
-            ms = timed(lambda: client.infer(obs), "cpu", calls)
+            ms = timed(lambda: client.infer(obs), "cpu", calls)  # noqa: B023
         rows.append({"what": "round trip", "device": device, "batch": 1, "ms": round(ms, 3)})
         print(f"served  {device:4s} round trip: {ms:8.3f} ms", flush=True)
     return rows
 
 
-def paired_eval(checkpoint: str, tasks: tuple[str, ...], horizon: int, episodes: int, window: int, workers: int, dtype: str) -> dict:
+def paired_eval(
+    checkpoint: str, tasks: tuple[str, ...], horizon: int, episodes: int, window: int, workers: int, dtype: str
+) -> dict:
     env = EnvConfig(tasks=tasks, horizon=horizon)
     results = {}
     for device in ("cpu", "cuda"):
         policy = load_policy(checkpoint, tasks).to(device, getattr(torch, dtype)).eval()
         t0 = time.perf_counter()
-        m = evaluate_policy(policy, env, episodes, window, "sampled", 0, "test", num_workers=workers, return_outcomes=True)
-        results[device] = {"seconds": round(time.perf_counter() - t0, 1), "overall": m["overall"], "outcomes": m["outcomes"]}
+        m = evaluate_policy(
+            policy, env, episodes, window, "sampled", 0, "test", num_workers=workers, return_outcomes=True
+        )
+        results[device] = {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "overall": m["overall"],
+            "outcomes": m["outcomes"],
+        }
         o = m["overall"]
-        print(f"eval    {device:4s} {dtype}: SR {o['success_rate']:.4f}, mean steps {o['mean_steps']:.2f}, {results[device]['seconds']} s", flush=True)
+        print(
+            f"eval    {device:4s} {dtype}: SR {o['success_rate']:.4f}, mean steps {o['mean_steps']:.2f}, "
+            f"{results[device]['seconds']} s",
+            flush=True,
+        )
     a, b = results["cpu"]["outcomes"], results["cuda"]["outcomes"]
     n = len(a["success"])
-    same_success = sum(x == y for x, y in zip(a["success"], b["success"]))
-    same_steps = sum(x == y for x, y in zip(a["steps"], b["steps"]))
+    same_success = sum(x == y for x, y in zip(a["success"], b["success"], strict=True))
+    same_steps = sum(x == y for x, y in zip(a["steps"], b["steps"], strict=True))
     keys = ("success_rate", "mean_steps", "calls_per_success")
     return {
-        "dtype": dtype, "tasks": list(tasks), "episodes_per_task": episodes, "window": window, "mode": "sampled", "env_workers": workers,
+        "dtype": dtype,
+        "tasks": list(tasks),
+        "episodes_per_task": episodes,
+        "window": window,
+        "mode": "sampled",
+        "env_workers": workers,
         "episodes": n,
         "cpu": {k: results["cpu"]["overall"].get(k) for k in keys} | {"seconds": results["cpu"]["seconds"]},
         "cuda": {k: results["cuda"]["overall"].get(k) for k in keys} | {"seconds": results["cuda"]["seconds"]},
@@ -147,7 +166,8 @@ def markdown(result: dict) -> str:
         "# The CUDA learner beside the CPU one",
         "",
         f"Machine: {result['gpu']} (CUDA {result['cuda']}), {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
-        f"{result['cpu_threads']} CPU torch threads; checkpoint `{result['checkpoint_name']}` ({result['params']:,} parameters). "
+        f"{result['cpu_threads']} CPU torch threads; checkpoint `{result['checkpoint_name']}` "
+        f"({result['params']:,} parameters). "
         "Written by `benchmarks/cuda_check.py`.",
         "",
         "| call | batch | CPU ms | CUDA ms | CPU / CUDA |",
@@ -163,7 +183,8 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             "One robot's call through `policytrim serve` (batch 1, sampled mode): `PolicyService.infer` in process "
-            "(request checked, chunk computed and copied back) and one client's round trip over loopback (websocket + msgpack):",
+            "(request checked, chunk computed and copied back) and one client's round trip over loopback "
+            "(websocket + msgpack):",
             "",
             "| call | CPU ms | CUDA ms | CPU / CUDA |",
             "|---|---|---|---|",
@@ -177,15 +198,21 @@ def markdown(result: dict) -> str:
         f"Paired evaluation, {e['episodes']} episodes ({len(e['tasks'])} tasks × {e['episodes_per_task']} test states, "
         f"window {e['window']}, sampled, the same random numbers; env workers on the CPU: {e['env_workers']}):",
         "",
-        "| policy dtype | learner | success rate | mean steps | calls per success | seconds | identical success | identical steps |",
+        "| policy dtype | learner | success rate | mean steps | calls per success | seconds | identical "
+        "success | identical steps |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for e in result["paired_eval"]:
         for device in ("cpu", "cuda"):
             d = e[device]
-            same = (f"{e['same_success_fraction']:.1%}", f"{e['same_steps_fraction']:.1%}") if device == "cuda" else ("", "")
+            same = (
+                (f"{e['same_success_fraction']:.1%}", f"{e['same_steps_fraction']:.1%}")
+                if device == "cuda"
+                else ("", "")
+            )
             lines.append(
-                f"| {e['dtype']} | {device} | {d['success_rate']:.4f} | {d['mean_steps']:.2f} | {d['calls_per_success']:.2f} | {d['seconds']} | {same[0]} | {same[1]} |"
+                f"| {e['dtype']} | {device} | {d['success_rate']:.4f} | {d['mean_steps']:.2f} | "
+                f"{d['calls_per_success']:.2f} | {d['seconds']} | {same[0]} | {same[1]} |"
             )
     if result.get("pytest"):
         lines += ["", f"`python -m pytest tests/test_cuda.py` on this machine: {result['pytest']}."]
@@ -201,7 +228,13 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=0, help="execution window (0: the checkpoint's own)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     parser.add_argument("--calls", type=int, default=100)
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"], help="policy dtypes of the paired evaluation")
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32", "float64"],
+        choices=["float32", "float64"],
+        help="policy dtypes of the paired evaluation",
+    )
     parser.add_argument("--pytest", default="", help="the result line of a pytest run of tests/test_cuda.py to record")
     parser.add_argument("--out", default="benchmarks/results/cuda_check.json")
     args = parser.parse_args()
@@ -218,7 +251,10 @@ def main() -> None:
         "params": sum(p.numel() for p in policy.parameters()),
         "latency": latency_rows(args.checkpoint, args.calls),
         "served": served_rows(args.checkpoint, args.calls),
-        "paired_eval": [paired_eval(args.checkpoint, tasks, args.horizon, args.episodes, args.window, args.workers, d) for d in args.dtypes],
+        "paired_eval": [
+            paired_eval(args.checkpoint, tasks, args.horizon, args.episodes, args.window, args.workers, d)
+            for d in args.dtypes
+        ],
         "pytest": args.pytest,
     }
     out = Path(args.out)

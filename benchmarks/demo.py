@@ -19,8 +19,8 @@ from pathlib import Path
 
 from policytrim.config import load_config, preset_path
 from policytrim.eval.report import write_report
-from policytrim.machine import describe_machine
 from policytrim.experiments.demo import format_summary, run_demo
+from policytrim.machine import describe_machine
 
 
 def main() -> None:
@@ -36,7 +36,11 @@ def main() -> None:
     wall = time.perf_counter() - t0
     results = Path(args.results)
     report = write_report([Path(args.work)], results / "report_demo")
-    summary.update(wall_clock_s=wall, machine={**machine, "load_average_end": list(os.getloadavg())}, command="policytrim demo (preset demo)")
+    summary.update(
+        wall_clock_s=wall,
+        machine={**machine, "load_average_end": list(os.getloadavg())},
+        command="policytrim demo (preset demo)",
+    )
     summary["targets"] = {
         "calls_speedup>=2": summary["calls_speedup"] is not None and summary["calls_speedup"] >= 2,
         "success_rate_drop<=2": summary["success_rate_drop"] <= 2,
@@ -45,7 +49,10 @@ def main() -> None:
     }
     (results / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary))
-    print(f"wall clock {wall / 60:.1f} min, peak memory {summary['peak_rss_mb']:.0f} MB, load {machine['load_average'][0]:.2f} -> {os.getloadavg()[0]:.2f}")
+    print(
+        f"wall clock {wall / 60:.1f} min, peak memory {summary['peak_rss_mb']:.0f} MB, load "
+        f"{machine['load_average'][0]:.2f} -> {os.getloadavg()[0]:.2f}"
+    )
     print(f"results: {results / 'demo.json'}, report: {report}")
     shutil.rmtree(Path(args.work) / "demos", ignore_errors=True)
 

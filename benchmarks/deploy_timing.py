@@ -110,7 +110,9 @@ class Runner:
         if key not in self.models:
             try:
                 model = build_variant(self.policies[role], tricks)
-                policy_infer(model, self.args.mode, 0)(self.env.reset(self.states[0]), self.env.instruction)  # compile fails here, if at all
+                policy_infer(model, self.args.mode, 0)(
+                    self.env.reset(self.states[0]), self.env.instruction
+                )  # compile fails here, if at all
                 self.models[key] = model
             except Exception as exc:  # a trick this model or torch build cannot do is reported, not fatal
                 self.failures["+".join(tricks)] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
@@ -129,8 +131,12 @@ class Runner:
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
-    def run(self, name: str, role: str, tricks: tuple[str, ...], mode: str, *, delay: int | None = None) -> dict[str, Any] | None:
-        tag = hashlib.sha256(json.dumps([name, role, tricks, mode, delay, self.settings], default=str).encode()).hexdigest()[:16]
+    def run(
+        self, name: str, role: str, tricks: tuple[str, ...], mode: str, *, delay: int | None = None
+    ) -> dict[str, Any] | None:
+        tag = hashlib.sha256(
+            json.dumps([name, role, tricks, mode, delay, self.settings], default=str).encode()
+        ).hexdigest()[:16]
         cache = self.work / f"{tag}.json"
         if cache.exists():
             return json.loads(cache.read_text())
@@ -141,9 +147,13 @@ class Runner:
         period = float(self.env.control_period_s)
         latency = self.median_latency_s(model)
         if delay is not None:
-            timing = DeployTiming(window=window, mode="async", threshold=min(delay, window - 1), latency_s=delay * period)
+            timing = DeployTiming(
+                window=window, mode="async", threshold=min(delay, window - 1), latency_s=delay * period
+            )
         elif mode == "async":
-            timing = DeployTiming(window=window, mode="async", threshold=min(window - 1, max(1, math.ceil(latency / period))))
+            timing = DeployTiming(
+                window=window, mode="async", threshold=min(window - 1, max(1, math.ceil(latency / period)))
+            )
         else:
             timing = DeployTiming(window=window, mode="sync")
         started = time.perf_counter()
@@ -152,10 +162,18 @@ class Runner:
             for s in self.states
         ]
         out = {
-            "name": name, "policy": role, "tricks": list(tricks), "mode": mode, "delay_steps": delay,
-            "window": window, "threshold": timing.threshold, "median_latency_ms": round(1e3 * latency, 3),
-            "control_period_s": period, **summarize_timed(episodes),
-            "success": [e.success for e in episodes], "wall_s": round(time.perf_counter() - started, 1),
+            "name": name,
+            "policy": role,
+            "tricks": list(tricks),
+            "mode": mode,
+            "delay_steps": delay,
+            "window": window,
+            "threshold": timing.threshold,
+            "median_latency_ms": round(1e3 * latency, 3),
+            "control_period_s": period,
+            **summarize_timed(episodes),
+            "success": [e.success for e in episodes],
+            "wall_s": round(time.perf_counter() - started, 1),
         }
         cache.write_text(json.dumps(out) + "\n")
         return out
@@ -166,7 +184,12 @@ def best_combination(rows: list[dict[str, Any]], base: dict[str, Any], tolerance
     step counts and of the precisions, the best one each."""
     good = []
     for r in rows:
-        if r["policy"] != "baseline" or len(r["tricks"]) != 1 or r["mode"] != "sync" or r["seconds_per_success"] is None:
+        if (
+            r["policy"] != "baseline"
+            or len(r["tricks"]) != 1
+            or r["mode"] != "sync"
+            or r["seconds_per_success"] is None
+        ):
             continue
         drop = -100 * paired_difference(base["success"], r["success"])["diff"]
         if r["seconds_per_success"] < base["seconds_per_success"] and drop <= tolerance:
@@ -185,7 +208,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for p in policies.values():
         p.eval()
     runner = Runner(args, policies)
-    singles = [("steps=%d" % n,) for n in args.flow_steps] + [("bf16",), ("int8",)] + ([] if args.skip_compile else [("compile",)])
+    singles = (
+        [(f"steps={n}",) for n in args.flow_steps]
+        + [("bf16",), ("int8",)]
+        + ([] if args.skip_compile else [("compile",)])
+    )
     plan = [("baseline", "baseline", ()), ("PolicyTrim", "policytrim", ())]
     plan += [(f"baseline + {t[0]}", "baseline", t) for t in singles]
     rows: list[dict[str, Any]] = []
@@ -194,8 +221,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             r = runner.run(name, role, tricks, mode)
             if r is not None:
                 rows.append(r)
-                print(f"{name:<32} {mode:<5} k={r['window']:<3} {r['median_latency_ms']:8.2f} ms  SR {r['success_rate']:.3f}  "
-                      f"s/success {_num(r['seconds_per_success'])}  idle/ep {r['idle_s_per_episode']:.3f} s  calls {r['calls_per_episode']:.1f}", flush=True)
+                print(
+                    f"{name:<32} {mode:<5} k={r['window']:<3} {r['median_latency_ms']:8.2f} ms  SR "
+                    f"{r['success_rate']:.3f}  "
+                    f"s/success {_num(r['seconds_per_success'])}  idle/ep {r['idle_s_per_episode']:.3f} s  "
+                    f"calls {r['calls_per_episode']:.1f}",
+                    flush=True,
+                )
     base = next(r for r in rows if r["name"] == "baseline" and r["mode"] == "sync")
     combo = best_combination(rows, base, args.sr_tolerance)
     if combo:
@@ -217,7 +249,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         r["seconds_per_success_speedup"] = (
             round(base["seconds_per_success"] / r["seconds_per_success"], 3) if r["seconds_per_success"] else None
         )
-    candidates = [r for r in rows if r["policy"] == "policytrim" and r["seconds_per_success_speedup"] and r["success_rate_drop"] <= args.sr_tolerance]
+    candidates = [
+        r
+        for r in rows
+        if r["policy"] == "policytrim"
+        and r["seconds_per_success_speedup"]
+        and r["success_rate_drop"] <= args.sr_tolerance
+    ]
     best = max(candidates, key=lambda r: r["seconds_per_success_speedup"], default=None)
     runner.env.close()
     return {
@@ -243,24 +281,39 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         "# Seconds per success on the robot's clock",
         "",
-        f"Task {s['task']}, {s['episodes']} paired test episodes per row ({s['mode']} mode), policies {s['baseline']} (baseline) and "
-        f"{s['trimmed']} (PolicyTrim); calls at their measured latency on {s['threads']} torch thread(s), actions at the control period.",
+        f"Task {s['task']}, {s['episodes']} paired test episodes per row ({s['mode']} mode), policies "
+        f"{s['baseline']} (baseline) and "
+        f"{s['trimmed']} (PolicyTrim); calls at their measured latency on {s['threads']} torch thread(s), "
+        "actions at the control period.",
         "",
-        f"**Best stack: {res['combined_row']} — {res['combined_wallclock_speedup']}x seconds per success against the synchronous "
+        f"**Best stack: {res['combined_row']} — {res['combined_wallclock_speedup']}x seconds per success "
+        "against the synchronous "
         f"baseline, success-rate drop {res['combined_success_rate_drop']} points (paired).**",
         "",
-        "| row | mode | k | threshold | latency ms | SR | SR drop [95% CI] | s / success | x | moving s | idle s | calls | dry | stale |",
+        "| row | mode | k | threshold | latency ms | SR | SR drop [95% CI] | s / success | x | moving s | "
+        "idle s | calls | dry | stale |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"] + res["delay_rows"]:
         lines.append(
-            f"| {r['name']} | {r['mode']} | {r['window']} | {r['threshold']} | {r['median_latency_ms']:.2f} | {r['success_rate']:.3f} | "
-            f"{r['success_rate_drop']} {r['success_rate_drop_ci95']} | {_num(r['seconds_per_success'])} | {r['seconds_per_success_speedup']} | "
-            f"{r['moving_s_per_episode']:.3f} | {r['idle_s_per_episode']:.3f} | {r['calls_per_episode']:.1f} | {r['dry_events_per_episode']:.1f} | {r['mean_staleness']:.1f} |"
+            f"| {r['name']} | {r['mode']} | {r['window']} | {r['threshold']} | "
+            f"{r['median_latency_ms']:.2f} | {r['success_rate']:.3f} | "
+            f"{r['success_rate_drop']} {r['success_rate_drop_ci95']} | {_num(r['seconds_per_success'])} | "
+            f"{r['seconds_per_success_speedup']} | "
+            f"{r['moving_s_per_episode']:.3f} | {r['idle_s_per_episode']:.3f} | "
+            f"{r['calls_per_episode']:.1f} | {r['dry_events_per_episode']:.1f} | {r['mean_staleness']:.1f} "
+            "|"
         )
-    lines += ["", "Not measured:"] + [f"- {k}: {v}" for k, v in res["not_measured"].items()] if res["not_measured"] else []
+    lines += (
+        ["", "Not measured:"] + [f"- {k}: {v}" for k, v in res["not_measured"].items()] if res["not_measured"] else []
+    )
     m = res["machine"]["before"]
-    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; load average before {m['load_average']}, after {res['machine']['after']['load_average']}.", ""]
+    lines += [
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; load average before "
+        f"{m['load_average']}, after {res['machine']['after']['load_average']}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -274,14 +327,22 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--horizon", type=int, default=200)
     parser.add_argument("--mode", default="sampled", choices=("sampled", "deterministic"))
-    parser.add_argument("--flow-steps", type=int, nargs="*", default=[5, 2], help="denoising steps of the 'fewer steps' rows (flow policies)")
+    parser.add_argument(
+        "--flow-steps",
+        type=int,
+        nargs="*",
+        default=[5, 2],
+        help="denoising steps of the 'fewer steps' rows (flow policies)",
+    )
     parser.add_argument("--delays", type=int, nargs="*", default=[], help="controlled staleness rows (actions)")
-    parser.add_argument("--sr-tolerance", type=float, default=2.0, help="points of SR a trick or stack may lose and still count")
+    parser.add_argument(
+        "--sr-tolerance", type=float, default=2.0, help="points of SR a trick or stack may lose and still count"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = one robot's share of a small CPU)")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--work", default="runs/deploy_timing")
     parser.add_argument("--note", default="")
-    parser.add_argument("--out", default="benchmarks/results/stacking.json")
+    parser.add_argument("--out", default="benchmarks/results/deploy_timing.json")
     args = parser.parse_args()
     with torch_threads(args.threads):
         res = measure(args)
@@ -289,7 +350,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(res))
-    print(f"combined_wallclock_speedup = {res['combined_wallclock_speedup']} at an SR drop of {res['combined_success_rate_drop']} points; wrote {out}")
+    print(
+        f"combined_wallclock_speedup = {res['combined_wallclock_speedup']} at an SR drop of "
+        f"{res['combined_success_rate_drop']} points; wrote {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,14 @@ HEADS: dict[str, dict[str, Any]] = {
 TRAINER: dict[str, Any] = {
     "rollout": {"group_size": 8, "groups_per_epoch": 16, "num_workers": 2},
     "stage1": {"epochs": 60, "lr": 3e-4, "eval_every": 10, "val_episodes": 25, "checkpoint_every": 10},
-    "stage2": {"epochs": 120, "lr": 1e-4, "eval_every": 10, "val_episodes": 25, "checkpoint_every": 10, "tolerance_points": 2.0},
+    "stage2": {
+        "epochs": 120,
+        "lr": 1e-4,
+        "eval_every": 10,
+        "val_episodes": 25,
+        "checkpoint_every": 10,
+        "tolerance_points": 2.0,
+    },
     "eval": {"episodes": 50, "mode": "sampled"},
     "logging": {"progress": False, "tensorboard": False},
 }
@@ -87,21 +94,45 @@ def stage1_verdict(summary: dict[str, Any]) -> str:
 
 
 def head_result(head: str, summary: dict[str, Any]) -> dict[str, Any]:
-    keep = ("baseline", "stage1", "policytrim", "calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95", "stage1_vs_baseline", "stage1_window_choice", "stage2_budget", "per_task", "stages", "timings_s", "bc_train_seconds", "parameters", "device", "episodes_per_task", "mode")
+    keep = (
+        "baseline",
+        "stage1",
+        "policytrim",
+        "calls_speedup",
+        "speedup_paper",
+        "steps_reduction",
+        "success_rate_drop",
+        "success_rate_drop_ci95",
+        "stage1_vs_baseline",
+        "stage1_window_choice",
+        "stage2_budget",
+        "per_task",
+        "stages",
+        "timings_s",
+        "bc_train_seconds",
+        "parameters",
+        "device",
+        "episodes_per_task",
+        "mode",
+    )
     return {"head": head, **{k: summary.get(k) for k in keep}, "stage1_helped": stage1_verdict(summary)}
 
 
 def table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| head | H | stages | BC SR | BC steps | BC k | BC calls | Stage 1 helped | PolicyTrim SR | steps | k | calls | calls speedup | SR drop (points) |",
+        "| head | H | stages | BC SR | BC steps | BC k | BC calls | Stage 1 helped | PolicyTrim SR | steps "
+        "| k | calls | calls speedup | SR drop (points) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         b, p = r["baseline"], r["policytrim"]
         lines.append(
-            f"| {r['head']} | {r['chunk_size']} | {' + '.join(r['stages'])} | {b['success_rate']:.3f} | {fmt(b['mean_steps'], '.1f')} | {b['window']} | "
-            f"{fmt(b['calls_per_success'], '.1f')} | {r['stage1_helped']} | {p['success_rate']:.3f} | {fmt(p['mean_steps'], '.1f')} | {p['window']} | "
-            f"{fmt(p['calls_per_success'], '.1f')} | {fmt(r['calls_speedup'], '.2f')}× | {r['success_rate_drop']:+.1f} |"
+            f"| {r['head']} | {r['chunk_size']} | {' + '.join(r['stages'])} | {b['success_rate']:.3f} | "
+            f"{fmt(b['mean_steps'], '.1f')} | {b['window']} | "
+            f"{fmt(b['calls_per_success'], '.1f')} | {r['stage1_helped']} | {p['success_rate']:.3f} | "
+            f"{fmt(p['mean_steps'], '.1f')} | {p['window']} | "
+            f"{fmt(p['calls_per_success'], '.1f')} | {fmt(r['calls_speedup'], '.2f')}× | "
+            f"{r['success_rate_drop']:+.1f} |"
         )
     return lines
 
@@ -110,7 +141,11 @@ def table(results: list[dict[str, Any]]) -> list[str]:
 # steps, executed chunk length, speedup (its formula). Its flow-matching (pi0.5, GR00T) results are in
 # Tables 1/2 (no Table 3 row).
 PAPER_TABLE3: tuple[tuple[str, str, str], ...] = (
-    ("token_parallel", "OpenVLA-OFT (parallel decoding, re-pretrained with a longer chunk)", "S1+S2: SR 98.6 -> 98.8, steps 111.2 -> 65.4, k 8 -> 14, 2.97x"),
+    (
+        "token_parallel",
+        "OpenVLA-OFT (parallel decoding, re-pretrained with a longer chunk)",
+        "S1+S2: SR 98.6 -> 98.8, steps 111.2 -> 65.4, k 8 -> 14, 2.97x",
+    ),
     ("token_ar", "OpenVLA (autoregressive)", "S2 only: SR 84.7 -> 87.0, steps 113.5 -> 80.6, 1.41x"),
 )
 
@@ -126,7 +161,8 @@ def write_table(results_dir: Path, tiny: bool) -> None:
     lines = [
         "# Action heads under PolicyTrim (MW-8 demonstrations, one TinyVLA per head)",
         "",
-        f"{done[0]['episodes_per_task']} paired test states per task, {done[0]['mode']} mode; each head: BC then the stages it supports. "
+        f"{done[0]['episodes_per_task']} paired test states per task, {done[0]['mode']} mode; each head: "
+        "BC then the stages it supports. "
         "Stage 1 helped = it chose a longer window than the baseline's with SR within 2 points.",
         "",
         *table(done),
@@ -137,14 +173,24 @@ def write_table(results_dir: Path, tiny: bool) -> None:
         "|---|---|---|",
         *(f"| {head} | {model} | {row} |" for head, model, row in PAPER_TABLE3),
         "",
-        "Wall time per head (s): " + "; ".join(f"{r['head']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["timings_s"].items()) for r in done),
-        "Machine: " + "; ".join(f"{r['head']}: {r['machine']['cpu']}, {r['machine']['cores']} cores, load {r['machine']['load_average']} at start" for r in done)
+        "Wall time per head (s): "
+        + "; ".join(f"{r['head']}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["timings_s"].items()) for r in done),
+        "Machine: "
+        + "; ".join(
+            f"{r['head']}: {r['machine']['cpu']}, {r['machine']['cores']} cores, load "
+            f"{r['machine']['load_average']} at start"
+            for r in done
+        )
         if len(machines) > 1
-        else f"Machine: {machines[0]}, learner on {done[0]['device']}; load {done[0]['machine']['load_average']} at start.",
+        else f"Machine: {machines[0]}, learner on {done[0]['device']}; load "
+        f"{done[0]['machine']['load_average']} at start.",
         "Commands: " + "; ".join(sorted({f"`{r.get('command', '(not recorded)')}`" for r in done})),
     ]
     (results_dir / "heads.md").write_text("\n".join(lines) + "\n")
-    (results_dir / "heads.json").write_text(json.dumps({"units": SUMMARY_UNITS, "heads": done, "trainer": TRAINER, "tiny": tiny}, indent=2, default=float) + "\n")
+    (results_dir / "heads.json").write_text(
+        json.dumps({"units": SUMMARY_UNITS, "heads": done, "trainer": TRAINER, "tiny": tiny}, indent=2, default=float)
+        + "\n"
+    )
     print("\n".join(lines), flush=True)
 
 
@@ -153,9 +199,13 @@ def main() -> None:
     parser.add_argument("--work", default="runs/heads_bench")
     parser.add_argument("--heads", nargs="*", default=list(HEADS), choices=list(HEADS))
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for every head, e.g. stage2.epochs=200")
-    parser.add_argument("--tiny", action="store_true", help="a few-minute check of the script; results go to WORK/results")
+    parser.add_argument(
+        "--tiny", action="store_true", help="a few-minute check of the script; results go to WORK/results"
+    )
     parser.add_argument("--results", default="benchmarks/results")
-    parser.add_argument("--table", action="store_true", help="only rebuild heads.md / heads.json from the finished heads' files")
+    parser.add_argument(
+        "--table", action="store_true", help="only rebuild heads.md / heads.json from the finished heads' files"
+    )
     args = parser.parse_args()
 
     work = Path(args.work)
@@ -177,9 +227,19 @@ def main() -> None:
             print(f"[heads] {head}: done earlier ({out})", flush=True)
             continue
         head_work = work / head
-        cfg = frozen_config(head_work / "benchmark_config.yaml", lambda: build_config("mw8", shared + [HEADS[head]], args.set, head_work))
+        cfg = frozen_config(
+            head_work / "benchmark_config.yaml",
+            lambda: build_config("mw8", shared + [HEADS[head]], args.set, head_work),  # noqa: B023 - called at once
+        )
         summary = policy_pipeline(cfg, work / "demos", head_work, phases, prefix=f"{head}/")
-        result = {**head_result(head, summary), "chunk_size": cfg.policy.chunk_size, "tasks": list(cfg.env.tasks), "config": HEADS[head], "machine": machine_record(work), "command": command}
+        result = {
+            **head_result(head, summary),
+            "chunk_size": cfg.policy.chunk_size,
+            "tasks": list(cfg.env.tasks),
+            "config": HEADS[head],
+            "machine": machine_record(work),
+            "command": command,
+        }
         out.write_text(json.dumps(result, indent=2, default=float) + "\n")
         print(f"[heads] {head}: wrote {out}", flush=True)
 

@@ -53,25 +53,60 @@ SIZES: dict[str, dict] = {
     # the BC policy at k = 5, from epoch 8), 24 epochs per stage at most, 100 paired test states.
     "full": {
         "env": {"tasks": [TASK], "horizon": 200, "image": True, "image_size": IMAGE},
-        "policy": {"kind": "lerobot", "chunk_size": CHUNK, "default_window": WINDOW, "flow_noise": 0.5, "train_parts": "all"},
+        "policy": {
+            "kind": "lerobot",
+            "chunk_size": CHUNK,
+            "default_window": WINDOW,
+            "flow_noise": 0.5,
+            "train_parts": "all",
+        },
         "data": {"episodes": 150, "suboptimal": True},
         "pretrain": {"iterations": 4000, "batch_size": 32, "lr": 3e-4, "eval_episodes": 0, "val_fraction": 0.1},
         "rollout": {"group_size": 8, "groups_per_epoch": 4, "num_workers": 2},
-        "stage1": {"epochs": 24, "lr": 1e-4, "eval_every": 4, "val_episodes": 32, "checkpoint_every": 4,
-                   "stop_when_reliable": True, "min_epochs": 8, "window_reference": "baseline"},
+        "stage1": {
+            "epochs": 24,
+            "lr": 1e-4,
+            "eval_every": 4,
+            "val_episodes": 32,
+            "checkpoint_every": 4,
+            "stop_when_reliable": True,
+            "min_epochs": 8,
+            "window_reference": "baseline",
+        },
         "stage2": {"epochs": 24, "lr": 1e-4, "eval_every": 4, "val_episodes": 32, "checkpoint_every": 4},
         "eval": {"episodes": 100, "mode": "sampled"},
         "logging": {"progress": False, "tensorboard": False},
     },
     "tiny": {
         "env": {"tasks": [TASK], "horizon": 60, "image": True, "image_size": IMAGE},
-        "policy": {"kind": "lerobot", "chunk_size": CHUNK, "default_window": WINDOW, "flow_noise": 0.5, "train_parts": "all"},
+        "policy": {
+            "kind": "lerobot",
+            "chunk_size": CHUNK,
+            "default_window": WINDOW,
+            "flow_noise": 0.5,
+            "train_parts": "all",
+        },
         "data": {"episodes": 4, "suboptimal": True, "keep_failures": True},
         "pretrain": {"iterations": 20, "batch_size": 8, "lr": 3e-4, "eval_episodes": 0, "val_fraction": 0.25},
         "rollout": {"group_size": 2, "groups_per_epoch": 1, "num_workers": 0},
-        "stage1": {"epochs": 1, "lr": 1e-4, "eval_every": 1, "val_episodes": 2, "checkpoint_every": 1, "update_epochs": 1},
+        "stage1": {
+            "epochs": 1,
+            "lr": 1e-4,
+            "eval_every": 1,
+            "val_episodes": 2,
+            "checkpoint_every": 1,
+            "update_epochs": 1,
+        },
         # a fixed budget: a 20-iteration BC policy may succeed nowhere to calibrate one on
-        "stage2": {"epochs": 1, "lr": 1e-4, "eval_every": 1, "val_episodes": 2, "checkpoint_every": 1, "update_epochs": 1, "budget": 50},
+        "stage2": {
+            "epochs": 1,
+            "lr": 1e-4,
+            "eval_every": 1,
+            "val_episodes": 2,
+            "checkpoint_every": 1,
+            "update_epochs": 1,
+            "budget": 50,
+        },
         "eval": {"episodes": 2, "mode": "sampled"},
         "logging": {"progress": False, "tensorboard": False},
     },
@@ -80,25 +115,33 @@ SIZES: dict[str, dict] = {
 # More of everything, fixed after the `full` run (BC SR 0.77 there, paired interval +-11 points):
 # 300 demonstrations, 3x the BC iterations, 8 groups per epoch, up to 40 + 60 epochs, 48 validation
 # and 300 paired test states (it took 50 min on 2 cores).
-SIZES["long"] = merge(SIZES["full"], {
-    "data": {"episodes": 300},
-    "pretrain": {"iterations": 12000},
-    "rollout": {"groups_per_epoch": 8},
-    "stage1": {"epochs": 40, "val_episodes": 48, "min_epochs": 12},
-    "stage2": {"epochs": 60, "eval_every": 6, "val_episodes": 48, "checkpoint_every": 6},
-    "eval": {"episodes": 300},
-})
+SIZES["long"] = merge(
+    SIZES["full"],
+    {
+        "data": {"episodes": 300},
+        "pretrain": {"iterations": 12000},
+        "rollout": {"groups_per_epoch": 8},
+        "stage1": {"epochs": 40, "val_episodes": 48, "min_epochs": 12},
+        "stage2": {"epochs": 60, "eval_every": 6, "val_episodes": 48, "checkpoint_every": 6},
+        "eval": {"episodes": 300},
+    },
+)
 
 
 def untrained_smolvla(work: Path, instructions: list[str]) -> Path:
     """The tiny VLM and an untrained SmolVLA written by LeRobot (statistics are placeholders: BC
     replaces them with the demonstrations')."""
-    from policytrim.policies.lerobot import dataset_stats
     from lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy
+    from policytrim.policies.lerobot import dataset_stats
 
     vlm = build_tiny_vlm(work / "vlm", IMAGE, instructions)
     config = tiny_config("smolvla", 39, 4, CHUNK, WINDOW, (IMAGE, IMAGE, 3), vlm_dir=vlm)
-    placeholder = dataset_stats(torch.zeros(2, 39), torch.zeros(2, 4), torch.zeros(2, IMAGE, IMAGE, 3, dtype=torch.uint8), "observation.images.corner2")
+    placeholder = dataset_stats(
+        torch.zeros(2, 39),
+        torch.zeros(2, 4),
+        torch.zeros(2, IMAGE, IMAGE, 3, dtype=torch.uint8),
+        "observation.images.corner2",
+    )
     return write_tiny_policy(work / "untrained", config, placeholder)
 
 
@@ -107,14 +150,16 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--work", default="runs/lerobot_smolvla")
     parser.add_argument("--results", default="benchmarks/results")
-    parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. stage2.epochs=40 (only when WORK is new)")
+    parser.add_argument(
+        "--set", nargs="*", default=[], help="config overrides, e.g. stage2.epochs=40 (only when WORK is new)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from bench_pipeline import collect, machine_record, policy_pipeline
     from policytrim.envs.tasks import INSTRUCTIONS
-    from policytrim.machine import PeakMemory
     from policytrim.experiments.demo import SUMMARY_UNITS, format_summary
+    from policytrim.machine import PeakMemory
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -123,7 +168,10 @@ def main() -> None:
     if frozen.is_file():  # a resumed run keeps the settings it started with
         started = json.loads(frozen.read_text())
         if (args.set or args.size != started["size"]) and started["settings"] != settings:
-            raise SystemExit(f"error: {work} holds a run started with other settings ({frozen}); resume it without --set/--size, or pass a new --work")
+            raise SystemExit(
+                f"error: {work} holds a run started with other settings ({frozen}); resume it without "
+                "--set/--size, or pass a new --work"
+            )
         settings = started["settings"]
     else:
         frozen.write_text(json.dumps({"size": args.size, "settings": settings}, indent=2) + "\n")
@@ -132,10 +180,14 @@ def main() -> None:
     source = work / "source" / "untrained"
     if not (source / "config.json").is_file():
         untrained_smolvla(work / "source", [INSTRUCTIONS[TASK]])
-    cfg: RunConfig = from_dict(RunConfig, merge(settings, {"policy": {"lerobot_path": str(source)}, "logging": {"out": str(work)}}))
+    cfg: RunConfig = from_dict(
+        RunConfig, merge(settings, {"policy": {"lerobot_path": str(source)}, "logging": {"out": str(work)}})
+    )
     memory_path = work / "peak_rss_mb.json"
     peaks: dict[str, float] = json.loads(memory_path.read_text()) if memory_path.is_file() else {}
-    with PeakMemory() as memory:  # this process and its env workers; phases done in an earlier invocation keep their record
+    with (
+        PeakMemory() as memory
+    ):  # this process and its env workers; phases done in an earlier invocation keep their record
         memory.phase = "collect"
         collect(cfg, work / "demos", phases)
         memory.phase = "policy"
@@ -155,7 +207,8 @@ def main() -> None:
         "steps_reduction": summary["steps_reduction"],
         "minutes": minutes,
         "size": args.size,
-        "policy": "SmolVLA (lerobot 0.6.1 SmolVLAPolicy), tiny local VLM config (llama 2x128, vision 2x64, 64 px), random init, BC then PolicyTrim",
+        "policy": "SmolVLA (lerobot 0.6.1 SmolVLAPolicy), tiny local VLM config (llama 2x128, vision 2x64, 64 px), "
+        "random init, BC then PolicyTrim",
         "parameters": summary["parameters"],
         "speedup_paper": summary["speedup_paper"],
         "baseline": summary["baseline"],
@@ -183,7 +236,10 @@ def main() -> None:
     name = "lerobot_smolvla.json" if args.size == "full" else f"lerobot_smolvla_{args.size}.json"
     (results / name).write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(format_summary({**summary, "horizon": cfg.env.horizon}))
-    print(f"minutes per phase: {minutes}; load {machine['load_average'][0]:.2f} at the start -> {machine['load_average_end'][0]:.2f}")
+    print(
+        f"minutes per phase: {minutes}; load {machine['load_average'][0]:.2f} at the start -> "
+        f"{machine['load_average_end'][0]:.2f}"
+    )
     print(f"results: {results / name}")
 
 

@@ -58,21 +58,69 @@ def main() -> None:
     policy.save_pretrained(out / "init")
 
     env_flags = [
-        "--env.suite", "libero", "--tasks", TASK, "--env.image", "--env.image-size", str(size),
-        "--env.libero-max-steps", "env", "--env.horizon", str(args.horizon),
-        "--rollout.num-workers", "0", "--eval.episodes", "1",
-        "--policy.chunk-size", str(policy_cfg.chunk_size), "--policy.default-window", str(policy_cfg.default_window),
-        "--policy.hidden-dim", str(policy_cfg.hidden_dim), "--policy.num-layers", str(policy_cfg.num_layers),
+        "--env.suite",
+        "libero",
+        "--tasks",
+        TASK,
+        "--env.image",
+        "--env.image-size",
+        str(size),
+        "--env.libero-max-steps",
+        "env",
+        "--env.horizon",
+        str(args.horizon),
+        "--rollout.num-workers",
+        "0",
+        "--eval.episodes",
+        "1",
+        "--policy.chunk-size",
+        str(policy_cfg.chunk_size),
+        "--policy.default-window",
+        str(policy_cfg.default_window),
+        "--policy.hidden-dim",
+        str(policy_cfg.hidden_dim),
+        "--policy.num-layers",
+        str(policy_cfg.num_layers),
     ]
     stage_flags = [
-        "--rollout.group-size", "2", "--rollout.groups-per-epoch", "1",
-        "--stage1.epochs", "1", "--stage1.update-epochs", "1", "--stage1.val-episodes", "1", "--stage1.eval-every", "1", "--stage1.windows", "2", "4",
-        "--stage2.epochs", "1", "--stage2.update-epochs", "1", "--stage2.val-episodes", "1", "--stage2.eval-every", "1", "--stage2.budget", str(args.horizon),
-        "--logging.no-tensorboard", "--logging.no-progress",
+        "--rollout.group-size",
+        "2",
+        "--rollout.groups-per-epoch",
+        "1",
+        "--stage1.epochs",
+        "1",
+        "--stage1.update-epochs",
+        "1",
+        "--stage1.val-episodes",
+        "1",
+        "--stage1.eval-every",
+        "1",
+        "--stage1.windows",
+        "2",
+        "4",
+        "--stage2.epochs",
+        "1",
+        "--stage2.update-epochs",
+        "1",
+        "--stage2.val-episodes",
+        "1",
+        "--stage2.eval-every",
+        "1",
+        "--stage2.budget",
+        str(args.horizon),
+        "--logging.no-tensorboard",
+        "--logging.no-progress",
     ]
     commands = {
         "train": ["train", "--init", str(out / "init"), "--logging.out", str(out / "run"), *env_flags, *stage_flags],
-        "eval": ["eval", "--policy", str(out / "run" / "final" / "policy"), "--logging.out", str(out / "eval"), *env_flags],
+        "eval": [
+            "eval",
+            "--policy",
+            str(out / "run" / "final" / "policy"),
+            "--logging.out",
+            str(out / "eval"),
+            *env_flags,
+        ],
     }
     record: dict = {"task": TASK, "image_size": size, "horizon": args.horizon, "commands": {}}
     for name, argv in commands.items():
@@ -80,7 +128,11 @@ def main() -> None:
         print("$", " ".join(cmd[1:]), flush=True)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        record["commands"][name] = {"argv": argv, "returncode": proc.returncode, "seconds": round(time.perf_counter() - t0, 1)}
+        record["commands"][name] = {
+            "argv": argv,
+            "returncode": proc.returncode,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         print(proc.stdout[-3000:], proc.stderr[-3000:] if proc.returncode else "", sep="\n", flush=True)
         if proc.returncode:
             record["commands"][name]["stderr_tail"] = proc.stderr[-2000:]

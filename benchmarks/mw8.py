@@ -29,8 +29,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -46,8 +47,23 @@ from policytrim.machine import describe_machine
 #   within 1 point of Stage 2's starting SR (the benchmark's SR target is 1 point).
 TRAINER: dict[str, Any] = {
     "rollout": {"group_size": 8, "groups_per_epoch": 16, "num_workers": 2},
-    "stage1": {"epochs": 100, "lr": 3e-4, "update_epochs": 4, "eval_every": 10, "val_episodes": 25, "checkpoint_every": 10},
-    "stage2": {"epochs": 240, "lr": 1e-4, "update_epochs": 4, "eval_every": 10, "val_episodes": 25, "checkpoint_every": 10, "tolerance_points": 1.0},
+    "stage1": {
+        "epochs": 100,
+        "lr": 3e-4,
+        "update_epochs": 4,
+        "eval_every": 10,
+        "val_episodes": 25,
+        "checkpoint_every": 10,
+    },
+    "stage2": {
+        "epochs": 240,
+        "lr": 1e-4,
+        "update_epochs": 4,
+        "eval_every": 10,
+        "val_episodes": 25,
+        "checkpoint_every": 10,
+        "tolerance_points": 1.0,
+    },
     "eval": {"episodes": 50, "mode": "sampled"},
     "logging": {"progress": False, "tensorboard": False},
 }
@@ -97,7 +113,12 @@ class Phases:
         t0 = time.perf_counter()
         fn()
         seconds = time.perf_counter() - t0
-        self.data[name] = {"seconds": seconds, "load_before": load_before, "load_after": list(os.getloadavg()), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.data[name] = {
+            "seconds": seconds,
+            "load_before": load_before,
+            "load_after": list(os.getloadavg()),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         self.path.write_text(json.dumps(self.data, indent=2) + "\n")
         print(f"[{self.tag}] {name}: {seconds:.0f} s", flush=True)
 
@@ -129,12 +150,29 @@ def main() -> None:
     phases = Phases(work)
     info_path = work / "machine.json"
     if not info_path.is_file():
-        info_path.write_text(json.dumps({**describe_machine(), "load_average_start": list(os.getloadavg()), "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+        info_path.write_text(
+            json.dumps(
+                {
+                    **describe_machine(),
+                    "load_average_start": list(os.getloadavg()),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                },
+                indent=2,
+            )
+        )
 
-    phases.run("collect", lambda: (work / "demos" / "meta.json").is_file(), lambda: collect_demos(cfg, work / "demos", overwrite=True))
+    phases.run(
+        "collect",
+        lambda: (work / "demos" / "meta.json").is_file(),
+        lambda: collect_demos(cfg, work / "demos", overwrite=True),
+    )
     if args.stop_after == "collect":
         return
-    phases.run("pretrain", lambda: (work / "baseline" / "config.json").is_file(), lambda: pretrain(cfg, work / "demos", work / "baseline", overwrite=True))
+    phases.run(
+        "pretrain",
+        lambda: (work / "baseline" / "config.json").is_file(),
+        lambda: pretrain(cfg, work / "demos", work / "baseline", overwrite=True),
+    )
     if args.stop_after == "pretrain":
         return
 
@@ -143,19 +181,30 @@ def main() -> None:
         if (run / "run.json").is_file():
             train(cfg, resume=str(run))
         else:
-            train(dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, out=str(run))), "both", str(work / "baseline"))
+            train(
+                dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, out=str(run))),
+                "both",
+                str(work / "baseline"),
+            )
 
     phases.run("train", lambda: (work / "train" / "summary.json").is_file(), run_train)
     if args.stop_after == "train":
         return
 
-    from policytrim.experiments.demo import evaluate_pipeline
     from policytrim.eval.report import write_report
+    from policytrim.experiments.demo import evaluate_pipeline
 
     def run_eval() -> None:
         summary = evaluate_pipeline(
-            cfg, work / "baseline", work / "train", work,
-            deterministic=True, temporal_ensembling=True, robustness=ROBUSTNESS, clean_expert=True, filmstrips=2,
+            cfg,
+            work / "baseline",
+            work / "train",
+            work,
+            deterministic=True,
+            temporal_ensembling=True,
+            robustness=ROBUSTNESS,
+            clean_expert=True,
+            filmstrips=2,
         )
         (work / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
 
@@ -177,15 +226,33 @@ def main() -> None:
         "config": to_dict(cfg),
         "timings_s": {**timings, "pipeline_total": pipeline_s},
         "within_2_hours": pipeline_s <= 7200,
-        "machine": {**info, "load_average_end": phases.data["eval"]["load_after"], "phases_load": {k: {"before": p["load_before"], "after": p["load_after"]} for k, p in phases.data.items()}},
+        "machine": {
+            **info,
+            "load_average_end": phases.data["eval"]["load_after"],
+            "phases_load": {k: {"before": p["load_before"], "after": p["load_after"]} for k, p in phases.data.items()},
+        },
         "targets": {
-            "calls_speedup": {"target": ">= 3", "measured": summary["calls_speedup"], "met": (summary["calls_speedup"] or 0) >= 3},
-            "steps_reduction": {"target": ">= 0.30", "measured": summary["steps_reduction"], "met": (summary["steps_reduction"] or 0) >= 0.30},
-            "success_rate_drop": {"target": "<= 1 point", "measured": summary["success_rate_drop"], "met": summary["success_rate_drop"] <= 1.0},
+            "calls_speedup": {
+                "target": ">= 3",
+                "measured": summary["calls_speedup"],
+                "met": (summary["calls_speedup"] or 0) >= 3,
+            },
+            "steps_reduction": {
+                "target": ">= 0.30",
+                "measured": summary["steps_reduction"],
+                "met": (summary["steps_reduction"] or 0) >= 0.30,
+            },
+            "success_rate_drop": {
+                "target": "<= 1 point",
+                "measured": summary["success_rate_drop"],
+                "met": summary["success_rate_drop"] <= 1.0,
+            },
         },
         "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
     }
-    if analysis.is_file() and not args.no_write:  # the hand-written analysis of *this* file's numbers (mw8.json), shown in its report
+    if (
+        analysis.is_file() and not args.no_write
+    ):  # the hand-written analysis of *this* file's numbers (mw8.json), shown in its report
         result["analysis"] = [line[2:].strip() for line in analysis.read_text().splitlines() if line.startswith("- ")]
     (work / "summary.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     phases.run("report", lambda: False, lambda: write_report([work], work / "report"))

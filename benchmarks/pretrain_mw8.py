@@ -91,7 +91,10 @@ def main() -> None:
     result["load_average_after_pretrain"] = list(os.getloadavg())
     result["val_loss"] = {"initial": metrics["initial_val_loss"], "final": metrics["final_val_loss"]}
     result["frames"], result["parameters"] = metrics["frames"], metrics["parameters"]
-    print(f"pretrained in {result['pretrain_seconds']} s; val loss {metrics['initial_val_loss']:.3f} -> {metrics['final_val_loss']:.3f}")
+    print(
+        f"pretrained in {result['pretrain_seconds']} s; val loss {metrics['initial_val_loss']:.3f} -> "
+        f"{metrics['final_val_loss']:.3f}"
+    )
 
     from policytrim.policies import load_policy
 
@@ -100,10 +103,24 @@ def main() -> None:
     result["window"], result["chunk_size"] = window, policy.chunk_size
     for mode in ("sampled", "deterministic"):
         t0 = time.perf_counter()
-        ev = evaluate_policy(policy, cfg.env, episodes=args.episodes, window=window, mode=mode, seed=cfg.eval.seed, split="test", num_workers=cfg.rollout.num_workers)
+        ev = evaluate_policy(
+            policy,
+            cfg.env,
+            episodes=args.episodes,
+            window=window,
+            mode=mode,
+            seed=cfg.eval.seed,
+            split="test",
+            num_workers=cfg.rollout.num_workers,
+        )
         tasks = per_task(ev)
         sr = sum(t["success_rate"] for t in tasks.values()) / len(tasks)
-        result[mode] = {"average_success_rate": sr, "per_task": tasks, "eval_seconds": round(time.perf_counter() - t0, 1), "overall": ev.get("overall")}
+        result[mode] = {
+            "average_success_rate": sr,
+            "per_task": tasks,
+            "eval_seconds": round(time.perf_counter() - t0, 1),
+            "overall": ev.get("overall"),
+        }
         print(f"{mode}: average SR {sr:.3f}")
         for task, t in tasks.items():
             print(f"  {task:26s} SR {t['success_rate']:.2f}  steps {t['mean_steps']}  calls {t['mean_calls']}")
@@ -126,8 +143,10 @@ def markdown(r: dict) -> str:
     lines = [
         "# MW-8 behaviour cloning: one multi-task TinyVLA",
         "",
-        f"Test initial states (seed {r['config']['env']['test_seed']}), {next(iter(s['per_task'].values()))['episodes']} episodes per task and mode, "
-        f"window k = {r['window']}, H = {r['chunk_size']}, horizon {r['config']['env']['horizon']}. Steps and calls: means over successful episodes.",
+        f"Test initial states (seed {r['config']['env']['test_seed']}), "
+        f"{next(iter(s['per_task'].values()))['episodes']} episodes per task and mode, "
+        f"window k = {r['window']}, H = {r['chunk_size']}, horizon {r['config']['env']['horizon']}. Steps "
+        "and calls: means over successful episodes.",
         "",
         "| task | SR sampled [95% CI] | steps | calls | SR deterministic [95% CI] | steps | calls |",
         "|---|---|---|---|---|---|---|",
@@ -135,18 +154,24 @@ def markdown(r: dict) -> str:
     for task in s["per_task"]:
         a, b = s["per_task"][task], d["per_task"][task]
         lines.append(
-            f"| {task} | {a['success_rate']:.2f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}] | {_fmt(a['mean_steps'])} | {_fmt(a['mean_calls'])} "
-            f"| {b['success_rate']:.2f} [{b['ci95'][0]:.2f}, {b['ci95'][1]:.2f}] | {_fmt(b['mean_steps'])} | {_fmt(b['mean_calls'])} |"
+            f"| {task} | {a['success_rate']:.2f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}] | "
+            f"{_fmt(a['mean_steps'])} | {_fmt(a['mean_calls'])} "
+            f"| {b['success_rate']:.2f} [{b['ci95'][0]:.2f}, {b['ci95'][1]:.2f}] | {_fmt(b['mean_steps'])} "
+            f"| {_fmt(b['mean_calls'])} |"
         )
     lines.append(f"| **average** | **{s['average_success_rate']:.3f}** | | | **{d['average_success_rate']:.3f}** | | |")
     lines += [
         "",
-        f"- Demonstration collection: {_fmt(r.get('collect_seconds'))} s; pretraining (BC, incl. data loading and saving): **{r['pretrain_seconds']} s** "
-        f"(training loop {r['pretrain_train_loop_seconds']} s, {r.get('torch_threads', '?')} torch thread(s)); {r['parameters']} parameters; {r['frames']['train']} training frames.",
+        f"- Demonstration collection: {_fmt(r.get('collect_seconds'))} s; pretraining (BC, incl. data "
+        f"loading and saving): **{r['pretrain_seconds']} s** "
+        f"(training loop {r['pretrain_train_loop_seconds']} s, {r.get('torch_threads', '?')} torch "
+        f"thread(s)); {r['parameters']} parameters; {r['frames']['train']} training frames.",
         f"- Validation loss {r['val_loss']['initial']:.3f} → {r['val_loss']['final']:.3f}.",
-        f"- Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}; load average at start {r['load_average_start'][0]:.2f}, "
+        f"- Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}; "
+        f"load average at start {r['load_average_start'][0]:.2f}, "
         f"after pretraining {r['load_average_after_pretrain'][0]:.2f}.",
-        f"- Settings: the `mw8` preset (policy {json.dumps(r['config']['policy'])}, pretrain {json.dumps(r['config']['pretrain'])}, data episodes {r['config']['data']['episodes']}).",
+        f"- Settings: the `mw8` preset (policy {json.dumps(r['config']['policy'])}, pretrain "
+        f"{json.dumps(r['config']['pretrain'])}, data episodes {r['config']['data']['episodes']}).",
         "",
     ]
     return "\n".join(lines)

@@ -24,8 +24,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -89,7 +90,9 @@ def main() -> None:
     ap.add_argument("--baseline", required=True, help="a behaviour-cloned policy directory (the demo's OUT/baseline)")
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--out", default="benchmarks/results/profile_pipeline.json")
-    ap.add_argument("--warmup-epochs", type=int, default=1, help="Stage 1 epochs run first and not profiled (they build the envs)")
+    ap.add_argument(
+        "--warmup-epochs", type=int, default=1, help="Stage 1 epochs run first and not profiled (they build the envs)"
+    )
     ap.add_argument("--workers", type=int, default=0, help="env worker processes (0: the preset's rollout.num_workers)")
     args = ap.parse_args()
 
@@ -108,7 +111,10 @@ def main() -> None:
     load_before = os.getloadavg()
     policy = load_policy(args.baseline)
     rows: list[dict[str, Any]] = []
-    with workers_own_cores(cfg.rollout.num_workers, "cpu"), RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s) as engine:
+    with (
+        workers_own_cores(cfg.rollout.num_workers, "cpu"),
+        RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s) as engine,
+    ):
         stage1 = Stage1(cfg, policy)
         optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.stage1.lr)
 
@@ -117,18 +123,44 @@ def main() -> None:
             starts = draw_starts(cfg, rng, index)
             windows = stage.assign_windows(len(starts), cfg.rollout.group_size)
             policy.eval()
-            traj = engine.run(policy, starts, cfg.rollout.group_size, windows, "train", stable_seed(cfg.seed, stage.name, index, "rollout"))
+            traj = engine.run(
+                policy,
+                starts,
+                cfg.rollout.group_size,
+                windows,
+                "train",
+                stable_seed(cfg.seed, stage.name, index, "rollout"),
+            )
             t = time.perf_counter()
             rewards, _ = stage.rewards(traj)
             advantages, valid_groups = objective.group_advantages(rewards)
             policy.train()
-            grpo_update(policy, None, optimizer, traj, advantages.flatten(), valid_groups.repeat_interleave(cfg.rollout.group_size), scfg)
+            grpo_update(
+                policy,
+                None,
+                optimizer,
+                traj,
+                advantages.flatten(),
+                valid_groups.repeat_interleave(cfg.rollout.group_size),
+                scfg,
+            )
             update_s = time.perf_counter() - t
-            return traj, {"timing": traj.timing, "update_s": update_s, "env_steps": traj.env_steps, "episodes": traj.num_trajectories, "policy_batches": traj.policy_batches}
+            return traj, {
+                "timing": traj.timing,
+                "update_s": update_s,
+                "env_steps": traj.env_steps,
+                "episodes": traj.num_trajectories,
+                "policy_batches": traj.policy_batches,
+            }
 
         for i in range(args.warmup_epochs):
             epoch(stage1, cfg.stage1, i)
-        _, row = measure(engine, "Stage 1 epoch (8 groups x 8, windows 5/10/15)", lambda: epoch(stage1, cfg.stage1, args.warmup_epochs), cores)
+        _, row = measure(
+            engine,
+            "Stage 1 epoch (8 groups x 8, windows 5/10/15)",
+            lambda: epoch(stage1, cfg.stage1, args.warmup_epochs),
+            cores,
+        )
         rows.append(row)
 
         def through_engine(run: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
@@ -147,15 +179,32 @@ def main() -> None:
             finally:
                 del engine.run
             traj = holder["traj"]
-            return out, {"timing": traj.timing, "env_steps": traj.env_steps, "episodes": traj.num_trajectories, "policy_batches": traj.policy_batches}
+            return out, {
+                "timing": traj.timing,
+                "env_steps": traj.env_steps,
+                "episodes": traj.num_trajectories,
+                "policy_batches": traj.policy_batches,
+            }
 
-        val, row = measure(engine, f"validation ({cfg.stage1.val_episodes} states/task, k = 15)", lambda: through_engine(lambda: validate(policy, cfg, 15, engine, cfg.stage1.val_episodes)), cores)
+        val, row = measure(
+            engine,
+            f"validation ({cfg.stage1.val_episodes} states/task, k = 15)",
+            lambda: through_engine(lambda: validate(policy, cfg, 15, engine, cfg.stage1.val_episodes)),
+            cores,
+        )
         rows.append(row)
         budget = {"budget": int(np.ceil(cfg.stage2.budget_multiplier * val["mean_steps"]))}
         stage2 = Stage2(cfg, 15, budget)
         _, row = measure(engine, "Stage 2 epoch (8 groups x 8, k = 15)", lambda: epoch(stage2, cfg.stage2, 0), cores)
         rows.append(row)
-        test_eval = lambda: through_engine(lambda: evaluate_policy(policy, cfg.env, cfg.eval.episodes, 5, cfg.eval.mode, cfg.eval.seed, "test", engine=engine))  # noqa: E731
+
+        def test_eval():
+            return through_engine(
+                lambda: evaluate_policy(
+                    policy, cfg.env, cfg.eval.episodes, 5, cfg.eval.mode, cfg.eval.seed, "test", engine=engine
+                )
+            )
+
         _, row = measure(engine, f"test evaluation ({cfg.eval.episodes} states/task, k = 5)", test_eval, cores)
         rows.append(row)
 
@@ -166,7 +215,8 @@ def main() -> None:
         "preset": args.preset,
         "baseline": str(args.baseline),
         "cores": cores,
-        "note": "core-seconds per phase: simulator + resets + worker_ipc + policy + update + engine + idle = cores x wall (up to clock granularity)",
+        "note": "core-seconds per phase: simulator + resets + worker_ipc + policy + update + engine + idle = cores "
+        "x wall (up to clock granularity)",
         "phases": rows,
     }
     out = Path(args.out)
@@ -176,14 +226,19 @@ def main() -> None:
     lines = [
         "# Pipeline profile (core-seconds per phase)",
         "",
-        f"Machine: {result['machine']}; load before {load_before[0]:.2f}. Preset `{args.preset}`, policy `{args.baseline}`.",
+        f"Machine: {result['machine']}; load before {load_before[0]:.2f}. Preset `{args.preset}`, policy "
+        f"`{args.baseline}`.",
         "",
         "| phase | wall s | env steps/s | " + " | ".join(keys) + " | mean batch |",
         "|---|---|---|" + "---|" * len(keys) + "---|",
     ]
     for r in rows:
         core = r["core_s"] or 1.0
-        lines.append(f"| {r['phase']} | {r['wall_s']:.2f} | {r['env_steps_per_s']:,.0f} | " + " | ".join(f"{r[k]:.2f} ({100 * r[k] / core:.0f}%)" for k in keys) + f" | {r['mean_batch']:.1f} |")
+        lines.append(
+            f"| {r['phase']} | {r['wall_s']:.2f} | {r['env_steps_per_s']:,.0f} | "
+            + " | ".join(f"{r[k]:.2f} ({100 * r[k] / core:.0f}%)" for k in keys)
+            + f" | {r['mean_batch']:.1f} |"
+        )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

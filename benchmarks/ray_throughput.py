@@ -89,7 +89,9 @@ def step_seconds(env_cfg: EnvConfig, episodes: list[tuple]) -> float:
     return seconds / steps
 
 
-def policy_seconds(policy: TinyVLA, obs_row: dict[str, np.ndarray], instruction: str, batches: tuple[int, ...]) -> dict[int, float]:
+def policy_seconds(
+    policy: TinyVLA, obs_row: dict[str, np.ndarray], instruction: str, batches: tuple[int, ...]
+) -> dict[int, float]:
     """Median seconds of one sampling call of ``policy`` per batch size."""
     out = {}
     for b in batches:
@@ -113,7 +115,7 @@ def policy_model(table: dict[int, float]):
     def at(b: float) -> float:
         if b <= bs[0]:
             return table[bs[0]]
-        for lo, hi in zip(bs, bs[1:]):
+        for lo, hi in zip(bs, bs[1:], strict=False):
             if b <= hi or hi == bs[-1]:
                 return table[lo] + (table[hi] - table[lo]) * (b - lo) / (hi - lo)
         raise AssertionError
@@ -121,7 +123,9 @@ def policy_model(table: dict[int, float]):
     return at
 
 
-def epoch_seconds(n_traj: int, mean_steps: float, k: int, workers: int, envs: int, t_step: float, t_rt: float, policy_at) -> dict[str, float]:
+def epoch_seconds(
+    n_traj: int, mean_steps: float, k: int, workers: int, envs: int, t_step: float, t_rt: float, policy_at
+) -> dict[str, float]:
     """The scale model (module docstring): lockstep and pipelined per-epoch seconds."""
     envs = min(envs, math.ceil(n_traj / workers))  # a worker runs at most its share of the epoch
     waves = math.ceil(n_traj / (workers * envs))
@@ -129,7 +133,11 @@ def epoch_seconds(n_traj: int, mean_steps: float, k: int, workers: int, envs: in
     rounds = waves * math.ceil(mean_steps / k)
     stepping = envs * k * t_step
     policy = policy_at(batch)
-    return {"lockstep_s": rounds * (policy + stepping + t_rt), "pipelined_s": rounds * (max(policy, stepping) + t_rt), "policy_share_lockstep": policy / (policy + stepping + t_rt)}
+    return {
+        "lockstep_s": rounds * (policy + stepping + t_rt),
+        "pipelined_s": rounds * (max(policy, stepping) + t_rt),
+        "policy_share_lockstep": policy / (policy + stepping + t_rt),
+    }
 
 
 def main() -> None:
@@ -140,8 +148,14 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trips", type=int, default=300, help="round trips timed per backend")
-    parser.add_argument("--epoch-trajectories", type=int, default=1024, help="N of the modelled epoch (e.g. 128 groups x G = 8)")
-    parser.add_argument("--policy-ms-per-call", default="", help="B:ms,... a policy latency table to model instead of this CPU's TinyVLA (e.g. a GPU's)")
+    parser.add_argument(
+        "--epoch-trajectories", type=int, default=1024, help="N of the modelled epoch (e.g. 128 groups x G = 8)"
+    )
+    parser.add_argument(
+        "--policy-ms-per-call",
+        default="",
+        help="B:ms,... a policy latency table to model instead of this CPU's TinyVLA (e.g. a GPU's)",
+    )
     parser.add_argument("--small", action="store_true", help="a smoke run (~1 min): fewer episodes, repeats and trips")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ray_throughput.json"))
     args = parser.parse_args()
@@ -162,7 +176,9 @@ def main() -> None:
     # 1. the same episodes through both backends
     seconds: dict[str, list[float]] = {"local": [], "ray": []}
     policy_s: dict[str, float] = {}
-    engines = {b: RolloutEngine(env_cfg, args.workers, pipeline=False, backend=b, ray=ray_cfg) for b in ("local", "ray")}
+    engines = {
+        b: RolloutEngine(env_cfg, args.workers, pipeline=False, backend=b, ray=ray_cfg) for b in ("local", "ray")
+    }
     try:
         warm = {b: e.run(policy, starts, 1, windows, "sampled", seed=0) for b, e in engines.items()}  # builds envs
         assert torch.equal(warm["local"].steps, warm["ray"].steps), "the backends ran different episodes"
@@ -180,14 +196,26 @@ def main() -> None:
         for engine in engines.values():
             engine.close()
     rate = {b: total_steps / statistics.median(s) for b, s in seconds.items()}
-    ratio = statistics.median(l / r for l, r in zip(seconds["local"], seconds["ray"]))
+    ratio = statistics.median(t_local / t_ray for t_local, t_ray in zip(seconds["local"], seconds["ray"], strict=True))
 
     # 2. round trips, 3. model components
     rt = {b: round_trip_s(env_cfg, b, ray_cfg, args.trips) for b in ("local", "ray")}
     executed = warm["local"].replay["sample"].clamp(-1.0, 1.0)
     w0 = warm["local"]
     episodes = [
-        (s, torch.cat([executed[c, :n] for c, n in zip(w0.chunks_of(torch.tensor([i])).tolist(), w0.chunk_rows[w0.chunk_traj == i].tolist())]).numpy())
+        (
+            s,
+            torch.cat(
+                [
+                    executed[c, :n]
+                    for c, n in zip(
+                        w0.chunks_of(torch.tensor([i])).tolist(),
+                        w0.chunk_rows[w0.chunk_traj == i].tolist(),
+                        strict=True,
+                    )
+                ]
+            ).numpy(),
+        )
         for i, s in enumerate(starts)
     ]
     t_step = step_seconds(env_cfg, episodes)
@@ -204,9 +232,15 @@ def main() -> None:
     mean_steps = total_steps / len(starts)
 
     # model check: the measured 2-worker lockstep epoch (local processes, one wave)
-    predicted = epoch_seconds(len(starts), mean_steps, window, args.workers, len(starts), t_step, rt["local"], policy_at)
+    predicted = epoch_seconds(
+        len(starts), mean_steps, window, args.workers, len(starts), t_step, rt["local"], policy_at
+    )
     curve = [
-        {"workers": w, "envs_per_worker": e, **epoch_seconds(args.epoch_trajectories, mean_steps, window, w, e, t_step, rt["ray"], policy_at)}
+        {
+            "workers": w,
+            "envs_per_worker": e,
+            **epoch_seconds(args.epoch_trajectories, mean_steps, window, w, e, t_step, rt["ray"], policy_at),
+        }
         for w in SCALE_WORKERS
         for e in SCALE_ENVS
     ]
@@ -224,21 +258,55 @@ def main() -> None:
         "workers": args.workers,
         "lockstep": True,
         "scale_model": {
-            "measured": {"sim_seconds_per_step": t_step, "policy_seconds_by_batch": {str(b): s for b, s in table.items()}, "policy_source": table_source, "mean_episode_steps": mean_steps},
-            "model_check": {"measured_local_epoch_s": statistics.median(seconds["local"]), "predicted_lockstep_s": predicted["lockstep_s"], "predicted_pipelined_s": predicted["pipelined_s"]},
-            "extrapolated": {"epoch_trajectories": args.epoch_trajectories, "window": window, "round_trip_s": rt["ray"], "assumes": "one core per worker, uniform episode lengths, network latency not included", "curve": curve},
+            "measured": {
+                "sim_seconds_per_step": t_step,
+                "policy_seconds_by_batch": {str(b): s for b, s in table.items()},
+                "policy_source": table_source,
+                "mean_episode_steps": mean_steps,
+            },
+            "model_check": {
+                "measured_local_epoch_s": statistics.median(seconds["local"]),
+                "predicted_lockstep_s": predicted["lockstep_s"],
+                "predicted_pipelined_s": predicted["pipelined_s"],
+            },
+            "extrapolated": {
+                "epoch_trajectories": args.epoch_trajectories,
+                "window": window,
+                "round_trip_s": rt["ray"],
+                "assumes": "one core per worker, uniform episode lengths, network latency not included",
+                "curve": curve,
+            },
         },
-        "machine": {**describe_machine(), "load_average_before": list(load_before), "load_average_1min_per_repeat": loads, "load_average_after": list(os.getloadavg())},
-        "command": "benchmarks/ray_throughput.py " + " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items() if k != "out" and v not in (False, "")),
+        "machine": {
+            **describe_machine(),
+            "load_average_before": list(load_before),
+            "load_average_1min_per_repeat": loads,
+            "load_average_after": list(os.getloadavg()),
+        },
+        "command": "benchmarks/ray_throughput.py "
+        + " ".join(
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+            for k, v in vars(args).items()
+            if k != "out" and v not in (False, "")
+        ),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
-    print(f"{len(starts)} episodes ({total_steps} env steps), {args.workers} workers, TinyVLA k={window}, lockstep; load before {load_before[0]:.2f}, per repeat {', '.join(f'{x:.2f}' for x in loads)}")
+    print(
+        f"{len(starts)} episodes ({total_steps} env steps), {args.workers} workers, TinyVLA k={window}, "
+        f"lockstep; load before {load_before[0]:.2f}, per repeat {', '.join(f'{x:.2f}' for x in loads)}"
+    )
     print(f"local processes: {rate['local']:7.0f} env-steps/s   Ray actors: {rate['ray']:7.0f} env-steps/s")
-    print(f"round trip: local {rt['local'] * 1e6:.0f} us, Ray {rt['ray'] * 1e6:.0f} us (Ray overhead {(rt['ray'] - rt['local']) * 1e6:.0f} us per round trip)")
-    print(f"model check: measured epoch {statistics.median(seconds['local']):.2f} s, predicted lockstep {predicted['lockstep_s']:.2f} s")
+    print(
+        f"round trip: local {rt['local'] * 1e6:.0f} us, Ray {rt['ray'] * 1e6:.0f} us (Ray overhead "
+        f"{(rt['ray'] - rt['local']) * 1e6:.0f} us per round trip)"
+    )
+    print(
+        f"model check: measured epoch {statistics.median(seconds['local']):.2f} s, predicted lockstep "
+        f"{predicted['lockstep_s']:.2f} s"
+    )
     print(f"ray/local ratio: {ratio:.2f}")
 
 
@@ -248,30 +316,41 @@ def markdown(r: dict) -> str:
         "# Ray env workers vs local processes",
         "",
         f"Command: `{r['command']}`. Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores; "
-        f"load (1 min) before {r['machine']['load_average_before'][0]:.2f}, per repeat {', '.join(f'{x:.2f}' for x in r['machine']['load_average_1min_per_repeat'])}.",
+        f"load (1 min) before {r['machine']['load_average_before'][0]:.2f}, per repeat "
+        f"{', '.join(f'{x:.2f}' for x in r['machine']['load_average_1min_per_repeat'])}.",
         "",
         "## Measured",
         "",
-        f"{r['episodes']} episodes ({r['env_steps']} env steps), {r['workers']} workers, TinyVLA at k = {r['window']}, lockstep (identical episodes on both backends).",
+        f"{r['episodes']} episodes ({r['env_steps']} env steps), {r['workers']} workers, TinyVLA at k = "
+        f"{r['window']}, lockstep (identical episodes on both backends).",
         "",
         "| backend | env-steps/s | round trip (empty request) |",
         "|---|---:|---:|",
         f"| local processes | {r['steps_per_s']['local']:.0f} | {r['round_trip_s']['local'] * 1e6:.0f} us |",
         f"| Ray actors | {r['steps_per_s']['ray']:.0f} | {r['round_trip_s']['ray'] * 1e6:.0f} us |",
         "",
-        f"**ray_over_local = {r['ray_over_local']:.2f}** (median per-repeat ratio); Ray's overhead per round trip: {r['ray_round_trip_overhead_s'] * 1e6:.0f} us.",
+        f"**ray_over_local = {r['ray_over_local']:.2f}** (median per-repeat ratio); Ray's overhead per "
+        f"round trip: {r['ray_round_trip_overhead_s'] * 1e6:.0f} us.",
         "",
-        f"Model components: simulator {m['measured']['sim_seconds_per_step'] * 1e3:.3f} ms per env step; policy call ({m['measured']['policy_source']}): "
+        f"Model components: simulator {m['measured']['sim_seconds_per_step'] * 1e3:.3f} ms per env step; "
+        f"policy call ({m['measured']['policy_source']}): "
         + ", ".join(f"B={b}: {s * 1e3:.2f} ms" for b, s in m["measured"]["policy_seconds_by_batch"].items())
         + ".",
         "",
-        f"Model check: the measured local epoch above took {m['model_check']['measured_local_epoch_s']:.2f} s; the model predicts {m['model_check']['predicted_lockstep_s']:.2f} s (lockstep): "
-        f"measured / predicted = {m['model_check']['measured_local_epoch_s'] / m['model_check']['predicted_lockstep_s']:.2f}. The model leaves out the engine's own work per step (observations, "
-        "requests, bookkeeping) and uneven episode lengths; scale the extrapolated times below by this factor for an estimate of real epochs.",
+        "Model check: the measured local epoch above took "
+        f"{m['model_check']['measured_local_epoch_s']:.2f} s; the model predicts "
+        f"{m['model_check']['predicted_lockstep_s']:.2f} s (lockstep): "
+        "measured / predicted = "
+        f"{m['model_check']['measured_local_epoch_s'] / m['model_check']['predicted_lockstep_s']:.2f}. The "
+        "model leaves out the engine's own work per step (observations, "
+        "requests, bookkeeping) and uneven episode lengths; scale the extrapolated times below by this "
+        "factor for an estimate of real epochs.",
         "",
         "## Extrapolated: per-epoch seconds",
         "",
-        f"{m['extrapolated']['epoch_trajectories']} trajectories per epoch at k = {m['extrapolated']['window']}, Ray round trip as measured; assumes {m['extrapolated']['assumes']}. lockstep / pipelined.",
+        f"{m['extrapolated']['epoch_trajectories']} trajectories per epoch at k = "
+        f"{m['extrapolated']['window']}, Ray round trip as measured; assumes "
+        f"{m['extrapolated']['assumes']}. lockstep / pipelined.",
         "",
         "| workers | " + " | ".join(f"{e} envs/worker" for e in SCALE_ENVS) + " |",
         "|---:|" + "---:|" * len(SCALE_ENVS),

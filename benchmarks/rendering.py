@@ -94,7 +94,8 @@ def main() -> None:
     print(
         f"{args.task} {args.size}px: physics {ms_physics:.2f} ms/step, image {result['ms_per_frame']:.2f} ms/frame "
         f"({result['render_to_physics_ratio']}x a physics step); two workers {two_workers_fps:.0f} frames/s; "
-        f"rollouts at k={args.window}: {every:.0f} env-steps/s rendering every step, {per_chunk:.0f} rendering once per chunk "
+        f"rollouts at k={args.window}: {every:.0f} env-steps/s rendering every step, {per_chunk:.0f} "
+        "rendering once per chunk "
         f"({result['on_demand_speedup']}x); load {machine_start['load_average']} -> {result['load_after']}"
     )
     print(f"wrote {out}")

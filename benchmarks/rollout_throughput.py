@@ -89,7 +89,7 @@ def run_raw(env_cfg: EnvConfig, episodes: list[tuple[InitialState, np.ndarray]],
 
     ctx = mp.get_context("spawn")
     ready, go, results = ctx.Barrier(workers + 1), ctx.Barrier(workers + 1), ctx.Queue()
-    shares = [episodes[w * len(episodes) // workers:(w + 1) * len(episodes) // workers] for w in range(workers)]
+    shares = [episodes[w * len(episodes) // workers : (w + 1) * len(episodes) // workers] for w in range(workers)]
     procs = [ctx.Process(target=_raw_worker, args=(env_cfg, share, ready, go, results)) for share in shares]
     for p in procs:
         p.start()
@@ -105,14 +105,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default=DEFAULT_TASKS)
     parser.add_argument("--episodes", type=int, default=16, help="episodes per task")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="processes on both sides (default: all cores)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 2, help="processes on both sides (default: all cores)"
+    )
     parser.add_argument("--policy", choices=("tinyvla", "expert"), default="tinyvla")
     parser.add_argument("--window", type=int, default=0, help="window k of the tinyvla policy (0: its default)")
     parser.add_argument("--horizon", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lanes", type=int, default=2, help="engine lanes per worker (RolloutEngine default: 2)")
     parser.add_argument("--envs-per-worker", type=int, default=None, help="engine concurrency per worker (default: 32)")
-    parser.add_argument("--lockstep", action="store_true", help="one policy call per round over every worker (rollout.lockstep: reproducible)")
+    parser.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="one policy call per round over every worker (rollout.lockstep: reproducible)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "rollout_throughput.json"))
     args = parser.parse_args()
 
@@ -138,12 +144,30 @@ def main() -> None:
 
     windows = torch.full((len(starts), 1), window, dtype=torch.long)
     raw_s, engine_s, loads = [], [], []
-    with RolloutEngine(env_cfg, num_workers=args.workers, lanes=args.lanes, envs_per_worker=args.envs_per_worker, pipeline=not args.lockstep) as engine:
+    with RolloutEngine(
+        env_cfg,
+        num_workers=args.workers,
+        lanes=args.lanes,
+        envs_per_worker=args.envs_per_worker,
+        pipeline=not args.lockstep,
+    ) as engine:
         warm = engine.run(policy, starts, 1, windows, "sampled", seed=0, record_chunks=True)  # builds envs
         if args.policy == "tinyvla":
             executed = warm.replay["sample"].clamp(-1.0, 1.0)  # what the engine executed (Gaussian head)
             episodes = [
-                (s, torch.cat([executed[c, :n] for c, n in zip(warm.chunks_of(torch.tensor([i])).tolist(), warm.chunk_rows[warm.chunk_traj == i].tolist())]).numpy())
+                (
+                    s,
+                    torch.cat(
+                        [
+                            executed[c, :n]
+                            for c, n in zip(
+                                warm.chunks_of(torch.tensor([i])).tolist(),
+                                warm.chunk_rows[warm.chunk_traj == i].tolist(),
+                                strict=True,
+                            )
+                        ]
+                    ).numpy(),
+                )
                 for i, s in enumerate(starts)
             ]
         lengths = [len(a) for _, a in episodes]
@@ -162,7 +186,7 @@ def main() -> None:
 
     raw = total_steps / statistics.median(raw_s)
     eng = total_steps / statistics.median(engine_s)
-    ratio = statistics.median(r / e for r, e in zip(raw_s, engine_s))
+    ratio = statistics.median(r / e for r, e in zip(raw_s, engine_s, strict=True))
     result = {
         "policy": args.policy,
         "window": window,
@@ -179,16 +203,29 @@ def main() -> None:
         "engine_steps_per_s": eng,
         "ratio": ratio,
         "ratio_of_medians": eng / raw,
-        "machine": {**describe_machine(), "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()), "load_average_1min_per_repeat": loads},
-        "command": "benchmarks/rollout_throughput.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+        "machine": {
+            **describe_machine(),
+            "load_average_before": list(load_before),
+            "load_average_after": list(os.getloadavg()),
+            "load_average_1min_per_repeat": loads,
+        },
+        "command": "benchmarks/rollout_throughput.py "
+        + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"policy {args.policy} (window {window}), {len(tasks)} tasks x {args.episodes} episodes = {total_steps} env steps, {args.workers} processes")
-    print(f"load average (1 min) before: {load_before[0]:.2f}, after each repeat: {', '.join(f'{x:.2f}' for x in loads)}")
+    print(
+        f"policy {args.policy} (window {window}), {len(tasks)} tasks x {args.episodes} episodes = "
+        f"{total_steps} env steps, {args.workers} processes"
+    )
+    print(
+        f"load average (1 min) before: {load_before[0]:.2f}, after each repeat: {', '.join(f'{x:.2f}' for x in loads)}"
+    )
     print(f"raw simulator:  {raw:8.0f} env-steps/s  (median of {args.repeats})")
-    print(f"rollout engine: {eng:8.0f} env-steps/s  (median of {args.repeats}; policy {policy_s:.2f} s of the last run)")
+    print(
+        f"rollout engine: {eng:8.0f} env-steps/s  (median of {args.repeats}; policy {policy_s:.2f} s of the last run)"
+    )
     print(f"rollout/raw ratio: {ratio:.2f}")
 
 

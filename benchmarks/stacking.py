@@ -40,9 +40,10 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,7 +105,9 @@ def served_caller(stack: ExitStack, model: Any, obs: dict, instructions: list[st
     return lambda: client.infer(request)
 
 
-def time_interleaved(callers: dict[Key, Callable[[], Any]], calls: int, rounds: int = 10, warmup: int = 10) -> dict[Key, float]:
+def time_interleaved(
+    callers: dict[Key, Callable[[], Any]], calls: int, rounds: int = 10, warmup: int = 10
+) -> dict[Key, float]:
     """Median milliseconds per call of each caller, timed in ``rounds`` interleaved blocks so that
     load changes on a shared machine hit every variant alike."""
     for f in callers.values():
@@ -114,7 +117,7 @@ def time_interleaved(callers: dict[Key, Callable[[], Any]], calls: int, rounds: 
     samples: dict[Key, list[float]] = {k: [] for k in keys}
     per_block = max(1, calls // rounds)
     for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[: r % len(keys)]:
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
             f = callers[k]
             for _ in range(per_block):
                 t0 = time.perf_counter()
@@ -126,7 +129,9 @@ def time_interleaved(callers: dict[Key, Callable[[], Any]], calls: int, rounds: 
 def run_episodes(model: Any, window: int, args: argparse.Namespace) -> dict[str, Any]:
     """Success, and per-episode steps and calls on the test states (in-process env)."""
     env_cfg = EnvConfig(tasks=(args.task,), horizon=args.horizon)
-    result = evaluate_policy(model, env_cfg, args.episodes, window, args.mode, args.seed, num_workers=0, return_outcomes=True)
+    result = evaluate_policy(
+        model, env_cfg, args.episodes, window, args.mode, args.seed, num_workers=0, return_outcomes=True
+    )
     out = result["outcomes"]
     return {
         "window": window,
@@ -139,7 +144,11 @@ def run_episodes(model: Any, window: int, args: argparse.Namespace) -> dict[str,
 
 def wall_clock_s(ep: dict[str, Any], latency_ms: float) -> float | None:
     """Mean over successful episodes of calls x latency + steps x control period (seconds)."""
-    walls = [c * latency_ms / 1e3 + t * ep["control_period_s"] for ok, c, t in zip(ep["success"], ep["calls"], ep["steps"]) if ok]
+    walls = [
+        c * latency_ms / 1e3 + t * ep["control_period_s"]
+        for ok, c, t in zip(ep["success"], ep["calls"], ep["steps"], strict=True)
+        if ok
+    ]
     return float(np.mean(walls)) if walls else None
 
 
@@ -162,8 +171,10 @@ def train_small_policies(args: argparse.Namespace, workdir: Path) -> tuple[Any, 
     trimmed = load_policy(workdir / "baseline")
     trimmed.default_window = trimmed.chunk_size
     source = (
-        f"trained by this script: flow-head TinyVLA (H=15, K=10, hidden 256x3) BC-trained {args.train_iterations} iterations on "
-        f"{args.train_episodes} clean expert demos of {args.task}; the 'PolicyTrim' policy is the SAME network executed at window 15 "
+        "trained by this script: flow-head TinyVLA (H=15, K=10, hidden 256x3) BC-trained "
+        f"{args.train_iterations} iterations on "
+        f"{args.train_episodes} clean expert demos of {args.task}; the 'PolicyTrim' policy is the SAME "
+        "network executed at window 15 "
         "(a stand-in for a trimmed policy, not GRPO-trained); pass --baseline/--trimmed for real checkpoints"
     )
     return baseline, trimmed, source
@@ -209,14 +220,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     singles = [(name, key) for name, key in singles if build(key)]
 
     # Selection pass: which tricks cut the baseline's latency on their own.
-    quick = time_interleaved({k: caller(models[k], obs, instructions, args.mode) for _, k in singles}, max(10, args.calls // 4))
+    quick = time_interleaved(
+        {k: caller(models[k], obs, instructions, args.mode) for _, k in singles}, max(10, args.calls // 4)
+    )
     base_key = ("baseline", ())
     helped = [t for t in TRICKS if quick.get(("baseline", (t,)), float("inf")) < HELPED * quick[base_key]]
     if "bf16" in helped and "int8" in helped:  # two precisions do not stack: keep the faster
         helped.remove("bf16" if quick[("baseline", ("bf16",))] > quick[("baseline", ("int8",))] else "int8")
     rows = list(singles)
     notes: dict[str, str] = {}
-    for name, role in (("compute tricks combined", "baseline"), ("PolicyTrim + compute tricks (combined)", "policytrim")):
+    for name, role in (
+        ("compute tricks combined", "baseline"),
+        ("PolicyTrim + compute tricks (combined)", "policytrim"),
+    ):
         key = (role, tuple(helped))
         if not build(key) and "compile" in helped:
             notes[name] = "torch.compile failed on this combination; measured without it"
@@ -228,7 +244,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as stack:
         callers = {key: caller(models[key], obs, instructions, args.mode) for _, key in rows}
         if not args.skip_served:
-            for role, name in (("baseline", "baseline served (loopback, broker)"), ("policytrim", "PolicyTrim served (loopback, broker)")):
+            for role, name in (
+                ("baseline", "baseline served (loopback, broker)"),
+                ("policytrim", "PolicyTrim served (loopback, broker)"),
+            ):
                 key = (role, ("served",))
                 callers[key] = served_caller(stack, models[(role, ())], obs, instructions, args.mode)
                 rows.append((name, key))
@@ -260,23 +279,25 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             note = note or "episodes of the same model without torch.compile (it does not change actions)"
         if served:
             note = "episodes of the in-process policy (serving does not change actions)"
-        results.append({
-            "name": name,
-            "policy": role,
-            "tricks": list(tricks),
-            "window": ep["window"],
-            "latency_ms": round(lat, 3),
-            "latency_speedup": round(base_latency / lat, 3),
-            "success_rate": round(float(np.mean(ep["success"])), 3),
-            "episodes": len(ep["success"]),
-            "calls_per_success": round(float(np.mean([ep["calls"][i] for i in ok])), 2) if ok else None,
-            "steps_per_success": round(float(np.mean([ep["steps"][i] for i in ok])), 2) if ok else None,
-            "wall_clock_s": round(wall, 4) if wall is not None else None,
-            "wallclock_speedup": round(base_wall / wall, 3) if wall and base_wall else None,
-            "modelled_vla_wall_clock_s": round(vla_wall, 4) if vla_wall is not None else None,
-            "modelled_vla_wallclock_speedup": round(base_vla / vla_wall, 3) if vla_wall and base_vla else None,
-            "note": note,
-        })
+        results.append(
+            {
+                "name": name,
+                "policy": role,
+                "tricks": list(tricks),
+                "window": ep["window"],
+                "latency_ms": round(lat, 3),
+                "latency_speedup": round(base_latency / lat, 3),
+                "success_rate": round(float(np.mean(ep["success"])), 3),
+                "episodes": len(ep["success"]),
+                "calls_per_success": round(float(np.mean([ep["calls"][i] for i in ok])), 2) if ok else None,
+                "steps_per_success": round(float(np.mean([ep["steps"][i] for i in ok])), 2) if ok else None,
+                "wall_clock_s": round(wall, 4) if wall is not None else None,
+                "wallclock_speedup": round(base_wall / wall, 3) if wall and base_wall else None,
+                "modelled_vla_wall_clock_s": round(vla_wall, 4) if vla_wall is not None else None,
+                "modelled_vla_wallclock_speedup": round(base_vla / vla_wall, 3) if vla_wall and base_vla else None,
+                "note": note,
+            }
+        )
     combined = next(r for r in results if r["name"] == "PolicyTrim + compute tricks (combined)")
     alone = next(r for r in results if r["name"] == "PolicyTrim alone")
     return {
@@ -294,9 +315,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         },
         "policies": source,
         "settings": {
-            "task": args.task, "episodes": args.episodes, "horizon": args.horizon, "mode": args.mode, "seed": args.seed,
-            "latency_calls": args.calls, "fewer_steps": args.fewer_steps, "threads": args.threads, "batch": 1,
-            "vla_latency_ms": args.vla_latency_ms, "note": args.note,
+            "task": args.task,
+            "episodes": args.episodes,
+            "horizon": args.horizon,
+            "mode": args.mode,
+            "seed": args.seed,
+            "latency_calls": args.calls,
+            "fewer_steps": args.fewer_steps,
+            "threads": args.threads,
+            "batch": 1,
+            "vla_latency_ms": args.vla_latency_ms,
+            "note": args.note,
         },
         "rows": results,
         "seconds": {"policies": round(t_policies, 1), "total": round(time.perf_counter() - t_start, 1)},
@@ -309,29 +338,44 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         "# Stacking: fewer calls (PolicyTrim) x cheaper calls (compute-side tricks)",
         "",
-        f"Task {s['task']}, {s['episodes']} test episodes per row ({s['mode']} mode), latency = median of {s['latency_calls']} batch-1 calls (interleaved across rows) "
-        f"on {s['threads']} torch thread(s). Wall-clock per successful episode = calls x latency + steps x control period.",
+        f"Task {s['task']}, {s['episodes']} test episodes per row ({s['mode']} mode), latency = median of "
+        f"{s['latency_calls']} batch-1 calls (interleaved across rows) "
+        f"on {s['threads']} torch thread(s). Wall-clock per successful episode = calls x latency + steps x "
+        "control period.",
         f"Policies: {res['policies']}.",
     ]
     if s["note"]:
         lines += ["", f"**{s['note']}**"]
     lines += [
         "",
-        f"**Combined wall-clock speedup: {res['combined_wallclock_speedup']}x** (PolicyTrim alone {res['policytrim_alone_wallclock_speedup']}x; "
+        f"**Combined wall-clock speedup: {res['combined_wallclock_speedup']}x** (PolicyTrim alone "
+        f"{res['policytrim_alone_wallclock_speedup']}x; "
         f"tricks in the combination: {', '.join(res['combined_tricks']) or 'none helped'}).",
         "",
-        f"| row | window | latency ms | latency x | success | calls | steps | wall-clock s | wall-clock x | modelled VLA ({s['vla_latency_ms']:g} ms) wall-clock x |",
+        "| row | window | latency ms | latency x | success | calls | steps | wall-clock s | wall-clock x "
+        f"| modelled VLA ({s['vla_latency_ms']:g} ms) wall-clock x |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         lines.append(
-            f"| {r['name']} | {r['window']} | {r['latency_ms']:.2f} | {r['latency_speedup']:.2f} | {r['success_rate']:.2f} | "
-            f"{r['calls_per_success']} | {r['steps_per_success']} | {r['wall_clock_s']} | {r['wallclock_speedup']} | {r['modelled_vla_wallclock_speedup']} |"
+            f"| {r['name']} | {r['window']} | {r['latency_ms']:.2f} | {r['latency_speedup']:.2f} | "
+            f"{r['success_rate']:.2f} | "
+            f"{r['calls_per_success']} | {r['steps_per_success']} | {r['wall_clock_s']} | "
+            f"{r['wallclock_speedup']} | {r['modelled_vla_wallclock_speedup']} |"
         )
     notes = [f"- {r['name']}: {r['note']}" for r in res["rows"] if r["note"]]
     notes += [f"- {k}: {v}" for k, v in res["not_measured"].items()]
     m = res["machine"]["before"]
-    lines += ["", "Notes:", *notes, "", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; load average before {m['load_average']}, after {res['machine']['after']['load_average']}; {res['seconds']['total']} s in all.", ""]
+    lines += [
+        "",
+        "Notes:",
+        *notes,
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; load average before "
+        f"{m['load_average']}, after {res['machine']['after']['load_average']}; {res['seconds']['total']} "
+        "s in all.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -345,10 +389,16 @@ def main() -> None:
     parser.add_argument("--mode", default="sampled", choices=("sampled", "deterministic"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calls", type=int, default=200, help="timed batch-1 calls per latency measurement")
-    parser.add_argument("--fewer-steps", type=int, default=3, help="denoising steps of the 'fewer steps' trick (flow heads)")
+    parser.add_argument(
+        "--fewer-steps", type=int, default=3, help="denoising steps of the 'fewer steps' trick (flow heads)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = one robot's share of a small CPU)")
-    parser.add_argument("--vla-latency-ms", type=float, default=80.0, help="modelled billion-parameter VLA call latency")
-    parser.add_argument("--train-iterations", type=int, default=3000, help="BC iterations when no checkpoints are given")
+    parser.add_argument(
+        "--vla-latency-ms", type=float, default=80.0, help="modelled billion-parameter VLA call latency"
+    )
+    parser.add_argument(
+        "--train-iterations", type=int, default=3000, help="BC iterations when no checkpoints are given"
+    )
     parser.add_argument("--train-episodes", type=int, default=40, help="expert demos when no checkpoints are given")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--skip-served", action="store_true")
@@ -364,8 +414,14 @@ def main() -> None:
     out.write_text(json.dumps(res, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(res))
     for r in res["rows"]:
-        print(f"{r['name']:<42} k={r['window']:<3} {r['latency_ms']:8.2f} ms  calls {r['calls_per_success']}  SR {r['success_rate']:.2f}  wall x{r['wallclock_speedup']}")
-    print(f"combined_wallclock_speedup = {res['combined_wallclock_speedup']}  (PolicyTrim alone {res['policytrim_alone_wallclock_speedup']}); wrote {out}")
+        print(
+            f"{r['name']:<42} k={r['window']:<3} {r['latency_ms']:8.2f} ms  calls {r['calls_per_success']} "
+            f" SR {r['success_rate']:.2f}  wall x{r['wallclock_speedup']}"
+        )
+    print(
+        f"combined_wallclock_speedup = {res['combined_wallclock_speedup']}  (PolicyTrim alone "
+        f"{res['policytrim_alone_wallclock_speedup']}); wrote {out}"
+    )
 
 
 if __name__ == "__main__":

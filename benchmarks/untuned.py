@@ -73,7 +73,11 @@ def main() -> None:
         "untrained_k15_success_rate": untrained15["overall"]["success_rate"],
         "baseline_success_rate": summary["baseline"]["success_rate"],
         "policytrim_success_rate": summary["policytrim"]["success_rate"],
-        "stages": {s: {k: train[s].get(k) for k in ("epochs", "epochs_run", "stop_reason")} | {"best_epoch": train[s]["best"]["epoch"]} for s in ("extend", "trim")},
+        "stages": {
+            s: {k: train[s].get(k) for k in ("epochs", "epochs_run", "stop_reason")}
+            | {"best_epoch": train[s]["best"]["epoch"]}
+            for s in ("extend", "trim")
+        },
         "window_choice": {k: v for k, v in train["extend"]["window_choice"].items() if k != "per_window"},
         "per_task": per_task,
     }
@@ -82,27 +86,38 @@ def main() -> None:
     lines = [
         "# The demo preset on Meta-World tasks it was not tuned on",
         "",
-        f"`policytrim demo --preset demo --tasks {' '.join(args.tasks)}`; machine {result['machine']['cpu']}, {result['machine']['cores']} cores, raw simulator "
-        f"{result['raw_simulator_steps_per_s']:,.0f} env steps/s, load before {load[0]:.2f}; {result['minutes']:.1f} min end to end. Sampled mode, "
-        f"{summary['episodes_per_task']} paired test states per task. SR drop = baseline − PolicyTrim in points (paired 95% CI).",
+        f"`policytrim demo --preset demo --tasks {' '.join(args.tasks)}`; machine "
+        f"{result['machine']['cpu']}, {result['machine']['cores']} cores, raw simulator "
+        f"{result['raw_simulator_steps_per_s']:,.0f} env steps/s, load before {load[0]:.2f}; "
+        f"{result['minutes']:.1f} min end to end. Sampled mode, "
+        f"{summary['episodes_per_task']} paired test states per task. SR drop = baseline − PolicyTrim in "
+        "points (paired 95% CI).",
         "",
-        "| task | BC SR (k = 5) | BC SR at k = 15, untrained | Stage 1 SR | PolicyTrim SR | steps BC → PolicyTrim | calls speedup | SR drop |",
+        "| task | BC SR (k = 5) | BC SR at k = 15, untrained | Stage 1 SR | PolicyTrim SR | steps BC → "
+        "PolicyTrim | calls speedup | SR drop |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for task, t in per_task.items():
         lo, hi = t["success_rate_drop_ci95"]
         lines.append(
-            f"| {task} | {t['baseline_success_rate']:.2f} | {t['untrained_k15_success_rate']:.2f} | {t['stage1_success_rate']:.2f} | {t['policytrim_success_rate']:.2f} | "
-            f"{t['baseline_mean_steps']:.0f} → {t['policytrim_mean_steps']:.0f} | {t['calls_speedup']:.2f}× | {t['success_rate_drop']:+.1f} [{lo:+.1f}, {hi:+.1f}] |"
+            f"| {task} | {t['baseline_success_rate']:.2f} | {t['untrained_k15_success_rate']:.2f} | "
+            f"{t['stage1_success_rate']:.2f} | {t['policytrim_success_rate']:.2f} | "
+            f"{t['baseline_mean_steps']:.0f} → {t['policytrim_mean_steps']:.0f} | "
+            f"{t['calls_speedup']:.2f}× | {t['success_rate_drop']:+.1f} [{lo:+.1f}, {hi:+.1f}] |"
         )
     lo, hi = result["success_rate_drop_ci95"]
     lines += [
-        f"| **all** | {result['baseline_success_rate']:.2f} | {result['untrained_k15_success_rate']:.2f} | | {result['policytrim_success_rate']:.2f} | "
-        f"−{100 * result['steps_reduction']:.0f}% | **{result['calls_speedup']:.2f}×** | {result['success_rate_drop']:+.1f} [{lo:+.1f}, {hi:+.1f}] |",
+        f"| **all** | {result['baseline_success_rate']:.2f} | {result['untrained_k15_success_rate']:.2f} | "
+        f"| {result['policytrim_success_rate']:.2f} | "
+        f"−{100 * result['steps_reduction']:.0f}% | **{result['calls_speedup']:.2f}×** | "
+        f"{result['success_rate_drop']:+.1f} [{lo:+.1f}, {hi:+.1f}] |",
         "",
-        f"Window chosen: {result['window']}. Stage 1: {result['stages']['extend']['epochs_run']} of {result['stages']['extend']['epochs']} epochs "
-        f"(best at {result['stages']['extend']['best_epoch']}; stop: {result['stages']['extend']['stop_reason'] or 'none'}); Stage 2: "
-        f"{result['stages']['trim']['epochs_run']} of {result['stages']['trim']['epochs']} (best at {result['stages']['trim']['best_epoch']}).",
+        f"Window chosen: {result['window']}. Stage 1: {result['stages']['extend']['epochs_run']} of "
+        f"{result['stages']['extend']['epochs']} epochs "
+        f"(best at {result['stages']['extend']['best_epoch']}; stop: "
+        f"{result['stages']['extend']['stop_reason'] or 'none'}); Stage 2: "
+        f"{result['stages']['trim']['epochs_run']} of {result['stages']['trim']['epochs']} (best at "
+        f"{result['stages']['trim']['best_epoch']}).",
     ]
     (out / "untuned.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -30,9 +30,13 @@ def _field_docs(cls: type) -> dict[str, str]:
             continue
         body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
         for node, nxt in itertools.pairwise(body):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                    and isinstance(nxt.value.value, str)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
                 docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -94,8 +98,13 @@ class _Limits(ast.NodeVisitor):
         """``self.x`` -> [x]; ``getattr(self, name)`` inside ``for name in (...)`` -> those names."""
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
             return [node.attr]
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
-                and len(node.args) == 2 and isinstance(node.args[1], ast.Name)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "getattr"
+            and len(node.args) == 2
+            and isinstance(node.args[1], ast.Name)
+        ):
             return list(self.loop.get(node.args[1].id, ()))
         return []
 
@@ -199,8 +208,15 @@ def collect() -> dict[str, Any]:
             rules = limits.get((section, f.name), [])
             if typing.get_origin(base) is Literal or base is bool:  # the type already says what is accepted
                 rules = [r for r in rules if not r.startswith("must be") or "," not in r and " or " not in r]
-            fields.append({"name": f.name, "type": _type_name(hint), "default": _default(f),
-                           "doc": docs.get(f.name, ""), "limits": rules})
+            fields.append(
+                {
+                    "name": f.name,
+                    "type": _type_name(hint),
+                    "default": _default(f),
+                    "doc": docs.get(f.name, ""),
+                    "limits": rules,
+                }
+            )
         doc = " ".join((inspect.getdoc(cls) or "").split()) if section != TOP else "Settings of the whole run."
         out[section] = {"doc": doc, "fields": fields}
     return out

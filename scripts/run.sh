@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One entry point for the README's Quickstart: sets up .venv (once) and runs a command in it.
 #   bash scripts/run.sh demo [flags]        the embedded demo (policytrim demo)
-#   bash scripts/run.sh test [args]         the test suite (pytest) in .venv; after a full-suite run
-#                                           (no test paths given) also the docs site's strict build
+#   bash scripts/run.sh test [args]         the test suite (pytest) in .venv; a full-suite run (no test
+#                                           paths given) first lints (ruff check + ruff format --check;
+#                                           POLICYTRIM_LINT=0 skips it), then also the docs site's strict build
 #                                           (POLICYTRIM_DOCS=0 skips it), the LIBERO tests in .venv-libero
 #                                           (POLICYTRIM_LIBERO_TESTS=0 skips them), then the ManiSkill3
 #                                           tests (tests/with_maniskill) in .venv-maniskill
@@ -133,6 +134,11 @@ for arg in "$@"; do case "$arg" in -*) ;; *) full_suite=0 ;; esac; done
 case "$what" in
   demo) exec .venv/bin/policytrim demo "$@" ;;
   test)
+    if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_LINT:-1}" != 0 ]; then
+      echo "lint (ruff check, ruff format --check):" >&2
+      .venv/bin/ruff check --quiet .
+      .venv/bin/ruff format --check .
+    fi
     .venv/bin/python -m pytest -q "$@"
     if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_DOCS:-1}" != 0 ]; then docs_build; fi
     if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_LIBERO_TESTS:-1}" != 0 ]; then libero_tests; fi

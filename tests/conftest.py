@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from policytrim.config import EnvConfig, PolicyConfig, PretrainConfig, RunConfig, RolloutConfig
+from policytrim.config import EnvConfig, PolicyConfig, PretrainConfig, RolloutConfig, RunConfig
 
 
 def tiny_config(**overrides) -> RunConfig:

@@ -32,7 +32,15 @@ class FaultyEnv:
 
     fired = 0  # per process
 
-    def __init__(self, inner, index: int, at_step: int, kind: Literal["raise", "hang", "crash", "bug"] = "raise", hang_s: float = 3600.0, max_faults: int | None = None) -> None:
+    def __init__(
+        self,
+        inner,
+        index: int,
+        at_step: int,
+        kind: Literal["raise", "hang", "crash", "bug"] = "raise",
+        hang_s: float = 3600.0,
+        max_faults: int | None = None,
+    ) -> None:
         self._inner = inner
         self._index, self._at_step, self._kind, self._hang_s, self._max = index, at_step, kind, hang_s, max_faults
         self._armed = False
@@ -54,7 +62,9 @@ class FaultyEnv:
             elif self._kind == "crash":
                 os._exit(17)
             elif self._kind == "bug":
-                raise AttributeError(f"'FaultyEnv' object has no attribute 'injected_bug' (step {self._t} of state index {self._index})")
+                raise AttributeError(
+                    f"'FaultyEnv' object has no attribute 'injected_bug' (step {self._t} of state index {self._index})"
+                )
             raise InjectedFault(f"injected fault at step {self._t} of state index {self._index}")
         return self._inner.step(action)
 
@@ -62,7 +72,16 @@ class FaultyEnv:
         self._inner.close()
 
 
-def faulty_env_factory(env_cfg, task: str, *, index: int, at_step: int, kind: str = "raise", hang_s: float = 3600.0, max_faults: int | None = None):
+def faulty_env_factory(
+    env_cfg,
+    task: str,
+    *,
+    index: int,
+    at_step: int,
+    kind: str = "raise",
+    hang_s: float = 3600.0,
+    max_faults: int | None = None,
+):
     """An env factory (as `policytrim.envs.make_env`) whose envs fault; see `FaultyEnv`."""
     from policytrim.envs import make_env
 

@@ -24,8 +24,9 @@ Requires the ``lerobot`` extra (Python >= 3.12).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 TINY_FAMILIES = ("smolvla", "diffusion", "act")
 CAMERA_PREFIX = "observation.images."

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from conftest import tiny_config
-from policytrim.experiments.ablate import parse_variant, plan, run_ablation, variant_config
 from policytrim.cli import main
 from policytrim.errors import InputError
+from policytrim.experiments.ablate import parse_variant, plan, run_ablation, variant_config
 
 
 def test_variants_map_onto_the_trainer(tmp_path):
@@ -64,9 +64,34 @@ def test_tiny_grid_end_to_end(tiny_baseline, tmp_path):
     assert [v["name"] for v in saved["variants"]] == names
     # a second call reuses finished variants (no retraining) and the CLI writes the report
     mtime = (out / "variants" / "full" / "summary.json").stat().st_mtime
-    args = ["ablate", "--init", str(tiny_baseline), "--variants", "none", "full", "--out", str(out), "--tasks", "drawer-close-v3",
-            "--env.horizon", "120", "--policy.chunk-size", "8", "--policy.default-window", "4", "--rollout.num-workers", "0",
-            "--rollout.group-size", "4", "--rollout.groups-per-epoch", "2", "--eval.episodes", "2", "--logging.no-progress", "--logging.no-tensorboard"]
+    args = [
+        "ablate",
+        "--init",
+        str(tiny_baseline),
+        "--variants",
+        "none",
+        "full",
+        "--out",
+        str(out),
+        "--tasks",
+        "drawer-close-v3",
+        "--env.horizon",
+        "120",
+        "--policy.chunk-size",
+        "8",
+        "--policy.default-window",
+        "4",
+        "--rollout.num-workers",
+        "0",
+        "--rollout.group-size",
+        "4",
+        "--rollout.groups-per-epoch",
+        "2",
+        "--eval.episodes",
+        "2",
+        "--logging.no-progress",
+        "--logging.no-tensorboard",
+    ]
     assert main(args) == 0
     assert (out / "variants" / "full" / "summary.json").stat().st_mtime == mtime
     assert (out / "report" / "report.html").is_file()

@@ -17,7 +17,7 @@ from policytrim.train.bc import chunk_data, pretrain, split_episodes
 def fake_demos(lengths=(3, 5, 4, 6), tasks=(0, 1, 0, 1), shuffle=True, seed=0):
     """Episodes whose action at frame f of episode e is (e, f, 0, 0), frames stored shuffled."""
     rng = np.random.default_rng(seed)
-    rows = [(e, f, t) for e, (n, t) in enumerate(zip(lengths, tasks)) for f in range(n)]
+    rows = [(e, f, t) for e, (n, t) in enumerate(zip(lengths, tasks, strict=True)) for f in range(n)]
     if shuffle:
         rows = [rows[i] for i in rng.permutation(len(rows))]
     ep = np.array([r[0] for r in rows])
@@ -25,8 +25,13 @@ def fake_demos(lengths=(3, 5, 4, 6), tasks=(0, 1, 0, 1), shuffle=True, seed=0):
     state = rng.normal(size=(len(rows), 39)).astype(np.float32)
     action = np.stack([ep, fr, np.zeros_like(ep), np.zeros_like(ep)], 1).astype(np.float32)
     return SimpleNamespace(
-        state=state, action=action, episode_index=ep, frame_index=fr, task_index=np.array([r[2] for r in rows]),
-        tasks=["reach-v3", "push-v3"], instructions=["reach the goal position", "push the puck to the goal"],
+        state=state,
+        action=action,
+        episode_index=ep,
+        frame_index=fr,
+        task_index=np.array([r[2] for r in rows]),
+        tasks=["reach-v3", "push-v3"],
+        instructions=["reach the goal position", "push the puck to the goal"],
     )
 
 
@@ -74,7 +79,16 @@ def test_pretrain_refuses_bad_input_and_writes_nothing(tmp_path):
 @pytest.mark.parametrize("head", ["gaussian", "flow", "token_parallel", "token_ar"])
 def test_pretrain_writes_a_loadable_checkpoint_and_metrics(tmp_path, head):
     cfg = RunConfig(
-        policy=PolicyConfig(head=head, chunk_size=4, default_window=2, hidden_dim=16, num_layers=1, flow_steps=3, token_dim=16, token_layers=1),
+        policy=PolicyConfig(
+            head=head,
+            chunk_size=4,
+            default_window=2,
+            hidden_dim=16,
+            num_layers=1,
+            flow_steps=3,
+            token_dim=16,
+            token_layers=1,
+        ),
         pretrain=PretrainConfig(iterations=20, batch_size=8, eval_episodes=0),
     )
     cfg.logging.progress = False
@@ -91,8 +105,18 @@ def test_cli_pretrain_bad_input_is_one_line_exit_2(tmp_path):
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "policytrim.cli", "pretrain", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "policytrim.cli",
+            "pretrain",
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "does not exist" in result.stderr

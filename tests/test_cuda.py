@@ -91,7 +91,9 @@ def test_both_stages_on_cuda_train_resume_and_evaluate(tiny_baseline, tmp_path):
     cfg = small_run_config(run, epochs=2)
     cfg.device = "cuda"
     train(cfg, resume=str(run))
-    assert [(r["stage"], r["epoch"]) for r in read_jsonl(run / "metrics.jsonl")] == [(r["stage"], r["epoch"]) for r in records]
+    assert [(r["stage"], r["epoch"]) for r in read_jsonl(run / "metrics.jsonl")] == [
+        (r["stage"], r["epoch"]) for r in records
+    ]
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
 
     # saved on the GPU, loaded on the CPU (safetensors keeps no device)
@@ -100,11 +102,35 @@ def test_both_stages_on_cuda_train_resume_and_evaluate(tiny_baseline, tmp_path):
     assert (policy.trained_stage, policy.step_budget) == ("trim", summary.trim.budget)
 
     # the CLI's eval on the GPU and on the CPU: the same test states, the same per-task numbers
-    flags = ["--env.tasks", "drawer-close-v3", "--env.horizon", "120", "--rollout.num-workers", "2", "--eval.episodes", "6", "--logging.no-progress"]
+    flags = [
+        "--env.tasks",
+        "drawer-close-v3",
+        "--env.horizon",
+        "120",
+        "--rollout.num-workers",
+        "2",
+        "--eval.episodes",
+        "6",
+        "--logging.no-progress",
+    ]
     metrics = {}
     for device in ("cpu", "cuda"):
         out = tmp_path / f"eval_{device}"
-        assert main(["eval", "--policy", str(tmp_path / "cuda" / "final" / "policy"), "--out", str(out), "--device", device, *flags]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--policy",
+                    str(tmp_path / "cuda" / "final" / "policy"),
+                    "--out",
+                    str(out),
+                    "--device",
+                    device,
+                    *flags,
+                ]
+            )
+            == 0
+        )
         metrics[device] = json.loads((out / "metrics.json").read_text())["overall"]
     for key in ("success_rate", "mean_steps"):
         assert metrics["cuda"][key] == pytest.approx(metrics["cpu"][key], nan_ok=True), key
@@ -122,12 +148,29 @@ def test_policytrim_serve_on_cuda_replies_like_the_cpu(tiny_baseline):
     prompt = policy.spec()["instructions"][0]
     states = np.random.default_rng(0).normal(size=(4, policy.state_dim)).astype(np.float32)
     server = subprocess.Popen(
-        [sys.executable, "-m", "policytrim.cli", "serve", "--policy", str(tiny_baseline), "--port", "0", "--mode", "deterministic", "--device", "cuda"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "policytrim.cli",
+            "serve",
+            "--policy",
+            str(tiny_baseline),
+            "--port",
+            "0",
+            "--mode",
+            "deterministic",
+            "--device",
+            "cuda",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = server.stdout.readline()
-        assert "(cuda) listening on ws://127.0.0.1:" in line, server.stderr.read() if server.poll() is not None else line
+        assert "(cuda) listening on ws://127.0.0.1:" in line, (
+            server.stderr.read() if server.poll() is not None else line
+        )
         port = int(line.split("ws://127.0.0.1:")[1].split(" ")[0].rstrip(";"))
         with PolicyClient("127.0.0.1", port) as client:
             assert client.metadata["device"] == "cuda"  # where the served policy's parameters are
@@ -136,7 +179,9 @@ def test_policytrim_serve_on_cuda_replies_like_the_cpu(tiny_baseline):
         server.terminate()
         server.wait(timeout=30)
     with torch.no_grad():
-        local = policy.sample({"state": torch.from_numpy(states)}, [prompt] * len(states), "deterministic").actions.numpy()
+        local = policy.sample(
+            {"state": torch.from_numpy(states)}, [prompt] * len(states), "deterministic"
+        ).actions.numpy()
     np.testing.assert_allclose(np.stack(served), local, rtol=0, atol=1e-5)
 
     replies = {}

@@ -14,8 +14,8 @@ from conftest import tiny_config
 from policytrim.config import to_dict
 from policytrim.eval.compare import Contender
 from policytrim.eval.suite import write_suite
-from policytrim.io import atomic_write_json
 from policytrim.experiments.demo import SUMMARY_KEYS, SUMMARY_UNITS, comparison_summary
+from policytrim.io import atomic_write_json
 from test_report import PIPELINE, suite
 
 
@@ -42,8 +42,12 @@ def test_summary_and_comparison_name_the_unit_of_every_number(tmp_path):
     assert summary["units"] == SUMMARY_UNITS
     assert numbers_without_unit(summary) == []
     units = summary["units"]
-    assert units["success_rate"].startswith("fraction") and units["steps_reduction"].startswith("fraction of the baseline's mean steps")
-    assert units["success_rate_drop"].startswith("percentage points (baseline - policy)") and units["calls_speedup"].startswith("ratio")
+    assert units["success_rate"].startswith("fraction") and units["steps_reduction"].startswith(
+        "fraction of the baseline's mean steps"
+    )
+    assert units["success_rate_drop"].startswith("percentage points (baseline - policy)") and units[
+        "calls_speedup"
+    ].startswith("ratio")
     write_suite(s, tmp_path / "suite")
     comparison = json.loads((tmp_path / "suite" / "comparison.json").read_text())
     assert comparison["units"] == SUMMARY_UNITS and comparison["robustness"]  # perturbation parameters too
@@ -60,7 +64,10 @@ def test_demo_command_writes_summary_and_report(tmp_path):
     config.write_text(yaml.safe_dump(to_dict(cfg)))
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "policytrim.cli", "demo", "--config", str(config), "--out", str(out)], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "policytrim.cli", "demo", "--config", str(config), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -82,6 +89,10 @@ def test_demo_command_writes_summary_and_report(tmp_path):
     assert "demonstrations per task: " + ", ".join(f"{t} {n}" for t, n in collected.items()) in result.stderr
     assert (out / "report" / "report.html").is_file()
     # running again without --overwrite refuses and keeps the results
-    again = subprocess.run([sys.executable, "-m", "policytrim.cli", "demo", "--config", str(config), "--out", str(out)], capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "policytrim.cli", "demo", "--config", str(config), "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 2 and "already exists" in again.stderr
     assert json.loads((out / "summary.json").read_text()) == summary

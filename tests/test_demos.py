@@ -37,7 +37,19 @@ def test_collect_load_round_trip(collected):
     path, ds = collected
     assert sorted(p.name for p in path.iterdir()) == ["episodes.safetensors", "frames.safetensors", "meta.json"]
     loaded = load_demos(path)
-    for name in ("state", "action", "episode_index", "frame_index", "task_index", "length", "success", "episode_task_index", "seed", "index", "start"):
+    for name in (
+        "state",
+        "action",
+        "episode_index",
+        "frame_index",
+        "task_index",
+        "length",
+        "success",
+        "episode_task_index",
+        "seed",
+        "index",
+        "start",
+    ):
         assert np.array_equal(getattr(loaded, name), getattr(ds, name)), name
     assert loaded.num_episodes == 3 and loaded.success.all() and loaded.image is None
     assert loaded.tasks == ["reach-v3"] and loaded.instructions == ["reach the goal position"]
@@ -48,7 +60,9 @@ def test_collect_load_round_trip(collected):
     assert meta["collection"]["split"] == "train" and meta["collection"]["suboptimal"] is True
     assert loaded.seed.tolist() == [0, 0, 0] and loaded.index.tolist() == [0, 1, 2]  # training states
     assert (np.abs(loaded.action) <= 1).all()
-    assert loaded.initial_state(1).index == 1 and loaded.episode(1) == slice(int(loaded.start[1]), int(loaded.start[1] + loaded.length[1]))
+    assert loaded.initial_state(1).index == 1 and loaded.episode(1) == slice(
+        int(loaded.start[1]), int(loaded.start[1] + loaded.length[1])
+    )
 
 
 def test_collection_is_reproducible_and_suboptimal_is_slower(tmp_path, collected):
@@ -70,18 +84,24 @@ def test_collect_with_worker_processes_matches_in_process(tmp_path, collected):
 
 
 def test_suboptimality_knobs():
-    data = DataConfig(speed_min=0.5, speed_max=0.5, pause_prob=1.0, pause_min=3, pause_max=3, detour_prob=0.0, jitter_std=0.0)
+    data = DataConfig(
+        speed_min=0.5, speed_max=0.5, pause_prob=1.0, pause_min=3, pause_max=3, detour_prob=0.0, jitter_std=0.0
+    )
     sub = Suboptimality(data, np.random.default_rng(0))
     a = np.array([1.0, -0.5, 0.2, 0.7], np.float32)
     out = [sub(a, t) for t in range(4)]
     assert all(np.allclose(o, [0, 0, 0, 0.7]) for o in out)  # hesitating: xyz 0, gripper kept
     no_pause = Suboptimality(replace(data, pause_prob=0.0), np.random.default_rng(0))
     assert np.allclose(no_pause(a, 0), [0.5, -0.25, 0.1, 0.7])  # speed scale on xyz only
-    detour = Suboptimality(replace(data, pause_prob=0.0, detour_prob=1.0, detour_min=5, detour_max=5), np.random.default_rng(1))
+    detour = Suboptimality(
+        replace(data, pause_prob=0.0, detour_prob=1.0, detour_min=5, detour_max=5), np.random.default_rng(1)
+    )
     d0, d1, direction = detour.detour
     assert d1 - d0 == 5 and np.linalg.norm(direction) == pytest.approx(1.0)
     assert np.allclose(detour(a, d0)[:3], 0.5 * direction, atol=1e-6)
-    jitter = Suboptimality(replace(data, pause_prob=0.0, speed_min=1.0, speed_max=1.0, jitter_std=2.0), np.random.default_rng(0))
+    jitter = Suboptimality(
+        replace(data, pause_prob=0.0, speed_min=1.0, speed_max=1.0, jitter_std=2.0), np.random.default_rng(0)
+    )
     assert all((np.abs(jitter(a, t)) <= 1).all() for t in range(50))  # clipped
 
 
@@ -93,7 +113,9 @@ def test_validation_errors(tmp_path, collected):
     path, ds = collected
     bad_cases = {
         "expected float32": copy_dataset(ds, state=ds.state.astype(np.float64)),
-        "contains NaN": copy_dataset(ds, action=np.where(np.arange(len(ds.action))[:, None] == 5, np.nan, ds.action).astype(np.float32)),
+        "contains NaN": copy_dataset(
+            ds, action=np.where(np.arange(len(ds.action))[:, None] == 5, np.nan, ds.action).astype(np.float32)
+        ),
         "rows, expected": copy_dataset(ds, action=ds.action[:-1]),
         "lengths sum": copy_dataset(ds, length=ds.length + 1),
         "frame_index": copy_dataset(ds, frame_index=ds.frame_index[::-1].copy()),
@@ -153,7 +175,21 @@ def test_refuses_to_overwrite_unless_asked(tmp_path, collected):
 
 def test_collect_cli(tmp_path):
     out = tmp_path / "push"
-    cmd = [sys.executable, "-m", "policytrim.cli", "collect", "--tasks", "reach-v3", "--data.episodes", "2", "--out", str(out), "--rollout.num-workers", "0", "--logging.no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "policytrim.cli",
+        "collect",
+        "--tasks",
+        "reach-v3",
+        "--data.episodes",
+        "2",
+        "--out",
+        str(out),
+        "--rollout.num-workers",
+        "0",
+        "--logging.no-progress",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "reach-v3" in result.stdout and "steps (mean ± sd)" in result.stdout

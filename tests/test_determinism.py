@@ -46,7 +46,9 @@ def test_same_config_and_seed_give_the_same_run(tiny_baseline, tmp_path, workers
     records = [_canonical(read_jsonl(run / "metrics.jsonl")) for run in runs]
     assert len(records[0]) == 4 and records[0] == records[1]
     for name in ("summary.json", "extend/result.json", "trim/result.json", "trim/budget.json"):
-        assert _canonical(json.loads((first / name).read_text())) == _canonical(json.loads((second / name).read_text())), name
+        assert _canonical(json.loads((first / name).read_text())) == _canonical(
+            json.loads((second / name).read_text())
+        ), name
     for name in ("final/policy", "extend/epoch_000001/policy", "trim/epoch_000001/policy"):
         a, b = (load_file(str(run / name / "model.safetensors")) for run in runs)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -2,20 +2,20 @@
 ``torch.distributed.run`` with 2 CPU processes (gloo) gives the same run as one process, on one
 node (``--standalone``) and on two "nodes" of one process each that meet through torchrun's c10d
 rendezvous on localhost (issue 31: two torchrun agents, as on two machines; what a real cluster
-adds, the network and the shared filesystem, is in docs/incoming/serve-ray.md).
+adds, the network and the shared filesystem, is in docs/scaling.md, "What a real cluster adds").
 
 Each rank rolls out half of the epoch's groups; the 1/N of the loss counts the valid trajectories
 of both ranks and the gradients are summed over ranks, so the update is the single-process update
 up to float32 summation order (two partial sums, then one all-reduce, instead of one sum).
 
-Tolerances. The logged loss and pre-clipping gradient norm must agree to rel 1e-5: this is the
-check that catches data-parallel mistakes (a per-rank 1/N with summed gradients doubles the
-gradient norm; a missing all-reduce leaves each rank with half the batch's gradient). Parameters after one update: atol 1e-5 (1% of lr = 1e-3). Adam's
-first step is lr * g / (|g| + eps) per element, which for an element whose gradient nearly cancels
-(|g| ~ eps = 1e-8) amplifies the summation-order error of g by up to lr / eps; measured here: 3 of 8
-tensors bit-equal, max difference 8.2e-7, against an update of 1e-3. Rollout outcomes and
-validation metrics are compared exactly (per-trajectory seeding: a trajectory's random numbers do
-not depend on the rank that runs it).
+Tolerances. The logged loss and pre-clipping gradient norm must agree to rel 1e-5: this is the check
+that catches data-parallel mistakes (a per-rank 1/N with summed gradients doubles the gradient norm;
+a missing all-reduce leaves each rank with half the batch's gradient). Parameters after one update:
+atol 1e-5 (1% of lr = 1e-3). Adam's first step is lr * g / (|g| + eps) per element, which for an
+element whose gradient nearly cancels (|g| ~ eps = 1e-8) amplifies the summation-order error of g by
+up to lr / eps; measured here: 3 of 8 tensors bit-equal, max difference 8.2e-7, against an update of
+1e-3. Rollout outcomes and validation metrics are compared exactly (per-trajectory seeding: a
+trajectory's random numbers do not depend on the rank that runs it).
 """
 
 from __future__ import annotations
@@ -37,7 +37,17 @@ from policytrim.config import to_dict
 from policytrim.io import read_jsonl
 from policytrim.train.grpo import train
 
-OUTCOME_KEYS = ("success_rate", "mean_steps", "mean_window", "mean_calls", "reward", "valid_group_frac", "update_trajectories", "dropped_groups", "env_steps")
+OUTCOME_KEYS = (
+    "success_rate",
+    "mean_steps",
+    "mean_window",
+    "mean_calls",
+    "reward",
+    "valid_group_frac",
+    "update_trajectories",
+    "dropped_groups",
+    "env_steps",
+)
 
 
 def torchrun(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -108,10 +118,29 @@ def test_torchrun_on_two_nodes_with_c10d_rendezvous_matches_one_process(single_r
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     nodes = [
         subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-             "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "policytrim-two-nodes",
-             "--rdzv-conf", f"is_host={int(node == 0)},join_timeout=120", str(script), *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                endpoint,
+                "--rdzv-id",
+                "policytrim-two-nodes",
+                "--rdzv-conf",
+                f"is_host={int(node == 0)},join_timeout=120",
+                str(script),
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for node in range(2)
     ]
@@ -122,7 +151,7 @@ def test_torchrun_on_two_nodes_with_c10d_rendezvous_matches_one_process(single_r
             if node.poll() is None:
                 node.kill()
                 node.wait()
-    for node, (out, err) in zip(nodes, outputs):
+    for node, (out, err) in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, out[-3000:] + err[-3000:]
     assert_same_as_one_process(tmp_path / "nodes", single_run, tiny_baseline)
 
@@ -153,12 +182,20 @@ def test_torchrun_run_killed_mid_update_resumes_to_the_same_run(torchrun_run, ti
     """kill -9 of both ranks in the second epoch's update, then ``--resume`` under torchrun: the same
     metrics and weights as the uninterrupted torchrun run (in-process envs: bit-exact)."""
     killed = tmp_path / "ddp"
-    proc = torchrun(train_args(run_config(killed), tmp_path, tiny_baseline), {"POLICYTRIM_TEST_KILL_AT": "update.step:2"})
+    proc = torchrun(
+        train_args(run_config(killed), tmp_path, tiny_baseline), {"POLICYTRIM_TEST_KILL_AT": "update.step:2"}
+    )
     assert proc.returncode != 0 and "Signal 9 (SIGKILL)" in proc.stderr, proc.stderr[-3000:]
     assert not (killed / "summary.json").exists() and (killed / "extend" / "epoch_000001").is_dir()
     proc = torchrun(["train", "--resume", str(killed)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    drop = lambda records: [{k: v for k, v in r.items() if k not in ("rollout_s", "epoch_s", "val_s")} for r in records]  # noqa: E731
+
+    def drop(records):
+        return [{k: v for k, v in r.items() if k not in ("rollout_s", "epoch_s", "val_s")} for r in records]
+
     assert drop(read_jsonl(torchrun_run / "metrics.jsonl")) == drop(read_jsonl(killed / "metrics.jsonl"))
-    a, b = (load_file(str(run / "extend" / "epoch_000002" / "policy" / "model.safetensors")) for run in (torchrun_run, killed))
+    a, b = (
+        load_file(str(run / "extend" / "epoch_000002" / "policy" / "model.safetensors"))
+        for run in (torchrun_run, killed)
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -19,7 +19,9 @@ from policytrim.train import distributed
 TASKS = ["reach-v3", "push-v3"]
 
 
-def _trajectories(task_ids: list[int], success: list[bool], steps: list[int], dropped: int, env_steps: int) -> Trajectories:
+def _trajectories(
+    task_ids: list[int], success: list[bool], steps: list[int], dropped: int, env_steps: int
+) -> Trajectories:
     n = len(task_ids)
     return Trajectories(
         task=[TASKS[t] for t in task_ids],
@@ -43,7 +45,11 @@ def _worker(rank: int, store: str, out: str) -> None:
     try:
         result = {"shard": [distributed.shard(5).start, distributed.shard(5).stop]}
         # rank 0: two groups; rank 1: its only group was dropped
-        traj = _trajectories([0, 0, 1, 1], [True, False, True, True], [40, 100, 30, 50], 0, 220) if rank == 0 else _trajectories([], [], [], 1, 17)
+        traj = (
+            _trajectories([0, 0, 1, 1], [True, False, True, True], [40, 100, 30, 50], 0, 220)
+            if rank == 0
+            else _trajectories([], [], [], 1, 17)
+        )
         everyone, mine = distributed.gather_outcomes(traj, TASKS)
         result.update(
             task=everyone.task,

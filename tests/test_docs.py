@@ -121,7 +121,8 @@ def test_relative_links_point_to_existing_files(name):
         assert target.exists(), f"{name} links to {link}, which does not exist"
         anchor = link.partition("#")[2]
         if anchor and target.suffix == ".md":
-            slugs = {re.sub(r"[^a-z0-9 \-]", "", h.lower()).strip().replace(" ", "-")
-                     for h in re.findall(r"^#+ (.+)$", target.read_text(), flags=re.MULTILINE)}
+            slugs = {
+                re.sub(r"[^a-z0-9 \-]", "", h.lower()).strip().replace(" ", "-")
+                for h in re.findall(r"^#+ (.+)$", target.read_text(), flags=re.MULTILINE)
+            }
             assert anchor in slugs, f"{name} links to {link}, but {target.name} has no heading #{anchor}"
-

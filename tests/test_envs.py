@@ -185,7 +185,11 @@ def test_image_observation_is_upright_and_not_mirrored():
         assert np.abs(centroid - expected).max() < 3.0, (centroid, expected)
         above = np.array(project(d.geom_xpos[geom] + [0, 0, 0.1]))
         assert above[0] < expected[0] - 2  # up in the world is up in the image
-        for wrong in ((size - centroid[0], centroid[1]), (centroid[0], size - centroid[1]), (size - centroid[0], size - centroid[1])):
+        for wrong in (
+            (size - centroid[0], centroid[1]),
+            (centroid[0], size - centroid[1]),
+            (size - centroid[0], size - centroid[1]),
+        ):
             assert np.abs(np.array(wrong) - expected).max() > 5.0
     finally:
         env.close()
@@ -193,7 +197,6 @@ def test_image_observation_is_upright_and_not_mirrored():
 
 # ---------------------------------------------------------------------------------------------
 # generic gymnasium adapter, with a tiny env defined here
-
 
 
 def _register_line_env():

@@ -16,7 +16,18 @@ from policytrim.eval.metrics import summarize, wilson_interval
 from policytrim.policies.expert import ExpertPolicy
 from policytrim.rollout.types import Trajectories
 
-KEYS = {"episodes", "success_rate", "success_ci95", "mean_steps", "window", "calls_per_success", "wall_clock_s", "mode", "horizon", "seed"}
+KEYS = {
+    "episodes",
+    "success_rate",
+    "success_ci95",
+    "mean_steps",
+    "window",
+    "calls_per_success",
+    "wall_clock_s",
+    "mode",
+    "horizon",
+    "seed",
+}
 
 
 @pytest.mark.parametrize(
@@ -35,14 +46,24 @@ def test_wilson_interval_rejects_impossible_counts():
 def make_traj(task, success, steps, calls, window, horizon=200):
     n = len(task)
     return Trajectories(
-        task=list(task), instruction=["x"] * n, seed=torch.zeros(n, dtype=torch.long), index=torch.arange(n),
-        group=torch.arange(n), window=torch.tensor(window), success=torch.tensor(success), steps=torch.tensor(steps),
-        calls=torch.tensor(calls), horizon=horizon, group_size=1,
+        task=list(task),
+        instruction=["x"] * n,
+        seed=torch.zeros(n, dtype=torch.long),
+        index=torch.arange(n),
+        group=torch.arange(n),
+        window=torch.tensor(window),
+        success=torch.tensor(success),
+        steps=torch.tensor(steps),
+        calls=torch.tensor(calls),
+        horizon=horizon,
+        group_size=1,
     )
 
 
 def test_summarize_hand_computed():
-    traj = make_traj(["a", "a", "a", "b"], [True, False, True, False], [40, 200, 60, 200], [8, 40, 12, 40], [5, 5, 5, 5])
+    traj = make_traj(
+        ["a", "a", "a", "b"], [True, False, True, False], [40, 200, 60, 200], [8, 40, 12, 40], [5, 5, 5, 5]
+    )
     out = summarize(traj, latency_s=0.1, control_period_s={"a": 0.0125, "b": 0.02})
     a = out["tasks"]["a"]
     assert a["episodes"] == 3 and a["success_rate"] == pytest.approx(2 / 3)
@@ -51,7 +72,12 @@ def test_summarize_hand_computed():
     assert a["wall_clock_s"] == pytest.approx(((8 * 0.1 + 40 * 0.0125) + (12 * 0.1 + 60 * 0.0125)) / 2)
     assert a["success_ci95"] == pytest.approx(list(wilson_interval(2, 3)))
     b = out["tasks"]["b"]
-    assert b["success_rate"] == 0 and b["mean_steps"] is None and b["calls_per_success"] is None and b["wall_clock_s"] is None
+    assert (
+        b["success_rate"] == 0
+        and b["mean_steps"] is None
+        and b["calls_per_success"] is None
+        and b["wall_clock_s"] is None
+    )
     overall = out["overall"]
     assert overall["episodes"] == 4 and overall["success_rate"] == 0.5 and overall["mean_steps"] == 50
 
@@ -87,7 +113,9 @@ def test_eval_cli_writes_metrics_json(tmp_path):
         assert KEYS <= set(entry), KEYS - set(entry)
         assert entry["window"] == 1 and entry["horizon"] == 200 and entry["mode"] == "sampled" and entry["seed"] == 0
         assert len(entry["success_ci95"]) == 2
-    assert metrics["overall"]["episodes"] == 4 and metrics["split"] == "test" and metrics["latency_source"] == "measured"
+    assert (
+        metrics["overall"]["episodes"] == 4 and metrics["split"] == "test" and metrics["latency_source"] == "measured"
+    )
     assert "overall" in result.stdout and "reach-v3" in result.stdout
 
     again = cli(*args)  # refuses to overwrite: one line, exit 2, nothing written
@@ -95,6 +123,8 @@ def test_eval_cli_writes_metrics_json(tmp_path):
 
 
 def test_eval_cli_bad_window_is_one_line_and_writes_nothing(tmp_path):
-    result = cli("--policy", "expert", "--tasks", "reach-v3", "--episodes", "1", "--window", "3", "--out", str(tmp_path / "x"))
+    result = cli(
+        "--policy", "expert", "--tasks", "reach-v3", "--episodes", "1", "--window", "3", "--out", str(tmp_path / "x")
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "window 1" in result.stderr and not (tmp_path / "x").exists()

@@ -15,9 +15,34 @@ from test_demo import numbers_without_unit
 @pytest.mark.slow
 def test_eval_suite_cli(tiny_baseline, tmp_path):
     out = tmp_path / "ev"
-    args = ["eval", "--policy", str(tiny_baseline), "--baseline", str(tiny_baseline), "--window", "8", "--sweep", "--temporal-ensembling",
-            "--modes", "sampled", "deterministic", "--act-noise", "0.3", "--tasks", "drawer-close-v3", "--env.horizon", "120",
-            "--episodes", "3", "--rollout.num-workers", "0", "--latency-ms", "80", "--out", str(out)]
+    args = [
+        "eval",
+        "--policy",
+        str(tiny_baseline),
+        "--baseline",
+        str(tiny_baseline),
+        "--window",
+        "8",
+        "--sweep",
+        "--temporal-ensembling",
+        "--modes",
+        "sampled",
+        "deterministic",
+        "--act-noise",
+        "0.3",
+        "--tasks",
+        "drawer-close-v3",
+        "--env.horizon",
+        "120",
+        "--episodes",
+        "3",
+        "--rollout.num-workers",
+        "0",
+        "--latency-ms",
+        "80",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     comp = json.loads((out / "comparison.json").read_text())
     assert set(comp["modes"]) == {"sampled", "deterministic"}
@@ -31,7 +56,9 @@ def test_eval_suite_cli(tiny_baseline, tmp_path):
         assert te["calls_per_success"] == te["mean_steps"]  # one call per step
     assert outcomes["temporal_ensembling"]["calls"] == outcomes["temporal_ensembling"]["steps"]
     vs = sampled["vs_baseline"]["policy"]["overall"]
-    assert {"success_rate_drop", "success_rate_drop_ci95", "calls_speedup", "speedup_paper", "steps_reduction"} <= set(vs)
+    assert {"success_rate_drop", "success_rate_drop_ci95", "calls_speedup", "speedup_paper", "steps_reduction"} <= set(
+        vs
+    )
     assert sampled["policies"]["policy"]["latency_ms"] == 80.0 and sampled["policies"]["policy"]["window"] == 8
     rob = comp["robustness"]["act_noise_0.3"]
     assert list(rob["policies"]) == ["baseline", "policy"] and rob["perturbation"]["act_noise"] == 0.3

@@ -30,7 +30,9 @@ class CountingPolicy:
             c = self.calls.get(id(g), 0)
             self.calls[id(g)] = c + 1
             base = float(obs["state"][len(rows), 0])
-            rows.append(torch.stack([torch.full((self.action_dim,), base + 10 * c + r) for r in range(self.chunk_size)]))
+            rows.append(
+                torch.stack([torch.full((self.action_dim,), base + 10 * c + r) for r in range(self.chunk_size)])
+            )
         actions = torch.stack(rows) / 1000.0
         return ChunkSample(actions=actions, logp=torch.zeros(actions.shape[:2]))
 
@@ -40,7 +42,7 @@ def loop_reference(base: float, t: int, H: int, m: float) -> float:
     oldest first, weights exp(-m i)."""
     preds = [(base + 10 * s + (t - s)) / 1000.0 for s in range(max(0, t - H + 1), t + 1)]
     w = [math.exp(-m * i) for i in range(len(preds))]
-    return sum(wi * p for wi, p in zip(w, preds)) / sum(w)
+    return sum(wi * p for wi, p in zip(w, preds, strict=True)) / sum(w)
 
 
 def test_weights_oldest_first_and_normalised():
@@ -88,5 +90,13 @@ def test_one_call_per_step_in_the_engine():
     cfg = EnvConfig(tasks=("reach-v3",), horizon=12)
     starts = initial_states("reach-v3", 2, 2)
     with RolloutEngine(cfg, num_workers=0) as engine:
-        traj = engine.run(TemporalEnsemble(ZeroPolicy()), starts, 1, torch.ones(2, 1, dtype=torch.long), "sampled", 0, record_chunks=False)
+        traj = engine.run(
+            TemporalEnsemble(ZeroPolicy()),
+            starts,
+            1,
+            torch.ones(2, 1, dtype=torch.long),
+            "sampled",
+            0,
+            record_chunks=False,
+        )
     assert traj.steps.tolist() == [12, 12] and traj.calls.tolist() == [12, 12]

@@ -63,7 +63,9 @@ def test_training_survives_env_exception_hung_worker_and_nan_log_probs(tiny_base
     cfg.logging.out = str(tmp_path / "run")
     # epoch 1: an env of group 0 raises; epoch 2: an env of group 1 hangs (its worker is replaced)
     factory = functools.partial(
-        exception_and_hang, raise_index=_group_start_index(cfg, "extend", 0, 0), hang_index=_group_start_index(cfg, "extend", 1, 1)
+        exception_and_hang,
+        raise_index=_group_start_index(cfg, "extend", 0, 0),
+        hang_index=_group_start_index(cfg, "extend", 1, 1),
     )
     engine_factory = functools.partial(RolloutEngine, env_factory=factory)
 
@@ -82,7 +84,9 @@ def test_training_survives_env_exception_hung_worker_and_nan_log_probs(tiny_base
             del policy.log_prob
 
     with caplog.at_level(logging.WARNING):
-        summary = grpo.train(cfg, "extend", str(tiny_baseline), seams=grpo.TrainerSeams(engine_factory=engine_factory, update=update))
+        summary = grpo.train(
+            cfg, "extend", str(tiny_baseline), seams=grpo.TrainerSeams(engine_factory=engine_factory, update=update)
+        )
 
     run = tmp_path / "run"
     records = {r["epoch"]: r for r in read_jsonl(run / "metrics.jsonl")}
@@ -90,7 +94,9 @@ def test_training_survives_env_exception_hung_worker_and_nan_log_probs(tiny_base
     first, second = records[1], records[2]
     assert first["dropped_groups"] == 1 and first["replaced_workers"] == 0  # the exception: its group only
     assert second["dropped_groups"] == 1 and second["replaced_workers"] == 1  # the hang: worker replaced
-    assert first["update_trajectories"] == second["update_trajectories"] == cfg.rollout.group_size  # the surviving group trained
+    assert (
+        first["update_trajectories"] == second["update_trajectories"] == cfg.rollout.group_size
+    )  # the surviving group trained
     assert first["skipped_steps"] == cfg.stage1.update_epochs and second["skipped_steps"] == 0
     assert any("non-finite loss or gradient" in r.message for r in caplog.records)
     assert any("dropped 1 of 2 groups" in r.message for r in caplog.records)
@@ -135,7 +141,9 @@ def batch():
     cfg = tiny_config()
     cfg.env.horizon = 12
     torch.manual_seed(0)
-    policy = TinyVLA.from_config(PolicyConfig(chunk_size=8, default_window=4, hidden_dim=32, num_layers=1), 39, 4, [INSTRUCTIONS[TASK]])
+    policy = TinyVLA.from_config(
+        PolicyConfig(chunk_size=8, default_window=4, hidden_dim=32, num_layers=1), 39, 4, [INSTRUCTIONS[TASK]]
+    )
     starts = initial_states(TASK, 0, 2)
     with RolloutEngine(cfg.env, num_workers=0) as engine:
         traj = engine.run(policy, starts, 2, torch.full((2, 2), 4), "train", seed=0)
@@ -167,7 +175,9 @@ def test_non_finite_update_is_skipped_and_logged_and_changes_nothing(batch, kind
     advantages, handles = _poisoned(kind, policy)
     try:
         with caplog.at_level(logging.WARNING):
-            out = grpo.grpo_update(policy, None, optimizer, traj, advantages, torch.ones(4, dtype=torch.bool), GRPOConfig(update_epochs=3))
+            out = grpo.grpo_update(
+                policy, None, optimizer, traj, advantages, torch.ones(4, dtype=torch.bool), GRPOConfig(update_epochs=3)
+            )
     finally:
         for handle in handles:
             handle.remove()
@@ -176,7 +186,15 @@ def test_non_finite_update_is_skipped_and_logged_and_changes_nothing(batch, kind
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
     assert optimizer.state_dict()["state"] == {}  # Adam never stepped: no moment estimates to poison
     # and the same batch without the fault trains
-    out = grpo.grpo_update(policy, None, optimizer, traj, torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.ones(4, dtype=torch.bool), GRPOConfig(update_epochs=1))
+    out = grpo.grpo_update(
+        policy,
+        None,
+        optimizer,
+        traj,
+        torch.tensor([1.0, -1.0, 0.5, -0.5]),
+        torch.ones(4, dtype=torch.bool),
+        GRPOConfig(update_epochs=1),
+    )
     assert out["skipped_steps"] == 0
     policy.load_state_dict(before)
 
@@ -219,7 +237,11 @@ def test_nothing_non_finite_is_ever_saved(batch, tmp_path):
 
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     for p in policy.parameters():  # an optimiser state that overflowed
-        optimizer.state[p] = {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.full_like(p, float("inf"))}
+        optimizer.state[p] = {
+            "step": torch.tensor(1.0),
+            "exp_avg": torch.zeros_like(p),
+            "exp_avg_sq": torch.full_like(p, float("inf")),
+        }
     stage_dir = tmp_path / "extend"
     with pytest.raises(ValueError, match="non-finite optimiser state"):
         save_checkpoint(stage_dir, 1, policy, optimizer, {"stage": "extend"})

@@ -35,8 +35,11 @@ def test_transition_matches_spec_formula_by_hand(t):
     want_mean = x - delta * (v + sig**2 / (2 * t) * (x + (1 - t) * v))
     want_std = sig * math.sqrt(delta)
     mean, std = flow_sde.sde_step_moments(
-        torch.tensor([[[x]]], dtype=torch.float64), torch.tensor([[[v]]], dtype=torch.float64),
-        torch.tensor([t], dtype=torch.float64), K, A_NOISE,
+        torch.tensor([[[x]]], dtype=torch.float64),
+        torch.tensor([[[v]]], dtype=torch.float64),
+        torch.tensor([t], dtype=torch.float64),
+        K,
+        A_NOISE,
     )
     assert mean.item() == pytest.approx(want_mean, rel=1e-12)
     assert std.item() == pytest.approx(want_std, rel=1e-12)
@@ -140,7 +143,9 @@ def test_padded_dims_carry_no_noise_when_sampling():
     steps = torch.tensor([0, 1, 2])
     dim_mask = torch.tensor([True, True, False])
     out = flow_sde.sample_sde(vel, noise, steps, torch.randn_like(noise), K, A_NOISE, dim_mask=dim_mask)
-    mean, _ = flow_sde.sde_step_moments(out.x_t, vel(out.x_t, 1.0 - steps.double() / K), 1.0 - steps.double() / K, K, A_NOISE)
+    mean, _ = flow_sde.sde_step_moments(
+        out.x_t, vel(out.x_t, 1.0 - steps.double() / K), 1.0 - steps.double() / K, K, A_NOISE
+    )
     assert torch.allclose(out.x_next[..., 2], mean[..., 2])
 
 
@@ -153,7 +158,9 @@ def test_stochastic_step_is_uniform_over_first_k_minus_1_and_rows_are_independen
     # a row's numbers do not depend on the batch it is drawn in
     alone = flow_sde.draw_sde_noise([torch.Generator().manual_seed(7)], 1, (2, 2), K, train=True)
     mixed = flow_sde.draw_sde_noise([torch.Generator().manual_seed(s) for s in (3, 7, 9)], 3, (2, 2), K, train=True)
-    assert torch.equal(alone[0][0], mixed[0][1]) and alone[1][0] == mixed[1][1] and torch.equal(alone[2][0], mixed[2][1])
+    assert (
+        torch.equal(alone[0][0], mixed[0][1]) and alone[1][0] == mixed[1][1] and torch.equal(alone[2][0], mixed[2][1])
+    )
 
 
 def test_bad_step_indices_are_refused():

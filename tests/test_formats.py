@@ -61,7 +61,14 @@ def no_pickle(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("an unpickling loader was called")
 
-    for module, name in [(pickle, "load"), (pickle, "loads"), (torch, "load"), (np, "load"), (yaml, "unsafe_load"), (yaml, "full_load")]:
+    for module, name in [
+        (pickle, "load"),
+        (pickle, "loads"),
+        (torch, "load"),
+        (np, "load"),
+        (yaml, "unsafe_load"),
+        (yaml, "full_load"),
+    ]:
         monkeypatch.setattr(module, name, refuse)
     yaml_load = yaml.load
 
@@ -77,12 +84,22 @@ def no_pickle(monkeypatch):
 def test_committed_fixture_loads_and_acts_as_recorded(fixture, no_pickle):
     expected = json.loads((fixture / "expected.json").read_text())
     policy = load_policy(fixture / "policy")
-    obs = {"state": torch.from_numpy(np.random.default_rng(expected["observation_seed"]).normal(size=(1, 39)).astype(np.float32))}
+    obs = {
+        "state": torch.from_numpy(
+            np.random.default_rng(expected["observation_seed"]).normal(size=(1, 39)).astype(np.float32)
+        )
+    }
     chunk = policy.sample(obs, [expected["instruction"]], "deterministic").actions[0]
-    assert torch.allclose(chunk, torch.tensor(expected["deterministic_chunk"]), atol=1e-5), "same file, different actions"
+    assert torch.allclose(chunk, torch.tensor(expected["deterministic_chunk"]), atol=1e-5), (
+        "same file, different actions"
+    )
     # version 1 predates the trained-window keys: it loads as a behaviour-cloned policy at its window
     trained = expected.get("trained", {"default_window": 2, "trained_stage": "bc", "step_budget": None})
-    assert (policy.default_window, policy.trained_stage, policy.step_budget) == (trained["default_window"], trained["trained_stage"], trained["step_budget"])
+    assert (policy.default_window, policy.trained_stage, policy.step_budget) == (
+        trained["default_window"],
+        trained["trained_stage"],
+        trained["step_budget"],
+    )
 
     stage_dir = fixture / "extend"
     checkpoint = latest_checkpoint(stage_dir)
@@ -102,7 +119,10 @@ def test_committed_fixture_loads_and_acts_as_recorded(fixture, no_pickle):
 def test_a_fixture_of_the_current_format_versions_is_committed():
     current = {"policy": POLICY_VERSION, "trainer": TRAINER_VERSION, "demos": DEMOS_VERSION}
     versions = [json.loads((f / "expected.json").read_text())["versions"] for f in FIXTURES]
-    assert current in versions, f"format versions are now {current}: run `python tests/fixtures/make_fixtures.py` to add a fixture (keep the old ones that must still load)"
+    assert current in versions, (
+        f"format versions are now {current}: run `python tests/fixtures/make_fixtures.py` to add a fixture "
+        "(keep the old ones that must still load)"
+    )
 
 
 def test_configs_load_through_safe_loaders_only(tmp_path, no_pickle):

@@ -23,19 +23,18 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_config
+from fixtures.make_fixtures import random_demos
 from policytrim.cli import main
 from policytrim.config import ConfigError, RunConfig, from_dict, load_config, parse_config_text, preset_path, to_dict
 from policytrim.data.demos import save_demos
-from policytrim.io import read_jsonl
 from policytrim.envs.tasks import TASK_SETS, resolve_tasks
 from policytrim.errors import MAX_MESSAGE_CHARS, InputError
+from policytrim.io import read_jsonl
 from policytrim.policies import load_policy
 from policytrim.progress import EVERY_S_ENV as PROGRESS_EVERY_S_ENV
 from policytrim.train.checkpoint import save_checkpoint
 from policytrim.train.rundir import RunDir
-
-from conftest import tiny_config
-from fixtures.make_fixtures import random_demos
 from test_bad_inputs import SPEC_EDITS, SUBPROCESS_ENV, _edit_json, alias_bomb, make_checkpoint
 
 TINY_BC = ["--pretrain.iterations", "2", "--pretrain.eval-episodes", "0", "--logging.no-progress"]
@@ -54,7 +53,21 @@ def test_pretrain_takes_a_preset_and_a_saved_run_config(tmp_path):
 
     run = RunDir.create(tmp_path / "run", preset, {"stage": "both", "stages": ["extend", "trim"], "init": "x"})
     assert "data" in yaml.safe_load((run.path / "config.yaml").read_text())  # the section that was refused
-    assert main(["pretrain", "--config", str(run.path / "config.yaml"), "--demos", str(data), "--out", str(tmp_path / "b"), *TINY_BC]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                str(run.path / "config.yaml"),
+                "--demos",
+                str(data),
+                "--out",
+                str(tmp_path / "b"),
+                *TINY_BC,
+            ]
+        )
+        == 0
+    )
     assert load_policy(tmp_path / "b").chunk_size == preset.policy.chunk_size
 
 
@@ -72,7 +85,7 @@ def test_checkpoint_specs_with_absurd_sizes_fail_fast_without_allocating(tmp_pat
         _edit_json(bad / "config.json", **changes)
         names.append(str(bad))
     script = (
-        "import resource, sys, time, json\n"
+        "import sys, time, json\n"
         "from policytrim.errors import InputError\n"
         "from policytrim.policies import load_policy\n"
         "out = []\n"
@@ -83,9 +96,14 @@ def test_checkpoint_specs_with_absurd_sizes_fail_fast_without_allocating(tmp_pat
         "        out.append([path, 'loaded', 0.0])\n"
         "    except InputError as exc:\n"
         "        out.append([path, str(exc), time.perf_counter() - t])\n"
-        "print(json.dumps({'results': out, 'peak_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child of a big pytest
+        # process would report its parent's peak; VmHWM belongs to this process's own memory map
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+        "print(json.dumps({'results': out, 'peak_mb': int(hwm) / 1024}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     for path, message, seconds in report["results"]:
@@ -133,7 +151,9 @@ def test_identical_tensors_give_byte_identical_checkpoints(tmp_path):
     for name in ("model.safetensors", "config.json"):
         assert len({(tmp_path / f"copy{i}" / name).read_bytes() for i in range(8)}) == 1, name
     reloaded = load_policy(tmp_path / "copy0")
-    assert all(torch.equal(a, b) for a, b in zip(policy.state_dict().values(), reloaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(policy.state_dict().values(), reloaded.state_dict().values(), strict=True)
+    )
 
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3)
     for p in policy.parameters():  # one step, so that the optimiser has state tensors to save
@@ -197,7 +217,9 @@ def test_config_file_and_preset_are_layered_preset_then_file_then_flags(tmp_path
     path.write_text("seed: 5\nstage1:\n  lr: 0.002\n")
     assert main(["config", "--preset", "demo", "--config", str(path), "--stage1.epochs", "3", "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    assert got["env"]["tasks"] == list(demo.env.tasks) and got["policy"]["hidden_dim"] == demo.policy.hidden_dim  # preset
+    assert (
+        got["env"]["tasks"] == list(demo.env.tasks) and got["policy"]["hidden_dim"] == demo.policy.hidden_dim
+    )  # preset
     assert got["seed"] == 5 and got["stage1"]["lr"] == 0.002  # file over the preset
     assert got["stage1"]["val_episodes"] == demo.stage1.val_episodes  # the rest of the preset's stage1 section kept
     assert got["stage1"]["epochs"] == 3  # flags over both
@@ -218,7 +240,12 @@ def _mount_tmpfs(path, size: int) -> bool:
     path.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def _tree_bytes(root) -> int:
@@ -268,7 +295,9 @@ def test_a_full_disk_is_one_line_marks_the_run_failed_and_resume_after_freeing_s
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert json.loads((run / "run.json").read_text())["status"] == "complete"
         assert "failure" not in json.loads((run / "run.json").read_text())
-        assert canonical(read_jsonl(run / "metrics.jsonl")) == canonical(read_jsonl(tmp_path / "reference" / "metrics.jsonl"))
+        assert canonical(read_jsonl(run / "metrics.jsonl")) == canonical(
+            read_jsonl(tmp_path / "reference" / "metrics.jsonl")
+        )
         assert weights(run / "final" / "policy") == weights(tmp_path / "reference" / "final" / "policy")
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
@@ -283,8 +312,23 @@ def test_collect_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     try:
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
         (disk / "filler").write_bytes(b"\0" * (free - 8192))  # room for the folders, not the frames
-        cmd = [sys.executable, "-m", "policytrim.cli", "collect", "--tasks", "reach-v3", "--data.episodes", "2",
-               "--env.horizon", "60", "--rollout.num-workers", "0", "--logging.no-progress", "--out", str(disk / "demos")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "policytrim.cli",
+            "collect",
+            "--tasks",
+            "reach-v3",
+            "--data.episodes",
+            "2",
+            "--env.horizon",
+            "60",
+            "--rollout.num-workers",
+            "0",
+            "--logging.no-progress",
+            "--out",
+            str(disk / "demos"),
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, env=SUBPROCESS_ENV, timeout=300)
         assert result.returncode == 2, result.stderr[-3000:]
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
@@ -315,29 +359,96 @@ def test_progress_in_a_log_is_plain_lines_every_few_seconds_for_every_phase(tmp_
     print some); a phase shorter than the interval prints nothing at all."""
     every = 0.2
     env = {**SUBPROCESS_ENV, "OMP_NUM_THREADS": "1", PROGRESS_EVERY_S_ENV: str(every)}
-    tiny = ["--tasks", "reach-v3", "--env.horizon", "60", "--rollout.num-workers", "0", "--policy.chunk-size", "8",
-            "--policy.default-window", "4", "--policy.hidden-dim", "32", "--policy.num-layers", "1"]
-    stage = ["--stage1.epochs", "2", "--stage1.val-episodes", "3", "--stage1.eval-every", "1", "--rollout.group-size", "2",
-             "--rollout.groups-per-epoch", "2", "--stage1.windows", "4", "8"]
+    tiny = [
+        "--tasks",
+        "reach-v3",
+        "--env.horizon",
+        "60",
+        "--rollout.num-workers",
+        "0",
+        "--policy.chunk-size",
+        "8",
+        "--policy.default-window",
+        "4",
+        "--policy.hidden-dim",
+        "32",
+        "--policy.num-layers",
+        "1",
+    ]
+    stage = [
+        "--stage1.epochs",
+        "2",
+        "--stage1.val-episodes",
+        "3",
+        "--stage1.eval-every",
+        "1",
+        "--rollout.group-size",
+        "2",
+        "--rollout.groups-per-epoch",
+        "2",
+        "--stage1.windows",
+        "4",
+        "8",
+    ]
     commands = {
         "collect": ["collect", *tiny, "--data.episodes", "4", "--out", str(tmp_path / "demos")],
-        "pretrain": ["pretrain", *tiny, "--data", str(tmp_path / "demos"), "--pretrain.iterations", "400", "--pretrain.eval-episodes", "0",
-                     "--out", str(tmp_path / "baseline")],
-        "extend": ["train", *tiny, *stage, "--stage", "extend", "--init", str(tmp_path / "baseline"), "--out", str(tmp_path / "run")],
-        "evaluation": ["eval", *tiny, "--policy", str(tmp_path / "baseline"), "--episodes", "6", "--out", str(tmp_path / "eval")],
+        "pretrain": [
+            "pretrain",
+            *tiny,
+            "--data",
+            str(tmp_path / "demos"),
+            "--pretrain.iterations",
+            "400",
+            "--pretrain.eval-episodes",
+            "0",
+            "--out",
+            str(tmp_path / "baseline"),
+        ],
+        "extend": [
+            "train",
+            *tiny,
+            *stage,
+            "--stage",
+            "extend",
+            "--init",
+            str(tmp_path / "baseline"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        "evaluation": [
+            "eval",
+            *tiny,
+            "--policy",
+            str(tmp_path / "baseline"),
+            "--episodes",
+            "6",
+            "--out",
+            str(tmp_path / "eval"),
+        ],
     }
     seen = {}
     for phase, argv in commands.items():
         t0 = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "policytrim.cli", *argv], capture_output=True, text=True, env=env, timeout=600)
+        result = subprocess.run(
+            [sys.executable, "-m", "policytrim.cli", *argv], capture_output=True, text=True, env=env, timeout=600
+        )
         elapsed = time.monotonic() - t0
         assert result.returncode == 0, result.stderr[-3000:]
         assert "\r" not in result.stderr, "a progress bar's carriage returns in a log"
-        lines = [line for line in result.stderr.splitlines() if re.match(r"^[\w ]+( \(k=\d+, \w+\))?: \d+/\d+ \w+, ", line)]
+        lines = [
+            line for line in result.stderr.splitlines() if re.match(r"^[\w ]+( \(k=\d+, \w+\))?: \d+/\d+ \w+, ", line)
+        ]
         assert any(line.startswith(f"{phase}") for line in lines), result.stderr
-        assert len(lines) <= elapsed / every + 8, f"{len(lines)} lines in {elapsed:.1f} s"  # + the 'done' line of each phase
+        assert len(lines) <= elapsed / every + 8, (
+            f"{len(lines)} lines in {elapsed:.1f} s"
+        )  # + the 'done' line of each phase
         seen[phase] = lines
     assert any(line.startswith("validation (k=") for line in seen["extend"])  # validations inside training say so too
-    quiet = subprocess.run([sys.executable, "-m", "policytrim.cli", *commands["evaluation"], "--overwrite"], capture_output=True, text=True,
-                           env={**env, PROGRESS_EVERY_S_ENV: "3600"}, timeout=600)
+    quiet = subprocess.run(
+        [sys.executable, "-m", "policytrim.cli", *commands["evaluation"], "--overwrite"],
+        capture_output=True,
+        text=True,
+        env={**env, PROGRESS_EVERY_S_ENV: "3600"},
+        timeout=600,
+    )
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr

@@ -121,5 +121,5 @@ def test_optimizer_state_round_trip_without_pickle():
         o.zero_grad()
         m(x).pow(2).sum().backward()
         o.step()
-    for p, q in zip(model.parameters(), clone.parameters()):
+    for p, q in zip(model.parameters(), clone.parameters(), strict=True):
         assert torch.equal(p, q)

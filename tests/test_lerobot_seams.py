@@ -28,9 +28,15 @@ def test_policy_config_knows_lerobot_and_checks_train_parts():
 def test_trainer_checks_kind_window_and_chunk_size_of_a_lerobot_checkpoint():
     with pytest.raises(InputError, match="pass --policy.kind lerobot"):
         check_architecture(RunConfig(), LEROBOT_SPEC, "checkpoint 'x'")
-    check_architecture(RunConfig(policy=PolicyConfig(kind="lerobot", chunk_size=15, default_window=5)), LEROBOT_SPEC, "checkpoint 'x'")
+    check_architecture(
+        RunConfig(policy=PolicyConfig(kind="lerobot", chunk_size=15, default_window=5)), LEROBOT_SPEC, "checkpoint 'x'"
+    )
     with pytest.raises(InputError, match="policy.chunk_size is 50 in the config but 15 in the checkpoint"):
-        check_architecture(RunConfig(policy=PolicyConfig(kind="lerobot", chunk_size=50, default_window=5)), LEROBOT_SPEC, "checkpoint 'x'")
+        check_architecture(
+            RunConfig(policy=PolicyConfig(kind="lerobot", chunk_size=50, default_window=5)),
+            LEROBOT_SPEC,
+            "checkpoint 'x'",
+        )
 
 
 def test_lerobot_checkpoints_are_recognised_by_their_config(tmp_path):

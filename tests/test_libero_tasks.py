@@ -13,6 +13,8 @@ def test_a_libero_run_is_configured_from_the_table():
     assert [len(suite_tasks(s)) for s in SUITES] == [10, 10, 10, 10, 90]
     cfg = EnvConfig(suite="libero", tasks=("libero_object",), libero_max_steps="paper")
     assert cfg.tasks == tuple(t.address for t in suite_tasks("libero_object")) and cfg.horizon == 160
-    assert suite_tasks("libero_10")[2].instruction == "turn on the stove and put the moka pot on it"  # scene prefix dropped
+    assert (
+        suite_tasks("libero_10")[2].instruction == "turn on the stove and put the moka pot on it"
+    )  # scene prefix dropped
     with pytest.raises(ConfigError, match="unknown LIBERO task"):
         EnvConfig(suite="libero", tasks=("libero_object/no_such_task",))

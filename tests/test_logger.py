@@ -35,7 +35,11 @@ def test_tensorboard_asked_for_but_missing_is_said_once_and_jsonl_still_written(
             logger.log({"stage": "extend", "epoch": 1, "reward": 0.5})
             logger.close()
             assert logger.backends == ["jsonl"]
-            assert json.loads((tmp_path / run / "metrics.jsonl").read_text()) == {"stage": "extend", "epoch": 1, "reward": 0.5}
+            assert json.loads((tmp_path / run / "metrics.jsonl").read_text()) == {
+                "stage": "extend",
+                "epoch": 1,
+                "reward": 0.5,
+            }
     notices = [r.getMessage() for r in caplog.records if r.name == "policytrim.train.logger"]
     assert len(notices) == 1 and "\n" not in notices[0]
     assert "TensorBoard is not installed" in notices[0] and "pip install 'policytrim[tensorboard]'" in notices[0]

@@ -50,10 +50,10 @@ def _random_groups(seed: int, group_size: int, horizon: int = 150):
 
 def _ref_stability(success, steps, floor, mode):
     out = []
-    for s_row, t_row in zip(success.tolist(), steps.tolist()):
-        ts = [t for s, t in zip(s_row, t_row) if s]
+    for s_row, t_row in zip(success.tolist(), steps.tolist(), strict=True):
+        ts = [t for s, t in zip(s_row, t_row, strict=True) if s]
         row = []
-        for s, t in zip(s_row, t_row):
+        for s, t in zip(s_row, t_row, strict=True):
             if not s or len(ts) < 2:
                 row.append(0.0)
                 continue
@@ -74,9 +74,9 @@ def _ref_stability(success, steps, floor, mode):
 def _ref_trim(success, steps, budget, le, ls, floor, mode):
     p = _ref_stability(success, steps, floor, mode)
     out = []
-    for s_row, t_row, p_row in zip(success.tolist(), steps.tolist(), p):
+    for s_row, t_row, p_row in zip(success.tolist(), steps.tolist(), p, strict=True):
         row = []
-        for s, t, pi in zip(s_row, t_row, p_row):
+        for s, t, pi in zip(s_row, t_row, p_row, strict=True):
             e = max(0.0, (budget - t) / budget) if s else 0.0
             row.append((1 + le * e - ls * pi) / (1 + le) if s else 0.0)
         out.append(row)
@@ -172,8 +172,10 @@ def test_extension_reward_matches_loop(seed):
         success, _ = _random_groups(seed, group_size)
         window = assign_windows(success.shape[0], group_size, [5, 10, 15])
         r = extension_reward(success, window, 15, horizon_coef=0.7)
-        ref = [[(1 + 0.7 * k / 15) if s else 0.0 for s, k in zip(sr, kr)]
-               for sr, kr in zip(success.tolist(), window.tolist())]
+        ref = [
+            [(1 + 0.7 * k / 15) if s else 0.0 for s, k in zip(sr, kr, strict=True)]
+            for sr, kr in zip(success.tolist(), window.tolist(), strict=True)
+        ]
         torch.testing.assert_close(r, torch.tensor(ref, dtype=torch.float32))
 
 
@@ -262,8 +264,10 @@ def test_stage2_rewards_match_loop(seed, mode):
         terms = trim_reward_terms(success, steps, budget, 0.7, 0.3, sigma_floor=3.0, floor_mode=mode)
         ref_p = _ref_stability(success, steps, 3.0, mode)
         ref_r = _ref_trim(success, steps, budget, 0.7, 0.3, 3.0, mode)
-        ref_e = [[max(0.0, (budget - t) / budget) if s else 0.0 for s, t in zip(sr, tr)]
-                 for sr, tr in zip(success.tolist(), steps.tolist())]
+        ref_e = [
+            [max(0.0, (budget - t) / budget) if s else 0.0 for s, t in zip(sr, tr, strict=True)]
+            for sr, tr in zip(success.tolist(), steps.tolist(), strict=True)
+        ]
         torch.testing.assert_close(terms.stability, torch.tensor(ref_p, dtype=torch.float32))
         torch.testing.assert_close(terms.step_saving, torch.tensor(ref_e, dtype=torch.float32))
         torch.testing.assert_close(terms.reward, torch.tensor(ref_r, dtype=torch.float32))
@@ -323,12 +327,15 @@ def test_clamp_vs_gate():
     tight = torch.tensor([[50, 52, 54, 56]])
     clamp = stability_penalty(success, tight, 5.0, "clamp")
     gate = stability_penalty(success, tight, 5.0, "gate")
-    torch.testing.assert_close(clamp, torch.tensor([[math.tanh(3 / 5), math.tanh(1 / 5), math.tanh(1 / 5), math.tanh(3 / 5)]]))
+    torch.testing.assert_close(
+        clamp, torch.tensor([[math.tanh(3 / 5), math.tanh(1 / 5), math.tanh(1 / 5), math.tanh(3 / 5)]])
+    )
     assert (gate == 0).all()  # the authors' code: no penalty while sigma_g < floor
     # spread group: sigma = sqrt(125) = 11.18 >= floor, both modes divide by sigma_g
     spread = torch.tensor([[40, 50, 60, 70]])
-    torch.testing.assert_close(stability_penalty(success, spread, 5.0, "clamp"),
-                               stability_penalty(success, spread, 5.0, "gate"))
+    torch.testing.assert_close(
+        stability_penalty(success, spread, 5.0, "clamp"), stability_penalty(success, spread, 5.0, "gate")
+    )
     # gate is active at exactly sigma_g == floor
     p = stability_penalty(torch.ones(1, 2, dtype=torch.bool), torch.tensor([[45, 55]]), 5.0, "gate")
     torch.testing.assert_close(p, torch.tensor([[math.tanh(1.0)] * 2]))
@@ -388,7 +395,9 @@ def test_group_advantages_match_loop(seed):
 # eq 4: the loss
 
 
-def _loss(logp, old_logp, advantages, mask, ref_logp=None, clip_low=0.2, clip_high=0.2, kl_coef=0.0, num_trajectories=None):
+def _loss(
+    logp, old_logp, advantages, mask, ref_logp=None, clip_low=0.2, clip_high=0.2, kl_coef=0.0, num_trajectories=None
+):
     """Eq 4's scalar the way the trainer makes it: per-trajectory terms, then the reduction."""
     terms = grpo_loss(logp, old_logp, advantages, mask, ref_logp=ref_logp, clip_low=clip_low, clip_high=clip_high)
     return reduce_grpo_loss(terms, kl_coef, num_trajectories)
@@ -413,11 +422,20 @@ def test_grpo_loss_terms_are_per_trajectory(seed):
 def test_grpo_loss_matches_loop(seed):
     logp, old, ref, adv, mask = _random_loss_inputs(seed)
     for ref_arg, beta, cl, ch, n in [(None, 0.0, 0.2, 0.2, None), (ref, 0.05, 0.1, 0.28, 9)]:
-        loss, _ = _loss(logp, old, adv, mask, ref_logp=ref_arg, clip_low=cl, clip_high=ch,
-                            kl_coef=beta, num_trajectories=n)
-        expected = _ref_grpo_loss(logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(),
-                                  None if ref_arg is None else ref.tolist(), cl, ch, beta,
-                                  logp.shape[0] if n is None else n)
+        loss, _ = _loss(
+            logp, old, adv, mask, ref_logp=ref_arg, clip_low=cl, clip_high=ch, kl_coef=beta, num_trajectories=n
+        )
+        expected = _ref_grpo_loss(
+            logp.tolist(),
+            old.tolist(),
+            adv.tolist(),
+            mask.tolist(),
+            None if ref_arg is None else ref.tolist(),
+            cl,
+            ch,
+            beta,
+            logp.shape[0] if n is None else n,
+        )
         assert loss.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
 
 
@@ -506,8 +524,14 @@ def test_grpo_loss_masked_rows_get_exactly_zero_gradient():
     assert (x.grad[junk] == 0).all()
     assert (x.grad[mask] != 0).any()
     # and the garbage does not change the value
-    clean, _ = _loss(torch.where(junk, 0.0, logp), torch.where(junk, 0.0, old), adv, mask,
-                         ref_logp=torch.where(junk, 0.0, ref), kl_coef=0.1)
+    clean, _ = _loss(
+        torch.where(junk, 0.0, logp),
+        torch.where(junk, 0.0, old),
+        adv,
+        mask,
+        ref_logp=torch.where(junk, 0.0, ref),
+        kl_coef=0.1,
+    )
     assert loss.item() == pytest.approx(clean.item())
 
 
@@ -626,8 +650,12 @@ def test_value_errors_name_the_argument(call, match):
     ],
 )
 def test_grpo_loss_value_errors(kwargs, match):
-    args = dict(logp=torch.zeros(2, 3, 4), old_logp=torch.zeros(2, 3, 4), advantages=torch.zeros(2),
-                mask=torch.ones(2, 3, 4, dtype=torch.bool))
+    args = dict(
+        logp=torch.zeros(2, 3, 4),
+        old_logp=torch.zeros(2, 3, 4),
+        advantages=torch.zeros(2),
+        mask=torch.ones(2, 3, 4, dtype=torch.bool),
+    )
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         _loss(**args)

@@ -18,7 +18,7 @@ from policytrim.objective import (
     stability_penalty,
     trim_reward,
 )
-from test_objective import SEEDS, GROUP_SIZES, _random_groups, _random_loss_inputs, _ref_stability
+from test_objective import GROUP_SIZES, SEEDS, _random_groups, _random_loss_inputs, _ref_stability
 
 
 def _random_calls(seed, success, steps, max_window=15):
@@ -31,9 +31,9 @@ def _random_calls(seed, success, steps, max_window=15):
 def _ref_adapt(success, calls, steps, bc, bs, lc, le, ls, floor, mode):
     p = _ref_stability(success, steps, floor, mode)
     out = []
-    for s_row, c_row, t_row, p_row in zip(success.tolist(), calls.tolist(), steps.tolist(), p):
+    for s_row, c_row, t_row, p_row in zip(success.tolist(), calls.tolist(), steps.tolist(), p, strict=True):
         row = []
-        for s, c, t, pi in zip(s_row, c_row, t_row, p_row):
+        for s, c, t, pi in zip(s_row, c_row, t_row, p_row, strict=True):
             if not s:
                 row.append(0.0)
                 continue
@@ -88,7 +88,17 @@ def test_adapt_reward_matches_loop(seed, group_size, mode):
     success, steps = _random_groups(seed, group_size)
     calls = _random_calls(seed, success, steps)
     for lc, le in [(0.8, 0.0), (0.5, 0.3)]:
-        out = adapt_reward_terms(success, calls, steps, call_budget=9, step_budget=110, call_coef=lc, step_coef=le, sigma_floor=5.0, floor_mode=mode)
+        out = adapt_reward_terms(
+            success,
+            calls,
+            steps,
+            call_budget=9,
+            step_budget=110,
+            call_coef=lc,
+            step_coef=le,
+            sigma_floor=5.0,
+            floor_mode=mode,
+        )
         expected = _ref_adapt(success, calls, steps, 9, 110, lc, le, 0.2, 5.0, mode)
         torch.testing.assert_close(out.reward, torch.tensor(expected, dtype=out.reward.dtype), rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(out.stability, stability_penalty(success, steps, 5.0, mode))
@@ -129,7 +139,9 @@ def test_grpo_loss_with_window_logp_matches_loop(seed):
     wl, wo = _window_logps(seed, *logp.shape[:2])
     terms = grpo_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.28, window_logp=wl, old_window_logp=wo)
     loss, _ = reduce_grpo_loss(terms, 0.0, num_trajectories=7)
-    expected = _ref_loss_with_windows(logp.tolist(), old.tolist(), wl.tolist(), wo.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.28, 7)
+    expected = _ref_loss_with_windows(
+        logp.tolist(), old.tolist(), wl.tolist(), wo.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.28, 7
+    )
     assert loss.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
 
 
@@ -143,7 +155,9 @@ def test_frozen_policy_window_gradient_follows_advantage_and_padding_is_ignored(
     loss.backward()
     chunk_valid = mask.any(dim=2)
     # at ratio 1 the gradient of -rho*A/(N C_i) w.r.t. the window log-prob is -A_i/(N C_i) on executed chunks
-    expected = torch.where(chunk_valid, -adv[:, None] / (logp.shape[0] * chunk_valid.sum(1, keepdim=True)), torch.zeros(()))
+    expected = torch.where(
+        chunk_valid, -adv[:, None] / (logp.shape[0] * chunk_valid.sum(1, keepdim=True)), torch.zeros(())
+    )
     torch.testing.assert_close(wl.grad, expected.to(wl.grad.dtype))
     assert diag["approx_kl"].item() == pytest.approx(0.0, abs=1e-12)
 

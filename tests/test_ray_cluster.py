@@ -11,7 +11,7 @@ workers across nodes for real:
   ``ray.placement_timeout_s``) for a node that joins late, and places a worker on it.
 
 What one machine cannot show: a network between nodes, separate filesystems, other hosts' clocks
-and firewalls (docs/incoming/serve-ray.md says what a real cluster adds). Real Meta-World envs,
+and firewalls (docs/scaling.md says what a real cluster adds). Real Meta-World envs,
 the fake reacher policy of tests/test_rollout.py.
 """
 
@@ -38,7 +38,9 @@ from ray.util.placement_group import placement_group_table  # noqa: E402
 
 # the GCS declares a node dead after 4 missed health checks 0.5 s apart (default: 5 x 3 s)
 FAST_NODE_DEATH = {
-    "health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 4,
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 500,
+    "health_check_failure_threshold": 4,
 }
 ENV = EnvConfig(tasks=("reach-v3",), horizon=60)
 
@@ -92,8 +94,9 @@ def test_workers_spread_over_nodes_and_a_node_dying_mid_epoch_is_survived(cluste
     # state 0 hangs at step 3 (for 60 s): worker 0 is mid-request when its node is killed
     factory = functools.partial(faulty_env_factory, index=0, at_step=3, kind="hang", hang_s=60.0)
     ray_cfg = RayConfig(address=cluster.address, placement_strategy="SPREAD", max_restarts=2)
-    engine = RolloutEngine(ENV, 2, step_timeout_s=120.0, env_factory=factory, pipeline=False, backend="ray",
-                           ray=ray_cfg)
+    engine = RolloutEngine(
+        ENV, 2, step_timeout_s=120.0, env_factory=factory, pipeline=False, backend="ray", ray=ray_cfg
+    )
     with engine:
         pool = engine._pool
         placed = bundle_nodes(pool)

@@ -24,8 +24,8 @@ from conftest import tiny_config
 from policytrim.cli import main
 from policytrim.config import RayConfig, to_dict
 from policytrim.envs.tasks import INSTRUCTIONS
-from policytrim.policies.tinyvla import TinyVLA
 from policytrim.errors import InputError
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.rollout.ray_pool import bundles_that_fit
 
 pytest.importorskip("ray")
@@ -37,8 +37,17 @@ def train_argv(out, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "address", ["127.0.0.1:notaport", "127.0.0.1:0", "127.0.0.1:70000", "http://head:6379", "ray://head:10001", "head",
-                ":6379", "a b:1"],
+    "address",
+    [
+        "127.0.0.1:notaport",
+        "127.0.0.1:0",
+        "127.0.0.1:70000",
+        "http://head:6379",
+        "ray://head:10001",
+        "head",
+        ":6379",
+        "a b:1",
+    ],
 )
 def test_a_malformed_ray_address_is_one_line_and_writes_nothing(address, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:

@@ -91,7 +91,15 @@ def test_staleness_skips_the_actions_executed_while_the_policy_computed(env):
 def test_same_seed_same_actions_in_both_modes_at_zero_delay(env):
     """A real (random-init) TinyVLA in sampled mode: async with threshold 0 requests exactly when
     sync does, so with the same per-episode generator the executed actions are bit-identical."""
-    policy = TinyVLA(state_dim=39, action_dim=4, chunk_size=10, default_window=5, instructions=[env.instruction], hidden_dim=32, num_layers=1).eval()
+    policy = TinyVLA(
+        state_dim=39,
+        action_dim=4,
+        chunk_size=10,
+        default_window=5,
+        instructions=[env.instruction],
+        hidden_dim=32,
+        num_layers=1,
+    ).eval()
     runs = {}
     for mode in ("sync", "async"):
         timing = DeployTiming(window=5, mode=mode, threshold=0)
@@ -99,12 +107,17 @@ def test_same_seed_same_actions_in_both_modes_at_zero_delay(env):
     assert runs["sync"].actions == runs["async"].actions
     assert runs["sync"].steps == runs["async"].steps and runs["sync"].calls == runs["async"].calls
     assert len(runs["sync"].actions) == runs["sync"].steps
-    other = run_timed_episode(env, policy_infer(policy, "sampled", seed=4), STATE, DeployTiming(window=5), record_actions=True)
+    other = run_timed_episode(
+        env, policy_infer(policy, "sampled", seed=4), STATE, DeployTiming(window=5), record_actions=True
+    )
     assert other.actions != runs["sync"].actions  # the seed matters: the comparison above is not vacuous
 
 
 def test_summary_reports_seconds_per_success(env):
-    eps = [run_timed_episode(env, FakeSlowPolicy(0.0), InitialState(TASK, 7, i), DeployTiming(window=5, latency_s=0.01)) for i in range(2)]
+    eps = [
+        run_timed_episode(env, FakeSlowPolicy(0.0), InitialState(TASK, 7, i), DeployTiming(window=5, latency_s=0.01))
+        for i in range(2)
+    ]
     summary = summarize_timed(eps)
     assert summary["episodes"] == 2 and summary["calls_per_episode"] == 8
     successes = sum(e.success for e in eps)

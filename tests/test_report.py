@@ -28,13 +28,30 @@ def outcomes(rng, window, mean_steps, sr, n=12):
     success = rng.random(len(task)) < sr
     steps = np.where(success, np.clip(rng.normal(mean_steps, 15, len(task)), 20, 199), 200).astype(int)
     calls = -(-steps // window)
-    return {"task": task, "index": [i % n for i in range(len(task))], "success": success.tolist(), "steps": steps.tolist(), "calls": calls.tolist()}
+    return {
+        "task": task,
+        "index": [i % n for i in range(len(task))],
+        "success": success.tolist(),
+        "steps": steps.tolist(),
+        "calls": calls.tolist(),
+    }
 
 
 def metrics_of(o, window, mode):
     n = len(o["task"])
-    traj = Trajectories(task=o["task"], instruction=["x"] * n, seed=torch.zeros(n, dtype=torch.long), index=torch.tensor(o["index"]), group=torch.arange(n),
-                        window=torch.full((n,), window), success=torch.tensor(o["success"]), steps=torch.tensor(o["steps"]), calls=torch.tensor(o["calls"]), horizon=200, group_size=1)
+    traj = Trajectories(
+        task=o["task"],
+        instruction=["x"] * n,
+        seed=torch.zeros(n, dtype=torch.long),
+        index=torch.tensor(o["index"]),
+        group=torch.arange(n),
+        window=torch.full((n,), window),
+        success=torch.tensor(o["success"]),
+        steps=torch.tensor(o["steps"]),
+        calls=torch.tensor(o["calls"]),
+        horizon=200,
+        group_size=1,
+    )
     m = summarize(traj, 0.001, 0.0125)
     for entry in [*m["tasks"].values(), m["overall"]]:
         entry.update(mode=mode, seed=0)
@@ -49,39 +66,108 @@ def comparison(contenders, mode="sampled", seed=0):
     vs = {
         name: {
             "overall": against_baseline(pols[base]["overall"], pols[name]["overall"], outs[base], outs[name]),
-            "tasks": {t: against_baseline(pols[base]["tasks"][t], pols[name]["tasks"][t], outs[base], outs[name], task=t) for t in TASKS},
+            "tasks": {
+                t: against_baseline(pols[base]["tasks"][t], pols[name]["tasks"][t], outs[base], outs[name], task=t)
+                for t in TASKS
+            },
         }
         for name, *_ in contenders[1:]
     }
     return {"baseline": base, "policies": pols, "vs_baseline": vs, "outcomes": outs}
 
 
-PIPELINE = [("baseline", 5, 120, 0.9), ("baseline@k=10", 10, 125, 0.8), ("baseline@k=15", 15, 130, 0.6), ("temporal_ensembling", 1, 118, 0.9), ("stage1", 15, 110, 0.9), ("policytrim", 15, 80, 0.9)]
+PIPELINE = [
+    ("baseline", 5, 120, 0.9),
+    ("baseline@k=10", 10, 125, 0.8),
+    ("baseline@k=15", 15, 130, 0.6),
+    ("temporal_ensembling", 1, 118, 0.9),
+    ("stage1", 15, 110, 0.9),
+    ("policytrim", 15, 80, 0.9),
+]
 
 
 def suite(contenders, perturb=True):
-    s = {"format": "policytrim-comparison", "episodes_per_task": 12, "seed": 0, "split": "test", "baseline": contenders[0][0],
-         "windows": {n: k for n, k, *_ in contenders}, "modes": {"sampled": comparison(contenders), "deterministic": comparison(contenders, "deterministic", 1)}, "robustness": {}}
+    s = {
+        "format": "policytrim-comparison",
+        "episodes_per_task": 12,
+        "seed": 0,
+        "split": "test",
+        "baseline": contenders[0][0],
+        "windows": {n: k for n, k, *_ in contenders},
+        "modes": {"sampled": comparison(contenders), "deterministic": comparison(contenders, "deterministic", 1)},
+        "robustness": {},
+    }
     if perturb:
         two = [contenders[0], contenders[-1]]
-        s["robustness"]["act_noise_0.3"] = {"perturbation": {"name": "act_noise_0.3", "act_noise": 0.3, "description": "actuation noise"}, "mode": "sampled", **comparison(two, seed=2)}
+        s["robustness"]["act_noise_0.3"] = {
+            "perturbation": {"name": "act_noise_0.3", "act_noise": 0.3, "description": "actuation noise"},
+            "mode": "sampled",
+            **comparison(two, seed=2),
+        }
     return s
 
 
 def train_dir(path):
     path.mkdir(parents=True)
-    (path / "run.json").write_text(json.dumps({"stage": "both", "stages": ["extend", "trim"], "init": "base", "status": "complete"}))
+    (path / "run.json").write_text(
+        json.dumps({"stage": "both", "stages": ["extend", "trim"], "init": "base", "status": "complete"})
+    )
     records = [{"stage": "extend", "epoch": 0, "global_epoch": 0, "val_success_rate": 0.8, "val_mean_steps": 120.0}]
-    records += [{"stage": "extend", "epoch": e, "global_epoch": e, "success_rate": 0.8 + 0.01 * e, "mean_steps": 120 - e, "mean_window": 10.0, "reward": 1.2 + 0.02 * e, **({"val_success_rate": 0.9, "val_mean_steps": 115.0} if e % 5 == 0 else {})} for e in range(1, 11)]
-    records += [{"stage": "trim", "epoch": e, "global_epoch": 10 + e, "success_rate": 0.9, "mean_steps": 110 - 2 * e, "mean_window": 15.0, "reward": 0.5 + 0.01 * e, "budget": 150} for e in range(1, 11)]
+    records += [
+        {
+            "stage": "extend",
+            "epoch": e,
+            "global_epoch": e,
+            "success_rate": 0.8 + 0.01 * e,
+            "mean_steps": 120 - e,
+            "mean_window": 10.0,
+            "reward": 1.2 + 0.02 * e,
+            **({"val_success_rate": 0.9, "val_mean_steps": 115.0} if e % 5 == 0 else {}),
+        }
+        for e in range(1, 11)
+    ]
+    records += [
+        {
+            "stage": "trim",
+            "epoch": e,
+            "global_epoch": 10 + e,
+            "success_rate": 0.9,
+            "mean_steps": 110 - 2 * e,
+            "mean_window": 15.0,
+            "reward": 0.5 + 0.01 * e,
+            "budget": 150,
+        }
+        for e in range(1, 11)
+    ]
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     best = {"epoch": 10, "success_rate": 0.9, "mean_steps": 90.0, "calls_per_success": 6.0}
     start = {"success_rate": 0.85, "mean_steps": 120.0, "calls_per_success": 24.0}
-    per_window = {str(k): {"success_rate": sr, "mean_steps": 120.0, "calls_per_success": 120.0 / k} for k, sr in ((5, 0.9), (10, 0.9), (15, 0.89))}
+    per_window = {
+        str(k): {"success_rate": sr, "mean_steps": 120.0, "calls_per_success": 120.0 / k}
+        for k, sr in ((5, 0.9), (10, 0.9), (15, 0.89))
+    }
     (path / "extend").mkdir()
-    (path / "extend" / "result.json").write_text(json.dumps({"epochs": 10, "best": best, "start": start, "eval_window": 15, "window_choice": {"window": 15, "tolerance_points": 2.0, "episodes_per_task": 10, "mode": "sampled", "per_window": per_window}}))
+    (path / "extend" / "result.json").write_text(
+        json.dumps(
+            {
+                "epochs": 10,
+                "best": best,
+                "start": start,
+                "eval_window": 15,
+                "window_choice": {
+                    "window": 15,
+                    "tolerance_points": 2.0,
+                    "episodes_per_task": 10,
+                    "mode": "sampled",
+                    "per_window": per_window,
+                },
+            }
+        )
+    )
     (path / "trim").mkdir()
-    (path / "trim" / "budget.json").write_text(json.dumps({"budget": 150, "source": "calibrated", "mean_steps": 115.0, "success_rate": 0.9, "window": 15}))
+    (path / "trim" / "budget.json").write_text(
+        json.dumps({"budget": 150, "source": "calibrated", "mean_steps": 115.0, "success_rate": 0.9, "window": 15})
+    )
     (path / "summary.json").write_text(json.dumps({"window": 15}))
 
 
@@ -107,11 +193,29 @@ def test_pipeline_train_eval_and_ablation_dirs(tmp_path):
     s = suite(PIPELINE)
     write_suite(s, demo / "eval" / "suite")
     head = s["modes"]["sampled"]
-    summary = {"baseline": head["policies"]["baseline"]["overall"], "stage1": head["policies"]["stage1"]["overall"], "policytrim": head["policies"]["policytrim"]["overall"],
-               **{k: head["vs_baseline"]["policytrim"]["overall"][k] for k in ("calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")},
-               "fixed_horizon_sweep": {"5": head["policies"]["baseline"]["overall"]}, "per_task": {t: {**head["vs_baseline"]["policytrim"]["tasks"][t]} for t in TASKS},
-               "mode": "sampled", "episodes_per_task": 12, "tasks": list(TASKS), "clean_expert_steps": {"push-v3": 61.0, "reach-v3": 48.0},
-               "targets": {"calls_speedup": {"target": ">= 3", "measured": 4.1, "met": True}}, "timings": {"train_s": 100.0}}
+    summary = {
+        "baseline": head["policies"]["baseline"]["overall"],
+        "stage1": head["policies"]["stage1"]["overall"],
+        "policytrim": head["policies"]["policytrim"]["overall"],
+        **{
+            k: head["vs_baseline"]["policytrim"]["overall"][k]
+            for k in (
+                "calls_speedup",
+                "speedup_paper",
+                "steps_reduction",
+                "success_rate_drop",
+                "success_rate_drop_ci95",
+            )
+        },
+        "fixed_horizon_sweep": {"5": head["policies"]["baseline"]["overall"]},
+        "per_task": {t: {**head["vs_baseline"]["policytrim"]["tasks"][t]} for t in TASKS},
+        "mode": "sampled",
+        "episodes_per_task": 12,
+        "tasks": list(TASKS),
+        "clean_expert_steps": {"push-v3": 61.0, "reach-v3": 48.0},
+        "targets": {"calls_speedup": {"target": ">= 3", "measured": 4.1, "met": True}},
+        "timings": {"train_s": 100.0},
+    }
     (demo / "summary.json").write_text(json.dumps(summary))
 
     ev = tmp_path / "ev"
@@ -120,15 +224,46 @@ def test_pipeline_train_eval_and_ablation_dirs(tmp_path):
     ab = tmp_path / "ab"
     train_dir(ab / "variants" / "full")
     abl = comparison([("none", 5, 120, 0.9), ("extend", 15, 118, 0.88), ("full", 15, 80, 0.9)])
-    rows = [{"name": n, "description": n, "components": "✓ ✓ ✓", "window": abl["policies"][n]["window"], "metrics": abl["policies"][n]["overall"],
-             "vs_baseline": abl["vs_baseline"].get(n, {}).get("overall"), "train_seconds": 60.0, **({"run_dir": "variants/full"} if n == "full" else {})} for n in abl["policies"]]
-    (ab / "ablation.json").write_text(json.dumps({"init": "base", "tasks": ["push-v3"], "mode": "sampled", "episodes_per_task": 12, "variants": rows, "timings_s": {"train": 60, "eval": 10}, "machine": {"load_average_start": [1.0]}}))
+    rows = [
+        {
+            "name": n,
+            "description": n,
+            "components": "✓ ✓ ✓",
+            "window": abl["policies"][n]["window"],
+            "metrics": abl["policies"][n]["overall"],
+            "vs_baseline": abl["vs_baseline"].get(n, {}).get("overall"),
+            "train_seconds": 60.0,
+            **({"run_dir": "variants/full"} if n == "full" else {}),
+        }
+        for n in abl["policies"]
+    ]
+    (ab / "ablation.json").write_text(
+        json.dumps(
+            {
+                "init": "base",
+                "tasks": ["push-v3"],
+                "mode": "sampled",
+                "episodes_per_task": 12,
+                "variants": rows,
+                "timings_s": {"train": 60, "eval": 10},
+                "machine": {"load_average_start": [1.0]},
+            }
+        )
+    )
     write_suite({"modes": {"sampled": abl}, "robustness": {}}, ab / "eval")
 
     assert [detect_kind(d) for d in (demo, demo / "train", ev, ab)] == ["pipeline", "train", "eval", "ablation"]
 
     md = check_report(write_report([demo], demo / "report").parent, 4)
-    for text in ("Headline: sampled mode", "deterministic mode", "Robustness (Table 10)", "Stage 1 window choice: **k = 15**", "clean expert T", "Targets", "Per task"):
+    for text in (
+        "Headline: sampled mode",
+        "deterministic mode",
+        "Robustness (Table 10)",
+        "Stage 1 window choice: **k = 15**",
+        "clean expert T",
+        "Targets",
+        "Per task",
+    ):
         assert text in md, text
     assert md.count("| **policytrim** |") == 2  # one row per mode
 
@@ -145,8 +280,18 @@ def test_unknown_directory_is_an_input_error(tmp_path):
 def test_filmstrip_state_is_a_typical_pair_of_successes():
     from policytrim.eval.filmstrip import pick_frames, representative_state
 
-    base = {"task": ["a"] * 5 + ["b"], "index": [0, 1, 2, 3, 4, 0], "success": [True, True, False, True, True, True], "steps": [100, 120, 200, 90, 150, 80]}
-    new = {"task": ["a"] * 5 + ["b"], "index": [0, 1, 2, 3, 4, 0], "success": [True, True, True, False, True, True], "steps": [60, 110, 70, 200, 100, 80]}
+    base = {
+        "task": ["a"] * 5 + ["b"],
+        "index": [0, 1, 2, 3, 4, 0],
+        "success": [True, True, False, True, True, True],
+        "steps": [100, 120, 200, 90, 150, 80],
+    }
+    new = {
+        "task": ["a"] * 5 + ["b"],
+        "index": [0, 1, 2, 3, 4, 0],
+        "success": [True, True, True, False, True, True],
+        "steps": [60, 110, 70, 200, 100, 80],
+    }
     # pairs where both succeeded: index 1 (10 steps saved), 0 (40), 4 (50) -> the median is index 0
     assert representative_state({"b": base, "n": new}, "b", "n", "a") == 0
     assert representative_state({"b": base, "n": new}, "b", "n", "c") is None
@@ -172,8 +317,17 @@ def test_pareto_caption_says_whether_a_frontier_line_is_drawn(tmp_path):
     from policytrim.eval.plots import pareto_frontier
 
     cases = {
-        "dominated": ([("baseline", 5, 120, 0.5), ("policy", 15, 80, 1.0)], ["policy"], "policy alone is the Pareto frontier (the fewest calls, and no policy has a higher success rate), so no frontier line is drawn"),
-        "traded": ([("baseline", 5, 120, 1.0), ("policy", 15, 80, 0.5)], ["policy", "baseline"], "the line is the Pareto frontier (policy, baseline)"),
+        "dominated": (
+            [("baseline", 5, 120, 0.5), ("policy", 15, 80, 1.0)],
+            ["policy"],
+            "policy alone is the Pareto frontier (the fewest calls, and no policy has a higher success "
+            "rate), so no frontier line is drawn",
+        ),
+        "traded": (
+            [("baseline", 5, 120, 1.0), ("policy", 15, 80, 0.5)],
+            ["policy", "baseline"],
+            "the line is the Pareto frontier (policy, baseline)",
+        ),
     }
     for name, (contenders, frontier, caption) in cases.items():
         s = suite(contenders, perturb=False)
@@ -182,7 +336,9 @@ def test_pareto_caption_says_whether_a_frontier_line_is_drawn(tmp_path):
         md = (write_report([tmp_path / name], tmp_path / name / "report").parent / "report.md").read_text()
         assert caption in md, name
         assert ("no frontier line" if len(frontier) > 1 else "line is the Pareto frontier") not in md, name
-    assert pareto_frontier({"never": {"success_rate": 0.0, "success_ci95": [0.0, 0.1], "calls_per_success": None}}) == []
+    assert (
+        pareto_frontier({"never": {"success_rate": 0.0, "success_ci95": [0.0, 0.1], "calls_per_success": None}}) == []
+    )
 
 
 def test_measured_stacking_table_beside_the_modelled_wall_clock(tmp_path):
@@ -236,8 +392,16 @@ def test_stage_decisions_say_what_ran_what_was_compared_and_how_it_stood(tmp_pat
     rollouts = {"success_rate": 0.8, "mean_steps": 100.0, "mean_window": 10.0, "reward": 1.2}
     records = [{"stage": "extend", "epoch": 0, "global_epoch": 0, "val_success_rate": 0.8}]
     records += [
-        {"stage": "extend", "epoch": e, "global_epoch": e, **rollouts, "approx_kl": 0.1 * e, "approx_kl_max": 0.2 * e,
-         "clip_frac_max": 0.1 * e, "clip_hard": e == 3}
+        {
+            "stage": "extend",
+            "epoch": e,
+            "global_epoch": e,
+            **rollouts,
+            "approx_kl": 0.1 * e,
+            "approx_kl_max": 0.2 * e,
+            "clip_frac_max": 0.1 * e,
+            "clip_hard": e == 3,
+        }
         for e in (1, 2, 3)
     ]
     diagnostics = {"approx_kl": 0.01, "approx_kl_max": 0.02, "clip_frac_max": 0.05, "clip_hard": False}
@@ -245,15 +409,39 @@ def test_stage_decisions_say_what_ran_what_was_compared_and_how_it_stood(tmp_pat
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     m = lambda sr: {"success_rate": sr, "mean_steps": 100.0, "calls_per_success": 10.0}  # noqa: E731
     reason = "reliable: validation SR 0.950 at window 15 is 13.0 points above the entering policy's 0.820 at window 5"
-    choice = {"window": 15, "tolerance_points": 2.0, "reference": "baseline", "reference_success_rate": 0.82,
-              "episodes_per_task": 10, "mode": "sampled", "per_window": {"15": m(0.95)}}
+    choice = {
+        "window": 15,
+        "tolerance_points": 2.0,
+        "reference": "baseline",
+        "reference_success_rate": 0.82,
+        "episodes_per_task": 10,
+        "mode": "sampled",
+        "per_window": {"15": m(0.95)},
+    }
     (run / "extend").mkdir()
-    extend = {"stage": "extend", "epochs": 10, "epochs_run": 3, "stop_reason": reason, "best": {"epoch": 3, **m(0.95)},
-              "start": m(0.8), "eval_window": 15, "window_choice": choice}
+    extend = {
+        "stage": "extend",
+        "epochs": 10,
+        "epochs_run": 3,
+        "stop_reason": reason,
+        "best": {"epoch": 3, **m(0.95)},
+        "start": m(0.8),
+        "eval_window": 15,
+        "window_choice": choice,
+    }
     (run / "extend" / "result.json").write_text(json.dumps(extend))
     (run / "trim").mkdir()
-    trim = {"stage": "trim", "epochs": 2, "epochs_run": 2, "stop_reason": None, "best": {"epoch": 2, **m(0.9)},
-            "start": m(0.95), "eval_window": 15, "window": 15, "budget": {"budget": 120, "source": "given"}}
+    trim = {
+        "stage": "trim",
+        "epochs": 2,
+        "epochs_run": 2,
+        "stop_reason": None,
+        "best": {"epoch": 2, **m(0.9)},
+        "start": m(0.95),
+        "eval_window": 15,
+        "window": 15,
+        "budget": {"budget": 120, "source": "given"},
+    }
     (run / "trim" / "result.json").write_text(json.dumps(trim))
     md = (write_report([run], tmp_path / "out").parent / "report.md").read_text()
     assert "Stage 1: 3 of 10 planned epochs run, stopped early (reliable:" in md and "Stage 1: 10 epochs" not in md

@@ -121,7 +121,13 @@ def reference(tiny_baseline, tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability_reference")
     config = write_config(root / "tiny.yaml", num_workers=0)
     run = root / "run"
-    proc = subprocess.Popen(train_cmd("--config", str(config), "--init", str(tiny_baseline), "--out", str(run)), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd("--config", str(config), "--init", str(tiny_baseline), "--out", str(run)),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def wait() -> Path:
         if proc.returncode is None:
@@ -137,8 +143,12 @@ def reference(tiny_baseline, tmp_path_factory):
 
 
 def killed_at(point: str, args: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(train_cmd(*args), env={**ENV, KILL_AT_ENV: point}, capture_output=True, text=True, timeout=600)
-    assert result.returncode == -signal.SIGKILL, f"not killed at {point}: rc={result.returncode}\n{result.stderr[-3000:]}"
+    result = subprocess.run(
+        train_cmd(*args), env={**ENV, KILL_AT_ENV: point}, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == -signal.SIGKILL, (
+        f"not killed at {point}: rc={result.returncode}\n{result.stderr[-3000:]}"
+    )
     return result
 
 
@@ -149,7 +159,9 @@ def test_kill_9_at_every_kind_of_moment_then_resume_equals_uninterrupted(referen
     extend, trim = run / "extend", run / "trim"
 
     # 1. half-way through writing Stage 1's first checkpoint: only a hidden temporary exists
-    killed_at("checkpoint.partial:1", ["--config", str(reference["config"]), "--init", str(tiny_baseline), "--out", str(run)])
+    killed_at(
+        "checkpoint.partial:1", ["--config", str(reference["config"]), "--init", str(tiny_baseline), "--out", str(run)]
+    )
     assert not list(extend.glob("epoch_*")) and not (extend / "LATEST").exists()
     assert any(p.name.startswith(".epoch_000001.") for p in extend.iterdir())
     assert_consistent(run)
@@ -168,7 +180,11 @@ def test_kill_9_at_every_kind_of_moment_then_resume_equals_uninterrupted(referen
 
     # 4. Stage 1 finishes; killed after Stage 2's first checkpoint is in place but before LATEST
     killed_at("checkpoint.pointer:2", resume)
-    assert (run / "extend" / "result.json").is_file() and (trim / "epoch_000001").is_dir() and not (trim / "LATEST").exists()
+    assert (
+        (run / "extend" / "result.json").is_file()
+        and (trim / "epoch_000001").is_dir()
+        and not (trim / "LATEST").exists()
+    )
     assert_consistent(run)
 
     # 5. killed with half of Stage 2's epoch-2 metrics line written
@@ -186,7 +202,9 @@ def test_kill_9_at_every_kind_of_moment_then_resume_equals_uninterrupted(referen
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
     records = read_jsonl(run / "metrics.jsonl")
-    assert [(r["stage"], r["epoch"]) for r in records] == [(s, e) for s in ("extend", "trim") for e in range(3)]  # no duplicates, no gaps
+    assert [(r["stage"], r["epoch"]) for r in records] == [
+        (s, e) for s in ("extend", "trim") for e in range(3)
+    ]  # no duplicates, no gaps
     assert (run / "metrics.jsonl").read_text().count("\n") == len(records)  # no torn fragment left inside
     assert hidden_leftovers(run) == []
 
@@ -229,14 +247,28 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_during_rollouts_with_env_workers_leaves_no_orphans_and_resumes_exactly(reference, tiny_baseline, tmp_path):
+def test_kill_9_during_rollouts_with_env_workers_leaves_no_orphans_and_resumes_exactly(
+    reference, tiny_baseline, tmp_path
+):
     run = tmp_path / "run"
     config = write_config(tmp_path / "workers.yaml", num_workers=2)
-    proc = subprocess.Popen(train_cmd("--config", str(config), "--init", str(tiny_baseline), "--out", str(run), "--stage", "extend"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd("--config", str(config), "--init", str(tiny_baseline), "--out", str(run), "--stage", "extend"),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        _wait_for(lambda: (run / "extend" / "epoch_000001" / "trainer_state.json").is_file() or proc.poll() is not None, 300, "the first checkpoint")
+        _wait_for(
+            lambda: (run / "extend" / "epoch_000001" / "trainer_state.json").is_file() or proc.poll() is not None,
+            300,
+            "the first checkpoint",
+        )
         assert proc.poll() is None, proc.stderr.read()[-3000:]
-        time.sleep(0.05)  # now inside epoch 2 (its rollouts on the workers take ~0.3 s since the initial-state draws got cheaper)
+        time.sleep(
+            0.05
+        )  # now inside epoch 2 (its rollouts on the workers take ~0.3 s since the initial-state draws got cheaper)
         workers = _children(proc.pid)
         logged_records = read_jsonl(run / "metrics.jsonl")
         logged = [(r["stage"], r["epoch"]) for r in logged_records]
@@ -264,10 +296,13 @@ def test_kill_9_during_rollouts_with_env_workers_leaves_no_orphans_and_resumes_e
     got, expected = outcome(run, ("extend",)), outcome(reference["wait"](), ("extend",))
     assert got["extend/best"] == expected["extend/best"]
     assert got["extend/result"]["window_choice"] == expected["extend/result"]["window_choice"]
-    for mine, theirs in zip(got["metrics"], expected["metrics"]):
+    for mine, theirs in zip(got["metrics"], expected["metrics"], strict=True):
         assert mine.keys() == theirs.keys()
         for key, value in theirs.items():
-            assert mine[key] == (pytest.approx(value, rel=1e-3, abs=1e-5) if isinstance(value, float) else value), (mine["epoch"], key)
+            assert mine[key] == (pytest.approx(value, rel=1e-3, abs=1e-5) if isinstance(value, float) else value), (
+                mine["epoch"],
+                key,
+            )
 
 
 @pytest.mark.slow
@@ -280,14 +315,33 @@ def test_ctrl_c_during_training_is_one_line_marks_the_run_interrupted_and_resume
     # (a tiny epoch takes well under a second on a quiet machine).
     epochs = 30
     proc = subprocess.Popen(
-        train_cmd("--config", str(config), "--init", str(tiny_baseline), "--out", str(run), "--stage", "extend", "--stage1.epochs", str(epochs)),
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        train_cmd(
+            "--config",
+            str(config),
+            "--init",
+            str(tiny_baseline),
+            "--out",
+            str(run),
+            "--stage",
+            "extend",
+            "--stage1.epochs",
+            str(epochs),
+        ),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
         # as from a terminal: a test runner started in the background (`cmd &`) ignores SIGINT, and
         # a child inherits that, so Python would never raise KeyboardInterrupt
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        _wait_for(lambda: (run / "extend" / "epoch_000001" / "trainer_state.json").is_file() or proc.poll() is not None, 300, "the first checkpoint")
+        _wait_for(
+            lambda: (run / "extend" / "epoch_000001" / "trainer_state.json").is_file() or proc.poll() is not None,
+            300,
+            "the first checkpoint",
+        )
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         time.sleep(0.3)  # inside epoch 2
         workers = _children(proc.pid)
@@ -300,7 +354,9 @@ def test_ctrl_c_during_training_is_one_line_marks_the_run_interrupted_and_resume
     assert len(workers) >= 2, "expected two env worker processes"
     assert proc.returncode == 130, err[-3000:]
     assert out == ""
-    assert err.count("\n") == 1 and "Traceback" not in err and "Error" not in err, err  # no KeyboardInterrupt / BrokenPipeError
+    assert err.count("\n") == 1 and "Traceback" not in err and "Error" not in err, (
+        err
+    )  # no KeyboardInterrupt / BrokenPipeError
     assert err.startswith(f"error: interrupted: the run in {run} ") and f"policytrim train --resume {run}" in err
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     _wait_for(lambda: not any(_alive(p) for p in workers), 30, "env workers to exit")
@@ -309,7 +365,9 @@ def test_ctrl_c_during_training_is_one_line_marks_the_run_interrupted_and_resume
     result = subprocess.run(train_cmd("--resume", str(run)), env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
-    assert [(r["stage"], r["epoch"]) for r in read_jsonl(run / "metrics.jsonl")] == [("extend", e) for e in range(epochs + 1)]
+    assert [(r["stage"], r["epoch"]) for r in read_jsonl(run / "metrics.jsonl")] == [
+        ("extend", e) for e in range(epochs + 1)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,7 +376,12 @@ def test_ctrl_c_during_training_is_one_line_marks_the_run_interrupted_and_resume
 
 def _tiny_policy(seed: int) -> TinyVLA:
     torch.manual_seed(seed)
-    return TinyVLA.from_config(PolicyConfig(chunk_size=4, default_window=2, hidden_dim=16, num_layers=1), 39, 4, [INSTRUCTIONS["drawer-close-v3"]])
+    return TinyVLA.from_config(
+        PolicyConfig(chunk_size=4, default_window=2, hidden_dim=16, num_layers=1),
+        39,
+        4,
+        [INSTRUCTIONS["drawer-close-v3"]],
+    )
 
 
 def test_resume_drops_a_torn_metrics_line_so_later_appends_stay_readable(tmp_path):
@@ -338,11 +401,15 @@ def test_resume_restores_the_best_policy_its_checkpoint_recorded(tmp_path):
     best_then, later = _tiny_policy(0), _tiny_policy(1)
     save_policy_dir(best_then, stage_dir / "best")
     optimizer = torch.optim.Adam(later.parameters())
-    checkpoint = save_checkpoint(stage_dir, 3, later, optimizer, {"stage": "extend", "best": {"epoch": 2}}, best_dir=stage_dir / "best")
+    checkpoint = save_checkpoint(
+        stage_dir, 3, later, optimizer, {"stage": "extend", "best": {"epoch": 2}}, best_dir=stage_dir / "best"
+    )
     save_policy_dir(later, stage_dir / "best")  # improved after the checkpoint, then the run died
     assert restore_best(checkpoint, stage_dir / "best")
     restored = load_policy(stage_dir / "best" / "policy")
-    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), best_then.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(restored.state_dict().values(), best_then.state_dict().values(), strict=True)
+    )
 
 
 def test_only_complete_checkpoints_are_found_and_pruning_never_leaves_a_lookalike(tmp_path):

@@ -36,7 +36,9 @@ class FakeConstantPolicy:
         state = obs["state"]
         B, H = state.shape[0], self.chunk_size
         logp = state[:, :1] + torch.arange(H, dtype=torch.float32)
-        return ChunkSample(self.action.expand(B, H, 4).clone(), logp, {"state_x": state[:, 0].clone(), "twice": 2 * state[:, :3]})
+        return ChunkSample(
+            self.action.expand(B, H, 4).clone(), logp, {"state_x": state[:, 0].clone(), "twice": 2 * state[:, :3]}
+        )
 
 
 class FakeNoisyReacher:
@@ -72,7 +74,9 @@ class FakeOpenLoopExpert:
 
     def sample(self, obs, instructions, mode, generators=None):
         one = self.expert.sample(obs, instructions, mode)
-        return ChunkSample(one.actions.expand(-1, self.chunk_size, -1).clone(), torch.zeros(len(instructions), self.chunk_size))
+        return ChunkSample(
+            one.actions.expand(-1, self.chunk_size, -1).clone(), torch.zeros(len(instructions), self.chunk_size)
+        )
 
 
 def run(engine, policy, starts, windows, seed=0, mode="sampled", record=True):
@@ -139,7 +143,7 @@ def test_chunk_cut_short_at_first_success():
         env.reset(starts[i // 3])
         expert = scripted_expert("reach-v3")
         successes = []
-        for obs, n in zip(traj.obs["state"][traj.chunk_traj == i], rows.tolist()):
+        for obs, n in zip(traj.obs["state"][traj.chunk_traj == i], rows.tolist(), strict=True):
             a = expert_action(expert, obs.numpy())
             successes += [env.step(a)[1] for _ in range(n)]
         env.close()
@@ -173,8 +177,14 @@ def test_window_validation(local23):
 
 def fields(traj):
     return {
-        "success": traj.success, "steps": traj.steps, "calls": traj.calls, "chunk_traj": traj.chunk_traj,
-        "chunk_rows": traj.chunk_rows, "obs": traj.obs["state"], "logp": traj.old_logp, "eps": traj.replay["eps"],
+        "success": traj.success,
+        "steps": traj.steps,
+        "calls": traj.calls,
+        "chunk_traj": traj.chunk_traj,
+        "chunk_rows": traj.chunk_rows,
+        "obs": traj.obs["state"],
+        "logp": traj.old_logp,
+        "eps": traj.replay["eps"],
     }
 
 
@@ -341,7 +351,12 @@ def counting_factory(cfg, task):
 def test_envs_are_kept_across_runs_when_tasks_rotate():
     BUILT.clear()
     starts = initial_states("reach-v3", 0, 3) + initial_states("push-v3", 0, 3)
-    with RolloutEngine(EnvConfig(tasks=("reach-v3", "push-v3"), horizon=3), num_workers=0, envs_per_worker=2, env_factory=counting_factory) as engine:
+    with RolloutEngine(
+        EnvConfig(tasks=("reach-v3", "push-v3"), horizon=3),
+        num_workers=0,
+        envs_per_worker=2,
+        env_factory=counting_factory,
+    ) as engine:
         first = run(engine, FakeConstantPolicy(3), starts, [3], record=False)
         built = len(BUILT)
         second = run(engine, FakeConstantPolicy(3), starts[::-1], [3], record=False)

@@ -20,8 +20,24 @@ H = 12
 @pytest.fixture(scope="module")
 def policy_and_adaptor():
     torch.manual_seed(0)
-    policy = TinyVLA(state_dim=39, action_dim=4, chunk_size=H, default_window=4, instructions=["reach the goal position"], hidden_dim=32, num_layers=1).eval()
-    adaptor = WindowAdaptor(state_dim=39, action_dim=4, chunk_size=H, windows=(2, 4, 8, 12), initial_window=4, initial_mass=0.3, hidden_dim=16).eval()
+    policy = TinyVLA(
+        state_dim=39,
+        action_dim=4,
+        chunk_size=H,
+        default_window=4,
+        instructions=["reach the goal position"],
+        hidden_dim=32,
+        num_layers=1,
+    ).eval()
+    adaptor = WindowAdaptor(
+        state_dim=39,
+        action_dim=4,
+        chunk_size=H,
+        windows=(2, 4, 8, 12),
+        initial_window=4,
+        initial_mass=0.3,
+        hidden_dim=16,
+    ).eval()
     return policy, adaptor
 
 

@@ -28,7 +28,13 @@ from policytrim.policies import load_policy  # noqa: E402
 from policytrim.policies.tinyvla import TinyVLA  # noqa: E402
 from policytrim.serve import wire  # noqa: E402
 from policytrim.serve.client import ActionChunkBroker, PolicyClient, ServerError  # noqa: E402
-from policytrim.serve.server import CLOSE_BAD_REQUEST, PolicyServer, PolicyService, ServeConfig, ServerThread  # noqa: E402
+from policytrim.serve.server import (  # noqa: E402
+    CLOSE_BAD_REQUEST,
+    PolicyServer,
+    PolicyService,
+    ServeConfig,
+    ServerThread,
+)
 
 TASKS = ("drawer-close-v3", "reach-v3")
 MAX_BYTES = 2**20
@@ -88,12 +94,27 @@ def test_arrays_travel_in_openpis_encoding_and_back():
         (msgpack.packb(msgpack.ExtType(5, b"ab")), "extension type 5 is refused"),
         (msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "|O", b"shape": [1]}), "object dtype"),
         (msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "<c8", b"shape": [1]}), "complex dtype"),
-        (msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "|V8", b"shape": [1]}), "void/structured dtype"),
-        (msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "(2,)<f4", b"shape": [1]}), "void/structured dtype"),
-        (msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 7, b"dtype": "<f4", b"shape": [2]}), "needs 8 bytes, got 7"),
+        (
+            msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "|V8", b"shape": [1]}),
+            "void/structured dtype",
+        ),
+        (
+            msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 8, b"dtype": "(2,)<f4", b"shape": [1]}),
+            "void/structured dtype",
+        ),
+        (
+            msgpack.packb({b"__ndarray__": True, b"data": b"\0" * 7, b"dtype": "<f4", b"shape": [2]}),
+            "needs 8 bytes, got 7",
+        ),
         (msgpack.packb({b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [-1]}), "non-negative integers"),
-        (msgpack.packb({b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [2**32, 2**32]}), "needs 73786976294838206464 bytes, got 0"),
-        (msgpack.packb({b"__ndarray__": True, b"data": b"", b"dtype": "nonsense", b"shape": [0]}), "unknown numpy dtype"),
+        (
+            msgpack.packb({b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [2**32, 2**32]}),
+            "needs 73786976294838206464 bytes, got 0",
+        ),
+        (
+            msgpack.packb({b"__ndarray__": True, b"data": b"", b"dtype": "nonsense", b"shape": [0]}),
+            "unknown numpy dtype",
+        ),
         (msgpack.packb({b"__npgeneric__": True, b"data": 1, b"dtype": "|O"}), "object dtype"),
     ],
 )
@@ -148,7 +169,9 @@ def test_metadata_advertises_the_trained_window_and_the_observation_contract(ser
         meta = client.metadata
     assert meta["window"] == policy.default_window == 3
     assert meta["chunk_size"] == 8 and meta["action_dim"] == 4
-    assert meta["observation"] == {"state": {"shape": [39], "dtype": "float32", "accepted_dtypes": ["float32", "float64"]}}
+    assert meta["observation"] == {
+        "state": {"shape": [39], "dtype": "float32", "accepted_dtypes": ["float32", "float64"]}
+    }
     assert meta["instruction"]["key"] == "prompt" and meta["instruction"]["required"] is True
     assert meta["instruction"]["known"] == [INSTRUCTIONS[t] for t in TASKS]
     assert meta["max_message_bytes"] == MAX_BYTES and meta["mode"] == "deterministic" and meta["device"] == "cpu"
@@ -170,10 +193,17 @@ def test_replies_carry_the_policys_chunk_and_timings(server, policy):
             state = rng.normal(size=39).astype(np.float32)
             reply = client.infer(request(state, INSTRUCTIONS[task]))
             assert reply["actions"].dtype == np.float32 and reply["actions"].shape == (8, 4)
-            np.testing.assert_allclose(reply["actions"], expected_actions(policy, state, INSTRUCTIONS[task]), rtol=0, atol=1e-6)
-            assert reply["policy_timing"]["infer_ms"] > 0 and reply["server_timing"]["infer_ms"] >= reply["policy_timing"]["infer_ms"]
+            np.testing.assert_allclose(
+                reply["actions"], expected_actions(policy, state, INSTRUCTIONS[task]), rtol=0, atol=1e-6
+            )
+            assert (
+                reply["policy_timing"]["infer_ms"] > 0
+                and reply["server_timing"]["infer_ms"] >= reply["policy_timing"]["infer_ms"]
+            )
         reply = client.infer(request(state.astype(np.float64)))  # float64 states are accepted and cast
-        np.testing.assert_allclose(reply["actions"], expected_actions(policy, state, INSTRUCTIONS["drawer-close-v3"]), atol=1e-6)
+        np.testing.assert_allclose(
+            reply["actions"], expected_actions(policy, state, INSTRUCTIONS["drawer-close-v3"]), atol=1e-6
+        )
         assert "prev_total_ms" in reply["server_timing"]
 
 
@@ -248,7 +278,7 @@ def _array(data: bytes, dtype: str, shape: list[int]) -> dict:
 
 BAD_REQUESTS = {
     "malformed msgpack": (b"\x93\x01", "malformed msgpack"),
-    "text frame": ("{\"state\": []}", "binary msgpack frames"),
+    "text frame": ('{"state": []}', "binary msgpack frames"),
     "not a map": (wire.pack([1, 2, 3]), "must be a msgpack map"),
     "missing state": (wire.pack({"prompt": INSTRUCTIONS["reach-v3"]}), "missing 'state'"),
     "missing prompt": (wire.pack({"state": np.zeros(39, np.float32)}), "needs 'prompt'"),
@@ -259,7 +289,10 @@ BAD_REQUESTS = {
     "NaN state": (wire.pack(request(np.full(39, np.nan, np.float32))), "NaN or infinite"),
     "unknown instruction": (wire.pack(request(np.zeros(39, np.float32), "fly to the moon")), "never saw"),
     "object array": (msgpack.packb({"state": _array(b"\0" * 8, "|O", [1]), "prompt": "x"}), "object dtype"),
-    "pickle inside an ext type": (msgpack.packb({"state": msgpack.ExtType(1, b"\x80\x04K\x01."), "prompt": "x"}), "extension type 1 is refused"),
+    "pickle inside an ext type": (
+        msgpack.packb({"state": msgpack.ExtType(1, b"\x80\x04K\x01."), "prompt": "x"}),
+        "extension type 1 is refused",
+    ),
 }
 
 
@@ -296,7 +329,11 @@ def test_clients_vanishing_mid_request_do_not_take_the_server_down(server, polic
     assert healthy(server)
     state = np.full(39, 0.5, np.float32)
     with PolicyClient(server.host, server.port) as client:
-        np.testing.assert_allclose(client.infer(request(state))["actions"], expected_actions(policy, state, INSTRUCTIONS["drawer-close-v3"]), atol=1e-6)
+        np.testing.assert_allclose(
+            client.infer(request(state))["actions"],
+            expected_actions(policy, state, INSTRUCTIONS["drawer-close-v3"]),
+            atol=1e-6,
+        )
 
 
 # ---------------------------------------------------------------- API key
@@ -319,9 +356,15 @@ def test_the_api_key_is_required_when_set(policy, caplog):
 
 def test_serve_config_is_validated():
     for kwargs, message in (
-        ({"port": 70000}, "port"), ({"max_message_bytes": 10}, "at least 1024"), ({"api_key": " "}, "API key is empty"), ({"mode": "train"}, "sampled or deterministic"),
-        ({"max_message_bytes": 2**40}, "at most"), ({"threads": 10**6}, r"threads must be an integer in \[0, 1024\]"),
-        ({"seed": -1}, "seed must be"), ({"port": "8000"}, "port"), ({"device": "tpu"}, "device must be one of cpu, cuda"),
+        ({"port": 70000}, "port"),
+        ({"max_message_bytes": 10}, "at least 1024"),
+        ({"api_key": " "}, "API key is empty"),
+        ({"mode": "train"}, "sampled or deterministic"),
+        ({"max_message_bytes": 2**40}, "at most"),
+        ({"threads": 10**6}, r"threads must be an integer in \[0, 1024\]"),
+        ({"seed": -1}, "seed must be"),
+        ({"port": "8000"}, "port"),
+        ({"device": "tpu"}, "device must be one of cpu, cuda"),
     ):
         with pytest.raises(InputError, match=message):
             ServeConfig(**kwargs)

@@ -13,12 +13,13 @@ import torch
 pytest.importorskip("websockets", reason="needs the serve extra: pip install 'policytrim[serve]'")
 pytest.importorskip("msgpack", reason="needs the serve extra: pip install 'policytrim[serve]'")
 
+from tests.test_serve import make_policy, request
+
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.policies import load_policy, save_policy
 from policytrim.policies.adaptor import WindowAdaptor, adaptor_of, attach_adaptor
 from policytrim.serve.client import ActionChunkBroker, PolicyClient
 from policytrim.serve.server import PolicyServer, PolicyService, ServeConfig, ServerThread
-from tests.test_serve import make_policy, request
 
 WINDOWS = (3, 5, 8)
 
@@ -53,7 +54,9 @@ def test_metadata_announces_per_call_windows_and_replies_carry_n_actions(server,
         assert "n_actions" in meta["reply"]
         state = np.random.default_rng(0).normal(size=39).astype(np.float32)
         reply = client.infer(request(state))
-    chunk = local.sample({"state": torch.from_numpy(state)[None]}, [INSTRUCTIONS["drawer-close-v3"]], "deterministic").actions
+    chunk = local.sample(
+        {"state": torch.from_numpy(state)[None]}, [INSTRUCTIONS["drawer-close-v3"]], "deterministic"
+    ).actions
     np.testing.assert_allclose(reply["actions"], chunk[0].numpy(), atol=1e-6)
     chosen, _ = adaptor_of(local).sample(torch.from_numpy(state)[None], chunk, "deterministic")
     assert reply["n_actions"] == int(chosen[0]) == 5

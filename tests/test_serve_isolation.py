@@ -31,7 +31,12 @@ from websockets.sync.client import connect  # noqa: E402
 from policytrim.serve import wire  # noqa: E402
 from policytrim.serve.client import PolicyClient  # noqa: E402
 from policytrim.serve.server import (  # noqa: E402
-    CLOSE_BAD_REQUEST, PolicyServer, PolicyService, RefusalLog, ServeConfig, ServerThread,
+    CLOSE_BAD_REQUEST,
+    PolicyServer,
+    PolicyService,
+    RefusalLog,
+    ServeConfig,
+    ServerThread,
 )
 from test_serve import make_policy, request  # noqa: E402
 
@@ -81,9 +86,23 @@ def attack(port: int, bomb: bytes, replies: list[tuple[str, int | None, int]]) -
 def served(tmp_path):
     make_policy().save_pretrained(tmp_path / "policy")
     server = subprocess.Popen(
-        [sys.executable, "-m", "policytrim.cli", "serve", "--policy", str(tmp_path / "policy"), "--port", "0",
-         "--mode", "deterministic", "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "policytrim.cli",
+            "serve",
+            "--policy",
+            str(tmp_path / "policy"),
+            "--port",
+            "0",
+            "--mode",
+            "deterministic",
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = server.stdout.readline()
@@ -118,8 +137,10 @@ def test_a_client_sending_map_bombs_does_not_stall_another_client(served):
 
     quiet_ms, during_ms = statistics.median(quiet) * 1e3, statistics.median(during) * 1e3
     p90_ms = sorted(during)[int(0.9 * (len(during) - 1))] * 1e3
-    print(f"round trip: quiet median {quiet_ms:.1f} ms ({len(quiet)}); under attack median {during_ms:.1f} ms, "
-          f"p90 {p90_ms:.1f} ms, max {max(during) * 1e3:.1f} ms ({len(during)}); RSS {rss_before} -> {rss_after} kB")
+    print(
+        f"round trip: quiet median {quiet_ms:.1f} ms ({len(quiet)}); under attack median {during_ms:.1f} ms, "
+        f"p90 {p90_ms:.1f} ms, max {max(during) * 1e3:.1f} ms ({len(during)}); RSS {rss_before} -> {rss_after} kB"
+    )
     assert len(during) >= 10
     assert during_ms < max(10 * quiet_ms, 20.0) and p90_ms < 300.0
     assert rss_after - rss_before < 64 * 1024  # decoding cost ~135 MB per message before the bound
@@ -162,7 +183,7 @@ def test_refusals_are_logged_once_each_and_rate_limited(caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "policytrim.serve"]
     assert len(lines) == 5, lines
     reasons = ("must be a msgpack map", "missing 'state'", "malformed msgpack")
-    for line, port, reason in zip(lines[:3], ports[:3], reasons):
+    for line, port, reason in zip(lines[:3], ports[:3], reasons, strict=True):
         assert line.startswith(f"refused a request from 127.0.0.1:{port}: ") and reason in line, line
     assert lines[3] == "2 more refused requests were not logged in the last 61 s (at most 3 lines per 60 s)"
     assert lines[4] == f"refused a request from 127.0.0.1:{ports[5]}: message over {2**20} bytes (closed with 1009)"

@@ -55,7 +55,9 @@ CLIENT_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def openpi_python() -> str:
-    result = subprocess.run(["bash", str(ROOT / "scripts/openpi_client_venv.sh")], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts/openpi_client_venv.sh")], capture_output=True, text=True, timeout=600
+    )
     if result.returncode == INDEX_UNREACHABLE:
         pytest.skip(f"openpi-client cannot be installed: {result.stderr.strip().splitlines()[-1]}")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -71,13 +73,22 @@ def test_openpi_client_gets_actions_from_policytrim_serve(openpi_python):
     with ServerThread(PolicyServer(PolicyService(policy, config))) as running:
         run = subprocess.run(
             [openpi_python, "-c", CLIENT_SCRIPT, running.host, str(running.port), "k3y", json.dumps(state.tolist())],
-            capture_output=True, text=True, timeout=120, cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
         )
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["numpy"].startswith("1.")  # really openpi's own environment, not ours
     assert out["metadata"]["window"] == 3 and out["metadata"]["chunk_size"] == 8
-    expected = policy.sample({"state": torch.from_numpy(state).unsqueeze(0)}, [INSTRUCTIONS["drawer-close-v3"]], "deterministic").actions[0].numpy()
+    expected = (
+        policy.sample(
+            {"state": torch.from_numpy(state).unsqueeze(0)}, [INSTRUCTIONS["drawer-close-v3"]], "deterministic"
+        )
+        .actions[0]
+        .numpy()
+    )
     assert out["dtype"] == "float32"
     np.testing.assert_allclose(np.asarray(out["actions"]), expected, atol=1e-6)
     assert out["policy_timing"]["infer_ms"] > 0 and out["server_timing"]["infer_ms"] > 0

@@ -24,25 +24,66 @@ from policytrim.policies import load_policy  # noqa: E402
 def test_robot_loop_drives_metaworld_through_a_served_policy(tiny_baseline):
     window = load_policy(tiny_baseline).default_window
     server = subprocess.Popen(
-        [sys.executable, "-m", "policytrim.cli", "serve", "--policy", str(tiny_baseline), "--port", "0", "--mode", "deterministic"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "policytrim.cli",
+            "serve",
+            "--policy",
+            str(tiny_baseline),
+            "--port",
+            "0",
+            "--mode",
+            "deterministic",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = server.stdout.readline()
         assert "listening on ws://127.0.0.1:" in line, server.stderr.read() if server.poll() is not None else line
         port = line.split("ws://127.0.0.1:")[1].split(" ")[0].rstrip(";")
         run = subprocess.run(
-            [sys.executable, "-m", "policytrim.serve.robot_loop", "--port", port, "--task", "drawer-close-v3",
-             "--episodes", "2", "--horizon", "120", "--json"],
-            capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "policytrim.serve.robot_loop",
+                "--port",
+                port,
+                "--task",
+                "drawer-close-v3",
+                "--episodes",
+                "2",
+                "--horizon",
+                "120",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert run.returncode == 0, run.stderr[-2000:]
         summary = json.loads(run.stdout.strip().splitlines()[-1])
         text = subprocess.run(
-            [sys.executable, "-m", "policytrim.serve.robot_loop", "--port", port, "--episodes", "1", "--horizon", "120"],
-            capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "policytrim.serve.robot_loop",
+                "--port",
+                port,
+                "--episodes",
+                "1",
+                "--horizon",
+                "120",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
-        assert text.returncode == 0 and "calls/episode" in text.stdout and " Hz control" in text.stdout, text.stderr[-2000:]
+        assert text.returncode == 0 and "calls/episode" in text.stdout and " Hz control" in text.stdout, text.stderr[
+            -2000:
+        ]
         assert server.poll() is None  # still serving
     finally:
         server.terminate()
@@ -54,7 +95,9 @@ def test_robot_loop_drives_metaworld_through_a_served_policy(tiny_baseline):
         assert episode["control_hz"] > 0 and episode["round_trip_ms"] > 0
     gone = subprocess.run(
         [sys.executable, "-m", "policytrim.serve.robot_loop", "--port", port, "--episodes", "1"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert gone.returncode == 1 and gone.stderr.strip().startswith("error: cannot reach the policy server")
 
@@ -70,7 +113,8 @@ def test_robot_loop_drives_metaworld_through_a_served_policy(tiny_baseline):
         (["serve", "--policy", "expert", "--max-message-mb", "1e9"], "--max-message-mb must be a number in (0, 1024]"),
         (["serve", "--policy", "expert", "--threads", "1000000"], "threads must be an integer in [0, 1024]"),
         pytest.param(
-            ["serve", "--policy", "expert", "--device", "cuda"], "torch sees no CUDA device",
+            ["serve", "--policy", "expert", "--device", "cuda"],
+            "torch sees no CUDA device",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
         ),
     ],

@@ -7,18 +7,18 @@ import dataclasses
 import json
 
 import pytest
+from tests.test_policies import make_policy
 
 from conftest import tiny_config
 from policytrim.cli import main
 from policytrim.envs.tasks import INSTRUCTIONS
 from policytrim.errors import InputError
 from policytrim.policies.base import supported_stages
-from policytrim.policies.tinyvla import TinyVLA
 from policytrim.policies.expert import ExpertPolicy
+from policytrim.policies.tinyvla import TinyVLA
 from policytrim.train.decisions import BudgetCalibration, Validation, WindowChoice
 from policytrim.train.stages import Stage1, Stage2, StageOutcome
 from policytrim.windows import WindowPlan
-from tests.test_policies import make_policy
 
 
 def _policy(cfg) -> TinyVLA:
@@ -85,7 +85,9 @@ def test_outcomes_round_trip_through_result_json():
 
 def test_stopping_rules():
     """Patience (both stages) and Stage 1's reliability rule, never before min_epochs."""
-    cfg = tiny_config(stage1=dict(patience=2, min_epochs=10, stop_when_reliable=True, tolerance_points=2.0), stage2=dict(patience=3))
+    cfg = tiny_config(
+        stage1=dict(patience=2, min_epochs=10, stop_when_reliable=True, tolerance_points=2.0), stage2=dict(patience=3)
+    )
     stage1 = _stage1(cfg)  # windows 4 6 8
     reference = Validation({"success_rate": 0.90})  # the entering policy at window 4
     val = lambda sr: Validation({"success_rate": sr})  # noqa: E731
@@ -101,15 +103,32 @@ def test_stopping_rules():
     cfg.stage1.stop_when_reliable = False
     assert _stage1(cfg).reference(_policy(cfg), engine=None) is None  # nothing measured when off
     stage2 = Stage2(cfg, 8, BudgetCalibration(90, "given"))
-    assert stage2.stop_reason(1, val(1.0), 2, None) is None and stage2.stop_reason(1, val(1.0), 3, None).startswith("patience: 3")
+    assert stage2.stop_reason(1, val(1.0), 2, None) is None and stage2.stop_reason(1, val(1.0), 3, None).startswith(
+        "patience: 3"
+    )
     cfg.stage2.patience = 0
     assert stage2.stop_reason(100, val(0.0), 99, None) is None  # 0: never
 
 
 TINY = [
-    "--env.tasks", "reach-v3", "--env.horizon", "12", "--rollout.num-workers", "0", "--rollout.group-size", "2",
-    "--rollout.groups-per-epoch", "1", "--stage2.epochs", "1", "--stage2.val-episodes", "1", "--stage2.budget", "12",
-    "--logging.no-progress", "--logging.no-tensorboard",
+    "--env.tasks",
+    "reach-v3",
+    "--env.horizon",
+    "12",
+    "--rollout.num-workers",
+    "0",
+    "--rollout.group-size",
+    "2",
+    "--rollout.groups-per-epoch",
+    "1",
+    "--stage2.epochs",
+    "1",
+    "--stage2.val-episodes",
+    "1",
+    "--stage2.budget",
+    "12",
+    "--logging.no-progress",
+    "--logging.no-tensorboard",
 ]
 
 
@@ -122,9 +141,20 @@ def test_stage_1_needs_a_chunk_longer_than_the_window():
 
 def policy_flags(spec):
     return [
-        "--policy.head", spec["head"], "--policy.chunk-size", str(spec["chunk_size"]), "--policy.default-window",
-        str(spec["default_window"]), "--policy.hidden-dim", str(spec["hidden_dim"]), "--policy.num-layers",
-        str(spec["num_layers"]), "--policy.token-dim", str(spec["token_dim"]), "--policy.token-layers", str(spec["token_layers"]),
+        "--policy.head",
+        spec["head"],
+        "--policy.chunk-size",
+        str(spec["chunk_size"]),
+        "--policy.default-window",
+        str(spec["default_window"]),
+        "--policy.hidden-dim",
+        str(spec["hidden_dim"]),
+        "--policy.num-layers",
+        str(spec["num_layers"]),
+        "--policy.token-dim",
+        str(spec["token_dim"]),
+        "--policy.token-layers",
+        str(spec["token_layers"]),
     ]
 
 
@@ -134,7 +164,19 @@ def test_train_refuses_stage_1_for_an_exact_k_decoder_in_one_line_and_writes_not
     policy.save_pretrained(tmp_path / "ar")
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--init", str(tmp_path / "ar"), "--stage", stage, "--out", str(out), *policy_flags(policy.spec()), *TINY])
+        main(
+            [
+                "train",
+                "--init",
+                str(tmp_path / "ar"),
+                "--stage",
+                stage,
+                "--out",
+                str(out),
+                *policy_flags(policy.spec()),
+                *TINY,
+            ]
+        )
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot run Stage 1 (extend)" in err[0] and "--stage trim" in err[0], err
@@ -147,11 +189,22 @@ def test_trim_runs_on_an_exact_k_autoregressive_decoder(tmp_path, capsys):
     policy = make_policy("token_ar", chunk_size=2, default_window=2, token_dim=16, token_layers=1)
     spec = policy.spec()
     # a policy for reach-v3's 39-dim state and its instruction
-    spec.update(state_dim=39, state_mean=[0.0] * 39, state_std=[1.0] * 39, instructions=[INSTRUCTIONS["reach-v3"]], vocabulary=None)
+    spec.update(
+        state_dim=39,
+        state_mean=[0.0] * 39,
+        state_std=[1.0] * 39,
+        instructions=[INSTRUCTIONS["reach-v3"]],
+        vocabulary=None,
+    )
     spec.pop("vocabulary")
     TinyVLA.from_spec(spec).save_pretrained(tmp_path / "ar")
     out = tmp_path / "run"
-    assert main(["train", "--init", str(tmp_path / "ar"), "--stage", "trim", "--out", str(out), *policy_flags(spec), *TINY]) == 0
+    assert (
+        main(
+            ["train", "--init", str(tmp_path / "ar"), "--stage", "trim", "--out", str(out), *policy_flags(spec), *TINY]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stages"] == ["trim"] and summary["window"] == 2
     assert "trim: best at epoch" in capsys.readouterr().out

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from tests.test_policies import A, B, H, gens, make_batch, make_policy
 from torch.nn import functional as F
 
 from policytrim.errors import InputError
 from policytrim.policies.tokens import ActionBins, draw_uniforms, pick_tokens, token_log_prob
-from tests.test_policies import A, B, H, gens, make_batch, make_policy
 
 
 def test_bins_round_trip_openvla_scheme():
@@ -113,7 +113,9 @@ def test_bc_loss_is_cross_entropy_on_bins():
     mask = torch.ones(B, H, dtype=torch.bool)
     logits = policy.head.logits(policy.encode(obs, ins))
     ce = F.cross_entropy(logits.reshape(-1, 256), policy.bins.encode(actions).flatten(), reduction="none")
-    assert policy.bc_loss(obs, ins, actions, mask).item() == pytest.approx(ce.reshape(B, H, A).sum(-1).mean().item(), rel=1e-12)
+    assert policy.bc_loss(obs, ins, actions, mask).item() == pytest.approx(
+        ce.reshape(B, H, A).sum(-1).mean().item(), rel=1e-12
+    )
 
 
 def test_bin_edges_are_in_the_spec_and_change_decoding(tmp_path):

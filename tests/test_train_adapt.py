@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_config
 from safetensors.torch import load_file
 
+from conftest import tiny_config
 from policytrim.cli import main
 from policytrim.config import AdaptConfig, to_dict
 from policytrim.io import KILL_AT_ENV, read_jsonl
@@ -31,7 +31,17 @@ STAGE = {"epochs": 2, "eval_every": 1, "val_episodes": 2, "checkpoint_every": 1,
 TIMING_KEYS = {"rollout_s", "epoch_s", "val_s"}  # wall-clock seconds: the only fields allowed to differ
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 ENV.pop(KILL_AT_ENV, None)
-EVAL_FLAGS = ["--env.tasks", "drawer-close-v3", "--env.horizon", "120", "--rollout.num-workers", "0", "--eval.episodes", "2", "--logging.no-progress"]
+EVAL_FLAGS = [
+    "--env.tasks",
+    "drawer-close-v3",
+    "--env.horizon",
+    "120",
+    "--rollout.num-workers",
+    "0",
+    "--eval.episodes",
+    "2",
+    "--logging.no-progress",
+]
 
 
 def write_config(path: Path, **adapt) -> Path:
@@ -54,7 +64,10 @@ def tensors(directory: Path) -> dict[str, list]:
 def outcome(run: Path) -> dict:
     """What an adapt run decided and produced (timings dropped)."""
     metrics = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_jsonl(run / "metrics.jsonl")]
-    out = {"metrics": json.dumps(metrics, sort_keys=True), "result": json.loads((run / "adapt" / "result.json").read_text())}
+    out = {
+        "metrics": json.dumps(metrics, sort_keys=True),
+        "result": json.loads((run / "adapt" / "result.json").read_text()),
+    }
     final = run / "final" / "policy"
     out["policy"] = tensors(final)
     out["adaptor"] = tensors(final / ADAPTOR_DIR) if (final / ADAPTOR_DIR).is_dir() else None
@@ -66,7 +79,9 @@ def frozen_run(tiny_baseline, tmp_path_factory) -> Path:
     """An uninterrupted adapt run, adaptor only (the policy frozen), 2 epochs."""
     root = tmp_path_factory.mktemp("adapt")
     config = write_config(root / "config.yaml")
-    result = train(["--config", str(config), "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(root / "run")])
+    result = train(
+        ["--config", str(config), "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(root / "run")]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "adapt: call budget" in result.stdout
     return root / "run"
@@ -101,7 +116,16 @@ def test_frozen_mode_trains_the_adaptor_only_and_resumes_exactly(frozen_run, tin
 
     # killed (kill -9) in epoch 2's update, after epoch 1's checkpoint; resumed: the same run
     again = tmp_path / "run"
-    args = ["--config", str(run.parent / "config.yaml"), "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(again)]
+    args = [
+        "--config",
+        str(run.parent / "config.yaml"),
+        "--stage",
+        "adapt",
+        "--init",
+        str(tiny_baseline),
+        "--out",
+        str(again),
+    ]
     killed = train(args, kill_at="update.step:3")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (again / "adapt" / "epoch_000001").is_dir() and not (again / "adapt" / "result.json").exists()
@@ -113,7 +137,10 @@ def test_frozen_mode_trains_the_adaptor_only_and_resumes_exactly(frozen_run, tin
 def test_adaptor_and_policy_mode_moves_both(tiny_baseline, tmp_path):
     config = write_config(tmp_path / "config.yaml", epochs=1, train_policy=True)
     run = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(run)]) == 0
+    assert (
+        main(["train", "--config", str(config), "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(run)])
+        == 0
+    )
     checkpoint = run / "adapt" / "epoch_000001" / "policy"
     assert tensors(checkpoint) != tensors(tiny_baseline)
     policy = load_policy(checkpoint)
@@ -175,7 +202,9 @@ def test_call_budget_and_adapt_outcome_round_trip_through_json():
     budget = CallBudget(13, "calibrated", None, 10.0, 40.0, 0.5, 4, "sampled", 2, start=start)
     assert CallBudget.from_json(json.loads(json.dumps(budget.to_json()))) == budget
     best = Validation({"success_rate": 0.5, "calls_per_success": 8.0}, epoch=2)
-    outcome = StageOutcome("adapt", 3, 8, 4, best, start.without_outcomes(), epochs_run=3, call_budget=budget, adaptor_windows=(4, 5, 8))
+    outcome = StageOutcome(
+        "adapt", 3, 8, 4, best, start.without_outcomes(), epochs_run=3, call_budget=budget, adaptor_windows=(4, 5, 8)
+    )
     again = StageOutcome.from_json(json.loads(json.dumps(outcome.to_json())))
     assert again == outcome and again.window == 4
     summary = TrainSummary("run", "init", ("adapt",), (), 4, adapt=outcome)

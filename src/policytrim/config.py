@@ -55,14 +55,15 @@ def _positive(name: str, value: float) -> None:
     )
 
 
+# Field docstrings are --help text and tyro keeps their line breaks: long ones stay on one line (noqa: E501).
 @dataclass
 class EnvConfig:
     """Simulator and initial states."""
 
     suite: Literal["metaworld", "gym", "libero", "maniskill"] = "metaworld"
-    """Simulator adapter: metaworld (embedded), gym (any gymnasium env reporting info['success']), libero (extra policytrim[libero]) or maniskill (extra policytrim[maniskill])."""
+    """Simulator adapter: metaworld (embedded), gym (any gymnasium env reporting info['success']), libero (extra policytrim[libero]) or maniskill (extra policytrim[maniskill])."""  # noqa: E501
     tasks: Annotated[tuple[str, ...], tyro.conf.arg(aliases=("--tasks",))] = ("push-v3",)
-    """Meta-World v3 task names and/or sets (MW8, MT10, MT50); for suite=libero, LIBERO suites (libero_object, ...) and/or '<suite>/<task>' names; for suite=maniskill, ManiSkill3 task ids (PickCube-v1, ...)."""
+    """Meta-World v3 task names and/or sets (MW8, MT10, MT50); for suite=libero, LIBERO suites (libero_object, ...) and/or '<suite>/<task>' names; for suite=maniskill, ManiSkill3 task ids (PickCube-v1, ...)."""  # noqa: E501
     gym_id: str = ""
     """gymnasium env id, for suite=gym."""
     horizon: int = 200
@@ -80,14 +81,17 @@ class EnvConfig:
     test_seed: int = 2
     """Seed of the test initial states (every reported number)."""
     libero_max_steps: Literal["openpi", "paper", "env"] = "openpi"
-    """suite=libero: the horizon preset: openpi (per suite 220/280/300/520/400, the published protocol), paper (160/160/240/400) or env (env.horizon)."""
+    """suite=libero: the horizon preset: openpi (per suite 220/280/300/520/400, the published protocol), paper (160/160/240/400) or env (env.horizon)."""  # noqa: E501
     libero_published_test: bool = False
-    """suite=libero: the test split is all 50 init states per task, in order (the published protocol; overlaps train/val: only for checkpoints not trained here)."""
+    """suite=libero: the test split is all 50 init states per task, in order (the published protocol; overlaps train/val: only for checkpoints not trained here)."""  # noqa: E501
     max_envs_per_worker: int = 0
-    """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO as many as fit in half the free memory."""
+    """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO as many as fit in half the free memory."""  # noqa: E501
 
     def __post_init__(self) -> None:
-        _require(self.suite in ("metaworld", "gym", "libero", "maniskill"), f"env.suite must be metaworld, gym, libero or maniskill, got {self.suite!r}")
+        _require(
+            self.suite in ("metaworld", "gym", "libero", "maniskill"),
+            f"env.suite must be metaworld, gym, libero or maniskill, got {self.suite!r}",
+        )
         _int_in("env.max_envs_per_worker", self.max_envs_per_worker, 0, L.MAX_ENVS_PER_WORKER, " (0 = automatic)")
         if self.suite == "metaworld":
             try:
@@ -110,13 +114,15 @@ class EnvConfig:
                 self.tasks = resolve_maniskill_tasks(list(self.tasks))
             except InputError as exc:
                 raise ConfigError(f"env.tasks: {exc}") from None
-            _require(not self.image, "env.suite=maniskill is state-only here (env.image=false); see docs for CPU rendering")
+            _require(
+                not self.image, "env.suite=maniskill is state-only here (env.image=false); see docs for CPU rendering"
+            )
         else:
             _require(bool(self.gym_id), "env.gym_id is required when env.suite=gym, e.g. env.gym_id=MyEnv-v0")
         _int_in("env.horizon", self.horizon, 1, L.MAX_HORIZON)
         _int_in("env.image_size", self.image_size, 16, L.MAX_IMAGE_SIZE)
         seeds = (self.train_seed, self.val_seed, self.test_seed)
-        for name, seed in zip(("train_seed", "val_seed", "test_seed"), seeds):
+        for name, seed in zip(("train_seed", "val_seed", "test_seed"), seeds, strict=True):
             _int_in(f"env.{name}", seed, 0, L.MAX_SEED)
         _require(len(set(seeds)) == 3, f"env.train_seed, env.val_seed and env.test_seed must be disjoint, got {seeds}")
 
@@ -129,13 +135,13 @@ class PolicyConfig:
     """The built-in VLA-shaped chunk policy (or a scripted expert)."""
 
     kind: Literal["chunk", "expert", "lerobot"] = "chunk"
-    """chunk: the built-in learned policy; expert: Meta-World's scripted experts (window 1); lerobot: a LeRobot policy (SmolVLA, pi0, pi05, Diffusion, ACT; needs the lerobot extra)."""
+    """chunk: the built-in learned policy; expert: Meta-World's scripted experts (window 1); lerobot: a LeRobot policy (SmolVLA, pi0, pi05, Diffusion, ACT; needs the lerobot extra)."""  # noqa: E501
     head: Literal["gaussian", "flow", "token_parallel", "token_ar"] = "gaussian"
-    """Action head: gaussian (exact log-prob), flow (flow matching, Flow-SDE log-probs), token_parallel (256 bins per dim, all tokens at once, OpenVLA-OFT) or token_ar (one token at a time, OpenVLA)."""
+    """Action head: gaussian (exact log-prob), flow (flow matching, Flow-SDE log-probs), token_parallel (256 bins per dim, all tokens at once, OpenVLA-OFT) or token_ar (one token at a time, OpenVLA)."""  # noqa: E501
     chunk_size: int = 15
     """H: actions predicted per inference call (1..256)."""
     default_window: int = 5
-    """k the baseline executes per call (k_1 of Stage 1); a trained policy's saved spec carries the window PolicyTrim chose."""
+    """k the baseline executes per call (k_1 of Stage 1); a trained policy's saved spec carries the window PolicyTrim chose."""  # noqa: E501
     hidden_dim: int = 256
     """Width of the trunk MLP (8..4096)."""
     num_layers: int = 3
@@ -149,9 +155,9 @@ class PolicyConfig:
     init_log_std: float = -1.0
     """Initial log-std of the Gaussian head."""
     std_mode: Literal["fixed", "state"] = "fixed"
-    """Gaussian head log-std: fixed (one learnable value per chunk row and action dim) or state (plus a linear function of the observation features)."""
+    """Gaussian head log-std: fixed (one learnable value per chunk row and action dim) or state (plus a linear function of the observation features)."""  # noqa: E501
     state_input: Literal["auto", "full", "proprio"] = "auto"
-    """State entries the policy reads: full (the simulator's whole state vector), proprio (the robot's own: Meta-World hand position and gripper, now and one step before) or auto (proprio when env.image, so an image policy sees the scene through its camera only; else full)."""
+    """State entries the policy reads: full (the simulator's whole state vector), proprio (the robot's own: Meta-World hand position and gripper, now and one step before) or auto (proprio when env.image, so an image policy sees the scene through its camera only; else full)."""  # noqa: E501
     token_bins: int = 256
     """Token heads: uniform bins per action dim over the action bounds [-1, 1] (OpenVLA: 256)."""
     token_temperature: float = 1.0
@@ -161,13 +167,19 @@ class PolicyConfig:
     token_layers: int = 2
     """Token heads: transformer blocks."""
     lerobot_path: str = ""
-    """kind=lerobot: the LeRobot checkpoint (directory, or lerobot:<hub id>) that `pretrain` fine-tunes by behaviour cloning."""
+    """kind=lerobot: the LeRobot checkpoint (directory, or lerobot:<hub id>) that `pretrain` fine-tunes by behaviour cloning."""  # noqa: E501
     train_parts: Literal["all", "expert", "no_vision"] = "all"
-    """kind=lerobot: parameters BC and GRPO update: all, expert (flow VLAs: all but the VLM), no_vision (freeze the vision encoder)."""
+    """kind=lerobot: parameters BC and GRPO update: all, expert (flow VLAs: all but the VLM), no_vision (freeze the vision encoder)."""  # noqa: E501
 
     def __post_init__(self) -> None:
-        _require(self.kind in ("chunk", "expert", "lerobot"), f"policy.kind must be chunk, expert or lerobot, got {self.kind!r}")
-        _require(self.train_parts in ("all", "expert", "no_vision"), f"policy.train_parts must be all, expert or no_vision, got {self.train_parts!r}")
+        _require(
+            self.kind in ("chunk", "expert", "lerobot"),
+            f"policy.kind must be chunk, expert or lerobot, got {self.kind!r}",
+        )
+        _require(
+            self.train_parts in ("all", "expert", "no_vision"),
+            f"policy.train_parts must be all, expert or no_vision, got {self.train_parts!r}",
+        )
         _require(self.head in HEADS, f"policy.head must be one of {', '.join(HEADS)}, got {self.head!r}")
         _int_in("policy.chunk_size", self.chunk_size, 1, L.MAX_CHUNK_SIZE)
         _require(
@@ -180,11 +192,26 @@ class PolicyConfig:
         _in_range("policy.flow_noise", self.flow_noise, 0.0, 5.0)
         _in_range("policy.init_log_std", self.init_log_std, -10.0, 2.0)
         _require(self.std_mode in ("fixed", "state"), f"policy.std_mode must be fixed or state, got {self.std_mode!r}")
-        _require(self.state_input in ("auto", "full", "proprio"), f"policy.state_input must be auto, full or proprio, got {self.state_input!r}")
-        _require(isinstance(self.token_bins, int) and 2 <= self.token_bins <= 4096, f"policy.token_bins must be an integer in [2, 4096], got {self.token_bins!r}")
-        _require(isinstance(self.token_temperature, (int, float)) and 0 < self.token_temperature <= 10, f"policy.token_temperature must be in (0, 10], got {self.token_temperature!r}")
-        _require(isinstance(self.token_dim, int) and self.token_dim >= 8 and self.token_dim % 4 == 0, f"policy.token_dim must be a multiple of 4 (its attention heads) >= 8, got {self.token_dim!r}")
-        _require(isinstance(self.token_layers, int) and self.token_layers >= 1, f"policy.token_layers must be an integer >= 1, got {self.token_layers!r}")
+        _require(
+            self.state_input in ("auto", "full", "proprio"),
+            f"policy.state_input must be auto, full or proprio, got {self.state_input!r}",
+        )
+        _require(
+            isinstance(self.token_bins, int) and 2 <= self.token_bins <= 4096,
+            f"policy.token_bins must be an integer in [2, 4096], got {self.token_bins!r}",
+        )
+        _require(
+            isinstance(self.token_temperature, (int, float)) and 0 < self.token_temperature <= 10,
+            f"policy.token_temperature must be in (0, 10], got {self.token_temperature!r}",
+        )
+        _require(
+            isinstance(self.token_dim, int) and self.token_dim >= 8 and self.token_dim % 4 == 0,
+            f"policy.token_dim must be a multiple of 4 (its attention heads) >= 8, got {self.token_dim!r}",
+        )
+        _require(
+            isinstance(self.token_layers, int) and self.token_layers >= 1,
+            f"policy.token_layers must be an integer >= 1, got {self.token_layers!r}",
+        )
 
 
 @dataclass
@@ -214,12 +241,16 @@ class RolloutConfig:
         _int_in("rollout.groups_per_epoch", self.groups_per_epoch, 1, L.MAX_GROUPS_PER_EPOCH)
         _require(
             self.group_size * self.groups_per_epoch <= L.MAX_TRAJECTORIES_PER_EPOCH,
-            f"rollout.group_size x rollout.groups_per_epoch must be <= {L.MAX_TRAJECTORIES_PER_EPOCH} trajectories per epoch, got {self.group_size} x {self.groups_per_epoch}",
+            f"rollout.group_size x rollout.groups_per_epoch must be <= {L.MAX_TRAJECTORIES_PER_EPOCH} "
+            f"trajectories per epoch, got {self.group_size} x {self.groups_per_epoch}",
         )
         _int_in("rollout.num_workers", self.num_workers, 0, L.MAX_WORKERS)
         _positive("rollout.step_timeout_s", self.step_timeout_s)
         _require(self.backend in ("local", "ray"), f"rollout.backend must be local or ray, got {self.backend!r}")
-        _require(self.backend == "local" or self.num_workers >= 1, f"rollout.backend=ray needs rollout.num_workers >= 1 (one Ray actor each), got {self.num_workers}")
+        _require(
+            self.backend == "local" or self.num_workers >= 1,
+            f"rollout.backend=ray needs rollout.num_workers >= 1 (one Ray actor each), got {self.num_workers}",
+        )
         _require(
             self.backend == "local" or importlib.util.find_spec("ray") is not None,
             "rollout.backend=ray needs Ray: pip install 'policytrim[ray]' (or use rollout.backend=local)",
@@ -262,7 +293,10 @@ class RayConfig:
             f"joined) or HOST:PORT of the head node (e.g. 10.0.0.5:6379), got {self.address!r}",
         )
         _int_in("ray.num_cpus", self.num_cpus, 0, L.MAX_CLUSTER_CPUS)
-        _require(self.placement_strategy in PLACEMENT_STRATEGIES, f"ray.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}")
+        _require(
+            self.placement_strategy in PLACEMENT_STRATEGIES,
+            f"ray.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got {self.placement_strategy!r}",
+        )
         _require(
             isinstance(self.cpus_per_worker, (int, float)) and 0 < self.cpus_per_worker <= 256,
             f"ray.cpus_per_worker must be a number in (0, 256], got {self.cpus_per_worker!r}",
@@ -318,7 +352,9 @@ class GRPOConfig:
 
     def _validate(self, prefix: str) -> None:
         _int_in(f"{prefix}.epochs", self.epochs, 0, L.MAX_EPOCHS)
-        _require(isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, f"{prefix}.lr must be in (0, 1], got {self.lr!r}")
+        _require(
+            isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, f"{prefix}.lr must be in (0, 1], got {self.lr!r}"
+        )
         _in_range(f"{prefix}.weight_decay", self.weight_decay, 0.0, 1.0)
         _positive(f"{prefix}.max_grad_norm", self.max_grad_norm)
         _int_in(f"{prefix}.update_epochs", self.update_epochs, 1, L.MAX_UPDATE_EPOCHS)
@@ -360,8 +396,14 @@ class Stage1Config(GRPOConfig):
 
     def __post_init__(self) -> None:
         self._validate("stage1")
-        _require(isinstance(self.stop_when_reliable, bool), f"stage1.stop_when_reliable must be true or false, got {self.stop_when_reliable!r}")
-        _require(self.window_reference in ("policy", "baseline"), f"stage1.window_reference must be policy or baseline, got {self.window_reference!r}")
+        _require(
+            isinstance(self.stop_when_reliable, bool),
+            f"stage1.stop_when_reliable must be true or false, got {self.stop_when_reliable!r}",
+        )
+        _require(
+            self.window_reference in ("policy", "baseline"),
+            f"stage1.window_reference must be policy or baseline, got {self.window_reference!r}",
+        )
         ws = tuple(self.windows)
         _require(len(ws) <= L.MAX_CHUNK_SIZE, f"stage1.windows: at most {L.MAX_CHUNK_SIZE} windows, got {len(ws)}")
         _require(all(isinstance(w, int) and w >= 1 for w in ws), f"stage1.windows must be positive integers, got {ws}")
@@ -401,7 +443,9 @@ class Stage2Config(GRPOConfig):
         _in_range("stage2.step_coef", self.step_coef, 0.0, 10.0)
         _in_range("stage2.stability_coef", self.stability_coef, 0.0, 1.0)
         _in_range("stage2.sigma_floor", self.sigma_floor, 0.0, 1e6)
-        _require(self.floor_mode in ("clamp", "gate"), f"stage2.floor_mode must be clamp or gate, got {self.floor_mode!r}")
+        _require(
+            self.floor_mode in ("clamp", "gate"), f"stage2.floor_mode must be clamp or gate, got {self.floor_mode!r}"
+        )
         _in_range("stage2.tolerance_points", self.tolerance_points, 0.0, 100.0)
 
 
@@ -479,7 +523,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _int_in("eval.episodes", self.episodes, 1, L.MAX_EPISODES)
-        _require(self.mode in ("sampled", "deterministic"), f"eval.mode must be sampled or deterministic, got {self.mode!r}")
+        _require(
+            self.mode in ("sampled", "deterministic"), f"eval.mode must be sampled or deterministic, got {self.mode!r}"
+        )
         _in_range("eval.latency_ms", self.latency_ms, 0.0, 1e6)
         _int_in("eval.seed", self.seed, 0, L.MAX_SEED)
 
@@ -515,21 +561,30 @@ class DataConfig:
     keep_failures: bool = False
     """Keep unsuccessful demonstrations in the dataset."""
     max_attempts: int = 0
-    """Initial states tried per task to get `episodes` successful demonstrations; 0 = 3 x episodes + 10 (else >= episodes)."""
+    """Initial states tried per task to get `episodes` successful demonstrations; 0 = 3 x episodes + 10 (else >= episodes)."""  # noqa: E501
     on_shortfall: Literal["warn", "error"] = "warn"
-    """A task with fewer successful demonstrations than `episodes` after max_attempts: warn (keep the smaller dataset; the counts are printed and reported) or error."""
+    """A task with fewer successful demonstrations than `episodes` after max_attempts: warn (keep the smaller dataset; the counts are printed and reported) or error."""  # noqa: E501
 
     def __post_init__(self) -> None:
         _int_in("data.episodes", self.episodes, 1, L.MAX_EPISODES)
         _int_in("data.seed", self.seed, 0, L.MAX_SEED)
-        _require(0 < self.speed_min <= self.speed_max <= 2.0, f"data.speed_min/speed_max must satisfy 0 < min <= max <= 2, got {self.speed_min}, {self.speed_max}")
+        _require(
+            0 < self.speed_min <= self.speed_max <= 2.0,
+            f"data.speed_min/speed_max must satisfy 0 < min <= max <= 2, got {self.speed_min}, {self.speed_max}",
+        )
         _in_range("data.pause_prob", self.pause_prob, 0.0, 1.0)
         _in_range("data.detour_prob", self.detour_prob, 0.0, 1.0)
         _in_range("data.jitter_std", self.jitter_std, 0.0, 2.0)
         for name in ("pause_min", "pause_max", "detour_min", "detour_max"):
             _int_in(f"data.{name}", getattr(self, name), 0, L.MAX_PAUSE_OR_DETOUR)
-        _require(self.pause_min <= self.pause_max, f"data.pause_min <= data.pause_max needed, got {self.pause_min}, {self.pause_max}")
-        _require(self.detour_min <= self.detour_max, f"data.detour_min <= data.detour_max needed, got {self.detour_min}, {self.detour_max}")
+        _require(
+            self.pause_min <= self.pause_max,
+            f"data.pause_min <= data.pause_max needed, got {self.pause_min}, {self.pause_max}",
+        )
+        _require(
+            self.detour_min <= self.detour_max,
+            f"data.detour_min <= data.detour_max needed, got {self.detour_min}, {self.detour_max}",
+        )
         _int_in("data.max_attempts", self.max_attempts, 0, L.MAX_EPISODES * 10, " (0 = 3 x episodes + 10)")
         _require(
             self.max_attempts == 0 or self.max_attempts >= self.episodes,
@@ -561,7 +616,9 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         _int_in("pretrain.iterations", self.iterations, 1, L.MAX_ITERATIONS)
         _int_in("pretrain.batch_size", self.batch_size, 1, L.MAX_BATCH_SIZE)
-        _require(isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, f"pretrain.lr must be in (0, 1], got {self.lr!r}")
+        _require(
+            isinstance(self.lr, (int, float)) and 0 < self.lr <= 1, f"pretrain.lr must be in (0, 1], got {self.lr!r}"
+        )
         _in_range("pretrain.val_fraction", self.val_fraction, 0.0, 0.9)
         _int_in("pretrain.eval_episodes", self.eval_episodes, 0, L.MAX_EPISODES)
         _int_in("pretrain.image_shift", self.image_shift, 0, 32)
@@ -574,7 +631,7 @@ class LoggingConfig:
     out: Annotated[str, tyro.conf.arg(aliases=("--out",))] = "runs/latest"
     """Run directory."""
     tensorboard: bool = True
-    """Write TensorBoard scalars when tensorboard is installed (else one notice on stderr: pip install 'policytrim[tensorboard]')."""
+    """Write TensorBoard scalars when tensorboard is installed (else one notice on stderr: pip install 'policytrim[tensorboard]')."""  # noqa: E501
     wandb: Literal["off", "offline", "online"] = "off"
     """Weights & Biases logging mode (needs the wandb extra)."""
     progress: bool = True
@@ -582,7 +639,10 @@ class LoggingConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.out), "logging.out must be a directory path")
-        _require(self.wandb in ("off", "offline", "online"), f"logging.wandb must be off, offline or online, got {self.wandb!r}")
+        _require(
+            self.wandb in ("off", "offline", "online"),
+            f"logging.wandb must be off, offline or online, got {self.wandb!r}",
+        )
 
 
 @dataclass
@@ -619,15 +679,21 @@ class RunConfig:
         _int_in("seed", self.seed, 0, L.MAX_SEED)  # the same bounds as `policytrim serve --seed`
         _require(
             self.policy.state_input != "proprio" or self.env.suite == "metaworld",
-            f"policy.state_input=proprio needs env.suite=metaworld (only the Meta-World adapter says which state entries are proprioception), got {self.env.suite!r}",
+            "policy.state_input=proprio needs env.suite=metaworld (only the Meta-World adapter says which "
+            f"state entries are proprioception), got {self.env.suite!r}",
         )
         if self.policy.kind == "expert":
-            _require(self.policy.default_window == 1, "policy.kind=expert acts in closed loop: policy.default_window must be 1")
+            _require(
+                self.policy.default_window == 1,
+                "policy.kind=expert acts in closed loop: policy.default_window must be 1",
+            )
 
     @property
     def policy_state_dims(self) -> tuple[int, ...] | None:
         """The state entries a new policy reads (`PolicyConfig.state_input`); None = all."""
-        proprio = self.policy.state_input == "proprio" or (self.policy.state_input == "auto" and self.env.image and self.env.suite == "metaworld")
+        proprio = self.policy.state_input == "proprio" or (
+            self.policy.state_input == "auto" and self.env.image and self.env.suite == "metaworld"
+        )
         if not proprio:
             return None
         from policytrim.envs.metaworld import PROPRIO_DIMS
@@ -676,7 +742,9 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
         _require(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
         return value
     if annotation is float:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool), f"{name} must be a number, got {value!r}")
+        _require(
+            isinstance(value, (int, float)) and not isinstance(value, bool), f"{name} must be a number, got {value!r}"
+        )
         return float(value)
     if annotation is str:
         _require(isinstance(value, str), f"{name} must be a string, got {value!r}")
@@ -778,7 +846,10 @@ def parse_config_text(text: str, source: str, as_json: bool = False) -> dict[str
         raise ConfigError(f"{source} is not valid {kind}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    _require(data is not None, f"{source} is empty (no settings); give a config with settings, or no config file for the defaults")
+    _require(
+        data is not None,
+        f"{source} is empty (no settings); give a config with settings, or no config file for the defaults",
+    )
     _check_expansion(data, source)
     return data
 
@@ -787,8 +858,13 @@ def read_config_data(path: str | Path) -> dict[str, Any]:
     """The settings of a YAML or JSON config file (safe loaders only), not yet validated."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
-    _require(path.stat().st_size <= L.MAX_CONFIG_BYTES, f"config file {str(path)!r} is larger than {L.MAX_CONFIG_BYTES} bytes: not a config file")
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist" + (" (it is a directory)" if path.is_dir() else "")
+        )
+    _require(
+        path.stat().st_size <= L.MAX_CONFIG_BYTES,
+        f"config file {str(path)!r} is larger than {L.MAX_CONFIG_BYTES} bytes: not a config file",
+    )
     try:
         text = path.read_text()
     except UnicodeDecodeError:

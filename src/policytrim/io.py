@@ -22,13 +22,13 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from policytrim.errors import InputError
-
 
 KILL_AT_ENV = "POLICYTRIM_TEST_KILL_AT"
 _kill_counts: dict[str, int] = {}

@@ -101,7 +101,7 @@ class PeakMemory:
         if self.phase:
             self.phase_peaks_mb[self.phase] = max(self.phase_peaks_mb.get(self.phase, 0.0), mb)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 

@@ -70,17 +70,13 @@ def _groups(name: str, x: torch.Tensor | Sequence) -> torch.Tensor:
     if x.dim() != 2:
         raise ValueError(f"{name} must be shaped [num_groups, group_size], got shape {tuple(x.shape)}")
     if x.shape[1] < 2:
-        raise ValueError(
-            f"group size of {name} must be >= 2 (GRPO compares members of a group), got {x.shape[1]}"
-        )
+        raise ValueError(f"group size of {name} must be >= 2 (GRPO compares members of a group), got {x.shape[1]}")
     return x
 
 
 def _same_shape(name: str, x: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
     if x.shape != ref.shape:
-        raise ValueError(
-            f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(x.shape)}")
 
 
 def _success(success: torch.Tensor | Sequence) -> torch.Tensor:
@@ -142,9 +138,7 @@ def assign_windows(num_groups: int, group_size: int, windows: Sequence[int]) -> 
     if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 0:
         raise ValueError(f"num_groups must be an integer >= 0, got {num_groups!r}")
     if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 2:
-        raise ValueError(
-            f"group_size must be an integer >= 2 (GRPO compares members of a group), got {group_size!r}"
-        )
+        raise ValueError(f"group_size must be an integer >= 2 (GRPO compares members of a group), got {group_size!r}")
     ws = [int(w) for w in windows]
     if not ws:
         raise ValueError("windows must hold at least one window, got an empty sequence")
@@ -182,8 +176,7 @@ def extension_reward(
     _same_shape("window", k, "success", s)
     if k.numel() and (bool((k < 1).any()) or bool((k > chunk_size).any())):
         raise ValueError(
-            f"window must be in [1, chunk_size={chunk_size}], got values in "
-            f"[{k.min().item()}, {k.max().item()}]"
+            f"window must be in [1, chunk_size={chunk_size}], got values in [{k.min().item()}, {k.max().item()}]"
         )
     dtype = _float_dtype(torch.as_tensor(success), k)
     reward = 1.0 + lam * k.to(dtype) / chunk_size
@@ -228,9 +221,7 @@ def _saving(success: torch.Tensor, counts: torch.Tensor, budget: float, name: st
     return torch.where(s, e, torch.zeros((), dtype=dtype, device=s.device))
 
 
-def step_saving_reward(
-    success: torch.Tensor, steps: torch.Tensor, budget: float
-) -> torch.Tensor:
+def step_saving_reward(success: torch.Tensor, steps: torch.Tensor, budget: float) -> torch.Tensor:
     """Step-saving reward (eq 5): ``E = S * max(0, (B - T) / B)``, in [0, 1].
 
     A success that overruns the budget gets E = 0 (not negative); a failure gets 0.
@@ -335,9 +326,7 @@ def trim_reward(
     floor_mode: FloorMode = "clamp",
 ) -> torch.Tensor:
     """Stage 2 joint reward R (eq 7) only; `trim_reward_terms` also returns E and P."""
-    return trim_reward_terms(
-        success, steps, budget, step_coef, stability_coef, sigma_floor, floor_mode
-    ).reward
+    return trim_reward_terms(success, steps, budget, step_coef, stability_coef, sigma_floor, floor_mode).reward
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,9 +403,7 @@ def adapt_reward_terms(
 # GRPO: advantages and loss
 
 
-def group_advantages(
-    rewards: torch.Tensor, eps: float = 1e-6
-) -> tuple[torch.Tensor, torch.Tensor]:
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """Group-relative advantages (eq 3): ``A = (R - mean_g R) / (std_g R + eps)``.
 
     std is the unbiased std over the group's G rewards. A group whose rewards are all exactly equal
@@ -491,9 +478,7 @@ def grpo_loss(
     before any nonlinearity, so whatever they hold, they get exactly zero gradient.
     """
     if logp.dim() != 3:
-        raise ValueError(
-            f"logp must be shaped [trajectories, chunks, rows], got shape {tuple(logp.shape)}"
-        )
+        raise ValueError(f"logp must be shaped [trajectories, chunks, rows], got shape {tuple(logp.shape)}")
     _same_shape("old_logp", old_logp, "logp", logp)
     _same_shape("mask", mask, "logp", logp)
     if ref_logp is not None:
@@ -509,9 +494,7 @@ def grpo_loss(
         _same_shape("old_window_logp", old_window_logp, "window_logp", window_logp)
     num = logp.shape[0]
     if advantages.shape != (num,):
-        raise ValueError(
-            f"advantages must be shaped [trajectories] = ({num},), got {tuple(advantages.shape)}"
-        )
+        raise ValueError(f"advantages must be shaped [trajectories] = ({num},), got {tuple(advantages.shape)}")
     if not (0.0 <= float(clip_low) < 1.0):
         raise ValueError(f"clip_low must be in [0, 1), got {clip_low!r}")
     _non_negative_number("clip_high", clip_high)
@@ -521,9 +504,7 @@ def grpo_loss(
     rows = m.sum(dim=(1, 2))
     if num and bool((chunks == 0).any()):
         bad = int(torch.nonzero(chunks == 0)[0, 0])
-        raise ValueError(
-            f"mask must mark at least one executed row per trajectory; trajectory {bad} has none"
-        )
+        raise ValueError(f"mask must mark at least one executed row per trajectory; trajectory {bad} has none")
 
     zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
     adv = advantages.to(logp.dtype)[:, None]
@@ -556,10 +537,7 @@ def grpo_loss(
                 "ratio_mean": ex_ratio.mean(),
             }
         else:
-            diagnostics = {
-                k: zero.clone()
-                for k in ("clip_frac", "approx_kl", "ratio_min", "ratio_max", "ratio_mean")
-            }
+            diagnostics = {k: zero.clone() for k in ("clip_frac", "approx_kl", "ratio_min", "ratio_max", "ratio_mean")}
     return GRPOLossTerms(policy, kl, diagnostics)
 
 
@@ -580,8 +558,7 @@ def reduce_grpo_loss(
     n_total = num if num_trajectories is None else num_trajectories
     if not isinstance(n_total, int) or isinstance(n_total, bool) or n_total < max(num, 1):
         raise ValueError(
-            f"num_trajectories must be an integer >= the trajectories passed ({num}) and >= 1, "
-            f"got {num_trajectories!r}"
+            f"num_trajectories must be an integer >= the trajectories passed ({num}) and >= 1, got {num_trajectories!r}"
         )
     policy_loss = terms.policy.sum() / n_total
     kl = terms.kl.sum() / n_total if terms.kl is not None else None
@@ -609,9 +586,7 @@ def speedup(steps_base: float, window_base: float, steps: float, window: float) 
     return (tb / kb) / (t / k)
 
 
-def calls_speedup(
-    calls_base: torch.Tensor | Sequence[float], calls: torch.Tensor | Sequence[float]
-) -> float:
+def calls_speedup(calls_base: torch.Tensor | Sequence[float], calls: torch.Tensor | Sequence[float]) -> float:
     """Headline speedup: mean inference calls C of the baseline / mean C of the policy.
 
     Both arguments hold the calls of *successful* episodes only, as measured.

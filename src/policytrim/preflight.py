@@ -26,7 +26,10 @@ def check_backends(wandb_mode: str) -> None:
     when installed, never required). Here, not in `policytrim.train.logger`, so that the library
     entry points below training (collection) can check it without importing the trainer."""
     if wandb_mode != "off" and importlib.util.find_spec("wandb") is None:
-        raise InputError(f"logging.wandb={wandb_mode} needs the wandb package: pip install 'policytrim[wandb]' (or --logging.wandb off)")
+        raise InputError(
+            f"logging.wandb={wandb_mode} needs the wandb package: pip install 'policytrim[wandb]' (or "
+            "--logging.wandb off)"
+        )
 
 
 def check_preconditions(
@@ -58,13 +61,16 @@ def check_simulator(cfg: RunConfig) -> None:
 
         if not simulator_installed():
             raise InputError(
-                f"env.suite=libero needs the LIBERO simulator, which is not installed in {sys.executable}: {INSTALL_HINT}"
+                f"env.suite=libero needs the LIBERO simulator, which is not installed in {sys.executable}: "
+                f"{INSTALL_HINT}"
             )
         return
     packages = {"metaworld": ("metaworld", "pip install metaworld"), "gym": ("gymnasium", "pip install gymnasium")}
     module, hint = packages.get(suite, (None, ""))
     if module is not None and importlib.util.find_spec(module) is None:
-        raise InputError(f"env.suite={suite} needs the {module} package, which is not installed in {sys.executable}: {hint}")
+        raise InputError(
+            f"env.suite={suite} needs the {module} package, which is not installed in {sys.executable}: {hint}"
+        )
 
 
 TEMPORARY_NAME_ROOM = 32

@@ -17,8 +17,9 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
-from typing import Any, Iterable, Iterator, TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 T = TypeVar("T")
 
@@ -60,8 +61,14 @@ class Progress:
     `enabled` says. A tqdm bar on a terminal, plain lines in a log (module docstring)."""
 
     def __init__(
-        self, what: str, total: int, unit: str = "it", initial: int = 0, show: bool | None = None,
-        stream: TextIO | None = None, nested: bool = False,
+        self,
+        what: str,
+        total: int,
+        unit: str = "it",
+        initial: int = 0,
+        show: bool | None = None,
+        stream: TextIO | None = None,
+        nested: bool = False,
     ) -> None:
         self.what, self.total, self.unit = what, int(total), unit
         self.n = self.start_n = int(initial)
@@ -76,7 +83,13 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(
-                total=self.total, initial=self.n, desc=what, unit=unit, file=self.stream, leave=not nested, mininterval=0.5
+                total=self.total,
+                initial=self.n,
+                desc=what,
+                unit=unit,
+                file=self.stream,
+                leave=not nested,
+                mininterval=0.5,
             )
 
     def update(self, n: int = 1) -> None:

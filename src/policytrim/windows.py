@@ -17,8 +17,9 @@ the rest of the library but its errors, so the light serving client can use it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from policytrim.errors import InputError
 

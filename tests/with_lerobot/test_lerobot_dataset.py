@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from optional_env import require_or_skip  # tests/optional_env.py
+
 require_or_skip("lerobot.datasets.lerobot_dataset", "lerobot")  # fails instead where scripts/run.sh requires lerobot
 pytestmark = [pytest.mark.lerobot, pytest.mark.slow]
 
@@ -16,13 +17,38 @@ from policytrim.data.lerobot_dataset import is_lerobot_dataset, load_lerobot_dat
 from policytrim.errors import InputError  # noqa: E402
 from policytrim.policies import load_policy  # noqa: E402
 
-COMMON = ["--env.tasks", "drawer-close-v3", "--env.horizon", "40", "--env.image", "--env.image-size", "32",
-          "--rollout.num-workers", "0", "--logging.no-progress"]
+COMMON = [
+    "--env.tasks",
+    "drawer-close-v3",
+    "--env.horizon",
+    "40",
+    "--env.image",
+    "--env.image-size",
+    "32",
+    "--rollout.num-workers",
+    "0",
+    "--logging.no-progress",
+]
 
 
 def test_collect_lerobot_format_round_trips_and_pretrains_tinyvla(tmp_path):
     data = tmp_path / "lerobot_demos"
-    assert main(["collect", *COMMON, "--data.episodes", "2", "--data.keep-failures", "--format", "lerobot", "--out", str(data)]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                *COMMON,
+                "--data.episodes",
+                "2",
+                "--data.keep-failures",
+                "--format",
+                "lerobot",
+                "--out",
+                str(data),
+            ]
+        )
+        == 0
+    )
     assert is_lerobot_dataset(data) and (data / "meta" / "info.json").is_file()
     back = load_lerobot_dataset(data)
     cfg = RunConfig(env=EnvConfig(tasks=("drawer-close-v3",), horizon=40, image=True, image_size=32))
@@ -34,8 +60,29 @@ def test_collect_lerobot_format_round_trips_and_pretrains_tinyvla(tmp_path):
 
     # any policy trains on a LeRobotDataset: the built-in TinyVLA from images
     out = tmp_path / "baseline"
-    assert main(["pretrain", *COMMON, "--data", str(data), "--pretrain.iterations", "5", "--pretrain.batch-size", "8",
-                 "--pretrain.eval-episodes", "0", "--policy.chunk-size", "8", "--policy.default-window", "4", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                *COMMON,
+                "--data",
+                str(data),
+                "--pretrain.iterations",
+                "5",
+                "--pretrain.batch-size",
+                "8",
+                "--pretrain.eval-episodes",
+                "0",
+                "--policy.chunk-size",
+                "8",
+                "--policy.default-window",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     policy = load_policy(out)
     assert policy.image_shape == (32, 32, 3) and policy.chunk_size == 8
 
@@ -56,13 +103,24 @@ def _write_tiny_dataset(root, video: bool) -> None:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     camera = {"dtype": "video" if video else "image", "shape": (32, 32, 3), "names": ["height", "width", "channels"]}
-    features = {"observation.state": {"dtype": "float32", "shape": (3,), "names": None},
-                "action": {"dtype": "float32", "shape": (2,), "names": None}, "observation.images.cam": camera}
-    ds = LeRobotDataset.create(repo_id="local/tiny", fps=10, features=features, root=root, use_videos=video, video_backend="pyav")
-    for e in range(2):
+    features = {
+        "observation.state": {"dtype": "float32", "shape": (3,), "names": None},
+        "action": {"dtype": "float32", "shape": (2,), "names": None},
+        "observation.images.cam": camera,
+    }
+    ds = LeRobotDataset.create(
+        repo_id="local/tiny", fps=10, features=features, root=root, use_videos=video, video_backend="pyav"
+    )
+    for _ in range(2):
         for i in range(6):
-            ds.add_frame({"observation.state": np.full(3, i, np.float32), "action": np.zeros(2, np.float32),
-                          "observation.images.cam": np.full((32, 32, 3), 40 * i, np.uint8), "task": "close the drawer"})
+            ds.add_frame(
+                {
+                    "observation.state": np.full(3, i, np.float32),
+                    "action": np.zeros(2, np.float32),
+                    "observation.images.cam": np.full((32, 32, 3), 40 * i, np.uint8),
+                    "task": "close the drawer",
+                }
+            )
         ds.save_episode()
     ds.finalize()
 
@@ -76,15 +134,19 @@ def test_reading_a_video_dataset_never_imports_torchcodec(tmp_path):
     import sys
 
     _write_tiny_dataset(tmp_path / "video", video=True)
-    code = ("import json, sys; from policytrim.data.lerobot_dataset import load_lerobot_dataset as load; "
-            f"ds = load({str(tmp_path / 'video')!r}); "
-            "print(json.dumps(sorted(ds.image.reshape(len(ds.image), -1).mean(1).round().astype(int).tolist())), 'torchcodec' in sys.modules)")
+    code = (
+        "import json, sys; from policytrim.data.lerobot_dataset import load_lerobot_dataset as load; "
+        f"ds = load({str(tmp_path / 'video')!r}); "
+        "print(json.dumps(sorted(ds.image.reshape(len(ds.image), "
+        "-1).mean(1).round().astype(int).tolist())), 'torchcodec' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     means, imported = result.stdout.strip().rsplit(" ", 1)
     assert imported == "False" and "torchcodec" not in result.stderr, result.stderr[-3000:]
     expected = sorted([40 * i for i in range(6)] * 2)
-    assert all(abs(a - b) <= 3 for a, b in zip(json.loads(means), expected)), means  # AV1 is lossy: frames read back closely
+    # AV1 is lossy: frames read back closely
+    assert all(abs(a - b) <= 3 for a, b in zip(json.loads(means), expected, strict=True)), means
 
 
 def test_a_local_dataset_with_missing_files_is_one_error_and_no_download(tmp_path, monkeypatch):
@@ -101,7 +163,9 @@ def test_a_local_dataset_with_missing_files_is_one_error_and_no_download(tmp_pat
     data = root / "data" / "chunk-000" / "file-000.parquet"
     table = pq.read_table(data)
     pq.write_table(table.filter(pyarrow.compute.equal(table["episode_index"], 0)), data)  # episode 1's frames lost
-    with pytest.raises(InputError, match="lacks files its metadata names .*offline mode.*policytrim reads local datasets only"):
+    with pytest.raises(
+        InputError, match="lacks files its metadata names .*offline mode.*policytrim reads local datasets only"
+    ):
         load_lerobot_dataset(root)  # LeRobot would fetch the dataset from the hub; refused instead
     assert constants.HF_HUB_OFFLINE is False  # restored
     shutil.rmtree(root / "data")

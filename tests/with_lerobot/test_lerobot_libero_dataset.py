@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from optional_env import require_or_skip  # tests/optional_env.py
+
 require_or_skip("lerobot.datasets.lerobot_dataset", "lerobot")  # fails instead where scripts/run.sh requires lerobot
 pytestmark = [pytest.mark.lerobot, pytest.mark.slow]
 
@@ -32,9 +33,28 @@ LAYOUTS = {
     "lerobot": ("observation.state", "action", "observation.images.image", "observation.images.image2"),
     "openpi": ("state", "actions", "image", "wrist_image"),
 }
-CLI = ["--env.suite", "libero", "--env.tasks", "libero_object", "--env.image", "--env.image-size", str(SIZE),
-       "--rollout.num-workers", "0", "--logging.no-progress", "--pretrain.iterations", "4", "--pretrain.batch-size", "8",
-       "--pretrain.eval-episodes", "0", "--policy.chunk-size", "8", "--policy.default-window", "4"]
+CLI = [
+    "--env.suite",
+    "libero",
+    "--env.tasks",
+    "libero_object",
+    "--env.image",
+    "--env.image-size",
+    str(SIZE),
+    "--rollout.num-workers",
+    "0",
+    "--logging.no-progress",
+    "--pretrain.iterations",
+    "4",
+    "--pretrain.batch-size",
+    "8",
+    "--pretrain.eval-episodes",
+    "0",
+    "--policy.chunk-size",
+    "8",
+    "--policy.default-window",
+    "4",
+]
 
 
 def write_dataset(root, names: tuple[str, ...], state_dim: int = STATE_DIM, cameras: int = 2) -> dict[str, np.ndarray]:
@@ -43,14 +63,22 @@ def write_dataset(root, names: tuple[str, ...], state_dim: int = STATE_DIM, came
 
     state, action, image, wrist = names
     camera = {"dtype": "image", "shape": (SIZE, SIZE, 3), "names": ["height", "width", "channels"]}
-    features = {state: {"dtype": "float32", "shape": (state_dim,), "names": None}, action: {"dtype": "float32", "shape": (ACTION_DIM,), "names": None}}
+    features = {
+        state: {"dtype": "float32", "shape": (state_dim,), "names": None},
+        action: {"dtype": "float32", "shape": (ACTION_DIM,), "names": None},
+    }
     features.update({k: camera for k in (image, wrist)[:cameras]})
-    ds = LeRobotDataset.create(repo_id="local/libero_tiny", fps=10, features=features, root=root, robot_type="panda", use_videos=False)
+    ds = LeRobotDataset.create(
+        repo_id="local/libero_tiny", fps=10, features=features, root=root, robot_type="panda", use_videos=False
+    )
     rng = np.random.default_rng(0)
     written: dict[str, list] = {k: [] for k in features}
     for e in range(EPISODES):
         for _ in range(LENGTH):
-            frame = {state: rng.normal(size=state_dim).astype(np.float32), action: rng.uniform(-1, 1, ACTION_DIM).astype(np.float32)}
+            frame = {
+                state: rng.normal(size=state_dim).astype(np.float32),
+                action: rng.uniform(-1, 1, ACTION_DIM).astype(np.float32),
+            }
             frame.update({k: rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for k in (image, wrist)[:cameras]})
             for k, v in frame.items():
                 written[k].append(v)
@@ -78,7 +106,9 @@ def test_libero_dataset_maps_to_our_keys_and_pretrains_tinyvla(layout, tmp_path)
     ds = load_lerobot_dataset(tmp_path / "data", env)
     state, action, image, wrist = names
     assert np.array_equal(ds.state, written[state]) and np.array_equal(ds.action, written[action])
-    assert np.array_equal(ds.image, written[image]) and np.array_equal(ds.wrist_image, written[wrist])  # PNG: bit-exact, as stored
+    assert np.array_equal(ds.image, written[image]) and np.array_equal(
+        ds.wrist_image, written[wrist]
+    )  # PNG: bit-exact, as stored
     assert ds.tasks == [t.address for t in TASKS] and list(ds.length) == [LENGTH] * EPISODES
 
     out = tmp_path / "baseline"
@@ -93,26 +123,49 @@ def test_two_camera_lerobot_policy_pretrains_on_libero_data(tmp_path):
     """A LeRobot ACT with LIBERO's two cameras: agent view from obs['image'], wrist from obs['wrist_image']."""
     from lerobot.configs.types import FeatureType, PolicyFeature
 
-    from policytrim.policies.lerobot import camera_sources, dataset_stats, image_stats
     from lerobot_tiny import tiny_config, write_tiny_policy
+    from policytrim.policies.lerobot import camera_sources, dataset_stats, image_stats
 
     names = LAYOUTS["lerobot"]
     written = write_dataset(tmp_path / "data", names)
     config = tiny_config("act", STATE_DIM, ACTION_DIM, 8, 4, (SIZE, SIZE, 3), camera="image")
     config.input_features[names[3]] = PolicyFeature(FeatureType.VISUAL, (3, SIZE, SIZE))
-    stats = dataset_stats(torch.as_tensor(written[names[0]]), torch.as_tensor(written[names[1]]), torch.as_tensor(written[names[2]]), names[2])
+    stats = dataset_stats(
+        torch.as_tensor(written[names[0]]),
+        torch.as_tensor(written[names[1]]),
+        torch.as_tensor(written[names[2]]),
+        names[2],
+    )
     stats[names[3]] = image_stats(torch.as_tensor(written[names[3]]))
     torch.manual_seed(0)
     start = write_tiny_policy(tmp_path / "act", config, stats)
 
     out = tmp_path / "baseline"
-    assert main(["pretrain", *CLI, "--policy.kind", "lerobot", "--policy.lerobot-path", str(start), "--data", str(tmp_path / "data"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                *CLI,
+                "--policy.kind",
+                "lerobot",
+                "--policy.lerobot-path",
+                str(start),
+                "--data",
+                str(tmp_path / "data"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     policy = load_policy(out)
     assert camera_sources(policy.image_keys) == [(names[2], "image"), (names[3], "wrist_image")]
     obs = libero_obs(2)
     sample = policy.sample(obs, [TASKS[1].instruction] * 2, "deterministic")
     assert tuple(sample.actions.shape) == (2, 8, ACTION_DIM)
-    other_wrist = policy.sample({**obs, "wrist_image": 255 - obs["wrist_image"]}, [TASKS[1].instruction] * 2, "deterministic")
+    other_wrist = policy.sample(
+        {**obs, "wrist_image": 255 - obs["wrist_image"]}, [TASKS[1].instruction] * 2, "deterministic"
+    )
     assert not torch.allclose(sample.actions, other_wrist.actions)  # the wrist camera is read
     with pytest.raises(InputError, match="wrist_image"):
         policy.sample({"state": obs["state"], "image": obs["image"]}, [TASKS[1].instruction] * 2, "deterministic")
@@ -125,14 +178,18 @@ def test_dataset_that_does_not_fit_libero_is_one_clear_error(tmp_path, capsys):
     out = tmp_path / "baseline"
     with pytest.raises(SystemExit) as exit_:
         main(["pretrain", *CLI, "--data", str(tmp_path / "data"), "--out", str(out)])
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]  # LeRobot prints progress bars too
+    errors = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")
+    ]  # LeRobot prints progress bars too
     assert exit_.value.code == 2 and len(errors) == 1 and not out.exists()
     err = errors[0]
     assert "does not fit env.suite=libero" in err
     assert "observation.state float32 [9]" in err and "observation.state | state [8]" in err  # found, accepted
     assert "observation.images.image2 | observation.images.wrist_image | wrist_image" in err
     with pytest.raises(InputError, match=r"env.image_size 64"):  # a size the dataset does not have
-        load_lerobot_dataset(tmp_path / "data", EnvConfig(suite="libero", tasks=("libero_object",), image=True, image_size=64))
+        load_lerobot_dataset(
+            tmp_path / "data", EnvConfig(suite="libero", tasks=("libero_object",), image=True, image_size=64)
+        )
 
 
 def test_baseline_evaluation_without_the_simulator_stops_before_training(tmp_path, capsys):
@@ -148,4 +205,8 @@ def test_baseline_evaluation_without_the_simulator_stops_before_training(tmp_pat
         main(["pretrain", *CLI, "--pretrain.eval-episodes", "2", "--data", str(tmp_path / "data"), "--out", str(out)])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert exit_.value.code == 2 and not out.exists()
-    assert len(errors) == 1 and "pip install 'policytrim[libero]'" in errors[0] and "--pretrain.eval-episodes 0" in errors[0]
+    assert (
+        len(errors) == 1
+        and "pip install 'policytrim[libero]'" in errors[0]
+        and "--pretrain.eval-episodes 0" in errors[0]
+    )

@@ -11,13 +11,23 @@ import pytest
 import torch
 
 from optional_env import require_or_skip  # tests/optional_env.py
+
 require_or_skip("lerobot.policies.factory", "lerobot")  # fails instead where scripts/run.sh requires lerobot
 pytestmark = [pytest.mark.lerobot, pytest.mark.slow]
 
-from policytrim.config import EnvConfig, PolicyConfig, PretrainConfig, RolloutConfig, RunConfig, Stage1Config, Stage2Config, EvalConfig  # noqa: E402
+from lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy  # noqa: E402
+from policytrim.config import (  # noqa: E402
+    EnvConfig,
+    EvalConfig,
+    PolicyConfig,
+    PretrainConfig,
+    RolloutConfig,
+    RunConfig,
+    Stage1Config,
+    Stage2Config,
+)
 from policytrim.policies import load_policy  # noqa: E402
 from policytrim.policies.lerobot import LeRobotChunkPolicy, export_lerobot  # noqa: E402
-from lerobot_tiny import build_tiny_vlm, tiny_config, write_tiny_policy  # noqa: E402
 from policytrim.windows import WindowPlan  # noqa: E402
 
 IMAGE = 64
@@ -29,10 +39,18 @@ def run_config(out, family: str, lerobot_path) -> RunConfig:
     stage = dict(epochs=1, eval_every=1, val_episodes=2, checkpoint_every=1, lr=1e-4, update_epochs=1)
     cfg = RunConfig(
         env=EnvConfig(tasks=("drawer-close-v3",), horizon=50, image=True, image_size=IMAGE),
-        policy=PolicyConfig(kind="lerobot", chunk_size=CHUNK[family], default_window=5, lerobot_path=str(lerobot_path), train_parts="no_vision"),
+        policy=PolicyConfig(
+            kind="lerobot",
+            chunk_size=CHUNK[family],
+            default_window=5,
+            lerobot_path=str(lerobot_path),
+            train_parts="no_vision",
+        ),
         rollout=RolloutConfig(group_size=2, groups_per_epoch=1, num_workers=0),
         stage1=Stage1Config(**stage),
-        stage2=Stage2Config(**stage, budget=40),  # a fixed budget: a 20-iteration BC policy may succeed nowhere to calibrate on
+        stage2=Stage2Config(
+            **stage, budget=40
+        ),  # a fixed budget: a 20-iteration BC policy may succeed nowhere to calibrate on
         pretrain=PretrainConfig(iterations=20, batch_size=8, eval_episodes=0, val_fraction=0.25, lr=1e-3),
         eval=EvalConfig(episodes=2),
     )
@@ -67,13 +85,27 @@ def test_collect_bc_stage1_stage2_eval_export(demos, family, tmp_path, tmp_path_
 
     demo_dir, ds = demos
     vlm = build_tiny_vlm(tmp_path / "vlm", IMAGE, ds.instructions) if family == "smolvla" else None
-    config = tiny_config(family, ds.state.shape[1], ds.action.shape[1], CHUNK[family], 5, (IMAGE, IMAGE, 3), vlm_dir=vlm, flow_steps=STEPS[family])
-    stats = dataset_stats(torch.as_tensor(ds.state), torch.as_tensor(ds.action), torch.as_tensor(ds.image), "observation.images.corner2")
+    config = tiny_config(
+        family,
+        ds.state.shape[1],
+        ds.action.shape[1],
+        CHUNK[family],
+        5,
+        (IMAGE, IMAGE, 3),
+        vlm_dir=vlm,
+        flow_steps=STEPS[family],
+    )
+    stats = dataset_stats(
+        torch.as_tensor(ds.state), torch.as_tensor(ds.action), torch.as_tensor(ds.image), "observation.images.corner2"
+    )
     untrained = write_tiny_policy(tmp_path / "untrained", config, stats)
 
     cfg = run_config(tmp_path / "train", family, untrained)
     metrics = pretrain(cfg, demo_dir, tmp_path / "baseline")
-    assert metrics["final_train_loss"] < metrics["history"][1]["train_loss"] * 1.5 and metrics["final_val_loss"] == metrics["final_val_loss"]
+    assert (
+        metrics["final_train_loss"] < metrics["history"][1]["train_loss"] * 1.5
+        and metrics["final_val_loss"] == metrics["final_val_loss"]
+    )
     baseline = load_policy(tmp_path / "baseline")
     assert isinstance(baseline, LeRobotChunkPolicy) and baseline.default_window == 5
     assert json.loads((tmp_path / "baseline" / "config.json").read_text())["n_action_steps"] == 5

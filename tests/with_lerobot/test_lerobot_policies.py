@@ -15,12 +15,20 @@ import pytest
 import torch
 
 from optional_env import require_or_skip  # tests/optional_env.py
+
 require_or_skip("lerobot.policies.factory", "lerobot")  # fails instead where scripts/run.sh requires lerobot
 pytestmark = pytest.mark.lerobot
 
+from lerobot_tiny import (  # noqa: E402
+    build_tiny_vlm,
+    lerobot_chunk,
+    load_with_lerobot,
+    publish_to_hub_cache,
+    tiny_config,
+    write_tiny_policy,
+)
 from policytrim.policies import load_policy  # noqa: E402
 from policytrim.policies.lerobot import LeRobotChunkPolicy, LeRobotOptions, dataset_stats, export_lerobot  # noqa: E402
-from lerobot_tiny import build_tiny_vlm, lerobot_chunk, load_with_lerobot, publish_to_hub_cache, tiny_config, write_tiny_policy  # noqa: E402
 
 STATE_DIM, ACTION_DIM, IMAGE = 39, 4, (64, 64, 3)
 CAMERA = "observation.images.corner2"
@@ -44,7 +52,9 @@ def policy_dirs(tmp_path_factory):
     dirs = {}
     torch.manual_seed(0)
     for family, chunk in CHUNK.items():
-        cfg = tiny_config(family, STATE_DIM, ACTION_DIM, chunk, 5, IMAGE, vlm_dir=vlm, flow_steps=5 if family == "diffusion" else 10)
+        cfg = tiny_config(
+            family, STATE_DIM, ACTION_DIM, chunk, 5, IMAGE, vlm_dir=vlm, flow_steps=5 if family == "diffusion" else 10
+        )
         dirs[family] = write_tiny_policy(root / family, cfg, _random_stats())
     shutil.rmtree(vlm)  # the copy under smolvla/vlm is what travels with the checkpoint
     return dirs
@@ -52,7 +62,10 @@ def policy_dirs(tmp_path_factory):
 
 def _obs(batch: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"state": torch.randn(batch, STATE_DIM, generator=g), "image": torch.randint(0, 256, (batch, *IMAGE), generator=g, dtype=torch.uint8)}
+    return {
+        "state": torch.randn(batch, STATE_DIM, generator=g),
+        "image": torch.randint(0, 256, (batch, *IMAGE), generator=g, dtype=torch.uint8),
+    }
 
 
 def _rows(d: dict, idx) -> dict:
@@ -75,10 +88,22 @@ def test_logprob_recomputes_under_different_batching(policy_dirs, family):
     mask[2, 9:] = False
     with torch.no_grad():
         whole = policy.log_prob(obs, INSTRUCTIONS, sample.replay, mask)
-        one_by_one = torch.cat([policy.log_prob(_rows(obs, slice(b, b + 1)), INSTRUCTIONS[b : b + 1], _rows(sample.replay, slice(b, b + 1)), mask[b : b + 1]) for b in range(B)])
+        one_by_one = torch.cat(
+            [
+                policy.log_prob(
+                    _rows(obs, slice(b, b + 1)),
+                    INSTRUCTIONS[b : b + 1],
+                    _rows(sample.replay, slice(b, b + 1)),
+                    mask[b : b + 1],
+                )
+                for b in range(B)
+            ]
+        )
         order = torch.tensor([3, 1, 0, 2])
         shuffled = torch.empty_like(whole)
-        shuffled[order] = policy.log_prob(_rows(obs, order), [INSTRUCTIONS[i] for i in order], _rows(sample.replay, order), mask[order])
+        shuffled[order] = policy.log_prob(
+            _rows(obs, order), [INSTRUCTIONS[i] for i in order], _rows(sample.replay, order), mask[order]
+        )
     for recomputed in (whole, one_by_one, shuffled):
         ratio = torch.exp(recomputed - sample.logp)[mask]
         assert float((ratio - 1).abs().max()) < 1e-4, (family, float((ratio - 1).abs().max()))
@@ -92,8 +117,12 @@ def test_logprob_recomputes_under_different_batching(policy_dirs, family):
 def test_deterministic_mode_is_reproducible_and_sampled_mode_varies(policy_dirs, family):
     policy = load_policy(policy_dirs[family])
     obs = _obs(2, seed=3)
-    a = policy.sample(obs, INSTRUCTIONS[:2], "deterministic", [torch.Generator().manual_seed(s) for s in (1, 2)]).actions
-    b = policy.sample(obs, INSTRUCTIONS[:2], "deterministic", [torch.Generator().manual_seed(s) for s in (5, 6)]).actions
+    a = policy.sample(
+        obs, INSTRUCTIONS[:2], "deterministic", [torch.Generator().manual_seed(s) for s in (1, 2)]
+    ).actions
+    b = policy.sample(
+        obs, INSTRUCTIONS[:2], "deterministic", [torch.Generator().manual_seed(s) for s in (5, 6)]
+    ).actions
     torch.testing.assert_close(a, b)
     s1 = policy.sample(obs, INSTRUCTIONS[:2], "sampled", [torch.Generator().manual_seed(s) for s in (1, 2)]).actions
     s2 = policy.sample(obs, INSTRUCTIONS[:2], "sampled", [torch.Generator().manual_seed(s) for s in (5, 6)]).actions
@@ -118,7 +147,9 @@ def test_act_mean_equals_lerobots_own_prediction(policy_dirs):
     policy = load_policy(policy_dirs["act"])
     obs = _obs(2, seed=5)
     ours = policy.sample(obs, INSTRUCTIONS[:2], "deterministic").actions
-    theirs = policy.postprocessor(policy.policy.predict_action_chunk(policy.lerobot_batch(obs, INSTRUCTIONS[:2]))).clamp(-1, 1)
+    theirs = policy.postprocessor(
+        policy.policy.predict_action_chunk(policy.lerobot_batch(obs, INSTRUCTIONS[:2]))
+    ).clamp(-1, 1)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
@@ -141,12 +172,15 @@ def test_ddpm_transition_matches_the_schedulers_own_step(policy_dirs):
         assert (std > 0) == (t > 0)
 
 
-@pytest.mark.parametrize(("family", "parts", "frozen_prefix"), [
-    ("smolvla", "expert", "policy.model.vlm_with_expert.vlm."),
-    ("smolvla", "no_vision", "policy.model.vlm_with_expert.vlm.model.vision_model."),
-    ("diffusion", "no_vision", "policy.diffusion.rgb_encoder."),
-    ("act", "no_vision", "policy.model.backbone."),
-])
+@pytest.mark.parametrize(
+    ("family", "parts", "frozen_prefix"),
+    [
+        ("smolvla", "expert", "policy.model.vlm_with_expert.vlm."),
+        ("smolvla", "no_vision", "policy.model.vlm_with_expert.vlm.model.vision_model."),
+        ("diffusion", "no_vision", "policy.diffusion.rgb_encoder."),
+        ("act", "no_vision", "policy.model.backbone."),
+    ],
+)
 def test_gradients_reach_trainable_parts_only(policy_dirs, family, parts, frozen_prefix):
     policy = LeRobotChunkPolicy.from_pretrained(policy_dirs[family], options=LeRobotOptions(train_parts=parts))
     obs = _obs(2, seed=7)
@@ -173,7 +207,9 @@ def _json_texts(directory) -> str:
 
 
 @pytest.mark.parametrize("family", list(CHUNK))
-def test_export_loads_with_both_loaders_after_a_move_with_the_source_deleted(policy_dirs, family, tmp_path, monkeypatch):
+def test_export_loads_with_both_loaders_after_a_move_with_the_source_deleted(
+    policy_dirs, family, tmp_path, monkeypatch
+):
     """Ship an export as a user does: move it elsewhere, delete the checkpoint (and the run) it came
     from; LeRobot's own loader and ours read it and give the same chunks bit for bit."""
     source = tmp_path / "run" / "policy"
@@ -212,7 +248,9 @@ def test_export_loads_with_both_loaders_after_a_move_with_the_source_deleted(pol
     for k, v in loaded[0].state_dict().items():
         assert torch.equal(v, ours.policy.state_dict()[k]), k
     if family != "diffusion":  # LeRobot's own sampler equals our deterministic mode (diffusion draws its noise)
-        torch.testing.assert_close(theirs.clamp(-1, 1)[:, : ours_before.shape[1]], ours_before[:, : theirs.shape[1]], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            theirs.clamp(-1, 1)[:, : ours_before.shape[1]], ours_before[:, : theirs.shape[1]], atol=1e-5, rtol=0
+        )
 
 
 @pytest.fixture
@@ -249,7 +287,9 @@ def test_smolvla_with_a_hub_vlm_loads_from_anywhere_with_lerobots_loader(hub_cac
     shutil.rmtree(source)
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
-    assert torch.equal(lerobot_chunk(load_with_lerobot(shipped), obs["state"], {CAMERA: obs["image"]}, INSTRUCTIONS[:2]), theirs_before)
+    assert torch.equal(
+        lerobot_chunk(load_with_lerobot(shipped), obs["state"], {CAMERA: obs["image"]}, INSTRUCTIONS[:2]), theirs_before
+    )
     assert torch.equal(load_policy(shipped).sample(obs, INSTRUCTIONS[:2], "deterministic").actions, ours_before)
 
 
@@ -260,7 +300,9 @@ def test_bad_inputs_are_one_clear_error(policy_dirs, tmp_path):
     with pytest.raises(InputError, match="camera image"):
         policy.sample({"state": torch.zeros(1, STATE_DIM)}, ["x"], "sampled")
     with pytest.raises(InputError, match=r"obs\['state'\] must be"):
-        policy.sample({"state": torch.zeros(1, 7), "image": torch.zeros(1, *IMAGE, dtype=torch.uint8)}, ["x"], "sampled")
+        policy.sample(
+            {"state": torch.zeros(1, 7), "image": torch.zeros(1, *IMAGE, dtype=torch.uint8)}, ["x"], "sampled"
+        )
     with pytest.raises(InputError, match="train_parts must be one of"):
         LeRobotOptions(train_parts="head")
     with pytest.raises(InputError, match="already exists"):
@@ -280,7 +322,10 @@ def test_flow_logprob_ignores_padded_action_dims(policy_dirs):
     assert x_t.shape[-1] == policy.policy.config.max_action_dim > ACTION_DIM
     tampered = dict(sample.replay, x_next=torch.cat([x_next[..., :ACTION_DIM], x_next[..., ACTION_DIM:] + 5.0], dim=-1))
     mask = torch.ones(2, policy.chunk_size, dtype=torch.bool)
-    torch.testing.assert_close(policy.log_prob(obs, INSTRUCTIONS[:2], tampered, mask), policy.log_prob(obs, INSTRUCTIONS[:2], sample.replay, mask))
+    torch.testing.assert_close(
+        policy.log_prob(obs, INSTRUCTIONS[:2], tampered, mask),
+        policy.log_prob(obs, INSTRUCTIONS[:2], sample.replay, mask),
+    )
     # the real dims do count: one Gaussian transition per row over ACTION_DIM dims
     assert math.isfinite(float(sample.logp.sum()))
 

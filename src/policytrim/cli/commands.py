@@ -48,7 +48,10 @@ def collect(args: Any) -> int:
         raise InputError(f"{str(out)!r} already exists; pass --overwrite to replace it")
     ds = collect_demos(cfg, out, overwrite=args.overwrite, progress=cfg.logging.progress, fmt=args.format)
     kind = "suboptimal" if cfg.data.suboptimal else "clean"
-    print(f"wrote {ds.num_episodes} {kind} expert demonstrations ({ds.num_frames} frames) to {out}" + (" as a LeRobotDataset" if args.format == "lerobot" else ""))
+    print(
+        f"wrote {ds.num_episodes} {kind} expert demonstrations ({ds.num_frames} frames) to {out}"
+        + (" as a LeRobotDataset" if args.format == "lerobot" else "")
+    )
     print(f"{'task':<28} {'episodes':>8} {'expert SR':>9} {'steps (mean ± sd)':>18}")
     for task, row in summarize_demos(ds).items():
         sr = f"{row['expert_success_rate']:.2f}" if row["expert_success_rate"] is not None else "-"
@@ -64,15 +67,25 @@ def pretrain(args: Any) -> int:
     from policytrim.train.bc import pretrain as run_pretrain
 
     if not args.demos:
-        raise InputError("--data is required: the demonstration dataset directory (output of `policytrim collect`, or a local LeRobotDataset)")
+        raise InputError(
+            "--data is required: the demonstration dataset directory (output of `policytrim collect`, or a "
+            "local LeRobotDataset)"
+        )
     cfg = run_config(args)
     out = Path(cfg.logging.out)
     metrics = run_pretrain(cfg, Path(args.demos), out, overwrite=bool(args.overwrite))
-    print(f"baseline checkpoint: {out}  (train {metrics['train_seconds']:.0f} s, val loss {metrics['initial_val_loss']:.3f} -> {metrics['final_val_loss']:.3f})")
+    print(
+        f"baseline checkpoint: {out}  (train {metrics['train_seconds']:.0f} s, val loss "
+        f"{metrics['initial_val_loss']:.3f} -> {metrics['final_val_loss']:.3f})"
+    )
     ev = metrics.get("eval")
     if ev:
         overall = ev.get("overall", ev)
-        parts = [f"{k}={overall[k]:.3g}" if isinstance(overall.get(k), (int, float)) else f"{k}={overall.get(k)}" for k in ("success_rate", "mean_steps", "calls_per_success", "window") if k in overall]
+        parts = [
+            f"{k}={overall[k]:.3g}" if isinstance(overall.get(k), (int, float)) else f"{k}={overall.get(k)}"
+            for k in ("success_rate", "mean_steps", "calls_per_success", "window")
+            if k in overall
+        ]
         print("validation-state evaluation: " + (" ".join(parts) if parts else str(overall)))
     return 0
 
@@ -143,7 +156,19 @@ def evaluate(args: Any) -> int:
     perturbations += [Perturbation(f"occlusion_{v:g}", occlusion=v) for v in args.occlusion]
     baseline = load_eval_policy(cfg, args.baseline) if args.baseline else None
     modes = tuple(dict.fromkeys(args.modes)) or (cfg.eval.mode,)
-    result = evaluate_suite(cfg, policy, window, out, str(args.checkpoint), baseline, args.sweep, args.temporal_ensembling, args.ensemble_m, modes, perturbations)
+    result = evaluate_suite(
+        cfg,
+        policy,
+        window,
+        out,
+        str(args.checkpoint),
+        baseline,
+        args.sweep,
+        args.temporal_ensembling,
+        args.ensemble_m,
+        modes,
+        perturbations,
+    )
     report = write_report([out], out)
     for mode in modes:
         comparison = result["modes"][mode]
@@ -151,21 +176,32 @@ def evaluate(args: Any) -> int:
         for name, m in comparison["policies"].items():
             o = m["overall"]
             vs = comparison["vs_baseline"].get(name, {}).get("overall")
-            extra = f"  SR drop {vs['success_rate_drop']:+.1f} [{vs['success_rate_drop_ci95'][0]:+.1f}, {vs['success_rate_drop_ci95'][1]:+.1f}], calls speedup {_fmt(vs['calls_speedup'], '.2f')}" if vs else "  (baseline)"
-            print(f"{name:<22} k={str(o['window']):<3} SR {_fmt(o['success_rate'], '.3f')}  T {_fmt(o['mean_steps'], '.1f')}  C {_fmt(o['calls_per_success'], '.1f')}{extra}")
+            extra = (
+                f"  SR drop {vs['success_rate_drop']:+.1f} [{vs['success_rate_drop_ci95'][0]:+.1f}, "
+                f"{vs['success_rate_drop_ci95'][1]:+.1f}], calls speedup {_fmt(vs['calls_speedup'], '.2f')}"
+                if vs
+                else "  (baseline)"
+            )
+            print(
+                f"{name:<22} k={str(o['window']):<3} SR {_fmt(o['success_rate'], '.3f')}  T "
+                f"{_fmt(o['mean_steps'], '.1f')}  C {_fmt(o['calls_per_success'], '.1f')}{extra}"
+            )
     for pname, r in result["robustness"].items():
         print(f"== {pname} ({r['perturbation']['description']}) ==")
         for name, m in r["policies"].items():
             o = m["overall"]
-            print(f"{name:<22} SR {_fmt(o['success_rate'], '.3f')}  T {_fmt(o['mean_steps'], '.1f')}  C {_fmt(o['calls_per_success'], '.1f')}")
+            print(
+                f"{name:<22} SR {_fmt(o['success_rate'], '.3f')}  T {_fmt(o['mean_steps'], '.1f')}  C "
+                f"{_fmt(o['calls_per_success'], '.1f')}"
+            )
     print(f"wrote {out / 'comparison.json'}, {out / 'metrics.json'}, {out / 'report.md'} and {report}")
     return 0
 
 
 def ablate(args: Any) -> int:
     """`policytrim ablate`: `policytrim.experiments.ablate.run_ablation` and its table."""
-    from policytrim.experiments.ablate import NAMED, describe_variants, format_table, run_ablation
     from policytrim.eval.report import write_report
+    from policytrim.experiments.ablate import NAMED, describe_variants, format_table, run_ablation
 
     cfg = run_config(args)
     if args.list_variants:
@@ -214,15 +250,27 @@ def serve(args: Any) -> int:
         if not api_key:
             raise InputError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
     if not (isinstance(args.max_message_mb, (int, float)) and 0 < args.max_message_mb <= L.MAX_MESSAGE_BYTES / 2**20):
-        raise InputError(f"--max-message-mb must be a number in (0, {L.MAX_MESSAGE_BYTES / 2**20:g}], got {args.max_message_mb!r}")
+        raise InputError(
+            f"--max-message-mb must be a number in (0, {L.MAX_MESSAGE_BYTES / 2**20:g}], got {args.max_message_mb!r}"
+        )
     config = ServeConfig(
-        host=args.host, port=args.port, api_key=api_key,
-        max_message_bytes=int(args.max_message_mb * 2**20), mode=args.mode, seed=args.seed, threads=args.threads, device=args.device,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        max_message_bytes=int(args.max_message_mb * 2**20),
+        mode=args.mode,
+        seed=args.seed,
+        threads=args.threads,
+        device=args.device,
     )
 
     def ready(host: str, port: int) -> None:
         auth = " (API key required)" if api_key else ""
-        print(f"policytrim serve: {args.policy} ({args.device}) listening on ws://{host}:{port}{auth}; health check http://{host}:{port}/healthz", flush=True)
+        print(
+            f"policytrim serve: {args.policy} ({args.device}) listening on ws://{host}:{port}{auth}; "
+            f"health check http://{host}:{port}/healthz",
+            flush=True,
+        )
 
     serve_policy(args.policy, config, ready)
     return 0

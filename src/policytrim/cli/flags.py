@@ -13,6 +13,8 @@ import tyro
 
 from policytrim.config import ConfigError, RunConfig
 
+# Field docstrings are --help text and tyro keeps their line breaks: long ones stay on one line (noqa: E501).
+
 
 @dataclass
 class _Base(RunConfig):
@@ -39,7 +41,7 @@ class CollectCmd(_Base):
     overwrite: bool = False
     """Replace an existing dataset directory."""
     format: Literal["policytrim", "lerobot"] = "policytrim"
-    """Dataset format: policytrim (safetensors) or lerobot (a LeRobotDataset, written by LeRobot; needs the lerobot extra)."""
+    """Dataset format: policytrim (safetensors) or lerobot (a LeRobotDataset, written by LeRobot; needs the lerobot extra)."""  # noqa: E501
 
 
 @dataclass
@@ -81,7 +83,7 @@ class EvalCmd(_Base):
     baseline: str = ""
     """Starting checkpoint to compare against on the same states (paired); its default window is the reference."""
     sweep: bool = False
-    """Add the fixed-horizon sweep: the starting policy (--baseline, else --policy) at every window 5, 10, ... H (Table 11)."""
+    """Add the fixed-horizon sweep: the starting policy (--baseline, else --policy) at every window 5, 10, ... H (Table 11)."""  # noqa: E501
     temporal_ensembling: bool = False
     """Add ACT temporal ensembling of the starting policy (one call per step; a reference for calls)."""
     ensemble_m: float = 0.01
@@ -111,7 +113,7 @@ class AblateCmd(_Base):
     init: str = ""
     """Starting (baseline) checkpoint directory; every variant starts from it."""
     variants: tuple[str, ...] = ("none", "extend", "trim_no_stability", "trim", "full")
-    """Variants to run (see --list): none extend trim_no_stability trim full fixed_k<K> group_size_<G> budget_<B> stability_<S>."""
+    """Variants to run (see --list): none extend trim_no_stability trim full fixed_k<K> group_size_<G> budget_<B> stability_<S>."""  # noqa: E501
     list_variants: bool = False
     """List the known variants with what each trains and an estimate of its cost, then exit."""
     overwrite: bool = False
@@ -127,7 +129,7 @@ class ReportCmd:
     out: str = ""
     """Report directory; default: the first run directory."""
     stacking: str = ""
-    """A benchmarks/stacking.py result (e.g. benchmarks/results/stacking.json): its measured latency table beside the modelled wall-clock."""
+    """A benchmarks/stacking.py result (e.g. benchmarks/results/stacking.json): its measured latency table beside the modelled wall-clock."""  # noqa: E501
 
 
 @dataclass

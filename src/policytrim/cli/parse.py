@@ -75,7 +75,9 @@ def _check_no_empty_sequences(cls: type, argv: list[str]) -> None:
     flags = _sequence_flags(cls)
     for i, arg in enumerate(argv):
         if arg in flags and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-            raise InputError(f"{arg} was given without values: give at least one value, or leave the flag out for the default")
+            raise InputError(
+                f"{arg} was given without values: give at least one value, or leave the flag out for the default"
+            )
 
 
 def parse(cls: type, argv: list[str], prog: str) -> object:

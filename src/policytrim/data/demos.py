@@ -61,7 +61,6 @@ EPISODE_INDEX, FRAME_INDEX, TASK_INDEX = "episode_index", "frame_index", "task_i
 EP_KEYS = ("length", "success", "task_index", "seed", "index", "start")
 
 
-
 @dataclass
 class DemoDataset:
     """A demonstration dataset in memory (numpy arrays; S frames, E episodes)."""
@@ -210,7 +209,13 @@ def save_demos(ds: DemoDataset, path: str | Path, overwrite: bool = False) -> Pa
         raise InputError(f"{str(path)!r} already exists; pass overwrite=True (--overwrite) to replace it")
     ds.validate()
     with atomic_directory(path, overwrite=True) as tmp:
-        frames = {STATE: ds.state, ACTION: ds.action, EPISODE_INDEX: ds.episode_index, FRAME_INDEX: ds.frame_index, TASK_INDEX: ds.task_index}
+        frames = {
+            STATE: ds.state,
+            ACTION: ds.action,
+            EPISODE_INDEX: ds.episode_index,
+            FRAME_INDEX: ds.frame_index,
+            TASK_INDEX: ds.task_index,
+        }
         frames.update(ds.cameras())
         save_file({k: np.ascontiguousarray(v) for k, v in frames.items()}, str(tmp / FRAMES_FILE))
         episodes = {
@@ -250,7 +255,11 @@ def load_demos(path: str | Path) -> DemoDataset:
     if meta.get("version") != VERSION:
         raise _bad(f"format version {meta.get('version')!r} is not supported; this policytrim reads version {VERSION}")
     tasks, instructions = meta.get("tasks"), meta.get("instructions")
-    if not (isinstance(tasks, list) and isinstance(instructions, list) and all(isinstance(t, str) for t in tasks + instructions)):
+    if not (
+        isinstance(tasks, list)
+        and isinstance(instructions, list)
+        and all(isinstance(t, str) for t in tasks + instructions)
+    ):
         raise _bad(f"{META_FILE} needs lists of task names and instructions")
     frames = _read_tensors(path / FRAMES_FILE)
     episodes = _read_tensors(path / EPISODES_FILE)
@@ -288,7 +297,10 @@ def load_demos(path: str | Path) -> DemoDataset:
         if spec is None or list(arr.shape[1:]) != list(spec.get("shape", [])) or arr.dtype.name != spec.get("dtype"):
             raise _bad(f"{key} has shape {list(arr.shape[1:])} / {arr.dtype.name}, {META_FILE} says {spec}")
     if meta.get("num_episodes") != ds.num_episodes or meta.get("num_frames") != ds.num_frames:
-        raise _bad(f"{META_FILE} says {meta.get('num_episodes')} episodes / {meta.get('num_frames')} frames, the files hold {ds.num_episodes} / {ds.num_frames}")
+        raise _bad(
+            f"{META_FILE} says {meta.get('num_episodes')} episodes / {meta.get('num_frames')} frames, the "
+            f"files hold {ds.num_episodes} / {ds.num_frames}"
+        )
     return ds
 
 

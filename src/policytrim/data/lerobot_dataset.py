@@ -87,10 +87,14 @@ def _require_lerobot() -> None:
     try:
         import lerobot.datasets.lerobot_dataset  # noqa: F401
     except ImportError as exc:
-        raise InputError(f"LeRobotDataset files need the lerobot extra (Python >= 3.12): pip install 'policytrim[lerobot]' ({exc})") from None
+        raise InputError(
+            f"LeRobotDataset files need the lerobot extra (Python >= 3.12): pip install 'policytrim[lerobot]' ({exc})"
+        ) from None
 
 
-def save_lerobot_dataset(ds: DemoDataset, out: str | Path, overwrite: bool = False, camera: str = "corner2", fps: int | None = None) -> Path:
+def save_lerobot_dataset(
+    ds: DemoDataset, out: str | Path, overwrite: bool = False, camera: str = "corner2", fps: int | None = None
+) -> Path:
     """Write ``ds`` as a LeRobotDataset in ``out`` (assembled in a temporary sibling, then renamed:
     `policytrim.io.atomic_directory`)."""
     _require_lerobot()
@@ -109,11 +113,20 @@ def save_lerobot_dataset(ds: DemoDataset, out: str | Path, overwrite: bool = Fal
     }
     image_key = IMAGE_PREFIX + camera
     if ds.image is not None:
-        features[image_key] = {"dtype": "image", "shape": tuple(ds.image.shape[1:]), "names": ["height", "width", "channels"]}
+        features[image_key] = {
+            "dtype": "image",
+            "shape": tuple(ds.image.shape[1:]),
+            "names": ["height", "width", "channels"],
+        }
     with atomic_directory(out, overwrite=True) as tmp:
         root = tmp / "dataset"  # LeRobot creates its root itself; its contents become ``out``
         dataset = LeRobotDataset.create(
-            repo_id=f"local/{out.name}", fps=fps, features=features, root=root, robot_type="sawyer", use_videos=False,
+            repo_id=f"local/{out.name}",
+            fps=fps,
+            features=features,
+            root=root,
+            robot_type="sawyer",
+            use_videos=False,
             video_backend=VIDEO_BACKEND,
         )
         for e in range(ds.num_episodes):
@@ -121,7 +134,12 @@ def save_lerobot_dataset(ds: DemoDataset, out: str | Path, overwrite: bool = Fal
             instruction = ds.instructions[int(ds.episode_task_index[e])]
             last = rows.stop - 1
             for i in range(rows.start, rows.stop):
-                frame = {STATE: ds.state[i], ACTION: ds.action[i], SUCCESS: np.array([bool(ds.success[e]) and i == last]), TASK: instruction}
+                frame = {
+                    STATE: ds.state[i],
+                    ACTION: ds.action[i],
+                    SUCCESS: np.array([bool(ds.success[e]) and i == last]),
+                    TASK: instruction,
+                }
                 if ds.image is not None:
                     frame[image_key] = ds.image[i]
                 dataset.add_frame(frame)
@@ -153,7 +171,12 @@ def _is_camera(feature: dict[str, Any]) -> bool:
 
 def _describe(features: dict[str, Any]) -> str:
     """The dataset's own features in one line (LeRobot's bookkeeping columns left out)."""
-    return ", ".join(f"{k} {v.get('dtype')} {list(v.get('shape') or [])}" for k, v in features.items() if k not in BOOKKEEPING) or "none"
+    return (
+        ", ".join(
+            f"{k} {v.get('dtype')} {list(v.get('shape') or [])}" for k, v in features.items() if k not in BOOKKEEPING
+        )
+        or "none"
+    )
 
 
 def feature_layout(features: dict[str, Any], env: EnvConfig | None, path: str | Path) -> FeatureLayout:
@@ -162,8 +185,13 @@ def feature_layout(features: dict[str, Any], env: EnvConfig | None, path: str | 
     state, action = _first(features, STATE_KEYS), _first(features, ACTION_KEYS)
     if env is None or env.suite != "libero":
         if state is None or action is None:
-            raise InputError(f"LeRobotDataset {str(path)!r} lacks {' or '.join(STATE_KEYS)} and/or {' or '.join(ACTION_KEYS)}; found {_describe(features)}")
-        cameras = [k for k in features if (k.startswith(IMAGE_PREFIX) or k == "observation.image") and _is_camera(features[k])]
+            raise InputError(
+                f"LeRobotDataset {str(path)!r} lacks {' or '.join(STATE_KEYS)} and/or "
+                f"{' or '.join(ACTION_KEYS)}; found {_describe(features)}"
+            )
+        cameras = [
+            k for k in features if (k.startswith(IMAGE_PREFIX) or k == "observation.image") and _is_camera(features[k])
+        ]
         return FeatureLayout(state, action, cameras[0] if cameras else None, None)
     from policytrim.envs.libero import ACTION_DIM, STATE_DIM
 
@@ -175,11 +203,19 @@ def feature_layout(features: dict[str, Any], env: EnvConfig | None, path: str | 
         missing.append(f"actions {' | '.join(ACTION_KEYS)} [{ACTION_DIM}]")
     if env.image:
         size = [env.image_size, env.image_size, 3]
-        for what, key, keys in (("an agent-view", image, LIBERO_AGENT_VIEW_KEYS), ("a wrist", wrist, LIBERO_WRIST_KEYS)):
+        for what, key, keys in (
+            ("an agent-view", image, LIBERO_AGENT_VIEW_KEYS),
+            ("a wrist", wrist, LIBERO_WRIST_KEYS),
+        ):
             if key is None or not _is_camera(features[key]) or list(features[key]["shape"]) != size:
-                missing.append(f"{what} camera {' | '.join(keys)} image or video {size} (env.image_size {env.image_size})")
+                missing.append(
+                    f"{what} camera {' | '.join(keys)} image or video {size} (env.image_size {env.image_size})"
+                )
     if missing:
-        raise InputError(f"LeRobotDataset {str(path)!r} does not fit env.suite=libero: it needs {'; '.join(missing)}; found {_describe(features)}")
+        raise InputError(
+            f"LeRobotDataset {str(path)!r} does not fit env.suite=libero: it needs {'; '.join(missing)}; "
+            f"found {_describe(features)}"
+        )
     assert state is not None and action is not None  # checked above
     return FeatureLayout(state, action, image if env.image else None, wrist if env.image else None)
 
@@ -210,7 +246,10 @@ def _decoded_images(dataset: Any, keys: list[str]) -> list[np.ndarray]:
         item = dataset[i]
         for k in keys:
             frames[k].append(item[k])
-    return [(torch.stack(frames[k]).clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy() for k in keys]
+    return [
+        (torch.stack(frames[k]).clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+        for k in keys
+    ]
 
 
 def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> DemoDataset:
@@ -226,22 +265,29 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
         raise InputError(f"{str(path)!r} is not a LeRobotDataset directory (no {INFO})")
     missing = [name for name in ("data", "meta/episodes") if not any((path / name).rglob("*.parquet"))]
     if missing:
-        raise InputError(f"LeRobotDataset {str(path)!r} has no {' and no '.join(f'{m}/*.parquet' for m in missing)} files; policytrim reads local datasets only (nothing is downloaded)")
+        raise InputError(
+            f"LeRobotDataset {str(path)!r} has no {' and no '.join(f'{m}/*.parquet' for m in missing)} "
+            "files; policytrim reads local datasets only (nothing is downloaded)"
+        )
     try:
         with _hub_offline():
             dataset = LeRobotDataset(repo_id=f"local/{path.name}", root=path, video_backend=VIDEO_BACKEND)
     except OfflineModeIsEnabled as exc:
-        raise InputError(f"LeRobotDataset {str(path)!r} lacks files its metadata names (LeRobot would download them: {exc}); "
-                         "policytrim reads local datasets only") from None
+        raise InputError(
+            f"LeRobotDataset {str(path)!r} lacks files its metadata names (LeRobot would download them: {exc}); "
+            "policytrim reads local datasets only"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - LeRobot raises several types for a malformed dataset
         raise InputError(f"{str(path)!r} is not a readable LeRobotDataset ({type(exc).__name__}: {exc})") from None
     features = dataset.meta.features
     layout = feature_layout(features, env, path)
     hf = dataset.hf_dataset
-    columns = [layout.state, layout.action, "episode_index", "frame_index", "task_index"] + ([SUCCESS] if SUCCESS in features else [])
+    columns = [layout.state, layout.action, "episode_index", "frame_index", "task_index"] + (
+        [SUCCESS] if SUCCESS in features else []
+    )
     table = {k: torch.stack([torch.as_tensor(v) for v in hf[k]]).numpy() for k in columns}
     cameras = [k for k in (layout.image, layout.wrist_image) if k is not None]
-    decoded = dict(zip(cameras, _decoded_images(dataset, cameras)))
+    decoded = dict(zip(cameras, _decoded_images(dataset, cameras), strict=True))
 
     episode = table["episode_index"].reshape(-1).astype(np.int64)
     order = np.lexsort((table["frame_index"].reshape(-1), episode))
@@ -249,7 +295,7 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
     ids, start, length = np.unique(episode, return_index=True, return_counts=True)
     task_index = table["task_index"].reshape(-1).astype(np.int64)[order]
     tasks_df = dataset.meta.tasks
-    by_index = {int(i): str(t) for t, i in zip(tasks_df.index, tasks_df["task_index"])}
+    by_index = {int(i): str(t) for t, i in zip(tasks_df.index, tasks_df["task_index"], strict=True)}
     used = sorted(set(task_index.tolist()))
     remap = {old: new for new, old in enumerate(used)}
     instructions = [by_index[i] for i in used]
@@ -257,7 +303,7 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
     ep_task = np.array([remap[int(t)] for t in task_index[start]], np.int64)
     if SUCCESS in table:
         flags = table[SUCCESS].reshape(-1).astype(bool)[order]
-        success = np.array([flags[s : s + n].any() for s, n in zip(start, length)], bool)
+        success = np.array([flags[s : s + n].any() for s, n in zip(start, length, strict=True)], bool)
     else:
         success = np.ones(len(ids), bool)
     new_episode = np.repeat(np.arange(len(ids)), length).astype(np.int64)
@@ -276,8 +322,12 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
         tasks=tasks,
         instructions=instructions,
         meta={
-            "format": "lerobot", "source": str(path), "fps": dataset.meta.fps, "control_period_s": 1.0 / dataset.meta.fps,
-            "image_key": layout.image, "wrist_image_key": layout.wrist_image,
+            "format": "lerobot",
+            "source": str(path),
+            "fps": dataset.meta.fps,
+            "control_period_s": 1.0 / dataset.meta.fps,
+            "image_key": layout.image,
+            "wrist_image_key": layout.wrist_image,
         },
         image=decoded[layout.image][order] if layout.image else None,
         wrist_image=decoded[layout.wrist_image][order] if layout.wrist_image else None,

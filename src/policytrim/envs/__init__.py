@@ -105,7 +105,10 @@ def check_episodes(env_cfg: EnvSettings, split: Split, episodes: int) -> None:
 
         size = split_range(env_cfg, split)[1]
         if episodes > size:
-            raise InputError(f"env.suite=libero: the {split} split has {size} init states per task, asked for {episodes} episodes per task (--preset libero sets 10)")
+            raise InputError(
+                f"env.suite=libero: the {split} split has {size} init states per task, asked for "
+                f"{episodes} episodes per task (--preset libero sets 10)"
+            )
 
 
 def initial_states(task: str, seed: int, count: int, start: int = 0) -> list[InitialState]:

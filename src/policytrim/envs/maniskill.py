@@ -43,7 +43,7 @@ device that constructor raises "failed to find a rendering device". `patch_rende
 (called before ManiSkill is imported) probes once and, only when no device exists, replaces that class
 by `InertRenderMaterial`, which takes the same arguments and does nothing; state observations, physics
 and success never read a render material. With a device (a GPU, or Mesa >= 25's lavapipe on the CPU:
-docs/incoming/maniskill.md) nothing is replaced.
+docs/simulators.md, "Real CPU rendering") nothing is replaced.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def render_device_available() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def patch_render_material_if_no_device() -> bool:
     """Replace ``sapien.render.RenderMaterial`` by `InertRenderMaterial` if, and only if, SAPIEN
     finds no render device (module docstring); call before importing ``mani_skill``. Returns

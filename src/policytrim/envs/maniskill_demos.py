@@ -121,11 +121,11 @@ class MotionPlanDemonstrator:
 
     def convert(self, state: InitialState, plan: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """Our adapter's (observations [T, D], actions [T, 7], success) for a ``pd_joint_pos`` plan."""
+        import sapien
+        import torch
         from mani_skill.trajectory.utils.actions.conversion import delta_pose_to_pd_ee_delta
         from mani_skill.utils import common
         from mani_skill.utils.structs.pose import Pose
-        import sapien
-        import torch
 
         ori_env, env = self._plan_env, self.env.unwrapped
         ori_env.reset(seed=maniskill_seed(state.seed, state.index))
@@ -188,8 +188,17 @@ class MotionPlanDemonstrator:
         replayed, identical = self.replay(state, states, actions) if converted else (False, False)
         t2 = time.perf_counter()
         return Demonstration(
-            state, states, actions, replayed and planned, planned, converted, replayed, identical,
-            len(plan), t1 - t0, t2 - t1,
+            state,
+            states,
+            actions,
+            replayed and planned,
+            planned,
+            converted,
+            replayed,
+            identical,
+            len(plan),
+            t1 - t0,
+            t2 - t1,
         )
 
 

@@ -93,10 +93,13 @@ def _mt1_tasks(task: str, seed: int) -> tuple[Any, ...]:
         np.random.set_state(saved)
     if len(np.unique(np.array(rand_vecs), axis=0)) != STATES_PER_BLOCK:  # as MT1 asserts
         raise RuntimeError(f"MT1({task!r}, seed={seed}) drew duplicate initial states")
-    return tuple(metaworld._encode_task(task, dict(kwargs, rand_vec=v, env_cls=_env_class(task), **metaworld._MT_OVERRIDE)) for v in rand_vecs)
+    return tuple(
+        metaworld._encode_task(task, dict(kwargs, rand_vec=v, env_cls=_env_class(task), **metaworld._MT_OVERRIDE))
+        for v in rand_vecs
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _draw_env(task: str) -> Any:
     """The env `_mt1_tasks` draws a task's initial states with (one per task and process; never
     stepped or rendered). Its hand settles in one simulation step instead of 50 at reset:
@@ -236,4 +239,3 @@ class MetaWorldEnv:
             self.close()
         except Exception:  # noqa: BLE001
             pass
-

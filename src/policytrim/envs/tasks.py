@@ -122,7 +122,9 @@ def resolve_tasks(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
             )
         repeated = [t for t in expanded if t in out]
         if repeated:
-            log.warning("tasks: %s given again by %r (a task set overlaps another name): kept once", ", ".join(repeated), name)
+            log.warning(
+                "tasks: %s given again by %r (a task set overlaps another name): kept once", ", ".join(repeated), name
+            )
         out.extend(t for t in expanded if t not in out)
     if not out:
         raise InputError("tasks: at least one task is needed, e.g. push-v3 or MW8")

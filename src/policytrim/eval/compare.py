@@ -33,11 +33,21 @@ def _paired(base: dict[str, list], new: dict[str, list], task: str | None) -> tu
     """Successes of the episodes both runs completed (keyed by task and state index)."""
     key = lambda o, i: (o["task"][i], o["index"][i])  # noqa: E731
     new_by_key = {key(new, i): new["success"][i] for i in range(len(new["task"]))}
-    pairs = [(base["success"][i], new_by_key[key(base, i)]) for i in range(len(base["task"])) if key(base, i) in new_by_key and (task is None or base["task"][i] == task)]
+    pairs = [
+        (base["success"][i], new_by_key[key(base, i)])
+        for i in range(len(base["task"]))
+        if key(base, i) in new_by_key and (task is None or base["task"][i] == task)
+    ]
     return [bool(b) for b, _ in pairs], [bool(n) for _, n in pairs]
 
 
-def against_baseline(base: dict[str, Any], new: dict[str, Any], base_out: dict[str, list], new_out: dict[str, list], task: str | None = None) -> dict[str, Any]:
+def against_baseline(
+    base: dict[str, Any],
+    new: dict[str, Any],
+    base_out: dict[str, list],
+    new_out: dict[str, list],
+    task: str | None = None,
+) -> dict[str, Any]:
     """SPEC's comparison of ``new`` against ``base`` (metric blocks of one task or overall), with
     the per-episode outcomes of both runs for the paired interval and the measured calls."""
     b, n = _paired(base_out, new_out, task)
@@ -50,7 +60,12 @@ def against_baseline(base: dict[str, Any], new: dict[str, Any], base_out: dict[s
         "speedup_paper": None,
         "steps_reduction": None,
     }
-    calls = lambda o: [c for c, s, t in zip(o["calls"], o["success"], o["task"]) if s and (task is None or t == task)]  # noqa: E731
+
+    def calls(o: dict[str, Any]) -> list[int]:
+        return [
+            c for c, s, t in zip(o["calls"], o["success"], o["task"], strict=True) if s and (task is None or t == task)
+        ]
+
     if calls(base_out) and calls(new_out):
         out["calls_speedup"] = objective.calls_speedup(calls(base_out), calls(new_out))
     if base["mean_steps"] and new["mean_steps"]:
@@ -59,7 +74,16 @@ def against_baseline(base: dict[str, Any], new: dict[str, Any], base_out: dict[s
     return out
 
 
-def compare(contenders: list[Contender], env_cfg, episodes: int, mode: str, seed: int, engine: RolloutEngine, split: str = "test", latency_ms: float = 0.0) -> dict[str, Any]:
+def compare(
+    contenders: list[Contender],
+    env_cfg,
+    episodes: int,
+    mode: str,
+    seed: int,
+    engine: RolloutEngine,
+    split: str = "test",
+    latency_ms: float = 0.0,
+) -> dict[str, Any]:
     """Evaluate every contender (the first is the baseline) on the same states and noise.
 
     Returns ``{"baseline": name, "policies": {name: metrics.json-style dict}, "vs_baseline":
@@ -68,7 +92,19 @@ def compare(contenders: list[Contender], env_cfg, episodes: int, mode: str, seed
     results: dict[str, Any] = {}
     outcomes: dict[str, Any] = {}
     for c in contenders:
-        metrics = evaluate_policy(c.policy, env_cfg, episodes, c.window, mode, seed, split=split, engine=engine, latency_ms=latency_ms, return_outcomes=True, adaptive=c.adaptive)
+        metrics = evaluate_policy(
+            c.policy,
+            env_cfg,
+            episodes,
+            c.window,
+            mode,
+            seed,
+            split=split,
+            engine=engine,
+            latency_ms=latency_ms,
+            return_outcomes=True,
+            adaptive=c.adaptive,
+        )
         outcomes[c.name] = metrics.pop("outcomes")
         results[c.name] = metrics
     base_name = contenders[0].name
@@ -78,6 +114,10 @@ def compare(contenders: list[Contender], env_cfg, episodes: int, mode: str, seed
         new, new_out = results[c.name], outcomes[c.name]
         vs[c.name] = {
             "overall": against_baseline(base["overall"], new["overall"], base_out, new_out),
-            "tasks": {t: against_baseline(base["tasks"][t], new["tasks"][t], base_out, new_out, task=t) for t in new["tasks"] if t in base["tasks"]},
+            "tasks": {
+                t: against_baseline(base["tasks"][t], new["tasks"][t], base_out, new_out, task=t)
+                for t in new["tasks"]
+                if t in base["tasks"]
+            },
         }
     return {"baseline": base_name, "policies": results, "vs_baseline": vs, "outcomes": outcomes}

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -60,11 +61,20 @@ class TemporalEnsemble:
         inner = self.policy.spec() if hasattr(self.policy, "spec") else {}
         return {"kind": "temporal_ensembling", "m": self.m, "policy": inner.get("kind")}
 
-    def sample(self, obs: Observation, instructions: Sequence[str], mode: Mode, generators: Sequence[torch.Generator] | None = None) -> ChunkSample:
+    def sample(
+        self,
+        obs: Observation,
+        instructions: Sequence[str],
+        mode: Mode,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> ChunkSample:
         """Actions [B, H, A] whose row 0 is the ensembled action for the current step (the only
         row executed); logp zeros (evaluation only)."""
         if generators is None:
-            raise ValueError("temporal ensembling keeps memory per trajectory and needs the per-trajectory generators the rollout engine passes")
+            raise ValueError(
+                "temporal ensembling keeps memory per trajectory and needs the per-trajectory generators "
+                "the rollout engine passes"
+            )
         out = self.policy.sample(obs, instructions, mode, generators)
         chunks = out.actions.detach()
         actions = chunks.clone()
@@ -74,7 +84,9 @@ class TemporalEnsemble:
             del history[: -self.chunk_size]
             # history[j] was predicted len(history) - 1 - j calls ago: its row for now is that age
             ages = range(len(history) - 1, -1, -1)
-            preds = torch.stack([chunk[age] for chunk, age in zip(history, ages)]).double()
+            preds = torch.stack([chunk[age] for chunk, age in zip(history, ages, strict=True)]).double()
             w = ensemble_weights(len(history), self.m).to(preds.device)
             actions[b, 0] = (w[:, None] * preds).sum(0).to(actions.dtype)
-        return ChunkSample(actions=actions, logp=torch.zeros(actions.shape[:2], dtype=out.logp.dtype, device=out.logp.device))
+        return ChunkSample(
+            actions=actions, logp=torch.zeros(actions.shape[:2], dtype=out.logp.dtype, device=out.logp.device)
+        )

@@ -31,9 +31,9 @@ from policytrim.errors import InputError
 from policytrim.eval.metrics import summarize
 from policytrim.io import atomic_write_json
 from policytrim.policies.adaptor import adaptor_of
-from policytrim.windows import WindowPlan
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.runtime import workers_own_cores
+from policytrim.windows import WindowPlan
 
 FORMAT, VERSION = "policytrim-metrics", 1
 
@@ -80,7 +80,9 @@ def evaluate_policy(
     try:
         phase = {"val": "validation", "test": "evaluation"}.get(split, f"{split} episodes")
         with progress.episodes(f"{phase} (k={window}, {mode})", len(starts)):
-            traj = engine.run(policy, starts, 1, windows, mode, seed, record_chunks=adaptor is not None, adaptor=adaptor)
+            traj = engine.run(
+                policy, starts, 1, windows, mode, seed, record_chunks=adaptor is not None, adaptor=adaptor
+            )
         periods = {t: engine.control_period_s(t) for t in dict.fromkeys(traj.task)}
     finally:
         if own:
@@ -153,17 +155,22 @@ def _fmt(value: Any, spec: str) -> str:
 
 def format_table(metrics: dict[str, Any]) -> str:
     """The metrics as a plain-text table (one row per task and overall)."""
-    head = f"{'task':<28} {'episodes':>8} {'SR':>6} {'95% CI':>13} {'mean T':>7} {'k':>3} {'calls/succ':>10} {'wall-clock s':>12}"
+    head = (
+        f"{'task':<28} {'episodes':>8} {'SR':>6} {'95% CI':>13} {'mean T':>7} {'k':>3} {'calls/succ':>10} "
+        f"{'wall-clock s':>12}"
+    )
     lines = [head, "-" * len(head)]
     rows = [*metrics["tasks"].items(), ("overall", metrics["overall"])]
     for name, m in rows:
         lo, hi = m["success_ci95"]
         lines.append(
             f"{name:<28} {m['episodes']:>8} {_fmt(m['success_rate'], '.2f'):>6} {f'[{lo:.2f}, {hi:.2f}]':>13} "
-            f"{_fmt(m['mean_steps'], '.1f'):>7} {str(m['window']):>3} {_fmt(m['calls_per_success'], '.1f'):>10} {_fmt(m['wall_clock_s'], '.2f'):>12}"
+            f"{_fmt(m['mean_steps'], '.1f'):>7} {str(m['window']):>3} "
+            f"{_fmt(m['calls_per_success'], '.1f'):>10} {_fmt(m['wall_clock_s'], '.2f'):>12}"
         )
     lines.append(
-        f"mode {metrics['mode']}, horizon {metrics['horizon']}, seed {metrics['seed']}, {metrics['split']} states (seed {metrics['state_seed']}), "
+        f"mode {metrics['mode']}, horizon {metrics['horizon']}, seed {metrics['seed']}, {metrics['split']} "
+        f"states (seed {metrics['state_seed']}), "
         f"latency {metrics['latency_ms']:.2f} ms ({metrics['latency_source']})"
         + (f", {metrics['dropped_groups']} episodes dropped (simulator faults)" if metrics["dropped_groups"] else "")
     )
@@ -182,13 +189,28 @@ def load_eval_policy(cfg: Any, source: str) -> Any:
     return policy
 
 
-def evaluate_to_dir(cfg: Any, policy: Any, window: int, out: str | Path, name: str, adaptive: bool = True) -> dict[str, Any]:
+def evaluate_to_dir(
+    cfg: Any, policy: Any, window: int, out: str | Path, name: str, adaptive: bool = True
+) -> dict[str, Any]:
     """Evaluate ``policy`` at ``window`` (0: its own; its window adaptor's choices when it carries one,
     unless ``adaptive`` is false) on ``cfg.eval.episodes`` test states per task and write
     ``out/metrics.json`` (its ``policy`` field is ``name``). Returns the metrics."""
     with workers_own_cores(cfg.rollout.num_workers, cfg.device):
-        with RolloutEngine(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, backend=cfg.rollout.backend, ray=cfg.ray) as engine:
-            metrics = evaluate_policy(policy, cfg.env, cfg.eval.episodes, window, cfg.eval.mode, cfg.eval.seed, "test", engine=engine, latency_ms=cfg.eval.latency_ms, adaptive=adaptive)
+        with RolloutEngine(
+            cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, backend=cfg.rollout.backend, ray=cfg.ray
+        ) as engine:
+            metrics = evaluate_policy(
+                policy,
+                cfg.env,
+                cfg.eval.episodes,
+                window,
+                cfg.eval.mode,
+                cfg.eval.seed,
+                "test",
+                engine=engine,
+                latency_ms=cfg.eval.latency_ms,
+                adaptive=adaptive,
+            )
     metrics["policy"] = name
     atomic_write_json(Path(out) / "metrics.json", metrics)
     return metrics

@@ -11,8 +11,9 @@ at 96 px, so a filmstrip of two policies costs a few seconds.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,17 @@ class RecordingEnvFactory:
         return RecordingEnv(make_env(cfg, task))
 
 
-def record_rollouts(policies: dict[str, tuple[Any, int]], env_cfg: Any, task: str, index: int, mode: str, seed: int, split: str = "test", size: int = 96, camera: str = "corner2") -> dict[str, dict[str, Any]]:
+def record_rollouts(
+    policies: dict[str, tuple[Any, int]],
+    env_cfg: Any,
+    task: str,
+    index: int,
+    mode: str,
+    seed: int,
+    split: str = "test",
+    size: int = 96,
+    camera: str = "corner2",
+) -> dict[str, dict[str, Any]]:
     """Roll out each ``{label: (policy, window)}`` once from test state ``index`` of ``task`` with
     the same random numbers; returns ``{label: {"frames": [T+1 images], "success", "steps", "calls"}}``."""
     from policytrim.rollout.engine import RolloutEngine
@@ -79,7 +90,13 @@ def record_rollouts(policies: dict[str, tuple[Any, int]], env_cfg: Any, task: st
         for label, (policy, window) in policies.items():
             traj = engine.run(policy, state, 1, torch.tensor([[int(window)]]), mode, seed, record_chunks=False)
             frames = _FRAMES.pop((state[0].task, state[0].seed, state[0].index), [])
-            out[label] = {"frames": frames, "success": bool(traj.success[0]), "steps": int(traj.steps[0]), "calls": int(traj.calls[0]), "window": int(window)}
+            out[label] = {
+                "frames": frames,
+                "success": bool(traj.success[0]),
+                "steps": int(traj.steps[0]),
+                "calls": int(traj.calls[0]),
+                "window": int(window),
+            }
     return out
 
 
@@ -91,7 +108,17 @@ def pick_frames(frames: Sequence[np.ndarray], count: int) -> list[tuple[int, np.
     return [(i, frames[i]) for i in idx]
 
 
-def filmstrip(policies: dict[str, tuple[Any, int]], env_cfg: Any, task: str, index: int, mode: str, seed: int, path: Path, frames: int = 8, horizon_aligned: bool = True) -> dict[str, Any]:
+def filmstrip(
+    policies: dict[str, tuple[Any, int]],
+    env_cfg: Any,
+    task: str,
+    index: int,
+    mode: str,
+    seed: int,
+    path: Path,
+    frames: int = 8,
+    horizon_aligned: bool = True,
+) -> dict[str, Any]:
     """Render a filmstrip PNG at ``path``: one row per policy. With ``horizon_aligned`` every row
     samples the same step numbers (spaced over the longest episode), so a shorter episode shows
     its final frame early and ends sooner. Returns what each rollout did."""
@@ -118,9 +145,9 @@ def representative_state(outcomes: dict[str, dict[str, list]], base: str, new: s
     """A test state of ``task`` where both policies succeeded and whose step difference is the
     median of such states (a typical pair, not the best one); None when there is none."""
     b, n = outcomes[base], outcomes[new]
-    new_by_key = {(t, i): (s, T) for t, i, s, T in zip(n["task"], n["index"], n["success"], n["steps"])}
+    new_by_key = {(t, i): (s, T) for t, i, s, T in zip(n["task"], n["index"], n["success"], n["steps"], strict=True)}
     pairs = []
-    for t, i, s, T in zip(b["task"], b["index"], b["success"], b["steps"]):
+    for t, i, s, T in zip(b["task"], b["index"], b["success"], b["steps"], strict=True):
         other = new_by_key.get((t, i))
         if t == task and s and other and other[0]:
             pairs.append((T - other[1], i))

@@ -13,7 +13,8 @@ Means over no successful episode are None (JSON null).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -37,7 +38,15 @@ def _mean(values: torch.Tensor) -> float | None:
     return float(values.double().mean()) if values.numel() else None
 
 
-def _entry(success: torch.Tensor, steps: torch.Tensor, calls: torch.Tensor, window: torch.Tensor, period: torch.Tensor, latency_s: float, horizon: int) -> dict[str, Any]:
+def _entry(
+    success: torch.Tensor,
+    steps: torch.Tensor,
+    calls: torch.Tensor,
+    window: torch.Tensor,
+    period: torch.Tensor,
+    latency_s: float,
+    horizon: int,
+) -> dict[str, Any]:
     n = int(success.numel())
     k = int(success.sum())
     ok = success.bool()
@@ -56,7 +65,9 @@ def _entry(success: torch.Tensor, steps: torch.Tensor, calls: torch.Tensor, wind
     }
 
 
-def summarize(trajectories: Trajectories, latency_s: float, control_period_s: float | Mapping[str, float]) -> dict[str, Any]:
+def summarize(
+    trajectories: Trajectories, latency_s: float, control_period_s: float | Mapping[str, float]
+) -> dict[str, Any]:
     """``{"tasks": {task: metrics}, "overall": metrics}`` (module docstring for the metrics).
 
     control_period_s: one value, or one per task.
@@ -73,6 +84,8 @@ def summarize(trajectories: Trajectories, latency_s: float, control_period_s: fl
     out: dict[str, Any] = {"tasks": {}}
     for task in tasks:
         m = torch.tensor([t == task for t in tr.task], dtype=torch.bool)
-        out["tasks"][task] = _entry(tr.success[m], tr.steps[m], tr.calls[m], tr.window[m], period[m], latency_s, tr.horizon)
+        out["tasks"][task] = _entry(
+            tr.success[m], tr.steps[m], tr.calls[m], tr.window[m], period[m], latency_s, tr.horizon
+        )
     out["overall"] = _entry(tr.success, tr.steps, tr.calls, tr.window, period, latency_s, tr.horizon)
     return out

@@ -37,9 +37,22 @@ def paired_difference(base_success, new_success, z: float = 1.96) -> dict[str, f
     denom = (e + f) * (g + h) * (e + g) * (f + h)
     phi = (e * h - f * g) / math.sqrt(denom) if denom > 0 else 0.0
     diff = p_new - p_base
-    delta = math.sqrt(max(0.0, (p_new - l_new) ** 2 - 2 * phi * (p_new - l_new) * (u_base - p_base) + (u_base - p_base) ** 2))
-    eps = math.sqrt(max(0.0, (u_new - p_new) ** 2 - 2 * phi * (u_new - p_new) * (p_base - l_base) + (p_base - l_base) ** 2))
-    return {"diff": diff, "lo": max(-1.0, diff - delta), "hi": min(1.0, diff + eps), "n": n, "both": e, "only_new": f, "only_base": g, "neither": h}
+    delta = math.sqrt(
+        max(0.0, (p_new - l_new) ** 2 - 2 * phi * (p_new - l_new) * (u_base - p_base) + (u_base - p_base) ** 2)
+    )
+    eps = math.sqrt(
+        max(0.0, (u_new - p_new) ** 2 - 2 * phi * (u_new - p_new) * (p_base - l_base) + (p_base - l_base) ** 2)
+    )
+    return {
+        "diff": diff,
+        "lo": max(-1.0, diff - delta),
+        "hi": min(1.0, diff + eps),
+        "n": n,
+        "both": e,
+        "only_new": f,
+        "only_base": g,
+        "neither": h,
+    }
 
 
 def relation_in_points(value: float, reference: float, tolerance_points: float) -> str:

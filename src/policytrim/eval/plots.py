@@ -13,8 +13,9 @@ evaluation and the trainer write), draws one figure and returns the path written
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -42,7 +43,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     records = read_jsonl(path)
     text = path.read_text() if path.is_file() else ""
     lines = [n for n, line in enumerate(text.splitlines(), 1) if line.strip()]  # the records' lines, in order
-    for record, line in zip(records, lines):
+    for record, line in zip(records, lines, strict=False):
         where = f"{path} line {line}"
         if "stage" in record and not isinstance(record["stage"], str):
             raise InputError(f"{where}: field 'stage' must be a string, got {record['stage']!r}")
@@ -69,7 +70,12 @@ def _num(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def chunk_length_figure(sweep: Mapping[int, Mapping[str, Any]], trained: Mapping[str, tuple[int, Mapping[str, Any]]], path: Path, title: str = "") -> Path:
+def chunk_length_figure(
+    sweep: Mapping[int, Mapping[str, Any]],
+    trained: Mapping[str, tuple[int, Mapping[str, Any]]],
+    path: Path,
+    title: str = "",
+) -> Path:
     """sweep: {window: overall metrics} of the starting policy; trained: {label: (window, metrics)}
     (e.g. Stage 1 and PolicyTrim at their windows). Left: SR with 95% Wilson intervals; right: mean
     steps of successful episodes."""
@@ -79,13 +85,26 @@ def chunk_length_figure(sweep: Mapping[int, Mapping[str, Any]], trained: Mapping
     lo = np.array([sweep[k]["success_ci95"][0] for k in ks])
     hi = np.array([sweep[k]["success_ci95"][1] for k in ks])
     steps = np.array([_num(sweep[k]["mean_steps"]) for k in ks])
-    ax_sr.errorbar(ks, sr, yerr=_yerr(sr, lo, hi), marker="o", capsize=3, color="tab:gray", label="starting policy, fixed window")
+    ax_sr.errorbar(
+        ks, sr, yerr=_yerr(sr, lo, hi), marker="o", capsize=3, color="tab:gray", label="starting policy, fixed window"
+    )
     ax_t.plot(ks, steps, marker="o", color="tab:gray", label="starting policy, fixed window")
     markers = ["s", "D", "^", "v", "P"]
     for i, (label, (k, m)) in enumerate(trained.items()):
-        s, (l, h) = _num(m["success_rate"]), m["success_ci95"]
-        ax_sr.errorbar([k], [s], yerr=_yerr([s], [l], [h]), marker=markers[i % len(markers)], capsize=3, linestyle="none", label=label, markersize=8)
-        ax_t.plot([k], [_num(m["mean_steps"])], marker=markers[i % len(markers)], linestyle="none", label=label, markersize=8)
+        s, (low, high) = _num(m["success_rate"]), m["success_ci95"]
+        ax_sr.errorbar(
+            [k],
+            [s],
+            yerr=_yerr([s], [low], [high]),
+            marker=markers[i % len(markers)],
+            capsize=3,
+            linestyle="none",
+            label=label,
+            markersize=8,
+        )
+        ax_t.plot(
+            [k], [_num(m["mean_steps"])], marker=markers[i % len(markers)], linestyle="none", label=label, markersize=8
+        )
     ax_sr.set_xlabel("executed chunk length k")
     ax_sr.set_ylabel("success rate")
     ax_sr.set_ylim(max(0.0, min([*lo, *[t[1]["success_ci95"][0] for t in trained.values()]] or [0]) - 0.05), 1.02)
@@ -100,20 +119,27 @@ def chunk_length_figure(sweep: Mapping[int, Mapping[str, Any]], trained: Mapping
     return _save(fig, path)
 
 
-def training_curves_figure(records: Sequence[Mapping[str, Any]], path: Path, title: str = "", val_windows: Mapping[str, int] | None = None) -> Path:
+def training_curves_figure(
+    records: Sequence[Mapping[str, Any]], path: Path, title: str = "", val_windows: Mapping[str, int] | None = None
+) -> Path:
     """records: metrics.jsonl of a training run. Reward, SR, mean steps and mean window of the
     training rollouts per epoch (lines), validation SR and steps (markers, at the stage's evaluation
     window from ``val_windows``), one colour per stage. Stage 1's rollout window is the mean of the
     windows assigned to group slots."""
     val_windows = val_windows or {}
     offsets = stage_offsets(records)
-    panels = [("reward", None, "reward (rollouts)"), ("success_rate", "val_success_rate", "success rate"), ("mean_steps", "val_mean_steps", "mean steps T (successes)"), ("mean_window", None, "window k (rollouts)")]
+    panels = [
+        ("reward", None, "reward (rollouts)"),
+        ("success_rate", "val_success_rate", "success rate"),
+        ("mean_steps", "val_mean_steps", "mean steps T (successes)"),
+        ("mean_window", None, "window k (rollouts)"),
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.3))
     stages = list(dict.fromkeys(r.get("stage") for r in records if r.get("stage")))
     for stage in stages:
         rows = [r for r in records if r.get("stage") == stage]
         color = STAGE_COLORS.get(stage, None)
-        for ax, (key, val_key, label) in zip(axes, panels):
+        for ax, (key, val_key, label) in zip(axes, panels, strict=True):
             train_rows = [r for r in rows if key in r and r.get(key) is not None and r.get("epoch", 0) > 0]
             x = [offsets[stage] + r["epoch"] for r in train_rows]
             y = [_num(r[key]) for r in train_rows]
@@ -169,14 +195,19 @@ def pareto_frontier(points: Mapping[str, Mapping[str, Any]]) -> list[str]:
     calls per successful episode, fewest calls first: each has a higher SR than every policy with
     fewer (or as many) calls. One name: that policy has the fewest calls and no policy a higher SR."""
     frontier: list[tuple[str, float]] = []
-    ranked = sorted((it for it in points.items() if it[1].get("calls_per_success")), key=lambda it: (float(it[1]["calls_per_success"]), -_num(it[1]["success_rate"])))
+    ranked = sorted(
+        (it for it in points.items() if it[1].get("calls_per_success")),
+        key=lambda it: (float(it[1]["calls_per_success"]), -_num(it[1]["success_rate"])),
+    )
     for name, m in ranked:
         if not frontier or _num(m["success_rate"]) > frontier[-1][1]:
             frontier.append((name, _num(m["success_rate"])))
     return [name for name, _ in frontier]
 
 
-def pareto_figure(points: Mapping[str, Mapping[str, Any]], path: Path, title: str = "", highlight: Sequence[str] = ()) -> Path:
+def pareto_figure(
+    points: Mapping[str, Mapping[str, Any]], path: Path, title: str = "", highlight: Sequence[str] = ()
+) -> Path:
     """points: {policy: overall metrics}. Success rate (95% Wilson interval) vs mean inference calls
     per successful episode; the Pareto frontier (`pareto_frontier`) as a line when it holds more
     than one policy."""
@@ -189,20 +220,43 @@ def pareto_figure(points: Mapping[str, Mapping[str, Any]], path: Path, title: st
         c, s = float(m["calls_per_success"]), _num(m["success_rate"])
         lo, hi = m["success_ci95"]
         if crowded:
-            style = dict(color=colors[i % len(colors)], marker=markers[i % len(markers)], markersize=10 if name in highlight else 7, label=name)
+            style = dict(
+                color=colors[i % len(colors)],
+                marker=markers[i % len(markers)],
+                markersize=10 if name in highlight else 7,
+                label=name,
+            )
         else:
-            style = dict(color="tab:red" if name in highlight else "tab:blue", marker="o", markersize=9 if name in highlight else 6)
+            style = dict(
+                color="tab:red" if name in highlight else "tab:blue",
+                marker="o",
+                markersize=9 if name in highlight else 6,
+            )
         ax.errorbar([c], [s], yerr=_yerr([s], [lo], [hi]), capsize=3, linestyle="none", **style)
         if not crowded:
             ax.annotate(name, (c, s), textcoords="offset points", xytext=(6, 10 - 12 * (i % 3)), fontsize=8)
-    frontier = [(float(points[n]["calls_per_success"]), _num(points[n]["success_rate"])) for n in pareto_frontier(points)]
+    frontier = [
+        (float(points[n]["calls_per_success"]), _num(points[n]["success_rate"])) for n in pareto_frontier(points)
+    ]
     if len(frontier) > 1:
-        ax.step([f[0] for f in frontier], [f[1] for f in frontier], where="post", color="tab:green", alpha=0.6, label="Pareto frontier")
+        ax.step(
+            [f[0] for f in frontier],
+            [f[1] for f in frontier],
+            where="post",
+            color="tab:green",
+            alpha=0.6,
+            label="Pareto frontier",
+        )
     if crowded:
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     elif len(frontier) > 1:
         ax.legend(fontsize=8, loc="lower right")
-    if items and max(float(m["calls_per_success"]) for _, m in items) / max(1e-9, min(float(m["calls_per_success"]) for _, m in items)) > 8:
+    if (
+        items
+        and max(float(m["calls_per_success"]) for _, m in items)
+        / max(1e-9, min(float(m["calls_per_success"]) for _, m in items))
+        > 8
+    ):
         ax.set_xscale("log")
     ax.set_xlabel("inference calls per successful episode (mean C)")
     ax.set_ylabel("success rate")
@@ -211,7 +265,9 @@ def pareto_figure(points: Mapping[str, Mapping[str, Any]], path: Path, title: st
     return _save(fig, path)
 
 
-def steps_histogram_figure(steps: Mapping[str, Sequence[int]], path: Path, horizon: int | None = None, title: str = "") -> Path:
+def steps_histogram_figure(
+    steps: Mapping[str, Sequence[int]], path: Path, horizon: int | None = None, title: str = ""
+) -> Path:
     """steps: {policy: T of its successful episodes}. Overlaid histograms on shared bins."""
     fig, ax = plt.subplots(figsize=(7.2, 3.8))
     values = [v for s in steps.values() for v in s]
@@ -220,10 +276,17 @@ def steps_histogram_figure(steps: Mapping[str, Sequence[int]], path: Path, horiz
     else:
         top = horizon or max(values)
         bins = np.arange(0, top + 10, 5)
-        for (name, s), color in zip(steps.items(), ["tab:gray", "tab:blue", "tab:orange", "tab:green"]):
+        for (name, s), color in zip(steps.items(), ["tab:gray", "tab:blue", "tab:orange", "tab:green"], strict=False):
             if len(s):
                 ax.hist(s, bins=bins, alpha=0.22, color=color)
-                ax.hist(s, bins=bins, histtype="step", linewidth=1.8, color=color, label=f"{name} (n={len(s)}, mean {np.mean(s):.1f}, sd {np.std(s):.1f})")
+                ax.hist(
+                    s,
+                    bins=bins,
+                    histtype="step",
+                    linewidth=1.8,
+                    color=color,
+                    label=f"{name} (n={len(s)}, mean {np.mean(s):.1f}, sd {np.std(s):.1f})",
+                )
                 ax.axvline(float(np.mean(s)), color=color, linestyle="--", linewidth=1.2)
         ax.legend(fontsize=8)
     ax.set_xlabel("physical steps T (successful episodes)")
@@ -243,15 +306,17 @@ def ablation_curves_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]], pa
             continue
         last = stages[-1]
         rows = [r for r in records if r.get("stage") == last and r.get("epoch", 0) > 0 and "reward" in r]
-        for ax, key in zip(axes, ("reward", "success_rate", "mean_steps")):
+        for ax, key in zip(axes, ("reward", "success_rate", "mean_steps"), strict=True):
             y = np.array([_num(r.get(key)) for r in rows])
             x = np.array([r["epoch"] for r in rows])
             if len(y) == 0:
                 continue
             w = max(1, min(5, len(y) // 4))
-            smooth = np.convolve(np.nan_to_num(y, nan=np.nanmean(y) if np.isfinite(y).any() else 0.0), np.ones(w) / w, mode="valid")
+            smooth = np.convolve(
+                np.nan_to_num(y, nan=np.nanmean(y) if np.isfinite(y).any() else 0.0), np.ones(w) / w, mode="valid"
+            )
             ax.plot(x[w - 1 :], smooth, label=f"{name} ({last})")
-    for ax, label in zip(axes, ("reward", "success rate (rollouts)", "mean steps T (rollouts)")):
+    for ax, label in zip(axes, ("reward", "success rate (rollouts)", "mean steps T (rollouts)"), strict=True):
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("epoch of the variant's last stage")
         ax.grid(alpha=0.3)
@@ -265,7 +330,13 @@ def filmstrip_figure(strips: Mapping[str, Sequence[tuple[int, np.ndarray]]], pat
     label above its row, the step number above each frame."""
     rows = list(strips.items())
     cols = max((len(frames) for _, frames in rows), default=1)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.55 * cols, 2.0 * len(rows) + 0.4), squeeze=False, gridspec_kw={"hspace": 0.55, "wspace": 0.04})
+    fig, axes = plt.subplots(
+        len(rows),
+        cols,
+        figsize=(1.55 * cols, 2.0 * len(rows) + 0.4),
+        squeeze=False,
+        gridspec_kw={"hspace": 0.55, "wspace": 0.04},
+    )
     for r, (label, frames) in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -274,7 +345,9 @@ def filmstrip_figure(strips: Mapping[str, Sequence[tuple[int, np.ndarray]]], pat
                 step, image = frames[c]
                 ax.imshow(image)
                 ax.set_title(f"t = {step}", fontsize=8)
-        axes[r][0].annotate(label, xy=(0.0, 1.28), xycoords="axes fraction", ha="left", va="bottom", fontsize=9, fontweight="bold")
+        axes[r][0].annotate(
+            label, xy=(0.0, 1.28), xycoords="axes fraction", ha="left", va="bottom", fontsize=9, fontweight="bold"
+        )
     fig.suptitle(title or "Rollouts", fontsize=10, y=1.0 + 0.12 / len(rows))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80, bbox_inches="tight")  # photographs compress badly in PNG: keep them small

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -71,7 +72,9 @@ class DeployTiming:
         if not isinstance(self.window, int) or self.window < 1:
             raise InputError(f"window must be an integer >= 1, got {self.window!r}")
         if not isinstance(self.threshold, int) or not 0 <= self.threshold < self.window:
-            raise InputError(f"threshold must be an integer in [0, window - 1] = [0, {self.window - 1}], got {self.threshold!r}")
+            raise InputError(
+                f"threshold must be an integer in [0, window - 1] = [0, {self.window - 1}], got {self.threshold!r}"
+            )
         for name in ("latency_s", "control_period_s"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
@@ -141,7 +144,10 @@ def run_timed_episode(
         chunk = np.asarray(infer(observation, instruction))
         measured = clock() - start
         if chunk.ndim != 2 or chunk.shape[0] < timing.window:
-            raise InputError(f"the policy returned a chunk of shape {chunk.shape}; executing window {timing.window} needs [H >= {timing.window}, A]")
+            raise InputError(
+                f"the policy returned a chunk of shape {chunk.shape}; executing window {timing.window} "
+                f"needs [H >= {timing.window}, A]"
+            )
         return chunk, (measured if timing.latency_s is None else float(timing.latency_s))
 
     t = 0.0  # robot time

@@ -28,9 +28,10 @@ from __future__ import annotations
 import base64
 import html
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from policytrim.errors import InputError
 from policytrim.eval import plots
@@ -117,14 +118,23 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif b.kind == "figure" and b.path is not None:
             data = base64.b64encode(b.path.read_bytes()).decode()
-            body.append(f'<figure><img alt="{html.escape(b.text)}" src="data:image/png;base64,{data}"><figcaption>{_inline(b.text)}</figcaption></figure>')
+            body.append(
+                f'<figure><img alt="{html.escape(b.text)}" '
+                f'src="data:image/png;base64,{data}"><figcaption>{_inline(b.text)}</figcaption></figure>'
+            )
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:0.5em 0 1.2em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "table{border-collapse:collapse;margin:0.5em 0 1.2em;font-size:13px}th,td{border:1px solid "
+        "#ccc;padding:3px 8px;text-align:right}"
         "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
         "figure{margin:1em 0}figcaption{font-size:13px;color:#555}code{background:#f3f3f3;padding:0 3px}"
     )
-    return f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    return (
+        "<!DOCTYPE html>\n<html><head><meta "
+        f"charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +159,8 @@ def detect_kind(run_dir: Path) -> str:
     if (run_dir / "comparison.json").is_file() or (run_dir / "metrics.json").is_file():
         return "eval"
     raise InputError(
-        f"{run_dir} is not a run directory the report knows: expected ablation.json (ablate), summary.json + train/ (demo), "
+        f"{run_dir} is not a run directory the report knows: expected ablation.json (ablate), summary.json "
+        "+ train/ (demo), "
         "run.json + metrics.jsonl (train), or comparison.json / metrics.json (eval)"
     )
 
@@ -165,10 +176,21 @@ def load_suite(directory: Path, default_mode: str = "sampled") -> dict[str, Any]
             return None
         mode = metrics.get("mode", default_mode)
         name = "policy"
-        comp = {"format": "policytrim-comparison", "modes": {mode: {"baseline": name, "policies": {name: metrics}, "vs_baseline": {}}}, "robustness": {}, "windows": {name: metrics.get("window")}, "episodes_per_task": metrics.get("episodes_per_task"), "seed": metrics.get("seed")}
+        comp = {
+            "format": "policytrim-comparison",
+            "modes": {mode: {"baseline": name, "policies": {name: metrics}, "vs_baseline": {}}},
+            "robustness": {},
+            "windows": {name: metrics.get("window")},
+            "episodes_per_task": metrics.get("episodes_per_task"),
+            "seed": metrics.get("seed"),
+        }
     elif "modes" not in comp:
         mode = next((m["mode"] for m in comp["policies"].values() if "mode" in m), default_mode)
-        comp = {"modes": {mode: comp}, "robustness": {}, "windows": {n: m.get("window") for n, m in comp["policies"].items()}}
+        comp = {
+            "modes": {mode: comp},
+            "robustness": {},
+            "windows": {n: m.get("window") for n, m in comp["policies"].items()},
+        }
     outcomes = _json(directory / "outcomes.json") or {}
     comp["outcomes"] = outcomes
     return comp
@@ -188,7 +210,18 @@ def _window(value: Any) -> str:
     return "/".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-COMPARISON_HEADER = ["policy", "k", "SR [95% CI]", "SR drop, points [paired 95% CI]", "mean T", "calls C", "calls speedup", "paper speedup", "steps reduction", "wall-clock s"]
+COMPARISON_HEADER = [
+    "policy",
+    "k",
+    "SR [95% CI]",
+    "SR drop, points [paired 95% CI]",
+    "mean T",
+    "calls C",
+    "calls speedup",
+    "paper speedup",
+    "steps reduction",
+    "wall-clock s",
+]
 
 
 def comparison_rows(comparison: dict[str, Any], task: str | None = None) -> list[list[str]]:
@@ -205,10 +238,27 @@ def comparison_rows(comparison: dict[str, Any], task: str | None = None) -> list
             drop, speed, paper, red = "(baseline)", "1.00", "1.00", "0.00"
         elif v:
             drop = f"{v['success_rate_drop']:+.1f} {_ci(v['success_rate_drop_ci95'], spec='+.1f')}"
-            speed, paper, red = nice(v["calls_speedup"], ".2f"), nice(v["speedup_paper"], ".2f"), nice(v["steps_reduction"], ".2f")
+            speed, paper, red = (
+                nice(v["calls_speedup"], ".2f"),
+                nice(v["speedup_paper"], ".2f"),
+                nice(v["steps_reduction"], ".2f"),
+            )
         else:
             drop = speed = paper = red = "–"
-        rows.append([f"**{name}**" if name in ("policytrim",) else name, _window(m["window"]), f"{nice(m['success_rate'])} {_ci(m['success_ci95'])}", drop, nice(m["mean_steps"], ".1f"), nice(m["calls_per_success"], ".1f"), speed, paper, red, nice(m["wall_clock_s"], ".2f")])
+        rows.append(
+            [
+                f"**{name}**" if name in ("policytrim",) else name,
+                _window(m["window"]),
+                f"{nice(m['success_rate'])} {_ci(m['success_ci95'])}",
+                drop,
+                nice(m["mean_steps"], ".1f"),
+                nice(m["calls_per_success"], ".1f"),
+                speed,
+                paper,
+                red,
+                nice(m["wall_clock_s"], ".2f"),
+            ]
+        )
     return rows
 
 
@@ -220,17 +270,38 @@ def per_task_rows(comparison: dict[str, Any], new: str) -> list[list[str]]:
     rows = []
     for task in n_tasks:
         b, n, v = b_tasks.get(task, {}), n_tasks[task], vs.get(task, {})
-        rows.append([
-            task, nice(b.get("success_rate"), ".2f"), nice(b.get("mean_steps"), ".1f"), nice(b.get("calls_per_success"), ".1f"),
-            nice(n["success_rate"], ".2f"), nice(n["mean_steps"], ".1f"), _window(n["window"]), nice(n["calls_per_success"], ".1f"),
-            nice(v.get("calls_speedup"), ".2f"), nice(v.get("steps_reduction"), ".2f"),
-            f"{v['success_rate_drop']:+.1f} {_ci(v['success_rate_drop_ci95'], spec='+.1f')}" if v else "–",
-        ])
+        rows.append(
+            [
+                task,
+                nice(b.get("success_rate"), ".2f"),
+                nice(b.get("mean_steps"), ".1f"),
+                nice(b.get("calls_per_success"), ".1f"),
+                nice(n["success_rate"], ".2f"),
+                nice(n["mean_steps"], ".1f"),
+                _window(n["window"]),
+                nice(n["calls_per_success"], ".1f"),
+                nice(v.get("calls_speedup"), ".2f"),
+                nice(v.get("steps_reduction"), ".2f"),
+                f"{v['success_rate_drop']:+.1f} {_ci(v['success_rate_drop_ci95'], spec='+.1f')}" if v else "–",
+            ]
+        )
     return rows
 
 
 def per_task_header(base: str, new: str) -> list[str]:
-    return ["task", f"{base} SR", "T", "C", f"{new} SR", "T", "k", "C", "calls speedup", "steps reduction", "SR drop [paired 95% CI]"]
+    return [
+        "task",
+        f"{base} SR",
+        "T",
+        "C",
+        f"{new} SR",
+        "T",
+        "k",
+        "C",
+        "calls speedup",
+        "steps reduction",
+        "SR drop [paired 95% CI]",
+    ]
 
 
 def robustness_rows(robustness: dict[str, Any], new: str) -> list[list[str]]:
@@ -241,11 +312,17 @@ def robustness_rows(robustness: dict[str, Any], new: str) -> list[list[str]]:
         if n is None:
             continue
         v = r["vs_baseline"][new]["overall"]
-        rows.append([
-            f"{name}: {r['perturbation'].get('description', '')}", f"{nice(b['success_rate'], '.3f')} / {nice(b['mean_steps'], '.1f')} / {nice(b['calls_per_success'], '.1f')}",
-            f"{nice(n['success_rate'], '.3f')} / {nice(n['mean_steps'], '.1f')} / {nice(n['calls_per_success'], '.1f')}",
-            f"{v['success_rate_drop']:+.1f} {_ci(v['success_rate_drop_ci95'], spec='+.1f')}", nice(v["calls_speedup"], ".2f"),
-        ])
+        rows.append(
+            [
+                f"{name}: {r['perturbation'].get('description', '')}",
+                f"{nice(b['success_rate'], '.3f')} / {nice(b['mean_steps'], '.1f')} / "
+                f"{nice(b['calls_per_success'], '.1f')}",
+                f"{nice(n['success_rate'], '.3f')} / {nice(n['mean_steps'], '.1f')} / "
+                f"{nice(n['calls_per_success'], '.1f')}",
+                f"{v['success_rate_drop']:+.1f} {_ci(v['success_rate_drop_ci95'], spec='+.1f')}",
+                nice(v["calls_speedup"], ".2f"),
+            ]
+        )
     return rows
 
 
@@ -291,7 +368,7 @@ def _successful_steps(outcomes: dict[str, Any], name: str) -> list[int]:
     o = outcomes.get(name)
     if not o:
         return []
-    return [int(t) for t, s in zip(o["steps"], o["success"]) if s]
+    return [int(t) for t, s in zip(o["steps"], o["success"], strict=True) if s]
 
 
 def pareto_caption(points: dict[str, Any], subject: str) -> str:
@@ -301,22 +378,36 @@ def pareto_caption(points: dict[str, Any], subject: str) -> str:
     if len(frontier) > 1:
         return f"{subject}; the line is the Pareto frontier ({', '.join(frontier)})."
     if frontier:
-        return f"{subject}; {frontier[0]} alone is the Pareto frontier (the fewest calls, and no policy has a higher success rate), so no frontier line is drawn."
+        return (
+            f"{subject}; {frontier[0]} alone is the Pareto frontier (the fewest calls, and no policy has a "
+            "higher success rate), so no frontier line is drawn."
+        )
     return f"{subject}; no policy had a successful episode, so there is nothing to plot."
 
 
 def comparison_section(sec: Section, suite: dict[str, Any], headline_mode: str, level: int = 2) -> None:
     """Tables and figures of a suite-format comparison (the headline mode first)."""
-    modes = [headline_mode] + [m for m in suite["modes"] if m != headline_mode] if headline_mode in suite["modes"] else list(suite["modes"])
+    modes = (
+        [headline_mode] + [m for m in suite["modes"] if m != headline_mode]
+        if headline_mode in suite["modes"]
+        else list(suite["modes"])
+    )
     windows = suite.get("windows", {})
     for i, mode in enumerate(modes):
         comp = suite["modes"][mode]
         main = _main_contender(comp)
         first = i == 0
         sec.add(h(f"{'Headline: ' if first else ''}{mode} mode, paired on the same test states", level))
-        sec.add(p(f"Every policy ran on the same {suite.get('episodes_per_task', '?')} test states per task with the same random numbers (seed {suite.get('seed', '?')}); "
-                  "SR drop is baseline − policy in points with Newcombe's paired 95% interval; T and C are means over successful episodes; "
-                  "calls speedup = mean C of the baseline / mean C of the policy (measured); paper speedup = (T_base/k_base)/(T/k)."))
+        sec.add(
+            p(
+                f"Every policy ran on the same {suite.get('episodes_per_task', '?')} test states per task "
+                f"with the same random numbers (seed {suite.get('seed', '?')}); "
+                "SR drop is baseline − policy in points with Newcombe's paired 95% interval; T and C are "
+                "means over successful episodes; "
+                "calls speedup = mean C of the baseline / mean C of the policy (measured); paper speedup = "
+                "(T_base/k_base)/(T/k)."
+            )
+        )
         sec.add(table(COMPARISON_HEADER, comparison_rows(comp)))
         if main and len(comp["policies"][main]["tasks"]) > 1:
             sec.add(h(f"Per task ({mode}): {comp['baseline']} vs {main}", level + 1))
@@ -324,14 +415,41 @@ def comparison_section(sec: Section, suite: dict[str, Any], headline_mode: str, 
         if not first:
             continue
         sweep = _sweep(comp, windows)
-        trained = {n: (windows.get(n, comp["policies"][n]["overall"]["window"]), comp["policies"][n]["overall"]) for n in comp["policies"] if n in ("stage1", "policytrim", "policy") and n != comp["baseline"]}
+        trained = {
+            n: (windows.get(n, comp["policies"][n]["overall"]["window"]), comp["policies"][n]["overall"])
+            for n in comp["policies"]
+            if n in ("stage1", "policytrim", "policy") and n != comp["baseline"]
+        }
         trained = {n: v for n, v in trained.items() if isinstance(v[0], int)}
         if len(sweep) > 1:
-            path = plots.chunk_length_figure(sweep, trained, sec.plot("chunk_length"), title=f"Success rate and steps vs executed chunk length ({mode})")
-            sec.add(figure(path, f"Fig. 1 (ours): the starting policy executing fixed windows (no training; Table 11) and the trained policies at their windows, {mode} mode, test states."))
+            path = plots.chunk_length_figure(
+                sweep,
+                trained,
+                sec.plot("chunk_length"),
+                title=f"Success rate and steps vs executed chunk length ({mode})",
+            )
+            sec.add(
+                figure(
+                    path,
+                    "Fig. 1 (ours): the starting policy executing fixed windows (no training; Table 11) "
+                    f"and the trained policies at their windows, {mode} mode, test states.",
+                )
+            )
         points = {n: m["overall"] for n, m in comp["policies"].items()}
-        path = plots.pareto_figure(points, sec.plot("pareto"), title=f"Success vs inference calls ({mode} mode)", highlight=[n for n in ("policytrim", "policy") if n in points])
-        sec.add(figure(path, pareto_caption(points, "Success rate vs mean inference calls per successful episode for every policy compared")))
+        path = plots.pareto_figure(
+            points,
+            sec.plot("pareto"),
+            title=f"Success vs inference calls ({mode} mode)",
+            highlight=[n for n in ("policytrim", "policy") if n in points],
+        )
+        sec.add(
+            figure(
+                path,
+                pareto_caption(
+                    points, "Success rate vs mean inference calls per successful episode for every policy compared"
+                ),
+            )
+        )
         outcomes = suite.get("outcomes", {}).get("modes", {}).get(mode, {})
         if main and outcomes:
             steps = {comp["baseline"]: _successful_steps(outcomes, comp["baseline"])}
@@ -339,16 +457,34 @@ def comparison_section(sec: Section, suite: dict[str, Any], headline_mode: str, 
                 steps["stage1"] = _successful_steps(outcomes, "stage1")
             steps[main] = _successful_steps(outcomes, main)
             horizon = comp["policies"][main]["overall"].get("horizon")
-            path = plots.steps_histogram_figure(steps, sec.plot("steps_hist"), horizon, title=f"Steps per successful episode ({mode} mode)")
-            sec.add(figure(path, "Fig. 1a (ours): distribution of physical steps of successful test episodes; dashed lines are the means."))
+            path = plots.steps_histogram_figure(
+                steps, sec.plot("steps_hist"), horizon, title=f"Steps per successful episode ({mode} mode)"
+            )
+            sec.add(
+                figure(
+                    path,
+                    "Fig. 1a (ours): distribution of physical steps of successful test episodes; dashed "
+                    "lines are the means.",
+                )
+            )
     robust = suite.get("robustness") or {}
     if robust:
         first = next(iter(robust.values()))
         main = _main_contender(first)
         if main:
             sec.add(h(f"Robustness (Table 10): {first['baseline']} vs {main}, {first.get('mode', '')} mode", level))
-            sec.add(p("SR / mean T / mean C under each perturbation, same states and same perturbation noise for both policies (`policytrim.eval.robustness`)."))
-            sec.add(table(["condition", first["baseline"], main, "SR drop [paired 95% CI]", "calls speedup"], robustness_rows(robust, main)))
+            sec.add(
+                p(
+                    "SR / mean T / mean C under each perturbation, same states and same perturbation noise "
+                    "for both policies (`policytrim.eval.robustness`)."
+                )
+            )
+            sec.add(
+                table(
+                    ["condition", first["baseline"], main, "SR drop [paired 95% CI]", "calls speedup"],
+                    robustness_rows(robust, main),
+                )
+            )
 
 
 def _curves(sec: Section, train_dir: Path, title: str) -> None:
@@ -364,7 +500,15 @@ def _curves(sec: Section, train_dir: Path, title: str) -> None:
     if "trim" not in windows and budget.get("window"):
         windows["trim"] = budget["window"]
     path = plots.training_curves_figure(records, sec.plot("training_curves"), title=title, val_windows=windows)
-    sec.add(figure(path, "Fig. 4 (ours): per-epoch reward, success rate, steps and window of the training rollouts (thin: raw, thick: moving average), validation points dashed; the dotted line separates the stages. The two stages' rewards have different scales (eq 2 in [0, 2], eq 7 below 1); Stage 1's rollout window is the mean of the windows assigned to the group slots."))
+    sec.add(
+        figure(
+            path,
+            "Fig. 4 (ours): per-epoch reward, success rate, steps and window of the training rollouts "
+            "(thin: raw, thick: moving average), validation points dashed; the dotted line separates the "
+            "stages. The two stages' rewards have different scales (eq 2 in [0, 2], eq 7 below 1); Stage "
+            "1's rollout window is the mean of the windows assigned to the group slots.",
+        )
+    )
 
 
 def _decision(path: Path, read: Any) -> Any:
@@ -443,11 +587,14 @@ def _window_choice(sec: Section, wc: Any) -> None:
     stands = ""
     if chosen is not None and ref is not None:
         stands = f"; its SR {nice(chosen)} is {relation_in_points(chosen, ref, tol)} the reference"
-    sec.add(p(
-        f"Stage 1 window choice: **k = {wc.window}**, the longest window whose validation SR is at most {tol:g} points "
-        f"below the reference, {REFERENCE_WORDS.get(reference, reference)} (SR {nice(ref)}){stands} "
-        f"({wc.episodes_per_task} states per task, {wc.mode} mode)."
-    ))
+    sec.add(
+        p(
+            f"Stage 1 window choice: **k = {wc.window}**, the longest window whose validation SR is at "
+            f"most {tol:g} points "
+            f"below the reference, {REFERENCE_WORDS.get(reference, reference)} (SR {nice(ref)}){stands} "
+            f"({wc.episodes_per_task} states per task, {wc.mode} mode)."
+        )
+    )
     rows = [[f"reference: {reference}", nice(ref), "", "", ""]]
     for k, m in per_window.items():
         vs = relation_in_points(m.success_rate, ref, tol) if ref is not None and m.success_rate is not None else "–"
@@ -482,19 +629,48 @@ def pipeline_section(sec: Section, level: int = 2) -> None:
     summary = _json(d / "summary.json") or {}
     mode = summary.get("mode", "sampled")
     sec.add(h(f"PolicyTrim pipeline: `{d.as_posix()}`", level))
-    facts = [f"tasks: {', '.join(summary.get('tasks', []) or ['?'])}", f"horizon {summary.get('horizon', '?')}, {summary.get('episodes_per_task', '?')} test states per task, headline mode: **{mode}**"]
+    facts = [
+        f"tasks: {', '.join(summary.get('tasks', []) or ['?'])}",
+        f"horizon {summary.get('horizon', '?')}, {summary.get('episodes_per_task', '?')} test states per "
+        f"task, headline mode: **{mode}**",
+    ]
     if summary.get("stage1_window_choice"):
-        facts.append(f"Stage 1 window choice: k = {summary['stage1_window_choice']['window']}; Stage 2 budget: {(summary.get('stage2_budget') or {}).get('budget', '–')}")
+        facts.append(
+            f"Stage 1 window choice: k = {summary['stage1_window_choice']['window']}; Stage 2 budget: "
+            f"{(summary.get('stage2_budget') or {}).get('budget', '–')}"
+        )
     if summary.get("calls_speedup") is not None:
         lo, hi = summary["success_rate_drop_ci95"]
-        facts.append(f"PolicyTrim vs baseline: **{summary['calls_speedup']:.2f}× fewer calls** (paper formula {nice(summary['speedup_paper'], '.2f')}×), steps {-100 * (summary['steps_reduction'] or 0):+.0f}%, SR drop {summary['success_rate_drop']:+.1f} points (paired 95% CI [{lo:+.1f}, {hi:+.1f}])")
+        facts.append(
+            f"PolicyTrim vs baseline: **{summary['calls_speedup']:.2f}× fewer calls** (paper formula "
+            f"{nice(summary['speedup_paper'], '.2f')}×), steps "
+            f"{-100 * (summary['steps_reduction'] or 0):+.0f}%, SR drop "
+            f"{summary['success_rate_drop']:+.1f} points (paired 95% CI [{lo:+.1f}, {hi:+.1f}])"
+        )
     if summary.get("temporal_ensembling"):
         te = summary["temporal_ensembling"]
-        facts.append(f"ACT temporal ensembling of the baseline (reference for calls): SR {nice(te['success_rate'])}, T {nice(te['mean_steps'], '.1f')}, C {nice(te['calls_per_success'], '.1f')} (one call per step)")
+        facts.append(
+            "ACT temporal ensembling of the baseline (reference for calls): SR "
+            f"{nice(te['success_rate'])}, T {nice(te['mean_steps'], '.1f')}, C "
+            f"{nice(te['calls_per_success'], '.1f')} (one call per step)"
+        )
     if summary.get("demonstrations"):
         dm = summary["demonstrations"]
-        keys = ("episodes", "suboptimal", "speed_min", "speed_max", "pause_prob", "pause_min", "pause_max",
-                "detour_prob", "detour_min", "detour_max", "jitter_std", "max_attempts", "on_shortfall")
+        keys = (
+            "episodes",
+            "suboptimal",
+            "speed_min",
+            "speed_max",
+            "pause_prob",
+            "pause_min",
+            "pause_max",
+            "detour_prob",
+            "detour_min",
+            "detour_max",
+            "jitter_std",
+            "max_attempts",
+            "on_shortfall",
+        )
         facts.append("demonstrations: " + ", ".join(f"{k}={dm[k]}" for k in keys if k in dm))
         if dm.get("collected"):  # what BC trained on; below `episodes` when the experts fell short
             short = {t: n for t, n in dm["collected"].items() if n < dm.get("episodes", 0)}
@@ -504,7 +680,15 @@ def pipeline_section(sec: Section, level: int = 2) -> None:
     sec.add(ul(facts))
     if summary.get("targets"):
         sec.add(h("Targets", level + 1))
-        sec.add(table(["metric", "target", "measured", "met"], [[k, t["target"], nice(t["measured"], ".3f"), "yes" if t["met"] else "**no**"] for k, t in summary["targets"].items()]))
+        sec.add(
+            table(
+                ["metric", "target", "measured", "met"],
+                [
+                    [k, t["target"], nice(t["measured"], ".3f"), "yes" if t["met"] else "**no**"]
+                    for k, t in summary["targets"].items()
+                ],
+            )
+        )
     suite = load_suite(d / "eval" / "suite", mode) or load_suite(d / "eval", mode)
     if suite is not None:
         suite.setdefault("episodes_per_task", summary.get("episodes_per_task"))
@@ -518,11 +702,26 @@ def pipeline_section(sec: Section, level: int = 2) -> None:
             dest = sec.plot(f"filmstrip_{film.stem}")
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(film.read_bytes())
-            sec.add(figure(dest, f"{film.stem}: baseline (top) and PolicyTrim (bottom) from the same test state with the same random numbers; frames at the same step numbers, so the shorter episode ends earlier."))
+            sec.add(
+                figure(
+                    dest,
+                    f"{film.stem}: baseline (top) and PolicyTrim (bottom) from the same test state with "
+                    "the same random numbers; frames at the same step numbers, so the shorter episode "
+                    "ends earlier.",
+                )
+            )
     if summary.get("clean_expert_steps"):
         sec.add(h("For scale: the clean scripted experts", level + 1))
-        base_tasks = (summary.get("per_task") or {})
-        rows = [[t, nice(v, ".1f"), nice(base_tasks.get(t, {}).get("baseline", {}).get("mean_steps"), ".1f"), nice(base_tasks.get(t, {}).get("policytrim", {}).get("mean_steps"), ".1f")] for t, v in summary["clean_expert_steps"].items()]
+        base_tasks = summary.get("per_task") or {}
+        rows = [
+            [
+                t,
+                nice(v, ".1f"),
+                nice(base_tasks.get(t, {}).get("baseline", {}).get("mean_steps"), ".1f"),
+                nice(base_tasks.get(t, {}).get("policytrim", {}).get("mean_steps"), ".1f"),
+            ]
+            for t, v in summary["clean_expert_steps"].items()
+        ]
         sec.add(table(["task", "clean expert T", "baseline T", "PolicyTrim T"], rows))
     _analysis(sec, summary, level + 1)
     _stage_decisions(sec, d / "train", level + 1)
@@ -532,10 +731,20 @@ def pipeline_section(sec: Section, level: int = 2) -> None:
         sec.add(h("Wall time", level + 1))
         loads = (summary.get("machine") or {}).get("phases_load") or {}
         load = lambda k, w: nice((loads.get(k) or {}).get(w, [None])[0], ".2f")  # noqa: E731
-        sec.add(table(["phase", "seconds", "minutes", "load before", "load after"], [[k, f"{v:.0f}", f"{v / 60:.1f}", load(k, "before"), load(k, "after")] for k, v in timing.items()]))
+        sec.add(
+            table(
+                ["phase", "seconds", "minutes", "load before", "load after"],
+                [[k, f"{v:.0f}", f"{v / 60:.1f}", load(k, "before"), load(k, "after")] for k, v in timing.items()],
+            )
+        )
     if summary.get("machine"):
         m = summary["machine"]
-        sec.add(p(f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}; load average at start {nice((m.get('load_average_start') or [None])[0], '.2f')}."))
+        sec.add(
+            p(
+                f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}; "
+                f"load average at start {nice((m.get('load_average_start') or [None])[0], '.2f')}."
+            )
+        )
 
 
 def _analysis(sec: Section, summary: dict[str, Any], level: int) -> None:
@@ -545,18 +754,38 @@ def _analysis(sec: Section, summary: dict[str, Any], level: int) -> None:
         return
     items = []
     k_b, k_p = base["window"], pt["window"]
-    items.append(f"Window: {k_b} → {k_p} (×{k_p / k_b:.2f} fewer calls at equal steps). Steps: {base['mean_steps']:.1f} → " + (f"{s1['mean_steps']:.1f} (Stage 1) → " if s1 and s1.get("mean_steps") else "") + f"{pt['mean_steps']:.1f} (×{base['mean_steps'] / pt['mean_steps']:.2f}). Calls: {base['calls_per_success']:.1f} → " + (f"{s1['calls_per_success']:.1f} → " if s1 and s1.get("calls_per_success") else "") + f"{pt['calls_per_success']:.1f}.")
+    items.append(
+        f"Window: {k_b} → {k_p} (×{k_p / k_b:.2f} fewer calls at equal steps). Steps: {base['mean_steps']:.1f} → "
+        + (f"{s1['mean_steps']:.1f} (Stage 1) → " if s1 and s1.get("mean_steps") else "")
+        + f"{pt['mean_steps']:.1f} (×{base['mean_steps'] / pt['mean_steps']:.2f}). Calls: "
+        f"{base['calls_per_success']:.1f} → "
+        + (f"{s1['calls_per_success']:.1f} → " if s1 and s1.get("calls_per_success") else "")
+        + f"{pt['calls_per_success']:.1f}."
+    )
     per_task = summary.get("per_task") or {}
     lost = [(t, v["success_rate_drop"]) for t, v in per_task.items() if v.get("success_rate_drop", 0) > 2.0]
     if lost:
-        items.append("Tasks that lost more than 2 points of SR: " + ", ".join(f"{t} ({d:+.0f})" for t, d in sorted(lost, key=lambda x: -x[1])) + ".")
+        items.append(
+            "Tasks that lost more than 2 points of SR: "
+            + ", ".join(f"{t} ({d:+.0f})" for t, d in sorted(lost, key=lambda x: -x[1]))
+            + "."
+        )
     slow = [(t, v.get("steps_reduction")) for t, v in per_task.items() if v.get("steps_reduction") is not None]
     if slow:
         slow.sort(key=lambda x: x[1])
-        items.append("Change in steps per task, smallest reduction first: " + ", ".join(f"{t} {-r:+.0%}" for t, r in slow) + ".")
+        items.append(
+            "Change in steps per task, smallest reduction first: " + ", ".join(f"{t} {-r:+.0%}" for t, r in slow) + "."
+        )
     sweep = summary.get("fixed_horizon_sweep") or {}
     if sweep:
-        items.append("Fixed windows without training (Table 11): " + ", ".join(f"k={k}: SR {nice(m['success_rate'])}, T {nice(m['mean_steps'], '.1f')}" for k, m in sorted(sweep.items(), key=lambda kv: int(kv[0]))) + ".")
+        items.append(
+            "Fixed windows without training (Table 11): "
+            + ", ".join(
+                f"k={k}: SR {nice(m['success_rate'])}, T {nice(m['mean_steps'], '.1f')}"
+                for k, m in sorted(sweep.items(), key=lambda kv: int(kv[0]))
+            )
+            + "."
+        )
     sec.add(h("Where the numbers come from", level))
     sec.add(ul(items))
     if summary.get("analysis"):
@@ -568,7 +797,15 @@ def train_section(sec: Section, level: int = 2) -> None:
     meta = _json(d / "run.json") or {}
     summary = _json(d / "summary.json")
     sec.add(h(f"Training run: `{d.as_posix()}`", level))
-    sec.add(ul([f"stages: {', '.join(meta.get('stages', []))}; status: {meta.get('status', '?')}; starting checkpoint: `{meta.get('init', '?')}`", _final_policy(d) if summary else "the run has not completed (no summary.json)"]))
+    sec.add(
+        ul(
+            [
+                f"stages: {', '.join(meta.get('stages', []))}; status: {meta.get('status', '?')}; starting "
+                f"checkpoint: `{meta.get('init', '?')}`",
+                _final_policy(d) if summary else "the run has not completed (no summary.json)",
+            ]
+        )
+    )
     _stage_decisions(sec, d, level + 1)
     _curves(sec, d, f"Training curves: {d.name}")
     _executed_windows(sec, _json(d / "adapt" / "windows.json"), "the adapt stage's best policy on validation states")
@@ -580,7 +817,9 @@ def _executed_windows(sec: Section, metrics: dict[str, Any] | None, what: str) -
         return
     trace = metrics["window_trace"]
     mean = metrics.get("overall", {}).get("mean_executed_window")
-    path = plots.executed_windows_figure(trace, sec.plot("executed_windows"), title=f"Windows executed per call: {what}")
+    path = plots.executed_windows_figure(
+        trace, sec.plot("executed_windows"), title=f"Windows executed per call: {what}"
+    )
     calls = len(trace["window"])
     caption = f"{calls} calls, mean window {mean:.2f}" if isinstance(mean, (int, float)) else f"{calls} calls"
     sec.add(figure(path, caption + " (left: window vs the env step of the call; right: calls per window and task)"))
@@ -591,7 +830,10 @@ def _final_policy(run_dir: Path) -> str:
     path = run_dir / "final" / "policy"
     spec = _json(path / "config.json") or {}
     budget = spec.get("step_budget")
-    return f"final policy: `{path.as_posix()}` (window k = {spec.get('default_window', '?')}, trained by {spec.get('trained_stage', 'bc')}" + (f", step budget B = {budget:g})" if budget else ")")
+    return (
+        f"final policy: `{path.as_posix()}` (window k = {spec.get('default_window', '?')}, trained by "
+        f"{spec.get('trained_stage', 'bc')}" + (f", step budget B = {budget:g})" if budget else ")")
+    )
 
 
 def eval_section(sec: Section, level: int = 2) -> None:
@@ -606,26 +848,59 @@ def eval_section(sec: Section, level: int = 2) -> None:
     _executed_windows(sec, _json(d / "metrics.json"), f"`{d.as_posix()}`")
 
 
-ABLATION_HEADER = ["variant", "what was trained", "k", "SR [95% CI]", "SR drop [paired 95% CI]", "mean T", "calls C", "calls speedup", "paper speedup", "train min"]
+ABLATION_HEADER = [
+    "variant",
+    "what was trained",
+    "k",
+    "SR [95% CI]",
+    "SR drop [paired 95% CI]",
+    "mean T",
+    "calls C",
+    "calls speedup",
+    "paper speedup",
+    "train min",
+]
 
 
 def ablation_section(sec: Section, level: int = 2) -> None:
     d = sec.run_dir
     ab = _json(d / "ablation.json")
     sec.add(h(f"Ablation: `{d.as_posix()}`", level))
-    sec.add(ul([
-        f"starting checkpoint: `{ab.get('init', '?')}`; tasks: {', '.join(ab.get('tasks', []))}; {ab.get('episodes_per_task', '?')} test states per task, {ab.get('mode', '?')} mode, paired",
-        "every variant starts from the same checkpoint with the same settings except the one named; "
-        "the sweeps (group size, budget multiplier, stability coefficient) run Stage 2 from the full run's Stage 1 policy at its chosen window",
-    ]))
+    sec.add(
+        ul(
+            [
+                f"starting checkpoint: `{ab.get('init', '?')}`; tasks: {', '.join(ab.get('tasks', []))}; "
+                f"{ab.get('episodes_per_task', '?')} test states per task, {ab.get('mode', '?')} mode, "
+                "paired",
+                "every variant starts from the same checkpoint with the same settings except the one named; "
+                "the sweeps (group size, budget multiplier, stability coefficient) run Stage 2 from the "
+                "full run's Stage 1 policy at its chosen window",
+            ]
+        )
+    )
     rows = []
     for v in ab["variants"]:
         m, vs = v.get("metrics"), v.get("vs_baseline")
         if m is None:
             rows.append([v["name"], v["description"], "–", "not run", "", "", "", "", "", ""])
             continue
-        drop = f"{vs['success_rate_drop']:+.1f} {_ci(vs['success_rate_drop_ci95'], spec='+.1f')}" if vs else "(baseline)"
-        rows.append([v["name"], v["description"], _window(m["window"]), f"{nice(m['success_rate'])} {_ci(m['success_ci95'])}", drop, nice(m["mean_steps"], ".1f"), nice(m["calls_per_success"], ".1f"), nice(vs["calls_speedup"], ".2f") if vs else "1.00", nice(vs["speedup_paper"], ".2f") if vs else "1.00", nice((v.get("train_seconds") or 0) / 60, ".1f")])
+        drop = (
+            f"{vs['success_rate_drop']:+.1f} {_ci(vs['success_rate_drop_ci95'], spec='+.1f')}" if vs else "(baseline)"
+        )
+        rows.append(
+            [
+                v["name"],
+                v["description"],
+                _window(m["window"]),
+                f"{nice(m['success_rate'])} {_ci(m['success_ci95'])}",
+                drop,
+                nice(m["mean_steps"], ".1f"),
+                nice(m["calls_per_success"], ".1f"),
+                nice(vs["calls_speedup"], ".2f") if vs else "1.00",
+                nice(vs["speedup_paper"], ".2f") if vs else "1.00",
+                nice((v.get("train_seconds") or 0) / 60, ".1f"),
+            ]
+        )
     sec.add(table(ABLATION_HEADER, rows))
     if ab.get("notes"):
         sec.add(ul(ab["notes"]))
@@ -635,21 +910,58 @@ def ablation_section(sec: Section, level: int = 2) -> None:
         if run and (d / run / "metrics.jsonl").is_file():
             curves[v["name"]] = plots.read_metrics(d / run / "metrics.jsonl")
     if curves:
-        path = plots.ablation_curves_figure(curves, sec.plot("ablation_curves"), title="Training curves per ablation variant (its last stage)")
-        sec.add(figure(path, "Reward, rollout success rate and steps per epoch for each variant's defining stage (moving average); Fig. 4 compares 'step-saving only' with 'step-saving + stability'."))
+        path = plots.ablation_curves_figure(
+            curves, sec.plot("ablation_curves"), title="Training curves per ablation variant (its last stage)"
+        )
+        sec.add(
+            figure(
+                path,
+                "Reward, rollout success rate and steps per epoch for each variant's defining stage "
+                "(moving average); Fig. 4 compares 'step-saving only' with 'step-saving + stability'.",
+            )
+        )
     suite = load_suite(d / "eval", ab.get("mode", "sampled"))
     if suite is not None:
         comp = suite["modes"].get(ab.get("mode")) or next(iter(suite["modes"].values()))
         points = {n: m["overall"] for n, m in comp["policies"].items()}
-        path = plots.pareto_figure(points, sec.plot("ablation_pareto"), title="Ablation variants: success vs inference calls", highlight=["full"])
-        sec.add(figure(path, pareto_caption(points, "Success rate vs mean calls per successful episode of every ablation variant (same test states)")))
+        path = plots.pareto_figure(
+            points,
+            sec.plot("ablation_pareto"),
+            title="Ablation variants: success vs inference calls",
+            highlight=["full"],
+        )
+        sec.add(
+            figure(
+                path,
+                pareto_caption(
+                    points,
+                    "Success rate vs mean calls per successful episode of every ablation variant (same test states)",
+                ),
+            )
+        )
     if ab.get("timings_s"):
-        sec.add(p(f"Wall time: training {ab['timings_s'].get('train', 0) / 60:.1f} min, evaluation {ab['timings_s'].get('eval', 0) / 60:.1f} min; load average at start {nice((ab.get('machine') or {}).get('load_average_start', [None])[0], '.2f')}."))
+        sec.add(
+            p(
+                f"Wall time: training {ab['timings_s'].get('train', 0) / 60:.1f} min, evaluation "
+                f"{ab['timings_s'].get('eval', 0) / 60:.1f} min; load average at start "
+                f"{nice((ab.get('machine') or {}).get('load_average_start', [None])[0], '.2f')}."
+            )
+        )
 
 
 SECTIONS = {"ablation": ablation_section, "pipeline": pipeline_section, "train": train_section, "eval": eval_section}
 
-STACKING_COLUMNS = ("name", "window", "latency_ms", "success_rate", "calls_per_success", "steps_per_success", "wall_clock_s", "wallclock_speedup", "modelled_vla_wallclock_speedup")
+STACKING_COLUMNS = (
+    "name",
+    "window",
+    "latency_ms",
+    "success_rate",
+    "calls_per_success",
+    "steps_per_success",
+    "wall_clock_s",
+    "wallclock_speedup",
+    "modelled_vla_wallclock_speedup",
+)
 
 
 def stacking_blocks(path: Path) -> list[Block]:
@@ -657,21 +969,46 @@ def stacking_blocks(path: Path) -> list[Block]:
     cheaper calls, beside the `--latency-ms` model of the eval tables."""
     data = _json(path)
     if data is None:
-        raise InputError(f"--stacking {str(path)!r}: no such file (a benchmarks/stacking.py result, e.g. benchmarks/results/stacking.json)")
+        raise InputError(
+            f"--stacking {str(path)!r}: no such file (a benchmarks/stacking.py result, e.g. "
+            "benchmarks/results/stacking.json)"
+        )
     rows = data.get("rows") if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and all(c in r for c in STACKING_COLUMNS) for r in rows):
-        raise InputError(f"--stacking {str(path)!r}: not a stacking result (expected 'rows' with {', '.join(STACKING_COLUMNS)})")
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and all(c in r for c in STACKING_COLUMNS) for r in rows
+    ):
+        raise InputError(
+            f"--stacking {str(path)!r}: not a stacking result (expected 'rows' with {', '.join(STACKING_COLUMNS)})"
+        )
     settings = data.get("settings") or {}
     vla_ms = settings.get("vla_latency_ms")
     return [
         h("Measured stacking: fewer calls x cheaper calls (Table 7)"),
-        p(f"From `{path.as_posix()}`: per-call latency measured at batch 1 ({settings.get('task', '?')}, {settings.get('episodes', '?')} episodes per row); "
-          f"wall-clock per successful episode = calls x latency + steps x control period. The last column replaces the measured latency by a modelled "
-          f"{nice(vla_ms, '.0f')} ms billion-parameter VLA call, as `--latency-ms` does in the tables above. "
-          f"Combined wall-clock speedup: {nice(data.get('combined_wallclock_speedup'), '.2f')}x."),
-        table(["row", "window", "latency ms", "SR", "calls", "steps", "wall-clock s", "wall-clock x", "modelled VLA x"],
-              [[r["name"], r["window"], nice(r["latency_ms"], ".2f"), nice(r["success_rate"]), nice(r["calls_per_success"], ".1f"), nice(r["steps_per_success"], ".1f"),
-                nice(r["wall_clock_s"], ".3f"), nice(r["wallclock_speedup"], ".2f"), nice(r["modelled_vla_wallclock_speedup"], ".2f")] for r in rows]),
+        p(
+            f"From `{path.as_posix()}`: per-call latency measured at batch 1 ({settings.get('task', '?')}, "
+            f"{settings.get('episodes', '?')} episodes per row); "
+            "wall-clock per successful episode = calls x latency + steps x control period. The last "
+            "column replaces the measured latency by a modelled "
+            f"{nice(vla_ms, '.0f')} ms billion-parameter VLA call, as `--latency-ms` does in the tables above. "
+            f"Combined wall-clock speedup: {nice(data.get('combined_wallclock_speedup'), '.2f')}x."
+        ),
+        table(
+            ["row", "window", "latency ms", "SR", "calls", "steps", "wall-clock s", "wall-clock x", "modelled VLA x"],
+            [
+                [
+                    r["name"],
+                    r["window"],
+                    nice(r["latency_ms"], ".2f"),
+                    nice(r["success_rate"]),
+                    nice(r["calls_per_success"], ".1f"),
+                    nice(r["steps_per_success"], ".1f"),
+                    nice(r["wall_clock_s"], ".3f"),
+                    nice(r["wallclock_speedup"], ".2f"),
+                    nice(r["modelled_vla_wallclock_speedup"], ".2f"),
+                ]
+                for r in rows
+            ],
+        ),
     ]
 
 
@@ -689,8 +1026,15 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, stacking: str 
     # file in the third run directory must not leave half a report behind
     with tempfile.TemporaryDirectory(prefix="policytrim-report-") as scratch:
         staged = Path(scratch)
-        blocks: list[Block] = [h("PolicyTrim report", 1), p("Generated by `policytrim report " + " ".join(d.as_posix() for d in dirs) + "`. Every number below was measured on these runs; nothing is copied from the paper.")]
-        for i, (d, kind) in enumerate(zip(dirs, kinds)):
+        blocks: list[Block] = [
+            h("PolicyTrim report", 1),
+            p(
+                "Generated by `policytrim report "
+                + " ".join(d.as_posix() for d in dirs)
+                + "`. Every number below was measured on these runs; nothing is copied from the paper."
+            ),
+        ]
+        for i, (d, kind) in enumerate(zip(dirs, kinds, strict=True)):
             sec = Section(d, staged / "plots", f"{i}_{kind}_" if len(dirs) > 1 else f"{kind}_")
             SECTIONS[kind](sec)
             blocks += sec.blocks

@@ -74,7 +74,10 @@ class Perturbation:
 def perturbation_from_dict(data: dict[str, Any]) -> Perturbation:
     unknown = set(data) - {"name", "obs_noise", "act_noise", "blur_sigma", "occlusion", "seed"}
     if unknown:
-        raise InputError(f"unknown perturbation key(s) {sorted(unknown)}; known: name, obs_noise, act_noise, blur_sigma, occlusion, seed")
+        raise InputError(
+            f"unknown perturbation key(s) {sorted(unknown)}; known: name, obs_noise, act_noise, "
+            "blur_sigma, occlusion, seed"
+        )
     return Perturbation(**data)
 
 
@@ -96,7 +99,9 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
         pad = [(0, 0)] * img.ndim
         pad[axis] = (radius, radius)
         padded = np.pad(img, pad, mode="edge")
-        img = sum(kernel[i] * np.take(padded, np.arange(i, i + image.shape[axis]), axis=axis) for i in range(kernel.size))
+        img = sum(
+            kernel[i] * np.take(padded, np.arange(i, i + image.shape[axis]), axis=axis) for i in range(kernel.size)
+        )
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -121,7 +126,10 @@ class PerturbedEnv:
         self.p = perturbation
         self._rng = np.random.default_rng(0)
         if perturbation.needs_image and OBS_IMAGE not in env.observation_spec:
-            raise InputError(f"perturbation {perturbation.name!r} blurs or occludes images, but the env renders none (set env.image=true)")
+            raise InputError(
+                f"perturbation {perturbation.name!r} blurs or occludes images, but the env renders none "
+                "(set env.image=true)"
+            )
 
     def __getattr__(self, name: str) -> Any:  # task, instruction, horizon, spec, control period, terminated
         if name in ("env", "p"):
@@ -136,7 +144,9 @@ class PerturbedEnv:
         """``observe=False`` only reaches here when the inner env has ``observes_on_demand``."""
         action = np.asarray(action, dtype=np.float32)
         if self.p.act_noise:
-            action = np.clip(action + self._rng.normal(0.0, self.p.act_noise, action.shape), -1.0, 1.0).astype(np.float32)
+            action = np.clip(action + self._rng.normal(0.0, self.p.act_noise, action.shape), -1.0, 1.0).astype(
+                np.float32
+            )
         obs, success = self.env.step(action) if observe else self.env.step(action, observe=False)
         return self._observe(obs), success
 
@@ -171,5 +181,11 @@ class PerturbedEnvFactory:
         return env if self.perturbation.is_clean else PerturbedEnv(env, self.perturbation)
 
 
-DEFAULT_STATE_PERTURBATIONS = (Perturbation("obs_noise_0.01", obs_noise=0.01), Perturbation("act_noise_0.3", act_noise=0.3))
-DEFAULT_IMAGE_PERTURBATIONS = (Perturbation("blur_sigma_2", blur_sigma=2.0), Perturbation("occlusion_0.5", occlusion=0.5))
+DEFAULT_STATE_PERTURBATIONS = (
+    Perturbation("obs_noise_0.01", obs_noise=0.01),
+    Perturbation("act_noise_0.3", act_noise=0.3),
+)
+DEFAULT_IMAGE_PERTURBATIONS = (
+    Perturbation("blur_sigma_2", blur_sigma=2.0),
+    Perturbation("occlusion_0.5", occlusion=0.5),
+)

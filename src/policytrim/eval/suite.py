@@ -15,8 +15,9 @@ contenders named in ``robust_names`` through an engine whose envs are wrapped, i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from policytrim.errors import InputError
 from policytrim.eval.compare import Contender, compare
@@ -24,9 +25,9 @@ from policytrim.eval.ensemble import ACT_M, TemporalEnsemble
 from policytrim.eval.robustness import Perturbation, PerturbedEnvFactory
 from policytrim.eval.units import SUMMARY_UNITS
 from policytrim.io import atomic_write_json
-from policytrim.windows import WindowPlan
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.runtime import workers_own_cores
+from policytrim.windows import WindowPlan
 
 FORMAT = "policytrim-comparison"
 TEMPORAL_ENSEMBLING = "temporal_ensembling"
@@ -39,7 +40,14 @@ def sweep_windows(top: int, default_window: int, step: int = 5) -> list[int]:
     return [k for k in range(step, int(top) + 1, step) if k != default_window]
 
 
-def reference_contenders(policy: Any, name: str = "baseline", window: int = 0, sweep: bool = True, temporal_ensembling: bool = False, m: float = ACT_M) -> list[Contender]:
+def reference_contenders(
+    policy: Any,
+    name: str = "baseline",
+    window: int = 0,
+    sweep: bool = True,
+    temporal_ensembling: bool = False,
+    m: float = ACT_M,
+) -> list[Contender]:
     """The starting policy at its default window (first: the baseline of every comparison), then
     the fixed-horizon sweep ``name@k=K`` and ACT temporal ensembling of the same policy."""
     plan = WindowPlan.for_policy(policy)
@@ -85,13 +93,21 @@ def run_suite(
     with workers_own_cores(num_workers):
         with RolloutEngine(env_cfg, num_workers, step_timeout_s) as engine:
             for mode in modes:
-                result["modes"][mode] = compare(contenders, env_cfg, episodes, mode, seed, engine, split=split, latency_ms=latency_ms)
+                result["modes"][mode] = compare(
+                    contenders, env_cfg, episodes, mode, seed, engine, split=split, latency_ms=latency_ms
+                )
         names = list(robust_names) if robust_names is not None else [c.name for c in contenders]
         robust = [c for c in contenders if c.name in names]
         for p in perturbations:
             with RolloutEngine(env_cfg, num_workers, step_timeout_s, env_factory=PerturbedEnvFactory(p)) as engine:
-                comparison = compare(robust, env_cfg, episodes, modes[0], seed, engine, split=split, latency_ms=latency_ms)
-            result["robustness"][p.name] = {"perturbation": {**p.to_dict(), "description": p.describe()}, "mode": modes[0], **comparison}
+                comparison = compare(
+                    robust, env_cfg, episodes, modes[0], seed, engine, split=split, latency_ms=latency_ms
+                )
+            result["robustness"][p.name] = {
+                "perturbation": {**p.to_dict(), "description": p.describe()},
+                "mode": modes[0],
+                **comparison,
+            }
     return result
 
 
@@ -141,16 +157,33 @@ def evaluate_suite(
     (baseline and policy only). Writes `write_suite`'s files and ``out/metrics.json`` (``policy``
     in the headline mode, its ``policy`` field set to ``name``). Returns `run_suite`'s result."""
     if any(p.needs_image for p in perturbations) and not cfg.env.image:
-        raise InputError("--blur-sigma and --occlusion perturb image observations: evaluate an image policy with --env.image true")
+        raise InputError(
+            "--blur-sigma and --occlusion perturb image observations: evaluate an image policy with --env.image true"
+        )
     out = Path(out)
     modes = tuple(dict.fromkeys(modes)) or (cfg.eval.mode,)
     if baseline is not None:
-        contenders = reference_contenders(baseline, "baseline", sweep=sweep, temporal_ensembling=temporal_ensembling, m=m)
+        contenders = reference_contenders(
+            baseline, "baseline", sweep=sweep, temporal_ensembling=temporal_ensembling, m=m
+        )
         contenders.append(Contender("policy", policy, window))
     else:
-        contenders = reference_contenders(policy, "policy", window, sweep=sweep, temporal_ensembling=temporal_ensembling, m=m)
+        contenders = reference_contenders(
+            policy, "policy", window, sweep=sweep, temporal_ensembling=temporal_ensembling, m=m
+        )
     robust = [c.name for c in contenders if c.name in ("baseline", "policy")]
-    result = run_suite(contenders, cfg.env, cfg.eval.episodes, modes, cfg.eval.seed, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, cfg.eval.latency_ms, perturbations, robust)
+    result = run_suite(
+        contenders,
+        cfg.env,
+        cfg.eval.episodes,
+        modes,
+        cfg.eval.seed,
+        cfg.rollout.num_workers,
+        cfg.rollout.step_timeout_s,
+        cfg.eval.latency_ms,
+        perturbations,
+        robust,
+    )
     write_suite(result, out)
     atomic_write_json(out / "metrics.json", dict(result["modes"][modes[0]]["policies"]["policy"], policy=name))
     return result

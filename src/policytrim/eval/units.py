@@ -18,7 +18,8 @@ SUMMARY_UNITS: dict[str, str] = {
     "success_ci95": "fraction of episodes (0 to 1), 95% Wilson interval [lo, hi]",
     "mean_steps": "environment steps per successful episode (mean)",
     "calls_per_success": "policy calls per successful episode (mean)",
-    "wall_clock_s": "seconds per successful episode (mean of calls x latency + steps x control period); at the top of benchmarks/results/demo.json: the whole run",
+    "wall_clock_s": "seconds per successful episode (mean of calls x latency + steps x control period); at the top of "
+    "benchmarks/results/demo.json: the whole run",
     "window": "environment steps executed per policy call (k); a list when several were used",
     "horizon": "actions per predicted chunk (H)",
     "episodes": "episodes",

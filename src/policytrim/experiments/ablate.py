@@ -41,14 +41,15 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from policytrim.config import RunConfig, from_dict, to_dict
 from policytrim.errors import InputError
-from policytrim.io import atomic_write_bytes, atomic_write_json, read_json
 from policytrim.eval.units import SUMMARY_UNITS
+from policytrim.io import atomic_write_bytes, atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from policytrim.train.decisions import TrainSummary
@@ -82,9 +83,21 @@ def parse_variant(name: str) -> Variant:
     if name == "extend":
         return Variant("extend", "Stage 1 only: reliable chunk extension", "extend", components="✓ ✗ ✗")
     if name == "trim_no_stability":
-        return Variant("trim_no_stability", "Stage 2 only, step-saving reward without stability penalty", "trim", {"stage2.stability_coef": 0.0, "stage2.window": 0}, components="✗ ✓ ✗")
+        return Variant(
+            "trim_no_stability",
+            "Stage 2 only, step-saving reward without stability penalty",
+            "trim",
+            {"stage2.stability_coef": 0.0, "stage2.window": 0},
+            components="✗ ✓ ✗",
+        )
     if name == "trim":
-        return Variant("trim", "Stage 2 only: step-saving + group-anchored stability", "trim", {"stage2.window": 0}, components="✗ ✓ ✓")
+        return Variant(
+            "trim",
+            "Stage 2 only: step-saving + group-anchored stability",
+            "trim",
+            {"stage2.window": 0},
+            components="✗ ✓ ✓",
+        )
     if name == "full":
         return Variant("full", "Stage 1 then Stage 2 (PolicyTrim)", "trim", after_stage1=True, components="✓ ✓ ✓")
     if m := PATTERNS["fixed_k"].match(name):
@@ -94,13 +107,32 @@ def parse_variant(name: str) -> Variant:
         g = int(m.group(1))
         if g < 2:
             raise InputError(f"ablation variant {name}: group size must be >= 2")
-        return Variant(name, f"full, Stage 2 with group size G = {g} (same rollouts per epoch)", "trim", {"rollout.group_size": g}, after_stage1=True)
+        return Variant(
+            name,
+            f"full, Stage 2 with group size G = {g} (same rollouts per epoch)",
+            "trim",
+            {"rollout.group_size": g},
+            after_stage1=True,
+        )
     if m := PATTERNS["budget"].match(name):
-        return Variant(name, f"full, Stage 2 with budget multiplier {float(m.group(1)):g}", "trim", {"stage2.budget_multiplier": float(m.group(1))}, after_stage1=True)
+        return Variant(
+            name,
+            f"full, Stage 2 with budget multiplier {float(m.group(1)):g}",
+            "trim",
+            {"stage2.budget_multiplier": float(m.group(1))},
+            after_stage1=True,
+        )
     if m := PATTERNS["stability"].match(name):
-        return Variant(name, f"full, Stage 2 with stability coefficient {float(m.group(1)):g}", "trim", {"stage2.stability_coef": float(m.group(1))}, after_stage1=True)
+        return Variant(
+            name,
+            f"full, Stage 2 with stability coefficient {float(m.group(1)):g}",
+            "trim",
+            {"stage2.stability_coef": float(m.group(1))},
+            after_stage1=True,
+        )
     raise InputError(
-        f"unknown ablation variant {name!r}; known: {', '.join(NAMED)}, fixed_k<K> (e.g. fixed_k15), group_size_<G> (e.g. group_size_16), "
+        f"unknown ablation variant {name!r}; known: {', '.join(NAMED)}, fixed_k<K> (e.g. fixed_k15), "
+        "group_size_<G> (e.g. group_size_16), "
         "budget_<B> (e.g. budget_1.1), stability_<S> (e.g. stability_0.05)"
     )
 
@@ -140,7 +172,9 @@ def estimate_minutes(cfg: RunConfig, variant: Variant, steps_per_s: float = 1500
     scfg = cfg.stage1 if variant.stage == "extend" else cfg.stage2
     tasks = len(cfg.env.tasks)
     rollouts = scfg.epochs * cfg.rollout.groups_per_epoch * cfg.rollout.group_size
-    validations = (scfg.epochs // scfg.eval_every + 2 + (3 if variant.stage == "extend" else 1)) * scfg.val_episodes * tasks
+    validations = (
+        (scfg.epochs // scfg.eval_every + 2 + (3 if variant.stage == "extend" else 1)) * scfg.val_episodes * tasks
+    )
     return (rollouts + validations) * mean_steps / steps_per_s / 60.0
 
 
@@ -148,8 +182,12 @@ def describe_variants(cfg: RunConfig, names: Sequence[str]) -> str:
     lines = [f"{'variant':<20} {'trains':<8} {'~minutes':>8}  description"]
     for v in plan(names):
         lines.append(f"{v.name:<20} {v.stage or '-':<8} {estimate_minutes(cfg, v):>8.1f}  {v.description}")
-    lines.append(f"(estimates at 1,500 env steps/s and 120 steps per episode; Stage 1 {cfg.stage1.epochs} epochs, Stage 2 {cfg.stage2.epochs} epochs, "
-                 f"{cfg.rollout.groups_per_epoch} groups x G={cfg.rollout.group_size} per epoch, tasks: {', '.join(cfg.env.tasks)})")
+    lines.append(
+        f"(estimates at 1,500 env steps/s and 120 steps per episode; Stage 1 {cfg.stage1.epochs} epochs, "
+        f"Stage 2 {cfg.stage2.epochs} epochs, "
+        f"{cfg.rollout.groups_per_epoch} groups x G={cfg.rollout.group_size} per epoch, tasks: "
+        f"{', '.join(cfg.env.tasks)})"
+    )
     return "\n".join(lines)
 
 
@@ -173,7 +211,14 @@ def _train_variant(
     return train(vcfg, variant.stage, init), False
 
 
-def run_ablation(cfg: RunConfig, init: str | Path, names: Sequence[str], out: str | Path, overwrite: bool = False, robustness: Sequence[Any] = ()) -> dict[str, Any]:
+def run_ablation(
+    cfg: RunConfig,
+    init: str | Path,
+    names: Sequence[str],
+    out: str | Path,
+    overwrite: bool = False,
+    robustness: Sequence[Any] = (),
+) -> dict[str, Any]:
     """Train every variant from ``init`` into ``out/variants/NAME``, evaluate all of them and the
     starting policy on the same test states (paired, ``cfg.eval``), write the table. Returns the
     content of ``out/ablation.json``."""
@@ -195,7 +240,14 @@ def run_ablation(cfg: RunConfig, init: str | Path, names: Sequence[str], out: st
     stage1_window, stage1_policy = 0, ""
     t_train = time.perf_counter()
     for v in variants:
-        rec: dict[str, Any] = {"name": v.name, "description": v.description, "stage": v.stage, "overrides": v.overrides, "components": v.components, "after_stage1": v.after_stage1}
+        rec: dict[str, Any] = {
+            "name": v.name,
+            "description": v.description,
+            "stage": v.stage,
+            "overrides": v.overrides,
+            "components": v.components,
+            "after_stage1": v.after_stage1,
+        }
         if v.stage is None:
             rec.update(window=base.default_window, policy=init, train_seconds=0.0)
             records[v.name] = rec
@@ -212,7 +264,13 @@ def run_ablation(cfg: RunConfig, init: str | Path, names: Sequence[str], out: st
         if reused:
             seconds = next((p.get("train_seconds", 0.0) for p in previous if p["name"] == v.name), 0.0)
         trained = load_policy(run_dir / "final" / "policy")  # its spec carries the window it was trained for
-        rec.update(run_dir=str(run_dir.relative_to(out)), policy=str(run_dir / "final" / "policy"), window=trained.default_window, train_seconds=seconds, init=start)
+        rec.update(
+            run_dir=str(run_dir.relative_to(out)),
+            policy=str(run_dir / "final" / "policy"),
+            window=trained.default_window,
+            train_seconds=seconds,
+            init=start,
+        )
         if v.stage == "extend":
             rec["window_choice"] = summary.extend.window_choice.to_json()
         if summary.trim is not None:
@@ -224,18 +282,42 @@ def run_ablation(cfg: RunConfig, init: str | Path, names: Sequence[str], out: st
     train_seconds = time.perf_counter() - t_train
 
     t_eval = time.perf_counter()
-    _say(f"evaluating {len(records)} variants on {cfg.eval.episodes} test states per task ({cfg.eval.mode} mode, paired)")
+    _say(
+        f"evaluating {len(records)} variants on {cfg.eval.episodes} test states per task ({cfg.eval.mode} mode, paired)"
+    )
     contenders = reference_contenders(base, "none", sweep=True)
     for name, rec in records.items():
         if name != "none":
             contenders.append(Contender(name, load_policy(rec["policy"]), rec["window"]))
-    suite = run_suite(contenders, cfg.env, cfg.eval.episodes, (cfg.eval.mode,), cfg.eval.seed, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, cfg.eval.latency_ms, list(robustness), None)
+    suite = run_suite(
+        contenders,
+        cfg.env,
+        cfg.eval.episodes,
+        (cfg.eval.mode,),
+        cfg.eval.seed,
+        cfg.rollout.num_workers,
+        cfg.rollout.step_timeout_s,
+        cfg.eval.latency_ms,
+        list(robustness),
+        None,
+    )
     write_suite(suite, out / "eval")
     comparison = suite["modes"][cfg.eval.mode]
     rows = []
     for c in contenders:
-        rec = records.get(c.name) or {"name": c.name, "description": f"no training, fixed window k = {c.window} (Table 11)", "stage": None, "components": "", "train_seconds": 0.0}
-        rec = dict(rec, window=c.window, metrics=comparison["policies"][c.name]["overall"], tasks=comparison["policies"][c.name]["tasks"])
+        rec = records.get(c.name) or {
+            "name": c.name,
+            "description": f"no training, fixed window k = {c.window} (Table 11)",
+            "stage": None,
+            "components": "",
+            "train_seconds": 0.0,
+        }
+        rec = dict(
+            rec,
+            window=c.window,
+            metrics=comparison["policies"][c.name]["overall"],
+            tasks=comparison["policies"][c.name]["tasks"],
+        )
         rec["vs_baseline"] = comparison["vs_baseline"].get(c.name, {}).get("overall")
         rows.append(rec)
     result = {
@@ -270,19 +352,36 @@ def format_table(result: dict[str, Any]) -> str:
     """The ablation table in Markdown (the paper's columns SR, steps, window, speedup, plus the
     measured calls, the paired SR interval and the training time)."""
     lines = [
-        f"Ablation from `{result['init']}` on {', '.join(result['tasks'])}: {result['episodes_per_task']} test states per task, {result['mode']} mode, paired (same states and random numbers for every row).",
+        f"Ablation from `{result['init']}` on {', '.join(result['tasks'])}: {result['episodes_per_task']} "
+        f"test states per task, {result['mode']} mode, paired (same states and random numbers for every "
+        "row).",
         "",
-        "| variant | ext / step / stab | what was trained | k | SR [95% CI] | SR drop, points [paired 95% CI] | steps T | calls C | calls speedup | paper speedup | train min |",
+        "| variant | ext / step / stab | what was trained | k | SR [95% CI] | SR drop, points [paired 95% "
+        "CI] | steps T | calls C | calls speedup | paper speedup | train min |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in result["variants"]:
         m, vs = v["metrics"], v.get("vs_baseline")
         lo, hi = m["success_ci95"]
-        drop = f"{vs['success_rate_drop']:+.1f} [{vs['success_rate_drop_ci95'][0]:+.1f}, {vs['success_rate_drop_ci95'][1]:+.1f}]" if vs else "(reference)"
+        drop = (
+            f"{vs['success_rate_drop']:+.1f} [{vs['success_rate_drop_ci95'][0]:+.1f}, "
+            f"{vs['success_rate_drop_ci95'][1]:+.1f}]"
+            if vs
+            else "(reference)"
+        )
         lines.append(
-            f"| {v['name']} | {v.get('components') or ''} | {v['description']} | {v['window']} | {_f(m['success_rate'], '.3f')} [{lo:.2f}, {hi:.2f}] | {drop} | {_f(m['mean_steps'], '.1f')} | "
-            f"{_f(m['calls_per_success'], '.1f')} | {_f(vs['calls_speedup'], '.2f') if vs else '1.00'} | {_f(vs['speedup_paper'], '.2f') if vs else '1.00'} | {(v.get('train_seconds') or 0) / 60:.1f} |"
+            f"| {v['name']} | {v.get('components') or ''} | {v['description']} | {v['window']} | "
+            f"{_f(m['success_rate'], '.3f')} [{lo:.2f}, {hi:.2f}] | {drop} | {_f(m['mean_steps'], '.1f')} "
+            "| "
+            f"{_f(m['calls_per_success'], '.1f')} | {_f(vs['calls_speedup'], '.2f') if vs else '1.00'} | "
+            f"{_f(vs['speedup_paper'], '.2f') if vs else '1.00'} | "
+            f"{(v.get('train_seconds') or 0) / 60:.1f} |"
         )
     t = result.get("timings_s", {})
-    lines += ["", f"Training {t.get('train', 0) / 60:.1f} min, evaluation {t.get('eval', 0) / 60:.1f} min; load average at start {result['machine']['load_average_start'][0]:.2f}, at end {result['machine']['load_average_end'][0]:.2f} ({result['machine']['cores']} cores)."]
+    lines += [
+        "",
+        f"Training {t.get('train', 0) / 60:.1f} min, evaluation {t.get('eval', 0) / 60:.1f} min; load "
+        f"average at start {result['machine']['load_average_start'][0]:.2f}, at end "
+        f"{result['machine']['load_average_end'][0]:.2f} ({result['machine']['cores']} cores).",
+    ]
     return "\n".join(lines)

@@ -22,8 +22,9 @@ import dataclasses
 import shutil
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from policytrim.config import RunConfig
 from policytrim.errors import InputError
@@ -34,8 +35,16 @@ from policytrim.machine import PeakMemory
 if TYPE_CHECKING:
     from policytrim.train.decisions import TrainSummary
 
-SUMMARY_KEYS = ("baseline", "stage1", "policytrim", "calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")
-
+SUMMARY_KEYS = (
+    "baseline",
+    "stage1",
+    "policytrim",
+    "calls_speedup",
+    "speedup_paper",
+    "steps_reduction",
+    "success_rate_drop",
+    "success_rate_drop_ci95",
+)
 
 
 def evaluate_pipeline(
@@ -60,9 +69,9 @@ def evaluate_pipeline(
     filmstrips (the tasks with the largest and smallest steps reduction, on a typical test state).
     Everything lands in ``out/eval/suite/`` (`policytrim.eval.suite.write_suite`), the headline
     comparison also in ``out/eval/``, filmstrips in ``out/eval/filmstrips/``."""
+    from policytrim.eval.compare import Contender
     from policytrim.eval.robustness import Perturbation, perturbation_from_dict
     from policytrim.eval.suite import TEMPORAL_ENSEMBLING, reference_contenders, run_suite, write_suite
-    from policytrim.eval.compare import Contender
     from policytrim.policies import load_policy
 
     mode = mode or cfg.eval.mode
@@ -77,14 +86,25 @@ def evaluate_pipeline(
     modes = [mode] + ([m for m in ("sampled", "deterministic") if m != mode][:1] if deterministic else [])
     perturbations = [p if isinstance(p, Perturbation) else perturbation_from_dict(dict(p)) for p in robustness]
     suite = run_suite(
-        contenders, cfg.env, cfg.eval.episodes, modes, cfg.eval.seed, cfg.rollout.num_workers, cfg.rollout.step_timeout_s,
-        latency_ms=cfg.eval.latency_ms, perturbations=perturbations, robust_names=("baseline", "policytrim"),
+        contenders,
+        cfg.env,
+        cfg.eval.episodes,
+        modes,
+        cfg.eval.seed,
+        cfg.rollout.num_workers,
+        cfg.rollout.step_timeout_s,
+        latency_ms=cfg.eval.latency_ms,
+        perturbations=perturbations,
+        robust_names=("baseline", "policytrim"),
     )
     write_suite(suite, out / "eval" / "suite")
     result = suite["modes"][mode]
     for name, metrics in result["policies"].items():
         atomic_write_json(out / "eval" / f"{name.replace('@', '_').replace('=', '')}.json", metrics)
-    atomic_write_json(out / "eval" / "comparison.json", {"units": SUMMARY_UNITS, **{k: v for k, v in result.items() if k != "outcomes"}})
+    atomic_write_json(
+        out / "eval" / "comparison.json",
+        {"units": SUMMARY_UNITS, **{k: v for k, v in result.items() if k != "outcomes"}},
+    )
     summary: dict[str, Any] = comparison_summary(result, [c for c in contenders if c.name.startswith("baseline")])
     summary.update(
         {
@@ -98,9 +118,14 @@ def evaluate_pipeline(
         }
     )
     if temporal_ensembling and TEMPORAL_ENSEMBLING in result["policies"]:
-        summary["temporal_ensembling"] = {**result["policies"][TEMPORAL_ENSEMBLING]["overall"], "vs_baseline": result["vs_baseline"][TEMPORAL_ENSEMBLING]["overall"]}
+        summary["temporal_ensembling"] = {
+            **result["policies"][TEMPORAL_ENSEMBLING]["overall"],
+            "vs_baseline": result["vs_baseline"][TEMPORAL_ENSEMBLING]["overall"],
+        }
     for other in modes[1:]:
-        summary[other] = comparison_summary(suite["modes"][other], [c for c in contenders if c.name.startswith("baseline")])
+        summary[other] = comparison_summary(
+            suite["modes"][other], [c for c in contenders if c.name.startswith("baseline")]
+        )
     if perturbations:
         summary["robustness"] = {
             name: {
@@ -108,23 +133,52 @@ def evaluate_pipeline(
                 "mode": r["mode"],
                 "baseline": r["policies"]["baseline"]["overall"],
                 "policytrim": r["policies"]["policytrim"]["overall"],
-                **{k: r["vs_baseline"]["policytrim"]["overall"][k] for k in ("calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")},
+                **{
+                    k: r["vs_baseline"]["policytrim"]["overall"][k]
+                    for k in (
+                        "calls_speedup",
+                        "speedup_paper",
+                        "steps_reduction",
+                        "success_rate_drop",
+                        "success_rate_drop_ci95",
+                    )
+                },
             }
             for name, r in suite["robustness"].items()
         }
     if clean_expert:
         from policytrim.eval.evaluate import evaluate_policy
 
-        expert = evaluate_policy(load_policy("expert", tuple(cfg.env.tasks)), cfg.env, cfg.eval.episodes, 1, "deterministic", cfg.eval.seed, "test", num_workers=cfg.rollout.num_workers, step_timeout_s=cfg.rollout.step_timeout_s)
+        expert = evaluate_policy(
+            load_policy("expert", tuple(cfg.env.tasks)),
+            cfg.env,
+            cfg.eval.episodes,
+            1,
+            "deterministic",
+            cfg.eval.seed,
+            "test",
+            num_workers=cfg.rollout.num_workers,
+            step_timeout_s=cfg.rollout.step_timeout_s,
+        )
         atomic_write_json(out / "eval" / "clean_expert.json", expert)
         summary["clean_expert_steps"] = {task: m["mean_steps"] for task, m in expert["tasks"].items()}
         summary["clean_expert"] = expert["overall"]
     if filmstrips:
-        summary["filmstrips"] = _filmstrips(cfg, contenders, result, summary, mode, out / "eval" / "filmstrips", filmstrips)
+        summary["filmstrips"] = _filmstrips(
+            cfg, contenders, result, summary, mode, out / "eval" / "filmstrips", filmstrips
+        )
     return summary
 
 
-def _filmstrips(cfg: RunConfig, contenders: list[Any], result: dict[str, Any], summary: dict[str, Any], mode: str, out: Path, count: int) -> dict[str, Any]:
+def _filmstrips(
+    cfg: RunConfig,
+    contenders: list[Any],
+    result: dict[str, Any],
+    summary: dict[str, Any],
+    mode: str,
+    out: Path,
+    count: int,
+) -> dict[str, Any]:
     """Baseline vs PolicyTrim on a typical test state of the tasks with the largest and the
     smallest steps reduction (`policytrim.eval.filmstrip`)."""
     from policytrim.eval.filmstrip import filmstrip, representative_state
@@ -138,7 +192,10 @@ def _filmstrips(cfg: RunConfig, contenders: list[Any], result: dict[str, Any], s
         if index is None:
             continue
         policies = {name: (by_name[name].policy, by_name[name].window) for name in ("baseline", "policytrim")}
-        done[task] = {"index": index, "rollouts": filmstrip(policies, cfg.env, task, index, mode, cfg.eval.seed, out / f"{task}.png")}
+        done[task] = {
+            "index": index,
+            "rollouts": filmstrip(policies, cfg.env, task, index, mode, cfg.eval.seed, out / f"{task}.png"),
+        }
     return done
 
 
@@ -152,10 +209,25 @@ def comparison_summary(result: dict[str, Any], sweep: list[Any]) -> dict[str, An
         "baseline": result["policies"]["baseline"]["overall"],
         "stage1": result["policies"]["stage1"]["overall"] if "stage1" in result["policies"] else None,
         "policytrim": result["policies"]["policytrim"]["overall"],
-        **{k: vs[k] for k in ("calls_speedup", "speedup_paper", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")},
+        **{
+            k: vs[k]
+            for k in (
+                "calls_speedup",
+                "speedup_paper",
+                "steps_reduction",
+                "success_rate_drop",
+                "success_rate_drop_ci95",
+            )
+        },
         "stage1_vs_baseline": result["vs_baseline"].get("stage1", {}).get("overall"),
         "fixed_horizon_sweep": {
-            str(c.window): {**result["policies"][c.name]["overall"], **{f"vs_baseline_{k}": v for k, v in (result["vs_baseline"].get(c.name, {}).get("overall") or {}).items()}}
+            str(c.window): {
+                **result["policies"][c.name]["overall"],
+                **{
+                    f"vs_baseline_{k}": v
+                    for k, v in (result["vs_baseline"].get(c.name, {}).get("overall") or {}).items()
+                },
+            }
             for c in sweep
         },
         "per_task": {
@@ -193,8 +265,8 @@ def _say(message: str) -> None:
 def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Run the whole pipeline into ``out`` and return the summary (also ``out/summary.json``)."""
     from policytrim.data.collect import collect_demos
-    from policytrim.train.bc import pretrain
     from policytrim.preflight import check_preconditions
+    from policytrim.train.bc import pretrain
     from policytrim.train.grpo import train
 
     out = Path(out)
@@ -217,19 +289,28 @@ def run_demo(cfg: RunConfig, out: str | Path, overwrite: bool = False) -> dict[s
             yield
             timings[f"{name}_s"] = time.perf_counter() - t
 
-        with phase("collect", f"collecting {cfg.data.episodes} {'suboptimal' if cfg.data.suboptimal else 'clean'} expert demonstrations per task for {', '.join(cfg.env.tasks)}"):
+        with phase(
+            "collect",
+            f"collecting {cfg.data.episodes} {'suboptimal' if cfg.data.suboptimal else 'clean'} expert "
+            f"demonstrations per task for {', '.join(cfg.env.tasks)}",
+        ):
             demos = collect_demos(cfg, out / "demos", progress=cfg.logging.progress)
             collected = demos.meta["collection"]["collected"]
             wanted = cfg.data.episodes
-            short = "".join(f"; warning: {t} has only {n} of the {wanted} requested" for t, n in collected.items()
-                            if n < wanted)
+            short = "".join(
+                f"; warning: {t} has only {n} of the {wanted} requested" for t, n in collected.items() if n < wanted
+            )
             _say("demonstrations per task: " + ", ".join(f"{t} {n}" for t, n in collected.items()) + short)
         with phase("pretrain", f"behaviour cloning ({cfg.pretrain.iterations} iterations)"):
             pretrain(cfg, out / "demos", out / "baseline")
         with phase("train", f"Stage 1 ({cfg.stage1.epochs} epochs) and Stage 2 ({cfg.stage2.epochs} epochs)"):
             train_cfg = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, out=str(out / "train")))
             train(train_cfg, "both", str(out / "baseline"))
-        with phase("eval", f"evaluating baseline, fixed-horizon sweep, Stage 1 and PolicyTrim on {cfg.eval.episodes} test states per task ({cfg.eval.mode} mode, paired)"):
+        with phase(
+            "eval",
+            f"evaluating baseline, fixed-horizon sweep, Stage 1 and PolicyTrim on {cfg.eval.episodes} test "
+            f"states per task ({cfg.eval.mode} mode, paired)",
+        ):
             summary = evaluate_pipeline(cfg, out / "baseline", out / "train", out)
     timings["total_s"] = time.perf_counter() - t_all
     summary["timings"] = timings
@@ -252,17 +333,28 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [head, "-" * len(head)]
     base_calls = summary["baseline"]["calls_per_success"]
     rows = [("baseline", summary["baseline"])]
-    rows += [(f"fixed k={k}", m) for k, m in summary["fixed_horizon_sweep"].items() if int(k) != summary["baseline"]["window"]]
+    rows += [
+        (f"fixed k={k}", m)
+        for k, m in summary["fixed_horizon_sweep"].items()
+        if int(k) != summary["baseline"]["window"]
+    ]
     if summary.get("stage1"):
         rows.append(("Stage 1", summary["stage1"]))
     rows.append(("PolicyTrim", summary["policytrim"]))
     for name, m in rows:
         speed = base_calls / m["calls_per_success"] if base_calls and m["calls_per_success"] else None
-        lines.append(f"{name:<16} {f(m['success_rate'], '.3f'):>6} {f(m['mean_steps'], '.1f'):>7} {str(m['window']):>6} {f(m['calls_per_success'], '.1f'):>7} {f(speed, '.2f'):>13}")
+        lines.append(
+            f"{name:<16} {f(m['success_rate'], '.3f'):>6} {f(m['mean_steps'], '.1f'):>7} "
+            f"{str(m['window']):>6} {f(m['calls_per_success'], '.1f'):>7} {f(speed, '.2f'):>13}"
+        )
     lo, hi = summary["success_rate_drop_ci95"]
     lines.append(
-        f"PolicyTrim vs baseline: {f(summary['calls_speedup'], '.2f')}x fewer calls, paper speedup {f(summary['speedup_paper'], '.2f')}x, "
-        f"steps -{100 * (summary['steps_reduction'] or 0):.0f}%, SR drop {summary['success_rate_drop']:+.1f} points (paired 95% CI [{lo:+.1f}, {hi:+.1f}])"
+        f"PolicyTrim vs baseline: {f(summary['calls_speedup'], '.2f')}x fewer calls, paper speedup "
+        f"{f(summary['speedup_paper'], '.2f')}x, "
+        f"steps -{100 * (summary['steps_reduction'] or 0):.0f}%, SR drop "
+        f"{summary['success_rate_drop']:+.1f} points (paired 95% CI [{lo:+.1f}, {hi:+.1f}])"
     )
-    lines.append(f"{summary['mode']} mode, {summary['episodes_per_task']} test states per task, horizon {summary.get('horizon')}")
+    lines.append(
+        f"{summary['mode']} mode, {summary['episodes_per_task']} test states per task, horizon {summary.get('horizon')}"
+    )
     return "\n".join(lines)

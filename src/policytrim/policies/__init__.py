@@ -37,7 +37,9 @@ def policy_from_spec(spec: dict, state_dict: dict | None = None) -> ChunkPolicy:
             policy.load_state_dict(state_dict)
         return policy
     if kind == "lerobot":
-        raise InputError("a LeRobot policy is rebuilt from its checkpoint directory (load_policy), not from a spec alone")
+        raise InputError(
+            "a LeRobot policy is rebuilt from its checkpoint directory (load_policy), not from a spec alone"
+        )
     raise InputError(f"unknown policy kind {kind!r} in spec; known kinds: expert, chunk, lerobot")
 
 

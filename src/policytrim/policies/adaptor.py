@@ -19,8 +19,9 @@ SHA-256).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,11 +61,15 @@ class WindowAdaptor(nn.Module):
         super().__init__()
         windows = tuple(int(w) for w in windows)
         if not windows or len(windows) > MAX_WINDOWS or list(windows) != sorted(set(windows)):
-            raise InputError(f"adaptor windows must be 1 to {MAX_WINDOWS} distinct increasing integers, got {list(windows)}")
+            raise InputError(
+                f"adaptor windows must be 1 to {MAX_WINDOWS} distinct increasing integers, got {list(windows)}"
+            )
         if windows[0] < 1 or windows[-1] > chunk_size:
             raise InputError(f"adaptor windows must lie in [1, chunk size {chunk_size}], got {list(windows)}")
         if initial_window not in windows:
-            raise InputError(f"the initial window {initial_window} must be one of the adaptor's windows {list(windows)}")
+            raise InputError(
+                f"the initial window {initial_window} must be one of the adaptor's windows {list(windows)}"
+            )
         if not 0.0 < initial_mass < 1.0 and not (initial_mass == 1.0 and len(windows) == 1):
             raise InputError(f"initial_mass must be in (0, 1), got {initial_mass!r}")
         if not 1 <= hidden_dim <= MAX_HIDDEN:
@@ -72,9 +77,19 @@ class WindowAdaptor(nn.Module):
         self.state_dim, self.action_dim, self.chunk_size = int(state_dim), int(action_dim), int(chunk_size)
         self.windows, self.initial_window = windows, int(initial_window)
         self.hidden_dim, self.initial_mass = int(hidden_dim), float(initial_mass)
-        mean = torch.zeros(state_dim) if state_mean is None else torch.as_tensor(state_mean, dtype=torch.float32).reshape(-1)
-        std = torch.ones(state_dim) if state_std is None else torch.as_tensor(state_std, dtype=torch.float32).reshape(-1)
-        if mean.numel() != state_dim or std.numel() != state_dim or not bool(torch.isfinite(mean).all() & torch.isfinite(std).all() & (std > 0).all()):
+        mean = (
+            torch.zeros(state_dim)
+            if state_mean is None
+            else torch.as_tensor(state_mean, dtype=torch.float32).reshape(-1)
+        )
+        std = (
+            torch.ones(state_dim) if state_std is None else torch.as_tensor(state_std, dtype=torch.float32).reshape(-1)
+        )
+        if (
+            mean.numel() != state_dim
+            or std.numel() != state_dim
+            or not bool(torch.isfinite(mean).all() & torch.isfinite(std).all() & (std > 0).all())
+        ):
             raise InputError(f"adaptor state statistics must hold {state_dim} finite numbers each (std > 0)")
         self.register_buffer("state_mean", mean)
         self.register_buffer("state_std", std)
@@ -89,7 +104,9 @@ class WindowAdaptor(nn.Module):
         m = len(self.windows)
         logits = torch.zeros(m)
         if m > 1:
-            logits[self.windows.index(self.initial_window)] = math.log(self.initial_mass * (m - 1) / (1.0 - self.initial_mass))
+            logits[self.windows.index(self.initial_window)] = math.log(
+                self.initial_mass * (m - 1) / (1.0 - self.initial_mass)
+            )
         return logits
 
     def logits(self, state: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
@@ -97,7 +114,10 @@ class WindowAdaptor(nn.Module):
         if state.dim() != 2 or state.shape[1] != self.state_dim:
             raise InputError(f"adaptor state must be shaped [B, {self.state_dim}], got {tuple(state.shape)}")
         if chunk.shape[1:] != (self.chunk_size, self.action_dim) or chunk.shape[0] != state.shape[0]:
-            raise InputError(f"adaptor chunk must be shaped [{state.shape[0]}, {self.chunk_size}, {self.action_dim}], got {tuple(chunk.shape)}")
+            raise InputError(
+                f"adaptor chunk must be shaped [{state.shape[0]}, {self.chunk_size}, {self.action_dim}], "
+                f"got {tuple(chunk.shape)}"
+            )
         dtype = self.state_mean.dtype
         x = (state.to(dtype) - self.state_mean) / self.state_std
         return self.net(torch.cat([x, chunk.to(dtype).flatten(1)], dim=1))
@@ -119,7 +139,9 @@ class WindowAdaptor(nn.Module):
             else:
                 if len(generators) != probs.shape[0]:
                     raise InputError(f"need one generator per row ({probs.shape[0]}), got {len(generators)}")
-                index = torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators)])
+                index = torch.stack(
+                    [torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, generators, strict=True)]
+                )
         windows = torch.as_tensor(self.windows, device=index.device)[index]
         return windows, logp_all.gather(1, index[:, None]).squeeze(1)
 
@@ -128,7 +150,10 @@ class WindowAdaptor(nn.Module):
         table = torch.as_tensor(self.windows, device=windows.device)
         match = windows[:, None] == table[None]
         if not bool(match.any(dim=1).all()):
-            raise InputError(f"windows {sorted(set(windows.tolist()) - set(self.windows))} are not among the adaptor's {list(self.windows)}")
+            raise InputError(
+                f"windows {sorted(set(windows.tolist()) - set(self.windows))} are not among the adaptor's "
+                f"{list(self.windows)}"
+            )
         index = match.float().argmax(dim=1)
         return torch.log_softmax(self.logits(state, chunk), dim=-1).gather(1, index[:, None]).squeeze(1)
 
@@ -152,13 +177,16 @@ class WindowAdaptor(nn.Module):
         return save_policy_checkpoint(Path(policy_directory) / ADAPTOR_DIR, self.spec(), self.state_dict())
 
     @classmethod
-    def from_pretrained(cls, policy_directory: str | Path) -> "WindowAdaptor":
+    def from_pretrained(cls, policy_directory: str | Path) -> WindowAdaptor:
         """Load ``<policy_directory>/adaptor/``; any problem is an `InputError` naming the file."""
         directory = Path(policy_directory) / ADAPTOR_DIR
         config = read_config(directory)
         where = f"window adaptor {str(directory)!r}"
         if config.get("kind") != KIND or config.get("format_version") != FORMAT_VERSION:
-            raise InputError(f"{where}: expected kind {KIND!r} version {FORMAT_VERSION}, got {config.get('kind')!r} version {config.get('format_version')!r}")
+            raise InputError(
+                f"{where}: expected kind {KIND!r} version {FORMAT_VERSION}, got {config.get('kind')!r} "
+                f"version {config.get('format_version')!r}"
+            )
         keys = ("state_dim", "action_dim", "chunk_size", "windows", "initial_window", "hidden_dim", "initial_mass")
         missing = [k for k in keys if k not in config]
         if missing:
@@ -166,7 +194,9 @@ class WindowAdaptor(nn.Module):
         for key in ("state_dim", "action_dim", "chunk_size", "hidden_dim"):
             if not isinstance(config[key], int) or isinstance(config[key], bool) or not 1 <= config[key] <= 1_000_000:
                 raise InputError(f"{where}: {key} must be an integer in [1, 1000000], got {config[key]!r}")
-        if not isinstance(config["windows"], list) or not all(isinstance(w, int) and not isinstance(w, bool) for w in config["windows"]):
+        if not isinstance(config["windows"], list) or not all(
+            isinstance(w, int) and not isinstance(w, bool) for w in config["windows"]
+        ):
             raise InputError(f"{where}: windows must be a list of integers, got {config['windows']!r}")
         if not isinstance(config["initial_mass"], (int, float)) or isinstance(config["initial_mass"], bool):
             raise InputError(f"{where}: initial_mass must be a number, got {config['initial_mass']!r}")

@@ -13,9 +13,10 @@ Model-specific code (encoders, heads, tokenisers, LeRobot/GR00T wrappers) stays 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -112,7 +113,12 @@ def check_trained(stage: Any, window: int, chunk_size: int, step_budget: Any) ->
     if stage not in TRAINED_STAGES:
         raise InputError(f"trained_stage must be one of {', '.join(TRAINED_STAGES)}, got {stage!r}")
     check_window(int(window), chunk_size, "default_window", chunk_size)
-    if step_budget is not None and not (isinstance(step_budget, (int, float)) and not isinstance(step_budget, bool) and math.isfinite(step_budget) and step_budget > 0):
+    if step_budget is not None and not (
+        isinstance(step_budget, (int, float))
+        and not isinstance(step_budget, bool)
+        and math.isfinite(step_budget)
+        and step_budget > 0
+    ):
         raise InputError(f"step_budget must be a positive number or null, got {step_budget!r}")
 
 

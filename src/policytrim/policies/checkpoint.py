@@ -70,7 +70,9 @@ def save_policy_checkpoint(directory: str | Path, spec: dict[str, Any], state_di
     if directory.exists() and not directory.is_dir():
         raise InputError(f"cannot save a checkpoint to {str(directory)!r}: it exists and is not a directory")
     with atomic_directory(directory, merge=True, last=(CONFIG_NAME,)) as tmp:
-        (tmp / WEIGHTS_NAME).write_bytes(safetensors_bytes(tensors, metadata={"format": "pt", "policytrim_kind": str(spec.get("kind"))}))
+        (tmp / WEIGHTS_NAME).write_bytes(
+            safetensors_bytes(tensors, metadata={"format": "pt", "policytrim_kind": str(spec.get("kind"))})
+        )
         config = dict(spec)
         config["weights_sha256"] = _sha256(tmp / WEIGHTS_NAME)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -83,10 +85,14 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     if not directory.exists():
         raise InputError(f"checkpoint directory {str(directory)!r} does not exist")
     if not directory.is_dir():
-        raise InputError(f"checkpoint {str(directory)!r} is not a directory (expected {CONFIG_NAME} + {WEIGHTS_NAME} inside)")
+        raise InputError(
+            f"checkpoint {str(directory)!r} is not a directory (expected {CONFIG_NAME} + {WEIGHTS_NAME} inside)"
+        )
     path = directory / CONFIG_NAME
     if not path.is_file():
-        raise InputError(f"checkpoint {str(directory)!r} has no {CONFIG_NAME}: not a policy checkpoint, or an incomplete one")
+        raise InputError(
+            f"checkpoint {str(directory)!r} has no {CONFIG_NAME}: not a policy checkpoint, or an incomplete one"
+        )
     return read_json(path, corrupt=": the checkpoint is corrupt")
 
 
@@ -104,7 +110,9 @@ def read_weights(directory: str | Path, config: dict[str, Any]) -> dict[str, tor
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{path} is not a readable safetensors file ({exc}): the checkpoint is truncated or corrupt") from None
+        raise InputError(
+            f"{path} is not a readable safetensors file ({exc}): the checkpoint is truncated or corrupt"
+        ) from None
     bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if bad:
         raise InputError(f"{path} holds non-finite values in {', '.join(bad)}: refusing to act with it")

@@ -20,8 +20,8 @@ so a caller can draw each batch row from its own generator (`draw_sde_noise`). L
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -165,7 +165,9 @@ def sample_sde(
             c = chosen.reshape(-1, 1, 1)
             x_t = torch.where(c, x, x_t)
             x_next = torch.where(c, stochastic, x_next)
-            logp = torch.where(chosen.reshape(-1, 1), transition_log_prob(stochastic, mean, std, dim_mask=dim_mask), logp)
+            logp = torch.where(
+                chosen.reshape(-1, 1), transition_log_prob(stochastic, mean, std, dim_mask=dim_mask), logp
+            )
             x = torch.where(c, stochastic, euler_step(x, v, delta))
         else:
             x = euler_step(x, v, delta)
@@ -190,7 +192,7 @@ def sde_log_prob(
             f"recorded Flow-SDE step indices must lie in [0, {num_steps - 2}], got {sorted(set(step.tolist()))}; "
             "only chunks sampled in mode='train' carry a transition with a density"
         )
-    t = (1.0 - step.to(x_t.dtype) / num_steps)
+    t = 1.0 - step.to(x_t.dtype) / num_steps
     mean, std = sde_step_moments(x_t, velocity(x_t, t), t, num_steps, noise_scale)
     return transition_log_prob(x_next, mean, std, row_mask=row_mask, dim_mask=dim_mask)
 

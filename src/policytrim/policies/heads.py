@@ -44,7 +44,9 @@ class GaussianHead(nn.Module):
       they do not (pauses, speed), which matters when the policy acts by sampling.
     """
 
-    def __init__(self, context_dim: int, chunk_size: int, action_dim: int, init_log_std: float, std_mode: str = "fixed"):
+    def __init__(
+        self, context_dim: int, chunk_size: int, action_dim: int, init_log_std: float, std_mode: str = "fixed"
+    ):
         super().__init__()
         if std_mode not in STD_MODES:
             raise ValueError(f"std_mode must be one of {STD_MODES}, got {std_mode!r}")
@@ -78,7 +80,15 @@ class FlowHead(nn.Module):
     The whole noisy chunk, the time features and the observation context go through one MLP, so
     the chunk's rows are denoised jointly (as an action expert does with attention)."""
 
-    def __init__(self, context_dim: int, chunk_size: int, action_dim: int, hidden_dim: int, num_layers: int = 2, time_dim: int = 32):
+    def __init__(
+        self,
+        context_dim: int,
+        chunk_size: int,
+        action_dim: int,
+        hidden_dim: int,
+        num_layers: int = 2,
+        time_dim: int = 32,
+    ):
         super().__init__()
         self.chunk_size, self.action_dim, self.time_dim = chunk_size, action_dim, time_dim
         flat = chunk_size * action_dim

@@ -23,8 +23,9 @@ deterministic per address).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,7 +114,7 @@ class ManiSkillDemoExpert:
         if len(instructions) != len(states):
             raise ValueError(f"got {len(states)} observations but {len(instructions)} instructions")
         rows = []
-        for text, state in zip(instructions, states):
+        for text, state in zip(instructions, states, strict=True):
             task = self._task_of(text)
             i, distance = self.nearest(task, state)
             if distance > self.max_distance:

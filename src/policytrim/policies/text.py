@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -91,9 +91,7 @@ class InstructionEncoder(nn.Module):
         ids, unknown = self._lookup(instructions)
         if unknown:
             bad = sorted({instructions[i] for i in unknown})
-            raise InputError(
-                f"instruction(s) {bad} unknown to this policy; it knows: {self.instructions}"
-            )
+            raise InputError(f"instruction(s) {bad} unknown to this policy; it knows: {self.instructions}")
         return ids
 
 
@@ -173,7 +171,10 @@ class SentenceEncoder(InstructionEncoder):
             return self.proj(self.table[ids.to(self.table.device)])
         new = sorted({instructions[i] for i in unknown} - set(self._extra))
         if new:
-            for s, e in zip(new, encode_sentences(self.name, new)):
+            for s, e in zip(new, encode_sentences(self.name, new), strict=True):
                 self._extra[s] = e
-        rows = [self.table[i] if i >= 0 else self._extra[s].to(self.table) for i, s in zip(ids.tolist(), instructions)]
+        rows = [
+            self.table[i] if i >= 0 else self._extra[s].to(self.table)
+            for i, s in zip(ids.tolist(), instructions, strict=True)
+        ]
         return self.proj(torch.stack(rows))

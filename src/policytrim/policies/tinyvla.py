@@ -44,8 +44,9 @@ Acting in three lines::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,8 +58,14 @@ from policytrim.policies import flow_sde
 from policytrim.policies.base import MODES, ChunkSample, Mode, Observation, check_trained, supported_stages
 from policytrim.policies.checkpoint import check_state_dict, read_config, read_weights, save_policy_checkpoint
 from policytrim.policies.heads import STD_MODES, FlowHead, GaussianHead, mlp
+from policytrim.policies.text import (
+    SENTENCE_ENCODERS,
+    WORD_EMBEDDING,
+    SentenceEncoder,
+    WordEmbeddingEncoder,
+    canonical_encoder_name,
+)
 from policytrim.policies.tokens import DEFAULT_BINS, TOKEN_HEADS, ActionBins, build_token_head, draw_uniforms
-from policytrim.policies.text import WORD_EMBEDDING, SENTENCE_ENCODERS, SentenceEncoder, WordEmbeddingEncoder, canonical_encoder_name
 
 FORMAT_VERSION = 2  # 2: the spec records how the policy was trained (trained_stage, step_budget)
 READABLE_VERSIONS = (1, 2)  # version 1 checkpoints load as behaviour-cloned policies (no budget)
@@ -68,12 +75,29 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _MIN_STD = 1e-6  # statistics below this (constant dims) normalise with std 1
 
 # Keys of spec() that from_spec requires (everything else has a default).
-_REQUIRED = ("state_dim", "action_dim", "chunk_size", "default_window", "head", "hidden_dim", "num_layers", "text_encoder", "instructions")
+_REQUIRED = (
+    "state_dim",
+    "action_dim",
+    "chunk_size",
+    "default_window",
+    "head",
+    "hidden_dim",
+    "num_layers",
+    "text_encoder",
+    "instructions",
+)
 # Size-like keys of spec() and their upper bounds (`policytrim.limits`); each is an integer >= 1.
 _SIZE_LIMITS = {
-    "state_dim": L.MAX_OBS_DIM, "action_dim": L.MAX_OBS_DIM, "chunk_size": L.MAX_CHUNK_SIZE, "default_window": L.MAX_CHUNK_SIZE,
-    "hidden_dim": L.MAX_HIDDEN_DIM, "num_layers": L.MAX_LAYERS, "text_dim": L.MAX_EMBED_DIM, "image_dim": L.MAX_EMBED_DIM,
-    "flow_steps": L.MAX_FLOW_STEPS, "flow_layers": L.MAX_LAYERS,
+    "state_dim": L.MAX_OBS_DIM,
+    "action_dim": L.MAX_OBS_DIM,
+    "chunk_size": L.MAX_CHUNK_SIZE,
+    "default_window": L.MAX_CHUNK_SIZE,
+    "hidden_dim": L.MAX_HIDDEN_DIM,
+    "num_layers": L.MAX_LAYERS,
+    "text_dim": L.MAX_EMBED_DIM,
+    "image_dim": L.MAX_EMBED_DIM,
+    "flow_steps": L.MAX_FLOW_STEPS,
+    "flow_layers": L.MAX_LAYERS,
 }
 
 
@@ -85,16 +109,22 @@ class ImageEncoder(nn.Module):
         self.image_shape = tuple(int(s) for s in image_shape)
         channels = self.image_shape[2]
         self.conv = nn.Sequential(
-            nn.Conv2d(channels, 16, 5, stride=2, padding=2), nn.GELU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.GELU(),
-            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.GELU(),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            nn.Conv2d(channels, 16, 5, stride=2, padding=2),
+            nn.GELU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
         )
         self.fc = nn.Linear(32 * 16, dim)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if tuple(image.shape[1:]) != self.image_shape:
-            raise InputError(f"image observation has shape {tuple(image.shape[1:])}, this policy was built for {self.image_shape}")
+            raise InputError(
+                f"image observation has shape {tuple(image.shape[1:])}, this policy was built for {self.image_shape}"
+            )
         x = image.permute(0, 3, 1, 2).to(self.fc.weight.dtype) / 255.0
         return self.fc(self.conv(x))
 
@@ -180,17 +210,29 @@ class TinyVLA(nn.Module):
         self.token_temperature = float(token_temperature)
         self.token_dim, self.token_layers, self.token_heads = int(token_dim), int(token_layers), int(token_heads)
         # token heads: bins over the action bounds (the env's normalised range), kept in the spec
-        self.bins = ActionBins(bin_edges) if bin_edges is not None else ActionBins.uniform(self.action_low, self.action_high, int(token_bins))
+        self.bins = (
+            ActionBins(bin_edges)
+            if bin_edges is not None
+            else ActionBins.uniform(self.action_low, self.action_high, int(token_bins))
+        )
         if self.bins.count != int(token_bins):
             raise InputError(f"bin_edges hold {self.bins.count} bins but token_bins is {token_bins}")
 
         # Statistics are part of the spec (config.json), not of the weights file.
         s_std = _stats(state_std, self.state_dim, 1.0, "state_std")
         a_std = _stats(action_std, self.action_dim, 1.0, "action_std")
-        self.register_buffer("state_mean", _stats(state_mean, self.state_dim, 0.0, "state_mean").float(), persistent=False)
-        self.register_buffer("state_std", torch.where(s_std < _MIN_STD, torch.ones_like(s_std), s_std).float(), persistent=False)
-        self.register_buffer("action_mean", _stats(action_mean, self.action_dim, 0.0, "action_mean").float(), persistent=False)
-        self.register_buffer("action_std", torch.where(a_std < _MIN_STD, torch.ones_like(a_std), a_std).float(), persistent=False)
+        self.register_buffer(
+            "state_mean", _stats(state_mean, self.state_dim, 0.0, "state_mean").float(), persistent=False
+        )
+        self.register_buffer(
+            "state_std", torch.where(s_std < _MIN_STD, torch.ones_like(s_std), s_std).float(), persistent=False
+        )
+        self.register_buffer(
+            "action_mean", _stats(action_mean, self.action_dim, 0.0, "action_mean").float(), persistent=False
+        )
+        self.register_buffer(
+            "action_std", torch.where(a_std < _MIN_STD, torch.ones_like(a_std), a_std).float(), persistent=False
+        )
 
         if self.text_encoder_name == WORD_EMBEDDING:
             self.text = WordEmbeddingEncoder(instructions, self.text_dim, vocabulary)
@@ -198,17 +240,36 @@ class TinyVLA(nn.Module):
             self.text = SentenceEncoder(self.text_encoder_name, instructions, self.text_dim, table=_sentence_table)
         self.image = ImageEncoder(self.image_shape, self.image_dim) if self.image_shape else None
         self.state_dims = [int(i) for i in state_dims] if state_dims is not None else None
-        if self.state_dims is not None and (not self.state_dims or not all(0 <= i < self.state_dim for i in self.state_dims)):
-            raise InputError(f"state_dims must be a non-empty list of indices in [0, {self.state_dim}), got {state_dims!r}")
-        self.register_buffer("_state_index", torch.tensor(self.state_dims if self.state_dims is not None else range(self.state_dim), dtype=torch.long), persistent=False)
+        if self.state_dims is not None and (
+            not self.state_dims or not all(0 <= i < self.state_dim for i in self.state_dims)
+        ):
+            raise InputError(
+                f"state_dims must be a non-empty list of indices in [0, {self.state_dim}), got {state_dims!r}"
+            )
+        self.register_buffer(
+            "_state_index",
+            torch.tensor(self.state_dims if self.state_dims is not None else range(self.state_dim), dtype=torch.long),
+            persistent=False,
+        )
         trunk_in = int(self._state_index.numel()) + self.text_dim + (self.image_dim if self.image_shape else 0)
         self.trunk = nn.Sequential(mlp([trunk_in] + [self.hidden_dim] * self.num_layers), nn.GELU())
         if head == "gaussian":
-            self.head: nn.Module = GaussianHead(self.hidden_dim, self.chunk_size, self.action_dim, self.init_log_std, self.std_mode)
+            self.head: nn.Module = GaussianHead(
+                self.hidden_dim, self.chunk_size, self.action_dim, self.init_log_std, self.std_mode
+            )
         elif head == "flow":
             self.head = FlowHead(self.hidden_dim, self.chunk_size, self.action_dim, self.hidden_dim, self.flow_layers)
         else:
-            self.head = build_token_head(head, self.hidden_dim, self.chunk_size, self.action_dim, self.bins.count, self.token_dim, self.token_layers, self.token_heads)
+            self.head = build_token_head(
+                head,
+                self.hidden_dim,
+                self.chunk_size,
+                self.action_dim,
+                self.bins.count,
+                self.token_dim,
+                self.token_layers,
+                self.token_heads,
+            )
 
     def mark_trained(self, stage: str, window: int, step_budget: float | None = None) -> None:
         """Record how this policy was trained: ``stage`` (bc | extend | trim), the execution
@@ -233,7 +294,7 @@ class TinyVLA(nn.Module):
         action_std: Any = None,
         image_shape: Sequence[int] | None = None,
         state_dims: Sequence[int] | None = None,
-    ) -> "TinyVLA":
+    ) -> TinyVLA:
         """A new policy from a `policytrim.config.PolicyConfig` and the dataset's sizes/statistics;
         ``state_dims``: the state entries it reads (None: all)."""
         return cls(
@@ -297,8 +358,12 @@ class TinyVLA(nn.Module):
             spec["state_dims"] = list(self.state_dims)
         if self.head_kind in TOKEN_HEADS:
             spec.update(
-                token_bins=self.bins.count, bin_edges=self.bins.edges.tolist(), token_temperature=self.token_temperature,
-                token_dim=self.token_dim, token_layers=self.token_layers, token_heads=self.token_heads,
+                token_bins=self.bins.count,
+                bin_edges=self.bins.edges.tolist(),
+                token_temperature=self.token_temperature,
+                token_dim=self.token_dim,
+                token_layers=self.token_layers,
+                token_heads=self.token_heads,
             )
         if isinstance(self.text, WordEmbeddingEncoder):
             spec["vocabulary"] = list(self.text.vocabulary)
@@ -316,7 +381,8 @@ class TinyVLA(nn.Module):
         version = spec.get("format_version")
         if version not in READABLE_VERSIONS:
             raise InputError(
-                f"policy format version {version!r} is not supported by this policytrim (it reads versions {', '.join(map(str, READABLE_VERSIONS))}); "
+                f"policy format version {version!r} is not supported by this policytrim (it reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}); "
                 "re-save the checkpoint with a matching policytrim version"
             )
         missing = [k for k in _REQUIRED if k not in spec]
@@ -326,7 +392,9 @@ class TinyVLA(nn.Module):
             if name in spec:
                 L.check_int(f"policy spec {name}", spec[name], 1, hi)
         # format 2's record of training (a version 1 spec has none: behaviour-cloned, no budget)
-        check_trained(spec.get("trained_stage", "bc"), spec["default_window"], spec["chunk_size"], spec.get("step_budget"))
+        check_trained(
+            spec.get("trained_stage", "bc"), spec["default_window"], spec["chunk_size"], spec.get("step_budget")
+        )
         for name in ("instructions", "vocabulary"):
             if not isinstance(spec.get(name, []), list) or len(spec.get(name, [])) > L.MAX_VOCABULARY:
                 raise InputError(f"policy spec {name} must be a list of at most {L.MAX_VOCABULARY} strings")
@@ -334,7 +402,7 @@ class TinyVLA(nn.Module):
         if image_shape is not None:
             if not (isinstance(image_shape, list) and len(image_shape) == 3):
                 raise InputError(f"policy spec image_shape must be [height, width, channels], got {image_shape!r}")
-            for size, hi in zip(image_shape, (L.MAX_IMAGE_SIZE, L.MAX_IMAGE_SIZE, 4)):
+            for size, hi in zip(image_shape, (L.MAX_IMAGE_SIZE, L.MAX_IMAGE_SIZE, 4), strict=True):
                 L.check_int("policy spec image_shape entry", size, 1, hi)
 
     @staticmethod
@@ -346,15 +414,18 @@ class TinyVLA(nn.Module):
         width = shapes.get("trunk.0.0.weight", (None,))[0]
         if len(trunk) != spec["num_layers"] or width != spec["hidden_dim"]:
             raise InputError(
-                f"{where}: weights do not match the architecture in its config (config.json: num_layers {spec['num_layers']}, "
+                f"{where}: weights do not match the architecture in its config (config.json: num_layers "
+                f"{spec['num_layers']}, "
                 f"hidden_dim {spec['hidden_dim']}; weights: {len(trunk)} trunk layers of width {width})"
             )
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "TinyVLA":
+    def from_spec(cls, spec: dict) -> TinyVLA:
         """Rebuild the architecture from `spec()` (weights are loaded separately)."""
         cls.check_spec(spec)
-        kwargs = {k: v for k, v in spec.items() if k not in ("kind", "format_version", "weights_sha256", "policytrim_version")}
+        kwargs = {
+            k: v for k, v in spec.items() if k not in ("kind", "format_version", "weights_sha256", "policytrim_version")
+        }
         table = None
         name = canonical_encoder_name(str(spec["text_encoder"]))
         if name != WORD_EMBEDDING:  # placeholder, filled by the checkpoint's stored embeddings
@@ -371,7 +442,7 @@ class TinyVLA(nn.Module):
         save_policy_checkpoint(directory, {**self.spec(), "policytrim_version": __version__}, self.state_dict())
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "TinyVLA":
+    def from_pretrained(cls, directory: str | Path) -> TinyVLA:
         """Load a checkpoint; any problem with it is an `InputError` saying what is wrong. Order:
         the spec's sizes, the weights file (hash, format, finite), the weights' shapes against the
         spec, and only then the model is built and the weights checked tensor by tensor."""
@@ -420,7 +491,10 @@ class TinyVLA(nn.Module):
         parts = [normalised.index_select(1, self._state_index), self.text(instructions)]
         if self.image is not None:
             if "image" not in obs:
-                raise InputError(f"this policy needs obs['image'] (uint8 [B, {', '.join(map(str, self.image_shape))}]); run the env with images (--env.image --env.image-size {self.image_shape[0]})")
+                raise InputError(
+                    f"this policy needs obs['image'] (uint8 [B, {', '.join(map(str, self.image_shape))}]); "
+                    f"run the env with images (--env.image --env.image-size {self.image_shape[0]})"
+                )
             parts.append(self.image(torch.as_tensor(obs["image"], device=self.device)))
         return self.trunk(torch.cat(parts, dim=-1))
 
@@ -444,7 +518,9 @@ class TinyVLA(nn.Module):
         if len(gens) != batch:
             raise ValueError(f"need one generator per batch row: got {len(gens)} for batch {batch}")
         shape = (self.chunk_size, self.action_dim)
-        return torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens]).to(self.device, self.dtype)
+        return torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens]).to(
+            self.device, self.dtype
+        )
 
     # ------------------------------------------------------------------ the contract
 
@@ -481,14 +557,20 @@ class TinyVLA(nn.Module):
             noise = noise.to(self.device)
             velocity = self._velocity(context)
             if train:
-                out = flow_sde.sample_sde(velocity, noise, step.to(self.device), eps.to(self.device), self.flow_steps, self.flow_noise)
+                out = flow_sde.sample_sde(
+                    velocity, noise, step.to(self.device), eps.to(self.device), self.flow_steps, self.flow_noise
+                )
                 x, logp = self._to_raw(out.action), out.logp
                 replay = {"x_t": out.x_t, "x_next": out.x_next, "step": out.step}
             else:
                 start = noise if mode == "sampled" else torch.zeros_like(noise)
                 x0 = flow_sde.sample_ode(velocity, start, self.flow_steps)
                 x, logp = self._to_raw(x0), x0.new_zeros(x0.shape[:2])
-                replay = {"x_t": start, "x_next": x0, "step": torch.full((batch,), -1, dtype=torch.long, device=self.device)}
+                replay = {
+                    "x_t": start,
+                    "x_next": x0,
+                    "step": torch.full((batch,), -1, dtype=torch.long, device=self.device),
+                }
         actions = x.clamp(self.action_low, self.action_high).to(torch.float32)
         return ChunkSample(actions=actions, logp=logp, replay=replay)
 
@@ -581,4 +663,8 @@ class TinyVLA(nn.Module):
 
     def extra_repr(self) -> str:
         params = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return f"head={self.head_kind}, H={self.chunk_size}, k={self.default_window}, text={self.text_encoder_name}, image={self.image_shape}, state_dims={self.state_dims}, params={params}"
+        return (
+            f"head={self.head_kind}, H={self.chunk_size}, k={self.default_window}, "
+            f"text={self.text_encoder_name}, image={self.image_shape}, state_dims={self.state_dims}, "
+            f"params={params}"
+        )

@@ -26,7 +26,7 @@ temperature 1.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -47,12 +47,14 @@ class ActionBins:
     def __init__(self, edges: Sequence[float]):
         e = torch.as_tensor([float(x) for x in edges], dtype=torch.float64)
         if e.dim() != 1 or e.numel() < 3 or not bool(torch.isfinite(e).all()) or not bool((e[1:] > e[:-1]).all()):
-            raise InputError(f"token bin edges must be at least 3 strictly increasing finite numbers, got {e.numel()} values")
+            raise InputError(
+                f"token bin edges must be at least 3 strictly increasing finite numbers, got {e.numel()} values"
+            )
         self.edges = e
         self.centres = 0.5 * (e[1:] + e[:-1])
 
     @classmethod
-    def uniform(cls, low: float, high: float, bins: int = DEFAULT_BINS) -> "ActionBins":
+    def uniform(cls, low: float, high: float, bins: int = DEFAULT_BINS) -> ActionBins:
         if not (isinstance(bins, int) and bins >= 2):
             raise InputError(f"token bins must be an integer >= 2, got {bins!r}")
         return cls(torch.linspace(float(low), float(high), bins + 1, dtype=torch.float64).tolist())
@@ -112,7 +114,9 @@ class _Block(nn.Module):
 class _TokenTransformer(nn.Module):
     """[context token; n inputs] -> logits over the bins, shared by both heads."""
 
-    def __init__(self, context_dim: int, chunk_size: int, action_dim: int, bins: int, dim: int, layers: int, heads: int):
+    def __init__(
+        self, context_dim: int, chunk_size: int, action_dim: int, bins: int, dim: int, layers: int, heads: int
+    ):
         super().__init__()
         if dim % heads:
             raise InputError(f"token head width {dim} must be divisible by its {heads} attention heads")
@@ -135,7 +139,7 @@ class _TokenTransformer(nn.Module):
     def step(self, x: torch.Tensor, position: int, caches: list[list[torch.Tensor]]) -> torch.Tensor:
         """One more position: its input [B, dim] -> its logits [B, V], attending to the cached ones."""
         h = (x + self.position[position]).unsqueeze(1)
-        for block, cache in zip(self.blocks, caches):
+        for block, cache in zip(self.blocks, caches, strict=True):
             h = block(h, causal=False, cache=cache)  # one query: it may see every cached position
         return self.out(self.norm(h))[:, 0]
 
@@ -147,7 +151,9 @@ class _TokenTransformer(nn.Module):
 class ParallelTokenHead(_TokenTransformer):
     """OFT-style: learned placeholder queries, bidirectional attention, one pass for all n tokens."""
 
-    def __init__(self, context_dim: int, chunk_size: int, action_dim: int, bins: int, dim: int, layers: int, heads: int):
+    def __init__(
+        self, context_dim: int, chunk_size: int, action_dim: int, bins: int, dim: int, layers: int, heads: int
+    ):
         super().__init__(context_dim, chunk_size, action_dim, bins, dim, layers, heads)
         self.queries = nn.Parameter(torch.randn(self.n, dim) * 0.02)
 
@@ -156,7 +162,9 @@ class ParallelTokenHead(_TokenTransformer):
         queries = self.queries.unsqueeze(0).expand(context.shape[0], -1, -1)
         return self.run(context, queries, causal=False)[:, 1:]
 
-    def decode(self, context: torch.Tensor, uniforms: torch.Tensor | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, context: torch.Tensor, uniforms: torch.Tensor | None, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens long [B, n], their logits [B, n, V]): argmax (uniforms None) or sampled at
         ``uniforms`` [B, n], from one forward pass."""
         logits = self.logits(context)
@@ -166,7 +174,9 @@ class ParallelTokenHead(_TokenTransformer):
 class AutoregressiveTokenHead(_TokenTransformer):
     """OpenVLA-style: token i from the context and tokens 0..i-1 (causal mask)."""
 
-    def __init__(self, context_dim: int, chunk_size: int, action_dim: int, bins: int, dim: int, layers: int, heads: int):
+    def __init__(
+        self, context_dim: int, chunk_size: int, action_dim: int, bins: int, dim: int, layers: int, heads: int
+    ):
         super().__init__(context_dim, chunk_size, action_dim, bins, dim, layers, heads)
         self.embed = nn.Embedding(bins, dim)
 
@@ -174,7 +184,9 @@ class AutoregressiveTokenHead(_TokenTransformer):
         """Teacher-forced logits [B, n, V]: position i sees tokens [B, n] 0..i-1 only."""
         return self.run(context, self.embed(tokens[:, : self.n - 1]), causal=True)
 
-    def decode(self, context: torch.Tensor, uniforms: torch.Tensor | None, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, context: torch.Tensor, uniforms: torch.Tensor | None, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens long [B, n], their teacher-forced logits [B, n, V]): tokens one at a time (n
         one-position steps with a KV-cache), then the logits as `logits` computes them, so a
         recorded log-prob and its recomputation are the same computation."""
@@ -189,7 +201,9 @@ class AutoregressiveTokenHead(_TokenTransformer):
         return tokens, self.logits(context, tokens)
 
 
-def build_token_head(kind: str, context_dim: int, chunk_size: int, action_dim: int, bins: int, dim: int, layers: int, heads: int) -> _TokenTransformer:
+def build_token_head(
+    kind: str, context_dim: int, chunk_size: int, action_dim: int, bins: int, dim: int, layers: int, heads: int
+) -> _TokenTransformer:
     """The token head ``kind`` (one of `TOKEN_HEADS`)."""
     if kind == "token_parallel":
         return ParallelTokenHead(context_dim, chunk_size, action_dim, bins, dim, layers, heads)

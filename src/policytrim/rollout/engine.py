@@ -39,7 +39,8 @@ import hashlib
 import logging
 import time
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,10 +49,19 @@ from policytrim.envs import worker_env_cap
 from policytrim.envs.base import InitialState
 from policytrim.policies.base import MODES, ChunkPolicy, Mode
 from policytrim.progress import rollout_finished
-from policytrim.windows import check_window, window_bound
 from policytrim.rollout.types import Trajectories
-from policytrim.rollout.workers import DEFAULT_MAX_ENVS, EnvFactory, Fault, LocalPool, ProcessPool, StepRequest, StepResult, WorkerPool
+from policytrim.rollout.workers import (
+    DEFAULT_MAX_ENVS,
+    EnvFactory,
+    Fault,
+    LocalPool,
+    ProcessPool,
+    StepRequest,
+    StepResult,
+    WorkerPool,
+)
 from policytrim.runtime import device_of
+from policytrim.windows import check_window, window_bound
 
 log = logging.getLogger("policytrim.rollout")
 
@@ -69,7 +79,9 @@ def trajectory_seed(seed: int, state: InitialState, member: int) -> int:
     return stable_seed("policytrim-trajectory", seed, state.task, state.seed, state.index, member)
 
 
-def make_pool(env: Any, num_workers: int, env_factory: EnvFactory | None, max_envs: int, backend: str = "local", ray: Any = None) -> WorkerPool:
+def make_pool(
+    env: Any, num_workers: int, env_factory: EnvFactory | None, max_envs: int, backend: str = "local", ray: Any = None
+) -> WorkerPool:
     """The env workers of an engine: in-process (num_workers=0), local processes, or Ray actors."""
     if backend == "ray":
         from policytrim.config import RayConfig
@@ -88,7 +100,17 @@ class _Batch:
 
     __slots__ = ("traj", "pos", "rows", "obs", "logp", "replay", "window", "window_logp", "actions")
 
-    def __init__(self, traj: np.ndarray, pos: np.ndarray, obs: dict[str, torch.Tensor], logp: torch.Tensor, replay: dict[str, torch.Tensor], window: np.ndarray, window_logp: torch.Tensor | None = None, actions: torch.Tensor | None = None):
+    def __init__(
+        self,
+        traj: np.ndarray,
+        pos: np.ndarray,
+        obs: dict[str, torch.Tensor],
+        logp: torch.Tensor,
+        replay: dict[str, torch.Tensor],
+        window: np.ndarray,
+        window_logp: torch.Tensor | None = None,
+        actions: torch.Tensor | None = None,
+    ):
         self.traj, self.pos, self.obs, self.logp, self.replay = traj, pos, obs, logp, replay
         self.window, self.window_logp, self.actions = window, window_logp, actions
         self.rows = np.zeros(len(traj), np.int64)
@@ -153,7 +175,9 @@ class RolloutEngine:
         if not (isinstance(lanes, int) and lanes >= 1):
             raise ValueError(f"lanes must be an integer >= 1, got {lanes!r}")
         self.lanes = lanes
-        max_envs = max_envs_per_worker or (max(DEFAULT_MAX_ENVS, envs_per_worker) if cap is None else max(cap, envs_per_worker))
+        max_envs = max_envs_per_worker or (
+            max(DEFAULT_MAX_ENVS, envs_per_worker) if cap is None else max(cap, envs_per_worker)
+        )
         self._pool: WorkerPool = make_pool(env, num_workers, env_factory, max_envs, backend, ray)
         self.replaced_workers = 0
         """Workers killed and replaced (timeouts, crashes) over the engine's lifetime."""
@@ -217,7 +241,9 @@ class RolloutEngine:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         win = torch.as_tensor(windows, dtype=torch.long)
         if tuple(win.shape) != (len(starts), group_size):
-            raise ValueError(f"windows must have shape [num_groups={len(starts)}, group_size={group_size}], got {tuple(win.shape)}")
+            raise ValueError(
+                f"windows must have shape [num_groups={len(starts)}, group_size={group_size}], got {tuple(win.shape)}"
+            )
         max_window = window_bound(policy)
         if win.numel():
             for k in (int(win.min()), int(win.max())):
@@ -225,11 +251,14 @@ class RolloutEngine:
         if adaptor is not None:
             if int(adaptor.chunk_size) != int(policy.chunk_size) or max(adaptor.windows) > max_window:
                 raise ValueError(
-                    f"the window adaptor (chunk size {adaptor.chunk_size}, windows {list(adaptor.windows)}) does not fit "
+                    f"the window adaptor (chunk size {adaptor.chunk_size}, windows "
+                    f"{list(adaptor.windows)}) does not fit "
                     f"this policy (chunk size {policy.chunk_size}, windows up to {max_window})"
                 )
             if win.numel() and int(win.min()) < max(adaptor.windows):
-                raise ValueError(f"with a window adaptor, windows bound its choices and must be >= {max(adaptor.windows)}")
+                raise ValueError(
+                    f"with a window adaptor, windows bound its choices and must be >= {max(adaptor.windows)}"
+                )
         rollout = _Rollout(
             self, policy, starts, group_size, win.flatten().numpy().astype(np.int64), mode, seed, record_chunks, adaptor
         )
@@ -243,14 +272,27 @@ class RolloutEngine:
 class _Rollout:
     """The state of one `RolloutEngine.run` call (trajectory i = group i // G, member i % G)."""
 
-    def __init__(self, engine: RolloutEngine, policy: ChunkPolicy, starts: list[InitialState], G: int, window: np.ndarray, mode: Mode, seed: int, record: bool, adaptor: Any = None) -> None:
+    def __init__(
+        self,
+        engine: RolloutEngine,
+        policy: ChunkPolicy,
+        starts: list[InitialState],
+        G: int,
+        window: np.ndarray,
+        mode: Mode,
+        seed: int,
+        record: bool,
+        adaptor: Any = None,
+    ) -> None:
         self.engine, self.pool, self.policy, self.mode, self.record = engine, engine._pool, policy, mode, record
         self.starts, self.G, self.window, self.adaptor = starts, G, window, adaptor
         self.call_window = window.copy()  # the window of each trajectory's chunk in flight
         self.N = N = len(starts) * G
         self.state_of = [starts[i // G] for i in range(N)]
         self.device = device_of(policy)
-        self.generators = [torch.Generator().manual_seed(trajectory_seed(seed, self.state_of[i], i % G)) for i in range(N)]
+        self.generators = [
+            torch.Generator().manual_seed(trajectory_seed(seed, self.state_of[i], i % G)) for i in range(N)
+        ]
         self.horizon = int(engine.env_cfg.horizon)
         self.success = np.zeros(N, bool)
         self.steps = np.zeros(N, np.int64)
@@ -263,7 +305,16 @@ class _Rollout:
         self.batches: list[_Batch] = []
         self.env_steps = 0
         self.policy_seconds, self.policy_batches = 0.0, 0
-        self.timing = {"wall": 0.0, "wait": 0.0, "worker": 0.0, "worker_reset": 0.0, "worker_cpu": 0.0, "worker_reset_cpu": 0.0, "requests": 0.0, "batched": 0.0}
+        self.timing = {
+            "wall": 0.0,
+            "wait": 0.0,
+            "worker": 0.0,
+            "worker_reset": 0.0,
+            "worker_cpu": 0.0,
+            "worker_reset_cpu": 0.0,
+            "requests": 0.0,
+            "batched": 0.0,
+        }
         # Lanes: each worker's trajectories are split into `lanes` streams of requests, so that a
         # worker steps one lane while the policy runs for another. Lane q lives on worker q // L.
         W, L = self.pool.num_workers, engine.lanes
@@ -373,12 +424,22 @@ class _Rollout:
         if fault.bug:
             raise AdapterError(
                 f"the env adapter raised {fault.kind} on {state.task} state {state.index}: {fault.message}. "
-                f"This is a programming error, not a simulator fault, so the run stops instead of dropping the group.\n{fault.traceback}"
+                "This is a programming error, not a simulator fault, so the run stops instead of dropping "
+                f"the group.\n{fault.traceback}"
             )
         self.fault_counts[fault.kind] = self.fault_counts.get(fault.kind, 0) + 1
         if fault.kind not in self.engine.warned_fault_kinds:
             self.engine.warned_fault_kinds.add(fault.kind)
-            log.warning("first %s fault (trajectory %d, %s state %d): %s; its group is dropped (later ones of this kind are counted, logged at DEBUG)\n%s", fault.kind, i, state.task, state.index, fault.message, fault.traceback)
+            log.warning(
+                "first %s fault (trajectory %d, %s state %d): %s; its group is dropped (later ones of this "
+                "kind are counted, logged at DEBUG)\n%s",
+                fault.kind,
+                i,
+                state.task,
+                state.index,
+                fault.message,
+                fault.traceback,
+            )
         else:
             log.debug("trajectory %d (%s) faulted: %s: %s", i, state, fault.kind, fault.message)
 
@@ -439,17 +500,23 @@ class _Rollout:
         obs_cpu = {k: torch.from_numpy(np.stack([row[k] for row in rows])) for k in rows[0]}
         obs = {k: v.to(self.device) for k, v in obs_cpu.items()} if self.device.type != "cpu" else obs_cpu
         with torch.no_grad():
-            sample = self.policy.sample(obs, [self.instruction[i] for i in need], self.mode, [self.generators[i] for i in need])
+            sample = self.policy.sample(
+                obs, [self.instruction[i] for i in need], self.mode, [self.generators[i] for i in need]
+            )
         actions = sample.actions.detach().to("cpu", torch.float32)
         window_logp = None
         if self.adaptor is not None:
             with torch.no_grad():
-                chosen, window_logp = self.adaptor.sample(obs_cpu["state"], actions, self.mode, [self.generators[i] for i in need])
+                chosen, window_logp = self.adaptor.sample(
+                    obs_cpu["state"], actions, self.mode, [self.generators[i] for i in need]
+                )
             self.call_window[need] = chosen.numpy().astype(np.int64)
             window_logp = window_logp.detach().to("cpu", torch.float32)
         B, k_max = len(need), int(self.call_window[need].max())
         if actions.ndim != 3 or actions.shape[0] != B or actions.shape[1] < k_max:
-            raise ValueError(f"policy.sample returned actions of shape {tuple(actions.shape)}; expected [{B}, H >= {k_max}, A]")
+            raise ValueError(
+                f"policy.sample returned actions of shape {tuple(actions.shape)}; expected [{B}, H >= {k_max}, A]"
+            )
         if self.record:
             self.batches.append(
                 _Batch(
@@ -476,7 +543,9 @@ class _Rollout:
         bad_group = self.faulted.reshape(n_groups, G).any(axis=1)
         dropped = int(bad_group.sum())
         if dropped:
-            log.warning("dropped %d of %d groups: a member hit a simulator fault or a worker timeout", dropped, n_groups)
+            log.warning(
+                "dropped %d of %d groups: a member hit a simulator fault or a worker timeout", dropped, n_groups
+            )
         keep = np.nonzero(np.repeat(~bad_group, G))[0]
         new_id = np.full(N, -1, np.int64)
         new_id[keep] = np.arange(len(keep))
@@ -497,7 +566,11 @@ class _Rollout:
             env_steps=int(self.env_steps),
             dropped_groups=dropped,
             fault_counts=dict(self.fault_counts),
-            timing={**{k: v for k, v in self.timing.items() if k != "batched"}, "policy": self.policy_seconds, "mean_batch": self.timing["batched"] / max(1, self.policy_batches)},
+            timing={
+                **{k: v for k, v in self.timing.items() if k != "batched"},
+                "policy": self.policy_seconds,
+                "mean_batch": self.timing["batched"] / max(1, self.policy_batches),
+            },
         )
         if self.record and self.batches:
             batches = self.batches

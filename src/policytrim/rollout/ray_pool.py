@@ -42,7 +42,15 @@ from collections import deque
 from typing import Any
 
 from policytrim.errors import InputError
-from policytrim.rollout.workers import DEFAULT_MAX_ENVS, EnvFactory, EnvServer, StepRequest, StepResult, WorkerError, WorkerPool
+from policytrim.rollout.workers import (
+    DEFAULT_MAX_ENVS,
+    EnvFactory,
+    EnvServer,
+    StepRequest,
+    StepResult,
+    WorkerError,
+    WorkerPool,
+)
 
 log = logging.getLogger("policytrim.rollout")
 
@@ -53,7 +61,9 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise InputError("rollout.backend=ray needs Ray: pip install 'policytrim[ray]' (or choose rollout.backend=local)") from exc
+        raise InputError(
+            "rollout.backend=ray needs Ray: pip install 'policytrim[ray]' (or choose rollout.backend=local)"
+        ) from exc
     return ray
 
 
@@ -100,8 +110,10 @@ def _check_answers(address: str, timeout_s: float) -> None:
     first (unreachable, refused, unknown host), then Ray's own client (something else on the port)."""
     host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + timeout_s
-    hint = ("is `ray start --head` running there, and is the port open to this machine? "
-            "(ray.address, ray.connect_timeout_s)")
+    hint = (
+        "is `ray start --head` running there, and is the port open to this machine? "
+        "(ray.address, ray.connect_timeout_s)"
+    )
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
@@ -118,8 +130,10 @@ def _check_answers(address: str, timeout_s: float) -> None:
         with _quiet_stderr():  # Ray's C++ client logs each retry to the process's stderr
             InnerGcsClient.standalone(address, None, remaining_ms)
     except Exception as exc:  # noqa: BLE001 - ray._raylet.RpcError and kin
-        raise InputError(f"{address} accepts connections but no Ray cluster answered there ({exc}): "
-                         "give the head node's GCS port (6379 by default; not the dashboard's 8265)") from None
+        raise InputError(
+            f"{address} accepts connections but no Ray cluster answered there ({exc}): "
+            "give the head node's GCS port (6379 by default; not the dashboard's 8265)"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -211,7 +225,14 @@ class RayPool(WorkerPool):
     cpus_per_worker, gpus_per_worker, memory_per_worker_mb, max_restarts, placement_timeout_s).
     """
 
-    def __init__(self, env_cfg: Any, num_workers: int, ray_cfg: Any, env_factory: EnvFactory | None = None, max_envs: int = DEFAULT_MAX_ENVS) -> None:
+    def __init__(
+        self,
+        env_cfg: Any,
+        num_workers: int,
+        ray_cfg: Any,
+        env_factory: EnvFactory | None = None,
+        max_envs: int = DEFAULT_MAX_ENVS,
+    ) -> None:
         if num_workers < 1:
             raise InputError(f"rollout.backend=ray needs rollout.num_workers >= 1, got {num_workers}")
         ray = self._ray = connect(ray_cfg)
@@ -281,7 +302,10 @@ class RayPool(WorkerPool):
         ray = self._ray
         self.restarts[worker] += 1
         if 0 <= self._max_restarts < self.restarts[worker]:
-            raise WorkerError(f"env worker {worker} was lost {self.restarts[worker]} times, more than ray.max_restarts={self._max_restarts}")
+            raise WorkerError(
+                f"env worker {worker} was lost {self.restarts[worker]} times, more than "
+                f"ray.max_restarts={self._max_restarts}"
+            )
         if worker not in self._dead:
             ray.kill(self._actors[worker], no_restart=False)
         self._dead.discard(worker)
@@ -292,7 +316,9 @@ class RayPool(WorkerPool):
                 pid = ray.get(self._actors[worker].pid.remote(), timeout=max(1.0, deadline - time.monotonic()))
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
                 if time.monotonic() > deadline:
-                    raise WorkerError(f"env worker {worker}: its Ray actor did not come back within {RESTART_TIMEOUT_S:g} s") from None
+                    raise WorkerError(
+                        f"env worker {worker}: its Ray actor did not come back within {RESTART_TIMEOUT_S:g} s"
+                    ) from None
                 time.sleep(0.2)  # still restarting
                 continue
             if pid != self._pids[worker]:

@@ -34,9 +34,11 @@ import sys
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait as wait_connections
-from typing import Any, Callable
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_connections
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +53,7 @@ EnvFactory = Callable[[Any, str], EnvAdapter]
 # A Meta-World env holds about 24 MB, so the envs a worker keeps bound its memory: 32 keeps each
 # worker near 1.1 GB. More (e.g. 64) rebuilds fewer envs when tasks rotate.
 DEFAULT_MAX_ENVS = 32
+
 
 @dataclass
 class StepRequest:
@@ -70,7 +73,14 @@ class StepRequest:
 
 # Exceptions from an adapter that mean a bug in code (the adapter's or its caller's), never a
 # simulator fault: dropping the group would hide it, so the engine stops the run instead.
-PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (AttributeError, TypeError, NameError, ImportError, NotImplementedError, AssertionError)
+PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
+    AttributeError,
+    TypeError,
+    NameError,
+    ImportError,
+    NotImplementedError,
+    AssertionError,
+)
 NON_FINITE_ACTION = "non_finite_action"  # the kind of a fault caused by a NaN / inf action from the policy
 
 
@@ -88,7 +98,9 @@ class Fault:
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> Fault:
-        return cls(type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)), isinstance(exc, PROGRAMMING_ERRORS))
+        return cls(
+            type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)), isinstance(exc, PROGRAMMING_ERRORS)
+        )
 
 
 @dataclass
@@ -185,7 +197,11 @@ class EnvServer:
                 obs[i] = env.reset(state)
                 env_info.setdefault(
                     state.task,
-                    {"instruction": env.instruction, "control_period_s": float(env.control_period_s), "horizon": int(env.horizon)},
+                    {
+                        "instruction": env.instruction,
+                        "control_period_s": float(env.control_period_s),
+                        "horizon": int(env.horizon),
+                    },
                 )
             except Exception as exc:  # noqa: BLE001 - any error voids the trajectory (the engine stops on bugs)
                 faults[slot], details[slot] = _describe(exc), Fault.from_exception(exc)
@@ -237,8 +253,21 @@ class EnvServer:
             self._closed_envs = False
             release_memory()
         return StepResult(
-            slots, rows, success, steps, done, _stack(obs), faults, env_info, env_steps, time.perf_counter() - t0, req.tag, fault_details=details, reset_seconds=t_reset,
-            cpu_seconds=time.process_time() - c0, reset_cpu_seconds=c_reset,
+            slots,
+            rows,
+            success,
+            steps,
+            done,
+            _stack(obs),
+            faults,
+            env_info,
+            env_steps,
+            time.perf_counter() - t0,
+            req.tag,
+            fault_details=details,
+            reset_seconds=t_reset,
+            cpu_seconds=time.process_time() - c0,
+            reset_cpu_seconds=c_reset,
         )
 
     def _acquire(self, task: str) -> EnvAdapter:
@@ -349,7 +378,13 @@ class WorkerPool(abc.ABC):
 class LocalPool(WorkerPool):
     """In-process workers: requests run synchronously inside `submit`. No hang protection."""
 
-    def __init__(self, env_cfg: Any, num_workers: int = 1, env_factory: EnvFactory | None = None, max_envs: int = DEFAULT_MAX_ENVS) -> None:
+    def __init__(
+        self,
+        env_cfg: Any,
+        num_workers: int = 1,
+        env_factory: EnvFactory | None = None,
+        max_envs: int = DEFAULT_MAX_ENVS,
+    ) -> None:
         self.num_workers = num_workers
         self._env_cfg, self._factory, self._max_envs = env_cfg, env_factory, max_envs
         self._servers = [EnvServer(env_cfg, env_factory, max_envs) for _ in range(num_workers)]
@@ -407,7 +442,14 @@ _SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBL
 class ProcessPool(WorkerPool):
     """One `multiprocessing` process per worker (spawn context: safe with torch and CUDA)."""
 
-    def __init__(self, env_cfg: Any, num_workers: int, env_factory: EnvFactory | None = None, max_envs: int = DEFAULT_MAX_ENVS, start_method: str = "spawn") -> None:
+    def __init__(
+        self,
+        env_cfg: Any,
+        num_workers: int,
+        env_factory: EnvFactory | None = None,
+        max_envs: int = DEFAULT_MAX_ENVS,
+        start_method: str = "spawn",
+    ) -> None:
         import multiprocessing as mp
 
         self.num_workers = num_workers
@@ -420,7 +462,12 @@ class ProcessPool(WorkerPool):
 
     def _start(self, w: int) -> None:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_serve, args=(child, self._env_cfg, self._factory, self._max_envs), daemon=True, name=f"policytrim-env-worker-{w}")
+        proc = self._ctx.Process(
+            target=_serve,
+            args=(child, self._env_cfg, self._factory, self._max_envs),
+            daemon=True,
+            name=f"policytrim-env-worker-{w}",
+        )
         saved = {k: os.environ.get(k) for k in _SINGLE_THREAD}
         os.environ.update(_SINGLE_THREAD)  # a spawned child inherits the environment at start()
         try:
@@ -473,7 +520,7 @@ class ProcessPool(WorkerPool):
         self._procs[w], self._conns[w] = None, None
 
     def close(self) -> None:
-        for w, conn in enumerate(self._conns):
+        for conn in self._conns:
             if conn is not None:
                 try:
                     conn.send(None)

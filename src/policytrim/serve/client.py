@@ -32,11 +32,15 @@ class ServerError(RuntimeError):
 class PolicyClient:
     """A blocking websocket client for one robot (``websockets.sync.client``)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = 8000, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = 8000, api_key: str | None = None, timeout_s: float = 30.0
+    ) -> None:
         try:
             from websockets.sync.client import connect
         except ImportError:
-            raise InputError("the policy client needs websockets and msgpack: pip install 'policytrim[serve]'") from None
+            raise InputError(
+                "the policy client needs websockets and msgpack: pip install 'policytrim[serve]'"
+            ) from None
         uri = host if host.startswith("ws") else f"ws://{host}"
         if port is not None:
             uri += f":{port}"
@@ -44,7 +48,9 @@ class PolicyClient:
         self.uri = uri
         self.timeout_s = float(timeout_s)
         self._stack = ExitStack()  # entered as a context manager, as websockets >= 17 asks
-        self._ws = self._stack.enter_context(connect(uri, compression=None, max_size=None, additional_headers=headers, open_timeout=timeout_s))
+        self._ws = self._stack.enter_context(
+            connect(uri, compression=None, max_size=None, additional_headers=headers, open_timeout=timeout_s)
+        )
         self.metadata: dict[str, Any] = wire.unpack(self._ws.recv(timeout=self.timeout_s))
         self.calls = 0
 
@@ -96,7 +102,10 @@ class ActionChunkBroker:
     def _n_actions(self, reply: dict[str, Any]) -> int:
         n = reply.get("n_actions")
         if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= self.chunk_size):
-            raise ServerError(f"the server announced per-call windows but replied n_actions={n!r} (an integer in [1, {self.chunk_size}])")
+            raise ServerError(
+                f"the server announced per-call windows but replied n_actions={n!r} "
+                f"(an integer in [1, {self.chunk_size}])"
+            )
         return n
 
     def reset(self) -> None:

@@ -74,7 +74,13 @@ def run_episodes(args: RobotLoopArgs) -> list[EpisodeResult]:
     with PolicyClient(args.host, args.port, api_key=api_key) as client:
         observation = client.metadata["observation"]
         image = observation.get(OBS_IMAGE)
-        env = MetaWorldEnv(args.task, args.horizon, image=image is not None, image_size=image["shape"][0] if image else 64, camera=EnvConfig().camera)
+        env = MetaWorldEnv(
+            args.task,
+            args.horizon,
+            image=image is not None,
+            image_size=image["shape"][0] if image else 64,
+            camera=EnvConfig().camera,
+        )
         broker = ActionChunkBroker(client, args.window or None)
         results = []
         try:
@@ -94,7 +100,17 @@ def run_episodes(args: RobotLoopArgs) -> list[EpisodeResult]:
                     obs, success = env.step(action)
                     steps += 1
                 wall = time.perf_counter() - start
-                results.append(EpisodeResult(i, bool(success), steps, broker.calls, wall, steps / wall, 1000.0 * t_calls / max(broker.calls, 1)))
+                results.append(
+                    EpisodeResult(
+                        i,
+                        bool(success),
+                        steps,
+                        broker.calls,
+                        wall,
+                        steps / wall,
+                        1000.0 * t_calls / max(broker.calls, 1),
+                    )
+                )
         finally:
             env.close()
     return results
@@ -133,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary))
         return 0
     for r in results:
-        print(f"episode {r.index}: success={r.success} steps={r.steps} calls={r.calls} control={r.control_hz:.1f} Hz round-trip={r.round_trip_ms:.2f} ms")
+        print(
+            f"episode {r.index}: success={r.success} steps={r.steps} calls={r.calls} "
+            f"control={r.control_hz:.1f} Hz round-trip={r.round_trip_ms:.2f} ms"
+        )
     print(
         f"{args.task}: success {summary['success_rate']:.2f} over {summary['episodes']} episodes, "
         f"{summary['mean_calls']:.1f} calls/episode, {summary['mean_steps']:.1f} steps/episode, "

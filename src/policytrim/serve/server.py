@@ -38,8 +38,9 @@ import http
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -88,7 +89,10 @@ class ServeConfig:
         if not (_is_int(self.port) and 0 <= self.port <= 65535):
             raise InputError(f"port must be in [0, 65535], got {self.port!r}")
         if not (_is_int(self.max_message_bytes) and 1024 <= self.max_message_bytes <= L.MAX_MESSAGE_BYTES):
-            raise InputError(f"max message size must be at least 1024 bytes and at most {L.MAX_MESSAGE_BYTES} (1 GiB), got {self.max_message_bytes!r}")
+            raise InputError(
+                f"max message size must be at least 1024 bytes and at most {L.MAX_MESSAGE_BYTES} (1 GiB), "
+                f"got {self.max_message_bytes!r}"
+            )
         if self.mode not in ("sampled", "deterministic"):
             raise InputError(f"serve mode must be sampled or deterministic, got {self.mode!r}")
         L.check_int("threads", self.threads, 0, L.MAX_THREADS, " (0 = torch's default)")
@@ -186,7 +190,8 @@ class PolicyService:
                 "default": self.default_instruction,
                 "known": self.instructions,
                 "handling": (
-                    "known instructions, or new phrasings made only of their words" if vocabulary is not None
+                    "known instructions, or new phrasings made only of their words"
+                    if vocabulary is not None
                     else "known instructions only"
                 ),
             },
@@ -197,7 +202,9 @@ class PolicyService:
         }
 
     def _reply_contract(self) -> dict[str, Any]:
-        reply: dict[str, Any] = {"actions": {"shape": [int(self.policy.chunk_size), int(self.policy.action_dim)], "dtype": "float32"}}
+        reply: dict[str, Any] = {
+            "actions": {"shape": [int(self.policy.chunk_size), int(self.policy.action_dim)], "dtype": "float32"}
+        }
         if self.adaptor is not None:
             reply["n_actions"] = {"type": "int", "meaning": "actions of this chunk to execute before the next call"}
         return reply
@@ -208,22 +215,33 @@ class PolicyService:
             raise InputError(f"a request must be a msgpack map (observation dict), got {type(obs).__name__}")
         missing = [k for k in self.fields if k not in obs]
         if missing:
-            raise InputError(f"observation is missing {', '.join(map(repr, missing))}; expected keys: {self._expected()}")
+            raise InputError(
+                f"observation is missing {', '.join(map(repr, missing))}; expected keys: {self._expected()}"
+            )
         tensors = {}
         for key, spec in self.fields.items():
             value = obs[key]
             if not isinstance(value, np.ndarray):
-                raise InputError(f"observation {key!r} must be a numpy array {self._expected_one(key)}, got {type(value).__name__}")
+                raise InputError(
+                    f"observation {key!r} must be a numpy array {self._expected_one(key)}, got {type(value).__name__}"
+                )
             if value.dtype.name not in spec.dtypes:
-                raise InputError(f"observation {key!r} has dtype {value.dtype.name}; accepted: {', '.join(spec.dtypes)}")
+                raise InputError(
+                    f"observation {key!r} has dtype {value.dtype.name}; accepted: {', '.join(spec.dtypes)}"
+                )
             if tuple(value.shape) != spec.shape:
-                raise InputError(f"observation {key!r} has shape {tuple(value.shape)}, expected {spec.shape} (one unbatched observation)")
+                raise InputError(
+                    f"observation {key!r} has shape {tuple(value.shape)}, expected {spec.shape} (one "
+                    "unbatched observation)"
+                )
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 raise InputError(f"observation {key!r} holds NaN or infinite values")
             tensors[key] = torch.from_numpy(value.astype(spec.dtypes[0], copy=True)).unsqueeze(0)
         prompt = obs.get(PROMPT_KEY, self.default_instruction)
         if prompt is None:
-            raise InputError(f"observation needs {PROMPT_KEY!r} (the instruction, a string); this policy knows: {self.instructions}")
+            raise InputError(
+                f"observation needs {PROMPT_KEY!r} (the instruction, a string); this policy knows: {self.instructions}"
+            )
         if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
             raise InputError(f"{PROMPT_KEY!r} must be a non-empty string of at most {MAX_PROMPT_CHARS} characters")
         return tensors, prompt
@@ -242,12 +260,16 @@ class PolicyService:
         """`infer` of a validated request (`validate` / `decode`)."""
         t0 = time.perf_counter()
         with torch.no_grad():
-            sample = self.policy.sample(tensors, [prompt], self.config.mode, [generator] if generator is not None else None)
+            sample = self.policy.sample(
+                tensors, [prompt], self.config.mode, [generator] if generator is not None else None
+            )
             chunk = sample.actions.detach().to("cpu", torch.float32)
             n_actions = None
             if self.adaptor is not None:
                 state = tensors["state"].to("cpu", torch.float32)
-                chosen, _ = self.adaptor.sample(state, chunk, self.config.mode, [generator] if generator is not None else None)
+                chosen, _ = self.adaptor.sample(
+                    state, chunk, self.config.mode, [generator] if generator is not None else None
+                )
                 n_actions = int(chosen[0])
         infer_ms = (time.perf_counter() - t0) * 1000.0
         reply = {"actions": chunk[0].numpy(), "policy_timing": {"infer_ms": infer_ms}}
@@ -292,7 +314,10 @@ class RefusalLog:
         if self._suppressed:
             logger.warning(
                 "%d more refused requests were not logged in the last %.0f s (at most %d lines per %g s)",
-                self._suppressed, now - self._start, self.max_lines, self.interval_s,
+                self._suppressed,
+                now - self._start,
+                self.max_lines,
+                self.interval_s,
             )
             self._suppressed = 0
 
@@ -318,7 +343,10 @@ class PolicyServer:
             sent = request.headers.get("Authorization", "")
             if not hmac.compare_digest(sent.encode(), f"Api-Key {key}".encode()):
                 self.refusals.refused(_peer(connection), "missing or wrong API key (HTTP 401)")
-                return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong API key: send the header 'Authorization: Api-Key <key>'\n")
+                return connection.respond(
+                    http.HTTPStatus.UNAUTHORIZED,
+                    "missing or wrong API key: send the header 'Authorization: Api-Key <key>'\n",
+                )
         return None
 
     async def _handler(self, websocket: Any) -> None:
@@ -376,8 +404,12 @@ class PolicyServer:
             raise InputError("serving needs websockets and msgpack: pip install 'policytrim[serve]'") from None
         try:
             server = await serve(
-                self._handler, self.config.host, self.config.port,
-                process_request=self._process_request, max_size=int(self.config.max_message_bytes), compression=None,
+                self._handler,
+                self.config.host,
+                self.config.port,
+                process_request=self._process_request,
+                max_size=int(self.config.max_message_bytes),
+                compression=None,
             )
         except OSError as exc:
             raise InputError(f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}") from None
@@ -396,8 +428,8 @@ class PolicyServer:
 class ServerThread:
     """A `PolicyServer` on its own event loop in a background thread (tests, notebooks)::
 
-        with ServerThread(PolicyServer(PolicyService(policy, ServeConfig(port=0)))) as running:
-            client = PolicyClient(running.host, running.port)
+    with ServerThread(PolicyServer(PolicyService(policy, ServeConfig(port=0)))) as running:
+        client = PolicyClient(running.host, running.port)
     """
 
     def __init__(self, server: PolicyServer, timeout_s: float = 30.0) -> None:

@@ -43,7 +43,9 @@ def _check_dtype(dtype: Any) -> np.dtype:
     except (TypeError, ValueError, UnicodeDecodeError):
         raise InputError(f"unknown numpy dtype {dtype!r} in message") from None
     if dt.kind in _REFUSED_KINDS or dt.hasobject:
-        raise InputError(f"{_REFUSED_KINDS.get(dt.kind, 'object')} dtype {dt.str!r} is refused; send plain numeric arrays")
+        raise InputError(
+            f"{_REFUSED_KINDS.get(dt.kind, 'object')} dtype {dt.str!r} is refused; send plain numeric arrays"
+        )
     return dt
 
 
@@ -51,7 +53,12 @@ def _encode(obj: Any) -> Any:
     if isinstance(obj, (np.ndarray, np.generic)):
         _check_dtype(obj.dtype)
         if isinstance(obj, np.ndarray):
-            return {_ND: True, b"data": np.ascontiguousarray(obj).tobytes(), b"dtype": obj.dtype.str, b"shape": list(obj.shape)}
+            return {
+                _ND: True,
+                b"data": np.ascontiguousarray(obj).tobytes(),
+                b"dtype": obj.dtype.str,
+                b"shape": list(obj.shape),
+            }
         return {_NG: True, b"data": obj.item(), b"dtype": obj.dtype.str}
     raise TypeError(f"cannot encode {type(obj).__name__} in a message")
 
@@ -66,7 +73,9 @@ def _decode(obj: dict) -> Any:
             raise InputError("array data must be raw bytes")
         count = math.prod(shape)  # exact: no int64 wrap-around for absurd shapes
         if count * dt.itemsize != len(data):
-            raise InputError(f"array of shape {tuple(shape)} and dtype {dt.str} needs {count * dt.itemsize} bytes, got {len(data)}")
+            raise InputError(
+                f"array of shape {tuple(shape)} and dtype {dt.str} needs {count * dt.itemsize} bytes, got {len(data)}"
+            )
         return np.frombuffer(data, dtype=dt).reshape(shape)
     if _NG in obj:
         dt = _check_dtype(obj.get(b"dtype"))
@@ -78,16 +87,45 @@ def _decode(obj: dict) -> Any:
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
-    raise InputError(f"msgpack extension type {code} is refused (messages hold maps, lists, numbers, strings, bytes and arrays)")
+    raise InputError(
+        f"msgpack extension type {code} is refused (messages hold maps, lists, numbers, strings, bytes and arrays)"
+    )
 
 
 # msgpack type bytes (https://github.com/msgpack/msgpack/blob/master/spec.md) that are followed by a
 # fixed number of payload bytes (nil, bool, numbers, fixext) / by a length of n bytes, then that many
 # payload bytes (str, bin; ext adds one type byte) / by a count of n bytes of entries (array, map).
-_FIXED = {0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2,
-          0xD2: 4, 0xD3: 8, 0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17}
-_SIZED = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1),
-          0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0)}  # type byte: (length bytes, extra bytes)
+_FIXED = {
+    0xC0: 0,
+    0xC2: 0,
+    0xC3: 0,
+    0xCA: 4,
+    0xCB: 8,
+    0xCC: 1,
+    0xCD: 2,
+    0xCE: 4,
+    0xCF: 8,
+    0xD0: 1,
+    0xD1: 2,
+    0xD2: 4,
+    0xD3: 8,
+    0xD4: 2,
+    0xD5: 3,
+    0xD6: 5,
+    0xD7: 9,
+    0xD8: 17,
+}
+_SIZED = {
+    0xC4: (1, 0),
+    0xC5: (2, 0),
+    0xC6: (4, 0),
+    0xC7: (1, 1),
+    0xC8: (2, 1),
+    0xC9: (4, 1),
+    0xD9: (1, 0),
+    0xDA: (2, 0),
+    0xDB: (4, 0),
+}  # type byte: (length bytes, extra bytes)
 _ARRAY = {0xDC: 2, 0xDD: 4}  # type byte: count bytes
 _MAP = {0xDE: 2, 0xDF: 4}
 _TYPICAL = "an observation holds a few dozen"
@@ -129,10 +167,10 @@ def check_structure(
             pos += _FIXED[b]
         elif b in _SIZED:
             size, extra = _SIZED[b]
-            pos += size + extra + int.from_bytes(buf[pos:pos + size], "big")
+            pos += size + extra + int.from_bytes(buf[pos : pos + size], "big")
         elif b in _ARRAY or b in _MAP:
             size = _ARRAY.get(b) or _MAP[b]
-            items = int.from_bytes(buf[pos:pos + size], "big") * (2 if b in _MAP else 1)
+            items = int.from_bytes(buf[pos : pos + size], "big") * (2 if b in _MAP else 1)
             pos += size
         else:
             return  # 0xC1 (never used): malformed, the decoder says so
@@ -162,8 +200,12 @@ def unpack(data: bytes, max_objects: int = L.MAX_MESSAGE_OBJECTS, max_depth: int
     check_structure(data, max_objects, max_depth)
     try:
         return msgpack.unpackb(
-            data, object_hook=_decode, ext_hook=_refuse_ext, raw=False,
-            max_map_len=max_objects, max_array_len=max_objects,  # check_structure bounds these already
+            data,
+            object_hook=_decode,
+            ext_hook=_refuse_ext,
+            raw=False,
+            max_map_len=max_objects,
+            max_array_len=max_objects,  # check_structure bounds these already
         )
     except InputError:
         raise

@@ -11,11 +11,11 @@ loss. Normalisation statistics come from the training episodes only.
 Training. Adam with a cosine-decayed learning rate, random minibatches of chunks (images randomly
 shifted by up to ``pretrain.image_shift`` pixels, DrQ-style, against overfitting a few hundred
 demonstrations' pixels), gradient-norm clip 1.0, torch on up to 2 cores (one when the machine is
-busy, `training_threads`); the validation loss is computed ``_VAL_POINTS`` times. At the end the checkpoint is written (``model.safetensors`` +
-``config.json`` in the run directory, so `load_policy(out)` works) with ``pretrain_metrics.json``,
-then the baseline is evaluated at its default window on *validation* initial states through
-`policytrim.eval.evaluate.evaluate_policy` and the metrics file is updated with its success rate,
-mean steps and calls.
+busy, `training_threads`); the validation loss is computed ``_VAL_POINTS`` times. At the end the
+checkpoint is written (``model.safetensors`` + ``config.json`` in the run directory, so
+`load_policy(out)` works) with ``pretrain_metrics.json``, then the baseline is evaluated at its
+default window on *validation* initial states through `policytrim.eval.evaluate.evaluate_policy` and
+the metrics file is updated with its success rate, mean steps and calls.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ class ChunkData:
     image: torch.Tensor | None = None
     wrist_image: torch.Tensor | None = None
 
-    def batch(self, rows: torch.Tensor, as_text: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor | list[str], torch.Tensor, torch.Tensor]:
+    def batch(
+        self, rows: torch.Tensor, as_text: bool = False
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | list[str], torch.Tensor, torch.Tensor]:
         """(obs, instruction ids, action chunks [B, H, A], row mask [B, H]) for frame ids ``rows``;
         ``as_text``: the instructions as strings (policies that tokenise them, e.g. LeRobot's)."""
         obs = {"state": self.state[rows]}
@@ -89,8 +91,15 @@ def chunk_data(dataset: Any, chunk_size: int) -> ChunkData:
     frames = state.shape[0]
     if frames == 0:
         raise InputError("the demonstration dataset holds no frames")
-    if state.ndim != 2 or action.ndim != 2 or not (action.shape[0] == episode.shape[0] == frame.shape[0] == task.shape[0] == frames):
-        raise InputError(f"demonstration arrays disagree in length: state {state.shape}, action {action.shape}, episode_index {episode.shape}")
+    if (
+        state.ndim != 2
+        or action.ndim != 2
+        or not (action.shape[0] == episode.shape[0] == frame.shape[0] == task.shape[0] == frames)
+    ):
+        raise InputError(
+            f"demonstration arrays disagree in length: state {state.shape}, action {action.shape}, "
+            f"episode_index {episode.shape}"
+        )
     if not (np.isfinite(state).all() and np.isfinite(action).all()):
         raise InputError("the demonstration dataset holds non-finite states or actions")
     if task.min() < 0 or task.max() >= len(instructions):
@@ -108,7 +117,10 @@ def chunk_data(dataset: Any, chunk_size: int) -> ChunkData:
     offset = np.minimum(np.arange(chunk_size)[None, :], (length - 1 - frame)[:, None])
     index = np.arange(frames)[:, None] + offset
     mask = (frame[:, None] + np.arange(chunk_size)[None, :]) < length[:, None]
-    images = {key: None if image is None else torch.as_tensor(np.asarray(image, dtype=np.uint8)[order]) for key, image in cameras.items()}
+    images = {
+        key: None if image is None else torch.as_tensor(np.asarray(image, dtype=np.uint8)[order])
+        for key, image in cameras.items()
+    }
     return ChunkData(
         state=torch.as_tensor(state),
         actions=torch.as_tensor(action),
@@ -121,7 +133,9 @@ def chunk_data(dataset: Any, chunk_size: int) -> ChunkData:
     )
 
 
-def split_episodes(episode: torch.Tensor, instruction: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_episodes(
+    episode: torch.Tensor, instruction: torch.Tensor, val_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame ids (train, val): ``val_fraction`` of each task's episodes (at least one when the task
     has two or more and the fraction is > 0) go to validation."""
     rng = np.random.default_rng(seed)
@@ -194,7 +208,9 @@ def _load(data: Any, env: EnvConfig) -> Any:
         return data  # an already-loaded DemoDataset
     path = Path(data)
     if not path.exists():
-        raise InputError(f"demonstration dataset {str(path)!r} does not exist (make one with `policytrim collect --out DIR`)")
+        raise InputError(
+            f"demonstration dataset {str(path)!r} does not exist (make one with `policytrim collect --out DIR`)"
+        )
     from policytrim.data.lerobot_dataset import is_lerobot_dataset
 
     if is_lerobot_dataset(path):
@@ -219,21 +235,41 @@ def build_policy(cfg: RunConfig, data: ChunkData, train_rows: torch.Tensor) -> A
     a_mean, a_std = _stats(data.actions[train_rows])
     image_shape = tuple(data.image.shape[1:]) if data.image is not None else None
     return TinyVLA.from_config(
-        cfg.policy, data.state.shape[1], data.actions.shape[1], data.instructions,
-        state_mean=s_mean, state_std=s_std, action_mean=a_mean, action_std=a_std, image_shape=image_shape,
+        cfg.policy,
+        data.state.shape[1],
+        data.actions.shape[1],
+        data.instructions,
+        state_mean=s_mean,
+        state_std=s_std,
+        action_mean=a_mean,
+        action_std=a_std,
+        image_shape=image_shape,
         state_dims=cfg.policy_state_dims,
     )
 
 
-def train_bc(policy: TinyVLA, data: ChunkData, train_rows: torch.Tensor, val_rows: torch.Tensor, cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
+def train_bc(
+    policy: TinyVLA,
+    data: ChunkData,
+    train_rows: torch.Tensor,
+    val_rows: torch.Tensor,
+    cfg: RunConfig,
+    progress: bool = True,
+) -> dict[str, Any]:
     """The BC loop; returns the loss history and timing."""
     p = cfg.pretrain
     gen = torch.Generator().manual_seed(cfg.seed)
-    val_subset = val_rows[torch.randperm(val_rows.numel(), generator=torch.Generator().manual_seed(cfg.seed + 1))[:_VAL_MAX_CHUNKS]]
+    val_subset = val_rows[
+        torch.randperm(val_rows.numel(), generator=torch.Generator().manual_seed(cfg.seed + 1))[:_VAL_MAX_CHUNKS]
+    ]
     optimizer = torch.optim.Adam([q for q in policy.parameters() if q.requires_grad], lr=p.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * it / p.iterations)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * it / p.iterations))
+    )
     val_every = max(1, p.iterations // _VAL_POINTS)
-    history: list[dict[str, float]] = [{"iteration": 0, "train_loss": None, "val_loss": validation_loss(policy, data, val_subset), "seconds": 0.0}]
+    history: list[dict[str, float]] = [
+        {"iteration": 0, "train_loss": None, "val_loss": validation_loss(policy, data, val_subset), "seconds": 0.0}
+    ]
     running = None
     policy.train()
     t0 = time.perf_counter()
@@ -254,7 +290,9 @@ def train_bc(policy: TinyVLA, data: ChunkData, train_rows: torch.Tensor, val_row
         running = value if running is None else 0.98 * running + 0.02 * value
         if it % val_every == 0 or it == p.iterations:
             val = validation_loss(policy, data, val_subset)
-            history.append({"iteration": it, "train_loss": running, "val_loss": val, "seconds": time.perf_counter() - t0})
+            history.append(
+                {"iteration": it, "train_loss": running, "val_loss": val, "seconds": time.perf_counter() - t0}
+            )
             bar.set_postfix(train=f"{running:.3f}", val=f"{val:.3f}")
     bar.close()
     policy.eval()
@@ -278,7 +316,10 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
         from policytrim.envs.libero import INSTALL_HINT, simulator_installed
 
         if not simulator_installed():  # the baseline evaluation would fail after training
-            raise InputError(f"pretrain.eval_episodes={cfg.pretrain.eval_episodes} evaluates the baseline in the LIBERO simulator, which is not installed: {INSTALL_HINT}; or pass --pretrain.eval-episodes 0")
+            raise InputError(
+                f"pretrain.eval_episodes={cfg.pretrain.eval_episodes} evaluates the baseline in the LIBERO "
+                f"simulator, which is not installed: {INSTALL_HINT}; or pass --pretrain.eval-episodes 0"
+            )
     dataset = _load(data, cfg.env)
     chunks = chunk_data(dataset, cfg.policy.chunk_size)
     if cfg.env.image and chunks.image is None:
@@ -303,7 +344,10 @@ def pretrain(cfg: RunConfig, data: Path | str | Any, out: Path | str, overwrite:
         "tasks": tasks,
         "instructions": chunks.instructions,
         "frames": {"train": int(train_rows.numel()), "val": int(val_rows.numel())},
-        "episodes": {"train": int(chunks.episode[train_rows].unique().numel()), "val": int(chunks.episode[val_rows].unique().numel())},
+        "episodes": {
+            "train": int(chunks.episode[train_rows].unique().numel()),
+            "val": int(chunks.episode[val_rows].unique().numel()),
+        },
         "parameters": sum(p.numel() for p in policy.parameters()),
         "train_seconds": round(info["train_seconds"], 2),
         "torch_threads": train_threads,
@@ -330,6 +374,12 @@ def evaluate_baseline(policy: TinyVLA, cfg: RunConfig, tasks: list[str]) -> dict
 
     env_cfg = dataclasses.replace(cfg.env, tasks=tuple(tasks)) if cfg.env.suite == "metaworld" else cfg.env
     return evaluate_policy(
-        policy, env_cfg, episodes=cfg.pretrain.eval_episodes, window=policy.default_window,
-        mode=cfg.eval.mode, seed=cfg.eval.seed, split="val", num_workers=cfg.rollout.num_workers,
+        policy,
+        env_cfg,
+        episodes=cfg.pretrain.eval_episodes,
+        window=policy.default_window,
+        mode=cfg.eval.mode,
+        seed=cfg.eval.seed,
+        split="val",
+        num_workers=cfg.rollout.num_workers,
     )

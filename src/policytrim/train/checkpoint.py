@@ -53,7 +53,9 @@ def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"scalars": scalars, "param_groups": groups}
 
 
-def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def optimizer_from_files(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     """Inverse of `optimizer_to_files`."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -80,7 +82,13 @@ def _link_tree(src: Path, dst: Path) -> None:
 
 
 def save_checkpoint(
-    stage_dir: Path, epoch: int, policy, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int = 2, best_dir: Path | None = None
+    stage_dir: Path,
+    epoch: int,
+    policy,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int = 2,
+    best_dir: Path | None = None,
 ) -> Path:
     """Write ``stage_dir/epoch_<epoch>/`` atomically, point LATEST at it, prune older ones.
     ``best_dir`` (the stage's ``best/``) is stored with it, see the module docstring."""
@@ -96,7 +104,9 @@ def save_checkpoint(
         if best_dir is not None and (best_dir / "policy").is_dir():
             _link_tree(best_dir / "policy", tmp / "best" / "policy")
         kill_point("checkpoint.partial")
-        atomic_write_json(tmp / "trainer_state.json", {"format_version": FORMAT_VERSION, "epoch": epoch, "optimizer": meta, **state})
+        atomic_write_json(
+            tmp / "trainer_state.json", {"format_version": FORMAT_VERSION, "epoch": epoch, "optimizer": meta, **state}
+        )
     kill_point("checkpoint.pointer")
     atomic_write_bytes(stage_dir / "LATEST", final.name.encode())
     epochs = sorted(p for p in stage_dir.iterdir() if _EPOCH_DIR.match(p.name))
@@ -185,7 +195,10 @@ def load_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> di
     except (OSError, SafetensorError) as exc:
         raise InputError(f"checkpoint {checkpoint} is unreadable or incomplete: {exc}") from None
     if state.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"checkpoint {checkpoint} has trainer format {state.get('format_version')!r}; this version reads {FORMAT_VERSION}")
+        raise InputError(
+            f"checkpoint {checkpoint} has trainer format {state.get('format_version')!r}; this version "
+            f"reads {FORMAT_VERSION}"
+        )
     try:
         optimizer_from_files(optimizer, tensors, state.pop("optimizer"))
     except (ValueError, KeyError, RuntimeError) as exc:

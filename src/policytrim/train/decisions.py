@@ -21,8 +21,9 @@ record              what it holds                                    on disk (ke
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from policytrim.train import distributed
 
@@ -326,7 +327,6 @@ class StageOutcome:
             call_budget=CallBudget.from_json(data["call_budget"]) if data.get("call_budget") else None,
             adaptor_windows=tuple(data["adaptor_windows"]) if data.get("adaptor_windows") else None,
         )
-
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable, Iterable, NoReturn, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -145,7 +146,7 @@ def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
     params = list(params)
     has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8, device=_device())
     dist.all_reduce(has_grad, op=dist.ReduceOp.MAX)
-    params = [p for p, flag in zip(params, has_grad.tolist()) if flag]
+    params = [p for p, flag in zip(params, has_grad.tolist(), strict=True) if flag]
     if not params:
         return
     for p in params:
@@ -189,7 +190,11 @@ def main_only(fn: Callable[[], T]) -> T:
     device = _device()
     size = torch.tensor([len(data) if is_main() else 0], dtype=torch.long, device=device)
     dist.broadcast(size, 0)
-    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device) if is_main() else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    buf = (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+        if is_main()
+        else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    )
     dist.broadcast(buf, 0)
     if error is not None:
         raise error
@@ -223,7 +228,7 @@ def all_gather_json(value: Any) -> list[Any]:
     buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     parts = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in range(world_size())]
     dist.all_gather(parts, buf.to(device))
-    return [json.loads(p.cpu().numpy()[: int(n.item())].tobytes().decode()) for p, n in zip(parts, sizes)]
+    return [json.loads(p.cpu().numpy()[: int(n.item())].tobytes().decode()) for p, n in zip(parts, sizes, strict=True)]
 
 
 _OUTCOME_COLUMNS = ("success", "steps", "window", "calls", "seed", "index")
@@ -249,7 +254,7 @@ def gather_outcomes(traj: Trajectories, tasks: list[str]) -> tuple[Trajectories,
     local[:n, -1] = torch.tensor([tasks.index(t) for t in traj.task], dtype=torch.long)
     parts = [torch.zeros_like(local, device=device) for _ in range(world_size())]
     dist.all_gather(parts, local.to(device))
-    table = torch.cat([p.cpu()[:c] for p, c in zip(parts, counts_)])
+    table = torch.cat([p.cpu()[:c] for p, c in zip(parts, counts_, strict=True)])
     totals = all_reduce_sum(torch.tensor([traj.env_steps, traj.dropped_groups], dtype=torch.long, device=device)).cpu()
     fault_counts: dict[str, int] = {}
     for counts_of_rank in all_gather_json(traj.fault_counts):

@@ -25,12 +25,14 @@ ranks; validations, decisions and every write happen on rank 0. In one process e
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
-import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +41,8 @@ from policytrim import objective
 from policytrim.config import GRPOConfig, RunConfig, to_dict
 from policytrim.envs import initial_states, split_seed
 from policytrim.envs.base import InitialState
-from policytrim.eval.evaluate import evaluate_policy
 from policytrim.errors import InputError, is_disk_full
+from policytrim.eval.evaluate import evaluate_policy
 from policytrim.io import atomic_directory, kill_point
 from policytrim.policies import ChunkPolicy, load_policy, save_policy
 from policytrim.policies.adaptor import WindowAdaptor, adaptor_of, attach_adaptor
@@ -52,9 +54,9 @@ from policytrim.rollout.types import Trajectories
 from policytrim.runtime import device_of, workers_own_cores
 from policytrim.train import distributed
 from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, restore_best, save_checkpoint
+from policytrim.train.decisions import BudgetCalibration, CallBudget, StageState, TrainSummary, Validation, on_rank0
 from policytrim.train.logger import MetricsLogger
 from policytrim.train.rundir import STAGE_CHOICES, STAGES_OF, RunDir
-from policytrim.train.decisions import BudgetCalibration, CallBudget, StageState, TrainSummary, Validation, on_rank0
 from policytrim.train.stages import (
     AdaptStage,
     Stage,
@@ -114,7 +116,9 @@ def grpo_update(
     row_mask_all = traj.chunk_row_mask()
     ids = torch.nonzero(valid, as_tuple=False).flatten()
     n = distributed.global_sum(int(ids.numel()))  # N over every rank: the 1/N stays global under torchrun
-    stats: dict[str, list[float]] = {k: [] for k in ("loss", "clip_frac", "approx_kl", "kl_ref", "ratio_max", "grad_norm")}
+    stats: dict[str, list[float]] = {
+        k: [] for k in ("loss", "clip_frac", "approx_kl", "kl_ref", "ratio_max", "grad_norm")
+    }
     skipped = 0
     logp_gap = 0.0
     for step in range(cfg.update_epochs if n else 0):
@@ -163,7 +167,9 @@ def grpo_update(
         if not (torch.isfinite(total) and torch.isfinite(grad_norm)):
             skipped += 1  # NaN / inf: skip the step, never let it reach the weights
             optimizer.zero_grad(set_to_none=True)
-            log.warning("non-finite loss or gradient (loss=%s, grad_norm=%s): update skipped", total.item(), grad_norm.item())
+            log.warning(
+                "non-finite loss or gradient (loss=%s, grad_norm=%s): update skipped", total.item(), grad_norm.item()
+            )
             continue
         optimizer.step()
         kill_point("update.step")  # test hook (policytrim.io): a kill -9 in the middle of an update
@@ -176,10 +182,12 @@ def grpo_update(
     # the worst optimiser step of the epoch: a mean over steps hides one step that hit the clip hard
     peaks = {"clip_frac_max": max(stats["clip_frac"], default=0.0)}
     peaks["approx_kl_max"] = max(stats["approx_kl"], default=0.0)
-    out.update(distributed.mean_over_ranks(
-        {k: out[k] for k in ("clip_frac", "approx_kl", "kl_ref", "ratio_max")} | {"logp_gap": logp_gap} | peaks,
-        maxed=("ratio_max", "logp_gap", "clip_frac_max", "approx_kl_max"),
-    ))
+    out.update(
+        distributed.mean_over_ranks(
+            {k: out[k] for k in ("clip_frac", "approx_kl", "kl_ref", "ratio_max")} | {"logp_gap": logp_gap} | peaks,
+            maxed=("ratio_max", "logp_gap", "clip_frac_max", "approx_kl_max"),
+        )
+    )
     out.update(skipped_steps=skipped, update_trajectories=n, clip_hard=bool(out["clip_frac_max"] > CLIP_HARD_FRACTION))
     return out
 
@@ -299,28 +307,37 @@ def run_stage(
         policy.eval()
         own = distributed.shard(len(starts))  # this rank's groups (all of them in one process)
         seed = stable_seed(cfg.seed, stage.name, epoch, "rollout")
-        traj = engine.run(policy, starts[own], cfg.rollout.group_size, windows[own], "train", seed, **stage.rollout_options(policy))
+        traj = engine.run(
+            policy, starts[own], cfg.rollout.group_size, windows[own], "train", seed, **stage.rollout_options(policy)
+        )
         t_rollout = time.perf_counter() - t0
         # every rank's outcomes (rewards, advantages and metrics over the whole epoch); mine: traj's rows
         everyone, mine = distributed.gather_outcomes(traj, list(cfg.env.tasks))
         if everyone.num_groups == 0:  # every group lost to simulator faults: nothing to learn from
             failed_epochs += 1
             if failed_epochs >= MAX_FAILED_EPOCHS:
-                raise RuntimeError(f"{stage.name}: every rollout group failed (simulator faults or worker timeouts) in {failed_epochs} epochs in a row; see the log")
+                raise RuntimeError(
+                    f"{stage.name}: every rollout group failed (simulator faults or worker timeouts) in "
+                    f"{failed_epochs} epochs in a row; see the log"
+                )
         else:
             failed_epochs = 0
         if everyone.dropped_groups > cfg.rollout.max_dropped_fraction * len(starts):
             kinds = ", ".join(f"{n} x {kind}" for kind, n in sorted(everyone.fault_counts.items()))
             raise RuntimeError(
-                f"{stage.name} epoch {epoch + 1}: {everyone.dropped_groups} of {len(starts)} groups dropped ({kinds}), more than "
-                f"rollout.max_dropped_fraction={cfg.rollout.max_dropped_fraction:g}; see the log for the first fault of each kind"
+                f"{stage.name} epoch {epoch + 1}: {everyone.dropped_groups} of {len(starts)} groups "
+                f"dropped ({kinds}), more than "
+                f"rollout.max_dropped_fraction={cfg.rollout.max_dropped_fraction:g}; see the log for the "
+                "first fault of each kind"
             )
 
         rewards, reward_terms = stage.rewards(everyone)
         advantages, valid_groups = objective.group_advantages(rewards)
         policy.train()
         valid = valid_groups.repeat_interleave(cfg.rollout.group_size)
-        update = seams.update(policy, ref_policy, optimizer, traj, advantages.flatten()[mine], valid[mine], scfg, **stage.update_options())
+        update = seams.update(
+            policy, ref_policy, optimizer, traj, advantages.flatten()[mine], valid[mine], scfg, **stage.update_options()
+        )
 
         ok = everyone.success.bool()
         record: dict[str, Any] = {
@@ -361,11 +378,20 @@ def run_stage(
                 last = True
                 log.info("%s stops after epoch %d of %d: %s", stage.name, epoch + 1, scfg.epochs, state.stopped)
         _log(logger, seams, record)
-        bar.set_postfix(SR=f"{record['success_rate']:.2f}", T=f"{record['mean_steps']:.0f}", k=f"{record['mean_window']:.1f}", C=f"{record['mean_calls']:.1f}")
+        bar.set_postfix(
+            SR=f"{record['success_rate']:.2f}",
+            T=f"{record['mean_steps']:.0f}",
+            k=f"{record['mean_window']:.1f}",
+            C=f"{record['mean_calls']:.1f}",
+        )
         state = dataclasses.replace(state, failed_epochs=failed_epochs, epochs_run=epoch + 1, epoch=epoch + 1)
         if (epoch + 1) % scfg.checkpoint_every == 0 or last:
             trainer_state = state.to_json(stage.name)
-            distributed.on_main(lambda: save_checkpoint(stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best"))
+            distributed.on_main(
+                functools.partial(
+                    save_checkpoint, stage_dir, epoch + 1, policy, optimizer, trainer_state, best_dir=stage_dir / "best"
+                )
+            )
         if state.stopped is not None:
             break
     bar.close()
@@ -374,7 +400,9 @@ def run_stage(
     policy.eval()
     outcome = stage.conclude(policy, engine, scfg.epochs, state.best, state.start_eval, state.reference)
     outcome = dataclasses.replace(outcome, epochs_run=state.epochs_run, stop_reason=state.stopped)
-    distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))  # the best policy, carrying the stage's decision
+    distributed.on_main(
+        lambda: save_policy_dir(policy, stage_dir / "best")
+    )  # the best policy, carrying the stage's decision
     return outcome
 
 
@@ -422,14 +450,18 @@ def check_policy_for_run(policy: ChunkPolicy, cfg: RunConfig, stages: list[str],
     supported = supported_stages(policy)
     if any(s not in supported for s in stages if s in STAGES):  # adapt chooses windows within the bound
         raise InputError(
-            f"{where} cannot run Stage 1 (extend): it decodes exactly the window it executes (chunk size {policy.chunk_size}, "
+            f"{where} cannot run Stage 1 (extend): it decodes exactly the window it executes (chunk size "
+            f"{policy.chunk_size}, "
             f"window {policy.default_window}) and Stage 1 needs a chunk longer than the executed window; it supports "
             f"--stage {' | '.join(supported)} (Stage 2 only, as for an autoregressive OpenVLA in the paper's Table 3)"
         )
     shape = getattr(policy, "image_shape", None)
     if shape and (not cfg.env.image or tuple(shape) != (cfg.env.image_size, cfg.env.image_size, 3)):
         have = f"--env.image-size {cfg.env.image_size}" if cfg.env.image else "no --env.image"
-        raise InputError(f"{where} acts from {shape[0]}x{shape[1]} px images but the config has {have}; pass --env.image --env.image-size {shape[0]}")
+        raise InputError(
+            f"{where} acts from {shape[0]}x{shape[1]} px images but the config has {have}; pass "
+            f"--env.image --env.image-size {shape[0]}"
+        )
 
 
 def train(
@@ -482,9 +514,14 @@ def check_architecture(cfg: RunConfig, spec: dict[str, Any], where: str) -> None
     from policytrim.policies.text import canonical_encoder_name
 
     if (spec.get("kind") == "lerobot") != (cfg.policy.kind == "lerobot"):
-        raise InputError(f"{where} is a {spec.get('kind')} policy but the config says policy.kind={cfg.policy.kind}; pass --policy.kind {spec.get('kind')}")
+        raise InputError(
+            f"{where} is a {spec.get('kind')} policy but the config says policy.kind={cfg.policy.kind}; "
+            f"pass --policy.kind {spec.get('kind')}"
+        )
     head = spec.get("head")
-    fields = ARCHITECTURE_FIELDS + (FLOW_FIELDS if head == "flow" else TOKEN_FIELDS if str(head).startswith("token_") else ())
+    fields = ARCHITECTURE_FIELDS + (
+        FLOW_FIELDS if head == "flow" else TOKEN_FIELDS if str(head).startswith("token_") else ()
+    )
     if spec.get("kind") == "lerobot":  # its architecture is LeRobot's config; H and k enter our maths
         fields = ("chunk_size", "default_window")
     if spec.get("trained_stage", "bc") != "bc":  # a post-trained policy's window is PolicyTrim's choice, not k_1
@@ -499,7 +536,9 @@ def check_architecture(cfg: RunConfig, spec: dict[str, Any], where: str) -> None
         flags = " ".join(f"--policy.{name.replace('_', '-')} {have}" for name, have, _ in diff)
         raise InputError(
             f"{where} does not match the config: "
-            + ", ".join(f"policy.{name} is {want!r} in the config but {have!r} in the checkpoint" for name, have, want in diff)
+            + ", ".join(
+                f"policy.{name} is {want!r} in the config but {have!r} in the checkpoint" for name, have, want in diff
+            )
             + f"; pass {flags} (or the config the checkpoint was trained with)"
         )
 
@@ -508,7 +547,9 @@ def _train(
     cfg: RunConfig, stage: str, stages: list[str], init: str, run: RunDir | None, overwrite: bool, seams: TrainerSeams
 ) -> TrainSummary:
     if str(init) == "expert":
-        raise InputError("--init expert: the scripted experts have no weights to train; give a policy checkpoint directory")
+        raise InputError(
+            "--init expert: the scripted experts have no weights to train; give a policy checkpoint directory"
+        )
     policy = load_policy(init)  # validates the checkpoint before anything is written
     if adaptor_of(policy) is not None:  # every stage decides windows anew; adapt trains a fresh adaptor
         log.info("the starting policy's window adaptor is not used: the run trains at fixed windows or a fresh adaptor")
@@ -529,9 +570,20 @@ def _train(
         meta = {"stage": stage, "stages": stages, "init": str(init)}
         distributed.on_main(lambda: RunDir.create(cfg.logging.out, cfg, meta, overwrite=overwrite))
         run = RunDir.open(cfg.logging.out)
-    logger = MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume)) if distributed.is_main() else None
+    logger = (
+        MetricsLogger(run.path, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg), resume=bool(resume))
+        if distributed.is_main()
+        else None
+    )
     try:
-        with seams.engine_factory(cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, pipeline=not cfg.rollout.lockstep, backend=cfg.rollout.backend, ray=cfg.ray) as engine:
+        with seams.engine_factory(
+            cfg.env,
+            cfg.rollout.num_workers,
+            cfg.rollout.step_timeout_s,
+            pipeline=not cfg.rollout.lockstep,
+            backend=cfg.rollout.backend,
+            ray=cfg.ray,
+        ) as engine:
             extended = trimmed = None
             if stage1 is not None:
                 done = _completed(run, stage1.name, cfg)
@@ -546,7 +598,11 @@ def _train(
                     window = plan.stage2(extended.window if extended is not None else None)
                     # Stage 1's window choice validated this very policy at this window on the same
                     # states: its budget calibration and Stage 2's start reuse that validation
-                    known = stage1.validations.get(window) if stage1 is not None and cfg.stage2.val_episodes == cfg.stage1.val_episodes else None
+                    known = (
+                        stage1.validations.get(window)
+                        if stage1 is not None and cfg.stage2.val_episodes == cfg.stage1.val_episodes
+                        else None
+                    )
                     saved = run.read_json("trim/budget.json")
                     if saved is not None:
                         budget = BudgetCalibration.from_json(saved)
@@ -555,7 +611,9 @@ def _train(
                         calibrate = lambda: calibrate_budget(policy, cfg, window, engine, known)  # noqa: E731
                         budget = on_rank0(calibrate, BudgetCalibration.from_json)
                         distributed.on_main(lambda: run.write_json("trim/budget.json", budget.to_json()))
-                    trimmed = run_stage(Stage2(cfg, window, budget), policy, cfg, run, engine, logger, seams, start_eval=known)
+                    trimmed = run_stage(
+                        Stage2(cfg, window, budget), policy, cfg, run, engine, logger, seams, start_eval=known
+                    )
                     distributed.on_main(lambda: run.write_json("trim/result.json", trimmed.to_json()))
                 else:
                     trimmed, policy = done
@@ -569,7 +627,9 @@ def _train(
                     adapted, policy = done
             backends = tuple(logger.backends if logger else ())
             window = int(policy.default_window)  # the trained policy's: RUN/final/policy acts at it
-            summary = TrainSummary(str(run.path), str(init), tuple(stages), backends, window, extended, trimmed, adapted)
+            summary = TrainSummary(
+                str(run.path), str(init), tuple(stages), backends, window, extended, trimmed, adapted
+            )
         distributed.on_main(lambda: save_policy_dir(policy, run.path / "final"))
         distributed.on_main(lambda: run.write_json("summary.json", summary.to_json()))
         distributed.on_main(lambda: run.set_status("complete"))
@@ -588,7 +648,12 @@ def _train(
 
 
 def _run_adapt(
-    policy: ChunkPolicy, cfg: RunConfig, run: RunDir, engine: RolloutEngine, logger: MetricsLogger | None, seams: TrainerSeams
+    policy: ChunkPolicy,
+    cfg: RunConfig,
+    run: RunDir,
+    engine: RolloutEngine,
+    logger: MetricsLogger | None,
+    seams: TrainerSeams,
 ) -> StageOutcome:
     """The adapt stage from ``policy`` (which carries no adaptor here): its call budget, calibrated
     once at the policy's trained window (``adapt/budget.json``, reread on resume), then `run_stage`."""
@@ -599,11 +664,15 @@ def _run_adapt(
         policy.eval()
         budget = on_rank0(lambda: calibrate_call_budget(policy, cfg, engine), CallBudget.from_json)
         distributed.on_main(lambda: run.write_json("adapt/budget.json", budget.to_json()))
-    outcome = run_stage(AdaptStage(cfg, policy, budget), policy, cfg, run, engine, logger, seams, start_eval=budget.start)
+    outcome = run_stage(
+        AdaptStage(cfg, policy, budget), policy, cfg, run, engine, logger, seams, start_eval=budget.start
+    )
     if adaptor_of(policy) is not None:  # the windows the best adaptor executes, for the report
         episodes, mode, seed = cfg.adapt.val_episodes, cfg.eval.mode, cfg.eval.seed
         distributed.on_main(
-            lambda: run.write_json("adapt/windows.json", evaluate_policy(policy, cfg.env, episodes, 0, mode, seed, "val", engine))
+            lambda: run.write_json(
+                "adapt/windows.json", evaluate_policy(policy, cfg.env, episodes, 0, mode, seed, "val", engine)
+            )
         )
     return outcome
 
@@ -624,4 +693,6 @@ def _completed(run: RunDir, stage: str, cfg: RunConfig) -> tuple[StageOutcome, C
     result = run.read_json(f"{stage}/result.json")
     if result is None:
         return None
-    return StageOutcome.from_json(result), _with_run_options(load_policy(run.stage_dir(stage) / "best" / "policy"), cfg).to(cfg.device)
+    return StageOutcome.from_json(result), _with_run_options(
+        load_policy(run.stage_dir(stage) / "best" / "policy"), cfg
+    ).to(cfg.device)

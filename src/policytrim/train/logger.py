@@ -21,13 +21,23 @@ log = logging.getLogger(__name__)
 @functools.cache
 def tensorboard_missing_notice() -> None:
     """The one warning (once per process) that TensorBoard scalars are asked for but not written."""
-    log.warning("logging.tensorboard is on but TensorBoard is not installed: metrics go to metrics.jsonl only (pip install 'policytrim[tensorboard]', or --logging.no-tensorboard)")
+    log.warning(
+        "logging.tensorboard is on but TensorBoard is not installed: metrics go to metrics.jsonl only (pip "
+        "install 'policytrim[tensorboard]', or --logging.no-tensorboard)"
+    )
 
 
 class MetricsLogger:
     """Writes one record per call to ``metrics.jsonl`` and mirrors numeric fields to TB / W&B."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, wandb_mode: str = "off", config: dict | None = None, resume: bool = False):
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool = True,
+        wandb_mode: str = "off",
+        config: dict | None = None,
+        resume: bool = False,
+    ):
         self.path = run_dir / "metrics.jsonl"
         self._tb = None
         self._wandb = None
@@ -42,7 +52,12 @@ class MetricsLogger:
             import wandb
 
             self._wandb = wandb.init(
-                project="policytrim", dir=str(run_dir), mode=wandb_mode, config=config or {}, resume="allow" if resume else None, id=run_dir.name if resume else None
+                project="policytrim",
+                dir=str(run_dir),
+                mode=wandb_mode,
+                config=config or {},
+                resume="allow" if resume else None,
+                id=run_dir.name if resume else None,
             )
 
     @property

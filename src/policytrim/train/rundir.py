@@ -13,8 +13,8 @@ Resuming trusts nothing it cannot check: ``config.yaml`` must hash to the SHA-25
 ``run.json`` when the run was created (an edited, truncated or replaced file is refused), and it must
 hold every key (no default is ever filled in for a resumed run: a config cut at a line boundary
 would otherwise run a different experiment). Runs made before the hash was recorded are accepted
-when their config.yaml is complete. ``status`` is running, complete, interrupted (Ctrl-C) or failed (the disk filled up; ``failure`` says
-so); every one but complete continues with --resume.
+when their config.yaml is complete. ``status`` is running, complete, interrupted (Ctrl-C) or failed (the disk filled
+up; ``failure`` says so); every one but complete continues with --resume.
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ class RunDir:
                 half_made = cls.half_made(path)
                 if half_made:
                     raise InputError(half_made)
-                raise InputError(f"run directory {path} already exists; pass --resume {path} to continue it or --overwrite to replace it")
+                raise InputError(
+                    f"run directory {path} already exists; pass --resume {path} to continue it or "
+                    "--overwrite to replace it"
+                )
             shutil.rmtree(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -125,7 +128,8 @@ class RunDir:
         """Mark the run "interrupted" (Ctrl-C) in run.json; the error to raise says how to resume."""
         self.set_status("interrupted")
         return RunInterrupted(
-            f"interrupted: the run in {self.path} keeps its last complete checkpoint; continue it with `policytrim train --resume {self.path}`"
+            f"interrupted: the run in {self.path} keeps its last complete checkpoint; continue it with "
+            f"`policytrim train --resume {self.path}`"
         )
 
     def out_of_space(self, exc: BaseException) -> DiskFull:

@@ -26,7 +26,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -36,10 +37,10 @@ from policytrim.errors import InputError
 from policytrim.eval.evaluate import evaluate_policy
 from policytrim.eval.paired import paired_difference, relation_in_points
 from policytrim.policies import ChunkPolicy
+from policytrim.policies.adaptor import WindowAdaptor, adaptor_of, attach_adaptor
 from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.rollout.types import Trajectories
 from policytrim.train import distributed
-from policytrim.policies.adaptor import WindowAdaptor, adaptor_of, attach_adaptor
 from policytrim.train.decisions import BudgetCalibration, CallBudget, StageOutcome, Validation, WindowChoice
 from policytrim.windows import WindowPlan
 
@@ -50,11 +51,26 @@ from policytrim.windows import WindowPlan
 def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, episodes: int) -> Validation:
     """Overall metrics on validation states at one window (paired: fixed seed), with the
     per-state success ``success_by_state`` for paired comparisons between validations."""
-    metrics = evaluate_policy(policy, cfg.env, episodes, window, cfg.eval.mode, cfg.eval.seed, split="val", engine=engine, latency_ms=cfg.eval.latency_ms, return_outcomes=True)
+    metrics = evaluate_policy(
+        policy,
+        cfg.env,
+        episodes,
+        window,
+        cfg.eval.mode,
+        cfg.eval.seed,
+        split="val",
+        engine=engine,
+        latency_ms=cfg.eval.latency_ms,
+        return_outcomes=True,
+    )
     if metrics["overall"]["episodes"] == 0:
-        raise RuntimeError(f"validation at window {window}: every episode was lost to simulator faults or worker timeouts")
+        raise RuntimeError(
+            f"validation at window {window}: every episode was lost to simulator faults or worker timeouts"
+        )
     out = metrics["outcomes"]
-    success = {f"{task}:{index}": bool(ok) for task, index, ok in zip(out["task"], out["index"], out["success"])}
+    success = {
+        f"{task}:{index}": bool(ok) for task, index, ok in zip(out["task"], out["index"], out["success"], strict=True)
+    }
     return Validation(metrics["overall"], success)
 
 
@@ -151,8 +167,16 @@ def calibrate_call_budget(policy: ChunkPolicy, cfg: RunConfig, engine: RolloutEn
         source = f"calibrated: ceil({a.budget_multiplier} x mean C of successful validation episodes)"
         budget = objective.call_budget([val.calls_per_success], a.budget_multiplier)
     return CallBudget(
-        budget, source, step_budget, val.calls_per_success, val.mean_steps, val.success_rate, window, cfg.eval.mode,
-        a.val_episodes, start=val,
+        budget,
+        source,
+        step_budget,
+        val.calls_per_success,
+        val.mean_steps,
+        val.success_rate,
+        window,
+        cfg.eval.mode,
+        a.val_episodes,
+        start=val,
     )
 
 
@@ -179,9 +203,14 @@ def build_adaptor(policy: ChunkPolicy, cfg: RunConfig) -> WindowAdaptor:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stable_seed(cfg.seed, "adapt", "adaptor") % (2**63))
         return WindowAdaptor(
-            state_dim=state_dim, action_dim=int(policy.action_dim), chunk_size=int(policy.chunk_size), windows=windows,
-            initial_window=int(policy.default_window), hidden_dim=cfg.adapt.hidden_dim,
-            initial_mass=cfg.adapt.initial_mass, **stats,
+            state_dim=state_dim,
+            action_dim=int(policy.action_dim),
+            chunk_size=int(policy.chunk_size),
+            windows=windows,
+            initial_window=int(policy.default_window),
+            hidden_dim=cfg.adapt.hidden_dim,
+            initial_mass=cfg.adapt.initial_mass,
+            **stats,
         )
 
 
@@ -257,7 +286,7 @@ class Stage(abc.ABC):
     def is_better(self, candidate: Validation, best: Validation | None, start: Validation) -> bool:
         """Whether validation ``candidate`` replaces ``best`` as the stage's best checkpoint."""
 
-    def begin(self, policy: ChunkPolicy) -> None:
+    def begin(self, policy: ChunkPolicy) -> None:  # noqa: B027 - an optional hook: a no-op unless overridden
         """Called once the policy entering the stage is saved as its reference."""
 
     def parameters(self, policy: ChunkPolicy) -> list[torch.nn.Parameter]:
@@ -326,8 +355,14 @@ class Stage1(Stage):
         return objective.assign_windows(num_groups, group_size, self.windows)
 
     def rewards(self, traj: Trajectories) -> tuple[torch.Tensor, dict[str, float]]:
-        rewards = objective.extension_reward(traj.grouped(traj.success), traj.grouped(traj.window), self.cfg.policy.chunk_size, self.config.horizon_coef)
-        per_window = {f"success_rate_k{w}": traj.success[traj.window == w].float().mean().item() for w in self.windows if bool((traj.window == w).any())}
+        rewards = objective.extension_reward(
+            traj.grouped(traj.success), traj.grouped(traj.window), self.cfg.policy.chunk_size, self.config.horizon_coef
+        )
+        per_window = {
+            f"success_rate_k{w}": traj.success[traj.window == w].float().mean().item()
+            for w in self.windows
+            if bool((traj.window == w).any())
+        }
         return rewards, {"reward": rewards.mean().item(), "reward_extension": rewards.mean().item(), **per_window}
 
     def is_better(self, candidate: Validation, best: Validation | None, start: Validation) -> bool:
@@ -368,7 +403,11 @@ class Stage1(Stage):
         known = {self.eval_window: best.at_epoch(None)} if best.success_by_state is not None else {}
         baseline = reference if self.config.window_reference == "baseline" else None
         if self.config.window_reference == "baseline" and baseline is None:
-            raise RuntimeError("stage1.window_reference=baseline needs the entering policy's validation at the shortest window (Stage1.reference)")
+            raise RuntimeError(
+                "stage1.window_reference=baseline needs the entering policy's validation at the shortest "
+                "window (Stage1.reference)"
+            )
+
         def decide() -> dict[str, Any]:  # rank 0 decides; every rank gets its JSON
             choice, validations = choose_window(policy, self.cfg, self.windows, engine, known, baseline)
             return {"choice": choice.to_json(), "validations": {str(w): v.to_json() for w, v in validations.items()}}
@@ -398,7 +437,15 @@ class Stage2(Stage):
     def rewards(self, traj: Trajectories) -> tuple[torch.Tensor, dict[str, float]]:
         s2 = self.config
         success = traj.grouped(traj.success)
-        terms = objective.trim_reward_terms(success, traj.grouped(traj.steps), self.budget, s2.step_coef, s2.stability_coef, s2.sigma_floor, s2.floor_mode)
+        terms = objective.trim_reward_terms(
+            success,
+            traj.grouped(traj.steps),
+            self.budget,
+            s2.step_coef,
+            s2.stability_coef,
+            s2.sigma_floor,
+            s2.floor_mode,
+        )
         ok = success.bool()
         return terms.reward, {
             "reward": terms.reward.mean().item(),
@@ -427,8 +474,14 @@ class Stage2(Stage):
     ) -> StageOutcome:
         best, start = best.without_outcomes(), start.without_outcomes()
         return StageOutcome(
-            self.name, epochs, self.eval_window, self.windows[0], best, start,
-            budget=self.budget, budget_evidence=self.budget_evidence,
+            self.name,
+            epochs,
+            self.eval_window,
+            self.windows[0],
+            best,
+            start,
+            budget=self.budget,
+            budget_evidence=self.budget_evidence,
         )
 
 
@@ -477,8 +530,16 @@ class AdaptStage(Stage):
         a = self.config
         success = traj.grouped(traj.success)
         terms = objective.adapt_reward_terms(
-            success, traj.grouped(traj.calls), traj.grouped(traj.steps), self.budget.budget, self.budget.step_budget,
-            a.call_coef, a.step_coef, a.stability_coef, a.sigma_floor, a.floor_mode,
+            success,
+            traj.grouped(traj.calls),
+            traj.grouped(traj.steps),
+            self.budget.budget,
+            self.budget.step_budget,
+            a.call_coef,
+            a.step_coef,
+            a.stability_coef,
+            a.sigma_floor,
+            a.floor_mode,
         )
         ok = success.bool()
         out = {
@@ -510,5 +571,12 @@ class AdaptStage(Stage):
         best, start = best.without_outcomes(), start.without_outcomes()
         budget = dataclasses.replace(self.budget, start=None)
         return StageOutcome(
-            self.name, epochs, self.eval_window, self.trained_window, best, start, call_budget=budget, adaptor_windows=windows
+            self.name,
+            epochs,
+            self.eval_window,
+            self.trained_window,
+            best,
+            start,
+            call_budget=budget,
+            adaptor_windows=windows,
         )

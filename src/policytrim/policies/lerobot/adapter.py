@@ -28,9 +28,10 @@ the optimiser and the memory for their gradients skip them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -164,7 +165,7 @@ class LeRobotChunkPolicy(nn.Module):
             self.apply_train_parts(train_parts)
         LeRobotOptions(**asdict(self.options))  # validates
 
-    def train(self, mode: bool = True) -> "LeRobotChunkPolicy":
+    def train(self, mode: bool = True) -> LeRobotChunkPolicy:
         """Our training flag only: the LeRobot module stays in eval mode (no dropout; docstring)."""
         super().train(mode)
         self.policy.eval()
@@ -199,7 +200,8 @@ class LeRobotChunkPolicy(nn.Module):
         for key, source in camera_sources(self.image_keys):
             if source not in obs:
                 raise InputError(
-                    f"this LeRobot policy needs a camera image obs[{source!r}] for its camera {key}; run the env with image=True"
+                    f"this LeRobot policy needs a camera image obs[{source!r}] for its camera {key}; run "
+                    "the env with image=True"
                 )
             image = torch.as_tensor(obs[source])
             if image.dim() != 4 or image.shape[-1] != 3:
@@ -302,7 +304,7 @@ class LeRobotChunkPolicy(nn.Module):
         source: str | Path,
         options: LeRobotOptions | None = None,
         dataset_stats: dict[str, dict[str, Any]] | None = None,
-    ) -> "LeRobotChunkPolicy":
+    ) -> LeRobotChunkPolicy:
         """Load a LeRobot checkpoint (directory, or hub id where downloads are allowed) through
         LeRobot's own ``from_pretrained``; ``policytrim.json`` (if present) restores our options.
         A VLM under the checkpoint's ``vlm/`` is the one it was saved with, wherever the directory
@@ -366,7 +368,10 @@ class LeRobotChunkPolicy(nn.Module):
     def extra_repr(self) -> str:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.parameters())
-        return f"family={self.family}, H={self.chunk_size}, k={self.default_window}, train_parts={self.options.train_parts}, params={total} ({trainable} trainable)"
+        return (
+            f"family={self.family}, H={self.chunk_size}, k={self.default_window}, "
+            f"train_parts={self.options.train_parts}, params={total} ({trainable} trainable)"
+        )
 
 
 def export_lerobot(policy: LeRobotChunkPolicy | str | Path, out: str | Path, overwrite: bool = False) -> Path:
@@ -391,7 +396,8 @@ def camera_sources(image_keys: Sequence[str]) -> list[tuple[str, str]]:
     wrist = [k for k in image_keys if k.removeprefix(CAMERA_PREFIX) in WRIST_CAMERAS]
     if len(image_keys) > 2 or len(wrist) != 1:
         raise InputError(
-            f"this LeRobot policy has the cameras {', '.join(image_keys)}; policytrim's envs give one image, or two (LIBERO: "
+            f"this LeRobot policy has the cameras {', '.join(image_keys)}; policytrim's envs give one "
+            "image, or two (LIBERO: "
             f"image and wrist_image, the wrist camera named {CAMERA_PREFIX}{' | '.join(WRIST_CAMERAS)})"
         )
     return [(k, "wrist_image" if k in wrist else "image") for k in image_keys]

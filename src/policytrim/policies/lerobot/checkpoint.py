@@ -72,7 +72,8 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
         raise InputError(f"{path} does not describe a policytrim LeRobot checkpoint (kind {KIND!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise InputError(
-            f"{path}: format version {meta.get('format_version')!r} is not supported (this policytrim reads {FORMAT_VERSION})"
+            f"{path}: format version {meta.get('format_version')!r} is not supported (this policytrim "
+            f"reads {FORMAT_VERSION})"
         )
     return meta
 
@@ -120,6 +121,6 @@ def _write_checkpoint(policy: Any, directory: Path) -> Path:
         config.n_action_steps = previous[0]
         if previous[1] is not None:
             config.vlm_model_name = previous[1]
-        for step, name in zip(tokenizer_steps, tokenizer_names):
+        for step, name in zip(tokenizer_steps, tokenizer_names, strict=True):
             step.tokenizer_name = name
     return directory

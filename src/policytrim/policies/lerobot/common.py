@@ -6,7 +6,8 @@ Imports nothing from LeRobot (the family modules import it inside their function
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 

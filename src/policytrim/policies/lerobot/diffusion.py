@@ -8,7 +8,8 @@ needs the DDPM scheduler (DDIM with eta 0 is deterministic: no density)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -24,11 +25,13 @@ class DiffusionFamily(Family):
     def chunk_size(self, config: Any) -> int:
         if int(config.n_obs_steps) != 1:
             raise InputError(
-                f"Diffusion Policy with n_obs_steps={config.n_obs_steps}: policytrim feeds one observation per call; use n_obs_steps=1"
+                f"Diffusion Policy with n_obs_steps={config.n_obs_steps}: policytrim feeds one observation "
+                "per call; use n_obs_steps=1"
             )
         if config.noise_scheduler_type != "DDPM":
             raise InputError(
-                f"Diffusion Policy with the {config.noise_scheduler_type} scheduler has no chunk density (DDIM with eta 0 is deterministic); use DDPM"
+                f"Diffusion Policy with the {config.noise_scheduler_type} scheduler has no chunk density "
+                "(DDIM with eta 0 is deterministic); use DDPM"
             )
         return int(config.horizon)
 

@@ -11,13 +11,14 @@ SmolVLA and π0 / π0.5 differ only in how the prefix is built (`SmolVLAFamily.v
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 import policytrim.policies.flow_sde as flow_sde
 from policytrim.policies.base import Mode
-from policytrim.policies.lerobot.common import OBS_STATE, TOKENS, TOKEN_MASK, Adapter, Family, Replay
+from policytrim.policies.lerobot.common import OBS_STATE, TOKEN_MASK, TOKENS, Adapter, Family, Replay
 
 
 class FlowFamily(Family):

@@ -18,13 +18,15 @@ def policy_for_bc(policy_cfg: Any, data: Any, train_rows: torch.Tensor) -> LeRob
     window, noise scale and trainable parts. Its chunk size must equal ``policy.chunk_size``."""
     if not policy_cfg.lerobot_path:
         raise InputError(
-            "policy.kind=lerobot: pass --policy.lerobot-path, the LeRobot checkpoint to fine-tune (a directory or lerobot:<hub id>)"
+            "policy.kind=lerobot: pass --policy.lerobot-path, the LeRobot checkpoint to fine-tune (a "
+            "directory or lerobot:<hub id>)"
         )
     source = str(policy_cfg.lerobot_path).removeprefix(HUB_PREFIX)
     probe = LeRobotChunkPolicy.from_pretrained(source)
     if probe.chunk_size != policy_cfg.chunk_size:
         raise InputError(
-            f"{source}: the LeRobot policy predicts chunks of {probe.chunk_size} actions; pass --policy.chunk-size {probe.chunk_size}"
+            f"{source}: the LeRobot policy predicts chunks of {probe.chunk_size} actions; pass "
+            f"--policy.chunk-size {probe.chunk_size}"
         )
     stats = dataset_stats(data.state[train_rows], data.actions[train_rows], None, None)
     for key, field in camera_sources(probe.image_keys):
