@@ -24,7 +24,7 @@ from policytrim.io import KILL_AT_ENV, read_jsonl
 from policytrim.policies import load_policy
 from policytrim.policies.adaptor import ADAPTOR_DIR, adaptor_of
 from policytrim.train.decisions import CallBudget, StageOutcome, TrainSummary, Validation
-from policytrim.train.rundir import RunDir
+from policytrim.train.rundir import STAGES_OF, RunDir
 from policytrim.train.stages import adaptor_windows
 
 STAGE = {"epochs": 2, "eval_every": 1, "val_episodes": 2, "checkpoint_every": 1, "update_epochs": 2}
@@ -209,3 +209,11 @@ def test_call_budget_and_adapt_outcome_round_trip_through_json():
     assert again == outcome and again.window == 4
     summary = TrainSummary("run", "init", ("adapt",), (), 4, adapt=outcome)
     assert TrainSummary.from_json(json.loads(json.dumps(summary.to_json()))).adapt == outcome
+
+
+def test_stage_all_runs_extend_trim_then_adapt_on_one_epoch_axis(tmp_path):
+    cfg = tiny_config(stage1={"epochs": 3}, stage2={"epochs": 5})
+    meta = {"stage": "all", "stages": list(STAGES_OF["all"]), "init": "x"}
+    run = RunDir.create(tmp_path / "run", cfg, meta)
+    assert RunDir.open(tmp_path / "run").meta["stage"] == "all"
+    assert [run.global_epoch(s, 1) for s in ("extend", "trim", "adapt")] == [1, 4, 9]
