@@ -456,6 +456,65 @@ class Stage2Config(GRPOConfig):
 
 
 @dataclass
+class AdaptConfig(GRPOConfig):
+    """The adapt stage: a window adaptor chooses the window of every call (SPEC "Adaptive windows")."""
+
+    lr: float = 1e-3
+    """Adam learning rate (of the adaptor, and of the policy with train_policy)."""
+    windows: tuple[int, ...] = ()
+    """The windows the adaptor chooses from, increasing; empty = 5, 10, ... up to H, plus H and the
+    entering policy's trained window (H = 15, k = 5: 5 10 15)."""
+    initial_mass: float = 0.9
+    """Probability the fresh adaptor puts on the entering policy's trained window (the rest: exploration)."""
+    hidden_dim: int = 64
+    """Width of the adaptor's two hidden layers."""
+    call_coef: float = 0.8
+    """lambda_c: weight of the call-saving reward (eq 8) against the call budget."""
+    step_coef: float = 0.0
+    """lambda_e: weight of Stage 2's step-saving reward against a step budget calibrated alongside (0: off)."""
+    stability_coef: float = 0.2
+    """lambda_s: weight of the group-anchored stability penalty (eq 6, on steps)."""
+    sigma_floor: float = 5.0
+    """sigma_floor in steps for the stability penalty."""
+    floor_mode: Literal["clamp", "gate"] = "clamp"
+    """clamp: sigma = max(sigma_g, floor) (paper); gate: no penalty while sigma_g < floor."""
+    budget_multiplier: float = 1.3
+    """beta_B: B_C = ceil(beta_B * mean C of the entering policy's successful validation episodes)."""
+    call_budget: int = 0
+    """Call budget B_C; 0 = calibrate."""
+    train_policy: bool = False
+    """false: only the adaptor trains, the policy is frozen (its log-ratio is 0; the mode for big VLAs);
+    true: the adaptor and the policy train together."""
+    tolerance_points: float = 2.0
+    """Best checkpoint: fewest calls among evaluations without a significant success loss against the
+    entering policy at its trained window (as Stage 2's)."""
+
+    def __post_init__(self) -> None:
+        self._validate("adapt")
+        ws = tuple(self.windows)
+        _require(len(ws) <= L.MAX_CHUNK_SIZE, f"adapt.windows: at most {L.MAX_CHUNK_SIZE} windows, got {len(ws)}")
+        _require(all(isinstance(w, int) and w >= 1 for w in ws), f"adapt.windows must be positive integers, got {ws}")
+        _require(list(ws) == sorted(set(ws)), f"adapt.windows must be strictly increasing, e.g. 5 10 15, got {ws}")
+        self.windows = ws
+        _require(
+            isinstance(self.initial_mass, (int, float)) and 0.0 < self.initial_mass < 1.0,
+            f"adapt.initial_mass must be in (0, 1), got {self.initial_mass!r}",
+        )
+        _int_in("adapt.hidden_dim", self.hidden_dim, 1, 4096)
+        _in_range("adapt.call_coef", self.call_coef, 0.0, 10.0)
+        _in_range("adapt.step_coef", self.step_coef, 0.0, 10.0)
+        _in_range("adapt.stability_coef", self.stability_coef, 0.0, 1.0)
+        _in_range("adapt.sigma_floor", self.sigma_floor, 0.0, 1e6)
+        floor_ok = self.floor_mode in ("clamp", "gate")
+        _require(floor_ok, f"adapt.floor_mode must be clamp or gate, got {self.floor_mode!r}")
+        _in_range("adapt.budget_multiplier", self.budget_multiplier, 1.0, 10.0)
+        _int_in("adapt.call_budget", self.call_budget, 0, L.MAX_HORIZON, " (0 = calibrate)")
+        flag_ok = isinstance(self.train_policy, bool)
+        _require(flag_ok, f"adapt.train_policy must be true or false, got {self.train_policy!r}")
+        _in_range("adapt.tolerance_points", self.tolerance_points, 0.0, 100.0)
+
+
+@dataclass
 class EvalConfig:
     """Evaluation on test states."""
 
@@ -601,6 +660,7 @@ class RunConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -619,6 +679,8 @@ class RunConfig:
             self.stage2.window <= h,
             f"stage2.window must be <= policy.chunk_size={h} (0 = from Stage 1), got {self.stage2.window}",
         )
+        aw = self.adapt.windows
+        _require(not aw or aw[-1] <= h, f"adapt.windows must all be <= policy.chunk_size={h}, got {aw}")
         _require(self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device!r}")
         _int_in("seed", self.seed, 0, L.MAX_SEED)  # the same bounds as `policytrim serve --seed`
         _require(

@@ -110,6 +110,10 @@ def train(args: Any) -> int:
         print(f"Stage 1 window choice: {summary.extend.window}")
     if summary.trim is not None:
         print(f"Stage 2 budget: {summary.trim.budget_evidence.budget} ({summary.trim.budget_evidence.source})")
+    if summary.adapt is not None:
+        windows = summary.adapt.adaptor_windows
+        chosen = f"a window per call among {list(windows)}" if windows else "no adaptor beat the fixed window"
+        print(f"adapt: call budget {summary.adapt.call_budget.budget} ({summary.adapt.call_budget.source}); {chosen}")
     print(f"trained policy: {Path(summary.run_dir) / 'final' / 'policy'} (window {summary.window})")
     return 0
 
@@ -138,7 +142,7 @@ def evaluate(args: Any) -> int:
     policy = load_eval_policy(cfg, args.checkpoint)
     window = WindowPlan.for_policy(policy).evaluation(args.window, "--window")  # 0: the window it was trained for
     if not _wants_comparison(args):
-        metrics = evaluate_to_dir(cfg, policy, window, out, str(args.checkpoint))
+        metrics = evaluate_to_dir(cfg, policy, window, out, str(args.checkpoint), adaptive=not args.window)
         report = write_report([out], out)
         print(format_table(metrics))
         print(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and {report}")

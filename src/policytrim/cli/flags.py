@@ -58,10 +58,10 @@ class PretrainCmd(_Base):
 
 @dataclass
 class TrainCmd(_Base):
-    """PolicyTrim post-training: Stage 1 (extend), Stage 2 (trim) or both."""
+    """PolicyTrim post-training: Stage 1 (extend), Stage 2 (trim), both, the window adaptor (adapt) or all three."""
 
-    stage: Literal["extend", "trim", "both"] = "both"
-    """Which stage(s) to run."""
+    stage: Literal["extend", "trim", "both", "adapt", "all"] = "both"
+    """Which stage(s) to run: one, both (extend then trim) or all (extend, trim, then adapt)."""
     init: str = ""
     """Starting checkpoint directory (the baseline)."""
     resume: str = ""

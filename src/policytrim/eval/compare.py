@@ -25,6 +25,8 @@ class Contender:
     name: str
     policy: ChunkPolicy
     window: int
+    adaptive: bool = True
+    """Whether a policy carrying a window adaptor executes its choices (false: ``window``, fixed)."""
 
 
 def _paired(base: dict[str, list], new: dict[str, list], task: str | None) -> tuple[list[bool], list[bool]]:
@@ -101,6 +103,7 @@ def compare(
             engine=engine,
             latency_ms=latency_ms,
             return_outcomes=True,
+            adaptive=c.adaptive,
         )
         outcomes[c.name] = metrics.pop("outcomes")
         results[c.name] = metrics

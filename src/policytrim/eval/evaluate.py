@@ -30,6 +30,7 @@ from policytrim.envs import check_episodes, env_tasks, initial_states, split_see
 from policytrim.errors import InputError
 from policytrim.eval.metrics import summarize
 from policytrim.io import atomic_write_json
+from policytrim.policies.adaptor import adaptor_of
 from policytrim.rollout.engine import RolloutEngine
 from policytrim.runtime import workers_own_cores
 from policytrim.windows import WindowPlan
@@ -50,14 +51,22 @@ def evaluate_policy(
     num_workers: int = 2,
     step_timeout_s: float = 30.0,
     return_outcomes: bool = False,
+    adaptive: bool = True,
 ) -> dict[str, Any]:
     """Metrics of ``policy`` on states 0..episodes-1 of ``split`` for each task of ``env_cfg``.
 
     window 0 means the policy's default window. Without ``engine`` a temporary one is made with
     ``num_workers`` workers. With ``return_outcomes`` the result also holds ``"outcomes"``: the
     per-episode lists ``task``, ``index``, ``success``, ``steps``, ``calls`` (for paired comparisons).
+
+    A policy carrying a window adaptor (`policytrim.policies.adaptor.adaptor_of`) executes the window
+    it chooses at every call, up to its largest (``window`` is then that bound), unless ``adaptive``
+    is false (a fixed window forced, e.g. ``--window K``). The result then says ``adaptive_window``
+    and holds ``mean_executed_window`` per task and overall, and ``window_trace``: every call's task,
+    episode, step and window (the report's window-vs-time plot).
     """
-    window = WindowPlan.for_policy(policy).evaluation(window)
+    adaptor = adaptor_of(policy) if adaptive else None
+    window = max(adaptor.windows) if adaptor is not None else WindowPlan.for_policy(policy).evaluation(window)
     if episodes < 1:
         raise InputError(f"episodes must be >= 1, got {episodes}")
     check_episodes(env_cfg, split, episodes)
@@ -71,7 +80,9 @@ def evaluate_policy(
     try:
         phase = {"val": "validation", "test": "evaluation"}.get(split, f"{split} episodes")
         with progress.episodes(f"{phase} (k={window}, {mode})", len(starts)):
-            traj = engine.run(policy, starts, 1, windows, mode, seed, record_chunks=False)
+            traj = engine.run(
+                policy, starts, 1, windows, mode, seed, record_chunks=adaptor is not None, adaptor=adaptor
+            )
         periods = {t: engine.control_period_s(t) for t in dict.fromkeys(traj.task)}
     finally:
         if own:
@@ -100,6 +111,9 @@ def evaluate_policy(
         "tasks": metrics["tasks"],
         "overall": metrics["overall"],
     }
+    if adaptor is not None:
+        result["adaptive_window"] = True
+        result.update(executed_windows(traj, result))
     if return_outcomes:
         result["outcomes"] = {
             "task": list(traj.task),
@@ -109,6 +123,30 @@ def evaluate_policy(
             "calls": traj.calls.tolist(),
         }
     return result
+
+
+def executed_windows(traj: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """Adds ``mean_executed_window`` (mean window chosen per call) to each task's and the overall
+    metrics of ``result``; returns ``{"window_trace": {"task", "episode", "step", "window"}}``, one
+    entry per call (``step``: the env step the call was made at)."""
+    chunk_task = [traj.task[i] for i in traj.chunk_traj.tolist()]
+    chosen = traj.chunk_window.float()
+    for task, entry in result["tasks"].items():
+        mine = torch.tensor([t == task for t in chunk_task], dtype=torch.bool)
+        entry["mean_executed_window"] = chosen[mine].mean().item() if bool(mine.any()) else None
+    result["overall"]["mean_executed_window"] = chosen.mean().item() if chosen.numel() else None
+    steps = torch.zeros_like(traj.chunk_rows)
+    for i in range(traj.num_trajectories):  # chunks are ordered by (trajectory, position)
+        mine = torch.nonzero(traj.chunk_traj == i).flatten()
+        steps[mine] = torch.cumsum(traj.chunk_rows[mine], 0) - traj.chunk_rows[mine]
+    return {
+        "window_trace": {
+            "task": chunk_task,
+            "episode": traj.index[traj.chunk_traj].tolist(),
+            "step": steps.tolist(),
+            "window": traj.chunk_window.tolist(),
+        }
+    }
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -151,9 +189,12 @@ def load_eval_policy(cfg: Any, source: str) -> Any:
     return policy
 
 
-def evaluate_to_dir(cfg: Any, policy: Any, window: int, out: str | Path, name: str) -> dict[str, Any]:
-    """Evaluate ``policy`` at ``window`` (0: its own) on ``cfg.eval.episodes`` test states per task
-    and write ``out/metrics.json`` (its ``policy`` field is ``name``). Returns the metrics."""
+def evaluate_to_dir(
+    cfg: Any, policy: Any, window: int, out: str | Path, name: str, adaptive: bool = True
+) -> dict[str, Any]:
+    """Evaluate ``policy`` at ``window`` (0: its own; its window adaptor's choices when it carries one,
+    unless ``adaptive`` is false) on ``cfg.eval.episodes`` test states per task and write
+    ``out/metrics.json`` (its ``policy`` field is ``name``). Returns the metrics."""
     with workers_own_cores(cfg.rollout.num_workers, cfg.device):
         with RolloutEngine(
             cfg.env, cfg.rollout.num_workers, cfg.rollout.step_timeout_s, backend=cfg.rollout.backend, ray=cfg.ray
@@ -168,6 +209,7 @@ def evaluate_to_dir(cfg: Any, policy: Any, window: int, out: str | Path, name: s
                 "test",
                 engine=engine,
                 latency_ms=cfg.eval.latency_ms,
+                adaptive=adaptive,
             )
     metrics["policy"] = name
     atomic_write_json(Path(out) / "metrics.json", metrics)

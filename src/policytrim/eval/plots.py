@@ -360,3 +360,35 @@ def nice(value: Any, spec: str = ".3f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return format(value, spec)
+
+
+def executed_windows_figure(trace: Mapping[str, Sequence[Any]], path: Path, title: str = "") -> Path:
+    """The windows a window adaptor executed (``trace``: one entry per call, the lists ``task``,
+    ``step``, ``window`` of `policytrim.eval.evaluate.executed_windows`): window vs the env step of the
+    call (left), and a histogram of the windows per task (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    tasks = list(dict.fromkeys(trace["task"]))
+    windows = sorted(set(int(w) for w in trace["window"]))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    rng = np.random.default_rng(0)  # jitter only, so that overlapping calls stay visible
+    width = 0.8 / max(1, len(tasks))
+    for j, task in enumerate(tasks):
+        mine = [i for i, t in enumerate(trace["task"]) if t == task]
+        steps = np.asarray([trace["step"][i] for i in mine], dtype=float)
+        chosen = np.asarray([trace["window"][i] for i in mine], dtype=float)
+        color = colors[j % len(colors)]
+        left.scatter(steps, chosen + rng.uniform(-0.15, 0.15, len(chosen)), s=9, alpha=0.45, color=color, label=task)
+        counts = [int((chosen == w).sum()) for w in windows]
+        x = np.arange(len(windows)) + (j - (len(tasks) - 1) / 2) * width
+        right.bar(x, counts, width=width, color=color, label=f"{task} (mean {chosen.mean():.1f})")
+    left.set_xlabel("env step of the call")
+    left.set_ylabel("window executed")
+    left.set_yticks(windows)
+    left.grid(alpha=0.3)
+    right.set_xticks(np.arange(len(windows)), [str(w) for w in windows])
+    right.set_xlabel("window executed")
+    right.set_ylabel("calls")
+    right.legend(fontsize=7)
+    right.grid(alpha=0.3, axis="y")
+    fig.suptitle(title or "Windows chosen per call", fontsize=11)
+    return _save(fig, path)

@@ -808,6 +808,21 @@ def train_section(sec: Section, level: int = 2) -> None:
     )
     _stage_decisions(sec, d, level + 1)
     _curves(sec, d, f"Training curves: {d.name}")
+    _executed_windows(sec, _json(d / "adapt" / "windows.json"), "the adapt stage's best policy on validation states")
+
+
+def _executed_windows(sec: Section, metrics: dict[str, Any] | None, what: str) -> None:
+    """The window-per-call plot of ``metrics`` (an evaluation of a policy carrying a window adaptor)."""
+    if not metrics or not metrics.get("window_trace"):
+        return
+    trace = metrics["window_trace"]
+    mean = metrics.get("overall", {}).get("mean_executed_window")
+    path = plots.executed_windows_figure(
+        trace, sec.plot("executed_windows"), title=f"Windows executed per call: {what}"
+    )
+    calls = len(trace["window"])
+    caption = f"{calls} calls, mean window {mean:.2f}" if isinstance(mean, (int, float)) else f"{calls} calls"
+    sec.add(figure(path, caption + " (left: window vs the env step of the call; right: calls per window and task)"))
 
 
 def _final_policy(run_dir: Path) -> str:
@@ -830,6 +845,7 @@ def eval_section(sec: Section, level: int = 2) -> None:
         return
     mode = next(iter(suite["modes"]))
     comparison_section(sec, suite, mode, level + 1)
+    _executed_windows(sec, _json(d / "metrics.json"), f"`{d.as_posix()}`")
 
 
 ABLATION_HEADER = [

@@ -54,7 +54,7 @@ def reference_contenders(
     k0 = plan.evaluation(window)
     out = [Contender(name, policy, k0)]
     if sweep:
-        out += [Contender(f"{name}@k={k}", policy, k) for k in sweep_windows(plan.bound, k0)]
+        out += [Contender(f"{name}@k={k}", policy, k, adaptive=False) for k in sweep_windows(plan.bound, k0)]
     if temporal_ensembling and plan.bound > 1:
         out.append(Contender(TEMPORAL_ENSEMBLING, TemporalEnsemble(policy, m), 1))
     return out

@@ -213,3 +213,26 @@ class WindowAdaptor(nn.Module):
 def has_adaptor(policy_directory: str | Path) -> bool:
     """Whether a saved policy carries a window adaptor."""
     return (Path(policy_directory) / ADAPTOR_DIR).is_dir()
+
+
+# ------------------------------------------------------------------ carried by a policy
+# A policy carries its adaptor as the plain attribute ``window_adaptor`` (set around nn.Module's
+# registration on purpose): the policy's own state dict, parameters and checkpoint stay exactly the
+# policy's, and the adaptor is saved beside it as ``<policy dir>/adaptor/``. It stays on the CPU
+# (``policy.to(device)`` does not move it): the rollout engine and the server call it with the CPU
+# copies of the state and the chunk; the trainer moves its log-probs to the learner's device.
+
+ATTRIBUTE = "window_adaptor"
+
+
+def adaptor_of(policy: Any) -> WindowAdaptor | None:
+    """The window adaptor ``policy`` carries, or None (it acts at its fixed window)."""
+    return policy.__dict__.get(ATTRIBUTE) if hasattr(policy, "__dict__") else None
+
+
+def attach_adaptor(policy: Any, adaptor: WindowAdaptor | None) -> None:
+    """Let ``policy`` carry ``adaptor`` (None: carry none)."""
+    if adaptor is None:
+        policy.__dict__.pop(ATTRIBUTE, None)
+    else:
+        object.__setattr__(policy, ATTRIBUTE, adaptor)

@@ -74,25 +74,42 @@ class PolicyClient:
 
 
 class ActionChunkBroker:
-    """One action per `act` call, from chunks fetched ``window`` actions at a time."""
+    """One action per `act` call, from chunks fetched ``window`` actions at a time; from a server
+    whose policy carries a window adaptor, each reply's ``n_actions`` at a time (unless ``window``
+    forces a fixed one)."""
 
     def __init__(self, client: PolicyClient, window: int | None = None) -> None:
-        chunk_size = int(client.metadata["chunk_size"])
+        self.chunk_size = chunk_size = int(client.metadata["chunk_size"])
         # None / 0: the window the server advertises (the one the policy was trained for)
         self.window = resolve(window, int(client.metadata["window"]), chunk_size, "broker window", chunk_size)
+        self.adaptive = not window and client.metadata.get("adaptive_window") is True
         self.client = client
         self.calls = 0
+        self.executed: list[int] = []  # actions executed of each chunk fetched since `reset`
         self._queue: deque[np.ndarray] = deque()
 
     def act(self, obs: dict[str, Any]) -> np.ndarray:
         """The next action float32 [A]; calls the server when the current window is used up."""
         if not self._queue:
-            actions = np.asarray(self.client.infer(obs)["actions"], dtype=np.float32)
-            self._queue.extend(actions[: self.window])
+            reply = self.client.infer(obs)
+            actions = np.asarray(reply["actions"], dtype=np.float32)
+            n = self._n_actions(reply) if self.adaptive else self.window
+            self._queue.extend(actions[:n])
+            self.executed.append(n)
             self.calls += 1
         return self._queue.popleft()
+
+    def _n_actions(self, reply: dict[str, Any]) -> int:
+        n = reply.get("n_actions")
+        if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= self.chunk_size):
+            raise ServerError(
+                f"the server announced per-call windows but replied n_actions={n!r} "
+                f"(an integer in [1, {self.chunk_size}])"
+            )
+        return n
 
     def reset(self) -> None:
         """Forget the rest of the current chunk (call at every episode start)."""
         self._queue.clear()
         self.calls = 0
+        self.executed = []

@@ -10,7 +10,10 @@ The protocol (as openpi's ``WebsocketPolicyServer`` / ``openpi_client.WebsocketC
 3. Each reply is one binary frame: msgpack({"actions": float32 [H, A], "server_timing":
    {"infer_ms", "prev_total_ms"}, "policy_timing": {"infer_ms"}}). The reply carries the whole
    chunk; the client executes ``metadata["window"]`` actions of it (the window the policy was
-   trained to execute, ``policy.default_window``) before asking again.
+   trained to execute, ``policy.default_window``) before asking again. A policy carrying a window
+   adaptor (``metadata["adaptive_window"]``: true) adds ``"n_actions"`` (int) to each reply: how
+   many actions of this chunk to execute, chosen per call; a client that ignores the field (openpi's)
+   still works, at the fixed ``window``.
 4. A bad request (malformed msgpack, missing key, wrong shape / dtype, unknown instruction) gets
    one text frame ``"error: <what was wrong and what is accepted>"`` and the connection is closed
    (code 1008); a message over ``max_message_bytes`` is closed by the websocket layer (code 1009).
@@ -45,6 +48,7 @@ import torch
 from policytrim import limits as L
 from policytrim.envs.base import OBS_IMAGE, OBS_STATE
 from policytrim.errors import InputError
+from policytrim.policies.adaptor import adaptor_of
 from policytrim.runtime import check_device, device_of, torch_threads
 from policytrim.serve import wire
 
@@ -156,6 +160,9 @@ class PolicyService:
         self.fields = observation_fields(self.policy)
         self.instructions = known_instructions(self.policy)
         self.default_instruction = self.instructions[0] if len(self.instructions) == 1 else None
+        self.adaptor = adaptor_of(self.policy)
+        if self.adaptor is not None:
+            self.adaptor.eval()  # it acts on the CPU copy of the state and the chunk
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -188,11 +195,19 @@ class PolicyService:
                     else "known instructions only"
                 ),
             },
-            "reply": {
-                "actions": {"shape": [int(self.policy.chunk_size), int(self.policy.action_dim)], "dtype": "float32"}
-            },
+            "reply": self._reply_contract(),
             "max_message_bytes": int(self.config.max_message_bytes),
+            "adaptive_window": self.adaptor is not None,
+            "windows": None if self.adaptor is None else list(self.adaptor.windows),
         }
+
+    def _reply_contract(self) -> dict[str, Any]:
+        reply: dict[str, Any] = {
+            "actions": {"shape": [int(self.policy.chunk_size), int(self.policy.action_dim)], "dtype": "float32"}
+        }
+        if self.adaptor is not None:
+            reply["n_actions"] = {"type": "int", "meaning": "actions of this chunk to execute before the next call"}
+        return reply
 
     def validate(self, obs: Any) -> tuple[dict[str, torch.Tensor], str]:
         """Batched tensors (batch of 1) and the instruction of one request; else `InputError`."""
@@ -248,9 +263,19 @@ class PolicyService:
             sample = self.policy.sample(
                 tensors, [prompt], self.config.mode, [generator] if generator is not None else None
             )
+            chunk = sample.actions.detach().to("cpu", torch.float32)
+            n_actions = None
+            if self.adaptor is not None:
+                state = tensors["state"].to("cpu", torch.float32)
+                chosen, _ = self.adaptor.sample(
+                    state, chunk, self.config.mode, [generator] if generator is not None else None
+                )
+                n_actions = int(chosen[0])
         infer_ms = (time.perf_counter() - t0) * 1000.0
-        actions = sample.actions[0].detach().to("cpu", torch.float32).numpy()
-        return {"actions": actions, "policy_timing": {"infer_ms": infer_ms}}
+        reply = {"actions": chunk[0].numpy(), "policy_timing": {"infer_ms": infer_ms}}
+        if n_actions is not None:
+            reply["n_actions"] = n_actions
+        return reply
 
     def _expected_one(self, key: str) -> str:
         f = self.fields[key]

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 
 from policytrim.errors import InputError
 from policytrim.io import atomic_directory, atomic_write_bytes, atomic_write_json, kill_point, read_json
+from policytrim.policies import save_policy
 from policytrim.policies.checkpoint import safetensors_bytes
 
 FORMAT_VERSION = 1
@@ -98,7 +99,7 @@ def save_checkpoint(
     if bad:
         raise ValueError(f"refusing to write checkpoint {final}: non-finite optimiser state in {', '.join(bad)}")
     with atomic_directory(final, overwrite=True) as tmp:
-        policy.save_pretrained(tmp / "policy")
+        save_policy(policy, tmp / "policy")
         (tmp / "optimizer.safetensors").write_bytes(safetensors_bytes(tensors))
         if best_dir is not None and (best_dir / "policy").is_dir():
             _link_tree(best_dir / "policy", tmp / "best" / "policy")

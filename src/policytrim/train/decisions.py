@@ -8,6 +8,7 @@ record              what it holds                                    on disk (ke
 `WindowChoice`      Stage 1's decision and its evidence              ``extend/result.json``
                     (`policytrim.train.stages.choose_window`)        ``window_choice``
 `BudgetCalibration` Stage 2's step budget B and how it was set       ``trim/budget.json``
+`CallBudget`        the adapt stage's call budget B_C, its evidence  ``adapt/budget.json``
 `StageState`        `run_stage`'s state between epochs               ``trainer_state.json``
 `TrainSummary`      what `policytrim.train.grpo.train` returns       ``summary.json``
 ==================  ===============================================  ==============================
@@ -185,6 +186,38 @@ class BudgetCalibration:
 
 
 @dataclass(frozen=True)
+class CallBudget:
+    """The adapt stage's call budget B_C (calls; SPEC "Adaptive windows") and how it was set: given
+    by the user, or ceil(multiplier x ``mean_calls``) of the entering policy's successful validation
+    episodes at its trained ``window`` in ``mode``; ``step_budget``: Stage 2's B from the same
+    validation (when the stage also rewards saved steps). ``start``: that validation, per state: what
+    the stage's best checkpoint must not lose success against."""
+
+    budget: int
+    source: str
+    step_budget: int | None = None
+    mean_calls: float | None = None
+    mean_steps: float | None = None
+    success_rate: float | None = None
+    window: int | None = None
+    mode: str | None = None
+    episodes_per_task: int | None = None
+    start: Validation | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "start" and v is not None}
+        if self.start is not None:
+            out["start"] = self.start.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CallBudget:
+        keys = ("step_budget", "mean_calls", "mean_steps", "success_rate", "window", "mode", "episodes_per_task")
+        start = Validation.from_json(data["start"]) if data.get("start") else None
+        return cls(int(data["budget"]), data.get("source", ""), **{k: data.get(k) for k in keys}, start=start)
+
+
+@dataclass(frozen=True)
 class StageState:
     """`run_stage`'s state, saved in every checkpoint (``trainer_state.json``) and read back on resume.
 
@@ -256,6 +289,8 @@ class StageOutcome:
     budget_evidence: BudgetCalibration | None = None
     epochs_run: int | None = None
     stop_reason: str | None = None
+    call_budget: CallBudget | None = None
+    adaptor_windows: tuple[int, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``result.json`` / summary record (the format runs have always written)."""
@@ -266,6 +301,9 @@ class StageOutcome:
             out["window_choice"] = self.window_choice.to_json()
         if self.budget_evidence is not None:
             out.update(window=self.window, budget=self.budget_evidence.to_json())
+        if self.call_budget is not None:
+            out.update(window=self.window, call_budget=self.call_budget.to_json())
+            out["adaptor_windows"] = None if self.adaptor_windows is None else list(self.adaptor_windows)
         return out
 
     @classmethod
@@ -286,6 +324,8 @@ class StageOutcome:
             budget_evidence=budget,
             epochs_run=data.get("epochs_run"),
             stop_reason=data.get("stop_reason"),
+            call_budget=CallBudget.from_json(data["call_budget"]) if data.get("call_budget") else None,
+            adaptor_windows=tuple(data["adaptor_windows"]) if data.get("adaptor_windows") else None,
         )
 
 
@@ -302,10 +342,11 @@ class TrainSummary:
     window: int
     extend: StageOutcome | None = None
     trim: StageOutcome | None = None
+    adapt: StageOutcome | None = None
 
     def outcome(self, stage: str) -> StageOutcome | None:
-        """The outcome of ``stage`` (extend | trim)."""
-        return {"extend": self.extend, "trim": self.trim}[stage]
+        """The outcome of ``stage`` (extend | trim | adapt)."""
+        return {"extend": self.extend, "trim": self.trim, "adapt": self.adapt}[stage]
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -314,7 +355,7 @@ class TrainSummary:
             "stages": list(self.stages),
             "logging": list(self.logging),
         }
-        for name in ("extend", "trim"):
+        for name in ("extend", "trim", "adapt"):
             if self.outcome(name) is not None:
                 out[name] = self.outcome(name).to_json()
         out["window"] = self.window
@@ -322,7 +363,7 @@ class TrainSummary:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TrainSummary:
-        outcomes = {name: StageOutcome.from_json(data[name]) for name in ("extend", "trim") if data.get(name)}
+        outcomes = {name: StageOutcome.from_json(data[name]) for name in ("extend", "trim", "adapt") if data.get(name)}
         return cls(
             data["run_dir"],
             data["init"],

@@ -42,8 +42,10 @@ from policytrim.config import GRPOConfig, RunConfig, to_dict
 from policytrim.envs import initial_states, split_seed
 from policytrim.envs.base import InitialState
 from policytrim.errors import InputError, is_disk_full
+from policytrim.eval.evaluate import evaluate_policy
 from policytrim.io import atomic_directory, kill_point
-from policytrim.policies import ChunkPolicy, load_policy
+from policytrim.policies import ChunkPolicy, load_policy, save_policy
+from policytrim.policies.adaptor import WindowAdaptor, adaptor_of, attach_adaptor
 from policytrim.policies.base import supported_stages
 from policytrim.preflight import check_preconditions
 from policytrim.progress import Progress
@@ -52,10 +54,19 @@ from policytrim.rollout.types import Trajectories
 from policytrim.runtime import device_of, workers_own_cores
 from policytrim.train import distributed
 from policytrim.train.checkpoint import latest_checkpoint, load_trainer_state, restore_best, save_checkpoint
-from policytrim.train.decisions import BudgetCalibration, StageState, TrainSummary, Validation, on_rank0
+from policytrim.train.decisions import BudgetCalibration, CallBudget, StageState, TrainSummary, Validation, on_rank0
 from policytrim.train.logger import MetricsLogger
-from policytrim.train.rundir import RunDir
-from policytrim.train.stages import Stage, Stage1, Stage2, StageOutcome, calibrate_budget, validate
+from policytrim.train.rundir import STAGE_CHOICES, STAGES_OF, RunDir
+from policytrim.train.stages import (
+    AdaptStage,
+    Stage,
+    Stage1,
+    Stage2,
+    StageOutcome,
+    calibrate_budget,
+    calibrate_call_budget,
+    validate,
+)
 from policytrim.windows import WindowPlan
 
 log = logging.getLogger(__name__)
@@ -85,6 +96,8 @@ def grpo_update(
     advantages: torch.Tensor,
     valid: torch.Tensor,
     cfg: GRPOConfig,
+    adaptor: WindowAdaptor | None = None,
+    train_policy: bool = True,
 ) -> dict[str, float]:
     """``cfg.update_epochs`` optimiser steps of the clipped surrogate (eq 4) on the whole batch.
 
@@ -93,9 +106,13 @@ def grpo_update(
     ``cfg.micro_batch_trajectories`` with N = all valid trajectories, so the micro-batch size
     changes memory, never the maths. Under torchrun ``traj`` is this rank's share, N counts every
     rank's valid trajectories and the gradients are summed over ranks before clipping.
+
+    ``adaptor``: the window adaptor that chose each chunk's window in ``traj``; its log-prob of that
+    choice, recomputed, joins the chunk's ratio. ``train_policy`` false: the policy is frozen, its
+    log-ratio is 0 (logp = old_logp, the policy is not run) and only the optimiser's parameters move.
     """
     device = device_of(policy)
-    params = [p for p in policy.parameters() if p.requires_grad]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     row_mask_all = traj.chunk_row_mask()
     ids = torch.nonzero(valid, as_tuple=False).flatten()
     n = distributed.global_sum(int(ids.numel()))  # N over every rank: the 1/N stays global under torchrun
@@ -112,12 +129,18 @@ def grpo_update(
             chunk_ids = traj.chunks_of(mb)
             obs, instructions, replay = _chunk_inputs(traj, chunk_ids, device)
             row_mask = row_mask_all[chunk_ids].to(device)
-            logp = policy.log_prob(obs, instructions, replay, row_mask)
-            old = traj.old_logp[chunk_ids].to(device=device, dtype=logp.dtype)
+            if train_policy:
+                logp = policy.log_prob(obs, instructions, replay, row_mask)
+                old = traj.old_logp[chunk_ids].to(device=device, dtype=logp.dtype)
+            else:  # frozen: the policy's log-ratio is exactly 0
+                logp = old = traj.old_logp[chunk_ids].to(device)
             if step == 0 and row_mask.any():  # before the first optimiser step: must be ~0
                 logp_gap = max(logp_gap, (logp.detach() - old).abs()[row_mask].max().item())
+            window = None if adaptor is None else _window_logps(adaptor, traj, chunk_ids, mb, logp.dtype)
+            if window is not None and step == 0:
+                logp_gap = max(logp_gap, (window[0].detach() - window[1]).abs().max().item())
             ref = None
-            if ref_policy is not None and cfg.kl_coef > 0:
+            if ref_policy is not None and cfg.kl_coef > 0 and train_policy:
                 with torch.no_grad():
                     ref = traj.padded(ref_policy.log_prob(obs, instructions, replay, row_mask).to(logp.dtype), mb)
             terms = objective.grpo_loss(
@@ -128,6 +151,8 @@ def grpo_update(
                 ref_logp=ref,
                 clip_low=cfg.clip_low,
                 clip_high=cfg.clip_high,
+                window_logp=None if window is None else window[0].to(device),
+                old_window_logp=None if window is None else window[1].to(device),
             )
             # N = every valid trajectory of the batch (all ranks): micro-batch and rank gradients add up to the batch's
             loss, diag = objective.reduce_grpo_loss(terms, cfg.kl_coef, num_trajectories=n)
@@ -165,6 +190,20 @@ def grpo_update(
     )
     out.update(skipped_steps=skipped, update_trajectories=n, clip_hard=bool(out["clip_frac_max"] > CLIP_HARD_FRACTION))
     return out
+
+
+def _window_logps(
+    adaptor: WindowAdaptor, traj: Trajectories, chunk_ids: torch.Tensor, mb: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(learner, rollout) log-probs of each chunk's window, padded to [trajectories of mb, chunks]."""
+    if traj.window_logp is None or traj.chunk_actions is None:
+        raise ValueError("a window adaptor's update needs rollouts made with it (window_logp, chunk_actions recorded)")
+    dev = next(adaptor.parameters()).device
+    state = traj.obs["state"][chunk_ids].to(dev)
+    new = adaptor.log_prob(state, traj.chunk_actions[chunk_ids].to(dev), traj.chunk_window[chunk_ids].to(dev))
+    old = traj.window_logp[chunk_ids].to(device=dev, dtype=new.dtype)
+    # `padded` scatters [M, rows] per chunk; one "row" each here
+    return traj.padded(new.to(dtype)[:, None], mb)[..., 0], traj.padded(old.to(dtype)[:, None], mb)[..., 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,9 +269,7 @@ def run_stage(
     ref_policy = None
     if scfg.kl_coef > 0:
         ref_policy = load_policy(stage_dir / "reference" / "policy").to(device).eval().requires_grad_(False)
-    optimizer = torch.optim.Adam(
-        [p for p in policy.parameters() if p.requires_grad], lr=scfg.lr, weight_decay=scfg.weight_decay
-    )
+    optimizer = torch.optim.Adam(stage.parameters(policy), lr=scfg.lr, weight_decay=scfg.weight_decay)
 
     eval_window = stage.eval_window
 
@@ -242,7 +279,7 @@ def run_stage(
     state = StageState()
     checkpoint = latest_checkpoint(stage_dir)
     if checkpoint is not None:
-        policy.load_state_dict(load_policy(checkpoint / "policy").state_dict())
+        load_weights(policy, checkpoint / "policy")
         state = StageState.from_json(load_trainer_state(checkpoint, optimizer))
         # best/ may hold a policy written after this checkpoint by the run that was killed
         distributed.on_main(lambda: restore_best(checkpoint, stage_dir / "best"))
@@ -253,7 +290,7 @@ def run_stage(
         entering = start_eval if start_eval is not None else validation()
         reference = on_rank0(lambda: stage.reference(policy, engine), Validation.from_json)
         state = dataclasses.replace(state, start_eval=entering, reference=reference, best=entering.at_epoch(0))
-        distributed.on_main(lambda: save_policy_dir(policy, stage_dir / "best"))
+        distributed.on_main(lambda: stage.save_entering(policy, lambda p: save_policy_dir(p, stage_dir / "best")))
         first = {"stage": stage.name, "epoch": 0, "global_epoch": run.global_epoch(stage.name, 0)}
         _log(logger, seams, first | {f"val_{k}": v for k, v in entering.scalars().items()})
 
@@ -269,13 +306,9 @@ def run_stage(
         windows = stage.assign_windows(len(starts), cfg.rollout.group_size)
         policy.eval()
         own = distributed.shard(len(starts))  # this rank's groups (all of them in one process)
+        seed = stable_seed(cfg.seed, stage.name, epoch, "rollout")
         traj = engine.run(
-            policy,
-            starts[own],
-            cfg.rollout.group_size,
-            windows[own],
-            "train",
-            stable_seed(cfg.seed, stage.name, epoch, "rollout"),
+            policy, starts[own], cfg.rollout.group_size, windows[own], "train", seed, **stage.rollout_options(policy)
         )
         t_rollout = time.perf_counter() - t0
         # every rank's outcomes (rewards, advantages and metrics over the whole epoch); mine: traj's rows
@@ -302,7 +335,9 @@ def run_stage(
         advantages, valid_groups = objective.group_advantages(rewards)
         policy.train()
         valid = valid_groups.repeat_interleave(cfg.rollout.group_size)
-        update = seams.update(policy, ref_policy, optimizer, traj, advantages.flatten()[mine], valid[mine], scfg)
+        update = seams.update(
+            policy, ref_policy, optimizer, traj, advantages.flatten()[mine], valid[mine], scfg, **stage.update_options()
+        )
 
         ok = everyone.success.bool()
         record: dict[str, Any] = {
@@ -361,7 +396,7 @@ def run_stage(
             break
     bar.close()
 
-    policy.load_state_dict(load_policy(stage_dir / "best" / "policy").state_dict())
+    load_weights(policy, stage_dir / "best" / "policy")
     policy.eval()
     outcome = stage.conclude(policy, engine, scfg.epochs, state.best, state.start_eval, state.reference)
     outcome = dataclasses.replace(outcome, epochs_run=state.epochs_run, stop_reason=state.stopped)
@@ -384,9 +419,23 @@ def _log(logger: MetricsLogger | None, seams: TrainerSeams, record: dict[str, An
 
 
 def save_policy_dir(policy: ChunkPolicy, path: Path) -> None:
-    """Replace ``path`` atomically with a directory holding ``policy/`` (its checkpoint)."""
+    """Replace ``path`` atomically with a directory holding ``policy/`` (its checkpoint, with its
+    window adaptor when it carries one)."""
     with atomic_directory(path, overwrite=True) as tmp:
-        policy.save_pretrained(tmp / "policy")
+        save_policy(policy, tmp / "policy")
+
+
+def load_weights(policy: ChunkPolicy, directory: Path) -> None:
+    """Give ``policy`` the weights saved in ``directory``, and its window adaptor's: copied into the
+    adaptor ``policy`` carries (an optimiser holds its parameters), attached when it carries none,
+    removed when the saved policy has none."""
+    saved = load_policy(directory)
+    policy.load_state_dict(saved.state_dict())
+    mine, theirs = adaptor_of(policy), adaptor_of(saved)
+    if theirs is None or mine is None:
+        attach_adaptor(policy, theirs)
+    else:
+        mine.load_state_dict(theirs.state_dict())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,7 +448,7 @@ def check_policy_for_run(policy: ChunkPolicy, cfg: RunConfig, stages: list[str],
     bound above the executed window), or an env config that would not render the image it reads.
     Called once, right after the starting checkpoint is loaded."""
     supported = supported_stages(policy)
-    if any(s not in supported for s in stages):
+    if any(s not in supported for s in stages if s in STAGES):  # adapt chooses windows within the bound
         raise InputError(
             f"{where} cannot run Stage 1 (extend): it decodes exactly the window it executes (chunk size "
             f"{policy.chunk_size}, "
@@ -433,11 +482,11 @@ def train(
         run = RunDir.open(resume)
         cfg, stage, init = run.cfg, run.meta["stage"], run.meta["init"]
     else:
-        if stage not in ("extend", "trim", "both"):
-            raise InputError(f"stage must be extend, trim or both, got {stage!r}")
+        if stage not in STAGE_CHOICES:
+            raise InputError(f"stage must be one of {', '.join(STAGE_CHOICES)}, got {stage!r}")
         if not init:
             raise InputError("--init is required: the starting (baseline) checkpoint directory")
-    stages = list(STAGES) if stage == "both" else [stage]
+    stages = list(STAGES_OF.get(stage, (stage,)))
     check_preconditions(cfg, resume or cfg.logging.out)
     torch.manual_seed(cfg.seed)
     joined = distributed.init_from_env(cfg.device)  # under torchrun: data-parallel learner
@@ -502,6 +551,9 @@ def _train(
             "--init expert: the scripted experts have no weights to train; give a policy checkpoint directory"
         )
     policy = load_policy(init)  # validates the checkpoint before anything is written
+    if adaptor_of(policy) is not None:  # every stage decides windows anew; adapt trains a fresh adaptor
+        log.info("the starting policy's window adaptor is not used: the run trains at fixed windows or a fresh adaptor")
+        attach_adaptor(policy, None)
     check_architecture(cfg, policy.spec(), f"checkpoint {init!r}")
     check_policy_for_run(policy, cfg, stages, f"checkpoint {init!r}")
     policy = _with_run_options(policy, cfg)
@@ -565,9 +617,19 @@ def _train(
                     distributed.on_main(lambda: run.write_json("trim/result.json", trimmed.to_json()))
                 else:
                     trimmed, policy = done
+            adapted = None
+            if "adapt" in stages:
+                done = _completed(run, AdaptStage.name, cfg)
+                if done is None:
+                    adapted = _run_adapt(policy, cfg, run, engine, logger, seams)
+                    distributed.on_main(lambda: run.write_json("adapt/result.json", adapted.to_json()))
+                else:
+                    adapted, policy = done
             backends = tuple(logger.backends if logger else ())
             window = int(policy.default_window)  # the trained policy's: RUN/final/policy acts at it
-            summary = TrainSummary(str(run.path), str(init), tuple(stages), backends, window, extended, trimmed)
+            summary = TrainSummary(
+                str(run.path), str(init), tuple(stages), backends, window, extended, trimmed, adapted
+            )
         distributed.on_main(lambda: save_policy_dir(policy, run.path / "final"))
         distributed.on_main(lambda: run.write_json("summary.json", summary.to_json()))
         distributed.on_main(lambda: run.set_status("complete"))
@@ -583,6 +645,36 @@ def _train(
         if logger is not None:
             logger.close()
     return summary
+
+
+def _run_adapt(
+    policy: ChunkPolicy,
+    cfg: RunConfig,
+    run: RunDir,
+    engine: RolloutEngine,
+    logger: MetricsLogger | None,
+    seams: TrainerSeams,
+) -> StageOutcome:
+    """The adapt stage from ``policy`` (which carries no adaptor here): its call budget, calibrated
+    once at the policy's trained window (``adapt/budget.json``, reread on resume), then `run_stage`."""
+    saved = run.read_json("adapt/budget.json")
+    if saved is not None:
+        budget = CallBudget.from_json(saved)
+    else:
+        policy.eval()
+        budget = on_rank0(lambda: calibrate_call_budget(policy, cfg, engine), CallBudget.from_json)
+        distributed.on_main(lambda: run.write_json("adapt/budget.json", budget.to_json()))
+    outcome = run_stage(
+        AdaptStage(cfg, policy, budget), policy, cfg, run, engine, logger, seams, start_eval=budget.start
+    )
+    if adaptor_of(policy) is not None:  # the windows the best adaptor executes, for the report
+        episodes, mode, seed = cfg.adapt.val_episodes, cfg.eval.mode, cfg.eval.seed
+        distributed.on_main(
+            lambda: run.write_json(
+                "adapt/windows.json", evaluate_policy(policy, cfg.env, episodes, 0, mode, seed, "val", engine)
+            )
+        )
+    return outcome
 
 
 def _with_run_options(policy: ChunkPolicy, cfg: RunConfig) -> ChunkPolicy:

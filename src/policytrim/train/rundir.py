@@ -28,9 +28,13 @@ from typing import Any
 import yaml
 
 from policytrim import __version__
-from policytrim.config import RunConfig, from_dict, parse_config_text, to_dict
+from policytrim.config import AdaptConfig, RunConfig, from_dict, parse_config_text, to_dict
 from policytrim.errors import DiskFull, InputError
 from policytrim.io import atomic_write_bytes, atomic_write_json, check_output_dir, read_json, read_jsonl, to_json
+
+# `policytrim train --stage`: one stage, extend then trim (both), or all three (all)
+STAGE_CHOICES = ("extend", "trim", "both", "adapt", "all")
+STAGES_OF = {"both": ("extend", "trim"), "all": ("extend", "trim", "adapt")}
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -85,11 +89,7 @@ class RunDir:
         if not (path / "config.yaml").is_file() or not (path / "run.json").is_file():
             raise InputError(f"{where}: not a policytrim run directory (config.yaml and run.json are missing)")
         meta = read_json(path / "run.json", name=f"{where}: run.json", kind=None)
-        if not (
-            isinstance(meta, dict)
-            and meta.get("stage") in ("extend", "trim", "both")
-            and isinstance(meta.get("init"), str)
-        ):
+        if not (isinstance(meta, dict) and meta.get("stage") in STAGE_CHOICES and isinstance(meta.get("init"), str)):
             raise InputError(f"{where}: run.json does not describe a training run (needs stage and init)")
         raw = (path / "config.yaml").read_bytes()
         expected = meta.get("config_sha256")
@@ -103,6 +103,8 @@ class RunDir:
         except UnicodeDecodeError:
             raise InputError(f"{where}: config.yaml is not text") from None
         data = parse_config_text(text, f"{where}: config.yaml")
+        if isinstance(data, dict) and "adapt" not in data:  # a run made before the adapt stage existed
+            data["adapt"] = to_dict(AdaptConfig())
         try:
             cfg = from_dict(RunConfig, data, complete=True)
         except InputError as exc:
@@ -159,8 +161,10 @@ class RunDir:
 
     def global_epoch(self, stage: str, epoch: int) -> int:
         """Epoch counted across stages (x axis of combined curves)."""
-        offset = self.cfg.stage1.epochs if stage == "trim" and "extend" in self.meta.get("stages", []) else 0
-        return offset + epoch
+        stages = self.meta.get("stages", [])
+        before = stages[: stages.index(stage)] if stage in stages else []
+        epochs = {"extend": self.cfg.stage1.epochs, "trim": self.cfg.stage2.epochs}
+        return sum(epochs.get(s, 0) for s in before) + epoch
 
     def truncate_metrics(self, stage: str, epoch: int) -> None:
         """Drop metric records after ``epoch`` of ``stage`` (and of later stages), so a resumed run

@@ -24,8 +24,9 @@ default window is the window it was trained for, so `load_policy(RUN/final/polic
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -36,10 +37,11 @@ from policytrim.errors import InputError
 from policytrim.eval.evaluate import evaluate_policy
 from policytrim.eval.paired import paired_difference, relation_in_points
 from policytrim.policies import ChunkPolicy
-from policytrim.rollout.engine import RolloutEngine
+from policytrim.policies.adaptor import WindowAdaptor, adaptor_of, attach_adaptor
+from policytrim.rollout.engine import RolloutEngine, stable_seed
 from policytrim.rollout.types import Trajectories
 from policytrim.train import distributed
-from policytrim.train.decisions import BudgetCalibration, StageOutcome, Validation, WindowChoice
+from policytrim.train.decisions import BudgetCalibration, CallBudget, StageOutcome, Validation, WindowChoice
 from policytrim.windows import WindowPlan
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +147,73 @@ def calibrate_budget(
     )
 
 
+def calibrate_call_budget(policy: ChunkPolicy, cfg: RunConfig, engine: RolloutEngine) -> CallBudget:
+    """The adapt stage's call budget B_C = ceil(beta_B * mean C of successes) (or the user's), from the
+    policy entering the stage at its trained window, without any adaptor, on the stage's validation
+    states; with ``adapt.step_coef`` > 0 also Stage 2's step budget B from the same episodes. Holds
+    that validation (``start``): the stage's best checkpoint must not lose success against it."""
+    a, window = cfg.adapt, int(policy.default_window)
+    val = validate(policy, cfg, window, engine, a.val_episodes)
+    if not val.success_rate:
+        raise InputError(
+            f"cannot calibrate the adapt stage's call budget: the policy succeeded in none of {val.episodes} "
+            f"validation episodes at window {window}; start from a better policy"
+        )
+    step_budget = objective.step_budget([val.mean_steps], a.budget_multiplier) if a.step_coef > 0 else None
+    if a.call_budget:
+        source = "given by the user (adapt.call_budget)"
+        budget = a.call_budget
+    else:
+        source = f"calibrated: ceil({a.budget_multiplier} x mean C of successful validation episodes)"
+        budget = objective.call_budget([val.calls_per_success], a.budget_multiplier)
+    return CallBudget(
+        budget,
+        source,
+        step_budget,
+        val.calls_per_success,
+        val.mean_steps,
+        val.success_rate,
+        window,
+        cfg.eval.mode,
+        a.val_episodes,
+        start=val,
+    )
+
+
+def adaptor_windows(configured: tuple[int, ...], trained_window: int, chunk_size: int) -> tuple[int, ...]:
+    """The windows a fresh adaptor chooses from: ``configured``, else 5, 10, ... up to H, plus H;
+    always with the trained window (the adaptor starts there)."""
+    base = set(configured) if configured else set(range(5, chunk_size + 1, 5)) | {chunk_size}
+    return tuple(sorted(base | {trained_window}))
+
+
+def build_adaptor(policy: ChunkPolicy, cfg: RunConfig) -> WindowAdaptor:
+    """A fresh window adaptor for ``policy`` (its trained window holding ``adapt.initial_mass``),
+    initialised from the run's seed alone, so a restarted stage builds the same one."""
+    state_dim = getattr(policy, "state_dim", None)
+    if not isinstance(state_dim, int):
+        kind = type(policy).__name__
+        raise InputError(f"the adapt stage needs a policy that reads a state vector (state_dim); {kind} has none")
+    windows = adaptor_windows(cfg.adapt.windows, int(policy.default_window), int(policy.chunk_size))
+    stats = {
+        k: getattr(policy, k).detach().cpu()
+        for k in ("state_mean", "state_std")
+        if isinstance(getattr(policy, k, None), torch.Tensor)
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stable_seed(cfg.seed, "adapt", "adaptor") % (2**63))
+        return WindowAdaptor(
+            state_dim=state_dim,
+            action_dim=int(policy.action_dim),
+            chunk_size=int(policy.chunk_size),
+            windows=windows,
+            initial_window=int(policy.default_window),
+            hidden_dim=cfg.adapt.hidden_dim,
+            initial_mass=cfg.adapt.initial_mass,
+            **stats,
+        )
+
+
 def significant_loss(candidate: Validation, start: Validation, tolerance_points: float) -> bool:
     """Whether ``candidate`` lost success against ``start`` (two validations on the same states with
     the same random numbers): its SR drop is larger than ``tolerance_points`` AND the paired 95%
@@ -219,6 +288,22 @@ class Stage(abc.ABC):
 
     def begin(self, policy: ChunkPolicy) -> None:  # noqa: B027 - an optional hook: a no-op unless overridden
         """Called once the policy entering the stage is saved as its reference."""
+
+    def parameters(self, policy: ChunkPolicy) -> list[torch.nn.Parameter]:
+        """What the stage's optimiser trains: the policy's trainable parameters."""
+        return [p for p in policy.parameters() if p.requires_grad]
+
+    def rollout_options(self, policy: ChunkPolicy) -> dict[str, Any]:
+        """Extra keyword arguments of the training rollouts (`RolloutEngine.run`)."""
+        return {}
+
+    def update_options(self) -> dict[str, Any]:
+        """Extra keyword arguments of the update (`policytrim.train.grpo.grpo_update`)."""
+        return {}
+
+    def save_entering(self, policy: ChunkPolicy, save: Callable[[ChunkPolicy], None]) -> None:
+        """Save the entering policy as the best checkpoint of epoch 0 (``save(policy)``)."""
+        save(policy)
 
     def epoch_record(self) -> dict[str, Any]:
         """Constant fields of every epoch's metrics record."""
@@ -397,4 +482,101 @@ class Stage2(Stage):
             start,
             budget=self.budget,
             budget_evidence=self.budget_evidence,
+        )
+
+
+class AdaptStage(Stage):
+    """The window adaptor's stage (SPEC "Adaptive windows", eqs 8-9): every call of the training
+    rollouts executes the window the adaptor samples (the trajectory's window is only the bound, its
+    largest), rewarded for calls saved against the call budget B_C; the adaptor's log-prob joins the
+    ratio. ``adapt.train_policy`` false: only the adaptor is optimised and the policy's log-ratio is 0.
+    Best checkpoint: Stage 2's rule against the entering policy at its trained window; if no
+    validation beats that, the stage concludes with the policy as it entered, without an adaptor."""
+
+    name = "adapt"
+
+    def __init__(self, cfg: RunConfig, policy: ChunkPolicy, budget: CallBudget):
+        self.cfg, self.config = cfg, cfg.adapt
+        self.budget = budget
+        self.trained_window = int(policy.default_window)
+        self.adaptor = build_adaptor(policy, cfg)  # on the CPU, where the engine and the server call it
+        self.windows = (self.adaptor.windows[-1],)  # the bound of its choices
+
+    def assign_windows(self, num_groups: int, group_size: int) -> torch.Tensor:
+        return torch.full((num_groups, group_size), self.windows[0], dtype=torch.long)
+
+    def begin(self, policy: ChunkPolicy) -> None:
+        attach_adaptor(policy, self.adaptor)  # every checkpoint and validation of the stage carries it
+
+    def parameters(self, policy: ChunkPolicy) -> list[torch.nn.Parameter]:
+        own = list(self.adaptor.parameters())
+        return own + super().parameters(policy) if self.config.train_policy else own
+
+    def rollout_options(self, policy: ChunkPolicy) -> dict[str, Any]:
+        return {"adaptor": adaptor_of(policy)}
+
+    def update_options(self) -> dict[str, Any]:
+        return {"adaptor": self.adaptor, "train_policy": self.config.train_policy}
+
+    def save_entering(self, policy: ChunkPolicy, save: Callable[[ChunkPolicy], None]) -> None:
+        """Epoch 0's best is what was validated: the entering policy at its fixed window, no adaptor."""
+        attach_adaptor(policy, None)
+        try:
+            save(policy)
+        finally:
+            attach_adaptor(policy, self.adaptor)
+
+    def rewards(self, traj: Trajectories) -> tuple[torch.Tensor, dict[str, float]]:
+        a = self.config
+        success = traj.grouped(traj.success)
+        terms = objective.adapt_reward_terms(
+            success,
+            traj.grouped(traj.calls),
+            traj.grouped(traj.steps),
+            self.budget.budget,
+            self.budget.step_budget,
+            a.call_coef,
+            a.step_coef,
+            a.stability_coef,
+            a.sigma_floor,
+            a.floor_mode,
+        )
+        ok = success.bool()
+        out = {
+            "reward": terms.reward.mean().item(),
+            "reward_call_saving": terms.call_saving[ok].mean().item() if ok.any() else 0.0,
+            "reward_stability_penalty": terms.stability[ok].mean().item() if ok.any() else 0.0,
+        }
+        if traj.chunk_window.numel():  # this process's chunks (under torchrun: rank 0's share)
+            out["mean_executed_window"] = traj.chunk_window.float().mean().item()
+        return terms.reward, out
+
+    def is_better(self, candidate: Validation, best: Validation | None, start: Validation) -> bool:
+        return fewest_calls_without_loss(candidate, best, start, self.config.tolerance_points)
+
+    def epoch_record(self) -> dict[str, Any]:
+        return {"call_budget": self.budget.budget}
+
+    def conclude(
+        self,
+        policy: ChunkPolicy,
+        engine: RolloutEngine,
+        epochs: int,
+        best: Validation,
+        start: Validation,
+        reference: Validation | None = None,
+    ) -> StageOutcome:
+        adaptor = adaptor_of(policy)
+        windows = None if adaptor is None else adaptor.windows
+        best, start = best.without_outcomes(), start.without_outcomes()
+        budget = dataclasses.replace(self.budget, start=None)
+        return StageOutcome(
+            self.name,
+            epochs,
+            self.eval_window,
+            self.trained_window,
+            best,
+            start,
+            call_budget=budget,
+            adaptor_windows=windows,
         )

@@ -1,0 +1,219 @@
+"""The adapt stage (`policytrim train --stage adapt`) end to end on real Meta-World at a tiny size: the
+frozen mode leaves the policy bit-identical and moves only the window adaptor, adaptor + policy moves
+both, a kill -9 then resume equals the uninterrupted run, and the trained policy loads with its adaptor
+and evaluates with a window per call (``--window K`` still forces a fixed one)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from policytrim.cli import main
+from policytrim.config import AdaptConfig, to_dict
+from policytrim.io import KILL_AT_ENV, read_jsonl
+from policytrim.policies import load_policy
+from policytrim.policies.adaptor import ADAPTOR_DIR, adaptor_of
+from policytrim.train.decisions import CallBudget, StageOutcome, TrainSummary, Validation
+from policytrim.train.rundir import STAGES_OF, RunDir
+from policytrim.train.stages import adaptor_windows
+
+STAGE = {"epochs": 2, "eval_every": 1, "val_episodes": 2, "checkpoint_every": 1, "update_epochs": 2}
+TIMING_KEYS = {"rollout_s", "epoch_s", "val_s"}  # wall-clock seconds: the only fields allowed to differ
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+ENV.pop(KILL_AT_ENV, None)
+EVAL_FLAGS = [
+    "--env.tasks",
+    "drawer-close-v3",
+    "--env.horizon",
+    "120",
+    "--rollout.num-workers",
+    "0",
+    "--eval.episodes",
+    "2",
+    "--logging.no-progress",
+]
+
+
+def write_config(path: Path, **adapt) -> Path:
+    cfg = tiny_config(adapt={**STAGE, **adapt})
+    cfg.eval.latency_ms = 1.0  # a given latency: the wall-clock estimate in val_* is then exact
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def train(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:
+    env = ENV if kill_at is None else {**ENV, KILL_AT_ENV: kill_at}
+    cmd = [sys.executable, "-m", "policytrim.cli", "train", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+def tensors(directory: Path) -> dict[str, list]:
+    return {k: v.tolist() for k, v in sorted(load_file(str(directory / "model.safetensors")).items())}
+
+
+def outcome(run: Path) -> dict:
+    """What an adapt run decided and produced (timings dropped)."""
+    metrics = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_jsonl(run / "metrics.jsonl")]
+    out = {
+        "metrics": json.dumps(metrics, sort_keys=True),
+        "result": json.loads((run / "adapt" / "result.json").read_text()),
+    }
+    final = run / "final" / "policy"
+    out["policy"] = tensors(final)
+    out["adaptor"] = tensors(final / ADAPTOR_DIR) if (final / ADAPTOR_DIR).is_dir() else None
+    return out
+
+
+@pytest.fixture(scope="module")
+def frozen_run(tiny_baseline, tmp_path_factory) -> Path:
+    """An uninterrupted adapt run, adaptor only (the policy frozen), 2 epochs."""
+    root = tmp_path_factory.mktemp("adapt")
+    config = write_config(root / "config.yaml")
+    result = train(
+        ["--config", str(config), "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(root / "run")]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "adapt: call budget" in result.stdout
+    return root / "run"
+
+
+def test_frozen_mode_trains_the_adaptor_only_and_resumes_exactly(frozen_run, tiny_baseline, tmp_path):
+    run = frozen_run
+    records = read_jsonl(run / "metrics.jsonl")
+    assert [(r["stage"], r["epoch"]) for r in records] == [("adapt", e) for e in range(3)]
+    for r in records[1:]:
+        assert r["logp_gap"] < 1e-5 and r["call_budget"] > 0 and "reward_call_saving" in r
+        assert r["mean_executed_window"] <= r["mean_window"]  # the bound
+    budget = json.loads((run / "adapt" / "budget.json").read_text())
+    assert budget["window"] == 4 and budget["budget"] >= budget["mean_calls"] and budget["start"]["success_by_state"]
+
+    # the frozen policy is bit-identical in every checkpoint; the adaptor it carries has moved
+    for name in ("epoch_000001", "epoch_000002"):
+        assert tensors(run / "adapt" / name / "policy") == tensors(tiny_baseline)
+    fresh = tensors(run / "adapt" / "epoch_000001" / "policy" / ADAPTOR_DIR)
+    last = tensors(run / "adapt" / "epoch_000002" / "policy" / ADAPTOR_DIR)
+    assert fresh != last
+    result = json.loads((run / "adapt" / "result.json").read_text())
+    final = run / "final" / "policy"
+    assert (final / ADAPTOR_DIR).is_dir() == (result["best"]["epoch"] > 0)  # epoch 0: the entering policy, no adaptor
+    assert tensors(final) == tensors(tiny_baseline)
+    if (final / ADAPTOR_DIR).is_dir():  # the windows the best adaptor executes, plotted by the report
+        windows = json.loads((run / "adapt" / "windows.json").read_text())
+        assert windows["adaptive_window"] is True and windows["split"] == "val"
+        report = tmp_path / "report"
+        assert main(["report", str(run), "--out", str(report)]) == 0
+        assert (report / "plots" / "train_executed_windows.png").is_file()
+
+    # killed (kill -9) in epoch 2's update, after epoch 1's checkpoint; resumed: the same run
+    again = tmp_path / "run"
+    args = [
+        "--config",
+        str(run.parent / "config.yaml"),
+        "--stage",
+        "adapt",
+        "--init",
+        str(tiny_baseline),
+        "--out",
+        str(again),
+    ]
+    killed = train(args, kill_at="update.step:3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (again / "adapt" / "epoch_000001").is_dir() and not (again / "adapt" / "result.json").exists()
+    resumed = train(["--resume", str(again)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert outcome(again) == outcome(run)
+
+
+def test_adaptor_and_policy_mode_moves_both(tiny_baseline, tmp_path):
+    config = write_config(tmp_path / "config.yaml", epochs=1, train_policy=True)
+    run = tmp_path / "run"
+    assert (
+        main(["train", "--config", str(config), "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(run)])
+        == 0
+    )
+    checkpoint = run / "adapt" / "epoch_000001" / "policy"
+    assert tensors(checkpoint) != tensors(tiny_baseline)
+    policy = load_policy(checkpoint)
+    assert adaptor_of(policy).windows == adaptor_windows((), 4, 8) == (4, 5, 8)
+
+
+def test_trained_policy_loads_with_its_adaptor_and_evaluates_per_call(frozen_run, tmp_path):
+    final = frozen_run / "final" / "policy"
+    if not (final / ADAPTOR_DIR).is_dir():  # the tiny run kept the entering policy: use its last checkpoint
+        final = frozen_run / "adapt" / "epoch_000002" / "policy"
+    policy = load_policy(final)
+    assert adaptor_of(policy) is not None and policy.default_window == 4
+
+    out = tmp_path / "eval"
+    assert main(["eval", "--policy", str(final), "--out", str(out), *EVAL_FLAGS]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    trace = metrics["window_trace"]
+    assert metrics["adaptive_window"] is True and metrics["window"] == max(adaptor_of(policy).windows)
+    assert set(trace["window"]) <= set(adaptor_of(policy).windows) and len(trace["window"]) == len(trace["step"])
+    executed = metrics["overall"]["mean_executed_window"]
+    assert executed == pytest.approx(sum(trace["window"]) / len(trace["window"]))
+    calls = sum(1 for t in trace["episode"])  # one trace entry per call
+    assert calls >= metrics["overall"]["episodes"]
+
+    assert (out / "plots" / "eval_executed_windows.png").is_file()  # the report of the evaluation shows them
+
+    fixed = tmp_path / "fixed"  # --window K forces a fixed window: the adaptor is not used
+    assert main(["eval", "--policy", str(final), "--out", str(fixed), "--window", "8", *EVAL_FLAGS]) == 0
+    metrics = json.loads((fixed / "metrics.json").read_text())
+    assert "adaptive_window" not in metrics and metrics["window"] == 8 and "window_trace" not in metrics
+
+
+def test_bad_adapt_settings_are_one_line_and_write_nothing(tiny_baseline, tmp_path, capsys):
+    out = tmp_path / "run"
+    for flag, value in (("--adapt.initial-mass", "1.5"), ("--adapt.windows", "8 4"), ("--adapt.call-coef", "-1")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(out), flag, *value.split()])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "adapt." in err and len(err.splitlines()) == 1, err
+        assert not out.exists()
+
+
+def test_a_run_made_before_the_adapt_stage_opens_with_its_defaults(tmp_path):
+    cfg = tiny_config()
+    RunDir.create(tmp_path / "run", cfg, {"stage": "both", "stages": ["extend", "trim"], "init": "x"})
+    data = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    del data["adapt"]  # as a run written by a version without the adapt stage
+    text = yaml.safe_dump(data, sort_keys=False).encode()
+    (tmp_path / "run" / "config.yaml").write_bytes(text)
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    meta["config_sha256"] = hashlib.sha256(text).hexdigest()
+    (tmp_path / "run" / "run.json").write_text(json.dumps(meta))
+    assert RunDir.open(tmp_path / "run").cfg.adapt == AdaptConfig()
+
+
+def test_call_budget_and_adapt_outcome_round_trip_through_json():
+    start = Validation({"success_rate": 0.5, "calls_per_success": 10.0}, {"t:0": True, "t:1": False})
+    budget = CallBudget(13, "calibrated", None, 10.0, 40.0, 0.5, 4, "sampled", 2, start=start)
+    assert CallBudget.from_json(json.loads(json.dumps(budget.to_json()))) == budget
+    best = Validation({"success_rate": 0.5, "calls_per_success": 8.0}, epoch=2)
+    outcome = StageOutcome(
+        "adapt", 3, 8, 4, best, start.without_outcomes(), epochs_run=3, call_budget=budget, adaptor_windows=(4, 5, 8)
+    )
+    again = StageOutcome.from_json(json.loads(json.dumps(outcome.to_json())))
+    assert again == outcome and again.window == 4
+    summary = TrainSummary("run", "init", ("adapt",), (), 4, adapt=outcome)
+    assert TrainSummary.from_json(json.loads(json.dumps(summary.to_json()))).adapt == outcome
+
+
+def test_stage_all_runs_extend_trim_then_adapt_on_one_epoch_axis(tmp_path):
+    cfg = tiny_config(stage1={"epochs": 3}, stage2={"epochs": 5})
+    meta = {"stage": "all", "stages": list(STAGES_OF["all"]), "init": "x"}
+    run = RunDir.create(tmp_path / "run", cfg, meta)
+    assert RunDir.open(tmp_path / "run").meta["stage"] == "all"
+    assert [run.global_epoch(s, 1) for s in ("extend", "trim", "adapt")] == [1, 4, 9]
