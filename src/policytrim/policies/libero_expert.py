@@ -112,13 +112,34 @@ def _rot_z(phi: float) -> np.ndarray:
 HAND_DOWN = np.diag([1.0, -1.0, -1.0])  # the hand pointing down, fingers closing along world y
 
 
+@dataclass(frozen=True)
+class _PlanEnvSettings:
+    """The env settings (`policytrim.envs.base.EnvSettings`) of the state-only env a plan is read
+    from: the config's defaults for LIBERO with object poses. Policies sit below the config, so the
+    expert names these values instead of building a `policytrim.config.EnvConfig`."""
+
+    tasks: tuple[str, ...]
+    suite: str = "libero"
+    gym_id: str = ""
+    horizon: int = 200
+    image: bool = False
+    image_size: int = 64
+    camera: str = "corner2"
+    train_seed: int = 0
+    val_seed: int = 1
+    test_seed: int = 2
+    libero_max_steps: str = "openpi"
+    libero_published_test: bool = False
+    max_envs_per_worker: int = 0
+    libero_state: str = "objects"
+
+
 @functools.cache
 def task_plan(task: str) -> TaskPlan:
     """Read the plan of a LIBERO task from a state-only env (built once per task and process)."""
-    from policytrim.config import EnvConfig
     from policytrim.envs import initial_states, make_env
 
-    cfg = EnvConfig(suite="libero", tasks=(task,), libero_state="objects")
+    cfg = _PlanEnvSettings(tasks=(task,))
     env = make_env(cfg, task)
     try:
         env.reset(initial_states(task, cfg.train_seed, 1)[0])
