@@ -91,7 +91,8 @@ setup_maniskill() {
 maniskill_tests() {
   setup_maniskill
   echo "ManiSkill3 tests (.venv-maniskill):" >&2
-  POLICYTRIM_REQUIRE_MANISKILL=1 .venv-maniskill/bin/python -m pytest -q -p no:cacheprovider tests/with_maniskill "$@"
+  # POLICYTRIM_REQUIRE: here a ManiSkill that does not import fails the tests instead of skipping them
+  POLICYTRIM_REQUIRE=maniskill .venv-maniskill/bin/python -m pytest -q -p no:cacheprovider tests/with_maniskill "$@"
 }
 
 # LeRobot 0.6.1 needs Python >= 3.12 and torch < 2.12 (PyPI's CUDA build, ~5.5 GB installed):

@@ -1,6 +1,6 @@
-"""Skip or fail the tests of an optional environment (.venv-lerobot, .venv-libero).
+"""Skip or fail the tests of an optional environment (.venv-lerobot, .venv-libero, .venv-maniskill).
 
-In the main environment, where LeRobot and LIBERO are absent, their test modules skip. In their own
+In the main environment, where LeRobot, LIBERO and ManiSkill3 are absent, their test modules skip. In their own
 environment a missing or broken package must fail them instead of leaving "1 skipped" and a green
 run: scripts/run.sh runs each such step with ``POLICYTRIM_REQUIRE=<extra>``, and there
 `require_or_skip` turns the skip into a failure that names the import error."""
