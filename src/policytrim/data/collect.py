@@ -230,9 +230,8 @@ def collect_demos(
         env_factory=env_factory,
         backend=cfg.rollout.backend,
         ray=cfg.ray,
-        # a window-1 expert makes one request per step: 8 envs a worker amortise the round trips
-        # while building few envs (measured on the demo preset, 2 workers: 32 -> 52 s and 1.27 GB,
-        # 8 -> 39 s and 0.96 GB, 4 -> 41 s and 0.71 GB; the same demonstrations in each case)
+        # a window-1 expert makes one request per step: a few envs a worker amortise the round trips
+        # while building few envs (timings: benchmarks/results/demo_runs.md, run 12)
         envs_per_worker=COLLECT_ENVS_PER_WORKER,
     )
     control_period = None

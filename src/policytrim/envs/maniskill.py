@@ -26,10 +26,9 @@ state exactly before it observes. tests/with_maniskill checks the bit-identity a
 
 Replays. The same actions from the same address give the same trajectory bit for bit in envs with
 the same history (two fresh envs, say). An env that ran other episodes first agrees until objects
-come into contact and then drifts slightly (measured on PickCube: from the grasp on, up to 1e-2 in
-joint velocities): PhysX keeps solver state across a reset (PhysX's enhanced-determinism flag does
-not change this; rebuilding the scene at every reset does, at 0.2-0.4 s per reset, so it is not done;
-PegInsertionSide rebuilds anyway and replays bit-identically).
+come into contact and then drifts slightly: PhysX keeps solver state across a reset (PhysX's
+enhanced-determinism flag does not change this; rebuilding the scene at every reset does, at many
+times a reset's cost, so it is not done; PegInsertionSide rebuilds anyway and replays bit-identically).
 
 Observation: ``"state"`` float32 [N] (N 29-48 by task), ManiSkill's flattened state observation:
 the robot's joint positions and velocities (9 + 9), then the task's extras (TCP pose, object poses,
@@ -76,8 +75,8 @@ TASKS: dict[str, str] = {
     "PlugCharger-v1": "pick up the charger and plug it into the receptacle on the wall",
 }
 
-# Marginal resident memory of one env (measured with state observations: ~400 MB per process
-# including the first env's libraries); the worker cap divides free memory by it.
+# Resident memory to budget per env (state observations, the first env's libraries included); the
+# worker cap divides free memory by it.
 ENV_MB = 400
 
 

@@ -12,9 +12,8 @@ states it was built for: an observation farther than ``max_distance`` from every
 initial state, or a detour far off the path) is an error, not a guess.
 
 It does not recover from perturbations: it answers the recorded action, which does not steer back
-to the path. Measured with `policytrim.data.demos.Suboptimality` at its defaults applied to its
-actions (and ``max_distance`` lifted): PickCube 0/8 and PushCube 0/6 successes, against 8/8 and 6/6
-clean in closed loop in a reused env (nearest frames within 0.006). Record it clean.
+to the path, so demonstrations with the suboptimality model applied to its actions fail. Record it
+clean (``data.no-suboptimal``).
 
 Like Meta-World's experts it is deterministic (``mode`` and the generators are ignored), log-probs
 are zero, and it cannot be trained or saved; its spec rebuilds it by planning again (plans are
