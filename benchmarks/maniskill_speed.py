@@ -64,7 +64,7 @@ def measure_task(task: str, steps: int, resets: int, demos: int) -> dict:
         env.step(a)
     steps_per_s = steps / (time.perf_counter() - t)
     steps_per_cpu_s = steps / (time.process_time() - c)
-    state_dim = env.observation_spec["state"].shape[0]
+    state_dim = env.layout.size  # before the padding to STATE_WIDTH
     env.close()
 
     demonstrator = MotionPlanDemonstrator(task)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.maniskill
 
 from policytrim.config import EnvConfig  # noqa: E402
 from policytrim.envs.base import OBS_STATE, InitialState  # noqa: E402
-from policytrim.envs.maniskill import TASKS, ManiSkillEnv  # noqa: E402
+from policytrim.envs.maniskill import STATE_WIDTH, TASKS, ManiSkillEnv  # noqa: E402
 from policytrim.envs.maniskill_demos import MotionPlanDemonstrator  # noqa: E402
 from policytrim.policies.maniskill_expert import ManiSkillDemoExpert  # noqa: E402
 from policytrim.rollout import RolloutEngine  # noqa: E402
@@ -98,3 +98,43 @@ def test_expert_refuses_an_initial_state_it_did_not_plan_for(demo):
     assert torch.equal(actions[:, 0], torch.from_numpy(d.actions[:2]))
     with pytest.raises(ValueError, match="demonstrations for PickCube-v1 only"):
         expert.sample(known, [TASKS["StackCube-v1"]] * 2)
+
+
+def test_tracking_expert_recovers_from_the_suboptimality_model(tmp_path):
+    """`policytrim collect` on ManiSkill: planned states, then the tracking expert under pauses,
+    slow-downs, detours and jitter through the real engine; the demonstrations succeed and carry the
+    redundancy (longer than the plan, paused steps) that Stage 2 is meant to remove."""
+    from policytrim.config import DataConfig, RunConfig
+    from policytrim.data.collect import collect_demos
+    from policytrim.data.demos import load_demos
+
+    data = DataConfig(episodes=2, max_attempts=6, detour_prob=1.0)
+    cfg = RunConfig(env=EnvConfig(suite="maniskill", tasks=(TASK,), horizon=250), data=data)
+    ds = collect_demos(cfg, tmp_path / "demos")
+    collection = ds.meta["collection"]
+    assert collection["collected"] == {TASK: 2} and collection["planner_failures"] == {TASK: 0}
+    assert ds.success.all() and ds.instructions == [TASKS[TASK]]
+    assert ds.state.shape[1] == STATE_WIDTH and ds.action.shape[1] == 7
+    # every kept episode is longer than its clean plan, and paused (translation 0 before jitter: |a| small)
+    expert = ManiSkillDemoExpert()
+    try:
+        clean = expert.plan_states([InitialState(TASK, int(s), int(i)) for s, i in zip(ds.seed, ds.index, strict=True)])
+    finally:
+        expert.close()
+    for e, demo in enumerate(clean):
+        assert demo.success and ds.length[e] > len(demo.actions)
+    loaded = load_demos(tmp_path / "demos")
+    assert np.array_equal(loaded.action, ds.action)
+
+
+def test_tracking_expert_replays_a_clean_plan_through_the_engine():
+    expert = ManiSkillDemoExpert()
+    try:
+        (plan,) = expert.plan_states([ADDRESS])
+    finally:
+        expert.close()
+    env_cfg = EnvConfig(suite="maniskill", tasks=(TASK,), horizon=120)
+    with RolloutEngine(env_cfg, num_workers=0) as engine:
+        traj = engine.run(expert, [ADDRESS], 1, torch.ones(1, 1, dtype=torch.long), "deterministic", 0)
+    assert traj.success.tolist() == [True]
+    assert abs(int(traj.steps[0]) - len(plan.actions)) <= 2  # the path, not a detour

@@ -24,6 +24,7 @@ from policytrim.config import EnvConfig  # noqa: E402
 from policytrim.envs import make_env, worker_env_cap  # noqa: E402
 from policytrim.envs.base import OBS_STATE, EnvAdapter, InitialState  # noqa: E402
 from policytrim.envs.maniskill import (  # noqa: E402
+    STATE_WIDTH,
     TASKS,
     InertRenderMaterial,
     ManiSkillEnv,
@@ -127,6 +128,18 @@ def test_same_address_same_observation(pick):
     assert not np.array_equal(first, other)
     seed_other = pick.reset(InitialState("PickCube-v1", 4, 5))[OBS_STATE]
     assert not np.array_equal(first, seed_other)
+
+
+def test_every_task_state_is_padded_to_one_width():
+    """One multi-task policy reads every task: PushCube's 35 entries, then zeros up to STATE_WIDTH."""
+    push = ManiSkillEnv("PushCube-v1")
+    try:
+        state = push.reset(InitialState("PushCube-v1", 0, 0))[OBS_STATE]
+        assert push.layout.size == 35 and state.shape == (STATE_WIDTH,)
+        assert push.observation_spec[OBS_STATE].shape == (STATE_WIDTH,)
+        assert state[:35].any() and not state[35:].any()
+    finally:
+        push.close()
 
 
 def test_config_selects_maniskill():

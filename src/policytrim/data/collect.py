@@ -1,4 +1,11 @@
-"""Collecting demonstrations (`policytrim collect`): Meta-World's scripted experts, run by the rollout engine.
+"""Collecting demonstrations (`policytrim collect`): scripted experts run by the rollout engine.
+
+The experts by ``env.suite``: Meta-World's own scripted policies; LIBERO's pick-and-place experts
+(`policytrim.policies.libero_expert`); for ManiSkill3, ManiSkill's motion planners
+(`policytrim.policies.maniskill_expert`): every training state is planned first (in this process,
+from the simulator's full state), and the engine then runs the nearest-frame expert built from the
+successful plans. A state whose plan, conversion or replay check failed is an attempt without a
+demonstration (``collection.planner_failures``).
 
 An expert is a window-1 chunk policy (`policytrim.policies.expert.ExpertPolicy`), so collection
 goes through the one place that executes chunks (`policytrim.rollout.engine.RolloutEngine`) and
@@ -52,6 +59,22 @@ DEFAULT_ATTEMPTS = (3, 10)  # data.max_attempts = 0: at most 3 * episodes + 10 s
 ACTION_KEY = "action"  # the demonstrator's replay key: the action it executed
 BATCH_EPISODES = 128  # episodes per engine run (bounds the recorded frames held twice in memory)
 COLLECT_ENVS_PER_WORKER = 8
+
+
+EXPERTS = {  # env.suite -> the experts collect runs (as the dataset's collection.expert says)
+    "metaworld": "metaworld scripted policies (metaworld.policies)",
+    "libero": "policytrim's scripted LIBERO experts (policytrim.policies.libero_expert)",
+    "maniskill": "ManiSkill3 motion planners, converted to pd_ee_delta_pose (policytrim.policies.maniskill_expert)",
+}
+
+
+def _expert(suite: str, tasks: list[str]) -> Any:
+    """The window-1 expert policy for ``tasks`` of ``suite`` (ManiSkill's plans as states arrive)."""
+    if suite == "maniskill":
+        from policytrim.policies.maniskill_expert import ManiSkillDemoExpert
+
+        return ManiSkillDemoExpert(origin={"tasks": list(tasks)})
+    return ExpertPolicy(tasks)
 
 
 def max_attempts(data: Any) -> int:
@@ -116,15 +139,17 @@ class Demonstrator:
     chunk_size = 1
     default_window = 1
     max_window = 1
-    action_dim = 4
 
-    def __init__(self, expert: ExpertPolicy, data_cfg: Any, suboptimal: bool) -> None:
+    def __init__(self, expert: Any, data_cfg: Any, suboptimal: bool) -> None:
         self.expert, self.data_cfg, self.suboptimal = expert, data_cfg, suboptimal
+        self.action_dim = int(expert.action_dim)
         self._episodes: dict[int, list[Any]] = {}  # generator seed -> [perturbation or None, step]
 
     def begin(self, states: Sequence[InitialState], run_seed: int) -> None:
         """The episodes of the next engine run (group size 1, ``seed=run_seed``)."""
         cfg = self.data_cfg
+        if hasattr(self.expert, "begin"):
+            self.expert.begin()  # an expert that tracks its episodes (ManiSkill's)
         self._episodes = {
             trajectory_seed(run_seed, s, 0): [
                 Suboptimality(cfg, np.random.default_rng(episode_seed(cfg.seed, s))) if self.suboptimal else None,
@@ -208,8 +233,8 @@ def collect_demos(
 
     out = Path(out)
     check_preconditions(cfg, out)
-    if cfg.env.suite != "metaworld":
-        raise InputError("collect runs Meta-World's scripted experts: env.suite must be metaworld")
+    if cfg.env.suite not in EXPERTS:
+        raise InputError(f"collect runs scripted experts for env.suite {', '.join(EXPERTS)}, not {cfg.env.suite!r}")
     if out.exists() and not overwrite:
         raise InputError(f"{str(out)!r} already exists; pass --overwrite to replace it")
     data, env_cfg = cfg.data, cfg.env
@@ -221,7 +246,9 @@ def collect_demos(
     successes = {t: 0 for t in tasks}
     faults: dict[str, int] = {}
     limit = max_attempts(data)
-    demonstrator = Demonstrator(ExpertPolicy(tasks), data, bool(data.suboptimal))
+    expert = _expert(cfg.env.suite, tasks)
+    planner_failures = {t: 0 for t in tasks}
+    demonstrator = Demonstrator(expert, data, bool(data.suboptimal))
     bar = Progress("collect", wanted * len(tasks), unit="demo", show=progress)
     engine = RolloutEngine(
         env_cfg,
@@ -245,6 +272,11 @@ def collect_demos(
                     attempts[t] += n
             if not states:
                 break
+            if cfg.env.suite == "maniskill":  # plan first; a state without a plan has no demonstration
+                planned = expert.plan_states(states)
+                for demo in planned:
+                    planner_failures[demo.state.task] += not demo.success
+                states = [demo.state for demo in planned if demo.success]
             for b in range(0, len(states), BATCH_EPISODES):
                 batch = states[b : b + BATCH_EPISODES]
                 demonstrator.begin(batch, data.seed)
@@ -263,6 +295,8 @@ def collect_demos(
     finally:
         engine.close()
         bar.close()
+        if cfg.env.suite == "maniskill":
+            expert.close()
 
     episodes = [ep for t in tasks for ep in sorted(kept[t], key=lambda e: e["state"].index)]
     if not episodes:
@@ -283,7 +317,7 @@ def collect_demos(
             )
         log.warning("collected fewer demonstrations than requested (data.on_shortfall=warn): %s", what)
     collection = {
-        "expert": "metaworld scripted policies (metaworld.policies)",
+        "expert": EXPERTS[cfg.env.suite],
         "suboptimal": bool(data.suboptimal),
         "settings": {
             k: getattr(data, k)
@@ -312,6 +346,7 @@ def collect_demos(
         "collected": collected,
         "short_of_requested": short,
         "faults": faults,
+        **({"planner_failures": planner_failures} if cfg.env.suite == "maniskill" else {}),
         "replaced_workers": engine.replaced_workers,
     }
     ds = _assemble(episodes, tasks, env_cfg, collection, control_period, __version__)
@@ -332,7 +367,7 @@ def _assemble(
     control_period: float | None,
     version: str,
 ) -> DemoDataset:
-    from policytrim.envs.tasks import INSTRUCTIONS
+    from policytrim.envs import task_instruction
 
     task_id = {t: i for i, t in enumerate(tasks)}
     length = np.array([len(ep["actions"]) for ep in episodes], np.int64)
@@ -352,7 +387,7 @@ def _assemble(
         index=np.array([ep["state"].index for ep in episodes], np.int64),
         start=start,
         tasks=list(tasks),
-        instructions=[INSTRUCTIONS[t] for t in tasks],
+        instructions=[task_instruction(env_cfg, t) for t in tasks],
         meta={
             "control_period_s": control_period,
             "horizon": int(env_cfg.horizon),

@@ -90,6 +90,23 @@ def env_tasks(env_cfg: EnvSettings) -> tuple[str, ...]:
     return (env_cfg.gym_id,) if env_cfg.suite == "gym" else tuple(env_cfg.tasks)
 
 
+def task_instruction(env_cfg: EnvSettings, task: str) -> str:
+    """The language instruction of ``task`` (from the suite's task table; no simulator is built)."""
+    if env_cfg.suite == "libero":
+        from policytrim.envs.libero import task_info
+
+        return task_info(task).instruction
+    if env_cfg.suite == "maniskill":
+        from policytrim.envs.maniskill import TASKS
+
+        return TASKS[task]
+    if env_cfg.suite == "gym":
+        return str(env_cfg.gym_id)
+    from policytrim.envs.tasks import INSTRUCTIONS
+
+    return INSTRUCTIONS[task]
+
+
 def split_seed(env_cfg: EnvSettings, split: Split) -> int:
     """Seed of the initial states of a split: train_seed, val_seed or test_seed."""
     if split not in SPLITS:

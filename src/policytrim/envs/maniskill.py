@@ -30,9 +30,12 @@ come into contact and then drifts slightly: PhysX keeps solver state across a re
 enhanced-determinism flag does not change this; rebuilding the scene at every reset does, at many
 times a reset's cost, so it is not done; PegInsertionSide rebuilds anyway and replays bit-identically).
 
-Observation: ``"state"`` float32 [N] (N 29-48 by task), ManiSkill's flattened state observation:
-the robot's joint positions and velocities (9 + 9), then the task's extras (TCP pose, object poses,
-goal). `proprio_dims` names the entries a robot knows about itself (joints and TCP pose).
+Observation: ``"state"`` float32 [`STATE_WIDTH`], ManiSkill's flattened state observation (35-48
+entries by task: the robot's joint positions and velocities (9 + 9), then the task's extras (TCP
+pose, object poses, goal)) followed by zeros up to `STATE_WIDTH`, so that one multi-task policy
+reads every task's state (the instruction says which task's layout it is). `layout` says where
+each named part lies; `proprio_dims` names the entries a robot knows about itself (joints and TCP
+pose).
 
 Success: ``info["success"]``. A task that can fail (``info["fail"]``) sets ``terminated``.
 
@@ -74,6 +77,9 @@ TASKS: dict[str, str] = {
     "PegInsertionSide-v1": "pick up the peg and insert it sideways into the hole of the box",
     "PlugCharger-v1": "pick up the charger and plug it into the receptacle on the wall",
 }
+
+# Every task's state is padded with zeros to this width (the widest task's, StackCube-v1: 48).
+STATE_WIDTH = 48
 
 # Resident memory to budget per env (state observations, the first env's libraries included); the
 # worker cap divides free memory by it.
@@ -245,7 +251,9 @@ class ManiSkillEnv:
         if self.layout.size != _numpy(obs).shape[-1]:
             size = _numpy(obs).shape[-1]
             raise RuntimeError(f"{task}: the state layout covers {self.layout.size} entries, the observation {size}")
-        self.observation_spec = {OBS_STATE: ObsSpec((self.layout.size,), "float32")}
+        if self.layout.size > STATE_WIDTH:
+            raise RuntimeError(f"{task}: its state has {self.layout.size} entries, more than STATE_WIDTH={STATE_WIDTH}")
+        self.observation_spec = {OBS_STATE: ObsSpec((STATE_WIDTH,), "float32")}
         self.proprio_dims: tuple[int, ...] = self.layout.dims("agent.qpos", "agent.qvel", "extra.tcp_pose")
         self._ready = False
 
@@ -295,7 +303,10 @@ class ManiSkillEnv:
         return self._env.get_obs(self._env.get_info())
 
     def _observation(self, obs: Any) -> dict[str, np.ndarray]:
-        return {OBS_STATE: np.asarray(_numpy(obs).reshape(-1), dtype=np.float32)}
+        state = np.zeros(STATE_WIDTH, np.float32)
+        flat = np.asarray(_numpy(obs).reshape(-1), dtype=np.float32)
+        state[: len(flat)] = flat
+        return {OBS_STATE: state}
 
     def __del__(self) -> None:
         try:

@@ -1,0 +1,214 @@
+"""PolicyTrim on ManiSkill3 (the paper's Table 2 ManiSkill row, our side): one multi-task state policy
+(TinyVLA) BC-trained on motion-planned demonstrations, then Stage 1 and Stage 2, evaluated paired.
+
+    MUJOCO_GL=egl .venv-maniskill/bin/python benchmarks/maniskill.py [--size full|tiny]
+        [--work runs/maniskill] [--results benchmarks/results] [--set stage2.epochs=40 ...]
+
+Tasks: PickCube-v1, PushCube-v1, StackCube-v1, PullCube-v1 (state observations, ``pd_ee_delta_pose``,
+CPU physics; `policytrim.envs.maniskill`). PegInsertionSide-v1 is left out: its planner solves 28 of
+40 states, its reset rebuilds the scene (~0.7 s) and its demonstrations are twice as long.
+
+Pipeline (each phase skipped when its output exists; training resumes from its last checkpoint):
+`policytrim collect` with ManiSkill's motion planners and the suboptimality model (planned, converted
+to the policy's control mode, replay-checked, then tracked by `ManiSkillDemoExpert` with the
+perturbations: `policytrim.data.collect`) -> BC -> Stage 1 -> Stage 2 -> baseline at k = 5 /
+fixed-window sweep / Stage 1 / PolicyTrim on the same test states (the demo preset's rules otherwise).
+
+Writes RESULTS/maniskill.json (``--size full``; ``tiny`` writes maniskill_tiny.json, a plumbing
+check, not a result) with ``calls_speedup``, ``steps_reduction``, ``success_rate_drop`` (+ CI) as the
+other benchmarks write them, per-task rows, the minutes per phase, ManiSkill's simulation rate
+beside Meta-World's measured in the same run, the paper's row, the settings and the machine; and a
+Markdown table beside it. Target (issue 33): calls_speedup >= 3 at a success-rate drop <= 1 point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mw8 import Phases
+
+TASKS = ["PickCube-v1", "PushCube-v1", "StackCube-v1", "PullCube-v1"]
+# Table 2 of the paper (pi0.5 and OpenVLA-OFT on ManiSkill; SR %, steps, window, speedup)
+PAPER = {
+    "pi0.5": {"baseline": [88.1, 45.2, 5, 1.0], "policytrim": [89.8, 38.3, 10, 2.36]},
+    "openvla-oft": {"baseline": [60.6, 53.1, 8, 1.0], "policytrim": [63.2, 46.7, 8, 1.14]},
+}
+
+SIZES: dict[str, dict] = {
+    # Fixed before measuring, sized for about an hour on 2 cores: 80 suboptimal demonstrations per task,
+    # the demo preset's policy and Stage 1 rules, 4 groups of G = 8 per epoch, 40 + 30 epochs at most,
+    # 50 paired test states per task.
+    "full": {
+        "env": {"suite": "maniskill", "tasks": TASKS, "horizon": 300},
+        "data": {"episodes": 80, "suboptimal": True},
+        "pretrain": {"iterations": 10000, "batch_size": 256, "lr": 1e-3, "eval_episodes": 0},
+        "rollout": {"group_size": 8, "groups_per_epoch": 4, "num_workers": 2},
+        "stage1": {"epochs": 40, "eval_every": 5, "val_episodes": 16, "min_epochs": 15, "checkpoint_every": 5},
+        "stage2": {"epochs": 30, "eval_every": 5, "val_episodes": 16, "checkpoint_every": 5},
+        "eval": {"episodes": 50, "mode": "sampled"},
+        "logging": {"progress": False, "tensorboard": False},
+    },
+    "tiny": {
+        "env": {"suite": "maniskill", "tasks": ["PickCube-v1", "PushCube-v1"], "horizon": 150},
+        "data": {"episodes": 3, "suboptimal": True},
+        "pretrain": {"iterations": 50, "batch_size": 32, "eval_episodes": 0, "val_fraction": 0.25},
+        "rollout": {"group_size": 2, "groups_per_epoch": 1, "num_workers": 1},
+        "stage1": {"epochs": 1, "eval_every": 1, "val_episodes": 1, "min_epochs": 1, "update_epochs": 1},
+        "stage2": {"epochs": 1, "eval_every": 1, "val_episodes": 1, "update_epochs": 1, "budget": 100},
+        "eval": {"episodes": 2, "mode": "sampled"},
+        "logging": {"progress": False, "tensorboard": False},
+    },
+}
+
+
+def sim_rates(seconds: float = 4.0) -> dict[str, float]:
+    """Env steps per second of one process, random actions: ManiSkill's PickCube through our adapter
+    and Meta-World's reach-v3 (the raw rate the other benchmarks state), measured now."""
+    import numpy as np
+
+    from policytrim.config import EnvConfig
+    from policytrim.envs import initial_states, make_env
+
+    rates = {}
+    for suite, task in (("maniskill", "PickCube-v1"), ("metaworld", "reach-v3")):
+        env = make_env(EnvConfig(suite=suite, tasks=(task,)), task)
+        rng = np.random.default_rng(0)
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            env.reset(initial_states(task, 0, 1, start=steps)[0])
+            for _ in range(50):
+                env.step(rng.uniform(-1, 1, env.action_dim).astype(np.float32))
+                steps += 1
+        rates[suite] = round(steps / (time.perf_counter() - start), 1)
+        env.close()
+    return rates
+
+
+def markdown(result: dict[str, Any]) -> str:
+    from bench_pipeline import fmt
+
+    s = result["summary"]
+    b, p = s["baseline"], s["policytrim"]
+    lines = [
+        "# PolicyTrim on ManiSkill3 (state observations, CPU physics)",
+        "",
+        f"Tasks: {', '.join(result['tasks'])}; one multi-task TinyVLA; {result['episodes']} paired test "
+        f"states per task ({result['mode']} actions). Generated by benchmarks/maniskill.py.",
+        "",
+        "| policy | SR | steps | window | calls per success | calls speedup |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| BC baseline | {b['success_rate']:.3f} | {fmt(b['mean_steps'], '.1f')} | {b['window']} | "
+        f"{fmt(b['calls_per_success'], '.1f')} | 1.00x |",
+        f"| PolicyTrim | {p['success_rate']:.3f} | {fmt(p['mean_steps'], '.1f')} | {p['window']} | "
+        f"{fmt(p['calls_per_success'], '.1f')} | {fmt(result['calls_speedup'], '.2f')}x |",
+        "",
+        f"SR drop {result['success_rate_drop']:+.1f} points (paired 95% CI "
+        f"{result['success_rate_drop_ci95'][0]:+.1f} .. {result['success_rate_drop_ci95'][1]:+.1f}); steps "
+        f"-{fmt(result['steps_reduction'] and 100 * result['steps_reduction'], '.0f')}%. "
+        "Target: calls_speedup >= 3 at SR drop <= 1 point: "
+        f"{'met' if all(result['targets'].values()) else 'NOT met'} ({result['targets']}).",
+        "",
+        "| task | SR BC -> PolicyTrim | steps BC -> PolicyTrim |",
+        "|---|---|---|",
+    ]
+    for task, rows in result["per_task"].items():
+        bb, pp = rows.get("baseline", {}), rows.get("policytrim", {})
+        lines.append(
+            f"| {task} | {fmt(bb.get('success_rate'), '.2f')} -> {fmt(pp.get('success_rate'), '.2f')} | "
+            f"{fmt(bb.get('mean_steps'), '.1f')} -> {fmt(pp.get('mean_steps'), '.1f')} |"
+        )
+    paper = result["paper"]["pi0.5"]
+    lines += [
+        "",
+        f"Paper, Table 2 (pi0.5 on ManiSkill): SR {paper['baseline'][0]} -> {paper['policytrim'][0]}, steps "
+        f"{paper['baseline'][1]} -> {paper['policytrim'][1]}, window {paper['baseline'][2]} -> "
+        f"{paper['policytrim'][2]}, speedup {paper['policytrim'][3]}x.",
+        "",
+        f"Demonstrations: {result['demonstrations']}.",
+        "",
+        f"Minutes per phase: {result['minutes']}. Simulation, one process, random actions, measured in this run "
+        f"(env steps/s): {result['sim_rates']}.",
+        "",
+        f"Machine: {result['machine'].get('cpu', '?')}, {result['machine'].get('cores', '?')} cores; load "
+        f"{result['machine'].get('load_average', ['?'])[0]} at the start, "
+        f"{result['machine']['load_average_end'][0]:.2f} at the end.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--work", default="runs/maniskill")
+    parser.add_argument("--results", default="benchmarks/results")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides (only when WORK is new)")
+    args = parser.parse_args()
+
+    from bench_pipeline import build_config, collect, frozen_config, machine_record, policy_pipeline
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = frozen_config(
+        work / "config.yaml", lambda: build_config("demo", [copy.deepcopy(SIZES[args.size])], args.set, work)
+    )
+    machine_record(work)
+    phases = Phases(work, "maniskill")
+    collect(cfg, work / "demos", phases)
+    summary = policy_pipeline(cfg, work / "demos", work, phases)
+    rates_path = work / "sim_rates.json"
+    if not rates_path.is_file():
+        rates_path.write_text(json.dumps(sim_rates(), indent=2) + "\n")
+    machine = machine_record(work)
+    seconds = {"collect": phases.data["collect"]["seconds"], **summary["timings_s"]}
+    minutes = {k: round(v / 60.0, 2) for k, v in seconds.items()}
+    minutes["total"] = round(sum(seconds.values()) / 60.0, 2)
+    meta = json.loads((work / "demos" / "meta.json").read_text())
+    collection = meta["collection"]
+    result = {
+        "calls_speedup": summary["calls_speedup"],
+        "steps_reduction": summary["steps_reduction"],
+        "success_rate_drop": summary["success_rate_drop"],
+        "success_rate_drop_ci95": summary["success_rate_drop_ci95"],
+        "targets": {
+            "calls_speedup>=3": summary["calls_speedup"] is not None and round(summary["calls_speedup"], 9) >= 3,
+            "success_rate_drop<=1": round(summary["success_rate_drop"], 9) <= 1,
+        },
+        "size": args.size,
+        "tasks": list(cfg.env.tasks),
+        "episodes": cfg.eval.episodes,
+        "mode": summary["mode"],
+        "per_task": {
+            task: {row: rows[row] for row in ("baseline", "stage1", "policytrim") if row in rows}
+            for task, rows in summary["per_task"].items()
+        },
+        "summary": {k: summary[k] for k in ("baseline", "policytrim", "stage1") if k in summary},
+        "fixed_horizon_sweep": summary.get("fixed_horizon_sweep"),
+        "windows": summary.get("windows"),
+        "stage1_window_choice": summary.get("stage1_window_choice"),
+        "stage2_budget": summary.get("stage2_budget"),
+        "demonstrations": {
+            k: collection.get(k) for k in ("collected", "attempts", "expert_successes", "planner_failures")
+        },
+        "paper": PAPER,
+        "minutes": minutes,
+        "sim_rates": json.loads(rates_path.read_text()),
+        "phases": phases.data,
+        "machine": machine,
+        "command": " ".join(["benchmarks/maniskill.py", *sys.argv[1:]]),
+    }
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    name = "maniskill" if args.size == "full" else f"maniskill_{args.size}"
+    (results / f"{name}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (results / f"{name}.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
