@@ -13,6 +13,8 @@ task, sampled mode, the seed's `eval.seed`):
     fixed_h30      PolicyTrim at H = 30: Stage 1 with windows 5/10/20/30, Stage 2 for 720 epochs
     adapt_only     the adapt stage from fixed_h30's Stage 2 policy, the policy frozen
     adapt_policy   the adapt stage from the same policy, adaptor and policy trained together
+                   (the adaptor at adapt.lr = 1e-3 in both modes, the policy at Stage 2's 1e-4:
+                   adapt.policy_lr; at long windows 3e-4 already cost Stage 2 success, mw8.py)
 
 Why 5/10/20/30: Stage 1 assigns windows to the 8 slots of a group round robin, so 4 windows get 2
 rollouts each; with 5/10/.../30 the longest windows would get one rollout per group. The adaptor
@@ -71,7 +73,7 @@ from typing import Any
 
 import yaml
 
-from mw8 import Phases, build_config
+from mw8 import TRAINER, Phases, build_config
 from mw8_seeds import extend_stage2, seed_sets
 from policytrim.config import RunConfig, from_dict, to_dict
 
@@ -93,6 +95,7 @@ SETTINGS = (
     "adapt.val_episodes=25",
     "adapt.checkpoint_every=10",
     "adapt.tolerance_points=1.0",
+    f"adapt.policy_lr={TRAINER['stage2']['lr']}",
 )
 # --size tiny: the same code paths in minutes (2 tasks, few demos / iterations / epochs, one worker)
 TINY = (
