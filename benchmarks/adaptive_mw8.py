@@ -34,12 +34,13 @@ Per seed the work runs in pieces, one invocation each (`--pieces N` runs N), eve
     piece 5  adapt stage, adaptor + policy (240 epochs), paired eval    estimate ~40 min
 
 The durations are ESTIMATES for the 2-core Xeon alone, derived from the committed mw8_seeds timings
-(collect 2.4-2.8 min, BC 1.4-1.6 min, Stage 1 + 240 Stage 2 epochs 33-36 min in mw8_seeds/seed_*.json;
-Stage 2 epochs 481-720 in 32-35 min in mw8_seeds_s2x720/seed_{1,2}.json; an evaluation of ~13
-policies 7-9 min). Stage 1 at H = 30 may run to its 100 epochs instead of stopping at ~30 (+10 min);
-nothing of the adapt stage was measured before, its rollouts cost about a late Stage 2 epoch. A
-shared machine takes longer (s2long: 240 Stage 2 epochs in up to 60 min under load). A seed is
-~3-3.5 hours, 3 seeds ~10 hours.
+(collect 2.4-2.8 min, BC 1.4-1.6 min, Stage 1 + 240 Stage 2 epochs 33-36 min: mw8_seeds/seed_*.json;
+Stage 2 epochs 481-720 in 32-35 min: mw8_seeds_s2x720/seed_{1,2}.json; mw8.py's evaluation phase, 17
+evaluations of 400 test episodes, 7-9 min, so ~2-3 min for this one's 4). Stage 1 at H = 30 may run
+to its 100 epochs instead of stopping at ~30 (+10 min); the adapt stage was never measured before,
+its rollouts cost about a late Stage 2 epoch and its frozen-policy update less. A shared machine
+takes longer (mw8_seeds_s2long: Stage 1 + 480 Stage 2 epochs in 54 min for seed 0, 95 min for seed
+1 under load). A seed is ~3-3.5 hours, 3 seeds ~10 hours.
 
     .venv/bin/python benchmarks/adaptive_mw8.py --seed 0              # the next piece of seed 0
     .venv/bin/python benchmarks/adaptive_mw8.py --seed 0 --pieces 2   # the next two
@@ -69,7 +70,7 @@ import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -184,7 +185,7 @@ def frozen_config(path: Path, cfg: RunConfig) -> RunConfig:
     frozen = from_dict(RunConfig, yaml.safe_load(path.read_text()))
     if to_dict(frozen) != to_dict(cfg):
         differ = config_differences(to_dict(frozen), to_dict(cfg), ())[0]
-        raise SystemExit(f"{path.parent} was started with other settings ({', '.join(differ[:5])}); use another --work")
+        fail(f"{path.parent} was started with other settings ({', '.join(differ[:5])}); use another --work")
     return frozen
 
 
@@ -639,11 +640,17 @@ def markdown(agg: dict[str, Any]) -> str:
 # command line
 
 
+def fail(message: str) -> NoReturn:
+    """Bad input: one line, exit code 2, nothing written."""
+    print(f"adaptive_mw8: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def write_aggregate(results: Path) -> dict[str, Any]:
     folder = results / "adaptive_mw8"
     seeds = {p.stem.split("_")[1]: json.loads(p.read_text()) for p in sorted(folder.glob("seed_*.json"))}
     if not seeds:
-        raise SystemExit(f"no finished seed in {folder}")
+        fail(f"no finished seed in {folder}")
     agg = aggregate(seeds)
     (results / "adaptive_mw8.json").write_text(json.dumps(agg, indent=2) + "\n")
     text = markdown(agg)
@@ -676,8 +683,13 @@ def main() -> None:
     if args.pieces < 1:
         ap.error(f"--pieces must be >= 1, got {args.pieces}")
     work = work_root / f"seed_{args.seed}"
-    work.mkdir(parents=True, exist_ok=True)
-    cfg = frozen_config(work / "benchmark_config.yaml", seed_config(args.seed, args.set, tiny, work))
+    try:
+        wanted = seed_config(args.seed, args.set, tiny, work)
+    except KeyError as exc:
+        fail(f"bad --set {' '.join(args.set)}: no config section {exc}")
+    except (TypeError, ValueError) as exc:  # ValueError: the config's InputError too
+        fail(f"bad --set {' '.join(args.set)}: {exc}")
+    cfg = frozen_config(work / "benchmark_config.yaml", wanted)
     milestones = stage2_milestones(cfg.stage2.epochs, TINY_STAGE2_PIECE_EPOCHS if tiny else STAGE2_PIECE_EPOCHS)
     pieces = plan_pieces(milestones)
     todo = pending(pieces, lambda phase: phase_done(work, phase))
