@@ -77,6 +77,7 @@ import yaml
 from mw8 import TRAINER, Phases, build_config
 from mw8_seeds import extend_stage2, seed_sets
 from policytrim.config import RunConfig, from_dict, to_dict
+from policytrim.io import read_jsonl
 
 HERE = Path(__file__).resolve().parent
 HORIZON = 30
@@ -430,7 +431,7 @@ def seed_result(work: Path, seed: int, h15: dict[str, Any], machine: dict[str, A
                 "calls_speedup": ref["calls_per_success"] / r["calls_per_success"] if r["calls_per_success"] else None,
                 "success_rate_drop": 100.0 * (ref["success_rate"] - r["success_rate"]),
             }
-    records = {name: _jsonl(work / name / "metrics.jsonl") for name in ("train", *MODES)}
+    records = {name: read_jsonl(work / name / "metrics.jsonl") for name in ("train", *MODES)}
     training = {"stage1": stage_time(records["train"], "extend"), "stage2": stage_time(records["train"], "trim")}
     training.update({m: stage_time(records[m], "adapt") for m in MODES})
     for m in MODES:
@@ -460,10 +461,6 @@ def seed_result(work: Path, seed: int, h15: dict[str, Any], machine: dict[str, A
         "machine": machine,
         "config": cfg,
     }
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 # ---------------------------------------------------------------------------------------------

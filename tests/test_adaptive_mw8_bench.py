@@ -193,3 +193,106 @@ def test_aggregate_means_the_best_mode_and_decides_the_goal_at_three_seeds():
     assert "**met**" in text and "not available: settings differ" in text
     with pytest.raises(ValueError):
         bench.aggregate({})
+
+
+def _metrics(outcomes: dict, window: int, trace: dict | None = None) -> dict:
+    """A metrics block per task and overall from per-episode outcomes (the fields the record reads)."""
+
+    def block(idx: list[int]) -> dict:
+        ok = [i for i in idx if outcomes["success"][i]]
+        mean = lambda key: sum(outcomes[key][i] for i in ok) / len(ok) if ok else None  # noqa: E731
+        return {
+            "success_rate": len(ok) / len(idx),
+            "success_ci95": [0.0, 1.0],
+            "mean_steps": mean("steps"),
+            "calls_per_success": mean("calls"),
+            "window": window,
+        }
+
+    tasks = list(dict.fromkeys(outcomes["task"]))
+    out = {
+        "overall": block(list(range(len(outcomes["task"])))),
+        "tasks": {t: block([i for i, x in enumerate(outcomes["task"]) if x == t]) for t in tasks},
+    }
+    if trace is not None:
+        out.update(adaptive_window=True, window_trace=trace)
+        out["overall"]["mean_executed_window"] = sum(trace["window"]) / len(trace["window"])
+    return out
+
+
+def test_seed_result_books_every_row_from_the_files_a_seed_wrote(tmp_path):
+    """A seed's record from a synthetic work directory: the rows against the baseline (the suite's
+    paired numbers), the adaptor rows against fixed_h30 (paired here), against the H = 15 BC, the
+    executed windows, the adaptor's windows and the training time per stage."""
+    from policytrim.eval.compare import against_baseline
+
+    def episodes(success, steps, calls):
+        return {"task": ["a", "a", "b", "b"], "index": [0, 1, 0, 1], "success": success, "steps": steps, "calls": calls}
+
+    outcomes = {
+        "baseline": episodes([True, True, True, False], [100, 120, 110, 200], [20, 24, 22, 40]),
+        "fixed_h30": episodes([True, True, True, True], [60, 60, 90, 90], [2, 2, 3, 3]),
+        "adapt_only": episodes([True, True, True, True], [60, 60, 80, 80], [1, 1, 2, 2]),
+        "adapt_policy": episodes([True, False, True, True], [50, 200, 70, 70], [1, 7, 2, 2]),
+    }
+    windows = {"baseline": 5, "fixed_h30": 30, "adapt_only": 30, "adapt_policy": 30}
+    trace = {"task": ["a", "a", "b", "b", "b", "b"], "window": [30, 30, 20, 30, 20, 30]}
+    trace |= {"episode": [0] * 6, "step": [0] * 6}
+    policies = {n: _metrics(o, windows[n], trace if n == "adapt_only" else None) for n, o in outcomes.items()}
+    vs = {
+        n: {
+            "overall": against_baseline(
+                policies["baseline"]["overall"], policies[n]["overall"], outcomes["baseline"], o
+            )
+        }
+        for n, o in outcomes.items()
+        if n != "baseline"
+    }
+    work = tmp_path / "seed_0"
+    (work / "eval").mkdir(parents=True)
+    suite = {"episodes_per_task": 2, "split": "test", "seed": 0, "windows": windows}
+    suite["modes"] = {"sampled": {"baseline": "baseline", "policies": policies, "vs_baseline": vs}}
+    (work / "eval" / "comparison.json").write_text(json.dumps(suite))
+    (work / "eval" / "outcomes.json").write_text(json.dumps({"modes": {"sampled": outcomes}}))
+    lines = {
+        "train": [{"stage": "extend", "epoch": 1, "epoch_s": 4.0}]
+        + [{"stage": "trim", "epoch": 1, "epoch_s": 10.0}] * 2,
+        "adapt_only": [{"stage": "adapt", "epoch": 1, "epoch_s": 5.0}],
+        "adapt_policy": [{"stage": "adapt", "epoch": 1, "epoch_s": 8.0, "val_s": 2.0}],
+    }
+    for name, records in lines.items():
+        (work / name).mkdir(exist_ok=True)
+        (work / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (work / "adapt_only" / "adapt").mkdir()
+    (work / "adapt_only" / "adapt" / "result.json").write_text(
+        json.dumps({"adaptor_windows": [5, 10, 20, 30], "call_budget": {"budget": 4}})
+    )
+    (work / "adapt_policy" / "adapt").mkdir()
+    (work / "adapt_policy" / "adapt" / "result.json").write_text(
+        json.dumps({"adaptor_windows": None, "call_budget": {"budget": 4}})
+    )
+    phase = {"seconds": 1.0, "load_before": [0, 0, 0], "load_after": [0, 0, 0]}
+    (work / "phases.json").write_text(json.dumps({"eval": phase}))
+    (work / "benchmark_config.yaml").write_text("env:\n  tasks: [a, b]\n")
+    h15 = {"available": True, "baseline": {"success_rate": 1.0, "calls_per_success": 24.0}}
+
+    record = bench.seed_result(work, 0, h15, {"cpu": "test cpu"})
+
+    rows = record["rows"]
+    assert rows["fixed_h15"] is h15 and "vs_baseline" not in rows["baseline"]
+    assert rows["fixed_h30"]["vs_baseline"]["calls_speedup"] == pytest.approx(22.0 / 2.5)
+    assert rows["adapt_only"]["vs_fixed_h30"]["calls_speedup"] == pytest.approx(2.5 / 1.5)
+    assert rows["adapt_only"]["vs_fixed_h30"]["success_rate_drop"] == 0.0
+    assert rows["adapt_policy"]["vs_fixed_h30"]["success_rate_drop"] == pytest.approx(25.0)
+    assert rows["adapt_only"]["vs_h15_baseline"]["calls_speedup"] == pytest.approx(24.0 / 1.5)
+    assert rows["baseline"]["vs_h15_baseline"]["success_rate_drop"] == pytest.approx(25.0)
+    assert rows["adapt_only"]["window_histogram"] == {"a": {"30": 2}, "b": {"20": 2, "30": 2}}
+    assert rows["fixed_h30"]["window_histogram"] == {"a": {"30": 4}, "b": {"30": 6}}
+    assert rows["adapt_only"]["adaptive"] and rows["adapt_only"]["mean_executed_window"] == pytest.approx(160 / 6)
+    assert rows["adapt_only"]["adaptor_windows"] == [5, 10, 20, 30] and rows["adapt_policy"]["adaptor_windows"] is None
+    assert rows["adapt_only"]["call_budget"] == 4
+    training = record["training"]
+    assert training["stage2"]["seconds"] == 20.0 and training["stage1"]["epochs"] == 1
+    assert training["adapt_only"]["vs_stage2"] == {"seconds": 0.25, "seconds_per_epoch": 0.5}
+    assert training["adapt_policy"]["vs_stage2"]["seconds_per_epoch"] == 1.0
+    assert record["tasks"] == ["a", "b"] and record["machine"] == {"cpu": "test cpu"} and record["mode"] == "sampled"
