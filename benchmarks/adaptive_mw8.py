@@ -467,6 +467,7 @@ def seed_result(work: Path, seed: int, h15: dict[str, Any], machine: dict[str, A
 # aggregate (pure)
 
 HEADLINE = ("calls_speedup", "steps_reduction", "success_rate_drop")
+PAIR = ("calls_speedup", "success_rate_drop")  # an adaptor mode against fixed_h30, averaged over seeds
 
 
 def row_means(seeds: dict[str, dict[str, Any]], row: str) -> dict[str, Any] | None:
@@ -527,6 +528,16 @@ def aggregate(seeds: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "finished_seeds": len(seeds),
         "per_seed": {k: (s["rows"][best] or {}).get("vs_baseline") for k, s in seeds.items()} if best else None,
         "rows": means,
+        "adaptor_vs_fixed_h30": {
+            m: {k: statistics.fmean(s["rows"][m]["vs_fixed_h30"][k] for s in seeds.values()) for k in PAIR}
+            for m in MODES
+            if all(s["rows"][m]["vs_fixed_h30"][k] is not None for s in seeds.values() for k in PAIR)
+        },
+        "adapt_time_vs_stage2": {
+            m: statistics.fmean(s["training"][m]["vs_stage2"]["seconds"] for s in seeds.values())
+            for m in MODES
+            if all(s["training"][m]["vs_stage2"]["seconds"] is not None for s in seeds.values())
+        },
         "seeds": {
             k: {row: _seed_row(s["rows"][row]) for row in ROWS} | {"training": s["training"]} for k, s in seeds.items()
         },
@@ -604,7 +615,15 @@ def markdown(agg: dict[str, Any]) -> str:
         f"Goal: calls speedup {g['calls_speedup']} at an SR drop {g['success_rate_drop']}, mean of {g['over']}: "
         f"**{verdict}** (best mode: {f(agg['calls_speedup'], '.2f')}x, SR drop {f(agg['success_rate_drop'], '+.1f')}).",
         "",
-        "Training time (seconds of epochs + validations; the adapt stage against Stage 2):",
+        "What the adaptor adds to fixed_h30 (paired, mean over seeds): "
+        + "; ".join(
+            f"{m} {v['calls_speedup']:.2f}x fewer calls, SR drop {v['success_rate_drop']:+.1f} points"
+            for m, v in agg["adaptor_vs_fixed_h30"].items()
+        )
+        + ".",
+        "",
+        "Training time (seconds of epochs + validations; the adapt stage against Stage 2; mean ratio of the "
+        "totals: " + ", ".join(f"{m} {v:.2f}" for m, v in agg["adapt_time_vs_stage2"].items()) + "):",
         "",
         "| seed | Stage 2: epochs, min, s/epoch | "
         + " | ".join(f"{m}: epochs, min, s/epoch, x Stage 2 per epoch" for m in MODES)

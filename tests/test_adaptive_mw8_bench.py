@@ -143,6 +143,15 @@ def _row(speedup: float, drop: float, reduction: float = 0.5) -> dict:
     }
 
 
+def _vs_fixed(speedup: float, drop: float) -> dict:
+    return {
+        "calls_speedup": speedup,
+        "steps_reduction": 0.1,
+        "success_rate_drop": drop,
+        "success_rate_drop_ci95": [0, 1],
+    }
+
+
 def _seed(only: tuple[float, float], joint: tuple[float, float]) -> dict:
     stage = {"epochs": 10, "seconds": 60.0, "seconds_per_epoch": 6.0, "env_steps": 1}
     adapt = stage | {"vs_stage2": {"seconds": 1.0, "seconds_per_epoch": 1.0}}
@@ -151,8 +160,8 @@ def _seed(only: tuple[float, float], joint: tuple[float, float]) -> dict:
             "baseline": {"available": True, "success_rate": 0.95, "mean_steps": 118.0, "calls_per_success": 24.0},
             "fixed_h15": {"available": False, "reason": "settings differ"},
             "fixed_h30": _row(6.5, 0.0),
-            "adapt_only": _row(*only),
-            "adapt_policy": _row(*joint),
+            "adapt_only": _row(*only) | {"vs_fixed_h30": _vs_fixed(only[0] / 6.5, only[1])},
+            "adapt_policy": _row(*joint) | {"vs_fixed_h30": _vs_fixed(joint[0] / 6.5, joint[1])},
         },
         "training": {"stage1": stage, "stage2": stage, "adapt_only": adapt, "adapt_policy": adapt},
         "machine": {"cpu": "test cpu"},
@@ -181,6 +190,9 @@ def test_aggregate_means_the_best_mode_and_decides_the_goal_at_three_seeds():
     assert agg["calls_speedup"] == pytest.approx(8.5) and agg["success_rate_drop"] == pytest.approx(0.5)
     assert agg["partial"] is True and agg["goal"]["met"] is None
     assert agg["per_seed"]["1"]["calls_speedup"] == 9.0
+    fixed = agg["adaptor_vs_fixed_h30"]["adapt_only"]
+    assert fixed == {"calls_speedup": pytest.approx((8.0 + 9.0) / 2 / 6.5), "success_rate_drop": 0.5}
+    assert agg["adapt_time_vs_stage2"] == {"adapt_only": 1.0, "adapt_policy": 1.0}
     assert agg["rows"]["fixed_h15"] is None and agg["rows"]["fixed_h30"]["calls_speedup"] == 6.5
     assert agg["seeds"]["0"]["fixed_h15"] == {"available": False, "reason": "settings differ"}
     assert agg["machine"] == ["test cpu"]
