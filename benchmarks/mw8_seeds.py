@@ -60,8 +60,13 @@ RECIPE = (
 )
 
 
+def seed_sets(seed: int, extra: list[str]) -> list[str]:
+    """The ``--set`` items of one seed: the seed (everything random), the recipe, then ``extra``."""
+    return [f"seed={seed}", f"data.seed={seed}", f"eval.seed={seed}", *RECIPE, *extra]
+
+
 def run_seed(seed: int, work: Path, extra: list[str]) -> None:
-    sets = [f"seed={seed}", f"data.seed={seed}", f"eval.seed={seed}", *RECIPE, *extra]
+    sets = seed_sets(seed, extra)
     cmd = [sys.executable, str(HERE / "mw8.py"), "--work", str(work / f"seed_{seed}"), "--no-write", "--set", *sets]
     print("[mw8_seeds]", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True)
@@ -86,22 +91,29 @@ def continue_seed(seed: int, source: Path, work: Path, extra: list[str]) -> None
     staging = work / f".seed_{seed}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(origin, staging)
-    run = RunDir.open(staging / "train")
-    run.cfg.stage2.epochs = epochs[0]
-    run.replace_config(run.cfg, status="running", continued_from=str(origin))
-    for done in (
-        run.path / "summary.json",
-        run.path / "trim" / "result.json",
-        staging / "summary.json",
-        staging / "mw8.json",
-    ):
+    extend_stage2(staging / "train", epochs[0], continued_from=str(origin))
+    for done in (staging / "summary.json", staging / "mw8.json"):
         done.unlink(missing_ok=True)
-    shutil.rmtree(run.path / "final", ignore_errors=True)
     phases = json.loads((staging / "phases.json").read_text())
     phases["train_first_part"] = phases.pop("train")
     phases.pop("eval", None)
     (staging / "phases.json").write_text(json.dumps(phases, indent=2) + "\n")
     staging.rename(target)
+
+
+def extend_stage2(run_path: Path, epochs: int, **meta: Any) -> None:
+    """Make the finished training run ``run_path`` continue its Stage 2 to ``epochs`` with
+    ``train(cfg, resume=run_path)`` (module docstring: the same as a run of that many epochs from the
+    start). The files that mark Stage 2 and the run finished go first and the config last, so a kill
+    in between leaves a run that a resume completes at its old length (``meta``: more run.json keys)."""
+    from policytrim.train.rundir import RunDir
+
+    run = RunDir.open(run_path)
+    for done in (run.path / "summary.json", run.path / "trim" / "result.json"):
+        done.unlink(missing_ok=True)
+    shutil.rmtree(run.path / "final", ignore_errors=True)
+    run.cfg.stage2.epochs = epochs
+    run.replace_config(run.cfg, status="running", **meta)
 
 
 def seed_record(result: dict[str, Any]) -> dict[str, Any]:

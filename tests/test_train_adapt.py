@@ -147,6 +147,27 @@ def test_adaptor_and_policy_mode_moves_both(tiny_baseline, tmp_path):
     assert adaptor_of(policy).windows == adaptor_windows((), 4, 8) == (4, 5, 8)
 
 
+def test_policy_lr_trains_the_policy_at_its_own_rate(tiny_baseline, tmp_path):
+    """adapt.policy_lr: the policy in a parameter group of its own (Adam moves a weight by about its
+    learning rate per step), the adaptor at adapt.lr."""
+    config = write_config(tmp_path / "config.yaml", epochs=1, train_policy=True, policy_lr=1e-6)
+    run = tmp_path / "run"
+    assert (
+        main(["train", "--config", str(config), "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(run)])
+        == 0
+    )
+    checkpoint = run / "adapt" / "epoch_000001"
+    groups = json.loads((checkpoint / "trainer_state.json").read_text())["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [AdaptConfig().lr, 1e-6]
+    before, after = tensors(tiny_baseline), tensors(checkpoint / "policy")
+    moved = max(abs(a - b) for k in before for a, b in zip(_flat(after[k]), _flat(before[k]), strict=True))
+    assert 0 < moved < 1e-4  # STAGE["update_epochs"] = 2 Adam steps at 1e-6, not at adapt.lr = 1e-3
+
+
+def _flat(value) -> list[float]:
+    return [x for v in value for x in _flat(v)] if isinstance(value, list) else [value]
+
+
 def test_trained_policy_loads_with_its_adaptor_and_evaluates_per_call(frozen_run, tmp_path):
     final = frozen_run / "final" / "policy"
     if not (final / ADAPTOR_DIR).is_dir():  # the tiny run kept the entering policy: use its last checkpoint
@@ -175,7 +196,8 @@ def test_trained_policy_loads_with_its_adaptor_and_evaluates_per_call(frozen_run
 
 def test_bad_adapt_settings_are_one_line_and_write_nothing(tiny_baseline, tmp_path, capsys):
     out = tmp_path / "run"
-    for flag, value in (("--adapt.initial-mass", "1.5"), ("--adapt.windows", "8 4"), ("--adapt.call-coef", "-1")):
+    bad = (("--adapt.initial-mass", "1.5"), ("--adapt.windows", "8 4"), ("--adapt.call-coef", "-1"))
+    for flag, value in (*bad, ("--adapt.policy-lr", "2")):
         with pytest.raises(SystemExit) as exit_:
             main(["train", "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(out), flag, *value.split()])
         assert exit_.value.code == 2
@@ -195,6 +217,18 @@ def test_a_run_made_before_the_adapt_stage_opens_with_its_defaults(tmp_path):
     meta["config_sha256"] = hashlib.sha256(text).hexdigest()
     (tmp_path / "run" / "run.json").write_text(json.dumps(meta))
     assert RunDir.open(tmp_path / "run").cfg.adapt == AdaptConfig()
+
+
+def test_a_run_made_before_adapt_policy_lr_opens_with_one_rate(tmp_path):
+    RunDir.create(tmp_path / "run", tiny_config(), {"stage": "adapt", "stages": ["adapt"], "init": "x"})
+    data = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    del data["adapt"]["policy_lr"]  # as a run written before the setting existed
+    text = yaml.safe_dump(data, sort_keys=False).encode()
+    (tmp_path / "run" / "config.yaml").write_bytes(text)
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    meta["config_sha256"] = hashlib.sha256(text).hexdigest()
+    (tmp_path / "run" / "run.json").write_text(json.dumps(meta))
+    assert RunDir.open(tmp_path / "run").cfg.adapt.policy_lr == 0.0
 
 
 def test_call_budget_and_adapt_outcome_round_trip_through_json():

@@ -485,6 +485,9 @@ class AdaptConfig(GRPOConfig):
     train_policy: bool = False
     """false: only the adaptor trains, the policy is frozen (its log-ratio is 0; the mode for big VLAs);
     true: the adaptor and the policy train together."""
+    policy_lr: float = 0.0
+    """With train_policy: the policy's Adam learning rate, apart from the adaptor's adapt.lr (0: adapt.lr
+    for both); e.g. a policy post-trained at Stage 2's rate beside a faster adaptor."""
     tolerance_points: float = 2.0
     """Best checkpoint: fewest calls among evaluations without a significant success loss against the
     entering policy at its trained window (as Stage 2's)."""
@@ -511,6 +514,7 @@ class AdaptConfig(GRPOConfig):
         _int_in("adapt.call_budget", self.call_budget, 0, L.MAX_HORIZON, " (0 = calibrate)")
         flag_ok = isinstance(self.train_policy, bool)
         _require(flag_ok, f"adapt.train_policy must be true or false, got {self.train_policy!r}")
+        _in_range("adapt.policy_lr", self.policy_lr, 0.0, 1.0)
         _in_range("adapt.tolerance_points", self.tolerance_points, 0.0, 100.0)
 
 

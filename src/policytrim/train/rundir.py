@@ -105,6 +105,8 @@ class RunDir:
         data = parse_config_text(text, f"{where}: config.yaml")
         if isinstance(data, dict) and "adapt" not in data:  # a run made before the adapt stage existed
             data["adapt"] = to_dict(AdaptConfig())
+        elif isinstance(data, dict) and isinstance(data["adapt"], dict):  # before adapt.policy_lr: one rate
+            data["adapt"].setdefault("policy_lr", 0.0)
         try:
             cfg = from_dict(RunConfig, data, complete=True)
         except InputError as exc:

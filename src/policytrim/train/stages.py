@@ -508,9 +508,16 @@ class AdaptStage(Stage):
     def begin(self, policy: ChunkPolicy) -> None:
         attach_adaptor(policy, self.adaptor)  # every checkpoint and validation of the stage carries it
 
-    def parameters(self, policy: ChunkPolicy) -> list[torch.nn.Parameter]:
+    def parameters(self, policy: ChunkPolicy) -> list[Any]:
+        """The adaptor's parameters, and the policy's with ``train_policy``: one group at adapt.lr, or
+        with ``policy_lr`` two Adam parameter groups (the policy's at its own rate)."""
         own = list(self.adaptor.parameters())
-        return own + super().parameters(policy) if self.config.train_policy else own
+        if not self.config.train_policy:
+            return own
+        policy_params = super().parameters(policy)
+        if not self.config.policy_lr:
+            return own + policy_params
+        return [{"params": own}, {"params": policy_params, "lr": self.config.policy_lr}]
 
     def rollout_options(self, policy: ChunkPolicy) -> dict[str, Any]:
         return {"adaptor": adaptor_of(policy)}
