@@ -27,6 +27,7 @@ class FaultyEnv:
     kind="raise": raises `InjectedFault`; kind="hang": sleeps ``hang_s`` (a stalled MuJoCo step);
     kind="crash": ends the process at once (a segfaulting simulator; only inside worker processes);
     kind="bug": raises AttributeError (a programming error in an adapter, not a simulator fault).
+    kind="input": raises InputError (the run's input is wrong, e.g. a missing package or setting).
     ``max_faults`` bounds how many times it fires in one process (None = always).
     """
 
@@ -37,7 +38,7 @@ class FaultyEnv:
         inner,
         index: int,
         at_step: int,
-        kind: Literal["raise", "hang", "crash", "bug"] = "raise",
+        kind: Literal["raise", "hang", "crash", "bug", "input"] = "raise",
         hang_s: float = 3600.0,
         max_faults: int | None = None,
     ) -> None:
@@ -61,6 +62,10 @@ class FaultyEnv:
                 time.sleep(self._hang_s)
             elif self._kind == "crash":
                 os._exit(17)
+            elif self._kind == "input":
+                from policytrim.errors import InputError
+
+                raise InputError("env.injected: an injected bad setting (accepted: none)")
             elif self._kind == "bug":
                 raise AttributeError(
                     f"'FaultyEnv' object has no attribute 'injected_bug' (step {self._t} of state index {self._index})"

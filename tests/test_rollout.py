@@ -362,3 +362,14 @@ def test_envs_are_kept_across_runs_when_tasks_rotate():
         second = run(engine, FakeConstantPolicy(3), starts[::-1], [3], record=False)
     assert built <= 4 and len(BUILT) == built  # the second run rebuilt nothing
     assert first.steps.tolist() == second.steps.tolist() == [3] * 6
+
+
+def test_an_adapter_refusing_the_input_stops_the_run_with_its_message():
+    """An InputError from an adapter (a wrong setting, a missing package) is the user's to fix: the
+    run stops with its message (CLI exit 2) instead of dropping groups as for a simulator fault."""
+    from policytrim.errors import InputError
+
+    factory = functools.partial(faulty_env_factory, index=1, at_step=3, kind="input")
+    with RolloutEngine(EnvConfig(tasks=("reach-v3",), horizon=23), num_workers=0, env_factory=factory) as engine:
+        with pytest.raises(InputError, match="env.injected: an injected bad setting.*on reach-v3 state 1"):
+            run(engine, FakeConstantPolicy(6), initial_states("reach-v3", 0, 3), [1, 4])

@@ -47,6 +47,7 @@ import torch
 
 from policytrim.envs import worker_env_cap
 from policytrim.envs.base import InitialState
+from policytrim.errors import InputError
 from policytrim.policies.base import MODES, ChunkPolicy, Mode
 from policytrim.progress import rollout_finished
 from policytrim.rollout.types import Trajectories
@@ -419,8 +420,11 @@ class _Rollout:
 
     def fault(self, i: int, fault: Fault) -> None:
         """Count trajectory i's fault by kind; the first of each kind (per engine) is logged with
-        its traceback at WARNING; a programming error in the adapter stops the run."""
+        its traceback at WARNING; a programming error in the adapter, or its refusal of the run's input
+        (InputError), stops the run."""
         state = self.state_of[i]
+        if fault.input_error:
+            raise InputError(f"{fault.message} (raised by the env adapter on {state.task} state {state.index})")
         if fault.bug:
             raise AdapterError(
                 f"the env adapter raised {fault.kind} on {state.task} state {state.index}: {fault.message}. "

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from policytrim.envs.base import EnvAdapter, InitialState
+from policytrim.errors import InputError
 
 log = logging.getLogger("policytrim.rollout")
 
@@ -95,11 +96,18 @@ class Fault:
     """The formatted traceback (empty for a non-finite action)."""
     bug: bool = False
     """A programming error (`PROGRAMMING_ERRORS`), not a simulator fault."""
+    input_error: bool = False
+    """The adapter refused the run's input (`policytrim.errors.InputError`: a setting, a missing
+    package), not a simulator fault: the engine stops with its message."""
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> Fault:
         return cls(
-            type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)), isinstance(exc, PROGRAMMING_ERRORS)
+            type(exc).__name__,
+            str(exc),
+            "".join(traceback.format_exception(exc)),
+            isinstance(exc, PROGRAMMING_ERRORS),
+            isinstance(exc, InputError),
         )
 
 
