@@ -82,7 +82,8 @@ def settings(suite: str, size: str) -> dict[str, Any]:
     """The overrides laid on the demo preset (its BC and trainer settings) for ``suite`` at ``size``.
 
     full, fixed before measuring: 50 suboptimal demonstrations per task (the train split has 30 init
-    states; further attempts wrap around with other perturbations), 4 groups of G = 8 per epoch (tasks
+    states; further attempts wrap around with other perturbations; at most 80 attempts, so a task the
+    experts rarely solve costs ~4 min, not the 160 attempts of the default), 4 groups of G = 8 per epoch (tasks
     round robin), 25 + 25 epochs at most, 5 validation states per task every 5 epochs, every epoch
     checkpointed (pieces lose nothing), the 10 test init states of every task.
 
@@ -107,7 +108,7 @@ def settings(suite: str, size: str) -> dict[str, Any]:
     if size == "full":
         return {
             "env": env,
-            "data": {"episodes": 50, "suboptimal": True, "on_shortfall": "warn"},
+            "data": {"episodes": 50, "suboptimal": True, "on_shortfall": "warn", "max_attempts": 80},
             "policy": {"chunk_size": 15, "default_window": 5},
             "pretrain": {"iterations": 10000, "batch_size": 256, "lr": 1e-3, "eval_episodes": 0},
             "rollout": {"group_size": 8, "groups_per_epoch": 4, "num_workers": 2},
