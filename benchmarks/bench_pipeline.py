@@ -52,9 +52,12 @@ def collect(cfg: RunConfig, demos: Path, phases: Phases) -> None:
     )
 
 
-def policy_pipeline(cfg: RunConfig, demos: Path, work: Path, phases: Phases, prefix: str = "") -> dict[str, Any]:
+def policy_pipeline(
+    cfg: RunConfig, demos: Path, work: Path, phases: Phases, prefix: str = "", seams: Any = None
+) -> dict[str, Any]:
     """BC from ``demos`` into work/baseline, the stages the policy supports into work/train, the
     paired test evaluation into work/ (baseline, fixed-horizon sweep, Stage 1, PolicyTrim).
+    ``seams``: the trainer's `TrainerSeams` (libero.py stops a piece of training through its hook).
     Returns the evaluation summary with ``stages``, ``timings_s`` and ``device``."""
     from policytrim.experiments.demo import evaluate_pipeline
     from policytrim.policies import load_policy
@@ -73,11 +76,10 @@ def policy_pipeline(cfg: RunConfig, demos: Path, work: Path, phases: Phases, pre
 
     def run_train() -> None:
         if (run / "run.json").is_file():
-            train(cfg, resume=str(run))
+            train(cfg, resume=str(run), seams=seams)
         else:
-            train(
-                dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, out=str(run))), stage, str(baseline)
-            )
+            out = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, out=str(run)))
+            train(out, stage, str(baseline), seams=seams)
 
     phases.run(f"{prefix}train", lambda: (run / "summary.json").is_file(), run_train)
 

@@ -60,7 +60,8 @@ docs_build() {
 
 # LIBERO lives in its own venv (.venv-libero: robosuite, mujoco, ~1.3 GB of assets on top of torch),
 # set up on demand; its tests run after a full-suite run (no test paths given), unless
-# POLICYTRIM_LIBERO_TESTS=0. Measured here (2 cores, load ~8): setup 161 s, tests/test_libero.py 88 s.
+# POLICYTRIM_LIBERO_TESTS=0. Measured here (2 cores, load ~8): setup 161 s, tests/test_libero.py 88 s;
+# tests/test_libero_pipeline.py (collect -> pretrain -> train -> eval from the CLI) 90 s (one env worker).
 libero_tests() {
   local lstamp=.venv-libero/.policytrim-installed
   if [ ! -x .venv-libero/bin/python ]; then "$python" -m venv .venv-libero; fi
@@ -71,7 +72,8 @@ libero_tests() {
     echo "$want" > "$lstamp"
   fi
   # POLICYTRIM_REQUIRE: here a LIBERO that does not import fails the tests instead of skipping them
-  POLICYTRIM_REQUIRE=libero .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py "$@"
+  POLICYTRIM_REQUIRE=libero .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py \
+    tests/test_libero_pipeline.py "$@"
 }
 
 # ManiSkill3 lives in its own venv (.venv-maniskill: SAPIEN, mplib, numpy < 2), set up on demand; its

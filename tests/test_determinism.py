@@ -16,7 +16,15 @@ from conftest import tiny_config
 from policytrim.io import read_jsonl
 from policytrim.train.grpo import train
 
-TIMING_KEYS = {"rollout_s", "epoch_s", "val_s"}
+TIMING_KEYS = {
+    "rollout_s",
+    "rollout_policy_s",
+    "rollout_reset_s",
+    "rollout_env_s",
+    "update_s",
+    "epoch_s",
+    "val_s",
+}
 
 
 def _canonical(value):

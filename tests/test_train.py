@@ -50,6 +50,9 @@ def test_both_stages_end_to_end_and_resume(tiny_baseline, tmp_path):
         ):
             assert key in r, key
         assert r["logp_gap"] < 1e-3, "rollout and learner disagree on log-probs"
+        # where the epoch went: policy calls within the rollout's wall time, env steps and resets in the workers
+        assert 0 < r["rollout_policy_s"] < r["rollout_s"] and r["rollout_env_s"] > 0 and r["rollout_reset_s"] > 0
+        assert 0 < r["update_s"] < r["epoch_s"] and r["rollout_s"] < r["epoch_s"]
     ws, g = run_windows(cfg), cfg.rollout.group_size
     assert {r["mean_window"] for r in records[1:4]} == {
         sum(ws[j % len(ws)] for j in range(g)) / g
@@ -207,3 +210,11 @@ def test_stage2_selection_needs_a_significant_loss_to_reject():
     assert significant_loss(bare, start, 2.0)
     # Stage 1 keeps the highest SR at the longest window
     assert most_successful(start, noisy) and not most_successful(noisy, start)
+
+
+def test_rollout_parts_split_the_workers_time_into_resets_and_steps():
+    from policytrim.train.grpo import rollout_parts
+
+    timing = {"wall": 9.0, "policy": 1.5, "worker": 12.0, "worker_reset": 4.0, "requests": 30.0}
+    assert rollout_parts(timing) == {"rollout_policy_s": 1.5, "rollout_reset_s": 4.0, "rollout_env_s": 8.0}
+    assert rollout_parts({}) == {"rollout_policy_s": 0.0, "rollout_reset_s": 0.0, "rollout_env_s": 0.0}

@@ -335,6 +335,7 @@ def run_stage(
         advantages, valid_groups = objective.group_advantages(rewards)
         policy.train()
         valid = valid_groups.repeat_interleave(cfg.rollout.group_size)
+        t_update = time.perf_counter()
         update = seams.update(
             policy, ref_policy, optimizer, traj, advantages.flatten()[mine], valid[mine], scfg, **stage.update_options()
         )
@@ -357,6 +358,8 @@ def run_stage(
             "replaced_workers": engine.replaced_workers,  # so far, this process (hung or dead env workers)
             "env_steps": everyone.env_steps,
             "rollout_s": t_rollout,
+            **rollout_parts(traj.timing),
+            "update_s": time.perf_counter() - t_update,
             "epoch_s": time.perf_counter() - t0,
             **stage.epoch_record(),
         }
@@ -404,6 +407,18 @@ def run_stage(
         lambda: save_policy_dir(policy, stage_dir / "best")
     )  # the best policy, carrying the stage's decision
     return outcome
+
+
+def rollout_parts(timing: dict[str, float]) -> dict[str, float]:
+    """Where an epoch's rollout went, from the engine's `Trajectories.timing` (this process's
+    workers): ``rollout_policy_s`` wall seconds in policy calls; ``rollout_reset_s`` and
+    ``rollout_env_s`` worker seconds (summed over workers) resetting envs and stepping them."""
+    worker, reset = timing.get("worker", 0.0), timing.get("worker_reset", 0.0)
+    return {
+        "rollout_policy_s": timing.get("policy", 0.0),
+        "rollout_reset_s": reset,
+        "rollout_env_s": max(0.0, worker - reset),
+    }
 
 
 def _log(logger: MetricsLogger | None, seams: TrainerSeams, record: dict[str, Any]) -> None:
