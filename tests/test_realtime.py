@@ -142,3 +142,51 @@ def test_bad_timing_is_one_clear_error(kwargs, message):
 def test_a_chunk_shorter_than_the_window_is_refused(env):
     with pytest.raises(InputError, match="executing window 12 needs"):
         run_timed_episode(env, FakeSlowPolicy(0.0, chunk_size=10), STATE, DeployTiming(window=12))
+
+
+class RenderEveryStep:
+    """A wrapper (not a fake: it forwards to the real env) that hides ``observes_on_demand``, so the
+    timed loop gets an image from every step, as an env that cannot skip rendering would give it."""
+
+    observes_on_demand = False
+
+    def __init__(self, env):
+        self._env = env
+
+    def step(self, action):
+        return self._env.step(action)
+
+    def __getattr__(self, name):
+        return getattr(self._env, name)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_images_rendered_on_demand_give_the_same_episode(mode):
+    """An image policy's calls read images rendered only when a call needs them: the same actions,
+    calls and timeline as rendering after every step, in both request modes."""
+    env = MetaWorldEnv(TASK, horizon=30, image=True, image_size=32)
+    try:
+        policy = TinyVLA(
+            state_dim=39,
+            action_dim=4,
+            chunk_size=10,
+            default_window=5,
+            instructions=[env.instruction],
+            hidden_dim=32,
+            num_layers=1,
+            image_shape=(32, 32, 3),
+        ).eval()
+        timing = DeployTiming(window=5, mode=mode, threshold=2, latency_s=0.03 if mode == "async" else None)
+        renders = []
+        render = env.render
+        env.render = lambda: renders.append(1) or render()  # count the images the lazy loop asks for
+        lazy = run_timed_episode(env, policy_infer(policy, "sampled", seed=1), STATE, timing, record_actions=True)
+        del env.render
+        eager = run_timed_episode(
+            RenderEveryStep(env), policy_infer(policy, "sampled", seed=1), STATE, timing, record_actions=True
+        )
+    finally:
+        env.close()
+    assert lazy.actions == eager.actions and lazy.calls == eager.calls and lazy.steps == eager.steps == 30
+    assert lazy.staleness == eager.staleness
+    assert len(renders) == lazy.calls  # the reset's image (read by the first call), then one per later call

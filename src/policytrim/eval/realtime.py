@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from policytrim.envs.base import InitialState
+from policytrim.envs.base import OBS_IMAGE, InitialState
 from policytrim.errors import InputError
 
 RequestMode = Literal["sync", "async"]
@@ -138,8 +138,13 @@ def run_timed_episode(
         raise InputError(f"horizon must be >= 1, got {limit}")
     obs = env.reset(state)
     instruction = env.instruction
+    # an env that renders images on demand renders only the observations a call reads (exactly what
+    # stepping with the image would have given: the call always reads the latest state)
+    on_demand = bool(getattr(env, "observes_on_demand", False)) and OBS_IMAGE in obs
 
     def call(observation: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+        if on_demand and OBS_IMAGE not in observation:
+            observation = {**observation, OBS_IMAGE: env.render()}
         start = clock()
         chunk = np.asarray(infer(observation, instruction))
         measured = clock() - start
@@ -189,7 +194,7 @@ def run_timed_episode(
                 if not queue:  # the whole window went stale while the arm moved: request again
                     continue
         action = queue.pop(0)
-        obs, success = env.step(action)
+        obs, success = env.step(action, observe=False) if on_demand else env.step(action)
         if record_actions:
             executed.append(tuple(float(x) for x in action))
         steps += 1
