@@ -44,6 +44,11 @@ GRASP_DEPTH = 0.03  # grasp this far below an object's top: the palm stays clear
 RIM_INSET, RIM_DEPTH = 0.005, 0.025  # a bowl's wall: this far inside its box's outer edge, below its top
 HOME_XY = np.array([-0.2, 0.0])  # where the hand starts in every LIBERO scene (in reach of both sides)
 MAX_YAW = 0.8 * math.pi  # keep the hand's yaw within the wrist's range
+FLAT_HEIGHT = 0.03  # objects lower than this (plates) are pushed, not lifted
+TURN_ANGLE = 1.3  # turn a knob this far (rad): on is 0.5 to 2.1 rad for LIBERO's stove
+PUSH_HEIGHT = 0.008  # push with the closed fingertips this far above the object's origin
+PUSH_STEP = 0.07  # while pushing, aim this far ahead along the line (m)
+PUSH_SPEED = 0.3  # and move at least this fast (action units)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,9 @@ class TaskPlan:
     lo: np.ndarray  # float [3]: collision box of the object in its own frame
     hi: np.ndarray
     target: Target
+    parts: np.ndarray | None = None  # float [n, 2, 3]: each collision geom's box (lo, hi) in the object's frame
+    move: str = "pick"  # "pick" (pick and place), "push" (flat objects: slid along the table), "turn" (a knob)
+    knob: np.ndarray | None = None  # "turn": [x, y, z, yaw] of the knob's grasp point and handle axis, owner frame
 
 
 def _quat_to_mat(q: np.ndarray) -> np.ndarray:
@@ -152,6 +160,8 @@ def _plan_from_env(env) -> TaskPlan:
     inner = env.unwrapped.env
     sim, model = inner.sim, inner.sim.model
     goal = inner.parsed_problem["goal_state"]
+    if len(goal) == 1 and goal[0][0].lower() == "turnon":
+        return _turn_plan(env, goal[0][1])
     pick = [p for p in goal if p[0].lower() in ("in", "on")]
     if len(goal) != 1 or not pick:
         raise InputError(
@@ -161,6 +171,7 @@ def _plan_from_env(env) -> TaskPlan:
     bodies = list(env.state_bodies)
     obj_slot = bodies.index(obj)
     lo, hi = _collision_box(sim, inner.obj_body_id[obj])
+    parts = _collision_parts(sim, inner.obj_body_id[obj])
     poses = env.object_poses()
     if where in bodies:  # on another object (a plate): the top of its collision box
         slot = bodies.index(where)
@@ -181,19 +192,71 @@ def _plan_from_env(env) -> TaskPlan:
             slot, offset = -1, world
         top = -float(half[2]) if kind == "in" else 0.0
         target = Target(kind, slot, offset, half, top)
-    return TaskPlan(env.task, len(poses), obj_slot, lo, hi, target)
+    move = "push" if hi[2] - lo[2] < FLAT_HEIGHT else "pick"
+    return TaskPlan(env.task, len(poses), obj_slot, lo, hi, target, parts, move)
+
+
+def _turn_plan(env, fixture: str) -> TaskPlan:
+    """The plan of turning a fixture's knob on (a hinge about the vertical, on at positive angles):
+    grasp the knob's handle across its width above the hinge, then turn the hand."""
+    inner = env.unwrapped.env
+    sim, model, data = inner.sim, inner.sim.model, inner.sim.data
+    root = inner.obj_body_id[fixture]
+    hinges = [
+        j for j in range(model.njnt) if model.jnt_type[j] == 3 and _in_subtree(model, int(model.jnt_bodyid[j]), root)
+    ]
+    if (
+        len(hinges) != 1
+        or abs(float((data.body_xmat[model.jnt_bodyid[hinges[0]]].reshape(3, 3) @ model.jnt_axis[hinges[0]])[2])) < 0.9
+    ):
+        raise InputError(f"{env.task}: the LIBERO experts turn one vertical knob; {fixture} has {len(hinges)} hinges")
+    knob = int(model.jnt_bodyid[hinges[0]])
+    parts = _collision_parts(sim, knob)  # in the knob's frame
+    R0 = data.body_xmat[root].reshape(3, 3)
+    Rk = data.body_xmat[knob].reshape(3, 3)
+    # the handle: the tallest collision part; grasp across its narrower horizontal side, above the hinge
+    handle = parts[int(np.argmax(parts[:, 1, 2]))]
+    size = handle[1] - handle[0]
+    across = 0 if size[0] < size[1] else 1
+    axis_world = Rk[:, across]
+    top_world = data.body_xpos[knob] + Rk @ np.array([0.0, 0.0, handle[1, 2] - 0.012])
+    offset = R0.T @ (top_world - data.body_xpos[root])
+    axis_local = R0.T @ axis_world
+    yaw = math.atan2(axis_local[1], axis_local[0])
+    poses = env.object_poses()
+    bodies = list(env.state_bodies)
+    width = float(size[across])
+    target = Target("turn", bodies.index(fixture), np.zeros(3), np.zeros(3), 0.0)
+    lo, hi = handle[0], handle[1]
+    return TaskPlan(
+        env.task,
+        len(poses),
+        bodies.index(fixture),
+        lo,
+        hi,
+        target,
+        None,
+        "turn",
+        np.array([*offset, yaw, width]),
+    )
+
+
+def _in_subtree(model, body: int, root: int) -> bool:
+    while body > 0 and body != root:
+        body = int(model.body_parentid[body])
+    return body == root
 
 
 def _collision_box(sim, root: int) -> tuple[np.ndarray, np.ndarray]:
     """The box around the collision geoms of body ``root``'s subtree, in ``root``'s frame."""
+    parts = _collision_parts(sim, root)
+    return parts[:, 0].min(0), parts[:, 1].max(0)
+
+
+def _collision_parts(sim, root: int) -> np.ndarray:
+    """float [n, 2, 3]: the box (lo, hi) of each collision geom of body ``root``'s subtree, in ``root``'s frame."""
     model, data = sim.model, sim.data
-    in_tree = set()
-    for b in range(model.nbody):
-        a = b
-        while a > 0 and a != root:
-            a = model.body_parentid[a]
-        if a == root:
-            in_tree.add(b)
+    in_tree = {b for b in range(model.nbody) if _in_subtree(model, b, root)}
     R0 = data.body_xmat[root].reshape(3, 3)
     p0 = data.body_xpos[root]
     pts = []
@@ -204,11 +267,11 @@ def _collision_box(sim, root: int) -> tuple[np.ndarray, np.ndarray]:
         aabb = model.geom_aabb[g]
         corners = aabb[:3] + signs * aabb[3:]
         world = data.geom_xpos[g] + corners @ data.geom_xmat[g].reshape(3, 3).T
-        pts.append((world - p0) @ R0)
+        local = (world - p0) @ R0
+        pts.append([local.min(0), local.max(0)])
     if not pts:
         raise InputError("a LIBERO object without collision geoms cannot be grasped by the scripted expert")
-    allp = np.concatenate(pts)
-    return allp.min(0), allp.max(0)
+    return np.array(pts)
 
 
 class LiberoExpert:
@@ -253,11 +316,11 @@ class LiberoExpert:
                 continue
             width = float(size[axis])
             if best is None or width < best[1]:
-                best = (d[:2] / np.linalg.norm(d[:2]), width)
+                best = (d[:2] / np.linalg.norm(d[:2]), width, axis)
         if best is not None and best[1] <= MAX_GRASP_WIDTH:
-            axis2, width = best
+            axis2, width, k = best
             z = max(zmin + 0.015, zmax - GRASP_DEPTH)
-            return np.array([centre[0], centre[1], z]), axis2, width, False
+            return np.array([centre[0], centre[1], z]), axis2, self._width_at(R, k, z - p[2], width), False
         # a bowl: pinch its wall at the rim, on the side furthest from the other bodies
         radius = 0.5 * float(min(size[0], size[1])) - RIM_INSET
         others = [
@@ -280,10 +343,26 @@ class LiberoExpert:
         point = np.array([*(centre[:2] + radius * best_dir), zmax - RIM_DEPTH])
         return point, best_dir, 0.008, True
 
+    def _width_at(self, R: np.ndarray, axis: int, height: float, box_width: float) -> float:
+        """The object's width along its own ``axis`` at ``height`` above its origin (a bottle's neck is
+        thinner than its box): the span of the collision geoms that reach that height; the box's
+        width when the object is not upright."""
+        parts = self.plan.parts
+        if parts is None or R[2, 2] < 0.95:
+            return box_width
+        at = parts[(parts[:, 0, 2] <= height) & (parts[:, 1, 2] >= height)]
+        if not len(at):
+            return box_width
+        return float(at[:, 1, axis].max() - at[:, 0, axis].min())
+
     # -- the controller -------------------------------------------------------------------------
 
     def act(self, state: np.ndarray) -> np.ndarray:
         state = np.asarray(state, dtype=np.float64)
+        if self.plan.move == "turn":
+            return self._turn(state)
+        if self.plan.move == "push":
+            return self._push(state)
         hand, hand_R, fingers = state[:3], _axis_angle_to_mat(state[3:6]), state[6] - state[7]
         obj_p, obj_R = self._pose(state, self.plan.obj_slot)
         corners = self._object_box(obj_p, obj_R)
@@ -323,13 +402,16 @@ class LiberoExpert:
             err_xy = region[:2] - obj_centre[:2]
             if fingers > width + 0.002:  # still closing on it
                 goal = hand.copy()
-            elif np.linalg.norm(err_xy) > 0.015:
+            elif np.linalg.norm(err_xy) > (0.04 if obj_bottom < place_bottom + 0.04 else 0.015):
                 carry = max(lift_bottom, place_bottom + 0.05)
                 goal = hand + np.array([0.0, 0.0, max(0.0, carry - obj_bottom)])  # carried high: stay high
                 if obj_bottom > carry - 0.03:
                     goal[:2] = hand[:2] + err_xy
             elif obj_bottom > place_bottom + 0.01:
-                goal = hand + np.array([*err_xy, place_bottom - obj_bottom])
+                # lower past the place height: under load the controller stops short of its target
+                goal = hand + np.array([*err_xy, place_bottom - obj_bottom - 0.03])
+            elif np.linalg.norm(err_xy) > 0.015:  # low but off: correct at this height
+                goal = hand + np.array([*err_xy, 0.0])
             else:
                 goal, gripper = hand.copy(), OPEN
         elif placed and np.linalg.norm(hand[:2] - obj_centre[:2]) < 0.15:
@@ -356,6 +438,85 @@ class LiberoExpert:
         action[6] = gripper
         return action
 
+    def _turn(self, state: np.ndarray) -> np.ndarray:
+        """Grasp the knob's handle above its hinge, then turn the hand by TURN_ANGLE (the knob follows)."""
+        hand, hand_R, fingers = state[:3], _axis_angle_to_mat(state[3:6]), state[6] - state[7]
+        p, R = self._pose(state, self.plan.obj_slot)
+        ox, oy, oz, yaw, width = self.plan.knob
+        point = p + R @ np.array([ox, oy, oz])
+        a = math.atan2(R[1, 0], R[0, 0]) + yaw
+        axis = np.array([math.cos(a), math.sin(a)])
+        at_knob = np.linalg.norm(hand[:2] - point[:2]) < 0.02 and abs(hand[2] - point[2]) < 0.02
+        gripper, yaw_axis = OPEN, axis
+        if at_knob and 0.004 < fingers < width + 0.008:  # holding the handle: turn
+            turned = a + TURN_ANGLE
+            goal, gripper = point.copy(), CLOSE
+            yaw_axis = np.array([math.cos(turned), math.sin(turned)])
+            action = np.zeros(7)
+            action[:3] = np.clip((goal - hand) * 12.0, -1.0, 1.0)
+            action[3:6] = self._rotation_action(hand_R, yaw_axis, nearest=False, from_axis=axis)
+            action[6] = gripper
+            return action
+        goal, gripper = self._approach(hand, hand_R, fingers, point, axis)
+        action = np.zeros(7)
+        action[:3] = np.clip((goal - hand) * 12.0, -1.0, 1.0)
+        action[3:6] = self._rotation_action(hand_R, yaw_axis)
+        action[6] = gripper
+        return action
+
+    def _approach(self, hand, hand_R, fingers, point, axis) -> tuple[np.ndarray, float]:
+        """(goal, gripper) of going to a grasp point open, at the finger axis, from above, and closing there."""
+        near = np.linalg.norm(hand[:2] - point[:2]) < 0.02 and abs(hand[2] - point[2]) < 0.025
+        aligned_xy = np.linalg.norm(hand[:2] - point[:2]) < 0.012
+        yaw_err = self._yaw_error(hand_R, axis)
+        if near and abs(hand[2] - point[2]) < 0.012 and fingers > 0.004:
+            return point.copy(), CLOSE
+        if fingers < GRIPPER_OPEN_WIDTH - 0.01:
+            return hand + np.array([0.0, 0.0, 0.03]), OPEN  # opening (after a miss): back up
+        above = point + np.array([0.0, 0.0, 0.08])
+        if aligned_xy and abs(yaw_err) < 0.15:
+            return point.copy(), OPEN
+        goal = np.array([point[0], point[1], max(above[2], min(hand[2], above[2] + 0.1))])
+        if hand[2] < point[2] + 0.04 and not aligned_xy:  # low beside it: rise first
+            goal[:2] = hand[:2]
+        return goal, OPEN
+
+    def _push(self, state: np.ndarray) -> np.ndarray:
+        """Slide a flat object (a plate) over the table to its region: the closed fingertips lowered into
+        it just behind its centre, then moved along the line from the object to the region, so that
+        they drag it by its floor and the inside of its rim (the hand stays over the object: clear of
+        the fixtures around it)."""
+        hand, hand_R = state[:3], _axis_angle_to_mat(state[3:6])
+        p, R = self._pose(state, self.plan.obj_slot)
+        centre = self._object_box(p, R).mean(0)
+        region, _surface = self._target(state)
+        err = region[:2] - centre[:2]
+        dist = float(np.linalg.norm(err))
+        d = err / max(dist, 1e-6)
+        low = p[2] + PUSH_HEIGHT
+        start = np.array([*(centre[:2] - d * 0.01), low])
+        inside = float(np.linalg.norm(hand[:2] - centre[:2])) < 0.04
+        pushing = hand[2] < low + 0.03 and inside
+        if pushing:  # in it: drag it along the line (firmly: it may shove a neighbour)
+            goal = np.array([*(start[:2] + d * min(PUSH_STEP, dist + 0.005)), low - 0.005])
+        elif np.linalg.norm(hand[:2] - start[:2]) < 0.012:
+            goal = start.copy()
+        elif hand[2] < low + 0.05:
+            goal = np.array([hand[0], hand[1], low + 0.08])  # low elsewhere: rise first
+        else:
+            goal = np.array([start[0], start[1], max(hand[2], low + 0.08)])
+        action = np.zeros(7)
+        action[:3] = np.clip((goal - hand) * 12.0, -1.0, 1.0)
+        if pushing:  # at least PUSH_SPEED towards the goal: the controller stalls on the drag otherwise
+            step = goal[:2] - hand[:2]
+            action[:2] = (
+                step / max(float(np.linalg.norm(step)), 1e-6) * max(PUSH_SPEED, float(np.linalg.norm(action[:2])))
+            )
+            action[:2] = np.clip(action[:2], -1.0, 1.0)
+        action[3:6] = self._rotation_action(hand_R, np.array([-d[1], d[0]]))
+        action[6] = CLOSE
+        return action
+
     @staticmethod
     def _yaw_error(hand_R: np.ndarray, axis: np.ndarray) -> float:
         f = hand_R[:2, 1]
@@ -363,17 +524,27 @@ class LiberoExpert:
         return (ang + math.pi / 2) % math.pi - math.pi / 2
 
     @staticmethod
-    def _rotation_action(hand_R: np.ndarray, axis: np.ndarray | None) -> np.ndarray:
-        """Turn towards the hand pointing down with its fingers along ``axis`` (None: keep the yaw)."""
+    def _rotation_action(
+        hand_R: np.ndarray, axis: np.ndarray | None, nearest: bool = True, from_axis: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Turn towards the hand pointing down with its fingers along ``axis`` (None: keep the yaw).
+        The fingers are symmetric, so ``axis`` and its opposite are the same goal: the nearest one
+        is taken; with ``nearest=False`` the one that turns the hand counter-clockwise from
+        ``from_axis`` (a knob's turn, which may exceed a quarter turn)."""
         f = hand_R[:2, 1]
         phi_now = math.atan2(f[0], -f[1])  # HAND_DOWN's finger axis is -y: rotated by phi -> (sin, -cos)
         if axis is None:
             phi = phi_now
         else:
             phi = math.atan2(axis[0], -axis[1])
-            # the fingers are symmetric: of phi + k pi (within the wrist's range) the nearest to now
             options = [phi + k * math.pi for k in (-2, -1, 0, 1, 2) if abs(phi + k * math.pi) <= MAX_YAW]
-            phi = min(options, key=lambda c: abs(c - phi_now))
+            if nearest or from_axis is None:  # of phi + k pi (within the wrist's range) the nearest to now
+                phi = min(options, key=lambda c: abs(c - phi_now))
+            else:  # counter-clockwise from the start: the nearest option above where the turn began
+                start = math.atan2(from_axis[0], -from_axis[1])
+                start = min((start + k * math.pi for k in (-2, -1, 0, 1, 2)), key=lambda c: abs(c - phi_now))
+                turn = math.atan2(math.sin(phi - start), math.cos(phi - start)) % (2 * math.pi)
+                phi = start + (turn if turn <= math.pi else turn - math.pi)
         desired = _rot_z(phi) @ HAND_DOWN
         err = _mat_to_axis_angle(desired @ hand_R.T)
         return np.clip(err / ROT_UNIT, -1.0, 1.0)
