@@ -1,0 +1,132 @@
+"""The LIBERO experts' planning and moves on hand-made states (no simulator: the main suite).
+
+`policytrim.policies.libero_expert` reads a task's plan from the simulator once; what it does with a
+state is plain geometry, tested here on states written by hand: the plan's env settings against the
+config's defaults, the grasp width at the grasp height, the push (drag) of a flat object and the
+knob turn. The episodes on the real simulator are measured by benchmarks/libero_experts.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from policytrim.config import EnvConfig
+from policytrim.policies.libero_expert import (
+    CLOSE,
+    PUSH_SPEED,
+    LiberoExpert,
+    Target,
+    TaskPlan,
+    _PlanEnvSettings,
+)
+
+SLOTS = 3
+UPRIGHT = np.array([0.0, 0.0, 0.0, 1.0])  # x, y, z, w
+
+
+def test_plan_env_settings_are_the_config_defaults():
+    """The expert names the env settings of its planning env instead of importing the config; they
+    must stay the config's defaults (but for the suite and the object-pose state, chosen on purpose)."""
+    config = {f.name: f.default for f in dataclasses.fields(EnvConfig)}
+    chosen = {"tasks", "suite", "libero_state"}
+    for field in dataclasses.fields(_PlanEnvSettings):
+        if field.name in chosen:
+            continue
+        assert field.name in config, field.name
+        assert field.default == config[field.name], field.name
+    assert set(config) - chosen <= {f.name for f in dataclasses.fields(_PlanEnvSettings)}
+    settings = _PlanEnvSettings(tasks=("libero_goal/turn_on_the_stove",))
+    assert settings.suite == "libero" and settings.libero_state == "objects"
+
+
+def _state(hand, fingers, poses, hand_yaw=0.0):
+    """A state: hand position, the hand pointing down at ``hand_yaw``, finger width, object poses."""
+    from policytrim.policies.libero_expert import HAND_DOWN, _mat_to_axis_angle, _rot_z
+
+    s = np.zeros(8 + 7 * SLOTS)
+    s[:3] = hand
+    s[3:6] = _mat_to_axis_angle(_rot_z(hand_yaw) @ HAND_DOWN)
+    s[6], s[7] = fingers / 2, -fingers / 2
+    for k, (p, q) in enumerate(poses):
+        s[8 + 7 * k : 11 + 7 * k] = p
+        s[11 + 7 * k : 15 + 7 * k] = q
+    return s
+
+
+def _bottle_parts():
+    body = [[-0.02, -0.02, 0.0], [0.02, 0.02, 0.073]]
+    neck = [[-0.008, -0.008, 0.05], [0.008, 0.008, 0.158]]
+    return np.array([body, neck])
+
+
+def test_grasp_width_is_the_width_at_the_grasp_height():
+    """A bottle is grasped at its neck: the fingers stop at the neck's width, not the box's."""
+    parts = _bottle_parts()
+    plan = TaskPlan(
+        "t", SLOTS, 0, parts[:, 0].min(0), parts[:, 1].max(0), Target("on", -1, np.zeros(3), np.ones(3), 0.0), parts
+    )
+    expert = LiberoExpert(plan)
+    state = _state([0.0, 0.0, 1.2], 0.077, [([0.1, 0.1, 0.9], UPRIGHT)])
+    point, _axis, width, rim = expert.grasp(state)
+    assert not rim
+    assert point[2] > 0.9 + 0.073  # above the body: on the neck
+    assert abs(width - 0.016) < 1e-9
+    tilted = _state([0.0, 0.0, 1.2], 0.077, [([0.1, 0.1, 0.9], [math.sin(0.4), 0.0, 0.0, math.cos(0.4)])])
+    assert expert.grasp(tilted)[2] > 0.016  # not upright: the box's width (the neck's height is unknown)
+
+
+def _plate_plan():
+    lo, hi = np.array([-0.07, -0.07, -0.002]), np.array([0.07, 0.07, 0.016])
+    target = Target("on", -1, np.array([-0.05, 0.21, 0.895]), np.array([0.04, 0.04, 0.007]), 0.0)
+    return TaskPlan("t", SLOTS, 0, lo, hi, target, None, "push")
+
+
+def test_push_drags_a_flat_object_towards_its_region():
+    expert = LiberoExpert(_plate_plan())
+    plate = np.array([0.05, -0.03, 0.902])
+    d = np.array([-0.05 - 0.05, 0.21 + 0.03])
+    d /= np.linalg.norm(d)
+    # high above: go over the start point (just behind the centre), fingers closed
+    a = expert.act(_state([-0.2, 0.0, 1.17], 0.0, [(plate, UPRIGHT)]))
+    assert a[6] == CLOSE and a[0] > 0 and abs(a[2]) < 1e-9
+    # over the start point: straight down
+    start = plate[:2] - d * 0.01
+    a = expert.act(_state([*start, 1.0], 0.0, [(plate, UPRIGHT)]))
+    assert a[2] < -0.5 and np.linalg.norm(a[:2]) < 0.2
+    # down in the plate: along the line to the region, at least PUSH_SPEED
+    a = expert.act(_state([*start, plate[2] + 0.01], 0.0, [(plate, UPRIGHT)]))
+    assert float(a[:2] @ d) >= PUSH_SPEED - 1e-6 and abs(float(a[:2] @ np.array([-d[1], d[0]]))) < 0.05
+    # low beside it: rise before moving over
+    a = expert.act(_state([plate[0] + 0.15, plate[1], plate[2] + 0.02], 0.0, [(plate, UPRIGHT)]))
+    assert a[2] > 0.5 and np.linalg.norm(a[:2]) < 1e-6
+
+
+def _knob_plan():
+    # a knob 0.04 m above the fixture's origin, its handle across the fixture's y axis, 0.024 wide
+    target = Target("turn", 0, np.zeros(3), np.zeros(3), 0.0)
+    lo, hi = np.array([-0.035, -0.012, 0.0]), np.array([0.035, 0.012, 0.05])
+    return TaskPlan("t", SLOTS, 0, lo, hi, target, None, "turn", np.array([0.0, 0.0, 0.04, math.pi / 2, 0.024]))
+
+
+def test_knob_turn_grasps_then_turns_counter_clockwise():
+    expert = LiberoExpert(_knob_plan())
+    stove = np.array([-0.4, 0.2, 0.9])
+    point = stove + [0.0, 0.0, 0.04]
+    # open, above it, fingers across the handle (along y): straight down
+    a = expert.act(_state([*point[:2], point[2] + 0.08], 0.077, [(stove, UPRIGHT)]))
+    assert a[2] < -0.5 and a[6] < 0
+    # at the grasp point, open: close
+    a = expert.act(_state(point, 0.077, [(stove, UPRIGHT)]))
+    assert a[6] == CLOSE
+    # holding the handle: turn the hand about +z (the knob's on direction), staying at the knob
+    a = expert.act(_state(point, 0.024, [(stove, UPRIGHT)]))
+    assert a[6] == CLOSE and a[5] > 0.5 and np.linalg.norm(a[:3]) < 1e-6
+    # half way through the turn it keeps turning the same way (not back the shorter way round)
+    a = expert.act(_state(point, 0.024, [(stove, UPRIGHT)], hand_yaw=1.0))
+    assert a[5] > 0.2
+    # closed on nothing (a miss): open and back up
+    a = expert.act(_state(point, 0.001, [(stove, UPRIGHT)]))
+    assert a[6] < 0 and a[2] > 0
