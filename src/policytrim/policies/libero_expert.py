@@ -1,4 +1,6 @@
-"""Scripted experts for LIBERO's pick-and-place tasks, from privileged state (``--policy expert``).
+"""Scripted experts for LIBERO's single-goal tasks, from privileged state (``--policy expert``):
+pick and place (``In`` / ``On``), pushing a flat object (``On`` of a plate) and turning a knob on
+(``TurnOn``). Drawers (``Open``) and goals of several predicates are not scripted (an `InputError`).
 
 An expert reads the adapter's object-pose state (``env.libero_state=objects``, the default without
 images; layout in `policytrim.envs.libero`) and acts in closed loop, one 7-D OSC action per
@@ -8,7 +10,8 @@ is read off the state (a failed grasp, a dropped object or a perturbed action si
 What it knows about a task comes from the simulator once per task and process (`task_plan`, a
 state-only env built and reset once): the goal predicates, the collision geometry of the object to
 move (the box around its collision geoms, in the object's own frame) and where the target region
-sits on the body that carries it.
+sits on the body that carries it. Objects lower than ``FLAT_HEIGHT`` (plates) are pushed rather
+than lifted; a knob's plan is its hinge and the handle above it, in the fixture's frame.
 
 The phases, each recognised from the state:
 
@@ -19,7 +22,16 @@ The phases, each recognised from the state:
 - close: at the grasp point the gripper closes until the fingers stop on the object;
 - held (fingers stopped at the object's width, object at the hand): lift to a carry height, carry
   steering on the object's own position over the target, lower, and open at the place height;
-- a miss (fingers closed on nothing) opens and re-approaches; a placed object is left upwards.
+- a miss (fingers closed on nothing) opens and re-approaches; a placed object is left upwards;
+- push: the closed fingertips go down into the flat object just behind its centre and drag it
+  along the line to its region (by its floor and the inside of its rim), steering on its position;
+- turn: the knob's handle is grasped across its width above the hinge, then the hand turns by
+  ``TURN_ANGLE`` counter-clockwise (the knob's on direction) while holding it.
+
+The grasp width the fingers must stop at is the object's width at the grasp height (the collision
+geoms that reach it: a bottle's neck, not its body); under load the controller stops short of its
+target, so an object is lowered past its place height (the surface stops it) and corrected
+sideways at a low height rather than lifted again.
 
 The controller is robosuite's OSC_POSE: an action of 1 moves the target 0.05 m / 0.5 rad; the hand
 points down and only its yaw changes (the finger axis is the hand's y axis).
