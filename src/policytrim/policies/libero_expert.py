@@ -58,6 +58,7 @@ HOME_XY = np.array([-0.2, 0.0])  # where the hand starts in every LIBERO scene (
 MAX_YAW = 0.8 * math.pi  # keep the hand's yaw within the wrist's range
 FLAT_HEIGHT = 0.03  # objects lower than this (plates) are pushed, not lifted
 TURN_ANGLE = 1.3  # turn a knob this far (rad): on is 0.5 to 2.1 rad for LIBERO's stove
+FINGER_CLEARANCE = 0.01  # a grasp's fingers and hand stay this far from the fixtures where it can
 PUSH_HEIGHT = 0.008  # push with the closed fingertips this far above the object's origin
 PUSH_STEP = 0.07  # while pushing, aim this far ahead along the line (m)
 PUSH_SPEED = 0.3  # and move at least this fast (action units)
@@ -87,6 +88,8 @@ class TaskPlan:
     parts: np.ndarray | None = None  # float [n, 2, 3]: each collision geom's box (lo, hi) in the object's frame
     move: str = "pick"  # "pick" (pick and place), "push" (flat objects: slid along the table), "turn" (a knob)
     knob: np.ndarray | None = None  # "turn": [x, y, z, yaw] of the knob's grasp point and handle axis, owner frame
+    fixtures: np.ndarray | None = None  # float [n, 15]: the fixtures' collision boxes (centre 3, half 3, rotation 9)
+    fixture_slots: tuple[int, ...] = ()  # state slots of the fixtures (their boxes stand for them)
 
 
 def _quat_to_mat(q: np.ndarray) -> np.ndarray:
@@ -205,7 +208,60 @@ def _plan_from_env(env) -> TaskPlan:
         top = -float(half[2]) if kind == "in" else 0.0
         target = Target(kind, slot, offset, half, top)
     move = "push" if hi[2] - lo[2] < FLAT_HEIGHT else "pick"
-    return TaskPlan(env.task, len(poses), obj_slot, lo, hi, target, parts, move)
+    fixed = tuple(k for k, b in enumerate(bodies) if b in getattr(inner, "fixtures_dict", {}))
+    return TaskPlan(
+        env.task, len(poses), obj_slot, lo, hi, target, parts, move, fixtures=_fixture_boxes(inner), fixture_slots=fixed
+    )
+
+
+def _fixture_boxes(inner) -> np.ndarray:
+    """float [n, 15]: each collision geom of the scene's fixtures (not the table or floor) as an oriented
+    box in the world: centre (3), half sizes (3), rotation (9, row-major). Fixtures stay where they are
+    (an articulated part does not move unless pushed)."""
+    sim = inner.sim
+    model, data = sim.model, sim.data
+    roots = [
+        inner.obj_body_id[name]
+        for name in getattr(inner, "fixtures_dict", {})
+        if name in inner.obj_body_id and not (name.endswith("table") or name == "floor")
+    ]
+    boxes = []
+    for g in range(model.ngeom):
+        if model.geom_contype[g] == 0 and model.geom_conaffinity[g] == 0:
+            continue
+        body = int(model.geom_bodyid[g])
+        if not any(_in_subtree(model, body, r) for r in roots):
+            continue
+        R = data.geom_xmat[g].reshape(3, 3)
+        aabb = model.geom_aabb[g]
+        boxes.append(np.concatenate([data.geom_xpos[g] + R @ aabb[:3], aabb[3:], R.ravel()]))
+    return np.array(boxes).reshape(-1, 15)
+
+
+def _wall_top(boxes: np.ndarray | None, xy: np.ndarray, radius: float, below: float) -> float:
+    """The highest top of the fixture boxes that rise from under height ``below`` within ``radius``
+    of ``xy`` (the walls of a drawer the object stands in; an overhang above it does not count)."""
+    if boxes is None or not len(boxes):
+        return -math.inf
+    centre, half, R = boxes[:, :3], boxes[:, 3:6], boxes[:, 6:].reshape(-1, 3, 3)
+    extent = np.einsum("bij,bj->bi", np.abs(R), half)  # world-axis half sizes
+    near = np.all(np.abs(centre[:, :2] - xy[None]) < extent[:, :2] + radius, axis=1)
+    rising = centre[:, 2] - extent[:, 2] < below
+    tops = centre[:, 2] + extent[:, 2]
+    sel = near & rising
+    return float(tops[sel].max()) if sel.any() else -math.inf
+
+
+def _box_clearance(points: np.ndarray, boxes: np.ndarray | None) -> float:
+    """The least distance of ``points`` [n, 3] to the oriented ``boxes`` (negative inside one); 1 with none."""
+    if boxes is None or not len(boxes):
+        return 1.0
+    centre, half, R = boxes[:, :3], boxes[:, 3:6], boxes[:, 6:].reshape(-1, 3, 3)
+    local = np.einsum("bij,pbi->pbj", R, points[:, None, :] - centre[None])  # R^T (p - c)
+    q = np.abs(local) - half[None]
+    outside = np.linalg.norm(np.maximum(q, 0.0), axis=-1)
+    inside = np.minimum(q.max(-1), 0.0)
+    return float((outside + inside).min())
 
 
 def _turn_plan(env, fixture: str) -> TaskPlan:
@@ -338,11 +394,12 @@ class LiberoExpert:
         others = [
             self._pose(state, s)[0]
             for s in range(self.plan.slots)
-            if s != self.plan.obj_slot and np.any(state[11 + 7 * s : 15 + 7 * s])
+            if s != self.plan.obj_slot and s not in self.plan.fixture_slots and np.any(state[11 + 7 * s : 15 + 7 * s])
         ]
         home = HOME_XY - centre[:2]
         home = home / max(float(np.linalg.norm(home)), 1e-6)
-        best_dir, best_score = None, -1.0
+        best_dir, best_score = None, -math.inf
+        z = zmax - RIM_DEPTH
         for k in range(8):
             a = k * math.pi / 4
             u = np.array([math.cos(a), math.sin(a)])
@@ -350,10 +407,27 @@ class LiberoExpert:
             score = min((float(np.linalg.norm(point - o[:2])) for o in others), default=1.0)
             # clear of neighbours first; then the side facing the hand's home (reachable) and an unturned hand
             score = min(score, 0.10) - 0.015 * (1.0 - float(u @ home)) - 0.01 * abs(math.sin(a))
+            # the open fingers must go down clear of the fixtures (a drawer's walls, a cabinet's top)
+            clear = _box_clearance(self._finger_points(np.array([*point, z]), u), self.plan.fixtures)
+            score -= 10.0 * max(0.0, FINGER_CLEARANCE - clear)
             if score > best_score:
                 best_dir, best_score = u, score
-        point = np.array([*(centre[:2] + radius * best_dir), zmax - RIM_DEPTH])
+        point = np.array([*(centre[:2] + radius * best_dir), z])
         return point, best_dir, 0.008, True
+
+    @staticmethod
+    def _finger_points(point: np.ndarray, axis: np.ndarray) -> np.ndarray:
+        """Points on the two open fingers (and the hand above them) grasping at ``point`` across ``axis``."""
+        side = np.array([-axis[1], axis[0]])
+        out = []
+        for along in (-GRIPPER_OPEN_WIDTH / 2 - 0.005, GRIPPER_OPEN_WIDTH / 2 + 0.005):
+            for across in (-0.01, 0.0, 0.01):
+                for up in (0.0, 0.02, 0.04, 0.06):
+                    out.append([*(point[:2] + along * axis + across * side), point[2] + up])
+        for along in np.linspace(-0.09, 0.09, 7):  # the hand, above the fingers
+            for across in (-0.03, 0.03):
+                out.append([*(point[:2] + along * axis + across * side), point[2] + 0.08])
+        return np.array(out)
 
     def _width_at(self, R: np.ndarray, axis: int, height: float, box_width: float) -> float:
         """The object's width along its own ``axis`` at ``height`` above its origin (a bottle's neck is
@@ -415,7 +489,9 @@ class LiberoExpert:
             if fingers > width + 0.002:  # still closing on it
                 goal = hand.copy()
             elif np.linalg.norm(err_xy) > (0.04 if obj_bottom < place_bottom + 0.04 else 0.015):
-                carry = max(lift_bottom, place_bottom + 0.05)
+                reach = 0.5 * float(np.linalg.norm(corners[:, :2].max(0) - corners[:, :2].min(0)))
+                walls = _wall_top(self.plan.fixtures, obj_centre[:2], reach + 0.02, obj_bottom + 0.02)
+                carry = max(lift_bottom, place_bottom + 0.05, walls + 0.03)  # out over a drawer's walls
                 goal = hand + np.array([0.0, 0.0, max(0.0, carry - obj_bottom)])  # carried high: stay high
                 if obj_bottom > carry - 0.03:
                     goal[:2] = hand[:2] + err_xy
