@@ -56,7 +56,7 @@ GRASP_DEPTH = 0.03  # grasp this far below an object's top: the palm stays clear
 RIM_INSET, RIM_DEPTH = 0.005, 0.025  # a bowl's wall: this far inside its box's outer edge, below its top
 HOME_XY = np.array([-0.2, 0.0])  # where the hand starts in every LIBERO scene (in reach of both sides)
 MAX_YAW = 0.8 * math.pi  # keep the hand's yaw within the wrist's range
-FLAT_HEIGHT = 0.03  # objects lower than this (plates) are pushed, not lifted
+FLAT_HEIGHT = 0.03  # objects lower than this (plates) are pushed to a table region, not lifted
 TURN_ANGLE = 1.3  # turn a knob this far (rad): on is 0.5 to 2.1 rad for LIBERO's stove
 FINGER_CLEARANCE = 0.01  # a grasp's fingers and hand stay this far from the fixtures where it can
 PUSH_HEIGHT = 0.008  # push with the closed fingertips this far above the object's origin
@@ -207,7 +207,8 @@ def _plan_from_env(env) -> TaskPlan:
             slot, offset = -1, world
         top = -float(half[2]) if kind == "in" else 0.0
         target = Target(kind, slot, offset, half, top)
-    move = "push" if hi[2] - lo[2] < FLAT_HEIGHT else "pick"
+    # a flat object (a plate) going to a region of the table slides there; into or onto anything else it is lifted
+    move = "push" if hi[2] - lo[2] < FLAT_HEIGHT and kind == "on" and target.slot < 0 else "pick"
     fixed = tuple(k for k, b in enumerate(bodies) if b in getattr(inner, "fixtures_dict", {}))
     return TaskPlan(
         env.task, len(poses), obj_slot, lo, hi, target, parts, move, fixtures=_fixture_boxes(inner), fixture_slots=fixed
