@@ -59,9 +59,25 @@ MAX_YAW = 0.8 * math.pi  # keep the hand's yaw within the wrist's range
 FLAT_HEIGHT = 0.03  # objects lower than this (plates) are pushed to a table region, not lifted
 TURN_ANGLE = 1.3  # turn a knob this far (rad): on is 0.5 to 2.1 rad for LIBERO's stove
 FINGER_CLEARANCE = 0.01  # a grasp's fingers and hand stay this far from the fixtures where it can
+PULL_STEP = 0.06  # while pulling a drawer, aim this far ahead (m)
+RETREAT = 0.08  # back out this far from a drawer's handle before turning the hand down (m)
+HANDLE_REACH = 0.0  # grip a drawer's handle bar this far in front of its centre (m)
 PUSH_HEIGHT = 0.008  # push with the closed fingertips this far above the object's origin
 PUSH_STEP = 0.07  # while pushing, aim this far ahead along the line (m)
 PUSH_SPEED = 0.3  # and move at least this fast (action units)
+
+
+@dataclass(frozen=True)
+class Drawer:
+    """A drawer of a fixture: a slide joint, read from the state's joint block, and its handle."""
+
+    slot: int  # state slot of the fixture (the cabinet)
+    joint: int  # index of the slide joint in the state's joint block
+    axis: np.ndarray  # float [3]: the slide axis in the fixture's frame (the joint grows along it)
+    q0: float  # the joint's position when the plan was read
+    handle: np.ndarray  # float [3]: the handle's centre in the fixture's frame at q0
+    half: np.ndarray  # float [3]: the handle's half sizes in the fixture's frame
+    open_at: float  # the joint position the drawer is pulled to (it opens towards lower positions)
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,7 @@ class Target:
     offset: np.ndarray  # float [3]: the region centre in the body's frame (or the world, slot -1)
     half: np.ndarray  # float [3]: half sizes of the region (its box)
     top: float  # height of the surface to place on above the region centre (m)
+    drawer: Drawer | None = None  # a region in a drawer moves with it
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,8 @@ class TaskPlan:
     knob: np.ndarray | None = None  # "turn": [x, y, z, yaw] of the knob's grasp point and handle axis, owner frame
     fixtures: np.ndarray | None = None  # float [n, 15]: the fixtures' collision boxes (centre 3, half 3, rotation 9)
     fixture_slots: tuple[int, ...] = ()  # state slots of the fixtures (their boxes stand for them)
+    joints: int = 0  # joint positions after the body slots in the state
+    drawer: Drawer | None = None  # "pull": the drawer to open; "pick": one to open before placing into it
 
 
 def _quat_to_mat(q: np.ndarray) -> np.ndarray:
@@ -135,6 +154,13 @@ def _rot_z(phi: float) -> np.ndarray:
 HAND_DOWN = np.diag([1.0, -1.0, -1.0])  # the hand pointing down, fingers closing along world y
 
 
+def _level_hand(pull: np.ndarray) -> np.ndarray:
+    """The hand level, pointing against the horizontal ``pull`` direction, its fingers one above the other."""
+    z = np.array([-pull[0], -pull[1], 0.0])  # the hand's z: where it points
+    y = np.array([0.0, 0.0, 1.0])  # the finger axis: vertical
+    return np.column_stack([np.cross(y, z), y, z])
+
+
 @dataclass(frozen=True)
 class _PlanEnvSettings:
     """The env settings (`policytrim.envs.base.EnvSettings`) of the state-only env a plan is read
@@ -177,6 +203,22 @@ def _plan_from_env(env) -> TaskPlan:
     goal = inner.parsed_problem["goal_state"]
     if len(goal) == 1 and goal[0][0].lower() == "turnon":
         return _turn_plan(env, goal[0][1])
+    if len(goal) == 1 and goal[0][0].lower() == "open":
+        drawer = _drawer_of(env, goal[0][1])
+        if drawer is None:
+            raise InputError(f"{env.task}: the LIBERO experts open drawers (slide joints); {goal[0][1]} is not one")
+        box = _collision_box(sim, inner.obj_body_id[list(env.state_bodies)[drawer.slot]])
+        return TaskPlan(
+            env.task,
+            len(env.object_poses()),
+            drawer.slot,
+            *box,
+            Target("open", drawer.slot, np.zeros(3), np.zeros(3), 0.0),
+            move="pull",
+            fixtures=_fixture_boxes(inner),
+            joints=len(env.joint_positions()),
+            drawer=drawer,
+        )
     pick = [p for p in goal if p[0].lower() in ("in", "on")]
     if len(goal) != 1 or not pick:
         raise InputError(
@@ -206,12 +248,65 @@ def _plan_from_env(env) -> TaskPlan:
         else:
             slot, offset = -1, world
         top = -float(half[2]) if kind == "in" else 0.0
-        target = Target(kind, slot, offset, half, top)
+        target = Target(kind, slot, offset, half, top, _drawer_of(env, where))
     # a flat object (a plate) going to a region of the table slides there; into or onto anything else it is lifted
     move = "push" if hi[2] - lo[2] < FLAT_HEIGHT and kind == "on" and target.slot < 0 else "pick"
     fixed = tuple(k for k, b in enumerate(bodies) if b in getattr(inner, "fixtures_dict", {}))
     return TaskPlan(
-        env.task, len(poses), obj_slot, lo, hi, target, parts, move, fixtures=_fixture_boxes(inner), fixture_slots=fixed
+        env.task,
+        len(poses),
+        obj_slot,
+        lo,
+        hi,
+        target,
+        parts,
+        move,
+        fixtures=_fixture_boxes(inner),
+        fixture_slots=fixed,
+        joints=len(env.joint_positions()),
+        drawer=target.drawer if kind == "in" else None,
+    )
+
+
+def _drawer_of(env, site_name: str) -> Drawer | None:
+    """The drawer a region site sits in (the slide joint of the site's body), or None."""
+    inner = env.unwrapped.env
+    model, data = inner.sim.model, inner.sim.data
+    try:
+        site = model.site_name2id(site_name)
+    except (ValueError, KeyError):
+        return None
+    body = int(model.site_bodyid[site])
+    slides = [j for j in range(model.njnt) if model.jnt_type[j] == 2 and int(model.jnt_bodyid[j]) == body]
+    names = list(getattr(env, "state_joints", ()))
+    if len(slides) != 1 or model.joint_id2name(slides[0]) not in names:
+        return None
+    joint = slides[0]
+    bodies = list(env.state_bodies)
+    owner = next((k for k, b in enumerate(bodies) if _in_subtree(model, body, inner.obj_body_id[b])), None)
+    if owner is None:
+        return None
+    root = inner.obj_body_id[bodies[owner]]
+    R0, p0 = data.body_xmat[root].reshape(3, 3), data.body_xpos[root]
+    axis_world = data.body_xmat[body].reshape(3, 3) @ model.jnt_axis[joint]
+    pull = -axis_world  # LIBERO's drawers open towards lower joint positions
+    # the handle: the drawer's collision geom that stands out furthest in the pull direction
+    best, best_reach = None, -math.inf
+    for g in range(model.ngeom):
+        if int(model.geom_bodyid[g]) != body or (model.geom_contype[g] == 0 and model.geom_conaffinity[g] == 0):
+            continue
+        R = data.geom_xmat[g].reshape(3, 3)
+        centre = data.geom_xpos[g] + R @ model.geom_aabb[g][:3]
+        half = np.abs(R0.T @ R) @ model.geom_aabb[g][3:]
+        reach = float(centre @ pull) + float(np.abs(R0 @ half) @ np.abs(pull)) * 0.0
+        if reach > best_reach:
+            best, best_reach = (R0.T @ (centre - p0), half), reach
+    if best is None:
+        return None
+    q0 = float(data.qpos[model.jnt_qposadr[joint]])
+    lo_range = float(model.jnt_range[joint][0])
+    return Drawer(
+        owner, names.index(model.joint_id2name(joint)), R0.T @ axis_world, q0, best[0], best[1], lo_range + 0.01
     )
 
 
@@ -348,7 +443,7 @@ class LiberoExpert:
 
     def __init__(self, plan: TaskPlan) -> None:
         self.plan = plan
-        self.state_dim = 8 + 7 * plan.slots
+        self.state_dim = 8 + 7 * plan.slots + plan.joints
 
     # -- geometry read off the state ----------------------------------------------------------
 
@@ -369,7 +464,65 @@ class LiberoExpert:
             return t.offset.copy(), float(t.offset[2] + t.top)
         p, R = self._pose(state, t.slot)
         centre = p + R @ t.offset
+        if t.drawer is not None:  # moved with its drawer
+            centre = centre + R @ t.drawer.axis * (self._joint(state, t.drawer) - t.drawer.q0)
         return centre, float(centre[2] + t.top)
+
+    def _joint(self, state: np.ndarray, drawer: Drawer) -> float:
+        return float(state[8 + 7 * self.plan.slots + drawer.joint])
+
+    def _handle(self, state: np.ndarray, drawer: Drawer) -> tuple[np.ndarray, np.ndarray, float]:
+        """(handle centre in the world now, pull direction (horizontal unit), handle width along it)."""
+        p, R = self._pose(state, drawer.slot)
+        axis = R @ drawer.axis
+        centre = p + R @ drawer.handle + axis * (self._joint(state, drawer) - drawer.q0)
+        pull = -axis[:2] / max(float(np.linalg.norm(axis[:2])), 1e-9)
+        width = 2.0 * float(np.abs(R @ drawer.half)[:2] @ np.abs(pull))
+        return centre, pull, width
+
+    def _pull(self, state: np.ndarray, drawer: Drawer) -> np.ndarray:
+        """Open a drawer: the hand turned level, pointing into the drawer with the fingers one above the
+        other, comes at the handle bar from the front, closes on it and pulls until the joint reaches
+        ``open_at``. (From above, the fingers do not fit between the bar and the drawer's front.)"""
+        hand, hand_R, fingers = state[:3], _axis_angle_to_mat(state[3:6]), state[6] - state[7]
+        handle, pull, _width = self._handle(state, drawer)
+        pull3 = np.array([pull[0], pull[1], 0.0])
+        point = handle + pull3 * HANDLE_REACH
+        rel = hand - point
+        along = float(rel @ pull3)
+        off_lane = float(np.linalg.norm(rel - along * pull3))
+        level = _level_hand(pull)
+        turned = float(np.linalg.norm(_mat_to_axis_angle(level @ hand_R.T)))
+        at = off_lane < 0.015 and abs(along) < 0.015
+        gripper = OPEN
+        bar = 2.0 * float(np.abs(_quat_to_mat(state[11 + 7 * drawer.slot : 15 + 7 * drawer.slot]) @ drawer.half)[2])
+        if at and 0.004 < fingers < bar + 0.01:  # closed on the bar: pull
+            goal, gripper = point + pull3 * PULL_STEP, CLOSE
+        elif (
+            at
+            and fingers > 0.004
+            and (fingers < GRIPPER_OPEN_WIDTH - 0.02 or (abs(along) < 0.008 and off_lane < 0.008))
+        ):
+            goal, gripper = point.copy(), CLOSE  # at the bar: close on it
+        elif fingers < GRIPPER_OPEN_WIDTH - 0.01 and not at:  # closed on nothing: back out, opening
+            goal = hand + pull3 * 0.03
+        elif turned < 0.2 and off_lane < 0.015 and 0.0 < along < 0.15:  # in the lane in front: go in
+            goal = point.copy()
+        else:  # to the front of the handle, turning level on the way
+            goal = point + pull3 * 0.10
+            if along < 0.02 and off_lane > 0.01:  # beside or behind the handle: back out first
+                goal = hand + pull3 * 0.05 + np.array([0.0, 0.0, 0.02])
+        action = np.zeros(7)
+        err = goal - hand
+        # a level hand sags under the controller's steady error: push on towards the goal
+        action[:3] = np.clip(err * 12.0 + 0.2 * err / max(float(np.linalg.norm(err)), 0.005), -1.0, 1.0)
+        if gripper == CLOSE and at and fingers < bar + 0.01:
+            step = goal - hand
+            speed = max(PUSH_SPEED, float(np.linalg.norm(action[:3])))
+            action[:3] = np.clip(step / max(float(np.linalg.norm(step)), 1e-6) * speed, -1.0, 1.0)
+        action[3:6] = np.clip(_mat_to_axis_angle(level @ hand_R.T) / ROT_UNIT, -1.0, 1.0)
+        action[6] = gripper
+        return action
 
     def grasp(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, bool]:
         """(grasp point, finger axis (horizontal unit), expected finger width, rim pinch?)."""
@@ -430,6 +583,32 @@ class LiberoExpert:
                 out.append([*(point[:2] + along * axis + across * side), point[2] + 0.08])
         return np.array(out)
 
+    def _retreat(self, state: np.ndarray, drawer: Drawer) -> np.ndarray | None:
+        """After opening a drawer: back the level hand out from its handle (and open) before it turns
+        down; None once clear of it or already pointing down."""
+        hand, hand_R = state[:3], _axis_angle_to_mat(state[3:6])
+        if float(hand_R[2, 2]) < -0.98:  # pointing down
+            return None
+        handle, pull, _width = self._handle(state, drawer)
+        pull3 = np.array([pull[0], pull[1], 0.0])
+        action = np.zeros(7)
+        action[6] = OPEN
+        if float((hand - handle) @ pull3) > RETREAT or float(np.linalg.norm((hand - handle)[:2])) > 2 * RETREAT:
+            # clear of it: turn down where it is, the fingers across the pull (a pitch back, no roll)
+            # and come back towards the hand's home (the arm stretched far out loses its reach)
+            down = _rot_z(math.atan2(pull[0], -pull[1]) + math.pi / 2) @ HAND_DOWN
+            action[3:6] = np.clip(_mat_to_axis_angle(down @ hand_R.T) / ROT_UNIT, -0.4, 0.4)
+            action[:2] = np.clip((HOME_XY - hand[:2]) * 12.0, -0.5, 0.5)
+            return action
+        action[:3] = np.clip((pull3 * 0.05 + np.array([0.0, 0.0, 0.02])) * 12.0, -1.0, 1.0)
+        return action
+
+    def _holding_object(self, state: np.ndarray) -> bool:
+        """Whether the object to move is lifted off where it stood (then a drawer is left as it is)."""
+        hand, fingers = state[:3], state[6] - state[7]
+        p, _R = self._pose(state, self.plan.obj_slot)
+        return 0.004 < fingers < GRIPPER_OPEN_WIDTH - 0.01 and float(np.linalg.norm(hand - p)) < 0.12
+
     def _width_at(self, R: np.ndarray, axis: int, height: float, box_width: float) -> float:
         """The object's width along its own ``axis`` at ``height`` above its origin (a bottle's neck is
         thinner than its box): the span of the collision geoms that reach that height; the box's
@@ -450,6 +629,14 @@ class LiberoExpert:
             return self._turn(state)
         if self.plan.move == "push":
             return self._push(state)
+        drawer = self.plan.drawer
+        if self.plan.move == "pull" or (drawer is not None and self._joint(state, drawer) > drawer.open_at + 0.02):
+            if drawer is not None and (self.plan.move == "pull" or not self._holding_object(state)):
+                return self._pull(state, drawer)
+        if drawer is not None and self.plan.move == "pick":
+            retreat = self._retreat(state, drawer)
+            if retreat is not None:
+                return retreat
         hand, hand_R, fingers = state[:3], _axis_angle_to_mat(state[3:6]), state[6] - state[7]
         obj_p, obj_R = self._pose(state, self.plan.obj_slot)
         corners = self._object_box(obj_p, obj_R)
@@ -462,9 +649,10 @@ class LiberoExpert:
         near = np.linalg.norm(hand[:2] - point[:2]) < 0.02 and abs(hand[2] - point[2]) < 0.025
         if rim:  # any point of the rim: the side chosen to grasp may change once the bowl moves
             radius = float(np.linalg.norm(point[:2] - obj_centre[:2]))
+            slack = 0.045 if 0.001 < fingers < 0.03 else 0.025  # a pinched bowl swings and tilts when lifted
             at_rim = (
-                abs(float(np.linalg.norm(hand[:2] - obj_centre[:2])) - radius) < 0.025
-                and abs(hand[2] - point[2]) < 0.03
+                abs(float(np.linalg.norm(hand[:2] - obj_centre[:2])) - radius) < slack
+                and abs(hand[2] - point[2]) < slack + 0.005
             )
             held = 0.001 < fingers < 0.03 and at_rim
         else:
@@ -487,7 +675,7 @@ class LiberoExpert:
         if held:
             gripper, yaw_axis = CLOSE, None  # keep the yaw it was grasped at
             err_xy = region[:2] - obj_centre[:2]
-            if fingers > width + 0.002:  # still closing on it
+            if fingers > width + (0.005 if rim else 0.002):  # still closing on it
                 goal = hand.copy()
             elif np.linalg.norm(err_xy) > (0.04 if obj_bottom < place_bottom + 0.04 else 0.015):
                 reach = 0.5 * float(np.linalg.norm(corners[:, :2].max(0) - corners[:, :2].min(0)))
