@@ -17,6 +17,7 @@ from policytrim.config import EnvConfig
 from policytrim.policies.libero_expert import (
     CLOSE,
     PUSH_SPEED,
+    Drawer,
     LiberoExpert,
     Target,
     TaskPlan,
@@ -130,3 +131,53 @@ def test_knob_turn_grasps_then_turns_counter_clockwise():
     # closed on nothing (a miss): open and back up
     a = expert.act(_state(point, 0.001, [(stove, UPRIGHT)]))
     assert a[6] < 0 and a[2] > 0
+
+
+def _drawer_plan():
+    # a cabinet in slot 0 whose drawer joint grows along -y: opening (LIBERO's negative joint positions)
+    # slides it towards +y; the handle bar 0.1 m in front of the cabinet's origin, 0.18 m up, 0.016 m tall
+    drawer = Drawer(
+        0, 1, np.array([0.0, -1.0, 0.0]), 0.0, np.array([0.0, 0.1, 0.18]), np.array([0.044, 0.008, 0.008]), -0.15
+    )
+    target = Target("open", 0, np.zeros(3), np.zeros(3), 0.0)
+    box = (np.array([-0.1, -0.1, 0.0]), np.array([0.1, 0.1, 0.2]))
+    return TaskPlan("t", SLOTS, 0, *box, target, move="pull", joints=4, drawer=drawer)
+
+
+def _drawer_state(hand, fingers, q, hand_R):
+    from policytrim.policies.libero_expert import _mat_to_axis_angle
+
+    s = np.zeros(8 + 7 * SLOTS + 4)
+    s[:3] = hand
+    s[3:6] = _mat_to_axis_angle(hand_R)
+    s[6], s[7] = fingers / 2, -fingers / 2
+    s[8:11] = [0.0, -0.25, 0.9]
+    s[11:15] = UPRIGHT
+    s[8 + 7 * SLOTS + 1] = q
+    return s
+
+
+def test_drawer_pull_grips_the_handle_from_the_front_and_pulls():
+    from policytrim.policies.libero_expert import HAND_DOWN, PULL_SPEED, _level_hand
+
+    expert = LiberoExpert(_drawer_plan())
+    assert expert.state_dim == 8 + 7 * SLOTS + 4
+    handle = np.array([0.0, -0.25 + 0.1, 0.9 + 0.18])
+    pull = np.array([0.0, 1.0])
+    level = _level_hand(pull)
+    assert np.allclose(level[:, 2], [0.0, -1.0, 0.0]) and np.allclose(level[:, 1], [0.0, 0.0, 1.0])
+    # far off and pointing down: to the front of the handle, turning level
+    a = expert.act(_drawer_state([-0.2, 0.0, 1.2], 0.077, 0.0, HAND_DOWN))
+    assert a[0] > 0.5 and np.linalg.norm(a[3:6]) > 0.5
+    # level, in the lane in front of the bar: straight in
+    a = expert.act(_drawer_state(handle + [0.0, 0.08, 0.0], 0.04, 0.0, level))
+    assert a[1] < -0.5 and abs(a[0]) < 0.05 and abs(a[2]) < 0.05 and np.linalg.norm(a[3:6]) < 1e-6
+    # at the bar: close on it
+    assert expert.act(_drawer_state(handle, 0.04, 0.0, level))[6] == CLOSE
+    # closed on the bar: pull along the drawer's opening direction at PULL_SPEED
+    a = expert.act(_drawer_state(handle, 0.017, 0.0, level))
+    assert a[6] == CLOSE and abs(a[1] - PULL_SPEED) < 0.05 and abs(a[0]) < 0.05
+    # the handle moved with the drawer (read from the joint block): still holding it there
+    moved = handle + [0.0, 0.05, 0.0]
+    a = expert.act(_drawer_state(moved, 0.017, -0.05, level))
+    assert a[6] == CLOSE and a[1] > 0.3

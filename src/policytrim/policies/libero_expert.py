@@ -60,7 +60,9 @@ FLAT_HEIGHT = 0.03  # objects lower than this (plates) are pushed to a table reg
 TURN_ANGLE = 1.3  # turn a knob this far (rad): on is 0.5 to 2.1 rad for LIBERO's stove
 FINGER_CLEARANCE = 0.01  # a grasp's fingers and hand stay this far from the fixtures where it can
 PULL_STEP = 0.06  # while pulling a drawer, aim this far ahead (m)
+PULL_SPEED = 0.6  # at this speed (action units)
 RETREAT = 0.08  # back out this far from a drawer's handle before turning the hand down (m)
+HANDLE_OPENING = 0.04  # finger opening going at a drawer's handle bar: clear of the handles above and below
 HANDLE_REACH = 0.0  # grip a drawer's handle bar this far in front of its centre (m)
 PUSH_HEIGHT = 0.008  # push with the closed fingertips this far above the object's origin
 PUSH_STEP = 0.07  # while pushing, aim this far ahead along the line (m)
@@ -402,6 +404,7 @@ def _turn_plan(env, fixture: str) -> TaskPlan:
         None,
         "turn",
         np.array([*offset, yaw, width]),
+        joints=len(env.joint_positions()),
     )
 
 
@@ -498,13 +501,9 @@ class LiberoExpert:
         bar = 2.0 * float(np.abs(_quat_to_mat(state[11 + 7 * drawer.slot : 15 + 7 * drawer.slot]) @ drawer.half)[2])
         if at and 0.004 < fingers < bar + 0.01:  # closed on the bar: pull
             goal, gripper = point + pull3 * PULL_STEP, CLOSE
-        elif (
-            at
-            and fingers > 0.004
-            and (fingers < GRIPPER_OPEN_WIDTH - 0.02 or (abs(along) < 0.008 and off_lane < 0.008))
-        ):
+        elif at and fingers > 0.004 and (fingers < HANDLE_OPENING - 0.012 or max(abs(along), off_lane) < 0.012):
             goal, gripper = point.copy(), CLOSE  # at the bar: close on it
-        elif fingers < GRIPPER_OPEN_WIDTH - 0.01 and not at:  # closed on nothing: back out, opening
+        elif fingers < HANDLE_OPENING - 0.01 and not at:  # closed on nothing: back out, opening
             goal = hand + pull3 * 0.03
         elif turned < 0.2 and off_lane < 0.015 and 0.0 < along < 0.15:  # in the lane in front: go in
             goal = point.copy()
@@ -512,14 +511,15 @@ class LiberoExpert:
             goal = point + pull3 * 0.10
             if along < 0.02 and off_lane > 0.01:  # beside or behind the handle: back out first
                 goal = hand + pull3 * 0.05 + np.array([0.0, 0.0, 0.02])
+        if gripper == OPEN and fingers > HANDLE_OPENING - 0.006:  # hold the fingers about HANDLE_OPENING
+            gripper = CLOSE if fingers > HANDLE_OPENING + 0.006 else 0.0
         action = np.zeros(7)
         err = goal - hand
         # a level hand sags under the controller's steady error: push on towards the goal
         action[:3] = np.clip(err * 12.0 + 0.2 * err / max(float(np.linalg.norm(err)), 0.005), -1.0, 1.0)
-        if gripper == CLOSE and at and fingers < bar + 0.01:
+        if gripper == CLOSE and at and fingers < bar + 0.01:  # pull steadily: a fast pull slips off the bar
             step = goal - hand
-            speed = max(PUSH_SPEED, float(np.linalg.norm(action[:3])))
-            action[:3] = np.clip(step / max(float(np.linalg.norm(step)), 1e-6) * speed, -1.0, 1.0)
+            action[:3] = np.clip(step / max(float(np.linalg.norm(step)), 1e-6) * PULL_SPEED, -1.0, 1.0)
         action[3:6] = np.clip(_mat_to_axis_angle(level @ hand_R.T) / ROT_UNIT, -1.0, 1.0)
         action[6] = gripper
         return action
