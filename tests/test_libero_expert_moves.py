@@ -106,30 +106,48 @@ def test_push_drags_a_flat_object_towards_its_region():
 
 
 def _knob_plan():
-    # a knob 0.04 m above the fixture's origin, its handle across the fixture's y axis, 0.024 wide
+    # a knob 0.04 m above the fixture's origin, its handle across the fixture's y axis, 0.024 wide; its
+    # angle is joint 0 of the state's joint block
     target = Target("turn", 0, np.zeros(3), np.zeros(3), 0.0)
     lo, hi = np.array([-0.035, -0.012, 0.0]), np.array([0.035, 0.012, 0.05])
-    return TaskPlan("t", SLOTS, 0, lo, hi, target, None, "turn", np.array([0.0, 0.0, 0.04, math.pi / 2, 0.024]))
+    knob = np.array([0.0, 0.0, 0.04, math.pi / 2, 0.024, 0])
+    return TaskPlan("t", SLOTS, 0, lo, hi, target, None, "turn", knob, joints=1)
 
 
-def test_knob_turn_grasps_then_turns_counter_clockwise():
+def _knob_state(hand, fingers, stove, q, hand_R):
+    from policytrim.policies.libero_expert import _mat_to_axis_angle
+
+    s = np.zeros(8 + 7 * SLOTS + 1)
+    s[:3] = hand
+    s[3:6] = _mat_to_axis_angle(hand_R)
+    s[6], s[7] = fingers / 2, -fingers / 2
+    s[8:11], s[11:15] = stove, UPRIGHT
+    s[-1] = q
+    return s
+
+
+def test_knob_turn_grasps_tilted_then_turns_by_what_the_knob_lacks():
+    from policytrim.policies.libero_expert import HAND_DOWN, TURN_ANGLE, _rot_z
+
     expert = LiberoExpert(_knob_plan())
     stove = np.array([-0.4, 0.2, 0.9])
     point = stove + [0.0, 0.0, 0.04]
-    # open, above it, fingers across the handle (along y): straight down
-    a = expert.act(_state([*point[:2], point[2] + 0.08], 0.077, [(stove, UPRIGHT)]))
-    assert a[2] < -0.5 and a[6] < 0
-    # at the grasp point, open: close
-    a = expert.act(_state(point, 0.077, [(stove, UPRIGHT)]))
-    assert a[6] == CLOSE
+    # the fingertips tilt towards the hand's home (HOME_XY: towards +x, -y of this knob), a rotation about
+    # the horizontal axis across that direction, (-1, -1, 0) / sqrt(2)
+    a = expert.act(_knob_state([*point[:2], point[2] + 0.3], 0.077, stove, 0.0, HAND_DOWN))
+    assert a[3] < -0.3 and abs(a[3] - a[4]) < 1e-6 and abs(a[5]) < 1e-6 and a[6] < 0
+    # open, at the grasp point: close
+    assert expert.act(_knob_state(point, 0.077, stove, 0.0, HAND_DOWN))[6] == CLOSE
     # holding the handle: turn the hand about +z (the knob's on direction), staying at the knob
-    a = expert.act(_state(point, 0.024, [(stove, UPRIGHT)]))
+    a = expert.act(_knob_state(point, 0.03, stove, 0.0, HAND_DOWN))
     assert a[6] == CLOSE and a[5] > 0.5 and np.linalg.norm(a[:3]) < 1e-6
-    # half way through the turn it keeps turning the same way (not back the shorter way round)
-    a = expert.act(_state(point, 0.024, [(stove, UPRIGHT)], hand_yaw=1.0))
-    assert a[5] > 0.2
+    # the knob half way (its angle in the state) and the hand turned with it: keep turning
+    turned = _rot_z(TURN_ANGLE / 2) @ HAND_DOWN
+    assert expert.act(_knob_state(point, 0.03, stove, TURN_ANGLE / 2, turned))[5] > 0.3
+    # the knob past the goal: turn back a little
+    assert expert.act(_knob_state(point, 0.03, stove, TURN_ANGLE + 0.3, turned))[5] < 0
     # closed on nothing (a miss): open and back up
-    a = expert.act(_state(point, 0.001, [(stove, UPRIGHT)]))
+    a = expert.act(_knob_state(point, 0.001, stove, 0.0, HAND_DOWN))
     assert a[6] < 0 and a[2] > 0
 
 

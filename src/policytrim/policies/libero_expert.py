@@ -58,6 +58,7 @@ HOME_XY = np.array([-0.2, 0.0])  # where the hand starts in every LIBERO scene (
 MAX_YAW = 0.8 * math.pi  # keep the hand's yaw within the wrist's range
 FLAT_HEIGHT = 0.03  # objects lower than this (plates) are pushed to a table region, not lifted
 TURN_ANGLE = 1.3  # turn a knob this far (rad): on is 0.5 to 2.1 rad for LIBERO's stove
+TURN_TILT = 0.35  # tilt the hand this far (rad), fingertips towards HOME_XY, when grasping a knob
 FINGER_CLEARANCE = 0.01  # a grasp's fingers and hand stay this far from the fixtures where it can
 PULL_STEP = 0.06  # while pulling a drawer, aim this far ahead (m)
 PULL_SPEED = 0.6  # at this speed (action units)
@@ -403,7 +404,7 @@ def _turn_plan(env, fixture: str) -> TaskPlan:
         target,
         None,
         "turn",
-        np.array([*offset, yaw, width]),
+        np.array([*offset, yaw, width, list(env.state_joints).index(model.joint_id2name(hinges[0]))]),
         joints=len(env.joint_positions()),
     )
 
@@ -719,25 +720,33 @@ class LiberoExpert:
         """Grasp the knob's handle above its hinge, then turn the hand by TURN_ANGLE (the knob follows)."""
         hand, hand_R, fingers = state[:3], _axis_angle_to_mat(state[3:6]), state[6] - state[7]
         p, R = self._pose(state, self.plan.obj_slot)
-        ox, oy, oz, yaw, width = self.plan.knob
+        ox, oy, oz, yaw, width, joint = self.plan.knob
         point = p + R @ np.array([ox, oy, oz])
-        a = math.atan2(R[1, 0], R[0, 0]) + yaw
+        q = float(state[8 + 7 * self.plan.slots + int(joint)])  # the knob's angle: its handle turned with it
+        a = math.atan2(R[1, 0], R[0, 0]) + yaw + q
         axis = np.array([math.cos(a), math.sin(a)])
         at_knob = np.linalg.norm(hand[:2] - point[:2]) < 0.02 and abs(hand[2] - point[2]) < 0.02
         gripper, yaw_axis = OPEN, axis
-        if at_knob and 0.004 < fingers < width + 0.008:  # holding the handle: turn
-            turned = a + TURN_ANGLE
+        # pointing straight down, the hand reaches LIBERO's stove knob (near the robot's base) only with
+        # the elbow at its limit and often not at all: tilt the fingertips towards the hand's home
+        home = np.array([*(HOME_XY - point[:2]), 0.0])
+        home /= max(float(np.linalg.norm(home)), 1e-9)
+        tilt = _axis_angle_to_mat(np.cross(home, [0.0, 0.0, 1.0]) * TURN_TILT)
+        if at_knob and 0.004 < fingers < width + 0.015:  # holding the handle (tilted fingers catch it aslant)
+            # turn the hand by what the knob (its angle in the state's joint block) still lacks
+            f = hand_R[:2, 1]
+            phi = math.atan2(f[0], -f[1]) + float(np.clip(TURN_ANGLE - q, -1.0, 1.0))
             goal, gripper = point.copy(), CLOSE
-            yaw_axis = np.array([math.cos(turned), math.sin(turned)])
             action = np.zeros(7)
             action[:3] = np.clip((goal - hand) * 12.0, -1.0, 1.0)
-            action[3:6] = self._rotation_action(hand_R, yaw_axis, nearest=False, from_axis=axis)
+            desired = tilt @ _rot_z(phi) @ HAND_DOWN
+            action[3:6] = np.clip(_mat_to_axis_angle(desired @ hand_R.T) / ROT_UNIT, -1.0, 1.0)
             action[6] = gripper
             return action
         goal, gripper = self._approach(hand, hand_R, fingers, point, axis)
         action = np.zeros(7)
         action[:3] = np.clip((goal - hand) * 12.0, -1.0, 1.0)
-        action[3:6] = self._rotation_action(hand_R, yaw_axis)
+        action[3:6] = self._rotation_action(hand_R, yaw_axis, tilt=tilt)
         action[6] = gripper
         return action
 
@@ -801,27 +810,20 @@ class LiberoExpert:
         return (ang + math.pi / 2) % math.pi - math.pi / 2
 
     @staticmethod
-    def _rotation_action(
-        hand_R: np.ndarray, axis: np.ndarray | None, nearest: bool = True, from_axis: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Turn towards the hand pointing down with its fingers along ``axis`` (None: keep the yaw).
-        The fingers are symmetric, so ``axis`` and its opposite are the same goal: the nearest one
-        is taken; with ``nearest=False`` the one that turns the hand counter-clockwise from
-        ``from_axis`` (a knob's turn, which may exceed a quarter turn)."""
+    def _rotation_action(hand_R: np.ndarray, axis: np.ndarray | None, tilt: np.ndarray | None = None) -> np.ndarray:
+        """Turn towards the hand pointing down with its fingers along ``axis`` (None: keep the yaw),
+        tilted by the world rotation ``tilt`` if given."""
         f = hand_R[:2, 1]
         phi_now = math.atan2(f[0], -f[1])  # HAND_DOWN's finger axis is -y: rotated by phi -> (sin, -cos)
         if axis is None:
             phi = phi_now
         else:
             phi = math.atan2(axis[0], -axis[1])
+            # the fingers are symmetric: of phi + k pi (within the wrist's range) the nearest to now
             options = [phi + k * math.pi for k in (-2, -1, 0, 1, 2) if abs(phi + k * math.pi) <= MAX_YAW]
-            if nearest or from_axis is None:  # of phi + k pi (within the wrist's range) the nearest to now
-                phi = min(options, key=lambda c: abs(c - phi_now))
-            else:  # counter-clockwise from the start: the nearest option above where the turn began
-                start = math.atan2(from_axis[0], -from_axis[1])
-                start = min((start + k * math.pi for k in (-2, -1, 0, 1, 2)), key=lambda c: abs(c - phi_now))
-                turn = math.atan2(math.sin(phi - start), math.cos(phi - start)) % (2 * math.pi)
-                phi = start + (turn if turn <= math.pi else turn - math.pi)
+            phi = min(options, key=lambda c: abs(c - phi_now))
         desired = _rot_z(phi) @ HAND_DOWN
+        if tilt is not None:  # the hand tilted off the vertical (a rotation applied in the world)
+            desired = tilt @ desired
         err = _mat_to_axis_angle(desired @ hand_R.T)
         return np.clip(err / ROT_UNIT, -1.0, 1.0)
