@@ -26,6 +26,7 @@ from policytrim.envs.base import (  # noqa: E402
 from policytrim.envs.libero import (  # noqa: E402
     OPENPI_MAX_STEPS,
     SPLIT_RANGES,
+    STATE_JOINTS,
     STATE_SLOTS,
     SUITES,
     _suite,
@@ -148,6 +149,36 @@ def test_state_only_env_carries_object_poses_in_a_fixed_layout(state_env):
         assert proprio.reset(initial_states(OBJECT, 2, 1)[0])[OBS_STATE].shape == (8,)
     finally:
         proprio.close()
+
+
+def test_object_state_ends_with_the_articulation_joints():
+    """After the body slots come the fixtures' slide and hinge joints (a Goal scene: three drawers and
+    the stove's knob), so a drawer's opening is in the state; LIBERO-Object's scenes have none."""
+    task = "libero_goal/open_the_middle_drawer_of_the_cabinet"
+    env = make_env(_cfg(tasks=(task,)), task)
+    try:
+        obs = env.reset(initial_states(task, 2, 1)[0])
+        n = STATE_JOINTS["libero_goal"]
+        assert (
+            obs[OBS_STATE].shape == (8 + 7 * STATE_SLOTS["libero_goal"] + n,) == env.observation_spec[OBS_STATE].shape
+        )
+        assert env.state_joints == (
+            "wooden_cabinet_1_top_level",
+            "wooden_cabinet_1_middle_level",
+            "wooden_cabinet_1_bottom_level",
+            "flat_stove_1_button",
+        )
+        sim = env.unwrapped.env.sim
+        sim.data.set_joint_qpos("wooden_cabinet_1_middle_level", -0.1)
+        sim.forward()
+        obs, _ = env.step(np.array([0, 0, 0, 0, 0, 0, -1.0]))
+        joints = obs[OBS_STATE][-n:]
+        qpos = [sim.data.get_joint_qpos(name) for name in env.state_joints]
+        np.testing.assert_allclose(joints, qpos, atol=1e-6)
+        assert joints[1] < -0.09
+    finally:
+        env.close()
+    assert STATE_JOINTS["libero_object"] == 0
 
 
 def test_state_slots_fit_every_task_of_every_suite():

@@ -47,7 +47,11 @@ choice, with its source:
   body that carries it, ``basket_1``), then the other bodies in the order the task's BDDL file
   declares them (objects, then fixtures); slots past the scene's bodies are zeros (a zero
   quaternion marks an empty slot). ``LiberoEnv.state_bodies`` names the slots. So slot 0 of a
-  LIBERO-Object task is always the object to pick and slot 1 the basket.
+  LIBERO-Object task is always the object to pick and slot 1 the basket. After the slots come
+  ``STATE_JOINTS[suite]`` joint positions: the slide and hinge joints of the scene's bodies (a
+  cabinet's drawers in metres, a stove's knob or a microwave's door in radians), body by body in slot
+  order; zeros past them (``LiberoEnv.state_joints`` names them). They say whether a drawer is open,
+  which no body pose does (LIBERO-Object's scenes have none).
 - Actions: 7-D in [-1, 1] (OSC_POSE delta: position 3, rotation 3, gripper 1; -1 opens), the
   benchmark's default controller; 20 Hz control (``control_period_s = 0.05``).
 - Success: the ``done`` flag of the env's step, which LIBERO sets to its goal predicate check
@@ -125,6 +129,15 @@ STATE_SLOTS: dict[str, int] = {
     "libero_90": 8,
 }
 SLOT_DIM = 7  # position (3) + quaternion x, y, z, w (4)
+# Joint values after the body slots: the most articulation joints (drawer slides, knob and door hinges of
+# the fixtures) a task of the suite has (tests/test_libero.py checks a task of each suite).
+STATE_JOINTS: dict[str, int] = {
+    "libero_spatial": 4,
+    "libero_object": 0,
+    "libero_goal": 4,
+    "libero_10": 3,
+    "libero_90": 3,
+}
 ACTION_DIM = 7
 CONTROL_FREQ_HZ = 20  # LIBERO's ControlEnv default
 # (offset, size) of each split over a task's 50 init states
@@ -295,8 +308,9 @@ def init_state_number(state: InitialState, env_cfg: EnvConfig) -> int:
 
 
 def state_dim(suite: str, objects: bool) -> int:
-    """Size of the state observation of a suite's tasks: 8, or 8 + 7 per body slot with object poses."""
-    return STATE_DIM + (SLOT_DIM * STATE_SLOTS[suite] if objects else 0)
+    """Size of the state observation of a suite's tasks: 8, or with object poses 8 + 7 per body slot
+    + one per articulation joint."""
+    return STATE_DIM + (SLOT_DIM * STATE_SLOTS[suite] + STATE_JOINTS[suite] if objects else 0)
 
 
 def uses_object_state(env_cfg: EnvConfig) -> bool:
@@ -327,6 +341,15 @@ def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
     from robosuite.utils.transform_utils import quat2axisangle
 
     return np.asarray(quat2axisangle(np.array(quat, dtype=np.float64)), dtype=np.float64)
+
+
+def _in_subtree(model: Any, body: int, root: int, stops: set[int]) -> bool:
+    """Whether ``body`` hangs under ``root`` without passing another of the ``stops`` bodies."""
+    while body > 0 and body != root:
+        if body in stops:
+            return False
+        body = int(model.body_parentid[body])
+    return body == root
 
 
 class LiberoEnv:
@@ -378,6 +401,21 @@ class LiberoEnv:
             )
         self._body_ids = np.array([inner.obj_body_id[b] for b in self.state_bodies], dtype=np.int64)
         self._slots = STATE_SLOTS[info.suite]
+        model = inner.sim.model
+        roots = set(self._body_ids.tolist())
+        joints = []
+        for root in self._body_ids:  # in slot order; the fixtures' slide and hinge joints in model order
+            for j in range(model.njnt):
+                if model.jnt_type[j] in (2, 3) and _in_subtree(model, int(model.jnt_bodyid[j]), int(root), roots):
+                    joints.append(j)
+        self.state_joints: tuple[str, ...] = tuple(model.joint_id2name(j) for j in joints)
+        if len(joints) > STATE_JOINTS[info.suite]:
+            raise RuntimeError(
+                f"{self.task} has {len(joints)} articulation joints, "
+                f"more than the {STATE_JOINTS[info.suite]} state joints of {info.suite}"
+            )
+        self._joint_qpos = np.array([model.jnt_qposadr[j] for j in joints], dtype=np.int64)
+        self._joints = STATE_JOINTS[info.suite]
         self.observation_spec = {OBS_STATE: ObsSpec((state_dim(info.suite, self.objects),), "float32")}
         if self.image:
             self.observation_spec[OBS_IMAGE] = ObsSpec((size, size, 3), "uint8")
@@ -424,10 +462,17 @@ class LiberoEnv:
         poses[:n, 3:] = data.body_xquat[self._body_ids][:, [1, 2, 3, 0]]  # MuJoCo's w, x, y, z -> x, y, z, w
         return poses
 
+    def joint_positions(self) -> np.ndarray:
+        """float64 [STATE_JOINTS[suite]]: each `state_joints` joint's position (m or rad); zeros past them."""
+        out = np.zeros(self._joints)
+        out[: len(self._joint_qpos)] = self._env.env.sim.data.qpos[self._joint_qpos]
+        return out
+
     def _observation(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         parts = [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
         if self.objects:
             parts.append(self.object_poses().ravel())
+            parts.append(self.joint_positions())
         out = {OBS_STATE: np.concatenate(parts).astype(np.float32)}
         if self.image:
             out[OBS_IMAGE] = np.ascontiguousarray(raw["agentview_image"][::-1, ::-1], dtype=np.uint8)

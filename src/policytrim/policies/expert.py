@@ -1,5 +1,5 @@
 """Scripted experts behind the chunk-policy contract (``--policy expert``): Meta-World's own, and
-LIBERO's pick-and-place experts (`policytrim.policies.libero_expert`).
+LIBERO's single-goal experts (`policytrim.policies.libero_expert`).
 
 The experts are closed-loop controllers: one action per observation. As a chunk policy that is
 H = 1 with window 1 (``max_window = 1``); asking the rollout engine for a longer window is refused.
