@@ -342,7 +342,7 @@ def test_pareto_caption_says_whether_a_frontier_line_is_drawn(tmp_path):
 
 
 def test_measured_stacking_table_beside_the_modelled_wall_clock(tmp_path):
-    """`report --stacking FILE` adds the committed benchmarks/stacking.py table (real result file);
+    """`report --stacking FILE` adds the committed benchmarks/deploy_timing.py table (real result file);
     a file that is not a stacking result is one clear error and no report is written."""
     from pathlib import Path
 
@@ -354,7 +354,7 @@ def test_measured_stacking_table_beside_the_modelled_wall_clock(tmp_path):
     md = (tmp_path / "r" / "report.md").read_text()
     assert "Measured stacking: fewer calls x cheaper calls (Table 7)" in md
     for r in rows:
-        assert f"| {r['name']} | {r['window']} |" in md, r["name"]
+        assert f"| {r['name']} | {r['mode']} | {r['window']} |" in md, r["name"]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"rows": [{"name": "x"}]}))
     with pytest.raises(InputError, match="not a stacking result"):

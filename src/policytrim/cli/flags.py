@@ -129,7 +129,7 @@ class ReportCmd:
     out: str = ""
     """Report directory; default: the first run directory."""
     stacking: str = ""
-    """A benchmarks/stacking.py result (e.g. benchmarks/results/stacking.json): its measured latency table beside the modelled wall-clock."""  # noqa: E501
+    """A benchmarks/deploy_timing.py result (e.g. benchmarks/results/stacking.json): its seconds-per-success table beside the modelled wall-clock."""  # noqa: E501
 
 
 @dataclass

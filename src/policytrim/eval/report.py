@@ -953,24 +953,26 @@ SECTIONS = {"ablation": ablation_section, "pipeline": pipeline_section, "train":
 
 STACKING_COLUMNS = (
     "name",
+    "mode",
     "window",
-    "latency_ms",
+    "median_latency_ms",
     "success_rate",
-    "calls_per_success",
-    "steps_per_success",
-    "wall_clock_s",
-    "wallclock_speedup",
-    "modelled_vla_wallclock_speedup",
+    "success_rate_drop",
+    "seconds_per_success",
+    "seconds_per_success_speedup",
+    "idle_s_per_episode",
+    "calls_per_episode",
 )
 
 
 def stacking_blocks(path: Path) -> list[Block]:
-    """The measured Table-7 stacking table (a `benchmarks/stacking.py` result file): fewer calls x
-    cheaper calls, beside the `--latency-ms` model of the eval tables."""
+    """The measured Table-7 stacking table (a `benchmarks/deploy_timing.py` result file): seconds per
+    success on the robot's clock for fewer calls x cheaper calls x asynchronous requests, beside the
+    `--latency-ms` model of the eval tables."""
     data = _json(path)
     if data is None:
         raise InputError(
-            f"--stacking {str(path)!r}: no such file (a benchmarks/stacking.py result, e.g. "
+            f"--stacking {str(path)!r}: no such file (a benchmarks/deploy_timing.py result, e.g. "
             "benchmarks/results/stacking.json)"
         )
     rows = data.get("rows") if isinstance(data, dict) else None
@@ -981,30 +983,30 @@ def stacking_blocks(path: Path) -> list[Block]:
             f"--stacking {str(path)!r}: not a stacking result (expected 'rows' with {', '.join(STACKING_COLUMNS)})"
         )
     settings = data.get("settings") or {}
-    vla_ms = settings.get("vla_latency_ms")
     return [
         h("Measured stacking: fewer calls x cheaper calls (Table 7)"),
         p(
-            f"From `{path.as_posix()}`: per-call latency measured at batch 1 ({settings.get('task', '?')}, "
-            f"{settings.get('episodes', '?')} episodes per row); "
-            "wall-clock per successful episode = calls x latency + steps x control period. The last "
-            "column replaces the measured latency by a modelled "
-            f"{nice(vla_ms, '.0f')} ms billion-parameter VLA call, as `--latency-ms` does in the tables above. "
-            f"Combined wall-clock speedup: {nice(data.get('combined_wallclock_speedup'), '.2f')}x."
+            f"From `{path.as_posix()}`: seconds per success on the robot's clock ({settings.get('task', '?')}, "
+            f"{settings.get('episodes', '?')} paired episodes per row): every action takes a control period, "
+            "every call its measured latency; sync waits for each call, async requests the next chunk while "
+            "the arm executes. Best stack: "
+            f"{nice(data.get('combined_wallclock_speedup'), '.2f')}x at a success-rate drop of "
+            f"{nice(data.get('combined_success_rate_drop'), '.1f')} points."
         ),
         table(
-            ["row", "window", "latency ms", "SR", "calls", "steps", "wall-clock s", "wall-clock x", "modelled VLA x"],
+            ["row", "mode", "window", "latency ms", "SR", "SR drop", "s / success", "x", "idle s / ep", "calls / ep"],
             [
                 [
                     r["name"],
+                    r["mode"],
                     r["window"],
-                    nice(r["latency_ms"], ".2f"),
+                    nice(r["median_latency_ms"], ".2f"),
                     nice(r["success_rate"]),
-                    nice(r["calls_per_success"], ".1f"),
-                    nice(r["steps_per_success"], ".1f"),
-                    nice(r["wall_clock_s"], ".3f"),
-                    nice(r["wallclock_speedup"], ".2f"),
-                    nice(r["modelled_vla_wallclock_speedup"], ".2f"),
+                    nice(r["success_rate_drop"], ".1f"),
+                    nice(r["seconds_per_success"], ".3f"),
+                    nice(r["seconds_per_success_speedup"], ".2f"),
+                    nice(r["idle_s_per_episode"], ".3f"),
+                    nice(r["calls_per_episode"], ".1f"),
                 ]
                 for r in rows
             ],
@@ -1014,7 +1016,7 @@ def stacking_blocks(path: Path) -> list[Block]:
 
 def write_report(run_dirs: Sequence[str | Path], out: str | Path, stacking: str | Path | None = None) -> Path:
     """Write ``out/report.md``, ``out/report.html`` (self-contained) and ``out/plots/*.png`` for the
-    run directories; returns the HTML path. ``stacking``: a `benchmarks/stacking.py` result file whose
+    run directories; returns the HTML path. ``stacking``: a `benchmarks/deploy_timing.py` result file whose
     measured latency table is shown beside the runs' modelled wall-clock."""
     dirs = [Path(d) for d in run_dirs]
     if not dirs:
