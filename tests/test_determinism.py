@@ -15,16 +15,7 @@ from safetensors.torch import load_file
 from conftest import tiny_config
 from policytrim.io import read_jsonl
 from policytrim.train.grpo import train
-
-TIMING_KEYS = {
-    "rollout_s",
-    "rollout_policy_s",
-    "rollout_reset_s",
-    "rollout_env_s",
-    "update_s",
-    "epoch_s",
-    "val_s",
-}
+from policytrim.train.logger import TIMING_KEYS
 
 
 def _canonical(value):

@@ -39,18 +39,10 @@ from policytrim.policies import load_policy
 from policytrim.policies.tinyvla import TinyVLA
 from policytrim.train.checkpoint import latest_checkpoint, restore_best, save_checkpoint
 from policytrim.train.grpo import save_policy_dir
+from policytrim.train.logger import TIMING_KEYS
 from policytrim.train.rundir import RunDir
 
 STAGE = dict(epochs=2, eval_every=1, val_episodes=2, checkpoint_every=1, lr=1e-3, update_epochs=2)
-TIMING_KEYS = {
-    "rollout_s",
-    "rollout_policy_s",
-    "rollout_reset_s",
-    "rollout_env_s",
-    "update_s",
-    "epoch_s",
-    "val_s",
-}  # wall-clock seconds: the only fields allowed to differ
 # One torch thread in every process, so that results never depend on a thread pool's reductions.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 ENV.pop(KILL_AT_ENV, None)

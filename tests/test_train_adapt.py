@@ -24,11 +24,11 @@ from policytrim.io import KILL_AT_ENV, read_jsonl
 from policytrim.policies import load_policy
 from policytrim.policies.adaptor import ADAPTOR_DIR, adaptor_of
 from policytrim.train.decisions import CallBudget, StageOutcome, TrainSummary, Validation
+from policytrim.train.logger import TIMING_KEYS
 from policytrim.train.rundir import STAGES_OF, RunDir
 from policytrim.train.stages import adaptor_windows
 
 STAGE = {"epochs": 2, "eval_every": 1, "val_episodes": 2, "checkpoint_every": 1, "update_epochs": 2}
-TIMING_KEYS = {"rollout_s", "epoch_s", "val_s"}  # wall-clock seconds: the only fields allowed to differ
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 ENV.pop(KILL_AT_ENV, None)
 EVAL_FLAGS = [

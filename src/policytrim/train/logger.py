@@ -15,6 +15,12 @@ from typing import Any
 from policytrim.io import append_jsonl
 from policytrim.preflight import check_backends
 
+# Wall-clock seconds in a metrics record (rollout and its parts, update, epoch, validation): the only
+# fields two runs of the same config and seed may differ in (determinism and resume tests drop them).
+TIMING_KEYS = frozenset(
+    {"rollout_s", "rollout_policy_s", "rollout_reset_s", "rollout_env_s", "update_s", "epoch_s", "val_s"}
+)
+
 log = logging.getLogger(__name__)
 
 
