@@ -34,6 +34,20 @@ class FakeSlowPolicy:
         return chunk
 
 
+def tiny_policy(instruction: str, **kwargs) -> TinyVLA:
+    """A real, random-init TinyVLA for Meta-World's state (H = 10, k = 5)."""
+    return TinyVLA(
+        state_dim=39,
+        action_dim=4,
+        chunk_size=10,
+        default_window=5,
+        instructions=[instruction],
+        hidden_dim=32,
+        num_layers=1,
+        **kwargs,
+    ).eval()
+
+
 @pytest.fixture(scope="module")
 def env():
     e = MetaWorldEnv(TASK, horizon=40)
@@ -91,15 +105,7 @@ def test_staleness_skips_the_actions_executed_while_the_policy_computed(env):
 def test_same_seed_same_actions_in_both_modes_at_zero_delay(env):
     """A real (random-init) TinyVLA in sampled mode: async with threshold 0 requests exactly when
     sync does, so with the same per-episode generator the executed actions are bit-identical."""
-    policy = TinyVLA(
-        state_dim=39,
-        action_dim=4,
-        chunk_size=10,
-        default_window=5,
-        instructions=[env.instruction],
-        hidden_dim=32,
-        num_layers=1,
-    ).eval()
+    policy = tiny_policy(env.instruction)
     runs = {}
     for mode in ("sync", "async"):
         timing = DeployTiming(window=5, mode=mode, threshold=0)
@@ -166,16 +172,7 @@ def test_images_rendered_on_demand_give_the_same_episode(mode):
     calls and timeline as rendering after every step, in both request modes."""
     env = MetaWorldEnv(TASK, horizon=30, image=True, image_size=32)
     try:
-        policy = TinyVLA(
-            state_dim=39,
-            action_dim=4,
-            chunk_size=10,
-            default_window=5,
-            instructions=[env.instruction],
-            hidden_dim=32,
-            num_layers=1,
-            image_shape=(32, 32, 3),
-        ).eval()
+        policy = tiny_policy(env.instruction, image_shape=(32, 32, 3))
         timing = DeployTiming(window=5, mode=mode, threshold=2, latency_s=0.03 if mode == "async" else None)
         renders = []
         render = env.render
