@@ -125,7 +125,8 @@ class ImageEncoder(nn.Module):
             raise InputError(
                 f"image observation has shape {tuple(image.shape[1:])}, this policy was built for {self.image_shape}"
             )
-        x = image.permute(0, 3, 1, 2).to(self.fc.weight.dtype) / 255.0
+        # the convolutions' dtype: a dynamic int8 `fc` has no weight tensor
+        x = image.permute(0, 3, 1, 2).to(self.conv[0].weight.dtype) / 255.0
         return self.fc(self.conv(x))
 
 

@@ -15,7 +15,10 @@ names in LeRobot) and ``"image"`` as the other (`camera_sources`).
 
 Precision: LeRobot's classes compute in float32 (SmolVLA casts the expert output to float32 before
 ``action_out_proj``), so a chunk's log-prob recomputes to a ratio of 1 ± 1e-4 in float32; they do
-not run in float64.
+not run in float64. For deployment, `to_precision` converts the network to bf16 or dynamic int8
+(`policytrim.policies.precision`; which modules stay float32 is the family's knowledge); the
+observations are normalised in float32 and then cast to the network's dtype (`input_dtype`), and
+chunks come back float32.
 
 Dropout is never active: the wrapped LeRobot module stays in eval mode (``train()`` only flips our
 own flag), because a GRPO ratio compares the same function at rollout and at update time.
@@ -57,6 +60,7 @@ from policytrim.policies.lerobot.common import (
     Family,
     require_lerobot,
 )
+from policytrim.policies.precision import check_precision, floating_dtype
 
 FAMILY_OPS: dict[str, Family] = {f.name: f for f in (flow.SMOLVLA, flow.PI0, flow.PI05, diffusion.DIFFUSION, act.ACT)}
 FLOW_FAMILIES = tuple(name for name, ops in FAMILY_OPS.items() if isinstance(ops, flow.FlowFamily))
@@ -176,6 +180,19 @@ class LeRobotChunkPolicy(nn.Module):
         return next(self.policy.parameters()).device
 
     @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype observations are fed to the network in: that of most of its floating parameters
+        (float32; bfloat16 after ``to_precision("bf16")``; float32 after dynamic int8)."""
+        return floating_dtype(self.policy)
+
+    def to_precision(self, precision: str) -> LeRobotChunkPolicy:
+        """Convert the network in place for inference, ``bf16`` or ``int8`` (module docstring); returns
+        self. Sampling only: BC and GRPO updates stay float32."""
+        check_precision(precision)
+        self.family_ops.to_precision(self, precision)
+        return self
+
+    @property
     def dtype(self) -> torch.dtype:
         """The dtype of the action chain (noise, x_t, the DDPM chain): the family's choice (flow VLAs:
         that of the action input projection, float32 when the backbone runs in bfloat16)."""
@@ -211,8 +228,13 @@ class LeRobotChunkPolicy(nn.Module):
             batch[ACTION] = torch.as_tensor(actions).float()
             batch[ACTION_IS_PAD] = ~torch.as_tensor(row_mask).bool()
         out = self.preprocessor(batch)
-        # the processors' device step follows the LeRobot config; the trainer may have moved the model
-        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+        # the processors' device step follows the LeRobot config; the trainer may have moved the model;
+        # observations are normalised in float32 and fed in the network's dtype (bf16 after to_precision)
+        device, dtype = self.device, self.input_dtype
+        for k, v in out.items():
+            if isinstance(v, torch.Tensor):
+                out[k] = v.to(device, dtype) if v.is_floating_point() and k != ACTION else v.to(device)
+        return out
 
     def _unnormalise(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised model actions [B, H, A] -> raw actions clipped to the env's bounds."""

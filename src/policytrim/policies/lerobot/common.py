@@ -6,6 +6,7 @@ Imports nothing from LeRobot (the family modules import it inside their function
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -13,6 +14,7 @@ import torch
 
 from policytrim.errors import InputError
 from policytrim.policies.base import Mode
+from policytrim.policies.precision import check_precision, quantize_linear
 
 # LeRobot's batch keys (lerobot.utils.constants), kept here so the mapping reads in one place.
 OBS_STATE, TASK, ACTION, ACTION_IS_PAD = "observation.state", "task", "action", "action_is_pad"
@@ -78,6 +80,10 @@ class Family:
     """Parameter-name prefix of the vision encoder (frozen by train_parts no_vision)."""
     vlm_prefix: str | None = None
     """Parameter-name prefix of the VLM (frozen by train_parts expert); None: expert = no_vision."""
+    float32_modules: tuple[str, ...] = ()
+    """bf16: modules of the LeRobot policy that stay float32 (LeRobot feeds them float32 tensors)."""
+    int8_keep: str | None = None
+    """int8: regex of the linear layers left unquantized (LeRobot reads their ``.weight.dtype``)."""
 
     def chunk_size(self, config: Any) -> int:
         """Validate the LeRobot config for policytrim and return its chunk size H."""
@@ -89,6 +95,19 @@ class Family:
     def chain_dtype(self, policy: Adapter) -> torch.dtype:
         """The dtype of the sampled chain (noise, x_t, the DDPM chain)."""
         return next(policy.policy.parameters()).dtype
+
+    def to_precision(self, policy: Adapter, precision: str) -> None:
+        """Convert the LeRobot policy in place for inference (`policytrim.policies.precision`): bf16 but
+        `float32_modules`; dynamic int8 linear layers but those `int8_keep` matches."""
+        check_precision(precision)
+        model = policy.policy
+        if precision == "bf16":
+            model.to(torch.bfloat16)
+            for name in self.float32_modules:
+                model.get_submodule(name).float()
+            return
+        keep = re.compile(self.int8_keep) if self.int8_keep else None
+        quantize_linear(model, [n for n, _ in model.named_modules() if keep is not None and keep.search(n)])
 
     def spec(self, policy: Adapter) -> dict[str, Any]:
         """Family entries of ``policytrim.json`` (e.g. the number of denoising steps)."""

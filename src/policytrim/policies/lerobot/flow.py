@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 import policytrim.policies.flow_sde as flow_sde
+from policytrim.errors import InputError
 from policytrim.policies.base import Mode
 from policytrim.policies.lerobot.common import OBS_STATE, TOKEN_MASK, TOKENS, Adapter, Family, Replay
 
@@ -36,8 +37,10 @@ class FlowFamily(Family):
 
     def chain_dtype(self, policy: Adapter) -> torch.dtype:
         """That of the action input projection, which LeRobot keeps in float32 when the backbone runs
-        in bfloat16 (π0 / π0.5 ``dtype="bfloat16"``)."""
-        return policy.policy.model.action_in_proj.weight.dtype
+        in bfloat16 (π0 / π0.5 ``dtype="bfloat16"``); float32 when it is a dynamic int8 layer (which
+        has no weight tensor and takes float32)."""
+        weight = getattr(policy.policy.model.action_in_proj, "weight", None)
+        return weight.dtype if isinstance(weight, torch.Tensor) else torch.float32
 
     def spec(self, policy: Adapter) -> dict[str, Any]:
         return {"flow_steps": self.steps(policy)}
@@ -93,6 +96,16 @@ class SmolVLAFamily(FlowFamily):
     vlm_prefix = "policy.model.vlm_with_expert.vlm."
     vision_prefix = "policy.model.vlm_with_expert.vlm.model.vision_model."
     steps_field = "num_steps"
+    # LeRobot keeps the action chain in float32 (it casts the expert's output to float32 before
+    # action_out_proj; the time embedding follows action_in_proj's dtype) ...
+    float32_modules = (
+        "model.action_in_proj",
+        "model.action_out_proj",
+        "model.action_time_mlp_in",
+        "model.action_time_mlp_out",
+    )
+    # ... and casts hidden states to the dtype of the VLM's and the expert's attention projections
+    int8_keep = r"(text_model|lm_expert)\.layers\.\d+\.self_attn\.[qkvo]_proj$"
 
     def velocity(self, policy: Adapter, batch: dict[str, Any]) -> flow_sde.VelocityFn:
         from lerobot.policies.common.vla_utils import make_att_2d_masks
@@ -120,6 +133,12 @@ class PiFamily(FlowFamily):
 
     def __init__(self, name: str):
         self.name = name
+
+    def to_precision(self, policy: Adapter, precision: str) -> None:
+        raise InputError(
+            f"bf16 / int8 conversion is not wired up for {self.name} (untested here); LeRobot's own "
+            "config dtype='bfloat16' runs it in bfloat16"
+        )
 
     def velocity(self, policy: Adapter, batch: dict[str, Any]) -> flow_sde.VelocityFn:
         from lerobot.policies.common.vla_utils import make_att_2d_masks
