@@ -25,6 +25,13 @@ old when it starts) for the baseline and PolicyTrim.
     python benchmarks/deploy_timing.py --baseline runs/demo/pretrain --trimmed runs/demo/train/final/policy
     .venv-lerobot/bin/python benchmarks/deploy_timing.py --baseline runs/lerobot_smolvla_long/baseline \\
         --trimmed runs/lerobot_smolvla_long/train/final/policy --task push-v3 --image --flow-steps 5 2
+    # or let it train that SmolVLA first (lerobot_smolvla.py's pipeline at that size, resumable, into
+    # --train-work, default runs/lerobot_smolvla_SIZE; task push-v3 and 64 px images follow from it):
+    .venv-lerobot/bin/python benchmarks/deploy_timing.py --train long --flow-steps 5 2
+
+Policies: exactly one of ``--train SIZE`` (tiny | full | long: ``lerobot_smolvla.py --size SIZE``; that
+script's docstring gives each size's time: full 19 min, long 50 min on 2 idle cores; its result file
+goes into the train work dir) and ``--baseline DIR --trimmed DIR`` (your own checkpoints).
 
 Resumable: each (row, mode) result is kept in ``--work`` and skipped when present (same settings).
 Writes ``--out`` (default benchmarks/results/stacking.json, the file `policytrim report --stacking`
@@ -44,7 +51,6 @@ import json
 import math
 import statistics
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +64,10 @@ from policytrim.eval.paired import paired_difference
 from policytrim.eval.realtime import DeployTiming, policy_infer, run_timed_episode, summarize_timed
 from policytrim.machine import describe_machine
 from policytrim.policies import load_policy
+from policytrim.policies.precision import PRECISIONS, to_precision
 from policytrim.runtime import torch_threads
 
-PRECISION_TRICKS = ("bf16", "int8")
+DEFAULT_TASK, DEFAULT_IMAGE_SIZE = "drawer-close-v3", 64
 
 
 def set_flow_steps(model: Any, steps: int) -> None:
@@ -77,17 +84,17 @@ def set_flow_steps(model: Any, steps: int) -> None:
 
 
 def build_variant(policy: Any, tricks: tuple[str, ...]) -> Any:
-    """A copy of ``policy`` with the tricks applied (steps, then precision, then compile)."""
+    """A copy of ``policy`` with the tricks applied (steps, then precision, then compile); ``policy``
+    itself is left as it was."""
+    precisions = [t for t in tricks if t in PRECISIONS]
+    if len(precisions) > 1:
+        raise ValueError(f"one precision at a time, got {', '.join(precisions)}")
     model = copy.deepcopy(policy)
     for trick in tricks:
         if trick.startswith("steps="):
             set_flow_steps(model, int(trick.split("=", 1)[1]))
-    if "bf16" in tricks:
-        model = model.to(torch.bfloat16)
-    if "int8" in tricks:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-            model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    for precision in precisions:
+        model = to_precision(model, precision)
     if "compile" in tricks:
         for name in ("trunk", "head", "image", "policy"):
             if isinstance(getattr(model, name, None), nn.Module):
@@ -185,7 +192,9 @@ class Runner:
 def best_combination(rows: list[dict[str, Any]], base: dict[str, Any], tolerance: float) -> tuple[str, ...]:
     """Tricks whose sync row beat the baseline's seconds per success within the SR tolerance; of the
     step counts and of the precisions, the best one each."""
-    good = []
+    good: list[dict[str, Any]] = []
+    if base["seconds_per_success"] is None:  # the baseline succeeded nowhere: nothing to be faster than
+        return ()
     for r in rows:
         if (
             r["policy"] != "baseline"
@@ -198,7 +207,7 @@ def best_combination(rows: list[dict[str, Any]], base: dict[str, Any], tolerance
         if r["seconds_per_success"] < base["seconds_per_success"] and drop <= tolerance:
             good.append(r)
     chosen: list[str] = []
-    for family in (lambda t: t.startswith("steps="), lambda t: t in PRECISION_TRICKS, lambda t: t == "compile"):
+    for family in (lambda t: t.startswith("steps="), lambda t: t in PRECISIONS, lambda t: t == "compile"):
         members = [r for r in good if family(r["tricks"][0])]
         if members:
             chosen.append(min(members, key=lambda r: r["seconds_per_success"])["tricks"][0])
@@ -250,7 +259,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         r["success_rate_drop"] = round(-100 * pd["diff"], 2)
         r["success_rate_drop_ci95"] = [round(-100 * pd["hi"], 2), round(-100 * pd["lo"], 2)]
         r["seconds_per_success_speedup"] = (
-            round(base["seconds_per_success"] / r["seconds_per_success"], 3) if r["seconds_per_success"] else None
+            round(base["seconds_per_success"] / r["seconds_per_success"], 3)
+            if r["seconds_per_success"] and base["seconds_per_success"]
+            else None
         )
     candidates = [
         r
@@ -336,13 +347,60 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_policy_args(args: argparse.Namespace, trained_task: str, trained_image_size: int) -> str | None:
+    """What is wrong with the policy flags (None: nothing); fills in the task and image size. Exactly one
+    of --train and --baseline/--trimmed; --train fixes the task and the image size to the trained ones."""
+    own = args.baseline is not None or args.trimmed is not None
+    if args.train is not None and own:
+        return "give --train SIZE or --baseline/--trimmed (your own checkpoints), not both"
+    if args.train is None and args.train_work is not None:
+        return "--train-work is where --train SIZE trains; give --train too"
+    if args.train is None and (args.baseline is None or args.trimmed is None):
+        return "give --train SIZE (train the LeRobot SmolVLA first), or both --baseline and --trimmed"
+    if args.train is not None:
+        for flag, given, trained in (
+            ("--task", args.task, trained_task),
+            ("--image-size", args.image_size, trained_image_size),
+        ):
+            if given is not None and given != trained:
+                return f"--train times the SmolVLA of lerobot_smolvla.py, trained with {flag} {trained}; got {given}"
+        args.task, args.image_size, args.image = trained_task, trained_image_size, True
+    else:
+        args.task = DEFAULT_TASK if args.task is None else args.task
+        args.image_size = DEFAULT_IMAGE_SIZE if args.image_size is None else args.image_size
+    return None
+
+
+def train_policies(args: argparse.Namespace) -> None:
+    """Run lerobot_smolvla.py's pipeline at size ``args.train`` in ``args.train_work`` (finished phases are
+    skipped) and time its BC baseline and its PolicyTrim policy."""
+    import lerobot_smolvla
+
+    work = Path(args.train_work or f"runs/lerobot_smolvla_{args.train}")
+    started = time.perf_counter()
+    lerobot_smolvla.run(
+        args.train, work, work, command=f"benchmarks/deploy_timing.py --train {args.train} --train-work {work}"
+    )
+    args.train_work = str(work)
+    args.baseline, args.trimmed = str(work / "baseline"), str(work / "train" / "final" / "policy")
+    print(f"trained in {time.perf_counter() - started:.0f} s: {args.baseline}, {args.trimmed}", flush=True)
+
+
 def main() -> None:
+    from lerobot_smolvla import IMAGE, SIZES, TASK
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", required=True, help="baseline checkpoint (executed at its trained window)")
-    parser.add_argument("--trimmed", required=True, help="PolicyTrim checkpoint (e.g. RUN/final/policy)")
-    parser.add_argument("--task", default="drawer-close-v3")
+    parser.add_argument("--baseline", help="baseline checkpoint (executed at its trained window)")
+    parser.add_argument("--trimmed", help="PolicyTrim checkpoint (e.g. RUN/final/policy)")
+    parser.add_argument(
+        "--train",
+        choices=sorted(SIZES),
+        help="train lerobot_smolvla.py's SmolVLA at this size first and time its baseline and PolicyTrim policy",
+    )
+    parser.add_argument("--train-work", help="work dir of --train (resumable; default runs/lerobot_smolvla_SIZE)")
+    parser.add_argument("--task", help=f"Meta-World task (default {DEFAULT_TASK}; --train: {TASK})")
     parser.add_argument("--image", action="store_true", help="image observations (for image policies)")
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, help=f"(default {DEFAULT_IMAGE_SIZE}; --train: {IMAGE})")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--horizon", type=int, default=200)
     parser.add_argument("--mode", default="sampled", choices=("sampled", "deterministic"))
@@ -363,6 +421,11 @@ def main() -> None:
     parser.add_argument("--note", default="")
     parser.add_argument("--out", default="benchmarks/results/stacking.json")
     args = parser.parse_args()
+    problem = check_policy_args(args, TASK, IMAGE)
+    if problem is not None:
+        parser.error(problem)
+    if args.train is not None:
+        train_policies(args)
     with torch_threads(args.threads):
         res = measure(args)
     out = Path(args.out)

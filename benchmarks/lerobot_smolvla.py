@@ -33,6 +33,7 @@ import copy
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -154,6 +155,19 @@ def main() -> None:
         "--set", nargs="*", default=[], help="config overrides, e.g. stage2.epochs=40 (only when WORK is new)"
     )
     args = parser.parse_args()
+    run(
+        args.size,
+        Path(args.work),
+        Path(args.results),
+        args.set,
+        " ".join(["benchmarks/lerobot_smolvla.py", *sys.argv[1:]]),
+    )
+
+
+def run(size: str, work: Path, results: Path, overrides: Sequence[str] = (), command: str = "") -> Path:
+    """The whole benchmark at ``size`` in ``work`` (resumable: finished phases are skipped); writes and
+    returns its result file in ``results``. WORK/baseline and WORK/train/final/policy are the BC
+    baseline and the PolicyTrim policy (`deploy_timing.py --train` times them)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from bench_pipeline import collect, machine_record, policy_pipeline
@@ -161,20 +175,20 @@ def main() -> None:
     from policytrim.experiments.demo import SUMMARY_UNITS, format_summary
     from policytrim.machine import PeakMemory
 
-    work = Path(args.work)
+    work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    settings = assign(copy.deepcopy(SIZES[args.size]), args.set)
+    settings = assign(copy.deepcopy(SIZES[size]), list(overrides))
     frozen = work / "benchmark_settings.json"
     if frozen.is_file():  # a resumed run keeps the settings it started with
         started = json.loads(frozen.read_text())
-        if (args.set or args.size != started["size"]) and started["settings"] != settings:
+        if (overrides or size != started["size"]) and started["settings"] != settings:
             raise SystemExit(
                 f"error: {work} holds a run started with other settings ({frozen}); resume it without "
                 "--set/--size, or pass a new --work"
             )
         settings = started["settings"]
     else:
-        frozen.write_text(json.dumps({"size": args.size, "settings": settings}, indent=2) + "\n")
+        frozen.write_text(json.dumps({"size": size, "settings": settings}, indent=2) + "\n")
     machine_record(work)
     phases = Phases(work, "lerobot_smolvla")
     source = work / "source" / "untrained"
@@ -206,7 +220,7 @@ def main() -> None:
         "success_rate_drop_ci95": summary["success_rate_drop_ci95"],
         "steps_reduction": summary["steps_reduction"],
         "minutes": minutes,
-        "size": args.size,
+        "size": size,
         "policy": "SmolVLA (lerobot 0.6.1 SmolVLAPolicy), tiny local VLM config (llama 2x128, vision 2x64, 64 px), "
         "random init, BC then PolicyTrim",
         "parameters": summary["parameters"],
@@ -229,11 +243,11 @@ def main() -> None:
         },
         "config": to_dict(cfg),
         "machine": machine,
-        "command": " ".join(["benchmarks/lerobot_smolvla.py", *sys.argv[1:]]),
+        "command": command,
     }
-    results = Path(args.results)
+    results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
-    name = "lerobot_smolvla.json" if args.size == "full" else f"lerobot_smolvla_{args.size}.json"
+    name = "lerobot_smolvla.json" if size == "full" else f"lerobot_smolvla_{size}.json"
     (results / name).write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(format_summary({**summary, "horizon": cfg.env.horizon}))
     print(
@@ -241,6 +255,7 @@ def main() -> None:
         f"{machine['load_average_end'][0]:.2f}"
     )
     print(f"results: {results / name}")
+    return results / name
 
 
 if __name__ == "__main__":
