@@ -51,7 +51,9 @@ def quantize_linear(module: nn.Module, skip: Iterable[str] = ()) -> None:
     if any(p.dtype != torch.float32 for p in module.parameters() if p.is_floating_point()):
         raise InputError("dynamic int8 quantizes a float32 network; this one has other floating dtypes (bf16?)")
     skipped = set(skip)
-    names = [n for n, m in module.named_modules() if isinstance(m, nn.Linear) and n not in skipped]
+    # exactly nn.Linear, as torch's own default mapping: not nn.MultiheadAttention's out_proj (a subclass
+    # whose weight the attention reads)
+    names = [n for n, m in module.named_modules() if type(m) is nn.Linear and n not in skipped]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
         torch.ao.quantization.quantize_dynamic(

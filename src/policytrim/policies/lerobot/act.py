@@ -21,6 +21,8 @@ from policytrim.policies.lerobot.common import OBS_IMAGES, OBS_STATE, Adapter, F
 
 class ActFamily(Family):
     name = "act"
+    # bf16 fails inside LeRobot's forward (float32 tensors of its own meet bf16 weights)
+    precisions = ("int8",)
     vision_prefix = "policy.model.backbone."
 
     def setup(self, policy: Adapter) -> None:

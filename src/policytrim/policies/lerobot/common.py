@@ -80,6 +80,8 @@ class Family:
     """Parameter-name prefix of the vision encoder (frozen by train_parts no_vision)."""
     vlm_prefix: str | None = None
     """Parameter-name prefix of the VLM (frozen by train_parts expert); None: expert = no_vision."""
+    precisions: tuple[str, ...] = ("bf16", "int8")
+    """What `to_precision` can convert to (tested at tiny size, tests/with_lerobot/test_lerobot_precision.py)."""
     float32_modules: tuple[str, ...] = ()
     """bf16: modules of the LeRobot policy that stay float32 (LeRobot feeds them float32 tensors)."""
     int8_keep: str | None = None
@@ -100,6 +102,12 @@ class Family:
         """Convert the LeRobot policy in place for inference (`policytrim.policies.precision`): bf16 but
         `float32_modules`; dynamic int8 linear layers but those `int8_keep` matches."""
         check_precision(precision)
+        if precision not in self.precisions:
+            raise InputError(
+                f"{precision} is not available for LeRobot's {self.name}"
+                + (f" (only {', '.join(self.precisions)})" if self.precisions else "")
+                + ": its forward makes float32 tensors of its own or is untested here"
+            )
         model = policy.policy
         if precision == "bf16":
             model.to(torch.bfloat16)

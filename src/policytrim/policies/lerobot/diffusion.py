@@ -20,6 +20,8 @@ from policytrim.policies.lerobot.common import OBS_IMAGES, OBS_STATE, Adapter, F
 
 class DiffusionFamily(Family):
     name = "diffusion"
+    # bf16 fails inside LeRobot's forward (float32 tensors of its own meet bf16 weights)
+    precisions = ("int8",)
     vision_prefix = "policy.diffusion.rgb_encoder."
 
     def chunk_size(self, config: Any) -> int:

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 import policytrim.policies.flow_sde as flow_sde
-from policytrim.errors import InputError
 from policytrim.policies.base import Mode
 from policytrim.policies.lerobot.common import OBS_STATE, TOKEN_MASK, TOKENS, Adapter, Family, Replay
 
@@ -129,16 +128,11 @@ class PiFamily(FlowFamily):
     feeds the state to each denoising step, π0.5 has it in the prompt."""
 
     vlm_prefix = "policy.model.paligemma_with_expert.paligemma."
+    precisions = ()  # untested here; LeRobot's own config dtype="bfloat16" runs them in bfloat16
     vision_prefix = "policy.model.paligemma_with_expert.paligemma.model.vision_tower."
 
     def __init__(self, name: str):
         self.name = name
-
-    def to_precision(self, policy: Adapter, precision: str) -> None:
-        raise InputError(
-            f"bf16 / int8 conversion is not wired up for {self.name} (untested here); LeRobot's own "
-            "config dtype='bfloat16' runs it in bfloat16"
-        )
 
     def velocity(self, policy: Adapter, batch: dict[str, Any]) -> flow_sde.VelocityFn:
         from lerobot.policies.common.vla_utils import make_att_2d_masks
