@@ -4,7 +4,7 @@ read, and the scripted expert's own demonstration (it reads the object poses, wh
 state leaves out: `policytrim.data.collect.expert_env`).
 
 Skipped where LIBERO is not installed (failed instead where POLICYTRIM_REQUIRE=libero, as
-scripts/run.sh sets in .venv-libero). About 30 s on one core.
+scripts/run.sh sets in .venv-libero). About 46 s of CPU (one core).
 """
 
 from __future__ import annotations
