@@ -62,6 +62,7 @@ docs_build() {
 # set up on demand; its tests run after a full-suite run (no test paths given), unless
 # POLICYTRIM_LIBERO_TESTS=0. Measured here (2 cores, load ~8): setup 161 s, tests/test_libero.py 88 s;
 # tests/test_libero_pipeline.py (collect -> pretrain -> train -> eval from the CLI) 90 s (one env worker).
+# tests/test_libero_collect.py (collect with both cameras at 32 px, and state-only: one episode each) 46 s of CPU.
 libero_tests() {
   local lstamp=.venv-libero/.policytrim-installed
   if [ ! -x .venv-libero/bin/python ]; then "$python" -m venv .venv-libero; fi
@@ -73,7 +74,7 @@ libero_tests() {
   fi
   # POLICYTRIM_REQUIRE: here a LIBERO that does not import fails the tests instead of skipping them
   POLICYTRIM_REQUIRE=libero .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py \
-    tests/test_libero_pipeline.py "$@"
+    tests/test_libero_pipeline.py tests/test_libero_collect.py "$@"
 }
 
 # ManiSkill3 lives in its own venv (.venv-maniskill: SAPIEN, mplib, numpy < 2), set up on demand; its
@@ -128,7 +129,12 @@ lerobot_tests() {
   setup_lerobot
   echo "LeRobot tests (.venv-lerobot, offline):" >&2
   # POLICYTRIM_REQUIRE: here a LeRobot that does not import fails the tests instead of skipping them
-  POLICYTRIM_REQUIRE=lerobot HF_HUB_OFFLINE=1 .venv-lerobot/bin/python -m pytest -q -p no:cacheprovider tests/with_lerobot "$@"
+  # LIBERO demonstrations collected in .venv-libero (where it exists) are converted here
+  # (tests/with_lerobot/test_lerobot_libero_collect.py; skipped without it)
+  local libero_python=""
+  if [ -x .venv-libero/bin/python ]; then libero_python=$PWD/.venv-libero/bin/python; fi
+  POLICYTRIM_REQUIRE=lerobot HF_HUB_OFFLINE=1 POLICYTRIM_LIBERO_PYTHON=$libero_python \
+    .venv-lerobot/bin/python -m pytest -q -p no:cacheprovider tests/with_lerobot "$@"
 }
 
 full_suite=1

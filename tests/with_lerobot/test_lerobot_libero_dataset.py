@@ -20,8 +20,9 @@ pytestmark = [pytest.mark.lerobot, pytest.mark.slow]
 
 from policytrim.cli import main  # noqa: E402
 from policytrim.config import EnvConfig  # noqa: E402
+from policytrim.data.demos import DemoDataset, save_demos  # noqa: E402
 from policytrim.data.lerobot_dataset import load_lerobot_dataset  # noqa: E402
-from policytrim.envs.libero import ACTION_DIM, STATE_DIM, suite_tasks  # noqa: E402
+from policytrim.envs.libero import ACTION_DIM, STATE_DIM, state_dim, suite_tasks  # noqa: E402
 from policytrim.errors import InputError  # noqa: E402
 from policytrim.policies import load_policy  # noqa: E402
 
@@ -210,3 +211,86 @@ def test_baseline_evaluation_without_the_simulator_stops_before_training(tmp_pat
         and "pip install 'policytrim[libero]'" in errors[0]
         and "--pretrain.eval-episodes 0" in errors[0]
     )
+
+
+def libero_demos(objects: bool, images: bool) -> DemoDataset:
+    """A dataset shaped as `policytrim collect` writes it on LIBERO-Object (random values): the
+    57-D object-pose state (env.libero_state=objects) or the 8-D proprioception, with or without the
+    agent-view and wrist images."""
+    rng = np.random.default_rng(2)
+    dim = state_dim("libero_object", objects)
+    length = np.array([LENGTH, LENGTH + 3, LENGTH - 2], np.int64)
+    ep_task = np.array([0, 1, 0], np.int64)
+    frames, start = int(length.sum()), np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
+    camera = lambda: rng.integers(0, 256, (frames, SIZE, SIZE, 3), dtype=np.uint8)  # noqa: E731
+    return DemoDataset(
+        state=rng.normal(size=(frames, dim)).astype(np.float32),
+        action=rng.uniform(-1, 1, (frames, ACTION_DIM)).astype(np.float32),
+        episode_index=np.repeat(np.arange(3), length).astype(np.int64),
+        frame_index=(np.arange(frames) - np.repeat(start, length)).astype(np.int64),
+        task_index=np.repeat(ep_task, length),
+        length=length,
+        success=np.array([True, True, False]),
+        episode_task_index=ep_task,
+        seed=np.zeros(3, np.int64),
+        index=np.arange(3, dtype=np.int64),
+        start=start,
+        tasks=[t.address for t in TASKS],
+        instructions=[t.instruction for t in TASKS],
+        meta={"control_period_s": 0.05, "suite": "libero"},
+        image=camera() if images else None,
+        wrist_image=camera() if images else None,
+    )
+
+
+@pytest.mark.parametrize("objects,images", [(True, False), (False, True)])
+def test_convert_writes_the_public_libero_names_and_reads_back(objects, images, tmp_path):
+    """`policytrim convert` (a LIBERO collection -> LeRobotDataset): LeRobot's own reader sees the
+    public LIBERO names (the object poses as its ENV feature), and our reader under the LIBERO env
+    config that collected it gives back the same arrays."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.utils.feature_utils import FeatureType, dataset_to_policy_features
+
+    ds = libero_demos(objects, images)
+    save_demos(ds, tmp_path / "demos")
+    out = tmp_path / "lerobot"
+    assert main(["convert", str(tmp_path / "demos"), str(out), "--format", "lerobot"]) == 0
+
+    lr = LeRobotDataset(repo_id="local/libero", root=out, video_backend="pyav")
+    features = {k: (v["dtype"], tuple(v["shape"])) for k, v in lr.meta.features.items()}
+    wanted = {"observation.state": ("float32", (STATE_DIM,)), "action": ("float32", (ACTION_DIM,))}
+    if objects:
+        wanted["observation.environment_state"] = ("float32", (ds.state.shape[1] - STATE_DIM,))
+    if images:
+        for key in ("observation.images.image", "observation.images.wrist_image"):
+            wanted[key] = ("image", (SIZE, SIZE, 3))
+    assert {k: v for k, v in features.items() if k.startswith(("observation.", "action"))} == wanted
+    kinds = {k: f.type for k, f in dataset_to_policy_features(lr.meta.features).items()}
+    assert kinds.get("observation.environment_state") == (FeatureType.ENV if objects else None)
+    assert (lr.meta.fps, lr.meta.robot_type, lr.num_episodes, len(lr)) == (20, "panda", 3, ds.num_frames)
+    last = lr[ds.num_frames - 1]  # a frame as a LeRobot policy's dataloader gets it
+    assert last["task"] == TASKS[0].instruction
+    assert torch.equal(last["observation.state"], torch.from_numpy(ds.state[-1, :STATE_DIM]))
+
+    env = EnvConfig(suite="libero", tasks=("libero_object",), image=images, image_size=SIZE)
+    back = load_lerobot_dataset(out, env)
+    for key in ("state", "action", "image", "wrist_image", "length", "success", "episode_task_index"):
+        assert np.array_equal(getattr(back, key), getattr(ds, key)), key
+    assert back.tasks == ds.tasks and back.instructions == ds.instructions
+    if objects:  # the public datasets have no object poses: they read as proprioception only
+        proprio = load_lerobot_dataset(out, EnvConfig(suite="libero", tasks=("libero_object",), libero_state="proprio"))
+        assert np.array_equal(proprio.state, ds.state[:, :STATE_DIM])
+    else:
+        with pytest.raises(InputError, match=r"observation.environment_state \[49\]"):
+            load_lerobot_dataset(out, EnvConfig(suite="libero", tasks=("libero_object",)))
+
+
+def test_convert_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    for source in (tmp_path / "missing", tmp_path / "lerobot"):
+        if source.name == "lerobot":
+            write_dataset(source, LAYOUTS["lerobot"])
+        with pytest.raises(SystemExit) as exit_:
+            main(["convert", str(source), str(out)])
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert exit_.value.code == 2 and len(errors) == 1 and not out.exists(), errors

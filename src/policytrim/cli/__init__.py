@@ -29,6 +29,7 @@ from policytrim.preflight import check_preconditions
 HANDLERS: dict[str, Callable[[Any], int]] = {
     "demo": commands.demo,
     "collect": commands.collect,
+    "convert": commands.convert,
     "pretrain": commands.pretrain,
     "train": commands.train,
     "eval": commands.evaluate,

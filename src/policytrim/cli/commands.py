@@ -62,6 +62,18 @@ def collect(args: Any) -> int:
     return 0
 
 
+def convert(args: Any) -> int:
+    """`policytrim convert`: `policytrim.data.lerobot_dataset.convert_to_lerobot`."""
+    from policytrim.data.lerobot_dataset import convert_to_lerobot, dataset_suite
+
+    ds = convert_to_lerobot(args.data, args.out, overwrite=args.overwrite)
+    print(
+        f"wrote {ds.num_episodes} episodes ({ds.num_frames} frames, {len(ds.tasks)} tasks) of {args.data} "
+        f"to {args.out} as a {dataset_suite(ds)} LeRobotDataset"
+    )
+    return 0
+
+
 def pretrain(args: Any) -> int:
     """`policytrim pretrain`: behaviour cloning (`policytrim.train.bc.pretrain`)."""
     from policytrim.train.bc import pretrain as run_pretrain

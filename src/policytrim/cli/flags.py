@@ -45,6 +45,20 @@ class CollectCmd(_Base):
 
 
 @dataclass
+class ConvertCmd:
+    """Write a dataset collected in policytrim's format as a LeRobotDataset (run where LeRobot is installed)."""
+
+    data: tyro.conf.Positional[str]
+    """The policytrim dataset directory (output of `policytrim collect`)."""
+    out: tyro.conf.Positional[str]
+    """The LeRobotDataset directory to write (LIBERO data under the public LIBERO datasets' feature names)."""
+    format: Literal["lerobot"] = "lerobot"
+    """Format to write: lerobot (a LeRobotDataset, written by LeRobot's own writer; needs the lerobot extra)."""
+    overwrite: bool = False
+    """Replace an existing output directory."""
+
+
+@dataclass
 class PretrainCmd(_Base):
     """Behaviour cloning from a demonstration dataset to a baseline checkpoint in --out."""
 
@@ -169,6 +183,7 @@ class ServeCmd:
 COMMANDS: dict[str, type] = {
     "demo": DemoCmd,
     "collect": CollectCmd,
+    "convert": ConvertCmd,
     "pretrain": PretrainCmd,
     "train": TrainCmd,
     "eval": EvalCmd,

@@ -14,8 +14,10 @@ and replaced) and its fault accounting: an episode whose simulator raised, or wh
 lost, counts as an attempt that produced no demonstration, and the faults are recorded by kind in
 the dataset's ``collection.faults``. `Demonstrator` wraps the expert and adds each episode's
 suboptimality (`Suboptimality`, documented in `policytrim.data.demos`); the engine records the
-observation every action was chosen from (state, and the image with ``env.image``) and, as replay
-data, the action itself.
+observation every action was chosen from (state, and with ``env.image`` the image and, on LIBERO,
+the wrist image) and, as replay data, the action itself. LIBERO's experts read the task's object
+poses: a run whose state lacks them (images with ``env.libero_state`` auto or proprio) is collected
+with the object-pose state and its dataset keeps the 8-D proprioception (`expert_env`).
 
 Attempts (``data.max_attempts``). Unsuccessful demonstrations are dropped unless
 ``data.keep_failures``; then further training states are tried, at most ``data.max_attempts``
@@ -32,6 +34,7 @@ other episodes ran beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -43,7 +46,7 @@ import torch
 
 from policytrim.config import RunConfig
 from policytrim.data.demos import DemoDataset, save_demos
-from policytrim.envs.base import OBS_IMAGE, OBS_STATE, InitialState
+from policytrim.envs.base import OBS_IMAGE, OBS_STATE, OBS_WRIST_IMAGE, InitialState
 from policytrim.errors import InputError
 from policytrim.policies.base import ChunkSample, Mode, Observation
 from policytrim.policies.expert import ExpertPolicy
@@ -59,6 +62,10 @@ DEFAULT_ATTEMPTS = (3, 10)  # data.max_attempts = 0: at most 3 * episodes + 10 s
 ACTION_KEY = "action"  # the demonstrator's replay key: the action it executed
 BATCH_EPISODES = 128  # episodes per engine run (bounds the recorded frames held twice in memory)
 COLLECT_ENVS_PER_WORKER = 8
+CONVERT_HINT = (  # where the simulator and LeRobot live in different environments (LIBERO: Python 3.11 here)
+    "; or collect here without --format lerobot and convert where LeRobot is installed: "
+    "policytrim convert DATA OUT --format lerobot"
+)
 
 
 EXPERTS = {  # env.suite -> the experts collect runs (as the dataset's collection.expert says)
@@ -187,7 +194,7 @@ def _episodes_of(trajectories: Trajectories) -> list[dict[str, Any]]:
     order = np.argsort(traj, kind="stable")  # chunks are in (trajectory, position) order already
     bounds = np.searchsorted(traj[order], np.arange(trajectories.num_trajectories + 1))
     states = trajectories.obs[OBS_STATE].numpy()
-    images = trajectories.obs[OBS_IMAGE].numpy() if OBS_IMAGE in trajectories.obs else None
+    cameras = {k: trajectories.obs[k].numpy() for k in (OBS_IMAGE, OBS_WRIST_IMAGE) if k in trajectories.obs}
     actions = trajectories.replay[ACTION_KEY].numpy()
     out = []
     for i in range(trajectories.num_trajectories):
@@ -199,10 +206,23 @@ def _episodes_of(trajectories: Trajectories) -> list[dict[str, Any]]:
             "actions": actions[rows],
             "success": bool(trajectories.success[i]),
         }
-        if images is not None:
-            ep["images"] = images[rows]
+        ep.update({key: images[rows] for key, images in cameras.items()})
         out.append(ep)
     return out
+
+
+def expert_env(env_cfg: Any) -> tuple[Any, int | None]:
+    """The env section collection runs, and how many leading state entries the dataset keeps (None:
+    all). LIBERO's experts read the task's object poses from the state: a run whose state is openpi's
+    8-D proprioception (``env.libero_state`` proprio, or auto with images) is collected with the
+    object-pose state and its dataset keeps the proprioception, the state the run's env emits."""
+    if env_cfg.suite != "libero":
+        return env_cfg, None
+    from policytrim.envs.libero import STATE_DIM, uses_object_state
+
+    if uses_object_state(env_cfg):
+        return env_cfg, None
+    return dataclasses.replace(env_cfg, libero_state="objects"), STATE_DIM
 
 
 def collect_demos(
@@ -226,7 +246,7 @@ def collect_demos(
     if fmt == "lerobot":
         from policytrim.data.lerobot_dataset import _require_lerobot
 
-        _require_lerobot()  # before minutes of collection
+        _require_lerobot(CONVERT_HINT)  # before minutes of collection
     from policytrim import __version__
     from policytrim.envs import initial_states, split_seed
     from policytrim.preflight import check_preconditions
@@ -238,6 +258,7 @@ def collect_demos(
     if out.exists() and not overwrite:
         raise InputError(f"{str(out)!r} already exists; pass --overwrite to replace it")
     data, env_cfg = cfg.data, cfg.env
+    run_env, keep_state = expert_env(env_cfg)
     tasks = list(env_cfg.tasks)
     seed = split_seed(env_cfg, "train")
     wanted = data.episodes
@@ -251,7 +272,7 @@ def collect_demos(
     demonstrator = Demonstrator(expert, data, bool(data.suboptimal))
     bar = Progress("collect", wanted * len(tasks), unit="demo", show=progress)
     engine = RolloutEngine(
-        env_cfg,
+        run_env,
         cfg.rollout.num_workers,
         cfg.rollout.step_timeout_s,
         env_factory=env_factory,
@@ -286,6 +307,7 @@ def collect_demos(
                 for kind, count in result.fault_counts.items():
                     faults[kind] = faults.get(kind, 0) + count
                 for ep in _episodes_of(result):
+                    ep["states"] = ep["states"][:, :keep_state]
                     task = ep["state"].task
                     control_period = engine.control_period_s(task)
                     successes[task] += ep["success"]
@@ -353,7 +375,7 @@ def collect_demos(
     if fmt == "lerobot":
         from policytrim.data.lerobot_dataset import save_lerobot_dataset
 
-        save_lerobot_dataset(ds, out, overwrite=overwrite, camera=env_cfg.camera)
+        save_lerobot_dataset(ds, out, overwrite=overwrite)
     else:
         save_demos(ds, out, overwrite=overwrite)
     return ds
@@ -373,7 +395,7 @@ def _assemble(
     length = np.array([len(ep["actions"]) for ep in episodes], np.int64)
     ep_task = np.array([task_id[ep["state"].task] for ep in episodes], np.int64)
     start = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
-    images = [ep["images"] for ep in episodes if "images" in ep]
+    cameras = {k: [ep[k] for ep in episodes if k in ep] for k in (OBS_IMAGE, OBS_WRIST_IMAGE)}
     return DemoDataset(
         state=np.concatenate([ep["states"] for ep in episodes]).astype(np.float32),
         action=np.concatenate([ep["actions"] for ep in episodes]).astype(np.float32),
@@ -393,6 +415,9 @@ def _assemble(
             "horizon": int(env_cfg.horizon),
             "collection": collection,
             "created_by": f"policytrim {version}",
+            "suite": env_cfg.suite,
+            **({"camera": env_cfg.camera} if env_cfg.image and env_cfg.suite == "metaworld" else {}),
         },
-        image=np.concatenate(images) if images else None,
+        image=np.concatenate(cameras[OBS_IMAGE]) if cameras[OBS_IMAGE] else None,
+        wrist_image=np.concatenate(cameras[OBS_WRIST_IMAGE]) if cameras[OBS_WRIST_IMAGE] else None,
     )

@@ -14,7 +14,7 @@ Format ``policytrim-demos`` version 1 (LeRobot-style key names; no pickle anywhe
                             "created_by": "policytrim <version>"}
       frames.safetensors   observation.state [S, D] f32, action [S, A] f32, episode_index [S] i64,
                            frame_index [S] i64, task_index [S] i64 (+ observation.image [S, h, w, 3] u8)
-                           (+ observation.wrist_image [S, h, w, 3] u8, from a LIBERO LeRobotDataset)
+                           (+ observation.wrist_image [S, h, w, 3] u8: LIBERO's wrist camera)
       episodes.safetensors length [E] i64, success [E] u8, task_index [E] i64, seed [E] i64,
                            index [E] i64, start [E] i64 (first frame of the episode)
 
@@ -93,7 +93,7 @@ class DemoDataset:
     image: np.ndarray | None = None
     """uint8 [S, h, w, 3] or None: observation.image."""
     wrist_image: np.ndarray | None = None
-    """uint8 [S, h, w, 3] or None: a wrist camera (LIBERO datasets), observation.wrist_image."""
+    """uint8 [S, h, w, 3] or None: a wrist camera (LIBERO), observation.wrist_image."""
 
     @property
     def num_frames(self) -> int:

@@ -5,6 +5,19 @@
 ``image`` features, PNG in the parquet files, so they read back bit-exact; no video encoding);
 ``policytrim pretrain --data DIR`` reads any local LeRobotDataset (ours or a user's teleoperation
 data) into a `policytrim.data.demos.DemoDataset`, so every policy (TinyVLA too) trains on it.
+``policytrim convert DATA OUT --format lerobot`` writes a dataset collected in policytrim's format
+the same way: LIBERO's simulator (Python 3.11 here) and LeRobot (Python >= 3.12) need not share an
+environment, so LIBERO demonstrations are collected in one and converted in the other.
+
+Written names. LIBERO (the public datasets' names, below): ``observation.state`` float32 [8] (the
+proprioception), ``observation.environment_state`` float32 [7 x slots + joints] (the task's object
+poses and fixture joints, `policytrim.envs.libero`, when the state carries them: LeRobot's name for
+privileged simulator state, which its policies read as an ``ENV`` feature), ``action`` float32 [7],
+``observation.images.image`` + ``observation.images.wrist_image`` (upright, as the public datasets
+store them) when images were collected, ``task`` the LIBERO instruction, robot type ``panda``, fps
+20 (LIBERO's control rate; the public datasets say 10). Others: ``observation.state``, ``action``,
+``observation.images.<env.camera>``. Both add ``next.success`` (true on the last frame of a
+successful episode).
 
 Key mapping (`feature_layout`; the first name present wins): state <- ``observation.state`` or
 ``state``; action <- ``action`` or ``actions``; ``task`` (the language instruction) -> instruction.
@@ -26,7 +39,10 @@ index) are not part of LeRobot's format and read back as -1.
   eye-in-hand -> ``observation.images.image2``), which its LIBERO processor matches to
   ``HuggingFaceVLA/libero``. Agent view -> image, wrist -> wrist_image; with env.image the
   dataset's image size must equal ``env.image_size`` (a policy is built for one size). An
-  instruction equal to one of ``env.tasks``' instructions is named by that task's address.
+  instruction equal to one of ``env.tasks``' instructions is named by that task's address. With
+  the object-pose state (``env.libero_state`` objects, or auto without images) the state is
+  ``observation.state`` followed by ``observation.environment_state`` of the suite's size (what
+  collect writes; the public datasets have none: read them with ``--env.libero-state proprio``).
 
   Image orientation: all three store images already rotated by 180 degrees (upright), the same
   ``[::-1, ::-1]`` our adapter applies to the raw renders. Sources: OpenVLA's
@@ -68,11 +84,16 @@ if TYPE_CHECKING:
     from policytrim.config import EnvConfig
 
 STATE, ACTION, SUCCESS, TASK = "observation.state", "action", "next.success", "task"
+ENV_STATE = "observation.environment_state"  # LeRobot's name for privileged simulator state (object poses)
 IMAGE_PREFIX = "observation.images."
 STATE_KEYS = (STATE, "state")  # LeRobot's name | openpi's physical-intelligence/libero
 ACTION_KEYS = (ACTION, "actions")
 LIBERO_AGENT_VIEW_KEYS = (IMAGE_PREFIX + "image", "image")
 LIBERO_WRIST_KEYS = (IMAGE_PREFIX + "image2", IMAGE_PREFIX + "wrist_image", "wrist_image")
+LIBERO_WRIST_KEY = IMAGE_PREFIX + "wrist_image"  # what we write: lerobot/libero_*_image's name
+LIBERO_STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y", "eef_axis_angle_z")
+LIBERO_STATE_NAMES += ("gripper_qpos_0", "gripper_qpos_1")
+LIBERO_ACTION_NAMES = ("dx", "dy", "dz", "drot_x", "drot_y", "drot_z", "gripper")  # OSC_POSE deltas; -1 opens
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 INFO = Path("meta") / "info.json"
 VIDEO_BACKEND = "pyav"  # PyAV ships its own FFmpeg; LeRobot's default first imports torchcodec (module docstring)
@@ -83,20 +104,71 @@ def is_lerobot_dataset(path: str | Path) -> bool:
     return (Path(path) / INFO).is_file()
 
 
-def _require_lerobot() -> None:
+def _require_lerobot(hint: str = "") -> None:
     try:
         import lerobot.datasets.lerobot_dataset  # noqa: F401
     except ImportError as exc:
         raise InputError(
             f"LeRobotDataset files need the lerobot extra (Python >= 3.12): pip install 'policytrim[lerobot]' ({exc})"
+            + hint
         ) from None
 
 
+def dataset_suite(ds: DemoDataset) -> str:
+    """The simulator suite a dataset was collected on: its meta's ``suite`` (written by collect), else
+    libero when every task is a LIBERO address, else metaworld."""
+    suite = ds.meta.get("suite")
+    if isinstance(suite, str) and suite:
+        return suite
+    from policytrim.envs.libero import SUITES
+
+    return "libero" if all(t.split("/")[0] in SUITES for t in ds.tasks) else "metaworld"
+
+
+def _camera_feature(images: np.ndarray) -> dict[str, Any]:
+    return {"dtype": "image", "shape": tuple(images.shape[1:]), "names": ["height", "width", "channels"]}
+
+
+def _columns(ds: DemoDataset, camera: str | None) -> tuple[dict[str, Any], dict[str, np.ndarray], str]:
+    """(LeRobot features, the per-frame arrays under their names, robot type) of ``ds``: LIBERO's public
+    names for a LIBERO dataset (module docstring), ``observation.state`` / ``action`` /
+    ``observation.images.<camera>`` otherwise."""
+    columns: dict[str, np.ndarray] = {}
+    names: dict[str, list[str] | None] = {}
+    if dataset_suite(ds) == "libero":
+        from policytrim.envs.libero import ACTION_DIM, STATE_DIM
+
+        if ds.state.shape[1] < STATE_DIM or ds.action.shape[1] != ACTION_DIM:
+            raise InputError(
+                f"a LIBERO dataset needs a state of at least {STATE_DIM} and {ACTION_DIM} actions per frame, "
+                f"got {ds.state.shape[1]} and {ds.action.shape[1]}"
+            )
+        columns[STATE], names[STATE] = ds.state[:, :STATE_DIM], list(LIBERO_STATE_NAMES)
+        if ds.state.shape[1] > STATE_DIM:  # the task's object poses (env.libero_state=objects)
+            columns[ENV_STATE], names[ENV_STATE] = ds.state[:, STATE_DIM:], None
+        columns[ACTION], names[ACTION] = ds.action, list(LIBERO_ACTION_NAMES)
+        cameras = {LIBERO_AGENT_VIEW_KEYS[0]: ds.image, LIBERO_WRIST_KEY: ds.wrist_image}
+        robot = "panda"
+    else:
+        columns[STATE], names[STATE] = ds.state, None
+        columns[ACTION], names[ACTION] = ds.action, None
+        cameras = {IMAGE_PREFIX + (camera or ds.meta.get("camera") or "corner2"): ds.image}
+        robot = "sawyer"
+    features: dict[str, Any] = {
+        k: {"dtype": "float32", "shape": tuple(v.shape[1:]), "names": names[k]} for k, v in columns.items()
+    }
+    for key, images in cameras.items():
+        if images is not None:
+            features[key], columns[key] = _camera_feature(images), images
+    return features, columns, robot
+
+
 def save_lerobot_dataset(
-    ds: DemoDataset, out: str | Path, overwrite: bool = False, camera: str = "corner2", fps: int | None = None
+    ds: DemoDataset, out: str | Path, overwrite: bool = False, camera: str | None = None, fps: int | None = None
 ) -> Path:
     """Write ``ds`` as a LeRobotDataset in ``out`` (assembled in a temporary sibling, then renamed:
-    `policytrim.io.atomic_directory`)."""
+    `policytrim.io.atomic_directory`). LIBERO datasets get the public datasets' names (module
+    docstring); ``camera`` names Meta-World's camera feature (default: the dataset's meta, else corner2)."""
     _require_lerobot()
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -106,18 +178,8 @@ def save_lerobot_dataset(
     ds.validate()
     period = ds.meta.get("control_period_s") or 0.0125  # Meta-World: 5 x 2.5 ms per env step
     fps = int(fps or round(1.0 / period))
-    features: dict[str, Any] = {
-        STATE: {"dtype": "float32", "shape": tuple(ds.state.shape[1:]), "names": None},
-        ACTION: {"dtype": "float32", "shape": tuple(ds.action.shape[1:]), "names": None},
-        SUCCESS: {"dtype": "bool", "shape": (1,), "names": None},
-    }
-    image_key = IMAGE_PREFIX + camera
-    if ds.image is not None:
-        features[image_key] = {
-            "dtype": "image",
-            "shape": tuple(ds.image.shape[1:]),
-            "names": ["height", "width", "channels"],
-        }
+    features, columns, robot = _columns(ds, camera)
+    features[SUCCESS] = {"dtype": "bool", "shape": (1,), "names": None}
     with atomic_directory(out, overwrite=True) as tmp:
         root = tmp / "dataset"  # LeRobot creates its root itself; its contents become ``out``
         dataset = LeRobotDataset.create(
@@ -125,7 +187,7 @@ def save_lerobot_dataset(
             fps=fps,
             features=features,
             root=root,
-            robot_type="sawyer",
+            robot_type=robot,
             use_videos=False,
             video_backend=VIDEO_BACKEND,
         )
@@ -134,14 +196,9 @@ def save_lerobot_dataset(
             instruction = ds.instructions[int(ds.episode_task_index[e])]
             last = rows.stop - 1
             for i in range(rows.start, rows.stop):
-                frame = {
-                    STATE: ds.state[i],
-                    ACTION: ds.action[i],
-                    SUCCESS: np.array([bool(ds.success[e]) and i == last]),
-                    TASK: instruction,
-                }
-                if ds.image is not None:
-                    frame[image_key] = ds.image[i]
+                frame = {key: values[i] for key, values in columns.items()}
+                frame[SUCCESS] = np.array([bool(ds.success[e]) and i == last])
+                frame[TASK] = instruction
                 dataset.add_frame(frame)
             dataset.save_episode()
         dataset.finalize()
@@ -149,6 +206,22 @@ def save_lerobot_dataset(
             os.replace(entry, tmp / entry.name)
         root.rmdir()
     return out
+
+
+def convert_to_lerobot(src: str | Path, out: str | Path, overwrite: bool = False) -> DemoDataset:
+    """`policytrim convert`: a policytrim demonstration dataset (`policytrim.data.demos`, e.g. collected
+    where LeRobot is not installed: LIBERO's environment) written as a LeRobotDataset in ``out``."""
+    from policytrim.data.demos import load_demos
+
+    _require_lerobot()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{str(out)!r} already exists; pass --overwrite to replace it")
+    if is_lerobot_dataset(src):
+        raise InputError(f"{str(src)!r} is a LeRobotDataset already; convert reads policytrim datasets")
+    ds = load_demos(src)
+    save_lerobot_dataset(ds, out, overwrite=overwrite)
+    return ds
 
 
 @dataclass(frozen=True)
@@ -159,6 +232,8 @@ class FeatureLayout:
     action: str
     image: str | None
     wrist_image: str | None
+    environment_state: str | None = None
+    """appended to the state (LIBERO's object poses, env.libero_state=objects)"""
 
 
 def _first(features: dict[str, Any], keys: tuple[str, ...]) -> str | None:
@@ -193,12 +268,20 @@ def feature_layout(features: dict[str, Any], env: EnvConfig | None, path: str | 
             k for k in features if (k.startswith(IMAGE_PREFIX) or k == "observation.image") and _is_camera(features[k])
         ]
         return FeatureLayout(state, action, cameras[0] if cameras else None, None)
-    from policytrim.envs.libero import ACTION_DIM, STATE_DIM
+    from policytrim.envs.libero import ACTION_DIM, STATE_DIM, state_dim, uses_object_state
 
     image, wrist = _first(features, LIBERO_AGENT_VIEW_KEYS), _first(features, LIBERO_WRIST_KEYS)
     missing = []
     if state is None or tuple(features[state]["shape"]) != (STATE_DIM,):
         missing.append(f"a state {' | '.join(STATE_KEYS)} [{STATE_DIM}]")
+    poses = uses_object_state(env)
+    if poses:
+        size = state_dim(env.tasks[0].split("/")[0], True) - STATE_DIM
+        if ENV_STATE not in features or tuple(features[ENV_STATE]["shape"]) != (size,):
+            missing.append(
+                f"the object poses {ENV_STATE} [{size}] (env.libero_state=objects, the default without images; "
+                "datasets without them train with --env.libero-state proprio)"
+            )
     if action is None or tuple(features[action]["shape"]) != (ACTION_DIM,):
         missing.append(f"actions {' | '.join(ACTION_KEYS)} [{ACTION_DIM}]")
     if env.image:
@@ -217,7 +300,9 @@ def feature_layout(features: dict[str, Any], env: EnvConfig | None, path: str | 
             f"found {_describe(features)}"
         )
     assert state is not None and action is not None  # checked above
-    return FeatureLayout(state, action, image if env.image else None, wrist if env.image else None)
+    return FeatureLayout(
+        state, action, image if env.image else None, wrist if env.image else None, ENV_STATE if poses else None
+    )
 
 
 @contextlib.contextmanager
@@ -285,6 +370,7 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
     columns = [layout.state, layout.action, "episode_index", "frame_index", "task_index"] + (
         [SUCCESS] if SUCCESS in features else []
     )
+    columns += [layout.environment_state] if layout.environment_state else []
     table = {k: torch.stack([torch.as_tensor(v) for v in hf[k]]).numpy() for k in columns}
     cameras = [k for k in (layout.image, layout.wrist_image) if k is not None]
     decoded = dict(zip(cameras, _decoded_images(dataset, cameras), strict=True))
@@ -307,8 +393,10 @@ def load_lerobot_dataset(path: str | Path, env: EnvConfig | None = None) -> Demo
     else:
         success = np.ones(len(ids), bool)
     new_episode = np.repeat(np.arange(len(ids)), length).astype(np.int64)
+    parts = [layout.state] + ([layout.environment_state] if layout.environment_state else [])
+    state = np.concatenate([table[k].astype(np.float32).reshape(len(order), -1) for k in parts], axis=1)
     ds = DemoDataset(
-        state=table[layout.state].astype(np.float32)[order].reshape(len(order), -1),
+        state=state[order],
         action=table[layout.action].astype(np.float32)[order].reshape(len(order), -1),
         episode_index=new_episode,
         frame_index=(np.arange(len(order)) - np.repeat(start, length)).astype(np.int64),
