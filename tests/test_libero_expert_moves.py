@@ -9,6 +9,7 @@ knob turn. The episodes on the real simulator are measured by benchmarks/libero_
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -199,3 +200,58 @@ def test_drawer_pull_grips_the_handle_from_the_front_and_pulls():
     moved = handle + [0.0, 0.05, 0.0]
     a = expert.act(_drawer_state(moved, 0.017, -0.05, level))
     assert a[6] == CLOSE and a[1] > 0.3
+
+
+def test_drawer_pull_travels_above_the_handle_to_its_front():
+    """Far from the handle's front, the hand goes there above the handle's height and down only over it:
+    at the handle's height the level hand swept a bowl on the table in front of the cabinet along, onto
+    the plate and under the drawer, which then jammed (middle drawer, LIBERO-Goal init states 5, 7, 8, 9)."""
+    from policytrim.policies.libero_expert import HANDLE_TRAVEL, _level_hand
+
+    expert = LiberoExpert(_drawer_plan())
+    handle = np.array([0.0, -0.25 + 0.1, 0.9 + 0.18])
+    front = handle + [0.0, 0.10, 0.0]
+    level = _level_hand(np.array([0.0, 1.0]))
+    # beside the front at the handle's height: rise (before: straight across at this height)
+    a = expert.act(_drawer_state([-0.2, front[1], handle[2]], 0.077, 0.0, level))
+    assert a[2] > 0.3 and a[0] > 0.5
+    # high above: stay above HANDLE_TRAVEL over the handle while crossing
+    a = expert.act(_drawer_state([-0.2, front[1], handle[2] + HANDLE_TRAVEL], 0.077, 0.0, level))
+    assert a[2] > -0.05 and a[0] > 0.5
+    # over the front: straight down to it
+    a = expert.act(_drawer_state(front + [0.0, 0.0, HANDLE_TRAVEL], 0.077, 0.0, level))
+    assert a[2] < -0.5 and np.linalg.norm(a[:2]) < 0.2
+
+
+def test_fixture_boxes_slide_with_their_drawer_joint():
+    """A drawer's collision boxes move with its joint (read from the state), the others stay."""
+    box = np.concatenate([[0.0, -0.2, 1.0], [0.1, 0.08, 0.03], np.eye(3).ravel()])
+    fixtures = np.stack([box, box])
+    slides = np.array([[1.0, 0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0, 0.0]])  # box 0 on joint 1 (axis -y)
+    plan = dataclasses.replace(_drawer_plan(), fixtures=fixtures, fixture_slides=slides)
+    expert = LiberoExpert(plan)
+    now = expert._fixtures(_drawer_state([0.0, 0.0, 1.2], 0.077, -0.15, np.eye(3)))
+    assert np.allclose(now[0, :3], [0.0, -0.2 + 0.15, 1.0]) and np.allclose(now[1], box)
+    assert np.allclose(plan.fixtures[0], box)  # the plan's boxes are not changed
+
+
+def test_expert_benchmark_starts_no_episode_past_its_deadline(tmp_path, monkeypatch):
+    """benchmarks/libero_experts.py --max-minutes: past the deadline a task is left as its work file
+    has it (no env built, nothing written), so the next run goes on from the first missing init state."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import libero_experts as bench
+
+    address = "libero_object/pick_up_the_alphabet_soup_and_place_it_in_the_basket"
+    record = {"task": address, "expert_version": bench.expert_version(), "episodes": {"0": {"success": True}}}
+    path = bench.task_file(tmp_path, address)
+    path.write_text(json.dumps(record))
+
+    def no_env(*_args, **_kwargs):
+        raise AssertionError("an env was built past the deadline")
+
+    monkeypatch.setattr(bench, "make_env", no_env)
+    assert bench.run_task(address, 50, tmp_path, deadline=0.0) == record
+    assert json.loads(path.read_text()) == record
