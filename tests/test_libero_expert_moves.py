@@ -255,3 +255,24 @@ def test_expert_benchmark_starts_no_episode_past_its_deadline(tmp_path, monkeypa
     monkeypatch.setattr(bench, "make_env", no_env)
     assert bench.run_task(address, 50, tmp_path, deadline=0.0) == record
     assert json.loads(path.read_text()) == record
+
+
+def test_held_object_under_an_open_drawer_leaves_from_under_it_before_lifting():
+    """A bowl standing partly under an opened drawer hit the drawer's floor when lifted straight up and
+    tilted out of the rim pinch (LIBERO-Goal "open the top drawer and put the bowl inside"): the
+    escape shifts it out from under the drawer's boxes the shortest way first."""
+    from policytrim.policies.libero_expert import _overhang_escape
+
+    drawer = np.concatenate([[0.02, -0.09, 1.06], [0.11, 0.085, 0.005], np.eye(3).ravel()])  # floor at 1.055
+    lo, hi = np.array([-0.134, -0.04, 0.9]), np.array([-0.026, 0.068, 0.951])  # the bowl's box in the world
+    signs = np.array([[sx, sy, sz] for sx in (0, 1) for sy in (0, 1) for sz in (0, 1)])
+    corners = lo + signs * (hi - lo)
+    shift, ceiling = _overhang_escape(drawer[None], corners, carry=1.15)
+    assert abs(ceiling - 1.055) < 1e-9
+    moved_lo, moved_hi = lo[:2] + shift, hi[:2] + shift
+    d_lo, d_hi = drawer[:2] - drawer[3:5], drawer[:2] + drawer[3:5]
+    assert np.any((moved_hi < d_lo) | (moved_lo > d_hi))  # clear of the drawer's footprint
+    assert np.linalg.norm(shift) < 0.1  # the short way (out to the side or the front), not across it
+    # nothing above it, or the drawer above the carry height: no escape
+    assert _overhang_escape(drawer[None], corners - [0.3, 0.0, 0.0], carry=1.15) is None
+    assert _overhang_escape(drawer[None], corners, carry=0.95) is None

@@ -66,6 +66,7 @@ RETREAT = 0.08  # back out this far from a drawer's handle before turning the ha
 HANDLE_OPENING = 0.04  # finger opening going at a drawer's handle bar: clear of the handles above and below
 HANDLE_TRAVEL = 0.08  # go to the front of a drawer's handle at least this far above it (m)
 HANDLE_REACH = 0.0  # grip a drawer's handle bar this far in front of its centre (m)
+OVERHANG_MARGIN = 0.01  # a held object leaves the space under a fixture (an open drawer) by this much (m)
 PUSH_HEIGHT = 0.008  # push with the closed fingertips this far above the object's origin
 PUSH_STEP = 0.07  # while pushing, aim this far ahead along the line (m)
 PUSH_SPEED = 0.3  # and move at least this fast (action units)
@@ -387,6 +388,35 @@ def _wall_top(boxes: np.ndarray | None, xy: np.ndarray, radius: float, below: fl
     return float(tops[sel].max()) if sel.any() else -math.inf
 
 
+def _overhang_escape(boxes: np.ndarray | None, corners: np.ndarray, carry: float) -> tuple[np.ndarray, float] | None:
+    """(horizontal shift, lowest overhang bottom) that takes the object's footprint out from under the
+    fixture boxes above it that a lift to ``carry`` (its bottom) would hit, the shortest way; None when
+    nothing is above it. ``corners`` [8, 3]: the object's collision box in the world."""
+    if boxes is None or not len(boxes):
+        return None
+    centre, half, R = boxes[:, :3], boxes[:, 3:6], boxes[:, 6:].reshape(-1, 3, 3)
+    extent = np.einsum("bij,bj->bi", np.abs(R), half)  # world-axis half sizes
+    lo, hi = corners.min(0), corners.max(0)
+    bottom = centre[:, 2] - extent[:, 2]
+    above = (bottom > hi[2] - 0.005) & (bottom < carry + (hi[2] - lo[2]))
+    if not above.any():
+        return None
+    c, e = centre[above, :2], extent[above, :2] + OVERHANG_MARGIN
+
+    def under(shift: np.ndarray) -> bool:
+        return bool(np.any(np.all((lo[None, :2] + shift < c + e) & (hi[None, :2] + shift > c - e), axis=1)))
+
+    if not under(np.zeros(2)):
+        return None
+    for dist in np.arange(0.02, 0.25, 0.02):
+        for k in range(16):
+            a = k * math.pi / 8
+            shift = dist * np.array([math.cos(a), math.sin(a)])
+            if not under(shift):
+                return shift + OVERHANG_MARGIN * shift / dist, float(bottom[above].min())
+    return None
+
+
 def _box_clearance(points: np.ndarray, boxes: np.ndarray | None) -> float:
     """The least distance of ``points`` [n, 3] to the oriented ``boxes`` (negative inside one); 1 with none."""
     if boxes is None or not len(boxes):
@@ -518,6 +548,13 @@ class LiberoExpert:
         q = state[8 + 7 * self.plan.slots + slides[moving, 0].astype(int)]
         boxes[moving, :3] += slides[moving, 1:4] * (q - slides[moving, 4])[:, None]
         return boxes
+
+    def _drawer_boxes(self, state: np.ndarray) -> np.ndarray | None:
+        """The boxes of the fixtures' parts that slide with a drawer joint, where they are now."""
+        boxes, slides = self._fixtures(state), self.plan.fixture_slides
+        if boxes is None or slides is None or len(slides) != len(boxes):
+            return None
+        return boxes[slides[:, 0] >= 0]
 
     def _joint(self, state: np.ndarray, drawer: Drawer) -> float:
         return float(state[8 + 7 * self.plan.slots + drawer.joint])
@@ -737,6 +774,12 @@ class LiberoExpert:
                 goal = hand + np.array([0.0, 0.0, max(0.0, carry - obj_bottom)])  # carried high: stay high
                 if obj_bottom > carry - 0.03:
                     goal[:2] = hand[:2] + err_xy
+                else:  # under an open drawer: out from under it low first (its floor tilts the object)
+                    escape = _overhang_escape(self._drawer_boxes(state), corners, carry)
+                    if escape is not None:
+                        shift, ceiling = escape
+                        up = min(0.02, ceiling - float(corners[:, 2].max()) - 0.015)
+                        goal = hand + np.array([*shift, up])
             elif obj_bottom > place_bottom + 0.01:
                 # lower past the place height: under load the controller stops short of its target
                 goal = hand + np.array([*err_xy, place_bottom - obj_bottom - 0.03])
