@@ -17,6 +17,9 @@ every task of every suite asked for has all 50 init states.
 
     MUJOCO_GL=egl .venv-libero/bin/python benchmarks/libero_experts.py --states 5
     MUJOCO_GL=egl .venv-libero/bin/python benchmarks/libero_experts.py --suites libero_object --states 50
+    # the full table in pieces of at most an hour each (rerun the same command until it says nothing left)
+    MUJOCO_GL=egl .venv-libero/bin/python benchmarks/libero_experts.py --suites libero_object,libero_spatial,\
+        libero_goal,libero_10 --states 50 --max-minutes 60 --workdir /path/to/work
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import argparse
 import functools
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -56,14 +60,15 @@ def task_file(workdir: Path, address: str) -> Path:
     return workdir / (address.replace("/", "__") + ".json")
 
 
-def run_task(address: str, states: int, workdir: Path) -> dict:
-    """Measure the missing init states 0..states-1 of one task; returns its record."""
+def run_task(address: str, states: int, workdir: Path, deadline: float = math.inf) -> dict:
+    """Measure the missing init states 0..states-1 of one task (none started past ``deadline``, a
+    `time.monotonic` time); returns its record."""
     path = task_file(workdir, address)
     record = json.loads(path.read_text()) if path.is_file() else {}
     if record.get("expert_version") != expert_version():
         record = {"task": address, "expert_version": expert_version(), "episodes": {}}
     todo = [i for i in range(states) if str(i) not in record["episodes"]]
-    if not todo or record.get("unsupported"):
+    if not todo or record.get("unsupported") or time.monotonic() >= deadline:
         return record
     cfg = EnvConfig(suite="libero", tasks=(address,), libero_state="objects", libero_published_test=True)
     policy = ExpertPolicy((address,))
@@ -76,6 +81,9 @@ def run_task(address: str, states: int, workdir: Path) -> dict:
             atomic_write_json(path, record)
             return record
         for i in todo:
+            if time.monotonic() >= deadline:
+                print(f"{address}: --max-minutes reached, init states from {i} left for the next run", flush=True)
+                break
             t0 = time.perf_counter()
             obs = env.reset(initial_states(address, cfg.test_seed, 1, start=i)[0])
             t1 = time.perf_counter()
@@ -200,17 +208,26 @@ def main() -> None:
     p.add_argument("--tasks", default="", help="only these task indices of each suite (comma-separated)")
     p.add_argument("--workdir", type=Path, default=RESULTS / "libero_experts")
     p.add_argument("--summary-only", action="store_true")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="start no episode after this many minutes (0: no limit); run again to go on where it stopped",
+    )
     args = p.parse_args()
     suites = tuple(s for s in args.suites.split(",") if s)
     if not 1 <= args.states <= INIT_STATES_PER_TASK:
         p.error(f"--states must be in [1, {INIT_STATES_PER_TASK}]")
+    if args.max_minutes < 0:
+        p.error("--max-minutes must be >= 0")
+    deadline = time.monotonic() + args.max_minutes * 60 if args.max_minutes else math.inf
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
         only = {int(i) for i in args.tasks.split(",") if i}
         for suite in suites:
             for task in suite_tasks(suite):
                 if not only or task.index in only:
-                    run_task(task.address, args.states, args.workdir)
+                    run_task(task.address, args.states, args.workdir, deadline)
     summary = summarise(args.workdir, suites)
     atomic_write_json(RESULTS / "libero_experts.json", summary)
     (RESULTS / "libero_experts.md").write_text(markdown(summary))

@@ -9,6 +9,7 @@ knob turn. The episodes on the real simulator are measured by benchmarks/libero_
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -199,3 +200,79 @@ def test_drawer_pull_grips_the_handle_from_the_front_and_pulls():
     moved = handle + [0.0, 0.05, 0.0]
     a = expert.act(_drawer_state(moved, 0.017, -0.05, level))
     assert a[6] == CLOSE and a[1] > 0.3
+
+
+def test_drawer_pull_travels_above_the_handle_to_its_front():
+    """Far from the handle's front, the hand goes there above the handle's height and down only over it:
+    at the handle's height the level hand swept a bowl on the table in front of the cabinet along, onto
+    the plate and under the drawer, which then jammed (middle drawer, LIBERO-Goal init states 5, 7, 8, 9)."""
+    from policytrim.policies.libero_expert import HANDLE_TRAVEL, _level_hand
+
+    expert = LiberoExpert(_drawer_plan())
+    handle = np.array([0.0, -0.25 + 0.1, 0.9 + 0.18])
+    front = handle + [0.0, 0.10, 0.0]
+    level = _level_hand(np.array([0.0, 1.0]))
+    # beside the front at the handle's height: rise (before: straight across at this height)
+    a = expert.act(_drawer_state([-0.2, front[1], handle[2]], 0.077, 0.0, level))
+    assert a[2] > 0.3 and a[0] > 0.5
+    # high above: stay above HANDLE_TRAVEL over the handle while crossing
+    a = expert.act(_drawer_state([-0.2, front[1], handle[2] + HANDLE_TRAVEL], 0.077, 0.0, level))
+    assert a[2] > -0.05 and a[0] > 0.5
+    # over the front: straight down to it
+    a = expert.act(_drawer_state(front + [0.0, 0.0, HANDLE_TRAVEL], 0.077, 0.0, level))
+    assert a[2] < -0.5 and np.linalg.norm(a[:2]) < 0.2
+
+
+def test_fixture_boxes_slide_with_their_drawer_joint():
+    """A drawer's collision boxes move with its joint (read from the state), the others stay."""
+    box = np.concatenate([[0.0, -0.2, 1.0], [0.1, 0.08, 0.03], np.eye(3).ravel()])
+    fixtures = np.stack([box, box])
+    slides = np.array([[1.0, 0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0, 0.0]])  # box 0 on joint 1 (axis -y)
+    plan = dataclasses.replace(_drawer_plan(), fixtures=fixtures, fixture_slides=slides)
+    expert = LiberoExpert(plan)
+    now = expert._fixtures(_drawer_state([0.0, 0.0, 1.2], 0.077, -0.15, np.eye(3)))
+    assert np.allclose(now[0, :3], [0.0, -0.2 + 0.15, 1.0]) and np.allclose(now[1], box)
+    assert np.allclose(plan.fixtures[0], box)  # the plan's boxes are not changed
+
+
+def test_expert_benchmark_starts_no_episode_past_its_deadline(tmp_path, monkeypatch):
+    """benchmarks/libero_experts.py --max-minutes: past the deadline a task is left as its work file
+    has it (no env built, nothing written), so the next run goes on from the first missing init state."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import libero_experts as bench
+
+    address = "libero_object/pick_up_the_alphabet_soup_and_place_it_in_the_basket"
+    record = {"task": address, "expert_version": bench.expert_version(), "episodes": {"0": {"success": True}}}
+    path = bench.task_file(tmp_path, address)
+    path.write_text(json.dumps(record))
+
+    def no_env(*_args, **_kwargs):
+        raise AssertionError("an env was built past the deadline")
+
+    monkeypatch.setattr(bench, "make_env", no_env)
+    assert bench.run_task(address, 50, tmp_path, deadline=0.0) == record
+    assert json.loads(path.read_text()) == record
+
+
+def test_held_object_under_an_open_drawer_leaves_from_under_it_before_lifting():
+    """A bowl standing partly under an opened drawer hit the drawer's floor when lifted straight up and
+    tilted out of the rim pinch (LIBERO-Goal "open the top drawer and put the bowl inside"): the
+    escape shifts it out from under the drawer's boxes the shortest way first."""
+    from policytrim.policies.libero_expert import _overhang_escape
+
+    drawer = np.concatenate([[0.02, -0.09, 1.06], [0.11, 0.085, 0.005], np.eye(3).ravel()])  # floor at 1.055
+    lo, hi = np.array([-0.134, -0.04, 0.9]), np.array([-0.026, 0.068, 0.951])  # the bowl's box in the world
+    signs = np.array([[sx, sy, sz] for sx in (0, 1) for sy in (0, 1) for sz in (0, 1)])
+    corners = lo + signs * (hi - lo)
+    shift, ceiling = _overhang_escape(drawer[None], corners, carry=1.15)
+    assert abs(ceiling - 1.055) < 1e-9
+    moved_lo, moved_hi = lo[:2] + shift, hi[:2] + shift
+    d_lo, d_hi = drawer[:2] - drawer[3:5], drawer[:2] + drawer[3:5]
+    assert np.any((moved_hi < d_lo) | (moved_lo > d_hi))  # clear of the drawer's footprint
+    assert np.linalg.norm(shift) < 0.1  # the short way (out to the side or the front), not across it
+    # nothing above it, or the drawer above the carry height: no escape
+    assert _overhang_escape(drawer[None], corners - [0.3, 0.0, 0.0], carry=1.15) is None
+    assert _overhang_escape(drawer[None], corners, carry=0.95) is None

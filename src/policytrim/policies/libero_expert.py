@@ -64,7 +64,9 @@ PULL_STEP = 0.06  # while pulling a drawer, aim this far ahead (m)
 PULL_SPEED = 0.6  # at this speed (action units)
 RETREAT = 0.08  # back out this far from a drawer's handle before turning the hand down (m)
 HANDLE_OPENING = 0.04  # finger opening going at a drawer's handle bar: clear of the handles above and below
+HANDLE_TRAVEL = 0.08  # go to the front of a drawer's handle at least this far above it (m)
 HANDLE_REACH = 0.0  # grip a drawer's handle bar this far in front of its centre (m)
+OVERHANG_MARGIN = 0.01  # a held object leaves the space under a fixture (an open drawer) by this much (m)
 PUSH_HEIGHT = 0.008  # push with the closed fingertips this far above the object's origin
 PUSH_STEP = 0.07  # while pushing, aim this far ahead along the line (m)
 PUSH_SPEED = 0.3  # and move at least this fast (action units)
@@ -110,6 +112,9 @@ class TaskPlan:
     knob: np.ndarray | None = None  # "turn": [x, y, z, yaw] of the knob's grasp point and handle axis, owner frame
     fixtures: np.ndarray | None = None  # float [n, 15]: the fixtures' collision boxes (centre 3, half 3, rotation 9)
     fixture_slots: tuple[int, ...] = ()  # state slots of the fixtures (their boxes stand for them)
+    # float [n, 5] per fixture box: the state joint of the drawer it slides with (-1: none), the slide
+    # axis in the world (3) and the joint's position when the boxes were read
+    fixture_slides: np.ndarray | None = None
     joints: int = 0  # joint positions after the body slots in the state
     drawer: Drawer | None = None  # "pull": the drawer to open; "pick": one to open before placing into it
 
@@ -219,6 +224,7 @@ def _plan_from_env(env) -> TaskPlan:
             Target("open", drawer.slot, np.zeros(3), np.zeros(3), 0.0),
             move="pull",
             fixtures=_fixture_boxes(inner),
+            fixture_slides=_fixture_slides(env),
             joints=len(env.joint_positions()),
             drawer=drawer,
         )
@@ -266,6 +272,7 @@ def _plan_from_env(env) -> TaskPlan:
         move,
         fixtures=_fixture_boxes(inner),
         fixture_slots=fixed,
+        fixture_slides=_fixture_slides(env),
         joints=len(env.joint_positions()),
         drawer=target.drawer if kind == "in" else None,
     )
@@ -313,24 +320,54 @@ def _drawer_of(env, site_name: str) -> Drawer | None:
     )
 
 
-def _fixture_boxes(inner) -> np.ndarray:
-    """float [n, 15]: each collision geom of the scene's fixtures (not the table or floor) as an oriented
-    box in the world: centre (3), half sizes (3), rotation (9, row-major). Fixtures stay where they are
-    (an articulated part does not move unless pushed)."""
-    sim = inner.sim
-    model, data = sim.model, sim.data
+def _fixture_geoms(inner) -> list[int]:
+    """The collision geoms of the scene's fixtures (not the table or floor), in model order."""
+    model = inner.sim.model
     roots = [
         inner.obj_body_id[name]
         for name in getattr(inner, "fixtures_dict", {})
         if name in inner.obj_body_id and not (name.endswith("table") or name == "floor")
     ]
-    boxes = []
-    for g in range(model.ngeom):
-        if model.geom_contype[g] == 0 and model.geom_conaffinity[g] == 0:
-            continue
+    return [
+        g
+        for g in range(model.ngeom)
+        if (model.geom_contype[g] != 0 or model.geom_conaffinity[g] != 0)
+        and any(_in_subtree(model, int(model.geom_bodyid[g]), r) for r in roots)
+    ]
+
+
+def _fixture_slides(env) -> np.ndarray:
+    """float [n, 5] for the boxes of `_fixture_boxes`: the state joint (index in ``env.state_joints``) of
+    the drawer a box slides with, -1 for none; the slide axis in the world; the joint's position now."""
+    inner = env.unwrapped.env
+    model, data = inner.sim.model, inner.sim.data
+    names = list(getattr(env, "state_joints", ()))
+    out = []
+    for g in _fixture_geoms(inner):
+        row = [-1.0, 0.0, 0.0, 0.0, 0.0]
         body = int(model.geom_bodyid[g])
-        if not any(_in_subtree(model, body, r) for r in roots):
-            continue
+        while body > 0:  # the nearest slide joint up the tree
+            slides = [j for j in range(model.njnt) if model.jnt_type[j] == 2 and int(model.jnt_bodyid[j]) == body]
+            if slides:
+                j = slides[0]
+                if model.joint_id2name(j) in names:
+                    axis = data.body_xmat[body].reshape(3, 3) @ model.jnt_axis[j]
+                    q = float(data.qpos[model.jnt_qposadr[j]])
+                    row = [float(names.index(model.joint_id2name(j))), *axis, q]
+                break
+            body = int(model.body_parentid[body])
+        out.append(row)
+    return np.array(out).reshape(-1, 5)
+
+
+def _fixture_boxes(inner) -> np.ndarray:
+    """float [n, 15]: each collision geom of the scene's fixtures (not the table or floor) as an oriented
+    box in the world: centre (3), half sizes (3), rotation (9, row-major), where it was when read (a
+    drawer's boxes slide with its joint: `_fixture_slides`)."""
+    sim = inner.sim
+    model, data = sim.model, sim.data
+    boxes = []
+    for g in _fixture_geoms(inner):
         R = data.geom_xmat[g].reshape(3, 3)
         aabb = model.geom_aabb[g]
         boxes.append(np.concatenate([data.geom_xpos[g] + R @ aabb[:3], aabb[3:], R.ravel()]))
@@ -349,6 +386,35 @@ def _wall_top(boxes: np.ndarray | None, xy: np.ndarray, radius: float, below: fl
     tops = centre[:, 2] + extent[:, 2]
     sel = near & rising
     return float(tops[sel].max()) if sel.any() else -math.inf
+
+
+def _overhang_escape(boxes: np.ndarray | None, corners: np.ndarray, carry: float) -> tuple[np.ndarray, float] | None:
+    """(horizontal shift, lowest overhang bottom) that takes the object's footprint out from under the
+    fixture boxes above it that a lift to ``carry`` (its bottom) would hit, the shortest way; None when
+    nothing is above it. ``corners`` [8, 3]: the object's collision box in the world."""
+    if boxes is None or not len(boxes):
+        return None
+    centre, half, R = boxes[:, :3], boxes[:, 3:6], boxes[:, 6:].reshape(-1, 3, 3)
+    extent = np.einsum("bij,bj->bi", np.abs(R), half)  # world-axis half sizes
+    lo, hi = corners.min(0), corners.max(0)
+    bottom = centre[:, 2] - extent[:, 2]
+    above = (bottom > hi[2] - 0.005) & (bottom < carry + (hi[2] - lo[2]))
+    if not above.any():
+        return None
+    c, e = centre[above, :2], extent[above, :2] + OVERHANG_MARGIN
+
+    def under(shift: np.ndarray) -> bool:
+        return bool(np.any(np.all((lo[None, :2] + shift < c + e) & (hi[None, :2] + shift > c - e), axis=1)))
+
+    if not under(np.zeros(2)):
+        return None
+    for dist in np.arange(0.02, 0.25, 0.02):
+        for k in range(16):
+            a = k * math.pi / 8
+            shift = dist * np.array([math.cos(a), math.sin(a)])
+            if not under(shift):
+                return shift + OVERHANG_MARGIN * shift / dist, float(bottom[above].min())
+    return None
 
 
 def _box_clearance(points: np.ndarray, boxes: np.ndarray | None) -> float:
@@ -472,6 +538,24 @@ class LiberoExpert:
             centre = centre + R @ t.drawer.axis * (self._joint(state, t.drawer) - t.drawer.q0)
         return centre, float(centre[2] + t.top)
 
+    def _fixtures(self, state: np.ndarray) -> np.ndarray | None:
+        """The fixtures' collision boxes now: a drawer's boxes moved along its slide by its joint."""
+        boxes, slides = self.plan.fixtures, self.plan.fixture_slides
+        if boxes is None or slides is None or not len(slides) or not np.any(slides[:, 0] >= 0):
+            return boxes
+        boxes = boxes.copy()
+        moving = slides[:, 0] >= 0
+        q = state[8 + 7 * self.plan.slots + slides[moving, 0].astype(int)]
+        boxes[moving, :3] += slides[moving, 1:4] * (q - slides[moving, 4])[:, None]
+        return boxes
+
+    def _drawer_boxes(self, state: np.ndarray) -> np.ndarray | None:
+        """The boxes of the fixtures' parts that slide with a drawer joint, where they are now."""
+        boxes, slides = self._fixtures(state), self.plan.fixture_slides
+        if boxes is None or slides is None or len(slides) != len(boxes):
+            return None
+        return boxes[slides[:, 0] >= 0]
+
     def _joint(self, state: np.ndarray, drawer: Drawer) -> float:
         return float(state[8 + 7 * self.plan.slots + drawer.joint])
 
@@ -512,6 +596,10 @@ class LiberoExpert:
             goal = point + pull3 * 0.10
             if along < 0.02 and off_lane > 0.01:  # beside or behind the handle: back out first
                 goal = hand + pull3 * 0.05 + np.array([0.0, 0.0, 0.02])
+            elif float(np.linalg.norm((goal - hand)[:2])) > 0.03:
+                # far from the front: travel above it and go down there (at the handle's height the
+                # level hand sweeps the objects on the table in front of the drawers along)
+                goal[2] = max(goal[2] + HANDLE_TRAVEL, min(hand[2], goal[2] + 2 * HANDLE_TRAVEL))
         if gripper == OPEN and fingers > HANDLE_OPENING - 0.006:  # hold the fingers about HANDLE_OPENING
             gripper = CLOSE if fingers > HANDLE_OPENING + 0.006 else 0.0
         action = np.zeros(7)
@@ -555,6 +643,7 @@ class LiberoExpert:
         home = home / max(float(np.linalg.norm(home)), 1e-6)
         best_dir, best_score = None, -math.inf
         z = zmax - RIM_DEPTH
+        fixtures = self._fixtures(state)
         for k in range(8):
             a = k * math.pi / 4
             u = np.array([math.cos(a), math.sin(a)])
@@ -563,7 +652,7 @@ class LiberoExpert:
             # clear of neighbours first; then the side facing the hand's home (reachable) and an unturned hand
             score = min(score, 0.10) - 0.015 * (1.0 - float(u @ home)) - 0.01 * abs(math.sin(a))
             # the open fingers must go down clear of the fixtures (a drawer's walls, a cabinet's top)
-            clear = _box_clearance(self._finger_points(np.array([*point, z]), u), self.plan.fixtures)
+            clear = _box_clearance(self._finger_points(np.array([*point, z]), u), fixtures)
             score -= 10.0 * max(0.0, FINGER_CLEARANCE - clear)
             if score > best_score:
                 best_dir, best_score = u, score
@@ -680,11 +769,17 @@ class LiberoExpert:
                 goal = hand.copy()
             elif np.linalg.norm(err_xy) > (0.04 if obj_bottom < place_bottom + 0.04 else 0.015):
                 reach = 0.5 * float(np.linalg.norm(corners[:, :2].max(0) - corners[:, :2].min(0)))
-                walls = _wall_top(self.plan.fixtures, obj_centre[:2], reach + 0.02, obj_bottom + 0.02)
+                walls = _wall_top(self._fixtures(state), obj_centre[:2], reach + 0.02, obj_bottom + 0.02)
                 carry = max(lift_bottom, place_bottom + 0.05, walls + 0.03)  # out over a drawer's walls
                 goal = hand + np.array([0.0, 0.0, max(0.0, carry - obj_bottom)])  # carried high: stay high
                 if obj_bottom > carry - 0.03:
                     goal[:2] = hand[:2] + err_xy
+                else:  # under an open drawer: out from under it low first (its floor tilts the object)
+                    escape = _overhang_escape(self._drawer_boxes(state), corners, carry)
+                    if escape is not None:
+                        shift, ceiling = escape
+                        up = min(0.02, ceiling - float(corners[:, 2].max()) - 0.015)
+                        goal = hand + np.array([*shift, up])
             elif obj_bottom > place_bottom + 0.01:
                 # lower past the place height: under load the controller stops short of its target
                 goal = hand + np.array([*err_xy, place_bottom - obj_bottom - 0.03])
