@@ -222,7 +222,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     runner = Runner(args, policies)
     singles = (
         [(f"steps={n}",) for n in args.flow_steps]
-        + [("bf16",), ("int8",)]
+        + [(precision,) for precision in PRECISIONS]
         + ([] if args.skip_compile else [("compile",)])
     )
     plan = [("baseline", "baseline", ()), ("PolicyTrim", "policytrim", ())]

@@ -14,7 +14,7 @@ import torch
 
 from policytrim.errors import InputError
 from policytrim.policies.base import Mode
-from policytrim.policies.precision import check_precision, quantize_linear
+from policytrim.policies.precision import quantize_linear
 
 # LeRobot's batch keys (lerobot.utils.constants), kept here so the mapping reads in one place.
 OBS_STATE, TASK, ACTION, ACTION_IS_PAD = "observation.state", "task", "action", "action_is_pad"
@@ -100,8 +100,8 @@ class Family:
 
     def to_precision(self, policy: Adapter, precision: str) -> None:
         """Convert the LeRobot policy in place for inference (`policytrim.policies.precision`): bf16 but
-        `float32_modules`; dynamic int8 linear layers but those `int8_keep` matches."""
-        check_precision(precision)
+        `float32_modules`; dynamic int8 linear layers but those `int8_keep` matches. ``precision`` is one
+        of `PRECISIONS` (the adapter checked it)."""
         if precision not in self.precisions:
             raise InputError(
                 f"{precision} is not available for LeRobot's {self.name}"
