@@ -86,6 +86,8 @@ class EnvConfig:
     """suite=libero: the state observation: proprio (openpi's 8-D), objects (proprio + the task's object poses, a fixed layout per suite, `policytrim.envs.libero`) or auto (objects unless env.image)."""  # noqa: E501
     libero_published_test: bool = False
     """suite=libero: the test split is all 50 init states per task, in order (the published protocol; overlaps train/val: only for checkpoints not trained here)."""  # noqa: E501
+    libero_reset: Literal["fast", "hard"] = "fast"
+    """suite=libero: how an env resets: fast (replays robosuite's hard reset in the loaded model, bit-identical to it, ~10x cheaper) or hard (reloads the model every reset)."""  # noqa: E501
     max_envs_per_worker: int = 0
     """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO as many as fit in half the free memory."""  # noqa: E501
 
@@ -98,6 +100,9 @@ class EnvConfig:
         _require(
             self.libero_state in ("auto", "proprio", "objects"),
             f"env.libero_state must be auto, proprio or objects, got {self.libero_state!r}",
+        )
+        _require(
+            self.libero_reset in ("fast", "hard"), f"env.libero_reset must be fast or hard, got {self.libero_reset!r}"
         )
         if self.suite == "metaworld":
             try:

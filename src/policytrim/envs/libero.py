@@ -352,6 +352,29 @@ def _in_subtree(model: Any, body: int, root: int, stops: set[int]) -> bool:
     return body == root
 
 
+# Model arrays a fast reset restores: all but the assets (textures, meshes and their BVH, height fields,
+# skins, flexes, names), which no reset or step writes; the rest is ~0.1 MB against ~200 MB with them.
+_ASSET_ARRAYS = ("tex_", "mesh_", "bvh_", "oct_", "hfield_", "skin_", "flex", "name", "paths", "text_", "tuple_", "plugin")
+
+
+def _model_state_arrays(model: Any) -> list[str]:
+    """Names of the ``mujoco.MjModel`` arrays a reset or an episode may change (see _ASSET_ARRAYS)."""
+    return [
+        name
+        for name in dir(model)
+        if not name.startswith(("_", *_ASSET_ARRAYS)) and isinstance(getattr(model, name, None), np.ndarray)
+    ]
+
+
+@dataclass(frozen=True)
+class _Reloaded:
+    """The state a hard reset's reload leaves, where its sampling starts: the model's arrays
+    (`_model_state_arrays`) and NumPy's global RNG state (``env.seed(7)`` plus whatever the reload drew)."""
+
+    arrays: dict[str, np.ndarray]
+    rng: tuple
+
+
 class LiberoEnv:
     """One LIBERO task (implements `policytrim.envs.base.EnvAdapter`).
 
@@ -420,6 +443,8 @@ class LiberoEnv:
         if self.image:
             self.observation_spec[OBS_IMAGE] = ObsSpec((size, size, 3), "uint8")
             self.observation_spec[OBS_WRIST_IMAGE] = ObsSpec((size, size, 3), "uint8")
+        self.reset_mode = getattr(env_cfg, "libero_reset", "fast")
+        self._reloaded: _Reloaded | None = None  # what the first hard reset's reload produced (fast resets)
         self._ready = False
 
     # -- EnvAdapter ---------------------------------------------------------------------------
@@ -428,8 +453,7 @@ class LiberoEnv:
         if state.task != self.task:
             raise ValueError(f"this adapter runs {self.task!r}, asked to reset to a {state.task!r} state")
         number = init_state_number(state, self._env_cfg)
-        self._env.seed(SIM_SEED)
-        self._env.reset()
+        self._reset_sim()
         raw = self._env.set_init_state(self._init_states[number])
         for _ in range(SETTLE_STEPS):
             raw, _reward, _done, _info = self._env.step(NOOP_ACTION)
@@ -445,6 +469,57 @@ class LiberoEnv:
     def close(self) -> None:
         env, self._env = getattr(self, "_env", None), None
         close_quietly(env)
+
+    # -- reset ----------------------------------------------------------------------------------
+
+    def _reset_sim(self) -> None:
+        """``env.seed(7); env.reset()``: robosuite's hard reset, or (``env.libero_reset=fast``) a replay
+        of it in the loaded model, bit-identical to it (module docstring, Reset)."""
+        self._env.seed(SIM_SEED)
+        if self.reset_mode == "hard":
+            self._env.reset()
+        elif self._reloaded is None:
+            self._record_hard_reset()
+        else:
+            self._replay_hard_reset()
+
+    def _record_hard_reset(self) -> None:
+        """A hard reset that keeps what its reload produced: the model's arrays as loaded and the
+        global RNG state, both taken where the reset's sampling starts (`_reset_internal`; the last
+        call is the attempt that succeeded when robosuite retried a failed placement)."""
+        inner = self._env.env
+        reset_internal = inner._reset_internal
+
+        def recording() -> None:
+            model = inner.sim.model._model
+            arrays = {name: getattr(model, name).copy() for name in _model_state_arrays(model)}
+            self._reloaded = _Reloaded(arrays, np.random.get_state())
+            reset_internal()
+
+        inner._reset_internal = recording  # on this instance only, for this one reset
+        try:
+            self._env.reset()
+        finally:
+            del inner._reset_internal
+
+    def _replay_hard_reset(self) -> None:
+        """What robosuite's `reset` does after the reload (`MujocoEnv.reset`, hard branch), on the
+        loaded model restored to its reloaded state and a reset `MjData` (the state a fresh one has)."""
+        inner, reloaded = self._env.env, self._reloaded
+        model = inner.sim.model._model
+        for name, value in reloaded.arrays.items():  # fixture poses the last reset sampled, burner sites lit
+            np.copyto(getattr(model, name), value)
+        inner.sim.reset()  # mj_resetData
+        inner.sim.forward()  # _initialize_sim's forward (it leaves qacc_warmstart behind)
+        inner.initialize_time(inner.control_freq)
+        for robot in inner.robots:  # the reload builds new grippers: their action integrator starts at 0
+            robot.gripper.current_action = np.zeros(robot.gripper.dof)
+        np.random.set_state(reloaded.rng)  # the reset's draws: robot noise, placements, fixture poses
+        inner._reset_internal()  # also reloads the controller and the robot's buffers, resets observables
+        inner.sim.forward()
+        inner._obs_cache = {}
+        inner.visualize(vis_settings={vis: False for vis in inner._visualizations})
+        inner._get_observations(force_update=True)  # also advances the observables' sampling clocks a sim step
 
     # -- helpers ------------------------------------------------------------------------------
 
