@@ -39,6 +39,7 @@ from policytrim.policies.tinyvla import TinyVLA  # noqa: E402
 from policytrim.rollout.engine import RolloutEngine  # noqa: E402
 
 OBJECT = "libero_object/pick_up_the_alphabet_soup_and_place_it_in_the_basket"
+GOAL_DRAWER = "libero_goal/open_the_middle_drawer_of_the_cabinet"  # a scene with drawers and a stove
 
 
 def _cfg(**kw) -> EnvConfig:
@@ -81,6 +82,8 @@ def test_task_names_presets_and_bad_names():
         _cfg(tasks=("push-v3",))
     with pytest.raises(ConfigError, match="unknown LIBERO task"):
         _cfg(tasks=("libero_object/no_such_task",))
+    with pytest.raises(ConfigError, match="env.libero_reset must be fast or hard"):
+        _cfg(libero_reset="soft")
 
 
 def test_splits_are_disjoint_and_bounded():
@@ -131,6 +134,59 @@ def test_reset_to_an_address_is_bit_identical(state_env):
     assert a[0].shape == (8 + 7 * STATE_SLOTS["libero_object"],) and a[0].dtype == np.float32  # with object poses
 
 
+def _other_episode(env, task):
+    """A different previous episode: another init state, random actions, the fixtures' joints moved (a
+    drawer pulled open, a stove's knob turned on, which lights its burner site in the model) and the
+    gripper closing at the end (its action integrator is what a soft reset carries over)."""
+    env.reset(initial_states(task, 2, 1, start=7)[0])
+    for action in np.random.default_rng(1).uniform(-1, 1, (4, 7)):
+        env.step(action)
+    sim = env.unwrapped.env.sim
+    for name in env.state_joints:
+        sim.data.set_joint_qpos(name, 1.0 if "button" in name else -0.15)
+    for _ in range(3):
+        env.step(np.array([0, 0, 0, 0, 0, 0, 1.0]))
+    assert env.unwrapped.env.robots[0].gripper.current_action.any()
+
+
+def _same_model(a, b) -> list[str]:
+    """Names of the MjModel arrays (all ~400, assets included) that differ between two envs."""
+    ma, mb = a.unwrapped.env.sim.model._model, b.unwrapped.env.sim.model._model
+    names = [n for n in dir(ma) if not n.startswith("_") and isinstance(getattr(ma, n), np.ndarray)]
+    assert len(names) > 300
+    return [n for n in names if not np.array_equal(getattr(ma, n), getattr(mb, n), equal_nan=True)]
+
+
+def _sim_arrays(env) -> np.ndarray:
+    data = env.unwrapped.env.sim.data
+    return np.concatenate([[data.time], data.qpos, data.qvel, data.qacc_warmstart, data.ctrl, data.act])
+
+
+@pytest.mark.parametrize("task", [OBJECT, GOAL_DRAWER])
+def test_fast_reset_is_bit_identical_to_the_hard_reset(task):
+    """The default reset (env.libero_reset=fast: robosuite's hard reset replayed in the loaded model)
+    gives, after a different previous episode, exactly what a hard reset (the model reloaded) gives:
+    the whole MjModel, the observation, the sim state and 10 steps of random actions, bit for bit."""
+    actions = np.random.default_rng(0).uniform(-1, 1, (10, 7))
+    address = initial_states(task, 2, 1, start=3)[0]
+    hard = make_env(_cfg(tasks=(task,), libero_reset="hard"), task)
+    fast = make_env(_cfg(tasks=(task,)), task)
+    try:
+        assert (hard.reset_mode, fast.reset_mode) == ("hard", "fast")
+        _other_episode(fast, task)  # its reset is the one hard reset a fast env makes (what it replays)
+        sim = fast.unwrapped.env.sim
+        a, b = hard.reset(address), fast.reset(address)
+        assert fast.unwrapped.env.sim is sim  # not reloaded
+        assert _same_model(hard, fast) == []
+        assert np.array_equal(a[OBS_STATE], b[OBS_STATE]) and np.array_equal(_sim_arrays(hard), _sim_arrays(fast))
+        for action in actions:
+            a, b = hard.step(action)[0], fast.step(action)[0]
+            assert np.array_equal(a[OBS_STATE], b[OBS_STATE]) and np.array_equal(_sim_arrays(hard), _sim_arrays(fast))
+    finally:
+        hard.close()
+        fast.close()
+
+
 def test_state_only_env_carries_object_poses_in_a_fixed_layout(state_env):
     env = state_env
     inner = env.unwrapped
@@ -154,7 +210,7 @@ def test_state_only_env_carries_object_poses_in_a_fixed_layout(state_env):
 def test_object_state_ends_with_the_articulation_joints():
     """After the body slots come the fixtures' slide and hinge joints (a Goal scene: three drawers and
     the stove's knob), so a drawer's opening is in the state; LIBERO-Object's scenes have none."""
-    task = "libero_goal/open_the_middle_drawer_of_the_cabinet"
+    task = GOAL_DRAWER
     env = make_env(_cfg(tasks=(task,)), task)
     try:
         obs = env.reset(initial_states(task, 2, 1)[0])
@@ -331,3 +387,24 @@ def test_agent_view_is_upright():
         assert rows[np.isin(flipped, np.unique(seg[robot]))].mean() > size / 2
     finally:
         env.close()
+
+
+@pytest.mark.slow
+def test_fast_reset_renders_what_the_hard_reset_renders():
+    """Both cameras after a fast reset (after a previous episode that lit the stove's burner) and a
+    few steps are the images a hard reset renders, pixel for pixel (32 px)."""
+    task = GOAL_DRAWER
+    address = initial_states(task, 2, 1, start=5)[0]
+    hard = make_env(_cfg(tasks=(task,), image=True, image_size=32, libero_reset="hard"), task)
+    fast = make_env(_cfg(tasks=(task,), image=True, image_size=32), task)
+    try:
+        _other_episode(fast, task)
+        pairs = [(hard.reset(address), fast.reset(address))]
+        for action in np.random.default_rng(2).uniform(-1, 1, (3, 7)):
+            pairs.append((hard.step(action)[0], fast.step(action)[0]))
+        for a, b in pairs:
+            assert set(a) == set(b) == {OBS_STATE, "image", "wrist_image"}
+            assert all(np.array_equal(a[key], b[key]) for key in a)
+    finally:
+        hard.close()
+        fast.close()

@@ -14,10 +14,23 @@ choice, with its source:
   ``lerobot/envs/libero.py`` ties env i to ``init_states[episode_index]`` the same way.
 - Reset: ``env.seed(7); env.reset(); env.set_init_state(init_states[i])`` (openpi ``main.py``:
   ``env.seed(args.seed)`` with seed 7, "seed seems to affect object positions even when using fixed
-  initial state", then ``env.reset()`` and ``set_init_state``). The env keeps robosuite's default
-  hard reset (the model is reloaded): a soft reset (``hard_reset=False``) restores the same MuJoCo
-  state but the following steps drift (by up to 2e-3 within 10 steps) from one reset to the next,
-  while the hard reset replays bit-identically (tests/test_libero.py checks it).
+  initial state", then ``env.reset()`` and ``set_init_state``). robosuite's default hard reset
+  regenerates the model's XML and compiles it again on every reset, most of a reset's time. So an env
+  makes one hard reset, keeps what its reload produced -- the model's arrays (all but the assets,
+  ~0.1 MB) and NumPy's global RNG state, both where the reset's sampling starts -- and replays every
+  later reset in the loaded model (``env.libero_reset=fast``, the default): restore those arrays,
+  ``mj_resetData`` and the ``mj_forward`` a freshly loaded sim gets, zero the grippers' action
+  integrators, then the rest of robosuite's reset with the RNG state restored (placements, fixture
+  poses, controllers, the observables' forced update). It is bit-identical to the hard reset, whatever
+  the previous episode did (tests/test_libero.py compares the whole model, the observations, the sim
+  state and the rendered images), and RESET_SPEEDUP cheaper; ``env.libero_reset=hard`` reloads
+  every time. Why robosuite's soft reset (``hard_reset=False``) is not enough: the Panda gripper's
+  command integrates (``current_action`` += 0.2 per step towards the sign of the action, clipped to
+  +-1) on the gripper model object, which the hard reset rebuilds (at 0) and the soft reset keeps from
+  the last episode, so the fingers' first steps differ (by 1.5e-3 in the first step after an open
+  gripper, 1.7e-2 after a closed one); with it zeroed, LIBERO-Object still differs by 2.5e-14 within
+  50 steps because the soft reset skips the freshly loaded sim's ``mj_forward``, whose constraint
+  solve leaves ``qacc_warmstart`` (the next solve's starting point) behind.
 - Settling: 10 steps of the no-op action ``[0, 0, 0, 0, 0, 0, -1]`` (gripper open) after the reset,
   not counted as policy steps (openpi ``num_steps_wait = 10`` with ``LIBERO_DUMMY_ACTION``: "the
   simulator drops objects and we need to wait for them to fall"; LeRobot ``num_steps_wait=10`` with
@@ -354,7 +367,7 @@ def _in_subtree(model: Any, body: int, root: int, stops: set[int]) -> bool:
 
 # Model arrays a fast reset restores: all but the assets (textures, meshes and their BVH, height fields,
 # skins, flexes, names), which no reset or step writes; the rest is ~0.1 MB against ~200 MB with them.
-_ASSET_ARRAYS = ("tex_", "mesh_", "bvh_", "oct_", "hfield_", "skin_", "flex", "name", "paths", "text_", "tuple_", "plugin")
+_ASSET_ARRAYS = tuple("tex_ mesh_ bvh_ oct_ hfield_ skin_ flex name paths text_ tuple_ plugin".split())
 
 
 def _model_state_arrays(model: Any) -> list[str]:
