@@ -2,8 +2,9 @@
 
 One process, one env at a time, on one task of a suite:
 
-- ``resets_per_s``: full resets as the adapter does them (seed, robosuite hard reset, set the init
-  state, 10 settle steps), median over ``--resets`` resets of distinct test-split init states.
+- ``resets_per_s``: full resets as the adapter does them (seed, reset -- ``env.libero_reset``, fast by
+  default; results from before it were hard resets -- set the init state, 10 settle steps), median over
+  ``--resets`` resets of distinct test-split init states.
 - ``steps_per_s_state``: env steps/s with the state observation only (no renderer).
 - ``steps_per_s_images``: env steps/s with the agent-view and wrist images rendered at
   ``--image-size`` (EGL, CPU rendering here).

@@ -9,6 +9,7 @@ old runs without a recorded config hash.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -197,6 +198,21 @@ def test_resume_verifies_the_recorded_hash_and_accepts_complete_old_runs(tmp_pat
     (run.path / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(InputError, match=r"config.yaml: missing key\(s\) stage2.epochs"):
         RunDir.open(run.path)
+
+
+def test_a_run_saved_before_env_libero_reset_resumes(tmp_path):
+    """env.libero_reset came later; such a run made hard LIBERO resets, which the default fast reset
+    equals bit for bit (tests/test_libero.py), so it resumes with the default."""
+    cfg = RunConfig()
+    run = RunDir.create(tmp_path / "run", cfg, {"stage": "both", "stages": ["extend", "trim"], "init": "x"})
+    data = to_dict(cfg)
+    del data["env"]["libero_reset"]
+    raw = yaml.safe_dump(data, sort_keys=False).encode()
+    (run.path / "config.yaml").write_bytes(raw)
+    meta = json.loads((run.path / "run.json").read_text())
+    meta["config_sha256"] = hashlib.sha256(raw).hexdigest()
+    (run.path / "run.json").write_text(json.dumps(meta))
+    assert RunDir.open(run.path).cfg == cfg
 
 
 def test_a_task_given_twice_is_refused_and_a_set_overlap_is_kept_once_with_a_warning(caplog):

@@ -87,7 +87,7 @@ class EnvConfig:
     libero_published_test: bool = False
     """suite=libero: the test split is all 50 init states per task, in order (the published protocol; overlaps train/val: only for checkpoints not trained here)."""  # noqa: E501
     libero_reset: Literal["fast", "hard"] = "fast"
-    """suite=libero: how an env resets: fast (replays robosuite's hard reset in the loaded model, bit-identical to it, ~10x cheaper) or hard (reloads the model every reset)."""  # noqa: E501
+    """suite=libero: how an env resets: fast (replays robosuite's hard reset in the loaded model, bit-identical to it, ~8x cheaper) or hard (reloads the model every reset)."""  # noqa: E501
     max_envs_per_worker: int = 0
     """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO as many as fit in half the free memory."""  # noqa: E501
 

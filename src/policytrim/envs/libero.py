@@ -23,8 +23,9 @@ choice, with its source:
   integrators, then the rest of robosuite's reset with the RNG state restored (placements, fixture
   poses, controllers, the observables' forced update). It is bit-identical to the hard reset, whatever
   the previous episode did (tests/test_libero.py compares the whole model, the observations, the sim
-  state and the rendered images), and RESET_SPEEDUP cheaper; ``env.libero_reset=hard`` reloads
-  every time. Why robosuite's soft reset (``hard_reset=False``) is not enough: the Panda gripper's
+  state and the rendered images), and about 8x cheaper (one core: 1.28 -> 0.15 s of CPU per adapter
+  reset with its settle steps; robosuite's reset itself 1.1 -> 0.02 s); ``env.libero_reset=hard``
+  reloads every time. Why robosuite's soft reset (``hard_reset=False``) is not enough: the Panda gripper's
   command integrates (``current_action`` += 0.2 per step towards the sign of the action, clipped to
   +-1) on the gripper model object, which the hard reset rebuilds (at 0) and the soft reset keeps from
   the last episode, so the fingers' first steps differ (by 1.5e-3 in the first step after an open

@@ -189,6 +189,7 @@ class _PlanEnvSettings:
     libero_published_test: bool = False
     max_envs_per_worker: int = 0
     libero_state: str = "objects"
+    libero_reset: str = "fast"
 
 
 @functools.cache

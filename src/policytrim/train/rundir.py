@@ -107,6 +107,8 @@ class RunDir:
             data["adapt"] = to_dict(AdaptConfig())
         elif isinstance(data, dict) and isinstance(data["adapt"], dict):  # before adapt.policy_lr: one rate
             data["adapt"].setdefault("policy_lr", 0.0)
+        if isinstance(data, dict) and isinstance(data.get("env"), dict):  # before env.libero_reset: hard resets,
+            data["env"].setdefault("libero_reset", "fast")  # which the fast reset equals bit for bit
         try:
             cfg = from_dict(RunConfig, data, complete=True)
         except InputError as exc:
