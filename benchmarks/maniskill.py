@@ -66,7 +66,7 @@ SIZES: dict[str, dict] = {
     #   these settings (10k iterations, state std) 0.0   0.8   0.2   0.7  0.425
     #   std_mode fixed                            0.2   0.7   0.1   0.5  0.375
     #   3k iterations (lowest validation NLL)     0.1   0.6   0.0   0.1  0.20
-    #   NOQVEL_ROW
+    #   joint velocities left out of the input     (evaluation running)
     # (the same first-run policy acting deterministically: 0.3 0.8 0.0 0.5, 0.40). Fewer iterations hurt
     # although their validation NLL is lower (it rises after 1k iterations while the held-out action
     # error stays put): the BC settings stay.
