@@ -75,7 +75,7 @@ SIZES: dict[str, dict] = {
     # (the first-run policy acting deterministically: 0.3 0.8 0.0 0.5, 0.40). No BC change helped: fewer
     # iterations hurt although their validation NLL is lower (it rises after 1k iterations while the
     # held-out action error stays put), and leaving out the joint velocities (which the tracking expert
-    # ignores) led on 10 states but not on 20. The BC settings stay; the data changes above are the fix.
+    # ignores) led on 10 states but not on 20. The BC settings stay; the next run tries the data changes.
     "full": {
         "env": {"suite": "maniskill", "tasks": TASKS, "horizon": 400},
         "data": {"episodes": 80, "suboptimal": True, "jitter_std": 0.01},
