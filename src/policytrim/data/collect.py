@@ -2,10 +2,13 @@
 
 The experts by ``env.suite``: Meta-World's own scripted policies; LIBERO's pick-and-place experts
 (`policytrim.policies.libero_expert`); for ManiSkill3, ManiSkill's motion planners
-(`policytrim.policies.maniskill_expert`): every training state is planned first (in this process,
-from the simulator's full state), and the engine then runs the nearest-frame expert built from the
-successful plans. A state whose plan, conversion or replay check failed is an attempt without a
-demonstration (``collection.planner_failures``).
+(`policytrim.policies.maniskill_expert`): every training state is planned first (from the
+simulator's full state, in ``rollout.num_workers`` planning processes,
+`policytrim.envs.maniskill_demos.PlanningPool`; 0: in this process), and the engine then runs the
+tracking expert built from the successful plans, in envs that rebuild their scene at every reset
+(`fresh_scene_env`), so that the demonstrations are the same whatever the worker count. A state
+whose plan, conversion or replay check failed is an attempt without a demonstration
+(``collection.planner_failures``).
 
 An expert is a window-1 chunk policy (`policytrim.policies.expert.ExpertPolicy`), so collection
 goes through the one place that executes chunks (`policytrim.rollout.engine.RolloutEngine`) and
@@ -82,6 +85,15 @@ def _expert(suite: str, tasks: list[str]) -> Any:
 
         return ManiSkillDemoExpert(origin={"tasks": list(tasks)})
     return ExpertPolicy(tasks)
+
+
+def fresh_scene_env(env_cfg: Any, task: str) -> Any:
+    """ManiSkill's adapter rebuilding its scene at every reset (`policytrim.envs.maniskill`,
+    Replays): a collected episode then depends only on its address and ``data.seed``, not on which
+    worker's env ran it after which episodes."""
+    from policytrim.envs.maniskill import ManiSkillEnv
+
+    return ManiSkillEnv(task, env_cfg.horizon, fresh_scenes=True)
 
 
 def max_attempts(data: Any) -> int:
@@ -269,6 +281,9 @@ def collect_demos(
     limit = max_attempts(data)
     expert = _expert(cfg.env.suite, tasks)
     planner_failures = {t: 0 for t in tasks}
+    planning = None
+    if cfg.env.suite == "maniskill":
+        env_factory = env_factory or fresh_scene_env  # episodes independent of the workers' history
     demonstrator = Demonstrator(expert, data, bool(data.suboptimal))
     bar = Progress("collect", wanted * len(tasks), unit="demo", show=progress)
     engine = RolloutEngine(
@@ -284,6 +299,10 @@ def collect_demos(
     )
     control_period = None
     try:
+        if cfg.env.suite == "maniskill" and cfg.rollout.num_workers > 0:
+            from policytrim.envs.maniskill_demos import PlanningPool
+
+            planning = PlanningPool(cfg.rollout.num_workers)
         while True:
             states = []
             for t in tasks:
@@ -294,7 +313,7 @@ def collect_demos(
             if not states:
                 break
             if cfg.env.suite == "maniskill":  # plan first; a state without a plan has no demonstration
-                planned = expert.plan_states(states)
+                planned = expert.plan_states(states, pool=planning)
                 for demo in planned:
                     planner_failures[demo.state.task] += not demo.success
                 states = [demo.state for demo in planned if demo.success]
@@ -319,6 +338,8 @@ def collect_demos(
         bar.close()
         if cfg.env.suite == "maniskill":
             expert.close()
+        if planning is not None:
+            planning.close()
 
     episodes = [ep for t in tasks for ep in sorted(kept[t], key=lambda e: e["state"].index)]
     if not episodes:

@@ -27,8 +27,10 @@ state exactly before it observes. tests/with_maniskill checks the bit-identity a
 Replays. The same actions from the same address give the same trajectory bit for bit in envs with
 the same history (two fresh envs, say). An env that ran other episodes first agrees until objects
 come into contact and then drifts slightly: PhysX keeps solver state across a reset (PhysX's
-enhanced-determinism flag does not change this; rebuilding the scene at every reset does, at many
-times a reset's cost, so it is not done; PegInsertionSide rebuilds anyway and replays bit-identically).
+enhanced-determinism flag does not change this; rebuilding the scene at every reset does, at ~40
+times a reset's cost (~160 ms), so it is done only where identity matters: ``ManiSkillEnv(...,
+fresh_scenes=True)`` and `ManiSkillEnv.rebuild`, which collection uses (its demonstrations are the
+same whatever the worker count); PegInsertionSide rebuilds anyway and replays bit-identically).
 
 Observation: ``"state"`` float32 [`STATE_WIDTH`], ManiSkill's flattened state observation (35-48
 entries by task: the robot's joint positions and velocities (9 + 9), then the task's extras (TCP
@@ -195,6 +197,12 @@ def make_raw_env(task: str, control_mode: str = CONTROL_MODE, obs_mode: str = "s
     return env.unwrapped
 
 
+def rebuild_scene(raw_env: Any) -> None:
+    """Rebuild ``raw_env``'s scene (ManiSkill's reconfiguring reset): a new PhysX scene, so no solver
+    state of earlier episodes remains (module docstring, Replays)."""
+    raw_env.reset(seed=0, options={"reconfigure": True})
+
+
 def _numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
@@ -237,9 +245,13 @@ def state_layout(raw_env: Any) -> StateLayout:
 class ManiSkillEnv:
     """One ManiSkill3 task (implements `policytrim.envs.base.EnvAdapter`); observation ``"state"``."""
 
-    def __init__(self, task: str, horizon: int = 80) -> None:
+    def __init__(self, task: str, horizon: int = 80, fresh_scenes: bool = False) -> None:
+        """``fresh_scenes``: every reset rebuilds the scene (`rebuild`), so an episode depends only
+        on its address and actions, never on what this env ran before (collection: the same
+        demonstrations whatever the worker count); ~160 ms a reset instead of ~4 ms."""
         check_task(task)
         self.task = task
+        self.fresh_scenes = bool(fresh_scenes)
         self.instruction = TASKS[task]
         self.horizon = int(horizon)
         self.action_dim = ACTION_DIM
@@ -262,7 +274,8 @@ class ManiSkillEnv:
     def reset(self, state: InitialState) -> dict[str, np.ndarray]:
         if state.task != self.task:
             raise ValueError(f"this adapter runs {self.task!r}, asked to reset to a {state.task!r} state")
-        self._env.reset(seed=maniskill_seed(state.seed, state.index))
+        options = {"reconfigure": True} if self.fresh_scenes else None
+        self._env.reset(seed=maniskill_seed(state.seed, state.index), options=options)
         obs = self._fresh_contacts_observation()
         self._ready = True
         self.terminated = False
@@ -278,6 +291,12 @@ class ManiSkillEnv:
         if "fail" in info:
             self.terminated = bool(_numpy(info["fail"]).reshape(-1)[0])
         return self._observation(obs), bool(_numpy(info["success"]).reshape(-1)[0])
+
+    def rebuild(self) -> None:
+        """Rebuild the scene (a new PhysX scene): what runs next no longer depends on what ran
+        before in this env (module docstring, Replays). Call `reset` before stepping again."""
+        rebuild_scene(self._env)
+        self._ready = False
 
     def close(self) -> None:
         env, self._env = getattr(self, "_env", None), None

@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from policytrim.envs.base import OBS_STATE, InitialState
-from policytrim.envs.maniskill import ManiSkillEnv, check_task, make_raw_env, maniskill_seed
+from policytrim.envs.maniskill import (
+    ManiSkillEnv,
+    StateLayout,
+    check_task,
+    make_raw_env,
+    maniskill_seed,
+    rebuild_scene,
+)
 from policytrim.errors import InputError
 
 MAX_INNER_STEPS = 4  # ManiSkill's converter: up to 4 delta steps per joint-target step while clipped
@@ -56,6 +63,7 @@ class Demonstration:
     plan_steps: int  # pd_joint_pos steps of the plan
     plan_seconds: float
     convert_seconds: float
+    layout: StateLayout | None = None  # where each named part of ``states`` lies (the task's layout)
 
 
 class _Recorder:
@@ -179,6 +187,9 @@ class MotionPlanDemonstrator:
         if state.task != self.task:
             raise ValueError(f"this demonstrator runs {self.task!r}, asked for a {state.task!r} state")
         t0 = time.perf_counter()
+        # fresh scenes: the demonstration depends on its address only, not on the states planned before
+        rebuild_scene(self._plan_env)
+        self.env.rebuild()
         plan, planned = self.plan(state)
         t1 = time.perf_counter()
         if planned:
@@ -199,7 +210,71 @@ class MotionPlanDemonstrator:
             len(plan),
             t1 - t0,
             t2 - t1,
+            self.env.layout,
         )
+
+
+_WORKER_DEMONSTRATORS: dict[str, MotionPlanDemonstrator] = {}  # a planning worker's demonstrators
+
+
+def _demonstrate_in_worker(state: InitialState) -> Demonstration:
+    """One address, in a planning worker process (its demonstrator per task kept for later ones)."""
+    demonstrator = _WORKER_DEMONSTRATORS.get(state.task)
+    if demonstrator is None:
+        demonstrator = _WORKER_DEMONSTRATORS[state.task] = MotionPlanDemonstrator(state.task)
+    return demonstrator.demonstrate(state)
+
+
+def _planning_worker_init() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the collecting process's to handle
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class PlanningPool:
+    """``workers`` processes (spawn, one thread each) that plan, convert and check demonstrations
+    in parallel; `demonstrate` returns them in the order of the addresses. Each demonstration is
+    made in freshly rebuilt scenes (`MotionPlanDemonstrator.demonstrate`), so the results do not
+    depend on the worker count or on which worker made which."""
+
+    def __init__(self, workers: int) -> None:
+        import concurrent.futures
+        import multiprocessing as mp
+        import os
+
+        if workers < 1:
+            raise ValueError(f"a planning pool needs at least one worker, got {workers}")
+        self.workers = int(workers)
+        single = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        saved = {k: os.environ.get(k) for k in single}
+        os.environ.update(single)  # the spawned workers inherit the environment when they start
+        try:
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp.get_context("spawn"), initializer=_planning_worker_init
+            )
+            # start every worker now, while the environment says one thread
+            list(self._executor.map(abs, range(self.workers)))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def demonstrate(self, states: list[InitialState]) -> list[Demonstration]:
+        return list(self._executor.map(_demonstrate_in_worker, states))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> PlanningPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def _success(info: Any) -> bool:

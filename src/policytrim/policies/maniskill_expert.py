@@ -104,21 +104,26 @@ class ManiSkillDemoExpert:
             raise InputError("the ManiSkill expert needs at least one successful demonstration")
         return expert
 
-    def plan_states(self, states: Sequence[Any]) -> list[Any]:
+    def plan_states(self, states: Sequence[Any], pool: Any = None) -> list[Any]:
         """Plan, convert and check a demonstration for every address in ``states``
-        (`policytrim.envs.maniskill_demos.MotionPlanDemonstrator.demonstrate`, one planner per task,
-        kept until `close`) and add the successful ones' frames. Returns every Demonstration, in
-        order, with its flags (failures included)."""
+        (`policytrim.envs.maniskill_demos.MotionPlanDemonstrator.demonstrate`: in this process, one
+        planner per task kept until `close`; or in the worker processes of ``pool``, a
+        `policytrim.envs.maniskill_demos.PlanningPool`) and add the successful ones' frames, in the
+        order of ``states``. Returns every Demonstration, in order, with its flags (failures included)."""
         from policytrim.envs.maniskill_demos import MotionPlanDemonstrator
 
-        out = []
-        for state in states:
-            planner = self._planners.get(state.task)
-            if planner is None:
-                planner = self._planners[state.task] = MotionPlanDemonstrator(state.task)
-            demo = planner.demonstrate(state)
+        if pool is not None:
+            demos = pool.demonstrate(list(states))
+        else:
+            demos = []
+            for state in states:
+                planner = self._planners.get(state.task)
+                if planner is None:
+                    planner = self._planners[state.task] = MotionPlanDemonstrator(state.task)
+                demos.append(planner.demonstrate(state))
+        for state, demo in zip(states, demos, strict=True):
             if demo.success:
-                layout = planner.env.layout
+                layout = demo.layout
                 skip = set(layout.dims("agent.qvel"))
                 dims = [i for i in range(layout.size) if i not in skip]
                 self._add_frames(state.task, demo.states, demo.actions, dims)
@@ -126,8 +131,7 @@ class ManiSkillDemoExpert:
                 self._demos.setdefault(state.task, []).append((demo.states[:, tcp].astype(np.float64), demo.actions))
                 self._firsts.setdefault(state.task, []).append(np.asarray(demo.states[0, dims], np.float64))
                 self._tcp_dims[state.task] = tcp
-            out.append(demo)
-        return out
+        return demos
 
     def begin(self) -> None:
         """Forget the trajectories tracked so far (a new engine run starts)."""
