@@ -1,6 +1,8 @@
-"""Scripted experts for LIBERO's single-goal tasks, from privileged state (``--policy expert``):
-pick and place (``In`` / ``On``), pushing a flat object (``On`` of a plate) and turning a knob on
-(``TurnOn``). Drawers (``Open``) and goals of several predicates are not scripted (an `InputError`).
+"""Scripted experts for LIBERO's tasks, from privileged state (``--policy expert``): pick and place
+(``In`` / ``On``, into a drawer opened first), pushing a flat object (``On`` of a plate), opening a
+drawer (``Open``) and turning a knob on (``TurnOn``); a goal of several of these predicates (LIBERO-10)
+is a sequence of them, the first whose predicate does not hold done next. Closing (``Close``: LIBERO-10's
+drawer and microwave tasks) is not scripted (an `InputError` naming the task and the predicate).
 
 An expert reads the adapter's object-pose state (``env.libero_state=objects``, the default without
 images; layout in `policytrim.envs.libero`) and acts in closed loop, one 7-D OSC action per
