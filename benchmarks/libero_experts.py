@@ -8,7 +8,7 @@ goal holds or the suite's openpi horizon (220 Spatial, 280 Object, 300 Goal, 520
 Resumable and one process: every task's episodes go to ``<workdir>/<suite>__<task>.json`` as they
 finish; states already there are skipped, so a run can be stopped and continued, or widened with a
 larger ``--states``; a task measured with another version of the expert's source is measured
-again. Tasks the experts do not script (goals of several predicates: LIBERO-10) are
+again. Tasks the experts do not script (goals needing Close: two LIBERO-10 tasks) are
 recorded as unsupported, not as failures. The summary (``--summary-only`` rebuilds it from the
 work dir) goes to ``benchmarks/results/libero_experts.json`` and ``.md``: per suite and task the
 success rate and mean steps of the successful episodes, the init states measured, the machine and

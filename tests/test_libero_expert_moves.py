@@ -276,3 +276,33 @@ def test_held_object_under_an_open_drawer_leaves_from_under_it_before_lifting():
     # nothing above it, or the drawer above the carry height: no escape
     assert _overhang_escape(drawer[None], corners - [0.3, 0.0, 0.0], carry=1.15) is None
     assert _overhang_escape(drawer[None], corners, carry=0.95) is None
+
+
+def test_sequence_does_the_first_step_whose_predicate_does_not_hold():
+    """A goal of several predicates (LIBERO-10) is a sequence of single-goal plans: the knob is turned
+    until it is on, then the object is picked; once placed and let go, the hand leaves it straight up."""
+    from policytrim.policies.libero_expert import HAND_DOWN, TURN_ANGLE
+
+    turn = _knob_plan()
+    lo, hi = np.array([-0.02, -0.02, 0.0]), np.array([0.02, 0.02, 0.1])
+    region = np.array([0.1, 0.2, 0.9])
+    pick = TaskPlan("t", SLOTS, 1, lo, hi, Target("on", -1, region, np.array([0.05, 0.05, 0.01]), 0.0), joints=1)
+    seq = LiberoExpert(dataclasses.replace(turn, move="sequence", steps=(turn, pick)))
+    stove = np.array([-0.4, 0.2, 0.9])
+
+    def state(hand, fingers, q, obj):
+        s = _knob_state(hand, fingers, stove, q, HAND_DOWN)
+        s[15:18], s[18:22] = obj, UPRIGHT
+        return s
+
+    far = np.array([0.2, -0.2, 0.9])
+    off = state([0.0, 0.0, 1.2], 0.077, 0.0, far)  # knob off: turn it (the turn step's action)
+    assert np.allclose(seq.act(off), seq.steps[0].act(off)) and not seq.steps[0].done(off)
+    on = state([0.0, 0.0, 1.2], 0.077, TURN_ANGLE, far)  # knob on: go for the object
+    assert seq.steps[0].done(on) and not seq.steps[1].done(on)
+    assert np.allclose(seq.act(on), seq.steps[1].act(on))
+    # the object placed and let go, the hand just above it: the sequence ends leaving it straight up
+    placed = state([*region[:2], region[2] + 0.12], 0.077, TURN_ANGLE, region + [0.0, 0.0, 0.005])
+    assert seq.steps[1].done(placed)
+    a = seq.act(placed)
+    assert a[2] > 0.5 and np.linalg.norm(a[:2]) < 1e-6 and a[6] < 0

@@ -1,6 +1,8 @@
-"""Scripted experts for LIBERO's single-goal tasks, from privileged state (``--policy expert``):
-pick and place (``In`` / ``On``), pushing a flat object (``On`` of a plate) and turning a knob on
-(``TurnOn``). Drawers (``Open``) and goals of several predicates are not scripted (an `InputError`).
+"""Scripted experts for LIBERO's tasks, from privileged state (``--policy expert``): pick and place
+(``In`` / ``On``, into a drawer opened first), pushing a flat object (``On`` of a plate), opening a
+drawer (``Open``) and turning a knob on (``TurnOn``); a goal of several of these predicates (LIBERO-10)
+is a sequence of them, the first whose predicate does not hold done next. Closing (``Close``: LIBERO-10's
+drawer and microwave tasks) is not scripted (an `InputError` naming the task and the predicate).
 
 An expert reads the adapter's object-pose state (``env.libero_state=objects``, the default without
 images; layout in `policytrim.envs.libero`) and acts in closed loop, one 7-D OSC action per
@@ -57,6 +59,10 @@ RIM_INSET, RIM_DEPTH = 0.005, 0.025  # a bowl's wall: this far inside its box's 
 HOME_XY = np.array([-0.2, 0.0])  # where the hand starts in every LIBERO scene (in reach of both sides)
 MAX_YAW = 0.8 * math.pi  # keep the hand's yaw within the wrist's range
 FLAT_HEIGHT = 0.03  # objects lower than this (plates) are pushed to a table region, not lifted
+HAND_HALF_LENGTH = 0.072  # the hand's collision box reaches this far along the finger axis (m)
+HAND_BELOW_RIM = 0.032  # the hand's collision box starts this far above the grasp point (m)
+LEAVE_HEIGHT = 0.08  # in a sequence, the hand leaves a placed object straight up to this far above its top (m)
+KNOB_ON = (0.5, 2.1)  # LIBERO's stove is on between these knob angles (rad)
 TURN_ANGLE = 1.3  # turn a knob this far (rad): on is 0.5 to 2.1 rad for LIBERO's stove
 TURN_TILT = 0.35  # tilt the hand this far (rad), fingertips towards HOME_XY, when grasping a knob
 FINGER_CLEARANCE = 0.01  # a grasp's fingers and hand stay this far from the fixtures where it can
@@ -70,6 +76,10 @@ OVERHANG_MARGIN = 0.01  # a held object leaves the space under a fixture (an ope
 PUSH_HEIGHT = 0.008  # push with the closed fingertips this far above the object's origin
 PUSH_STEP = 0.07  # while pushing, aim this far ahead along the line (m)
 PUSH_SPEED = 0.3  # and move at least this fast (action units)
+ASIDE_MARGIN = 0.03  # an object in the way of a drawer is pushed this far clear of the opened drawer's footprint (m)
+BLOCK_MARGIN = 0.01  # it is in the way when its footprint comes closer than this to the opened drawer's (m)
+WALL_PUSH_HEIGHT = 0.025  # push a bowl aside by the inside of its wall this far above its bottom (m)
+ASIDE_GRID = 0.02  # the spots it may be pushed to: a grid fixed in the world (a spot nearest to it stays nearest)
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class TaskPlan:
     fixture_slides: np.ndarray | None = None
     joints: int = 0  # joint positions after the body slots in the state
     drawer: Drawer | None = None  # "pull": the drawer to open; "pick": one to open before placing into it
+    steps: tuple[TaskPlan, ...] = ()  # "sequence": the single-goal plans, done in this order
 
 
 def _quat_to_mat(q: np.ndarray) -> np.ndarray:
@@ -206,10 +217,13 @@ def task_plan(task: str) -> TaskPlan:
         env.close()
 
 
-def _plan_from_env(env) -> TaskPlan:
+def _plan_from_env(env, goal: list | None = None) -> TaskPlan:
     inner = env.unwrapped.env
     sim, model = inner.sim, inner.sim.model
-    goal = inner.parsed_problem["goal_state"]
+    if goal is None:
+        goal = inner.parsed_problem["goal_state"]
+        if len(goal) > 1:
+            return _sequence_plan(env, goal)
     if len(goal) == 1 and goal[0][0].lower() == "turnon":
         return _turn_plan(env, goal[0][1])
     if len(goal) == 1 and goal[0][0].lower() == "open":
@@ -276,6 +290,32 @@ def _plan_from_env(env) -> TaskPlan:
         fixture_slides=_fixture_slides(env),
         joints=len(env.joint_positions()),
         drawer=target.drawer if kind == "in" else None,
+    )
+
+
+def _sequence_plan(env, goal: list) -> TaskPlan:
+    """A goal of several predicates (LIBERO-10) as a sequence of single-goal moves: a knob turned on
+    first (the objects put on the stove afterwards stand near it), then each pick and place in the
+    goal's order. Closing a drawer or a door is not scripted (an `InputError` naming the task)."""
+    unsupported = [p for p in goal if p[0].lower() not in ("in", "on", "turnon")]
+    if unsupported:
+        raise InputError(
+            f"{env.task}: the LIBERO experts compose pick and place (In / On) and turning a knob on (TurnOn); "
+            f"this goal also needs {', '.join(p[0] for p in unsupported)} ({goal})"
+        )
+    ordered = [p for p in goal if p[0].lower() == "turnon"] + [p for p in goal if p[0].lower() != "turnon"]
+    steps = tuple(_plan_from_env(env, [p]) for p in ordered)
+    first = steps[0]
+    return TaskPlan(
+        env.task,
+        first.slots,
+        first.obj_slot,
+        first.lo,
+        first.hi,
+        first.target,
+        move="sequence",
+        joints=first.joints,
+        steps=steps,
     )
 
 
@@ -418,6 +458,13 @@ def _overhang_escape(boxes: np.ndarray | None, corners: np.ndarray, carry: float
     return None
 
 
+def _segment_distance(point: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """The distance of ``point`` from the segment ``a``-``b`` (2-D or 3-D)."""
+    ab = b - a
+    t = float(np.clip((point - a) @ ab / max(float(ab @ ab), 1e-12), 0.0, 1.0))
+    return float(np.linalg.norm(point - (a + t * ab)))
+
+
 def _box_clearance(points: np.ndarray, boxes: np.ndarray | None) -> float:
     """The least distance of ``points`` [n, 3] to the oriented ``boxes`` (negative inside one); 1 with none."""
     if boxes is None or not len(boxes):
@@ -515,6 +562,30 @@ class LiberoExpert:
     def __init__(self, plan: TaskPlan) -> None:
         self.plan = plan
         self.state_dim = 8 + 7 * plan.slots + plan.joints
+        self.steps = tuple(LiberoExpert(step) for step in plan.steps)
+
+    def done(self, state: np.ndarray) -> bool:
+        """Whether this (single-goal) plan's predicate holds in ``state`` and the hand has let go: a knob
+        turned into its on range, an object standing in or on its region, not held."""
+        state = np.asarray(state, dtype=np.float64)
+        if self.plan.move == "turn":
+            q = float(state[8 + 7 * self.plan.slots + int(self.plan.knob[5])])
+            return KNOB_ON[0] + 0.05 < q < KNOB_ON[1] - 0.05
+        if self.plan.move not in ("pick", "push"):
+            raise InputError(f"{self.plan.task}: a step of a LIBERO sequence is a pick, push or turn")
+        p, R = self._pose(state, self.plan.obj_slot)
+        corners = self._object_box(p, R)
+        centre = corners.mean(0)
+        region, surface = self._place_spot(state)
+        t = self.plan.target
+        place_bottom = surface + (0.01 if t.kind == "on" else 0.02)
+        placed = (
+            np.linalg.norm(centre[:2] - region[:2]) < max(0.02, min(t.half[0], t.half[1]) * 0.6)
+            and corners[:, 2].min() < place_bottom + 0.02
+        )
+        hand, fingers = state[:3], state[6] - state[7]
+        let_go = fingers > GRIPPER_OPEN_WIDTH - 0.015 or float(np.linalg.norm(hand - centre)) > 0.1
+        return bool(placed and let_go)
 
     # -- geometry read off the state ----------------------------------------------------------
 
@@ -684,15 +755,158 @@ class LiberoExpert:
         pull3 = np.array([pull[0], pull[1], 0.0])
         action = np.zeros(7)
         action[6] = OPEN
-        if float((hand - handle) @ pull3) > RETREAT or float(np.linalg.norm((hand - handle)[:2])) > 2 * RETREAT:
+        clear = float((hand - handle) @ pull3) > RETREAT or float(np.linalg.norm((hand - handle)[:2])) > 2 * RETREAT
+        if clear or float(hand_R[2, 2]) < -0.3:  # (or turning down already: going home may come nearer it again)
             # clear of it: turn down where it is, the fingers across the pull (a pitch back, no roll)
             # and come back towards the hand's home (the arm stretched far out loses its reach)
             down = _rot_z(math.atan2(pull[0], -pull[1]) + math.pi / 2) @ HAND_DOWN
             action[3:6] = np.clip(_mat_to_axis_angle(down @ hand_R.T) / ROT_UNIT, -0.4, 0.4)
             action[:2] = np.clip((HOME_XY - hand[:2]) * 12.0, -0.5, 0.5)
             return action
-        action[:3] = np.clip((pull3 * 0.05 + np.array([0.0, 0.0, 0.02])) * 12.0, -1.0, 1.0)
+        action[:3] = np.clip((pull3 * 0.08 + np.array([0.0, 0.0, 0.025])) * 12.0, -1.0, 1.0)
         return action
+
+    def _inner_radius(self) -> float:
+        """How far from its centre the closed fingertips may push an object from inside (a bowl's wall)."""
+        size = self.plan.hi - self.plan.lo
+        return max(0.04, 0.5 * float(min(size[0], size[1])) - 0.012)
+
+    def _aside(self, state: np.ndarray, drawer: Drawer) -> np.ndarray | None:
+        """Where to push the object to before opening ``drawer``, or None when it is not in the way.
+
+        Standing partly under the opened drawer, a bowl cannot be grasped from above (the hand comes
+        down through the drawer) nor lifted (its rim hits the drawer's floor): LIBERO-Goal "open the top
+        drawer and put the bowl inside". It is in the way when its footprint comes within BLOCK_MARGIN
+        of the opened drawer's footprint; it goes to the nearest spot of a world-fixed grid that is
+        ASIDE_MARGIN clear of that footprint and clear of the other objects and the fixtures."""
+        slides = self.plan.fixture_slides
+        if self.plan.fixtures is None or slides is None or not np.any(slides[:, 0] == drawer.joint):
+            return None
+        opened = state.copy()
+        opened[8 + 7 * self.plan.slots + drawer.joint] = drawer.open_at
+        boxes = self._fixtures(opened)
+        moving = boxes[slides[:, 0] == drawer.joint]
+        extent = np.einsum("bij,bj->bi", np.abs(moving[:, 6:].reshape(-1, 3, 3)), moving[:, 3:6])
+        d_lo, d_hi = (moving[:, :2] - extent[:, :2]).min(0), (moving[:, :2] + extent[:, :2]).max(0)
+        p, R = self._pose(state, self.plan.obj_slot)
+        corners = self._object_box(p, R)
+        if float(corners[:, 2].max()) > float((moving[:, 2] - extent[:, 2]).min()):
+            return None  # not under it
+        # its footprint: a square around its centre, whatever its yaw or tilt (a pushed bowl turns and tips)
+        centre = corners[:, :2].mean(0)
+        radius = 0.5 * float(max(self.plan.hi[0] - self.plan.lo[0], self.plan.hi[1] - self.plan.lo[1]))
+        half = np.array([radius, radius])
+        if np.any(centre - half > d_hi + BLOCK_MARGIN) or np.any(centre + half < d_lo - BLOCK_MARGIN):
+            return None
+        others = [
+            self._pose(state, s)[0][:2]
+            for s in range(self.plan.slots)
+            if s != self.plan.obj_slot and s not in self.plan.fixture_slots and np.any(state[11 + 7 * s : 15 + 7 * s])
+        ]
+        low_fixtures = boxes[slides[:, 0] != drawer.joint]
+        ring = np.array([[math.cos(k * math.pi / 4), math.sin(k * math.pi / 4)] for k in range(8)])
+        base = np.round(centre / ASIDE_GRID) * ASIDE_GRID
+        best, best_d = None, math.inf
+        for i in range(-12, 13):
+            for j in range(-12, 13):
+                spot = base + ASIDE_GRID * np.array([i, j])
+                dist = float(np.linalg.norm(spot - centre))
+                if dist >= best_d:
+                    continue
+                gap = np.maximum(np.maximum(d_lo - (spot + half), (spot - half) - d_hi), 0.0)
+                if float(np.linalg.norm(gap)) < ASIDE_MARGIN:
+                    continue
+                # clear of the other objects, there and on the way (it would shove them along)
+                # (no closer than it is already: it may start next to one)
+                if any(
+                    _segment_distance(o, centre, spot) < min(radius + 0.04, float(np.linalg.norm(o - centre)) - 0.005)
+                    for o in others
+                ):
+                    continue
+                # (at its rim's height: flat fixtures, a stove's plate, it may stand on)
+                points = np.column_stack([spot + radius * ring, np.full(8, float(corners[:, 2].max()) - 0.01)])
+                if _box_clearance(points, low_fixtures) < 0.01:
+                    continue
+                best, best_d = spot, dist
+        if best is None:
+            return None
+        return np.array([best[0], best[1], float(corners[:, 2].min())])
+
+    def _rise_for_pull(self, state: np.ndarray, drawer: Drawer) -> np.ndarray | None:
+        """After pushing an object aside, low on the table: straight up, pointing down, clear of it before
+        turning level for the handle (turned level down there, the arm ran into its limits)."""
+        hand, hand_R = state[:3], _axis_angle_to_mat(state[3:6])
+        handle, _pull, _width = self._handle(state, drawer)
+        height = float(handle[2]) + HANDLE_TRAVEL
+        p, R = self._pose(state, self.plan.obj_slot)
+        top = float(self._object_box(p, R)[:, 2].max())
+        if float(hand_R[2, 2]) > -0.9 or hand[2] > min(height - 0.02, top + 0.08):
+            return None
+        goal = np.array([hand[0], hand[1], height])
+        action = np.zeros(7)
+        action[:3] = np.clip((goal - hand) * 12.0, -1.0, 1.0)
+        action[3:6] = self._rotation_action(hand_R, None)
+        action[6] = OPEN
+        return action
+
+    def _place_spot(self, state: np.ndarray) -> tuple[np.ndarray, float]:
+        """(where to place, surface height): the target region's centre, or, where other objects already
+        stand in an In region (a basket holding the first of two), the spot of a 3 x 3 grid over it
+        furthest from them (on top of the first, the second stood too high to let go inside)."""
+        region, surface = self._target(state)
+        t = self.plan.target
+        if t.kind != "in":
+            return region, surface
+        inside = []
+        for k in range(self.plan.slots):
+            if (
+                k in (self.plan.obj_slot, t.slot)
+                or k in self.plan.fixture_slots
+                or not np.any(state[11 + 7 * k : 15 + 7 * k])
+            ):
+                continue
+            q = self._pose(state, k)[0]
+            if np.all(np.abs(q[:2] - region[:2]) < t.half[:2]) and abs(q[2] - region[2]) < t.half[2]:
+                inside.append(q[:2])
+        if not inside:
+            return region, surface
+        reach = np.maximum(t.half[:2] - 0.5 * float(np.min((self.plan.hi - self.plan.lo)[:2])), 0.0)
+        best, best_d = region, -math.inf
+        for i in (-1, 0, 1):
+            for j in (-1, 0, 1):
+                spot = region.copy()
+                spot[:2] += reach * np.array([i, j])
+                d = min(float(np.linalg.norm(spot[:2] - q)) for q in inside)
+                if d > best_d + 1e-9:
+                    best, best_d = spot, d
+        return best, surface
+
+    def _leave(self, state: np.ndarray) -> np.ndarray | None:
+        """Straight up, open, from the object just placed until the hand is LEAVE_HEIGHT above its top
+        (then the next step of a sequence starts): going sideways low, the hand dragged the basket it
+        had just let go in along. None once clear of it."""
+        hand, hand_R = state[:3], _axis_angle_to_mat(state[3:6])
+        p, R = self._pose(state, self.plan.obj_slot)
+        corners = self._object_box(p, R)
+        near = float(np.linalg.norm(hand[:2] - corners.mean(0)[:2])) < 0.15
+        if not near or hand[2] > float(corners[:, 2].max()) + LEAVE_HEIGHT:
+            return None
+        action = np.zeros(7)
+        action[2] = 1.0
+        action[3:6] = self._rotation_action(hand_R, None)
+        action[6] = OPEN
+        return action
+
+    def _over_rim(self, hand: np.ndarray, region: np.ndarray, obj_bottom: float) -> bool:
+        """Whether the hand, too long to go into the container (a basket), is down on its walls with the
+        object's bottom below the region's top (it drops in): lower it cannot go. (A goal of one In ends
+        before this: In holds while the object is still held; in a sequence the next step waits for the
+        release.)"""
+        t = self.plan.target
+        if t.drawer is not None or HAND_HALF_LENGTH <= min(t.half[0], t.half[1]) + 0.005:
+            return False  # a drawer (its region reaches far above its floor) or a container the hand fits in
+        top = float(region[2] + t.half[2])
+        return hand[2] < top - HAND_BELOW_RIM + 0.012 and float(obj_bottom) < top
 
     def _holding_object(self, state: np.ndarray) -> bool:
         """Whether the object to move is lifted off where it stood (then a drawer is left as it is)."""
@@ -716,6 +930,13 @@ class LiberoExpert:
 
     def act(self, state: np.ndarray) -> np.ndarray:
         state = np.asarray(state, dtype=np.float64)
+        if self.plan.move == "sequence":  # the first step whose predicate does not hold (the last when all do)
+            k = next((i for i, e in enumerate(self.steps) if not e.done(state)), len(self.steps) - 1)
+            if k > 0 and self.steps[k - 1].plan.move == "pick":
+                leave = self.steps[k - 1]._leave(state)
+                if leave is not None:
+                    return leave
+            return self.steps[k].act(state)
         if self.plan.move == "turn":
             return self._turn(state)
         if self.plan.move == "push":
@@ -723,6 +944,13 @@ class LiberoExpert:
         drawer = self.plan.drawer
         if self.plan.move == "pull" or (drawer is not None and self._joint(state, drawer) > drawer.open_at + 0.02):
             if drawer is not None and (self.plan.move == "pull" or not self._holding_object(state)):
+                if self.plan.move == "pick":  # the object under the opened drawer: push it clear first
+                    aside = self._aside(state, drawer)
+                    if aside is not None:
+                        return self._push(state, aside, inside=self._inner_radius(), wall=True)
+                    rise = self._rise_for_pull(state, drawer)
+                    if rise is not None:
+                        return rise
                 return self._pull(state, drawer)
         if drawer is not None and self.plan.move == "pick":
             retreat = self._retreat(state, drawer)
@@ -734,7 +962,7 @@ class LiberoExpert:
         obj_centre = corners.mean(0)
         obj_bottom = corners[:, 2].min()
         point, axis, width, rim = self.grasp(state)
-        region, surface = self._target(state)
+        region, surface = self._place_spot(state)
         t = self.plan.target
 
         near = np.linalg.norm(hand[:2] - point[:2]) < 0.02 and abs(hand[2] - point[2]) < 0.025
@@ -776,11 +1004,18 @@ class LiberoExpert:
                 if obj_bottom > carry - 0.03:
                     goal[:2] = hand[:2] + err_xy
                 else:  # under an open drawer: out from under it low first (its floor tilts the object)
-                    escape = _overhang_escape(self._drawer_boxes(state), corners, carry)
+                    foot = corners
+                    if rim:  # a bowl is round: its turned box's corners stand out past it
+                        foot = corners.copy()
+                        r = 0.5 * float(max(self.plan.hi[0] - self.plan.lo[0], self.plan.hi[1] - self.plan.lo[1]))
+                        foot[:, :2] = obj_centre[:2] + np.sign(corners[:, :2] - obj_centre[:2]) * r
+                    escape = _overhang_escape(self._drawer_boxes(state), foot, carry)
                     if escape is not None:
                         shift, ceiling = escape
                         up = min(0.02, ceiling - float(corners[:, 2].max()) - 0.015)
                         goal = hand + np.array([*shift, up])
+            elif t.kind == "in" and self._over_rim(hand, region, obj_bottom):
+                goal, gripper = hand.copy(), OPEN  # the hand rests on the container's walls: let go inside it
             elif obj_bottom > place_bottom + 0.01:
                 # lower past the place height: under load the controller stops short of its target
                 goal = hand + np.array([*err_xy, place_bottom - obj_bottom - 0.03])
@@ -863,24 +1098,34 @@ class LiberoExpert:
             goal[:2] = hand[:2]
         return goal, OPEN
 
-    def _push(self, state: np.ndarray) -> np.ndarray:
-        """Slide a flat object (a plate) over the table to its region: the closed fingertips lowered into
-        it just behind its centre, then moved along the line from the object to the region, so that
-        they drag it by its floor and the inside of its rim (the hand stays over the object: clear of
-        the fixtures around it)."""
+    def _push(
+        self, state: np.ndarray, region: np.ndarray | None = None, inside: float = 0.04, wall: bool = False
+    ) -> np.ndarray:
+        """Slide a flat object (a plate) over the table to its region (or to ``region``): the closed
+        fingertips lowered into it just behind its centre, then moved along the line from the object to
+        the region, so that they drag it by its floor and the inside of its rim (the hand stays over the
+        object, within ``inside`` of its centre: clear of the fixtures around it). ``wall``: push a bowl
+        by the inside of its wall at WALL_PUSH_HEIGHT above its bottom, not pressing on its floor (pressed
+        on one side, a bowl tips)."""
         hand, hand_R = state[:3], _axis_angle_to_mat(state[3:6])
         p, R = self._pose(state, self.plan.obj_slot)
         centre = self._object_box(p, R).mean(0)
-        region, _surface = self._target(state)
+        if region is None:
+            region, _surface = self._target(state)
         err = region[:2] - centre[:2]
         dist = float(np.linalg.norm(err))
         d = err / max(dist, 1e-6)
         low = p[2] + PUSH_HEIGHT
+        press = 0.005
+        if wall:
+            low, press = float(self._object_box(p, R)[:, 2].min()) + WALL_PUSH_HEIGHT, 0.0
         start = np.array([*(centre[:2] - d * 0.01), low])
-        inside = float(np.linalg.norm(hand[:2] - centre[:2])) < 0.04
-        pushing = hand[2] < low + 0.03 and inside
+        pushing = hand[2] < low + 0.03 and float(np.linalg.norm(hand[:2] - centre[:2])) < inside + (
+            0.01 if wall else 0.0
+        )
         if pushing:  # in it: drag it along the line (firmly: it may shove a neighbour)
-            goal = np.array([*(start[:2] + d * min(PUSH_STEP, dist + 0.005)), low - 0.005])
+            reach = inside if wall else 0.0  # the wall it pushes on is this far ahead of the centre
+            goal = np.array([*(start[:2] + d * min(PUSH_STEP + reach, dist + reach + 0.005)), low - press])
         elif np.linalg.norm(hand[:2] - start[:2]) < 0.012:
             goal = start.copy()
         elif hand[2] < low + 0.05:
