@@ -196,7 +196,8 @@ def markdown(summary: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores (shared; load average {m['load_average'][0]:.1f}). "
         f"Raw rate {summary['steps_per_s']:.1f} env steps/s with the expert, one process; "
         f"median reset {summary['reset_s_median']:.2f} s "
-        "(seed, hard reset, init state, 10 settle steps; state only, no renderer).",
+        "(seed, reset as `env.libero_reset` says (fast by default), init state, 10 settle steps; "
+        "state only, no renderer).",
     ]
     return "\n".join(lines) + "\n"
 
