@@ -243,26 +243,18 @@ class PlanningPool:
     def __init__(self, workers: int) -> None:
         import concurrent.futures
         import multiprocessing as mp
-        import os
+
+        from policytrim.rollout.workers import single_thread_environment
 
         if workers < 1:
             raise ValueError(f"a planning pool needs at least one worker, got {workers}")
         self.workers = int(workers)
-        single = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-        saved = {k: os.environ.get(k) for k in single}
-        os.environ.update(single)  # the spawned workers inherit the environment when they start
-        try:
+        with single_thread_environment():  # the spawned workers inherit the environment when they start
             self._executor = concurrent.futures.ProcessPoolExecutor(
                 self.workers, mp.get_context("spawn"), initializer=_planning_worker_init
             )
             # start every worker now, while the environment says one thread
             list(self._executor.map(abs, range(self.workers)))
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def demonstrate(self, states: list[InitialState]) -> list[Demonstration]:
         return list(self._executor.map(_demonstrate_in_worker, states))

@@ -25,6 +25,7 @@ This module imports no torch, so worker processes start light.
 from __future__ import annotations
 
 import abc
+import contextlib
 import ctypes
 import gc
 import logging
@@ -447,6 +448,22 @@ def _serve(conn: Connection, env_cfg: Any, env_factory: EnvFactory | None, max_e
 _SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 
 
+@contextlib.contextmanager
+def single_thread_environment() -> Any:
+    """The BLAS/OpenMP thread variables set to 1 for the block, restored after it: a spawned child
+    process inherits the environment when it starts, so start workers inside this block."""
+    saved = {k: os.environ.get(k) for k in _SINGLE_THREAD}
+    os.environ.update(_SINGLE_THREAD)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class ProcessPool(WorkerPool):
     """One `multiprocessing` process per worker (spawn context: safe with torch and CUDA)."""
 
@@ -476,16 +493,8 @@ class ProcessPool(WorkerPool):
             daemon=True,
             name=f"policytrim-env-worker-{w}",
         )
-        saved = {k: os.environ.get(k) for k in _SINGLE_THREAD}
-        os.environ.update(_SINGLE_THREAD)  # a spawned child inherits the environment at start()
-        try:
+        with single_thread_environment():  # a spawned child inherits the environment at start()
             proc.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         child.close()
         self._procs[w], self._conns[w] = proc, parent
 
