@@ -3,7 +3,8 @@
 Threads: env worker processes own the cores while they step. torch's intra-op thread pool
 spin-waits against them (a small policy call becomes orders of magnitude slower), so while
 ``num_workers`` >= the number of cores the learner runs with one thread
-(`workers_own_cores`), and the previous count is restored afterwards.
+(`workers_own_cores`), and the previous count is restored afterwards. Child processes (env workers,
+planning pools) start with one BLAS/OpenMP thread each (`single_thread_environment`).
 """
 
 from __future__ import annotations
@@ -51,3 +52,22 @@ def workers_own_cores(num_workers: int, device: str = "cpu") -> contextlib.Abstr
     only); otherwise the thread count is left alone. Restored on exit."""
     busy = device == "cpu" and num_workers >= (os.cpu_count() or 1)
     return torch_threads(1 if busy else None)
+
+
+_SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
+@contextlib.contextmanager
+def single_thread_environment() -> Iterator[None]:
+    """The BLAS/OpenMP thread variables set to 1 for the block, restored after it: a spawned child
+    process inherits the environment when it starts, so start workers inside this block."""
+    saved = {k: os.environ.get(k) for k in _SINGLE_THREAD}
+    os.environ.update(_SINGLE_THREAD)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -244,7 +244,7 @@ class PlanningPool:
         import concurrent.futures
         import multiprocessing as mp
 
-        from policytrim.rollout.workers import single_thread_environment
+        from policytrim.runtime import single_thread_environment
 
         if workers < 1:
             raise ValueError(f"a planning pool needs at least one worker, got {workers}")

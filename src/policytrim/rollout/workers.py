@@ -25,11 +25,9 @@ This module imports no torch, so worker processes start light.
 from __future__ import annotations
 
 import abc
-import contextlib
 import ctypes
 import gc
 import logging
-import os
 import signal
 import sys
 import time
@@ -45,6 +43,7 @@ import numpy as np
 
 from policytrim.envs.base import EnvAdapter, InitialState
 from policytrim.errors import InputError
+from policytrim.runtime import single_thread_environment
 
 log = logging.getLogger("policytrim.rollout")
 
@@ -443,25 +442,6 @@ def _serve(conn: Connection, env_cfg: Any, env_factory: EnvFactory | None, max_e
                 break  # the trainer is gone
     finally:
         server.close()
-
-
-_SINGLE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-
-
-@contextlib.contextmanager
-def single_thread_environment() -> Any:
-    """The BLAS/OpenMP thread variables set to 1 for the block, restored after it: a spawned child
-    process inherits the environment when it starts, so start workers inside this block."""
-    saved = {k: os.environ.get(k) for k in _SINGLE_THREAD}
-    os.environ.update(_SINGLE_THREAD)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class ProcessPool(WorkerPool):
