@@ -43,42 +43,11 @@ PAPER = {
 SIZES: dict[str, dict] = {
     # Fixed before measuring, sized for about an hour on 2 cores: 80 suboptimal demonstrations per task,
     # the demo preset's policy and Stage 1 rules, 4 groups of G = 8 per epoch, 40 + 30 epochs at most,
-    # 50 paired test states per task.
-    #
-    # Changed after the first full run (BC baseline SR 0.45: PickCube 0.30, PushCube 0.72, StackCube 0.04,
-    # PullCube 0.74), on what its demonstrations showed (effect on SR not yet measured; it needs a new
-    # collection):
-    # - env.horizon 300 -> 400: 300 cut StackCube's demonstrations short. The perturbed expert that BC
-    #   imitates finished only 80 of the 106 StackCube states the planner solved (PickCube 80 of 83, Push
-    #   80 of 82, Pull 80 of 82), and the 80 kept run up to 299 steps (median 210, 10 of 80 over 275):
-    #   the kept set is truncated by the horizon, and 300 steps cap what an imitation of that expert can
-    #   reach on StackCube near 75%. The first run's BC policy does not gain from more steps yet (the
-    #   same 40 validation states at horizon 450: 0.45 against 0.425 at 300, one more success).
-    # - data.jitter_std 0.1 -> 0.01: one action unit moves the TCP 10 cm here (1 cm on Meta-World), so
-    #   the default jitter (0.1 on all 7 dims) was 1 cm per step, as large as the expert's own motion
-    #   (translation actions' std 0.15 with jitter, ~0.11 without), and pure noise on the rotation dims
-    #   (whose std, 0.10, is the jitter's; the tracking expert corrects position only). BC's held-out
-    #   error of the first action is 0.11-0.18 per translation dim and 0.10 per rotation dim, of which
-    #   0.10 is the jitter, after 3k iterations as after 10k: the offline losses are the noise's and
-    #   do not rank policies (below). 0.01 is 1 mm a step, the jitter's size on Meta-World; pauses,
-    #   slow-downs and detours (what Stage 2 trims) are unchanged.
-    # BC settings measured on the first run's demonstrations (sampled actions, the same 10 validation
-    # states per task for every variant, so +-0.15 per task is noise; /work/runs/maniskill_bc_diag):
-    #   variant                                     Pick  Push  Stack  Pull    all
-    #   first run (10k iterations, std_mode state)   0.0   0.8    0.2   0.7  0.425
-    #   std_mode fixed                               0.2   0.7    0.1   0.5  0.375
-    #   3k iterations (lowest validation NLL)        0.1   0.6    0.0   0.1   0.20
-    #   joint velocities left out of the input       0.5   0.8    0.0   0.7   0.50
-    #   first run, evaluated at horizon 450          0.1   0.8    0.2   0.7   0.45
-    #   20 states per task: first run               0.15  0.75   0.20  0.70   0.45
-    #   20 states per task: joint velocities out    0.30  0.65   0.05  0.70  0.425
-    # (the first-run policy acting deterministically: 0.3 0.8 0.0 0.5, 0.40). No BC change helped: fewer
-    # iterations hurt although their validation NLL is lower (it rises after 1k iterations while the
-    # held-out action error stays put), and leaving out the joint velocities (which the tracking expert
-    # ignores) led on 10 states but not on 20. The BC settings stay; the next run tries the data changes.
+    # 50 paired test states per task. What changed after each run and why (horizon 300 -> 400; the
+    # jitter tried at 0.01 and put back to 0.1; the BC variants measured): docs/results.md#maniskill3.
     "full": {
         "env": {"suite": "maniskill", "tasks": TASKS, "horizon": 400},
-        "data": {"episodes": 80, "suboptimal": True, "jitter_std": 0.01},
+        "data": {"episodes": 80, "suboptimal": True},
         "pretrain": {"iterations": 10000, "batch_size": 256, "lr": 1e-3, "eval_episodes": 0},
         "rollout": {"group_size": 8, "groups_per_epoch": 4, "num_workers": 2},
         "stage1": {"epochs": 40, "eval_every": 5, "val_episodes": 16, "min_epochs": 15, "checkpoint_every": 5},

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import types
 
 import numpy as np
 import pytest
@@ -373,3 +374,39 @@ def test_an_adapter_refusing_the_input_stops_the_run_with_its_message():
     with RolloutEngine(EnvConfig(tasks=("reach-v3",), horizon=23), num_workers=0, env_factory=factory) as engine:
         with pytest.raises(InputError, match="env.injected: an injected bad setting.*on reach-v3 state 1"):
             run(engine, FakeConstantPolicy(6), initial_states("reach-v3", 0, 3), [1, 4])
+
+
+_BUILT: list[str] = []
+
+
+def _counting_env_factory(env_cfg, task):
+    """Fake-free factory: the real Meta-World env, with every build recorded in `_BUILT`."""
+    _BUILT.append(task)
+    return make_env(env_cfg, task)
+
+
+def test_envs_within_cap_keeps_one_env_per_task_per_lane():
+    from policytrim.rollout.engine import envs_within_cap
+
+    ten_tasks = types.SimpleNamespace(tasks=[f"libero_object/task_{i}" for i in range(10)])  # a stand-in config
+    assert envs_within_cap(12, ten_tasks, lanes=2) == 2
+    assert envs_within_cap(12, EnvConfig(tasks=("reach-v3",)), lanes=2) == 12
+    assert envs_within_cap(12, EnvConfig(tasks=("reach-v3", "push-v3", "pick-place-v3")), lanes=2) == 8
+    assert envs_within_cap(1, EnvConfig(tasks=("reach-v3", "push-v3")), lanes=2) == 1  # never above the cap
+
+
+def test_a_capped_worker_keeps_every_tasks_env_when_the_groups_tasks_rotate():
+    # A worker that may keep 3 envs (memory-bound suites: LIBERO, ManiSkill) and three tasks whose
+    # groups rotate, as a multi-task epoch's do. It must not build envs again for tasks it ran
+    # before: with 2 trajectories of each of two tasks at once (the cap's own count), the third
+    # task's envs evicted the first two and every later run rebuilt them.
+    tasks = ("reach-v3", "push-v3", "drawer-close-v3")
+    cfg = EnvConfig(tasks=tasks, horizon=12, max_envs_per_worker=3)
+    policy = FakeConstantPolicy(6)
+    _BUILT.clear()
+    with RolloutEngine(cfg, num_workers=0, env_factory=_counting_env_factory) as engine:
+        assert engine.envs_per_worker == 2
+        for round_tasks in ((tasks[0], tasks[1]), (tasks[2],), (tasks[0], tasks[1]), (tasks[2],)):
+            starts = [InitialState(t, 0, n) for n, t in enumerate(round_tasks)]
+            run(engine, policy, starts, [1, 2, 3, 4])  # groups of 4
+    assert sorted(_BUILT) == sorted(tasks)  # one build per task, then reuse
