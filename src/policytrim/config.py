@@ -89,7 +89,7 @@ class EnvConfig:
     libero_reset: Literal["fast", "hard"] = "fast"
     """suite=libero: how an env resets: fast (replays robosuite's hard reset in the loaded model, bit-identical to it, ~8x cheaper) or hard (reloads the model every reset)."""  # noqa: E501
     max_envs_per_worker: int = 0
-    """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO as many as fit in half the free memory."""  # noqa: E501
+    """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO and ManiSkill as many as fit in half the free memory. A capped worker runs at most cap // tasks trajectories per lane at once, so every task's env stays built."""  # noqa: E501
 
     def __post_init__(self) -> None:
         _require(
