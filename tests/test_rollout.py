@@ -388,7 +388,7 @@ def _counting_env_factory(env_cfg, task):
 def test_envs_within_cap_keeps_one_env_per_task_per_lane():
     from policytrim.rollout.engine import envs_within_cap
 
-    ten_tasks = types.SimpleNamespace(tasks=[f"libero_object/task_{i}" for i in range(10)])  # a stand-in config
+    ten_tasks = types.SimpleNamespace(suite="libero", tasks=[f"libero_object/task_{i}" for i in range(10)])  # stand-in
     assert envs_within_cap(12, ten_tasks, lanes=2) == 2
     assert envs_within_cap(12, EnvConfig(tasks=("reach-v3",)), lanes=2) == 12
     assert envs_within_cap(12, EnvConfig(tasks=("reach-v3", "push-v3", "pick-place-v3")), lanes=2) == 8

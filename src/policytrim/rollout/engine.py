@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from policytrim.envs import worker_env_cap
+from policytrim.envs import env_tasks, worker_env_cap
 from policytrim.envs.base import InitialState
 from policytrim.errors import InputError
 from policytrim.policies.base import MODES, ChunkPolicy, Mode
@@ -127,8 +127,8 @@ def envs_within_cap(cap: int, env: Any, lanes: int) -> int:
     an epoch's groups rotate, and a cap of 12 LIBERO envs, filled with 6 envs of each of an epoch's
     two tasks, held none of the next epoch's (building one and its hard reset: ~2 s, against
     ~0.14 s for a reset of a kept env)."""
-    tasks = len(getattr(env, "tasks", ()) or ()) or 1
-    return max(1, min(DEFAULT_ENVS_PER_WORKER, cap, max(1, cap // tasks) * lanes))
+    per_task = max(1, cap // max(1, len(env_tasks(env))))
+    return max(1, min(DEFAULT_ENVS_PER_WORKER, cap, per_task * lanes))
 
 
 class AdapterError(RuntimeError):
