@@ -245,6 +245,11 @@ class RolloutConfig:
     max_dropped_fraction: float = 1.0
     """Stop training when more than this fraction of an epoch's groups is dropped (simulator faults,
     worker timeouts); 1.0: only after 3 epochs in a row with every group dropped."""
+    delay: int = 0
+    """Train (and validate) on stale chunks, as an asynchronous robot executes them: every chunk after
+    an episode's first is predicted from the observation ``delay`` actions before the previous chunk
+    ends and executes its rows delay .. k - 1 (`policytrim.eval.realtime`'s async loop with a latency of
+    ``delay`` control periods and threshold ``delay``). 0: off. Every window must exceed 2 x delay."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.lockstep, bool), f"rollout.lockstep must be true or false, got {self.lockstep!r}")
@@ -267,6 +272,7 @@ class RolloutConfig:
             "rollout.backend=ray needs Ray: pip install 'policytrim[ray]' (or use rollout.backend=local)",
         )
         _in_range("rollout.max_dropped_fraction", self.max_dropped_fraction, 0.0, 1.0)
+        _int_in("rollout.delay", self.delay, 0, L.MAX_CHUNK_SIZE // 2, " (actions a chunk is stale; 0 = off)")
 
 
 PLACEMENT_STRATEGIES = ("SPREAD", "PACK", "STRICT_SPREAD", "STRICT_PACK")

@@ -99,7 +99,7 @@ def make_pool(
 class _Batch:
     """The chunks sampled in one policy call (kept on CPU)."""
 
-    __slots__ = ("traj", "pos", "rows", "obs", "logp", "replay", "window", "window_logp", "actions")
+    __slots__ = ("traj", "pos", "rows", "obs", "logp", "replay", "window", "window_logp", "actions", "offset")
 
     def __init__(
         self,
@@ -111,8 +111,10 @@ class _Batch:
         window: np.ndarray,
         window_logp: torch.Tensor | None = None,
         actions: torch.Tensor | None = None,
+        offset: np.ndarray | None = None,
     ):
         self.traj, self.pos, self.obs, self.logp, self.replay = traj, pos, obs, logp, replay
+        self.offset = np.zeros(len(traj), np.int64) if offset is None else offset
         self.window, self.window_logp, self.actions = window, window_logp, actions
         self.rows = np.zeros(len(traj), np.int64)
 
@@ -154,6 +156,10 @@ class RolloutEngine:
     lanes splits each worker's trajectories into that many request streams: the worker steps one
     lane while the policy runs for another. pipeline=True serves each lane as soon as it answers;
     False waits for every lane and makes one policy call per round (lockstep).
+    delay d > 0 runs stale chunks (`rollout.delay`): a trajectory's first chunk executes rows 0..k-1;
+    each later one is predicted from the observation d actions before the previous chunk's end and
+    executes rows d..k-1 (recorded as ``Trajectories.chunk_offset``), which is what
+    `policytrim.eval.realtime` runs asynchronously with a latency of d control periods and threshold d.
     """
 
     def __init__(
@@ -169,6 +175,7 @@ class RolloutEngine:
         max_envs_per_worker: int | None = None,
         backend: str = "local",
         ray: Any = None,
+        delay: int = 0,
     ) -> None:
         if not (isinstance(num_workers, int) and num_workers >= 0):
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
@@ -188,6 +195,9 @@ class RolloutEngine:
         if not (isinstance(lanes, int) and lanes >= 1):
             raise ValueError(f"lanes must be an integer >= 1, got {lanes!r}")
         self.lanes = lanes
+        if not (isinstance(delay, int) and delay >= 0):
+            raise ValueError(f"delay must be an integer >= 0, got {delay!r}")
+        self.delay = delay
         max_envs = max_envs_per_worker or (
             max(DEFAULT_MAX_ENVS, envs_per_worker) if cap is None else max(cap, envs_per_worker)
         )
@@ -272,6 +282,13 @@ class RolloutEngine:
                 raise ValueError(
                     f"with a window adaptor, windows bound its choices and must be >= {max(adaptor.windows)}"
                 )
+        smallest = min(adaptor.windows) if adaptor is not None else (int(win.min()) if win.numel() else None)
+        if self.delay and smallest is not None and smallest <= 2 * self.delay:
+            raise InputError(
+                f"with chunks {self.delay} actions stale (rollout.delay={self.delay}) every window must be > "
+                f"2 x {self.delay} = {2 * self.delay} (the next call is made {self.delay} actions before a chunk "
+                f"of k - {self.delay} actions ends), got window {smallest}"
+            )
         rollout = _Rollout(
             self, policy, starts, group_size, win.flatten().numpy().astype(np.int64), mode, seed, record_chunks, adaptor
         )
@@ -300,6 +317,9 @@ class _Rollout:
         self.engine, self.pool, self.policy, self.mode, self.record = engine, engine._pool, policy, mode, record
         self.starts, self.G, self.window, self.adaptor = starts, G, window, adaptor
         self.call_window = window.copy()  # the window of each trajectory's chunk in flight
+        # stale chunks (engine.delay = d): a trajectory's chunks after its first execute rows d..k-1
+        self.delay = engine.delay
+        self.call_offset = np.zeros(len(window), np.int64)  # the first row executed of the chunk in flight
         self.N = N = len(starts) * G
         self.state_of = [starts[i // G] for i in range(N)]
         self.device = device_of(policy)
@@ -423,7 +443,8 @@ class _Rollout:
         if need:
             request.slots = np.array([self.slot_of[i] for i in need], np.int64)
             request.actions = actions
-            request.rows = self.call_window[need]
+            request.rows = self.call_window[need] - self.call_offset[need]
+            request.observe_back = self.delay
         w = q // self.L
         self.pool.submit(w, request)
         self.inflight[w].append((q, self.engine.step_timeout_s + (self.engine.setup_timeout_s if resets else 0.0)))
@@ -533,6 +554,10 @@ class _Rollout:
             raise ValueError(
                 f"policy.sample returned actions of shape {tuple(actions.shape)}; expected [{B}, H >= {k_max}, A]"
             )
+        # an episode's first chunk is executed whole (the robot waits for it); each later one is
+        # `delay` actions stale: its first `delay` rows were the previous chunk's time to run
+        offset = np.where(self.calls[need] > 0, self.delay, 0).astype(np.int64)
+        self.call_offset[need] = offset
         if self.record:
             self.batches.append(
                 _Batch(
@@ -544,6 +569,7 @@ class _Rollout:
                     self.call_window[need].copy(),
                     window_logp,
                     actions if self.adaptor is not None else None,
+                    offset,
                 )
             )
             for b, i in enumerate(need):
@@ -552,7 +578,13 @@ class _Rollout:
         self.policy_seconds += time.perf_counter() - t0
         self.policy_batches += 1
         self.timing["batched"] += len(need)
-        return actions[:, :k_max].numpy()
+        if not self.delay:
+            return actions[:, :k_max].numpy()
+        rows = torch.arange(k_max).unsqueeze(0) + torch.from_numpy(offset).unsqueeze(1)  # [B, k_max]
+        executed = torch.gather(
+            actions, 1, rows.clamp(max=actions.shape[1] - 1).unsqueeze(-1).expand(-1, -1, actions.shape[2])
+        )
+        return executed.numpy()  # row r of trajectory b: chunk row offset_b + r (past k_b - offset_b: not run)
 
     def assemble(self) -> Trajectories:
         n_groups, G, N = len(self.starts), self.G, self.N
@@ -603,6 +635,7 @@ class _Rollout:
             out.old_logp = torch.cat([b.logp for b in batches])[idx]
             out.replay = {k: torch.cat([b.replay[k] for b in batches])[idx] for k in batches[0].replay}
             out.chunk_window = torch.from_numpy(np.concatenate([b.window for b in batches])[order])
+            out.chunk_offset = torch.from_numpy(np.concatenate([b.offset for b in batches])[order])
             if self.adaptor is not None:
                 out.window_logp = torch.cat([b.window_logp for b in batches])[idx]
                 out.chunk_actions = torch.cat([b.actions for b in batches])[idx]

@@ -44,6 +44,9 @@ class Trajectories:
     """long [M]: position c of the chunk within its trajectory (0, 1, ...)."""
     chunk_rows: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     """long [M]: rows n_c actually executed (<= k; cut short by success or the horizon)."""
+    chunk_offset: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    """long [M]: the chunk's first executed row (0; ``rollout.delay`` for a stale chunk, which
+    executes rows offset .. offset + n_c - 1). Empty: 0 for every chunk."""
     obs: dict[str, torch.Tensor] = field(default_factory=dict)
     """Observation the chunk was predicted from, each [M, ...]."""
     old_logp: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0))
@@ -99,7 +102,11 @@ class Trajectories:
     def chunk_row_mask(self) -> torch.Tensor:
         """bool [M, H]: True on executed rows of each chunk."""
         h = self.old_logp.shape[1]
-        return torch.arange(h).unsqueeze(0) < self.chunk_rows.unsqueeze(1)
+        rows = torch.arange(h).unsqueeze(0)
+        if not self.chunk_offset.numel():
+            return rows < self.chunk_rows.unsqueeze(1)
+        first = self.chunk_offset.unsqueeze(1)
+        return (rows >= first) & (rows < first + self.chunk_rows.unsqueeze(1))
 
     def grouped(self, values: torch.Tensor) -> torch.Tensor:
         """Reshape a per-trajectory tensor [N] to [num_groups, G]."""

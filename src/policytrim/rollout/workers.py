@@ -68,6 +68,9 @@ class StepRequest:
     """float32 [n, k_max, A]: the rows to execute (row r of slot i only if r < rows[i])."""
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     """long [n]: rows to execute per slot (its window k_i)."""
+    observe_back: int = 0
+    """Return the observation this many actions before each slot's last row instead of after it
+    (stale chunks, `rollout.delay`: the next call reads it); < rows of every slot."""
     tag: int = 0
     """Echoed in the result (the engine's lane id)."""
 
@@ -126,7 +129,8 @@ class StepResult:
     done: np.ndarray
     """bool [m]: the trajectory ended (success, horizon, or the env ended the episode)."""
     obs: dict[str, np.ndarray]
-    """each [m, ...]: the observation after the last row (zeros for ended or faulted slots)."""
+    """each [m, ...]: the observation after the last row, or ``observe_back`` rows before it (zeros
+    for ended or faulted slots)."""
     faults: dict[int, str] = field(default_factory=dict)
     """slot -> error message, for slots whose env raised (the slot is freed)."""
     env_info: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -235,11 +239,16 @@ class EnvServer:
                 details[slot] = Fault(NON_FINITE_ACTION, faults[slot])
                 self._release(slot)
                 continue
-            # only the observation after the last row that can run reaches the policy
-            observe_at = min(int(req.rows[j]), env.horizon - t) - 1
+            # only the observation after the last row that can run (or, with observe_back = d, the
+            # one d rows before it) reaches the policy; a chunk cut short by the horizon ends the
+            # trajectory, so its observation is never read
+            observe_at = min(int(req.rows[j]), env.horizon - t) - 1 - req.observe_back
+            seen = None
             try:
                 for r in range(int(req.rows[j])):
                     last, ok = _step(env, req.actions[j, r], r == observe_at)
+                    if r == observe_at:
+                        seen = last
                     t += 1
                     if ok or t >= env.horizon or getattr(env, "terminated", False):
                         break
@@ -255,7 +264,7 @@ class EnvServer:
             if done[i]:
                 self._release(slot)
             else:
-                obs[i] = last
+                obs[i] = seen
 
         if self._closed_envs:
             self._closed_envs = False

@@ -214,9 +214,10 @@ def _window_logps(
 class TrainerSeams:
     """What the trainer calls that a caller may replace (tests pass fakes here, by argument).
 
-    engine_factory: ``(env_cfg, num_workers, step_timeout_s, pipeline=bool, backend=str, ray=RayConfig)
-        -> RolloutEngine`` (a context manager), e.g. ``functools.partial(RolloutEngine, env_factory=...)``;
-        ``backend`` and ``ray`` choose the env workers (`policytrim.rollout.engine.make_pool`).
+    engine_factory: ``(env_cfg, num_workers, step_timeout_s, pipeline=bool, backend=str, ray=RayConfig,
+        delay=int) -> RolloutEngine`` (a context manager), e.g. ``functools.partial(RolloutEngine,
+        env_factory=...)``; ``backend`` and ``ray`` choose the env workers
+        (`policytrim.rollout.engine.make_pool`), ``delay`` is ``rollout.delay`` (stale chunks).
     update: `grpo_update`'s signature and result.
     on_record: called with every metrics record after it is logged.
     """
@@ -598,6 +599,7 @@ def _train(
             pipeline=not cfg.rollout.lockstep,
             backend=cfg.rollout.backend,
             ray=cfg.ray,
+            delay=cfg.rollout.delay,
         ) as engine:
             extended = trimmed = None
             if stage1 is not None:
