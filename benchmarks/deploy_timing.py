@@ -16,10 +16,12 @@ Rows: baseline; PolicyTrim; the baseline with each compute trick alone (``steps=
 of ``--flow-steps``: fewer denoising steps, flow policies only; ``bf16``; ``int8``: dynamic int8
 linear layers; ``compile``: torch.compile of the network); the best combination (the tricks whose
 row beat the baseline's sync seconds per success at a success-rate drop within ``--sr-tolerance``
-points); PolicyTrim + that combination. Success rates are paired against the baseline's sync row
+points); PolicyTrim + that combination (``--no-tricks``: none of these compute-trick rows). ``--variant
+NAME=DIR`` (repeatable) adds another PolicyTrim checkpoint, timed like ``--trimmed`` (e.g. one trained
+with ``rollout.delay``, and its control). Success rates are paired against the baseline's sync row
 (same states, same random numbers: Newcombe's interval). Optional ``--delays``: SR under a
 controlled staleness d (async, latency = d control periods, threshold d: every chunk is d actions
-old when it starts) for the baseline and PolicyTrim.
+old when it starts) for the baseline, PolicyTrim and each variant.
 
     # the demo's policies (TinyVLA), or the LeRobot SmolVLA of lerobot_smolvla.py in .venv-lerobot:
     python benchmarks/deploy_timing.py --baseline runs/demo/pretrain --trimmed runs/demo/train/final/policy
@@ -217,15 +219,20 @@ def best_combination(rows: list[dict[str, Any]], base: dict[str, Any], tolerance
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     machine_before = describe_machine()
     policies = {"baseline": load_policy(args.baseline), "policytrim": load_policy(args.trimmed)}
+    variants = [(name, f"policytrim:{name}") for name, _ in args.variant]
+    policies.update({role: load_policy(path) for (_, role), (_, path) in zip(variants, args.variant, strict=True)})
     for p in policies.values():
         p.eval()
     runner = Runner(args, policies)
     singles = (
-        [(f"steps={n}",) for n in args.flow_steps]
+        []
+        if args.no_tricks
+        else [(f"steps={n}",) for n in args.flow_steps]
         + [(precision,) for precision in PRECISIONS]
         + ([] if args.skip_compile else [("compile",)])
     )
     plan = [("baseline", "baseline", ()), ("PolicyTrim", "policytrim", ())]
+    plan += [(name, role, ()) for name, role in variants]
     plan += [(f"baseline + {t[0]}", "baseline", t) for t in singles]
     rows: list[dict[str, Any]] = []
     for name, role, tricks in plan:
@@ -250,7 +257,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     rows.append(r)
     delays = []
     for d in args.delays:
-        for name, role in (("baseline", "baseline"), ("PolicyTrim", "policytrim")):
+        for name, role in (("baseline", "baseline"), ("PolicyTrim", "policytrim"), *variants):
             r = runner.run(f"{name} delay {d}", role, (), "async", delay=d)
             if r is not None:
                 delays.append(r)
@@ -266,7 +273,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     candidates = [
         r
         for r in rows
-        if r["policy"] == "policytrim"
+        if r["policy"].startswith("policytrim")
         and r["seconds_per_success_speedup"]
         and r["success_rate_drop"] <= args.sr_tolerance
     ]
@@ -307,7 +314,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"Task {s['task']}, {s['episodes']} paired test episodes per row ({s['mode']} mode), policies "
         f"{s['baseline']} (baseline) and "
         f"{s['trimmed']} (PolicyTrim); calls at their measured latency on {s['threads']} torch thread(s), "
-        "actions at the control period.",
+        "actions at the control period." + "".join(f" Variant {name}: {path}." for name, path in s.get("variant", [])),
         "",
         (
             f"**Best PolicyTrim stack: {res['combined_row']} — {res['combined_wallclock_speedup']}x seconds per "
@@ -371,6 +378,22 @@ def check_policy_args(args: argparse.Namespace, trained_task: str, trained_image
     return None
 
 
+def parse_variants(args: argparse.Namespace) -> str | None:
+    """What is wrong with the --variant flags (None: nothing); turns them into (name, directory) pairs."""
+    pairs = []
+    for item in args.variant:
+        name, sep, path = item.partition("=")
+        if not (sep and name.strip() and path):
+            return f"--variant takes NAME=DIR (a name for its rows and a policy checkpoint directory), got {item!r}"
+        if not (Path(path) / "config.json").is_file():
+            return f"--variant {name}: {path} is not a policy checkpoint directory (no config.json)"
+        if name.strip() in ("baseline", "PolicyTrim") or name.strip() in [n for n, _ in pairs]:
+            return f"--variant names must be unique and not baseline or PolicyTrim, got {name!r} twice"
+        pairs.append((name.strip(), path))
+    args.variant = pairs
+    return None
+
+
 def train_policies(args: argparse.Namespace) -> None:
     """Run lerobot_smolvla.py's pipeline at size ``args.train`` in ``args.train_work`` (finished phases are
     skipped) and time its BC baseline and its PolicyTrim policy."""
@@ -417,11 +440,19 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = one robot's share of a small CPU)")
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another PolicyTrim checkpoint, timed like --trimmed (sync, async, every --delays); repeatable",
+    )
+    parser.add_argument("--no-tricks", action="store_true", help="leave out the compute-trick rows")
     parser.add_argument("--work", default="runs/deploy_timing")
     parser.add_argument("--note", default="")
     parser.add_argument("--out", default="benchmarks/results/stacking.json")
     args = parser.parse_args()
-    problem = check_policy_args(args, TASK, IMAGE)
+    problem = check_policy_args(args, TASK, IMAGE) or parse_variants(args)
     if problem is not None:
         parser.error(problem)
     if args.train is not None:

@@ -83,3 +83,23 @@ def test_no_combination_when_the_baseline_never_succeeds():
     trick = {**base, "tricks": ["bf16"], "seconds_per_success": 3.0, "success": [True, False, False, False]}
     assert bench.best_combination([base, trick], base, 2.0) == ()
     assert bench.best_combination([base, trick], {**base, "seconds_per_success": 4.0}, 2.0) == ("bf16",)
+
+
+def test_variants_are_named_checkpoint_directories(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+
+    def parse(*items):
+        args = bench.argparse.Namespace(variant=list(items))
+        return bench.parse_variants(args), args.variant
+
+    assert parse(f"stale-trained={ckpt}", f"control={ckpt}") == (
+        None,
+        [("stale-trained", str(ckpt)), ("control", str(ckpt))],
+    )
+    assert "takes NAME=DIR" in parse(str(ckpt))[0]
+    assert "takes NAME=DIR" in parse(f"={ckpt}")[0]
+    assert "no config.json" in parse(f"a={tmp_path}")[0]
+    assert "must be unique" in parse(f"a={ckpt}", f"a={ckpt}")[0]
+    assert "must be unique" in parse(f"PolicyTrim={ckpt}")[0]
