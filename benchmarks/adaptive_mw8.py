@@ -237,7 +237,6 @@ def run_adapt(cfg: RunConfig, work: Path, mode: str) -> None:
 def run_eval(cfg: RunConfig, work: Path) -> None:
     """Every H = 30 row on the same test states and random numbers: WORK/eval/ (`write_suite`)."""
     from policytrim.eval.compare import Contender
-    from policytrim.eval.suite import run_suite, write_suite
     from policytrim.policies import load_policy
 
     base = load_policy(work / "baseline")
@@ -245,6 +244,14 @@ def run_eval(cfg: RunConfig, work: Path) -> None:
     for name, path in (("fixed_h30", "train"), *((m, m) for m in MODES)):
         policy = load_policy(work / path / "final" / "policy")
         contenders.append(Contender(name, policy, policy.default_window))
+    evaluate_contenders(cfg, contenders, work / "eval")
+
+
+def evaluate_contenders(cfg: RunConfig, contenders: Sequence[Any], out: Path) -> None:
+    """One paired suite of ``contenders`` (`policytrim.eval.compare.Contender`) on the test states,
+    cfg's eval episodes, mode and seed, written to ``out`` (`write_suite`)."""
+    from policytrim.eval.suite import run_suite, write_suite
+
     suite = run_suite(
         contenders,
         cfg.env,
@@ -254,7 +261,7 @@ def run_eval(cfg: RunConfig, work: Path) -> None:
         cfg.rollout.num_workers,
         cfg.rollout.step_timeout_s,
     )
-    write_suite(suite, work / "eval")
+    write_suite(suite, out)
 
 
 def run_phases(

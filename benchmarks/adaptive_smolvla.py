@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from adaptive_mw8 import row_of, stage_time
+from adaptive_mw8 import evaluate_contenders, row_of, stage_time
 from bench_pipeline import fmt, machine_record
 from mw8 import Phases, assign
 from policytrim.config import RunConfig, from_dict, to_dict
@@ -69,18 +69,18 @@ def adapt_config(source: Path, work: Path, extra: list[str]) -> RunConfig:
 
 
 def frozen(path: Path, cfg: RunConfig) -> RunConfig:
-    """The config WORK started with (written when absent); a different one is refused."""
+    """The config WORK started with (written when absent); a different one is refused (fields added to
+    the config since then count at their defaults)."""
     if not path.is_file():
         path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return cfg
-    if yaml.safe_load(path.read_text()) != to_dict(cfg):
+    if to_dict(from_dict(RunConfig, yaml.safe_load(path.read_text()))) != to_dict(cfg):
         fail(f"{path.parent} was started with other settings ({path}); use another --work")
     return cfg
 
 
 def run_eval(cfg: RunConfig, source: Path, work: Path) -> None:
     from policytrim.eval.compare import Contender
-    from policytrim.eval.suite import run_suite, write_suite
     from policytrim.policies import load_policy
 
     base = load_policy(source / "baseline")
@@ -92,16 +92,7 @@ def run_eval(cfg: RunConfig, source: Path, work: Path) -> None:
         Contender("fixed_k15", trimmed, int(trimmed.chunk_size)),
         Contender("adapt_only", adapted, adapted.default_window),
     ]
-    suite = run_suite(
-        contenders,
-        cfg.env,
-        cfg.eval.episodes,
-        [cfg.eval.mode],
-        cfg.eval.seed,
-        cfg.rollout.num_workers,
-        cfg.rollout.step_timeout_s,
-    )
-    write_suite(suite, work / "eval")
+    evaluate_contenders(cfg, contenders, work / "eval")
 
 
 def result(source: Path, work: Path, machine: dict[str, Any]) -> dict[str, Any]:
