@@ -18,11 +18,11 @@ and checkpoints; the adaptor at ``adapt.lr`` 1e-3). Then one paired suite on the
         [--work runs/adaptive_smolvla] [--results benchmarks/results] [--set adapt.epochs=30 ...]
 
 Resumable (phases ``adapt`` and ``eval`` are skipped when done; training resumes from its last
-checkpoint). Writes RESULTS/adaptive_smolvla.json + .md: every row with calls, steps, SR and the
-paired 95% interval of its SR drop against the baseline, the adaptor's paired comparison with
-``fixed``, the executed-window histogram, and the adapt stage's training time beside SOURCE's Stage 2
-(seconds of epochs + validations from the two runs' metrics.jsonl; both on this machine, with the
-load each ran under).
+checkpoint). Writes RESULTS/NAME.json + .md (``--name``, default adaptive_smolvla): every row with
+calls, steps, SR and the paired 95% interval of its SR drop against the baseline, the adaptor's
+paired comparison with ``fixed``, the executed-window histogram, and the adapt stage's training time
+beside SOURCE's Stage 2 (seconds of epochs + validations from the two runs' metrics.jsonl; both on
+this machine, with the load each ran under).
 """
 
 from __future__ import annotations
@@ -201,6 +201,7 @@ def main() -> None:
     ap.add_argument("--source", default="runs/lerobot_smolvla_long", help="a finished lerobot_smolvla.py work dir")
     ap.add_argument("--work", default="runs/adaptive_smolvla")
     ap.add_argument("--results", default="benchmarks/results")
+    ap.add_argument("--name", default="adaptive_smolvla", help="result file name (RESULTS/NAME.json + .md)")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides of the adapt run, e.g. adapt.epochs=30")
     args = ap.parse_args()
     source, work = Path(args.source), Path(args.work)
@@ -231,9 +232,9 @@ def main() -> None:
     res["command"] = " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "adaptive_smolvla.json").write_text(json.dumps(res, indent=2) + "\n")
+    (results / f"{args.name}.json").write_text(json.dumps(res, indent=2) + "\n")
     text = markdown(res)
-    (results / "adaptive_smolvla.md").write_text(text)
+    (results / f"{args.name}.md").write_text(text)
     print(text)
 
 
