@@ -177,16 +177,22 @@ def seed_config(seed: int, extra: Sequence[str], tiny: bool, work: Path) -> RunC
     return build_config(seed_sets(seed, [*SETTINGS, *(TINY if tiny else ()), *extra]), work)
 
 
-def frozen_config(path: Path, cfg: RunConfig) -> RunConfig:
-    """The config a seed started with (``path``), which ``cfg`` must equal; written when absent."""
+def frozen_config(path: Path, cfg: RunConfig, adapt_started: bool = True) -> RunConfig:
+    """The config a seed started with (``path``), which ``cfg`` must equal; written when absent. Until
+    an adapt phase has started (``adapt_started`` false) the ``adapt.*`` settings may still change:
+    the new ones are written and used (nothing before the adapt stage reads them)."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return cfg
     frozen = from_dict(RunConfig, yaml.safe_load(path.read_text()))
     if to_dict(frozen) != to_dict(cfg):
-        differ = config_differences(to_dict(frozen), to_dict(cfg), ())[0]
-        fail(f"{path.parent} was started with other settings ({', '.join(differ[:5])}); use another --work")
+        free = () if adapt_started else ("adapt.",)
+        differ = config_differences(to_dict(frozen), to_dict(cfg), free)[0]
+        if differ:
+            fail(f"{path.parent} was started with other settings ({', '.join(differ[:5])}); use another --work")
+        path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return cfg
     return frozen
 
 
@@ -712,7 +718,8 @@ def main() -> None:
         fail(f"bad --set {' '.join(args.set)}: no config section {exc}")
     except (TypeError, ValueError) as exc:  # ValueError: the config's InputError too
         fail(f"bad --set {' '.join(args.set)}: {exc}")
-    cfg = frozen_config(work / "benchmark_config.yaml", wanted)
+    adapt_started = any((work / mode / "run.json").is_file() for mode in MODES)
+    cfg = frozen_config(work / "benchmark_config.yaml", wanted, adapt_started)
     milestones = stage2_milestones(cfg.stage2.epochs, TINY_STAGE2_PIECE_EPOCHS if tiny else STAGE2_PIECE_EPOCHS)
     pieces = plan_pieces(milestones)
     todo = pending(pieces, lambda phase: phase_done(work, phase))

@@ -308,3 +308,21 @@ def test_seed_result_books_every_row_from_the_files_a_seed_wrote(tmp_path):
     assert training["adapt_only"]["vs_stage2"] == {"seconds": 0.25, "seconds_per_epoch": 0.5}
     assert training["adapt_policy"]["vs_stage2"]["seconds_per_epoch"] == 1.0
     assert record["tasks"] == ["a", "b"] and record["machine"] == {"cpu": "test cpu"} and record["mode"] == "sampled"
+
+
+def test_adapt_settings_may_change_until_an_adapt_phase_started(tmp_path, capsys):
+    path = tmp_path / "seed_0" / "benchmark_config.yaml"
+    first = tiny_config()
+    assert bench.frozen_config(path, first) == first
+    changed = tiny_config()
+    changed.adapt.call_coef = 0.3
+    assert bench.frozen_config(path, changed, adapt_started=False).adapt.call_coef == 0.3
+    assert "call_coef: 0.3" in path.read_text()  # the seed now runs with the new adapt settings
+    with pytest.raises(SystemExit) as exc:  # once the adapt stage ran, they are fixed too
+        bench.frozen_config(path, first, adapt_started=True)
+    assert exc.value.code == 2 and "adapt.call_coef" in capsys.readouterr().err
+    other = tiny_config()
+    other.adapt.call_coef = 0.3
+    other.stage2.epochs = 7
+    with pytest.raises(SystemExit):  # anything outside adapt.* never changes
+        bench.frozen_config(path, other, adapt_started=False)
