@@ -83,7 +83,7 @@ def _ref_trim(success, steps, budget, le, ls, floor, mode):
     return out
 
 
-def _ref_advantages(rewards, eps):
+def _ref_advantages(rewards, eps, scale=True):
     adv, valid = [], []
     for row in rewards.tolist():
         if all(r == row[0] for r in row):
@@ -91,7 +91,7 @@ def _ref_advantages(rewards, eps):
             valid.append(False)
             continue
         mu, sd = statistics.mean(row), statistics.stdev(row)
-        adv.append([(r - mu) / (sd + eps) for r in row])
+        adv.append([(r - mu) / (sd + eps) if scale else r - mu for r in row])
         valid.append(True)
     return adv, valid
 
@@ -380,15 +380,28 @@ def test_group_advantages_hand_values():
     assert (adv[1] == 0).all()
 
 
+@pytest.mark.parametrize("scale", [True, False])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_group_advantages_match_loop(seed):
+def test_group_advantages_match_loop(seed, scale):
     for group_size in GROUP_SIZES:
         success, steps = _random_groups(seed, group_size)
         rewards = trim_reward(success, steps, 100).double()
-        adv, valid = group_advantages(rewards, eps=1e-6)
-        ref_adv, ref_valid = _ref_advantages(rewards, 1e-6)
+        adv, valid = group_advantages(rewards, eps=1e-6, scale=scale)
+        ref_adv, ref_valid = _ref_advantages(rewards, 1e-6, scale)
         assert valid.tolist() == ref_valid
         torch.testing.assert_close(adv, torch.tensor(ref_adv, dtype=torch.float64))
+
+
+def test_unscaled_advantages_keep_small_reward_differences_small():
+    """An all-success group that differs only in calls saved, beside a group that differs in success:
+    scaled, both get unit-variance advantages; unscaled, the first weighs by its small differences."""
+    rewards = torch.tensor([[0.70, 0.72, 0.74, 0.76], [0.0, 0.7, 0.0, 0.7]], dtype=torch.float64)
+    scaled, _ = group_advantages(rewards)
+    unscaled, valid = group_advantages(rewards, scale=False)
+    assert valid.tolist() == [True, True]
+    torch.testing.assert_close(scaled[0].std(), scaled[1].std(), atol=1e-4, rtol=0)  # the same weight, any spread
+    torch.testing.assert_close(unscaled[0], torch.tensor([-0.03, -0.01, 0.01, 0.03], dtype=torch.float64))
+    torch.testing.assert_close(unscaled[1], torch.tensor([-0.35, 0.35, -0.35, 0.35], dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -251,3 +252,29 @@ def test_stage_all_runs_extend_trim_then_adapt_on_one_epoch_axis(tmp_path):
     run = RunDir.create(tmp_path / "run", cfg, meta)
     assert RunDir.open(tmp_path / "run").meta["stage"] == "all"
     assert [run.global_epoch(s, 1) for s in ("extend", "trim", "adapt")] == [1, 4, 9]
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_scale_advantages_reaches_the_update(tiny_baseline, tmp_path, scale):
+    """adapt.scale_advantages: eq 3 with the group's std (every group with signal gets unit-variance
+    advantages), or A = R - mean (each group's advantages as spread as its rewards, |A| < 1)."""
+    from policytrim.train import grpo
+
+    seen = []
+
+    def update(policy, ref, optimizer, traj, advantages, valid, cfg, **options):
+        seen.append((advantages.clone(), valid.clone(), traj.group_size))
+        return grpo.grpo_update(policy, ref, optimizer, traj, advantages, valid, cfg, **options)
+
+    cfg = tiny_config(adapt={**STAGE, "epochs": 1, "scale_advantages": scale})
+    cfg.logging.out = str(tmp_path / "run")
+    grpo.train(cfg, "adapt", str(tiny_baseline), seams=grpo.TrainerSeams(update=update))
+    ((advantages, valid, g),) = seen
+    groups = advantages.reshape(-1, g)[valid.reshape(-1, g).all(dim=1)]
+    assert len(groups), "no group with signal: the check below would be vacuous"
+    stds = groups.std(dim=1, unbiased=True)
+    if scale:
+        torch.testing.assert_close(stds, torch.ones_like(stds), atol=1e-4, rtol=0)
+    else:
+        assert (groups.abs() < 1).all() and (stds < 0.99).all()
+        torch.testing.assert_close(groups.sum(dim=1), torch.zeros(len(groups)), atol=1e-5, rtol=0)

@@ -502,6 +502,10 @@ class AdaptConfig(GRPOConfig):
     tolerance_points: float = 2.0
     """Best checkpoint: fewest calls among evaluations without a significant success loss against the
     entering policy at its trained window (as Stage 2's)."""
+    scale_advantages: bool = True
+    """true: eq 3's advantages, divided by the group's std. false: A = R - mean (Dr. GRPO), so a group
+    whose rollouts all succeeded and differ only in calls saved weighs by that difference (lambda_c-sized)
+    instead of being scaled to unit variance like a group that differs in success."""
 
     def __post_init__(self) -> None:
         self._validate("adapt")
@@ -527,6 +531,8 @@ class AdaptConfig(GRPOConfig):
         _require(flag_ok, f"adapt.train_policy must be true or false, got {self.train_policy!r}")
         _in_range("adapt.policy_lr", self.policy_lr, 0.0, 1.0)
         _in_range("adapt.tolerance_points", self.tolerance_points, 0.0, 100.0)
+        scale_ok = isinstance(self.scale_advantages, bool)
+        _require(scale_ok, f"adapt.scale_advantages must be true or false, got {self.scale_advantages!r}")
 
 
 @dataclass

@@ -11,7 +11,7 @@ SPEC.md                               function
 ====================================  =====================================================
 Stage 1 window per group slot         `assign_windows`
 eq 2  R = S (1 + lambda_h k / H)      `extension_reward`
-eq 3  A = (R - mean) / (std + eps)    `group_advantages`
+eq 3  A = (R - mean) / (std + eps)    `group_advantages` (scale=False: R - mean)
 eq 4  clipped GRPO loss + beta k3 KL  `grpo_loss` (per-trajectory terms), `reduce_grpo_loss`
 Stage 2 budget B = ceil(beta_B T)     `step_budget`
 eq 5  E = S max(0, (B - T) / B)       `step_saving_reward`
@@ -403,11 +403,13 @@ def adapt_reward_terms(
 # GRPO: advantages and loss
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6, scale: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Group-relative advantages (eq 3): ``A = (R - mean_g R) / (std_g R + eps)``.
 
     std is the unbiased std over the group's G rewards. A group whose rewards are all exactly equal
     (all failures included) carries no signal: its advantages are 0 and it is marked invalid.
+    ``scale`` false: ``A = R - mean_g R`` (no division by std, as Dr. GRPO), so a group whose rewards
+    differ a little weighs a little, instead of as much as one that differs in success.
 
     Returns:
         advantages: [num_groups, group_size], float.
@@ -420,7 +422,9 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Te
         raise ValueError("rewards must be finite")
     _non_negative_number("eps", eps)
     valid = (r != r[:, :1]).any(dim=1)
-    a = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True, unbiased=True) + eps)
+    a = r - r.mean(dim=1, keepdim=True)
+    if scale:
+        a = a / (r.std(dim=1, keepdim=True, unbiased=True) + eps)
     a = torch.where(valid[:, None], a, torch.zeros((), dtype=a.dtype, device=a.device))
     return a, valid
 

@@ -333,7 +333,7 @@ def run_stage(
             )
 
         rewards, reward_terms = stage.rewards(everyone)
-        advantages, valid_groups = objective.group_advantages(rewards)
+        advantages, valid_groups = objective.group_advantages(rewards, scale=stage.scale_advantages)
         policy.train()
         valid = valid_groups.repeat_interleave(cfg.rollout.group_size)
         t_update = time.perf_counter()

@@ -293,6 +293,11 @@ class Stage(abc.ABC):
         """What the stage's optimiser trains: the policy's trainable parameters."""
         return [p for p in policy.parameters() if p.requires_grad]
 
+    @property
+    def scale_advantages(self) -> bool:
+        """Whether eq 3 divides by the group's std (`objective.group_advantages`'s ``scale``)."""
+        return True
+
     def rollout_options(self, policy: ChunkPolicy) -> dict[str, Any]:
         """Extra keyword arguments of the training rollouts (`RolloutEngine.run`)."""
         return {}
@@ -518,6 +523,10 @@ class AdaptStage(Stage):
         if not self.config.policy_lr:
             return own + policy_params
         return [{"params": own}, {"params": policy_params, "lr": self.config.policy_lr}]
+
+    @property
+    def scale_advantages(self) -> bool:
+        return self.config.scale_advantages
 
     def rollout_options(self, policy: ChunkPolicy) -> dict[str, Any]:
         return {"adaptor": adaptor_of(policy)}
