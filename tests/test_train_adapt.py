@@ -26,7 +26,7 @@ from policytrim.policies import load_policy
 from policytrim.policies.adaptor import ADAPTOR_DIR, adaptor_of
 from policytrim.train.decisions import CallBudget, StageOutcome, TrainSummary, Validation
 from policytrim.train.logger import TIMING_KEYS
-from policytrim.train.rundir import STAGES_OF, RunDir
+from policytrim.train.rundir import ADDED_LATER, STAGES_OF, RunDir
 from policytrim.train.stages import adaptor_windows
 
 STAGE = {"epochs": 2, "eval_every": 1, "val_episodes": 2, "checkpoint_every": 1, "update_epochs": 2}
@@ -220,16 +220,19 @@ def test_a_run_made_before_the_adapt_stage_opens_with_its_defaults(tmp_path):
     assert RunDir.open(tmp_path / "run").cfg.adapt == AdaptConfig()
 
 
-def test_a_run_made_before_adapt_policy_lr_opens_with_one_rate(tmp_path):
+@pytest.mark.parametrize("section, key", sorted(ADDED_LATER))
+def test_a_run_made_before_a_setting_existed_opens_with_what_it_ran_with(tmp_path, section, key):
+    """adapt.policy_lr (one rate), env.libero_reset, rollout.delay, adapt.scale_advantages: a run
+    directory written before the setting existed resumes with the value it ran with."""
     RunDir.create(tmp_path / "run", tiny_config(), {"stage": "adapt", "stages": ["adapt"], "init": "x"})
     data = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    del data["adapt"]["policy_lr"]  # as a run written before the setting existed
+    del data[section][key]  # as a run written before the setting existed
     text = yaml.safe_dump(data, sort_keys=False).encode()
     (tmp_path / "run" / "config.yaml").write_bytes(text)
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     meta["config_sha256"] = hashlib.sha256(text).hexdigest()
     (tmp_path / "run" / "run.json").write_text(json.dumps(meta))
-    assert RunDir.open(tmp_path / "run").cfg.adapt.policy_lr == 0.0
+    assert getattr(getattr(RunDir.open(tmp_path / "run").cfg, section), key) == ADDED_LATER[section, key]
 
 
 def test_call_budget_and_adapt_outcome_round_trip_through_json():

@@ -41,6 +41,16 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a run; the message says where the run is and how to resume it."""
 
 
+# Settings added after runs were made with versions that lacked them, and the value those runs ran
+# with: a run directory missing one opens with it (every other missing key is an incomplete file).
+ADDED_LATER: dict[tuple[str, str], object] = {
+    ("adapt", "policy_lr"): 0.0,  # one rate for adaptor and policy
+    ("env", "libero_reset"): "fast",  # hard resets then, which the fast reset equals bit for bit
+    ("rollout", "delay"): 0,  # chunks never stale
+    ("adapt", "scale_advantages"): True,  # eq 3 as it was
+}
+
+
 class RunDir:
     def __init__(self, path: Path, cfg: RunConfig, meta: dict[str, Any]):
         self.path = path
@@ -105,10 +115,9 @@ class RunDir:
         data = parse_config_text(text, f"{where}: config.yaml")
         if isinstance(data, dict) and "adapt" not in data:  # a run made before the adapt stage existed
             data["adapt"] = to_dict(AdaptConfig())
-        elif isinstance(data, dict) and isinstance(data["adapt"], dict):  # before adapt.policy_lr: one rate
-            data["adapt"].setdefault("policy_lr", 0.0)
-        if isinstance(data, dict) and isinstance(data.get("env"), dict):  # before env.libero_reset: hard resets,
-            data["env"].setdefault("libero_reset", "fast")  # which the fast reset equals bit for bit
+        for (section, key), value in ADDED_LATER.items():  # a run made before the setting existed
+            if isinstance(data, dict) and isinstance(data.get(section), dict):
+                data[section].setdefault(key, value)
         try:
             cfg = from_dict(RunConfig, data, complete=True)
         except InputError as exc:
