@@ -670,8 +670,9 @@ def markdown(agg: dict[str, Any]) -> str:
 
 
 def fail(message: str) -> NoReturn:
-    """Bad input: one line, exit code 2, nothing written."""
-    print(f"adaptive_mw8: {message}", file=sys.stderr)
+    """Bad input: one line, exit code 2, nothing written (named after the running script: adaptive_smolvla
+    shares `frozen_config`)."""
+    print(f"{Path(sys.argv[0]).stem}: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 

@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from adaptive_mw8 import evaluate_contenders, row_of, stage_time
+from adaptive_mw8 import evaluate_contenders, frozen_config, row_of, stage_time
 from bench_pipeline import fmt, machine_record
 from mw8 import Phases, assign
 from policytrim.config import RunConfig, from_dict, to_dict
@@ -66,17 +66,6 @@ def adapt_config(source: Path, work: Path, extra: list[str]) -> RunConfig:
     )
     cfg = dataclasses.replace(cfg, adapt=adapt, logging=dataclasses.replace(cfg.logging, out=str(work / "adapt_only")))
     return from_dict(RunConfig, assign(to_dict(cfg), extra))
-
-
-def frozen(path: Path, cfg: RunConfig) -> RunConfig:
-    """The config WORK started with (written when absent); a different one is refused (fields added to
-    the config since then count at their defaults)."""
-    if not path.is_file():
-        path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return cfg
-    if to_dict(from_dict(RunConfig, yaml.safe_load(path.read_text()))) != to_dict(cfg):
-        fail(f"{path.parent} was started with other settings ({path}); use another --work")
-    return cfg
 
 
 def run_eval(cfg: RunConfig, source: Path, work: Path) -> None:
@@ -213,7 +202,7 @@ def main() -> None:
         wanted = adapt_config(source, work, args.set)
     except (KeyError, TypeError, ValueError) as exc:  # a bad key or value (InputError is a ValueError)
         fail(f"bad --set {' '.join(args.set)}: {exc}")
-    cfg = frozen(work / "benchmark_config.yaml", wanted)
+    cfg = frozen_config(work / "benchmark_config.yaml", wanted)
     machine_record(work)
     phases = Phases(work, tag="adaptive_smolvla")
 

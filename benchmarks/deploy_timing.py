@@ -220,7 +220,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     machine_before = describe_machine()
     policies = {"baseline": load_policy(args.baseline), "policytrim": load_policy(args.trimmed)}
     variants = [(name, f"policytrim:{name}") for name, _ in args.variant]
-    policies.update({role: load_policy(path) for (_, role), (_, path) in zip(variants, args.variant, strict=True)})
+    policies.update({f"policytrim:{name}": load_policy(path) for name, path in args.variant})
     for p in policies.values():
         p.eval()
     runner = Runner(args, policies)
@@ -388,7 +388,7 @@ def parse_variants(args: argparse.Namespace) -> str | None:
         if not (Path(path) / "config.json").is_file():
             return f"--variant {name}: {path} is not a policy checkpoint directory (no config.json)"
         if name.strip() in ("baseline", "PolicyTrim") or name.strip() in [n for n, _ in pairs]:
-            return f"--variant names must be unique and not baseline or PolicyTrim, got {name!r} twice"
+            return f"--variant names must be unique and not baseline or PolicyTrim, got {name!r} again"
         pairs.append((name.strip(), path))
     args.variant = pairs
     return None

@@ -47,16 +47,16 @@ def test_a_work_dir_started_with_other_settings_is_refused_and_left_alone(tmp_pa
     source, work = source_run(tmp_path), tmp_path / "work"
     work.mkdir()
     path = work / "benchmark_config.yaml"
-    first = bench.frozen(path, bench.adapt_config(source, work, []))
+    first = bench.frozen_config(path, bench.adapt_config(source, work, []))
     written = path.read_text()
-    assert bench.frozen(path, bench.adapt_config(source, work, [])) == first
+    assert bench.frozen_config(path, bench.adapt_config(source, work, [])) == first
     older = yaml.safe_load(written)
     del older["rollout"]["delay"]  # a file from before a config field existed: it ran at the default
     path.write_text(yaml.safe_dump(older, sort_keys=False))
-    assert bench.frozen(path, bench.adapt_config(source, work, [])) == first
+    assert bench.frozen_config(path, bench.adapt_config(source, work, [])) == first
     path.write_text(written)
     with pytest.raises(SystemExit) as exc:
-        bench.frozen(path, bench.adapt_config(source, work, ["adapt.epochs=30"]))
+        bench.frozen_config(path, bench.adapt_config(source, work, ["adapt.epochs=30"]))
     assert exc.value.code == 2
     assert "other settings" in capsys.readouterr().err
     assert path.read_text() == written
