@@ -13,6 +13,11 @@ and checkpoints; the adaptor at ``adapt.lr`` 1e-3). Then one paired suite on the
     fixed          the PolicyTrim policy at its trained window (what the adaptor starts from)
     fixed_k15      the PolicyTrim policy executing every predicted action (k = H = 15)
     adapt_only     the PolicyTrim policy with the trained adaptor (its per-call choices)
+    rule_far       a HAND-WRITTEN reference, not learned: the PolicyTrim policy executing its trained
+                   window while the hand is more than 15 cm from the object and H = 15 actions
+                   otherwise, read from the privileged Meta-World state (hand xyz 0:3, object xyz
+                   4:7): whether states exist where the long window is safe, which a learned adaptor
+                   could find
 
     .venv-lerobot/bin/python benchmarks/adaptive_smolvla.py --source runs/lerobot_smolvla_long
         [--work runs/adaptive_smolvla] [--results benchmarks/results] [--set adapt.epochs=30 ...]
@@ -42,7 +47,25 @@ from mw8 import Phases, assign
 from policytrim.config import RunConfig, from_dict, to_dict
 from policytrim.io import read_jsonl
 
-ROWS = ("baseline", "fixed", "fixed_k15", "adapt_only")
+ROWS = ("baseline", "fixed", "fixed_k15", "adapt_only", "rule_far")
+RULE_RADIUS = 0.15  # metres, hand to object: rule_far's threshold
+
+
+class HandObjectRule:
+    """rule_far's window choice: ``far`` actions while the hand is more than ``radius`` from the object,
+    ``near`` within it (Meta-World state: hand xyz at 0:3, object xyz at 4:7). A fixed rule in the
+    adaptor's place (`policytrim.policies.adaptor.WindowAdaptor.sample`'s signature), never trained."""
+
+    def __init__(self, chunk_size: int, far: int, near: int, radius: float = RULE_RADIUS):
+        self.chunk_size, self.far, self.near, self.radius = int(chunk_size), int(far), int(near), float(radius)
+        self.windows = tuple(sorted({self.far, self.near}))
+
+    def sample(self, state: Any, chunk: Any, mode: str, generators: Any = None) -> tuple[Any, Any]:
+        import torch
+
+        distance = torch.linalg.vector_norm(state[:, 0:3] - state[:, 4:7], dim=1)
+        windows = torch.where(distance > self.radius, self.far, self.near).long()
+        return windows, torch.zeros(len(windows))
 
 
 def fail(message: str) -> NoReturn:
@@ -71,6 +94,7 @@ def adapt_config(source: Path, work: Path, extra: list[str]) -> RunConfig:
 def run_eval(cfg: RunConfig, source: Path, work: Path) -> None:
     from policytrim.eval.compare import Contender
     from policytrim.policies import load_policy
+    from policytrim.policies.adaptor import attach_adaptor
 
     base = load_policy(source / "baseline")
     trimmed = load_policy(source / "train" / "final" / "policy")
@@ -81,6 +105,9 @@ def run_eval(cfg: RunConfig, source: Path, work: Path) -> None:
         Contender("fixed_k15", trimmed, int(trimmed.chunk_size)),
         Contender("adapt_only", adapted, adapted.default_window),
     ]
+    ruled = load_policy(source / "train" / "final" / "policy")
+    attach_adaptor(ruled, HandObjectRule(ruled.chunk_size, far=ruled.default_window, near=ruled.chunk_size))
+    contenders.append(Contender("rule_far", ruled, ruled.default_window))
     evaluate_contenders(cfg, contenders, work / "eval")
 
 
@@ -93,13 +120,17 @@ def result(source: Path, work: Path, machine: dict[str, Any]) -> dict[str, Any]:
     mode = next(iter(comparison_all["modes"]))
     comparison, outcomes = comparison_all["modes"][mode], outcomes_all["modes"][mode]
     windows = comparison_all["windows"]
-    rows = {name: row_of(name, comparison, outcomes, windows) for name in ROWS}
+    rows = {name: row_of(name, comparison, outcomes, windows) for name in ROWS if name in comparison["policies"]}
     fixed = comparison["policies"]["fixed"]
     vs = against_baseline(
         fixed["overall"], comparison["policies"]["adapt_only"]["overall"], outcomes["fixed"], outcomes["adapt_only"]
     )
     keys = ("calls_speedup", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")
     rows["adapt_only"]["vs_fixed"] = {k: vs[k] for k in keys}
+    if "rule_far" in comparison["policies"]:  # runs evaluated before the rule row have none
+        rule = comparison["policies"]["rule_far"]["overall"]
+        vs_rule = against_baseline(fixed["overall"], rule, outcomes["fixed"], outcomes["rule_far"])
+        rows["rule_far"]["vs_fixed"] = {k: vs_rule[k] for k in keys}
     adapt_result = json.loads((work / "adapt_only" / "adapt" / "result.json").read_text())
     rows["adapt_only"]["adaptor_windows"] = adapt_result.get("adaptor_windows")
     rows["adapt_only"]["call_budget"] = (adapt_result.get("call_budget") or {}).get("budget")
@@ -149,7 +180,7 @@ def markdown(res: dict[str, Any]) -> str:
         "| SR drop, points [paired 95% CI] |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ROWS:
+    for name in [n for n in ROWS if n in res["rows"]]:
         r = res["rows"][name]
         vs = r.get("vs_baseline") or {}
         ci = vs.get("success_rate_drop_ci95")
@@ -172,6 +203,17 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['rows']['adapt_only'].get('adaptor_windows')}; executed windows (calls per window): "
         + "; ".join(f"{task}: " + ", ".join(f"{w}: {n}" for w, n in h.items()) for task, h in hist.items())
         + ".",
+        *(
+            [
+                "",
+                f"rule_far (hand-written, not learned: the trained window while the hand is more than "
+                f"{RULE_RADIUS * 100:.0f} cm from the object, else H) against the same fixed window (paired): "
+                f"{r['calls_speedup']:.2f}x fewer calls, SR drop {r['success_rate_drop']:+.1f} points "
+                f"[{r['success_rate_drop_ci95'][0]:+.1f}, {r['success_rate_drop_ci95'][1]:+.1f}].",
+            ]
+            for r in [res["rows"].get("rule_far", {}).get("vs_fixed")]
+            if r
+        ),
         "",
         f"Training time (epochs + validations): Stage 2 {t['stage2']['epochs']} epochs, "
         f"{t['stage2']['seconds'] / 60:.1f} min ({fmt(t['stage2']['seconds_per_epoch'], '.1f')} s/epoch, load "

@@ -60,3 +60,18 @@ def test_a_work_dir_started_with_other_settings_is_refused_and_left_alone(tmp_pa
     assert exc.value.code == 2
     assert "other settings" in capsys.readouterr().err
     assert path.read_text() == written
+
+
+def test_the_hand_written_rule_row_chooses_by_the_hand_to_object_distance():
+    """rule_far: the trained window while the hand (state 0:3) is beyond the radius from the object
+    (state 4:7), the long window within it; no log-prob of its own (it is not trained)."""
+    import torch
+
+    rule = bench.HandObjectRule(15, far=10, near=15, radius=0.15)
+    assert rule.windows == (10, 15)
+    state = torch.zeros(3, 39)
+    state[0, 4:7] = torch.tensor([0.0, 0.2, 0.0])  # 20 cm away
+    state[1, 4:7] = torch.tensor([0.1, 0.0, 0.0])  # 10 cm
+    state[2, 0:3] = state[2, 4:7] = torch.tensor([0.3, 0.6, 0.02])  # at the object
+    windows, logp = rule.sample(state, torch.zeros(3, 15, 4), "sampled")
+    assert windows.tolist() == [10, 15, 15] and logp.tolist() == [0.0, 0.0, 0.0]

@@ -281,3 +281,22 @@ def test_scale_advantages_reaches_the_update(tiny_baseline, tmp_path, scale):
     else:
         assert (groups.abs() < 1).all() and (stds < 0.99).all()
         torch.testing.assert_close(groups.sum(dim=1), torch.zeros(len(groups)), atol=1e-5, rtol=0)
+
+
+def test_initial_window_sets_where_the_fresh_adaptor_starts(tiny_baseline):
+    """adapt.initial_window: the fresh adaptor holds initial_mass on that window (added to its windows
+    when not among them), the trained window stays a choice; 0 keeps the trained window; one beyond
+    the chunk is refused."""
+    from policytrim.errors import InputError
+    from policytrim.train.stages import build_adaptor
+
+    policy = load_policy(tiny_baseline)  # H = 8, trained window 4
+    state, chunk = torch.zeros(1, policy.state_dim), torch.zeros(1, 8, policy.action_dim)
+    for initial, windows, start in ((0, (2, 4, 8), 4), (8, (2, 4, 8), 8), (3, (2, 3, 4, 8), 3)):
+        cfg = tiny_config(adapt={**STAGE, "windows": (2, 8), "initial_window": initial, "initial_mass": 0.7})
+        adaptor = build_adaptor(policy, cfg)
+        assert adaptor.windows == windows and adaptor.initial_window == start
+        probs = torch.softmax(adaptor.logits(state, chunk), dim=-1)[0]
+        assert probs[windows.index(start)].item() == pytest.approx(0.7, abs=1e-6)
+    with pytest.raises(InputError, match="initial_window 9 exceeds"):
+        build_adaptor(policy, tiny_config(adapt={**STAGE, "initial_window": 9}))

@@ -475,8 +475,11 @@ class AdaptConfig(GRPOConfig):
     windows: tuple[int, ...] = ()
     """The windows the adaptor chooses from, increasing; empty = 5, 10, ... up to H, plus H and the
     entering policy's trained window (H = 15, k = 5: 5 10 15)."""
+    initial_window: int = 0
+    """The window the fresh adaptor starts on (holding initial_mass); 0 = the entering policy's trained
+    window. Another (e.g. H) starts long, so failures teach the adaptor where to shorten."""
     initial_mass: float = 0.9
-    """Probability the fresh adaptor puts on the entering policy's trained window (the rest: exploration)."""
+    """Probability the fresh adaptor puts on its initial window (the rest: exploration)."""
     hidden_dim: int = 64
     """Width of the adaptor's two hidden layers."""
     call_coef: float = 0.8
@@ -514,6 +517,7 @@ class AdaptConfig(GRPOConfig):
         _require(all(isinstance(w, int) and w >= 1 for w in ws), f"adapt.windows must be positive integers, got {ws}")
         _require(list(ws) == sorted(set(ws)), f"adapt.windows must be strictly increasing, e.g. 5 10 15, got {ws}")
         self.windows = ws
+        _int_in("adapt.initial_window", self.initial_window, 0, L.MAX_CHUNK_SIZE, " (0 = the policy's trained window)")
         _require(
             isinstance(self.initial_mass, (int, float)) and 0.0 < self.initial_mass < 1.0,
             f"adapt.initial_mass must be in (0, 1), got {self.initial_mass!r}",

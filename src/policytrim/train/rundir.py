@@ -48,6 +48,7 @@ ADDED_LATER: dict[tuple[str, str], object] = {
     ("env", "libero_reset"): "fast",  # hard resets then, which the fast reset equals bit for bit
     ("rollout", "delay"): 0,  # chunks never stale
     ("adapt", "scale_advantages"): True,  # eq 3 as it was
+    ("adapt", "initial_window"): 0,  # the adaptor started on the policy's trained window
 }
 
 

@@ -182,7 +182,7 @@ def calibrate_call_budget(policy: ChunkPolicy, cfg: RunConfig, engine: RolloutEn
 
 def adaptor_windows(configured: tuple[int, ...], trained_window: int, chunk_size: int) -> tuple[int, ...]:
     """The windows a fresh adaptor chooses from: ``configured``, else 5, 10, ... up to H, plus H;
-    always with the trained window (the adaptor starts there)."""
+    always with the trained window (the adaptor can return to it; `build_adaptor` adds its initial one)."""
     base = set(configured) if configured else set(range(5, chunk_size + 1, 5)) | {chunk_size}
     return tuple(sorted(base | {trained_window}))
 
@@ -194,7 +194,11 @@ def build_adaptor(policy: ChunkPolicy, cfg: RunConfig) -> WindowAdaptor:
     if not isinstance(state_dim, int):
         kind = type(policy).__name__
         raise InputError(f"the adapt stage needs a policy that reads a state vector (state_dim); {kind} has none")
-    windows = adaptor_windows(cfg.adapt.windows, int(policy.default_window), int(policy.chunk_size))
+    initial = cfg.adapt.initial_window or int(policy.default_window)
+    if initial > int(policy.chunk_size):
+        raise InputError(f"adapt.initial_window {initial} exceeds the policy's chunk size {policy.chunk_size}")
+    trained = adaptor_windows(cfg.adapt.windows, int(policy.default_window), int(policy.chunk_size))
+    windows = tuple(sorted({*trained, initial}))
     stats = {
         k: getattr(policy, k).detach().cpu()
         for k in ("state_mean", "state_std")
@@ -207,7 +211,7 @@ def build_adaptor(policy: ChunkPolicy, cfg: RunConfig) -> WindowAdaptor:
             action_dim=int(policy.action_dim),
             chunk_size=int(policy.chunk_size),
             windows=windows,
-            initial_window=int(policy.default_window),
+            initial_window=initial,
             hidden_dim=cfg.adapt.hidden_dim,
             initial_mass=cfg.adapt.initial_mass,
             **stats,
