@@ -98,3 +98,14 @@ def test_yaml_file_and_presets(tmp_path):
     assert load_config(preset_path("demo")).env.tasks
     with pytest.raises(ConfigError, match="unknown preset 'nope'; available presets: .*demo"):
         preset_path("nope")
+
+
+def test_common_noise_is_for_the_adaptor_only_mode():
+    from policytrim.config import AdaptConfig
+    from policytrim.errors import InputError
+
+    assert AdaptConfig(common_noise=True).common_noise is True
+    with pytest.raises(InputError, match="adapt.common_noise needs adapt.train_policy false"):
+        AdaptConfig(common_noise=True, train_policy=True)
+    with pytest.raises(InputError, match="adapt.initial_window"):
+        AdaptConfig(initial_window=-1)

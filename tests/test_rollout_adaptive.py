@@ -89,3 +89,35 @@ def test_an_adaptor_that_does_not_fit_is_refused(policy_and_adaptor):
     other = WindowAdaptor(state_dim=39, action_dim=4, chunk_size=10, windows=(5, 10), initial_window=5)
     with pytest.raises(ValueError, match="does not fit this policy"):
         _run(policy, other, num_workers=0)
+
+
+def _run_noise(policy, adaptor, common_noise, G=4):
+    env = EnvConfig(tasks=(TASK,), horizon=40)
+    starts = [InitialState(TASK, 11, i) for i in range(2)]
+    with RolloutEngine(env, num_workers=0) as engine:
+        return engine.run(
+            policy, starts, G, torch.full((2, G), H), "train", 5, adaptor=adaptor, common_noise=common_noise
+        )
+
+
+def test_common_noise_leaves_the_adaptors_choices_as_the_only_difference(policy_and_adaptor):
+    """With common noise every member of a group draws the policy's noise from one seed: under an
+    adaptor with one window the members are identical trajectories (without it they differ); a
+    sampling adaptor still varies its choices across members (its generators are its own)."""
+    policy, adaptor = policy_and_adaptor
+    one = WindowAdaptor(state_dim=39, action_dim=4, chunk_size=H, windows=(4,), initial_window=4, initial_mass=1.0)
+    for common, identical in ((True, True), (False, False)):
+        tr = _run_noise(policy, one, common)
+        for g in range(tr.num_groups):
+            members = [g * tr.group_size + j for j in range(tr.group_size)]
+            chunks = [tr.chunk_actions[tr.chunk_traj == i] for i in members]
+            same = all(c.shape == chunks[0].shape and torch.equal(c, chunks[0]) for c in chunks)
+            assert same is identical
+            if identical:
+                assert len({int(tr.steps[i]) for i in members}) == 1
+    tr = _run_noise(policy, adaptor, True)
+    first = tr.chunk_pos == 0
+    assert len(set(tr.chunk_window[first].tolist())) > 1  # members choose differently at their first call
+    assert torch.equal(tr.chunk_actions[first][0], tr.chunk_actions[first][1])  # from the same noise
+    with pytest.raises(ValueError, match="common_noise needs a window adaptor"):
+        _run_noise(policy, None, True)

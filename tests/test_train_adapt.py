@@ -300,3 +300,24 @@ def test_initial_window_sets_where_the_fresh_adaptor_starts(tiny_baseline):
         assert probs[windows.index(start)].item() == pytest.approx(0.7, abs=1e-6)
     with pytest.raises(InputError, match="initial_window 9 exceeds"):
         build_adaptor(policy, tiny_config(adapt={**STAGE, "initial_window": 9}))
+
+
+def test_common_noise_reaches_the_training_rollouts(tiny_baseline, tmp_path, monkeypatch):
+    """adapt.common_noise: the adapt stage's training rollouts run with common noise (validations
+    do not), and the stage trains through them."""
+    from policytrim.rollout.engine import RolloutEngine
+
+    seen = []
+    real_run = RolloutEngine.run
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("common_noise", False))
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(RolloutEngine, "run", spy)
+    config = write_config(tmp_path / "config.yaml", epochs=1, common_noise=True)
+    run = tmp_path / "run"
+    args = ["train", "--config", str(config), "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(run)]
+    assert main(args) == 0
+    assert True in seen and False in seen  # the epoch's rollouts with it, the validations without
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl") if r.get("stage") == "adapt"][-1] == 1

@@ -509,6 +509,9 @@ class AdaptConfig(GRPOConfig):
     """true: eq 3's advantages, divided by the group's std. false: A = R - mean (Dr. GRPO), so a group
     whose rollouts all succeeded and differ only in calls saved weighs by that difference (lambda_c-sized)
     instead of being scaled to unit variance like a group that differs in success."""
+    common_noise: bool = False
+    """Adaptor only: the members of a group draw the same policy noise (common random numbers) and
+    differ only through the adaptor's choices, so a group's outcomes compare windows, not luck."""
 
     def __post_init__(self) -> None:
         self._validate("adapt")
@@ -537,6 +540,13 @@ class AdaptConfig(GRPOConfig):
         _in_range("adapt.tolerance_points", self.tolerance_points, 0.0, 100.0)
         scale_ok = isinstance(self.scale_advantages, bool)
         _require(scale_ok, f"adapt.scale_advantages must be true or false, got {self.scale_advantages!r}")
+        noise_ok = isinstance(self.common_noise, bool)
+        _require(noise_ok, f"adapt.common_noise must be true or false, got {self.common_noise!r}")
+        _require(
+            not (self.common_noise and self.train_policy),
+            "adapt.common_noise needs adapt.train_policy false (with one noise per group the policy's own "
+            "exploration is gone); set one of them false",
+        )
 
 
 @dataclass

@@ -80,6 +80,11 @@ def trajectory_seed(seed: int, state: InitialState, member: int) -> int:
     return stable_seed("policytrim-trajectory", seed, state.task, state.seed, state.index, member)
 
 
+def adaptor_seed(seed: int, state: InitialState, member: int) -> int:
+    """Seed of the window adaptor's own generator for member ``member`` (rollouts with common noise)."""
+    return stable_seed("policytrim-adaptor", seed, state.task, state.seed, state.index, member)
+
+
 def make_pool(
     env: Any, num_workers: int, env_factory: EnvFactory | None, max_envs: int, backend: str = "local", ray: Any = None
 ) -> WorkerPool:
@@ -245,6 +250,7 @@ class RolloutEngine:
         seed: int,
         record_chunks: bool = True,
         adaptor: Any = None,
+        common_noise: bool = False,
     ) -> Trajectories:
         """Roll out ``group_size`` trajectories from each of ``starts`` (one state per group).
 
@@ -254,6 +260,9 @@ class RolloutEngine:
         call instead (from the state observation and the chunk just sampled, drawing from the
         trajectory's generator after the policy); ``windows`` then only bounds it (each entry must
         be >= the adaptor's largest window). Its choices and log-probs are recorded per chunk.
+        common_noise (with an adaptor): every member of a group draws the policy's noise from the
+        same seed (member 0's: common random numbers) and the adaptor from a generator of its own
+        per member, so the members of a group differ only through the adaptor's choices.
         """
         if self._pool is None:
             raise RuntimeError("the engine is closed")
@@ -282,6 +291,8 @@ class RolloutEngine:
                 raise ValueError(
                     f"with a window adaptor, windows bound its choices and must be >= {max(adaptor.windows)}"
                 )
+        if common_noise and adaptor is None:
+            raise ValueError("common_noise needs a window adaptor (the members would otherwise be identical)")
         smallest = min(adaptor.windows) if adaptor is not None else (int(win.min()) if win.numel() else None)
         if self.delay and smallest is not None and smallest <= 2 * self.delay:
             raise InputError(
@@ -290,7 +301,16 @@ class RolloutEngine:
                 f"of k - {self.delay} actions ends), got window {smallest}"
             )
         rollout = _Rollout(
-            self, policy, starts, group_size, win.flatten().numpy().astype(np.int64), mode, seed, record_chunks, adaptor
+            self,
+            policy,
+            starts,
+            group_size,
+            win.flatten().numpy().astype(np.int64),
+            mode,
+            seed,
+            record_chunks,
+            adaptor,
+            common_noise,
         )
         return rollout.run()
 
@@ -313,6 +333,7 @@ class _Rollout:
         seed: int,
         record: bool,
         adaptor: Any = None,
+        common_noise: bool = False,
     ) -> None:
         self.engine, self.pool, self.policy, self.mode, self.record = engine, engine._pool, policy, mode, record
         self.starts, self.G, self.window, self.adaptor = starts, G, window, adaptor
@@ -324,8 +345,16 @@ class _Rollout:
         self.state_of = [starts[i // G] for i in range(N)]
         self.device = device_of(policy)
         self.generators = [
-            torch.Generator().manual_seed(trajectory_seed(seed, self.state_of[i], i % G)) for i in range(N)
+            torch.Generator().manual_seed(trajectory_seed(seed, self.state_of[i], 0 if common_noise else i % G))
+            for i in range(N)
         ]
+        # the adaptor draws after the policy from the trajectory's generator, or, with common noise,
+        # from one of its own per member (the members' policy generators are then identical)
+        self.adaptor_generators = (
+            [torch.Generator().manual_seed(adaptor_seed(seed, self.state_of[i], i % G)) for i in range(N)]
+            if common_noise
+            else self.generators
+        )
         self.horizon = int(engine.env_cfg.horizon)
         self.success = np.zeros(N, bool)
         self.steps = np.zeros(N, np.int64)
@@ -545,7 +574,7 @@ class _Rollout:
         if self.adaptor is not None:
             with torch.no_grad():
                 chosen, window_logp = self.adaptor.sample(
-                    obs_cpu["state"], actions, self.mode, [self.generators[i] for i in need]
+                    obs_cpu["state"], actions, self.mode, [self.adaptor_generators[i] for i in need]
                 )
             self.call_window[need] = chosen.numpy().astype(np.int64)
             window_logp = window_logp.detach().to("cpu", torch.float32)

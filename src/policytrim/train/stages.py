@@ -533,7 +533,7 @@ class AdaptStage(Stage):
         return self.config.scale_advantages
 
     def rollout_options(self, policy: ChunkPolicy) -> dict[str, Any]:
-        return {"adaptor": adaptor_of(policy)}
+        return {"adaptor": adaptor_of(policy), "common_noise": self.config.common_noise}
 
     def update_options(self) -> dict[str, Any]:
         return {"adaptor": self.adaptor, "train_policy": self.config.train_policy}
