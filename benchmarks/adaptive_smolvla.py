@@ -111,6 +111,22 @@ def run_eval(cfg: RunConfig, source: Path, work: Path) -> None:
     evaluate_contenders(cfg, contenders, work / "eval")
 
 
+def reward_of(outcomes: dict[str, list], budget: float | None, call_coef: float) -> float | None:
+    """Mean of eq 9's reward over ``outcomes``' episodes without its stability term (which needs the
+    training groups): S (1 + lambda_c E_C) / (1 + lambda_c), E_C = max(0, (B_C - C) / B_C). It shows
+    which row the reward prefers, e.g. whether a call saving outweighs a success loss."""
+    if not budget:
+        return None
+    import torch
+
+    from policytrim.objective import adapt_reward_terms
+
+    success = torch.tensor(outcomes["success"], dtype=torch.bool)[None]
+    calls, steps = (torch.tensor(outcomes[k], dtype=torch.float32)[None] for k in ("calls", "steps"))
+    terms = adapt_reward_terms(success, calls, steps, float(budget), call_coef=call_coef, stability_coef=0.0)
+    return float(terms.reward.mean())
+
+
 def result(source: Path, work: Path, machine: dict[str, Any]) -> dict[str, Any]:
     """The record of the finished run: rows, the adaptor against ``fixed``, training times, phases."""
     from policytrim.eval.compare import against_baseline
@@ -134,6 +150,9 @@ def result(source: Path, work: Path, machine: dict[str, Any]) -> dict[str, Any]:
     adapt_result = json.loads((work / "adapt_only" / "adapt" / "result.json").read_text())
     rows["adapt_only"]["adaptor_windows"] = adapt_result.get("adaptor_windows")
     rows["adapt_only"]["call_budget"] = (adapt_result.get("call_budget") or {}).get("budget")
+    budget, coef = rows["adapt_only"]["call_budget"], yaml.safe_load((work / "benchmark_config.yaml").read_text())
+    for name, row in rows.items():  # what the adapt stage's reward would pay each row, on average
+        row["mean_reward_no_stability"] = reward_of(outcomes[name], budget, coef["adapt"]["call_coef"])
     stage2 = stage_time(read_jsonl(source / "train" / "metrics.jsonl"), "trim")
     adapt = stage_time(read_jsonl(work / "adapt_only" / "metrics.jsonl"), "adapt")
     source_phases = json.loads((source / "phases.json").read_text())
@@ -169,6 +188,20 @@ def result(source: Path, work: Path, machine: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def rule_lines(vs: dict[str, Any] | None) -> list[str]:
+    """The Markdown paragraph of rule_far against the fixed window (none when the run has no such row)."""
+    if not vs:
+        return []
+    ci = vs["success_rate_drop_ci95"]
+    return [
+        "",
+        f"rule_far (hand-written, not learned: the trained window while the hand is more than "
+        f"{RULE_RADIUS * 100:.0f} cm from the object, else H) against the same fixed window (paired): "
+        f"{vs['calls_speedup']:.2f}x fewer calls, SR drop {vs['success_rate_drop']:+.1f} points "
+        f"[{ci[0]:+.1f}, {ci[1]:+.1f}].",
+    ]
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = [
         "# The window adaptor on a frozen LeRobot SmolVLA (adaptor only)",
@@ -177,8 +210,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"against {res['against']}. Policies from `{res['source']}`.",
         "",
         "| row | SR | steps | calls/success | window | calls speedup | steps reduction "
-        "| SR drop, points [paired 95% CI] |",
-        "|---|---|---|---|---|---|---|---|",
+        "| SR drop, points [paired 95% CI] | adapt reward (no stability term) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in [n for n in ROWS if n in res["rows"]]:
         r = res["rows"][name]
@@ -189,7 +222,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {name} | {r['success_rate']:.3f} | {r['mean_steps']:.1f} | {fmt(r['calls_per_success'], '.2f')} | "
             f"{window} | {fmt(vs.get('calls_speedup'), '.2f')} | {fmt(vs.get('steps_reduction'), '.0%')} | "
             + (f"{vs['success_rate_drop']:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "-")
-            + " |"
+            + f" | {fmt(r.get('mean_reward_no_stability'), '.3f')} |"
         )
     a = res["adaptor_vs_fixed"]
     ci = a["success_rate_drop_ci95"]
@@ -203,17 +236,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['rows']['adapt_only'].get('adaptor_windows')}; executed windows (calls per window): "
         + "; ".join(f"{task}: " + ", ".join(f"{w}: {n}" for w, n in h.items()) for task, h in hist.items())
         + ".",
-        *(
-            [
-                "",
-                f"rule_far (hand-written, not learned: the trained window while the hand is more than "
-                f"{RULE_RADIUS * 100:.0f} cm from the object, else H) against the same fixed window (paired): "
-                f"{r['calls_speedup']:.2f}x fewer calls, SR drop {r['success_rate_drop']:+.1f} points "
-                f"[{r['success_rate_drop_ci95'][0]:+.1f}, {r['success_rate_drop_ci95'][1]:+.1f}].",
-            ]
-            for r in [res["rows"].get("rule_far", {}).get("vs_fixed")]
-            if r
-        ),
+        *rule_lines(res["rows"].get("rule_far", {}).get("vs_fixed")),
         "",
         f"Training time (epochs + validations): Stage 2 {t['stage2']['epochs']} epochs, "
         f"{t['stage2']['seconds'] / 60:.1f} min ({fmt(t['stage2']['seconds_per_epoch'], '.1f')} s/epoch, load "

@@ -75,3 +75,12 @@ def test_the_hand_written_rule_row_chooses_by_the_hand_to_object_distance():
     state[2, 0:3] = state[2, 4:7] = torch.tensor([0.3, 0.6, 0.02])  # at the object
     windows, logp = rule.sample(state, torch.zeros(3, 15, 4), "sampled")
     assert windows.tolist() == [10, 15, 15] and logp.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_the_reward_column_is_eq9_without_its_stability_term():
+    """Budget 10, lambda_c 0.5: a success with 4 calls earns (1 + 0.5 * 0.6) / 1.5, one over budget
+    (1 + 0) / 1.5, a failure 0; no budget, no column."""
+    outcomes = {"success": [True, True, False], "calls": [4, 12, 3], "steps": [40, 100, 200]}
+    expected = ((1 + 0.5 * 0.6) / 1.5 + 1 / 1.5 + 0.0) / 3
+    assert bench.reward_of(outcomes, 10, 0.5) == pytest.approx(expected, rel=1e-6)
+    assert bench.reward_of(outcomes, None, 0.5) is None
