@@ -184,3 +184,49 @@ def test_adapt_reward_argument_errors():
         adapt_reward_terms(success, calls[:, :2], steps, call_budget=5)
     with pytest.raises(ValueError, match="call_coef"):
         adapt_reward_terms(success, calls, steps, call_budget=5, call_coef=-1)
+
+
+def _ref_loss_summed(logp, old, wl, wo, adv, mask, cl, ch, n, norm):
+    """As `_ref_loss_with_windows` with each trajectory's chunk terms summed over ``norm``."""
+    total = 0.0
+    for i in range(len(logp)):
+        for c in range(len(logp[i])):
+            rows = [r for r in range(len(logp[i][c])) if mask[i][c][r]]
+            if rows:
+                rho = math.exp(sum(logp[i][c][r] - old[i][c][r] for r in rows) + wl[i][c] - wo[i][c])
+                clipped = min(max(rho, 1 - cl), 1 + ch)
+                total += -min(rho * adv[i], clipped * adv[i]) / norm
+    return total / n
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_grpo_loss_with_a_constant_chunk_norm_matches_loop(seed):
+    logp, old, _, adv, mask = _random_loss_inputs(seed)
+    wl, wo = _window_logps(seed, *logp.shape[:2])
+    terms = grpo_loss(logp, old, adv, mask, window_logp=wl, old_window_logp=wo, chunk_norm=9.0)
+    loss, _ = reduce_grpo_loss(terms, 0.0, num_trajectories=7)
+    expected = _ref_loss_summed(
+        logp.tolist(), old.tolist(), wl.tolist(), wo.tolist(), adv.tolist(), mask.tolist(), 0.2, 0.2, 7, 9.0
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+def test_a_constant_chunk_norm_lets_a_long_failure_push_its_calls_back_as_hard():
+    """Two members, advantages +1 (a success in 2 calls) and -1 (a failure in 8 calls): with 1/C_i
+    each call of the failure gets a quarter of the success's gradient; with a constant the same."""
+    mask = torch.zeros(2, 8, 1, dtype=torch.bool)
+    mask[0, :2] = True
+    mask[1, :] = True
+    frozen = torch.zeros(2, 8, 1, dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    grads = {}
+    for norm in (None, 8.0):
+        wl = torch.zeros(2, 8, dtype=torch.float64, requires_grad=True)
+        terms = grpo_loss(frozen, frozen, adv, mask, window_logp=wl, old_window_logp=wl.detach(), chunk_norm=norm)
+        reduce_grpo_loss(terms, 0.0)[0].backward()
+        grads[norm] = wl.grad
+    assert grads[None][1, 0].abs().item() == pytest.approx(grads[None][0, 0].abs().item() / 4)
+    assert grads[8.0][1, 0].abs().item() == pytest.approx(grads[8.0][0, 0].abs().item())
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="chunk_norm must be a positive number"):
+            grpo_loss(frozen, frozen, adv, mask, chunk_norm=bad)

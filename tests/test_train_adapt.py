@@ -321,3 +321,27 @@ def test_common_noise_reaches_the_training_rollouts(tiny_baseline, tmp_path, mon
     assert main(args) == 0
     assert True in seen and False in seen  # the epoch's rollouts with it, the validations without
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl") if r.get("stage") == "adapt"][-1] == 1
+
+
+@pytest.mark.parametrize("normalized", [True, False])
+def test_length_normalized_sets_the_updates_chunk_norm(tiny_baseline, tmp_path, monkeypatch, normalized):
+    """adapt.length_normalized false: the update divides each trajectory's chunk terms by
+    ceil(horizon / smallest adaptor window) (Dr. GRPO's constant); true: eq 4's 1/C_i (None)."""
+    from policytrim import objective
+
+    seen = []
+    real_loss = objective.grpo_loss
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("chunk_norm"))
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "grpo_loss", spy)
+    config = write_config(tmp_path / "config.yaml", epochs=1, length_normalized=normalized)
+    cfg = yaml.safe_load(config.read_text())
+    run = tmp_path / "run"
+    args = ["train", "--config", str(config), "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(run)]
+    assert main(args) == 0
+    smallest = json.loads((run / "adapt" / "result.json").read_text())["adaptor_windows"][0]
+    expected = None if normalized else float(-(-cfg["env"]["horizon"] // smallest))
+    assert seen and set(seen) == {expected}  # every micro-batch of every optimiser step

@@ -509,6 +509,10 @@ class AdaptConfig(GRPOConfig):
     """true: eq 3's advantages, divided by the group's std. false: A = R - mean (Dr. GRPO), so a group
     whose rollouts all succeeded and differ only in calls saved weighs by that difference (lambda_c-sized)
     instead of being scaled to unit variance like a group that differs in success."""
+    length_normalized: bool = True
+    """true: eq 4 averages each trajectory's chunk terms (1/C_i). false: sums them over one constant,
+    ceil(horizon / smallest window) (Dr. GRPO), so a failure, which runs to the horizon with the most
+    calls, pushes each of its calls back as hard as a short success pushes its calls forward."""
     common_noise: bool = False
     """Adaptor only: the members of a group draw the same policy noise (common random numbers) and
     differ only through the adaptor's choices, so a group's outcomes compare windows, not luck."""
@@ -540,6 +544,8 @@ class AdaptConfig(GRPOConfig):
         _in_range("adapt.tolerance_points", self.tolerance_points, 0.0, 100.0)
         scale_ok = isinstance(self.scale_advantages, bool)
         _require(scale_ok, f"adapt.scale_advantages must be true or false, got {self.scale_advantages!r}")
+        norm_ok = isinstance(self.length_normalized, bool)
+        _require(norm_ok, f"adapt.length_normalized must be true or false, got {self.length_normalized!r}")
         noise_ok = isinstance(self.common_noise, bool)
         _require(noise_ok, f"adapt.common_noise must be true or false, got {self.common_noise!r}")
         _require(

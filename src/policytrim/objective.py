@@ -455,6 +455,7 @@ def grpo_loss(
     clip_high: float = 0.2,
     window_logp: torch.Tensor | None = None,
     old_window_logp: torch.Tensor | None = None,
+    chunk_norm: float | None = None,
 ) -> GRPOLossTerms:
     """Per-trajectory terms of the clipped GRPO loss over chunks (eq 4) and of the k3 KL to a
     reference; `reduce_grpo_loss` (or the caller) sums them into
@@ -476,6 +477,10 @@ def grpo_loss(
             ``rho_ic = exp(sum_r mask * (logp - old_logp) + window_logp - old_window_logp)``.
             With the policy frozen, pass ``logp = old_logp``: only the window moves the ratio.
             Padding chunks (no executed row) ignore them. The KL term covers action rows only.
+        chunk_norm: None: each trajectory's chunk terms are averaged (eq 4's 1/C_i). A number: they
+            are summed and divided by it, the same for every trajectory (Dr. GRPO's constant), so
+            each call weighs the same whatever its episode's length -- with 1/C_i a failure, which
+            runs to the horizon and makes the most calls, pushes each of its calls back the least.
 
     KL: the k3 estimator ``exp(r) - r - 1``, ``r = ref_logp - logp``, per executed row, averaged
     per trajectory over its executed rows. Unexecuted rows are selected out with ``torch.where``
@@ -520,7 +525,12 @@ def grpo_loss(
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     per_chunk = -torch.minimum(ratio * adv, clipped * adv)
     per_chunk = torch.where(chunk_valid, per_chunk, zero)
-    policy = per_chunk.sum(dim=1) / chunks.clamp(min=1).to(logp.dtype)  # [B]
+    if chunk_norm is None:
+        policy = per_chunk.sum(dim=1) / chunks.clamp(min=1).to(logp.dtype)  # [B]
+    else:
+        if not (isinstance(chunk_norm, (int, float)) and math.isfinite(chunk_norm) and chunk_norm > 0):
+            raise ValueError(f"chunk_norm must be a positive number (or None), got {chunk_norm!r}")
+        policy = per_chunk.sum(dim=1) / float(chunk_norm)
 
     kl = None
     if ref_logp is not None:

@@ -98,6 +98,7 @@ def grpo_update(
     cfg: GRPOConfig,
     adaptor: WindowAdaptor | None = None,
     train_policy: bool = True,
+    chunk_norm: float | None = None,
 ) -> dict[str, float]:
     """``cfg.update_epochs`` optimiser steps of the clipped surrogate (eq 4) on the whole batch.
 
@@ -110,6 +111,7 @@ def grpo_update(
     ``adaptor``: the window adaptor that chose each chunk's window in ``traj``; its log-prob of that
     choice, recomputed, joins the chunk's ratio. ``train_policy`` false: the policy is frozen, its
     log-ratio is 0 (logp = old_logp, the policy is not run) and only the optimiser's parameters move.
+    ``chunk_norm``: `policytrim.objective.grpo_loss`'s (None: eq 4's 1/C_i).
     """
     device = device_of(policy)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -153,6 +155,7 @@ def grpo_update(
                 clip_high=cfg.clip_high,
                 window_logp=None if window is None else window[0].to(device),
                 old_window_logp=None if window is None else window[1].to(device),
+                chunk_norm=chunk_norm,
             )
             # N = every valid trajectory of the batch (all ranks): micro-batch and rank gradients add up to the batch's
             loss, diag = objective.reduce_grpo_loss(terms, cfg.kl_coef, num_trajectories=n)

@@ -536,7 +536,10 @@ class AdaptStage(Stage):
         return {"adaptor": adaptor_of(policy), "common_noise": self.config.common_noise}
 
     def update_options(self) -> dict[str, Any]:
-        return {"adaptor": self.adaptor, "train_policy": self.config.train_policy}
+        chunk_norm = None
+        if not self.config.length_normalized:  # Dr. GRPO: one constant, the most calls an episode can make
+            chunk_norm = float(math.ceil(self.cfg.env.horizon / min(self.adaptor.windows)))
+        return {"adaptor": self.adaptor, "train_policy": self.config.train_policy, "chunk_norm": chunk_norm}
 
     def save_entering(self, policy: ChunkPolicy, save: Callable[[ChunkPolicy], None]) -> None:
         """Epoch 0's best is what was validated: the entering policy at its fixed window, no adaptor."""
