@@ -24,7 +24,8 @@ and checkpoints; the adaptor at ``adapt.lr`` 1e-3). Then one paired suite on the
 
 Resumable (phases ``adapt`` and ``eval`` are skipped when done; training resumes from its last
 checkpoint). Writes RESULTS/NAME.json + .md (``--name``, default adaptive_smolvla): every row with
-calls, steps, SR and the paired 95% interval of its SR drop against the baseline, the adaptor's
+calls, steps, SR and the paired 95% interval of its SR drop against the baseline, the mean reward
+the adapt stage would pay it (eq 9 without the stability term: which row the reward prefers), the adaptor's
 paired comparison with ``fixed``, the executed-window histogram, and the adapt stage's training time
 beside SOURCE's Stage 2 (seconds of epochs + validations from the two runs' metrics.jsonl; both on
 this machine, with the load each ran under).
