@@ -210,6 +210,10 @@ def test_stage2_selection_needs_a_significant_loss_to_reject():
     assert significant_loss(bare, start, 2.0)
     # Stage 1 keeps the highest SR at the longest window
     assert most_successful(start, noisy) and not most_successful(noisy, start)
+    # adapt.loss_rule tolerance: a drop beyond the tolerance counts even when it is not significant
+    assert significant_loss(noisy, start, 2.0, "tolerance")
+    assert not significant_loss(noisy, start, 5.0, "tolerance")
+    assert not fewest_calls_without_loss(noisy, start, start, 2.0, "tolerance")  # the start keeps its place
 
 
 def test_rollout_parts_split_the_workers_time_into_resets_and_steps():

@@ -345,3 +345,21 @@ def test_length_normalized_sets_the_updates_chunk_norm(tiny_baseline, tmp_path, 
     smallest = json.loads((run / "adapt" / "result.json").read_text())["adaptor_windows"][0]
     expected = None if normalized else float(-(-cfg["env"]["horizon"] // smallest))
     assert seen and set(seen) == {expected}  # every micro-batch of every optimiser step
+
+
+def test_the_adapt_stage_selects_checkpoints_by_its_loss_rule(tiny_baseline):
+    """adapt.loss_rule: "significant" (Stage 2's) keeps a checkpoint whose 3-point validation loss
+    is noise; "tolerance" rejects it."""
+    from policytrim.train.stages import AdaptStage
+
+    def val(successes, calls):
+        by_state = {f"t:{i}": ok for i, ok in enumerate(successes)}
+        return Validation({"success_rate": sum(successes) / len(successes), "calls_per_success": calls}, by_state)
+
+    start = val([True] * 70 + [False] * 2, 8.0)
+    noisy = val([True] * 68 + [False] * 4, 6.0)
+    budget = CallBudget(10, "given", None, 8.0, 60.0, 0.97, 72, "sampled", 72, start=start)
+    policy = load_policy(tiny_baseline)
+    for rule, kept in (("significant", True), ("tolerance", False)):
+        stage = AdaptStage(tiny_config(adapt={**STAGE, "loss_rule": rule}), policy, budget)
+        assert stage.is_better(noisy, start, start) is kept

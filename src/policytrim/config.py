@@ -505,6 +505,10 @@ class AdaptConfig(GRPOConfig):
     tolerance_points: float = 2.0
     """Best checkpoint: fewest calls among evaluations without a significant success loss against the
     entering policy at its trained window (as Stage 2's)."""
+    loss_rule: Literal["significant", "tolerance"] = "significant"
+    """Which validation loss disqualifies a checkpoint: significant = a drop beyond tolerance_points
+    whose paired 95% interval excludes 0 (Stage 2's rule); tolerance = any drop beyond tolerance_points
+    (on 150 states a 7-point loss is not always significant)."""
     scale_advantages: bool = True
     """true: eq 3's advantages, divided by the group's std. false: A = R - mean (Dr. GRPO), so a group
     whose rollouts all succeeded and differ only in calls saved weighs by that difference (lambda_c-sized)
@@ -544,6 +548,10 @@ class AdaptConfig(GRPOConfig):
         _in_range("adapt.tolerance_points", self.tolerance_points, 0.0, 100.0)
         scale_ok = isinstance(self.scale_advantages, bool)
         _require(scale_ok, f"adapt.scale_advantages must be true or false, got {self.scale_advantages!r}")
+        _require(
+            self.loss_rule in ("significant", "tolerance"),
+            f"adapt.loss_rule must be significant or tolerance, got {self.loss_rule!r}",
+        )
         norm_ok = isinstance(self.length_normalized, bool)
         _require(norm_ok, f"adapt.length_normalized must be true or false, got {self.length_normalized!r}")
         noise_ok = isinstance(self.common_noise, bool)

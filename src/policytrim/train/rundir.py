@@ -51,6 +51,7 @@ ADDED_LATER: dict[tuple[str, str], object] = {
     ("adapt", "initial_window"): 0,  # the adaptor started on the policy's trained window
     ("adapt", "common_noise"): False,  # every member drew its own policy noise
     ("adapt", "length_normalized"): True,  # eq 4's 1/C_i
+    ("adapt", "loss_rule"): "significant",  # Stage 2's best-checkpoint rule
 }
 
 

@@ -218,15 +218,20 @@ def build_adaptor(policy: ChunkPolicy, cfg: RunConfig) -> WindowAdaptor:
         )
 
 
-def significant_loss(candidate: Validation, start: Validation, tolerance_points: float) -> bool:
+def significant_loss(
+    candidate: Validation, start: Validation, tolerance_points: float, rule: str = "significant"
+) -> bool:
     """Whether ``candidate`` lost success against ``start`` (two validations on the same states with
     the same random numbers): its SR drop is larger than ``tolerance_points`` AND the paired 95%
     interval of the drop (Newcombe) excludes zero. On small validation sets one or two unlucky
     episodes move the SR by more than the tolerance; only a loss the evaluation can tell from noise
-    disqualifies a checkpoint."""
+    disqualifies a checkpoint. ``rule="tolerance"``: any drop beyond ``tolerance_points`` counts,
+    significant or not (the adapt stage's ``adapt.loss_rule``)."""
     drop = start.success_rate - candidate.success_rate
     if drop <= tolerance_points / 100.0 + 1e-12:
         return False
+    if rule == "tolerance":
+        return True
     a, b = start.success_by_state, candidate.success_by_state
     if not a or not b:  # no per-state outcomes (a checkpoint from before they were recorded)
         return True
@@ -247,14 +252,18 @@ def most_successful(candidate: Validation, best: Validation | None) -> bool:
 
 
 def fewest_calls_without_loss(
-    candidate: Validation, best: Validation | None, start: Validation, tolerance_points: float
+    candidate: Validation,
+    best: Validation | None,
+    start: Validation,
+    tolerance_points: float,
+    rule: str = "significant",
 ) -> bool:
     """Stage 2's best-checkpoint rule: fewest calls among evaluations without a significant success
-    loss against the stage's start (`significant_loss`); if every one lost, the highest SR."""
+    loss against the stage's start (`significant_loss`, ``rule``); if every one lost, the highest SR."""
     if best is None:
         return True
-    cand_ok = not significant_loss(candidate, start, tolerance_points)
-    best_ok = not significant_loss(best, start, tolerance_points)
+    cand_ok = not significant_loss(candidate, start, tolerance_points, rule)
+    best_ok = not significant_loss(best, start, tolerance_points, rule)
     if cand_ok != best_ok:
         return cand_ok
     if not cand_ok:
@@ -575,7 +584,7 @@ class AdaptStage(Stage):
         return terms.reward, out
 
     def is_better(self, candidate: Validation, best: Validation | None, start: Validation) -> bool:
-        return fewest_calls_without_loss(candidate, best, start, self.config.tolerance_points)
+        return fewest_calls_without_loss(candidate, best, start, self.config.tolerance_points, self.config.loss_rule)
 
     def epoch_record(self) -> dict[str, Any]:
         return {"call_budget": self.budget.budget}
