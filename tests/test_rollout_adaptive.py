@@ -121,3 +121,36 @@ def test_common_noise_leaves_the_adaptors_choices_as_the_only_difference(policy_
     assert torch.equal(tr.chunk_actions[first][0], tr.chunk_actions[first][1])  # from the same noise
     with pytest.raises(ValueError, match="common_noise needs a window adaptor"):
         _run_noise(policy, None, True)
+
+
+def test_branching_members_share_everything_but_the_branch_calls_window(policy_and_adaptor):
+    """Per-call credit (common noise, branch_below): in every group the members are identical up to
+    their group's branch call (same chunks, same greedy windows), each draws its own window there,
+    and `chunk_branch` marks exactly the chunks at that call."""
+    from policytrim.rollout.engine import branch_call
+
+    policy, adaptor = policy_and_adaptor
+    env = EnvConfig(tasks=(TASK,), horizon=40)
+    starts = [InitialState(TASK, 11, i) for i in range(4)]
+    with RolloutEngine(env, num_workers=0) as engine:
+        tr = engine.run(
+            policy, starts, 4, torch.full((4, 4), H), "train", 5, adaptor=adaptor, common_noise=True, branch_below=3
+        )
+    assert tr.chunk_branch is not None and tr.chunk_branch.shape == tr.chunk_pos.shape
+    drawn = []
+    for g, start in enumerate(starts):
+        c = branch_call(5, start, 3)
+        members = range(g * 4, g * 4 + 4)
+        for i in members:
+            mine = tr.chunk_traj == i
+            assert torch.equal(tr.chunk_branch[mine], tr.chunk_pos[mine] == c)
+        before = [(tr.chunk_traj == i) & (tr.chunk_pos <= c) for i in members]
+        first = before[0]
+        for sel in before[1:]:
+            assert torch.equal(tr.chunk_actions[sel], tr.chunk_actions[first])  # same chunks up to the branch
+            assert torch.equal(tr.chunk_window[sel & (tr.chunk_pos < c)], tr.chunk_window[first & (tr.chunk_pos < c)])
+        drawn += tr.chunk_window[tr.chunk_branch & (tr.chunk_traj >= g * 4) & (tr.chunk_traj < g * 4 + 4)].tolist()
+    assert len(set(drawn)) > 1  # the members' windows at the branch call differ
+    with pytest.raises(ValueError, match="branch_below needs common_noise"):
+        with RolloutEngine(env, num_workers=0) as engine:
+            engine.run(policy, starts[:1], 2, torch.full((1, 2), H), "train", 5, adaptor=adaptor, branch_below=3)

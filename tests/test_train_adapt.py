@@ -363,3 +363,43 @@ def test_the_adapt_stage_selects_checkpoints_by_its_loss_rule(tiny_baseline):
     for rule, kept in (("significant", True), ("tolerance", False)):
         stage = AdaptStage(tiny_config(adapt={**STAGE, "loss_rule": rule}), policy, budget)
         assert stage.is_better(noisy, start, start) is kept
+
+
+def test_per_call_credit_updates_the_branch_calls_only(tiny_baseline, tmp_path):
+    """adapt.credit call: `branch_only` keeps the rows of the branch calls' chunks and the
+    trajectories that reached one; the stage trains end to end with it; without common noise it is
+    refused."""
+    from policytrim.config import AdaptConfig
+    from policytrim.errors import InputError
+    from policytrim.rollout.types import Trajectories
+    from policytrim.train.grpo import branch_only
+
+    n = 3
+    traj = Trajectories(
+        task=["t"] * n,
+        instruction=[""] * n,
+        seed=torch.zeros(n, dtype=torch.long),
+        index=torch.zeros(n, dtype=torch.long),
+        group=torch.zeros(n, dtype=torch.long),
+        window=torch.full((n,), 4),
+        success=torch.ones(n, dtype=torch.bool),
+        steps=torch.full((n,), 8),
+        calls=torch.tensor([2, 2, 1]),
+        horizon=20,
+        group_size=n,
+        chunk_traj=torch.tensor([0, 0, 1, 1, 2]),
+        chunk_pos=torch.tensor([0, 1, 0, 1, 0]),
+        chunk_branch=torch.tensor([False, True, False, True, False]),  # the branch is call 1; member 2 ended first
+    )
+    rows = torch.ones(5, 4, dtype=torch.bool)
+    mask, valid = branch_only(traj, rows, torch.ones(n, dtype=torch.bool))
+    assert mask.any(dim=1).tolist() == [False, True, False, True, False]
+    assert valid.tolist() == [True, True, False]
+
+    config = write_config(tmp_path / "config.yaml", epochs=1, common_noise=True, credit="call")
+    run = tmp_path / "run"
+    args = ["train", "--config", str(config), "--stage", "adapt", "--init", str(tiny_baseline), "--out", str(run)]
+    assert main(args) == 0
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl") if r.get("stage") == "adapt"][-1] == 1
+    with pytest.raises(InputError, match="adapt.credit call needs adapt.common_noise"):
+        AdaptConfig(credit="call")

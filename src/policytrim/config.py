@@ -520,6 +520,11 @@ class AdaptConfig(GRPOConfig):
     common_noise: bool = False
     """Adaptor only: the members of a group draw the same policy noise (common random numbers) and
     differ only through the adaptor's choices, so a group's outcomes compare windows, not luck."""
+    credit: Literal["episode", "call"] = "episode"
+    """episode: every call of an episode gets its advantage (eq 4). call: per-call credit (needs
+    common_noise): each group samples the adaptor at one call, drawn below the entering policy's mean
+    calls, and acts greedily at the others, so its members differ only by that call's window, and
+    the update moves that call alone."""
 
     def __post_init__(self) -> None:
         self._validate("adapt")
@@ -551,6 +556,11 @@ class AdaptConfig(GRPOConfig):
         _require(
             self.loss_rule in ("significant", "tolerance"),
             f"adapt.loss_rule must be significant or tolerance, got {self.loss_rule!r}",
+        )
+        _require(self.credit in ("episode", "call"), f"adapt.credit must be episode or call, got {self.credit!r}")
+        _require(
+            self.credit == "episode" or self.common_noise,
+            "adapt.credit call needs adapt.common_noise true (the members must share everything before the branch)",
         )
         norm_ok = isinstance(self.length_normalized, bool)
         _require(norm_ok, f"adapt.length_normalized must be true or false, got {self.length_normalized!r}")

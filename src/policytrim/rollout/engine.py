@@ -85,6 +85,12 @@ def adaptor_seed(seed: int, state: InitialState, member: int) -> int:
     return stable_seed("policytrim-adaptor", seed, state.task, state.seed, state.index, member)
 
 
+def branch_call(seed: int, state: InitialState, below: int) -> int:
+    """The call at which the members of the group started from ``state`` sample their own window
+    (per-call credit): uniform over 0 .. below - 1, the same for every member."""
+    return stable_seed("policytrim-branch", seed, state.task, state.seed, state.index) % below
+
+
 def make_pool(
     env: Any, num_workers: int, env_factory: EnvFactory | None, max_envs: int, backend: str = "local", ray: Any = None
 ) -> WorkerPool:
@@ -104,7 +110,19 @@ def make_pool(
 class _Batch:
     """The chunks sampled in one policy call (kept on CPU)."""
 
-    __slots__ = ("traj", "pos", "rows", "obs", "logp", "replay", "window", "window_logp", "actions", "offset")
+    __slots__ = (
+        "traj",
+        "pos",
+        "rows",
+        "obs",
+        "logp",
+        "replay",
+        "window",
+        "window_logp",
+        "actions",
+        "offset",
+        "branch",
+    )
 
     def __init__(
         self,
@@ -117,8 +135,10 @@ class _Batch:
         window_logp: torch.Tensor | None = None,
         actions: torch.Tensor | None = None,
         offset: np.ndarray | None = None,
+        branch: np.ndarray | None = None,
     ):
         self.traj, self.pos, self.obs, self.logp, self.replay = traj, pos, obs, logp, replay
+        self.branch = branch
         self.offset = np.zeros(len(traj), np.int64) if offset is None else offset
         self.window, self.window_logp, self.actions = window, window_logp, actions
         self.rows = np.zeros(len(traj), np.int64)
@@ -251,6 +271,7 @@ class RolloutEngine:
         record_chunks: bool = True,
         adaptor: Any = None,
         common_noise: bool = False,
+        branch_below: int = 0,
     ) -> Trajectories:
         """Roll out ``group_size`` trajectories from each of ``starts`` (one state per group).
 
@@ -263,6 +284,10 @@ class RolloutEngine:
         common_noise (with an adaptor): every member of a group draws the policy's noise from the
         same seed (member 0's: common random numbers) and the adaptor from a generator of its own
         per member, so the members of a group differ only through the adaptor's choices.
+        branch_below > 0 (with common noise): per-call credit. Each group samples the adaptor at one
+        call only, `branch_call` (uniform below ``branch_below``), and acts on its most likely window
+        at every other call; the members are then identical up to that call and differ only through
+        the window each drew there. ``Trajectories.chunk_branch`` marks the chunks of that call.
         """
         if self._pool is None:
             raise RuntimeError("the engine is closed")
@@ -293,6 +318,8 @@ class RolloutEngine:
                 )
         if common_noise and adaptor is None:
             raise ValueError("common_noise needs a window adaptor (the members would otherwise be identical)")
+        if branch_below and not common_noise:
+            raise ValueError("branch_below needs common_noise (the members must share everything before the branch)")
         smallest = min(adaptor.windows) if adaptor is not None else (int(win.min()) if win.numel() else None)
         if self.delay and smallest is not None and smallest <= 2 * self.delay:
             raise InputError(
@@ -311,6 +338,7 @@ class RolloutEngine:
             record_chunks,
             adaptor,
             common_noise,
+            branch_below,
         )
         return rollout.run()
 
@@ -334,6 +362,7 @@ class _Rollout:
         record: bool,
         adaptor: Any = None,
         common_noise: bool = False,
+        branch_below: int = 0,
     ) -> None:
         self.engine, self.pool, self.policy, self.mode, self.record = engine, engine._pool, policy, mode, record
         self.starts, self.G, self.window, self.adaptor = starts, G, window, adaptor
@@ -354,6 +383,9 @@ class _Rollout:
             [torch.Generator().manual_seed(adaptor_seed(seed, self.state_of[i], i % G)) for i in range(N)]
             if common_noise
             else self.generators
+        )
+        self.branch = (
+            np.array([branch_call(seed, st, branch_below) for st in self.state_of], np.int64) if branch_below else None
         )
         self.horizon = int(engine.env_cfg.horizon)
         self.success = np.zeros(N, bool)
@@ -570,12 +602,23 @@ class _Rollout:
                 obs, [self.instruction[i] for i in need], self.mode, [self.generators[i] for i in need]
             )
         actions = sample.actions.detach().to("cpu", torch.float32)
-        window_logp = None
+        window_logp, branch = None, None
         if self.adaptor is not None:
+            gens = [self.adaptor_generators[i] for i in need]
+            state = obs_cpu["state"]
             with torch.no_grad():
-                chosen, window_logp = self.adaptor.sample(
-                    obs_cpu["state"], actions, self.mode, [self.adaptor_generators[i] for i in need]
-                )
+                if self.branch is None:
+                    chosen, window_logp = self.adaptor.sample(state, actions, self.mode, gens)
+                else:  # per-call credit: greedy everywhere but at the group's branch call
+                    branch = self.calls[need] == self.branch[need]
+                    chosen, window_logp = self.adaptor.sample(state, actions, "deterministic")
+                    at = torch.from_numpy(np.nonzero(branch)[0])
+                    if at.numel():
+                        drawn, drawn_logp = self.adaptor.sample(
+                            state[at], actions[at], self.mode, [gens[j] for j in at.tolist()]
+                        )
+                        chosen, window_logp = chosen.clone(), window_logp.clone()
+                        chosen[at], window_logp[at] = drawn, drawn_logp
             self.call_window[need] = chosen.numpy().astype(np.int64)
             window_logp = window_logp.detach().to("cpu", torch.float32)
         B, k_max = len(need), int(self.call_window[need].max())
@@ -599,6 +642,7 @@ class _Rollout:
                     window_logp,
                     actions if self.adaptor is not None else None,
                     offset,
+                    branch,
                 )
             )
             for b, i in enumerate(need):
@@ -668,4 +712,6 @@ class _Rollout:
             if self.adaptor is not None:
                 out.window_logp = torch.cat([b.window_logp for b in batches])[idx]
                 out.chunk_actions = torch.cat([b.actions for b in batches])[idx]
+            if self.branch is not None:
+                out.chunk_branch = torch.from_numpy(np.concatenate([b.branch for b in batches])[order])
         return out

@@ -62,6 +62,9 @@ class Trajectories:
     chunk_actions: torch.Tensor | None = None
     """float [M, H, A]: the chunk each call returned, the window adaptor's other input (None without
     an adaptor)."""
+    chunk_branch: torch.Tensor | None = None
+    """bool [M]: the chunks of their group's branch call, where the adaptor sampled (per-call credit,
+    `RolloutEngine.run`'s ``branch_below``); None without branching."""
 
     # ---- diagnostics ----
     policy_seconds: float = 0.0

@@ -116,6 +116,8 @@ def grpo_update(
     device = device_of(policy)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     row_mask_all = traj.chunk_row_mask()
+    if traj.chunk_branch is not None:  # per-call credit: only the branch call's chunks are updated
+        row_mask_all, valid = branch_only(traj, row_mask_all, valid)
     ids = torch.nonzero(valid, as_tuple=False).flatten()
     n = distributed.global_sum(int(ids.numel()))  # N over every rank: the 1/N stays global under torchrun
     stats: dict[str, list[float]] = {
@@ -193,6 +195,16 @@ def grpo_update(
     )
     out.update(skipped_steps=skipped, update_trajectories=n, clip_hard=bool(out["clip_frac_max"] > CLIP_HARD_FRACTION))
     return out
+
+
+def branch_only(traj: Trajectories, row_mask: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-call credit: ``row_mask`` [M, H] kept on the chunks of each group's branch call only, and
+    ``valid`` [N] kept on the trajectories that reached that call (a trajectory that ended before it
+    has nothing to update; its group-mates, identical up to there, ended with it)."""
+    branch = traj.chunk_branch.to(torch.bool)
+    reached = torch.zeros(traj.num_trajectories, dtype=torch.bool)
+    reached[traj.chunk_traj[branch]] = True
+    return row_mask & branch[:, None], valid.to(torch.bool) & reached
 
 
 def _window_logps(

@@ -52,6 +52,7 @@ ADDED_LATER: dict[tuple[str, str], object] = {
     ("adapt", "common_noise"): False,  # every member drew its own policy noise
     ("adapt", "length_normalized"): True,  # eq 4's 1/C_i
     ("adapt", "loss_rule"): "significant",  # Stage 2's best-checkpoint rule
+    ("adapt", "credit"): "episode",  # one advantage for every call of an episode
 }
 
 

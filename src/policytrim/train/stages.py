@@ -542,7 +542,11 @@ class AdaptStage(Stage):
         return self.config.scale_advantages
 
     def rollout_options(self, policy: ChunkPolicy) -> dict[str, Any]:
-        return {"adaptor": adaptor_of(policy), "common_noise": self.config.common_noise}
+        options = {"adaptor": adaptor_of(policy), "common_noise": self.config.common_noise}
+        if self.config.credit == "call":  # branch calls over the entering policy's typical episode
+            b = self.budget
+            options["branch_below"] = max(1, math.ceil(b.mean_calls) if b.mean_calls else b.budget)
+        return options
 
     def update_options(self) -> dict[str, Any]:
         chunk_norm = None
