@@ -120,3 +120,23 @@ def test_wrong_input_shapes_are_refused():
         adaptor.logits(state, chunk[:, :10])
     with pytest.raises(InputError, match="not among the adaptor's"):
         adaptor.log_prob(state, chunk, torch.full((6,), 7))
+
+
+def test_a_greedy_adaptor_samples_in_train_mode_only_and_keeps_it_when_saved(tmp_path):
+    """greedy (per-call credit): the most likely window in sampled mode, draws in train mode; saved
+    and loaded with its flag; an adaptor saved before the flag existed loads as sampling."""
+    import json
+
+    adaptor = _adaptor(initial_mass=0.4, greedy=True)
+    state, chunk = _inputs(batch=64)
+    sampled, _ = adaptor.sample(state, chunk, "sampled")
+    assert sampled.tolist() == [15] * 64
+    drawn, _ = adaptor.sample(state, chunk, "train")
+    assert len(set(drawn.tolist())) > 1
+    adaptor.save_pretrained(tmp_path)
+    assert WindowAdaptor.from_pretrained(tmp_path).greedy is True
+    config = tmp_path / ADAPTOR_DIR / "config.json"
+    old = json.loads(config.read_text())
+    del old["greedy"]
+    config.write_text(json.dumps(old))
+    assert WindowAdaptor.from_pretrained(tmp_path).greedy is False

@@ -403,3 +403,8 @@ def test_per_call_credit_updates_the_branch_calls_only(tiny_baseline, tmp_path):
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl") if r.get("stage") == "adapt"][-1] == 1
     with pytest.raises(InputError, match="adapt.credit call needs adapt.common_noise"):
         AdaptConfig(credit="call")
+    from policytrim.train.stages import build_adaptor
+
+    policy = load_policy(tiny_baseline)
+    greedy = build_adaptor(policy, tiny_config(adapt={**STAGE, "common_noise": True, "credit": "call"}))
+    assert greedy.greedy and not build_adaptor(policy, tiny_config(adapt=STAGE)).greedy

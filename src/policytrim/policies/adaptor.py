@@ -4,8 +4,9 @@ just predicted to execute (SPEC "Adaptive windows").
 It sees what the policy saw — the state observation (proprioception and, for state policies, the
 objects) — and the chunk the policy predicted, and puts a categorical distribution over a fixed set
 of windows (e.g. {5, 10, ..., H}). ``train`` and ``sampled`` modes sample a window, ``deterministic``
-takes the most likely one. Its log-prob joins the chunk's in the GRPO ratio
-(`policytrim.objective.grpo_loss`'s ``window_logp``).
+takes the most likely one; a ``greedy`` adaptor (trained with per-call credit, as a one-call deviation
+from its greedy self) takes the most likely one in every mode but ``train``. Its log-prob joins the
+chunk's in the GRPO ratio (`policytrim.objective.grpo_loss`'s ``window_logp``).
 
 It starts as the fixed-window policy it wraps: the initial logits put ``initial_mass`` (default
 0.9) of the probability on the policy's trained window, so a stage that trains it starts from the
@@ -57,6 +58,7 @@ class WindowAdaptor(nn.Module):
         initial_mass: float = 0.9,
         state_mean: Sequence[float] | None = None,
         state_std: Sequence[float] | None = None,
+        greedy: bool = False,
     ) -> None:
         super().__init__()
         windows = tuple(int(w) for w in windows)
@@ -77,6 +79,9 @@ class WindowAdaptor(nn.Module):
         self.state_dim, self.action_dim, self.chunk_size = int(state_dim), int(action_dim), int(chunk_size)
         self.windows, self.initial_window = windows, int(initial_window)
         self.hidden_dim, self.initial_mass = int(hidden_dim), float(initial_mass)
+        if not isinstance(greedy, bool):
+            raise InputError(f"adaptor greedy must be true or false, got {greedy!r}")
+        self.greedy = greedy
         mean = (
             torch.zeros(state_dim)
             if state_mean is None
@@ -126,11 +131,12 @@ class WindowAdaptor(nn.Module):
         self, state: torch.Tensor, chunk: torch.Tensor, mode: Mode, generators: Sequence[torch.Generator] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(windows [B] as action counts, log-prob [B] of the chosen index). ``generators``: one per
-        row, as the policies take them, so a row's draws do not depend on the batch around it."""
+        row, as the policies take them, so a row's draws do not depend on the batch around it.
+        Deterministic mode, and a greedy adaptor outside ``train``: the most likely window."""
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         logp_all = torch.log_softmax(self.logits(state, chunk), dim=-1)
-        if mode == "deterministic":
+        if mode == "deterministic" or (self.greedy and mode != "train"):
             index = logp_all.argmax(dim=-1)
         else:
             probs = logp_all.exp()
@@ -170,6 +176,7 @@ class WindowAdaptor(nn.Module):
             "initial_window": self.initial_window,
             "hidden_dim": self.hidden_dim,
             "initial_mass": self.initial_mass,
+            "greedy": self.greedy,
         }
 
     def save_pretrained(self, policy_directory: str | Path) -> Path:
@@ -200,9 +207,12 @@ class WindowAdaptor(nn.Module):
             raise InputError(f"{where}: windows must be a list of integers, got {config['windows']!r}")
         if not isinstance(config["initial_mass"], (int, float)) or isinstance(config["initial_mass"], bool):
             raise InputError(f"{where}: initial_mass must be a number, got {config['initial_mass']!r}")
+        greedy = config.get("greedy", False)  # absent from adaptors saved before it existed: sampling
+        if not isinstance(greedy, bool):
+            raise InputError(f"{where}: greedy must be true or false, got {greedy!r}")
         tensors = read_weights(directory, config)
         try:
-            adaptor = cls(**{k: config[k] for k in keys})
+            adaptor = cls(**{k: config[k] for k in keys}, greedy=greedy)
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from None
         check_state_dict(adaptor.state_dict(), tensors, where)

@@ -214,6 +214,7 @@ def build_adaptor(policy: ChunkPolicy, cfg: RunConfig) -> WindowAdaptor:
             initial_window=initial,
             hidden_dim=cfg.adapt.hidden_dim,
             initial_mass=cfg.adapt.initial_mass,
+            greedy=cfg.adapt.credit == "call",  # trained as a one-call deviation from its greedy self
             **stats,
         )
 
