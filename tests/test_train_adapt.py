@@ -408,3 +408,17 @@ def test_per_call_credit_updates_the_branch_calls_only(tiny_baseline, tmp_path):
     policy = load_policy(tiny_baseline)
     greedy = build_adaptor(policy, tiny_config(adapt={**STAGE, "common_noise": True, "credit": "call"}))
     assert greedy.greedy and not build_adaptor(policy, tiny_config(adapt=STAGE)).greedy
+
+
+def test_branch_calls_bounds_where_groups_branch(tiny_baseline):
+    """adapt.credit call: groups branch below ceil(mean calls) of the entering policy, or below
+    adapt.branch_calls when set; episode credit does not branch."""
+    from policytrim.train.stages import AdaptStage
+
+    start = Validation({"success_rate": 1.0, "calls_per_success": 7.2}, {"t:0": True})
+    budget = CallBudget(10, "calibrated", None, 7.2, 60.0, 1.0, 4, "sampled", 1, start=start)
+    policy = load_policy(tiny_baseline)
+    call = {**STAGE, "common_noise": True, "credit": "call"}
+    for adapt, below in ((call, 8), ({**call, "branch_calls": 1}, 1), (STAGE, None)):
+        options = AdaptStage(tiny_config(adapt=adapt), policy, budget).rollout_options(policy)
+        assert options.get("branch_below") == below

@@ -525,6 +525,9 @@ class AdaptConfig(GRPOConfig):
     common_noise): each group samples the adaptor at one call, drawn below the entering policy's mean
     calls, and acts greedily at the others, so its members differ only by that call's window, and
     the update moves that call alone."""
+    branch_calls: int = 0
+    """credit call: the branch call is drawn uniformly from the first branch_calls calls; 0 = ceil of
+    the entering policy's mean calls (the whole typical episode). 1 trains the first call only."""
 
     def __post_init__(self) -> None:
         self._validate("adapt")
@@ -562,6 +565,7 @@ class AdaptConfig(GRPOConfig):
             self.credit == "episode" or self.common_noise,
             "adapt.credit call needs adapt.common_noise true (the members must share everything before the branch)",
         )
+        _int_in("adapt.branch_calls", self.branch_calls, 0, L.MAX_HORIZON, " (0 = the entering policy's mean calls)")
         norm_ok = isinstance(self.length_normalized, bool)
         _require(norm_ok, f"adapt.length_normalized must be true or false, got {self.length_normalized!r}")
         noise_ok = isinstance(self.common_noise, bool)

@@ -53,6 +53,7 @@ ADDED_LATER: dict[tuple[str, str], object] = {
     ("adapt", "length_normalized"): True,  # eq 4's 1/C_i
     ("adapt", "loss_rule"): "significant",  # Stage 2's best-checkpoint rule
     ("adapt", "credit"): "episode",  # one advantage for every call of an episode
+    ("adapt", "branch_calls"): 0,  # branch calls over the typical episode
 }
 
 

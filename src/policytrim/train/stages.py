@@ -546,7 +546,8 @@ class AdaptStage(Stage):
         options = {"adaptor": adaptor_of(policy), "common_noise": self.config.common_noise}
         if self.config.credit == "call":  # branch calls over the entering policy's typical episode
             b = self.budget
-            options["branch_below"] = max(1, math.ceil(b.mean_calls) if b.mean_calls else b.budget)
+            typical = max(1, math.ceil(b.mean_calls) if b.mean_calls else b.budget)
+            options["branch_below"] = self.config.branch_calls or typical
         return options
 
     def update_options(self) -> dict[str, Any]:
