@@ -155,7 +155,14 @@ def result(source: Path, work: Path, machine: dict[str, Any]) -> dict[str, Any]:
     for name, row in rows.items():  # what the adapt stage's reward would pay each row, on average
         row["mean_reward_no_stability"] = reward_of(outcomes[name], budget, coef["adapt"]["call_coef"])
     stage2 = stage_time(read_jsonl(source / "train" / "metrics.jsonl"), "trim")
-    adapt = stage_time(read_jsonl(work / "adapt_only" / "metrics.jsonl"), "adapt")
+    adapt_metrics = read_jsonl(work / "adapt_only" / "metrics.jsonl")
+    adapt = stage_time(adapt_metrics, "adapt")
+    validations = [  # the adapt stage's validations, epoch 0 = the entering policy at its fixed window
+        {"epoch": r["epoch"]}
+        | {k: r.get(f"val_{k}") for k in ("success_rate", "calls_per_success", "mean_executed_window")}
+        for r in adapt_metrics
+        if r.get("stage") == "adapt" and "val_success_rate" in r
+    ]
     source_phases = json.loads((source / "phases.json").read_text())
     phases = json.loads((work / "phases.json").read_text())
     top = rows["adapt_only"]["vs_baseline"]
@@ -167,6 +174,8 @@ def result(source: Path, work: Path, machine: dict[str, Any]) -> dict[str, Any]:
         "success_rate_drop_ci95": top["success_rate_drop_ci95"],
         "against": "the BC SmolVLA executing k = 5, paired on the test states",
         "adaptor_vs_fixed": rows["adapt_only"]["vs_fixed"],
+        "best_epoch": adapt_result.get("best", {}).get("epoch"),
+        "validations": validations,
         "mode": mode,
         "episodes_per_task": comparison_all["episodes_per_task"],
         "split": comparison_all["split"],
@@ -238,6 +247,15 @@ def markdown(res: dict[str, Any]) -> str:
         + "; ".join(f"{task}: " + ", ".join(f"{w}: {n}" for w, n in h.items()) for task, h in hist.items())
         + ".",
         *rule_lines(res["rows"].get("rule_far", {}).get("vs_fixed")),
+        "",
+        f"Adapt-stage validations (epoch: SR, calls per success, mean executed window; the chosen checkpoint "
+        f"is epoch {res.get('best_epoch')}): "
+        + "; ".join(
+            f"{v['epoch']}: {v['success_rate']:.3f}, {fmt(v['calls_per_success'], '.2f')}, "
+            f"{fmt(v['mean_executed_window'], '.1f')}"
+            for v in res.get("validations", [])
+        )
+        + ".",
         "",
         f"Training time (epochs + validations): Stage 2 {t['stage2']['epochs']} epochs, "
         f"{t['stage2']['seconds'] / 60:.1f} min ({fmt(t['stage2']['seconds_per_epoch'], '.1f')} s/epoch, load "
