@@ -138,22 +138,19 @@ def result(source: Path, work: Path, machine: dict[str, Any]) -> dict[str, Any]:
     comparison, outcomes = comparison_all["modes"][mode], outcomes_all["modes"][mode]
     windows = comparison_all["windows"]
     rows = {name: row_of(name, comparison, outcomes, windows) for name in ROWS if name in comparison["policies"]}
-    fixed = comparison["policies"]["fixed"]
-    vs = against_baseline(
-        fixed["overall"], comparison["policies"]["adapt_only"]["overall"], outcomes["fixed"], outcomes["adapt_only"]
-    )
     keys = ("calls_speedup", "steps_reduction", "success_rate_drop", "success_rate_drop_ci95")
-    rows["adapt_only"]["vs_fixed"] = {k: vs[k] for k in keys}
-    if "rule_far" in comparison["policies"]:  # runs evaluated before the rule row have none
-        rule = comparison["policies"]["rule_far"]["overall"]
-        vs_rule = against_baseline(fixed["overall"], rule, outcomes["fixed"], outcomes["rule_far"])
-        rows["rule_far"]["vs_fixed"] = {k: vs_rule[k] for k in keys}
+    fixed = comparison["policies"]["fixed"]["overall"]
+    for name in ("adapt_only", "rule_far"):  # runs evaluated before the rule row have none
+        if name in comparison["policies"]:
+            vs = against_baseline(fixed, comparison["policies"][name]["overall"], outcomes["fixed"], outcomes[name])
+            rows[name]["vs_fixed"] = {k: vs[k] for k in keys}
     adapt_result = json.loads((work / "adapt_only" / "adapt" / "result.json").read_text())
     rows["adapt_only"]["adaptor_windows"] = adapt_result.get("adaptor_windows")
     rows["adapt_only"]["call_budget"] = (adapt_result.get("call_budget") or {}).get("budget")
-    budget, coef = rows["adapt_only"]["call_budget"], yaml.safe_load((work / "benchmark_config.yaml").read_text())
+    config = yaml.safe_load((work / "benchmark_config.yaml").read_text())
+    budget = rows["adapt_only"]["call_budget"]
     for name, row in rows.items():  # what the adapt stage's reward would pay each row, on average
-        row["mean_reward_no_stability"] = reward_of(outcomes[name], budget, coef["adapt"]["call_coef"])
+        row["mean_reward_no_stability"] = reward_of(outcomes[name], budget, config["adapt"]["call_coef"])
     stage2 = stage_time(read_jsonl(source / "train" / "metrics.jsonl"), "trim")
     adapt_metrics = read_jsonl(work / "adapt_only" / "metrics.jsonl")
     adapt = stage_time(adapt_metrics, "adapt")
@@ -193,7 +190,7 @@ def result(source: Path, work: Path, machine: dict[str, Any]) -> dict[str, Any]:
         "phases_s": {k: p["seconds"] for k, p in phases.items()},
         "phases_load": {k: {"before": p["load_before"], "after": p["load_after"]} for k, p in phases.items()},
         "source": str(source),
-        "config": yaml.safe_load((work / "benchmark_config.yaml").read_text()),
+        "config": config,
         "machine": machine,
     }
 

@@ -89,20 +89,35 @@ def test_suboptimality_knobs():
     )
     sub = Suboptimality(data, np.random.default_rng(0))
     a = np.array([1.0, -0.5, 0.2, 0.7], np.float32)
-    out = [sub(a, t) for t in range(4)]
+    out = [sub(a, t)[0] for t in range(4)]
     assert all(np.allclose(o, [0, 0, 0, 0.7]) for o in out)  # hesitating: xyz 0, gripper kept
     no_pause = Suboptimality(replace(data, pause_prob=0.0), np.random.default_rng(0))
-    assert np.allclose(no_pause(a, 0), [0.5, -0.25, 0.1, 0.7])  # speed scale on xyz only
+    assert np.allclose(no_pause(a, 0)[0], [0.5, -0.25, 0.1, 0.7])  # speed scale on xyz only
     detour = Suboptimality(
         replace(data, pause_prob=0.0, detour_prob=1.0, detour_min=5, detour_max=5), np.random.default_rng(1)
     )
     d0, d1, direction = detour.detour
     assert d1 - d0 == 5 and np.linalg.norm(direction) == pytest.approx(1.0)
-    assert np.allclose(detour(a, d0)[:3], 0.5 * direction, atol=1e-6)
+    assert np.allclose(detour(a, d0)[0][:3], 0.5 * direction, atol=1e-6)
     jitter = Suboptimality(
         replace(data, pause_prob=0.0, speed_min=1.0, speed_max=1.0, jitter_std=2.0), np.random.default_rng(0)
     )
-    assert all((np.abs(jitter(a, t)) <= 1).all() for t in range(50))  # clipped
+    pairs = [jitter(a, t) for t in range(50)]
+    assert all((np.abs(executed) <= 1).all() for executed, _ in pairs)  # clipped
+    assert all(np.allclose(intended, a) for _, intended in pairs)  # the same action before the jitter
+    assert not any(np.allclose(executed, a) for executed, _ in pairs)
+
+
+def test_intended_labels_record_the_action_before_the_jitter(tmp_path, collected):
+    """data.labels intended: the same episodes run (the jitter still perturbs them), but each frame
+    records the action before its jitter, so executed - recorded is the jitter itself."""
+    _, ds = collected
+    intended = collect_demos(cfg_for(3, labels="intended"), tmp_path / "intended")
+    assert intended.meta["collection"]["settings"]["labels"] == "intended"
+    assert ds.meta["collection"]["settings"]["labels"] == "executed"
+    assert np.array_equal(intended.state, ds.state) and np.array_equal(intended.length, ds.length)
+    jitter = (ds.action - intended.action)[np.abs(ds.action).max(axis=1) < 1]  # frames no clip touched
+    assert len(jitter) > 100 and abs(float(jitter.std()) - 0.1) < 0.01 and abs(float(jitter.mean())) < 0.01
 
 
 def copy_dataset(ds: DemoDataset, **changes) -> DemoDataset:

@@ -625,6 +625,8 @@ class DataConfig:
     """Longest detour in steps."""
     jitter_std: float = 0.1
     """Std of Gaussian action jitter (actions are clipped to [-1, 1])."""
+    labels: Literal["executed", "intended"] = "executed"
+    """The action recorded with each frame: executed (what ran, jitter included) or intended (the same action before the jitter: the jitter then only perturbs the states, as DART's injected noise, and BC learns the expert's correction instead of the noise)."""  # noqa: E501
     seed: int = 0
     """Seed of the suboptimality random numbers."""
     keep_failures: bool = False

@@ -62,7 +62,7 @@ log = logging.getLogger("policytrim.data")
 
 DETOUR_LATEST_START = 40  # a detour starts at a step drawn from U{0..40}
 DEFAULT_ATTEMPTS = (3, 10)  # data.max_attempts = 0: at most 3 * episodes + 10 states tried per task
-ACTION_KEY = "action"  # the demonstrator's replay key: the action it executed
+ACTION_KEY = "action"  # the demonstrator's replay key: the action the dataset records (data.labels)
 BATCH_EPISODES = 128  # episodes per engine run (bounds the recorded frames held twice in memory)
 COLLECT_ENVS_PER_WORKER = 8
 CONVERT_HINT = (  # where the simulator and LeRobot live in different environments (LIBERO: Python 3.11 here)
@@ -127,7 +127,9 @@ class Suboptimality:
         self.paused_steps = 0
         self.detour_steps = 0
 
-    def __call__(self, action: np.ndarray, t: int) -> np.ndarray:
+    def __call__(self, action: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """The action to execute at step ``t`` and the same action before its jitter (``data.labels``
+        intended records the second)."""
         cfg = self.cfg
         a = np.array(action, dtype=np.float64)
         a[:3] *= self.speed
@@ -144,7 +146,7 @@ class Suboptimality:
             self.pause_left -= 1
             a[:3] = 0.0
             self.paused_steps += 1
-        return np.clip(a + jitter, -1.0, 1.0).astype(np.float32)
+        return np.clip(a + jitter, -1.0, 1.0).astype(np.float32), np.clip(a, -1.0, 1.0).astype(np.float32)
 
 
 class Demonstrator:
@@ -153,7 +155,8 @@ class Demonstrator:
     The engine gives every trajectory a generator seeded by `trajectory_seed` of its initial state;
     `begin` registers the episodes of one engine run under those seeds, so `sample` finds an
     episode's perturbation (and its step count) from the generator it is handed, whatever the
-    batching. Replay data holds the executed action (``ACTION_KEY``, float32 [B, A])."""
+    batching. Replay data holds the action the dataset records (``ACTION_KEY``, float32 [B, A]): the
+    executed one, or with ``data.labels`` intended the same action before its jitter."""
 
     chunk_size = 1
     default_window = 1
@@ -186,16 +189,18 @@ class Demonstrator:
     ) -> ChunkSample:
         chunk = self.expert.sample(obs, instructions, mode, generators)
         actions = chunk.actions[:, 0].numpy().copy()
+        labels = actions.copy()
         if generators is None or len(generators) != len(actions):
             raise ValueError("the demonstrator needs the engine's generator of every row (one per trajectory)")
         for b, generator in enumerate(generators):
             episode = self._episodes[generator.initial_seed()]
             perturb, t = episode
             if perturb is not None:
-                actions[b] = perturb(actions[b], t)
+                actions[b], labels[b] = perturb(actions[b], t)
             episode[1] = t + 1
-        tensor = torch.from_numpy(actions)
-        return ChunkSample(actions=tensor.unsqueeze(1), logp=torch.zeros(len(actions), 1), replay={ACTION_KEY: tensor})
+        executed = torch.from_numpy(actions)
+        recorded = executed if self.data_cfg.labels == "executed" else torch.from_numpy(labels)
+        return ChunkSample(actions=executed.unsqueeze(1), logp=torch.zeros(len(actions), 1), replay={ACTION_KEY: recorded})
 
 
 def _episodes_of(trajectories: Trajectories) -> list[dict[str, Any]]:
@@ -374,6 +379,7 @@ def collect_demos(
                 "detour_min",
                 "detour_max",
                 "jitter_std",
+                "labels",
             )
         }
         | {"detour_latest_start": DETOUR_LATEST_START},

@@ -75,20 +75,25 @@ def stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
 
 
+def state_seed(tag: str, seed: int, state: InitialState, *extra: Any) -> int:
+    """A stable seed for the initial state ``state`` under the run's ``seed``, kept apart by ``tag``."""
+    return stable_seed(tag, seed, state.task, state.seed, state.index, *extra)
+
+
 def trajectory_seed(seed: int, state: InitialState, member: int) -> int:
     """Seed of the generator of member ``member`` of a group started from ``state``."""
-    return stable_seed("policytrim-trajectory", seed, state.task, state.seed, state.index, member)
+    return state_seed("policytrim-trajectory", seed, state, member)
 
 
 def adaptor_seed(seed: int, state: InitialState, member: int) -> int:
     """Seed of the window adaptor's own generator for member ``member`` (rollouts with common noise)."""
-    return stable_seed("policytrim-adaptor", seed, state.task, state.seed, state.index, member)
+    return state_seed("policytrim-adaptor", seed, state, member)
 
 
 def branch_call(seed: int, state: InitialState, below: int) -> int:
     """The call at which the members of the group started from ``state`` sample their own window
     (per-call credit): uniform over 0 .. below - 1, the same for every member."""
-    return stable_seed("policytrim-branch", seed, state.task, state.seed, state.index) % below
+    return state_seed("policytrim-branch", seed, state) % below
 
 
 def make_pool(

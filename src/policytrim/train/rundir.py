@@ -54,6 +54,7 @@ ADDED_LATER: dict[tuple[str, str], object] = {
     ("adapt", "loss_rule"): "significant",  # Stage 2's best-checkpoint rule
     ("adapt", "credit"): "episode",  # one advantage for every call of an episode
     ("adapt", "branch_calls"): 0,  # branch calls over the typical episode
+    ("data", "labels"): "executed",  # the executed (jittered) action recorded
 }
 
 
