@@ -362,3 +362,26 @@ def test_sentence_encoder_is_cached_in_the_checkpoint(tmp_path):
     # a paraphrase is encoded on the fly
     out = loaded.sample({"state": obs["state"][:1]}, ["move the puck to the goal"], "deterministic")
     assert out.actions.shape == (1, H, A)
+
+
+def test_min_std_floors_the_gaussian_std_in_sampling_log_probs_and_the_checkpoint(tmp_path):
+    """policy.min_std: every std below the floor is raised to it (raw units), the log-prob of a
+    sample is that floored Normal's density, and the floor survives save/load."""
+    policy = make_policy("gaussian", std_mode="state", init_log_std=-8.0, min_std=0.05).double()
+    obs, ins = make_batch()
+    mean, std = policy._gaussian(policy.encode(obs, ins))
+    assert torch.allclose(std, torch.full_like(std, 0.05))  # 0.6 * exp(-5) = 0.004 (the clamp), floored
+    train = policy.sample(obs, ins, "train", gens(B))
+    want = torch.distributions.Normal(mean, std.expand_as(mean)).log_prob(train.replay["sample"]).sum(-1)
+    assert torch.allclose(train.logp, want, atol=1e-10)
+    recomputed = policy.log_prob(obs, ins, train.replay, torch.ones(B, H, dtype=torch.bool))
+    assert torch.allclose(recomputed.double(), train.logp, atol=1e-8)
+    unfloored = make_policy("gaussian", std_mode="state", init_log_std=-8.0).double()
+    assert unfloored._gaussian(unfloored.encode(obs, ins))[1].max() < 0.005
+    assert "min_std" not in unfloored.spec()  # specs without a floor are unchanged
+    policy.save_pretrained(tmp_path / "p")
+    assert load_policy(tmp_path / "p").min_std == 0.05
+    with pytest.raises(InputError, match="min_std"):
+        make_policy("gaussian", min_std=-0.1)
+    with pytest.raises(InputError, match="min_std floors the Gaussian"):
+        make_policy("flow", min_std=0.05)

@@ -167,6 +167,8 @@ class PolicyConfig:
     """Initial log-std of the Gaussian head."""
     std_mode: Literal["fixed", "state"] = "fixed"
     """Gaussian head log-std: fixed (one learnable value per chunk row and action dim) or state (plus a linear function of the observation features)."""  # noqa: E501
+    min_std: float = 0.0
+    """Gaussian head: a floor on the std of every action dimension, in raw action units (0 = none). Keeps the exploration GRPO needs when behaviour cloning on near-noiseless labels (data.labels intended) shrinks the std toward 0, where tiny mean updates move the probability ratios far outside the clip range."""  # noqa: E501
     state_input: Literal["auto", "full", "proprio"] = "auto"
     """State entries the policy reads: full (the simulator's whole state vector), proprio (the robot's own: Meta-World hand position and gripper, now and one step before) or auto (proprio when env.image, so an image policy sees the scene through its camera only; else full)."""  # noqa: E501
     token_bins: int = 256
@@ -202,6 +204,11 @@ class PolicyConfig:
         _int_in("policy.flow_steps", self.flow_steps, 2, L.MAX_FLOW_STEPS)
         _in_range("policy.flow_noise", self.flow_noise, 0.0, 5.0)
         _in_range("policy.init_log_std", self.init_log_std, -10.0, 2.0)
+        _in_range("policy.min_std", self.min_std, 0.0, 1.0)
+        _require(
+            self.min_std == 0 or self.head == "gaussian",
+            f"policy.min_std floors the Gaussian head's std; policy.head is {self.head!r} (set min_std 0)",
+        )
         _require(self.std_mode in ("fixed", "state"), f"policy.std_mode must be fixed or state, got {self.std_mode!r}")
         _require(
             self.state_input in ("auto", "full", "proprio"),

@@ -668,6 +668,7 @@ def pipeline_section(sec: Section, level: int = 2) -> None:
             "detour_min",
             "detour_max",
             "jitter_std",
+            "labels",
             "max_attempts",
             "on_shortfall",
         )

@@ -167,6 +167,7 @@ class TinyVLA(nn.Module):
         flow_layers: int = 3,
         init_log_std: float = -1.0,
         std_mode: str = "fixed",
+        min_std: float = 0.0,
         state_mean: Any = None,
         state_std: Any = None,
         action_mean: Any = None,
@@ -205,6 +206,9 @@ class TinyVLA(nn.Module):
         if std_mode not in STD_MODES:
             raise InputError(f"policy std mode must be one of {', '.join(STD_MODES)}, got {std_mode!r}")
         self.std_mode = std_mode
+        if not (isinstance(min_std, (int, float)) and math.isfinite(min_std) and 0 <= min_std <= 1):
+            raise InputError(f"policy min_std must be a number in [0, 1], got {min_std!r}")
+        self.min_std = float(min_std)
         self.action_low, self.action_high = float(action_low), float(action_high)
         if not (isinstance(token_temperature, (int, float)) and 0 < token_temperature <= 10):
             raise InputError(f"token_temperature must be in (0, 10], got {token_temperature!r}")
@@ -314,6 +318,7 @@ class TinyVLA(nn.Module):
             flow_noise=policy_cfg.flow_noise,
             init_log_std=policy_cfg.init_log_std,
             std_mode=policy_cfg.std_mode,
+            min_std=policy_cfg.min_std,
             token_bins=policy_cfg.token_bins,
             token_temperature=policy_cfg.token_temperature,
             token_dim=policy_cfg.token_dim,
@@ -357,6 +362,8 @@ class TinyVLA(nn.Module):
         }
         if self.state_dims is not None:
             spec["state_dims"] = list(self.state_dims)
+        if self.min_std > 0:  # written only when set: specs saved before it existed read as 0
+            spec["min_std"] = self.min_std
         if self.head_kind in TOKEN_HEADS:
             spec.update(
                 token_bins=self.bins.count,
@@ -500,9 +507,13 @@ class TinyVLA(nn.Module):
         return self.trunk(torch.cat(parts, dim=-1))
 
     def _gaussian(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw-action mean [B, H, A] and std ([1, H, A] fixed, [B, H, A] state-dependent)."""
+        """Raw-action mean [B, H, A] and std ([1, H, A] fixed, [B, H, A] state-dependent), the std
+        floored at ``min_std`` where one is set."""
         mean_n, log_std = self.head(context)
-        return self.action_mean + self.action_std * mean_n, self.action_std * torch.exp(log_std)
+        std = self.action_std * torch.exp(log_std)
+        if self.min_std > 0:
+            std = std.clamp(min=self.min_std)
+        return self.action_mean + self.action_std * mean_n, std
 
     @staticmethod
     def _normal_logp(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

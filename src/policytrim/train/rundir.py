@@ -55,6 +55,7 @@ ADDED_LATER: dict[tuple[str, str], object] = {
     ("adapt", "credit"): "episode",  # one advantage for every call of an episode
     ("adapt", "branch_calls"): 0,  # branch calls over the typical episode
     ("data", "labels"): "executed",  # the executed (jittered) action recorded
+    ("policy", "min_std"): 0.0,  # no floor on the Gaussian head's std
 }
 
 
