@@ -200,7 +200,8 @@ class Demonstrator:
             episode[1] = t + 1
         executed = torch.from_numpy(actions)
         recorded = executed if self.data_cfg.labels == "executed" else torch.from_numpy(labels)
-        return ChunkSample(actions=executed.unsqueeze(1), logp=torch.zeros(len(actions), 1), replay={ACTION_KEY: recorded})
+        logp = torch.zeros(len(actions), 1)
+        return ChunkSample(actions=executed.unsqueeze(1), logp=logp, replay={ACTION_KEY: recorded})
 
 
 def _episodes_of(trajectories: Trajectories) -> list[dict[str, Any]]:
