@@ -385,3 +385,5 @@ def test_min_std_floors_the_gaussian_std_in_sampling_log_probs_and_the_checkpoin
         make_policy("gaussian", min_std=-0.1)
     with pytest.raises(InputError, match="min_std floors the Gaussian"):
         make_policy("flow", min_std=0.05)
+    with pytest.raises(InputError, match="policy min_std must be a number"):  # a spec read from a file
+        TinyVLA.from_spec({**policy.spec(), "min_std": float("nan")})
