@@ -24,6 +24,15 @@ what=${1:-}
 case "$what" in demo|test|setup|docs|test-libero|setup-maniskill|test-maniskill|setup-lerobot|test-lerobot) shift ;; *) echo "usage: bash scripts/run.sh demo|test|setup|docs|test-libero|setup-maniskill|test-maniskill|setup-lerobot|test-lerobot [args]" >&2; exit 2 ;; esac
 
 python=${PYTHON:-python3}
+full_suite=1
+for arg in "$@"; do case "$arg" in -*) ;; *) full_suite=0 ;; esac; done
+# A full-suite run spreads each suite's test files over POLICYTRIM_TEST_WORKERS pytest-xdist workers
+# (default 2; 1 runs them in one process, as a run given test paths always does). Whole files go to
+# one worker (--dist loadfile), so a file's module fixtures are built once.
+parallel=()
+workers=${POLICYTRIM_TEST_WORKERS:-2}
+case "$workers" in ''|*[!0-9]*|0*) echo "error: POLICYTRIM_TEST_WORKERS must be a whole number >= 1, got '$workers'" >&2; exit 2 ;; esac
+if [ "$full_suite" = 1 ] && [ "$workers" -gt 1 ]; then parallel=(-n "$workers" --dist loadfile); fi
 stamp=.venv/.policytrim-installed
 want=$(cat pyproject.toml scripts/run.sh | "$python" -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())")
 case "$what" in test-libero|setup-maniskill|test-maniskill|setup-lerobot|test-lerobot) main_venv=0 ;; *) main_venv=1 ;; esac
@@ -63,7 +72,7 @@ docs_build() {
 # POLICYTRIM_LIBERO_TESTS=0. Measured here (2 cores, load ~8): setup 161 s, tests/test_libero.py 88 s;
 # tests/test_libero_pipeline.py (collect -> pretrain -> train -> eval from the CLI) 90 s (one env worker).
 # tests/test_libero_collect.py (collect with both cameras at 32 px, and state-only: one episode each) 46 s of CPU.
-libero_tests() {
+setup_libero() {
   local lstamp=.venv-libero/.policytrim-installed
   if [ ! -x .venv-libero/bin/python ]; then "$python" -m venv .venv-libero; fi
   if [ "$(cat "$lstamp" 2>/dev/null)" != "$want" ]; then
@@ -72,9 +81,14 @@ libero_tests() {
     .venv-libero/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,libero]"
     echo "$want" > "$lstamp"
   fi
+}
+
+libero_tests() {
+  await_setup libero setup_libero
+  echo "LIBERO tests (.venv-libero):" >&2
   # POLICYTRIM_REQUIRE: here a LIBERO that does not import fails the tests instead of skipping them
-  POLICYTRIM_REQUIRE=libero .venv-libero/bin/python -m pytest -q -p no:cacheprovider tests/test_libero.py \
-    tests/test_libero_pipeline.py tests/test_libero_collect.py "$@"
+  POLICYTRIM_REQUIRE=libero .venv-libero/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" \
+    tests/test_libero.py tests/test_libero_pipeline.py tests/test_libero_collect.py "$@"
 }
 
 # ManiSkill3 lives in its own venv (.venv-maniskill: SAPIEN, mplib, numpy < 2), set up on demand; its
@@ -92,10 +106,11 @@ setup_maniskill() {
 }
 
 maniskill_tests() {
-  setup_maniskill
+  await_setup maniskill setup_maniskill
   echo "ManiSkill3 tests (.venv-maniskill):" >&2
   # POLICYTRIM_REQUIRE: here a ManiSkill that does not import fails the tests instead of skipping them
-  POLICYTRIM_REQUIRE=maniskill .venv-maniskill/bin/python -m pytest -q -p no:cacheprovider tests/with_maniskill "$@"
+  POLICYTRIM_REQUIRE=maniskill .venv-maniskill/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" \
+    tests/with_maniskill "$@"
 }
 
 # LeRobot 0.6.1 needs Python >= 3.12 and torch < 2.12 (PyPI's CUDA build, ~5.5 GB installed):
@@ -126,7 +141,7 @@ setup_lerobot() {
 }
 
 lerobot_tests() {
-  setup_lerobot
+  await_setup lerobot setup_lerobot
   echo "LeRobot tests (.venv-lerobot, offline):" >&2
   # POLICYTRIM_REQUIRE: here a LeRobot that does not import fails the tests instead of skipping them
   # LIBERO demonstrations collected in .venv-libero (where it exists) are converted here
@@ -134,21 +149,51 @@ lerobot_tests() {
   local libero_python=""
   if [ -x .venv-libero/bin/python ]; then libero_python=$PWD/.venv-libero/bin/python; fi
   POLICYTRIM_REQUIRE=lerobot HF_HUB_OFFLINE=1 POLICYTRIM_LIBERO_PYTHON=$libero_python \
-    .venv-lerobot/bin/python -m pytest -q -p no:cacheprovider tests/with_lerobot "$@"
+    .venv-lerobot/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/with_lerobot "$@"
 }
 
-full_suite=1
-for arg in "$@"; do case "$arg" in -*) ;; *) full_suite=0 ;; esac; done
+# A full-suite `test` sets the optional environments up in the background while the main suite runs
+# (their pip installs are downloads and unpacking: run one after another they were ~12 of 44 minutes
+# on a slow 2-core machine), each logged to a file, and waits for each before its tests.
+declare -A setup_pids=()
+setup_logs=""
+background_setup() {  # NAME FUNCTION
+  [ -n "$setup_logs" ] || setup_logs=$(mktemp -d)
+  "$2" >"$setup_logs/$1.log" 2>&1 &
+  setup_pids[$1]=$!
+}
+await_setup() {  # NAME FUNCTION: wait for NAME's background setup (its log shown if it failed), else run FUNCTION
+  local pid=${setup_pids[$1]:-} rc=0
+  if [ -z "$pid" ]; then "$2"; return; fi
+  wait "$pid" || rc=$?
+  unset "setup_pids[$1]"
+  if [ "$rc" != 0 ]; then
+    echo "setting up the $1 environment failed (exit $rc):" >&2
+    cat "$setup_logs/$1.log" >&2
+    exit "$rc"
+  fi
+}
+# a failed step leaves no setup running behind it (its stamp is not written, so the next run redoes it)
+trap 'for pid in "${setup_pids[@]}"; do kill "$pid" 2>/dev/null || true; done; [ -z "$setup_logs" ] || rm -rf "$setup_logs"' EXIT
+
 
 case "$what" in
   demo) exec .venv/bin/policytrim demo "$@" ;;
   test)
+    if [ "$full_suite" = 1 ]; then
+      if [ "${POLICYTRIM_LIBERO_TESTS:-1}" != 0 ]; then background_setup libero setup_libero; fi
+      if [ "${POLICYTRIM_MANISKILL:-1}" != 0 ]; then background_setup maniskill setup_maniskill; fi
+      if [ "${POLICYTRIM_LEROBOT:-1}" != 0 ]; then background_setup lerobot setup_lerobot; fi
+      if [ "${#setup_pids[@]}" -gt 0 ]; then
+        echo "setting up the optional environments (${!setup_pids[*]}) in the background, logs in $setup_logs" >&2
+      fi
+    fi
     if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_LINT:-1}" != 0 ]; then
       echo "lint (ruff check, ruff format --check):" >&2
       .venv/bin/ruff check --quiet .
       .venv/bin/ruff format --check .
     fi
-    .venv/bin/python -m pytest -q "$@"
+    .venv/bin/python -m pytest -q "${parallel[@]}" "$@"
     if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_DOCS:-1}" != 0 ]; then docs_build; fi
     if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_LIBERO_TESTS:-1}" != 0 ]; then libero_tests; fi
     if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_MANISKILL:-1}" != 0 ]; then maniskill_tests; fi
