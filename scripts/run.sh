@@ -36,27 +36,31 @@ if [ "$full_suite" = 1 ] && [ "$workers" -gt 1 ]; then parallel=(-n "$workers" -
 stamp=.venv/.policytrim-installed
 want=$(cat pyproject.toml scripts/run.sh | "$python" -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())")
 case "$what" in test-libero|setup-maniskill|test-maniskill|setup-lerobot|test-lerobot) main_venv=0 ;; *) main_venv=1 ;; esac
-if [ "$main_venv" = 1 ] && [ ! -x .venv/bin/python ]; then
-  "$python" -m venv .venv
-fi
-if [ "$main_venv" = 1 ] && [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setting up .venv (torch CPU build first, so pip never pulls a CUDA build) ..." >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve]"
-  echo "$want" > "$stamp"
-fi
-# The tests also cover the Ray backend (policytrim[ray]: ~22 s, ~240 MB here); the demo does not need it.
-if [ "$what" = test ] && [ "$(cat "$stamp-ray" 2>/dev/null)" != "$want" ]; then
-  echo "installing Ray for the Ray backend's tests ..." >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve,ray]"
-  echo "$want" > "$stamp-ray"
-fi
-# The docs site (mkdocs.yml, the `docs` extra): built strictly by `test` after the main suite, and by `docs`.
-if { [ "$what" = test ] || [ "$what" = docs ]; } && [ "$(cat "$stamp-docs" 2>/dev/null)" != "$want" ]; then
-  echo "installing MkDocs for the docs site ..." >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve,docs]"
-  echo "$want" > "$stamp-docs"
-fi
+# The main environment (.venv), with Ray for the tests and MkDocs for the docs site.
+setup_main() {
+  if [ "$main_venv" = 1 ] && [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+  fi
+  if [ "$main_venv" = 1 ] && [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setting up .venv (torch CPU build first, so pip never pulls a CUDA build) ..." >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile torch==2.13.0
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,serve]"
+    echo "$want" > "$stamp"
+  fi
+  # The tests also cover the Ray backend (policytrim[ray]: ~22 s, ~240 MB here); the demo does not need it.
+  if [ "$what" = test ] && [ "$(cat "$stamp-ray" 2>/dev/null)" != "$want" ]; then
+    echo "installing Ray for the Ray backend's tests ..." >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,serve,ray]"
+    echo "$want" > "$stamp-ray"
+  fi
+  # The docs site (mkdocs.yml, the `docs` extra): built strictly by `test` after the main suite, and by `docs`.
+  if { [ "$what" = test ] || [ "$what" = docs ]; } && [ "$(cat "$stamp-docs" 2>/dev/null)" != "$want" ]; then
+    echo "installing MkDocs for the docs site ..." >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,serve,docs]"
+    echo "$want" > "$stamp-docs"
+  fi
+}
+
 # A broken link, a missing anchor or a page left out of the nav fails the build (mkdocs.yml: strict;
 # not --quiet, which hides the warnings and with them the failure).
 docs_build() {
@@ -77,8 +81,8 @@ setup_libero() {
   if [ ! -x .venv-libero/bin/python ]; then "$python" -m venv .venv-libero; fi
   if [ "$(cat "$lstamp" 2>/dev/null)" != "$want" ]; then
     echo "setting up .venv-libero (torch CPU build, policytrim[dev,libero]) ..." >&2
-    .venv-libero/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-    .venv-libero/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,libero]"
+    .venv-libero/bin/python -m pip install -q --disable-pip-version-check --no-compile torch==2.13.0
+    .venv-libero/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,libero]"
     echo "$want" > "$lstamp"
   fi
 }
@@ -99,8 +103,8 @@ setup_maniskill() {
   if [ ! -x .venv-maniskill/bin/python ]; then "$python" -m venv .venv-maniskill; fi
   if [ "$(cat "$mstamp" 2>/dev/null)" != "$want" ]; then
     echo "setting up .venv-maniskill (torch CPU build, policytrim[dev,maniskill]) ..." >&2
-    .venv-maniskill/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-    .venv-maniskill/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,maniskill]"
+    .venv-maniskill/bin/python -m pip install -q --disable-pip-version-check --no-compile torch==2.13.0
+    .venv-maniskill/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,maniskill]"
     echo "$want" > "$mstamp"
   fi
 }
@@ -135,7 +139,7 @@ setup_lerobot() {
   fi
   if [ "$(cat "$lstamp" 2>/dev/null)" != "$want" ]; then
     echo "setting up .venv-lerobot (LeRobot + torch CUDA build from PyPI, ~5.5 GB, a few minutes) ..." >&2
-    .venv-lerobot/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,lerobot]"
+    .venv-lerobot/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,lerobot]"
     echo "$want" > "$lstamp"
   fi
 }
@@ -176,18 +180,19 @@ await_setup() {  # NAME FUNCTION: wait for NAME's background setup (its log show
 # a failed step leaves no setup running behind it (its stamp is not written, so the next run redoes it)
 trap 'for pid in "${setup_pids[@]}"; do kill "$pid" 2>/dev/null || true; done; [ -z "$setup_logs" ] || rm -rf "$setup_logs"' EXIT
 
+if [ "$what" = test ] && [ "$full_suite" = 1 ]; then
+  if [ "${POLICYTRIM_LIBERO_TESTS:-1}" != 0 ]; then background_setup libero setup_libero; fi
+  if [ "${POLICYTRIM_MANISKILL:-1}" != 0 ]; then background_setup maniskill setup_maniskill; fi
+  if [ "${POLICYTRIM_LEROBOT:-1}" != 0 ]; then background_setup lerobot setup_lerobot; fi
+  if [ "${#setup_pids[@]}" -gt 0 ]; then
+    echo "setting up the optional environments (${!setup_pids[*]}) in the background, logs in $setup_logs" >&2
+  fi
+fi
+setup_main
 
 case "$what" in
   demo) exec .venv/bin/policytrim demo "$@" ;;
   test)
-    if [ "$full_suite" = 1 ]; then
-      if [ "${POLICYTRIM_LIBERO_TESTS:-1}" != 0 ]; then background_setup libero setup_libero; fi
-      if [ "${POLICYTRIM_MANISKILL:-1}" != 0 ]; then background_setup maniskill setup_maniskill; fi
-      if [ "${POLICYTRIM_LEROBOT:-1}" != 0 ]; then background_setup lerobot setup_lerobot; fi
-      if [ "${#setup_pids[@]}" -gt 0 ]; then
-        echo "setting up the optional environments (${!setup_pids[*]}) in the background, logs in $setup_logs" >&2
-      fi
-    fi
     if [ "$full_suite" = 1 ] && [ "${POLICYTRIM_LINT:-1}" != 0 ]; then
       echo "lint (ruff check, ruff format --check):" >&2
       .venv/bin/ruff check --quiet .
