@@ -156,18 +156,18 @@ lerobot_tests() {
     .venv-lerobot/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/with_lerobot "$@"
 }
 
-# A full-suite `test` sets the optional environments up in the background while the main suite runs
-# (their pip installs are downloads and unpacking: run one after another they were ~12 of 44 minutes
-# on a slow 2-core machine), each logged to a file, and waits for each before its tests.
+# A full-suite `test` sets the optional environments up in the background once .venv is ready, while
+# the main suite runs (their pip installs are downloads and unpacking: run one after another they were
+# ~12 of 44 minutes on a slow 2-core machine), each logged to a file, and waits for each before its tests.
 declare -A setup_pids=()
 setup_logs=""
 background_setup() {  # NAME FUNCTION
   [ -n "$setup_logs" ] || setup_logs=$(mktemp -d)
-  "$2" >"$setup_logs/$1.log" 2>&1 &
+  ( start=$SECONDS; "$2"; echo "$((SECONDS - start))" >"$setup_logs/$1.seconds" ) >"$setup_logs/$1.log" 2>&1 &
   setup_pids[$1]=$!
 }
 await_setup() {  # NAME FUNCTION: wait for NAME's background setup (its log shown if it failed), else run FUNCTION
-  local pid=${setup_pids[$1]:-} rc=0
+  local pid=${setup_pids[$1]:-} rc=0 waited=$SECONDS
   if [ -z "$pid" ]; then "$2"; return; fi
   wait "$pid" || rc=$?
   unset "setup_pids[$1]"
@@ -176,10 +176,12 @@ await_setup() {  # NAME FUNCTION: wait for NAME's background setup (its log show
     cat "$setup_logs/$1.log" >&2
     exit "$rc"
   fi
+  echo "the $1 environment: set up in the background in $(cat "$setup_logs/$1.seconds") s, waited for $((SECONDS - waited)) s" >&2
 }
 # a failed step leaves no setup running behind it (its stamp is not written, so the next run redoes it)
 trap 'for pid in "${setup_pids[@]}"; do kill "$pid" 2>/dev/null || true; done; [ -z "$setup_logs" ] || rm -rf "$setup_logs"' EXIT
 
+setup_main
 if [ "$what" = test ] && [ "$full_suite" = 1 ]; then
   if [ "${POLICYTRIM_LIBERO_TESTS:-1}" != 0 ]; then background_setup libero setup_libero; fi
   if [ "${POLICYTRIM_MANISKILL:-1}" != 0 ]; then background_setup maniskill setup_maniskill; fi
@@ -188,7 +190,6 @@ if [ "$what" = test ] && [ "$full_suite" = 1 ]; then
     echo "setting up the optional environments (${!setup_pids[*]}) in the background, logs in $setup_logs" >&2
   fi
 fi
-setup_main
 
 case "$what" in
   demo) exec .venv/bin/policytrim demo "$@" ;;
