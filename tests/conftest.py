@@ -10,10 +10,10 @@ import pytest
 
 from policytrim.config import EnvConfig, PolicyConfig, PretrainConfig, RolloutConfig, RunConfig
 
-# The files that took longest in a 2-worker run here (2-core AMD EPYC, 2026-12-07: 120-330 s each of
+# The files that took longest in 2-worker runs here (2-core AMD EPYC, 2026-12-07: ~70-330 s each of
 # ~1,000 s), started first: `scripts/run.sh test` hands whole files to pytest-xdist workers in
-# collection order (--dist loadfile), and one of these collected last kept one worker busy alone for
-# minutes at the end. Only the order of files changes; a name not found changes nothing.
+# collection order (--dist loadfile), and one of these collected late can leave one worker running it
+# alone at the end. Only the order of files changes; a name not found changes nothing.
 START_FIRST = (
     "test_resume.py",
     "test_train_adapt.py",
