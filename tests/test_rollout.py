@@ -8,6 +8,7 @@ import functools
 import logging
 import math
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,6 +252,19 @@ def test_hung_or_crashed_worker_is_replaced_and_its_groups_dropped(kind):
         assert traj.steps.tolist() == [20] * 4 and traj.calls.tolist() == [20, 4] * 2
         again = run(engine, FakeConstantPolicy(5), [starts[0], starts[2]], [1, 5])  # the batch goes on
         assert again.dropped_groups == 0 and again.steps.tolist() == [20] * 4
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads /proc/PID/maps (Linux)")
+def test_env_worker_processes_do_not_load_torch():
+    """A worker steps envs and needs no torch; loading it would add seconds to every worker's start
+    (and to every replacement of a hung one). Checked in the real spawned worker, after it has built
+    and stepped a Meta-World env: no torch library is mapped into the process."""
+    with RolloutEngine(EnvConfig(tasks=("reach-v3",), horizon=4), num_workers=1) as engine:
+        traj = run(engine, FakeConstantPolicy(2), initial_states("reach-v3", 0, 1), [2])
+        (pid,) = engine._pool.pids
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    assert traj.steps.tolist() == [4] and "mujoco" in maps
+    assert "libtorch" not in maps
 
 
 def test_gym_env_ending_without_success_counts_the_horizon():

@@ -5,6 +5,9 @@ spin-waits against them (a small policy call becomes orders of magnitude slower)
 ``num_workers`` >= the number of cores the learner runs with one thread
 (`workers_own_cores`), and the previous count is restored afterwards. Child processes (env workers,
 planning pools) start with one BLAS/OpenMP thread each (`single_thread_environment`).
+
+torch is imported where it is used, not with this module: env worker processes import it (through
+`policytrim.rollout.workers`) and need no torch, which would add seconds to each worker's start.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-
-import torch
+from typing import TYPE_CHECKING
 
 from policytrim.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("cpu", "cuda")
 
@@ -24,12 +29,16 @@ def check_device(device: str) -> None:
     """InputError unless ``device`` is one this machine has (cpu, or cuda with a visible GPU)."""
     if device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    import torch
+
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: torch sees no CUDA device here; use --device cpu")
 
 
 def device_of(module: object) -> torch.device:
     """The device of a module's first parameter (cpu for parameter-free policies such as experts)."""
+    import torch
+
     parameters = getattr(module, "parameters", None)
     param = next(iter(parameters()), None) if parameters is not None else None
     return param.device if param is not None else torch.device("cpu")
@@ -38,6 +47,8 @@ def device_of(module: object) -> torch.device:
 @contextlib.contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
     """Run the block with ``count`` torch threads (None: leave it), restoring the count after."""
+    import torch
+
     previous = torch.get_num_threads()
     if count is not None:
         torch.set_num_threads(max(1, int(count)))
