@@ -22,6 +22,10 @@ START_FIRST = (
     "test_rollout.py",
     "test_distributed.py",
     "test_ray.py",
+    # the optional environments' suites (each run on its own): their longest files
+    "test_lerobot_pipeline.py",
+    "test_lerobot_libero_collect.py",
+    "test_maniskill_collect.py",
 )
 
 

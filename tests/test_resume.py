@@ -311,9 +311,10 @@ def test_ctrl_c_during_training_is_one_line_marks_the_run_interrupted_and_resume
     too), during Stage 1's second epoch with two env worker processes."""
     run = tmp_path / "run"
     config = write_config(tmp_path / "workers.yaml", num_workers=2)
-    # Enough epochs that the run cannot finish in the moment between the checkpoint and the signal
-    # (a tiny epoch takes well under a second on a quiet machine).
-    epochs = 30
+    # Enough epochs that the run cannot finish in the ~0.35 s between the checkpoint and the signal
+    # (a tiny epoch with its validation takes ~0.5 s on a quiet machine, and seven are left then);
+    # few enough that the resume, which runs all of them, stays short.
+    epochs = 8
     proc = subprocess.Popen(
         train_cmd(
             "--config",

@@ -163,25 +163,3 @@ def test_a_fresh_scene_env_replays_exactly_after_other_episodes():
         assert success
     finally:
         env.close()
-
-
-def _collect(tmp_path, workers: int):
-    from policytrim.config import DataConfig, RolloutConfig, RunConfig
-    from policytrim.data.collect import collect_demos
-
-    cfg = RunConfig(
-        env=EnvConfig(suite="maniskill", tasks=("PickCube-v1", "PushCube-v1"), horizon=250),
-        data=DataConfig(episodes=2, max_attempts=5),
-        rollout=RolloutConfig(num_workers=workers),
-    )
-    return collect_demos(cfg, tmp_path / f"demos{workers}")
-
-
-def test_collection_is_the_same_whatever_the_worker_count(tmp_path):
-    """Planning in 1 or 2 worker processes (and the engine's 1 or 2 env workers) gives the same
-    demonstrations in the same order, array for array."""
-    one, two = _collect(tmp_path, 1), _collect(tmp_path, 2)
-    assert one.meta["collection"]["collected"] == {"PickCube-v1": 2, "PushCube-v1": 2}
-    assert one.meta["collection"] == two.meta["collection"]
-    for field in ("state", "action", "episode_index", "frame_index", "task_index", "length", "seed", "index"):
-        assert np.array_equal(getattr(one, field), getattr(two, field)), field
