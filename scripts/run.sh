@@ -36,10 +36,13 @@ if [ "$full_suite" = 1 ] && [ "$workers" -gt 1 ]; then parallel=(-n "$workers" -
 stamp=.venv/.policytrim-installed
 want=$(cat pyproject.toml scripts/run.sh | "$python" -c "import hashlib,sys;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())")
 case "$what" in test-libero|setup-maniskill|test-maniskill|setup-lerobot|test-lerobot) main_venv=0 ;; *) main_venv=1 ;; esac
+# Bytecode: pip installs without compiling (--no-compile: torch alone installs in 16 s instead of 45 s
+# here), and Python writes a module's bytecode when a process first imports it, so only what is used
+# gets compiled, once. Where PYTHONDONTWRITEBYTECODE is set (as on this machine) nothing would ever
+# write it and every process would compile its modules' sources again (`import torch`: 6.3 s instead of
+# 2.3 s; LeRobot's SmolVLA: 37 s instead of 17), so the commands below cache it in the environments.
+unset PYTHONDONTWRITEBYTECODE
 # The main environment (.venv), with Ray for the tests and MkDocs for the docs site.
-# pip compiles the installed modules (its default; no --no-compile): where PYTHONDONTWRITEBYTECODE is
-# set, as on CI's machines, nothing else would ever write their bytecode, and every process would
-# compile torch's sources again when it imports them (6.3 s instead of 2.3 s for `import torch` here).
 setup_main() {
   [ "$main_venv" = 1 ] || return 0
   if [ ! -x .venv/bin/python ]; then
@@ -47,20 +50,20 @@ setup_main() {
   fi
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setting up .venv (torch CPU build first, so pip never pulls a CUDA build) ..." >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile torch==2.13.0
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,serve]"
     echo "$want" > "$stamp"
   fi
   # The tests also cover the Ray backend (policytrim[ray]: ~22 s, ~240 MB here); the demo does not need it.
   if [ "$what" = test ] && [ "$(cat "$stamp-ray" 2>/dev/null)" != "$want" ]; then
     echo "installing Ray for the Ray backend's tests ..." >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve,ray]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,serve,ray]"
     echo "$want" > "$stamp-ray"
   fi
   # The docs site (mkdocs.yml, the `docs` extra): built strictly by `test` after the main suite, and by `docs`.
   if { [ "$what" = test ] || [ "$what" = docs ]; } && [ "$(cat "$stamp-docs" 2>/dev/null)" != "$want" ]; then
     echo "installing MkDocs for the docs site ..." >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,serve,docs]"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,serve,docs]"
     echo "$want" > "$stamp-docs"
   fi
 }
@@ -85,8 +88,8 @@ setup_libero() {
   if [ ! -x .venv-libero/bin/python ]; then "$python" -m venv .venv-libero; fi
   if [ "$(cat "$lstamp" 2>/dev/null)" != "$want" ]; then
     echo "setting up .venv-libero (torch CPU build, policytrim[dev,libero]) ..." >&2
-    .venv-libero/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-    .venv-libero/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,libero]"
+    .venv-libero/bin/python -m pip install -q --disable-pip-version-check --no-compile torch==2.13.0
+    .venv-libero/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,libero]"
     echo "$want" > "$lstamp"
   fi
 }
@@ -107,8 +110,8 @@ setup_maniskill() {
   if [ ! -x .venv-maniskill/bin/python ]; then "$python" -m venv .venv-maniskill; fi
   if [ "$(cat "$mstamp" 2>/dev/null)" != "$want" ]; then
     echo "setting up .venv-maniskill (torch CPU build, policytrim[dev,maniskill]) ..." >&2
-    .venv-maniskill/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
-    .venv-maniskill/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,maniskill]"
+    .venv-maniskill/bin/python -m pip install -q --disable-pip-version-check --no-compile torch==2.13.0
+    .venv-maniskill/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,maniskill]"
     echo "$want" > "$mstamp"
   fi
 }
@@ -143,7 +146,7 @@ setup_lerobot() {
   fi
   if [ "$(cat "$lstamp" 2>/dev/null)" != "$want" ]; then
     echo "setting up .venv-lerobot (LeRobot + torch CUDA build from PyPI, ~5.5 GB, a few minutes) ..." >&2
-    .venv-lerobot/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,lerobot]"
+    .venv-lerobot/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[dev,lerobot]"
     echo "$want" > "$lstamp"
   fi
 }
