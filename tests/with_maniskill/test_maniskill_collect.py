@@ -17,13 +17,11 @@ require_or_skip(
 )
 pytestmark = pytest.mark.maniskill
 
-from policytrim.config import EnvConfig  # noqa: E402
+from policytrim.config import DataConfig, EnvConfig, RolloutConfig, RunConfig  # noqa: E402
+from policytrim.data.collect import collect_demos  # noqa: E402
 
 
 def _collect(tmp_path, workers: int):
-    from policytrim.config import DataConfig, RolloutConfig, RunConfig
-    from policytrim.data.collect import collect_demos
-
     cfg = RunConfig(
         env=EnvConfig(suite="maniskill", tasks=("PickCube-v1", "PushCube-v1"), horizon=250),
         data=DataConfig(episodes=2, max_attempts=5),
