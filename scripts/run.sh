@@ -99,7 +99,7 @@ libero_tests() {
   echo "LIBERO tests (.venv-libero):" >&2
   # POLICYTRIM_REQUIRE: here a LIBERO that does not import fails the tests instead of skipping them
   POLICYTRIM_REQUIRE=libero .venv-libero/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" \
-    tests/test_libero.py tests/test_libero_pipeline.py tests/test_libero_collect.py "$@"
+    tests/test_libero.py tests/test_libero_pro.py tests/test_libero_pipeline.py tests/test_libero_collect.py "$@"
 }
 
 # ManiSkill3 lives in its own venv (.venv-maniskill: SAPIEN, mplib, numpy < 2), set up on demand; its

@@ -86,3 +86,21 @@ def test_image_perturbations():
         PerturbedEnv(FakeEnv(image=False), Perturbation("blur", blur_sigma=1.0))
     with pytest.raises(InputError, match="occlusion"):
         Perturbation("bad", occlusion=1.0)
+
+
+def test_a_libero_pro_perturbation_is_another_scene_not_a_wrapper():
+    """``libero`` sets the env config's LIBERO-PRO scene (no wrapper); refused off LIBERO or when unknown."""
+    from policytrim.config import EnvConfig
+    from policytrim.eval.robustness import perturbation_from_dict
+
+    p = Perturbation("libero_pro_swap", libero="swap")
+    cfg = EnvConfig(suite="libero", tasks=("libero_spatial",))
+    assert p.is_clean and PerturbedEnvFactory(p, inner=lambda c, t: "plain")(cfg, cfg.tasks[0]) == "plain"
+    assert p.env_config(cfg).libero_perturbation == "swap" and cfg.libero_perturbation == "none"
+    assert p.env_config(cfg).tasks == cfg.tasks and Perturbation().env_config(cfg) is cfg
+    assert "LIBERO-PRO swap: objects' positions exchanged" in p.describe()
+    assert perturbation_from_dict(p.to_dict()) == p
+    with pytest.raises(InputError, match="perturbation libero must be swap, object, lan, task"):
+        Perturbation("x", libero="blur")
+    with pytest.raises(InputError, match="needs env.suite=libero"):
+        p.env_config(EnvConfig())

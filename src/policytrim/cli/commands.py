@@ -132,6 +132,7 @@ def train(args: Any) -> int:
 
 def _wants_comparison(args: Any) -> bool:
     flags = ("baseline", "sweep", "temporal_ensembling", "obs_noise", "act_noise", "blur_sigma", "occlusion")
+    flags += ("libero_pro",)
     return any(getattr(args, f) for f in flags) or len(args.modes) > 1
 
 
@@ -166,6 +167,7 @@ def evaluate(args: Any) -> int:
     perturbations += [Perturbation(f"act_noise_{v:g}", act_noise=v) for v in args.act_noise]
     perturbations += [Perturbation(f"blur_sigma_{v:g}", blur_sigma=v) for v in args.blur_sigma]
     perturbations += [Perturbation(f"occlusion_{v:g}", occlusion=v) for v in args.occlusion]
+    perturbations += [Perturbation(f"libero_pro_{v}", libero=v) for v in dict.fromkeys(args.libero_pro)]
     baseline = load_eval_policy(cfg, args.baseline) if args.baseline else None
     modes = tuple(dict.fromkeys(args.modes)) or (cfg.eval.mode,)
     result = evaluate_suite(

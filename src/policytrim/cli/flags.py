@@ -112,6 +112,8 @@ class EvalCmd(_Base):
     """Robustness (image policies): Gaussian blur std(s) in pixels."""
     occlusion: tuple[float, ...] = ()
     """Robustness (image policies): fraction(s) of the image hidden by a random grey rectangle, e.g. 0.5."""
+    libero_pro: tuple[Literal["swap", "object", "lan", "task"], ...] = ()
+    """Robustness (LIBERO): LIBERO-PRO's perturbed scenes, one comparison each: swap (objects' positions exchanged), object (other objects), lan (a paraphrased instruction), task (another goal)."""  # noqa: E501
 
     def __post_init__(self) -> None:
         super().__post_init__()

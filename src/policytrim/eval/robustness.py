@@ -7,6 +7,9 @@ or actuation.
 - ``blur_sigma``: Gaussian blur of the image observation (std in pixels; kernel 2*ceil(3*sigma)+1).
 - ``occlusion``: one grey rectangle covering this fraction of the image at a random place, redrawn
   every observation (the paper: 50 %).
+- ``libero``: one of LIBERO-PRO's perturbed versions of a LIBERO suite (``swap``, ``object``,
+  ``lan``, ``task``; `policytrim.envs.libero`): not a wrapper but another scene, so the engine of
+  that comparison runs with ``env.libero_perturbation`` set (`env_config`).
 
 It is an env adapter wrapper, installed through the rollout engine's ``env_factory``, so the
 engine stays the one place that executes chunks. Its random numbers are a fixed stream per initial
@@ -17,6 +20,7 @@ draws in the same order, so every policy compared meets the same noise at the sa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import asdict, dataclass
@@ -37,6 +41,7 @@ class Perturbation:
     act_noise: float = 0.0
     blur_sigma: float = 0.0
     occlusion: float = 0.0
+    libero: str = ""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -46,6 +51,13 @@ class Perturbation:
                 raise InputError(f"perturbation {key} must be a finite number >= 0, got {value!r}")
         if not (isinstance(self.occlusion, (int, float)) and 0 <= self.occlusion < 1):
             raise InputError(f"perturbation occlusion must be a fraction in [0, 1), got {self.occlusion!r}")
+        if self.libero:
+            from policytrim.envs.libero import PERTURBATIONS
+
+            if self.libero not in PERTURBATIONS:
+                raise InputError(
+                    f"perturbation libero must be {', '.join(PERTURBATIONS)} (or empty), got {self.libero!r}"
+                )
 
     @property
     def needs_image(self) -> bool:
@@ -53,7 +65,19 @@ class Perturbation:
 
     @property
     def is_clean(self) -> bool:
+        """Whether the env needs no wrapper (a LIBERO-PRO scene is set through the env config)."""
         return not (self.obs_noise or self.act_noise or self.blur_sigma or self.occlusion)
+
+    def env_config(self, env_cfg: Any) -> Any:
+        """The env config of this condition: ``env_cfg``, or with ``libero`` its LIBERO-PRO scene."""
+        if not self.libero:
+            return env_cfg
+        if getattr(env_cfg, "suite", "") != "libero":
+            raise InputError(f"perturbation {self.name!r} is a LIBERO-PRO scene: it needs env.suite=libero")
+        from policytrim.envs.libero import check_perturbation
+
+        check_perturbation(env_cfg.tasks, self.libero)
+        return dataclasses.replace(env_cfg, libero_perturbation=self.libero)
 
     def describe(self) -> str:
         parts = []
@@ -65,6 +89,10 @@ class Perturbation:
             parts.append(f"Gaussian blur σ = {self.blur_sigma:g} px")
         if self.occlusion:
             parts.append(f"random occlusion of {100 * self.occlusion:g}% of the image")
+        if self.libero:
+            from policytrim.envs.libero import PERTURBATIONS
+
+            parts.append(f"LIBERO-PRO {self.libero}: {PERTURBATIONS[self.libero]}")
         return ", ".join(parts) or "clean"
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,11 +100,11 @@ class Perturbation:
 
 
 def perturbation_from_dict(data: dict[str, Any]) -> Perturbation:
-    unknown = set(data) - {"name", "obs_noise", "act_noise", "blur_sigma", "occlusion", "seed"}
+    unknown = set(data) - {"name", "obs_noise", "act_noise", "blur_sigma", "occlusion", "libero", "seed"}
     if unknown:
         raise InputError(
             f"unknown perturbation key(s) {sorted(unknown)}; known: name, obs_noise, act_noise, "
-            "blur_sigma, occlusion, seed"
+            "blur_sigma, occlusion, libero, seed"
         )
     return Perturbation(**data)
 

@@ -99,9 +99,10 @@ def run_suite(
         names = list(robust_names) if robust_names is not None else [c.name for c in contenders]
         robust = [c for c in contenders if c.name in names]
         for p in perturbations:
-            with RolloutEngine(env_cfg, num_workers, step_timeout_s, env_factory=PerturbedEnvFactory(p)) as engine:
+            p_cfg = p.env_config(env_cfg)
+            with RolloutEngine(p_cfg, num_workers, step_timeout_s, env_factory=PerturbedEnvFactory(p)) as engine:
                 comparison = compare(
-                    robust, env_cfg, episodes, modes[0], seed, engine, split=split, latency_ms=latency_ms
+                    robust, p_cfg, episodes, modes[0], seed, engine, split=split, latency_ms=latency_ms
                 )
             result["robustness"][p.name] = {
                 "perturbation": {**p.to_dict(), "description": p.describe()},
@@ -160,6 +161,8 @@ def evaluate_suite(
         raise InputError(
             "--blur-sigma and --occlusion perturb image observations: evaluate an image policy with --env.image true"
         )
+    for p in perturbations:  # a LIBERO-PRO scene the tasks lack fails here, before any episode runs
+        p.env_config(cfg.env)
     out = Path(out)
     modes = tuple(dict.fromkeys(modes)) or (cfg.eval.mode,)
     if baseline is not None:

@@ -201,6 +201,7 @@ class _PlanEnvSettings:
     max_envs_per_worker: int = 0
     libero_state: str = "objects"
     libero_reset: str = "fast"
+    libero_perturbation: str = "none"
 
 
 @functools.cache

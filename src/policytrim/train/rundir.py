@@ -56,6 +56,7 @@ ADDED_LATER: dict[tuple[str, str], object] = {
     ("adapt", "branch_calls"): 0,  # branch calls over the typical episode
     ("data", "labels"): "executed",  # the executed (jittered) action recorded
     ("policy", "min_std"): 0.0,  # no floor on the Gaussian head's std
+    ("env", "libero_perturbation"): "none",  # the original suites
 }
 
 
