@@ -91,3 +91,43 @@ def test_targets_per_suite():
         "success_rate_drop<=2": True,
     }
     assert not bench.targets("libero_10", {"calls_speedup": None, "success_rate_drop": 0.0})["calls_speedup>=2.5"]
+
+
+def test_libero_pro_table_shows_scored_and_refused_scenes():
+    """benchmarks/libero_pro.py's table: a scored scene gives both SRs, the paired interval and the
+    calls speedup; a refused one (an instruction the policy cannot read) says why and is not scored."""
+    import libero_pro
+
+    comparison = {
+        "policies": {
+            name: {"overall": {"success_rate": sr, "mean_steps": t, "window": k, "calls_per_success": c}}
+            for name, sr, t, k, c in (("baseline", 0.8, 190.0, 5, 40.0), ("policytrim", 0.75, 170.0, 10, 20.0))
+        },
+        "vs_baseline": {
+            "policytrim": {
+                "overall": {
+                    "success_rate_drop": 5.0,
+                    "success_rate_drop_ci95": [-1.0, 11.0],
+                    "calls_speedup": 2.0,
+                    "steps_reduction": 0.105,
+                }
+            }
+        },
+    }
+    scored = libero_pro.comparison_row(comparison)
+    assert scored["baseline"]["success_rate"] == 0.8 and scored["calls_speedup"] == 2.0
+    result = {
+        "suite": "libero_spatial",
+        "windows": {"baseline": 5, "policytrim": 10},
+        "episodes": 10,
+        "mode": "sampled",
+        "horizon": 280,
+        "rows": {"swap": scored, "lan": {"refused": "instruction 'lift ...' has words this policy never saw (lift)"}},
+        "described": {"swap": "objects' positions exchanged", "lan": "a paraphrased instruction"},
+        "paper_table10": libero_pro.PAPER_TABLE10,
+        "minutes": {"swap": 9.0, "lan": 0.2},
+        "machine": {"cpu": "test", "cores": 2, "load_average_end": [1.0]},
+    }
+    text = libero_pro.markdown(result)
+    assert "| swap | 0.80 -> 0.75 | +5.0 (-1.0 .. +11.0) | 190.0 -> 170.0 | 40.0 -> 20.0 | 2.00x |" in text
+    assert "| lan | refused: instruction 'lift ...' has words this policy never saw (lift) |" in text
