@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from libero_suite import PIECE_OVER
+from policytrim.envs.libero import PERTURBATIONS  # name -> what the scene changes (no simulator import)
 
-PERTURBATIONS = ("swap", "object", "lan", "task")
 PAPER_TABLE10 = {  # LIBERO-Spatial, pi0.5, SR % / steps
     "gaussian_blur": {"baseline": [79.6, 128.9], "policytrim": [88.4, 77.6]},
     "random_occlusion": {"baseline": [83.2, 120.3], "policytrim": [90.6, 75.9]},
@@ -106,7 +106,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench_pipeline import frozen_config, machine_record
-    from policytrim.envs.libero import PERTURBATIONS as DESCRIBED
     from policytrim.errors import InputError
     from policytrim.eval.compare import Contender, compare
     from policytrim.eval.robustness import Perturbation
@@ -173,7 +172,7 @@ def main() -> None:
         "horizon": cfg.env.horizon,
         "windows": {c.name: c.window for c in contenders},
         "rows": {"clean (the suite run's evaluation)": clean, **{n: r["row"] for n, r in records.items()}},
-        "described": {n: DESCRIBED[n] for n in args.perturbations},
+        "described": {n: PERTURBATIONS[n] for n in args.perturbations},
         "paper_table10": PAPER_TABLE10,
         "minutes": {n: round(r["seconds"] / 60.0, 2) for n, r in records.items()},
         "machine": machine_record(work),
