@@ -106,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench_pipeline import frozen_config, machine_record
-    from policytrim.errors import InputError
+    from policytrim.errors import UnknownWords
     from policytrim.eval.compare import Contender, compare
     from policytrim.eval.robustness import Perturbation
     from policytrim.io import atomic_write_json
@@ -145,7 +145,7 @@ def main() -> None:
                 with RolloutEngine(p_cfg, cfg.rollout.num_workers, cfg.rollout.step_timeout_s) as engine:
                     comparison = compare(contenders, p_cfg, cfg.eval.episodes, cfg.eval.mode, cfg.eval.seed, engine)
             record = {"row": comparison_row(comparison)}
-        except InputError as exc:
+        except UnknownWords as exc:
             record = {"row": {"refused": str(exc).split(";")[0]}}
         record["seconds"] = round(time.monotonic() - t0, 1)
         atomic_write_json(path, record)

@@ -18,7 +18,7 @@ from policytrim.config import ConfigError, EnvConfig, PolicyConfig  # noqa: E402
 from policytrim.envs import initial_states, make_env  # noqa: E402
 from policytrim.envs.base import OBS_STATE  # noqa: E402
 from policytrim.envs.libero import state_dim, suite_tasks  # noqa: E402
-from policytrim.errors import InputError  # noqa: E402
+from policytrim.errors import InputError, UnknownWords  # noqa: E402
 from policytrim.eval.compare import Contender  # noqa: E402
 from policytrim.eval.robustness import Perturbation  # noqa: E402
 from policytrim.eval.suite import run_suite  # noqa: E402
@@ -36,7 +36,7 @@ SPATIAL_TASK_SENTENCE = "pick the akita black bowl not between the plate and the
 
 
 def test_bad_libero_pro_perturbations_are_refused():
-    with pytest.raises(ConfigError, match="env.libero_perturbation must be none, swap, object, lan or task"):
+    with pytest.raises(ConfigError, match="env.libero_perturbation must be none or one of swap, object, lan, task"):
         _cfg(libero_perturbation="blur")
     with pytest.raises(ConfigError, match="LIBERO-PRO has no 'swap' version of libero_90"):
         _cfg(tasks=("libero_90",), libero_perturbation="swap")
@@ -98,5 +98,5 @@ def test_libero_pro_comparison_through_the_suite():
     with RolloutEngine(Perturbation("pro_task", libero="task").env_config(cfg), num_workers=0) as engine:
         traj = engine.run(policy, initial_states(SPATIAL, cfg.test_seed, 1), 1, torch.full((1, 1), 3), "sampled", 0)
     assert traj.instruction == [SPATIAL_TASK_SENTENCE] and traj.steps.tolist() == [6]
-    with pytest.raises(InputError, match="never saw.*lift"):
+    with pytest.raises(UnknownWords, match="never saw.*lift"):
         run_suite(contenders, cfg, 1, ("sampled",), 0, num_workers=0, perturbations=[Perturbation("l", libero="lan")])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from policytrim.config import PolicyConfig
-from policytrim.errors import InputError
+from policytrim.errors import InputError, UnknownWords
 from policytrim.policies import ChunkPolicy, load_policy, policy_from_spec
 from policytrim.policies.tinyvla import TinyVLA
 
@@ -189,7 +189,7 @@ def test_bc_loss_ignores_masked_rows():
 def test_instructions_unknown_words_are_a_clear_error_new_phrasing_works():
     policy = make_policy()
     obs, _ = make_batch(2)
-    with pytest.raises(InputError, match="never saw"):
+    with pytest.raises(UnknownWords, match="never saw"):  # an InputError of its own type
         policy.sample(obs, ["open the window", "reach the goal position"], "deterministic")
     out = policy.sample(obs, ["the goal position reach", "reach the goal position"], "deterministic")
     assert out.actions.shape == (2, H, A)  # a new phrasing of known words: it acts

@@ -26,6 +26,12 @@ class InputError(ValueError):
         super().__init__(one_line(message))
 
 
+class UnknownWords(InputError):
+    """An instruction has words a word-embedding text encoder never saw (it has no vector for them):
+    the policy cannot be asked that instruction. Its own type so a benchmark can record such a scene as
+    refused by the policy while any other bad input still stops it."""
+
+
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from policytrim.errors import InputError
+from policytrim.errors import InputError, UnknownWords
 
 WORD_EMBEDDING = "embedding"
 
@@ -118,7 +118,7 @@ class WordEmbeddingEncoder(InstructionEncoder):
             words = tokenize(s)
             unknown = [w for w in words if w not in self._word]
             if unknown or not words:
-                raise InputError(
+                raise UnknownWords(
                     f"instruction {s!r} has words this policy never saw ({', '.join(unknown) or 'no words'}); "
                     f"its vocabulary: {' '.join(self.vocabulary)}"
                 )
