@@ -23,6 +23,7 @@ import tyro
 import yaml
 
 from policytrim import limits as L
+from policytrim.envs.libero import PERTURBATIONS as LIBERO_PERTURBATIONS
 from policytrim.envs.tasks import resolve_tasks
 from policytrim.errors import InputError
 
@@ -107,8 +108,9 @@ class EnvConfig:
             self.libero_reset in ("fast", "hard"), f"env.libero_reset must be fast or hard, got {self.libero_reset!r}"
         )
         _require(
-            self.libero_perturbation in ("none", "swap", "object", "lan", "task"),
-            f"env.libero_perturbation must be none, swap, object, lan or task, got {self.libero_perturbation!r}",
+            self.libero_perturbation == "none" or self.libero_perturbation in LIBERO_PERTURBATIONS,
+            f"env.libero_perturbation must be none or one of {', '.join(LIBERO_PERTURBATIONS)}, "
+            f"got {self.libero_perturbation!r}",
         )
         _require(
             self.libero_perturbation == "none" or self.suite == "libero",

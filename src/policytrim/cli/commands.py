@@ -131,8 +131,16 @@ def train(args: Any) -> int:
 
 
 def _wants_comparison(args: Any) -> bool:
-    flags = ("baseline", "sweep", "temporal_ensembling", "obs_noise", "act_noise", "blur_sigma", "occlusion")
-    flags += ("libero_pro",)
+    flags = (
+        "baseline",
+        "sweep",
+        "temporal_ensembling",
+        "obs_noise",
+        "act_noise",
+        "blur_sigma",
+        "occlusion",
+        "libero_pro",
+    )
     return any(getattr(args, f) for f in flags) or len(args.modes) > 1
 
 
