@@ -17,7 +17,7 @@ Random actions in [-1, 1]. Default size: about 2.5 minutes on 2 cores at load ~8
 
     .venv-libero/bin/python benchmarks/libero_speed.py [--suite libero_object] [--steps 60] [--image-size 128]
 
-Writes ``benchmarks/results/libero_speed.json`` with the machine description.
+Writes ``benchmarks/results/libero_speed.json`` (or ``--out``) with the machine description.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def main() -> None:
     p.add_argument("--resets", type=int, default=3)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--envs", type=int, default=3, help="envs built per memory measurement")
+    p.add_argument("--out", type=Path, default=OUT, help="default: benchmarks/results/libero_speed.json")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     state_cfg = EnvConfig(suite="libero", tasks=(args.suite,))
@@ -121,8 +122,8 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t_start, 1),
         "machine": describe_machine(),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
     print(f"images/state step-rate ratio: {t_images / t_state:.3f}")
 
