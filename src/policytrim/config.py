@@ -24,6 +24,7 @@ import yaml
 
 from policytrim import limits as L
 from policytrim.envs.libero import PERTURBATIONS as LIBERO_PERTURBATIONS
+from policytrim.envs.libero import check_perturbation, max_steps, resolve_libero_tasks
 from policytrim.envs.tasks import resolve_tasks
 from policytrim.errors import InputError
 
@@ -122,8 +123,6 @@ class EnvConfig:
             except InputError as exc:
                 raise ConfigError(f"env.tasks: {exc}") from None
         elif self.suite == "libero":
-            from policytrim.envs.libero import check_perturbation, max_steps, resolve_libero_tasks
-
             try:
                 self.tasks = resolve_libero_tasks(list(self.tasks))
                 if self.libero_max_steps != "env":
