@@ -126,6 +126,7 @@ def settings(suite: str, size: str) -> dict[str, Any]:
                 "min_epochs": 10,
                 "checkpoint_every": 1,
                 "windows": windows,
+                "fresh_choice": True,  # after LIBERO-Spatial's best-of-six k = 15 (SPEC: fresh evidence)
             },
             "stage2": {"epochs": 50, "eval_every": 10, "val_episodes": 10, "checkpoint_every": 1},
             "eval": {"episodes": 10, "mode": "sampled"},

@@ -44,13 +44,21 @@ SIZES: dict[str, dict] = {
     # Fixed before measuring, sized for about an hour on 2 cores: 80 suboptimal demonstrations per task,
     # the demo preset's policy and Stage 1 rules, 4 groups of G = 8 per epoch, 40 + 30 epochs at most,
     # 50 paired test states per task. What changed after each run and why (horizon 300 -> 400; the
-    # jitter tried at 0.01 and put back to 0.1; the BC variants measured): docs/results.md#maniskill3.
+    # jitter tried at 0.01 and put back to 0.1; the BC variants measured; the window choice validated
+    # afresh, stage1.fresh_choice, since the LIBERO-Spatial run): docs/results.md#maniskill3.
     "full": {
         "env": {"suite": "maniskill", "tasks": TASKS, "horizon": 400},
         "data": {"episodes": 80, "suboptimal": True},
         "pretrain": {"iterations": 10000, "batch_size": 256, "lr": 1e-3, "eval_episodes": 0},
         "rollout": {"group_size": 8, "groups_per_epoch": 4, "num_workers": 2},
-        "stage1": {"epochs": 40, "eval_every": 5, "val_episodes": 16, "min_epochs": 15, "checkpoint_every": 5},
+        "stage1": {
+            "epochs": 40,
+            "eval_every": 5,
+            "val_episodes": 16,
+            "min_epochs": 15,
+            "checkpoint_every": 5,
+            "fresh_choice": True,
+        },
         "stage2": {"epochs": 30, "eval_every": 5, "val_episodes": 16, "checkpoint_every": 5},
         "eval": {"episodes": 50, "mode": "sampled"},
         "logging": {"progress": False, "tensorboard": False},

@@ -221,7 +221,7 @@ def test_window_choice_against_the_policy_or_the_baseline(monkeypatch):
     sr = {4: 0.97, 6: 0.955, 8: 0.91}
     calls = []
 
-    def fake_validate(policy, cfg, window, engine, episodes):
+    def fake_validate(policy, cfg, window, engine, episodes, seed=None):
         calls.append(window)
         return Validation({"success_rate": sr[window], "mean_steps": 50.0, "calls_per_success": 10.0}, {})
 
@@ -241,3 +241,43 @@ def test_window_choice_against_the_policy_or_the_baseline(monkeypatch):
     calls.clear()
     worse, _ = stages.choose_window(None, cfg, (4, 6, 8), engine=None, known=known, baseline=sr_of(0.99))
     assert worse.window == 8 and worse.reference_success_rate == 0.85 and calls == [4]
+
+
+def test_a_fresh_window_choice_validates_with_its_own_random_numbers(monkeypatch):
+    """stage1.fresh_choice: the choice measures the longest window again, with a seed of its own (the
+    best checkpoint's validation there is the highest of the stage's: reusing it favours long windows),
+    the entering policy's reference included, and records that seed; without it the best checkpoint's
+    validation is reused and every validation uses eval.seed. A fake `validate` gives the best of the
+    stage's validations 0.95 at k = 8 and a fresh one 0.80 against 0.96 at k = 4."""
+    import policytrim.train.stages as stages
+
+    calls = []
+
+    def fake_validate(policy, cfg, window, engine, episodes, seed=None):
+        calls.append((window, seed))
+        sr = {4: 0.96, 6: 0.95, 8: 0.80}[window]
+        return Validation({"success_rate": sr, "mean_steps": 50.0, "calls_per_success": 10.0}, {"t:0": True})
+
+    monkeypatch.setattr(stages, "validate", fake_validate)
+    best = Validation({"success_rate": 0.95, "mean_steps": 40.0, "calls_per_success": 5.0}, {"t:0": True}, epoch=3)
+    start = Validation({"success_rate": 0.90})
+    outcomes = {}
+    for fresh in (False, True):
+        cfg = tiny_config()  # windows 4 6 8, tolerance 2 points
+        cfg.stage1.fresh_choice = fresh
+        seed = stages.choice_seed(cfg)
+        assert (seed is None) == (not fresh) and seed != cfg.eval.seed
+        stage = _stage1(cfg)
+        calls.clear()
+        outcome = stage.conclude(_policy(cfg), None, 5, best, start)
+        outcomes[fresh] = outcome.window_choice
+        assert sorted(calls) == [(4, seed), (6, seed)] + ([(8, seed)] if fresh else [])
+        assert outcome.window_choice.seed == seed
+        assert WindowChoice.from_json(json.loads(json.dumps(outcome.window_choice.to_json()))) == outcome.window_choice
+    assert outcomes[False].window == 8 and outcomes[False].per_window[8].success_rate == 0.95  # reused: biased
+    assert outcomes[True].window == 6 and outcomes[True].per_window[8].success_rate == 0.80  # 0.80 < 0.96 - 0.02
+    cfg = tiny_config()
+    cfg.stage1.fresh_choice, cfg.stage1.window_reference = True, "baseline"
+    calls.clear()
+    reference = _stage1(cfg).reference(_policy(cfg), None)
+    assert calls == [(4, stages.choice_seed(cfg))] and reference.success_rate == 0.96

@@ -176,6 +176,30 @@ def test_stopping_rules_stop_and_resume_and_validations_are_reused(tiny_baseline
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl") if r["stage"] == "extend"] == [0, 1, 2]
 
 
+@pytest.mark.slow
+def test_a_fresh_window_choice_measures_every_window_again_and_stage2_its_own_start(tiny_baseline, tmp_path):
+    """stage1.fresh_choice end to end: the choice validates every window (the longest too) with its
+    own seed and records it; Stage 2 measures its start at the chosen window with eval.seed (what its
+    validations pair with) instead of reusing the choice's, so the start equals a validation of
+    Stage 1's policy made now with eval.seed."""
+    from policytrim.rollout.engine import RolloutEngine
+    from policytrim.train.stages import choice_seed, validate
+
+    cfg = small_run_config(tmp_path / "run", epochs=2)
+    cfg.stage1.fresh_choice = True
+    summary = train(cfg, "both", str(tiny_baseline))
+    choice = summary.extend.window_choice
+    assert choice.seed == choice_seed(cfg) and choice.seed is not None
+    assert sorted(choice.per_window) == list(run_windows(cfg))  # reference: the policy's own k_1
+    extended = load_policy(tmp_path / "run" / "extend" / "best" / "policy")
+    with RolloutEngine(cfg.env, num_workers=0) as engine:
+        start = validate(extended, cfg, choice.window, engine, cfg.stage2.val_episodes)
+        fresh = validate(extended, cfg, choice.window, engine, cfg.stage1.val_episodes, choice.seed)
+    outcome = lambda val: {k: v for k, v in val.metrics.items() if k != "wall_clock_s"}  # noqa: E731
+    assert outcome(summary.trim.start) == outcome(start)
+    assert outcome(choice.per_window[choice.window]) == outcome(fresh) != outcome(start)
+
+
 def test_bad_init_and_existing_run_dir_write_nothing(tiny_baseline, tmp_path):
     cfg = small_run_config(tmp_path / "run")
     with pytest.raises(InputError, match="does not exist"):

@@ -112,7 +112,8 @@ class WindowChoice:
     """Stage 1's decision: ``window``, the longest whose validation SR is at most
     ``tolerance_points`` below ``reference_success_rate`` (``reference``: ``policy``, the trained
     policy's own SR at the shortest window, or ``baseline``, the entering policy's there), with the
-    validation of every window measured (``per_window``, without per-state outcomes)."""
+    validation of every window measured (``per_window``, without per-state outcomes) and ``seed``, the
+    random numbers of the choice's own validations (``stage1.fresh_choice``; None: ``eval.seed``)."""
 
     window: int
     tolerance_points: float
@@ -122,6 +123,7 @@ class WindowChoice:
     split: str = "val"
     mode: str | None = None
     per_window: Mapping[int, Validation] = field(default_factory=dict)
+    seed: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -133,6 +135,7 @@ class WindowChoice:
             "split": self.split,
             "mode": self.mode,
             "per_window": {str(k): v.to_json() for k, v in self.per_window.items()},
+            "seed": self.seed,
         }
 
     @classmethod
@@ -146,6 +149,7 @@ class WindowChoice:
             split=data.get("split", "val"),
             mode=data.get("mode"),
             per_window={int(k): Validation.from_json(v) for k, v in (data.get("per_window") or {}).items()},
+            seed=data.get("seed"),
         )
 
 

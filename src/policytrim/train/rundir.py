@@ -57,6 +57,7 @@ ADDED_LATER: dict[tuple[str, str], object] = {
     ("data", "labels"): "executed",  # the executed (jittered) action recorded
     ("policy", "min_std"): 0.0,  # no floor on the Gaussian head's std
     ("env", "libero_perturbation"): "none",  # the original suites
+    ("stage1", "fresh_choice"): False,  # the window choice reused the best checkpoint's validation
 }
 
 

@@ -48,16 +48,19 @@ from policytrim.windows import WindowPlan
 # validation and the decisions it feeds
 
 
-def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, episodes: int) -> Validation:
-    """Overall metrics on validation states at one window (paired: fixed seed), with the
-    per-state success ``success_by_state`` for paired comparisons between validations."""
+def validate(
+    policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEngine, episodes: int, seed: int | None = None
+) -> Validation:
+    """Overall metrics on validation states at one window (paired: fixed seed, ``cfg.eval.seed``
+    unless ``seed`` is given), with the per-state success ``success_by_state`` for paired
+    comparisons between validations."""
     metrics = evaluate_policy(
         policy,
         cfg.env,
         episodes,
         window,
         cfg.eval.mode,
-        cfg.eval.seed,
+        cfg.eval.seed if seed is None else seed,
         split="val",
         engine=engine,
         latency_ms=cfg.eval.latency_ms,
@@ -74,6 +77,13 @@ def validate(policy: ChunkPolicy, cfg: RunConfig, window: int, engine: RolloutEn
     return Validation(metrics["overall"], success)
 
 
+def choice_seed(cfg: RunConfig) -> int | None:
+    """The random numbers of Stage 1's window choice: with ``stage1.fresh_choice`` a seed of its own,
+    derived from ``eval.seed`` (not the one the stage's validations picked its best checkpoint
+    with); else None, ``eval.seed``'s."""
+    return stable_seed("policytrim-window-choice", cfg.eval.seed) % 2**31 if cfg.stage1.fresh_choice else None
+
+
 def choose_window(
     policy: ChunkPolicy,
     cfg: RunConfig,
@@ -81,6 +91,7 @@ def choose_window(
     engine: RolloutEngine,
     known: Mapping[int, Validation] | None = None,
     baseline: Validation | None = None,
+    seed: int | None = None,
 ) -> tuple[WindowChoice, dict[int, Validation]]:
     """Stage 1's decision: the longest window whose validation SR is within the tolerance of a
     reference SR (same states, same random numbers for every window): the policy's own SR at the
@@ -89,14 +100,15 @@ def choose_window(
     at the shortest window. When the longest window holds against the baseline nothing more is
     validated; else the policy's own shortest window is, then windows from the longest down until
     one holds (the shortest always does). ``known``: validations of this same policy already made (window ->
-    `validate` result), not repeated. Also returns the full `validate` result of every window
-    measured (for Stage 2's start), window -> `Validation`."""
+    `validate` result), not repeated. ``seed``: the validations' random numbers (None:
+    ``cfg.eval.seed``). Also returns the full `validate` result of every window measured (for
+    Stage 2's start), window -> `Validation`."""
     episodes = cfg.stage1.val_episodes
     per_window = dict(known or {})
 
     def measured(w: int) -> Validation:
         if w not in per_window:
-            per_window[w] = validate(policy, cfg, w, engine, episodes)
+            per_window[w] = validate(policy, cfg, w, engine, episodes, seed)
         return per_window[w]
 
     if baseline is None:  # every window's evidence, as the reference is one of them
@@ -117,7 +129,7 @@ def choose_window(
     evidence = {w: per_window[w].without_outcomes() for w in windows if w in per_window}
     which = "policy" if reference == own else "baseline"
     tolerance_points, mode = cfg.stage1.tolerance_points, cfg.eval.mode
-    choice = WindowChoice(chosen, tolerance_points, which, reference, episodes, "val", mode, evidence)
+    choice = WindowChoice(chosen, tolerance_points, which, reference, episodes, "val", mode, evidence, seed)
     return choice, {w: per_window[w] for w in windows if w in per_window}
 
 
@@ -389,10 +401,11 @@ class Stage1(Stage):
 
     def reference(self, policy: ChunkPolicy, engine: RolloutEngine) -> Validation | None:
         """With ``stop_when_reliable`` or ``window_reference=baseline``: the entering policy's
-        validation at the shortest window."""
+        validation at the shortest window, with the window choice's random numbers (`choice_seed`)."""
         if not (self.config.stop_when_reliable or self.config.window_reference == "baseline"):
             return None
-        return validate(policy, self.cfg, self.windows[0], engine, self.config.val_episodes).without_outcomes()
+        val = validate(policy, self.cfg, self.windows[0], engine, self.config.val_episodes, choice_seed(self.cfg))
+        return val.without_outcomes()
 
     def stop_reason(self, epoch: int, val: Validation, stale: int, reference: Validation | None) -> str | None:
         """The shared rule, then ``stop_when_reliable``: the longest window's validation SR is within
@@ -418,8 +431,11 @@ class Stage1(Stage):
         start: Validation,
         reference: Validation | None = None,
     ) -> StageOutcome:
-        # the best checkpoint's validation at the longest window is known (same states and seed)
-        known = {self.eval_window: best.at_epoch(None)} if best.success_by_state is not None else {}
+        # the best checkpoint's validation at the longest window is known (same states and seed),
+        # unless the choice draws random numbers of its own (stage1.fresh_choice)
+        seed = choice_seed(self.cfg)
+        reuse = seed is None and best.success_by_state is not None
+        known = {self.eval_window: best.at_epoch(None)} if reuse else {}
         baseline = reference if self.config.window_reference == "baseline" else None
         if self.config.window_reference == "baseline" and baseline is None:
             raise RuntimeError(
@@ -428,7 +444,7 @@ class Stage1(Stage):
             )
 
         def decide() -> dict[str, Any]:  # rank 0 decides; every rank gets its JSON
-            choice, validations = choose_window(policy, self.cfg, self.windows, engine, known, baseline)
+            choice, validations = choose_window(policy, self.cfg, self.windows, engine, known, baseline, seed)
             return {"choice": choice.to_json(), "validations": {str(w): v.to_json() for w, v in validations.items()}}
 
         shared = distributed.main_only(decide)
