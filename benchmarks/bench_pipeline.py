@@ -113,5 +113,13 @@ def machine_record(work: Path) -> dict[str, Any]:
     return {**json.loads(path.read_text()), "load_average_end": list(os.getloadavg())}
 
 
+def write_results(results: Path, name: str, result: dict[str, Any], markdown: str) -> None:
+    """RESULTS/NAME.json (``result``) and RESULTS/NAME.md (``markdown``), also printed."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (results / f"{name}.md").write_text(markdown)
+    print(markdown)
+
+
 def fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptive_mw8 import evaluate_contenders, row_of, stage_time
-from bench_pipeline import frozen_config, machine_record
+from bench_pipeline import frozen_config, machine_record, write_results
 from mw8 import Phases, assign
 
 ADAPT = [  # sized like the run's Stage 2 (30 epochs, 4 groups of 8, validation every 5 epochs)
@@ -158,11 +158,7 @@ def main() -> None:
         "machine": machine_record(work),
         "command": " ".join(["benchmarks/maniskill_adapt.py", *sys.argv[1:]]),
     }
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "maniskill_adapt.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    (results / "maniskill_adapt.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(Path(args.results), "maniskill_adapt", result, markdown(result))
 
 
 if __name__ == "__main__":

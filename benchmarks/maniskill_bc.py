@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_pipeline import build_config, collect, frozen_config, machine_record
+from bench_pipeline import build_config, collect, frozen_config, machine_record, write_results
 from maniskill import SIZES
 from mw8 import Phases
 
@@ -124,11 +124,7 @@ def main() -> None:
         "machine": machine_record(work),
         "command": " ".join(["benchmarks/maniskill_bc.py", *sys.argv[1:]]),
     }
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "maniskill_bc.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    (results / "maniskill_bc.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(Path(args.results), "maniskill_bc", result, markdown(result))
 
 
 if __name__ == "__main__":
