@@ -32,7 +32,6 @@ ADAPT = [  # sized like the run's Stage 2 (30 epochs, 4 groups of 8, validation 
     "adapt.eval_every=5",
     "adapt.val_episodes=16",
     "adapt.checkpoint_every=5",
-    "adapt.train_policy=false",
 ]
 TITLES = {"adapt_only": "policy frozen", "adapt_policy": "adaptor and policy trained"}
 

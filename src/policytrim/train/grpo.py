@@ -629,10 +629,12 @@ def _train(
                 if done is None:
                     window = plan.stage2(extended.window if extended is not None else None)
                     # Stage 1's window choice validated this very policy at this window on the same
-                    # states: its budget calibration and Stage 2's start reuse that validation (not
-                    # when it drew random numbers of its own: Stage 2's validations pair with eval.seed)
-                    same = cfg.stage2.val_episodes == cfg.stage1.val_episodes and not cfg.stage1.fresh_choice
-                    known = stage1.validations.get(window) if stage1 is not None and same else None
+                    # states: its budget calibration and Stage 2's start reuse that validation
+                    known = (
+                        stage1.validations.get(window)
+                        if stage1 is not None and cfg.stage2.val_episodes == cfg.stage1.val_episodes
+                        else None
+                    )
                     saved = run.read_json("trim/budget.json")
                     if saved is not None:
                         budget = BudgetCalibration.from_json(saved)

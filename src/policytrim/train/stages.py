@@ -380,7 +380,9 @@ class Stage1(Stage):
         if not plan.stage1:
             raise ValueError("the window plan has no Stage 1 windows (build it with WindowPlan.for_run for 'extend')")
         self.windows = plan.stage1  # resolved and bound-checked once, in the run's window plan
-        self.validations: dict[int, Validation] = {}  # set by `conclude`: the chosen policy's validation per window
+        # set by `conclude`: the chosen policy's validation per window with eval.seed, which Stage 2's
+        # start and budget reuse (none when the choice drew random numbers of its own: fresh_choice)
+        self.validations: dict[int, Validation] = {}
 
     def assign_windows(self, num_groups: int, group_size: int) -> torch.Tensor:
         return objective.assign_windows(num_groups, group_size, self.windows)
@@ -449,7 +451,8 @@ class Stage1(Stage):
 
         shared = distributed.main_only(decide)
         choice = WindowChoice.from_json(shared["choice"])
-        self.validations = {int(w): Validation.from_json(v) for w, v in shared["validations"].items()}
+        if seed is None:
+            self.validations = {int(w): Validation.from_json(v) for w, v in shared["validations"].items()}
         policy.mark_trained(self.name, choice.window)
         best, start = best.without_outcomes(), start.without_outcomes()
         return StageOutcome(self.name, epochs, self.eval_window, choice.window, best, start, window_choice=choice)
