@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptive_mw8 import evaluate_contenders, row_of, stage_time
-from bench_pipeline import frozen_config, machine_record, write_results
+from bench_pipeline import fmt, frozen_config, machine_record, write_results
 from mw8 import Phases, assign
 
 ADAPT = [  # sized like the run's Stage 2 (30 epochs, 4 groups of 8, validation every 5 epochs)
@@ -82,11 +82,11 @@ def tables(result: dict[str, Any]) -> list[str]:
         vs = r.get("vs_baseline") or {}
         ci = vs.get("success_rate_drop_ci95") or (0.0, 0.0)
         drop = f"{vs['success_rate_drop']:+.1f} ({ci[0]:+.1f} .. {ci[1]:+.1f})" if vs else "—"
-        speed = f"{vs['calls_speedup']:.2f}x" if vs.get("calls_speedup") else "1.00x"
+        speed = f"{vs['calls_speedup']:.2f}x" if vs.get("calls_speedup") else ("-" if vs else "1.00x")
         executed = f"{r['mean_executed_window']:.1f}" if r.get("mean_executed_window") else "—"
         lines.append(
-            f"| {name} | {r['success_rate']:.3f} | {r['mean_steps']:.1f} | {r['window']} | {executed} | "
-            f"{r['calls_per_success']:.1f} | {speed} | {drop} |"
+            f"| {name} | {r['success_rate']:.3f} | {fmt(r['mean_steps'], '.1f')} | {r['window']} | {executed} | "
+            f"{fmt(r['calls_per_success'], '.1f')} | {speed} | {drop} |"
         )
     lines += ["", "| task | " + " | ".join(rows) + " (SR) |", "|---|" + "---|" * len(rows)]
     for task in result["tasks"]:

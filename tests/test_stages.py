@@ -281,3 +281,26 @@ def test_a_fresh_window_choice_validates_with_its_own_random_numbers(monkeypatch
     calls.clear()
     reference = _stage1(cfg).reference(_policy(cfg), None)
     assert calls == [(4, stages.choice_seed(cfg))] and reference.success_rate == 0.96
+
+
+def test_an_adapt_stage_from_a_policy_without_successes_needs_the_users_call_budget(monkeypatch):
+    """As Stage 2 with ``stage2.budget``: a given ``adapt.call_budget`` (no step term) starts the stage from
+    a policy that succeeded nowhere (its start validation, SR 0, is what the best checkpoint keeps up
+    with); calibrating one, or a step budget beside it, refuses with what to give. A fake `validate`."""
+    import policytrim.train.stages as stages
+
+    none = Validation(
+        {"episodes": 4, "success_rate": 0.0, "mean_steps": None, "calls_per_success": None}, {"t:0": False}
+    )
+    monkeypatch.setattr(stages, "validate", lambda policy, cfg, window, engine, episodes, seed=None: none)
+    cfg = tiny_config()
+    policy = _policy(cfg)
+    with pytest.raises(InputError, match=r"succeeded in none of 4 validation episodes.*give adapt.call_budget"):
+        stages.calibrate_call_budget(policy, cfg, engine=None)
+    cfg.adapt.call_budget = 20
+    budget = stages.calibrate_call_budget(policy, cfg, engine=None)
+    assert (budget.budget, budget.success_rate, budget.mean_calls, budget.start) == (20, 0.0, None, none)
+    assert "given by the user" in budget.source
+    cfg.adapt.step_coef = 0.5  # a step budget needs the steps of successes
+    with pytest.raises(InputError, match="give adapt.call_budget"):
+        stages.calibrate_call_budget(policy, cfg, engine=None)

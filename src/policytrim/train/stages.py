@@ -163,13 +163,15 @@ def calibrate_call_budget(policy: ChunkPolicy, cfg: RunConfig, engine: RolloutEn
     """The adapt stage's call budget B_C = ceil(beta_B * mean C of successes) (or the user's), from the
     policy entering the stage at its trained window, without any adaptor, on the stage's validation
     states; with ``adapt.step_coef`` > 0 also Stage 2's step budget B from the same episodes. Holds
-    that validation (``start``): the stage's best checkpoint must not lose success against it."""
+    that validation (``start``): the stage's best checkpoint must not lose success against it. A policy
+    without a success there needs the user's budget (and no step term), as Stage 2 needs its ``budget``."""
     a, window = cfg.adapt, int(policy.default_window)
     val = validate(policy, cfg, window, engine, a.val_episodes)
-    if not val.success_rate:
+    if not val.success_rate and (not a.call_budget or a.step_coef > 0):
         raise InputError(
             f"cannot calibrate the adapt stage's call budget: the policy succeeded in none of {val.episodes} "
-            f"validation episodes at window {window}; start from a better policy"
+            f"validation episodes at window {window}; give adapt.call_budget (with adapt.step_coef 0) or start "
+            "from a better policy"
         )
     step_budget = objective.step_budget([val.mean_steps], a.budget_multiplier) if a.step_coef > 0 else None
     if a.call_budget:
