@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from policytrim.config import RunConfig, from_dict, load_config, preset_path, to_dict
+from policytrim.eval.paired import paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -32,7 +33,7 @@ def test_the_recipe_with_its_adapt_stage_validates(size):
     assert maniskill_adapt.mode_of(cfg) == "adapt_policy"
 
 
-def _fake_seed(speedup: float, steps: float, drop: float, fixed_speedup: float = 3.1) -> dict:
+def _fake_seed(speedup: float, steps: float, drop: float, fixed_speedup: float = 3.1, only_base: int = 1) -> dict:
     """A per-seed result with just the fields the summary reads (a fake: no run behind it)."""
     return {
         "calls_speedup": speedup,
@@ -55,6 +56,11 @@ def _fake_seed(speedup: float, steps: float, drop: float, fixed_speedup: float =
         },
         "minutes": {"total": 42.0},
         "machine": {"cpu": "fake"},
+        # 20 paired episodes: both succeed in 8, only the baseline in ONLY_BASE, only the final policy in 1
+        "paired_success": {
+            "baseline": [True] * (8 + only_base) + [False] * (12 - only_base),
+            "final": [True] * 8 + [False] * only_base + [True] + [False] * (11 - only_base),
+        },
     }
 
 
@@ -66,12 +72,16 @@ def _write(results: Path, seed: int, record: dict) -> None:
 
 def test_the_summary_over_seeds_judges_the_targets_only_on_three(tmp_path):
     _write(tmp_path, 0, _fake_seed(3.3, 0.16, -2.5))
-    _write(tmp_path, 1, _fake_seed(2.7, 0.10, 1.5, fixed_speedup=2.9))
+    _write(tmp_path, 1, _fake_seed(2.7, 0.10, 1.5, fixed_speedup=2.9, only_base=3))
     two = bench.aggregate(tmp_path)
     assert two["finished_seeds"] == 2 and two["targets_met"] is None
     assert two["calls_speedup"] == pytest.approx(3.0) and two["success_rate_drop"] == pytest.approx(-0.5)
     assert two["fixed_window"]["calls_speedup"] == pytest.approx(3.0)
     assert two["spread"]["calls_speedup"]["min"] == 2.7 and two["spread"]["calls_speedup"]["max"] == 3.3
+    # pooled: 40 pairs, both 16, only the baseline 1 + 3, only the final policy 2
+    pooled = paired_difference([True] * 20 + [False] * 20, [True] * 16 + [False] * 4 + [True] * 2 + [False] * 18)
+    assert two["paired_episodes_pooled"] == 40 == pooled["n"]
+    assert two["success_rate_drop_ci95_pooled"] == [-100 * pooled["hi"], -100 * pooled["lo"]]
     md = (tmp_path / "maniskill.md").read_text()
     assert "fewer than 3 seeds finished" in md and "| 1 | 2.70x | 10% | +1.5 [-6.5, +9.5] | 0.450 -> 0.435 |" in md
 

@@ -29,7 +29,9 @@ class Contender:
     """Whether a policy carrying a window adaptor executes its choices (false: ``window``, fixed)."""
 
 
-def _paired(base: dict[str, list], new: dict[str, list], task: str | None) -> tuple[list[bool], list[bool]]:
+def paired_outcomes(
+    base: dict[str, list], new: dict[str, list], task: str | None = None
+) -> tuple[list[bool], list[bool]]:
     """Successes of the episodes both runs completed (keyed by task and state index)."""
     key = lambda o, i: (o["task"][i], o["index"][i])  # noqa: E731
     new_by_key = {key(new, i): new["success"][i] for i in range(len(new["task"]))}
@@ -50,7 +52,7 @@ def against_baseline(
 ) -> dict[str, Any]:
     """SPEC's comparison of ``new`` against ``base`` (metric blocks of one task or overall), with
     the per-episode outcomes of both runs for the paired interval and the measured calls."""
-    b, n = _paired(base_out, new_out, task)
+    b, n = paired_outcomes(base_out, new_out, task)
     paired = paired_difference(b, n)
     out: dict[str, Any] = {
         "success_rate_drop": 100.0 * (base["success_rate"] - new["success_rate"]),
