@@ -43,6 +43,7 @@ from typing import Any
 from bench_pipeline import write_results
 from maniskill_adapt import adapt_and_compare, tables
 from mw8 import Phases
+from mw8_seeds import mean_and_spread
 
 TASKS = ["PickCube-v1", "PushCube-v1", "StackCube-v1", "PullCube-v1"]
 # Table 2 of the paper (pi0.5 and OpenVLA-OFT on ManiSkill; SR %, steps, window, speedup)
@@ -228,15 +229,7 @@ def aggregate(results: Path) -> dict[str, Any]:
     folder = results / "maniskill_seeds"
     files = {int(f.stem.split("_")[1]): json.loads(f.read_text()) for f in sorted(folder.glob("seed_*.json"))}
     seeds = {k: seed_record(r) for k, r in files.items()}
-    out: dict[str, Any] = {k: statistics.fmean(s[k] for s in seeds.values()) for k in HEADLINE}
-    out["spread"] = {
-        k: {
-            "std": statistics.stdev([s[k] for s in seeds.values()]) if len(seeds) > 1 else None,
-            "min": min(s[k] for s in seeds.values()),
-            "max": max(s[k] for s in seeds.values()),
-        }
-        for k in HEADLINE
-    }
+    out = mean_and_spread(seeds, HEADLINE)
     out["fixed_window"] = {k: statistics.fmean(s["fixed_window"][k] for s in seeds.values()) for k in HEADLINE}
     # every seed's paired episodes together: an interval for the mean drop over the test states (the
     # seed-to-seed spread of training shows in "spread", not here)
@@ -334,7 +327,7 @@ def main() -> None:
     summary = policy_pipeline(cfg, work / "demos", work, phases)
     rates_path = work / "sim_rates.json"
     if not rates_path.is_file():
-        rates_path.write_text(json.dumps(sim_rates(), indent=2) + "\n")
+        rates_path.write_text(json.dumps(sim_rates(4.0 if args.size == "full" else 1.0), indent=2) + "\n")
     adapt = adapt_and_compare(work, work / "adapt", ADAPT[args.size])
     machine = machine_record(work)
     seconds = {"collect": phases.data["collect"]["seconds"], **summary["timings_s"]}

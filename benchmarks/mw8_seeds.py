@@ -145,6 +145,21 @@ def extra_overrides(command: str) -> list[str]:
     return [w for w in sets if not w.startswith(own) and w not in RECIPE]
 
 
+def mean_and_spread(seeds: dict[Any, dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The mean of each of ``keys`` over the seeds' records, and ``spread``: each key's std (None for one
+    seed), min and max (also maniskill.py's summary over seeds)."""
+    out: dict[str, Any] = {k: statistics.fmean(s[k] for s in seeds.values()) for k in keys}
+    out["spread"] = {
+        k: {
+            "std": statistics.stdev([s[k] for s in seeds.values()]) if len(seeds) > 1 else None,
+            "min": min(s[k] for s in seeds.values()),
+            "max": max(s[k] for s in seeds.values()),
+        }
+        for k in keys
+    }
+    return out
+
+
 def aggregate(results: Path, tag: str) -> dict[str, Any]:
     folder = results / f"mw8_seeds{tag}"
     seeds = {
@@ -152,15 +167,7 @@ def aggregate(results: Path, tag: str) -> dict[str, Any]:
     }
     if not seeds:
         raise SystemExit(f"no finished seed in {folder}")
-    out: dict[str, Any] = {k: statistics.fmean(s[k] for s in seeds.values()) for k in HEADLINE}
-    out["spread"] = {
-        k: {
-            "std": statistics.stdev([s[k] for s in seeds.values()]) if len(seeds) > 1 else None,
-            "min": min(s[k] for s in seeds.values()),
-            "max": max(s[k] for s in seeds.values()),
-        }
-        for k in HEADLINE
-    }
+    out = mean_and_spread(seeds, HEADLINE)
     out["seeds"] = {str(k): v for k, v in seeds.items()}
     out["finished_seeds"] = len(seeds)
     at_target_horizon = {s["horizon"] for s in seeds.values()} == {TARGET_HORIZON}
