@@ -43,7 +43,7 @@ from typing import Any
 from bench_pipeline import write_results
 from maniskill_adapt import adapt_and_compare, tables
 from mw8 import Phases
-from mw8_seeds import mean_and_spread
+from mw8_seeds import mean_and_spread, seed_assignments
 
 TASKS = ["PickCube-v1", "PushCube-v1", "StackCube-v1", "PullCube-v1"]
 # Table 2 of the paper (pi0.5 and OpenVLA-OFT on ManiSkill; SR %, steps, window, speedup)
@@ -194,17 +194,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_success(suite: Path, final: str) -> dict[str, list[bool]]:
-    """The adapt suite's successes of the BC baseline and the final policy, episode by episode in the same
-    order (the same test state and random numbers): what the summary pools over seeds."""
-    from policytrim.eval.compare import paired_outcomes
-
-    outcomes = json.loads((suite / "outcomes.json").read_text())["modes"]
-    runs = outcomes[next(iter(outcomes))]
-    base, new = paired_outcomes(runs["baseline"], runs[final])
-    return {"baseline": base, "final": new}
-
-
 def seed_record(result: dict[str, Any]) -> dict[str, Any]:
     """What one seed's result contributes to the summary over seeds."""
     adapt = result["adapt"]
@@ -234,8 +223,8 @@ def aggregate(results: Path) -> dict[str, Any]:
     # every seed's paired episodes together: an interval for the mean drop over the test states (the
     # seed-to-seed spread of training shows in "spread", not here)
     pooled = paired_difference(
-        [b for r in files.values() for b in r["paired_success"]["baseline"]],
-        [n for r in files.values() for n in r["paired_success"]["final"]],
+        [b for r in files.values() for b in r["adapt"]["paired_success"]["baseline"]],
+        [n for r in files.values() for n in r["adapt"]["paired_success"]["final"]],
     )
     out["success_rate_drop_ci95_pooled"] = [-100.0 * pooled["hi"], -100.0 * pooled["lo"]]
     out["paired_episodes_pooled"] = pooled["n"]
@@ -313,10 +302,9 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    seed_sets = [f"seed={args.seed}", f"data.seed={args.seed}", f"eval.seed={args.seed}"]
+    sets = [*seed_assignments(args.seed), *args.set]
     cfg = frozen_config(
-        work / "config.yaml",
-        lambda: build_config("demo", [copy.deepcopy(SIZES[args.size])], [*seed_sets, *args.set], work),
+        work / "config.yaml", lambda: build_config("demo", [copy.deepcopy(SIZES[args.size])], sets, work)
     )
     if (cfg.seed, cfg.data.seed, cfg.eval.seed) != (args.seed,) * 3:
         ran = f"seed {cfg.seed} (data {cfg.data.seed}, eval {cfg.eval.seed})"
@@ -354,7 +342,6 @@ def main() -> None:
         "stage1_window_choice": summary.get("stage1_window_choice"),
         "stage2_budget": summary.get("stage2_budget"),
         "adapt": {k: v for k, v in adapt.items() if k != "machine"},
-        "paired_success": paired_success(work / "adapt" / "eval", adapt["mode_row"]),
         "demonstrations": {
             k: collection.get(k) for k in ("collected", "attempts", "expert_successes", "planner_failures")
         },

@@ -110,7 +110,7 @@ def adapt_and_compare(source: Path, work: Path, assignments: list[str]) -> dict[
     config, frozen in WORK/config.yaml), then one paired suite into WORK/eval: SOURCE's baseline, its
     PolicyTrim policy and the adapted one. Each phase skipped when done (WORK/phases.json); training
     resumes. Returns the result (``calls_speedup`` etc.: the adapted policy against the baseline)."""
-    from policytrim.eval.compare import Contender
+    from policytrim.eval.compare import Contender, paired_outcomes
     from policytrim.io import read_jsonl
     from policytrim.policies import load_policy
     from policytrim.train.grpo import train
@@ -149,6 +149,7 @@ def adapt_and_compare(source: Path, work: Path, assignments: list[str]) -> dict[
     }
     adapted = json.loads((run / "adapt" / "result.json").read_text())
     vs = rows[mode].get("vs_baseline", {})
+    base, new = paired_outcomes(outcomes["baseline"], outcomes[mode])
     return {
         "calls_speedup": vs.get("calls_speedup"),
         "steps_reduction": vs.get("steps_reduction"),
@@ -160,6 +161,8 @@ def adapt_and_compare(source: Path, work: Path, assignments: list[str]) -> dict[
         "mode": eval_mode,
         "mode_row": mode,
         "rows": rows,
+        # episode by episode, the same test state and random numbers: what maniskill.py pools over seeds
+        "paired_success": {"baseline": base, "final": new},
         "adapt": {
             "time": stage_time(read_jsonl(run / "metrics.jsonl"), "adapt"),
             "call_budget": (adapted.get("call_budget") or {}).get("budget"),

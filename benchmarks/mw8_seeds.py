@@ -60,9 +60,15 @@ RECIPE = (
 )
 
 
+def seed_assignments(seed: int) -> list[str]:
+    """The config assignments that make ``seed`` everything random: demonstrations, BC and RL, the test
+    episodes' random numbers (the test states are the split's; also maniskill.py's ``--seed``)."""
+    return [f"seed={seed}", f"data.seed={seed}", f"eval.seed={seed}"]
+
+
 def seed_sets(seed: int, extra: list[str]) -> list[str]:
     """The ``--set`` items of one seed: the seed (everything random), the recipe, then ``extra``."""
-    return [f"seed={seed}", f"data.seed={seed}", f"eval.seed={seed}", *RECIPE, *extra]
+    return [*seed_assignments(seed), *RECIPE, *extra]
 
 
 def run_seed(seed: int, work: Path, extra: list[str]) -> None:

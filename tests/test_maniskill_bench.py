@@ -49,6 +49,11 @@ def _fake_seed(speedup: float, steps: float, drop: float, fixed_speedup: float =
         "summary": {"policytrim": {"window": 15}},
         "adapt": {
             "mode_row": "adapt_policy",
+            # 20 paired episodes: both succeed in 8, only the baseline in ONLY_BASE, only the final policy in 1
+            "paired_success": {
+                "baseline": [True] * (8 + only_base) + [False] * (12 - only_base),
+                "final": [True] * 8 + [False] * only_base + [True] + [False] * (11 - only_base),
+            },
             "rows": {
                 "baseline": {"success_rate": 0.45, "mean_steps": 150.0},
                 "adapt_policy": {"success_rate": 0.45 - drop / 100, "mean_steps": 150.0 * (1 - steps)},
@@ -56,11 +61,6 @@ def _fake_seed(speedup: float, steps: float, drop: float, fixed_speedup: float =
         },
         "minutes": {"total": 42.0},
         "machine": {"cpu": "fake"},
-        # 20 paired episodes: both succeed in 8, only the baseline in ONLY_BASE, only the final policy in 1
-        "paired_success": {
-            "baseline": [True] * (8 + only_base) + [False] * (12 - only_base),
-            "final": [True] * 8 + [False] * only_base + [True] + [False] * (11 - only_base),
-        },
     }
 
 
